@@ -1,0 +1,137 @@
+//! The command line: `run`, `check`, `rules`, `demo`.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::sidecar::Sidecar;
+use crate::telemetry::init_logging;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sloguard",
+    version,
+    about = "SRE sidecar for AI agents: SLIs, SLOs and guard rails for agent and LLM traffic"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Run {
+        #[arg(long, env = "SLOGUARD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file; errors name the key path and line.
+    Check {
+        #[arg(long, env = "SLOGUARD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print Prometheus SLO rules for the config's SLOs.
+    Rules {
+        #[arg(long, env = "SLOGUARD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run against built-in simulated upstreams with synthetic traffic; needs no config or network.
+    Demo(demo::DemoArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listeners, {} routes, {} upstreams)",
+                    config.display(),
+                    c.listeners.len(),
+                    c.routes.len(),
+                    c.upstreams.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Rules { config } => {
+            if let Err(e) = Config::load(&config) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            eprintln!("error: this build of sloguard has no SLO support yet, so there are no rules to generate");
+            ExitCode::from(2)
+        }
+        Command::Run { config } => {
+            init_logging();
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "invalid config");
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime_then(|| run(config))
+        }
+        Command::Demo(args) => runtime_then(|| demo::run(args)),
+    }
+}
+
+fn runtime_then<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let sidecar = Sidecar::start(config).await.inspect_err(|e| {
+        tracing::error!(error = %e, "startup failed");
+    })?;
+    wait_for_stop_signal().await?;
+    tracing::info!("stop signal received: draining");
+    sidecar.shutdown().await;
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (a terminal).
+pub async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            r = tokio::signal::ctrl_c() => r?,
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,473 @@
+//! The configuration file: schema (serde, `deny_unknown_fields`), defaults, and validation.
+//!
+//! One convention everywhere: parse with serde (its errors carry the key path and line), then
+//! [`Config::validate`] checks what a schema cannot (references, duplicates, sections this build
+//! does not act on) and reports the key path and line the same way.
+
+mod locate;
+mod units;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use locate::LineIndex;
+pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
+
+/// A configuration error: where (key path and line) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source_name)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.path.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Label value on every metric.
+    pub agent: String,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: BTreeMap<String, RouteConfig>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    // Sections of the contract that later builds act on. They parse, so that the error can say
+    // plainly that this build does not act on them, rather than "unknown field".
+    #[serde(default)]
+    pub tasks: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub safety: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub slos: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub incidents: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub otlp: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_bind")]
+    pub bind: SocketAddr,
+    #[serde(default)]
+    pub token_file: Option<serde_yaml_ng::Value>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: default_admin_bind(),
+            token_file: None,
+        }
+    }
+}
+
+fn default_admin_bind() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7490))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "default_grace")]
+    pub grace_period: ConfigDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period: default_grace(),
+        }
+    }
+}
+
+fn default_grace() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// In front of the agent's own API.
+    Agent,
+    /// In front of the LLM providers the agent calls.
+    Llm,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Llm => "llm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub role: Role,
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub upstreams: Vec<String>,
+    #[serde(default)]
+    pub fallback_on: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub max_replay_body: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub cache: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Openai,
+    Anthropic,
+    #[default]
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub url: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub api_keys_file: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub model: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub circuit_breaker: Option<serde_yaml_ng::Value>,
+}
+
+/// Per-upstream timeouts. Defaults suit LLM providers: a slow first token is normal, a
+/// connection that takes seconds is not.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP (and TLS) connection set-up.
+    #[serde(default = "default_connect")]
+    pub connect: ConfigDuration,
+    /// Request sent → response head received.
+    #[serde(default = "default_first_byte")]
+    pub first_byte: ConfigDuration,
+    /// Longest gap between two response body chunks; a stalled stream is ended.
+    #[serde(default = "default_idle")]
+    pub idle: ConfigDuration,
+    /// Whole exchange, body included.
+    #[serde(default = "default_total")]
+    pub total: ConfigDuration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: default_connect(),
+            first_byte: default_first_byte(),
+            idle: default_idle(),
+            total: default_total(),
+        }
+    }
+}
+
+fn default_connect() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(2))
+}
+fn default_first_byte() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+fn default_idle() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+fn default_total() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(600))
+}
+
+/// A parsed upstream URL: what the data plane needs to address requests.
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix without a trailing slash; empty when the URL has no path.
+    pub path_prefix: String,
+}
+
+pub fn parse_upstream_url(url: &str) -> Result<UpstreamUrl, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => http::uri::Scheme::HTTP,
+        Some("https") => http::uri::Scheme::HTTPS,
+        _ => return Err(format!("URL {url:?} must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("URL {url:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("URL must not carry credentials (user:password@); use api_keys_file".into());
+    }
+    if uri.query().is_some() {
+        return Err(format!("URL {url:?} must not have a query string"));
+    }
+    let path_prefix = uri.path().trim_end_matches('/').to_owned();
+    Ok(UpstreamUrl {
+        scheme,
+        authority,
+        path_prefix,
+    })
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            path: String::new(),
+            line: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&name, &source)
+    }
+
+    /// Parses and validates config text; `source_name` prefixes errors (a file name).
+    pub fn parse(source_name: &str, source: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml_ng::from_str(source).map_err(|e| {
+            let line = e.location().map(|l| l.line());
+            // serde_yaml_ng's message already names the key path and position; keep it whole.
+            ConfigError {
+                source_name: source_name.to_owned(),
+                path: String::new(),
+                line,
+                message: e.to_string(),
+            }
+        })?;
+        if let Err((path, message)) = config.validate() {
+            let index = LineIndex::new(source);
+            return Err(ConfigError {
+                source_name: source_name.to_owned(),
+                line: index.line(&path),
+                path,
+                message,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Checks what the schema cannot; the error is `(key path, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let not_yet = |path: &str, what: &str| {
+            Err((
+                path.to_owned(),
+                format!("{what} is not supported by this build of sloguard yet; remove it (it would otherwise be silently ignored)"),
+            ))
+        };
+        for (key, value) in [
+            ("tasks", &self.tasks),
+            ("safety", &self.safety),
+            ("slos", &self.slos),
+            ("incidents", &self.incidents),
+            ("otlp", &self.otlp),
+        ] {
+            if value.is_some() {
+                return not_yet(key, &format!("the `{key}` section"));
+            }
+        }
+        if self.admin.token_file.is_some() {
+            return not_yet("admin.token_file", "the admin API (and its token)");
+        }
+        if self.agent.trim().is_empty() {
+            return Err((
+                "agent".into(),
+                "must name the agent (it labels every metric)".into(),
+            ));
+        }
+        if self.listeners.is_empty() {
+            return Err((
+                "listeners".into(),
+                "at least one listener is required".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut binds: Vec<(SocketAddr, usize)> = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.name.is_empty() {
+                return Err((format!("listeners[{i}].name"), "must not be empty".into()));
+            }
+            if !names.insert(l.name.as_str()) {
+                return Err((
+                    format!("listeners[{i}].name"),
+                    format!("duplicate listener name {:?}", l.name),
+                ));
+            }
+            if let Some((_, j)) = binds.iter().find(|(b, _)| binds_clash(*b, l.bind)) {
+                return Err((
+                    format!("listeners[{i}].bind"),
+                    format!(
+                        "duplicate bind address {}: listeners[{j}] binds it too",
+                        l.bind
+                    ),
+                ));
+            }
+            if binds_clash(l.bind, self.admin.bind) {
+                return Err((
+                    format!("listeners[{i}].bind"),
+                    format!("bind address {} is the admin port's (admin.bind)", l.bind),
+                ));
+            }
+            binds.push((l.bind, i));
+            if !self.routes.contains_key(&l.route) {
+                return Err((
+                    format!("listeners[{i}].route"),
+                    format!("no route named {:?} under `routes`", l.route),
+                ));
+            }
+        }
+        for (name, route) in &self.routes {
+            let base = format!("routes.{name}");
+            if route.upstreams.is_empty() {
+                return Err((
+                    format!("{base}.upstreams"),
+                    "at least one upstream is required".into(),
+                ));
+            }
+            for (i, up) in route.upstreams.iter().enumerate() {
+                if !self.upstreams.contains_key(up) {
+                    return Err((
+                        format!("{base}.upstreams[{i}]"),
+                        format!("no upstream named {up:?} under `upstreams`"),
+                    ));
+                }
+            }
+            if route.upstreams.len() > 1 {
+                return not_yet(
+                    &format!("{base}.upstreams"),
+                    "more than one upstream per route (fallback chains)",
+                );
+            }
+            for (key, value) in [
+                ("fallback_on", &route.fallback_on),
+                ("max_replay_body", &route.max_replay_body),
+                ("cache", &route.cache),
+            ] {
+                if value.is_some() {
+                    return not_yet(&format!("{base}.{key}"), &format!("`{key}`"));
+                }
+            }
+        }
+        for (name, up) in &self.upstreams {
+            let base = format!("upstreams.{name}");
+            if let Err(msg) = parse_upstream_url(&up.url) {
+                return Err((format!("{base}.url"), msg));
+            }
+            for (key, value) in [
+                ("api_keys_file", &up.api_keys_file),
+                ("model", &up.model),
+                ("circuit_breaker", &up.circuit_breaker),
+            ] {
+                if value.is_some() {
+                    return not_yet(&format!("{base}.{key}"), &format!("`{key}`"));
+                }
+            }
+            let t = &up.timeouts;
+            for (key, d) in [
+                ("connect", t.connect),
+                ("first_byte", t.first_byte),
+                ("idle", t.idle),
+                ("total", t.total),
+            ] {
+                if d.0.is_zero() {
+                    return Err((
+                        format!("{base}.timeouts.{key}"),
+                        "must be greater than zero".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two binds clash when they share a port and one is the other's address or a wildcard.
+fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+agent: bot
+listeners:
+  - name: inbound
+    bind: 127.0.0.1:7480
+    role: agent
+    route: agent
+routes:
+  agent:
+    upstreams: [agent]
+upstreams:
+  agent:
+    url: http://127.0.0.1:8000
+";
+
+    #[test]
+    fn good_config_gets_defaults() {
+        let c = Config::parse("t.yaml", GOOD).unwrap();
+        assert_eq!(c.admin.bind, "0.0.0.0:7490".parse().unwrap());
+        assert_eq!(
+            c.upstreams["agent"].timeouts.first_byte.0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(c.shutdown.grace_period.0, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn url_with_path_prefix() {
+        let u = parse_upstream_url("https://example.com/openai/").unwrap();
+        assert_eq!(u.path_prefix, "/openai");
+        assert_eq!(u.authority.as_str(), "example.com");
+        assert!(parse_upstream_url("ftp://x").is_err());
+        assert!(parse_upstream_url("http://u:p@x").is_err());
+    }
+}

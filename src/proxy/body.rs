@@ -1,0 +1,235 @@
+//! The response body the client reads: upstream bytes passed through frame by frame (never
+//! buffered), or a body the proxy made. It carries the request's accounting, so the request is
+//! counted exactly once — when the last byte has gone out, or when the client goes away — and it
+//! enforces the `idle` and `total` timeouts while the upstream streams.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::state::ListenerState;
+use crate::sli::{Cause, StatusClass, UpstreamOutcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream body failed: {0}")]
+    Upstream(#[source] hyper::Error),
+    #[error("upstream body stalled longer than the idle timeout")]
+    Idle,
+    #[error("upstream exchange ran past the total timeout")]
+    Total,
+}
+
+/// What one request will be counted as, settled when its body ends.
+pub struct Accounting {
+    pub listener: Arc<ListenerState>,
+    pub received: Instant,
+    pub status: StatusClass,
+    pub cause: Cause,
+    /// The upstream attempt's outcome so far; `None` when no attempt is to be counted.
+    pub outcome: Option<UpstreamOutcome>,
+    pub first_byte_sent: bool,
+}
+
+impl Accounting {
+    fn first_byte(&mut self, now: Instant) {
+        if !self.first_byte_sent {
+            self.first_byte_sent = true;
+            self.listener
+                .metrics
+                .time_to_first_byte
+                .record(now.duration_since(self.received).as_secs_f64());
+        }
+    }
+
+    fn finish(mut self, now: Instant) {
+        self.first_byte(now);
+        let l = &self.listener;
+        l.metrics.count_request(self.status, self.cause);
+        l.metrics
+            .response_seconds
+            .record(now.duration_since(self.received).as_secs_f64());
+        if let Some(outcome) = self.outcome {
+            l.upstream.metrics.count(outcome);
+        }
+    }
+}
+
+/// Deadlines of a streaming upstream body.
+struct Stream {
+    body: Incoming,
+    idle: std::time::Duration,
+    total_deadline: Instant,
+    last_chunk: Instant,
+    /// Created the first time the body has to wait, then re-armed only when it fires: a busy
+    /// stream does not touch the timer wheel per chunk.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+enum Inner {
+    Upstream(Stream),
+    Local(Option<Bytes>),
+}
+
+pub struct ProxyBody {
+    inner: Inner,
+    account: Option<Accounting>,
+}
+
+impl ProxyBody {
+    pub fn upstream(
+        body: Incoming,
+        account: Accounting,
+        idle: std::time::Duration,
+        total_deadline: Instant,
+    ) -> ProxyBody {
+        ProxyBody {
+            inner: Inner::Upstream(Stream {
+                body,
+                idle,
+                total_deadline,
+                last_chunk: Instant::now(),
+                timer: None,
+            }),
+            account: Some(account),
+        }
+    }
+
+    pub fn local(bytes: Bytes, account: Option<Accounting>) -> ProxyBody {
+        ProxyBody {
+            inner: Inner::Local(Some(bytes).filter(|b| !b.is_empty())),
+            account,
+        }
+    }
+
+    fn settle(&mut self) {
+        if let Some(a) = self.account.take() {
+            a.finish(Instant::now());
+        }
+    }
+
+    /// The stream failed after the head went out: the client sees a cut body, the request is
+    /// charged to whoever is behind the listener, the attempt to the upstream.
+    fn fail(&mut self, outcome: UpstreamOutcome) {
+        if let Some(a) = self.account.as_mut() {
+            a.cause = Cause::upstream_failure(a.listener.role);
+            a.outcome = Some(outcome);
+        }
+        self.settle();
+    }
+}
+
+impl Stream {
+    /// `Ready` when a deadline has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<BodyError> {
+        loop {
+            let idle_deadline = self.last_chunk + self.idle;
+            let deadline = idle_deadline.min(self.total_deadline);
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            ready!(timer.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                return Poll::Ready(if deadline == self.total_deadline {
+                    BodyError::Total
+                } else {
+                    BodyError::Idle
+                });
+            }
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            Inner::Local(bytes) => {
+                let frame = bytes.take().map(|b| Ok(Frame::data(b)));
+                if frame.is_none() {
+                    this.settle();
+                } else if let Some(a) = this.account.as_mut() {
+                    a.first_byte(Instant::now());
+                }
+                Poll::Ready(frame)
+            }
+            Inner::Upstream(stream) => match Pin::new(&mut stream.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if frame.is_data() {
+                        let now = Instant::now();
+                        if now >= stream.total_deadline {
+                            this.fail(UpstreamOutcome::Timeout);
+                            this.inner = Inner::Local(None);
+                            return Poll::Ready(Some(Err(BodyError::Total)));
+                        }
+                        stream.last_chunk = now;
+                        if let Some(a) = this.account.as_mut() {
+                            a.first_byte(now);
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(upstream = %upstream_name(&this.account), error = %e, "upstream body failed mid-stream");
+                    this.fail(UpstreamOutcome::Reset);
+                    Poll::Ready(Some(Err(BodyError::Upstream(e))))
+                }
+                Poll::Ready(None) => {
+                    this.settle();
+                    Poll::Ready(None)
+                }
+                Poll::Pending => {
+                    let err = ready!(stream.poll_deadline(cx));
+                    tracing::warn!(upstream = %upstream_name(&this.account), error = %err, "ending upstream stream");
+                    this.fail(UpstreamOutcome::Timeout);
+                    // The body is finished: later polls must not touch the upstream again.
+                    this.inner = Inner::Local(None);
+                    Poll::Ready(Some(Err(err)))
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(s) => s.body.is_end_stream(),
+            Inner::Local(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(s) => s.body.size_hint(),
+            Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+fn upstream_name(account: &Option<Accounting>) -> &str {
+    account
+        .as_ref()
+        .map_or("", |a| a.listener.upstream.name.as_str())
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // A body dropped before its end: the client went away or hyper finished without a last
+        // poll. The request is still counted, once.
+        self.settle();
+    }
+}

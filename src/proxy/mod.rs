@@ -1,0 +1,200 @@
+//! The data plane: listeners, the request pipeline, body streaming, proxy-made errors.
+//!
+//! # The request pipeline
+//!
+//! Each request on a listener goes through these steps, in this order:
+//!
+//! 1. **Take the snapshot's listener state** (one reference count): the request finishes on the
+//!    config it started with, whatever a reload does meanwhile.
+//! 2. **Note the arrival time**: every latency the SLIs report starts here.
+//! 3. **Address the upstream**: the upstream's scheme and authority, its path prefix, the
+//!    client's path and query. Nothing else of the URI is trusted.
+//! 4. **Rewrite headers** ([`headers::prepare_request`]): hop-by-hop headers go, `Host` becomes
+//!    the upstream's, `x-forwarded-for`/`-proto` are added. Done before sending because the
+//!    upstream must never see this hop's connection headers.
+//! 5. **Send, bounded by `first_byte`** (and `total`): the body streams from the client to the
+//!    upstream as the upstream reads it — backpressure, no buffering. `connect` bounds the
+//!    connection inside the client's connector.
+//! 6. **Classify a failure before the head** ([`ProxyError`]): connect error → 502
+//!    `upstream_unavailable`, no head in time → 504 `upstream_timeout`; the attempt is counted
+//!    with its outcome.
+//! 7. **Rewrite the response head** ([`headers::prepare_response`]): hop-by-hop headers go,
+//!    `x-sloguard-upstream` is added.
+//! 8. **Record the sidecar's overhead** (steps 3–4 plus 7): its own time, apart from the
+//!    upstream's.
+//! 9. **Stream the body back** ([`ProxyBody`]): frame by frame as the upstream sends it (SSE
+//!    events reach the client as they are produced); `idle` and `total` end a stalled stream;
+//!    when the last byte is out (or the client leaves) the request is counted once:
+//!    `agent_requests_total`, `agent_response_seconds`, `agent_time_to_first_byte_seconds`,
+//!    `sloguard_upstream_requests_total`.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod listener;
+pub mod state;
+
+use std::sync::Arc;
+
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+pub use body::{Accounting, BodyError, ProxyBody};
+pub use error::{error_response, ProxyError};
+pub use state::{ListenerState, Snapshot};
+
+use crate::config::UpstreamUrl;
+use crate::sli::{Cause, StatusClass, UpstreamOutcome};
+
+/// The upstream URI for a client request's URI: upstream scheme, authority and path prefix,
+/// client path and query.
+pub fn upstream_uri(url: &UpstreamUrl, uri: &Uri) -> Result<Uri, http::Error> {
+    let client_pq = uri.path_and_query();
+    let pq = if url.path_prefix.is_empty() {
+        client_pq
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    } else {
+        let rest = client_pq.map_or("/", |pq| pq.as_str());
+        PathAndQuery::try_from(format!("{}{}", url.path_prefix, rest))?
+    };
+    Uri::builder()
+        .scheme(url.scheme.clone())
+        .authority(url.authority.clone())
+        .path_and_query(pq)
+        .build()
+}
+
+/// Proxies one request: the pipeline above.
+pub async fn handle(
+    req: Request<Incoming>,
+    client_ip: HeaderValue,
+    listener: Arc<ListenerState>,
+) -> Response<ProxyBody> {
+    let received = Instant::now();
+    let upstream = &listener.upstream;
+    let timeouts = upstream.timeouts;
+    let total_deadline = received + timeouts.total.0;
+
+    let (mut parts, body) = req.into_parts();
+    parts.uri = match upstream_uri(&upstream.url, &parts.uri) {
+        Ok(uri) => uri,
+        Err(e) => {
+            let err = ProxyError::Internal {
+                upstream: upstream.name.clone(),
+                reason: e.to_string(),
+            };
+            return local_error(err, listener, received);
+        }
+    };
+    headers::prepare_request(&mut parts.headers, &upstream.host_header, &client_ip);
+    // The client picks h1 or h2 per connection (ALPN); the request's own version must not force it.
+    parts.version = http::Version::HTTP_11;
+    let request = Request::from_parts(parts, body);
+
+    let sent = Instant::now();
+    let head_deadline = (sent + timeouts.first_byte.0).min(total_deadline);
+    let result = tokio::time::timeout_at(head_deadline, upstream.client.request(request)).await;
+    let head_at = Instant::now();
+
+    let response = match result {
+        Ok(Ok(response)) => response,
+        Ok(Err(source)) => {
+            let err = if source.is_connect() {
+                ProxyError::Connect {
+                    upstream: upstream.name.clone(),
+                    source,
+                }
+            } else {
+                ProxyError::Broken {
+                    upstream: upstream.name.clone(),
+                    source,
+                }
+            };
+            return local_error(err, listener, received);
+        }
+        Err(_elapsed) => {
+            let err = ProxyError::FirstByteTimeout {
+                upstream: upstream.name.clone(),
+                timeout: head_deadline.duration_since(sent),
+            };
+            return local_error(err, listener, received);
+        }
+    };
+
+    let (mut parts, body) = response.into_parts();
+    headers::prepare_response(&mut parts.headers, &upstream.header_value);
+    let status = parts.status;
+    let account = Accounting {
+        received,
+        status: StatusClass::of(status),
+        cause: Cause::of_response(listener.role, status),
+        outcome: Some(UpstreamOutcome::of_status(status)),
+        first_byte_sent: false,
+        listener: listener.clone(),
+    };
+    let body = ProxyBody::upstream(body, account, timeouts.idle.0, total_deadline);
+    let done = Instant::now();
+    listener
+        .metrics
+        .overhead
+        .record((sent.duration_since(received) + done.duration_since(head_at)).as_secs_f64());
+    Response::from_parts(parts, body)
+}
+
+/// Answers with a proxy-made error, counted like any other response.
+fn local_error(
+    err: ProxyError,
+    listener: Arc<ListenerState>,
+    received: Instant,
+) -> Response<ProxyBody> {
+    err.log();
+    let (mut parts, bytes) = err.to_response().into_parts();
+    parts.headers.insert(
+        headers::X_SLOGUARD_UPSTREAM.clone(),
+        listener.upstream.header_value.clone(),
+    );
+    let cause = if err.is_proxy_fault() {
+        Cause::Proxy
+    } else {
+        Cause::upstream_failure(listener.role)
+    };
+    let account = Accounting {
+        received,
+        status: StatusClass::of(parts.status),
+        cause,
+        outcome: err.outcome(),
+        first_byte_sent: false,
+        listener,
+    };
+    Response::from_parts(parts, ProxyBody::local(bytes, Some(account)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_upstream_url;
+
+    #[test]
+    fn uri_keeps_path_and_query_and_adds_prefix() {
+        let plain = parse_upstream_url("http://127.0.0.1:8000").unwrap();
+        let uri: Uri = "/v1/chat/completions?x=1".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&plain, &uri).unwrap(),
+            "http://127.0.0.1:8000/v1/chat/completions?x=1"
+        );
+        let prefixed = parse_upstream_url("https://example.com/openai/").unwrap();
+        assert_eq!(
+            upstream_uri(&prefixed, &uri).unwrap(),
+            "https://example.com/openai/v1/chat/completions?x=1"
+        );
+        // An absolute-form request URI (proxy style, or h2) does not choose the upstream.
+        let absolute: Uri = "http://evil.example/x".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&plain, &absolute).unwrap(),
+            "http://127.0.0.1:8000/x"
+        );
+    }
+}

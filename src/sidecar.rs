@@ -1,0 +1,158 @@
+//! One running sidecar: the admin port, the listeners, and their orderly shutdown. Used by
+//! `sloguard run`, the demo and the end-to-end tests alike.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::proxy::{listener, Snapshot};
+use crate::telemetry::{record_build_info, Telemetry};
+use crate::upstream::UpstreamBuildError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Build(#[from] UpstreamBuildError),
+    #[error("{key}: cannot bind {addr}: {source}")]
+    Bind {
+        key: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Sidecar {
+    /// Each listener's name and the address it is bound to (the real port when the config said 0).
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin_addr: SocketAddr,
+    pub telemetry: Telemetry,
+    pub state: Arc<ArcSwap<Snapshot>>,
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+    admin_stop: watch::Sender<bool>,
+    listener_tasks: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+async fn bind(key: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+impl Sidecar {
+    /// Builds the running state, binds the admin port and every listener, and starts serving.
+    /// Ready (`/readyz` 200) when this returns.
+    pub async fn start(config: Config) -> Result<Sidecar, StartError> {
+        let telemetry = Telemetry::new();
+        record_build_info(&telemetry, &config.agent);
+        let grace = config.shutdown.grace_period.0;
+        let admin_bind = config.admin.bind;
+        let binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
+        let snapshot = Snapshot::build(config, &telemetry)?;
+        let state = Arc::new(ArcSwap::from_pointee(snapshot));
+
+        // Bind everything before serving anything: a port taken is a startup error, not a half-up sidecar.
+        let admin_tcp = bind("admin.bind".into(), admin_bind).await?;
+        let mut tcps = Vec::with_capacity(binds.len());
+        for (i, addr) in binds.into_iter().enumerate() {
+            tcps.push(bind(format!("listeners[{i}].bind"), addr).await?);
+        }
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let (shutdown, _) = watch::channel(false);
+        let (admin_stop, _) = watch::channel(false);
+        let admin_addr = local_addr(&admin_tcp, admin_bind);
+        let mut background = vec![tokio::spawn(admin::serve(
+            admin_tcp,
+            Arc::new(AdminState {
+                telemetry: telemetry.clone(),
+                ready: ready.clone(),
+            }),
+            admin_stop.subscribe(),
+        ))];
+        let upkeep = telemetry.clone();
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        }));
+
+        let mut listeners = Vec::with_capacity(tcps.len());
+        let mut listener_tasks = Vec::with_capacity(tcps.len());
+        for (i, tcp) in tcps.into_iter().enumerate() {
+            let snap = state.load();
+            let l = &snap.listeners[i];
+            listeners.push((l.name.clone(), local_addr(&tcp, l.bind)));
+            tracing::info!(listener = %l.name, role = l.role.as_str(), bind = %listeners[i].1, upstream = %l.upstream.name, "listening");
+            listener_tasks.push(tokio::spawn(listener::serve(
+                tcp,
+                i,
+                state.clone(),
+                shutdown.subscribe(),
+                grace,
+            )));
+        }
+        ready.store(true, Ordering::Release);
+        tracing::info!(admin = %admin_addr, "ready");
+        Ok(Sidecar {
+            listeners,
+            admin_addr,
+            telemetry,
+            state,
+            ready,
+            shutdown,
+            admin_stop,
+            listener_tasks,
+            background,
+        })
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, drains in-flight requests (up to the grace period), then stops the admin
+    /// port. `/readyz` answers 503 from the first moment, so the pod leaves its Service.
+    pub async fn shutdown(self) {
+        self.begin_shutdown();
+        self.wait().await;
+    }
+
+    /// Starts the shutdown: listeners stop accepting and `/readyz` turns 503.
+    pub fn begin_shutdown(&self) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits for the listeners to drain (after [`Sidecar::begin_shutdown`]), then stops the rest.
+    pub async fn wait(self) {
+        for task in self.listener_tasks {
+            let _ = task.await;
+        }
+        let _ = self.admin_stop.send(true);
+        for task in self.background {
+            task.abort();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn local_addr(tcp: &TcpListener, configured: SocketAddr) -> SocketAddr {
+    tcp.local_addr().unwrap_or(configured)
+}

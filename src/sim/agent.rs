@@ -1,0 +1,115 @@
+//! A simulated agent API: `POST /v1/tasks` does some "work", optionally asks its LLM (through the
+//! sidecar's egress listener, as a real agent would) and answers JSON; a share of requests fail
+//! with 500 as configured.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::{full, serve, SimBody, SimRng, SimServer};
+
+#[derive(Debug, Clone)]
+pub struct AgentSim {
+    /// Base URL the agent sends its LLM calls to (the sidecar's egress listener), settable after
+    /// the agent started (the sidecar's port is known only then); unset: no LLM call.
+    pub llm_url: Arc<OnceLock<String>>,
+    /// Time the agent spends on a task besides its LLM call.
+    pub work: Duration,
+    /// Share of tasks answered 500.
+    pub error_rate: f64,
+    pub seed: u64,
+}
+
+impl Default for AgentSim {
+    fn default() -> Self {
+        AgentSim {
+            llm_url: Arc::new(OnceLock::new()),
+            work: Duration::from_millis(5),
+            error_rate: 0.0,
+            seed: 0xa9e7,
+        }
+    }
+}
+
+pub async fn spawn_agent(bind: SocketAddr, sim: AgentSim) -> std::io::Result<SimServer> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let rng = Arc::new(SimRng::new(sim.seed));
+    let sim = Arc::new(sim);
+    serve(bind, move |req| {
+        let (sim, rng, client) = (sim.clone(), rng.clone(), client.clone());
+        async move { respond(&sim, &rng, &client, req).await }
+    })
+    .await
+}
+
+async fn respond(
+    sim: &AgentSim,
+    rng: &SimRng,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Incoming>,
+) -> Response<SimBody> {
+    if req.method() != Method::POST || req.uri().path() != "/v1/tasks" {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no such endpoint"}),
+        );
+    }
+    let _ = req.into_body().collect().await;
+    tokio::time::sleep(sim.work).await;
+    if rng.next_f64() < sim.error_rate {
+        return json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": "simulated agent crash"}),
+        );
+    }
+    let mut llm_status = None;
+    if let Some(url) = sim.llm_url.get() {
+        let body =
+            r#"{"model":"sim-gpt","messages":[{"role":"user","content":"help"}],"stream":false}"#;
+        let call = Request::post(format!("{url}/v1/chat/completions"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())));
+        let status = match call {
+            Ok(call) => match client.request(call).await {
+                Ok(r) => {
+                    let s = r.status();
+                    let _ = r.into_body().collect().await;
+                    s
+                }
+                Err(_) => StatusCode::BAD_GATEWAY,
+            },
+            Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if !status.is_success() {
+            // The agent cannot finish without its model: it fails the task itself.
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "LLM call failed", "llm_status": status.as_u16()}),
+            );
+        }
+        llm_status = Some(status.as_u16());
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({"status": "completed", "answer": "done", "llm_status": llm_status}),
+    )
+}
+
+fn json(code: StatusCode, body: serde_json::Value) -> Response<SimBody> {
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

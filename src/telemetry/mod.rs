@@ -1,0 +1,252 @@
+//! Metric names, help texts and bucket boundaries (all of them, in this one place), and the
+//! Prometheus recorder they are registered with.
+//!
+//! Handles are registered once, when the running state is built from the config, and passed to
+//! the data plane: recording on the hot path is an atomic add, never a label lookup. Each
+//! [`Telemetry`] owns its own recorder (no global), so tests running side by side do not mix.
+
+mod logging;
+
+use std::sync::Arc;
+
+use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+pub use logging::init_logging;
+
+use crate::sli::{Cause, StatusClass, UpstreamOutcome};
+
+pub const AGENT_REQUESTS_TOTAL: &str = "agent_requests_total";
+pub const AGENT_RESPONSE_SECONDS: &str = "agent_response_seconds";
+pub const AGENT_TIME_TO_FIRST_BYTE_SECONDS: &str = "agent_time_to_first_byte_seconds";
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "sloguard_upstream_requests_total";
+pub const OVERHEAD_SECONDS: &str = "sloguard_overhead_seconds";
+pub const CONNECTION_ERRORS_TOTAL: &str = "sloguard_client_connection_errors_total";
+pub const BUILD_INFO: &str = "sloguard_build_info";
+
+/// Request latency of an agent or an LLM call: from a few milliseconds (a cached or failed call)
+/// to minutes (a long generation). Denser around 0.1–10 s, where agent latency SLOs sit; every
+/// SLO threshold a user is likely to pick (250ms, 500ms, 1s, 2s, 5s, 10s) is a boundary, because
+/// a latency SLO can only be computed exactly at a bucket boundary.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+    300.0,
+];
+
+/// The sidecar's own added time: tens of microseconds normally, a millisecond or more is a problem
+/// worth seeing. Boundaries from 25 µs to 100 ms.
+pub const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
+];
+
+/// The process-wide metrics registry of one sidecar.
+#[derive(Clone)]
+pub struct Telemetry {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let builder = PrometheusBuilder::new();
+        let builder = [
+            (AGENT_RESPONSE_SECONDS, LATENCY_BUCKETS),
+            (AGENT_TIME_TO_FIRST_BYTE_SECONDS, LATENCY_BUCKETS),
+            (OVERHEAD_SECONDS, OVERHEAD_BUCKETS),
+        ]
+        .into_iter()
+        .fold(builder, |b, (name, buckets)| {
+            // Only fails for an empty bucket list, which the constants above are not.
+            b.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+        });
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let t = Telemetry {
+            recorder: Arc::new(recorder),
+            handle,
+        };
+        t.describe();
+        t
+    }
+
+    fn describe(&self) {
+        let r = &self.recorder;
+        let d = |name: &'static str, unit: Option<Unit>, help: &'static str, kind: u8| {
+            let (k, h) = (name.into(), SharedString::const_str(help));
+            match kind {
+                0 => r.describe_counter(k, unit, h),
+                1 => r.describe_histogram(k, unit, h),
+                _ => r.describe_gauge(k, unit, h),
+            }
+        };
+        d(
+            AGENT_REQUESTS_TOTAL,
+            None,
+            "Requests answered, by the status class the client got and the cause of a failure.",
+            0,
+        );
+        d(
+            AGENT_RESPONSE_SECONDS,
+            Some(Unit::Seconds),
+            "Request received to last response byte sent.",
+            1,
+        );
+        d(
+            AGENT_TIME_TO_FIRST_BYTE_SECONDS,
+            Some(Unit::Seconds),
+            "Request received to first response body byte sent.",
+            1,
+        );
+        d(
+            UPSTREAM_REQUESTS_TOTAL,
+            None,
+            "Attempts sent to an upstream, by outcome.",
+            0,
+        );
+        d(
+            OVERHEAD_SECONDS,
+            Some(Unit::Seconds),
+            "Time the sidecar itself added to a request.",
+            1,
+        );
+        d(CONNECTION_ERRORS_TOTAL, None, "Client connections that ended in a protocol error (malformed HTTP, oversized headers).", 0);
+        d(
+            BUILD_INFO,
+            None,
+            "Always 1; the version label says which sloguard runs.",
+            2,
+        );
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets; run it periodically so memory stays
+    /// bounded between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    pub fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
+        self.recorder
+            .register_histogram(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> metrics::Gauge {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
+}
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
+
+fn label(key: &'static str, value: &str) -> Label {
+    Label::new(key, value.to_owned())
+}
+
+/// The handles one listener records a request with.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    /// Indexed by `[StatusClass][Cause]`.
+    requests: [[Counter; Cause::COUNT]; StatusClass::COUNT],
+    pub response_seconds: Histogram,
+    pub time_to_first_byte: Histogram,
+    pub overhead: Histogram,
+}
+
+impl RequestMetrics {
+    pub fn new(t: &Telemetry, agent: &str, listener: &str, upstream: &str) -> RequestMetrics {
+        let base = || {
+            vec![
+                label("agent", agent),
+                label("listener", listener),
+                label("upstream", upstream),
+            ]
+        };
+        let requests = StatusClass::ALL.map(|status| {
+            Cause::ALL.map(|cause| {
+                let mut labels = base();
+                labels.push(Label::from_static_parts("status", status.as_str()));
+                labels.push(Label::from_static_parts("cause", cause.as_str()));
+                t.counter(AGENT_REQUESTS_TOTAL, labels)
+            })
+        });
+        RequestMetrics {
+            requests,
+            response_seconds: t.histogram(AGENT_RESPONSE_SECONDS, base()),
+            time_to_first_byte: t.histogram(AGENT_TIME_TO_FIRST_BYTE_SECONDS, base()),
+            overhead: t.histogram(
+                OVERHEAD_SECONDS,
+                vec![label("agent", agent), label("listener", listener)],
+            ),
+        }
+    }
+
+    #[inline]
+    pub fn count_request(&self, status: StatusClass, cause: Cause) {
+        self.requests[status as usize][cause as usize].increment(1);
+    }
+}
+
+/// The handles an upstream's attempts are counted with.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    requests: [Counter; UpstreamOutcome::COUNT],
+}
+
+impl UpstreamMetrics {
+    pub fn new(t: &Telemetry, agent: &str, upstream: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            requests: UpstreamOutcome::ALL.map(|o| {
+                t.counter(
+                    UPSTREAM_REQUESTS_TOTAL,
+                    vec![
+                        label("agent", agent),
+                        label("upstream", upstream),
+                        Label::from_static_parts("outcome", o.as_str()),
+                    ],
+                )
+            }),
+        }
+    }
+
+    #[inline]
+    pub fn count(&self, outcome: UpstreamOutcome) {
+        self.requests[outcome as usize].increment(1);
+    }
+}
+
+/// Per-listener counter of client connections that broke the protocol.
+pub fn connection_errors(t: &Telemetry, agent: &str, listener: &str) -> Counter {
+    t.counter(
+        CONNECTION_ERRORS_TOTAL,
+        vec![label("agent", agent), label("listener", listener)],
+    )
+}
+
+pub fn record_build_info(t: &Telemetry, agent: &str) {
+    t.gauge(
+        BUILD_INFO,
+        vec![
+            label("agent", agent),
+            Label::from_static_parts("version", env!("CARGO_PKG_VERSION")),
+        ],
+    )
+    .set(1.0);
+}
