@@ -270,13 +270,17 @@ impl Config {
     /// Parses and validates config text; `source_name` prefixes errors (a file name).
     pub fn parse(source_name: &str, source: &str) -> Result<Config, ConfigError> {
         let config: Config = serde_yaml_ng::from_str(source).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            // serde_yaml_ng's message already names the key path and position; keep it whole.
+            // serde_yaml_ng's message reads "key.path: what at line L column C"; the position
+            // moves to the front, as with every other error.
+            let mut message = e.to_string();
+            if let Some(cut) = message.rfind(" at line ") {
+                message.truncate(cut);
+            }
             ConfigError {
                 source_name: source_name.to_owned(),
                 path: String::new(),
-                line,
-                message: e.to_string(),
+                line: e.location().map(|l| l.line()),
+                message,
             }
         })?;
         if let Err((path, message)) = config.validate() {

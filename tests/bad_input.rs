@@ -1,0 +1,122 @@
+//! Bad input from either side: a clear response or a cleanly ended stream, counted under the
+//! right cause, and the sidecar keeps serving.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use sloguard::sim;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends raw bytes to the listener and returns what came back until the connection closed.
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn still_serves(sidecar: &sloguard::Sidecar) {
+    let resp = get(&client(), &proxy_url(sidecar, "/bytes/10")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_bytes(resp).await.len(), 10);
+}
+
+#[tokio::test]
+async fn malformed_client_http_gets_400_and_is_counted() {
+    let upstream = sim::spawn_provider(LOOPBACK, sim::ProviderSim::default()).await.unwrap();
+    let sidecar = start_sidecar("agent", &upstream.url(), "").await;
+    let addr = sidecar.listener_addr("proxy").unwrap();
+    for garbage in [&b"GARBAGE\r\n\r\n"[..], b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n", b"\x00\x01\x02\xff\r\n\r\n"] {
+        let answer = raw_exchange(addr, garbage).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "got {answer:?}");
+    }
+    still_serves(&sidecar).await;
+    let m = metrics(&sidecar).await;
+    assert_eq!(metric(&m, "sloguard_client_connection_errors_total", &[("listener", "proxy")]), 3.0);
+    // Nothing was proxied for them.
+    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[]), 1.0);
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_request_headers_get_431() {
+    let upstream = sim::spawn_provider(LOOPBACK, sim::ProviderSim::default()).await.unwrap();
+    let sidecar = start_sidecar("llm", &upstream.url(), "").await;
+    let addr = sidecar.listener_addr("proxy").unwrap();
+    let big = "a".repeat(100 * 1024);
+    let answer = raw_exchange(addr, format!("GET /bytes/1 HTTP/1.1\r\nHost: x\r\nx-big: {big}\r\n\r\n").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "got {:?}", &answer[..answer.len().min(80)]);
+    still_serves(&sidecar).await;
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invalid_upstream_response_is_a_502_counted_as_reset() {
+    let addr = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 2OO NOT A STATUS\r\n\r\nnonsense").await;
+    })
+    .await;
+    let sidecar = start_sidecar("llm", &format!("http://{addr}"), "").await;
+    let resp = get(&client(), &proxy_url(&sidecar, "/v1/chat/completions")).await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.headers()["x-sloguard-error"], "upstream_unavailable");
+    let m = metrics(&sidecar).await;
+    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "reset")]), 1.0);
+    assert_eq!(metric(&m, "agent_requests_total", &[("status", "5xx"), ("cause", "upstream")]), 1.0);
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_reset_mid_body_ends_the_stream_and_is_counted() {
+    let addr = raw_upstream(|mut s| async move {
+        let head = read_head(&mut s).await;
+        if head.starts_with(b"GET /ok ") {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+            return;
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly ten b").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Abortive close: RST instead of FIN.
+        let _ = s.set_zero_linger();
+        drop(s);
+    })
+    .await;
+    let sidecar = start_sidecar("agent", &format!("http://{addr}"), "").await;
+    let resp = get(&client(), &proxy_url(&sidecar, "/v1/tasks")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await;
+    assert!(body.is_err(), "a cut body must not look complete");
+    let m = metrics(&sidecar).await;
+    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "reset")]), 1.0);
+    assert_eq!(metric(&m, "agent_requests_total", &[("status", "2xx"), ("cause", "agent")]), 1.0);
+    // The same sidecar goes on serving.
+    let resp = get(&client(), &proxy_url(&sidecar, "/ok")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_bytes(resp).await, "ok");
+    sidecar.shutdown().await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_config_text_gives_a_config_or_an_error_never_a_panic(text in ".{0,400}") {
+        let _ = sloguard::Config::parse("fuzz", &text);
+    }
+
+    #[test]
+    fn yaml_shaped_config_text_never_panics(
+        lines in proptest::collection::vec("(agent|listeners|routes|upstreams|  - name|    bind|    role|  [a-z]{1,5}|    url|timeouts): ?[ -~]{0,20}", 0..12)
+    ) {
+        let _ = sloguard::Config::parse("fuzz", &lines.join("\n"));
+    }
+}

@@ -1,0 +1,148 @@
+//! Fixtures for the end-to-end tests: a sidecar on ephemeral loopback ports in front of real
+//! in-process upstreams, a client, and `/metrics` reading.
+#![allow(dead_code, reason = "each test file uses a different part of the fixtures")]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sloguard::{Config, Sidecar};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type TestBody = BoxBody<Bytes, Infallible>;
+pub type TestClient = Client<HttpConnector, TestBody>;
+
+pub const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// A config with one listener called `proxy` of `role`, in front of `upstream_url`.
+pub fn config_yaml(role: &str, upstream_url: &str, timeouts: &str) -> String {
+    format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: proxy, bind: 127.0.0.1:0, role: {role}, route: main}}
+routes:
+  main: {{upstreams: [backend]}}
+upstreams:
+  backend:
+    url: {upstream_url}
+    timeouts: {{{timeouts}}}
+shutdown: {{grace_period: 5s}}
+"
+    )
+}
+
+pub async fn start_sidecar(role: &str, upstream_url: &str, timeouts: &str) -> Sidecar {
+    let config = Config::parse("test", &config_yaml(role, upstream_url, timeouts)).expect("valid test config");
+    Sidecar::start(config).await.expect("sidecar starts")
+}
+
+pub fn proxy_url(sidecar: &Sidecar, path: &str) -> String {
+    format!("http://{}{path}", sidecar.listener_addr("proxy").expect("proxy listener"))
+}
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into()).boxed()
+}
+
+pub fn empty() -> TestBody {
+    full(Bytes::new())
+}
+
+pub async fn get(client: &TestClient, url: &str) -> Response<hyper::body::Incoming> {
+    client
+        .request(Request::get(url).body(empty()).expect("request"))
+        .await
+        .expect("response")
+}
+
+pub async fn body_bytes(resp: Response<hyper::body::Incoming>) -> Bytes {
+    resp.into_body().collect().await.expect("whole body").to_bytes()
+}
+
+/// The sidecar's `/metrics` text.
+pub async fn metrics(sidecar: &Sidecar) -> String {
+    let resp = get(&client(), &format!("http://{}/metrics", sidecar.admin_addr)).await;
+    String::from_utf8(body_bytes(resp).await.to_vec()).expect("utf-8 metrics")
+}
+
+/// Sum of the samples of `name` whose labels include every `(key, value)` of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("sample value"))
+        .sum()
+}
+
+/// A body of `total` bytes made of `chunk` repeated: a large stream without a large allocation.
+pub struct RepeatBody {
+    pub chunk: Bytes,
+    pub remaining: u64,
+}
+
+impl Body for RepeatBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len() as u64);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n as usize)))))
+    }
+}
+
+/// A raw TCP upstream that runs `behave` on every connection: for upstreams that break HTTP.
+pub async fn raw_upstream<F, Fut>(behave: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tcp = TcpListener::bind(LOOPBACK).await.expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = tcp.accept().await {
+            tokio::spawn(behave(stream));
+        }
+    });
+    addr
+}
+
+/// Reads a request head off a raw connection (up to the blank line).
+pub async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    head
+}
+
+/// A loopback port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind(LOOPBACK).expect("bind");
+    l.local_addr().expect("addr")
+}
