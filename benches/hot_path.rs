@@ -1,1 +1,106 @@
-fn main() {}
+//! Per-request hot-path costs: header rewriting, upstream addressing, and the metric recording
+//! that every request pays for.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark set-up")]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Uri};
+use sloguard::config::parse_upstream_url;
+use sloguard::proxy::{headers, upstream_uri};
+use sloguard::sli::UpstreamOutcome;
+use sloguard::sli::{Cause, StatusClass};
+use sloguard::telemetry::{RequestMetrics, Telemetry, UpstreamMetrics};
+
+/// The headers an OpenAI SDK sends with a chat completion.
+fn sdk_request_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "127.0.0.1:7481"),
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+        ("user-agent", "OpenAI/Python 1.54.0"),
+        ("x-stainless-lang", "python"),
+        ("x-stainless-package-version", "1.54.0"),
+        ("authorization", "Bearer sk-placeholder"),
+        ("content-length", "312"),
+        ("connection", "keep-alive"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn headers_bench(c: &mut Criterion) {
+    let template = sdk_request_headers();
+    let host = HeaderValue::from_static("api.openai.com");
+    let ip = HeaderValue::from_static("127.0.0.1");
+    c.bench_function("headers/prepare_request", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |h| headers::prepare_request(black_box(h), &host, &ip),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut response = HeaderMap::new();
+    response.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+    response.insert("x-request-id", HeaderValue::from_static("req_123"));
+    response.insert("openai-processing-ms", HeaderValue::from_static("212"));
+    let upstream = HeaderValue::from_static("openai");
+    c.bench_function("headers/prepare_response", |b| {
+        b.iter_batched_ref(
+            || response.clone(),
+            |h| headers::prepare_response(black_box(h), &upstream),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let url = parse_upstream_url("https://api.openai.com").unwrap();
+    let uri: Uri = "/v1/chat/completions".parse().unwrap();
+    c.bench_function("uri/upstream_uri", |b| {
+        b.iter(|| upstream_uri(black_box(&url), black_box(&uri)))
+    });
+}
+
+fn metrics_bench(c: &mut Criterion) {
+    let t = Telemetry::new();
+    let m = RequestMetrics::new(&t, "bench-agent", "egress", "openai");
+    let u = UpstreamMetrics::new(&t, "bench-agent", "openai");
+    // What one request records: overhead, time to first byte, duration, its status and its attempt.
+    c.bench_function("metrics/one_request", |b| {
+        b.iter(|| {
+            m.overhead.record(black_box(0.000_04));
+            m.time_to_first_byte.record(black_box(0.21));
+            m.response_seconds.record(black_box(1.7));
+            m.count_request(black_box(StatusClass::Success), black_box(Cause::None));
+            u.count(black_box(UpstreamOutcome::Ok));
+        })
+    });
+    // Histogram samples accumulate until upkeep folds them; keep the bench's memory flat.
+    t.run_upkeep();
+    let mut group = c.benchmark_group("metrics/contended");
+    group.bench_function("one_request_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..iters {
+                            m.response_seconds.record(black_box(1.7));
+                            m.count_request(StatusClass::Success, Cause::None);
+                        }
+                    });
+                }
+            });
+            t.run_upkeep();
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, headers_bench, metrics_bench);
+criterion_main!(benches);

@@ -31,16 +31,29 @@ async fn still_serves(sidecar: &sloguard::Sidecar) {
 
 #[tokio::test]
 async fn malformed_client_http_gets_400_and_is_counted() {
-    let upstream = sim::spawn_provider(LOOPBACK, sim::ProviderSim::default()).await.unwrap();
+    let upstream = sim::spawn_provider(LOOPBACK, sim::ProviderSim::default())
+        .await
+        .unwrap();
     let sidecar = start_sidecar("agent", &upstream.url(), "").await;
     let addr = sidecar.listener_addr("proxy").unwrap();
-    for garbage in [&b"GARBAGE\r\n\r\n"[..], b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n", b"\x00\x01\x02\xff\r\n\r\n"] {
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n",
+        b"\x00\x01\x02\xff\r\n\r\n",
+    ] {
         let answer = raw_exchange(addr, garbage).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "got {answer:?}");
     }
     still_serves(&sidecar).await;
     let m = metrics(&sidecar).await;
-    assert_eq!(metric(&m, "sloguard_client_connection_errors_total", &[("listener", "proxy")]), 3.0);
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_client_connection_errors_total",
+            &[("listener", "proxy")]
+        ),
+        3.0
+    );
     // Nothing was proxied for them.
     assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[]), 1.0);
     sidecar.shutdown().await;
@@ -48,12 +61,22 @@ async fn malformed_client_http_gets_400_and_is_counted() {
 
 #[tokio::test]
 async fn oversized_request_headers_get_431() {
-    let upstream = sim::spawn_provider(LOOPBACK, sim::ProviderSim::default()).await.unwrap();
+    let upstream = sim::spawn_provider(LOOPBACK, sim::ProviderSim::default())
+        .await
+        .unwrap();
     let sidecar = start_sidecar("llm", &upstream.url(), "").await;
     let addr = sidecar.listener_addr("proxy").unwrap();
     let big = "a".repeat(100 * 1024);
-    let answer = raw_exchange(addr, format!("GET /bytes/1 HTTP/1.1\r\nHost: x\r\nx-big: {big}\r\n\r\n").as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 431"), "got {:?}", &answer[..answer.len().min(80)]);
+    let answer = raw_exchange(
+        addr,
+        format!("GET /bytes/1 HTTP/1.1\r\nHost: x\r\nx-big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "got {:?}",
+        &answer[..answer.len().min(80)]
+    );
     still_serves(&sidecar).await;
     sidecar.shutdown().await;
 }
@@ -62,7 +85,9 @@ async fn oversized_request_headers_get_431() {
 async fn an_invalid_upstream_response_is_a_502_counted_as_reset() {
     let addr = raw_upstream(|mut s| async move {
         read_head(&mut s).await;
-        let _ = s.write_all(b"HTTP/1.1 2OO NOT A STATUS\r\n\r\nnonsense").await;
+        let _ = s
+            .write_all(b"HTTP/1.1 2OO NOT A STATUS\r\n\r\nnonsense")
+            .await;
     })
     .await;
     let sidecar = start_sidecar("llm", &format!("http://{addr}"), "").await;
@@ -70,8 +95,22 @@ async fn an_invalid_upstream_response_is_a_502_counted_as_reset() {
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(resp.headers()["x-sloguard-error"], "upstream_unavailable");
     let m = metrics(&sidecar).await;
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "reset")]), 1.0);
-    assert_eq!(metric(&m, "agent_requests_total", &[("status", "5xx"), ("cause", "upstream")]), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "reset")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "5xx"), ("cause", "upstream")]
+        ),
+        1.0
+    );
     sidecar.shutdown().await;
 }
 
@@ -80,10 +119,14 @@ async fn an_upstream_reset_mid_body_ends_the_stream_and_is_counted() {
     let addr = raw_upstream(|mut s| async move {
         let head = read_head(&mut s).await;
         if head.starts_with(b"GET /ok ") {
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
             return;
         }
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly ten b").await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly ten b")
+            .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Abortive close: RST instead of FIN.
         let _ = s.set_zero_linger();
@@ -96,8 +139,22 @@ async fn an_upstream_reset_mid_body_ends_the_stream_and_is_counted() {
     let body = resp.into_body().collect().await;
     assert!(body.is_err(), "a cut body must not look complete");
     let m = metrics(&sidecar).await;
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "reset")]), 1.0);
-    assert_eq!(metric(&m, "agent_requests_total", &[("status", "2xx"), ("cause", "agent")]), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "reset")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "2xx"), ("cause", "agent")]
+        ),
+        1.0
+    );
     // The same sidecar goes on serving.
     let resp = get(&client(), &proxy_url(&sidecar, "/ok")).await;
     assert_eq!(resp.status(), StatusCode::OK);

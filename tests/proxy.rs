@@ -42,7 +42,13 @@ async fn byte_exact_passthrough(role: &str) {
         async move {
             let (parts, body) = req.into_parts();
             let body = body.collect().await.unwrap().to_bytes();
-            let h = |n: &str| parts.headers.get(n).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            let h = |n: &str| {
+                parts
+                    .headers
+                    .get(n)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            };
             *seen.lock().unwrap() = Seen {
                 body,
                 host: h("host"),
@@ -67,14 +73,23 @@ async fn byte_exact_passthrough(role: &str) {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-sloguard-upstream"], "backend");
     let got = body_bytes(resp).await;
-    assert!(got == response_body, "response body changed on the way ({role})");
+    assert!(
+        got == response_body,
+        "response body changed on the way ({role})"
+    );
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.body == request_body, "request body changed on the way ({role})");
+    assert!(
+        seen.body == request_body,
+        "request body changed on the way ({role})"
+    );
     assert_eq!(seen.host, upstream.addr.to_string());
     assert_eq!(seen.forwarded_for, "127.0.0.1");
     assert_eq!(seen.forwarded_proto, "http");
     assert_eq!(seen.path, "/v1/echo?q=1");
-    assert!(!seen.hop_header, "a header named in Connection reached the upstream");
+    assert!(
+        !seen.hop_header,
+        "a header named in Connection reached the upstream"
+    );
     sidecar.shutdown().await;
 }
 
@@ -90,11 +105,14 @@ async fn random_1mib_passes_byte_exact_on_the_llm_role() {
 
 #[tokio::test]
 async fn h2c_clients_are_served() {
-    let upstream = sim::spawn_provider(LOOPBACK, sim::ProviderSim::default()).await.unwrap();
+    let upstream = sim::spawn_provider(LOOPBACK, sim::ProviderSim::default())
+        .await
+        .unwrap();
     let sidecar = start_sidecar("llm", &upstream.url(), "").await;
-    let h2: TestClient = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
+    let h2: TestClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
     let resp = get(&h2, &proxy_url(&sidecar, "/bytes/1024")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.version(), http::Version::HTTP_2);
@@ -113,14 +131,19 @@ async fn sse_chunks_reach_the_client_before_the_upstream_finishes() {
         async move {
             let (tx, rx) = mpsc::channel(1);
             tokio::spawn(async move {
-                tx.send(Bytes::from_static(b"data: {\"n\":1}\n\n")).await.unwrap();
+                tx.send(Bytes::from_static(b"data: {\"n\":1}\n\n"))
+                    .await
+                    .unwrap();
                 if let Some(wait) = wait {
                     let _ = wait.await;
                 }
-                tx.send(Bytes::from_static(b"data: {\"n\":2}\n\n")).await.unwrap();
+                tx.send(Bytes::from_static(b"data: {\"n\":2}\n\n"))
+                    .await
+                    .unwrap();
             });
             let mut r = Response::new(http_body_util::BodyExt::boxed(ChannelBody(rx)));
-            r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
             r
         }
     })
@@ -135,7 +158,10 @@ async fn sse_chunks_reach_the_client_before_the_upstream_finishes() {
         .expect("the first event arrived while the upstream was still open")
         .unwrap()
         .unwrap();
-    assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"data: {\"n\":1}\n\n"));
+    assert_eq!(
+        first.into_data().unwrap(),
+        Bytes::from_static(b"data: {\"n\":1}\n\n")
+    );
     go.send(()).unwrap();
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, Bytes::from_static(b"data: {\"n\":2}\n\n"));
@@ -145,7 +171,12 @@ async fn sse_chunks_reach_the_client_before_the_upstream_finishes() {
 /// An upstream answering `/status/NNN` with that status.
 async fn status_upstream() -> sim::SimServer {
     sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
-        let code: u16 = req.uri().path().trim_start_matches("/status/").parse().unwrap_or(200);
+        let code: u16 = req
+            .uri()
+            .path()
+            .trim_start_matches("/status/")
+            .parse()
+            .unwrap_or(200);
         // A little latency so that requests overlap.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let mut r = Response::new(sim_full("x"));
@@ -159,14 +190,21 @@ async fn status_upstream() -> sim::SimServer {
 async fn scripted_mix(role: &str, statuses: &[(u16, usize)]) -> (sloguard::Sidecar, Vec<u16>) {
     let upstream = status_upstream().await;
     let sidecar = start_sidecar(role, &upstream.url(), "").await;
-    let mut script: Vec<u16> = statuses.iter().flat_map(|(s, n)| std::iter::repeat_n(*s, *n)).collect();
+    let mut script: Vec<u16> = statuses
+        .iter()
+        .flat_map(|(s, n)| std::iter::repeat_n(*s, *n))
+        .collect();
     // Interleave the classes deterministically.
     script.sort_by_key(|s| (*s as usize * 7919) % 13);
     let gate = Arc::new(Semaphore::new(100));
     let client = client();
     let mut tasks = Vec::new();
     for code in script.clone() {
-        let (gate, client, url) = (gate.clone(), client.clone(), proxy_url(&sidecar, &format!("/status/{code}")));
+        let (gate, client, url) = (
+            gate.clone(),
+            client.clone(),
+            proxy_url(&sidecar, &format!("/status/{code}")),
+        );
         tasks.push(tokio::spawn(async move {
             let _p = gate.acquire().await.unwrap();
             let resp = get(&client, &url).await;
@@ -185,23 +223,64 @@ async fn scripted_mix(role: &str, statuses: &[(u16, usize)]) -> (sloguard::Sidec
 
 #[tokio::test]
 async fn status_classes_are_counted_exactly_under_100_concurrent_requests() {
-    let (sidecar, got) = scripted_mix("agent", &[(200, 300), (201, 20), (404, 80), (503, 60), (500, 40)]).await;
+    let (sidecar, got) = scripted_mix(
+        "agent",
+        &[(200, 300), (201, 20), (404, 80), (503, 60), (500, 40)],
+    )
+    .await;
     assert_eq!(got.len(), 500);
     let m = metrics(&sidecar).await;
-    let class = |c: &str| metric(&m, "agent_requests_total", &[("status", c), ("listener", "proxy"), ("upstream", "backend"), ("agent", "test-agent")]);
+    let class = |c: &str| {
+        metric(
+            &m,
+            "agent_requests_total",
+            &[
+                ("status", c),
+                ("listener", "proxy"),
+                ("upstream", "backend"),
+                ("agent", "test-agent"),
+            ],
+        )
+    };
     assert_eq!(class("2xx"), 320.0);
     assert_eq!(class("4xx"), 80.0);
     assert_eq!(class("5xx"), 100.0);
     // On the agent role a 5xx is the agent's own failure.
-    assert_eq!(metric(&m, "agent_requests_total", &[("status", "5xx"), ("cause", "agent")]), 100.0);
-    assert_eq!(metric(&m, "agent_requests_total", &[("cause", "none")]), 400.0);
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "5xx"), ("cause", "agent")]
+        ),
+        100.0
+    );
+    assert_eq!(
+        metric(&m, "agent_requests_total", &[("cause", "none")]),
+        400.0
+    );
     assert_eq!(metric(&m, "agent_response_seconds_count", &[]), 500.0);
-    assert_eq!(metric(&m, "agent_time_to_first_byte_seconds_count", &[]), 500.0);
+    assert_eq!(
+        metric(&m, "agent_time_to_first_byte_seconds_count", &[]),
+        500.0
+    );
     assert_eq!(metric(&m, "sloguard_overhead_seconds_count", &[]), 500.0);
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "ok")]), 400.0);
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "5xx")]), 100.0);
+    assert_eq!(
+        metric(&m, "sloguard_upstream_requests_total", &[("outcome", "ok")]),
+        400.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "5xx")]
+        ),
+        100.0
+    );
     // The article's p99 query needs buckets, and the +Inf bucket holds every request.
-    assert_eq!(metric(&m, "agent_response_seconds_bucket", &[("le", "+Inf")]), 500.0);
+    assert_eq!(
+        metric(&m, "agent_response_seconds_bucket", &[("le", "+Inf")]),
+        500.0
+    );
     sidecar.shutdown().await;
 }
 
@@ -209,17 +288,57 @@ async fn status_classes_are_counted_exactly_under_100_concurrent_requests() {
 async fn on_the_llm_role_provider_5xx_and_429_are_charged_upstream() {
     let (sidecar, _) = scripted_mix("llm", &[(200, 50), (429, 30), (502, 20)]).await;
     let m = metrics(&sidecar).await;
-    assert_eq!(metric(&m, "agent_requests_total", &[("status", "4xx"), ("cause", "upstream")]), 30.0);
-    assert_eq!(metric(&m, "agent_requests_total", &[("status", "5xx"), ("cause", "upstream")]), 20.0);
-    assert_eq!(metric(&m, "agent_requests_total", &[("status", "2xx"), ("cause", "none")]), 50.0);
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "429")]), 30.0);
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "5xx")]), 20.0);
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "4xx"), ("cause", "upstream")]
+        ),
+        30.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "5xx"), ("cause", "upstream")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "2xx"), ("cause", "none")]
+        ),
+        50.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "429")]
+        ),
+        30.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "5xx")]
+        ),
+        20.0
+    );
     sidecar.shutdown().await;
 }
 
-async fn error_json(resp: Response<hyper::body::Incoming>) -> (StatusCode, String, serde_json::Value) {
+async fn error_json(
+    resp: Response<hyper::body::Incoming>,
+) -> (StatusCode, String, serde_json::Value) {
     let status = resp.status();
-    let header = resp.headers()["x-sloguard-error"].to_str().unwrap().to_owned();
+    let header = resp.headers()["x-sloguard-error"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).unwrap();
     (status, header, body)
@@ -234,10 +353,27 @@ async fn connect_refused_is_a_502_upstream_unavailable() {
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(header, "upstream_unavailable");
     assert_eq!(body["error"]["type"], "upstream_unavailable");
-    assert!(body["error"]["message"].as_str().unwrap().contains("backend"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("backend"));
     let m = metrics(&sidecar).await;
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "connect_error")]), 1.0);
-    assert_eq!(metric(&m, "agent_requests_total", &[("status", "5xx"), ("cause", "upstream")]), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "connect_error")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "5xx"), ("cause", "upstream")]
+        ),
+        1.0
+    );
     sidecar.shutdown().await;
 }
 
@@ -258,8 +394,22 @@ async fn a_hanging_upstream_is_a_504_upstream_timeout() {
     assert_eq!(header, "upstream_timeout");
     assert_eq!(body["error"]["type"], "upstream_timeout");
     let m = metrics(&sidecar).await;
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "timeout")]), 1.0);
-    assert_eq!(metric(&m, "agent_requests_total", &[("status", "5xx"), ("cause", "agent")]), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "5xx"), ("cause", "agent")]
+        ),
+        1.0
+    );
     sidecar.shutdown().await;
 }
 
@@ -282,11 +432,30 @@ async fn a_stalled_stream_is_ended_after_idle() {
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, Bytes::from_static(b"data: {\"n\":1}\n\n"));
     // The stream then ends (as an error: the client must not take a cut stream for a whole one).
-    let end = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.expect("stream ended");
-    assert!(end.is_err(), "a stalled stream must end as an error, not as a complete body");
+    let end = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("stream ended");
+    assert!(
+        end.is_err(),
+        "a stalled stream must end as an error, not as a complete body"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     let m = metrics(&sidecar).await;
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "timeout")]), 1.0);
-    assert_eq!(metric(&m, "agent_requests_total", &[("status", "2xx"), ("cause", "upstream")]), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "2xx"), ("cause", "upstream")]
+        ),
+        1.0
+    );
     sidecar.shutdown().await;
 }

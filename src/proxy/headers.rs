@@ -29,21 +29,38 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Connection-named headers: rare (HTTP/1.1 clients mostly send none), so the Vec is only
-    // built when there is one.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    // Connection-named headers: rare. Most clients send none, or only `keep-alive` / `close`,
+    // which name no end-to-end header; the Vec is only built when there is something to remove.
+    if headers.contains_key(header::CONNECTION)
+        && !headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+            .all(names_only_standard_tokens)
+    {
+        remove_connection_named(headers);
     }
     for name in fixed_hop_by_hop() {
+        headers.remove(name);
+    }
+}
+
+/// True when a Connection value is `keep-alive` and/or `close` only.
+fn names_only_standard_tokens(value: &HeaderValue) -> bool {
+    value.as_bytes().split(|b| *b == b',').all(|token| {
+        let t = token.trim_ascii();
+        t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close") || t.is_empty()
+    })
+}
+
+fn remove_connection_named(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
         headers.remove(name);
     }
 }
@@ -111,7 +128,8 @@ mod tests {
     fn request_headers_for_the_upstream() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, hv("sidecar:7480"));
-        h.insert(header::CONNECTION, hv("keep-alive, x-secret-hop"));
+        h.insert(header::CONNECTION, hv("keep-alive"));
+        h.append(header::CONNECTION, hv("x-secret-hop"));
         h.insert("x-secret-hop", hv("1"));
         h.insert(KEEP_ALIVE.clone(), hv("timeout=5"));
         h.insert(header::TRANSFER_ENCODING, hv("chunked"));

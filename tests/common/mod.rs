@@ -1,6 +1,9 @@
 //! Fixtures for the end-to-end tests: a sidecar on ephemeral loopback ports in front of real
 //! in-process upstreams, a client, and `/metrics` reading.
-#![allow(dead_code, reason = "each test file uses a different part of the fixtures")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the fixtures"
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub type TestBody = BoxBody<Bytes, Infallible>;
 pub type TestClient = Client<HttpConnector, TestBody>;
 
-pub const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+pub const LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// A config with one listener called `proxy` of `role`, in front of `upstream_url`.
 pub fn config_yaml(role: &str, upstream_url: &str, timeouts: &str) -> String {
@@ -42,12 +46,16 @@ shutdown: {{grace_period: 5s}}
 }
 
 pub async fn start_sidecar(role: &str, upstream_url: &str, timeouts: &str) -> Sidecar {
-    let config = Config::parse("test", &config_yaml(role, upstream_url, timeouts)).expect("valid test config");
+    let config = Config::parse("test", &config_yaml(role, upstream_url, timeouts))
+        .expect("valid test config");
     Sidecar::start(config).await.expect("sidecar starts")
 }
 
 pub fn proxy_url(sidecar: &Sidecar, path: &str) -> String {
-    format!("http://{}{path}", sidecar.listener_addr("proxy").expect("proxy listener"))
+    format!(
+        "http://{}{path}",
+        sidecar.listener_addr("proxy").expect("proxy listener")
+    )
 }
 
 pub fn client() -> TestClient {
@@ -70,7 +78,11 @@ pub async fn get(client: &TestClient, url: &str) -> Response<hyper::body::Incomi
 }
 
 pub async fn body_bytes(resp: Response<hyper::body::Incoming>) -> Bytes {
-    resp.into_body().collect().await.expect("whole body").to_bytes()
+    resp.into_body()
+        .collect()
+        .await
+        .expect("whole body")
+        .to_bytes()
 }
 
 /// The sidecar's `/metrics` text.
@@ -87,8 +99,17 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("sample value"))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .expect("sample value")
+        })
         .sum()
 }
 
@@ -101,7 +122,10 @@ pub struct RepeatBody {
 impl Body for RepeatBody {
     type Data = Bytes;
     type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }

@@ -1,0 +1,167 @@
+//! Config files: every example parses; bad configs give a message naming the key path and line;
+//! `sloguard check` exits non-zero with that message.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::path::Path;
+use std::process::Command;
+
+use sloguard::Config;
+
+#[test]
+fn every_file_in_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "expected the example configs in {}", dir.display());
+}
+
+#[test]
+fn the_readme_config_example_parses() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("```yaml\n")
+        .expect("a yaml block in the README")
+        + "```yaml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    Config::parse("README.md", &readme[start..end]).unwrap_or_else(|e| panic!("{e}"));
+}
+
+const BASE: &str = "agent: a
+listeners:
+  - name: inbound
+    bind: 127.0.0.1:7480
+    role: agent
+    route: agent
+routes:
+  agent:
+    upstreams: [agent]
+upstreams:
+  agent:
+    url: http://127.0.0.1:8000
+";
+
+fn error_of(text: &str) -> String {
+    Config::parse("bad.yaml", text)
+        .expect_err("config must be refused")
+        .to_string()
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line() {
+    let e = error_of(&BASE.replace("    route: agent\n", "    route: agent\n    colour: blue\n"));
+    assert_eq!(
+        e,
+        "bad.yaml:7: listeners[0]: unknown field `colour`, expected one of `name`, `bind`, `role`, `route`"
+    );
+    let e = error_of(&format!("{BASE}telemetry: {{}}\n"));
+    assert!(
+        e.starts_with("bad.yaml:13: unknown field `telemetry`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_duration_is_named_with_its_line() {
+    let e = error_of(&format!("{BASE}    timeouts:\n      idle: 30 seconds\n"));
+    assert!(
+        e.starts_with(
+            "bad.yaml:14: upstreams.agent.timeouts.idle: invalid duration \"30 seconds\""
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_upstream_reference_is_named_with_its_line() {
+    let e = error_of(&BASE.replace("upstreams: [agent]", "upstreams: [agnet]"));
+    assert_eq!(
+        e,
+        "bad.yaml:9: routes.agent.upstreams[0]: no upstream named \"agnet\" under `upstreams`"
+    );
+    let e = error_of(&BASE.replace("    route: agent", "    route: nowhere"));
+    assert_eq!(
+        e,
+        "bad.yaml:6: listeners[0].route: no route named \"nowhere\" under `routes`"
+    );
+}
+
+#[test]
+fn a_duplicate_listener_bind_is_named_with_its_line() {
+    let dup = BASE.replace(
+        "routes:\n",
+        "  - name: second\n    bind: 0.0.0.0:7480\n    role: llm\n    route: agent\nroutes:\n",
+    );
+    let e = error_of(&dup);
+    assert_eq!(e, "bad.yaml:8: listeners[1].bind: duplicate bind address 0.0.0.0:7480: listeners[0] binds it too");
+}
+
+#[test]
+fn sections_this_build_does_not_act_on_are_refused() {
+    let e = error_of(&format!("{BASE}safety:\n  action: block\n"));
+    assert!(
+        e.starts_with("bad.yaml:13: safety: the `safety` section is not supported by this build"),
+        "{e}"
+    );
+    let e = error_of(&BASE.replace(
+        "    url: http://127.0.0.1:8000\n",
+        "    url: http://127.0.0.1:8000\n    circuit_breaker: {consecutive_failures: 5}\n",
+    ));
+    assert!(
+        e.starts_with(
+            "bad.yaml:13: upstreams.agent.circuit_breaker: `circuit_breaker` is not supported"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_url_and_a_missing_section_are_named() {
+    let e = error_of(&BASE.replace("http://127.0.0.1:8000", "ftp://127.0.0.1:8000"));
+    assert!(e.starts_with("bad.yaml:12: upstreams.agent.url: URL \"ftp://127.0.0.1:8000\" must start with http:// or https://"), "{e}");
+    let e = error_of("agent: a\nlisteners: []\nroutes: {}\n");
+    assert!(e.contains("missing field `upstreams`"), "{e}");
+}
+
+#[test]
+fn sloguard_check_exits_non_zero_with_the_message() {
+    let dir = std::env::temp_dir().join(format!("sloguard-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        BASE.replace("upstreams: [agent]", "upstreams: [agnet]"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sloguard"))
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.yaml:9: routes.agent.upstreams[0]: no upstream named \"agnet\""),
+        "{stderr}"
+    );
+
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, BASE).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sloguard"))
+        .arg("check")
+        .env("SLOGUARD_CONFIG", &good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
