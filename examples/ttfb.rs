@@ -24,7 +24,9 @@ async fn main() -> anyhow::Result<()> {
         workers.push(tokio::spawn(async move {
             for _ in 0..share {
                 let start = Instant::now();
-                let Ok(resp) = client.get(url.clone()).await else { continue };
+                let Ok(resp) = client.get(url.clone()).await else {
+                    continue;
+                };
                 let mut body = resp.into_body();
                 let mut first = None;
                 while let Some(Ok(frame)) = body.frame().await {
@@ -33,7 +35,10 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
                 if let Some(t) = first {
-                    samples.lock().map(|mut s| s.push(t.as_secs_f64() * 1000.0)).ok();
+                    samples
+                        .lock()
+                        .map(|mut s| s.push(t.as_secs_f64() * 1000.0))
+                        .ok();
                 }
             }
         }));
@@ -43,7 +48,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut s = samples.lock().map(|s| s.clone()).unwrap_or_default();
     s.sort_by(f64::total_cmp);
-    let q = |p: f64| if s.is_empty() { f64::NAN } else { s[((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1] };
-    println!("{{\"n\":{},\"p50_ms\":{:.4},\"p99_ms\":{:.4}}}", s.len(), q(0.5), q(0.99));
+    let q = |p: f64| {
+        if s.is_empty() {
+            f64::NAN
+        } else {
+            s[((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1]
+        }
+    };
+    println!(
+        "{{\"n\":{},\"p50_ms\":{:.4},\"p99_ms\":{:.4}}}",
+        s.len(),
+        q(0.5),
+        q(0.99)
+    );
     Ok(())
 }

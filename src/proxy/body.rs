@@ -15,6 +15,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::state::ListenerState;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
+use crate::upstream::Lease;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -64,6 +65,8 @@ impl Accounting {
 /// Deadlines of a streaming upstream body.
 struct Stream {
     body: Incoming,
+    /// The HTTP/1.1 connection the body arrives on: back to the pool once the body ended cleanly.
+    lease: Option<Lease>,
     idle: std::time::Duration,
     total_deadline: Instant,
     last_chunk: Instant,
@@ -85,6 +88,7 @@ pub struct ProxyBody {
 impl ProxyBody {
     pub fn upstream(
         body: Incoming,
+        lease: Option<Lease>,
         account: Accounting,
         idle: std::time::Duration,
         total_deadline: Instant,
@@ -92,6 +96,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Upstream(Stream {
                 body,
+                lease,
                 idle,
                 total_deadline,
                 last_chunk: Instant::now(),
@@ -190,6 +195,9 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Err(BodyError::Upstream(e))))
                 }
                 Poll::Ready(None) => {
+                    if let Some(lease) = stream.lease.take() {
+                        lease.release();
+                    }
                     this.settle();
                     Poll::Ready(None)
                 }
@@ -228,8 +236,16 @@ fn upstream_name(account: &Option<Accounting>) -> &str {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        // A body dropped before its end: the client went away or hyper finished without a last
-        // poll. The request is still counted, once.
+        // hyper stops polling a body that says it has ended, so the last poll may never come:
+        // a connection whose body is complete still goes back to the pool.
+        if let Inner::Upstream(stream) = &mut self.inner {
+            if stream.body.is_end_stream() {
+                if let Some(lease) = stream.lease.take() {
+                    lease.release();
+                }
+            }
+        }
+        // A body dropped before its end: the client went away. The request is still counted, once.
         self.settle();
     }
 }

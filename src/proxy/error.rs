@@ -15,7 +15,7 @@ pub enum ProxyError {
     Connect {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::pool::BoxError,
     },
     #[error("upstream {upstream} sent no response within {timeout:?}")]
     FirstByteTimeout { upstream: String, timeout: Duration },
@@ -23,7 +23,7 @@ pub enum ProxyError {
     Broken {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
     #[error("the request could not be addressed to upstream {upstream}: {reason}")]
     Internal { upstream: String, reason: String },

@@ -47,6 +47,7 @@ pub use state::{ListenerState, Snapshot};
 
 use crate::config::UpstreamUrl;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
+use crate::upstream::SendError;
 
 /// The upstream URI for a client request's URI: upstream scheme, authority and path prefix,
 /// client path and query.
@@ -90,28 +91,26 @@ pub async fn handle(
         }
     };
     headers::prepare_request(&mut parts.headers, &upstream.host_header, &client_ip);
-    // The client picks h1 or h2 per connection (ALPN); the request's own version must not force it.
-    parts.version = http::Version::HTTP_11;
     let request = Request::from_parts(parts, body);
 
     let sent = Instant::now();
     let head_deadline = (sent + timeouts.first_byte.0).min(total_deadline);
-    let result = tokio::time::timeout_at(head_deadline, upstream.client.request(request)).await;
+    let result = tokio::time::timeout_at(head_deadline, upstream.pool.send(request)).await;
     let head_at = Instant::now();
 
-    let response = match result {
-        Ok(Ok(response)) => response,
-        Ok(Err(source)) => {
-            let err = if source.is_connect() {
-                ProxyError::Connect {
-                    upstream: upstream.name.clone(),
-                    source,
-                }
-            } else {
-                ProxyError::Broken {
-                    upstream: upstream.name.clone(),
-                    source,
-                }
+    let (response, lease) = match result {
+        Ok(Ok(exchange)) => exchange,
+        Ok(Err(SendError::Connect(source))) => {
+            let err = ProxyError::Connect {
+                upstream: upstream.name.clone(),
+                source,
+            };
+            return local_error(err, listener, received);
+        }
+        Ok(Err(SendError::Exchange(source))) => {
+            let err = ProxyError::Broken {
+                upstream: upstream.name.clone(),
+                source,
             };
             return local_error(err, listener, received);
         }
@@ -135,7 +134,7 @@ pub async fn handle(
         first_byte_sent: false,
         listener: listener.clone(),
     };
-    let body = ProxyBody::upstream(body, account, timeouts.idle.0, total_deadline);
+    let body = ProxyBody::upstream(body, lease, account, timeouts.idle.0, total_deadline);
     let done = Instant::now();
     listener
         .metrics

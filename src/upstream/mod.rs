@@ -2,13 +2,25 @@
 //! timeouts that bound an attempt.
 
 mod client;
+pub mod pool;
 
-use http::HeaderValue;
+use std::sync::Arc;
+use std::time::Duration;
 
-pub use client::{build_client, UpstreamClient};
+use http::{HeaderValue, Uri};
+
+pub use client::build_connector;
+pub use pool::{ConnectionPool, Lease, SendError};
 
 use crate::config::{parse_upstream_url, Protocol, Timeouts, UpstreamConfig, UpstreamUrl};
 use crate::telemetry::{Telemetry, UpstreamMetrics};
+
+/// Idle HTTP/1.1 connections kept per upstream: enough for a busy agent's concurrency, bounded so
+/// that a burst does not pin thousands of sockets.
+pub const MAX_IDLE_CONNECTIONS: usize = 256;
+/// An idle connection older than this is closed rather than reused (providers close theirs
+/// after a minute or two; reusing one they are closing costs a failed request).
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// One upstream as the data plane uses it; built once per config snapshot.
 pub struct Upstream {
@@ -16,7 +28,7 @@ pub struct Upstream {
     pub url: UpstreamUrl,
     pub protocol: Protocol,
     pub timeouts: Timeouts,
-    pub client: UpstreamClient,
+    pub pool: Arc<ConnectionPool>,
     /// The `x-sloguard-upstream` value, built once: cloning a `HeaderValue` is a reference count.
     pub header_value: HeaderValue,
     /// The `Host` the upstream gets, built once from the URL's authority.
@@ -50,13 +62,27 @@ impl Upstream {
                 name: name.to_owned(),
                 message: "host is not a valid header value".into(),
             })?;
+        let target = Uri::builder()
+            .scheme(url.scheme.clone())
+            .authority(url.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamBuildError::Url {
+                name: name.to_owned(),
+                message: e.to_string(),
+            })?;
         Ok(Upstream {
             host_header,
             name: name.to_owned(),
             url,
             protocol: config.protocol,
             timeouts: config.timeouts,
-            client: build_client(config.timeouts.connect.0),
+            pool: Arc::new(ConnectionPool::new(
+                build_connector(config.timeouts.connect.0),
+                target,
+                MAX_IDLE_CONNECTIONS,
+                IDLE_CONNECTION_TIMEOUT,
+            )),
             header_value,
             metrics: UpstreamMetrics::new(telemetry, agent, name),
         })
