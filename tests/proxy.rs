@@ -459,3 +459,60 @@ async fn a_stalled_stream_is_ended_after_idle() {
     );
     sidecar.shutdown().await;
 }
+
+/// An HTTP/1.1 upstream that counts its connections; with `keep_alive` off it closes each
+/// connection after one response (without saying so in a header, like a server whose idle
+/// timeout ran out).
+async fn counting_upstream(keep_alive: bool) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let tcp = tokio::net::TcpListener::bind(LOOPBACK).await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = tcp.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(sim_full("pooled")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let (addr, accepted) = counting_upstream(true).await;
+    let sidecar = start_sidecar("llm", &format!("http://{addr}"), "").await;
+    let client = client();
+    for _ in 0..20 {
+        let resp = get(&client, &proxy_url(&sidecar, "/x")).await;
+        assert_eq!(body_bytes(resp).await, "pooled");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection serves sequential requests");
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closed_are_not_reused() {
+    let (addr, accepted) = counting_upstream(false).await;
+    let sidecar = start_sidecar("llm", &format!("http://{addr}"), "").await;
+    let client = client();
+    for _ in 0..10 {
+        let resp = get(&client, &proxy_url(&sidecar, "/x")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body_bytes(resp).await, "pooled");
+        // Give the close time to arrive, as between real requests.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
+    let m = metrics(&sidecar).await;
+    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "ok")]), 10.0);
+    sidecar.shutdown().await;
+}
