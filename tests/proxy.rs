@@ -463,7 +463,9 @@ async fn a_stalled_stream_is_ended_after_idle() {
 /// An HTTP/1.1 upstream that counts its connections; with `keep_alive` off it closes each
 /// connection after one response (without saying so in a header, like a server whose idle
 /// timeout ran out).
-async fn counting_upstream(keep_alive: bool) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+async fn counting_upstream(
+    keep_alive: bool,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let tcp = tokio::net::TcpListener::bind(LOOPBACK).await.unwrap();
     let addr = tcp.local_addr().unwrap();
@@ -495,7 +497,11 @@ async fn upstream_connections_are_reused() {
         let resp = get(&client, &proxy_url(&sidecar, "/x")).await;
         assert_eq!(body_bytes(resp).await, "pooled");
     }
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection serves sequential requests");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection serves sequential requests"
+    );
     sidecar.shutdown().await;
 }
 
@@ -513,6 +519,9 @@ async fn connections_the_upstream_closed_are_not_reused() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
     let m = metrics(&sidecar).await;
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[("outcome", "ok")]), 10.0);
+    assert_eq!(
+        metric(&m, "sloguard_upstream_requests_total", &[("outcome", "ok")]),
+        10.0
+    );
     sidecar.shutdown().await;
 }

@@ -46,7 +46,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match check(&config) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} listeners, {} routes, {} upstreams)",
@@ -84,6 +84,15 @@ pub fn main() -> ExitCode {
         }
         Command::Demo(args) => runtime_then(|| demo::run(args)),
     }
+}
+
+/// Parses and validates, then builds the running state too, so that what only shows when
+/// building (an unreadable CA file) is caught by `check` as well.
+fn check(path: &std::path::Path) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    crate::proxy::Snapshot::build(config.clone(), &crate::telemetry::Telemetry::new())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(config)
 }
 
 fn runtime_then<F, Fut>(f: F) -> ExitCode

@@ -168,11 +168,22 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    #[serde(default)]
     pub api_keys_file: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     pub model: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     pub circuit_breaker: Option<serde_yaml_ng::Value>,
+}
+
+/// TLS settings of an `https://` upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM file of CA certificates to trust besides the public (webpki) roots: for a model
+    /// gateway behind a private CA.
+    pub ca_file: std::path::PathBuf,
 }
 
 /// Per-upstream timeouts. Defaults suit LLM providers: a slow first token is normal, a
@@ -398,8 +409,15 @@ impl Config {
         }
         for (name, up) in &self.upstreams {
             let base = format!("upstreams.{name}");
-            if let Err(msg) = parse_upstream_url(&up.url) {
-                return Err((format!("{base}.url"), msg));
+            match parse_upstream_url(&up.url) {
+                Err(msg) => return Err((format!("{base}.url"), msg)),
+                Ok(url) if up.tls.is_some() && url.scheme != http::uri::Scheme::HTTPS => {
+                    return Err((
+                        format!("{base}.tls"),
+                        "applies to https:// upstreams only".into(),
+                    ));
+                }
+                Ok(_) => {}
             }
             for (key, value) in [
                 ("api_keys_file", &up.api_keys_file),

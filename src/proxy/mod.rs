@@ -7,8 +7,9 @@
 //! 1. **Take the snapshot's listener state** (one reference count): the request finishes on the
 //!    config it started with, whatever a reload does meanwhile.
 //! 2. **Note the arrival time**: every latency the SLIs report starts here.
-//! 3. **Address the upstream**: the upstream's scheme and authority, its path prefix, the
-//!    client's path and query. Nothing else of the URI is trusted.
+//! 3. **Address the upstream**: its path prefix, then the client's path and query (origin
+//!    form; the connection pool adds scheme and authority where h2 needs them). Nothing else of
+//!    the client's URI is trusted.
 //! 4. **Rewrite headers** ([`headers::prepare_request`]): hop-by-hop headers go, `Host` becomes
 //!    the upstream's, `x-forwarded-for`/`-proto` are added. Done before sending because the
 //!    upstream must never see this hop's connection headers.
@@ -49,9 +50,9 @@ use crate::config::UpstreamUrl;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
 use crate::upstream::SendError;
 
-/// The upstream URI for a client request's URI: upstream scheme, authority and path prefix,
-/// client path and query.
-pub fn upstream_uri(url: &UpstreamUrl, uri: &Uri) -> Result<Uri, http::Error> {
+/// The request target for the upstream, in origin form: the upstream's path prefix, then the
+/// client's path and query. An absolute-form client URI does not choose the upstream.
+pub fn upstream_uri(url: &UpstreamUrl, uri: &Uri) -> Result<Uri, http::uri::InvalidUri> {
     let client_pq = uri.path_and_query();
     let pq = if url.path_prefix.is_empty() {
         client_pq
@@ -61,11 +62,7 @@ pub fn upstream_uri(url: &UpstreamUrl, uri: &Uri) -> Result<Uri, http::Error> {
         let rest = client_pq.map_or("/", |pq| pq.as_str());
         PathAndQuery::try_from(format!("{}{}", url.path_prefix, rest))?
     };
-    Uri::builder()
-        .scheme(url.scheme.clone())
-        .authority(url.authority.clone())
-        .path_and_query(pq)
-        .build()
+    Ok(Uri::from(pq))
 }
 
 /// Proxies one request: the pipeline above.
@@ -182,18 +179,15 @@ mod tests {
         let uri: Uri = "/v1/chat/completions?x=1".parse().unwrap();
         assert_eq!(
             upstream_uri(&plain, &uri).unwrap(),
-            "http://127.0.0.1:8000/v1/chat/completions?x=1"
+            "/v1/chat/completions?x=1"
         );
         let prefixed = parse_upstream_url("https://example.com/openai/").unwrap();
         assert_eq!(
             upstream_uri(&prefixed, &uri).unwrap(),
-            "https://example.com/openai/v1/chat/completions?x=1"
+            "/openai/v1/chat/completions?x=1"
         );
         // An absolute-form request URI (proxy style, or h2) does not choose the upstream.
         let absolute: Uri = "http://evil.example/x".parse().unwrap();
-        assert_eq!(
-            upstream_uri(&plain, &absolute).unwrap(),
-            "http://127.0.0.1:8000/x"
-        );
+        assert_eq!(upstream_uri(&plain, &absolute).unwrap(), "/x");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Uri};
 
-pub use client::build_connector;
+pub use client::{build_connector, load_ca_file};
 pub use pool::{ConnectionPool, Lease, SendError};
 
 use crate::config::{parse_upstream_url, Protocol, Timeouts, UpstreamConfig, UpstreamUrl};
@@ -42,6 +42,8 @@ pub enum UpstreamBuildError {
     Url { name: String, message: String },
     #[error("upstream name {0:?} cannot be a header value")]
     Name(String),
+    #[error("upstreams.{name}.tls.ca_file: {message}")]
+    Tls { name: String, message: String },
 }
 
 impl Upstream {
@@ -71,6 +73,16 @@ impl Upstream {
                 name: name.to_owned(),
                 message: e.to_string(),
             })?;
+        let extra_roots = match &config.tls {
+            Some(tls) => load_ca_file(&tls.ca_file),
+            None => Ok(Vec::new()),
+        };
+        let connector = extra_roots
+            .and_then(|roots| build_connector(config.timeouts.connect.0, roots))
+            .map_err(|message| UpstreamBuildError::Tls {
+                name: name.to_owned(),
+                message,
+            })?;
         Ok(Upstream {
             host_header,
             name: name.to_owned(),
@@ -78,7 +90,7 @@ impl Upstream {
             protocol: config.protocol,
             timeouts: config.timeouts,
             pool: Arc::new(ConnectionPool::new(
-                build_connector(config.timeouts.connect.0),
+                connector,
                 target,
                 MAX_IDLE_CONNECTIONS,
                 IDLE_CONNECTION_TIMEOUT,

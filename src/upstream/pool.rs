@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::uri::{PathAndQuery, Uri};
+use http::uri::Uri;
 use http::{header, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -89,16 +89,17 @@ impl ConnectionPool {
         }
     }
 
-    /// Sends `req` (its URI absolute) and returns the response head, with the lease of its
-    /// HTTP/1.1 connection.
+    /// Sends `req` (its URI in origin form, `Host` set) and returns the response head, with the
+    /// lease of its HTTP/1.1 connection.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         if let Some(sender) = self.shared_h2() {
+            *req.uri_mut() = self.absolute(req.uri());
             return send_h2(sender, req).await.map(|r| (r, None));
         }
-        to_origin_form(&mut req);
+        *req.version_mut() = Version::HTTP_11;
         while let Some(mut sender) = self.take_idle() {
             if sender.ready().await.is_err() {
                 continue;
@@ -123,7 +124,7 @@ impl ConnectionPool {
                 Ok((response, Some(self.lease(sender))))
             }
             Fresh::H2(sender) => {
-                // The request was put in origin form for HTTP/1.1; h2 needs the authority back.
+                // h2 carries scheme and authority as pseudo-headers: the URI must be absolute.
                 *req.uri_mut() = self.absolute(req.uri());
                 send_h2(sender, req).await.map(|r| (r, None))
             }
@@ -219,17 +220,6 @@ impl ConnectionPool {
         parts.path_and_query = uri.path_and_query().cloned();
         Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
     }
-}
-
-/// HTTP/1.1 requests carry the path and query only (`Host` names the upstream).
-fn to_origin_form(req: &mut Request<Incoming>) {
-    let pq = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::from(pq);
-    *req.version_mut() = Version::HTTP_11;
 }
 
 async fn send_h2(

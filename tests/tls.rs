@@ -1,0 +1,197 @@
+//! `https://` upstreams: TLS with rustls, ALPN choosing h2 or HTTP/1.1, a private CA from
+//! `tls.ca_file`, and an untrusted certificate refused as a connect error.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use http::{Request, Response, StatusCode};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sloguard::{Config, Sidecar};
+
+struct TestCa {
+    ca_pem: String,
+    leaf_der: CertificateDer<'static>,
+    leaf_key: PrivateKeyDer<'static>,
+}
+
+fn test_ca() -> TestCa {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sloguard test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    TestCa {
+        ca_pem: ca_cert.pem(),
+        leaf_der: leaf.der().clone(),
+        leaf_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+    }
+}
+
+/// A TLS upstream on loopback offering `alpn`; answers with the HTTP version it was spoken to in.
+async fn tls_upstream(ca: &TestCa, alpn: &[&[u8]]) -> (SocketAddr, Arc<AtomicUsize>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ca.leaf_der.clone()], ca.leaf_key.clone_key())
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let tcp = tokio::net::TcpListener::bind(LOOPBACK).await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let count = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = tcp.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let mut r =
+                            Response::new(sloguard::sim::full(format!("{:?}", req.version())));
+                        if let Some(host) = req.uri().authority() {
+                            r.headers_mut()
+                                .insert("x-authority", host.as_str().parse().unwrap());
+                        }
+                        Ok::<_, Infallible>(r)
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+    (addr, handshakes)
+}
+
+fn write_ca(ca: &TestCa, name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("sloguard-ca-{name}-{}.pem", std::process::id()));
+    std::fs::write(&path, &ca.ca_pem).unwrap();
+    path
+}
+
+async fn sidecar_for(addr: SocketAddr, ca_file: Option<&PathBuf>) -> Sidecar {
+    let mut yaml = config_yaml("llm", &format!("https://{addr}"), "");
+    if let Some(path) = ca_file {
+        let tls = format!(
+            "    timeouts: {{}}\n    tls: {{ca_file: {}}}\n",
+            path.display()
+        );
+        yaml = yaml.replace("    timeouts: {}\n", &tls);
+    }
+    Sidecar::start(Config::parse("tls-test", &yaml).unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_https_upstream_offering_h2_is_spoken_to_in_h2_over_one_connection() {
+    let ca = test_ca();
+    let (addr, handshakes) = tls_upstream(&ca, &[b"h2", b"http/1.1"]).await;
+    let ca_file = write_ca(&ca, "h2");
+    let sidecar = sidecar_for(addr, Some(&ca_file)).await;
+    let client = client();
+    for _ in 0..5 {
+        let resp = get(&client, &proxy_url(&sidecar, "/v1/models")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-authority"], addr.to_string().as_str());
+        assert_eq!(body_bytes(resp).await, "HTTP/2.0");
+    }
+    assert_eq!(
+        handshakes.load(Ordering::SeqCst),
+        1,
+        "requests share one h2 connection"
+    );
+    sidecar.shutdown().await;
+    let _ = std::fs::remove_file(ca_file);
+}
+
+#[tokio::test]
+async fn an_https_upstream_offering_only_http_1_1_is_spoken_to_in_http_1_1() {
+    let ca = test_ca();
+    let (addr, handshakes) = tls_upstream(&ca, &[b"http/1.1"]).await;
+    let ca_file = write_ca(&ca, "h1");
+    let sidecar = sidecar_for(addr, Some(&ca_file)).await;
+    let client = client();
+    for _ in 0..5 {
+        let resp = get(&client, &proxy_url(&sidecar, "/v1/models")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body_bytes(resp).await, "HTTP/1.1");
+    }
+    assert_eq!(
+        handshakes.load(Ordering::SeqCst),
+        1,
+        "the TLS connection is reused"
+    );
+    sidecar.shutdown().await;
+    let _ = std::fs::remove_file(ca_file);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_connect_error() {
+    let ca = test_ca();
+    let (addr, handshakes) = tls_upstream(&ca, &[b"h2", b"http/1.1"]).await;
+    let sidecar = sidecar_for(addr, None).await;
+    let resp = get(&client(), &proxy_url(&sidecar, "/v1/models")).await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.headers()["x-sloguard-error"], "upstream_unavailable");
+    assert_eq!(handshakes.load(Ordering::SeqCst), 0);
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "connect_error")]
+        ),
+        1.0
+    );
+    sidecar.shutdown().await;
+}
+
+#[test]
+fn a_missing_ca_file_is_named_by_check() {
+    let dir = std::env::temp_dir().join(format!("sloguard-tls-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("c.yaml");
+    std::fs::write(
+        &config,
+        "agent: a\nlisteners: [{name: e, bind: 127.0.0.1:7481, role: llm, route: llm}]\nroutes: {llm: {upstreams: [p]}}\nupstreams:\n  p:\n    url: https://127.0.0.1:9\n    tls: {ca_file: /nonexistent/ca.pem}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sloguard"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "upstreams.p.tls.ca_file: cannot read CA certificates from /nonexistent/ca.pem"
+        ),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
