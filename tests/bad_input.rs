@@ -177,3 +177,46 @@ proptest! {
         let _ = sloguard::Config::parse("fuzz", &lines.join("\n"));
     }
 }
+
+#[tokio::test]
+async fn a_client_that_aborts_its_upload_is_not_charged_to_the_upstream() {
+    let upstream = sim::serve(
+        LOOPBACK,
+        |req: http::Request<hyper::body::Incoming>| async move {
+            let _ = req.into_body().collect().await;
+            http::Response::new(sim::full("ok"))
+        },
+    )
+    .await
+    .unwrap();
+    let sidecar = start_sidecar("llm", &upstream.url(), "").await;
+    let addr = sidecar.listener_addr("proxy").unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "4xx"), ("cause", "none")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "agent_requests_total", &[("cause", "upstream")]),
+        0.0
+    );
+    assert_eq!(
+        metric(&m, "sloguard_upstream_requests_total", &[]),
+        0.0,
+        "the provider is not charged"
+    );
+    sidecar.shutdown().await;
+}

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
 use super::headers::X_SLOGUARD_ERROR;
-use crate::sli::UpstreamOutcome;
+use crate::config::Role;
+use crate::sli::{Cause, UpstreamOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -25,16 +26,42 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The client's request body broke off (the client went away, or sent a malformed body):
+    /// the client's doing, not the upstream's.
+    #[error("the request body could not be read from the client")]
+    ClientBody {
+        #[source]
+        source: hyper::Error,
+    },
     #[error("the request could not be addressed to upstream {upstream}: {reason}")]
     Internal { upstream: String, reason: String },
 }
 
 impl ProxyError {
+    /// Classifies a failed exchange: hyper reports a failure of the body it was sending (the
+    /// client's upload) as a "user" error carrying the body's own error.
+    pub fn from_exchange(upstream: &str, source: hyper::Error) -> ProxyError {
+        if source.is_user() && std::error::Error::source(&source).is_some() {
+            ProxyError::ClientBody { source }
+        } else if source.is_user() {
+            ProxyError::Internal {
+                upstream: upstream.to_owned(),
+                reason: source.to_string(),
+            }
+        } else {
+            ProxyError::Broken {
+                upstream: upstream.to_owned(),
+                source,
+            }
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Connect { .. } | ProxyError::Broken { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::FirstByteTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -44,6 +71,7 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Broken { .. } => "upstream_unavailable",
             ProxyError::FirstByteTimeout { .. } => "upstream_timeout",
             ProxyError::Internal { .. } => "proxy_error",
+            ProxyError::ClientBody { .. } => "bad_request",
         }
     }
 
@@ -53,13 +81,17 @@ impl ProxyError {
             ProxyError::Connect { .. } => Some(UpstreamOutcome::ConnectError),
             ProxyError::FirstByteTimeout { .. } => Some(UpstreamOutcome::Timeout),
             ProxyError::Broken { .. } => Some(UpstreamOutcome::Reset),
-            ProxyError::Internal { .. } => None,
+            ProxyError::Internal { .. } | ProxyError::ClientBody { .. } => None,
         }
     }
 
-    /// Whether the sidecar itself is at fault (`cause="proxy"`).
-    pub fn is_proxy_fault(&self) -> bool {
-        matches!(self, ProxyError::Internal { .. })
+    /// Who is charged with the failure, given who is behind the listener.
+    pub fn cause(&self, role: Role) -> Cause {
+        match self {
+            ProxyError::Internal { .. } => Cause::Proxy,
+            ProxyError::ClientBody { .. } => Cause::None,
+            _ => Cause::upstream_failure(role),
+        }
     }
 
     pub fn log(&self) {
@@ -67,6 +99,9 @@ impl ProxyError {
         let detail = error_chain(self);
         match self {
             ProxyError::Internal { .. } => tracing::error!(error = %detail, "proxy fault"),
+            ProxyError::ClientBody { .. } => {
+                tracing::debug!(error = %detail, "client request body failed")
+            }
             _ => tracing::warn!(error = %detail, "upstream attempt failed"),
         }
     }

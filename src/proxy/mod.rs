@@ -105,10 +105,7 @@ pub async fn handle(
             return local_error(err, listener, received);
         }
         Ok(Err(SendError::Exchange(source))) => {
-            let err = ProxyError::Broken {
-                upstream: upstream.name.clone(),
-                source,
-            };
+            let err = ProxyError::from_exchange(&upstream.name, source);
             return local_error(err, listener, received);
         }
         Err(_elapsed) => {
@@ -152,11 +149,7 @@ fn local_error(
         headers::X_SLOGUARD_UPSTREAM.clone(),
         listener.upstream.header_value.clone(),
     );
-    let cause = if err.is_proxy_fault() {
-        Cause::Proxy
-    } else {
-        Cause::upstream_failure(listener.role)
-    };
+    let cause = err.cause(listener.role);
     let account = Accounting {
         received,
         status: StatusClass::of(parts.status),
