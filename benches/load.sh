@@ -2,17 +2,20 @@
 # End-to-end load bench: the simulated upstream direct, through sloguard, and through nginx, side by
 # side in one invocation on loopback.
 #
-#   bash benches/load.sh            # DURATION=10s per run by default; results in bench-results/
+#   bash benches/load.sh            # ROUNDS=3 rounds of DURATION=5s runs; results in bench-results/
 #
 # Layout (2-core machine): the upstream and the proxy under test share core 1, each with one
 # worker (sloguard: one tokio worker; nginx: one worker process); the load generator (oha) runs
 # on core 0. Open-loop runs at 2,000 and 5,000 req/s with latency correction, 1 KiB responses;
 # a closed-loop max-throughput run; and a streaming run (SSE, 50 chunks) for time to first byte.
-# Added latency = proxy percentile minus direct percentile, from runs taken back to back.
+# Each scenario runs ROUNDS times, the three targets back to back within a round, so a noisy
+# neighbour hits all three alike; the summary takes the median over rounds. Added latency =
+# proxy percentile minus direct percentile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-bench-results}
 CONNS=${CONNS:-64}
 UP_PORT=18080 SG_PORT=18081 NGX_PORT=18082 ADMIN_PORT=18090
@@ -91,52 +94,64 @@ load() { # name target extra-args...
 
 echo "warm-up"
 for t in "${TARGETS[@]}"; do load warmup "$t" -z 2s; done
-for rate in 2000 5000; do
-  for t in "${TARGETS[@]}"; do
-    echo "rate $rate: $t"; load "rate$rate" "$t" -z "$DURATION" -q "$rate" --latency-correction
+for round in $(seq "$ROUNDS"); do
+  for rate in 2000 5000; do
+    for t in "${TARGETS[@]}"; do
+      echo "round $round, $rate req/s: $t"; load "rate$rate-r$round" "$t" -z "$DURATION" -q "$rate" --latency-correction
+    done
   done
-done
-for t in "${TARGETS[@]}"; do echo "max: $t"; load max "$t" -z "$DURATION"; done
-for t in "${TARGETS[@]}"; do
-  echo "sse: $t"
-  taskset -c 0 target/release/examples/ttfb "${URL[$t]}/sse/50?gap_ms=1" 1000 20 >"$OUT/sse-$t.json"
+  for t in "${TARGETS[@]}"; do echo "round $round, max: $t"; load "max-r$round" "$t" -z "$DURATION"; done
+  for t in "${TARGETS[@]}"; do
+    echo "round $round, sse: $t"
+    taskset -c 0 target/release/examples/ttfb "${URL[$t]}/sse/50?gap_ms=1" 1000 20 >"$OUT/sse-r$round-$t.json"
+  done
 done
 LOADED_RSS=$(rss_kib)
 
-python3 - "$OUT" "$IDLE_RSS" "$LOADED_RSS" <<'PY' | tee "$OUT/summary.md"
-import json, sys
-out, idle_rss, loaded_rss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def run(name, t): return json.load(open(f"{out}/{name}-{t}.json"))
-def pct(d, p): return d["latencyPercentiles"][p] * 1000
+python3 - "$OUT" "$IDLE_RSS" "$LOADED_RSS" "$ROUNDS" <<'PY' | tee "$OUT/summary.md"
+import json, statistics, sys
+out, idle_rss, loaded_rss, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+targets = ["direct", "sloguard", "nginx"]
+def oha(name, r, t): return json.load(open(f"{out}/{name}-r{r}-{t}.json"))
+def ms(d, p): return d["latencyPercentiles"][p] * 1000
+def failed(d):
+    # Requests still in flight when a timed run ends are aborted by oha: not failures.
+    errors = {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
+    return sum(v for k, v in d.get("statusCodeDistribution", {}).items() if not k.startswith("2")) + sum(errors.values())
+med = statistics.median
+print(f"Medians over {rounds} rounds; each round runs direct, sloguard and nginx back to back.\n")
 print("| run | target | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | req/s | failed |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-ratios = {}
+summary = {}
 for name in ["rate2000", "rate5000", "max"]:
-    direct = run(name, "direct")
-    added = {}
-    for t in ["direct", "sloguard", "nginx"]:
-        d = run(name, t)
-        codes = d.get("statusCodeDistribution", {})
-        # Requests still in flight when a timed run ends are aborted by oha: not failures.
-        errors = {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
-        bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(errors.values())
-        a = [pct(d, p) - pct(direct, p) for p in ("p50", "p99", "p99.9")]
-        added[t] = a
-        print(f"| {name} | {t} | {pct(d,'p50'):.3f} | {pct(d,'p99'):.3f} | {pct(d,'p99.9'):.3f} | "
-              f"{a[0]:+.3f} | {a[1]:+.3f} | {a[2]:+.3f} | {d['summary']['requestsPerSec']:.0f} | {bad} |")
-    ratios[name] = (added, run(name, "sloguard")["summary"]["requestsPerSec"] / run(name, "nginx")["summary"]["requestsPerSec"])
+    for t in targets:
+        runs = [oha(name, r, t) for r in range(1, rounds + 1)]
+        direct = [oha(name, r, "direct") for r in range(1, rounds + 1)]
+        pct = {p: med(ms(d, p) for d in runs) for p in ("p50", "p99", "p99.9")}
+        added = {p: med(ms(d, p) - ms(b, p) for d, b in zip(runs, direct)) for p in ("p50", "p99", "p99.9")}
+        rps = med(d["summary"]["requestsPerSec"] for d in runs)
+        summary[(name, t)] = (added, rps, [d["summary"]["requestsPerSec"] for d in runs])
+        print(f"| {name} | {t} | {pct['p50']:.3f} | {pct['p99']:.3f} | {pct['p99.9']:.3f} | {added['p50']:+.3f} | "
+              f"{added['p99']:+.3f} | {added['p99.9']:+.3f} | {rps:.0f} | {sum(failed(d) for d in runs)} |")
 print()
 print("| streaming (SSE, 50 chunks) | p50 TTFB ms | p99 TTFB ms | added p50 | added p99 |")
 print("|---|---|---|---|---|")
-sse = {t: json.load(open(f"{out}/sse-{t}.json")) for t in ["direct", "sloguard", "nginx"]}
-for t, d in sse.items():
-    print(f"| {t} | {d['p50_ms']:.3f} | {d['p99_ms']:.3f} | {d['p50_ms']-sse['direct']['p50_ms']:+.3f} | {d['p99_ms']-sse['direct']['p99_ms']:+.3f} |")
+sse = {t: [json.load(open(f"{out}/sse-r{r}-{t}.json")) for r in range(1, rounds + 1)] for t in targets}
+for t in targets:
+    a50 = med(d["p50_ms"] - b["p50_ms"] for d, b in zip(sse[t], sse["direct"]))
+    a99 = med(d["p99_ms"] - b["p99_ms"] for d, b in zip(sse[t], sse["direct"]))
+    print(f"| {t} | {med(d['p50_ms'] for d in sse[t]):.3f} | {med(d['p99_ms'] for d in sse[t]):.3f} | {a50:+.3f} | {a99:+.3f} |")
 print()
 for name in ["rate2000", "rate5000"]:
-    added, _ = ratios[name]
-    ng, sg = added["nginx"][1], added["sloguard"][1]
-    r = sg / ng if ng > 0 else float("inf")
-    print(f"- {name}: added p99 sloguard {sg:+.3f} ms vs nginx {ng:+.3f} ms: ratio {r:.2f} (target <= 1.0: {'met' if r <= 1.0 else 'NOT met'})")
-print(f"- max throughput ratio sloguard/nginx: {ratios['max'][1]:.2f} (target >= 1.0: {'met' if ratios['max'][1] >= 1.0 else 'NOT met'})")
+    sg, ng = summary[(name, "sloguard")][0]["p99"], summary[(name, "nginx")][0]["p99"]
+    if ng > 0:
+        r = sg / ng
+        verdict = f"ratio {r:.2f} (target <= 1.0: {'met' if r <= 1.0 else 'NOT met'})"
+    else:
+        verdict = "nginx added no p99 over direct in this run: no ratio (noise)"
+    print(f"- {name}: median added p99 sloguard {sg:+.3f} ms, nginx {ng:+.3f} ms: {verdict}")
+ratios = [s / n for s, n in zip(summary[("max", "sloguard")][2], summary[("max", "nginx")][2])]
+r = med(ratios)
+print(f"- max throughput sloguard/nginx, per round: {', '.join(f'{x:.2f}' for x in ratios)}; median {r:.2f} (target >= 1.0: {'met' if r >= 1.0 else 'NOT met'})")
 print(f"- sloguard RSS: idle {idle_rss/1024:.1f} MiB (target <= 15 MiB: {'met' if idle_rss <= 15*1024 else 'NOT met'}), after the runs {loaded_rss/1024:.1f} MiB")
 PY

@@ -525,3 +525,48 @@ async fn connections_the_upstream_closed_are_not_reused() {
     );
     sidecar.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_counted_as_a_4xx_with_its_wait() {
+    let addr = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let sidecar = start_sidecar("agent", &format!("http://{addr}"), "first_byte: 20s").await;
+    let url = proxy_url(&sidecar, "/v1/tasks");
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), get(&client(), &url)).await;
+    assert!(
+        gave_up.is_err(),
+        "the upstream hangs, so the client gives up"
+    );
+    // The sidecar notices the closed connection and settles the request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = metrics(&sidecar).await;
+        if metric(&m, "agent_requests_total", &[]) > 0.0 || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "4xx"), ("cause", "none")]
+        ),
+        1.0
+    );
+    assert_eq!(metric(&m, "agent_response_seconds_count", &[]), 1.0);
+    assert!(
+        metric(&m, "agent_response_seconds_sum", &[]) >= 0.25,
+        "the wait is recorded"
+    );
+    assert_eq!(
+        metric(&m, "agent_time_to_first_byte_seconds_count", &[]),
+        0.0,
+        "no byte was sent"
+    );
+    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[]), 0.0);
+    sidecar.shutdown().await;
+}

@@ -51,6 +51,15 @@ impl Accounting {
 
     fn finish(mut self, now: Instant) {
         self.first_byte(now);
+        self.count(now);
+    }
+
+    /// The client went away before any response: nothing was sent, so no time to first byte.
+    pub fn abandoned(self, now: Instant) {
+        self.count(now);
+    }
+
+    fn count(&self, now: Instant) {
         let l = &self.listener;
         l.metrics.count_request(self.status, self.cause);
         l.metrics
@@ -69,7 +78,10 @@ struct Stream {
     lease: Option<Lease>,
     idle: std::time::Duration,
     total_deadline: Instant,
-    last_chunk: Instant,
+    /// When the body started waiting for the upstream's next chunk; `None` while chunks flow.
+    /// Measured from the first wait, not from the last chunk, so that a client slow to read
+    /// (hyper not polling) is never taken for a stalled upstream.
+    waiting_since: Option<Instant>,
     /// Created the first time the body has to wait, then re-armed only when it fires: a busy
     /// stream does not touch the timer wheel per chunk.
     timer: Option<Pin<Box<Sleep>>>,
@@ -89,7 +101,7 @@ impl ProxyBody {
     pub fn upstream(
         body: Incoming,
         lease: Option<Lease>,
-        account: Accounting,
+        account: Option<Accounting>,
         idle: std::time::Duration,
         total_deadline: Instant,
     ) -> ProxyBody {
@@ -99,10 +111,10 @@ impl ProxyBody {
                 lease,
                 idle,
                 total_deadline,
-                last_chunk: Instant::now(),
+                waiting_since: None,
                 timer: None,
             }),
-            account: Some(account),
+            account,
         }
     }
 
@@ -133,8 +145,9 @@ impl ProxyBody {
 impl Stream {
     /// `Ready` when a deadline has passed.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<BodyError> {
+        let waiting_since = *self.waiting_since.get_or_insert_with(Instant::now);
         loop {
-            let idle_deadline = self.last_chunk + self.idle;
+            let idle_deadline = waiting_since + self.idle;
             let deadline = idle_deadline.min(self.total_deadline);
             let timer = self
                 .timer
@@ -175,6 +188,7 @@ impl Body for ProxyBody {
             }
             Inner::Upstream(stream) => match Pin::new(&mut stream.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    stream.waiting_since = None;
                     if frame.is_data() {
                         let now = Instant::now();
                         if now >= stream.total_deadline {
@@ -182,7 +196,6 @@ impl Body for ProxyBody {
                             this.inner = Inner::Local(None);
                             return Poll::Ready(Some(Err(BodyError::Total)));
                         }
-                        stream.last_chunk = now;
                         if let Some(a) = this.account.as_mut() {
                             a.first_byte(now);
                         }

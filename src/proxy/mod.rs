@@ -76,6 +76,17 @@ pub async fn handle(
     let timeouts = upstream.timeouts;
     let total_deadline = received + timeouts.total.0;
 
+    // Counted even if the client leaves before any answer (hyper then drops this future): as a
+    // 4xx with no cause, nginx's 499, with the time it waited.
+    let mut unanswered = Unanswered(Some(Accounting {
+        received,
+        status: StatusClass::ClientError,
+        cause: Cause::None,
+        outcome: None,
+        first_byte_sent: false,
+        listener: listener.clone(),
+    }));
+
     let (mut parts, body) = req.into_parts();
     parts.uri = match upstream_uri(&upstream.url, &parts.uri) {
         Ok(uri) => uri,
@@ -84,7 +95,7 @@ pub async fn handle(
                 upstream: upstream.name.clone(),
                 reason: e.to_string(),
             };
-            return local_error(err, listener, received);
+            return local_error(err, &listener, unanswered.0.take());
         }
     };
     headers::prepare_request(&mut parts.headers, &upstream.host_header, &client_ip);
@@ -102,32 +113,30 @@ pub async fn handle(
                 upstream: upstream.name.clone(),
                 source,
             };
-            return local_error(err, listener, received);
+            return local_error(err, &listener, unanswered.0.take());
         }
         Ok(Err(SendError::Exchange(source))) => {
             let err = ProxyError::from_exchange(&upstream.name, source);
-            return local_error(err, listener, received);
+            return local_error(err, &listener, unanswered.0.take());
         }
         Err(_elapsed) => {
             let err = ProxyError::FirstByteTimeout {
                 upstream: upstream.name.clone(),
                 timeout: head_deadline.duration_since(sent),
             };
-            return local_error(err, listener, received);
+            return local_error(err, &listener, unanswered.0.take());
         }
     };
 
     let (mut parts, body) = response.into_parts();
     headers::prepare_response(&mut parts.headers, &upstream.header_value);
     let status = parts.status;
-    let account = Accounting {
-        received,
-        status: StatusClass::of(status),
-        cause: Cause::of_response(listener.role, status),
-        outcome: Some(UpstreamOutcome::of_status(status)),
-        first_byte_sent: false,
-        listener: listener.clone(),
-    };
+    let mut account = unanswered.0.take();
+    if let Some(a) = account.as_mut() {
+        a.status = StatusClass::of(status);
+        a.cause = Cause::of_response(listener.role, status);
+        a.outcome = Some(UpstreamOutcome::of_status(status));
+    }
     let body = ProxyBody::upstream(body, lease, account, timeouts.idle.0, total_deadline);
     let done = Instant::now();
     listener
@@ -140,8 +149,8 @@ pub async fn handle(
 /// Answers with a proxy-made error, counted like any other response.
 fn local_error(
     err: ProxyError,
-    listener: Arc<ListenerState>,
-    received: Instant,
+    listener: &ListenerState,
+    mut account: Option<Accounting>,
 ) -> Response<ProxyBody> {
     err.log();
     let (mut parts, bytes) = err.to_response().into_parts();
@@ -149,16 +158,24 @@ fn local_error(
         headers::X_SLOGUARD_UPSTREAM.clone(),
         listener.upstream.header_value.clone(),
     );
-    let cause = err.cause(listener.role);
-    let account = Accounting {
-        received,
-        status: StatusClass::of(parts.status),
-        cause,
-        outcome: err.outcome(),
-        first_byte_sent: false,
-        listener,
-    };
-    Response::from_parts(parts, ProxyBody::local(bytes, Some(account)))
+    if let Some(a) = account.as_mut() {
+        a.status = StatusClass::of(parts.status);
+        a.cause = err.cause(listener.role);
+        a.outcome = err.outcome();
+    }
+    Response::from_parts(parts, ProxyBody::local(bytes, account))
+}
+
+/// The request's accounting until a response is made; settles it as abandoned if the client
+/// leaves first.
+struct Unanswered(Option<Accounting>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.abandoned(Instant::now());
+        }
+    }
 }
 
 #[cfg(test)]
