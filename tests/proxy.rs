@@ -570,3 +570,98 @@ async fn a_client_that_leaves_before_the_answer_is_counted_as_a_4xx_with_its_wai
     assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[]), 0.0);
     sidecar.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stream_past_the_total_timeout_is_ended() {
+    // A healthy-looking stream (a chunk every 50 ms, never idle) that would go on for 30 s.
+    let upstream = sim::serve(LOOPBACK, |_req| async {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            for i in 0..600 {
+                if tx
+                    .send(Bytes::from(format!("data: {i}\n\n")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Response::new(http_body_util::BodyExt::boxed(ChannelBody(rx)))
+    })
+    .await
+    .unwrap();
+    let sidecar = start_sidecar("llm", &upstream.url(), "idle: 5s, total: 600ms").await;
+    let started = std::time::Instant::now();
+    let resp = get(&client(), &proxy_url(&sidecar, "/v1/chat/completions")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let end = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .expect("ended");
+    assert!(
+        end.is_err(),
+        "a stream cut by `total` must not look complete"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "ended after {took:?}"
+    );
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "timeout")]
+        ),
+        1.0
+    );
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_cannot_be_made_in_time_is_a_502_connect_error() {
+    // A listener whose accept queue is full and never drained: further SYNs go unanswered, so
+    // connecting hangs (on loopback, as a black-holed host would).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(LOOPBACK).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let _listener = socket.listen(1).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let sidecar = start_sidecar(
+        "llm",
+        &format!("http://{addr}"),
+        "connect: 300ms, first_byte: 10s",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let resp = get(&client(), &proxy_url(&sidecar, "/v1/chat/completions")).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.headers()["x-sloguard-error"], "upstream_unavailable");
+    assert!(
+        took < Duration::from_secs(3),
+        "the connect timeout, not first_byte, ended it ({took:?})"
+    );
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "connect_error")]
+        ),
+        1.0
+    );
+    sidecar.shutdown().await;
+}
