@@ -27,6 +27,15 @@ fn split_number(text: &str) -> Option<(f64, &str)> {
     Some((number, text[end..].trim()))
 }
 
+/// Parses a duration as the config writes it.
+///
+/// ```
+/// use std::time::Duration;
+/// use sloguard::config::parse_duration;
+/// assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+/// assert!(parse_duration("30 seconds").is_err());
+/// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {
         format!("invalid duration {text:?}: expected a number and a unit (ms, s, m, h, d), e.g. \"250ms\" or \"30s\"")
@@ -47,6 +56,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Parses a size as the config writes it: `parse_size("64KiB") == Ok(65_536)`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let bad = || {
         format!("invalid size {text:?}: expected a number and a unit (B, KiB, MiB, GiB), e.g. \"64KiB\"")
