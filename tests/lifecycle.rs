@@ -237,3 +237,46 @@ async fn a_100_mib_stream_each_way_passes_in_bounded_memory() {
         "peak RSS {peak_kib} KiB: a body was buffered"
     );
 }
+
+#[tokio::test]
+async fn the_demo_runs_its_traffic_and_prints_a_summary() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sloguard"))
+        .args([
+            "demo",
+            "--duration",
+            "3s",
+            "--admin",
+            "127.0.0.1:0",
+            "--rate",
+            "30",
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("the demo stops by itself")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("admin    http://127.0.0.1:"), "{stdout}");
+    // The last summary lines report requests the sidecar itself counted, on both listeners.
+    for listener in ["inbound", "egress"] {
+        let last = stdout
+            .lines()
+            .rfind(|l| l.contains(&format!("] {listener} ")))
+            .expect("a summary line");
+        let total: u64 = last
+            .split_whitespace()
+            .skip_while(|w| *w != "total")
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(total >= 30, "{listener}: {last}");
+    }
+}

@@ -192,6 +192,7 @@ impl Body for ProxyBody {
                     if frame.is_data() {
                         let now = Instant::now();
                         if now >= stream.total_deadline {
+                            log_stream_failure(&this.account, &BodyError::Total);
                             this.fail(UpstreamOutcome::Timeout);
                             this.inner = Inner::Local(None);
                             return Poll::Ready(Some(Err(BodyError::Total)));
@@ -203,7 +204,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    tracing::warn!(upstream = %upstream_name(&this.account), error = %e, "upstream body failed mid-stream");
+                    log_stream_failure(&this.account, &e);
                     this.fail(UpstreamOutcome::Reset);
                     Poll::Ready(Some(Err(BodyError::Upstream(e))))
                 }
@@ -216,7 +217,7 @@ impl Body for ProxyBody {
                 }
                 Poll::Pending => {
                     let err = ready!(stream.poll_deadline(cx));
-                    tracing::warn!(upstream = %upstream_name(&this.account), error = %err, "ending upstream stream");
+                    log_stream_failure(&this.account, &err);
                     this.fail(UpstreamOutcome::Timeout);
                     // The body is finished: later polls must not touch the upstream again.
                     this.inner = Inner::Local(None);
@@ -241,10 +242,13 @@ impl Body for ProxyBody {
     }
 }
 
-fn upstream_name(account: &Option<Accounting>) -> &str {
-    account
-        .as_ref()
-        .map_or("", |a| a.listener.upstream.name.as_str())
+fn log_stream_failure(account: &Option<Accounting>, error: &dyn std::fmt::Display) {
+    if let Some(a) = account {
+        let upstream = &a.listener.upstream;
+        if let Some(suppressed) = upstream.log_limit.allow() {
+            tracing::warn!(upstream = %upstream.name, %error, suppressed, "upstream stream ended early");
+        }
+    }
 }
 
 impl Drop for ProxyBody {

@@ -9,6 +9,7 @@ use http::{HeaderValue, Response, StatusCode};
 use super::headers::X_SLOGUARD_ERROR;
 use crate::config::Role;
 use crate::sli::{Cause, UpstreamOutcome};
+use crate::telemetry::LogLimiter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -94,15 +95,21 @@ impl ProxyError {
         }
     }
 
-    pub fn log(&self) {
-        // The source chain says why (refused, reset, TLS); it never holds request data.
-        let detail = error_chain(self);
+    /// Logs the failure; upstream failures at most once a second per upstream (`limit`).
+    pub fn log(&self, limit: &LogLimiter) {
         match self {
-            ProxyError::Internal { .. } => tracing::error!(error = %detail, "proxy fault"),
-            ProxyError::ClientBody { .. } => {
-                tracing::debug!(error = %detail, "client request body failed")
+            ProxyError::Internal { .. } => {
+                tracing::error!(error = %error_chain(self), "proxy fault")
             }
-            _ => tracing::warn!(error = %detail, "upstream attempt failed"),
+            ProxyError::ClientBody { .. } => {
+                tracing::debug!(error = %error_chain(self), "client request body failed")
+            }
+            _ => {
+                if let Some(suppressed) = limit.allow() {
+                    // The source chain says why (refused, reset, TLS); it never holds request data.
+                    tracing::warn!(error = %error_chain(self), suppressed, "upstream attempt failed");
+                }
+            }
         }
     }
 

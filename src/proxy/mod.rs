@@ -152,7 +152,7 @@ fn local_error(
     listener: &ListenerState,
     mut account: Option<Accounting>,
 ) -> Response<ProxyBody> {
-    err.log();
+    err.log(&listener.upstream.log_limit);
     let (mut parts, bytes) = err.to_response().into_parts();
     parts.headers.insert(
         headers::X_SLOGUARD_UPSTREAM.clone(),

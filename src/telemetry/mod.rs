@@ -5,6 +5,7 @@
 //! the data plane: recording on the hot path is an atomic add, never a label lookup. Each
 //! [`Telemetry`] owns its own recorder (no global), so tests running side by side do not mix.
 
+mod log_limit;
 mod logging;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+pub use log_limit::LogLimiter;
 pub use logging::init_logging;
 
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};

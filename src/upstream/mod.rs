@@ -13,7 +13,7 @@ pub use client::{build_connector, load_ca_file};
 pub use pool::{ConnectionPool, Lease, SendError};
 
 use crate::config::{parse_upstream_url, Protocol, Timeouts, UpstreamConfig, UpstreamUrl};
-use crate::telemetry::{Telemetry, UpstreamMetrics};
+use crate::telemetry::{LogLimiter, Telemetry, UpstreamMetrics};
 
 /// Idle HTTP/1.1 connections kept per upstream: enough for a busy agent's concurrency, bounded so
 /// that a burst does not pin thousands of sockets.
@@ -34,6 +34,8 @@ pub struct Upstream {
     /// The `Host` the upstream gets, built once from the URL's authority.
     pub host_header: HeaderValue,
     pub metrics: UpstreamMetrics,
+    /// Bounds the warnings this upstream's failures log.
+    pub log_limit: LogLimiter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,7 @@ impl Upstream {
             )),
             header_value,
             metrics: UpstreamMetrics::new(telemetry, agent, name),
+            log_limit: LogLimiter::new(),
         })
     }
 }
