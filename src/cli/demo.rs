@@ -79,7 +79,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             chunks: 20,
             error_rate: 0.03,
             rate_limit_rate: 0.02,
-            ..ProviderSim::default()
+            seed: clock_seed(),
         },
     )
     .await
@@ -87,6 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let agent_sim = AgentSim {
         error_rate: 0.01,
         work: Duration::from_millis(20),
+        seed: clock_seed() ^ 0xa9e7,
         ..AgentSim::default()
     };
     let llm_url = agent_sim.llm_url.clone();
@@ -158,6 +159,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("\nstopping: draining in-flight requests");
     sidecar.shutdown().await;
     Ok(())
+}
+
+/// A different run each time (the simulators' default seeds keep tests repeatable).
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x5eed, |d| d.as_nanos() as u64)
 }
 
 fn fire(

@@ -122,3 +122,24 @@ impl SimRng {
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SimRng;
+
+    #[test]
+    fn rng_covers_the_unit_interval_evenly() {
+        let rng = SimRng::new(0x5eed);
+        let mut buckets = [0u32; 20];
+        for _ in 0..20_000 {
+            let x = rng.next_f64();
+            assert!((0.0..1.0).contains(&x));
+            buckets[(x * 20.0) as usize] += 1;
+        }
+        // 1,000 expected per bucket; a share like 2% must come out near 2%.
+        assert!(
+            buckets.iter().all(|n| (800..1200).contains(n)),
+            "{buckets:?}"
+        );
+    }
+}
