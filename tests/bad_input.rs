@@ -78,6 +78,15 @@ async fn oversized_request_headers_get_431() {
         &answer[..answer.len().min(80)]
     );
     still_serves(&sidecar).await;
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_client_connection_errors_total",
+            &[("listener", "proxy")]
+        ),
+        1.0
+    );
     sidecar.shutdown().await;
 }
 

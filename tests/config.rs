@@ -165,3 +165,25 @@ fn sloguard_check_exits_non_zero_with_the_message() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_empty_section_this_build_does_not_act_on_is_refused_too() {
+    for (section, line) in [("safety:\n", 13), ("slos: ~\n", 13)] {
+        let e = error_of(&format!("{BASE}{section}"));
+        assert!(
+            e.starts_with(&format!(
+                "bad.yaml:{line}: {}",
+                section.split(':').next().unwrap()
+            )),
+            "{e}"
+        );
+    }
+    let e = error_of(&BASE.replace(
+        "    url: http://127.0.0.1:8000\n",
+        "    url: http://127.0.0.1:8000\n    circuit_breaker:\n",
+    ));
+    assert!(
+        e.contains("upstreams.agent.circuit_breaker: `circuit_breaker` is not supported"),
+        "{e}"
+    );
+}

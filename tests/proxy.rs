@@ -665,3 +665,70 @@ async fn a_connection_that_cannot_be_made_in_time_is_a_502_connect_error() {
     );
     sidecar.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stream_that_stalls_before_its_first_byte_records_no_time_to_first_byte() {
+    let addr = raw_upstream(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let sidecar = start_sidecar("llm", &format!("http://{addr}"), "idle: 300ms").await;
+    let resp = get(&client(), &proxy_url(&sidecar, "/v1/chat/completions")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.into_body().collect().await.is_err());
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "2xx"), ("cause", "upstream")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "agent_time_to_first_byte_seconds_count", &[]),
+        0.0
+    );
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_is_refused_not_tunnelled() {
+    let upstream = status_upstream().await;
+    let sidecar = start_sidecar("agent", &upstream.url(), "").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(sidecar.listener_addr("proxy").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: 127.0.0.1:22\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 405"), "{head}");
+    assert!(
+        head.contains("x-sloguard-error: method_not_allowed"),
+        "{head}"
+    );
+    drop(s);
+    let m = metrics(&sidecar).await;
+    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[]), 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "4xx"), ("cause", "none")]
+        ),
+        1.0
+    );
+    sidecar.shutdown().await;
+}

@@ -195,3 +195,39 @@ fn a_missing_ca_file_is_named_by_check() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_comes_is_bounded_by_connect() {
+    // Accepts TCP, then says nothing: the TLS handshake hangs.
+    let addr = raw_upstream(|s| async move {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        drop(s);
+    })
+    .await;
+    let yaml = config_yaml(
+        "llm",
+        &format!("https://{addr}"),
+        "connect: 300ms, first_byte: 10s",
+    );
+    let sidecar = Sidecar::start(Config::parse("tls-test", &yaml).unwrap())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = get(&client(), &proxy_url(&sidecar, "/v1/models")).await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(
+            &m,
+            "sloguard_upstream_requests_total",
+            &[("outcome", "connect_error")]
+        ),
+        1.0
+    );
+    sidecar.shutdown().await;
+}

@@ -18,6 +18,16 @@ use serde::Deserialize;
 pub use locate::LineIndex;
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
 
+/// A key of a section this build does not act on: only its presence matters (an empty
+/// `safety:` is refused as surely as a full one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Present;
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Present>, D::Error> {
+    serde::de::IgnoredAny::deserialize(d)?;
+    Ok(Some(Present))
+}
+
 /// A configuration error: where (key path and line) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -57,16 +67,16 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     // Sections of the contract that later builds act on. They parse, so that the error can say
     // plainly that this build does not act on them, rather than "unknown field".
-    #[serde(default)]
-    pub tasks: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub safety: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub slos: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub incidents: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub otlp: Option<serde_yaml_ng::Value>,
+    #[serde(default, deserialize_with = "present")]
+    pub tasks: Option<Present>,
+    #[serde(default, deserialize_with = "present")]
+    pub safety: Option<Present>,
+    #[serde(default, deserialize_with = "present")]
+    pub slos: Option<Present>,
+    #[serde(default, deserialize_with = "present")]
+    pub incidents: Option<Present>,
+    #[serde(default, deserialize_with = "present")]
+    pub otlp: Option<Present>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,8 +84,8 @@ pub struct Config {
 pub struct AdminConfig {
     #[serde(default = "default_admin_bind")]
     pub bind: SocketAddr,
-    #[serde(default)]
-    pub token_file: Option<serde_yaml_ng::Value>,
+    #[serde(default, deserialize_with = "present")]
+    pub token_file: Option<Present>,
 }
 
 impl Default for AdminConfig {
@@ -142,12 +152,12 @@ pub struct ListenerConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub upstreams: Vec<String>,
-    #[serde(default)]
-    pub fallback_on: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub max_replay_body: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub cache: Option<serde_yaml_ng::Value>,
+    #[serde(default, deserialize_with = "present")]
+    pub fallback_on: Option<Present>,
+    #[serde(default, deserialize_with = "present")]
+    pub max_replay_body: Option<Present>,
+    #[serde(default, deserialize_with = "present")]
+    pub cache: Option<Present>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -169,12 +179,12 @@ pub struct UpstreamConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
-    #[serde(default)]
-    pub api_keys_file: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub model: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub circuit_breaker: Option<serde_yaml_ng::Value>,
+    #[serde(default, deserialize_with = "present")]
+    pub api_keys_file: Option<Present>,
+    #[serde(default, deserialize_with = "present")]
+    pub model: Option<Present>,
+    #[serde(default, deserialize_with = "present")]
+    pub circuit_breaker: Option<Present>,
 }
 
 /// TLS settings of an `https://` upstream.

@@ -49,8 +49,15 @@ impl Accounting {
         }
     }
 
+    /// The body ended cleanly: an empty body's "first byte" is its end.
     fn finish(mut self, now: Instant) {
         self.first_byte(now);
+        self.count(now);
+    }
+
+    /// The body failed, or the client left, before its end: time to first byte only if a byte
+    /// went out.
+    fn cut(self, now: Instant) {
         self.count(now);
     }
 
@@ -131,6 +138,12 @@ impl ProxyBody {
         }
     }
 
+    fn settle_cut(&mut self) {
+        if let Some(a) = self.account.take() {
+            a.cut(Instant::now());
+        }
+    }
+
     /// The stream failed after the head went out: the client sees a cut body, the request is
     /// charged to whoever is behind the listener, the attempt to the upstream.
     fn fail(&mut self, outcome: UpstreamOutcome) {
@@ -138,7 +151,7 @@ impl ProxyBody {
             a.cause = Cause::upstream_failure(a.listener.role);
             a.outcome = Some(outcome);
         }
-        self.settle();
+        self.settle_cut();
     }
 }
 
@@ -262,7 +275,12 @@ impl Drop for ProxyBody {
                 }
             }
         }
-        // A body dropped before its end: the client went away. The request is still counted, once.
-        self.settle();
+        // A body dropped before its end: the client went away (or hyper, having seen the end,
+        // stopped polling). The request is still counted, once.
+        if self.is_end_stream() {
+            self.settle();
+        } else {
+            self.settle_cut();
+        }
     }
 }

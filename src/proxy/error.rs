@@ -34,6 +34,9 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// A method a reverse proxy does not forward (CONNECT: sloguard is no tunnel).
+    #[error("{method} is not proxied")]
+    Method { method: http::Method },
     #[error("the request could not be addressed to upstream {upstream}: {reason}")]
     Internal { upstream: String, reason: String },
 }
@@ -63,6 +66,7 @@ impl ProxyError {
             ProxyError::FirstByteTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -73,6 +77,7 @@ impl ProxyError {
             ProxyError::FirstByteTimeout { .. } => "upstream_timeout",
             ProxyError::Internal { .. } => "proxy_error",
             ProxyError::ClientBody { .. } => "bad_request",
+            ProxyError::Method { .. } => "method_not_allowed",
         }
     }
 
@@ -82,7 +87,9 @@ impl ProxyError {
             ProxyError::Connect { .. } => Some(UpstreamOutcome::ConnectError),
             ProxyError::FirstByteTimeout { .. } => Some(UpstreamOutcome::Timeout),
             ProxyError::Broken { .. } => Some(UpstreamOutcome::Reset),
-            ProxyError::Internal { .. } | ProxyError::ClientBody { .. } => None,
+            ProxyError::Internal { .. }
+            | ProxyError::ClientBody { .. }
+            | ProxyError::Method { .. } => None,
         }
     }
 
@@ -90,7 +97,7 @@ impl ProxyError {
     pub fn cause(&self, role: Role) -> Cause {
         match self {
             ProxyError::Internal { .. } => Cause::Proxy,
-            ProxyError::ClientBody { .. } => Cause::None,
+            ProxyError::ClientBody { .. } | ProxyError::Method { .. } => Cause::None,
             _ => Cause::upstream_failure(role),
         }
     }
@@ -101,8 +108,8 @@ impl ProxyError {
             ProxyError::Internal { .. } => {
                 tracing::error!(error = %error_chain(self), "proxy fault")
             }
-            ProxyError::ClientBody { .. } => {
-                tracing::debug!(error = %error_chain(self), "client request body failed")
+            ProxyError::ClientBody { .. } | ProxyError::Method { .. } => {
+                tracing::debug!(error = %error_chain(self), "request refused")
             }
             _ => {
                 if let Some(suppressed) = limit.allow() {

@@ -85,12 +85,16 @@ pub fn prepare_request(headers: &mut HeaderMap, host: &HeaderValue, client_ip: &
     }
     // TE is hop-by-hop, but `te: trailers` announces that the client accepts trailers, which
     // gRPC-style upstreams need; anything else is removed.
-    if te
-        && headers
-            .get(header::TE)
-            .is_some_and(|v| v.as_bytes() != b"trailers")
-    {
-        headers.remove(header::TE);
+    if te {
+        let only_trailers = headers
+            .get_all(header::TE)
+            .iter()
+            .all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        if only_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
     }
     // hyper answered any `Expect: 100-continue` to the client already.
     if expect {
@@ -175,6 +179,19 @@ mod tests {
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn te_other_than_trailers_is_removed_whatever_the_lines() {
+        let mut h = HeaderMap::new();
+        h.append(header::TE, hv("trailers"));
+        h.append(header::TE, hv("gzip"));
+        prepare_request(&mut h, &hv("u"), &hv("::1"));
+        assert!(!h.contains_key(header::TE));
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, hv("Trailers"));
+        prepare_request(&mut h, &hv("u"), &hv("::1"));
+        assert_eq!(h[header::TE], "trailers");
     }
 
     #[test]

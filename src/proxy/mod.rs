@@ -54,7 +54,8 @@ use crate::upstream::SendError;
 /// client's path and query. An absolute-form client URI does not choose the upstream.
 pub fn upstream_uri(url: &UpstreamUrl, uri: &Uri) -> Result<Uri, http::uri::InvalidUri> {
     let client_pq = uri.path_and_query();
-    let pq = if url.path_prefix.is_empty() {
+    // `OPTIONS *` names the server, not a resource: no prefix applies.
+    let pq = if url.path_prefix.is_empty() || uri.path() == "*" {
         client_pq
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
@@ -88,6 +89,12 @@ pub async fn handle(
     }));
 
     let (mut parts, body) = req.into_parts();
+    if parts.method == http::Method::CONNECT {
+        let err = ProxyError::Method {
+            method: parts.method,
+        };
+        return local_error(err, &listener, unanswered.0.take());
+    }
     parts.uri = match upstream_uri(&upstream.url, &parts.uri) {
         Ok(uri) => uri,
         Err(e) => {
@@ -196,6 +203,8 @@ mod tests {
             upstream_uri(&prefixed, &uri).unwrap(),
             "/openai/v1/chat/completions?x=1"
         );
+        let star: Uri = "*".parse().unwrap();
+        assert_eq!(upstream_uri(&prefixed, &star).unwrap(), "*");
         // An absolute-form request URI (proxy style, or h2) does not choose the upstream.
         let absolute: Uri = "http://evil.example/x".parse().unwrap();
         assert_eq!(upstream_uri(&plain, &absolute).unwrap(), "/x");

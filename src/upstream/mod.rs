@@ -96,6 +96,7 @@ impl Upstream {
                 target,
                 MAX_IDLE_CONNECTIONS,
                 IDLE_CONNECTION_TIMEOUT,
+                config.timeouts.connect.0,
             )),
             header_value,
             metrics: UpstreamMetrics::new(telemetry, agent, name),

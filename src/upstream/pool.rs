@@ -52,6 +52,8 @@ pub struct ConnectionPool {
     h2: Mutex<Option<http2::SendRequest<Incoming>>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Bounds TCP and TLS set-up together (the TCP connector's own timeout covers TCP only).
+    connect_timeout: Duration,
 }
 
 /// An HTTP/1.1 connection out of the pool while its response streams.
@@ -78,6 +80,7 @@ impl ConnectionPool {
         target: Uri,
         max_idle: usize,
         idle_timeout: Duration,
+        connect_timeout: Duration,
     ) -> ConnectionPool {
         ConnectionPool {
             connector,
@@ -86,6 +89,7 @@ impl ConnectionPool {
             h2: Mutex::new(None),
             max_idle,
             idle_timeout,
+            connect_timeout,
         }
     }
 
@@ -184,9 +188,9 @@ impl ConnectionPool {
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(SendError::Connect)?;
-        let io = connector
-            .call(self.target.clone())
+        let io = tokio::time::timeout(self.connect_timeout, connector.call(self.target.clone()))
             .await
+            .map_err(|_| SendError::Connect("connection and TLS handshake timed out".into()))?
             .map_err(SendError::Connect)?;
         if io.connected().is_negotiated_h2() {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
