@@ -229,3 +229,89 @@ async fn a_client_that_aborts_its_upload_is_not_charged_to_the_upstream() {
     );
     sidecar.shutdown().await;
 }
+
+/// An upstream that reads the whole request body, then answers with its length.
+async fn body_reading_upstream() -> sim::SimServer {
+    sim::serve(
+        LOOPBACK,
+        |req: http::Request<hyper::body::Incoming>| async move {
+            let n = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            http::Response::new(sim::full(n.to_string()))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_its_upload_gets_408_and_the_upstream_is_not_charged() {
+    let upstream = body_reading_upstream().await;
+    let sidecar = start_sidecar("llm", &upstream.url(), "first_byte: 300ms, idle: 500ms").await;
+    let mut s = TcpStream::connect(sidecar.listener_addr("proxy").unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 408"), "{head}");
+    assert!(head.contains("x-sloguard-error: request_timeout"), "{head}");
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "4xx"), ("cause", "none")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "sloguard_upstream_requests_total", &[]),
+        0.0,
+        "the provider is not charged"
+    );
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_upload_is_not_cut_by_first_byte() {
+    let upstream = body_reading_upstream().await;
+    let sidecar = start_sidecar("llm", &upstream.url(), "first_byte: 300ms, idle: 500ms").await;
+    let mut s = TcpStream::connect(sidecar.listener_addr("proxy").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 12\r\n\r\n")
+        .await
+        .unwrap();
+    // 12 bytes over 1.2 s: four times first_byte, never idle for long.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"x").await.unwrap();
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n12"), "{answer}");
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(&m, "sloguard_upstream_requests_total", &[("outcome", "ok")]),
+        1.0
+    );
+    sidecar.shutdown().await;
+}

@@ -67,9 +67,12 @@ async fn tls_upstream(ca: &TestCa, alpn: &[&[u8]]) -> (SocketAddr, Arc<AtomicUsi
                 count.fetch_add(1, Ordering::SeqCst);
                 let svc =
                     hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let (parts, body) = req.into_parts();
+                        // Read the whole body first, as a provider does before it answers.
+                        let _ = http_body_util::BodyExt::collect(body).await;
                         let mut r =
-                            Response::new(sloguard::sim::full(format!("{:?}", req.version())));
-                        if let Some(host) = req.uri().authority() {
+                            Response::new(sloguard::sim::full(format!("{:?}", parts.version)));
+                        if let Some(host) = parts.uri.authority() {
                             r.headers_mut()
                                 .insert("x-authority", host.as_str().parse().unwrap());
                         }
@@ -230,4 +233,57 @@ async fn a_tls_handshake_that_never_comes_is_bounded_by_connect() {
         1.0
     );
     sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_aborts_its_upload_to_an_h2_upstream_is_not_charged_to_it() {
+    use tokio::io::AsyncWriteExt;
+    let ca = test_ca();
+    let (addr, _) = tls_upstream(&ca, &[b"h2"]).await;
+    let ca_file = write_ca(&ca, "abort");
+    let sidecar = sidecar_for(addr, Some(&ca_file)).await;
+    // Warm the h2 connection, so that the abort happens on an established stream.
+    assert_eq!(
+        get(&client(), &proxy_url(&sidecar, "/v1/models"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let mut s = tokio::net::TcpStream::connect(sidecar.listener_addr("proxy").unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(s);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let m = loop {
+        let m = metrics(&sidecar).await;
+        if metric(&m, "agent_requests_total", &[]) >= 2.0 || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metric(
+            &m,
+            "agent_requests_total",
+            &[("status", "4xx"), ("cause", "none")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "agent_requests_total", &[("cause", "upstream")]),
+        0.0
+    );
+    assert_eq!(
+        metric(&m, "sloguard_upstream_requests_total", &[]),
+        1.0,
+        "only the warm-up attempt"
+    );
+    sidecar.shutdown().await;
+    let _ = std::fs::remove_file(ca_file);
 }

@@ -34,6 +34,9 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The client stopped sending its request body for `idle` while the upstream waited for it.
+    #[error("the client sent no request body data within the idle timeout")]
+    ClientStalled,
     /// A method a reverse proxy does not forward (CONNECT: sloguard is no tunnel).
     #[error("{method} is not proxied")]
     Method { method: http::Method },
@@ -42,10 +45,11 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// Classifies a failed exchange: hyper reports a failure of the body it was sending (the
-    /// client's upload) as a "user" error carrying the body's own error.
-    pub fn from_exchange(upstream: &str, source: hyper::Error) -> ProxyError {
-        if source.is_user() && std::error::Error::source(&source).is_some() {
+    /// Classifies a failed exchange: the client's upload broke off (noted by the request body,
+    /// and reported by hyper's HTTP/1.1 client as a "user" error carrying the body's error), or
+    /// the upstream failed.
+    pub fn from_exchange(upstream: &str, source: hyper::Error, client_failed: bool) -> ProxyError {
+        if client_failed || (source.is_user() && std::error::Error::source(&source).is_some()) {
             ProxyError::ClientBody { source }
         } else if source.is_user() {
             ProxyError::Internal {
@@ -67,6 +71,7 @@ impl ProxyError {
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ClientStalled => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -78,10 +83,12 @@ impl ProxyError {
             ProxyError::Internal { .. } => "proxy_error",
             ProxyError::ClientBody { .. } => "bad_request",
             ProxyError::Method { .. } => "method_not_allowed",
+            ProxyError::ClientStalled => "request_timeout",
         }
     }
 
-    /// What the attempt counts as in `sloguard_upstream_requests_total`; `None` when no attempt was made.
+    /// What the attempt counts as in `sloguard_upstream_requests_total`; `None` when it is not
+    /// the upstream's to answer for (none was made, or the client broke it).
     pub fn outcome(&self) -> Option<UpstreamOutcome> {
         match self {
             ProxyError::Connect { .. } => Some(UpstreamOutcome::ConnectError),
@@ -89,6 +96,7 @@ impl ProxyError {
             ProxyError::Broken { .. } => Some(UpstreamOutcome::Reset),
             ProxyError::Internal { .. }
             | ProxyError::ClientBody { .. }
+            | ProxyError::ClientStalled
             | ProxyError::Method { .. } => None,
         }
     }
@@ -97,7 +105,9 @@ impl ProxyError {
     pub fn cause(&self, role: Role) -> Cause {
         match self {
             ProxyError::Internal { .. } => Cause::Proxy,
-            ProxyError::ClientBody { .. } | ProxyError::Method { .. } => Cause::None,
+            ProxyError::ClientBody { .. }
+            | ProxyError::ClientStalled
+            | ProxyError::Method { .. } => Cause::None,
             _ => Cause::upstream_failure(role),
         }
     }
@@ -108,7 +118,9 @@ impl ProxyError {
             ProxyError::Internal { .. } => {
                 tracing::error!(error = %error_chain(self), "proxy fault")
             }
-            ProxyError::ClientBody { .. } | ProxyError::Method { .. } => {
+            ProxyError::ClientBody { .. }
+            | ProxyError::ClientStalled
+            | ProxyError::Method { .. } => {
                 tracing::debug!(error = %error_chain(self), "request refused")
             }
             _ => {

@@ -14,8 +14,10 @@
 //!    the upstream's, `x-forwarded-for`/`-proto` are added. Done before sending because the
 //!    upstream must never see this hop's connection headers.
 //! 5. **Send, bounded by `first_byte`** (and `total`): the body streams from the client to the
-//!    upstream as the upstream reads it — backpressure, no buffering. `connect` bounds the
-//!    connection inside the client's connector.
+//!    upstream as the upstream reads it — backpressure, no buffering — through a
+//!    [`RequestBody`] that notes how the upload goes, so that a late head is charged to the
+//!    upstream only when the upstream is the one being waited on. `connect` bounds TCP and TLS
+//!    set-up inside the connection pool.
 //! 6. **Classify a failure before the head** ([`ProxyError`]): connect error → 502
 //!    `upstream_unavailable`, no head in time → 504 `upstream_timeout`; the attempt is counted
 //!    with its outcome.
@@ -34,6 +36,7 @@ pub mod error;
 pub mod headers;
 pub mod listener;
 pub mod state;
+pub mod upload;
 
 use std::sync::Arc;
 
@@ -45,6 +48,7 @@ use tokio::time::Instant;
 pub use body::{Accounting, BodyError, ProxyBody};
 pub use error::{error_response, ProxyError};
 pub use state::{ListenerState, Snapshot};
+pub use upload::{RequestBody, Upload, UploadState};
 
 use crate::config::UpstreamUrl;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
@@ -106,11 +110,35 @@ pub async fn handle(
         }
     };
     headers::prepare_request(&mut parts.headers, &upstream.host_header, &client_ip);
+    let (body, upload) = RequestBody::new(body, received);
     let request = Request::from_parts(parts, body);
 
     let sent = Instant::now();
-    let head_deadline = (sent + timeouts.first_byte.0).min(total_deadline);
-    let result = tokio::time::timeout_at(head_deadline, upstream.pool.send(request)).await;
+    let send = upstream.pool.send(request);
+    tokio::pin!(send);
+    let mut head_deadline = (sent + timeouts.first_byte.0).min(total_deadline);
+    let result = loop {
+        match tokio::time::timeout_at(head_deadline, &mut send).await {
+            Ok(result) => break Ok(result),
+            Err(_elapsed) => {
+                // `first_byte` is the upstream's time to answer: while the client is still
+                // uploading, the clock restarts; a client silent for `idle` is the client's fault.
+                let now = Instant::now();
+                match upload.as_deref().map(|u| u.state(now, timeouts.idle.0)) {
+                    Some(UploadState::ClientSending) if now < total_deadline => {
+                        head_deadline = (now + timeouts.first_byte.0).min(total_deadline);
+                    }
+                    Some(UploadState::ClientStalled) => break Err(ProxyError::ClientStalled),
+                    _ => {
+                        break Err(ProxyError::FirstByteTimeout {
+                            upstream: upstream.name.clone(),
+                            timeout: now.duration_since(sent),
+                        })
+                    }
+                }
+            }
+        }
+    };
     let head_at = Instant::now();
 
     let (response, lease) = match result {
@@ -123,16 +151,11 @@ pub async fn handle(
             return local_error(err, &listener, unanswered.0.take());
         }
         Ok(Err(SendError::Exchange(source))) => {
-            let err = ProxyError::from_exchange(&upstream.name, source);
+            let client_failed = upload.as_deref().is_some_and(Upload::failed);
+            let err = ProxyError::from_exchange(&upstream.name, source, client_failed);
             return local_error(err, &listener, unanswered.0.take());
         }
-        Err(_elapsed) => {
-            let err = ProxyError::FirstByteTimeout {
-                upstream: upstream.name.clone(),
-                timeout: head_deadline.duration_since(sent),
-            };
-            return local_error(err, &listener, unanswered.0.take());
-        }
+        Err(err) => return local_error(err, &listener, unanswered.0.take()),
     };
 
     let (mut parts, body) = response.into_parts();

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use http::uri::Uri;
 use http::{header, Request, Response, Version};
 use hyper::body::Incoming;
+
+use crate::proxy::RequestBody;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
@@ -40,7 +42,7 @@ pub enum SendError {
 }
 
 struct IdleConnection {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -49,7 +51,7 @@ pub struct ConnectionPool {
     /// `scheme://authority/`: what the connector dials.
     target: Uri,
     idle: Mutex<Vec<IdleConnection>>,
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     max_idle: usize,
     idle_timeout: Duration,
     /// Bounds TCP and TLS set-up together (the TCP connector's own timeout covers TCP only).
@@ -58,7 +60,7 @@ pub struct ConnectionPool {
 
 /// An HTTP/1.1 connection out of the pool while its response streams.
 pub struct Lease {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     pool: Arc<ConnectionPool>,
 }
 
@@ -70,8 +72,8 @@ impl Lease {
 }
 
 enum Fresh {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
 }
 
 impl ConnectionPool {
@@ -97,7 +99,7 @@ impl ConnectionPool {
     /// lease of its HTTP/1.1 connection.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         if let Some(sender) = self.shared_h2() {
             *req.uri_mut() = self.absolute(req.uri());
@@ -135,14 +137,14 @@ impl ConnectionPool {
         }
     }
 
-    fn lease(self: &Arc<Self>, sender: http1::SendRequest<Incoming>) -> Lease {
+    fn lease(self: &Arc<Self>, sender: http1::SendRequest<RequestBody>) -> Lease {
         Lease {
             sender,
             pool: self.clone(),
         }
     }
 
-    fn shared_h2(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let mut slot = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         match slot.as_ref() {
             Some(s) if !s.is_closed() => Some(s.clone()),
@@ -154,7 +156,7 @@ impl ConnectionPool {
         }
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
@@ -164,7 +166,7 @@ impl ConnectionPool {
         None
     }
 
-    fn put(&self, sender: http1::SendRequest<Incoming>) {
+    fn put(&self, sender: http1::SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -227,8 +229,8 @@ impl ConnectionPool {
 }
 
 async fn send_h2(
-    mut sender: http2::SendRequest<Incoming>,
-    mut req: Request<Incoming>,
+    mut sender: http2::SendRequest<RequestBody>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<Incoming>, SendError> {
     // :authority comes from the URI; a Host header beside it is redundant at best.
     req.headers_mut().remove(header::HOST);
