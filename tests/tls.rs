@@ -287,3 +287,28 @@ async fn a_client_that_aborts_its_upload_to_an_h2_upstream_is_not_charged_to_it(
     sidecar.shutdown().await;
     let _ = std::fs::remove_file(ca_file);
 }
+
+#[tokio::test]
+async fn a_burst_of_first_requests_shares_one_h2_connection() {
+    let ca = test_ca();
+    let (addr, handshakes) = tls_upstream(&ca, &[b"h2", b"http/1.1"]).await;
+    let ca_file = write_ca(&ca, "burst");
+    let sidecar = sidecar_for(addr, Some(&ca_file)).await;
+    let client = client();
+    let burst: Vec<_> = (0..50)
+        .map(|_| {
+            let (client, url) = (client.clone(), proxy_url(&sidecar, "/v1/models"));
+            tokio::spawn(async move { body_bytes(get(&client, &url).await).await })
+        })
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.unwrap(), "HTTP/2.0");
+    }
+    assert_eq!(
+        handshakes.load(Ordering::SeqCst),
+        1,
+        "50 concurrent first requests, one h2 connection"
+    );
+    sidecar.shutdown().await;
+    let _ = std::fs::remove_file(ca_file);
+}

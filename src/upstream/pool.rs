@@ -14,6 +14,7 @@
 //! to the next one, or to a new connection: it was never written, so this is no retry.
 //! No lock is held across an `.await`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,12 @@ pub struct ConnectionPool {
     idle_timeout: Duration,
     /// Bounds TCP and TLS set-up together (the TCP connector's own timeout covers TCP only).
     connect_timeout: Duration,
+    /// Set once the upstream is known to speak HTTP/1.1 (plain http, or ALPN chose it). Until
+    /// then a TLS upstream may offer h2, and connections are made one at a time through
+    /// `h2_gate`, so that a burst of first requests shares one h2 connection instead of each
+    /// opening its own.
+    speaks_h1: AtomicBool,
+    h2_gate: tokio::sync::Mutex<()>,
 }
 
 /// An HTTP/1.1 connection out of the pool while its response streams.
@@ -84,6 +91,7 @@ impl ConnectionPool {
         idle_timeout: Duration,
         connect_timeout: Duration,
     ) -> ConnectionPool {
+        let plain = target.scheme() == Some(&http::uri::Scheme::HTTP);
         ConnectionPool {
             connector,
             target,
@@ -92,6 +100,8 @@ impl ConnectionPool {
             max_idle,
             idle_timeout,
             connect_timeout,
+            speaks_h1: AtomicBool::new(plain),
+            h2_gate: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -121,7 +131,7 @@ impl ConnectionPool {
         }
         // Boxed: connecting is rare and its future is large (TCP, TLS); inline, it would make
         // every request's future large and costly to move (measured: +7k instructions/request).
-        match Box::pin(self.connect()).await? {
+        match Box::pin(self.connect_once()).await? {
             Fresh::H1(mut sender) => {
                 let response = sender
                     .send_request(req)
@@ -183,6 +193,28 @@ impl ConnectionPool {
         if idle.len() < self.max_idle {
             idle.push(IdleConnection { sender, since: now });
         }
+    }
+
+    /// Connects, or, while the upstream may speak h2, waits for the connection in progress and
+    /// shares it when it turned out to be h2.
+    async fn connect_once(&self) -> Result<Fresh, SendError> {
+        if self.speaks_h1.load(Ordering::Acquire) {
+            return self.connect().await;
+        }
+        let gate = self.h2_gate.lock().await;
+        if let Some(sender) = self.shared_h2() {
+            return Ok(Fresh::H2(sender));
+        }
+        if self.speaks_h1.load(Ordering::Acquire) {
+            // Learnt while waiting: HTTP/1.1 connections need no sharing, make them side by side.
+            drop(gate);
+            return self.connect().await;
+        }
+        let fresh = self.connect().await?;
+        if matches!(fresh, Fresh::H1(_)) {
+            self.speaks_h1.store(true, Ordering::Release);
+        }
+        Ok(fresh)
     }
 
     async fn connect(&self) -> Result<Fresh, SendError> {
