@@ -34,8 +34,9 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
-    /// The client stopped sending its request body for `idle` while the upstream waited for it.
-    #[error("the client sent no request body data within the idle timeout")]
+    /// The client paused its request body for `idle` (or was still sending it when `total` ran
+    /// out) while the upstream waited for it.
+    #[error("the client did not send its request body in time")]
     ClientStalled,
     /// A method a reverse proxy does not forward (CONNECT: sloguard is no tunnel).
     #[error("{method} is not proxied")]

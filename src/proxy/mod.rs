@@ -128,7 +128,10 @@ pub async fn handle(
                     Some(UploadState::ClientSending) if now < total_deadline => {
                         head_deadline = (now + timeouts.first_byte.0).min(total_deadline);
                     }
-                    Some(UploadState::ClientStalled) => break Err(ProxyError::ClientStalled),
+                    // Stalled, or still uploading when `total` ran out: the client's doing.
+                    Some(UploadState::ClientStalled | UploadState::ClientSending) => {
+                        break Err(ProxyError::ClientStalled)
+                    }
                     _ => {
                         break Err(ProxyError::FirstByteTimeout {
                             upstream: upstream.name.clone(),
