@@ -246,40 +246,34 @@ async fn status_classes_are_counted_exactly_under_100_concurrent_requests() {
     assert_eq!(class("4xx"), 80.0);
     assert_eq!(class("5xx"), 100.0);
     // On the agent role a 5xx is the agent's own failure.
-    assert_eq!(
-        metric(
-            &m,
-            "agent_requests_total",
-            &[("status", "5xx"), ("cause", "agent")]
-        ),
-        100.0
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "5xx"), ("cause", "agent")],
+        100.0,
     );
-    assert_eq!(
-        metric(&m, "agent_requests_total", &[("cause", "none")]),
-        400.0
+    expect_metric(&m, "agent_requests_total", &[("cause", "none")], 400.0);
+    expect_metric(&m, "agent_response_seconds_count", &[], 500.0);
+    expect_metric(&m, "agent_time_to_first_byte_seconds_count", &[], 500.0);
+    expect_metric(&m, "sloguard_overhead_seconds_count", &[], 500.0);
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "ok")],
+        400.0,
     );
-    assert_eq!(metric(&m, "agent_response_seconds_count", &[]), 500.0);
-    assert_eq!(
-        metric(&m, "agent_time_to_first_byte_seconds_count", &[]),
-        500.0
-    );
-    assert_eq!(metric(&m, "sloguard_overhead_seconds_count", &[]), 500.0);
-    assert_eq!(
-        metric(&m, "sloguard_upstream_requests_total", &[("outcome", "ok")]),
-        400.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "sloguard_upstream_requests_total",
-            &[("outcome", "5xx")]
-        ),
-        100.0
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "5xx")],
+        100.0,
     );
     // The article's p99 query needs buckets, and the +Inf bucket holds every request.
-    assert_eq!(
-        metric(&m, "agent_response_seconds_bucket", &[("le", "+Inf")]),
-        500.0
+    expect_metric(
+        &m,
+        "agent_response_seconds_bucket",
+        &[("le", "+Inf")],
+        500.0,
     );
     sidecar.shutdown().await;
 }
@@ -288,45 +282,35 @@ async fn status_classes_are_counted_exactly_under_100_concurrent_requests() {
 async fn on_the_llm_role_provider_5xx_and_429_are_charged_upstream() {
     let (sidecar, _) = scripted_mix("llm", &[(200, 50), (429, 30), (502, 20)]).await;
     let m = metrics(&sidecar).await;
-    assert_eq!(
-        metric(
-            &m,
-            "agent_requests_total",
-            &[("status", "4xx"), ("cause", "upstream")]
-        ),
-        30.0
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "4xx"), ("cause", "upstream")],
+        30.0,
     );
-    assert_eq!(
-        metric(
-            &m,
-            "agent_requests_total",
-            &[("status", "5xx"), ("cause", "upstream")]
-        ),
-        20.0
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "5xx"), ("cause", "upstream")],
+        20.0,
     );
-    assert_eq!(
-        metric(
-            &m,
-            "agent_requests_total",
-            &[("status", "2xx"), ("cause", "none")]
-        ),
-        50.0
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "2xx"), ("cause", "none")],
+        50.0,
     );
-    assert_eq!(
-        metric(
-            &m,
-            "sloguard_upstream_requests_total",
-            &[("outcome", "429")]
-        ),
-        30.0
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "429")],
+        30.0,
     );
-    assert_eq!(
-        metric(
-            &m,
-            "sloguard_upstream_requests_total",
-            &[("outcome", "5xx")]
-        ),
-        20.0
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "5xx")],
+        20.0,
     );
     sidecar.shutdown().await;
 }
@@ -358,21 +342,17 @@ async fn connect_refused_is_a_502_upstream_unavailable() {
         .unwrap()
         .contains("backend"));
     let m = metrics(&sidecar).await;
-    assert_eq!(
-        metric(
-            &m,
-            "sloguard_upstream_requests_total",
-            &[("outcome", "connect_error")]
-        ),
-        1.0
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "connect_error")],
+        1.0,
     );
-    assert_eq!(
-        metric(
-            &m,
-            "agent_requests_total",
-            &[("status", "5xx"), ("cause", "upstream")]
-        ),
-        1.0
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "5xx"), ("cause", "upstream")],
+        1.0,
     );
     sidecar.shutdown().await;
 }
@@ -394,21 +374,17 @@ async fn a_hanging_upstream_is_a_504_upstream_timeout() {
     assert_eq!(header, "upstream_timeout");
     assert_eq!(body["error"]["type"], "upstream_timeout");
     let m = metrics(&sidecar).await;
-    assert_eq!(
-        metric(
-            &m,
-            "sloguard_upstream_requests_total",
-            &[("outcome", "timeout")]
-        ),
-        1.0
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "timeout")],
+        1.0,
     );
-    assert_eq!(
-        metric(
-            &m,
-            "agent_requests_total",
-            &[("status", "5xx"), ("cause", "agent")]
-        ),
-        1.0
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "5xx"), ("cause", "agent")],
+        1.0,
     );
     sidecar.shutdown().await;
 }
@@ -441,21 +417,17 @@ async fn a_stalled_stream_is_ended_after_idle() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     let m = metrics(&sidecar).await;
-    assert_eq!(
-        metric(
-            &m,
-            "sloguard_upstream_requests_total",
-            &[("outcome", "timeout")]
-        ),
-        1.0
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "timeout")],
+        1.0,
     );
-    assert_eq!(
-        metric(
-            &m,
-            "agent_requests_total",
-            &[("status", "2xx"), ("cause", "upstream")]
-        ),
-        1.0
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "2xx"), ("cause", "upstream")],
+        1.0,
     );
     sidecar.shutdown().await;
 }
@@ -519,9 +491,11 @@ async fn connections_the_upstream_closed_are_not_reused() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
     let m = metrics(&sidecar).await;
-    assert_eq!(
-        metric(&m, "sloguard_upstream_requests_total", &[("outcome", "ok")]),
-        10.0
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "ok")],
+        10.0,
     );
     sidecar.shutdown().await;
 }
@@ -541,23 +515,14 @@ async fn a_client_that_leaves_before_the_answer_is_counted_as_a_4xx_with_its_wai
         "the upstream hangs, so the client gives up"
     );
     // The sidecar notices the closed connection and settles the request.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let m = loop {
-        let m = metrics(&sidecar).await;
-        if metric(&m, "agent_requests_total", &[]) > 0.0 || std::time::Instant::now() > deadline {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(
-        metric(
-            &m,
-            "agent_requests_total",
-            &[("status", "4xx"), ("cause", "none")]
-        ),
-        1.0
+    let m = metrics_when(&sidecar, |m| metric(m, "agent_requests_total", &[]) > 0.0).await;
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "4xx"), ("cause", "none")],
+        1.0,
     );
-    assert_eq!(metric(&m, "agent_response_seconds_count", &[]), 1.0);
+    expect_metric(&m, "agent_response_seconds_count", &[], 1.0);
     assert!(
         metric(&m, "agent_response_seconds_sum", &[]) >= 0.25,
         "the wait is recorded"
@@ -567,7 +532,7 @@ async fn a_client_that_leaves_before_the_answer_is_counted_as_a_4xx_with_its_wai
         0.0,
         "no byte was sent"
     );
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[]), 0.0);
+    expect_metric(&m, "sloguard_upstream_requests_total", &[], 0.0);
     sidecar.shutdown().await;
 }
 
@@ -609,13 +574,11 @@ async fn a_stream_past_the_total_timeout_is_ended() {
         "ended after {took:?}"
     );
     let m = metrics(&sidecar).await;
-    assert_eq!(
-        metric(
-            &m,
-            "sloguard_upstream_requests_total",
-            &[("outcome", "timeout")]
-        ),
-        1.0
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "timeout")],
+        1.0,
     );
     sidecar.shutdown().await;
 }
@@ -655,13 +618,11 @@ async fn a_connection_that_cannot_be_made_in_time_is_a_502_connect_error() {
         "the connect timeout, not first_byte, ended it ({took:?})"
     );
     let m = metrics(&sidecar).await;
-    assert_eq!(
-        metric(
-            &m,
-            "sloguard_upstream_requests_total",
-            &[("outcome", "connect_error")]
-        ),
-        1.0
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "connect_error")],
+        1.0,
     );
     sidecar.shutdown().await;
 }
@@ -682,18 +643,13 @@ async fn a_stream_that_stalls_before_its_first_byte_records_no_time_to_first_byt
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.into_body().collect().await.is_err());
     let m = metrics(&sidecar).await;
-    assert_eq!(
-        metric(
-            &m,
-            "agent_requests_total",
-            &[("status", "2xx"), ("cause", "upstream")]
-        ),
-        1.0
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "2xx"), ("cause", "upstream")],
+        1.0,
     );
-    assert_eq!(
-        metric(&m, "agent_time_to_first_byte_seconds_count", &[]),
-        0.0
-    );
+    expect_metric(&m, "agent_time_to_first_byte_seconds_count", &[], 0.0);
     sidecar.shutdown().await;
 }
 
@@ -701,34 +657,23 @@ async fn a_stream_that_stalls_before_its_first_byte_records_no_time_to_first_byt
 async fn connect_is_refused_not_tunnelled() {
     let upstream = status_upstream().await;
     let sidecar = start_sidecar("agent", &upstream.url(), "").await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(sidecar.listener_addr("proxy").unwrap())
-        .await
-        .unwrap();
-    s.write_all(b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: 127.0.0.1:22\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    let head = raw_request(
+        sidecar.listener_addr("proxy").unwrap(),
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: 127.0.0.1:22\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("http/1.1 405"), "{head}");
     assert!(
         head.contains("x-sloguard-error: method_not_allowed"),
         "{head}"
     );
-    drop(s);
     let m = metrics(&sidecar).await;
-    assert_eq!(metric(&m, "sloguard_upstream_requests_total", &[]), 0.0);
-    assert_eq!(
-        metric(
-            &m,
-            "agent_requests_total",
-            &[("status", "4xx"), ("cause", "none")]
-        ),
-        1.0
+    expect_metric(&m, "sloguard_upstream_requests_total", &[], 0.0);
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "4xx"), ("cause", "none")],
+        1.0,
     );
     sidecar.shutdown().await;
 }

@@ -113,6 +113,40 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Asserts one sample sum of `/metrics` text, naming it when it differs.
+#[track_caller]
+pub fn expect_metric(text: &str, name: &str, labels: &[(&str, &str)], expected: f64) {
+    let got = metric(text, name, labels);
+    assert_eq!(got, expected, "{name}{labels:?}");
+}
+
+/// `/metrics` once `ready` holds for it, or after 5 s (requests settle when their connection
+/// closes, which the test cannot await directly).
+pub async fn metrics_when(sidecar: &Sidecar, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let m = metrics(sidecar).await;
+        if ready(&m) || std::time::Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes raw bytes to `addr` and returns the first answer read back (lower-cased), waiting
+/// up to 5 s.
+pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .expect("read");
+    String::from_utf8_lossy(&buf[..n]).to_lowercase()
+}
+
 /// A body of `total` bytes made of `chunk` repeated: a large stream without a large allocation.
 pub struct RepeatBody {
     pub chunk: Bytes,
