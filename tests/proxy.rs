@@ -359,12 +359,7 @@ async fn connect_refused_is_a_502_upstream_unavailable() {
 
 #[tokio::test]
 async fn a_hanging_upstream_is_a_504_upstream_timeout() {
-    let addr = raw_upstream(|mut s| async move {
-        read_head(&mut s).await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(s);
-    })
-    .await;
+    let addr = stalling_upstream(b"").await;
     let sidecar = start_sidecar("agent", &format!("http://{addr}"), "first_byte: 300ms").await;
     let started = std::time::Instant::now();
     let resp = get(&client(), &proxy_url(&sidecar, "/v1/tasks")).await;
@@ -391,15 +386,7 @@ async fn a_hanging_upstream_is_a_504_upstream_timeout() {
 
 #[tokio::test]
 async fn a_stalled_stream_is_ended_after_idle() {
-    let addr = raw_upstream(|mut s| async move {
-        use tokio::io::AsyncWriteExt;
-        read_head(&mut s).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nf\r\ndata: {\"n\":1}\n\n\r\n")
-            .await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    })
-    .await;
+    let addr = stalling_upstream(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nf\r\ndata: {\"n\":1}\n\n\r\n").await;
     let sidecar = start_sidecar("llm", &format!("http://{addr}"), "idle: 300ms").await;
     let started = std::time::Instant::now();
     let resp = get(&client(), &proxy_url(&sidecar, "/v1/chat/completions")).await;
@@ -502,11 +489,7 @@ async fn connections_the_upstream_closed_are_not_reused() {
 
 #[tokio::test]
 async fn a_client_that_leaves_before_the_answer_is_counted_as_a_4xx_with_its_wait() {
-    let addr = raw_upstream(|mut s| async move {
-        read_head(&mut s).await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    })
-    .await;
+    let addr = stalling_upstream(b"").await;
     let sidecar = start_sidecar("agent", &format!("http://{addr}"), "first_byte: 20s").await;
     let url = proxy_url(&sidecar, "/v1/tasks");
     let gave_up = tokio::time::timeout(Duration::from_millis(300), get(&client(), &url)).await;
@@ -629,15 +612,7 @@ async fn a_connection_that_cannot_be_made_in_time_is_a_502_connect_error() {
 
 #[tokio::test]
 async fn a_stream_that_stalls_before_its_first_byte_records_no_time_to_first_byte() {
-    let addr = raw_upstream(|mut s| async move {
-        use tokio::io::AsyncWriteExt;
-        read_head(&mut s).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-            .await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    })
-    .await;
+    let addr = stalling_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await;
     let sidecar = start_sidecar("llm", &format!("http://{addr}"), "idle: 300ms").await;
     let resp = get(&client(), &proxy_url(&sidecar, "/v1/chat/completions")).await;
     assert_eq!(resp.status(), StatusCode::OK);

@@ -185,6 +185,18 @@ where
     addr
 }
 
+/// An upstream that reads the request head, writes `prefix` (nothing, a response head, part of a
+/// body) and then hangs.
+pub async fn stalling_upstream(prefix: &'static [u8]) -> SocketAddr {
+    raw_upstream(move |mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        read_head(&mut s).await;
+        let _ = s.write_all(prefix).await;
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    })
+    .await
+}
+
 /// Reads a request head off a raw connection (up to the blank line).
 pub async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
