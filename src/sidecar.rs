@@ -30,6 +30,9 @@ pub enum StartError {
     },
 }
 
+/// How often `api_keys_file`s are checked for a change.
+pub const KEY_FILE_POLL: Duration = Duration::from_secs(1);
+
 pub struct Sidecar {
     /// Each listener's name and the address it is bound to (the real port when the config said 0).
     pub listeners: Vec<(String, SocketAddr)>,
@@ -86,6 +89,20 @@ impl Sidecar {
             loop {
                 tick.tick().await;
                 upkeep.run_upkeep();
+            }
+        }));
+
+        let keys = state.clone();
+        background.push(tokio::spawn(async move {
+            // Kubernetes propagates a changed Secret within a minute or so; a second's polling of
+            // a few small files is nothing next to that.
+            let mut tick = tokio::time::interval(KEY_FILE_POLL);
+            loop {
+                tick.tick().await;
+                let snap = keys.load();
+                for ring in snap.upstreams.values().filter_map(|u| u.keys.as_ref()) {
+                    ring.reload_if_changed();
+                }
             }
         }));
 

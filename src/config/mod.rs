@@ -65,6 +65,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     // Sections of the contract that later builds act on. They parse, so that the error can say
     // plainly that this build does not act on them, rather than "unknown field".
     #[serde(default, deserialize_with = "present")]
@@ -121,6 +123,27 @@ fn default_grace() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(30))
 }
 
+/// Bounds on what the metrics record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Distinct `gen_ai_request_model` label values; later model names are recorded as `other`.
+    #[serde(default = "default_max_model_labels")]
+    pub max_model_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_model_labels: default_max_model_labels(),
+        }
+    }
+}
+
+fn default_max_model_labels() -> usize {
+    crate::telemetry::genai::DEFAULT_MAX_MODEL_LABELS
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -169,6 +192,17 @@ pub enum Protocol {
     None,
 }
 
+impl Protocol {
+    /// `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
+    pub fn provider_name(self) -> &'static str {
+        match self {
+            Protocol::Openai => "openai",
+            Protocol::Anthropic => "anthropic",
+            Protocol::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
@@ -179,10 +213,13 @@ pub struct UpstreamConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
-    #[serde(default, deserialize_with = "present")]
-    pub api_keys_file: Option<Present>,
-    #[serde(default, deserialize_with = "present")]
-    pub model: Option<Present>,
+    /// Provider API keys, one a line, injected into every request (the client's own key headers
+    /// removed); re-read when the file changes.
+    #[serde(default)]
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Rewrites the request body's `model` for this upstream.
+    #[serde(default)]
+    pub model: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub circuit_breaker: Option<Present>,
 }
@@ -338,6 +375,12 @@ impl Config {
         if self.admin.token_file.is_some() {
             return not_yet("admin.token_file", "the admin API (and its token)");
         }
+        if self.metrics.max_model_labels == 0 {
+            return Err((
+                "metrics.max_model_labels".into(),
+                "must be at least 1".into(),
+            ));
+        }
         if self.agent.trim().is_empty() {
             return Err((
                 "agent".into(),
@@ -429,14 +472,25 @@ impl Config {
                 }
                 Ok(_) => {}
             }
-            for (key, value) in [
-                ("api_keys_file", &up.api_keys_file),
-                ("model", &up.model),
-                ("circuit_breaker", &up.circuit_breaker),
-            ] {
-                if value.is_some() {
-                    return not_yet(&format!("{base}.{key}"), &format!("`{key}`"));
+            if up.circuit_breaker.is_some() {
+                return not_yet(&format!("{base}.circuit_breaker"), "`circuit_breaker`");
+            }
+            if up.protocol == Protocol::None {
+                if up.api_keys_file.is_some() {
+                    return Err((
+                        format!("{base}.api_keys_file"),
+                        "needs `protocol: openai` or `protocol: anthropic` (the protocol decides the key header)".into(),
+                    ));
                 }
+                if up.model.is_some() {
+                    return Err((
+                        format!("{base}.model"),
+                        "needs `protocol: openai` or `protocol: anthropic` (only LLM request bodies have a model)".into(),
+                    ));
+                }
+            }
+            if up.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                return Err((format!("{base}.model"), "must not be empty".into()));
             }
             let t = &up.timeouts;
             for (key, d) in [

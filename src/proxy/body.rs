@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::llm::LlmCall;
 use super::state::ListenerState;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
 use crate::upstream::Lease;
@@ -36,6 +37,8 @@ pub struct Accounting {
     /// The upstream attempt's outcome so far; `None` when no attempt is to be counted.
     pub outcome: Option<UpstreamOutcome>,
     pub first_byte_sent: bool,
+    /// The LLM call this request is, on the `llm` role.
+    pub llm: Option<Box<LlmCall>>,
 }
 
 impl Accounting {
@@ -52,21 +55,24 @@ impl Accounting {
     /// The body ended cleanly: an empty body's "first byte" is its end.
     fn finish(mut self, now: Instant) {
         self.first_byte(now);
-        self.count(now);
+        self.count(now, true);
     }
 
     /// The body failed, or the client left, before its end: time to first byte only if a byte
     /// went out.
     fn cut(self, now: Instant) {
-        self.count(now);
+        self.count(now, false);
     }
 
     /// The client went away before any response: nothing was sent, so no time to first byte.
     pub fn abandoned(self, now: Instant) {
-        self.count(now);
+        self.count(now, false);
     }
 
-    fn count(&self, now: Instant) {
+    fn count(mut self, now: Instant, complete: bool) {
+        if let Some(call) = self.llm.take() {
+            call.finish(complete, self.status, self.outcome, now);
+        }
         let l = &self.listener;
         l.metrics.count_request(self.status, self.cause);
         l.metrics
@@ -212,6 +218,9 @@ impl Body for ProxyBody {
                         }
                         if let Some(a) = this.account.as_mut() {
                             a.first_byte(now);
+                            if let (Some(call), Some(data)) = (a.llm.as_mut(), frame.data_ref()) {
+                                call.chunk(data, now);
+                            }
                         }
                     }
                     Poll::Ready(Some(Ok(frame)))

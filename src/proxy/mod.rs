@@ -35,6 +35,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod listener;
+pub mod llm;
 pub mod state;
 pub mod upload;
 
@@ -50,9 +51,11 @@ pub use error::{error_response, ProxyError};
 pub use state::{ListenerState, Snapshot};
 pub use upload::{RequestBody, Upload, UploadState};
 
-use crate::config::UpstreamUrl;
+use crate::config::{Role, UpstreamUrl};
+use crate::inspect::{Format, Unparsed};
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
 use crate::upstream::SendError;
+use llm::LlmCall;
 
 /// The request target for the upstream, in origin form: the upstream's path prefix, then the
 /// client's path and query. An absolute-form client URI does not choose the upstream.
@@ -90,6 +93,7 @@ pub async fn handle(
         outcome: None,
         first_byte_sent: false,
         listener: listener.clone(),
+        llm: None,
     }));
 
     let (mut parts, body) = req.into_parts();
@@ -98,6 +102,14 @@ pub async fn handle(
             method: parts.method,
         };
         return local_error(err, &listener, unanswered.0.take());
+    }
+    // An LLM call (a known operation to a provider, on the `llm` role) is inspected on its way.
+    let format = match (&upstream.llm, listener.role) {
+        (Some(_), Role::Llm) => Format::of(&parts.method, parts.uri.path()),
+        _ => None,
+    };
+    if let (Some(format), Some(metrics), Some(a)) = (format, &upstream.llm, unanswered.0.as_mut()) {
+        a.llm = Some(Box::new(LlmCall::new(metrics.clone(), format, received)));
     }
     parts.uri = match upstream_uri(&upstream.url, &parts.uri) {
         Ok(uri) => uri,
@@ -110,7 +122,46 @@ pub async fn handle(
         }
     };
     headers::prepare_request(&mut parts.headers, &upstream.host_header, &client_ip);
-    let (body, upload) = RequestBody::new(body, received);
+    let key_used = upstream.keys.as_ref().map(|k| k.inject(&mut parts.headers));
+    // Time spent waiting for the client's body while reading it ahead: not the sidecar's own.
+    let mut client_wait = std::time::Duration::ZERO;
+    let (body, upload) = match (format, &upstream.model) {
+        (Some(format), Some(model)) => {
+            let start = Instant::now();
+            let read = llm::rewrite_request(
+                body,
+                &mut parts.headers,
+                format,
+                model,
+                received,
+                timeouts.idle.0,
+                total_deadline,
+            )
+            .await;
+            match read {
+                Ok((body, upload, last_chunk)) => {
+                    client_wait = last_chunk.saturating_duration_since(start);
+                    (body, upload)
+                }
+                Err(err) => return local_error(err, &listener, unanswered.0.take()),
+            }
+        }
+        (Some(format), None) => {
+            let encoded = parts
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .is_some_and(|e| e.as_bytes() != b"identity");
+            let (body, upload) = RequestBody::new(body, received, (!encoded).then_some(format));
+            if let (true, Some(u)) = (encoded, &upload) {
+                let _ = u.request.set(Err(Unparsed::RequestContentEncoding));
+            }
+            (body, upload)
+        }
+        _ => RequestBody::new(body, received, None),
+    };
+    if let Some(call) = unanswered.0.as_mut().and_then(|a| a.llm.as_mut()) {
+        call.set_upload(upload.clone());
+    }
     let request = Request::from_parts(parts, body);
 
     let sent = Instant::now();
@@ -162,20 +213,28 @@ pub async fn handle(
     };
 
     let (mut parts, body) = response.into_parts();
-    headers::prepare_response(&mut parts.headers, &upstream.header_value);
     let status = parts.status;
+    if let (http::StatusCode::UNAUTHORIZED, Some(keys), Some(used)) =
+        (status, &upstream.keys, key_used)
+    {
+        keys.rejected(used);
+    }
     let mut account = unanswered.0.take();
     if let Some(a) = account.as_mut() {
         a.status = StatusClass::of(status);
         a.cause = Cause::of_response(listener.role, status);
         a.outcome = Some(UpstreamOutcome::of_status(status));
+        if let Some(call) = a.llm.as_mut() {
+            call.response(status, &parts.headers);
+        }
     }
+    headers::prepare_response(&mut parts.headers, &upstream.header_value);
     let body = ProxyBody::upstream(body, lease, account, timeouts.idle.0, total_deadline);
     let done = Instant::now();
-    listener
-        .metrics
-        .overhead
-        .record((sent.duration_since(received) + done.duration_since(head_at)).as_secs_f64());
+    listener.metrics.overhead.record(
+        (sent.duration_since(received).saturating_sub(client_wait) + done.duration_since(head_at))
+            .as_secs_f64(),
+    );
     Response::from_parts(parts, body)
 }
 

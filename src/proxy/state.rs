@@ -9,7 +9,7 @@ use std::sync::Arc;
 use metrics::Counter;
 
 use crate::config::{Config, Role};
-use crate::telemetry::{connection_errors, RequestMetrics, Telemetry};
+use crate::telemetry::{connection_errors, ModelLabels, RequestMetrics, Telemetry};
 use crate::upstream::{Upstream, UpstreamBuildError};
 
 pub struct Snapshot {
@@ -32,11 +32,12 @@ pub struct ListenerState {
 impl Snapshot {
     /// Builds the running state of a validated config.
     pub fn build(config: Config, telemetry: &Telemetry) -> Result<Snapshot, UpstreamBuildError> {
+        let models = Arc::new(ModelLabels::new(config.metrics.max_model_labels));
         let mut upstreams = BTreeMap::new();
         for (name, up) in &config.upstreams {
             upstreams.insert(
                 name.clone(),
-                Arc::new(Upstream::new(name, up, &config.agent, telemetry)?),
+                Arc::new(Upstream::new(name, up, &config.agent, telemetry, &models)?),
             );
         }
         let mut listeners = Vec::with_capacity(config.listeners.len());

@@ -2,9 +2,10 @@
 //! how the upload is going, so that a failed or slow exchange is charged to whoever caused it:
 //! a client that hangs up mid-upload, or stalls, is not the upstream's failure.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
+
+use crate::inspect::{parse_request, Format, RequestFacts, Unparsed, MAX_INSPECTED_BODY};
 
 /// How the upload stands, shared between the body (polled by the upstream connection) and the
 /// request's handler.
@@ -22,6 +25,8 @@ pub struct Upload {
     waiting_on_client: AtomicBool,
     complete: AtomicBool,
     failed: AtomicBool,
+    /// What an LLM request said, once its body has been read (`Err`: it could not be).
+    pub request: OnceLock<Result<RequestFacts, Unparsed>>,
 }
 
 /// Who an exchange is waiting on when its response head is late.
@@ -55,31 +60,134 @@ impl Upload {
     }
 }
 
+/// Where the body's bytes come from.
+enum Source {
+    /// Straight from the client, as the upstream reads them.
+    Client(Incoming),
+    /// Read ahead (for a model rewrite): these chunks first, then whatever the client still sends.
+    Buffered {
+        chunks: VecDeque<Bytes>,
+        rest: Option<Incoming>,
+    },
+}
+
+/// Reference counts of an LLM request's chunks, parsed when the upload ends.
+struct Tap {
+    format: Format,
+    chunks: Vec<Bytes>,
+    len: usize,
+    too_large: bool,
+}
+
 pub struct RequestBody {
-    inner: Incoming,
+    source: Source,
     /// `None` for a request without a body: nothing to watch.
     upload: Option<Arc<Upload>>,
+    tap: Option<Tap>,
+}
+
+fn new_upload(started: Instant) -> Arc<Upload> {
+    Arc::new(Upload {
+        started,
+        last_chunk_micros: AtomicU64::new(0),
+        waiting_on_client: AtomicBool::new(false),
+        complete: AtomicBool::new(false),
+        failed: AtomicBool::new(false),
+        request: OnceLock::new(),
+    })
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, started: Instant) -> (RequestBody, Option<Arc<Upload>>) {
-        let upload = (!inner.is_end_stream()).then(|| {
-            Arc::new(Upload {
-                started,
-                last_chunk_micros: AtomicU64::new(0),
-                waiting_on_client: AtomicBool::new(false),
-                complete: AtomicBool::new(false),
-                failed: AtomicBool::new(false),
-            })
+    /// The client's body, streamed; with `tap`, its LLM request facts are read on the way.
+    pub fn new(
+        inner: Incoming,
+        started: Instant,
+        tap: Option<Format>,
+    ) -> (RequestBody, Option<Arc<Upload>>) {
+        let upload = (!inner.is_end_stream()).then(|| new_upload(started));
+        let tap = tap.filter(|_| upload.is_some()).map(|format| Tap {
+            format,
+            chunks: Vec::new(),
+            len: 0,
+            too_large: false,
         });
         (
             RequestBody {
-                inner,
+                source: Source::Client(inner),
                 upload: upload.clone(),
+                tap,
             },
             upload,
         )
     }
+
+    /// A body read ahead: `chunks`, then `rest` (what the client has not sent yet, if anything).
+    /// `request` is what was learned from it.
+    pub fn buffered(
+        chunks: VecDeque<Bytes>,
+        rest: Option<Incoming>,
+        started: Instant,
+        request: Result<RequestFacts, Unparsed>,
+    ) -> (RequestBody, Option<Arc<Upload>>) {
+        let upload = new_upload(started);
+        let _ = upload.request.set(request);
+        if rest.is_none() {
+            upload.complete.store(true, Ordering::Release);
+        }
+        (
+            RequestBody {
+                source: Source::Buffered { chunks, rest },
+                upload: Some(upload.clone()),
+                tap: None,
+            },
+            Some(upload),
+        )
+    }
+
+    /// Parses what the tap holds, once, when the upload has ended.
+    fn read_tap(&mut self) {
+        let (Some(tap), Some(upload)) = (self.tap.take(), &self.upload) else {
+            return;
+        };
+        let facts = if tap.too_large {
+            Err(Unparsed::RequestTooLarge)
+        } else if tap.chunks.len() == 1 {
+            parse_request(tap.format, &tap.chunks[0])
+        } else {
+            let mut whole = Vec::with_capacity(tap.len);
+            tap.chunks.iter().for_each(|c| whole.extend_from_slice(c));
+            parse_request(tap.format, &whole)
+        };
+        let _ = upload.request.set(facts);
+    }
+}
+
+/// Polls the client's body and notes how the upload goes.
+fn poll_client(
+    inner: &mut Incoming,
+    upload: Option<&Upload>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    let polled = Pin::new(inner).poll_frame(cx);
+    if let Some(u) = upload {
+        match &polled {
+            Poll::Pending => u.waiting_on_client.store(true, Ordering::Release),
+            Poll::Ready(Some(Ok(_))) => {
+                let micros = u.started.elapsed().as_micros() as u64;
+                u.last_chunk_micros.store(micros, Ordering::Release);
+                u.waiting_on_client.store(false, Ordering::Release);
+            }
+            Poll::Ready(Some(Err(_))) => {
+                u.failed.store(true, Ordering::Release);
+                u.waiting_on_client.store(false, Ordering::Release);
+            }
+            Poll::Ready(None) => {
+                u.complete.store(true, Ordering::Release);
+                u.waiting_on_client.store(false, Ordering::Release);
+            }
+        }
+    }
+    polled
 }
 
 impl Body for RequestBody {
@@ -90,34 +198,67 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Some(u) = &self.upload {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            Source::Client(inner) => poll_client(inner, this.upload.as_deref(), cx),
+            Source::Buffered { chunks, rest } => match chunks.pop_front() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => match rest {
+                    Some(inner) => poll_client(inner, this.upload.as_deref(), cx),
+                    None => Poll::Ready(None),
+                },
+            },
+        };
+        if let Some(tap) = &mut this.tap {
             match &polled {
-                Poll::Pending => u.waiting_on_client.store(true, Ordering::Release),
-                Poll::Ready(Some(Ok(_))) => {
-                    let micros = u.started.elapsed().as_micros() as u64;
-                    u.last_chunk_micros.store(micros, Ordering::Release);
-                    u.waiting_on_client.store(false, Ordering::Release);
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        if tap.len + data.len() > MAX_INSPECTED_BODY {
+                            tap.too_large = true;
+                            tap.chunks = Vec::new();
+                        } else if !tap.too_large {
+                            tap.len += data.len();
+                            tap.chunks.push(data.clone());
+                        }
+                    }
+                    // hyper stops polling a body that says it has ended: this may be the last call.
+                    if this.is_end_stream() {
+                        this.read_tap();
+                    }
                 }
-                Poll::Ready(Some(Err(_))) => {
-                    u.failed.store(true, Ordering::Release);
-                    u.waiting_on_client.store(false, Ordering::Release);
-                }
-                Poll::Ready(None) => {
-                    u.complete.store(true, Ordering::Release);
-                    u.waiting_on_client.store(false, Ordering::Release);
-                }
+                Poll::Ready(None) => this.read_tap(),
+                Poll::Ready(Some(Err(_))) => this.tap = None,
+                Poll::Pending => {}
             }
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Client(inner) => inner.is_end_stream(),
+            Source::Buffered { chunks, rest } => {
+                chunks.is_empty() && rest.as_ref().is_none_or(Incoming::is_end_stream)
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Client(inner) => inner.size_hint(),
+            Source::Buffered { chunks, rest } => {
+                let buffered: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                let rest = rest
+                    .as_ref()
+                    .map_or(SizeHint::with_exact(0), Incoming::size_hint);
+                let mut hint = SizeHint::new();
+                hint.set_lower(buffered + rest.lower());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(buffered + upper);
+                }
+                hint
+            }
+        }
     }
 }
 
@@ -132,6 +273,7 @@ mod tests {
             waiting_on_client: AtomicBool::new(false),
             complete: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            request: OnceLock::new(),
         }
     }
 

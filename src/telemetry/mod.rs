@@ -5,6 +5,7 @@
 //! the data plane: recording on the hot path is an atomic add, never a label lookup. Each
 //! [`Telemetry`] owns its own recorder (no global), so tests running side by side do not mix.
 
+pub mod genai;
 mod log_limit;
 mod logging;
 
@@ -15,6 +16,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+pub use genai::{ErrorType, KeyMetrics, LlmMetrics, ModelLabels, ModelMetrics};
 pub use log_limit::LogLimiter;
 pub use logging::init_logging;
 
@@ -57,6 +59,19 @@ impl Telemetry {
             (AGENT_RESPONSE_SECONDS, LATENCY_BUCKETS),
             (AGENT_TIME_TO_FIRST_BYTE_SECONDS, LATENCY_BUCKETS),
             (OVERHEAD_SECONDS, OVERHEAD_BUCKETS),
+            (
+                genai::GEN_AI_OPERATION_DURATION,
+                genai::GEN_AI_SECONDS_BUCKETS,
+            ),
+            (
+                genai::GEN_AI_TIME_TO_FIRST_CHUNK,
+                genai::GEN_AI_SECONDS_BUCKETS,
+            ),
+            (
+                genai::GEN_AI_TIME_PER_OUTPUT_CHUNK,
+                genai::GEN_AI_SECONDS_BUCKETS,
+            ),
+            (genai::GEN_AI_TOKEN_USAGE, genai::GEN_AI_TOKEN_BUCKETS),
         ]
         .into_iter()
         .fold(builder, |b, (name, buckets)| {
@@ -115,6 +130,60 @@ impl Telemetry {
             1,
         );
         d(CONNECTION_ERRORS_TOTAL, None, "Client connections that ended in a protocol error (malformed HTTP, oversized headers).", 0);
+        d(
+            genai::GEN_AI_OPERATION_DURATION,
+            Some(Unit::Seconds),
+            "Whole LLM call: request received to last response byte (OpenTelemetry gen_ai.client.operation.duration).",
+            1,
+        );
+        d(
+            genai::GEN_AI_TIME_TO_FIRST_CHUNK,
+            Some(Unit::Seconds),
+            "Streamed LLM calls: request received to the first chunk carrying output text or a tool call.",
+            1,
+        );
+        d(
+            genai::GEN_AI_TIME_PER_OUTPUT_CHUNK,
+            Some(Unit::Seconds),
+            "Streamed LLM calls: time between output chunks after the first.",
+            1,
+        );
+        d(
+            genai::GEN_AI_TOKEN_USAGE,
+            None,
+            "Tokens per LLM call as the provider reported them, by gen_ai_token_type (input, output).",
+            1,
+        );
+        d(
+            genai::FINISH_REASONS_TOTAL,
+            None,
+            "Why generations ended, normalised: stop, length, tool_calls, content_filter, error, other.",
+            0,
+        );
+        d(
+            genai::HALLUCINATED_TOOL_CALLS_TOTAL,
+            None,
+            "Tool calls naming a tool the request did not declare (unknown_tool) or with arguments that are not JSON (invalid_arguments).",
+            0,
+        );
+        d(
+            genai::UNPARSED_BODIES_TOTAL,
+            None,
+            "LLM request or response bodies the sidecar could not read; they passed through untouched.",
+            0,
+        );
+        d(
+            genai::API_KEY_REJECTIONS_TOTAL,
+            None,
+            "401 answers to a request carrying an injected API key; each moves the upstream to its next key.",
+            0,
+        );
+        d(
+            genai::API_KEY_RELOADS_TOTAL,
+            None,
+            "Re-reads of an upstream's api_keys_file after it changed, by result.",
+            0,
+        );
         d(
             BUILD_INFO,
             None,

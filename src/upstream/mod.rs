@@ -2,6 +2,7 @@
 //! timeouts that bound an attempt.
 
 mod client;
+pub mod keys;
 pub mod pool;
 
 use std::sync::Arc;
@@ -10,10 +11,13 @@ use std::time::Duration;
 use http::{HeaderValue, Uri};
 
 pub use client::{build_connector, load_ca_file};
+pub use keys::{KeyFileError, KeyRing};
 pub use pool::{ConnectionPool, Lease, SendError};
 
 use crate::config::{parse_upstream_url, Protocol, Timeouts, UpstreamConfig, UpstreamUrl};
-use crate::telemetry::{LogLimiter, Telemetry, UpstreamMetrics};
+use crate::telemetry::{
+    KeyMetrics, LlmMetrics, LogLimiter, ModelLabels, Telemetry, UpstreamMetrics,
+};
 
 /// Idle HTTP/1.1 connections kept per upstream: enough for a busy agent's concurrency, bounded so
 /// that a burst does not pin thousands of sockets.
@@ -36,6 +40,12 @@ pub struct Upstream {
     pub metrics: UpstreamMetrics,
     /// Bounds the warnings this upstream's failures log.
     pub log_limit: LogLimiter,
+    /// LLM-call metrics; `None` for `protocol: none`.
+    pub llm: Option<Arc<LlmMetrics>>,
+    /// Keys injected into every request (`api_keys_file`).
+    pub keys: Option<Arc<KeyRing>>,
+    /// The model requests to this upstream ask for (`model`), rewritten into the body.
+    pub model: Option<Arc<str>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +56,12 @@ pub enum UpstreamBuildError {
     Name(String),
     #[error("upstreams.{name}.tls.ca_file: {message}")]
     Tls { name: String, message: String },
+    #[error("upstreams.{name}.api_keys_file: {source}")]
+    Keys {
+        name: String,
+        #[source]
+        source: KeyFileError,
+    },
 }
 
 impl Upstream {
@@ -54,6 +70,7 @@ impl Upstream {
         config: &UpstreamConfig,
         agent: &str,
         telemetry: &Telemetry,
+        models: &Arc<ModelLabels>,
     ) -> Result<Upstream, UpstreamBuildError> {
         let url = parse_upstream_url(&config.url).map_err(|message| UpstreamBuildError::Url {
             name: name.to_owned(),
@@ -85,7 +102,33 @@ impl Upstream {
                 name: name.to_owned(),
                 message,
             })?;
+        let keys = match &config.api_keys_file {
+            Some(path) => Some(Arc::new(
+                KeyRing::load(
+                    path,
+                    config.protocol,
+                    KeyMetrics::new(telemetry, agent, name),
+                )
+                .map_err(|source| UpstreamBuildError::Keys {
+                    name: name.to_owned(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
+        let llm = (config.protocol != Protocol::None).then(|| {
+            Arc::new(LlmMetrics::new(
+                telemetry,
+                agent,
+                name,
+                config.protocol.provider_name(),
+                models.clone(),
+            ))
+        });
         Ok(Upstream {
+            llm,
+            keys,
+            model: config.model.as_deref().map(Arc::from),
             host_header,
             name: name.to_owned(),
             url,

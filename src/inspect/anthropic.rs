@@ -1,0 +1,193 @@
+//! Anthropic Messages response bodies: JSON, and the typed stream (`message_start`,
+//! `content_block_start`/`_delta`/`_stop`, `message_delta`, `message_stop`, `ping`, `error`).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::response::{ResponseFacts, ToolCalls};
+use super::{FinishReason, ToolCall, Unparsed};
+
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// Input tokens count cached ones too (the OpenTelemetry GenAI conventions' reading of
+    /// Anthropic's split usage), so that the figure compares with other providers'.
+    fn record(&self, facts: &mut ResponseFacts) {
+        if let Some(input) = self.input_tokens {
+            facts.input_tokens = Some(
+                input
+                    + self.cache_creation_input_tokens.unwrap_or(0)
+                    + self.cache_read_input_tokens.unwrap_or(0),
+            );
+        }
+        facts.output_tokens = self.output_tokens.or(facts.output_tokens);
+    }
+}
+
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+}
+
+impl Block<'_> {
+    /// A call of a client tool (`server_tool_use` blocks run on Anthropic's side).
+    fn is_tool_use(&self) -> bool {
+        self.kind.as_deref() == Some("tool_use")
+    }
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    content: Vec<Block<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    message: Option<Message<'a>>,
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    content_block: Option<Block<'a>>,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Default)]
+pub(super) struct MessagesStream {
+    calls: ToolCalls,
+    ended: bool,
+}
+
+impl MessagesStream {
+    pub fn event(
+        &mut self,
+        sse_event: &str,
+        data: &[u8],
+        facts: &mut ResponseFacts,
+    ) -> Result<bool, Unparsed> {
+        let e: Event<'_> =
+            serde_json::from_slice(data).map_err(|_| Unparsed::ResponseInvalidJson)?;
+        let kind = e.kind.as_deref().unwrap_or(sse_event);
+        Ok(match kind {
+            "message_start" => {
+                if let Some(usage) = e.message.as_ref().and_then(|m| m.usage.as_ref()) {
+                    usage.record(facts);
+                }
+                false
+            }
+            "content_block_start" => {
+                let block = e.content_block.as_ref();
+                match block.filter(|b| b.is_tool_use()) {
+                    Some(b) => {
+                        let name = b.name.as_deref().unwrap_or("");
+                        self.calls.start((0, e.index), name);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            "content_block_delta" => {
+                let Some(d) = &e.delta else { return Ok(false) };
+                match d.kind.as_deref() {
+                    Some("text_delta") => d.text.as_deref().is_some_and(|t| !t.is_empty()),
+                    Some("input_json_delta") => {
+                        let part = d.partial_json.as_deref().unwrap_or("");
+                        if self.calls.open.iter().any(|c| c.key == (0, e.index)) {
+                            self.calls.append((0, e.index), part, facts);
+                        }
+                        !part.is_empty()
+                    }
+                    _ => false,
+                }
+            }
+            "content_block_stop" => {
+                let index = e.index;
+                self.calls.complete(|c| c.key == (0, index), true, facts);
+                false
+            }
+            "message_delta" => {
+                if let Some(usage) = &e.usage {
+                    usage.record(facts);
+                }
+                if let Some(reason) = e.delta.as_ref().and_then(|d| d.stop_reason.as_deref()) {
+                    if !self.ended {
+                        self.ended = true;
+                        facts.finish_reasons.push(FinishReason::anthropic(reason));
+                    }
+                }
+                false
+            }
+            "error" => {
+                if !self.ended {
+                    self.ended = true;
+                    facts.finish_reasons.push(FinishReason::Error);
+                }
+                false
+            }
+            _ => false,
+        })
+    }
+}
+
+pub(super) fn messages_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Unparsed> {
+    let m: Message<'_> = serde_json::from_slice(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
+    if m.kind.as_deref() == Some("error") {
+        facts.finish_reasons.push(FinishReason::Error);
+        return Ok(());
+    }
+    if let Some(usage) = &m.usage {
+        usage.record(facts);
+    }
+    // `input` of a complete `tool_use` block is an object already.
+    facts.tool_calls.extend(
+        m.content
+            .iter()
+            .filter(|b| b.is_tool_use())
+            .map(|b| ToolCall {
+                name: b.name.as_deref().unwrap_or("").to_owned(),
+                arguments_valid: true,
+            }),
+    );
+    if let Some(reason) = m.stop_reason.as_deref() {
+        facts.finish_reasons.push(FinishReason::anthropic(reason));
+    }
+    Ok(())
+}

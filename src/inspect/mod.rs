@@ -1,0 +1,219 @@
+//! What the sidecar learns from LLM bodies as they pass: the request's model, `stream` flag and
+//! declared tools; from the response, token usage, finish reasons, tool calls and the moments
+//! output arrives. Plain types fed bytes, no I/O: the data plane feeds them, telemetry counts.
+//!
+//! Parsing is observation. Nothing here holds bytes back or changes them; a body a reader cannot
+//! read is reported as [`Unparsed`] and passes through as it came.
+
+mod anthropic;
+mod openai;
+pub mod request;
+pub mod response;
+pub mod rewrite;
+pub mod sse;
+
+pub use request::{parse_request, RequestFacts};
+pub use response::{ResponseFacts, ResponseReader};
+pub use sse::{SseEvent, SseItem, SseParser};
+
+/// The most of one body (a request, a JSON response, one SSE event, a tool call's arguments) kept
+/// for parsing. LLM requests carry whole conversations, so this is generous; past it, the body
+/// still passes through untouched and is counted as unparsed (`*_too_large`).
+pub const MAX_INSPECTED_BODY: usize = 4 << 20;
+
+/// The LLM API operation a request is, from its method and path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenAI Chat Completions (`/v1/chat/completions`; also Azure OpenAI's deployment paths and
+    /// the OpenAI-compatible endpoints other providers offer).
+    ChatCompletions,
+    /// OpenAI Responses (`/v1/responses`).
+    Responses,
+    /// Anthropic Messages (`/v1/messages`).
+    Messages,
+}
+
+impl Format {
+    /// Only `POST`s to a known operation are inspected; anything else (model lists, files,
+    /// embeddings) passes through as plain HTTP.
+    pub fn of(method: &http::Method, path: &str) -> Option<Format> {
+        if method != http::Method::POST {
+            return None;
+        }
+        let path = path.trim_end_matches('/');
+        if path.ends_with("/chat/completions") {
+            Some(Format::ChatCompletions)
+        } else if path.ends_with("/responses") {
+            Some(Format::Responses)
+        } else if path.ends_with("/messages") {
+            Some(Format::Messages)
+        } else {
+            None
+        }
+    }
+
+    /// `gen_ai.operation.name` (OpenTelemetry GenAI semantic conventions): all three are chat.
+    pub fn operation_name(self) -> &'static str {
+        "chat"
+    }
+}
+
+/// Why a body could not be read. The body passed through untouched either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unparsed {
+    RequestInvalidJson,
+    RequestTooLarge,
+    RequestContentEncoding,
+    ResponseInvalidJson,
+    ResponseTooLarge,
+    ResponseContentEncoding,
+    ResponseContentType,
+}
+
+impl Unparsed {
+    pub const COUNT: usize = 7;
+    pub const ALL: [Unparsed; Unparsed::COUNT] = [
+        Unparsed::RequestInvalidJson,
+        Unparsed::RequestTooLarge,
+        Unparsed::RequestContentEncoding,
+        Unparsed::ResponseInvalidJson,
+        Unparsed::ResponseTooLarge,
+        Unparsed::ResponseContentEncoding,
+        Unparsed::ResponseContentType,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unparsed::RequestInvalidJson => "request_invalid_json",
+            Unparsed::RequestTooLarge => "request_too_large",
+            Unparsed::RequestContentEncoding => "request_content_encoding",
+            Unparsed::ResponseInvalidJson => "response_invalid_json",
+            Unparsed::ResponseTooLarge => "response_too_large",
+            Unparsed::ResponseContentEncoding => "response_content_encoding",
+            Unparsed::ResponseContentType => "response_content_type",
+        }
+    }
+}
+
+/// Why a generation ended, normalised across providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop = 0,
+    Length = 1,
+    ToolCalls = 2,
+    ContentFilter = 3,
+    Error = 4,
+    Other = 5,
+}
+
+impl FinishReason {
+    pub const COUNT: usize = 6;
+    pub const ALL: [FinishReason; FinishReason::COUNT] = [
+        FinishReason::Stop,
+        FinishReason::Length,
+        FinishReason::ToolCalls,
+        FinishReason::ContentFilter,
+        FinishReason::Error,
+        FinishReason::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+            FinishReason::Error => "error",
+            FinishReason::Other => "other",
+        }
+    }
+
+    /// OpenAI Chat Completions' `finish_reason`.
+    pub fn openai(reason: &str) -> FinishReason {
+        match reason {
+            "stop" => FinishReason::Stop,
+            "length" => FinishReason::Length,
+            "tool_calls" | "function_call" => FinishReason::ToolCalls,
+            "content_filter" => FinishReason::ContentFilter,
+            _ => FinishReason::Other,
+        }
+    }
+
+    /// Anthropic Messages' `stop_reason`.
+    pub fn anthropic(reason: &str) -> FinishReason {
+        match reason {
+            "end_turn" | "stop_sequence" => FinishReason::Stop,
+            "max_tokens" => FinishReason::Length,
+            "tool_use" => FinishReason::ToolCalls,
+            "refusal" => FinishReason::ContentFilter,
+            _ => FinishReason::Other,
+        }
+    }
+}
+
+/// One complete tool call the model made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub name: String,
+    /// The arguments, once complete, parse as JSON.
+    pub arguments_valid: bool,
+}
+
+/// Tool calls that do not fit the request: `(unknown_tool, invalid_arguments)`. With no request
+/// facts (the request could not be read) no call is taken for unknown.
+pub fn hallucinations(request: Option<&RequestFacts>, calls: &[ToolCall]) -> (u64, u64) {
+    let unknown = match request {
+        Some(r) => calls.iter().filter(|c| !r.tools.contains(&c.name)).count(),
+        None => 0,
+    };
+    let invalid = calls.iter().filter(|c| !c.arguments_valid).count();
+    (unknown as u64, invalid as u64)
+}
+
+/// Whether `text` is a complete JSON value.
+pub fn is_json(text: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_by_path() {
+        let post = http::Method::POST;
+        assert_eq!(
+            Format::of(&post, "/v1/chat/completions"),
+            Some(Format::ChatCompletions)
+        );
+        assert_eq!(
+            Format::of(&post, "/openai/deployments/gpt4/chat/completions"),
+            Some(Format::ChatCompletions)
+        );
+        assert_eq!(Format::of(&post, "/v1/responses"), Some(Format::Responses));
+        assert_eq!(Format::of(&post, "/v1/messages"), Some(Format::Messages));
+        assert_eq!(Format::of(&post, "/v1/embeddings"), None);
+        assert_eq!(Format::of(&http::Method::GET, "/v1/messages"), None);
+    }
+
+    #[test]
+    fn hallucination_kinds() {
+        let req = RequestFacts {
+            model: Some("m".into()),
+            stream: false,
+            tools: vec!["get_weather".into()],
+        };
+        let calls = [
+            ToolCall {
+                name: "get_weather".into(),
+                arguments_valid: true,
+            },
+            ToolCall {
+                name: "delete_db".into(),
+                arguments_valid: false,
+            },
+        ];
+        assert_eq!(hallucinations(Some(&req), &calls), (1, 1));
+        assert_eq!(hallucinations(None, &calls), (0, 1));
+    }
+}

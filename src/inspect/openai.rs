@@ -1,0 +1,378 @@
+//! OpenAI response bodies: Chat Completions (JSON and `chat.completion.chunk` streams) and the
+//! Responses API (JSON and its typed stream events).
+
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use super::response::{ResponseFacts, ToolCalls};
+use super::{is_json, FinishReason, ToolCall, Unparsed};
+
+#[derive(Deserialize)]
+struct ChatUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+impl ChatUsage {
+    fn record(&self, facts: &mut ResponseFacts) {
+        facts.input_tokens = self.prompt_tokens.or(facts.input_tokens);
+        facts.output_tokens = self.completion_tokens.or(facts.output_tokens);
+    }
+}
+
+#[derive(Deserialize)]
+struct Function<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    function: Option<Function<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+    #[serde(default, borrow)]
+    function_call: Option<Function<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChatChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChunkChoice<'a>>,
+    #[serde(default)]
+    usage: Option<ChatUsage>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+/// A Chat Completions stream: tool calls assembled per choice and index, finish reasons per
+/// choice.
+#[derive(Default)]
+pub(super) struct ChatStream {
+    calls: ToolCalls,
+    /// `(choice index, reason)`, kept in choice order at the end.
+    finished: Vec<(u32, FinishReason)>,
+    errored: bool,
+}
+
+/// Legacy `function_call` deltas are assembled as tool index `u32::MAX`.
+const LEGACY_FUNCTION: u32 = u32::MAX;
+
+impl ChatStream {
+    pub fn event(&mut self, data: &[u8], facts: &mut ResponseFacts) -> Result<bool, Unparsed> {
+        if data == b"[DONE]" {
+            return Ok(false);
+        }
+        let chunk: ChatChunk<'_> =
+            serde_json::from_slice(data).map_err(|_| Unparsed::ResponseInvalidJson)?;
+        if chunk.error.is_some() {
+            self.errored = true;
+        }
+        if let Some(usage) = &chunk.usage {
+            usage.record(facts);
+        }
+        let mut output = false;
+        for choice in &chunk.choices {
+            if let Some(delta) = &choice.delta {
+                let text = |t: &Option<Cow<'_, str>>| t.as_deref().is_some_and(|t| !t.is_empty());
+                output |= text(&delta.content) || text(&delta.refusal);
+                for call in delta.tool_calls.iter().flatten() {
+                    output = true;
+                    self.delta((choice.index, call.index), call.function.as_ref(), facts);
+                }
+                if let Some(f) = &delta.function_call {
+                    output = true;
+                    self.delta((choice.index, LEGACY_FUNCTION), Some(f), facts);
+                }
+            }
+            if let Some(reason) = choice.finish_reason.as_deref() {
+                let index = choice.index;
+                if !self.finished.iter().any(|(i, _)| *i == index) {
+                    self.finished.push((index, FinishReason::openai(reason)));
+                }
+                // The choice is over: its calls are complete.
+                self.calls.complete(|c| c.key.0 == index, false, facts);
+            }
+        }
+        Ok(output)
+    }
+
+    fn delta(&mut self, key: (u32, u32), f: Option<&Function<'_>>, facts: &mut ResponseFacts) {
+        let name = f.and_then(|f| f.name.as_deref()).unwrap_or("");
+        self.calls.start(key, name);
+        if let Some(args) = f.and_then(|f| f.arguments.as_deref()) {
+            self.calls.append(key, args, facts);
+        }
+    }
+
+    /// The stream ended. When it ended cleanly, calls of choices that never sent a finish reason
+    /// are complete too; a cut stream's are not.
+    pub fn finish(&mut self, complete: bool, facts: &mut ResponseFacts) {
+        if complete {
+            self.calls.complete(|_| true, false, facts);
+        }
+        self.finished.sort_by_key(|(i, _)| *i);
+        facts
+            .finish_reasons
+            .extend(self.finished.iter().map(|(_, r)| *r));
+        if self.errored {
+            facts.finish_reasons.push(FinishReason::Error);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ToolCallFull<'a> {
+    #[serde(default, borrow)]
+    function: Option<Function<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallFull<'a>>>,
+    #[serde(default, borrow)]
+    function_call: Option<Function<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    message: Option<Message<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChatCompletion<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
+    #[serde(default)]
+    usage: Option<ChatUsage>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+fn tool_call(f: &Function<'_>) -> ToolCall {
+    ToolCall {
+        name: f.name.as_deref().unwrap_or("").to_owned(),
+        arguments_valid: f
+            .arguments
+            .as_deref()
+            .is_some_and(|a| is_json(a.as_bytes())),
+    }
+}
+
+pub(super) fn chat_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Unparsed> {
+    let mut c: ChatCompletion<'_> =
+        serde_json::from_slice(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
+    if let Some(usage) = &c.usage {
+        usage.record(facts);
+    }
+    c.choices.sort_by_key(|c| c.index);
+    for choice in &c.choices {
+        if let Some(m) = &choice.message {
+            for call in m.tool_calls.iter().flatten() {
+                if let Some(f) = &call.function {
+                    facts.tool_calls.push(tool_call(f));
+                }
+            }
+            if let Some(f) = &m.function_call {
+                facts.tool_calls.push(tool_call(f));
+            }
+        }
+        if let Some(reason) = choice.finish_reason.as_deref() {
+            facts.finish_reasons.push(FinishReason::openai(reason));
+        }
+    }
+    if c.error.is_some() {
+        facts.finish_reasons.push(FinishReason::Error);
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OutputItem<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+impl OutputItem<'_> {
+    fn is_function_call(&self) -> bool {
+        self.kind.as_deref() == Some("function_call")
+    }
+
+    fn tool_call(&self) -> ToolCall {
+        ToolCall {
+            name: self.name.as_deref().unwrap_or("").to_owned(),
+            arguments_valid: self
+                .arguments
+                .as_deref()
+                .is_some_and(|a| is_json(a.as_bytes())),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Incomplete<'a> {
+    #[serde(default, borrow)]
+    reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseObject<'a> {
+    #[serde(default, borrow)]
+    status: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<ResponsesUsage>,
+    #[serde(default, borrow)]
+    incomplete_details: Option<Incomplete<'a>>,
+    #[serde(default, borrow)]
+    output: Vec<OutputItem<'a>>,
+}
+
+impl ResponseObject<'_> {
+    /// The response's end state, once it has one.
+    fn finish(&self, facts: &mut ResponseFacts) {
+        if let Some(u) = &self.usage {
+            facts.input_tokens = u.input_tokens.or(facts.input_tokens);
+            facts.output_tokens = u.output_tokens.or(facts.output_tokens);
+        }
+        let reason = match self.status.as_deref() {
+            Some("completed") if self.output.iter().any(OutputItem::is_function_call) => {
+                FinishReason::ToolCalls
+            }
+            Some("completed") => FinishReason::Stop,
+            Some("incomplete") => {
+                match self
+                    .incomplete_details
+                    .as_ref()
+                    .and_then(|d| d.reason.as_deref())
+                {
+                    Some("max_output_tokens") => FinishReason::Length,
+                    Some("content_filter") => FinishReason::ContentFilter,
+                    _ => FinishReason::Other,
+                }
+            }
+            Some("failed") => FinishReason::Error,
+            // Still running (`in_progress`, `queued`): a background response, no end yet.
+            _ => return,
+        };
+        facts.finish_reasons.push(reason);
+    }
+}
+
+#[derive(Deserialize)]
+struct ResponsesEvent<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    item: Option<OutputItem<'a>>,
+    #[serde(default, borrow)]
+    response: Option<ResponseObject<'a>>,
+    #[serde(default, borrow)]
+    delta: Option<Cow<'a, str>>,
+}
+
+#[derive(Default)]
+pub(super) struct ResponsesStream {
+    ended: bool,
+}
+
+impl ResponsesStream {
+    pub fn event(
+        &mut self,
+        sse_event: &str,
+        data: &[u8],
+        facts: &mut ResponseFacts,
+    ) -> Result<bool, Unparsed> {
+        if data == b"[DONE]" {
+            return Ok(false);
+        }
+        let e: ResponsesEvent<'_> =
+            serde_json::from_slice(data).map_err(|_| Unparsed::ResponseInvalidJson)?;
+        let kind = e.kind.as_deref().unwrap_or(sse_event);
+        let non_empty = e.delta.as_deref().is_some_and(|d| !d.is_empty());
+        Ok(match kind {
+            "response.output_text.delta"
+            | "response.refusal.delta"
+            | "response.function_call_arguments.delta" => non_empty,
+            "response.output_item.added" => e.item.as_ref().is_some_and(|i| i.is_function_call()),
+            "response.output_item.done" => {
+                if let Some(item) = e.item.as_ref().filter(|i| i.is_function_call()) {
+                    facts.tool_calls.push(item.tool_call());
+                }
+                false
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                if let (Some(r), false) = (&e.response, self.ended) {
+                    self.ended = true;
+                    r.finish(facts);
+                }
+                false
+            }
+            "error" => {
+                if !self.ended {
+                    self.ended = true;
+                    facts.finish_reasons.push(FinishReason::Error);
+                }
+                false
+            }
+            _ => false,
+        })
+    }
+}
+
+pub(super) fn responses_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Unparsed> {
+    let r: ResponseObject<'_> =
+        serde_json::from_slice(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
+    facts.tool_calls.extend(
+        r.output
+            .iter()
+            .filter(|i| i.is_function_call())
+            .map(OutputItem::tool_call),
+    );
+    r.finish(facts);
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! The LLM-call metrics of the `llm` role: OpenTelemetry GenAI client instruments, finish
+//! reasons, hallucinated tool calls, unparsed bodies, API key rejections.
+//!
+//! Model names come from outside, so the model label is bounded ([`ModelLabels`]); handles per
+//! (upstream, model) are registered the first time a model is seen and cached, so a call costs
+//! two uncontended map lookups, not a registration.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use metrics::{Counter, Histogram, Label};
+
+use super::{label, Telemetry};
+use crate::inspect::{FinishReason, Unparsed};
+
+pub const GEN_AI_OPERATION_DURATION: &str = "gen_ai_client_operation_duration_seconds";
+pub const GEN_AI_TIME_TO_FIRST_CHUNK: &str = "gen_ai_client_operation_time_to_first_chunk_seconds";
+pub const GEN_AI_TIME_PER_OUTPUT_CHUNK: &str =
+    "gen_ai_client_operation_time_per_output_chunk_seconds";
+pub const GEN_AI_TOKEN_USAGE: &str = "gen_ai_client_token_usage";
+pub const FINISH_REASONS_TOTAL: &str = "agent_llm_finish_reasons_total";
+pub const HALLUCINATED_TOOL_CALLS_TOTAL: &str = "agent_hallucinated_tool_calls_total";
+pub const UNPARSED_BODIES_TOTAL: &str = "sloguard_unparsed_bodies_total";
+pub const API_KEY_REJECTIONS_TOTAL: &str = "sloguard_api_key_rejections_total";
+pub const API_KEY_RELOADS_TOTAL: &str = "sloguard_api_key_reloads_total";
+
+/// Operation duration, time to first chunk and time per output chunk. The OpenTelemetry GenAI
+/// semantic conventions advise 0.01 s doubling to 81.92 s for all three; those boundaries are all
+/// here, plus 0.25, 0.5, 1, 2, 5 and 10 s, because a latency or time-to-first-token SLO can only
+/// be computed exactly at a bucket boundary and those are the thresholds people set.
+pub const GEN_AI_SECONDS_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.32, 0.5, 0.64, 1.0, 1.28, 2.0, 2.56, 5.0, 5.12, 10.0,
+    10.24, 20.48, 40.96, 81.92,
+];
+
+/// Tokens per call: the GenAI conventions' advice, powers of 4 from 1 to 67,108,864.
+pub const GEN_AI_TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+
+/// The model names used as label values: the first `max` distinct ones as they are, later ones
+/// as `other`, so a client sending random model names cannot blow up the series count.
+pub struct ModelLabels {
+    max: usize,
+    seen: RwLock<HashMap<String, Arc<str>>>,
+    other: Arc<str>,
+}
+
+pub const DEFAULT_MAX_MODEL_LABELS: usize = 50;
+
+impl ModelLabels {
+    pub fn new(max: usize) -> ModelLabels {
+        ModelLabels {
+            max,
+            seen: RwLock::new(HashMap::new()),
+            other: Arc::from("other"),
+        }
+    }
+
+    pub fn label(&self, model: &str) -> Arc<str> {
+        if let Ok(seen) = self.seen.read() {
+            if let Some(l) = seen.get(model) {
+                return l.clone();
+            }
+            if seen.len() >= self.max {
+                return self.other.clone();
+            }
+        }
+        let Ok(mut seen) = self.seen.write() else {
+            return self.other.clone();
+        };
+        if seen.len() >= self.max && !seen.contains_key(model) {
+            return self.other.clone();
+        }
+        seen.entry(model.to_owned())
+            .or_insert_with(|| Arc::from(model))
+            .clone()
+    }
+}
+
+/// Why an LLM call failed, as `error_type` on the duration histogram; empty for a call that
+/// succeeded (Prometheus reads an empty label as absent, like OpenTelemetry's unset
+/// `error.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    None = 0,
+    /// The provider answered 4xx (other than 429): a bad request, a rejected key.
+    ClientError = 1,
+    ServerError = 2,
+    TooManyRequests = 3,
+    Timeout = 4,
+    ConnectError = 5,
+    Reset = 6,
+    /// The sidecar or the client ended the call (client left, client stalled, proxy fault).
+    Cancelled = 7,
+}
+
+impl ErrorType {
+    pub const COUNT: usize = 8;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::None => "",
+            ErrorType::ClientError => "4xx",
+            ErrorType::ServerError => "5xx",
+            ErrorType::TooManyRequests => "429",
+            ErrorType::Timeout => "timeout",
+            ErrorType::ConnectError => "connect_error",
+            ErrorType::Reset => "reset",
+            ErrorType::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One upstream's LLM-call handles.
+pub struct LlmMetrics {
+    telemetry: Telemetry,
+    agent: String,
+    upstream: String,
+    provider: &'static str,
+    models: Arc<ModelLabels>,
+    by_model: RwLock<HashMap<Arc<str>, Arc<ModelMetrics>>>,
+    finish_reasons: [Counter; FinishReason::COUNT],
+    /// `[unknown_tool, invalid_arguments]`.
+    pub hallucinated: [Counter; 2],
+    unparsed: [Counter; Unparsed::COUNT],
+}
+
+/// The handles of one (upstream, model), registered on first use so that the exposition only
+/// shows series that have samples.
+pub struct ModelMetrics {
+    labels: Vec<Label>,
+    telemetry: Telemetry,
+    duration: [OnceLock<Histogram>; ErrorType::COUNT],
+    time_to_first_chunk: OnceLock<Histogram>,
+    time_per_output_chunk: OnceLock<Histogram>,
+    /// `[input, output]`.
+    tokens: [OnceLock<Histogram>; 2],
+}
+
+impl LlmMetrics {
+    pub fn new(
+        t: &Telemetry,
+        agent: &str,
+        upstream: &str,
+        provider: &'static str,
+        models: Arc<ModelLabels>,
+    ) -> LlmMetrics {
+        let base = || vec![label("agent", agent), label("upstream", upstream)];
+        let with = |name: &'static str, key: &'static str, value: &'static str| {
+            let mut labels = base();
+            labels.push(Label::from_static_parts(key, value));
+            t.counter(name, labels)
+        };
+        LlmMetrics {
+            telemetry: t.clone(),
+            agent: agent.to_owned(),
+            upstream: upstream.to_owned(),
+            provider,
+            models,
+            by_model: RwLock::new(HashMap::new()),
+            finish_reasons: FinishReason::ALL
+                .map(|r| with(FINISH_REASONS_TOTAL, "reason", r.as_str())),
+            hallucinated: ["unknown_tool", "invalid_arguments"]
+                .map(|k| with(HALLUCINATED_TOOL_CALLS_TOTAL, "kind", k)),
+            unparsed: Unparsed::ALL.map(|u| with(UNPARSED_BODIES_TOTAL, "reason", u.as_str())),
+        }
+    }
+
+    pub fn finish_reason(&self, reason: FinishReason) {
+        self.finish_reasons[reason as usize].increment(1);
+    }
+
+    pub fn unparsed(&self, why: Unparsed) {
+        self.unparsed[why as usize].increment(1);
+    }
+
+    /// The handles for a model (`None`: the request named none, or could not be read).
+    pub fn model(&self, model: Option<&str>) -> Arc<ModelMetrics> {
+        let model = self.models.label(model.unwrap_or("unknown"));
+        if let Some(m) = self
+            .by_model
+            .read()
+            .ok()
+            .and_then(|m| m.get(&model).cloned())
+        {
+            return m;
+        }
+        let made = Arc::new(ModelMetrics {
+            labels: vec![
+                label("agent", &self.agent),
+                label("upstream", &self.upstream),
+                Label::from_static_parts("gen_ai_provider_name", self.provider),
+                Label::new("gen_ai_request_model", model.to_string()),
+            ],
+            telemetry: self.telemetry.clone(),
+            duration: Default::default(),
+            time_to_first_chunk: OnceLock::new(),
+            time_per_output_chunk: OnceLock::new(),
+            tokens: Default::default(),
+        });
+        match self.by_model.write() {
+            Ok(mut m) => m.entry(model).or_insert(made).clone(),
+            Err(_) => made,
+        }
+    }
+}
+
+impl ModelMetrics {
+    fn get(
+        &self,
+        cell: &OnceLock<Histogram>,
+        name: &'static str,
+        extra: Option<Label>,
+    ) -> Histogram {
+        cell.get_or_init(|| {
+            let mut labels = self.labels.clone();
+            labels.extend(extra);
+            self.telemetry.histogram(name, labels)
+        })
+        .clone()
+    }
+
+    pub fn duration(&self, operation: &'static str, error: ErrorType, seconds: f64) {
+        self.duration[error as usize]
+            .get_or_init(|| {
+                let mut labels = self.labels.clone();
+                labels.push(Label::from_static_parts("gen_ai_operation_name", operation));
+                labels.push(Label::from_static_parts("error_type", error.as_str()));
+                self.telemetry.histogram(GEN_AI_OPERATION_DURATION, labels)
+            })
+            .record(seconds);
+    }
+
+    pub fn time_to_first_chunk(&self, seconds: f64) {
+        self.get(&self.time_to_first_chunk, GEN_AI_TIME_TO_FIRST_CHUNK, None)
+            .record(seconds);
+    }
+
+    pub fn time_per_output_chunk(&self, seconds: f64) {
+        self.get(
+            &self.time_per_output_chunk,
+            GEN_AI_TIME_PER_OUTPUT_CHUNK,
+            None,
+        )
+        .record(seconds);
+    }
+
+    pub fn tokens(&self, input: Option<u64>, output: Option<u64>) {
+        for (i, (count, kind)) in [(input, "input"), (output, "output")]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(n) = count {
+                let kind = Label::from_static_parts("gen_ai_token_type", kind);
+                self.get(&self.tokens[i], GEN_AI_TOKEN_USAGE, Some(kind))
+                    .record(n as f64);
+            }
+        }
+    }
+}
+
+/// An upstream's API key handles: rejections (401s) and file reloads.
+pub struct KeyMetrics {
+    pub rejections: Counter,
+    pub reload_ok: Counter,
+    pub reload_error: Counter,
+}
+
+impl KeyMetrics {
+    pub fn new(t: &Telemetry, agent: &str, upstream: &str) -> KeyMetrics {
+        let base = || vec![label("agent", agent), label("upstream", upstream)];
+        let reload = |result: &'static str| {
+            let mut labels = base();
+            labels.push(Label::from_static_parts("result", result));
+            t.counter(API_KEY_RELOADS_TOTAL, labels)
+        };
+        KeyMetrics {
+            rejections: t.counter(API_KEY_REJECTIONS_TOTAL, base()),
+            reload_ok: reload("ok"),
+            reload_error: reload("error"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let m = ModelLabels::new(2);
+        assert_eq!(&*m.label("a"), "a");
+        assert_eq!(&*m.label("b"), "b");
+        assert_eq!(&*m.label("c"), "other");
+        assert_eq!(&*m.label("a"), "a");
+    }
+}
