@@ -265,7 +265,7 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("admin    http://127.0.0.1:"), "{stdout}");
     // The last summary lines report requests the sidecar itself counted, on both listeners.
-    for listener in ["inbound", "egress"] {
+    for listener in ["inbound", "egress", "egress-anthropic"] {
         let last = stdout
             .lines()
             .rfind(|l| l.contains(&format!("] {listener} ")))
@@ -278,5 +278,20 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
             .parse()
             .unwrap();
         assert!(total >= 30, "{listener}: {last}");
+    }
+    // The LLM lines: time to first token, tokens and finish reasons the sidecar read from the
+    // streams of both formats.
+    for upstream in ["openai", "anthropic"] {
+        let last = stdout
+            .lines()
+            .rfind(|l| l.contains(&format!("] {upstream} ")))
+            .expect("an LLM summary line");
+        let after = |word: &str| -> String {
+            last.split(word).nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
+        };
+        assert!(after("TTFT p50").ends_with("ms"), "{last}");
+        assert!(after("tokens/s").parse::<f64>().unwrap() > 0.0, "{last}");
+        assert!(after("finish stop").parse::<u64>().unwrap() > 0, "{last}");
+        assert!(last.contains("hallucinated tool calls: unknown_tool"), "{last}");
     }
 }

@@ -37,8 +37,8 @@ type DemoClient = Client<HttpConnector, Full<Bytes>>;
 /// Client-side latencies of the last second, per listener.
 #[derive(Default)]
 struct Samples {
-    inbound: Vec<f64>,
-    egress: Vec<f64>,
+    /// inbound, egress, egress-anthropic
+    listeners: [Vec<f64>; 3],
 }
 
 fn demo_config(admin: SocketAddr, agent_url: &str, provider_url: &str) -> String {
@@ -49,9 +49,11 @@ admin:
 listeners:
   - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
   - {{name: egress, bind: 127.0.0.1:0, role: llm, route: llm}}
+  - {{name: egress-anthropic, bind: 127.0.0.1:0, role: llm, route: anthropic}}
 routes:
   agent: {{upstreams: [agent]}}
   llm: {{upstreams: [openai]}}
+  anthropic: {{upstreams: [anthropic]}}
 upstreams:
   agent:
     url: {agent_url}
@@ -59,6 +61,10 @@ upstreams:
   openai:
     url: {provider_url}
     protocol: openai
+    timeouts: {{connect: 1s, first_byte: 5s, idle: 2s, total: 30s}}
+  anthropic:
+    url: {provider_url}
+    protocol: anthropic
     timeouts: {{connect: 1s, first_byte: 5s, idle: 2s, total: 30s}}
 shutdown:
   grace_period: 5s
@@ -79,7 +85,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             chunks: 20,
             error_rate: 0.03,
             rate_limit_rate: 0.02,
+            tool_call_rate: 0.3,
+            hallucination_rate: 0.2,
             seed: clock_seed(),
+            ..ProviderSim::default()
         },
     )
     .await
@@ -105,11 +114,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .listener_addr("inbound")
         .context("inbound listener")?;
     let egress = sidecar.listener_addr("egress").context("egress listener")?;
+    let anthropic = sidecar
+        .listener_addr("egress-anthropic")
+        .context("egress-anthropic listener")?;
     let _ = llm_url.set(format!("http://{egress}"));
 
-    println!("sloguard demo: simulated agent {} and OpenAI-style provider {} (3% 500s, 2% 429s, SSE streams)", agent.url(), provider.url());
-    println!("  inbound  http://{inbound}  (role agent: clients -> agent; the agent calls its LLM through egress)");
-    println!("  egress   http://{egress}  (role llm: agent -> provider)");
+    println!("sloguard demo: simulated agent {} and LLM provider {} speaking OpenAI and Anthropic (3% 500s, 2% 429s, SSE streams, 30% tool calls of which 20% hallucinated)", agent.url(), provider.url());
+    println!("  inbound           http://{inbound}  (role agent: clients -> agent; the agent calls its LLM through egress)");
+    println!("  egress            http://{egress}  (role llm: agent -> provider, OpenAI Chat Completions)");
+    println!("  egress-anthropic  http://{anthropic}  (role llm: Anthropic Messages)");
     println!(
         "  admin    http://{}/metrics   /healthz   /readyz",
         sidecar.admin_addr
@@ -128,6 +141,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut send =
         tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1))));
+    let mut llm = LlmSummary::default();
     let mut report =
         tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
     let stop = async {
@@ -142,16 +156,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = send.tick() => {
-                fire(&client, &limit, &samples, true, format!("http://{inbound}/v1/tasks"), r#"{"task":"summarise the ticket"}"#);
-                fire(&client, &limit, &samples, false, format!("http://{egress}/v1/chat/completions"),
-                     r#"{"model":"sim-gpt","stream":true,"messages":[{"role":"user","content":"hi"}]}"#);
+                fire(&client, &limit, &samples, 0, format!("http://{inbound}/v1/tasks"), r#"{"task":"summarise the ticket"}"#);
+                fire(&client, &limit, &samples, 1, format!("http://{egress}/v1/chat/completions"), OPENAI_REQUEST);
+                fire(&client, &limit, &samples, 2, format!("http://{anthropic}/v1/messages"), ANTHROPIC_REQUEST);
             }
             _ = report.tick() => {
                 let metrics = sidecar.telemetry.render();
                 let mut s = samples.lock().unwrap_or_else(|p| p.into_inner());
                 let t = start.elapsed().as_secs();
-                println!("[{t:>4}s] {}", summary_line("inbound", &metrics, &mut s.inbound));
-                println!("[{t:>4}s] {}", summary_line("egress", &metrics, &mut s.egress));
+                for (i, name) in ["inbound", "egress", "egress-anthropic"].into_iter().enumerate() {
+                    println!("[{t:>4}s] {}", summary_line(name, &metrics, &mut s.listeners[i]));
+                }
+                for upstream in ["openai", "anthropic"] {
+                    println!("[{t:>4}s] {}", llm.line(upstream, &metrics));
+                }
             }
             _ = &mut stop => break,
         }
@@ -159,6 +177,109 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("\nstopping: draining in-flight requests");
     sidecar.shutdown().await;
     Ok(())
+}
+
+const OPENAI_REQUEST: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Triage ticket T-1042"}],"tools":[{"type":"function","function":{"name":"open_ticket","parameters":{"type":"object"}}}]}"#;
+const ANTHROPIC_REQUEST: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":512,"stream":true,"messages":[{"role":"user","content":"Triage ticket T-1042"}],"tools":[{"name":"open_ticket","input_schema":{"type":"object"}}]}"#;
+
+/// The LLM line of the summary, from the sidecar's own GenAI metrics: time to first token over
+/// the last second (from the histogram's buckets, as Prometheus' `histogram_quantile` would),
+/// output tokens per second, and totals of finish reasons and hallucinated tool calls.
+#[derive(Default)]
+struct LlmSummary {
+    /// Per upstream: the TTFT buckets `(le, cumulative count)` and output-token sum last time.
+    last: std::collections::HashMap<String, (Vec<(f64, f64)>, f64)>,
+}
+
+/// Sums a metric's samples over the series whose labels contain every `filter`.
+fn sum_series(metrics: &str, name: &str, filters: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn buckets(metrics: &str, upstream: &str) -> Vec<(f64, f64)> {
+    let name = "gen_ai_client_operation_time_to_first_chunk_seconds_bucket";
+    let filter = format!("upstream=\"{upstream}\"");
+    let mut by_le: Vec<(f64, f64)> = Vec::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(&filter))
+    {
+        let le = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(|v| if v == "+Inf" { f64::INFINITY } else { v.parse().unwrap_or(f64::NAN) });
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let (Some(le), Some(v)) = (le, value) {
+            match by_le.iter_mut().find(|(l, _)| *l == le) {
+                Some(entry) => entry.1 += v,
+                None => by_le.push((le, v)),
+            }
+        }
+    }
+    by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_le
+}
+
+/// The `q` quantile of a cumulative histogram, interpolated inside its bucket.
+fn quantile(q: f64, cumulative: &[(f64, f64)]) -> Option<f64> {
+    let total = cumulative.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in cumulative {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let inside = (rank - prev.1) / (count - prev.1).max(1e-9);
+            return Some(prev.0 + (le - prev.0) * inside);
+        }
+        prev = (le, count);
+    }
+    None
+}
+
+impl LlmSummary {
+    fn line(&mut self, upstream: &str, metrics: &str) -> String {
+        let up = format!("upstream=\"{upstream}\"");
+        let now = buckets(metrics, upstream);
+        let tokens = sum_series(
+            metrics,
+            "gen_ai_client_token_usage_sum",
+            &[&up, "gen_ai_token_type=\"output\""],
+        );
+        let (before, tokens_before) = self.last.remove(upstream).unwrap_or_default();
+        let window: Vec<(f64, f64)> = now
+            .iter()
+            .map(|&(le, c)| {
+                let b = before.iter().find(|(l, _)| *l == le).map_or(0.0, |x| x.1);
+                (le, c - b)
+            })
+            .collect();
+        let ms = |q| quantile(q, &window).map_or("    -".to_string(), |v| format!("{:>4.0}ms", v * 1000.0));
+        let count = |name: &str, label: &str| sum_series(metrics, name, &[&up, label]) as u64;
+        let line = format!(
+            "{upstream:<16} TTFT p50 {} p99 {} (from buckets) | output tokens/s {:>5.0} | finish stop {:>4} tool_calls {:>4} error {:>4} | hallucinated tool calls: unknown_tool {:>3} invalid_arguments {:>3}",
+            ms(0.5),
+            ms(0.99),
+            tokens - tokens_before,
+            count("agent_llm_finish_reasons_total", "reason=\"stop\""),
+            count("agent_llm_finish_reasons_total", "reason=\"tool_calls\""),
+            count("agent_llm_finish_reasons_total", "reason=\"error\""),
+            count("agent_hallucinated_tool_calls_total", "kind=\"unknown_tool\""),
+            count("agent_hallucinated_tool_calls_total", "kind=\"invalid_arguments\""),
+        );
+        self.last.insert(upstream.to_owned(), (now, tokens));
+        line
+    }
 }
 
 /// A different run each time (the simulators' default seeds keep tests repeatable).
@@ -172,7 +293,7 @@ fn fire(
     client: &DemoClient,
     limit: &Arc<Semaphore>,
     samples: &Arc<Mutex<Samples>>,
-    inbound: bool,
+    listener: usize,
     url: String,
     body: &'static str,
 ) {
@@ -195,11 +316,7 @@ fn fire(
         }
         let secs = started.elapsed().as_secs_f64();
         let mut s = samples.lock().unwrap_or_else(|p| p.into_inner());
-        if inbound {
-            s.inbound.push(secs)
-        } else {
-            s.egress.push(secs)
-        }
+        s.listeners[listener].push(secs);
     });
 }
 
@@ -240,7 +357,7 @@ fn summary_line(listener: &str, metrics: &str, window: &mut Vec<f64>) -> String 
         }
     };
     let line = format!(
-        "{listener:<8} total {total:>6} | 2xx {:>6}  4xx {:>4}  5xx {:>4} | failures by cause: agent {:>3} upstream {:>3} proxy {:>3} | last 1s: {:>3} done, p50 {} p99 {}",
+        "{listener:<16} total {total:>6} | 2xx {:>6}  4xx {:>4}  5xx {:>4} | failures by cause: agent {:>3} upstream {:>3} proxy {:>3} | last 1s: {:>3} done, p50 {} p99 {}",
         classes[1], classes[3], classes[4], causes[3], causes[1], causes[2], window.len(), q(0.5), q(0.99)
     );
     window.clear();

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use agent::{spawn_agent, AgentSim};
-pub use provider::{spawn_provider, ProviderSim};
+pub use provider::{spawn_provider, ProviderSim, SeenRequest};
 
 pub type SimBody = BoxBody<Bytes, Infallible>;
 
