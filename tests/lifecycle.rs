@@ -287,11 +287,20 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
             .rfind(|l| l.contains(&format!("] {upstream} ")))
             .expect("an LLM summary line");
         let after = |word: &str| -> String {
-            last.split(word).nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
+            last.split(word)
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned()
         };
         assert!(after("TTFT p50").ends_with("ms"), "{last}");
         assert!(after("tokens/s").parse::<f64>().unwrap() > 0.0, "{last}");
         assert!(after("finish stop").parse::<u64>().unwrap() > 0, "{last}");
-        assert!(last.contains("hallucinated tool calls: unknown_tool"), "{last}");
+        assert!(
+            last.contains("hallucinated tool calls: unknown_tool"),
+            "{last}"
+        );
     }
 }

@@ -213,7 +213,13 @@ fn buckets(metrics: &str, upstream: &str) -> Vec<(f64, f64)> {
             .split("le=\"")
             .nth(1)
             .and_then(|r| r.split('"').next())
-            .map(|v| if v == "+Inf" { f64::INFINITY } else { v.parse().unwrap_or(f64::NAN) });
+            .map(|v| {
+                if v == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    v.parse().unwrap_or(f64::NAN)
+                }
+            });
         let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
         if let (Some(le), Some(v)) = (le, value) {
             match by_le.iter_mut().find(|(l, _)| *l == le) {
@@ -264,7 +270,9 @@ impl LlmSummary {
                 (le, c - b)
             })
             .collect();
-        let ms = |q| quantile(q, &window).map_or("    -".to_string(), |v| format!("{:>4.0}ms", v * 1000.0));
+        let ms = |q| {
+            quantile(q, &window).map_or("    -".to_string(), |v| format!("{:>4.0}ms", v * 1000.0))
+        };
         let count = |name: &str, label: &str| sum_series(metrics, name, &[&up, label]) as u64;
         let line = format!(
             "{upstream:<16} TTFT p50 {} p99 {} (from buckets) | output tokens/s {:>5.0} | finish stop {:>4} tool_calls {:>4} error {:>4} | hallucinated tool calls: unknown_tool {:>3} invalid_arguments {:>3}",

@@ -105,7 +105,10 @@ enum Api {
 enum Completion {
     Text,
     /// A call of this tool, with arguments that are JSON or not.
-    ToolCall { name: String, valid_arguments: bool },
+    ToolCall {
+        name: String,
+        valid_arguments: bool,
+    },
 }
 
 fn key_of(headers: &HeaderMap) -> Option<&str> {
@@ -241,7 +244,10 @@ fn choose(
     api: Api,
 ) -> Completion {
     let tools = declared_tools(request, api);
-    let first = tools.first().cloned().unwrap_or_else(|| "lookup".to_owned());
+    let first = tools
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "lookup".to_owned());
     let call = |name: String, valid_arguments| Completion::ToolCall {
         name,
         valid_arguments,
@@ -318,7 +324,10 @@ impl Call {
             }
             (Api::Anthropic, c) => {
                 let (content, stop) = match c {
-                    Completion::Text => (json!([{"type": "text", "text": self.text(sim)}]), "end_turn"),
+                    Completion::Text => (
+                        json!([{"type": "text", "text": self.text(sim)}]),
+                        "end_turn",
+                    ),
                     Completion::ToolCall { name, .. } => (
                         json!([{"type": "tool_use", "id": "toolu_sim1", "name": name, "input": {"ticket": "T-1042"}}]),
                         "tool_use",
@@ -397,7 +406,8 @@ impl Call {
     }
 
     fn anthropic_events(&self, sim: &ProviderSim) -> Vec<Bytes> {
-        let event = |kind: &str, data: Value| Bytes::from(format!("event: {kind}\ndata: {data}\n\n"));
+        let event =
+            |kind: &str, data: Value| Bytes::from(format!("event: {kind}\ndata: {data}\n\n"));
         let (input, output) = self.usage;
         let mut events = vec![event(
             "message_start",
