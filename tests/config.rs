@@ -187,3 +187,29 @@ fn an_empty_section_this_build_does_not_act_on_is_refused_too() {
         "{e}"
     );
 }
+
+#[test]
+fn llm_keys_are_checked_against_the_protocol() {
+    let with = |extra: &str| {
+        BASE.replace(
+            "    url: http://127.0.0.1:8000\n",
+            &format!("    url: http://127.0.0.1:8000\n{extra}"),
+        )
+    };
+    let e = error_of(&with("    api_keys_file: /k\n"));
+    assert_eq!(e, "bad.yaml:13: upstreams.agent.api_keys_file: needs `protocol: openai` or `protocol: anthropic` (the protocol decides the key header)");
+    let e = error_of(&with("    model: gpt-4o\n"));
+    assert!(
+        e.starts_with("bad.yaml:13: upstreams.agent.model: needs `protocol: openai`"),
+        "{e}"
+    );
+    let e = error_of(&with("    protocol: openai\n    model: ''\n"));
+    assert_eq!(e, "bad.yaml:14: upstreams.agent.model: must not be empty");
+    let e = error_of(&format!("{BASE}metrics: {{max_model_labels: 0}}\n"));
+    assert_eq!(
+        e,
+        "bad.yaml:13: metrics.max_model_labels: must be at least 1"
+    );
+    let e = error_of(&with("    protocol: openai\n    api_keys_file: [a, b]\n"));
+    assert!(e.contains("upstreams.agent.api_keys_file"), "{e}");
+}

@@ -7,29 +7,42 @@
 //! 1. **Take the snapshot's listener state** (one reference count): the request finishes on the
 //!    config it started with, whatever a reload does meanwhile.
 //! 2. **Note the arrival time**: every latency the SLIs report starts here.
-//! 3. **Address the upstream**: its path prefix, then the client's path and query (origin
+//! 3. **Recognise an LLM call** ([`Format::of`]): on the `llm` role, to an upstream with a
+//!    protocol, a `POST` to a chat-completions, responses or messages path. Decided before
+//!    anything is sent, so that the call is counted (duration, finish reason) even when it fails
+//!    before an answer.
+//! 4. **Address the upstream**: its path prefix, then the client's path and query (origin
 //!    form; the connection pool adds scheme and authority where h2 needs them). Nothing else of
 //!    the client's URI is trusted.
-//! 4. **Rewrite headers** ([`headers::prepare_request`]): hop-by-hop headers go, `Host` becomes
+//! 5. **Rewrite headers** ([`headers::prepare_request`]): hop-by-hop headers go, `Host` becomes
 //!    the upstream's, `x-forwarded-for`/`-proto` are added. Done before sending because the
 //!    upstream must never see this hop's connection headers.
-//! 5. **Send, bounded by `first_byte`** (and `total`): the body streams from the client to the
+//! 6. **Inject the provider key** ([`crate::upstream::KeyRing::inject`]): the client's key
+//!    headers go, the sidecar's key goes in. After step 5 so that nothing later re-adds a key.
+//! 7. **Rewrite the model, or tap the body** ([`llm::rewrite_request`], [`RequestBody`]): with
+//!    `model` configured the body must be read ahead to change it; otherwise it streams, and the
+//!    request facts (model, stream, tools) are read from reference counts of its chunks when the
+//!    upload ends — the provider answers only after that, so the facts are there for step 11.
+//! 8. **Send, bounded by `first_byte`** (and `total`): the body streams from the client to the
 //!    upstream as the upstream reads it — backpressure, no buffering — through a
 //!    [`RequestBody`] that notes how the upload goes, so that a late head is charged to the
 //!    upstream only when the upstream is the one being waited on. `connect` bounds TCP and TLS
 //!    set-up inside the connection pool.
-//! 6. **Classify a failure before the head** ([`ProxyError`]): connect error → 502
+//! 9. **Classify a failure before the head** ([`ProxyError`]): connect error → 502
 //!    `upstream_unavailable`, no head in time → 504 `upstream_timeout`; the attempt is counted
 //!    with its outcome.
-//! 7. **Rewrite the response head** ([`headers::prepare_response`]): hop-by-hop headers go,
-//!    `x-sloguard-upstream` is added.
-//! 8. **Record the sidecar's overhead** (steps 3–4 plus 7): its own time, apart from the
-//!    upstream's.
-//! 9. **Stream the body back** ([`ProxyBody`]): frame by frame as the upstream sends it (SSE
-//!    events reach the client as they are produced); `idle` and `total` end a stalled stream;
-//!    when the last byte is out (or the client leaves) the request is counted once:
-//!    `agent_requests_total`, `agent_response_seconds`, `agent_time_to_first_byte_seconds`,
-//!    `sloguard_upstream_requests_total`.
+//! 10. **Read the response head**: a 401 to an injected key moves the upstream to its next key;
+//!     an LLM call gets its response reader (by content type). Then hop-by-hop headers go and
+//!     `x-sloguard-upstream` is added ([`headers::prepare_response`]).
+//! 11. **Record the sidecar's overhead** (steps 3–7 plus 10, less any wait for the client's body
+//!     while reading it ahead): its own time, apart from the upstream's.
+//! 12. **Stream the body back** ([`ProxyBody`]): frame by frame as the upstream sends it (SSE
+//!     events reach the client as they are produced), each data frame shown to the LLM reader
+//!     on its way (output-chunk timings recorded as they happen); `idle` and `total` end a
+//!     stalled stream; when the last byte is out (or the client leaves) the request is counted
+//!     once: `agent_requests_total`, `agent_response_seconds`,
+//!     `agent_time_to_first_byte_seconds`, `sloguard_upstream_requests_total`, and for an LLM
+//!     call the GenAI duration, tokens, finish reasons, tool-call checks and unparsed bodies.
 
 pub mod body;
 pub mod error;

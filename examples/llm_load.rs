@@ -1,0 +1,123 @@
+//! Open-loop load of streamed LLM calls, for the end-to-end bench:
+//! `llm_load URL RATE SECONDS` POSTs a streamed Chat Completion request to `URL` RATE times a
+//! second for SECONDS (each on its own schedule, whatever the earlier ones are doing), and prints
+//! `{"n":..,"errors":..,"p50_ms":..,"p99_ms":..,"p999_ms":..}`: the time from sending to the first
+//! chunk carrying content (time to first token, as the agent sees it).
+//! With RATE 0 it runs closed-loop instead (`CONCURRENCY` env, default 64) and reports streams/s.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"You are a support agent."},{"role":"user","content":"Summarise ticket T-1042 for the on-call engineer."}],"tools":[{"type":"function","function":{"name":"open_ticket","parameters":{"type":"object","properties":{"ticket":{"type":"string"}}}}}]}"#;
+
+type LoadClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// One streamed call: time to the first content chunk, or `None` if it failed.
+async fn call(client: &LoadClient, url: &hyper::Uri) -> Option<Duration> {
+    let start = Instant::now();
+    let req = hyper::Request::post(url.clone())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .ok()?;
+    let resp = client.request(req).await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let mut body = resp.into_body();
+    let mut first = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        if let (None, Some(data)) = (first, frame.data_ref()) {
+            // The role-only chunk carries `"content":""`; the first word is what counts.
+            if data.windows(12).any(|w| w == b"\"content\":\"T") {
+                first = Some(start.elapsed());
+            }
+        }
+    }
+    first
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let url: hyper::Uri = args.next().unwrap_or_default().parse()?;
+    let rate: u64 = args.next().unwrap_or_else(|| "1000".into()).parse()?;
+    let seconds: f64 = args.next().unwrap_or_else(|| "5".into()).parse()?;
+    let client: LoadClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build_http();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    let record = |samples: &Arc<Mutex<Vec<f64>>>, errors: &AtomicU64, r: Option<Duration>| match r {
+        Some(t) => samples
+            .lock()
+            .map(|mut s| s.push(t.as_secs_f64() * 1000.0))
+            .unwrap_or(()),
+        None => {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    if rate == 0 {
+        let concurrency: usize = std::env::var("CONCURRENCY")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(64);
+        for _ in 0..concurrency {
+            let (client, url, samples, errors) =
+                (client.clone(), url.clone(), samples.clone(), errors.clone());
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    record(&samples, &errors, call(&client, &url).await);
+                }
+            }));
+        }
+    } else {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let total = (rate as f64 * seconds) as u64;
+        for _ in 0..total {
+            tick.tick().await;
+            let (client, url, samples, errors) =
+                (client.clone(), url.clone(), samples.clone(), errors.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = tokio::time::timeout(Duration::from_secs(30), call(&client, &url))
+                    .await
+                    .ok()
+                    .flatten();
+                record(&samples, &errors, r);
+            }));
+        }
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut s = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    s.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        if s.is_empty() {
+            f64::NAN
+        } else {
+            s[((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1]
+        }
+    };
+    println!(
+        "{{\"n\":{},\"errors\":{},\"streams_per_s\":{:.1},\"p50_ms\":{:.4},\"p99_ms\":{:.4},\"p999_ms\":{:.4}}}",
+        s.len(),
+        errors.load(Ordering::Relaxed),
+        s.len() as f64 / elapsed,
+        q(0.5),
+        q(0.99),
+        q(0.999)
+    );
+    Ok(())
+}
