@@ -115,10 +115,12 @@ pub(super) enum StreamState {
 
 enum BodyReader {
     Sse(SseParser),
-    /// Chunks kept (reference counts, not copies) until the body ends.
+    /// Chunks kept (reference counts, not copies) until the body ends; decompressed then if the
+    /// provider compressed them.
     Json {
         chunks: Vec<Bytes>,
         len: usize,
+        encoding: Encoding,
     },
     /// Nothing to read (an error status, an unreadable body).
     Skip,
@@ -150,25 +152,34 @@ impl ResponseReader {
             // The provider's error body says why it failed, not what the model did.
             facts.finish_reasons.push(FinishReason::Error);
             BodyReader::Skip
-        } else if content_encoding.is_some_and(|e| !e.eq_ignore_ascii_case(b"identity")) {
-            facts.unparsed(Unparsed::ResponseContentEncoding);
-            BodyReader::Skip
         } else {
             let media = content_type.map(media_type).unwrap_or_default();
-            if media.eq_ignore_ascii_case(b"text/event-stream") {
-                BodyReader::Sse(SseParser::new(MAX_INSPECTED_BODY))
-            } else if media.eq_ignore_ascii_case(b"application/json")
-                || (media.len() > 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json"))
+            let encoding = Encoding::of(content_encoding);
+            let json = media.eq_ignore_ascii_case(b"application/json")
+                || (media.len() > 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json"));
+            if encoding == Some(Encoding::Identity)
+                && media.eq_ignore_ascii_case(b"text/event-stream")
             {
+                BodyReader::Sse(SseParser::new(MAX_INSPECTED_BODY))
+            } else if encoding.is_none() || !json {
+                if encoding.is_none() || media.eq_ignore_ascii_case(b"text/event-stream") {
+                    // A compressed stream (rare: providers send SSE plain) or an unknown coding.
+                    facts.unparsed(Unparsed::ResponseContentEncoding);
+                    BodyReader::Skip
+                } else {
+                    // Judged at the end: an empty body of any type is no problem.
+                    BodyReader::Json {
+                        chunks: Vec::new(),
+                        len: usize::MAX,
+                        encoding: Encoding::Identity,
+                    }
+                }
+            } else {
+                // JSON, plain or compressed: HTTP clients such as the OpenAI SDKs ask for gzip.
                 BodyReader::Json {
                     chunks: Vec::new(),
                     len: 0,
-                }
-            } else {
-                // Judged at the end: an empty body of any type is no problem.
-                BodyReader::Json {
-                    chunks: Vec::new(),
-                    len: usize::MAX,
+                    encoding: encoding.unwrap_or(Encoding::Identity),
                 }
             }
         };
@@ -212,7 +223,7 @@ impl ResponseReader {
                 });
                 self.facts.output_chunks - before
             }
-            BodyReader::Json { chunks, len } => {
+            BodyReader::Json { chunks, len, .. } => {
                 if *len == usize::MAX {
                     if !chunk.is_empty() {
                         self.facts.unparsed(Unparsed::ResponseContentType);
@@ -245,13 +256,24 @@ impl ResponseReader {
                     self.facts.finish_reasons.push(FinishReason::Error);
                 }
             }
-            BodyReader::Json { chunks, len } if complete && len != usize::MAX => {
+            BodyReader::Json {
+                chunks,
+                len,
+                encoding,
+            } if complete && len != usize::MAX => {
                 let whole = match chunks.len() {
                     1 => chunks.into_iter().next().unwrap_or_default(),
                     _ => {
                         let mut all = Vec::with_capacity(len);
                         chunks.iter().for_each(|c| all.extend_from_slice(c));
                         Bytes::from(all)
+                    }
+                };
+                let whole = match encoding.decode(whole) {
+                    Ok(w) => w,
+                    Err(why) => {
+                        self.facts.unparsed(why);
+                        return self.facts;
                     }
                 };
                 if !whole.is_empty() {
@@ -273,5 +295,157 @@ impl ResponseReader {
             }
         }
         self.facts
+    }
+}
+
+/// A `content-encoding` the JSON reader can undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Deflate,
+    Brotli,
+}
+
+impl Encoding {
+    /// `None`: a coding (or a chain of codings) the reader cannot undo.
+    fn of(header: Option<&[u8]>) -> Option<Encoding> {
+        let Some(value) = header.map(<[u8]>::trim_ascii) else {
+            return Some(Encoding::Identity);
+        };
+        let is = |name: &[u8]| value.eq_ignore_ascii_case(name);
+        if value.is_empty() || is(b"identity") {
+            Some(Encoding::Identity)
+        } else if is(b"gzip") || is(b"x-gzip") {
+            Some(Encoding::Gzip)
+        } else if is(b"deflate") {
+            Some(Encoding::Deflate)
+        } else if is(b"br") {
+            Some(Encoding::Brotli)
+        } else {
+            None
+        }
+    }
+
+    /// The decoded body, at most [`MAX_INSPECTED_BODY`] bytes of it (a small compressed body can
+    /// expand a thousandfold).
+    fn decode(self, body: Bytes) -> Result<Bytes, Unparsed> {
+        use std::io::Read;
+        let reader: Box<dyn Read + '_> = match self {
+            Encoding::Identity => return Ok(body),
+            Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+            // HTTP's "deflate" is zlib-wrapped; some servers send it raw.
+            Encoding::Deflate if body.first().is_some_and(|b| b & 0x0f == 8) => {
+                Box::new(flate2::read::ZlibDecoder::new(&body[..]))
+            }
+            Encoding::Deflate => Box::new(flate2::read::DeflateDecoder::new(&body[..])),
+            Encoding::Brotli => Box::new(brotli_decompressor::Decompressor::new(&body[..], 4096)),
+        };
+        let mut out = Vec::new();
+        reader
+            .take(MAX_INSPECTED_BODY as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|_| Unparsed::ResponseContentEncoding)?;
+        if out.len() > MAX_INSPECTED_BODY {
+            return Err(Unparsed::ResponseTooLarge);
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const BODY: &[u8] = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+
+    fn read(encoding: &str, body: Vec<u8>) -> ResponseFacts {
+        let mut r = ResponseReader::new(
+            Format::ChatCompletions,
+            StatusCode::OK,
+            Some(b"application/json; charset=utf-8"),
+            Some(encoding.as_bytes()),
+        );
+        let body = Bytes::from(body);
+        let (a, b) = body.split_at(body.len() / 2);
+        r.feed(&Bytes::copy_from_slice(a));
+        r.feed(&Bytes::copy_from_slice(b));
+        r.finish(true)
+    }
+
+    #[test]
+    fn compressed_json_is_read() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(BODY).unwrap();
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zlib.write_all(BODY).unwrap();
+        let mut br = Vec::new();
+        brotli_compress(BODY, &mut br);
+        for (encoding, body) in [
+            ("gzip", gz.finish().unwrap()),
+            ("deflate", zlib.finish().unwrap()),
+            ("br", br),
+            ("identity", BODY.to_vec()),
+        ] {
+            let facts = read(encoding, body);
+            assert_eq!(facts.unparsed, None, "{encoding}");
+            assert_eq!(
+                (facts.input_tokens, facts.output_tokens),
+                (Some(3), Some(1))
+            );
+            assert_eq!(facts.finish_reasons, [FinishReason::Stop]);
+        }
+        assert_eq!(
+            read("gzip", b"not gzip".to_vec()).unparsed,
+            Some(Unparsed::ResponseContentEncoding)
+        );
+        assert_eq!(
+            read("zstd", BODY.to_vec()).unparsed,
+            Some(Unparsed::ResponseContentEncoding)
+        );
+    }
+
+    #[test]
+    fn a_compression_bomb_stops_at_the_limit() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![b' '; 1 << 20];
+        for _ in 0..8 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let facts = read("gzip", gz.finish().unwrap());
+        assert_eq!(facts.unparsed, Some(Unparsed::ResponseTooLarge));
+    }
+
+    /// Brotli's "uncompressed" meta-blocks: a valid stream without a compressor crate.
+    fn brotli_compress(data: &[u8], out: &mut Vec<u8>) {
+        // WBITS=16 (0), then one uncompressed meta-block per <=65536 bytes, then ISLAST empty.
+        let mut bits: u64 = 0;
+        let mut n = 0u32;
+        let put = |out: &mut Vec<u8>, value: u64, count: u32, bits: &mut u64, n: &mut u32| {
+            *bits |= value << *n;
+            *n += count;
+            while *n >= 8 {
+                out.push(*bits as u8);
+                *bits >>= 8;
+                *n -= 8;
+            }
+        };
+        put(out, 0, 1, &mut bits, &mut n); // WBITS = 16
+        for block in data.chunks(65536) {
+            put(out, 0, 1, &mut bits, &mut n); // ISLAST = 0
+            put(out, 0, 2, &mut bits, &mut n); // MNIBBLES = 4
+            put(out, (block.len() - 1) as u64, 16, &mut bits, &mut n); // MLEN - 1
+            put(out, 1, 1, &mut bits, &mut n); // ISUNCOMPRESSED
+            if n > 0 {
+                put(out, 0, 8 - n, &mut bits, &mut n); // pad to a byte
+            }
+            out.extend_from_slice(block);
+        }
+        put(out, 1, 1, &mut bits, &mut n); // ISLAST
+        put(out, 1, 1, &mut bits, &mut n); // ISLASTEMPTY
+        if n > 0 {
+            put(out, 0, 8 - n, &mut bits, &mut n);
+        }
     }
 }
