@@ -113,8 +113,8 @@ impl LlmCall {
             error_type(status, outcome),
             now.duration_since(self.received).as_secs_f64(),
         );
-        let request = self.request().cloned();
-        if let Some(Err(why)) = &request {
+        let request = self.upload.as_ref().and_then(|u| u.request.get());
+        if let Some(Err(why)) = request {
             self.metrics.unparsed(*why);
         }
         let Some(reader) = self.reader.take() else {
@@ -128,10 +128,8 @@ impl LlmCall {
         for reason in &facts.finish_reasons {
             self.metrics.finish_reason(*reason);
         }
-        let (unknown, invalid) = hallucinations(
-            request.as_ref().and_then(|r| r.as_ref().ok()),
-            &facts.tool_calls,
-        );
+        let request = request.and_then(|r| r.as_ref().ok());
+        let (unknown, invalid) = hallucinations(request, &facts.tool_calls);
         self.metrics.hallucinated[0].increment(unknown);
         self.metrics.hallucinated[1].increment(invalid);
         if let Some(why) = facts.unparsed {

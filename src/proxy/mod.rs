@@ -230,7 +230,7 @@ pub async fn handle(
     if let (http::StatusCode::UNAUTHORIZED, Some(keys), Some(used)) =
         (status, &upstream.keys, key_used)
     {
-        keys.rejected(used);
+        keys.rejected(used, &upstream.log_limit);
     }
     let mut account = unanswered.0.take();
     if let Some(a) = account.as_mut() {

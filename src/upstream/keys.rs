@@ -10,7 +10,7 @@
 //! number only.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -18,7 +18,7 @@ use http::header::{HeaderName, AUTHORIZATION};
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::Protocol;
-use crate::telemetry::KeyMetrics;
+use crate::telemetry::{KeyMetrics, LogLimiter};
 
 /// Headers a client may carry its own provider key in; all removed before the sidecar's key goes
 /// in (`api-key` is Azure OpenAI's).
@@ -46,6 +46,8 @@ pub struct KeyRing {
     current: AtomicUsize,
     /// The file content the keys were read from, to notice a change.
     loaded: Mutex<Vec<u8>>,
+    /// The file could not be read at the last check.
+    unreadable: AtomicBool,
     pub metrics: KeyMetrics,
 }
 
@@ -107,6 +109,7 @@ impl KeyRing {
             keys: ArcSwap::from_pointee(keys),
             current: AtomicUsize::new(0),
             loaded: Mutex::new(content),
+            unreadable: AtomicBool::new(false),
             metrics,
         })
     }
@@ -138,20 +141,22 @@ impl KeyRing {
     }
 
     /// The provider refused key `index` (401): later requests use the next key. Concurrent 401s
-    /// for the same key move on once.
-    pub fn rejected(&self, index: usize) {
+    /// for the same key move on once. Logged through the upstream's limiter: a provider refusing
+    /// every key must not flood the log.
+    pub fn rejected(&self, index: usize, log_limit: &LogLimiter) {
         self.metrics.rejections.increment(1);
         let n = self.len();
-        if n > 1 {
-            let _ = self.current.compare_exchange(
-                index,
-                (index + 1) % n,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
-            tracing::warn!(file = %self.path.display(), key_line = index + 1, keys = n, "provider rejected an API key (401); using the next one");
-        } else {
-            tracing::warn!(file = %self.path.display(), "provider rejected the only API key (401)");
+        let moved = n > 1
+            && self
+                .current
+                .compare_exchange(index, (index + 1) % n, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        if let Some(suppressed) = log_limit.allow() {
+            if moved {
+                tracing::warn!(file = %self.path.display(), key = index + 1, keys = n, suppressed, "provider rejected an API key (401); using the next one");
+            } else {
+                tracing::warn!(file = %self.path.display(), keys = n, suppressed, "provider rejected an API key (401)");
+            }
         }
     }
 
@@ -160,8 +165,15 @@ impl KeyRing {
     pub fn reload_if_changed(&self) {
         let content = match read(&self.path) {
             Ok(c) => c,
-            Err(e) => return self.reload_failed(&e),
+            // Reported once, not every second, until the file can be read again.
+            Err(e) => {
+                if !self.unreadable.swap(true, Ordering::AcqRel) {
+                    self.reload_failed(&e);
+                }
+                return;
+            }
         };
+        self.unreadable.store(false, Ordering::Release);
         let Ok(mut loaded) = self.loaded.lock() else {
             return;
         };
@@ -251,13 +263,14 @@ mod tests {
     fn a_rejected_key_moves_on_once() {
         let (r, _f) = ring("k1\nk2\nk3\n", Protocol::Openai);
         let mut h = HeaderMap::new();
+        let log = LogLimiter::new();
         let used = r.inject(&mut h);
-        r.rejected(used);
-        r.rejected(used); // a second 401 for the same key, in flight at the same time
+        r.rejected(used, &log);
+        r.rejected(used, &log); // a second 401 for the same key, in flight at the same time
         assert_eq!(r.inject(&mut h), 1);
         assert_eq!(h[AUTHORIZATION], "Bearer k2");
-        r.rejected(1);
-        r.rejected(2);
+        r.rejected(1, &log);
+        r.rejected(2, &log);
         assert_eq!(r.inject(&mut h), 0);
     }
 
@@ -276,11 +289,25 @@ mod tests {
     }
 
     #[test]
-    fn reload_keeps_keys_when_the_file_turns_empty() {
-        let (r, f) = ring("k1\n", Protocol::Openai);
+    fn reload_keeps_keys_when_the_file_turns_empty_or_goes_away() {
+        let f = tempfile_path::TempPath::new("k1\n");
+        let t = Telemetry::new();
+        let r = KeyRing::load(&f.0, Protocol::Openai, KeyMetrics::new(&t, "a", "u")).unwrap();
         std::fs::write(&f.0, "").unwrap();
         r.reload_if_changed();
+        r.reload_if_changed();
         assert_eq!(r.len(), 1);
+        std::fs::remove_file(&f.0).unwrap();
+        r.reload_if_changed();
+        r.reload_if_changed();
+        assert_eq!(r.len(), 1);
+        // Each broken state is reported once, not at every check.
+        let errors = t
+            .render()
+            .lines()
+            .find(|l| l.starts_with("sloguard_api_key_reloads_total{") && l.contains("error"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned());
+        assert_eq!(errors.as_deref(), Some("2"));
         std::fs::write(&f.0, "k9\nk8\n").unwrap();
         r.reload_if_changed();
         let mut h = HeaderMap::new();
