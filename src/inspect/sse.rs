@@ -151,6 +151,12 @@ impl SseParser {
     }
 
     fn process_line(&mut self, line: &[u8], on_item: &mut dyn FnMut(SseItem<'_>)) {
+        // The same limit as a line that spans chunks meets, so that where the chunks were cut
+        // never changes what is parsed.
+        if line.len() > self.max_event_bytes {
+            self.oversized = true;
+            return;
+        }
         if line.is_empty() {
             self.dispatch(on_item);
             return;
@@ -319,6 +325,20 @@ mod tests {
             }
         });
         assert_eq!((items, oversized), (1, 1));
+    }
+
+    #[test]
+    fn a_long_line_is_oversized_whether_it_arrives_whole_or_cut() {
+        let stream: &[u8] = b"event: a-very-long-event-name\ndata: x\n\ndata: ok\n\n";
+        let whole = parse(&[stream], 20);
+        assert_eq!(whole, vec![Seen::Oversized, ev("", "ok", "")]);
+        for cut in 1..stream.len() {
+            assert_eq!(
+                parse(&[&stream[..cut], &stream[cut..]], 20),
+                whole,
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]
