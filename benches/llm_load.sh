@@ -5,9 +5,10 @@
 #
 #   bash benches/llm_load.sh        # ROUNDS=3 rounds of DURATION=5 s runs; results in bench-results/
 #
-# Layout (2-core machine): the simulated provider and both sidecars share core 1 (one tokio worker
-# each); the load generator runs on core 0.
-# - TTFT: open loop at RATE=1000 streams/s (20 content chunks, 20 ms to the first, 2 ms apart),
+# Layout (2-core machine): both sidecars on core 1 (one tokio worker each, only one loaded at a
+# time); the simulated provider and the load generator on core 0, so that the sidecar under test
+# has a core to itself and its own cost is what differs between runs.
+# - TTFT: open loop at RATE=1000 streams/s (5 content chunks, 20 ms to the first, 2 ms apart),
 #   time from sending to the first content chunk, direct / plain / inspect.
 # - Throughput: closed loop (64 concurrent streams of 50 chunks, no delays) for DURATION; streams/s
 #   and the sidecar's own CPU time per stream (utime+stime from /proc), plain vs inspect.
@@ -30,10 +31,10 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
-SIM_FIRST_CHUNK_MS=20 SIM_CHUNK_MS=2 SIM_CHUNKS=20 TOKIO_WORKER_THREADS=1 taskset -c 1 \
+SIM_FIRST_CHUNK_MS=20 SIM_CHUNK_MS=2 SIM_CHUNKS=5 TOKIO_WORKER_THREADS=1 taskset -c 0 \
   target/release/examples/sim_upstream 127.0.0.1:$SLOW_PORT >/dev/null &
 PIDS+=($!)
-SIM_FIRST_CHUNK_MS=0 SIM_CHUNK_MS=0 SIM_CHUNKS=50 TOKIO_WORKER_THREADS=1 taskset -c 1 \
+SIM_FIRST_CHUNK_MS=0 SIM_CHUNK_MS=0 SIM_CHUNKS=50 TOKIO_WORKER_THREADS=1 taskset -c 0 \
   target/release/examples/sim_upstream 127.0.0.1:$FAST_PORT >/dev/null &
 PIDS+=($!)
 
