@@ -25,10 +25,11 @@ impl Usage {
     /// Anthropic's split usage), so that the figure compares with other providers'.
     fn record(&self, facts: &mut ResponseFacts) {
         if let Some(input) = self.input_tokens {
+            // Saturating: the numbers come from outside (found by the fuzz target).
             facts.input_tokens = Some(
                 input
-                    + self.cache_creation_input_tokens.unwrap_or(0)
-                    + self.cache_read_input_tokens.unwrap_or(0),
+                    .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+                    .saturating_add(self.cache_read_input_tokens.unwrap_or(0)),
             );
         }
         facts.output_tokens = self.output_tokens.or(facts.output_tokens);
@@ -118,7 +119,7 @@ impl MessagesStream {
                 match block.filter(|b| b.is_tool_use()) {
                     Some(b) => {
                         let name = b.name.as_deref().unwrap_or("");
-                        self.calls.start((0, e.index), name);
+                        self.calls.start((0, e.index), name, facts);
                         true
                     }
                     None => false,
@@ -177,17 +178,27 @@ pub(super) fn messages_json(body: &[u8], facts: &mut ResponseFacts) -> Result<()
         usage.record(facts);
     }
     // `input` of a complete `tool_use` block is an object already.
-    facts.tool_calls.extend(
-        m.content
-            .iter()
-            .filter(|b| b.is_tool_use())
-            .map(|b| ToolCall {
-                name: b.name.as_deref().unwrap_or("").to_owned(),
-                arguments_valid: true,
-            }),
-    );
+    for b in m.content.iter().filter(|b| b.is_tool_use()) {
+        facts.push_call(ToolCall {
+            name: b.name.as_deref().unwrap_or("").to_owned(),
+            arguments_valid: true,
+        });
+    }
     if let Some(reason) = m.stop_reason.as_deref() {
         facts.finish_reasons.push(FinishReason::anthropic(reason));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_past_u64_saturates_instead_of_overflowing() {
+        let mut facts = ResponseFacts::default();
+        let body = br#"{"type":"message","usage":{"input_tokens":18446744073709551615,"cache_creation_input_tokens":1,"output_tokens":2}}"#;
+        messages_json(body, &mut facts).unwrap();
+        assert_eq!(facts.input_tokens, Some(u64::MAX));
+    }
 }

@@ -114,7 +114,10 @@ impl ChatStream {
             }
             if let Some(reason) = choice.finish_reason.as_deref() {
                 let index = choice.index;
-                if !self.finished.iter().any(|(i, _)| *i == index) {
+                // Bounded like tool calls: a model returns a handful of choices.
+                if self.finished.len() < super::response::MAX_TOOL_CALLS
+                    && !self.finished.iter().any(|(i, _)| *i == index)
+                {
                     self.finished.push((index, FinishReason::openai(reason)));
                 }
                 // The choice is over: its calls are complete.
@@ -126,7 +129,7 @@ impl ChatStream {
 
     fn delta(&mut self, key: (u32, u32), f: Option<&Function<'_>>, facts: &mut ResponseFacts) {
         let name = f.and_then(|f| f.name.as_deref()).unwrap_or("");
-        self.calls.start(key, name);
+        self.calls.start(key, name, facts);
         if let Some(args) = f.and_then(|f| f.arguments.as_deref()) {
             self.calls.append(key, args, facts);
         }
@@ -203,11 +206,11 @@ pub(super) fn chat_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Un
         if let Some(m) = &choice.message {
             for call in m.tool_calls.iter().flatten() {
                 if let Some(f) = &call.function {
-                    facts.tool_calls.push(tool_call(f));
+                    facts.push_call(tool_call(f));
                 }
             }
             if let Some(f) = &m.function_call {
-                facts.tool_calls.push(tool_call(f));
+                facts.push_call(tool_call(f));
             }
         }
         if let Some(reason) = choice.finish_reason.as_deref() {
@@ -341,7 +344,7 @@ impl ResponsesStream {
             "response.output_item.added" => e.item.as_ref().is_some_and(|i| i.is_function_call()),
             "response.output_item.done" => {
                 if let Some(item) = e.item.as_ref().filter(|i| i.is_function_call()) {
-                    facts.tool_calls.push(item.tool_call());
+                    facts.push_call(item.tool_call());
                 }
                 false
             }
@@ -367,12 +370,9 @@ impl ResponsesStream {
 pub(super) fn responses_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Unparsed> {
     let r: ResponseObject<'_> =
         serde_json::from_slice(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
-    facts.tool_calls.extend(
-        r.output
-            .iter()
-            .filter(|i| i.is_function_call())
-            .map(OutputItem::tool_call),
-    );
+    for item in r.output.iter().filter(|i| i.is_function_call()) {
+        facts.push_call(item.tool_call());
+    }
     r.finish(facts);
     Ok(())
 }

@@ -22,9 +22,23 @@ pub struct ResponseFacts {
     pub unparsed: Option<Unparsed>,
 }
 
+/// Tool calls kept per response (and in progress per stream): far past what a model makes, so
+/// that a hostile stream cannot grow memory with them.
+pub const MAX_TOOL_CALLS: usize = 256;
+
 impl ResponseFacts {
     pub(super) fn unparsed(&mut self, why: Unparsed) {
         self.unparsed.get_or_insert(why);
+    }
+
+    /// Keeps a complete tool call, up to [`MAX_TOOL_CALLS`]; past it the body counts as too
+    /// large to read whole.
+    pub(super) fn push_call(&mut self, call: ToolCall) {
+        if self.tool_calls.len() < MAX_TOOL_CALLS {
+            self.tool_calls.push(call);
+        } else {
+            self.unparsed(Unparsed::ResponseTooLarge);
+        }
     }
 }
 
@@ -46,9 +60,14 @@ pub(super) struct ToolCalls {
 }
 
 impl ToolCalls {
-    pub fn start(&mut self, key: (u32, u32), name: &str) -> &mut PartialCall {
+    /// The call with this key, opened if new (`None`: too many open at once; counted).
+    fn call(&mut self, key: (u32, u32), facts: &mut ResponseFacts) -> Option<&mut PartialCall> {
         let i = match self.open.iter().position(|c| c.key == key) {
             Some(i) => i,
+            None if self.open.len() >= MAX_TOOL_CALLS => {
+                facts.unparsed(Unparsed::ResponseTooLarge);
+                return None;
+            }
             None => {
                 self.open.push(PartialCall {
                     key,
@@ -59,16 +78,23 @@ impl ToolCalls {
                 self.open.len() - 1
             }
         };
-        let call = &mut self.open[i];
-        if call.name.len() + name.len() <= 256 {
-            call.name.push_str(name);
+        Some(&mut self.open[i])
+    }
+
+    /// Opens a call, or adds to its name (streams may send a name in parts).
+    pub fn start(&mut self, key: (u32, u32), name: &str, facts: &mut ResponseFacts) {
+        if let Some(call) = self.call(key, facts) {
+            if call.name.len() + name.len() <= 256 {
+                call.name.push_str(name);
+            }
         }
-        call
     }
 
     pub fn append(&mut self, key: (u32, u32), part: &str, facts: &mut ResponseFacts) {
         let over = self.bytes + part.len() > MAX_INSPECTED_BODY;
-        let call = self.start(key, "");
+        let Some(call) = self.call(key, facts) else {
+            return;
+        };
         if over || call.overflow {
             call.overflow = true;
             call.arguments = String::new();
@@ -95,7 +121,7 @@ impl ToolCalls {
                 let valid = call.overflow
                     || (empty_is_valid && call.arguments.is_empty())
                     || super::is_json(call.arguments.as_bytes());
-                facts.tool_calls.push(ToolCall {
+                facts.push_call(ToolCall {
                     name: call.name,
                     arguments_valid: valid,
                 });
@@ -215,7 +241,7 @@ impl ResponseReader {
                             StreamState::Messages(s) => s.event(e.event, e.data, facts),
                         };
                         match output {
-                            Ok(true) => facts.output_chunks += 1,
+                            Ok(true) => facts.output_chunks = facts.output_chunks.saturating_add(1),
                             Ok(false) => {}
                             Err(why) => facts.unparsed(why),
                         }
@@ -404,6 +430,25 @@ mod tests {
             read("zstd", BODY.to_vec()).unparsed,
             Some(Unparsed::ResponseContentEncoding)
         );
+    }
+
+    #[test]
+    fn a_stream_of_endless_tool_calls_keeps_bounded_state() {
+        let mut r = ResponseReader::new(
+            Format::ChatCompletions,
+            StatusCode::OK,
+            Some(b"text/event-stream"),
+            None,
+        );
+        for i in 0..5_000u32 {
+            let e = format!(
+                "data: {{\"choices\":[{{\"index\":{i},\"delta\":{{\"tool_calls\":[{{\"index\":{i},\"function\":{{\"name\":\"f\",\"arguments\":\"{{}}\"}}}}]}},\"finish_reason\":null}}]}}\n\n"
+            );
+            r.feed(&Bytes::from(e));
+        }
+        let facts = r.finish(true);
+        assert_eq!(facts.tool_calls.len(), MAX_TOOL_CALLS);
+        assert_eq!(facts.unparsed, Some(Unparsed::ResponseTooLarge));
     }
 
     #[test]
