@@ -127,13 +127,18 @@ fuzz_target!(|body: &[u8]| {
     let top: HashMap<String, &RawValue> =
         serde_json::from_slice(&out).expect("the rewritten body is not a JSON object");
     let model = top.get("model").expect("the rewritten body has no model");
-    let model: String = serde_json::from_str(model.get())
-        .expect("the rewritten body's model is not a string");
+    let model: String =
+        serde_json::from_str(model.get()).expect("the rewritten body's model is not a string");
     assert_eq!(model, MODEL);
 
     // Every other member kept its JSON text.
-    let before = members_but_model(body).expect("rewrite_model accepted a body that is not an object");
-    assert_eq!(members_but_model(&out), Some(before), "members other than model changed");
+    let before =
+        members_but_model(body).expect("rewrite_model accepted a body that is not an object");
+    assert_eq!(
+        members_but_model(&out),
+        Some(before),
+        "members other than model changed"
+    );
 
     match (input, serde_json::from_slice::<Json>(&out)) {
         (Ok(input), Ok(output)) => {
@@ -148,8 +153,10 @@ fuzz_target!(|body: &[u8]| {
             expected.insert("model".to_owned(), Json::Str(MODEL.to_owned()));
             assert_eq!(output, expected, "members other than model changed");
         }
-        // Both past one of serde_json's limits: the checks on the members above stand in.
+        // Past one of serde_json's limits: the checks on the members above stand in. The
+        // rewritten body can be within them when only the old `model` was past them.
         (Err(e), Err(f)) if is_value_limit(&e) && is_value_limit(&f) => {}
+        (Err(e), Ok(_)) if is_value_limit(&e) => {}
         (input, output) => panic!(
             "the body parsed as {:?}, the rewritten body as {:?}",
             input.map(|_| ()),
@@ -158,15 +165,23 @@ fuzz_target!(|body: &[u8]| {
     }
 
     // Rewriting again changes nothing.
-    assert_eq!(rewrite_model(&out, MODEL).as_deref(), Ok(&out[..]), "not idempotent");
+    assert_eq!(
+        rewrite_model(&out, MODEL).as_deref(),
+        Ok(&out[..]),
+        "not idempotent"
+    );
 
     // A request that could be read reads the same after the rewrite, but for its model.
     for (format, before) in FORMATS.into_iter().zip(requests) {
         if let Ok(mut before) = before {
-            let after = parse_request(format, &out)
-                .unwrap_or_else(|e| panic!("{format:?}: readable before the rewrite, not after: {e:?}"));
+            let after = parse_request(format, &out).unwrap_or_else(|e| {
+                panic!("{format:?}: readable before the rewrite, not after: {e:?}")
+            });
             before.model = Some(MODEL.to_owned());
-            assert_eq!(after, before, "{format:?}: the rewrite changed more than the model");
+            assert_eq!(
+                after, before,
+                "{format:?}: the rewrite changed more than the model"
+            );
         }
     }
 });

@@ -4,8 +4,8 @@
 //!
 //! Input: `[setup, split header, sizes.., body..]` (see `sloguard_fuzz::Split`).
 //! `setup % 18` picks the format (`% 3`) and content type (`/ 3`); `setup / 18` (0..=14) picks
-//! 200 with no content-encoding (0..=11), a 500 (12), `content-encoding: gzip` (13) or
-//! `content-encoding: identity` (14). Bit 0 of the split header's flags also finishes a second
+//! 200 with no content-encoding (0..=9), a 500 (10), or a 200 with `content-encoding` `gzip`
+//! (11), `deflate` (12), `br` (13) or `identity` (14). Bit 0 of the split header's flags also finishes a second
 //! pair of readers with `finish(false)` (a body cut short) and compares those.
 
 #![no_main]
@@ -38,9 +38,11 @@ impl Setup {
     fn of(b: u8) -> Setup {
         let (kind, variant) = (b % 18, b / 18);
         let (status, content_encoding): (_, Option<&'static [u8]>) = match variant {
-            0..=11 => (StatusCode::OK, None),
-            12 => (StatusCode::INTERNAL_SERVER_ERROR, None),
-            13 => (StatusCode::OK, Some(b"gzip")),
+            0..=9 => (StatusCode::OK, None),
+            10 => (StatusCode::INTERNAL_SERVER_ERROR, None),
+            11 => (StatusCode::OK, Some(b"gzip")),
+            12 => (StatusCode::OK, Some(b"deflate")),
+            13 => (StatusCode::OK, Some(b"br")),
             _ => (StatusCode::OK, Some(b"identity")),
         };
         Setup {
@@ -52,8 +54,12 @@ impl Setup {
     }
 
     fn read(&self, chunks: &[&[u8]], complete: bool) -> ResponseFacts {
-        let mut reader =
-            ResponseReader::new(self.format, self.status, self.content_type, self.content_encoding);
+        let mut reader = ResponseReader::new(
+            self.format,
+            self.status,
+            self.content_type,
+            self.content_encoding,
+        );
         let mut output = 0u32;
         for chunk in chunks {
             output += reader.feed(&Bytes::copy_from_slice(chunk));
