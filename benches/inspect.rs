@@ -105,6 +105,24 @@ fn bench(c: &mut Criterion) {
         }
     }
     g.finish();
+
+    // What inspection adds to time to first token: a reader made when the head arrives, then
+    // the role-only chunk and the first content chunk read before the latter is passed on.
+    let events = openai_stream(1);
+    let mut g = c.benchmark_group("inspect_ttft");
+    g.bench_function("openai/new_reader+role+first_content", |b| {
+        b.iter(|| {
+            let mut r = ResponseReader::new(
+                Format::ChatCompletions,
+                StatusCode::OK,
+                Some(b"text/event-stream"),
+                None,
+            );
+            black_box(r.feed(&events[0]));
+            black_box(r.feed(&events[1]))
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

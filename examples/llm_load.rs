@@ -1,9 +1,12 @@
 //! Open-loop load of streamed LLM calls, for the end-to-end bench:
-//! `llm_load URL RATE SECONDS` POSTs a streamed Chat Completion request to `URL` RATE times a
-//! second for SECONDS (each on its own schedule, whatever the earlier ones are doing), and prints
-//! `{"n":..,"errors":..,"p50_ms":..,"p99_ms":..,"p999_ms":..}`: the time from sending to the first
-//! chunk carrying content (time to first token, as the agent sees it).
-//! With RATE 0 it runs closed-loop instead (`CONCURRENCY` env, default 64) and reports streams/s.
+//! `llm_load URL[,URL..] RATE SECONDS` POSTs a streamed Chat Completion request to each URL RATE
+//! times a second for SECONDS (each on its own schedule, whatever the earlier ones are doing; with
+//! several URLs the requests alternate between them, so that every target meets the same moments
+//! of a noisy machine), and prints one line per URL:
+//! `{"url":..,"n":..,"errors":..,"p50_ms":..,"p99_ms":..,"p999_ms":..}`: the time from sending to
+//! the first chunk carrying content (time to first token, as the agent sees it).
+//! With RATE 0 it runs closed-loop instead (`CONCURRENCY` env, default 64) against the first URL
+//! and reports streams/s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 const BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"You are a support agent."},{"role":"user","content":"Summarise ticket T-1042 for the on-call engineer."}],"tools":[{"type":"function","function":{"name":"open_ticket","parameters":{"type":"object","properties":{"ticket":{"type":"string"}}}}}]}"#;
+
+/// One target's time-to-first-token samples (ms) and failed calls.
+type Tally = (Arc<Mutex<Vec<f64>>>, Arc<AtomicU64>);
 
 type LoadClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -46,14 +52,18 @@ async fn call(client: &LoadClient, url: &hyper::Uri) -> Option<Duration> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let url: hyper::Uri = args.next().unwrap_or_default().parse()?;
+    let urls = args
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::parse::<hyper::Uri>)
+        .collect::<Result<Vec<_>, _>>()?;
     let rate: u64 = args.next().unwrap_or_else(|| "1000".into()).parse()?;
     let seconds: f64 = args.next().unwrap_or_else(|| "5".into()).parse()?;
     let client: LoadClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .build_http();
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let errors = Arc::new(AtomicU64::new(0));
+    let targets: Vec<Tally> = urls.iter().map(|_| Default::default()).collect();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     let started = Instant::now();
@@ -72,8 +82,8 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|c| c.parse().ok())
             .unwrap_or(64);
         for _ in 0..concurrency {
-            let (client, url, samples, errors) =
-                (client.clone(), url.clone(), samples.clone(), errors.clone());
+            let (samples, errors) = targets[0].clone();
+            let (client, url) = (client.clone(), urls[0].clone());
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < deadline {
                     record(&samples, &errors, call(&client, &url).await);
@@ -81,13 +91,15 @@ async fn main() -> anyhow::Result<()> {
             }));
         }
     } else {
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        let n = urls.len();
+        let mut tick =
+            tokio::time::interval(Duration::from_secs_f64(1.0 / (rate * n as u64) as f64));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let total = (rate as f64 * seconds) as u64;
-        for _ in 0..total {
+        let total = (rate as f64 * seconds) as usize * n;
+        for i in 0..total {
             tick.tick().await;
-            let (client, url, samples, errors) =
-                (client.clone(), url.clone(), samples.clone(), errors.clone());
+            let (samples, errors) = targets[i % n].clone();
+            let (client, url) = (client.clone(), urls[i % n].clone());
             tasks.push(tokio::spawn(async move {
                 let r = tokio::time::timeout(Duration::from_secs(30), call(&client, &url))
                     .await
@@ -101,23 +113,25 @@ async fn main() -> anyhow::Result<()> {
         t.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let mut s = samples.lock().map(|s| s.clone()).unwrap_or_default();
-    s.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        if s.is_empty() {
-            f64::NAN
-        } else {
-            s[((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1]
-        }
-    };
-    println!(
-        "{{\"n\":{},\"errors\":{},\"streams_per_s\":{:.1},\"p50_ms\":{:.4},\"p99_ms\":{:.4},\"p999_ms\":{:.4}}}",
-        s.len(),
-        errors.load(Ordering::Relaxed),
-        s.len() as f64 / elapsed,
-        q(0.5),
-        q(0.99),
-        q(0.999)
-    );
+    for (url, (samples, errors)) in urls.iter().zip(&targets) {
+        let mut s = samples.lock().map(|s| s.clone()).unwrap_or_default();
+        s.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            if s.is_empty() {
+                f64::NAN
+            } else {
+                s[((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1]
+            }
+        };
+        println!(
+            "{{\"url\":\"{url}\",\"n\":{},\"errors\":{},\"streams_per_s\":{:.1},\"p50_ms\":{:.4},\"p99_ms\":{:.4},\"p999_ms\":{:.4}}}",
+            s.len(),
+            errors.load(Ordering::Relaxed),
+            s.len() as f64 / elapsed,
+            q(0.5),
+            q(0.99),
+            q(0.999)
+        );
+    }
     Ok(())
 }
