@@ -151,46 +151,30 @@ fn error_type(status: StatusClass, outcome: Option<UpstreamOutcome>) -> ErrorTyp
     }
 }
 
-/// The body the upstream is sent: the client's, streamed (tapped for the request facts when the
-/// request is an LLM call), or, with a `model` to rewrite, read ahead and rewritten. Also returns
-/// how long reading ahead waited on the client.
-pub async fn request_body(
+/// The client's body, streamed to the upstream; for an LLM call, tapped on its way for the
+/// request facts (unless it is compressed: then counted as unparsed).
+pub fn streamed_body(
     body: Incoming,
-    headers: &mut HeaderMap,
+    headers: &HeaderMap,
     format: Option<Format>,
-    model: Option<&str>,
     received: Instant,
-    idle: std::time::Duration,
-    deadline: Instant,
-) -> Result<(RequestBody, Option<Arc<Upload>>, std::time::Duration), ProxyError> {
-    match (format, model) {
-        (Some(format), Some(model)) => {
-            let start = Instant::now();
-            let (body, upload, last_chunk) =
-                rewrite_request(body, headers, format, model, received, idle, deadline).await?;
-            Ok((body, upload, last_chunk.saturating_duration_since(start)))
-        }
-        (Some(format), None) => {
-            let encoded = headers
-                .get(CONTENT_ENCODING)
-                .is_some_and(|e| e.as_bytes() != b"identity");
-            let (body, upload) = RequestBody::new(body, received, (!encoded).then_some(format));
-            if let (true, Some(u)) = (encoded, &upload) {
-                let _ = u.request.set(Err(Unparsed::RequestContentEncoding));
-            }
-            Ok((body, upload, std::time::Duration::ZERO))
-        }
-        (None, _) => {
-            let (body, upload) = RequestBody::new(body, received, None);
-            Ok((body, upload, std::time::Duration::ZERO))
-        }
+) -> (RequestBody, Option<Arc<Upload>>) {
+    let encoded = format.is_some()
+        && headers
+            .get(CONTENT_ENCODING)
+            .is_some_and(|e| e.as_bytes() != b"identity");
+    let (body, upload) = RequestBody::new(body, received, format.filter(|_| !encoded));
+    if let (true, Some(u)) = (encoded, &upload) {
+        let _ = u.request.set(Err(Unparsed::RequestContentEncoding));
     }
+    (body, upload)
 }
 
 /// Reads a request body ahead (up to [`MAX_INSPECTED_BODY`]) to rewrite its `model`. A body too
 /// large, not JSON, or content-encoded goes on untouched (and is counted as unparsed). The
-/// client's pauses are bounded by `idle`, the whole read by `deadline`.
-async fn rewrite_request(
+/// client's pauses are bounded by `idle`, the whole read by `deadline`. Also returns when the
+/// last chunk read ahead arrived (the sidecar's overhead does not count the wait for it).
+pub async fn rewrite_request(
     mut body: Incoming,
     headers: &mut HeaderMap,
     format: Format,

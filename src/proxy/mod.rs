@@ -19,7 +19,8 @@
 //!    upstream must never see this hop's connection headers.
 //! 6. **Inject the provider key** ([`crate::upstream::KeyRing::inject`]): the client's key
 //!    headers go, the sidecar's key goes in. After step 5 so that nothing later re-adds a key.
-//! 7. **Rewrite the model, or tap the body** ([`llm::request_body`]): with
+//! 7. **Rewrite the model, or tap the body** ([`llm::rewrite_request`],
+//!    [`llm::streamed_body`]): with
 //!    `model` configured the body must be read ahead to change it; otherwise it streams, and the
 //!    request facts (model, stream, tools) are read from reference counts of its chunks when the
 //!    upload ends — the provider answers only after that, so the facts are there for step 11.
@@ -136,21 +137,30 @@ pub async fn handle(
     };
     headers::prepare_request(&mut parts.headers, &upstream.host_header, &client_ip);
     let key_used = upstream.keys.as_ref().map(|k| k.inject(&mut parts.headers));
-    let read = llm::request_body(
-        body,
-        &mut parts.headers,
-        format,
-        upstream.model.as_deref(),
-        received,
-        timeouts.idle.0,
-        total_deadline,
-    )
-    .await;
     // `client_wait`: time spent waiting for the client's body while reading it ahead, not the
     // sidecar's own.
-    let (body, upload, client_wait) = match read {
-        Ok(read) => read,
-        Err(err) => return local_error(err, &listener, unanswered.0.take()),
+    let (body, upload, client_wait) = match (format, upstream.model.as_deref()) {
+        (Some(format), Some(model)) => {
+            let start = Instant::now();
+            let read = llm::rewrite_request(
+                body,
+                &mut parts.headers,
+                format,
+                model,
+                received,
+                timeouts.idle.0,
+                total_deadline,
+            )
+            .await;
+            match read {
+                Ok((body, upload, last)) => (body, upload, last.saturating_duration_since(start)),
+                Err(err) => return local_error(err, &listener, unanswered.0.take()),
+            }
+        }
+        _ => {
+            let (body, upload) = llm::streamed_body(body, &parts.headers, format, received);
+            (body, upload, std::time::Duration::ZERO)
+        }
     };
     if let Some(call) = unanswered.0.as_mut().and_then(|a| a.llm.as_mut()) {
         call.set_upload(upload.clone());
