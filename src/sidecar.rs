@@ -99,10 +99,20 @@ impl Sidecar {
             let mut tick = tokio::time::interval(KEY_FILE_POLL);
             loop {
                 tick.tick().await;
-                let snap = keys.load();
-                for ring in snap.upstreams.values().filter_map(|u| u.keys.as_ref()) {
-                    ring.reload_if_changed();
+                let rings: Vec<_> = keys
+                    .load()
+                    .upstreams
+                    .values()
+                    .filter_map(|u| u.keys.clone())
+                    .collect();
+                if rings.is_empty() {
+                    continue;
                 }
+                // File reads block: off the workers that serve requests.
+                let _ = tokio::task::spawn_blocking(move || {
+                    rings.iter().for_each(|r| r.reload_if_changed())
+                })
+                .await;
             }
         }));
 

@@ -717,3 +717,92 @@ upstreams:
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_is_one_cancelled_call() {
+    use http_body_util::BodyExt;
+    let (p, _) = provider(ProviderSim {
+        first_chunk_delay: Duration::from_millis(5),
+        chunk_delay: Duration::from_millis(200),
+        chunks: 10,
+        ..ProviderSim::default()
+    })
+    .await;
+    let sidecar = llm_sidecar(&p.url(), "openai", "").await;
+    let req = Request::post(proxy_url(&sidecar, "/v1/chat/completions"))
+        .header("x-sim-scenario", "text")
+        .body(full(OPENAI_STREAM))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let mut body = resp.into_body();
+    // Read until the first content chunk, then hang up.
+    loop {
+        let frame = body.frame().await.unwrap().unwrap();
+        if frame.data_ref().is_some_and(|d| {
+            d.windows(10).any(|w| w == b"\"content\":")
+                && !d.windows(12).any(|w| w == b"\"content\":\"\"")
+        }) {
+            break;
+        }
+    }
+    drop(body);
+    metrics_when(&sidecar, |m| {
+        metric(m, "gen_ai_client_operation_duration_seconds_count", &[]) >= 1.0
+    })
+    .await;
+    // Give a second count (if there were one) time to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m2 = metrics(&sidecar).await;
+    let count = "gen_ai_client_operation_duration_seconds_count";
+    expect_metric(&m2, count, &[], 1.0);
+    expect_metric(&m2, count, &[("error_type", "cancelled")], 1.0);
+    expect_metric(
+        &m2,
+        "agent_llm_finish_reasons_total",
+        &[("reason", "error")],
+        1.0,
+    );
+    expect_metric(&m2, "agent_llm_finish_reasons_total", &[], 1.0);
+    expect_metric(
+        &m2,
+        "gen_ai_client_operation_time_to_first_chunk_seconds_count",
+        &[],
+        1.0,
+    );
+    // The provider was fine: its attempt is no failure.
+    expect_metric(
+        &m2,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "ok")],
+        1.0,
+    );
+}
+
+#[tokio::test]
+async fn a_provider_that_cannot_be_reached_is_a_failed_call() {
+    let sidecar = llm_sidecar(&format!("http://{}", closed_port()), "anthropic", "").await;
+    let (status, headers, _) = post(&sidecar, "/v1/messages", ANTHROPIC_STREAM, &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-sloguard-error"], "upstream_unavailable");
+    let m = metrics_when(&sidecar, |m| {
+        metric(m, "agent_llm_finish_reasons_total", &[]) >= 1.0
+    })
+    .await;
+    expect_metric(
+        &m,
+        "gen_ai_client_operation_duration_seconds_count",
+        &[
+            ("error_type", "connect_error"),
+            ("gen_ai_provider_name", "anthropic"),
+            ("gen_ai_operation_name", "chat"),
+        ],
+        1.0,
+    );
+    expect_metric(
+        &m,
+        "agent_llm_finish_reasons_total",
+        &[("reason", "error")],
+        1.0,
+    );
+    expect_metric(&m, "gen_ai_client_token_usage_count", &[], 0.0);
+}

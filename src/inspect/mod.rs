@@ -5,13 +5,17 @@
 //! Parsing is observation. Nothing here holds bytes back or changes them; a body a reader cannot
 //! read is reported as [`Unparsed`] and passes through as it came.
 
+use crate::config::Protocol;
+
 mod anthropic;
+pub mod collect;
 mod openai;
 pub mod request;
 pub mod response;
 pub mod rewrite;
 pub mod sse;
 
+pub use collect::Collected;
 pub use request::{parse_request, RequestFacts};
 pub use response::{ResponseFacts, ResponseReader};
 pub use sse::{SseEvent, SseItem, SseParser};
@@ -35,8 +39,9 @@ pub enum Format {
 
 impl Format {
     /// Only `POST`s to a known operation are inspected; anything else (model lists, files,
-    /// embeddings) passes through as plain HTTP.
-    pub fn of(method: &http::Method, path: &str) -> Option<Format> {
+    /// embeddings) passes through as plain HTTP. Messages is Anthropic's only: OpenAI's
+    /// `/v1/threads/{id}/messages` (Assistants) is not a completion.
+    pub fn of(method: &http::Method, path: &str, protocol: Protocol) -> Option<Format> {
         if method != http::Method::POST {
             return None;
         }
@@ -45,7 +50,7 @@ impl Format {
             Some(Format::ChatCompletions)
         } else if path.ends_with("/responses") {
             Some(Format::Responses)
-        } else if path.ends_with("/messages") {
+        } else if path.ends_with("/messages") && protocol == Protocol::Anthropic {
             Some(Format::Messages)
         } else {
             None
@@ -182,18 +187,29 @@ mod tests {
     #[test]
     fn formats_by_path() {
         let post = http::Method::POST;
+        let (openai, anthropic) = (Protocol::Openai, Protocol::Anthropic);
         assert_eq!(
-            Format::of(&post, "/v1/chat/completions"),
+            Format::of(&post, "/v1/chat/completions", openai),
             Some(Format::ChatCompletions)
         );
         assert_eq!(
-            Format::of(&post, "/openai/deployments/gpt4/chat/completions"),
+            Format::of(&post, "/openai/deployments/gpt4/chat/completions", openai),
             Some(Format::ChatCompletions)
         );
-        assert_eq!(Format::of(&post, "/v1/responses"), Some(Format::Responses));
-        assert_eq!(Format::of(&post, "/v1/messages"), Some(Format::Messages));
-        assert_eq!(Format::of(&post, "/v1/embeddings"), None);
-        assert_eq!(Format::of(&http::Method::GET, "/v1/messages"), None);
+        assert_eq!(
+            Format::of(&post, "/v1/responses", openai),
+            Some(Format::Responses)
+        );
+        assert_eq!(
+            Format::of(&post, "/v1/messages", anthropic),
+            Some(Format::Messages)
+        );
+        assert_eq!(Format::of(&post, "/v1/threads/t_1/messages", openai), None);
+        assert_eq!(Format::of(&post, "/v1/embeddings", openai), None);
+        assert_eq!(
+            Format::of(&http::Method::GET, "/v1/messages", anthropic),
+            None
+        );
     }
 
     #[test]

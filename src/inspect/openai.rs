@@ -34,10 +34,24 @@ struct Function<'a> {
 
 #[derive(Deserialize)]
 struct ToolCallDelta<'a> {
+    /// Absent from some OpenAI-compatible providers (Gemini's), which send each call whole.
     #[serde(default)]
-    index: u32,
+    index: Option<u32>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     function: Option<Function<'a>>,
+    /// A custom tool's call (free-text input).
+    #[serde(default, borrow)]
+    custom: Option<Custom<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Custom<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    input: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -80,7 +94,14 @@ pub(super) struct ChatStream {
     /// `(choice index, reason)`, kept in choice order at the end.
     finished: Vec<(u32, FinishReason)>,
     errored: bool,
+    /// `[DONE]` came: the stream said it is over.
+    done: bool,
+    /// Calls sent without an `index`, told apart by `id`: `(choice, id, key)`.
+    ids: Vec<(u32, String, u32)>,
 }
+
+/// Keys of calls without an `index` start here, clear of real indexes.
+const INDEXLESS: u32 = 1 << 30;
 
 /// Legacy `function_call` deltas are assembled as tool index `u32::MAX`.
 const LEGACY_FUNCTION: u32 = u32::MAX;
@@ -88,6 +109,7 @@ const LEGACY_FUNCTION: u32 = u32::MAX;
 impl ChatStream {
     pub fn event(&mut self, data: &[u8], facts: &mut ResponseFacts) -> Result<bool, Unparsed> {
         if data == b"[DONE]" {
+            self.done = true;
             return Ok(false);
         }
         let chunk: ChatChunk<'_> =
@@ -105,7 +127,17 @@ impl ChatStream {
                 output |= text(&delta.content) || text(&delta.refusal);
                 for call in delta.tool_calls.iter().flatten() {
                     output = true;
-                    self.delta((choice.index, call.index), call.function.as_ref(), facts);
+                    let key = (choice.index, self.key(choice.index, call));
+                    if let Some(c) = &call.custom {
+                        self.calls
+                            .start(key, c.name.as_deref().unwrap_or(""), facts);
+                        self.calls.free_form(key);
+                        if let Some(input) = c.input.as_deref() {
+                            self.calls.append(key, input, facts);
+                        }
+                    } else {
+                        self.delta(key, call.function.as_ref(), facts);
+                    }
                 }
                 if let Some(f) = &delta.function_call {
                     output = true;
@@ -127,6 +159,30 @@ impl ChatStream {
         Ok(output)
     }
 
+    /// Which call a delta continues: its `index`; without one, its `id` (a new id is a new
+    /// call); without either, the choice's last call.
+    fn key(&mut self, choice: u32, call: &ToolCallDelta<'_>) -> u32 {
+        if let Some(index) = call.index {
+            return index.min(INDEXLESS - 1);
+        }
+        let known = |ids: &[(u32, String, u32)], id: Option<&str>| {
+            ids.iter()
+                .rev()
+                .find(|(c, i, _)| *c == choice && id.is_none_or(|id| i == id))
+                .map(|(_, _, k)| *k)
+        };
+        match call.id.as_deref() {
+            Some(id) => known(&self.ids, Some(id)).unwrap_or_else(|| {
+                let key = INDEXLESS + self.ids.len() as u32;
+                if self.ids.len() < super::response::MAX_TOOL_CALLS {
+                    self.ids.push((choice, id.to_owned(), key));
+                }
+                key
+            }),
+            None => known(&self.ids, None).unwrap_or(0),
+        }
+    }
+
     fn delta(&mut self, key: (u32, u32), f: Option<&Function<'_>>, facts: &mut ResponseFacts) {
         let name = f.and_then(|f| f.name.as_deref()).unwrap_or("");
         self.calls.start(key, name, facts);
@@ -135,10 +191,11 @@ impl ChatStream {
         }
     }
 
-    /// The stream ended. When it ended cleanly, calls of choices that never sent a finish reason
-    /// are complete too; a cut stream's are not.
+    /// The stream ended. When it ended with `[DONE]`, calls of choices that never sent a finish
+    /// reason are complete too; a stream that just stopped (cut, or ended early) leaves them
+    /// unjudged: half-sent arguments are not the model's fault.
     pub fn finish(&mut self, complete: bool, facts: &mut ResponseFacts) {
-        if complete {
+        if complete && self.done {
             self.calls.complete(|_| true, false, facts);
         }
         self.finished.sort_by_key(|(i, _)| *i);
@@ -155,6 +212,8 @@ impl ChatStream {
 struct ToolCallFull<'a> {
     #[serde(default, borrow)]
     function: Option<Function<'a>>,
+    #[serde(default, borrow)]
+    custom: Option<Custom<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +266,12 @@ pub(super) fn chat_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Un
             for call in m.tool_calls.iter().flatten() {
                 if let Some(f) = &call.function {
                     facts.push_call(tool_call(f));
+                } else if let Some(c) = &call.custom {
+                    // Free-text input: only the name can be wrong.
+                    facts.push_call(ToolCall {
+                        name: c.name.as_deref().unwrap_or("").to_owned(),
+                        arguments_valid: true,
+                    });
                 }
             }
             if let Some(f) = &m.function_call {
@@ -242,17 +307,23 @@ struct OutputItem<'a> {
 }
 
 impl OutputItem<'_> {
+    /// A call of a function tool, or of a custom tool (free-text input).
     fn is_function_call(&self) -> bool {
-        self.kind.as_deref() == Some("function_call")
+        matches!(
+            self.kind.as_deref(),
+            Some("function_call" | "custom_tool_call")
+        )
     }
 
     fn tool_call(&self) -> ToolCall {
+        let custom = self.kind.as_deref() == Some("custom_tool_call");
         ToolCall {
             name: self.name.as_deref().unwrap_or("").to_owned(),
-            arguments_valid: self
-                .arguments
-                .as_deref()
-                .is_some_and(|a| is_json(a.as_bytes())),
+            arguments_valid: custom
+                || self
+                    .arguments
+                    .as_deref()
+                    .is_some_and(|a| is_json(a.as_bytes())),
         }
     }
 }
@@ -340,7 +411,8 @@ impl ResponsesStream {
         Ok(match kind {
             "response.output_text.delta"
             | "response.refusal.delta"
-            | "response.function_call_arguments.delta" => non_empty,
+            | "response.function_call_arguments.delta"
+            | "response.custom_tool_call_input.delta" => non_empty,
             "response.output_item.added" => e.item.as_ref().is_some_and(|i| i.is_function_call()),
             "response.output_item.done" => {
                 if let Some(item) = e.item.as_ref().filter(|i| i.is_function_call()) {
@@ -375,4 +447,81 @@ pub(super) fn responses_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(
     }
     r.finish(facts);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::StatusCode;
+
+    use super::super::{FinishReason, Format, ResponseFacts, ResponseReader, ToolCall};
+
+    fn stream(events: &[&str], complete: bool) -> ResponseFacts {
+        let mut r = ResponseReader::new(
+            Format::ChatCompletions,
+            StatusCode::OK,
+            Some(b"text/event-stream"),
+            None,
+        );
+        for e in events {
+            r.feed(&Bytes::from(format!("data: {e}\n\n")));
+        }
+        r.finish(complete)
+    }
+
+    fn call(name: &str, valid: bool) -> ToolCall {
+        ToolCall {
+            name: name.into(),
+            arguments_valid: valid,
+        }
+    }
+
+    const HALF_CALL: &str = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\": "}}]}}]}"#;
+
+    #[test]
+    fn a_call_in_a_stream_that_stopped_is_not_judged() {
+        // Cut by the network, or ended cleanly but without a finish reason or [DONE].
+        for complete in [false, true] {
+            let facts = stream(&[HALF_CALL], complete);
+            assert_eq!(facts.tool_calls, []);
+            assert_eq!(facts.finish_reasons, [FinishReason::Error]);
+        }
+        // [DONE] says the stream is over: what was sent is the call.
+        let facts = stream(&[HALF_CALL, "[DONE]"], true);
+        assert_eq!(facts.tool_calls, [call("f", false)]);
+    }
+
+    #[test]
+    fn calls_without_index_are_told_apart_by_id() {
+        // Gemini's OpenAI-compatible stream: whole calls, no `index`.
+        let a = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}}]}"#;
+        let b = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"c2","type":"function","function":{"name":"get_time","arguments":"{}"}}]}}]}"#;
+        let end = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#;
+        let facts = stream(&[a, b, end, "[DONE]"], true);
+        assert_eq!(
+            facts.tool_calls,
+            [call("get_weather", true), call("get_time", true)]
+        );
+    }
+
+    #[test]
+    fn a_name_repeated_in_every_delta_is_the_name() {
+        let d = |args: &str| {
+            format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"function":{{"name":"read_file","arguments":"{args}"}}}}]}}}}]}}"#
+            )
+        };
+        let (a, b) = (d(r#"{\"path\":"#), d(r#"\"/etc\"}"#));
+        let facts = stream(&[&a, &b, "[DONE]"], true);
+        assert_eq!(facts.tool_calls, [call("read_file", true)]);
+    }
+
+    #[test]
+    fn custom_tool_input_is_free_text() {
+        let c = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"custom","custom":{"name":"apply_patch","input":"*** Begin Patch"}}]}}]}"#;
+        let end = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#;
+        let facts = stream(&[c, end], true);
+        assert_eq!(facts.tool_calls, [call("apply_patch", true)]);
+        assert_eq!(facts.output_chunks, 1);
+    }
 }

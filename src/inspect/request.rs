@@ -36,6 +36,8 @@ struct RawTool<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     function: Option<RawFunction<'a>>,
+    #[serde(default, borrow)]
+    custom: Option<RawFunction<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -56,9 +58,15 @@ pub fn parse_request(format: Format, body: &[u8]) -> Result<RequestFacts, Unpars
             Format::ChatCompletions if matches!(kind, Some("function") | None) => {
                 tool.function.as_ref().and_then(|f| f.name.as_deref())
             }
-            // `{"type": "function", "name": ...}`; built-in tools (web search, file search) have
-            // no name and their calls are not function calls.
-            Format::Responses if kind == Some("function") => tool.name.as_deref(),
+            // `{"type": "custom", "custom": {"name": ...}}`: free-text tools.
+            Format::ChatCompletions if kind == Some("custom") => {
+                tool.custom.as_ref().and_then(|f| f.name.as_deref())
+            }
+            // `{"type": "function" | "custom", "name": ...}`; built-in tools (web search, file
+            // search) have no name and their calls are not function calls.
+            Format::Responses if matches!(kind, Some("function" | "custom")) => {
+                tool.name.as_deref()
+            }
             // Every named tool: client tools with a `type` (bash, text editor) are called by
             // name through `tool_use` blocks too.
             Format::Messages => tool.name.as_deref(),

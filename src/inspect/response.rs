@@ -5,7 +5,9 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use super::sse::{SseItem, SseParser};
-use super::{anthropic, openai, FinishReason, Format, ToolCall, Unparsed, MAX_INSPECTED_BODY};
+use super::{
+    anthropic, openai, Collected, FinishReason, Format, ToolCall, Unparsed, MAX_INSPECTED_BODY,
+};
 
 /// What a response said.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +27,8 @@ pub struct ResponseFacts {
 /// Tool calls kept per response (and in progress per stream): far past what a model makes, so
 /// that a hostile stream cannot grow memory with them.
 pub const MAX_TOOL_CALLS: usize = 256;
+/// Longest tool name kept (OpenAI allows 64 characters, Anthropic 128).
+pub const MAX_TOOL_NAME: usize = 256;
 
 impl ResponseFacts {
     pub(super) fn unparsed(&mut self, why: Unparsed) {
@@ -33,7 +37,15 @@ impl ResponseFacts {
 
     /// Keeps a complete tool call, up to [`MAX_TOOL_CALLS`]; past it the body counts as too
     /// large to read whole.
-    pub(super) fn push_call(&mut self, call: ToolCall) {
+    pub(super) fn push_call(&mut self, mut call: ToolCall) {
+        if call.name.len() > MAX_TOOL_NAME {
+            // No tool is declared with such a name: keep a bounded prefix, it still mismatches.
+            let mut end = MAX_TOOL_NAME;
+            while !call.name.is_char_boundary(end) {
+                end -= 1;
+            }
+            call.name.truncate(end);
+        }
         if self.tool_calls.len() < MAX_TOOL_CALLS {
             self.tool_calls.push(call);
         } else {
@@ -50,6 +62,8 @@ pub(super) struct PartialCall {
     pub arguments: String,
     /// The arguments outgrew the limit: they cannot be judged.
     pub overflow: bool,
+    /// A custom tool's free-text input: not judged as JSON.
+    pub free_form: bool,
 }
 
 /// Tool calls in progress, with their arguments' total size bounded.
@@ -74,6 +88,7 @@ impl ToolCalls {
                     name: String::new(),
                     arguments: String::new(),
                     overflow: false,
+                    free_form: false,
                 });
                 self.open.len() - 1
             }
@@ -81,12 +96,20 @@ impl ToolCalls {
         Some(&mut self.open[i])
     }
 
-    /// Opens a call, or adds to its name (streams may send a name in parts).
+    /// Opens a call; its name is the first one a delta gives (providers send it once, some
+    /// repeat it whole in every delta; none splits it).
     pub fn start(&mut self, key: (u32, u32), name: &str, facts: &mut ResponseFacts) {
         if let Some(call) = self.call(key, facts) {
-            if call.name.len() + name.len() <= 256 {
+            if call.name.is_empty() && name.len() <= MAX_TOOL_NAME {
                 call.name.push_str(name);
             }
+        }
+    }
+
+    /// Marks a call whose input is free text (a custom tool), not JSON.
+    pub fn free_form(&mut self, key: (u32, u32)) {
+        if let Some(c) = self.open.iter_mut().find(|c| c.key == key) {
+            c.free_form = true;
         }
     }
 
@@ -119,6 +142,7 @@ impl ToolCalls {
                 let call = self.open.remove(i);
                 self.bytes -= call.arguments.len();
                 let valid = call.overflow
+                    || call.free_form
                     || (empty_is_valid && call.arguments.is_empty())
                     || super::is_json(call.arguments.as_bytes());
                 facts.push_call(ToolCall {
@@ -141,13 +165,13 @@ pub(super) enum StreamState {
 
 enum BodyReader {
     Sse(SseParser),
-    /// Chunks kept (reference counts, not copies) until the body ends; decompressed then if the
-    /// provider compressed them.
+    /// Kept until the body ends; decompressed then if the provider compressed it.
     Json {
-        chunks: Vec<Bytes>,
-        len: usize,
+        body: Collected,
         encoding: Encoding,
     },
+    /// A body of a type no reader reads: judged at the end (an empty one is no problem).
+    OtherType,
     /// Nothing to read (an error status, an unreadable body).
     Skip,
 }
@@ -193,18 +217,12 @@ impl ResponseReader {
                     facts.unparsed(Unparsed::ResponseContentEncoding);
                     BodyReader::Skip
                 } else {
-                    // Judged at the end: an empty body of any type is no problem.
-                    BodyReader::Json {
-                        chunks: Vec::new(),
-                        len: usize::MAX,
-                        encoding: Encoding::Identity,
-                    }
+                    BodyReader::OtherType
                 }
             } else {
                 // JSON, plain or compressed: HTTP clients such as the OpenAI SDKs ask for gzip.
                 BodyReader::Json {
-                    chunks: Vec::new(),
-                    len: 0,
+                    body: Collected::default(),
                     encoding: encoding.unwrap_or(Encoding::Identity),
                 }
             }
@@ -249,18 +267,17 @@ impl ResponseReader {
                 });
                 self.facts.output_chunks - before
             }
-            BodyReader::Json { chunks, len, .. } => {
-                if *len == usize::MAX {
-                    if !chunk.is_empty() {
-                        self.facts.unparsed(Unparsed::ResponseContentType);
-                        self.body = BodyReader::Skip;
-                    }
-                } else if *len + chunk.len() > MAX_INSPECTED_BODY {
+            BodyReader::Json { body, .. } => {
+                if !body.push(chunk) {
                     self.facts.unparsed(Unparsed::ResponseTooLarge);
                     self.body = BodyReader::Skip;
-                } else {
-                    *len += chunk.len();
-                    chunks.push(chunk.clone());
+                }
+                0
+            }
+            BodyReader::OtherType => {
+                if !chunk.is_empty() {
+                    self.facts.unparsed(Unparsed::ResponseContentType);
+                    self.body = BodyReader::Skip;
                 }
                 0
             }
@@ -282,20 +299,8 @@ impl ResponseReader {
                     self.facts.finish_reasons.push(FinishReason::Error);
                 }
             }
-            BodyReader::Json {
-                chunks,
-                len,
-                encoding,
-            } if complete && len != usize::MAX => {
-                let whole = match chunks.len() {
-                    1 => chunks.into_iter().next().unwrap_or_default(),
-                    _ => {
-                        let mut all = Vec::with_capacity(len);
-                        chunks.iter().for_each(|c| all.extend_from_slice(c));
-                        Bytes::from(all)
-                    }
-                };
-                let whole = match encoding.decode(whole) {
+            BodyReader::Json { body, encoding } if complete => {
+                let whole = match encoding.decode(body.into_bytes()) {
                     Ok(w) => w,
                     Err(why) => {
                         self.facts.unparsed(why);
@@ -314,7 +319,7 @@ impl ResponseReader {
                     }
                 }
             }
-            BodyReader::Json { .. } | BodyReader::Skip => {
+            BodyReader::Json { .. } | BodyReader::OtherType | BodyReader::Skip => {
                 if !complete && self.facts.finish_reasons.is_empty() {
                     self.facts.finish_reasons.push(FinishReason::Error);
                 }
@@ -446,6 +451,7 @@ mod tests {
             );
             r.feed(&Bytes::from(e));
         }
+        r.feed(&Bytes::from_static(b"data: [DONE]\n\n"));
         let facts = r.finish(true);
         assert_eq!(facts.tool_calls.len(), MAX_TOOL_CALLS);
         assert_eq!(facts.unparsed, Some(Unparsed::ResponseTooLarge));

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use super::error::ProxyError;
 use super::upload::{RequestBody, Upload};
 use crate::inspect::{
-    hallucinations, parse_request, rewrite::rewrite_model, Format, RequestFacts, ResponseReader,
-    Unparsed, MAX_INSPECTED_BODY,
+    hallucinations, parse_request, rewrite::rewrite_model, Collected, Format, RequestFacts,
+    ResponseReader, Unparsed,
 };
 use crate::sli::{StatusClass, UpstreamOutcome};
 use crate::telemetry::{ErrorType, LlmMetrics, ModelMetrics};
@@ -108,9 +108,14 @@ impl LlmCall {
         now: Instant,
     ) {
         let model = self.model();
+        // A body cut while the upstream was fine: the client left mid-stream.
+        let error = match (complete, outcome) {
+            (false, Some(UpstreamOutcome::Ok)) if self.reader.is_some() => ErrorType::Cancelled,
+            _ => error_type(status, outcome),
+        };
         model.duration(
             self.format.operation_name(),
-            error_type(status, outcome),
+            error,
             now.duration_since(self.received).as_secs_f64(),
         );
         let request = self.upload.as_ref().and_then(|u| u.request.get());
@@ -170,7 +175,7 @@ pub fn streamed_body(
     (body, upload)
 }
 
-/// Reads a request body ahead (up to [`MAX_INSPECTED_BODY`]) to rewrite its `model`. A body too
+/// Reads a request body ahead (up to [`crate::inspect::MAX_INSPECTED_BODY`]) to rewrite its `model`. A body too
 /// large, not JSON, or content-encoded goes on untouched (and is counted as unparsed). The
 /// client's pauses are bounded by `idle`, the whole read by `deadline`. Also returns when the
 /// last chunk read ahead arrived (the sidecar's overhead does not count the wait for it).
@@ -195,42 +200,37 @@ pub async fn rewrite_request(
         );
         return Ok((body, upload, Instant::now()));
     }
-    let mut chunks = VecDeque::new();
-    let mut len = 0;
-    let complete = loop {
+    let mut kept = Collected::default();
+    // A chunk past the limit: the body goes on untouched, this chunk after what was kept.
+    let mut overflow = None;
+    loop {
         let next = (Instant::now() + idle).min(deadline);
         let frame = match tokio::time::timeout_at(next, body.frame()).await {
             Err(_) => return Err(ProxyError::ClientStalled),
-            Ok(None) => break true,
+            Ok(None) => break,
             Ok(Some(Err(source))) => return Err(ProxyError::ClientBody { source }),
             Ok(Some(Ok(frame))) => frame,
         };
         // Trailers on an LLM request have no meaning to the provider; they are dropped.
         if let Ok(data) = frame.into_data() {
-            len += data.len();
-            chunks.push_back(data);
-        }
-        if len > MAX_INSPECTED_BODY {
-            break false;
+            if !kept.push(&data) {
+                overflow = Some(data);
+                break;
+            }
         }
         if http_body::Body::is_end_stream(&body) {
-            break true;
+            break;
         }
-    };
+    }
     let last_chunk = Instant::now();
-    if !complete {
+    if let Some(next) = overflow {
+        let mut chunks = kept.into_chunks();
+        chunks.push_back(next);
         let facts = Err(Unparsed::RequestTooLarge);
         let (body, upload) = RequestBody::buffered(chunks, Some(body), received, facts);
         return Ok((body, upload, last_chunk));
     }
-    let whole = match chunks.len() {
-        1 => chunks.pop_front().unwrap_or_default(),
-        _ => {
-            let mut all = Vec::with_capacity(len);
-            chunks.iter().for_each(|c| all.extend_from_slice(c));
-            Bytes::from(all)
-        }
-    };
+    let whole = kept.into_bytes();
     let (bytes, facts) = match rewrite_model(&whole, model) {
         Ok(rewritten) => {
             let facts = parse_request(format, &rewritten);

@@ -119,7 +119,7 @@ pub async fn handle(
     }
     // An LLM call (a known operation to a provider, on the `llm` role) is inspected on its way.
     let format = match (&upstream.llm, listener.role) {
-        (Some(_), Role::Llm) => Format::of(&parts.method, parts.uri.path()),
+        (Some(_), Role::Llm) => Format::of(&parts.method, parts.uri.path(), upstream.protocol),
         _ => None,
     };
     if let (Some(format), Some(metrics), Some(a)) = (format, &upstream.llm, unanswered.0.as_mut()) {

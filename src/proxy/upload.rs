@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::inspect::{parse_request, Format, RequestFacts, Unparsed, MAX_INSPECTED_BODY};
+use crate::inspect::{parse_request, Collected, Format, RequestFacts, Unparsed};
 
 /// How the upload stands, shared between the body (polled by the upstream connection) and the
 /// request's handler.
@@ -71,11 +71,10 @@ enum Source {
     },
 }
 
-/// Reference counts of an LLM request's chunks, parsed when the upload ends.
+/// An LLM request's chunks, kept to be parsed when the upload ends.
 struct Tap {
     format: Format,
-    chunks: Vec<Bytes>,
-    len: usize,
+    body: Collected,
     too_large: bool,
 }
 
@@ -107,8 +106,7 @@ impl RequestBody {
         let upload = (!inner.is_end_stream()).then(|| new_upload(started));
         let tap = tap.filter(|_| upload.is_some()).map(|format| Tap {
             format,
-            chunks: Vec::new(),
-            len: 0,
+            body: Collected::default(),
             too_large: false,
         });
         (
@@ -151,12 +149,8 @@ impl RequestBody {
         };
         let facts = if tap.too_large {
             Err(Unparsed::RequestTooLarge)
-        } else if tap.chunks.len() == 1 {
-            parse_request(tap.format, &tap.chunks[0])
         } else {
-            let mut whole = Vec::with_capacity(tap.len);
-            tap.chunks.iter().for_each(|c| whole.extend_from_slice(c));
-            parse_request(tap.format, &whole)
+            parse_request(tap.format, &tap.body.into_bytes())
         };
         let _ = upload.request.set(facts);
     }
@@ -213,12 +207,9 @@ impl Body for RequestBody {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
-                        if tap.len + data.len() > MAX_INSPECTED_BODY {
+                        if !tap.too_large && !tap.body.push(data) {
                             tap.too_large = true;
-                            tap.chunks = Vec::new();
-                        } else if !tap.too_large {
-                            tap.len += data.len();
-                            tap.chunks.push(data.clone());
+                            tap.body = Collected::default();
                         }
                     }
                     // hyper stops polling a body that says it has ended: this may be the last call.

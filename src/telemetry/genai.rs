@@ -40,12 +40,18 @@ pub const GEN_AI_TOKEN_BUCKETS: &[f64] = &[
 ];
 
 /// The model names used as label values: the first `max` distinct ones as they are, later ones
-/// as `other`, so a client sending random model names cannot blow up the series count.
+/// (and names longer than [`MAX_MODEL_NAME`]) as `other`, so a client sending random or huge
+/// model names cannot blow up the series count or the exposition. `unknown` (no model named)
+/// takes no slot.
 pub struct ModelLabels {
     max: usize,
     seen: RwLock<HashMap<String, Arc<str>>>,
     other: Arc<str>,
+    unknown: Arc<str>,
 }
+
+/// Longest model name used as a label value; real ones are well under 100 bytes.
+pub const MAX_MODEL_NAME: usize = 128;
 
 pub const DEFAULT_MAX_MODEL_LABELS: usize = 50;
 
@@ -55,10 +61,18 @@ impl ModelLabels {
             max,
             seen: RwLock::new(HashMap::new()),
             other: Arc::from("other"),
+            unknown: Arc::from("unknown"),
         }
     }
 
-    pub fn label(&self, model: &str) -> Arc<str> {
+    /// The label for a request's model (`None`: it named none, or could not be read).
+    pub fn label(&self, model: Option<&str>) -> Arc<str> {
+        let Some(model) = model else {
+            return self.unknown.clone();
+        };
+        if model.len() > MAX_MODEL_NAME {
+            return self.other.clone();
+        }
         if let Ok(seen) = self.seen.read() {
             if let Some(l) = seen.get(model) {
                 return l.clone();
@@ -178,7 +192,7 @@ impl LlmMetrics {
 
     /// The handles for a model (`None`: the request named none, or could not be read).
     pub fn model(&self, model: Option<&str>) -> Arc<ModelMetrics> {
-        let model = self.models.label(model.unwrap_or("unknown"));
+        let model = self.models.label(model);
         if let Some(m) = self
             .by_model
             .read()
@@ -291,9 +305,11 @@ mod tests {
     #[test]
     fn model_labels_are_bounded() {
         let m = ModelLabels::new(2);
-        assert_eq!(&*m.label("a"), "a");
-        assert_eq!(&*m.label("b"), "b");
-        assert_eq!(&*m.label("c"), "other");
-        assert_eq!(&*m.label("a"), "a");
+        assert_eq!(&*m.label(None), "unknown");
+        assert_eq!(&*m.label(Some("a")), "a");
+        assert_eq!(&*m.label(Some(&"x".repeat(MAX_MODEL_NAME + 1))), "other");
+        assert_eq!(&*m.label(Some("b")), "b");
+        assert_eq!(&*m.label(Some("c")), "other");
+        assert_eq!(&*m.label(Some("a")), "a");
     }
 }

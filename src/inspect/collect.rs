@@ -1,0 +1,110 @@
+//! A body kept for reading once it is whole, within [`MAX_INSPECTED_BODY`].
+//!
+//! Large chunks are kept as reference counts (no copy); small ones are copied into one buffer,
+//! so that a body sent as a million 1-byte chunks costs its bytes, not a million handles each
+//! pinning a network read buffer.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use super::MAX_INSPECTED_BODY;
+
+/// Chunks at least this big are kept by reference.
+const SHARE_AT: usize = 4096;
+
+#[derive(Default)]
+pub struct Collected {
+    chunks: VecDeque<Bytes>,
+    tail: BytesMut,
+    len: usize,
+}
+
+impl Collected {
+    /// Adds a chunk; `false` (and nothing added) when the body would pass the limit.
+    pub fn push(&mut self, chunk: &Bytes) -> bool {
+        if self.len + chunk.len() > MAX_INSPECTED_BODY {
+            return false;
+        }
+        self.len += chunk.len();
+        if chunk.len() >= SHARE_AT {
+            self.flush();
+            self.chunks.push_back(chunk.clone());
+        } else {
+            self.tail.extend_from_slice(chunk);
+        }
+        true
+    }
+
+    fn flush(&mut self) {
+        if !self.tail.is_empty() {
+            self.chunks.push_back(self.tail.split().freeze());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The body in one piece (copied only when it is in more than one).
+    pub fn into_bytes(mut self) -> Bytes {
+        self.flush();
+        match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.pop_front().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.len);
+                self.chunks.iter().for_each(|c| all.extend_from_slice(c));
+                all.freeze()
+            }
+        }
+    }
+
+    /// The body as chunks, same bytes in the same order (to send on).
+    pub fn into_chunks(mut self) -> VecDeque<Bytes> {
+        self.flush();
+        self.chunks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_chunks_are_copied_together_and_big_ones_shared() {
+        let mut c = Collected::default();
+        for _ in 0..10_000 {
+            assert!(c.push(&Bytes::from_static(b"x")));
+        }
+        let big = Bytes::from(vec![b'y'; 8192]);
+        assert!(c.push(&big));
+        assert!(c.push(&Bytes::from_static(b"z")));
+        assert_eq!(c.len(), 10_000 + 8192 + 1);
+        let chunks = c.into_chunks();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(
+            chunks[1].as_ptr(),
+            big.as_ptr(),
+            "the big chunk is not copied"
+        );
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(&all[..10_000], &[b'x'; 10_000][..]);
+        assert_eq!(all.last(), Some(&b'z'));
+    }
+
+    #[test]
+    fn the_limit_holds() {
+        let mut c = Collected::default();
+        let chunk = Bytes::from(vec![0u8; 1 << 20]);
+        for _ in 0..4 {
+            assert!(c.push(&chunk));
+        }
+        assert!(!c.push(&Bytes::from_static(b"1")));
+        assert_eq!(c.len(), MAX_INSPECTED_BODY);
+    }
+}
