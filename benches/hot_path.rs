@@ -102,5 +102,43 @@ fn metrics_bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, headers_bench, metrics_bench);
+/// The circuit breaker on every call: admission and the outcome fed back, alone and from two
+/// threads at once on one upstream's breaker.
+fn breaker_bench(c: &mut Criterion) {
+    use sloguard::upstream::breaker::{BreakerConfig, CircuitBreaker, Outcome};
+    let ok = Outcome::default();
+    let b = CircuitBreaker::new(BreakerConfig::default(), 1);
+    c.bench_function("breaker/admit_and_record", |bench| {
+        bench.iter(|| {
+            let now = tokio::time::Instant::now();
+            let (ticket, _) = b.admit(black_box(now));
+            if let Some(t) = ticket {
+                black_box(b.record(t, ok, now));
+            }
+        })
+    });
+    let mut group = c.benchmark_group("breaker/contended");
+    group.bench_function("admit_and_record_2_threads", |bench| {
+        bench.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..iters {
+                            let now = tokio::time::Instant::now();
+                            let (ticket, _) = b.admit(black_box(now));
+                            if let Some(t) = ticket {
+                                black_box(b.record(t, ok, now));
+                            }
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, headers_bench, metrics_bench, breaker_bench);
 criterion_main!(benches);

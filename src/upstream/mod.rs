@@ -1,6 +1,7 @@
 //! Upstreams: where a route sends requests, the pooled client that reaches them, and the
 //! timeouts that bound an attempt.
 
+pub mod breaker;
 mod client;
 pub mod keys;
 pub mod pool;
