@@ -80,6 +80,7 @@ impl Sidecar {
             Arc::new(AdminState {
                 telemetry: telemetry.clone(),
                 ready: ready.clone(),
+                snapshot: state.clone(),
             }),
             admin_stop.subscribe(),
         ))];

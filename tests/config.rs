@@ -110,15 +110,61 @@ fn sections_this_build_does_not_act_on_are_refused() {
         "{e}"
     );
     let e = error_of(&BASE.replace(
-        "    url: http://127.0.0.1:8000\n",
-        "    url: http://127.0.0.1:8000\n    circuit_breaker: {consecutive_failures: 5}\n",
+        "    upstreams: [agent]\n",
+        "    upstreams: [agent]\n    cache: {max_entries: 10}\n",
     ));
     assert!(
-        e.starts_with(
-            "bad.yaml:13: upstreams.agent.circuit_breaker: `circuit_breaker` is not supported"
-        ),
+        e.starts_with("bad.yaml:10: routes.agent.cache: `cache` is not supported"),
         "{e}"
     );
+}
+
+#[test]
+fn circuit_breaker_values_are_checked_by_key() {
+    let with = |cb: &str| {
+        BASE.replace(
+            "    url: http://127.0.0.1:8000\n",
+            &format!("    url: http://127.0.0.1:8000\n    circuit_breaker: {cb}\n"),
+        )
+    };
+    let ok = Config::parse(
+        "t.yaml",
+        &with("{consecutive_failures: 2, slow_call: {threshold: 5s}}"),
+    )
+    .unwrap();
+    let cb = ok.upstreams["agent"].circuit_breaker.clone().unwrap();
+    assert_eq!(
+        (
+            cb.consecutive_failures,
+            cb.min_requests,
+            cb.half_open_probes
+        ),
+        (2, 20, 3)
+    );
+    assert_eq!(cb.slow_call.unwrap().rate, 0.8);
+    for (cb, want) in [
+        (
+            "{failure_rate: 1.5}",
+            "upstreams.agent.circuit_breaker.failure_rate: must be above 0 and at most 1",
+        ),
+        (
+            "{half_open_probes: 0}",
+            "upstreams.agent.circuit_breaker.half_open_probes: must be at least 1",
+        ),
+        (
+            "{open_for: 10m}",
+            "upstreams.agent.circuit_breaker.max_open_for: must be at least open_for",
+        ),
+        (
+            "{slow_call: {threshold: 1s, rate: 0}}",
+            "upstreams.agent.circuit_breaker.slow_call.rate: must be above 0 and at most 1",
+        ),
+    ] {
+        let e = error_of(&with(cb));
+        assert!(e.contains(want), "{cb}: {e}");
+    }
+    let e = error_of(&with("{consecutive: 5}"));
+    assert!(e.contains("unknown field `consecutive`"), "{e}");
 }
 
 #[test]
@@ -179,11 +225,11 @@ fn an_empty_section_this_build_does_not_act_on_is_refused_too() {
         );
     }
     let e = error_of(&BASE.replace(
-        "    url: http://127.0.0.1:8000\n",
-        "    url: http://127.0.0.1:8000\n    circuit_breaker:\n",
+        "    upstreams: [agent]\n",
+        "    upstreams: [agent]\n    fallback_on:\n",
     ));
     assert!(
-        e.contains("upstreams.agent.circuit_breaker: `circuit_breaker` is not supported"),
+        e.contains("routes.agent.fallback_on: `fallback_on` is not supported"),
         "{e}"
     );
 }

@@ -1,4 +1,4 @@
-//! The admin port: `/metrics`, `/healthz`, `/readyz`.
+//! The admin port: `/metrics`, `/healthz`, `/readyz`, `/circuits`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +21,7 @@ pub struct AdminState {
     pub telemetry: Telemetry,
     /// True once the config is loaded and every listener is bound; false again while draining.
     pub ready: Arc<AtomicBool>,
+    pub snapshot: Arc<arc_swap::ArcSwap<crate::proxy::Snapshot>>,
 }
 
 pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
@@ -72,6 +73,7 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/circuits" => circuits(state),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
@@ -85,6 +87,46 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "no such admin endpoint",
         )),
     }
+}
+
+/// Every upstream's circuit: `{"upstreams": [{"name", "state", "consecutive_failures",
+/// "last_trip_reason", "half_open_in_seconds"}]}`. An upstream without a breaker is always
+/// `closed`.
+fn circuits(state: &AdminState) -> Response<Full<Bytes>> {
+    let now = tokio::time::Instant::now();
+    let snap = state.snapshot.load();
+    let upstreams: Vec<serde_json::Value> = snap
+        .upstreams
+        .values()
+        .map(|u| match &u.breaker {
+            Some(b) => {
+                let v = b.breaker.view(now);
+                serde_json::json!({
+                    "name": u.name,
+                    "state": v.state.as_str(),
+                    "forced": v.forced,
+                    "consecutive_failures": v.consecutive_failures,
+                    "last_trip_reason": v.last_trip_reason.map(|r| r.as_str()),
+                    "half_open_in_seconds": v.half_open_in.map(|d| d.as_secs_f64()),
+                })
+            }
+            None => serde_json::json!({
+                "name": u.name,
+                "state": "closed",
+                "forced": false,
+                "consecutive_failures": 0,
+                "last_trip_reason": null,
+                "half_open_in_seconds": null,
+            }),
+        })
+        .collect();
+    let body = serde_json::json!({ "upstreams": upstreams }).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

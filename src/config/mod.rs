@@ -220,8 +220,99 @@ pub struct UpstreamConfig {
     /// Rewrites the request body's `model` for this upstream.
     #[serde(default)]
     pub model: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    pub circuit_breaker: Option<Present>,
+    /// Skips this upstream while it fails (see `upstream::breaker`).
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+}
+
+/// `upstreams.*.circuit_breaker`; defaults as in the contract.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_failure_rate")]
+    pub failure_rate: f64,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "default_window")]
+    pub window: ConfigDuration,
+    #[serde(default = "default_open_for")]
+    pub open_for: ConfigDuration,
+    #[serde(default = "default_max_open_for")]
+    pub max_open_for: ConfigDuration,
+    #[serde(default = "default_probes")]
+    pub half_open_probes: u32,
+    #[serde(default)]
+    pub slow_call: Option<SlowCallConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowCallConfig {
+    /// A call whose response head comes later than this is slow.
+    pub threshold: ConfigDuration,
+    /// The slow share of the window that opens the circuit.
+    #[serde(default = "default_slow_rate")]
+    pub rate: f64,
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_failure_rate() -> f64 {
+    0.5
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_window() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+fn default_open_for() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+fn default_max_open_for() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(300))
+}
+fn default_probes() -> u32 {
+    3
+}
+fn default_slow_rate() -> f64 {
+    0.8
+}
+
+impl CircuitBreakerConfig {
+    /// Checks the values; the error is `(key under circuit_breaker, message)`.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let ratio = |v: f64| v > 0.0 && v <= 1.0;
+        if self.consecutive_failures == 0 {
+            return Err(("consecutive_failures", "must be at least 1".into()));
+        }
+        if !ratio(self.failure_rate) {
+            return Err(("failure_rate", "must be above 0 and at most 1".into()));
+        }
+        if self.half_open_probes == 0 {
+            return Err(("half_open_probes", "must be at least 1".into()));
+        }
+        for (key, d) in [("window", self.window), ("open_for", self.open_for)] {
+            if d.0.is_zero() {
+                return Err((key, "must be greater than zero".into()));
+            }
+        }
+        if self.max_open_for.0 < self.open_for.0 {
+            return Err(("max_open_for", "must be at least open_for".into()));
+        }
+        if let Some(slow) = &self.slow_call {
+            if slow.threshold.0.is_zero() {
+                return Err(("slow_call.threshold", "must be greater than zero".into()));
+            }
+            if !ratio(slow.rate) {
+                return Err(("slow_call.rate", "must be above 0 and at most 1".into()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// TLS settings of an `https://` upstream.
@@ -472,8 +563,9 @@ impl Config {
                 }
                 Ok(_) => {}
             }
-            if up.circuit_breaker.is_some() {
-                return not_yet(&format!("{base}.circuit_breaker"), "`circuit_breaker`");
+            if let Some(cb) = &up.circuit_breaker {
+                cb.check()
+                    .map_err(|(key, msg)| (format!("{base}.circuit_breaker.{key}"), msg))?;
             }
             if up.protocol == Protocol::None {
                 if up.api_keys_file.is_some() {

@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use super::llm::LlmCall;
 use super::state::ListenerState;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
-use crate::upstream::Lease;
+use crate::upstream::{Lease, Outcome, Ticket};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -39,6 +39,15 @@ pub struct Accounting {
     pub first_byte_sent: bool,
     /// The LLM call this request is, on the `llm` role.
     pub llm: Option<Box<LlmCall>>,
+    /// The circuit breaker's admission of the attempt: fed its outcome when it is counted.
+    pub breaker: Option<BreakerTicket>,
+}
+
+/// A breaker admission and what the response head said about the call.
+pub struct BreakerTicket {
+    pub ticket: Ticket,
+    pub slow: bool,
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Accounting {
@@ -72,6 +81,24 @@ impl Accounting {
     fn count(mut self, now: Instant, complete: bool) {
         if let Some(call) = self.llm.take() {
             call.finish(complete, self.status, self.outcome, now);
+        }
+        if let (Some(t), Some(b)) = (self.breaker.take(), &self.listener.upstream.breaker) {
+            match self.outcome {
+                // No attempt to judge (the client left or broke its request): a probe's slot
+                // goes back.
+                None => b.cancel(t.ticket),
+                Some(o) => b.record(
+                    t.ticket,
+                    Outcome {
+                        failed: o != UpstreamOutcome::Ok,
+                        slow: t.slow,
+                        retry_after: t
+                            .retry_after
+                            .filter(|_| o == UpstreamOutcome::TooManyRequests),
+                    },
+                    now,
+                ),
+            }
         }
         let l = &self.listener;
         l.metrics.count_request(self.status, self.cause);

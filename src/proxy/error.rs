@@ -43,6 +43,9 @@ pub enum ProxyError {
     Method { method: http::Method },
     #[error("the request could not be addressed to upstream {upstream}: {reason}")]
     Internal { upstream: String, reason: String },
+    /// The upstream's circuit breaker is open: it is skipped without a connection attempt.
+    #[error("upstream {upstream} is failing; its circuit is open")]
+    CircuitOpen { upstream: String },
 }
 
 impl ProxyError {
@@ -73,6 +76,7 @@ impl ProxyError {
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientStalled => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -85,6 +89,7 @@ impl ProxyError {
             ProxyError::ClientBody { .. } => "bad_request",
             ProxyError::Method { .. } => "method_not_allowed",
             ProxyError::ClientStalled => "request_timeout",
+            ProxyError::CircuitOpen { .. } => "circuit_open",
         }
     }
 
@@ -98,7 +103,8 @@ impl ProxyError {
             ProxyError::Internal { .. }
             | ProxyError::ClientBody { .. }
             | ProxyError::ClientStalled
-            | ProxyError::Method { .. } => None,
+            | ProxyError::Method { .. }
+            | ProxyError::CircuitOpen { .. } => None,
         }
     }
 

@@ -7,43 +7,49 @@
 //! 1. **Take the snapshot's listener state** (one reference count): the request finishes on the
 //!    config it started with, whatever a reload does meanwhile.
 //! 2. **Note the arrival time**: every latency the SLIs report starts here.
-//! 3. **Recognise an LLM call** ([`Format::of`]): on the `llm` role, to an upstream with a
+//! 3. **Ask the circuit breaker** ([`crate::upstream::UpstreamBreaker`]): an upstream whose
+//!    circuit is open gets no request at all — 503 `circuit_open` at once, before any work is
+//!    spent; an admitted call carries its ticket to the end, where its outcome is fed back.
+//! 4. **Recognise an LLM call** ([`Format::of`]): on the `llm` role, to an upstream with a
 //!    protocol, a `POST` to a chat-completions, responses or messages path. Decided before
 //!    anything is sent, so that the call is counted (duration, finish reason) even when it fails
 //!    before an answer.
-//! 4. **Address the upstream**: its path prefix, then the client's path and query (origin
+//! 5. **Address the upstream**: its path prefix, then the client's path and query (origin
 //!    form; the connection pool adds scheme and authority where h2 needs them). Nothing else of
 //!    the client's URI is trusted.
-//! 5. **Rewrite headers** ([`headers::prepare_request`]): hop-by-hop headers go, `Host` becomes
+//! 6. **Rewrite headers** ([`headers::prepare_request`]): hop-by-hop headers go, `Host` becomes
 //!    the upstream's, `x-forwarded-for`/`-proto` are added. Done before sending because the
 //!    upstream must never see this hop's connection headers.
-//! 6. **Inject the provider key** ([`crate::upstream::KeyRing::inject`]): the client's key
-//!    headers go, the sidecar's key goes in. After step 5 so that nothing later re-adds a key.
-//! 7. **Rewrite the model, or tap the body** ([`llm::rewrite_request`],
+//! 7. **Inject the provider key** ([`crate::upstream::KeyRing::inject`]): the client's key
+//!    headers go, the sidecar's key goes in. After step 6 so that nothing later re-adds a key.
+//! 8. **Rewrite the model, or tap the body** ([`llm::rewrite_request`],
 //!    [`llm::streamed_body`]): with
 //!    `model` configured the body must be read ahead to change it; otherwise it streams, and the
 //!    request facts (model, stream, tools) are read from reference counts of its chunks when the
-//!    upload ends — the provider answers only after that, so the facts are there for step 11.
-//! 8. **Send, bounded by `first_byte`** (and `total`): the body streams from the client to the
+//!    upload ends — the provider answers only after that, so the facts are there for step 13.
+//! 9. **Send, bounded by `first_byte`** (and `total`): the body streams from the client to the
 //!    upstream as the upstream reads it — backpressure, no buffering — through a
 //!    [`RequestBody`] that notes how the upload goes, so that a late head is charged to the
 //!    upstream only when the upstream is the one being waited on. `connect` bounds TCP and TLS
 //!    set-up inside the connection pool.
-//! 9. **Classify a failure before the head** ([`ProxyError`]): connect error → 502
+//! 10. **Classify a failure before the head** ([`ProxyError`]): connect error → 502
 //!    `upstream_unavailable`, no head in time → 504 `upstream_timeout`; the attempt is counted
 //!    with its outcome.
-//! 10. **Read the response head**: a 401 to an injected key moves the upstream to its next key;
-//!     an LLM call gets its response reader (by content type). Then hop-by-hop headers go and
+//! 11. **Read the response head**: the breaker notes a slow head and a 429's `Retry-After`;
+//!     a 401 to an injected key moves the upstream to its next key; an LLM call gets its
+//!     response reader (by content type). Then hop-by-hop headers go and
 //!     `x-sloguard-upstream` is added ([`headers::prepare_response`]).
-//! 11. **Record the sidecar's overhead** (steps 3–7 plus 10, less any wait for the client's body
+//! 12. **Record the sidecar's overhead** (steps 3–8 plus 11, less any wait for the client's body
 //!     while reading it ahead): its own time, apart from the upstream's.
-//! 12. **Stream the body back** ([`ProxyBody`]): frame by frame as the upstream sends it (SSE
+//! 13. **Stream the body back** ([`ProxyBody`]): frame by frame as the upstream sends it (SSE
 //!     events reach the client as they are produced), each data frame shown to the LLM reader
 //!     on its way (output-chunk timings recorded as they happen); `idle` and `total` end a
 //!     stalled stream; when the last byte is out (or the client leaves) the request is counted
 //!     once: `agent_requests_total`, `agent_response_seconds`,
 //!     `agent_time_to_first_byte_seconds`, `sloguard_upstream_requests_total`, and for an LLM
-//!     call the GenAI duration, tokens, finish reasons, tool-call checks and unparsed bodies.
+//!     call the GenAI duration, tokens, finish reasons, tool-call checks and unparsed bodies;
+//!     the circuit breaker is fed the attempt's outcome (a client that left gives a probe's
+//!     slot back).
 
 pub mod body;
 pub mod error;
@@ -60,7 +66,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-pub use body::{Accounting, BodyError, ProxyBody};
+pub use body::{Accounting, BodyError, BreakerTicket, ProxyBody};
 pub use error::{error_response, ProxyError};
 pub use state::{ListenerState, Snapshot};
 pub use upload::{RequestBody, Upload, UploadState};
@@ -108,6 +114,7 @@ pub async fn handle(
         first_byte_sent: false,
         listener: listener.clone(),
         llm: None,
+        breaker: None,
     }));
 
     let (mut parts, body) = req.into_parts();
@@ -124,6 +131,26 @@ pub async fn handle(
     };
     if let (Some(format), Some(metrics), Some(a)) = (format, &upstream.llm, unanswered.0.as_mut()) {
         a.llm = Some(Box::new(LlmCall::new(metrics.clone(), format, received)));
+    }
+    // An upstream whose circuit is open is skipped before any work is spent on the request.
+    if let Some(b) = &upstream.breaker {
+        match b.admit(received) {
+            Some(ticket) => {
+                if let Some(a) = unanswered.0.as_mut() {
+                    a.breaker = Some(BreakerTicket {
+                        ticket,
+                        slow: false,
+                        retry_after: None,
+                    });
+                }
+            }
+            None => {
+                let err = ProxyError::CircuitOpen {
+                    upstream: upstream.name.clone(),
+                };
+                return local_error(err, &listener, unanswered.0.take());
+            }
+        }
     }
     parts.uri = match upstream_uri(&upstream.url, &parts.uri) {
         Ok(uri) => uri,
@@ -230,6 +257,12 @@ pub async fn handle(
         if let Some(call) = a.llm.as_mut() {
             call.response(status, &parts.headers);
         }
+        if let (Some(t), Some(b)) = (a.breaker.as_mut(), &upstream.breaker) {
+            t.slow = b
+                .slow_after
+                .is_some_and(|s| head_at.duration_since(sent) > s);
+            t.retry_after = retry_after(&parts.headers);
+        }
     }
     headers::prepare_response(&mut parts.headers, &upstream.header_value);
     let body = ProxyBody::upstream(body, lease, account, timeouts.idle.0, total_deadline);
@@ -239,6 +272,19 @@ pub async fn handle(
             .as_secs_f64(),
     );
     Response::from_parts(parts, body)
+}
+
+/// A `Retry-After` in seconds (the form providers send; an HTTP date is not read), at most an
+/// hour: a provider's typo must not hold a circuit open for days.
+fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs(secs.min(3600)))
 }
 
 /// Answers with a proxy-made error, counted like any other response.

@@ -29,6 +29,8 @@ pub const UPSTREAM_REQUESTS_TOTAL: &str = "sloguard_upstream_requests_total";
 pub const OVERHEAD_SECONDS: &str = "sloguard_overhead_seconds";
 pub const CONNECTION_ERRORS_TOTAL: &str = "sloguard_client_connection_errors_total";
 pub const BUILD_INFO: &str = "sloguard_build_info";
+pub const CIRCUIT_STATE: &str = "sloguard_circuit_state";
+pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "sloguard_circuit_transitions_total";
 
 /// Request latency of an agent or an LLM call: from a few milliseconds (a cached or failed call)
 /// to minutes (a long generation). Denser around 0.1–10 s, where agent latency SLOs sit; every
@@ -185,6 +187,18 @@ impl Telemetry {
             0,
         );
         d(
+            CIRCUIT_STATE,
+            None,
+            "An upstream's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            2,
+        );
+        d(
+            CIRCUIT_TRANSITIONS_TOTAL,
+            None,
+            "Circuit breaker state changes, by the state entered and why.",
+            0,
+        );
+        d(
             BUILD_INFO,
             None,
             "Always 1; the version label says which sloguard runs.",
@@ -227,7 +241,7 @@ impl Default for Telemetry {
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
 
-fn label(key: &'static str, value: &str) -> Label {
+pub(crate) fn label(key: &'static str, value: &str) -> Label {
     Label::new(key, value.to_owned())
 }
 

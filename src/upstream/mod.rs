@@ -11,11 +11,16 @@ use std::time::Duration;
 
 use http::{HeaderValue, Uri};
 
+pub use breaker::{BreakerConfig, CircuitBreaker, Force, Outcome, Ticket, Transition};
 pub use client::{build_connector, load_ca_file};
 pub use keys::{KeyFileError, KeyRing};
 pub use pool::{ConnectionPool, Lease, SendError};
 
-use crate::config::{parse_upstream_url, Protocol, Timeouts, UpstreamConfig, UpstreamUrl};
+use tokio::time::Instant;
+
+use crate::config::{
+    parse_upstream_url, CircuitBreakerConfig, Protocol, Timeouts, UpstreamConfig, UpstreamUrl,
+};
 use crate::telemetry::{
     KeyMetrics, LlmMetrics, LogLimiter, ModelLabels, Telemetry, UpstreamMetrics,
 };
@@ -47,6 +52,108 @@ pub struct Upstream {
     pub keys: Option<Arc<KeyRing>>,
     /// The model requests to this upstream ask for (`model`), rewritten into the body.
     pub model: Option<Arc<str>>,
+    /// Skips this upstream while it fails (`circuit_breaker`).
+    pub breaker: Option<UpstreamBreaker>,
+}
+
+/// An upstream's circuit breaker with the handles its transitions are counted with.
+pub struct UpstreamBreaker {
+    pub breaker: CircuitBreaker,
+    /// `slow_call.threshold`: a response head later than this makes the call slow.
+    pub slow_after: Option<Duration>,
+    name: String,
+    state: metrics::Gauge,
+    transitions: Vec<(Transition, metrics::Counter)>,
+}
+
+impl UpstreamBreaker {
+    fn new(
+        name: &str,
+        config: &CircuitBreakerConfig,
+        agent: &str,
+        t: &Telemetry,
+    ) -> UpstreamBreaker {
+        use crate::telemetry::{label, CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL};
+        use breaker::{CircuitState as S, TransitionReason as R};
+        let slow = config.slow_call.as_ref().map(|s| (s.threshold.0, s.rate));
+        let settings = BreakerConfig {
+            consecutive_failures: config.consecutive_failures,
+            failure_rate: config.failure_rate,
+            min_requests: config.min_requests,
+            window: config.window.0,
+            open_for: config.open_for.0,
+            max_open_for: config.max_open_for.0,
+            half_open_probes: config.half_open_probes,
+            slow_call: slow,
+            jitter: 0.1,
+        };
+        // Seeded per process and upstream, so that sidecars started together open for
+        // different lengths.
+        let seed = std::process::id() as u64
+            ^ name
+                .bytes()
+                .fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+        let base = || vec![label("agent", agent), label("upstream", name)];
+        let transitions = [
+            (S::Open, R::Consecutive),
+            (S::Open, R::Rate),
+            (S::Open, R::SlowCall),
+            (S::Open, R::RetryAfter),
+            (S::Open, R::ProbeFailed),
+            (S::Open, R::Forced),
+            (S::HalfOpen, R::Elapsed),
+            (S::Closed, R::ProbeOk),
+            (S::Closed, R::Forced),
+        ]
+        .into_iter()
+        .map(|(to, reason)| {
+            let mut labels = base();
+            labels.push(metrics::Label::from_static_parts("to", to.as_str()));
+            labels.push(metrics::Label::from_static_parts("reason", reason.as_str()));
+            (
+                Transition { to, reason },
+                t.counter(CIRCUIT_TRANSITIONS_TOTAL, labels),
+            )
+        })
+        .collect();
+        let state = t.gauge(CIRCUIT_STATE, base());
+        state.set(0.0);
+        UpstreamBreaker {
+            breaker: CircuitBreaker::new(settings, seed),
+            slow_after: slow.map(|(threshold, _)| threshold),
+            name: name.to_owned(),
+            state,
+            transitions,
+        }
+    }
+
+    /// Lets a call through, or `None` while the circuit is open.
+    pub fn admit(&self, now: Instant) -> Option<Ticket> {
+        let (ticket, transition) = self.breaker.admit(now);
+        self.note(transition);
+        ticket
+    }
+
+    pub fn record(&self, ticket: Ticket, outcome: Outcome, now: Instant) {
+        self.note(self.breaker.record(ticket, outcome, now));
+    }
+
+    pub fn cancel(&self, ticket: Ticket) {
+        self.breaker.cancel(ticket);
+    }
+
+    pub fn force(&self, force: Force, now: Instant) {
+        self.note(self.breaker.force(force, now));
+    }
+
+    fn note(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        self.state.set(t.to as u8 as f64);
+        if let Some((_, c)) = self.transitions.iter().find(|(k, _)| *k == t) {
+            c.increment(1);
+        }
+        tracing::warn!(upstream = %self.name, to = t.to.as_str(), reason = t.reason.as_str(), "circuit breaker changed state");
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +233,12 @@ impl Upstream {
                 models.clone(),
             ))
         });
+        let breaker = config
+            .circuit_breaker
+            .as_ref()
+            .map(|c| UpstreamBreaker::new(name, c, agent, telemetry));
         Ok(Upstream {
+            breaker,
             llm,
             keys,
             model: config.model.as_deref().map(Arc::from),

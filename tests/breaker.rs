@@ -1,0 +1,155 @@
+//! The circuit breaker end to end: a real upstream that fails on command, the sidecar in front,
+//! assertions on what the client gets, on how many requests reached the upstream, on `/circuits`
+//! and on `/metrics`.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use sloguard::sim::{self, SimServer};
+use sloguard::{Config, Sidecar};
+
+/// An upstream answering with the status `status` holds (429s with `Retry-After: 5`), counting
+/// the requests that reach it.
+async fn switchable() -> (SimServer, Arc<AtomicU16>, Arc<AtomicU32>) {
+    let status = Arc::new(AtomicU16::new(500));
+    let hits = Arc::new(AtomicU32::new(0));
+    let (s, h) = (status.clone(), hits.clone());
+    let server = sim::serve(LOOPBACK, move |_req| {
+        let (s, h) = (s.clone(), h.clone());
+        async move {
+            h.fetch_add(1, Ordering::SeqCst);
+            let code = StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
+            let mut r: Response<sim::SimBody> = Response::new(sim::full("{}"));
+            *r.status_mut() = code;
+            if code == StatusCode::TOO_MANY_REQUESTS {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            r
+        }
+    })
+    .await
+    .unwrap();
+    (server, status, hits)
+}
+
+async fn sidecar(url: &str) -> Sidecar {
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
+routes:
+  main: {{upstreams: [provider]}}
+upstreams:
+  provider:
+    url: {url}
+    circuit_breaker: {{consecutive_failures: 3, open_for: 1s, max_open_for: 4s, half_open_probes: 1}}
+"
+    );
+    Sidecar::start(Config::parse("test", &yaml).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn status_of(sidecar: &Sidecar) -> (StatusCode, Option<HeaderValue>) {
+    let resp = client()
+        .request(
+            Request::post(proxy_url(sidecar, "/v1/chat/completions"))
+                .body(full("{}"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let err = resp.headers().get("x-sloguard-error").cloned();
+    let status = resp.status();
+    let _ = body_bytes(resp).await;
+    (status, err)
+}
+
+async fn circuits(sidecar: &Sidecar) -> serde_json::Value {
+    let resp = get(
+        &client(),
+        &format!("http://{}/circuits", sidecar.admin_addr),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).unwrap();
+    v["upstreams"][0].clone()
+}
+
+#[tokio::test]
+async fn failures_open_the_circuit_a_probe_closes_it() {
+    let (up, status, hits) = switchable().await;
+    let sidecar = sidecar(&up.url()).await;
+    for _ in 0..3 {
+        assert_eq!(
+            status_of(&sidecar).await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    // Open: answered by the sidecar, the upstream not reached.
+    for _ in 0..5 {
+        let (code, err) = status_of(&sidecar).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.unwrap(), "circuit_open");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    let c = circuits(&sidecar).await;
+    assert_eq!(c["name"], "provider");
+    assert_eq!(c["state"], "open");
+    assert_eq!(c["consecutive_failures"], 3);
+    assert_eq!(c["last_trip_reason"], "consecutive");
+    let wait = c["half_open_in_seconds"].as_f64().unwrap();
+    assert!(wait > 0.0 && wait <= 1.1, "{wait}");
+
+    // The provider recovers; after the open period one probe goes through and closes it.
+    status.store(200, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
+    assert_eq!(circuits(&sidecar).await["state"], "closed");
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
+
+    let m = metrics_when(&sidecar, |m| {
+        metric(m, "sloguard_circuit_transitions_total", &[("to", "closed")]) >= 1.0
+    })
+    .await;
+    let t = "sloguard_circuit_transitions_total";
+    expect_metric(&m, t, &[("to", "open"), ("reason", "consecutive")], 1.0);
+    expect_metric(&m, t, &[("to", "half_open"), ("reason", "elapsed")], 1.0);
+    expect_metric(&m, t, &[("to", "closed"), ("reason", "probe_ok")], 1.0);
+    expect_metric(
+        &m,
+        "sloguard_circuit_state",
+        &[("upstream", "provider")],
+        0.0,
+    );
+    // The refused calls are the provider's failures for the agent, and no attempts.
+    expect_metric(
+        &m,
+        "agent_requests_total",
+        &[("status", "5xx"), ("cause", "upstream")],
+        8.0,
+    );
+    expect_metric(&m, "sloguard_upstream_requests_total", &[], 4.0);
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_opens_the_circuit_at_once_for_that_long() {
+    let (up, status, hits) = switchable().await;
+    let sidecar = sidecar(&up.url()).await;
+    status.store(429, Ordering::SeqCst);
+    assert_eq!(status_of(&sidecar).await.0, StatusCode::TOO_MANY_REQUESTS);
+    let c = circuits(&sidecar).await;
+    assert_eq!(c["state"], "open");
+    assert_eq!(c["last_trip_reason"], "retry_after");
+    // At least the five seconds the provider asked for, though open_for is 1 s.
+    assert!(c["half_open_in_seconds"].as_f64().unwrap() > 4.5);
+    assert_eq!(status_of(&sidecar).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
