@@ -33,8 +33,8 @@
 //!    upstream only when the upstream is the one being waited on. `connect` bounds TCP and TLS
 //!    set-up inside the connection pool.
 //! 10. **Classify a failure before the head** ([`ProxyError`]): connect error → 502
-//!    `upstream_unavailable`, no head in time → 504 `upstream_timeout`; the attempt is counted
-//!    with its outcome.
+//!     `upstream_unavailable`, no head in time → 504 `upstream_timeout`; the attempt is counted
+//!     with its outcome.
 //! 11. **Read the response head**: the breaker notes a slow head and a 429's `Retry-After`;
 //!     a 401 to an injected key moves the upstream to its next key; an LLM call gets its
 //!     response reader (by content type). Then hop-by-hop headers go and
