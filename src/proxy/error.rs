@@ -125,9 +125,11 @@ impl ProxyError {
             ProxyError::Internal { .. } => {
                 tracing::error!(error = %error_chain(self), "proxy fault")
             }
+            // The breaker's transitions are logged when they happen; each refusal is not news.
             ProxyError::ClientBody { .. }
             | ProxyError::ClientStalled
-            | ProxyError::Method { .. } => {
+            | ProxyError::Method { .. }
+            | ProxyError::CircuitOpen { .. } => {
                 tracing::debug!(error = %error_chain(self), "request refused")
             }
             _ => {
