@@ -21,6 +21,8 @@ use crate::upstream::UpstreamBuildError;
 pub enum StartError {
     #[error(transparent)]
     Build(#[from] UpstreamBuildError),
+    #[error("admin.token_file: {0}")]
+    AdminToken(String),
     #[error("{key}: cannot bind {addr}: {source}")]
     Bind {
         key: String,
@@ -60,6 +62,10 @@ impl Sidecar {
         record_build_info(&telemetry, &config.agent);
         let grace = config.shutdown.grace_period.0;
         let admin_bind = config.admin.bind;
+        let admin_token = config.admin.token_file.clone();
+        if let Some(path) = &admin_token {
+            crate::admin::read_token(path).map_err(StartError::AdminToken)?;
+        }
         let binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
         let snapshot = Snapshot::build(config, &telemetry)?;
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -81,6 +87,7 @@ impl Sidecar {
                 telemetry: telemetry.clone(),
                 ready: ready.clone(),
                 snapshot: state.clone(),
+                token_file: admin_token,
             }),
             admin_stop.subscribe(),
         ))];

@@ -153,3 +153,101 @@ async fn a_429_with_retry_after_opens_the_circuit_at_once_for_that_long() {
     assert_eq!(status_of(&sidecar).await.0, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+async fn admin_post(sidecar: &Sidecar, path: &str, token: Option<&str>) -> StatusCode {
+    let mut req = Request::post(format!("http://{}{path}", sidecar.admin_addr));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = client().request(req.body(empty()).unwrap()).await.unwrap();
+    let status = resp.status();
+    let _ = body_bytes(resp).await;
+    status
+}
+
+#[tokio::test]
+async fn an_operator_forces_a_circuit_with_the_admin_token() {
+    let (up, status, hits) = switchable().await;
+    status.store(200, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("sloguard-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0, token_file: '{}'}}
+listeners:
+  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
+routes:
+  main: {{upstreams: [provider]}}
+upstreams:
+  provider:
+    url: {}
+    circuit_breaker: {{}}
+",
+        token.display(),
+        up.url()
+    );
+    let sidecar = Sidecar::start(Config::parse("test", &yaml).unwrap())
+        .await
+        .unwrap();
+    let open = "/admin/circuits/provider/open";
+    assert_eq!(
+        admin_post(&sidecar, open, None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        admin_post(&sidecar, open, Some("s3cret-tokem")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status_of(&sidecar).await.0,
+        StatusCode::OK,
+        "wrong tokens changed nothing"
+    );
+    assert_eq!(
+        admin_post(&sidecar, open, Some("s3cret-token")).await,
+        StatusCode::OK
+    );
+    let c = circuits(&sidecar).await;
+    assert_eq!(
+        (c["state"].as_str(), c["forced"].as_bool()),
+        (Some("open"), Some(true))
+    );
+    assert_eq!(status_of(&sidecar).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let auto = "/admin/circuits/provider/auto";
+    assert_eq!(
+        admin_post(&sidecar, auto, Some("s3cret-token")).await,
+        StatusCode::OK
+    );
+    assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
+    assert_eq!(
+        admin_post(
+            &sidecar,
+            "/admin/circuits/nobody/open",
+            Some("s3cret-token")
+        )
+        .await,
+        StatusCode::NOT_FOUND
+    );
+    let m = metrics(&sidecar).await;
+    expect_metric(
+        &m,
+        "sloguard_circuit_transitions_total",
+        &[("reason", "forced")],
+        2.0,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn without_a_token_file_admin_mutations_are_refused() {
+    let (up, _, _) = switchable().await;
+    let sidecar = sidecar(&up.url()).await;
+    assert_eq!(
+        admin_post(&sidecar, "/admin/circuits/provider/open", Some("anything")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(circuits(&sidecar).await["state"], "closed");
+}

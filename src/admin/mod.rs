@@ -1,4 +1,5 @@
-//! The admin port: `/metrics`, `/healthz`, `/readyz`, `/circuits`.
+//! The admin port: `/metrics`, `/healthz`, `/readyz`, `/circuits`, and the admin API
+//! (`POST /admin/circuits/{upstream}/open|close|auto`) behind a bearer token.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::proxy::error_response;
 use crate::telemetry::Telemetry;
+use crate::upstream::Force;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -22,6 +24,24 @@ pub struct AdminState {
     /// True once the config is loaded and every listener is bound; false again while draining.
     pub ready: Arc<AtomicBool>,
     pub snapshot: Arc<arc_swap::ArcSwap<crate::proxy::Snapshot>>,
+    /// `admin.token_file`: read at each mutation, so a rotated token takes effect at once.
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// Reads the admin token file (one line, surrounding whitespace ignored).
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} holds no token", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+/// Compares in time that depends on the lengths only, not on where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
@@ -56,6 +76,9 @@ pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut stop: watch::Re
 }
 
 fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == Method::POST && req.uri().path().starts_with("/admin/") {
+        return mutate(state, &req);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return to_full(error_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -87,6 +110,83 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "no such admin endpoint",
         )),
     }
+}
+
+/// `POST /admin/...`: a valid bearer token first, then the action.
+fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(path) = &state.token_file else {
+        return to_full(error_response(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "the admin API is off: set admin.token_file to enable it",
+        ));
+    };
+    let expected = match read_token(path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "admin token unreadable; refusing admin requests");
+            return to_full(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "admin_unavailable",
+                "the admin token file cannot be read",
+            ));
+        }
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    if !given.is_some_and(|g| same_secret(g, expected.as_bytes())) {
+        let mut r = to_full(error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer TOKEN` is required",
+        ));
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    let (name, action) = match parts.as_slice() {
+        ["admin", "circuits", name, action] => (*name, *action),
+        _ => {
+            return to_full(error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such admin action",
+            ))
+        }
+    };
+    let force = match action {
+        "open" => Force::Open,
+        "close" => Force::Closed,
+        "auto" => Force::Auto,
+        _ => {
+            return to_full(error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "circuit actions are open, close and auto",
+            ))
+        }
+    };
+    let snap = state.snapshot.load();
+    let Some(upstream) = snap.upstreams.get(name) else {
+        return to_full(error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such upstream",
+        ));
+    };
+    let Some(b) = &upstream.breaker else {
+        return to_full(error_response(
+            StatusCode::CONFLICT,
+            "no_circuit_breaker",
+            "this upstream has no circuit_breaker configured",
+        ));
+    };
+    b.force(force, tokio::time::Instant::now());
+    tracing::warn!(upstream = name, action, "circuit forced by the admin API");
+    circuits(state)
 }
 
 /// Every upstream's circuit: `{"upstreams": [{"name", "state", "consecutive_failures",

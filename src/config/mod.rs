@@ -86,8 +86,9 @@ pub struct Config {
 pub struct AdminConfig {
     #[serde(default = "default_admin_bind")]
     pub bind: SocketAddr,
-    #[serde(default, deserialize_with = "present")]
-    pub token_file: Option<Present>,
+    /// Bearer token for `POST /admin/*` (one line); without it, mutations are refused.
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -462,9 +463,6 @@ impl Config {
             if value.is_some() {
                 return not_yet(key, &format!("the `{key}` section"));
             }
-        }
-        if self.admin.token_file.is_some() {
-            return not_yet("admin.token_file", "the admin API (and its token)");
         }
         if self.metrics.max_model_labels == 0 {
             return Err((
