@@ -92,6 +92,10 @@ fn check(path: &std::path::Path) -> Result<Config, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     crate::proxy::Snapshot::build(config.clone(), &crate::telemetry::Telemetry::new())
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(token) = &config.admin.token_file {
+        crate::admin::read_token(token)
+            .map_err(|e| format!("{}: admin.token_file: {e}", path.display()))?;
+    }
     Ok(config)
 }
 
