@@ -88,6 +88,7 @@ impl Sidecar {
                 ready: ready.clone(),
                 snapshot: state.clone(),
                 token_file: admin_token,
+                log_limit: crate::telemetry::LogLimiter::new(),
             }),
             admin_stop.subscribe(),
         ))];

@@ -165,6 +165,12 @@ fn circuit_breaker_values_are_checked_by_key() {
     }
     let e = error_of(&with("{consecutive: 5}"));
     assert!(e.contains("unknown field `consecutive`"), "{e}");
+    // An empty section asks for the defaults; it does not switch the breaker off.
+    let empty = Config::parse("t.yaml", &with("")).unwrap();
+    let cb = empty.upstreams["agent"].circuit_breaker.clone().unwrap();
+    assert_eq!((cb.consecutive_failures, cb.half_open_probes), (5, 3));
+    let none = Config::parse("t.yaml", BASE).unwrap();
+    assert!(none.upstreams["agent"].circuit_breaker.is_none());
 }
 
 #[test]

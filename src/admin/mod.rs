@@ -26,6 +26,8 @@ pub struct AdminState {
     pub snapshot: Arc<arc_swap::ArcSwap<crate::proxy::Snapshot>>,
     /// `admin.token_file`: read at each mutation, so a rotated token takes effect at once.
     pub token_file: Option<std::path::PathBuf>,
+    /// Bounds the log lines a broken token file causes.
+    pub log_limit: crate::telemetry::LogLimiter,
 }
 
 /// Reads the admin token file (one line, surrounding whitespace ignored).
@@ -124,7 +126,9 @@ fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     let expected = match read_token(path) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(error = %e, "admin token unreadable; refusing admin requests");
+            if let Some(suppressed) = state.log_limit.allow() {
+                tracing::error!(error = %e, suppressed, "admin token unreadable; refusing admin requests");
+            }
             return to_full(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "admin_unavailable",
@@ -132,10 +136,13 @@ fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             ));
         }
     };
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .map(HeaderValue::as_bytes)
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| v[7..].trim_ascii());
     if !given.is_some_and(|g| same_secret(g, expected.as_bytes())) {
         let mut r = to_full(error_response(
             StatusCode::UNAUTHORIZED,

@@ -221,9 +221,26 @@ pub struct UpstreamConfig {
     /// Rewrites the request body's `model` for this upstream.
     #[serde(default)]
     pub model: Option<String>,
-    /// Skips this upstream while it fails (see `upstream::breaker`).
-    #[serde(default)]
+    /// Skips this upstream while it fails (see `upstream::breaker`). An empty
+    /// `circuit_breaker:` means the defaults, not no breaker.
+    #[serde(default, deserialize_with = "breaker_or_defaults")]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
+}
+
+fn breaker_or_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<CircuitBreakerConfig>, D::Error> {
+    let given = Option::<CircuitBreakerConfig>::deserialize(d)?;
+    Ok(Some(given.unwrap_or_else(|| CircuitBreakerConfig {
+        consecutive_failures: default_consecutive(),
+        failure_rate: default_failure_rate(),
+        min_requests: default_min_requests(),
+        window: default_window(),
+        open_for: default_open_for(),
+        max_open_for: default_max_open_for(),
+        half_open_probes: default_probes(),
+        slow_call: None,
+    })))
 }
 
 /// `upstreams.*.circuit_breaker`; defaults as in the contract.

@@ -258,10 +258,33 @@ pub async fn handle(
             call.response(status, &parts.headers);
         }
         if let (Some(t), Some(b)) = (a.breaker.as_mut(), &upstream.breaker) {
+            // The upstream's time to answer: from the end of the upload, not the client's
+            // time to send it.
+            let from = upload
+                .as_deref()
+                .map_or(sent, |u| u.last_chunk_at().max(sent));
             t.slow = b
                 .slow_after
-                .is_some_and(|s| head_at.duration_since(sent) > s);
+                .is_some_and(|s| head_at.saturating_duration_since(from) > s);
             t.retry_after = retry_after(&parts.headers);
+            // A probe is judged by its head: a stream can take minutes, and the circuit must
+            // not stay half-open (refusing everyone else) for as long.
+            if t.ticket.is_probe() {
+                if let Some(t) = a.breaker.take() {
+                    let outcome = UpstreamOutcome::of_status(status);
+                    b.record(
+                        t.ticket,
+                        crate::upstream::Outcome {
+                            failed: outcome != UpstreamOutcome::Ok,
+                            slow: t.slow,
+                            retry_after: t
+                                .retry_after
+                                .filter(|_| outcome == UpstreamOutcome::TooManyRequests),
+                        },
+                        head_at,
+                    );
+                }
+            }
         }
     }
     headers::prepare_response(&mut parts.headers, &upstream.header_value);
@@ -284,7 +307,8 @@ fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
         .trim()
         .parse()
         .ok()?;
-    Some(std::time::Duration::from_secs(secs.min(3600)))
+    // "Retry now" is no reason to stop.
+    (secs > 0).then(|| std::time::Duration::from_secs(secs.min(3600)))
 }
 
 /// Answers with a proxy-made error, counted like any other response.

@@ -41,6 +41,11 @@ pub enum UploadState {
 }
 
 impl Upload {
+    /// When the client's last chunk arrived (the start, before any).
+    pub fn last_chunk_at(&self) -> Instant {
+        self.started + Duration::from_micros(self.last_chunk_micros.load(Ordering::Acquire))
+    }
+
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }

@@ -16,7 +16,7 @@
 //! behind a mutex held for a few instructions, never across an await; admission while closed
 //! reads one atomic and takes no lock.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -186,6 +186,8 @@ pub struct CircuitBreaker {
     config: BreakerConfig,
     /// `CircuitState` as u8, for lock-free admission while closed.
     fast: AtomicU8,
+    /// The current epoch, for tickets handed out without the lock.
+    fast_epoch: AtomicU64,
     inner: Mutex<Inner>,
     origin: Instant,
 }
@@ -195,6 +197,7 @@ impl CircuitBreaker {
         CircuitBreaker {
             config,
             fast: AtomicU8::new(CircuitState::Closed as u8),
+            fast_epoch: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 state: State::Closed,
                 epoch: 0,
@@ -223,12 +226,13 @@ impl CircuitBreaker {
     /// Lets a call through, or refuses it (`None`) while the circuit is open or its probes are
     /// all out. Moves an open circuit whose time is up to half-open.
     pub fn admit(&self, now: Instant) -> (Option<Ticket>, Option<Transition>) {
+        // Closed (and not forced): the common case, no lock. The epoch read first: a transition
+        // in between leaves the ticket with an older epoch, whose outcome is then ignored.
+        let epoch = self.fast_epoch.load(Ordering::Acquire);
         if self.fast.load(Ordering::Acquire) == CircuitState::Closed as u8 {
-            // Closed (and not forced open): the common case, no lock. The epoch only matters
-            // for probes, which closed-state tickets are not.
             return (
                 Some(Ticket {
-                    epoch: u64::MAX,
+                    epoch,
                     probe: false,
                 }),
                 None,
@@ -297,9 +301,10 @@ impl CircuitBreaker {
         if inner.forced.is_some() {
             return None;
         }
-        let current = matches!(inner.state, State::HalfOpen { .. }) && ticket.epoch == inner.epoch;
-        if ticket.probe && current {
-            if outcome.failed {
+        let current = ticket.epoch == inner.epoch;
+        if ticket.probe && current && matches!(inner.state, State::HalfOpen { .. }) {
+            // A slow probe is no sign of recovery from slowness.
+            if outcome.failed || outcome.slow {
                 let reason = if outcome.retry_after.is_some() {
                     TransitionReason::RetryAfter
                 } else {
@@ -319,6 +324,8 @@ impl CircuitBreaker {
             return None;
         }
         match inner.state {
+            // A call let through before the circuit last opened: its news is from then.
+            State::Closed if !current => return None,
             State::Closed => {}
             State::Open { until } => {
                 // A call let through before the circuit opened, answered 429 with a later
@@ -466,6 +473,7 @@ impl CircuitBreaker {
         };
         inner.state = state;
         inner.epoch += 1;
+        self.fast_epoch.store(inner.epoch, Ordering::Release);
         self.fast.store(to as u8, Ordering::Release);
         Transition { to, reason }
     }

@@ -269,7 +269,7 @@ impl Model {
                 return (false, out);
             }
             self.state.2 += 1;
-            if o.failed {
+            if o.failed || o.slow {
                 let reason = if o.retry_after.is_some() {
                     TransitionReason::RetryAfter
                 } else {
@@ -396,4 +396,38 @@ fn exactly_the_probes_are_let_through_from_many_threads() {
         });
         assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_from_before_a_trip_do_not_count_after_it() {
+    let b = CircuitBreaker::new(config(), 7);
+    let now = Instant::now();
+    // Long calls let through while closed, still running when the circuit trips.
+    let old: Vec<Ticket> = (0..5).map(|_| b.admit(now).0.unwrap()).collect();
+    for _ in 0..3 {
+        let _ = call(&b, FAIL, now);
+    }
+    tokio::time::advance(Duration::from_secs(5)).await;
+    for _ in 0..2 {
+        let _ = call(&b, OK, Instant::now());
+    }
+    assert_eq!(b.view(Instant::now()).state, CircuitState::Closed);
+    // They end, failing: old news, the circuit stays closed.
+    for t in old {
+        assert_eq!(b.record(t, FAIL, Instant::now()), None);
+    }
+    assert_eq!(b.view(Instant::now()).consecutive_failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_probe_is_a_failed_probe() {
+    let b = CircuitBreaker::new(config(), 7);
+    for _ in 0..3 {
+        let _ = call(&b, FAIL, Instant::now());
+    }
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        call(&b, Outcome { slow: true, ..OK }, Instant::now()),
+        Some(to(CircuitState::Open, TransitionReason::ProbeFailed))
+    );
 }
