@@ -14,8 +14,8 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use sloguard::sim::{self, SimServer};
 use sloguard::{Config, Sidecar};
 
-/// An upstream answering with the status `status` holds (429s with `Retry-After: 5`), counting
-/// the requests that reach it.
+/// An upstream answering with the status `status` holds (429s with `Retry-After: 5`; 299 means
+/// a 200 whose body streams for two seconds), counting the requests that reach it.
 async fn switchable() -> (SimServer, Arc<AtomicU16>, Arc<AtomicU32>) {
     let status = Arc::new(AtomicU16::new(500));
     let hits = Arc::new(AtomicU32::new(0));
@@ -24,6 +24,15 @@ async fn switchable() -> (SimServer, Arc<AtomicU16>, Arc<AtomicU32>) {
         let (s, h) = (s.clone(), h.clone());
         async move {
             h.fetch_add(1, Ordering::SeqCst);
+            if s.load(Ordering::SeqCst) == 299 {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    let _ = tx.send(bytes::Bytes::from_static(b"data: a\n\n")).await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let _ = tx.send(bytes::Bytes::from_static(b"data: b\n\n")).await;
+                });
+                return Response::new(http_body_util::BodyExt::boxed(sim::ChannelBody(rx)));
+            }
             let code = StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
             let mut r: Response<sim::SimBody> = Response::new(sim::full("{}"));
             *r.status_mut() = code;
@@ -137,6 +146,35 @@ async fn failures_open_the_circuit_a_probe_closes_it() {
         8.0,
     );
     expect_metric(&m, "sloguard_upstream_requests_total", &[], 4.0);
+}
+
+#[tokio::test]
+async fn a_probe_is_judged_by_its_head_not_its_whole_stream() {
+    let (up, status, _) = switchable().await;
+    let sidecar = sidecar(&up.url()).await;
+    for _ in 0..3 {
+        status_of(&sidecar).await;
+    }
+    let wait = circuits(&sidecar).await["half_open_in_seconds"]
+        .as_f64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    status.store(299, Ordering::SeqCst);
+    // The probe: its head is 200, its body still streaming.
+    let probe = client()
+        .request(
+            Request::post(proxy_url(&sidecar, "/v1/chat/completions"))
+                .body(full("{}"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), StatusCode::OK);
+    // The circuit closed at that head: the next call goes through while the probe streams.
+    status.store(200, Ordering::SeqCst);
+    assert_eq!(circuits(&sidecar).await["state"], "closed");
+    assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
+    drop(probe);
 }
 
 #[tokio::test]

@@ -94,7 +94,6 @@ struct Event<'a> {
 #[derive(Default)]
 pub(super) struct MessagesStream {
     calls: ToolCalls,
-    ended: bool,
 }
 
 impl MessagesStream {
@@ -149,18 +148,12 @@ impl MessagesStream {
                     usage.record(facts);
                 }
                 if let Some(reason) = e.delta.as_ref().and_then(|d| d.stop_reason.as_deref()) {
-                    if !self.ended {
-                        self.ended = true;
-                        facts.finish_reasons.push(FinishReason::anthropic(reason));
-                    }
+                    facts.finish_once(FinishReason::anthropic(reason));
                 }
                 false
             }
             "error" => {
-                if !self.ended {
-                    self.ended = true;
-                    facts.finish_reasons.push(FinishReason::Error);
-                }
+                facts.finish_once(FinishReason::Error);
                 false
             }
             _ => false,

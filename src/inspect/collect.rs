@@ -42,14 +42,6 @@ impl Collected {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The body in one piece (copied only when it is in more than one).
     pub fn into_bytes(mut self) -> Bytes {
         self.flush();
@@ -84,7 +76,7 @@ mod tests {
         let big = Bytes::from(vec![b'y'; 8192]);
         assert!(c.push(&big));
         assert!(c.push(&Bytes::from_static(b"z")));
-        assert_eq!(c.len(), 10_000 + 8192 + 1);
+        assert_eq!(c.len, 10_000 + 8192 + 1);
         let chunks = c.into_chunks();
         assert_eq!(chunks.len(), 3);
         assert_eq!(
@@ -105,6 +97,6 @@ mod tests {
             assert!(c.push(&chunk));
         }
         assert!(!c.push(&Bytes::from_static(b"1")));
-        assert_eq!(c.len(), MAX_INSPECTED_BODY);
+        assert_eq!(c.len, MAX_INSPECTED_BODY);
     }
 }

@@ -390,9 +390,7 @@ struct ResponsesEvent<'a> {
 }
 
 #[derive(Default)]
-pub(super) struct ResponsesStream {
-    ended: bool,
-}
+pub(super) struct ResponsesStream;
 
 impl ResponsesStream {
     pub fn event(
@@ -421,17 +419,13 @@ impl ResponsesStream {
                 false
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
-                if let (Some(r), false) = (&e.response, self.ended) {
-                    self.ended = true;
+                if let (Some(r), true) = (&e.response, facts.finish_reasons.is_empty()) {
                     r.finish(facts);
                 }
                 false
             }
             "error" => {
-                if !self.ended {
-                    self.ended = true;
-                    facts.finish_reasons.push(FinishReason::Error);
-                }
+                facts.finish_once(FinishReason::Error);
                 false
             }
             _ => false,

@@ -35,6 +35,14 @@ impl ResponseFacts {
         self.unparsed.get_or_insert(why);
     }
 
+    /// The one finish reason of a response that has a single one (Responses, Messages): the
+    /// first end event counts, later ones are echoes.
+    pub(super) fn finish_once(&mut self, reason: FinishReason) {
+        if self.finish_reasons.is_empty() {
+            self.finish_reasons.push(reason);
+        }
+    }
+
     /// Keeps a complete tool call, up to [`MAX_TOOL_CALLS`]; past it the body counts as too
     /// large to read whole.
     pub(super) fn push_call(&mut self, mut call: ToolCall) {
@@ -238,10 +246,6 @@ impl ResponseReader {
             stream,
             facts,
         }
-    }
-
-    pub fn is_stream(&self) -> bool {
-        matches!(self.body, BodyReader::Sse(_))
     }
 
     /// Reads the next chunk of the body; returns how many events in it carried output.

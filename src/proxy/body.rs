@@ -50,6 +50,20 @@ pub struct BreakerTicket {
     pub retry_after: Option<std::time::Duration>,
 }
 
+impl BreakerTicket {
+    /// The call as the breaker judges it, given the attempt's outcome.
+    pub fn outcome(&self, attempt: UpstreamOutcome) -> Outcome {
+        Outcome {
+            failed: attempt != UpstreamOutcome::Ok,
+            slow: self.slow,
+            // Only a 429's Retry-After opens the circuit for that long.
+            retry_after: self
+                .retry_after
+                .filter(|_| attempt == UpstreamOutcome::TooManyRequests),
+        }
+    }
+}
+
 impl Accounting {
     fn first_byte(&mut self, now: Instant) {
         if !self.first_byte_sent {
@@ -87,17 +101,7 @@ impl Accounting {
                 // No attempt to judge (the client left or broke its request): a probe's slot
                 // goes back.
                 None => b.cancel(t.ticket),
-                Some(o) => b.record(
-                    t.ticket,
-                    Outcome {
-                        failed: o != UpstreamOutcome::Ok,
-                        slow: t.slow,
-                        retry_after: t
-                            .retry_after
-                            .filter(|_| o == UpstreamOutcome::TooManyRequests),
-                    },
-                    now,
-                ),
+                Some(o) => b.record(t.ticket, t.outcome(o), now),
             }
         }
         let l = &self.listener;

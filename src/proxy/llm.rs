@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use super::error::ProxyError;
 use super::upload::{RequestBody, Upload};
 use crate::inspect::{
-    hallucinations, parse_request, rewrite::rewrite_model, Collected, Format, RequestFacts,
-    ResponseReader, Unparsed,
+    hallucinations, parse_request, rewrite::rewrite_model, Collected, Format, ResponseReader,
+    Unparsed,
 };
 use crate::sli::{StatusClass, UpstreamOutcome};
 use crate::telemetry::{ErrorType, LlmMetrics, ModelMetrics};
@@ -50,22 +50,19 @@ impl LlmCall {
         self.upload = upload;
     }
 
-    fn request(&self) -> Option<&Result<RequestFacts, Unparsed>> {
-        self.upload.as_ref()?.request.get()
-    }
-
     /// The model's handles, looked up once (by the first output chunk, or at the end).
     fn model(&mut self) -> Arc<ModelMetrics> {
-        if let Some(m) = &self.model {
-            return m.clone();
-        }
-        let name = self
-            .request()
-            .and_then(|r| r.as_ref().ok())
-            .and_then(|r| r.model.as_deref());
-        let m = self.metrics.model(name);
-        self.model = Some(m.clone());
-        m
+        self.model
+            .get_or_insert_with(|| {
+                let name = self
+                    .upload
+                    .as_ref()
+                    .and_then(|u| u.request.get())
+                    .and_then(|r| r.as_ref().ok())
+                    .and_then(|r| r.model.as_deref());
+                self.metrics.model(name)
+            })
+            .clone()
     }
 
     /// The response head arrived.

@@ -271,16 +271,9 @@ pub async fn handle(
             // not stay half-open (refusing everyone else) for as long.
             if t.ticket.is_probe() {
                 if let Some(t) = a.breaker.take() {
-                    let outcome = UpstreamOutcome::of_status(status);
                     b.record(
                         t.ticket,
-                        crate::upstream::Outcome {
-                            failed: outcome != UpstreamOutcome::Ok,
-                            slow: t.slow,
-                            retry_after: t
-                                .retry_after
-                                .filter(|_| outcome == UpstreamOutcome::TooManyRequests),
-                        },
+                        t.outcome(UpstreamOutcome::of_status(status)),
                         head_at,
                     );
                 }

@@ -222,18 +222,17 @@ impl LlmMetrics {
 }
 
 impl ModelMetrics {
-    fn get(
-        &self,
-        cell: &OnceLock<Histogram>,
+    fn get<'a>(
+        &'a self,
+        cell: &'a OnceLock<Histogram>,
         name: &'static str,
         extra: Option<Label>,
-    ) -> Histogram {
+    ) -> &'a Histogram {
         cell.get_or_init(|| {
             let mut labels = self.labels.clone();
             labels.extend(extra);
             self.telemetry.histogram(name, labels)
         })
-        .clone()
     }
 
     pub fn duration(&self, operation: &'static str, error: ErrorType, seconds: f64) {

@@ -114,12 +114,8 @@ impl KeyRing {
         })
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.keys.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Removes the client's key headers and puts the current key in; returns which key it was, to
