@@ -131,7 +131,7 @@ impl Sidecar {
             let snap = state.load();
             let l = &snap.listeners[i];
             listeners.push((l.name.clone(), local_addr(&tcp, l.bind)));
-            tracing::info!(listener = %l.name, role = l.role.as_str(), bind = %listeners[i].1, upstream = %l.upstream.name, "listening");
+            tracing::info!(listener = %l.name, role = l.role.as_str(), bind = %listeners[i].1, route = %l.route.name, upstreams = ?l.route.chain.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), "listening");
             listener_tasks.push(tokio::spawn(listener::serve(
                 tcp,
                 i,

@@ -109,14 +109,6 @@ fn sections_this_build_does_not_act_on_are_refused() {
         e.starts_with("bad.yaml:13: safety: the `safety` section is not supported by this build"),
         "{e}"
     );
-    let e = error_of(&BASE.replace(
-        "    upstreams: [agent]\n",
-        "    upstreams: [agent]\n    cache: {max_entries: 10}\n",
-    ));
-    assert!(
-        e.starts_with("bad.yaml:10: routes.agent.cache: `cache` is not supported"),
-        "{e}"
-    );
 }
 
 #[test]
@@ -230,12 +222,50 @@ fn an_empty_section_this_build_does_not_act_on_is_refused_too() {
             "{e}"
         );
     }
-    let e = error_of(&BASE.replace(
-        "    upstreams: [agent]\n",
-        "    upstreams: [agent]\n    fallback_on:\n",
-    ));
+}
+
+#[test]
+fn a_routes_fallback_settings_are_checked_by_key() {
+    let chain = |extra: &str| {
+        BASE.replace(
+            "    upstreams: [agent]\n",
+            &format!("    upstreams: [agent, spare]\n{extra}"),
+        ) + "  spare:\n    url: http://127.0.0.1:8001\n"
+    };
+    let ok = Config::parse("t.yaml", &chain("    cache: {}\n")).unwrap();
+    let route = &ok.routes["agent"];
+    assert_eq!(route.fallback_on.len(), 4, "all four classes by default");
+    assert_eq!(route.max_replay_body.0, 1024 * 1024);
+    let cache = route.cache.as_ref().unwrap();
+    assert_eq!((cache.max_entries, cache.ttl.0.as_secs()), (1000, 600));
+    let ok = Config::parse("t.yaml", &chain("    fallback_on: [5xx, timeout]\n")).unwrap();
+    assert_eq!(ok.routes["agent"].fallback_on.len(), 2);
+    for (extra, want) in [
+        (
+            "    fallback_on: [5xx, 404]\n",
+            "bad.yaml:10: routes.agent.fallback_on[1]: unknown variant `404`",
+        ),
+        (
+            "    max_replay_body: 1GiB\n",
+            "bad.yaml:10: routes.agent.max_replay_body: at most 64 MiB",
+        ),
+        (
+            "    cache: {max_entries: 0}\n",
+            "bad.yaml:10: routes.agent.cache.max_entries: must be between 1 and 100000",
+        ),
+        (
+            "    cache: {ttl: 0s}\n",
+            "bad.yaml:10: routes.agent.cache.ttl: must be greater than zero",
+        ),
+    ] {
+        let e = error_of(&chain(extra));
+        assert!(e.starts_with(want), "{extra}: {e}");
+    }
+    let e = error_of(&BASE.replace("upstreams: [agent]", "upstreams: [agent, agent]"));
     assert!(
-        e.contains("routes.agent.fallback_on: `fallback_on` is not supported"),
+        e.starts_with(
+            "bad.yaml:9: routes.agent.upstreams[1]: \"agent\" is already in this route's chain"
+        ),
         "{e}"
     );
 }

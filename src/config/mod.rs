@@ -18,6 +18,12 @@ use serde::Deserialize;
 pub use locate::LineIndex;
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
 
+/// The largest `max_replay_body`: each request in flight on the route may hold this much.
+pub const MAX_REPLAY_BODY_LIMIT: u64 = 64 * 1024 * 1024;
+/// The largest `cache.max_entries` (each entry holds up to
+/// [`crate::proxy::cache::MAX_CACHED_BODY`] of body).
+pub const MAX_CACHE_ENTRIES: usize = 100_000;
+
 /// A key of a section this build does not act on: only its presence matters (an empty
 /// `safety:` is refused as surely as a full one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,13 +181,68 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// Tried in this order: the first is the primary, the rest its fallbacks.
     pub upstreams: Vec<String>,
-    #[serde(default, deserialize_with = "present")]
-    pub fallback_on: Option<Present>,
-    #[serde(default, deserialize_with = "present")]
-    pub max_replay_body: Option<Present>,
-    #[serde(default, deserialize_with = "present")]
-    pub cache: Option<Present>,
+    /// What moves a request on to the next upstream (all four classes by default).
+    #[serde(default = "default_fallback_on")]
+    pub fallback_on: Vec<FallbackClass>,
+    /// Request bodies up to this size are kept so that a fallback can replay them; larger ones
+    /// stream to the first upstream and cannot fall back.
+    #[serde(default = "default_max_replay_body")]
+    pub max_replay_body: ByteSize,
+    /// The last resort when every upstream is open or has failed.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
+}
+
+/// A failure class that moves a request on to the next upstream of its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum FallbackClass {
+    /// No connection, or the connection broke before the response head.
+    #[serde(rename = "connect_error")]
+    ConnectError,
+    /// No response head within `first_byte`.
+    #[serde(rename = "timeout")]
+    Timeout,
+    #[serde(rename = "5xx")]
+    ServerError,
+    #[serde(rename = "429")]
+    TooManyRequests,
+}
+
+impl FallbackClass {
+    pub const ALL: [FallbackClass; 4] = [
+        FallbackClass::ConnectError,
+        FallbackClass::Timeout,
+        FallbackClass::ServerError,
+        FallbackClass::TooManyRequests,
+    ];
+}
+
+fn default_fallback_on() -> Vec<FallbackClass> {
+    FallbackClass::ALL.to_vec()
+}
+
+fn default_max_replay_body() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+
+/// `routes.*.cache`: successful non-streamed responses kept as the route's last resort.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    #[serde(default = "default_cache_ttl")]
+    pub ttl: ConfigDuration,
+}
+
+fn default_cache_entries() -> usize {
+    1000
+}
+
+fn default_cache_ttl() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(600))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -550,19 +611,36 @@ impl Config {
                     ));
                 }
             }
-            if route.upstreams.len() > 1 {
-                return not_yet(
-                    &format!("{base}.upstreams"),
-                    "more than one upstream per route (fallback chains)",
-                );
+            let mut seen = HashSet::new();
+            for (i, up) in route.upstreams.iter().enumerate() {
+                if !seen.insert(up) {
+                    return Err((
+                        format!("{base}.upstreams[{i}]"),
+                        format!("{up:?} is already in this route's chain; a fallback to the upstream that just failed would fail too"),
+                    ));
+                }
             }
-            for (key, value) in [
-                ("fallback_on", &route.fallback_on),
-                ("max_replay_body", &route.max_replay_body),
-                ("cache", &route.cache),
-            ] {
-                if value.is_some() {
-                    return not_yet(&format!("{base}.{key}"), &format!("`{key}`"));
+            if route.max_replay_body.0 > MAX_REPLAY_BODY_LIMIT {
+                return Err((
+                    format!("{base}.max_replay_body"),
+                    format!(
+                        "at most {} MiB: every request in flight may hold this much",
+                        MAX_REPLAY_BODY_LIMIT >> 20
+                    ),
+                ));
+            }
+            if let Some(cache) = &route.cache {
+                if cache.max_entries == 0 || cache.max_entries > MAX_CACHE_ENTRIES {
+                    return Err((
+                        format!("{base}.cache.max_entries"),
+                        format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
+                    ));
+                }
+                if cache.ttl.0.is_zero() {
+                    return Err((
+                        format!("{base}.cache.ttl"),
+                        "must be greater than zero".into(),
+                    ));
                 }
             }
         }

@@ -13,17 +13,42 @@ use super::MAX_INSPECTED_BODY;
 /// Chunks at least this big are kept by reference.
 const SHARE_AT: usize = 4096;
 
-#[derive(Default)]
 pub struct Collected {
     chunks: VecDeque<Bytes>,
     tail: BytesMut,
     len: usize,
+    limit: usize,
+}
+
+impl Default for Collected {
+    /// Bounded by [`MAX_INSPECTED_BODY`].
+    fn default() -> Collected {
+        Collected::with_limit(MAX_INSPECTED_BODY)
+    }
 }
 
 impl Collected {
+    pub fn with_limit(limit: usize) -> Collected {
+        Collected {
+            chunks: VecDeque::new(),
+            tail: BytesMut::new(),
+            len: 0,
+            limit,
+        }
+    }
+
+    /// The bytes kept so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Adds a chunk; `false` (and nothing added) when the body would pass the limit.
     pub fn push(&mut self, chunk: &Bytes) -> bool {
-        if self.len + chunk.len() > MAX_INSPECTED_BODY {
+        if self.len + chunk.len() > self.limit {
             return false;
         }
         self.len += chunk.len();

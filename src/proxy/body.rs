@@ -13,10 +13,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::cache::CacheFill;
 use super::llm::LlmCall;
 use super::state::ListenerState;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
-use crate::upstream::{Lease, Outcome, Ticket};
+use crate::upstream::{Lease, Outcome, Ticket, Upstream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -31,6 +32,9 @@ pub enum BodyError {
 /// What one request will be counted as, settled when its body ends.
 pub struct Accounting {
     pub listener: Arc<ListenerState>,
+    /// The place in the route's chain of the upstream the request is with (past its end: the
+    /// cache).
+    pub hop: usize,
     pub received: Instant,
     pub status: StatusClass,
     pub cause: Cause,
@@ -41,6 +45,8 @@ pub struct Accounting {
     pub llm: Option<Box<LlmCall>>,
     /// The circuit breaker's admission of the attempt: fed its outcome when it is counted.
     pub breaker: Option<BreakerTicket>,
+    /// The response, kept for the route's cache until it ends cleanly.
+    pub cache_fill: Option<Box<CacheFill>>,
 }
 
 /// A breaker admission and what the response head said about the call.
@@ -65,11 +71,47 @@ impl BreakerTicket {
 }
 
 impl Accounting {
+    /// A request just received, counted as abandoned (4xx, no cause) until it is answered.
+    pub fn new(listener: Arc<ListenerState>, received: Instant) -> Accounting {
+        Accounting {
+            listener,
+            hop: 0,
+            received,
+            status: StatusClass::ClientError,
+            cause: Cause::None,
+            outcome: None,
+            first_byte_sent: false,
+            llm: None,
+            breaker: None,
+            cache_fill: None,
+        }
+    }
+
+    /// The upstream the request is with; `None` for the cache.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.listener.route.chain.get(self.hop)
+    }
+
+    /// The attempt with the current upstream failed with `outcome` and the request moves on:
+    /// the attempt is counted now, for that upstream (its LLM call, its breaker, its outcome).
+    pub fn attempt_failed(&mut self, outcome: UpstreamOutcome, status: StatusClass, now: Instant) {
+        if let Some(call) = self.llm.take() {
+            call.finish(false, status, Some(outcome), now);
+        }
+        let Some(upstream) = self.listener.route.chain.get(self.hop) else {
+            return;
+        };
+        if let (Some(t), Some(b)) = (self.breaker.take(), &upstream.breaker) {
+            b.record(t.ticket, t.outcome(outcome), now);
+        }
+        upstream.metrics.count(outcome);
+    }
+
     fn first_byte(&mut self, now: Instant) {
         if !self.first_byte_sent {
             self.first_byte_sent = true;
             self.listener
-                .metrics
+                .metrics(self.hop)
                 .time_to_first_byte
                 .record(now.duration_since(self.received).as_secs_f64());
         }
@@ -78,6 +120,9 @@ impl Accounting {
     /// The body ended cleanly: an empty body's "first byte" is its end.
     fn finish(mut self, now: Instant) {
         self.first_byte(now);
+        if let (Some(fill), Some(cache)) = (self.cache_fill.take(), &self.listener.route.cache) {
+            fill.store(cache, now);
+        }
         self.count(now, true);
     }
 
@@ -96,7 +141,12 @@ impl Accounting {
         if let Some(call) = self.llm.take() {
             call.finish(complete, self.status, self.outcome, now);
         }
-        if let (Some(t), Some(b)) = (self.breaker.take(), &self.listener.upstream.breaker) {
+        let l = &self.listener;
+        let upstream = l.route.chain.get(self.hop);
+        if let (Some(t), Some(b)) = (
+            self.breaker.take(),
+            upstream.and_then(|u| u.breaker.as_ref()),
+        ) {
             match self.outcome {
                 // No attempt to judge (the client left or broke its request): a probe's slot
                 // goes back.
@@ -104,13 +154,13 @@ impl Accounting {
                 Some(o) => b.record(t.ticket, t.outcome(o), now),
             }
         }
-        let l = &self.listener;
-        l.metrics.count_request(self.status, self.cause);
-        l.metrics
+        let metrics = l.metrics(self.hop);
+        metrics.count_request(self.status, self.cause);
+        metrics
             .response_seconds
             .record(now.duration_since(self.received).as_secs_f64());
-        if let Some(outcome) = self.outcome {
-            l.upstream.metrics.count(outcome);
+        if let (Some(outcome), Some(u)) = (self.outcome, upstream) {
+            u.metrics.count(outcome);
         }
     }
 }
@@ -249,8 +299,13 @@ impl Body for ProxyBody {
                         }
                         if let Some(a) = this.account.as_mut() {
                             a.first_byte(now);
-                            if let (Some(call), Some(data)) = (a.llm.as_mut(), frame.data_ref()) {
-                                call.chunk(data, now);
+                            if let Some(data) = frame.data_ref() {
+                                if let Some(call) = a.llm.as_mut() {
+                                    call.chunk(data, now);
+                                }
+                                if a.cache_fill.as_mut().is_some_and(|f| !f.push(data)) {
+                                    a.cache_fill = None;
+                                }
                             }
                         }
                     }
@@ -296,8 +351,7 @@ impl Body for ProxyBody {
 }
 
 fn log_stream_failure(account: &Option<Accounting>, error: &dyn std::fmt::Display) {
-    if let Some(a) = account {
-        let upstream = &a.listener.upstream;
+    if let Some(upstream) = account.as_ref().and_then(Accounting::upstream) {
         if let Some(suppressed) = upstream.log_limit.allow() {
             tracing::warn!(upstream = %upstream.name, %error, suppressed, "upstream stream ended early");
         }

@@ -43,9 +43,10 @@ pub enum ProxyError {
     Method { method: http::Method },
     #[error("the request could not be addressed to upstream {upstream}: {reason}")]
     Internal { upstream: String, reason: String },
-    /// The upstream's circuit breaker is open: it is skipped without a connection attempt.
-    #[error("upstream {upstream} is failing; its circuit is open")]
-    CircuitOpen { upstream: String },
+    /// Every upstream of the route has an open circuit (and the cache, if any, had nothing):
+    /// none is tried.
+    #[error("every upstream of route {route} is failing; their circuits are open")]
+    CircuitOpen { route: String },
 }
 
 impl ProxyError {

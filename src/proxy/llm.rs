@@ -3,22 +3,16 @@
 //! GenAI metrics recorded from both — output-chunk timings as they happen, the rest once, when
 //! the call is counted.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::error::ProxyError;
 use super::upload::{RequestBody, Upload};
-use crate::inspect::{
-    hallucinations, parse_request, rewrite::rewrite_model, Collected, Format, ResponseReader,
-    Unparsed,
-};
+use crate::inspect::{hallucinations, Format, ResponseReader, Unparsed};
 use crate::sli::{StatusClass, UpstreamOutcome};
 use crate::telemetry::{ErrorType, LlmMetrics, ModelMetrics};
 
@@ -170,72 +164,4 @@ pub fn streamed_body(
         let _ = u.request.set(Err(Unparsed::RequestContentEncoding));
     }
     (body, upload)
-}
-
-/// Reads a request body ahead (up to [`crate::inspect::MAX_INSPECTED_BODY`]) to rewrite its `model`. A body too
-/// large, not JSON, or content-encoded goes on untouched (and is counted as unparsed). The
-/// client's pauses are bounded by `idle`, the whole read by `deadline`. Also returns when the
-/// last chunk read ahead arrived (the sidecar's overhead does not count the wait for it).
-pub async fn rewrite_request(
-    mut body: Incoming,
-    headers: &mut HeaderMap,
-    format: Format,
-    model: &str,
-    received: Instant,
-    idle: std::time::Duration,
-    deadline: Instant,
-) -> Result<(RequestBody, Option<Arc<Upload>>, Instant), ProxyError> {
-    if headers
-        .get(CONTENT_ENCODING)
-        .is_some_and(|e| e.as_bytes() != b"identity")
-    {
-        let (body, upload) = RequestBody::buffered(
-            VecDeque::new(),
-            Some(body),
-            received,
-            Err(Unparsed::RequestContentEncoding),
-        );
-        return Ok((body, upload, Instant::now()));
-    }
-    let mut kept = Collected::default();
-    // A chunk past the limit: the body goes on untouched, this chunk after what was kept.
-    let mut overflow = None;
-    loop {
-        let next = (Instant::now() + idle).min(deadline);
-        let frame = match tokio::time::timeout_at(next, body.frame()).await {
-            Err(_) => return Err(ProxyError::ClientStalled),
-            Ok(None) => break,
-            Ok(Some(Err(source))) => return Err(ProxyError::ClientBody { source }),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        // Trailers on an LLM request have no meaning to the provider; they are dropped.
-        if let Ok(data) = frame.into_data() {
-            if !kept.push(&data) {
-                overflow = Some(data);
-                break;
-            }
-        }
-        if http_body::Body::is_end_stream(&body) {
-            break;
-        }
-    }
-    let last_chunk = Instant::now();
-    if let Some(next) = overflow {
-        let mut chunks = kept.into_chunks();
-        chunks.push_back(next);
-        let facts = Err(Unparsed::RequestTooLarge);
-        let (body, upload) = RequestBody::buffered(chunks, Some(body), received, facts);
-        return Ok((body, upload, last_chunk));
-    }
-    let whole = kept.into_bytes();
-    let (bytes, facts) = match rewrite_model(&whole, model) {
-        Ok(rewritten) => {
-            let facts = parse_request(format, &rewritten);
-            (Bytes::from(rewritten), facts)
-        }
-        Err(why) => (whole, Err(why)),
-    };
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    let (body, upload) = RequestBody::buffered(VecDeque::from([bytes]), None, received, facts);
-    Ok((body, upload, last_chunk))
 }

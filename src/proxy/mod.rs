@@ -7,59 +7,79 @@
 //! 1. **Take the snapshot's listener state** (one reference count): the request finishes on the
 //!    config it started with, whatever a reload does meanwhile.
 //! 2. **Note the arrival time**: every latency the SLIs report starts here.
-//! 3. **Ask the circuit breaker** ([`crate::upstream::UpstreamBreaker`]): an upstream whose
-//!    circuit is open gets no request at all — 503 `circuit_open` at once, before any work is
-//!    spent; an admitted call carries its ticket to the end, where its outcome is fed back.
-//! 4. **Recognise an LLM call** ([`Format::of`]): on the `llm` role, to an upstream with a
+//! 3. **Ask the circuit breakers along the route's chain** ([`crate::upstream::UpstreamBreaker`]):
+//!    an upstream whose circuit is open gets no request at all; the first that admits the
+//!    request takes it. None admits and no cache: 503 `circuit_open` at once, before any work is
+//!    spent. An admitted call carries its ticket to the end, where its outcome is fed back.
+//! 4. **Read the body ahead** ([`replay::read_ahead`]), only on a route that needs it: a chain
+//!    of more than one upstream or a cache (within `max_replay_body`: the body is kept so that a
+//!    fallback can replay it and the cache can key the request by it), or an upstream that
+//!    rewrites the model (within [`crate::inspect::MAX_INSPECTED_BODY`]). A larger body streams
+//!    to the first upstream and cannot fall back (`sloguard_replay_skipped_total`). Every other
+//!    route streams the body as it arrives.
+//! 5. **Recognise an LLM call** ([`Format::of`]): on the `llm` role, to an upstream with a
 //!    protocol, a `POST` to a chat-completions, responses or messages path. Decided before
 //!    anything is sent, so that the call is counted (duration, finish reason) even when it fails
 //!    before an answer.
-//! 5. **Address the upstream**: its path prefix, then the client's path and query (origin
+//! 6. **Address the upstream**: its path prefix, then the client's path and query (origin
 //!    form; the connection pool adds scheme and authority where h2 needs them). Nothing else of
 //!    the client's URI is trusted.
-//! 6. **Rewrite headers** ([`headers::prepare_request`]): hop-by-hop headers go, `Host` becomes
+//! 7. **Rewrite headers** ([`headers::prepare_request`]): hop-by-hop headers go, `Host` becomes
 //!    the upstream's, `x-forwarded-for`/`-proto` are added. Done before sending because the
-//!    upstream must never see this hop's connection headers.
-//! 7. **Inject the provider key** ([`crate::upstream::KeyRing::inject`]): the client's key
-//!    headers go, the sidecar's key goes in. After step 6 so that nothing later re-adds a key.
-//! 8. **Rewrite the model, or tap the body** ([`llm::rewrite_request`],
-//!    [`llm::streamed_body`]): with
-//!    `model` configured the body must be read ahead to change it; otherwise it streams, and the
-//!    request facts (model, stream, tools) are read from reference counts of its chunks when the
-//!    upload ends — the provider answers only after that, so the facts are there for step 13.
-//! 9. **Send, bounded by `first_byte`** (and `total`): the body streams from the client to the
-//!    upstream as the upstream reads it — backpressure, no buffering — through a
-//!    [`RequestBody`] that notes how the upload goes, so that a late head is charged to the
-//!    upstream only when the upstream is the one being waited on. `connect` bounds TCP and TLS
-//!    set-up inside the connection pool.
-//! 10. **Classify a failure before the head** ([`ProxyError`]): connect error → 502
+//!    upstream must never see this hop's connection headers. A copy of the client's headers is
+//!    kept only while a later attempt is possible.
+//! 8. **Inject the provider key** ([`crate::upstream::KeyRing::inject`]): the client's key
+//!    headers go, the sidecar's key goes in. After step 7 so that nothing later re-adds a key.
+//! 9. **Give the attempt its body** ([`replay::Payload::body_for`]): a body read ahead is
+//!    replayed from reference counts of its chunks, with this upstream's model rewrite applied;
+//!    a streamed LLM request is tapped, its facts (model, stream, tools) read from reference
+//!    counts of its chunks when the upload ends — the provider answers only after that, so the
+//!    facts are there for step 14.
+//! 10. **Send, bounded by `first_byte`** (and `total`): the body streams from the client to the
+//!     upstream as the upstream reads it — backpressure, no buffering — through a
+//!     [`RequestBody`] that notes how the upload goes, so that a late head is charged to the
+//!     upstream only when the upstream is the one being waited on. `connect` bounds TCP and TLS
+//!     set-up inside the connection pool.
+//! 11. **Fall back** ([`fallback`]): a connect error (or a connection broken before the head),
+//!     no head within `first_byte`, a 5xx or a 429 — as `fallback_on` says, and only with the
+//!     body kept — moves the request on to the next upstream whose circuit admits it (back to
+//!     step 5), or, when none does, to the route's cache. The failed attempt is counted for its
+//!     upstream at once. Before the next upstream (or the cache entry) is found, nothing is
+//!     given up: with nowhere to go, the failure goes to the client as it is.
+//! 12. **Classify a failure before the head** ([`ProxyError`]): connect error → 502
 //!     `upstream_unavailable`, no head in time → 504 `upstream_timeout`; the attempt is counted
 //!     with its outcome.
-//! 11. **Read the response head**: the breaker notes a slow head and a 429's `Retry-After`;
+//! 13. **Read the response head**: the breaker notes a slow head and a 429's `Retry-After`;
 //!     a 401 to an injected key moves the upstream to its next key; an LLM call gets its
-//!     response reader (by content type). Then hop-by-hop headers go and
-//!     `x-sloguard-upstream` is added ([`headers::prepare_response`]).
-//! 12. **Record the sidecar's overhead** (steps 3–8 plus 11, less any wait for the client's body
-//!     while reading it ahead): its own time, apart from the upstream's.
-//! 13. **Stream the body back** ([`ProxyBody`]): frame by frame as the upstream sends it (SSE
+//!     response reader (by content type); a success not streamed, on a route with a cache, is
+//!     kept as it passes. Then hop-by-hop headers go and `x-sloguard-upstream` (and
+//!     `x-sloguard-fallback` after a fallback) is added ([`headers::prepare_response`]).
+//! 14. **Record the sidecar's overhead** (steps 3–9 of every attempt plus 13, less any wait for
+//!     the client's body while reading it ahead): its own time, apart from the upstreams'.
+//! 15. **Stream the body back** ([`ProxyBody`]): frame by frame as the upstream sends it (SSE
 //!     events reach the client as they are produced), each data frame shown to the LLM reader
 //!     on its way (output-chunk timings recorded as they happen); `idle` and `total` end a
-//!     stalled stream; when the last byte is out (or the client leaves) the request is counted
-//!     once: `agent_requests_total`, `agent_response_seconds`,
-//!     `agent_time_to_first_byte_seconds`, `sloguard_upstream_requests_total`, and for an LLM
-//!     call the GenAI duration, tokens, finish reasons, tool-call checks and unparsed bodies;
-//!     the circuit breaker is fed the attempt's outcome (a client that left gives a probe's
-//!     slot back).
+//!     stalled stream; nothing is retried once a byte went out; when the last byte is out (or
+//!     the client leaves) the request is counted once, under the upstream that answered:
+//!     `agent_requests_total`, `agent_response_seconds`, `agent_time_to_first_byte_seconds`,
+//!     `sloguard_upstream_requests_total`, and for an LLM call the GenAI duration, tokens,
+//!     finish reasons, tool-call checks and unparsed bodies; the circuit breaker is fed the
+//!     attempt's outcome (a client that left gives a probe's slot back); a cached response that
+//!     ended cleanly goes into the cache.
 
 pub mod body;
+pub mod cache;
 pub mod error;
+pub mod fallback;
 pub mod headers;
 pub mod listener;
 pub mod llm;
+pub mod replay;
 pub mod state;
 pub mod upload;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri};
@@ -68,14 +88,17 @@ use tokio::time::Instant;
 
 pub use body::{Accounting, BodyError, BreakerTicket, ProxyBody};
 pub use error::{error_response, ProxyError};
-pub use state::{ListenerState, Snapshot};
+pub use state::{ListenerState, RouteState, Snapshot};
 pub use upload::{RequestBody, Upload, UploadState};
 
 use crate::config::{Role, UpstreamUrl};
-use crate::inspect::Format;
+use crate::inspect::{Format, MAX_INSPECTED_BODY};
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
-use crate::upstream::SendError;
+use crate::upstream::{Lease, SendError, Upstream};
+use cache::{CacheFill, Cached, KeyHasher};
+use fallback::{FallbackReason, X_SLOGUARD_CACHE, X_SLOGUARD_FALLBACK};
 use llm::LlmCall;
+use replay::Payload;
 
 /// The request target for the upstream, in origin form: the upstream's path prefix, then the
 /// client's path and query. An absolute-form client URI does not choose the upstream.
@@ -100,121 +123,310 @@ pub async fn handle(
     listener: Arc<ListenerState>,
 ) -> Response<ProxyBody> {
     let received = Instant::now();
-    let upstream = &listener.upstream;
-    let timeouts = upstream.timeouts;
-    let total_deadline = received + timeouts.total.0;
-
+    let route = &*listener.route;
     // Counted even if the client leaves before any answer (hyper then drops this future): as a
     // 4xx with no cause, nginx's 499, with the time it waited.
-    let mut unanswered = Unanswered(Some(Accounting {
-        received,
-        status: StatusClass::ClientError,
-        cause: Cause::None,
-        outcome: None,
-        first_byte_sent: false,
-        listener: listener.clone(),
-        llm: None,
-        breaker: None,
-    }));
+    let mut unanswered = Unanswered(Some(Accounting::new(listener.clone(), received)));
 
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     if parts.method == http::Method::CONNECT {
         let err = ProxyError::Method {
             method: parts.method,
         };
-        return local_error(err, &listener, unanswered.0.take());
+        return local_error(err, unanswered.0.take(), None);
     }
-    // An LLM call (a known operation to a provider, on the `llm` role) is inspected on its way.
-    let format = match (&upstream.llm, listener.role) {
-        (Some(_), Role::Llm) => Format::of(&parts.method, parts.uri.path(), upstream.protocol),
-        _ => None,
-    };
-    if let (Some(format), Some(metrics), Some(a)) = (format, &upstream.llm, unanswered.0.as_mut()) {
-        a.llm = Some(Box::new(LlmCall::new(metrics.clone(), format, received)));
-    }
+    let http::request::Parts {
+        method,
+        uri,
+        version,
+        headers: mut client_headers,
+        ..
+    } = parts;
     // An upstream whose circuit is open is skipped before any work is spent on the request.
-    if let Some(b) = &upstream.breaker {
-        match b.admit(received) {
-            Some(ticket) => {
-                if let Some(a) = unanswered.0.as_mut() {
-                    a.breaker = Some(BreakerTicket {
-                        ticket,
-                        slow: false,
-                        retry_after: None,
-                    });
-                }
-            }
-            None => {
-                let err = ProxyError::CircuitOpen {
-                    upstream: upstream.name.clone(),
-                };
-                return local_error(err, &listener, unanswered.0.take());
-            }
-        }
+    let mut admitted = route.admit_from(0, received);
+    if admitted.is_none() && route.cache.is_none() {
+        return circuit_open(route, unanswered.0.take());
     }
-    parts.uri = match upstream_uri(&upstream.url, &parts.uri) {
-        Ok(uri) => uri,
-        Err(e) => {
-            let err = ProxyError::Internal {
-                upstream: upstream.name.clone(),
-                reason: e.to_string(),
-            };
-            return local_error(err, &listener, unanswered.0.take());
-        }
-    };
-    headers::prepare_request(&mut parts.headers, &upstream.host_header, &client_ip);
-    let key_used = upstream.keys.as_ref().map(|k| k.inject(&mut parts.headers));
+
+    let llm_role = listener.role == Role::Llm;
+    let rewrite = route.rewrites_model
+        && llm_role
+        && route
+            .chain
+            .iter()
+            .any(|u| u.model.is_some() && Format::of(&method, uri.path(), u.protocol).is_some());
+    let replays = route.replays();
     // `client_wait`: time spent waiting for the client's body while reading it ahead, not the
     // sidecar's own.
-    let (body, upload, client_wait) = match (format, upstream.model.as_deref()) {
-        (Some(format), Some(model)) => {
-            let start = Instant::now();
-            let read = llm::rewrite_request(
-                body,
-                &mut parts.headers,
-                format,
-                model,
-                received,
-                timeouts.idle.0,
-                total_deadline,
-            )
-            .await;
-            match read {
-                Ok((body, upload, last)) => (body, upload, last.saturating_duration_since(start)),
-                Err(err) => return local_error(err, &listener, unanswered.0.take()),
-            }
+    let (mut payload, client_wait) = if replays || rewrite {
+        let limit = match (replays, rewrite) {
+            (true, true) => route.max_replay_body.max(MAX_INSPECTED_BODY),
+            (true, false) => route.max_replay_body,
+            _ => MAX_INSPECTED_BODY,
+        };
+        let hasher = route.cache.as_ref().map(|c| {
+            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            KeyHasher::new(c.seed, &method, pq)
+        });
+        let timeouts = route.chain[admitted.as_ref().map_or(0, |a| a.hop)].timeouts;
+        let start = Instant::now();
+        let deadline = received + timeouts.total.0;
+        match replay::read_ahead(
+            body,
+            &client_headers,
+            limit,
+            timeouts.idle.0,
+            deadline,
+            hasher,
+        )
+        .await
+        {
+            Ok((payload, last)) => (payload, last.saturating_duration_since(start)),
+            Err(err) => return local_error(err, unanswered.0.take(), None),
         }
-        _ => {
-            let (body, upload) = llm::streamed_body(body, &parts.headers, format, received);
-            (body, upload, std::time::Duration::ZERO)
+    } else {
+        (Payload::streamed(body), Duration::ZERO)
+    };
+    let replayable = payload.replayable(route.max_replay_body);
+    if replays && !replayable {
+        listener.replay_skipped.increment(1);
+    }
+
+    let mut first_reason = None;
+    let mut next = match admitted.take() {
+        Some(a) => a,
+        // Every upstream is open: the cache is the last resort.
+        None => {
+            let hit = route
+                .cache
+                .as_ref()
+                .zip(payload.cache_key())
+                .and_then(|(c, key)| c.get(key, received));
+            return match hit {
+                Some(hit) => {
+                    route.count_moves(0, FallbackReason::CircuitOpen, route.chain.len());
+                    serve_cached(hit, unanswered.0.take(), FallbackReason::CircuitOpen)
+                }
+                None => circuit_open(route, unanswered.0.take()),
+            };
         }
     };
-    if let Some(call) = unanswered.0.as_mut().and_then(|a| a.llm.as_mut()) {
-        call.set_upload(upload.clone());
+    if next.hop > 0 {
+        route.count_moves(0, FallbackReason::CircuitOpen, next.hop);
+        first_reason = Some(FallbackReason::CircuitOpen);
     }
-    let request = Request::from_parts(parts, body);
 
-    let sent = Instant::now();
+    // The sidecar's own time before each attempt was sent.
+    let mut own = Duration::ZERO;
+    let mut attempt_start = received;
+    loop {
+        let hop = next.hop;
+        let upstream = &route.chain[hop];
+        let timeouts = upstream.timeouts;
+        let format = match (&upstream.llm, llm_role) {
+            (Some(_), true) => Format::of(&method, uri.path(), upstream.protocol),
+            _ => None,
+        };
+        let Some(account) = unanswered.0.as_mut() else {
+            // Taken only by a return.
+            return local_error(internal(upstream, "request accounting lost"), None, None);
+        };
+        account.hop = hop;
+        account.breaker = next.ticket.take().map(|ticket| BreakerTicket {
+            ticket,
+            slow: false,
+            retry_after: None,
+        });
+        account.llm = match (format, &upstream.llm) {
+            (Some(format), Some(metrics)) => Some(Box::new(LlmCall::new(
+                metrics.clone(),
+                format,
+                attempt_start,
+            ))),
+            _ => None,
+        };
+        let target = match upstream_uri(&upstream.url, &uri) {
+            Ok(target) => target,
+            Err(e) => {
+                let err = internal(upstream, &e.to_string());
+                return local_error(err, unanswered.0.take(), first_reason);
+            }
+        };
+        // The client's headers are kept only while another attempt may need them.
+        let mut headers = if replayable && hop + 1 < route.chain.len() {
+            client_headers.clone()
+        } else {
+            std::mem::take(&mut client_headers)
+        };
+        headers::prepare_request(&mut headers, &upstream.host_header, &client_ip);
+        let key_used = upstream.keys.as_ref().map(|k| k.inject(&mut headers));
+        let model = upstream.model.as_deref();
+        let Some((body, upload)) = payload.body_for(&mut headers, format, model, attempt_start)
+        else {
+            // A streamed body goes to one attempt only: `replayable` stops a second.
+            let err = internal(upstream, "request body already sent");
+            return local_error(err, unanswered.0.take(), first_reason);
+        };
+        if let Some(call) = unanswered.0.as_mut().and_then(|a| a.llm.as_mut()) {
+            call.set_upload(upload.clone());
+        }
+        let mut request = Request::new(body);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = target;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+
+        let sent = Instant::now();
+        own += sent.saturating_duration_since(attempt_start);
+        let total_deadline = attempt_start + timeouts.total.0;
+        let result = exchange(upstream, request, upload.as_deref(), sent, total_deadline).await;
+        let head_at = Instant::now();
+
+        // Fall back: the failure is one `fallback_on` names, the body can be sent again, and
+        // there is somewhere to send it.
+        let reason = match &result {
+            Ok((response, _)) => FallbackReason::of_status(response.status()),
+            Err(err) => FallbackReason::of_error(err),
+        }
+        .filter(|r| replayable && route.fallback_on.contains(*r));
+        if let Some(reason) = reason {
+            let following = route.admit_from(hop + 1, head_at);
+            let cached = match following {
+                Some(_) => None,
+                None => route
+                    .cache
+                    .as_ref()
+                    .zip(payload.cache_key())
+                    .and_then(|(c, key)| c.get(key, head_at)),
+            };
+            if following.is_some() || cached.is_some() {
+                let (outcome, status) = match &result {
+                    Ok((response, _)) => (
+                        UpstreamOutcome::of_status(response.status()),
+                        StatusClass::of(response.status()),
+                    ),
+                    Err(err) => {
+                        err.log(&upstream.log_limit);
+                        (
+                            err.outcome().unwrap_or(UpstreamOutcome::Reset),
+                            StatusClass::of(err.status()),
+                        )
+                    }
+                };
+                if let Some(a) = unanswered.0.as_mut() {
+                    if let (Some(t), Ok((response, _))) = (a.breaker.as_mut(), &result) {
+                        t.retry_after = retry_after(response.headers());
+                    }
+                    a.attempt_failed(outcome, status, head_at);
+                }
+                first_reason.get_or_insert(reason);
+                match following {
+                    Some(following) => {
+                        route.count_moves(hop, reason, following.hop);
+                        next = following;
+                        attempt_start = Instant::now();
+                        continue;
+                    }
+                    None => {
+                        route.count_moves(hop, reason, route.chain.len());
+                        if let Some(hit) = cached {
+                            return serve_cached(hit, unanswered.0.take(), reason);
+                        }
+                    }
+                }
+            }
+        }
+
+        let (response, lease) = match result {
+            Ok(exchange) => exchange,
+            Err(err) => return local_error(err, unanswered.0.take(), first_reason),
+        };
+        let (mut parts, body) = response.into_parts();
+        let status = parts.status;
+        if let (http::StatusCode::UNAUTHORIZED, Some(keys), Some(used)) =
+            (status, &upstream.keys, key_used)
+        {
+            keys.rejected(used, &upstream.log_limit);
+        }
+        headers::prepare_response(&mut parts.headers, &upstream.header_value);
+        let mut account = unanswered.0.take();
+        if let Some(a) = account.as_mut() {
+            a.status = StatusClass::of(status);
+            a.cause = Cause::of_response(listener.role, status);
+            a.outcome = Some(UpstreamOutcome::of_status(status));
+            if let Some(call) = a.llm.as_mut() {
+                call.response(status, &parts.headers);
+            }
+            if let (Some(t), Some(b)) = (a.breaker.as_mut(), &upstream.breaker) {
+                // The upstream's time to answer: from the end of the upload, not the client's
+                // time to send it.
+                let from = upload
+                    .as_deref()
+                    .map_or(sent, |u| u.last_chunk_at().max(sent));
+                t.slow = b
+                    .slow_after
+                    .is_some_and(|s| head_at.saturating_duration_since(from) > s);
+                t.retry_after = retry_after(&parts.headers);
+                // A probe is judged by its head: a stream can take minutes, and the circuit must
+                // not stay half-open (refusing everyone else) for as long.
+                if t.ticket.is_probe() {
+                    if let Some(t) = a.breaker.take() {
+                        b.record(
+                            t.ticket,
+                            t.outcome(UpstreamOutcome::of_status(status)),
+                            head_at,
+                        );
+                    }
+                }
+            }
+            if let Some(key) = payload.cache_key().filter(|_| route.cache.is_some()) {
+                a.cache_fill = CacheFill::new(key, status, &parts.headers).map(Box::new);
+            }
+        }
+        if let Some(reason) = first_reason {
+            parts
+                .headers
+                .insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
+        }
+        let body = ProxyBody::upstream(body, lease, account, timeouts.idle.0, total_deadline);
+        let done = Instant::now();
+        listener
+            .overhead
+            .record((own.saturating_sub(client_wait) + done.duration_since(head_at)).as_secs_f64());
+        return Response::from_parts(parts, body);
+    }
+}
+
+/// Sends one attempt and waits for its response head, bounded by `first_byte` (restarted while
+/// the client is still uploading) and `total`.
+async fn exchange(
+    upstream: &Upstream,
+    request: Request<RequestBody>,
+    upload: Option<&Upload>,
+    sent: Instant,
+    total_deadline: Instant,
+) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    let timeouts = upstream.timeouts;
     let send = upstream.pool.send(request);
     tokio::pin!(send);
     let mut head_deadline = (sent + timeouts.first_byte.0).min(total_deadline);
     let result = loop {
         match tokio::time::timeout_at(head_deadline, &mut send).await {
-            Ok(result) => break Ok(result),
+            Ok(result) => break result,
             Err(_elapsed) => {
                 // `first_byte` is the upstream's time to answer: while the client is still
                 // uploading, the clock restarts; a client silent for `idle` is the client's fault.
                 let now = Instant::now();
-                match upload.as_deref().map(|u| u.state(now, timeouts.idle.0)) {
+                match upload.map(|u| u.state(now, timeouts.idle.0)) {
                     Some(UploadState::ClientSending) if now < total_deadline => {
                         head_deadline = (now + timeouts.first_byte.0).min(total_deadline);
                     }
                     // Stalled, or still uploading when `total` ran out: the client's doing.
                     Some(UploadState::ClientStalled | UploadState::ClientSending) => {
-                        break Err(ProxyError::ClientStalled)
+                        return Err(ProxyError::ClientStalled)
                     }
                     _ => {
-                        break Err(ProxyError::FirstByteTimeout {
+                        return Err(ProxyError::FirstByteTimeout {
                             upstream: upstream.name.clone(),
                             timeout: now.duration_since(sent),
                         })
@@ -223,76 +435,28 @@ pub async fn handle(
             }
         }
     };
-    let head_at = Instant::now();
+    result.map_err(|e| match e {
+        SendError::Connect(source) => ProxyError::Connect {
+            upstream: upstream.name.clone(),
+            source,
+        },
+        SendError::Exchange(source) => {
+            let client_failed = upload.is_some_and(Upload::failed);
+            ProxyError::from_exchange(&upstream.name, source, client_failed)
+        }
+    })
+}
 
-    let (response, lease) = match result {
-        Ok(Ok(exchange)) => exchange,
-        Ok(Err(SendError::Connect(source))) => {
-            let err = ProxyError::Connect {
-                upstream: upstream.name.clone(),
-                source,
-            };
-            return local_error(err, &listener, unanswered.0.take());
-        }
-        Ok(Err(SendError::Exchange(source))) => {
-            let client_failed = upload.as_deref().is_some_and(Upload::failed);
-            let err = ProxyError::from_exchange(&upstream.name, source, client_failed);
-            return local_error(err, &listener, unanswered.0.take());
-        }
-        Err(err) => return local_error(err, &listener, unanswered.0.take()),
-    };
-
-    let (mut parts, body) = response.into_parts();
-    let status = parts.status;
-    if let (http::StatusCode::UNAUTHORIZED, Some(keys), Some(used)) =
-        (status, &upstream.keys, key_used)
-    {
-        keys.rejected(used, &upstream.log_limit);
+fn internal(upstream: &Upstream, reason: &str) -> ProxyError {
+    ProxyError::Internal {
+        upstream: upstream.name.clone(),
+        reason: reason.to_owned(),
     }
-    let mut account = unanswered.0.take();
-    if let Some(a) = account.as_mut() {
-        a.status = StatusClass::of(status);
-        a.cause = Cause::of_response(listener.role, status);
-        a.outcome = Some(UpstreamOutcome::of_status(status));
-        if let Some(call) = a.llm.as_mut() {
-            call.response(status, &parts.headers);
-        }
-        if let (Some(t), Some(b)) = (a.breaker.as_mut(), &upstream.breaker) {
-            // The upstream's time to answer: from the end of the upload, not the client's
-            // time to send it.
-            let from = upload
-                .as_deref()
-                .map_or(sent, |u| u.last_chunk_at().max(sent));
-            t.slow = b
-                .slow_after
-                .is_some_and(|s| head_at.saturating_duration_since(from) > s);
-            t.retry_after = retry_after(&parts.headers);
-            // A probe is judged by its head: a stream can take minutes, and the circuit must
-            // not stay half-open (refusing everyone else) for as long.
-            if t.ticket.is_probe() {
-                if let Some(t) = a.breaker.take() {
-                    b.record(
-                        t.ticket,
-                        t.outcome(UpstreamOutcome::of_status(status)),
-                        head_at,
-                    );
-                }
-            }
-        }
-    }
-    headers::prepare_response(&mut parts.headers, &upstream.header_value);
-    let body = ProxyBody::upstream(body, lease, account, timeouts.idle.0, total_deadline);
-    let done = Instant::now();
-    listener.metrics.overhead.record(
-        (sent.duration_since(received).saturating_sub(client_wait) + done.duration_since(head_at))
-            .as_secs_f64(),
-    );
-    Response::from_parts(parts, body)
 }
 
 /// A `Retry-After` in seconds (the form providers send; an HTTP date is not read), at most an
 /// hour: a provider's typo must not hold a circuit open for days.
-fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let secs: u64 = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
@@ -301,25 +465,63 @@ fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
         .parse()
         .ok()?;
     // "Retry now" is no reason to stop.
-    (secs > 0).then(|| std::time::Duration::from_secs(secs.min(3600)))
+    (secs > 0).then(|| Duration::from_secs(secs.min(3600)))
 }
 
-/// Answers with a proxy-made error, counted like any other response.
+/// 503 `circuit_open`: every upstream of the route is open, and the cache had nothing.
+fn circuit_open(route: &RouteState, account: Option<Accounting>) -> Response<ProxyBody> {
+    let err = ProxyError::CircuitOpen {
+        route: route.name.clone(),
+    };
+    let first = route.chain.len() > 1;
+    local_error(err, account, first.then_some(FallbackReason::CircuitOpen))
+}
+
+/// Answers from the route's cache: every upstream is open or has failed.
+fn serve_cached(
+    hit: Cached,
+    mut account: Option<Accounting>,
+    reason: FallbackReason,
+) -> Response<ProxyBody> {
+    if let Some(a) = account.as_mut() {
+        a.hop = a.listener.route.chain.len();
+        a.status = StatusClass::of(hit.status);
+        a.cause = Cause::None;
+        a.outcome = None;
+    }
+    let mut response = Response::new(ProxyBody::local(hit.body, account));
+    *response.status_mut() = hit.status;
+    *response.headers_mut() = hit.headers;
+    let headers = response.headers_mut();
+    headers.insert(X_SLOGUARD_CACHE.clone(), HeaderValue::from_static("hit"));
+    headers.insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
+    response
+}
+
+/// Answers with a proxy-made error, counted like any other response, under the upstream the
+/// request was with.
 fn local_error(
     err: ProxyError,
-    listener: &ListenerState,
     mut account: Option<Accounting>,
+    fallback: Option<FallbackReason>,
 ) -> Response<ProxyBody> {
-    err.log(&listener.upstream.log_limit);
     let (mut parts, bytes) = err.to_response().into_parts();
-    parts.headers.insert(
-        headers::X_SLOGUARD_UPSTREAM.clone(),
-        listener.upstream.header_value.clone(),
-    );
     if let Some(a) = account.as_mut() {
+        let route = &a.listener.route;
+        let upstream = route.chain.get(a.hop).unwrap_or(&route.chain[0]);
+        err.log(&upstream.log_limit);
+        parts.headers.insert(
+            headers::X_SLOGUARD_UPSTREAM.clone(),
+            upstream.header_value.clone(),
+        );
         a.status = StatusClass::of(parts.status);
-        a.cause = err.cause(listener.role);
+        a.cause = err.cause(a.listener.role);
         a.outcome = err.outcome();
+    }
+    if let Some(reason) = fallback {
+        parts
+            .headers
+            .insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
     }
     Response::from_parts(parts, ProxyBody::local(bytes, account))
 }

@@ -125,15 +125,30 @@ impl RequestBody {
     }
 
     /// A body read ahead: `chunks`, then `rest` (what the client has not sent yet, if anything).
-    /// `request` is what was learned from it.
+    /// `request` is what was learned from it already; without it, `tap` reads the LLM request's
+    /// facts on the way, as [`RequestBody::new`] does.
     pub fn buffered(
         chunks: VecDeque<Bytes>,
         rest: Option<Incoming>,
         started: Instant,
-        request: Result<RequestFacts, Unparsed>,
+        request: Option<Result<RequestFacts, Unparsed>>,
+        tap: Option<Format>,
     ) -> (RequestBody, Option<Arc<Upload>>) {
         let upload = new_upload(started);
-        let _ = upload.request.set(request);
+        let empty = chunks.is_empty() && rest.as_ref().is_none_or(Incoming::is_end_stream);
+        let tap = match request {
+            Some(facts) => {
+                let _ = upload.request.set(facts);
+                None
+            }
+            // An empty body has nothing to read (and may never be polled).
+            None if empty => None,
+            None => tap.map(|format| Tap {
+                format,
+                body: Collected::default(),
+                too_large: false,
+            }),
+        };
         if rest.is_none() {
             upload.complete.store(true, Ordering::Release);
         }
@@ -141,7 +156,7 @@ impl RequestBody {
             RequestBody {
                 source: Source::Buffered { chunks, rest },
                 upload: Some(upload.clone()),
-                tap: None,
+                tap,
             },
             Some(upload),
         )

@@ -31,6 +31,8 @@ pub const CONNECTION_ERRORS_TOTAL: &str = "sloguard_client_connection_errors_tot
 pub const BUILD_INFO: &str = "sloguard_build_info";
 pub const CIRCUIT_STATE: &str = "sloguard_circuit_state";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "sloguard_circuit_transitions_total";
+pub const FALLBACKS_TOTAL: &str = "sloguard_fallbacks_total";
+pub const REPLAY_SKIPPED_TOTAL: &str = "sloguard_replay_skipped_total";
 
 /// Request latency of an agent or an LLM call: from a few milliseconds (a cached or failed call)
 /// to minutes (a long generation). Denser around 0.1–10 s, where agent latency SLOs sit; every
@@ -199,6 +201,18 @@ impl Telemetry {
             0,
         );
         d(
+            FALLBACKS_TOTAL,
+            None,
+            "Requests moved on from one upstream of a route to the next (to=\"cache\": to the last-resort cache), by the reason.",
+            0,
+        );
+        d(
+            REPLAY_SKIPPED_TOTAL,
+            None,
+            "Requests whose body was larger than max_replay_body: streamed to one upstream, with no fallback.",
+            0,
+        );
+        d(
             BUILD_INFO,
             None,
             "Always 1; the version label says which sloguard runs.",
@@ -245,17 +259,34 @@ pub(crate) fn label(key: &'static str, value: &str) -> Label {
     Label::new(key, value.to_owned())
 }
 
-/// The handles one listener records a request with.
+/// The handles a request answered on one listener by one upstream (or the cache) is recorded
+/// with.
 #[derive(Clone)]
 pub struct RequestMetrics {
     /// Indexed by `[StatusClass][Cause]`.
     requests: [[Counter; Cause::COUNT]; StatusClass::COUNT],
     pub response_seconds: Histogram,
     pub time_to_first_byte: Histogram,
-    pub overhead: Histogram,
+}
+
+/// `sloguard_overhead_seconds` of one listener.
+pub fn overhead(t: &Telemetry, agent: &str, listener: &str) -> Histogram {
+    t.histogram(
+        OVERHEAD_SECONDS,
+        vec![label("agent", agent), label("listener", listener)],
+    )
+}
+
+/// `sloguard_replay_skipped_total` of one listener.
+pub fn replay_skipped(t: &Telemetry, agent: &str, listener: &str) -> Counter {
+    t.counter(
+        REPLAY_SKIPPED_TOTAL,
+        vec![label("agent", agent), label("listener", listener)],
+    )
 }
 
 impl RequestMetrics {
+    /// `upstream`: the upstream that answered, or `cache`.
     pub fn new(t: &Telemetry, agent: &str, listener: &str, upstream: &str) -> RequestMetrics {
         let base = || {
             vec![
@@ -276,10 +307,6 @@ impl RequestMetrics {
             requests,
             response_seconds: t.histogram(AGENT_RESPONSE_SECONDS, base()),
             time_to_first_byte: t.histogram(AGENT_TIME_TO_FIRST_BYTE_SECONDS, base()),
-            overhead: t.histogram(
-                OVERHEAD_SECONDS,
-                vec![label("agent", agent), label("listener", listener)],
-            ),
         }
     }
 

@@ -1,0 +1,196 @@
+//! The client's request body as a route's attempts use it: streamed once, or read ahead (within
+//! `max_replay_body`, or [`MAX_INSPECTED_BODY`] for a model rewrite) so that each attempt gets
+//! the same bytes — each upstream's own model rewrite applied to them — and so that the cache
+//! can key the request by its body.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
+use http::{HeaderMap, HeaderValue};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::cache::{CacheKey, KeyHasher};
+use super::error::ProxyError;
+use super::upload::{RequestBody, Upload};
+use crate::inspect::{parse_request, rewrite::rewrite_model, Collected, Format, Unparsed};
+
+/// The request body, for however many attempts the route makes.
+pub enum Payload {
+    /// Goes to one upstream as it arrives: `prefix` (read ahead, when the body turned out too
+    /// large to keep), then the rest from the client. `None` once an attempt took it.
+    Stream(Option<(VecDeque<Bytes>, Option<Incoming>)>),
+    /// Read whole: every attempt sends these bytes.
+    Whole(Whole),
+}
+
+pub struct Whole {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+    /// The body in one piece, made the first time a model rewrite needs it.
+    contiguous: Option<Bytes>,
+    /// The cache's key for the request, on a route with a cache.
+    pub key: Option<CacheKey>,
+}
+
+impl Payload {
+    pub fn streamed(body: Incoming) -> Payload {
+        Payload::Stream(Some((VecDeque::new(), Some(body))))
+    }
+
+    /// Whether a failed attempt can be followed by another: the body is whole and within `limit`.
+    pub fn replayable(&self, limit: usize) -> bool {
+        matches!(self, Payload::Whole(w) if w.len <= limit)
+    }
+
+    pub fn cache_key(&self) -> Option<CacheKey> {
+        match self {
+            Payload::Whole(w) => w.key,
+            Payload::Stream(_) => None,
+        }
+    }
+
+    /// The body for one attempt, with `format` the LLM operation the upstream speaks and `model`
+    /// the model it rewrites requests to. `headers` are the attempt's own (a rewrite changes
+    /// their `content-length`). `None` when the body was already streamed to an earlier attempt.
+    pub fn body_for(
+        &mut self,
+        headers: &mut HeaderMap,
+        format: Option<Format>,
+        model: Option<&str>,
+        received: Instant,
+    ) -> Option<(RequestBody, Option<Arc<Upload>>)> {
+        let encoded = format.is_some()
+            && headers
+                .get(CONTENT_ENCODING)
+                .is_some_and(|e| e.as_bytes() != b"identity");
+        match self {
+            Payload::Stream(parts) => {
+                let (prefix, rest) = parts.take()?;
+                Some(match (prefix.is_empty(), rest) {
+                    (true, Some(rest)) => {
+                        super::llm::streamed_body(rest, headers, format, received)
+                    }
+                    (_, rest) => {
+                        // Read ahead for a model rewrite and found too large to change (or a
+                        // prefix kept for replay and found too large to keep): passed on as is.
+                        let facts = match (format, model) {
+                            (Some(_), _) if encoded => Some(Err(Unparsed::RequestContentEncoding)),
+                            (Some(_), Some(_)) => Some(Err(Unparsed::RequestTooLarge)),
+                            _ => None,
+                        };
+                        RequestBody::buffered(prefix, rest, received, facts, format)
+                    }
+                })
+            }
+            Payload::Whole(whole) => {
+                let facts = match (format, model) {
+                    (Some(_), _) if encoded => Some(Err(Unparsed::RequestContentEncoding)),
+                    (Some(format), Some(model)) => {
+                        let bytes = whole.contiguous();
+                        match rewrite_model(&bytes, model) {
+                            Ok(rewritten) => {
+                                let facts = parse_request(format, &rewritten);
+                                headers.insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                                let chunks = VecDeque::from([Bytes::from(rewritten)]);
+                                return Some(RequestBody::buffered(
+                                    chunks,
+                                    None,
+                                    received,
+                                    Some(facts),
+                                    None,
+                                ));
+                            }
+                            Err(why) => Some(Err(why)),
+                        }
+                    }
+                    _ => None,
+                };
+                // Each chunk is a reference count: a replay copies nothing.
+                Some(RequestBody::buffered(
+                    whole.chunks.clone(),
+                    None,
+                    received,
+                    facts,
+                    format,
+                ))
+            }
+        }
+    }
+}
+
+impl Whole {
+    fn contiguous(&mut self) -> Bytes {
+        if self.contiguous.is_none() {
+            let mut all = Collected::with_limit(usize::MAX);
+            self.chunks.iter().for_each(|c| {
+                all.push(c);
+            });
+            self.contiguous = Some(all.into_bytes());
+        }
+        self.contiguous.clone().unwrap_or_default()
+    }
+}
+
+/// Reads the body ahead, up to `limit` bytes. A body that declares (or turns out) larger goes
+/// on as a stream, with what was read before it. The client's pauses are bounded by `idle`, the
+/// whole read by `deadline`. `hasher`: keys the body for the cache. Also returns when the last
+/// chunk read ahead arrived (the sidecar's overhead does not count the wait for it).
+pub async fn read_ahead(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+    idle: std::time::Duration,
+    deadline: Instant,
+    mut hasher: Option<KeyHasher>,
+) -> Result<(Payload, Instant), ProxyError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Ok((Payload::streamed(body), Instant::now()));
+    }
+    let mut kept = Collected::with_limit(limit);
+    // A chunk past the limit: the body goes on as a stream, this chunk after what was kept.
+    let mut overflow = None;
+    while !http_body::Body::is_end_stream(&body) {
+        let next = (Instant::now() + idle).min(deadline);
+        let frame = match tokio::time::timeout_at(next, body.frame()).await {
+            Err(_) => return Err(ProxyError::ClientStalled),
+            Ok(None) => break,
+            Ok(Some(Err(source))) => return Err(ProxyError::ClientBody { source }),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers of a request read ahead are dropped: replayed bodies carry data only.
+        if let Ok(data) = frame.into_data() {
+            if !kept.push(&data) {
+                overflow = Some(data);
+                break;
+            }
+        }
+    }
+    let last_chunk = Instant::now();
+    let len = kept.len();
+    let mut chunks = kept.into_chunks();
+    if let Some(next) = overflow {
+        chunks.push_back(next);
+        return Ok((Payload::Stream(Some((chunks, Some(body)))), last_chunk));
+    }
+    let key = hasher.as_mut().map(|h| {
+        chunks.iter().for_each(|c| h.update(c));
+        h.finish()
+    });
+    Ok((
+        Payload::Whole(Whole {
+            chunks,
+            len,
+            contiguous: None,
+            key,
+        }),
+        last_chunk,
+    ))
+}
