@@ -244,11 +244,15 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
         .args([
             "demo",
             "--duration",
-            "3s",
+            "5s",
             "--admin",
             "127.0.0.1:0",
             "--rate",
             "30",
+            "--outage-at",
+            "1s",
+            "--outage-for",
+            "2s",
         ])
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -280,14 +284,16 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
         assert!(total >= 30, "{listener}: {last}");
     }
     // The LLM lines: time to first token, tokens and finish reasons the sidecar read from the
-    // streams of both formats.
-    for upstream in ["openai", "anthropic"] {
-        let last = stdout
+    // streams of both formats. TTFT and tokens/s are per second, and a second in which the
+    // primary's circuit was open has none: some line of each upstream must have them.
+    for upstream in ["openai", "openai-spare", "anthropic"] {
+        let lines: Vec<&str> = stdout
             .lines()
-            .rfind(|l| l.contains(&format!("] {upstream} ")))
-            .expect("an LLM summary line");
-        let after = |word: &str| -> String {
-            last.split(word)
+            .filter(|l| l.contains(&format!("] {upstream} ")))
+            .collect();
+        let last = lines.last().expect("an LLM summary line");
+        let after = |line: &str, word: &str| -> String {
+            line.split(word)
                 .nth(1)
                 .unwrap()
                 .split_whitespace()
@@ -295,12 +301,46 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
                 .unwrap()
                 .to_owned()
         };
-        assert!(after("TTFT p50").ends_with("ms"), "{last}");
-        assert!(after("tokens/s").parse::<f64>().unwrap() > 0.0, "{last}");
-        assert!(after("finish stop").parse::<u64>().unwrap() > 0, "{last}");
+        assert!(
+            lines.iter().any(|l| after(l, "TTFT p50").ends_with("ms")),
+            "{upstream}: {lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| after(l, "tokens/s").parse::<f64>().unwrap() > 0.0),
+            "{upstream}: {lines:#?}"
+        );
+        assert!(
+            after(last, "finish stop").parse::<u64>().unwrap() > 0,
+            "{last}"
+        );
         assert!(
             last.contains("hallucinated tool calls: unknown_tool"),
             "{last}"
         );
     }
+    // The primary's outage: its circuit opened, requests moved on to the spare, and the agent's
+    // egress answered every one of them.
+    let circuit = stdout
+        .lines()
+        .rfind(|l| l.contains("] circuit openai "))
+        .expect("a circuit summary line");
+    let after = |line: &str, word: &str| -> u64 {
+        line.split(word)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches([',', ')'])
+            .parse()
+            .unwrap()
+    };
+    assert!(after(circuit, "(opened") >= 1, "{circuit}");
+    assert!(after(circuit, "5xx") >= 1, "{circuit}");
+    assert!(after(circuit, "circuit_open") >= 1, "{circuit}");
+    let egress = stdout.lines().rfind(|l| l.contains("] egress ")).unwrap();
+    assert_eq!(after(egress, "5xx"), 0, "{egress}");
+    assert!(egress.contains("availability 100.00%"), "{egress}");
 }

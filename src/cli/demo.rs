@@ -30,6 +30,12 @@ pub struct DemoArgs {
     /// Requests per second sent to each listener.
     #[arg(long, default_value_t = 20)]
     pub rate: u32,
+    /// When the primary OpenAI-style provider's outage starts (every completion a 503).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub outage_at: Duration,
+    /// How long the outage lasts (`0s`: none).
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub outage_for: Duration,
 }
 
 type DemoClient = Client<HttpConnector, Full<Bytes>>;
@@ -41,7 +47,7 @@ struct Samples {
     listeners: [Vec<f64>; 3],
 }
 
-fn demo_config(admin: SocketAddr, agent_url: &str, provider_url: &str) -> String {
+fn demo_config(admin: SocketAddr, agent_url: &str, provider_url: &str, spare_url: &str) -> String {
     format!(
         "agent: demo-agent
 admin:
@@ -52,7 +58,10 @@ listeners:
   - {{name: egress-anthropic, bind: 127.0.0.1:0, role: llm, route: anthropic}}
 routes:
   agent: {{upstreams: [agent]}}
-  llm: {{upstreams: [openai]}}
+  llm:
+    upstreams: [openai, openai-spare]
+    fallback_on: [connect_error, timeout, 5xx, 429]
+    max_replay_body: 1MiB
   anthropic: {{upstreams: [anthropic]}}
 upstreams:
   agent:
@@ -61,6 +70,12 @@ upstreams:
   openai:
     url: {provider_url}
     protocol: openai
+    timeouts: {{connect: 1s, first_byte: 5s, idle: 2s, total: 30s}}
+    circuit_breaker: {{consecutive_failures: 5, open_for: 2s, max_open_for: 10s, half_open_probes: 1}}
+  openai-spare:
+    url: {spare_url}
+    protocol: openai
+    model: gpt-4.1-mini
     timeouts: {{connect: 1s, first_byte: 5s, idle: 2s, total: 30s}}
   anthropic:
     url: {provider_url}
@@ -84,15 +99,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             chunk_delay: Duration::from_millis(15),
             chunks: 20,
             error_rate: 0.03,
-            rate_limit_rate: 0.02,
+            // Each 429 carries `Retry-After: 1`, which opens the primary's circuit: rare enough
+            // here that the outage is the story.
+            rate_limit_rate: 0.005,
             tool_call_rate: 0.3,
             hallucination_rate: 0.2,
+            outage: Some((args.outage_at, args.outage_for)),
             seed: clock_seed(),
             ..ProviderSim::default()
         },
     )
     .await
     .context("starting the simulated provider")?;
+    // The fallback: a second provider, slower but healthy.
+    let spare = spawn_provider(
+        loopback,
+        ProviderSim {
+            first_chunk_delay: Duration::from_millis(180),
+            chunk_delay: Duration::from_millis(15),
+            chunks: 20,
+            tool_call_rate: 0.3,
+            seed: clock_seed() ^ 0x5a5e,
+            ..ProviderSim::default()
+        },
+    )
+    .await
+    .context("starting the simulated spare provider")?;
     let agent_sim = AgentSim {
         error_rate: 0.01,
         work: Duration::from_millis(20),
@@ -108,7 +140,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if std::net::TcpListener::bind(admin).is_err() {
         admin = loopback;
     }
-    let config = Config::parse("demo", &demo_config(admin, &agent.url(), &provider.url()))?;
+    let config = Config::parse(
+        "demo",
+        &demo_config(admin, &agent.url(), &provider.url(), &spare.url()),
+    )?;
     let sidecar = Sidecar::start(config).await?;
     let inbound = sidecar
         .listener_addr("inbound")
@@ -119,12 +154,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("egress-anthropic listener")?;
     let _ = llm_url.set(format!("http://{egress}"));
 
-    println!("sloguard demo: simulated agent {} and LLM provider {} speaking OpenAI and Anthropic (3% 500s, 2% 429s, SSE streams, 30% tool calls of which 20% hallucinated)", agent.url(), provider.url());
+    println!("sloguard demo: simulated agent {} and LLM provider {} speaking OpenAI and Anthropic (3% 500s, 0.5% 429s, SSE streams, 30% tool calls of which 20% hallucinated)", agent.url(), provider.url());
     println!("  inbound           http://{inbound}  (role agent: clients -> agent; the agent calls its LLM through egress)");
-    println!("  egress            http://{egress}  (role llm: agent -> provider, OpenAI Chat Completions)");
-    println!("  egress-anthropic  http://{anthropic}  (role llm: Anthropic Messages)");
+    println!("  egress            http://{egress}  (role llm: agent -> provider, OpenAI Chat Completions; falls back to openai-spare {}, model rewritten to gpt-4.1-mini)", spare.url());
+    if !args.outage_for.is_zero() {
+        println!(
+            "  outage   openai answers only 503s from {:?} to {:?}: watch its circuit open, traffic move to openai-spare, the probes, the close; egress keeps answering",
+            args.outage_at,
+            args.outage_at + args.outage_for
+        );
+    }
+    println!("  egress-anthropic  http://{anthropic}  (role llm: Anthropic Messages, same provider, no fallback: what the outage does without one)");
     println!(
-        "  admin    http://{}/metrics   /healthz   /readyz",
+        "  admin    http://{}/metrics   /healthz   /readyz   /circuits",
         sidecar.admin_addr
     );
     println!(
@@ -142,6 +184,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut send =
         tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1))));
     let mut llm = LlmSummary::default();
+    let mut chain = ChainSummary::default();
     let mut report =
         tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
     let stop = async {
@@ -167,9 +210,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 for (i, name) in ["inbound", "egress", "egress-anthropic"].into_iter().enumerate() {
                     println!("[{t:>4}s] {}", summary_line(name, &metrics, &mut s.listeners[i]));
                 }
-                for upstream in ["openai", "anthropic"] {
+                for upstream in ["openai", "openai-spare", "anthropic"] {
                     println!("[{t:>4}s] {}", llm.line(upstream, &metrics));
                 }
+                println!("[{t:>4}s] {}", chain.line("openai", &metrics));
             }
             _ = &mut stop => break,
         }
@@ -290,6 +334,64 @@ impl LlmSummary {
     }
 }
 
+/// The fallback line of the summary: the primary's attempts (all and last second), its circuit,
+/// and the requests moved on from it, from the sidecar's own metrics.
+#[derive(Default)]
+struct ChainSummary {
+    /// Attempts and successful attempts last time.
+    last: (f64, f64),
+}
+
+impl ChainSummary {
+    fn line(&mut self, upstream: &str, metrics: &str) -> String {
+        let up = format!("upstream=\"{upstream}\"");
+        let attempts = sum_series(metrics, "sloguard_upstream_requests_total", &[&up]);
+        let ok = sum_series(
+            metrics,
+            "sloguard_upstream_requests_total",
+            &[&up, "outcome=\"ok\""],
+        );
+        let (attempts_before, ok_before) = std::mem::replace(&mut self.last, (attempts, ok));
+        let share = |ok: f64, all: f64| {
+            if all > 0.0 {
+                format!("{:>5.1}%", 100.0 * ok / all)
+            } else {
+                "    -".to_string()
+            }
+        };
+        let state = match sum_series(metrics, "sloguard_circuit_state", &[&up]) as u8 {
+            0 => "closed",
+            1 => "half_open",
+            _ => "open",
+        };
+        let transitions = |to: &str| {
+            sum_series(
+                metrics,
+                "sloguard_circuit_transitions_total",
+                &[&up, &format!("to=\"{to}\"")],
+            ) as u64
+        };
+        let from = format!("from=\"{upstream}\"");
+        let moved = |reason: &str| {
+            sum_series(
+                metrics,
+                "sloguard_fallbacks_total",
+                &[&from, &format!("reason=\"{reason}\"")],
+            ) as u64
+        };
+        format!(
+            "circuit {upstream:<8} {state:<9} (opened {:>2}, probes ok {:>2}) | attempts ok {} all, {} last 1s | requests moved on to the fallback: 5xx {:>4} 429 {:>4} circuit_open {:>5}",
+            transitions("open"),
+            transitions("closed"),
+            share(ok, attempts),
+            share(ok - ok_before, attempts - attempts_before),
+            moved("5xx"),
+            moved("429"),
+            moved("circuit_open"),
+        )
+    }
+}
+
 /// A different run each time (the simulators' default seeds keep tests repeatable).
 fn clock_seed() -> u64 {
     std::time::SystemTime::now()
@@ -364,8 +466,16 @@ fn summary_line(listener: &str, metrics: &str, window: &mut Vec<f64>) -> String 
             format!("{:>4.0}ms", window[i] * 1000.0)
         }
     };
+    let availability = if total > 0 {
+        format!(
+            "{:>6.2}%",
+            100.0 * (total - classes[4]) as f64 / total as f64
+        )
+    } else {
+        "      -".to_string()
+    };
     let line = format!(
-        "{listener:<16} total {total:>6} | 2xx {:>6}  4xx {:>4}  5xx {:>4} | failures by cause: agent {:>3} upstream {:>3} proxy {:>3} | last 1s: {:>3} done, p50 {} p99 {}",
+        "{listener:<16} total {total:>6} | availability {availability} | 2xx {:>6}  4xx {:>4}  5xx {:>4} | failures by cause: agent {:>3} upstream {:>3} proxy {:>3} | last 1s: {:>3} done, p50 {} p99 {}",
         classes[1], classes[3], classes[4], causes[3], causes[1], causes[2], window.len(), q(0.5), q(0.99)
     );
     window.clear();

@@ -55,6 +55,8 @@ pub struct ProviderSim {
     pub accepted_keys: Vec<String>,
     /// Every request received, when set.
     pub seen: Option<Arc<Mutex<Vec<SeenRequest>>>>,
+    /// An outage: from this long after the start, for that long, every completion is a 503.
+    pub outage: Option<(Duration, Duration)>,
     pub seed: u64,
 }
 
@@ -70,6 +72,7 @@ impl Default for ProviderSim {
             hallucination_rate: 0.0,
             accepted_keys: Vec::new(),
             seen: None,
+            outage: None,
             seed: 0x5eed,
         }
     }
@@ -87,9 +90,10 @@ fn payload() -> &'static Bytes {
 pub async fn spawn_provider(bind: SocketAddr, sim: ProviderSim) -> std::io::Result<SimServer> {
     let rng = Arc::new(SimRng::new(sim.seed));
     let sim = Arc::new(sim);
+    let started = tokio::time::Instant::now();
     serve(bind, move |req| {
         let (sim, rng) = (sim.clone(), rng.clone());
-        async move { respond(&sim, &rng, req).await }
+        async move { respond(&sim, &rng, started, req).await }
     })
     .await
 }
@@ -121,7 +125,12 @@ fn key_of(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-async fn respond(sim: &ProviderSim, rng: &SimRng, req: Request<Incoming>) -> Response<SimBody> {
+async fn respond(
+    sim: &ProviderSim,
+    rng: &SimRng,
+    started: tokio::time::Instant,
+    req: Request<Incoming>,
+) -> Response<SimBody> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let api = match (req.method(), path.as_str()) {
@@ -155,6 +164,13 @@ async fn respond(sim: &ProviderSim, rng: &SimRng, req: Request<Incoming>) -> Res
         let include_usage = api == Api::Anthropic
             || request["stream_options"]["include_usage"].as_bool() == Some(true)
             || !stream;
+        if let Some((from, length)) = sim.outage {
+            let now = started.elapsed();
+            if now >= from && now < from + length {
+                tokio::time::sleep(sim.first_chunk_delay / 4).await;
+                return status(StatusCode::SERVICE_UNAVAILABLE, "simulated outage");
+            }
+        }
         let roll = rng.next_f64();
         if roll < sim.error_rate {
             tokio::time::sleep(sim.first_chunk_delay / 2).await;
