@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end load bench: the simulated upstream direct, through sloguard, and through nginx, side by
-# side in one invocation on loopback.
+# End-to-end load bench: the simulated upstream direct, through sloguard, through sloguard with a
+# circuit breaker and a 3-upstream fallback chain configured (`sloguard-chain`), and through nginx,
+# side by side in one invocation on loopback.
 #
 #   bash benches/load.sh            # ROUNDS=3 rounds of DURATION=5s runs; results in bench-results/
 #
@@ -8,7 +9,7 @@
 # worker (sloguard: one tokio worker; nginx: one worker process); the load generator (oha) runs
 # on core 0. Open-loop runs at 2,000 and 5,000 req/s with latency correction, 1 KiB responses;
 # a closed-loop max-throughput run; and a streaming run (SSE, 50 chunks) for time to first byte.
-# Each scenario runs ROUNDS times, the three targets back to back within a round, so a noisy
+# Each scenario runs ROUNDS times, the targets back to back within a round, so a noisy
 # neighbour hits all three alike; the summary takes the median over rounds. Added latency =
 # proxy percentile minus direct percentile.
 set -euo pipefail
@@ -18,7 +19,7 @@ DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-bench-results}
 CONNS=${CONNS:-64}
-UP_PORT=18080 SG_PORT=18081 NGX_PORT=18082 ADMIN_PORT=18090
+UP_PORT=18080 SG_PORT=18081 NGX_PORT=18082 CHAIN_PORT=18083 ADMIN_PORT=18090 CHAIN_ADMIN_PORT=18091
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -55,6 +56,26 @@ RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/sloguard run --
 SG_PID=$!
 PIDS+=($SG_PID)
 
+# The same, with what issue 4 adds on the hot path: a breaker on the primary, two fallbacks (never
+# used: the primary is healthy), replay within max_replay_body, and the cache.
+cat >"$OUT/sloguard-chain.yaml" <<YAML
+agent: bench
+admin: {bind: 127.0.0.1:$CHAIN_ADMIN_PORT}
+listeners:
+  - {name: egress, bind: 127.0.0.1:$CHAIN_PORT, role: llm, route: llm}
+routes:
+  llm:
+    upstreams: [sim, spare1, spare2]
+    fallback_on: [connect_error, timeout, 5xx, 429]
+    max_replay_body: 1MiB
+upstreams:
+  sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai, circuit_breaker: {}}
+  spare1: {url: http://127.0.0.1:$UP_PORT, protocol: openai, circuit_breaker: {}}
+  spare2: {url: http://127.0.0.1:$UP_PORT, protocol: openai, circuit_breaker: {}}
+YAML
+RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/sloguard run --config "$OUT/sloguard-chain.yaml" 2>"$OUT/sloguard-chain.log" &
+PIDS+=($!)
+
 cat >"$OUT/nginx.conf" <<NGX
 worker_processes 1;
 worker_cpu_affinity 10;
@@ -79,13 +100,13 @@ NGX
 taskset -c 1 "$NGINX" -c "$OUT/nginx.conf" -p "$OUT" &
 PIDS+=($!)
 
-wait_port $UP_PORT; wait_port $SG_PORT; wait_port $NGX_PORT
+wait_port $UP_PORT; wait_port $SG_PORT; wait_port $NGX_PORT; wait_port $CHAIN_PORT
 sleep 0.5
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$SG_PID/status"; }
 IDLE_RSS=$(rss_kib)
 
-declare -A URL=([direct]=http://127.0.0.1:$UP_PORT [sloguard]=http://127.0.0.1:$SG_PORT [nginx]=http://127.0.0.1:$NGX_PORT)
-TARGETS=(direct sloguard nginx)
+declare -A URL=([direct]=http://127.0.0.1:$UP_PORT [sloguard]=http://127.0.0.1:$SG_PORT [sloguard-chain]=http://127.0.0.1:$CHAIN_PORT [nginx]=http://127.0.0.1:$NGX_PORT)
+TARGETS=(direct sloguard sloguard-chain nginx)
 
 load() { # name target extra-args...
   local name=$1 target=$2; shift 2
@@ -111,7 +132,7 @@ LOADED_RSS=$(rss_kib)
 python3 - "$OUT" "$IDLE_RSS" "$LOADED_RSS" "$ROUNDS" <<'PY' | tee "$OUT/summary.md"
 import json, statistics, sys
 out, idle_rss, loaded_rss, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-targets = ["direct", "sloguard", "nginx"]
+targets = ["direct", "sloguard", "sloguard-chain", "nginx"]
 def oha(name, r, t): return json.load(open(f"{out}/{name}-r{r}-{t}.json"))
 def ms(d, p): return d["latencyPercentiles"][p] * 1000
 def failed(d):
@@ -119,7 +140,7 @@ def failed(d):
     errors = {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
     return sum(v for k, v in d.get("statusCodeDistribution", {}).items() if not k.startswith("2")) + sum(errors.values())
 med = statistics.median
-print(f"Medians over {rounds} rounds; each round runs direct, sloguard and nginx back to back.\n")
+print(f"Medians over {rounds} rounds; each round runs direct, sloguard, sloguard-chain and nginx back to back.\n")
 print("| run | target | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | req/s | failed |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 summary = {}
@@ -150,6 +171,14 @@ for name in ["rate2000", "rate5000"]:
     else:
         verdict = "nginx added no p99 over direct in this run: no ratio (noise)"
     print(f"- {name}: median added p99 sloguard {sg:+.3f} ms, nginx {ng:+.3f} ms: {verdict}")
+for name in ["rate2000", "rate5000"]:
+    sg, ch = summary[(name, "sloguard")][0]["p99"], summary[(name, "sloguard-chain")][0]["p99"]
+    if sg > 0:
+        r = ch / sg
+        verdict = f"ratio {r:.2f} (target <= 1.05: {'met' if r <= 1.05 else 'NOT met'})"
+    else:
+        verdict = "sloguard added no p99 over direct in this run: no ratio (noise)"
+    print(f"- {name}: median added p99 with breaker + 3-upstream chain {ch:+.3f} ms vs plain sloguard {sg:+.3f} ms: {verdict}")
 ratios = [s / n for s, n in zip(summary[("max", "sloguard")][2], summary[("max", "nginx")][2])]
 r = med(ratios)
 print(f"- max throughput sloguard/nginx, per round: {', '.join(f'{x:.2f}' for x in ratios)}; median {r:.2f} (target >= 1.0: {'met' if r >= 1.0 else 'NOT met'})")
