@@ -289,3 +289,97 @@ async fn without_a_token_file_admin_mutations_are_refused() {
     );
     assert_eq!(circuits(&sidecar).await["state"], "closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_requests_while_half_open_admit_exactly_the_probes() {
+    // An upstream failing on command whose answers can be slowed, so that the probes are in
+    // flight together while the other requests arrive.
+    let status = Arc::new(AtomicU16::new(500));
+    let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hits = Arc::new(AtomicU32::new(0));
+    let (s, d, h) = (status.clone(), delay_ms.clone(), hits.clone());
+    let up = sim::serve(LOOPBACK, move |_req| {
+        let (s, d, h) = (s.clone(), d.clone(), h.clone());
+        async move {
+            h.fetch_add(1, Ordering::SeqCst);
+            let delay = d.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let mut r: Response<sim::SimBody> = Response::new(sim::full("{}"));
+            *r.status_mut() = StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
+            r
+        }
+    })
+    .await
+    .unwrap();
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
+routes:
+  main: {{upstreams: [provider]}}
+upstreams:
+  provider:
+    url: {}
+    circuit_breaker: {{consecutive_failures: 3, open_for: 1s, max_open_for: 4s, half_open_probes: 3}}
+",
+        up.url()
+    );
+    let sidecar = Sidecar::start(Config::parse("test", &yaml).unwrap())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            status_of(&sidecar).await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    let c = circuits(&sidecar).await;
+    assert_eq!(c["state"], "open", "{c}");
+    // Healthy again, but slow: a probe's head comes a second after it arrives.
+    status.store(200, Ordering::SeqCst);
+    delay_ms.store(1000, Ordering::SeqCst);
+    let wait = c["half_open_in_seconds"].as_f64().unwrap();
+    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    let before = hits.load(Ordering::SeqCst);
+    assert_eq!(before, 3);
+
+    // The open period is over; the first admission moves the circuit to half-open.
+    let client = client();
+    let url = proxy_url(&sidecar, "/v1/chat/completions");
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (client, url) = (client.clone(), url.clone());
+        requests.spawn(async move {
+            let resp = client
+                .request(Request::post(url).body(full("{}")).unwrap())
+                .await
+                .unwrap();
+            let err = resp.headers().get("x-sloguard-error").cloned();
+            let status = resp.status();
+            let _ = body_bytes(resp).await;
+            (status, err)
+        });
+    }
+    let (mut ok, mut refused, mut other) = (0, 0, Vec::new());
+    let all = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(done) = requests.join_next().await {
+            match done.unwrap() {
+                (StatusCode::OK, None) => ok += 1,
+                (StatusCode::SERVICE_UNAVAILABLE, Some(e)) if e == "circuit_open" => refused += 1,
+                unexpected => other.push(unexpected),
+            }
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "the 200 requests did not finish within 15 s");
+    assert_eq!(
+        hits.load(Ordering::SeqCst) - before,
+        3,
+        "exactly half_open_probes requests may reach the upstream"
+    );
+    assert_eq!((ok, refused), (3, 197), "unexpected answers: {other:?}");
+    assert_eq!(circuits(&sidecar).await["state"], "closed");
+}

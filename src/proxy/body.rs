@@ -87,6 +87,18 @@ impl Accounting {
         }
     }
 
+    /// The request goes to the upstream that admitted it; its breaker ticket is settled with
+    /// the request from now on. Returns its place in the chain.
+    pub fn admitted(&mut self, admission: super::fallback::Admitted) -> usize {
+        self.hop = admission.hop;
+        self.breaker = admission.ticket.map(|ticket| BreakerTicket {
+            ticket,
+            slow: false,
+            retry_after: None,
+        });
+        self.hop
+    }
+
     /// The upstream the request is with; `None` for the cache.
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         self.listener.route.chain.get(self.hop)

@@ -143,7 +143,12 @@ pub async fn handle(
         ..
     } = parts;
     // An upstream whose circuit is open is skipped before any work is spent on the request.
-    let mut admitted = route.admit_from(0, received);
+    // The admission goes into the request's accounting at once: whatever happens next (the
+    // client leaving mid-upload included), its ticket is settled.
+    let admitted = match (route.admit_from(0, received), unanswered.0.as_mut()) {
+        (Some(admission), Some(a)) => Some(a.admitted(admission)),
+        _ => None,
+    };
     if admitted.is_none() && route.cache.is_none() {
         return circuit_open(route, unanswered.0.take());
     }
@@ -168,7 +173,7 @@ pub async fn handle(
             let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
             KeyHasher::new(c.seed, &method, pq)
         });
-        let timeouts = route.chain[admitted.as_ref().map_or(0, |a| a.hop)].timeouts;
+        let timeouts = route.chain[admitted.unwrap_or(0)].timeouts;
         let start = Instant::now();
         let deadline = received + timeouts.total.0;
         match replay::read_ahead(
@@ -193,8 +198,8 @@ pub async fn handle(
     }
 
     let mut first_reason = None;
-    let mut next = match admitted.take() {
-        Some(a) => a,
+    let mut hop = match admitted {
+        Some(hop) => hop,
         // Every upstream is open: the cache is the last resort.
         None => {
             let hit = route
@@ -211,8 +216,8 @@ pub async fn handle(
             };
         }
     };
-    if next.hop > 0 {
-        route.count_moves(0, FallbackReason::CircuitOpen, next.hop);
+    if hop > 0 {
+        route.count_moves(0, FallbackReason::CircuitOpen, hop);
         first_reason = Some(FallbackReason::CircuitOpen);
     }
 
@@ -220,7 +225,6 @@ pub async fn handle(
     let mut own = Duration::ZERO;
     let mut attempt_start = received;
     loop {
-        let hop = next.hop;
         let upstream = &route.chain[hop];
         let timeouts = upstream.timeouts;
         let format = match (&upstream.llm, llm_role) {
@@ -231,12 +235,6 @@ pub async fn handle(
             // Taken only by a return.
             return local_error(internal(upstream, "request accounting lost"), None, None);
         };
-        account.hop = hop;
-        account.breaker = next.ticket.take().map(|ticket| BreakerTicket {
-            ticket,
-            slow: false,
-            retry_after: None,
-        });
         account.llm = match (format, &upstream.llm) {
             (Some(format), Some(metrics)) => Some(Box::new(LlmCall::new(
                 metrics.clone(),
@@ -313,17 +311,18 @@ pub async fn handle(
                         )
                     }
                 };
-                if let Some(a) = unanswered.0.as_mut() {
-                    if let (Some(t), Ok((response, _))) = (a.breaker.as_mut(), &result) {
-                        t.retry_after = retry_after(response.headers());
-                    }
-                    a.attempt_failed(outcome, status, head_at);
+                let Some(a) = unanswered.0.as_mut() else {
+                    return local_error(internal(upstream, "request accounting lost"), None, None);
+                };
+                if let (Some(t), Ok((response, _))) = (a.breaker.as_mut(), &result) {
+                    t.retry_after = retry_after(response.headers());
                 }
+                a.attempt_failed(outcome, status, head_at);
                 first_reason.get_or_insert(reason);
                 match following {
                     Some(following) => {
                         route.count_moves(hop, reason, following.hop);
-                        next = following;
+                        hop = a.admitted(following);
                         attempt_start = Instant::now();
                         continue;
                     }
