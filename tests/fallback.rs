@@ -1325,3 +1325,68 @@ async fn the_fallback_upstreams_own_model_and_key_apply_to_the_replay() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_upload_gives_its_probe_slot_back() {
+    let primary = upstream("primary", 500).await;
+    let backup = upstream("backup", 200).await;
+    let breaker = "circuit_breaker: {consecutive_failures: 2, open_for: 1s, max_open_for: 4s, half_open_probes: 1}";
+    let sidecar = start(&chain_yaml(
+        "",
+        "",
+        &[
+            ("primary", &primary.url(), breaker),
+            ("backup", &backup.url(), ""),
+        ],
+    ))
+    .await;
+    for _ in 0..2 {
+        chat(&sidecar, r#"{"n":1}"#).await;
+    }
+    let c = circuit(&sidecar, "primary").await;
+    assert_eq!(c["state"], "open", "{c}");
+    primary.set_status(200);
+    let wait = c["half_open_in_seconds"].as_f64().unwrap();
+    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+
+    // The probe goes to a client that sends half its body, then stalls: its body is being read
+    // ahead for replay, and the one probe slot is its.
+    let addr = sidecar.listener_addr("proxy").unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"half\":")
+        .await
+        .unwrap();
+    // Time for the sidecar to read the head and admit the request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Meanwhile the primary is skipped: its only probe is taken.
+    let a = chat(&sidecar, r#"{"n":2}"#).await;
+    assert_from(&a, StatusCode::OK, "backup", Some("circuit_open"));
+    assert_eq!(
+        primary.hits(),
+        2,
+        "the stalled request never reached the primary"
+    );
+
+    // The client leaves: its slot goes back, and the next request probes the primary.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = chat(&sidecar, r#"{"n":3}"#).await;
+        if a.header("x-sloguard-upstream") == Some("primary") {
+            assert_from(&a, StatusCode::OK, "primary", None);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the probe slot was never given back: {:?}",
+            circuit(&sidecar, "primary").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while circuit(&sidecar, "primary").await["state"] != "closed" {
+        assert!(Instant::now() < deadline, "the circuit did not close");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
