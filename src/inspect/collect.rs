@@ -52,7 +52,9 @@ impl Collected {
             return false;
         }
         self.len += chunk.len();
-        if chunk.len() >= SHARE_AT {
+        // The first chunk is kept by reference whatever its size: a body in one chunk (the
+        // usual request) is then kept without a copy, and one handle is no burden.
+        if chunk.len() >= SHARE_AT || (self.chunks.is_empty() && self.tail.is_empty()) {
             self.flush();
             self.chunks.push_back(chunk.clone());
         } else {
@@ -103,15 +105,25 @@ mod tests {
         assert!(c.push(&Bytes::from_static(b"z")));
         assert_eq!(c.len, 10_000 + 8192 + 1);
         let chunks = c.into_chunks();
-        assert_eq!(chunks.len(), 3);
+        // The first "x" (kept by reference), the other 9,999 copied together, the big one, "z".
+        assert_eq!(chunks.len(), 4);
+        assert_eq!(chunks[1].len(), 9_999);
         assert_eq!(
-            chunks[1].as_ptr(),
+            chunks[2].as_ptr(),
             big.as_ptr(),
             "the big chunk is not copied"
         );
         let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         assert_eq!(&all[..10_000], &[b'x'; 10_000][..]);
         assert_eq!(all.last(), Some(&b'z'));
+    }
+
+    #[test]
+    fn a_body_in_one_small_chunk_is_not_copied() {
+        let mut c = Collected::default();
+        let one = Bytes::from(vec![b'{'; 100]);
+        assert!(c.push(&one));
+        assert_eq!(c.into_bytes().as_ptr(), one.as_ptr());
     }
 
     #[test]

@@ -173,21 +173,16 @@ pub async fn handle(
             let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
             KeyHasher::new(c.seed, &method, pq)
         });
-        let timeouts = route.chain[admitted.unwrap_or(0)].timeouts;
-        let start = Instant::now();
-        let deadline = received + timeouts.total.0;
-        match replay::read_ahead(
-            body,
-            &client_headers,
-            limit,
-            timeouts.idle.0,
-            deadline,
-            hasher,
-        )
-        .await
-        {
-            Ok((payload, last)) => (payload, last.saturating_duration_since(start)),
-            Err(err) => return local_error(err, unanswered.0.take(), None),
+        if http_body::Body::is_end_stream(&body) {
+            (Payload::empty(hasher), Duration::ZERO)
+        } else {
+            let timeouts = route.chain[admitted.unwrap_or(0)].timeouts;
+            let start = Instant::now();
+            let deadline = received + timeouts.total.0;
+            match replay::read_ahead(body, limit, timeouts.idle.0, deadline, hasher).await {
+                Ok((payload, last)) => (payload, last.saturating_duration_since(start)),
+                Err(err) => return local_error(err, unanswered.0.take(), None),
+            }
         }
     } else {
         (Payload::streamed(body), Duration::ZERO)

@@ -28,7 +28,7 @@ pub enum Payload {
 }
 
 pub struct Whole {
-    chunks: VecDeque<Bytes>,
+    chunks: Arc<[Bytes]>,
     len: usize,
     /// The body in one piece, made the first time a model rewrite needs it.
     contiguous: Option<Bytes>,
@@ -36,9 +36,23 @@ pub struct Whole {
     pub key: Option<CacheKey>,
 }
 
+/// The chunks of every empty body: shared, so that a request without a body (a `GET`) costs no
+/// allocation to keep for replay.
+static NO_CHUNKS: std::sync::LazyLock<Arc<[Bytes]>> = std::sync::LazyLock::new(|| Arc::from([]));
+
 impl Payload {
     pub fn streamed(body: Incoming) -> Payload {
         Payload::Stream(Some((VecDeque::new(), Some(body))))
+    }
+
+    /// A request without a body: nothing to read ahead.
+    pub fn empty(hasher: Option<KeyHasher>) -> Payload {
+        Payload::Whole(Whole {
+            chunks: NO_CHUNKS.clone(),
+            len: 0,
+            contiguous: None,
+            key: hasher.map(|h| h.finish()),
+        })
     }
 
     /// Whether a failed attempt can be followed by another: the body is whole and within `limit`.
@@ -95,10 +109,9 @@ impl Payload {
                             Ok(rewritten) => {
                                 let facts = parse_request(format, &rewritten);
                                 headers.insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-                                let chunks = VecDeque::from([Bytes::from(rewritten)]);
-                                return Some(RequestBody::buffered(
+                                let chunks = Arc::from([Bytes::from(rewritten)]);
+                                return Some(RequestBody::replay(
                                     chunks,
-                                    None,
                                     received,
                                     Some(facts),
                                     None,
@@ -109,10 +122,9 @@ impl Payload {
                     }
                     _ => None,
                 };
-                // Each chunk is a reference count: a replay copies nothing.
-                Some(RequestBody::buffered(
+                // One reference count: a replay copies nothing.
+                Some(RequestBody::replay(
                     whole.chunks.clone(),
-                    None,
                     received,
                     facts,
                     format,
@@ -141,17 +153,13 @@ impl Whole {
 /// chunk read ahead arrived (the sidecar's overhead does not count the wait for it).
 pub async fn read_ahead(
     mut body: Incoming,
-    headers: &HeaderMap,
     limit: usize,
     idle: std::time::Duration,
     deadline: Instant,
     mut hasher: Option<KeyHasher>,
 ) -> Result<(Payload, Instant), ProxyError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    // The declared length (hyper's hint is the `Content-Length`): no need to read to find out.
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
         return Ok((Payload::streamed(body), Instant::now()));
     }
     let mut kept = Collected::with_limit(limit);
@@ -184,6 +192,7 @@ pub async fn read_ahead(
         chunks.iter().for_each(|c| h.update(c));
         h.finish()
     });
+    let chunks: Arc<[Bytes]> = chunks.into_iter().collect();
     Ok((
         Payload::Whole(Whole {
             chunks,

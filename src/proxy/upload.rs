@@ -69,11 +69,15 @@ impl Upload {
 enum Source {
     /// Straight from the client, as the upstream reads them.
     Client(Incoming),
-    /// Read ahead (for a model rewrite): these chunks first, then whatever the client still sends.
+    /// Read ahead, found too large to keep whole: these chunks first, then whatever the client
+    /// still sends.
     Buffered {
         chunks: VecDeque<Bytes>,
         rest: Option<Incoming>,
     },
+    /// Read whole, shared by every attempt: each sends the same chunks (reference counts), from
+    /// `next` on.
+    Replay { chunks: Arc<[Bytes]>, next: usize },
 }
 
 /// An LLM request's chunks, kept to be parsed when the upload ends.
@@ -134,27 +138,60 @@ impl RequestBody {
         request: Option<Result<RequestFacts, Unparsed>>,
         tap: Option<Format>,
     ) -> (RequestBody, Option<Arc<Upload>>) {
-        let upload = new_upload(started);
+        let complete = rest.is_none();
         let empty = chunks.is_empty() && rest.as_ref().is_none_or(Incoming::is_end_stream);
+        let source = Source::Buffered { chunks, rest };
+        RequestBody::ahead(source, empty, complete, started, request, tap)
+    }
+
+    /// A whole body kept for replay: one attempt's copy of it (reference counts, no bytes).
+    pub fn replay(
+        chunks: Arc<[Bytes]>,
+        started: Instant,
+        request: Option<Result<RequestFacts, Unparsed>>,
+        tap: Option<Format>,
+    ) -> (RequestBody, Option<Arc<Upload>>) {
+        let empty = chunks.iter().all(Bytes::is_empty);
+        let source = Source::Replay { chunks, next: 0 };
+        RequestBody::ahead(source, empty, true, started, request, tap)
+    }
+
+    fn ahead(
+        source: Source,
+        empty: bool,
+        complete: bool,
+        started: Instant,
+        request: Option<Result<RequestFacts, Unparsed>>,
+        tap: Option<Format>,
+    ) -> (RequestBody, Option<Arc<Upload>>) {
+        // An empty body with nothing learned from it has nothing to watch (and may never be
+        // polled): no upload, as for [`RequestBody::new`].
+        if empty && request.is_none() {
+            let body = RequestBody {
+                source,
+                upload: None,
+                tap: None,
+            };
+            return (body, None);
+        }
+        let upload = new_upload(started);
         let tap = match request {
             Some(facts) => {
                 let _ = upload.request.set(facts);
                 None
             }
-            // An empty body has nothing to read (and may never be polled).
-            None if empty => None,
             None => tap.map(|format| Tap {
                 format,
                 body: Collected::default(),
                 too_large: false,
             }),
         };
-        if rest.is_none() {
+        if complete {
             upload.complete.store(true, Ordering::Release);
         }
         (
             RequestBody {
-                source: Source::Buffered { chunks, rest },
+                source,
                 upload: Some(upload.clone()),
                 tap,
             },
@@ -222,6 +259,11 @@ impl Body for RequestBody {
                     None => Poll::Ready(None),
                 },
             },
+            Source::Replay { chunks, next } => {
+                let chunk = chunks.get(*next).cloned();
+                *next += 1;
+                Poll::Ready(chunk.map(|c| Ok(Frame::data(c))))
+            }
         };
         if let Some(tap) = &mut this.tap {
             match &polled {
@@ -251,6 +293,7 @@ impl Body for RequestBody {
             Source::Buffered { chunks, rest } => {
                 chunks.is_empty() && rest.as_ref().is_none_or(Incoming::is_end_stream)
             }
+            Source::Replay { chunks, next } => *next >= chunks.len(),
         }
     }
 
@@ -269,6 +312,11 @@ impl Body for RequestBody {
                 }
                 hint
             }
+            Source::Replay { chunks, next } => SizeHint::with_exact(
+                chunks
+                    .get(*next..)
+                    .map_or(0, |rest| rest.iter().map(|c| c.len() as u64).sum()),
+            ),
         }
     }
 }

@@ -10,7 +10,7 @@
 //!   completion instead of the dice (tests).
 //! - With `accepted_keys`, a request without one of them (`authorization: Bearer K` or
 //!   `x-api-key: K`) gets 401.
-//! - `GET /bytes/N`: N bytes at once (load benches).
+//! - `GET /bytes/N` (or `POST`, its body read and dropped): N bytes at once (load benches).
 //! - `GET /sse/N?gap_ms=G`: N SSE events, G ms apart (streaming benches and tests).
 
 use std::net::SocketAddr;
@@ -202,8 +202,12 @@ async fn respond(
         };
     }
     match (req.method(), path.as_str()) {
-        (&Method::GET, p) if p.starts_with("/bytes/") => {
+        (&Method::GET | &Method::POST, p) if p.starts_with("/bytes/") => {
             let n: usize = p["/bytes/".len()..].parse().unwrap_or(1024);
+            // A POST's body is read and dropped (the replay benches send one).
+            if req.method() == Method::POST && req.into_body().collect().await.is_err() {
+                return status(StatusCode::BAD_REQUEST, "unreadable body");
+            }
             let mut r = Response::new(full(payload().slice(..n.min(payload().len()))));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# What a fallback chain costs on the hot path when nothing fails: sloguard with one upstream
+# ("plain") against sloguard with a circuit breaker on each of three upstreams, fallback_on and
+# max_replay_body ("chain"), both in front of the same simulated upstream, side by side.
+#
+#   bash benches/chain_cost.sh      # ROUNDS=5 rounds of N=50000 requests; results in bench-results/chain/
+#
+# Per round and target: a fixed number of requests, closed loop (oha, CONNS connections, core
+# 0), GET with no body and POST with a 1 KiB body (read ahead and kept for replay on the chain);
+# the proxy's CPU time over the run (utime + stime from /proc, the figure noise moves least)
+# divided by the requests, and oha's latency percentiles. Proxies and upstream share core 1,
+# one tokio worker each. The summary gives medians over rounds and the chain/plain ratios.
+#
+# Then the same two configs under callgrind (valgrind, installed if missing): instructions per
+# request over CG_N requests of each kind after a warm-up, counters zeroed and dumped around the
+# load with callgrind_control. Instruction counts do not move with a noisy neighbour.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-50000}
+ROUNDS=${ROUNDS:-5}
+CONNS=${CONNS:-32}
+OUT=${OUT:-bench-results/chain}
+UP_PORT=18180 PLAIN_PORT=18181 CHAIN_PORT=18182
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+command -v oha >/dev/null || cargo install oha --locked --version 1.16.0
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --bin sloguard --example sim_upstream
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
+PIDS+=($!)
+
+cat >"$OUT/plain.yaml" <<YAML
+agent: bench
+admin: {bind: 127.0.0.1:18190}
+listeners:
+  - {name: egress, bind: 127.0.0.1:$PLAIN_PORT, role: llm, route: llm}
+routes:
+  llm: {upstreams: [sim]}
+upstreams:
+  sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
+YAML
+cat >"$OUT/chain.yaml" <<YAML
+agent: bench
+admin: {bind: 127.0.0.1:18191}
+listeners:
+  - {name: egress, bind: 127.0.0.1:$CHAIN_PORT, role: llm, route: llm}
+routes:
+  llm:
+    upstreams: [sim, spare1, spare2]
+    fallback_on: [connect_error, timeout, 5xx, 429]
+    max_replay_body: 1MiB
+upstreams:
+  sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai, circuit_breaker: {}}
+  spare1: {url: http://127.0.0.1:$UP_PORT, protocol: openai, circuit_breaker: {}}
+  spare2: {url: http://127.0.0.1:$UP_PORT, protocol: openai, circuit_breaker: {}}
+YAML
+declare -A PID PORT=([plain]=$PLAIN_PORT [chain]=$CHAIN_PORT)
+for t in plain chain; do
+  RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/sloguard run --config "$OUT/$t.yaml" 2>"$OUT/$t.log" &
+  PID[$t]=$!
+  PIDS+=($!)
+done
+wait_port $UP_PORT; wait_port $PLAIN_PORT; wait_port $CHAIN_PORT
+head -c 1024 /dev/urandom | base64 -w0 | head -c 1024 >"$OUT/body.txt"
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+run() { # name target method
+  local name=$1 t=$2 method=$3 extra=()
+  [ "$method" = POST ] && extra=(-m POST -D "$OUT/body.txt" -T application/json)
+  local before after
+  before=$(ticks "${PID[$t]}")
+  taskset -c 0 oha --no-tui --output-format json -c "$CONNS" -n "$N" "${extra[@]}" "http://127.0.0.1:${PORT[$t]}/bytes/1024" >"$OUT/$name.json"
+  after=$(ticks "${PID[$t]}")
+  echo "$(( after - before ))" >"$OUT/$name.ticks"
+}
+
+echo "warm-up"
+for t in plain chain; do run warmup-$t $t GET; done
+for round in $(seq "$ROUNDS"); do
+  for method in GET POST; do
+    for t in plain chain; do
+      echo "round $round, $method: $t"; run "$method-r$round-$t" $t $method
+    done
+  done
+done
+
+python3 - "$OUT" "$ROUNDS" "$N" "$HZ" <<'PY' | tee "$OUT/summary.md"
+import json, statistics, sys
+out, rounds, n, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+med = statistics.median
+print(f"Medians over {rounds} rounds of {n} requests; plain and chain back to back in each round.\n")
+print("| method | target | CPU µs/request | p50 ms | p99 ms | req/s | failed |")
+print("|---|---|---|---|---|---|---|")
+cpu = {}
+for method in ["GET", "POST"]:
+    for t in ["plain", "chain"]:
+        runs = [json.load(open(f"{out}/{method}-r{r}-{t}.json")) for r in range(1, rounds + 1)]
+        us = [int(open(f"{out}/{method}-r{r}-{t}.ticks").read()) / hz * 1e6 / n for r in range(1, rounds + 1)]
+        cpu[(method, t)] = us
+        failed = sum(sum(v for k, v in d.get("statusCodeDistribution", {}).items() if not k.startswith("2")) for d in runs)
+        print(f"| {method} | {t} | {med(us):.1f} | {med(d['latencyPercentiles']['p50'] * 1000 for d in runs):.3f} | "
+              f"{med(d['latencyPercentiles']['p99'] * 1000 for d in runs):.3f} | {med(d['summary']['requestsPerSec'] for d in runs):.0f} | {failed} |")
+print()
+for method in ["GET", "POST"]:
+    ratios = [c / p for c, p in zip(cpu[(method, "chain")], cpu[(method, "plain")])]
+    print(f"- {method}: chain/plain CPU per request, per round: {', '.join(f'{r:.3f}' for r in ratios)}; median {med(ratios):.3f}")
+PY
+
+# --- instructions per request (callgrind) ------------------------------------------------------
+CG_N=${CG_N:-2000}
+command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+cleanup
+PIDS=()
+TOKIO_WORKER_THREADS=1 target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
+PIDS+=($!)
+for t in plain chain; do
+  RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg-$t.out" \
+    target/release/sloguard run --config "$OUT/$t.yaml" 2>"$OUT/cg-$t.log" &
+  PID[$t]=$!
+  PIDS+=($!)
+done
+wait_port $UP_PORT
+for t in plain chain; do for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/"${PORT[$t]}") 2>/dev/null && break; sleep 0.2; done; done
+for t in plain chain; do
+  url="http://127.0.0.1:${PORT[$t]}/bytes/1024"
+  oha --no-tui -c 4 -n 300 "$url" >/dev/null
+  callgrind_control -z "${PID[$t]}" >/dev/null
+  oha --no-tui -c 4 -n "$CG_N" "$url" >/dev/null
+  callgrind_control -d GET "${PID[$t]}" >/dev/null
+  callgrind_control -z "${PID[$t]}" >/dev/null
+  oha --no-tui -c 4 -n "$CG_N" -m POST -D "$OUT/body.txt" -T application/json "$url" >/dev/null
+  callgrind_control -d POST "${PID[$t]}" >/dev/null
+done
+python3 - "$OUT" "$CG_N" <<'PY' | tee -a "$OUT/summary.md"
+import glob, sys
+out, n = sys.argv[1], int(sys.argv[2])
+def total(t, kind):
+    for f in sorted(glob.glob(f"{out}/cg-{t}.out.*")):
+        text = open(f).read()
+        if f"Trigger: Program termination" in text or f"Trigger: dump {kind}" not in text:
+            continue
+        return int(next(l for l in text.splitlines() if l.startswith("summary:")).split()[1])
+print(f"\nInstructions per request (callgrind, {n} requests after a warm-up):\n")
+print("| method | plain | chain | chain − plain | chain / plain |")
+print("|---|---|---|---|---|")
+for kind in ["GET", "POST"]:
+    p, c = total("plain", kind) / n, total("chain", kind) / n
+    print(f"| {kind} | {p:.0f} | {c:.0f} | {c - p:+.0f} | {c / p:.3f} |")
+PY
