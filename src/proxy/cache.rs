@@ -112,13 +112,23 @@ pub struct CacheFill {
 }
 
 impl CacheFill {
-    /// `None` when the response is not to be cached: not a success, or a stream (an event
-    /// stream replayed later would replay stale events as if live).
+    /// `None` when the response is not to be cached: not a success, a stream (an event stream
+    /// replayed later would replay stale events as if live), or marked `Cache-Control: no-store`
+    /// by the upstream.
     pub fn new(key: CacheKey, status: StatusCode, headers: &HeaderMap) -> Option<CacheFill> {
         let streamed = headers
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        (status.is_success() && !streamed).then(|| CacheFill {
+        let no_store = headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .any(|v| {
+                v.to_str().is_ok_and(|v| {
+                    v.split(',')
+                        .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+                })
+            });
+        (status.is_success() && !streamed && !no_store).then(|| CacheFill {
             key,
             status,
             headers: headers.clone(),
@@ -194,6 +204,12 @@ mod tests {
         );
         assert!(CacheFill::new(key, StatusCode::OK, &sse).is_none());
         assert!(CacheFill::new(key, StatusCode::INTERNAL_SERVER_ERROR, &json).is_none());
+        let mut no_store = json.clone();
+        no_store.insert(
+            http::header::CACHE_CONTROL,
+            "private, No-Store".parse().unwrap(),
+        );
+        assert!(CacheFill::new(key, StatusCode::OK, &no_store).is_none());
         let mut big = CacheFill::new(key, StatusCode::OK, &json).unwrap();
         assert!(!big.push(&Bytes::from(vec![0u8; MAX_CACHED_BODY + 1])));
     }
