@@ -78,6 +78,8 @@ pub mod replay;
 pub mod state;
 pub mod upload;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,20 +130,19 @@ pub async fn handle(
     // 4xx with no cause, nginx's 499, with the time it waited.
     let mut unanswered = Unanswered(Some(Accounting::new(listener.clone(), received)));
 
-    let (parts, body) = req.into_parts();
-    if parts.method == http::Method::CONNECT {
-        let err = ProxyError::Method {
-            method: parts.method,
-        };
-        return local_error(err, unanswered.0.take(), None);
+    let (
+        http::request::Parts {
+            method,
+            uri,
+            version,
+            headers: mut client_headers,
+            ..
+        },
+        body,
+    ) = req.into_parts();
+    if method == http::Method::CONNECT {
+        return local_error(ProxyError::Method { method }, unanswered.0.take(), None);
     }
-    let http::request::Parts {
-        method,
-        uri,
-        version,
-        headers: mut client_headers,
-        ..
-    } = parts;
     // An upstream whose circuit is open is skipped before any work is spent on the request.
     // The admission goes into the request's accounting at once: whatever happens next (the
     // client leaving mid-upload included), its ticket is settled.
@@ -169,21 +170,25 @@ pub async fn handle(
             (true, false) => route.max_replay_body,
             _ => MAX_INSPECTED_BODY,
         };
-        let hasher = route.cache.as_ref().map(|c| {
-            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-            KeyHasher::new(c.seed, &method, pq)
-        });
-        if http_body::Body::is_end_stream(&body) {
-            (Payload::empty(hasher), Duration::ZERO)
+        let mut read = if http_body::Body::is_end_stream(&body) {
+            (Payload::empty(), Duration::ZERO)
         } else {
             let timeouts = route.chain[admitted.unwrap_or(0)].timeouts;
             let start = Instant::now();
             let deadline = received + timeouts.total.0;
-            match replay::read_ahead(body, limit, timeouts.idle.0, deadline, hasher).await {
+            // Boxed: its state would otherwise make every request's future larger, on every
+            // route.
+            let ahead = Box::pin(replay::read_ahead(body, limit, timeouts.idle.0, deadline));
+            match ahead.await {
                 Ok((payload, last)) => (payload, last.saturating_duration_since(start)),
                 Err(err) => return local_error(err, unanswered.0.take(), None),
             }
+        };
+        if let Some(cache) = &route.cache {
+            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            read.0.set_key(KeyHasher::new(cache.seed, &method, pq));
         }
+        read
     } else {
         (Payload::streamed(body), Duration::ZERO)
     };
@@ -263,16 +268,16 @@ pub async fn handle(
         if let Some(call) = unanswered.0.as_mut().and_then(|a| a.llm.as_mut()) {
             call.set_upload(upload.clone());
         }
-        let mut request = Request::new(body);
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = target;
-        *request.version_mut() = version;
-        *request.headers_mut() = headers;
-
+        // The request is built straight into the pool's future: a named local would keep its
+        // own slot in this function's future, next to the copy the pool holds.
+        let send = upstream
+            .pool
+            .send(outgoing(body, &method, target, version, headers));
+        tokio::pin!(send);
         let sent = Instant::now();
         own += sent.saturating_duration_since(attempt_start);
         let total_deadline = attempt_start + timeouts.total.0;
-        let result = exchange(upstream, request, upload.as_deref(), sent, total_deadline).await;
+        let result = exchange(upstream, send, upload.as_deref(), sent, total_deadline).await;
         let head_at = Instant::now();
 
         // Fall back: the failure is one `fallback_on` names, the body can be sent again, and
@@ -393,19 +398,20 @@ pub async fn handle(
 
 /// Sends one attempt and waits for its response head, bounded by `first_byte` (restarted while
 /// the client is still uploading) and `total`.
-async fn exchange(
+async fn exchange<F>(
     upstream: &Upstream,
-    request: Request<RequestBody>,
+    mut send: Pin<&mut F>,
     upload: Option<&Upload>,
     sent: Instant,
     total_deadline: Instant,
-) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+) -> Result<(Response<Incoming>, Option<Lease>), ProxyError>
+where
+    F: Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>>,
+{
     let timeouts = upstream.timeouts;
-    let send = upstream.pool.send(request);
-    tokio::pin!(send);
     let mut head_deadline = (sent + timeouts.first_byte.0).min(total_deadline);
     let result = loop {
-        match tokio::time::timeout_at(head_deadline, &mut send).await {
+        match tokio::time::timeout_at(head_deadline, send.as_mut()).await {
             Ok(result) => break result,
             Err(_elapsed) => {
                 // `first_byte` is the upstream's time to answer: while the client is still
@@ -439,6 +445,22 @@ async fn exchange(
             ProxyError::from_exchange(&upstream.name, source, client_failed)
         }
     })
+}
+
+/// The request one attempt sends.
+fn outgoing(
+    body: RequestBody,
+    method: &http::Method,
+    target: Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+) -> Request<RequestBody> {
+    let mut request = Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = target;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    request
 }
 
 fn internal(upstream: &Upstream, reason: &str) -> ProxyError {

@@ -46,13 +46,23 @@ impl Payload {
     }
 
     /// A request without a body: nothing to read ahead.
-    pub fn empty(hasher: Option<KeyHasher>) -> Payload {
+    pub fn empty() -> Payload {
         Payload::Whole(Whole {
             chunks: NO_CHUNKS.clone(),
             len: 0,
             contiguous: None,
-            key: hasher.map(|h| h.finish()),
+            key: None,
         })
+    }
+
+    /// Keys a whole body for the cache: `hasher` holds the method, path and query. (Done here,
+    /// after the read, so that the hasher's state is never part of a future held across an
+    /// await.)
+    pub fn set_key(&mut self, mut hasher: KeyHasher) {
+        if let Payload::Whole(w) = self {
+            w.chunks.iter().for_each(|c| hasher.update(c));
+            w.key = Some(hasher.finish());
+        }
     }
 
     /// Whether a failed attempt can be followed by another: the body is whole and within `limit`.
@@ -149,14 +159,13 @@ impl Whole {
 
 /// Reads the body ahead, up to `limit` bytes. A body that declares (or turns out) larger goes
 /// on as a stream, with what was read before it. The client's pauses are bounded by `idle`, the
-/// whole read by `deadline`. `hasher`: keys the body for the cache. Also returns when the last
+/// whole read by `deadline`. Also returns when the last
 /// chunk read ahead arrived (the sidecar's overhead does not count the wait for it).
 pub async fn read_ahead(
     mut body: Incoming,
     limit: usize,
     idle: std::time::Duration,
     deadline: Instant,
-    mut hasher: Option<KeyHasher>,
 ) -> Result<(Payload, Instant), ProxyError> {
     // The declared length (hyper's hint is the `Content-Length`): no need to read to find out.
     if http_body::Body::size_hint(&body).lower() > limit as u64 {
@@ -188,17 +197,13 @@ pub async fn read_ahead(
         chunks.push_back(next);
         return Ok((Payload::Stream(Some((chunks, Some(body)))), last_chunk));
     }
-    let key = hasher.as_mut().map(|h| {
-        chunks.iter().for_each(|c| h.update(c));
-        h.finish()
-    });
     let chunks: Arc<[Bytes]> = chunks.into_iter().collect();
     Ok((
         Payload::Whole(Whole {
             chunks,
             len,
             contiguous: None,
-            key,
+            key: None,
         }),
         last_chunk,
     ))
