@@ -14,6 +14,8 @@
 # Then the same two configs under callgrind (valgrind, installed if missing): instructions per
 # request over CG_N requests of each kind after a warm-up, counters zeroed and dumped around the
 # load with callgrind_control. Instruction counts do not move with a noisy neighbour.
+# BASELINE=/path/to/sloguard (a build of an earlier commit, e.g. the foundation's) adds that
+# binary, with the plain config, to the instruction table: what the plain path itself gained.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -122,15 +124,24 @@ cleanup
 PIDS=()
 TOKIO_WORKER_THREADS=1 target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
 PIDS+=($!)
-for t in plain chain; do
+CG_TARGETS=(plain chain)
+declare -A BIN=([plain]=target/release/sloguard [chain]=target/release/sloguard)
+rm -f "$OUT"/cg-*.out*
+if [ -n "${BASELINE:-}" ]; then
+  CG_TARGETS=(baseline plain chain)
+  BIN[baseline]=$BASELINE
+  PORT[baseline]=18183
+  sed "s/18190/18192/; s/$PLAIN_PORT/18183/" "$OUT/plain.yaml" >"$OUT/baseline.yaml"
+fi
+for t in "${CG_TARGETS[@]}"; do
   RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg-$t.out" \
-    target/release/sloguard run --config "$OUT/$t.yaml" 2>"$OUT/cg-$t.log" &
+    "${BIN[$t]}" run --config "$OUT/$t.yaml" 2>"$OUT/cg-$t.log" &
   PID[$t]=$!
   PIDS+=($!)
 done
 wait_port $UP_PORT
-for t in plain chain; do for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/"${PORT[$t]}") 2>/dev/null && break; sleep 0.2; done; done
-for t in plain chain; do
+for t in "${CG_TARGETS[@]}"; do for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/"${PORT[$t]}") 2>/dev/null && break; sleep 0.2; done; done
+for t in "${CG_TARGETS[@]}"; do
   url="http://127.0.0.1:${PORT[$t]}/bytes/1024"
   oha --no-tui -c 4 -n 300 "$url" >/dev/null
   callgrind_control -z "${PID[$t]}" >/dev/null
@@ -140,9 +151,9 @@ for t in plain chain; do
   oha --no-tui -c 4 -n "$CG_N" -m POST -D "$OUT/body.txt" -T application/json "$url" >/dev/null
   callgrind_control -d POST "${PID[$t]}" >/dev/null
 done
-python3 - "$OUT" "$CG_N" <<'PY' | tee -a "$OUT/summary.md"
+python3 - "$OUT" "$CG_N" "${BASELINE:-}" <<'PY' | tee -a "$OUT/summary.md"
 import glob, sys
-out, n = sys.argv[1], int(sys.argv[2])
+out, n, baseline = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def total(t, kind):
     for f in sorted(glob.glob(f"{out}/cg-{t}.out.*")):
         text = open(f).read()
@@ -155,4 +166,11 @@ print("|---|---|---|---|---|")
 for kind in ["GET", "POST"]:
     p, c = total("plain", kind) / n, total("chain", kind) / n
     print(f"| {kind} | {p:.0f} | {c:.0f} | {c - p:+.0f} | {c / p:.3f} |")
+if baseline:
+    print(f"\nBaseline {baseline}, plain config:\n")
+    print("| method | baseline | plain | plain / baseline | chain / baseline |")
+    print("|---|---|---|---|---|")
+    for kind in ["GET", "POST"]:
+        b, p, c = (total(t, kind) / n for t in ("baseline", "plain", "chain"))
+        print(f"| {kind} | {b:.0f} | {p:.0f} | {p / b:.3f} | {c / b:.3f} |")
 PY
