@@ -226,11 +226,14 @@ fn an_empty_section_this_build_does_not_act_on_is_refused_too() {
 
 #[test]
 fn a_routes_fallback_settings_are_checked_by_key() {
+    // An `llm` listener: a cache is for LLM routes only.
     let chain = |extra: &str| {
-        BASE.replace(
-            "    upstreams: [agent]\n",
-            &format!("    upstreams: [agent, spare]\n{extra}"),
-        ) + "  spare:\n    url: http://127.0.0.1:8001\n"
+        BASE.replace("    role: agent\n", "    role: llm\n")
+            .replace(
+                "    upstreams: [agent]\n",
+                &format!("    upstreams: [agent, spare]\n{extra}"),
+            )
+            + "  spare:\n    url: http://127.0.0.1:8001\n"
     };
     let ok = Config::parse("t.yaml", &chain("    cache: {}\n")).unwrap();
     let route = &ok.routes["agent"];
@@ -261,6 +264,35 @@ fn a_routes_fallback_settings_are_checked_by_key() {
         let e = error_of(&chain(extra));
         assert!(e.starts_with(want), "{extra}: {e}");
     }
+    // An agent's answers belong to its users: no cache in front of it.
+    let e = error_of(&BASE.replace(
+        "    upstreams: [agent]\n",
+        "    upstreams: [agent]\n    cache: {}\n",
+    ));
+    assert!(
+        e.starts_with("bad.yaml:10: routes.agent.cache: only for routes of `llm` listeners; listener \"inbound\" (role agent)"),
+        "{e}"
+    );
+    // One body cannot be replayed from one protocol to another.
+    let mixed = chain("").replace(
+        "    url: http://127.0.0.1:8000\n",
+        "    url: http://127.0.0.1:8000\n    protocol: openai\n",
+    ) + "    protocol: anthropic\n";
+    let e = error_of(&mixed);
+    assert!(
+        e.starts_with(
+            "bad.yaml:9: routes.agent.upstreams[1]: speaks anthropic, the chain before it openai"
+        ),
+        "{e}"
+    );
+    let named_cache = chain("    cache: {}\n")
+        .replace("[agent, spare]", "[agent, cache]")
+        .replace("  spare:\n", "  cache:\n");
+    let e = error_of(&named_cache);
+    assert!(
+        e.starts_with("bad.yaml:9: routes.agent.upstreams[1]: an upstream named \"cache\""),
+        "{e}"
+    );
     let e = error_of(&BASE.replace("upstreams: [agent]", "upstreams: [agent, agent]"));
     assert!(
         e.starts_with(

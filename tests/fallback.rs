@@ -1326,8 +1326,9 @@ async fn the_fallback_upstreams_own_model_and_key_apply_to_the_replay() {
     }
 }
 
-#[tokio::test]
-async fn a_client_that_leaves_mid_upload_gives_its_probe_slot_back() {
+/// A primary that failed until its circuit opened, is healthy now but answers after `delay_ms`,
+/// and whose open period is over: the next request to reach it is the one probe.
+async fn half_open_primary(delay_ms: u64) -> (Upstream, Upstream, Sidecar) {
     let primary = upstream("primary", 500).await;
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 2, open_for: 1s, max_open_for: 4s, half_open_probes: 1}";
@@ -1346,30 +1347,60 @@ async fn a_client_that_leaves_mid_upload_gives_its_probe_slot_back() {
     let c = circuit(&sidecar, "primary").await;
     assert_eq!(c["state"], "open", "{c}");
     primary.set_status(200);
+    primary.knobs.delay_ms.store(delay_ms, Ordering::SeqCst);
     let wait = c["half_open_in_seconds"].as_f64().unwrap();
     tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    (primary, backup, sidecar)
+}
 
-    // The probe goes to a client that sends half its body, then stalls: its body is being read
-    // ahead for replay, and the one probe slot is its.
+#[tokio::test]
+async fn a_slow_upload_does_not_hold_the_probe_slot() {
+    let (primary, _backup, sidecar) = half_open_primary(0).await;
+    // A client sends half its body, then stalls: its body is being read ahead for replay. The
+    // breaker is asked only once the body is in, so the probe slot is not this client's.
     let addr = sidecar.listener_addr("proxy").unwrap();
     let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
     stalled
         .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"half\":")
         .await
         .unwrap();
-    // Time for the sidecar to read the head and admit the request.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // Meanwhile the primary is skipped: its only probe is taken.
+    let a = chat(&sidecar, r#"{"n":2}"#).await;
+    assert_from(&a, StatusCode::OK, "primary", None);
+    assert_eq!(primary.hits(), 3, "two failures, then the probe");
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while circuit(&sidecar, "primary").await["state"] != "closed" {
+        assert!(Instant::now() < deadline, "the circuit did not close");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_its_probe_waits_gives_the_slot_back() {
+    let (primary, _backup, sidecar) = half_open_primary(800).await;
+    // The probe: a whole request, whose answer the primary takes 800 ms to give.
+    let addr = sidecar.listener_addr("proxy").unwrap();
+    let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
+    waiting
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while primary.hits() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the probe never reached the primary"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Meanwhile the primary is skipped: its only probe is out.
     let a = chat(&sidecar, r#"{"n":2}"#).await;
     assert_from(&a, StatusCode::OK, "backup", Some("circuit_open"));
-    assert_eq!(
-        primary.hits(),
-        2,
-        "the stalled request never reached the primary"
-    );
 
-    // The client leaves: its slot goes back, and the next request probes the primary.
-    drop(stalled);
+    // The client leaves before the answer: its slot goes back, and the next request probes.
+    drop(waiting);
+    primary.knobs.delay_ms.store(0, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let a = chat(&sidecar, r#"{"n":3}"#).await;

@@ -629,7 +629,45 @@ impl Config {
                     ),
                 ));
             }
+            // One request body must suit every upstream it may be replayed to.
+            let mut protocols = route
+                .upstreams
+                .iter()
+                .enumerate()
+                .filter_map(|(i, u)| Some((i, self.upstreams.get(u)?.protocol)))
+                .filter(|(_, p)| *p != Protocol::None);
+            if let Some((_, first)) = protocols.next() {
+                if let Some((i, other)) = protocols.find(|(_, p)| *p != first) {
+                    return Err((
+                        format!("{base}.upstreams[{i}]"),
+                        format!(
+                            "speaks {}, the chain before it {}: a request cannot be replayed from one protocol to the other",
+                            other.provider_name(),
+                            first.provider_name()
+                        ),
+                    ));
+                }
+            }
             if let Some(cache) = &route.cache {
+                if let Some(l) = self
+                    .listeners
+                    .iter()
+                    .find(|l| l.route == *name && l.role == Role::Agent)
+                {
+                    return Err((
+                        format!("{base}.cache"),
+                        format!(
+                            "only for routes of `llm` listeners; listener {:?} (role agent) uses this route, and an agent's answers belong to its users",
+                            l.name
+                        ),
+                    ));
+                }
+                if let Some(i) = route.upstreams.iter().position(|u| u == "cache") {
+                    return Err((
+                        format!("{base}.upstreams[{i}]"),
+                        "an upstream named \"cache\" cannot be in a route with a cache: its metrics would be the cache's".into(),
+                    ));
+                }
                 if cache.max_entries == 0 || cache.max_entries > MAX_CACHE_ENTRIES {
                     return Err((
                         format!("{base}.cache.max_entries"),

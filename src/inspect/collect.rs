@@ -83,6 +83,15 @@ impl Collected {
         }
     }
 
+    /// The body in one buffer of its own, always copied: it shares no memory with the chunks
+    /// it came in (for keeping long after they were received).
+    pub fn into_copied(mut self) -> Bytes {
+        self.flush();
+        let mut all = BytesMut::with_capacity(self.len);
+        self.chunks.iter().for_each(|c| all.extend_from_slice(c));
+        all.freeze()
+    }
+
     /// The body as chunks, same bytes in the same order (to send on).
     pub fn into_chunks(mut self) -> VecDeque<Bytes> {
         self.flush();

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use tinyufo::TinyUfo;
 use tokio::time::Instant;
 use xxhash_rust::xxh3::Xxh3;
@@ -18,7 +18,8 @@ use crate::inspect::Collected;
 pub const MAX_CACHED_BODY: usize = 256 * 1024;
 
 /// A request's identity in the cache: 128 bits of a seeded XXH3 over method, path and query,
-/// and body (the same whatever the body's chunking). The cache map hashes it again to place it;
+/// the request headers that decide whose answer it is and what it looks like
+/// ([`KEYED_HEADERS`]), and body (the same whatever the body's chunking). The cache map hashes it again to place it;
 /// the whole 128 bits are compared on a hit, so two requests can share an entry only by a
 /// collision of a hash seeded anew in each process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,6 +27,38 @@ pub struct CacheKey(u128);
 
 /// Hashes a request's key, its body fed chunk by chunk.
 pub struct KeyHasher(Xxh3);
+
+/// Request headers that are part of the key: whose request it is (keys, cookies; on the `llm`
+/// role the sidecar's own key is injected later, so these are the client's), and what may
+/// change the answer (API versions and betas, content negotiation).
+pub static KEYED_HEADERS: [HeaderName; 11] = [
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    http::header::COOKIE,
+    http::header::ACCEPT,
+    http::header::ACCEPT_ENCODING,
+    HeaderName::from_static("anthropic-version"),
+    HeaderName::from_static("anthropic-beta"),
+    HeaderName::from_static("openai-beta"),
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+];
+
+/// The key hasher of a request, its body still to be fed.
+pub fn cache_key_hasher(seed: u64, method: &Method, uri: &Uri, headers: &HeaderMap) -> KeyHasher {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut h = KeyHasher::new(seed, method, pq);
+    for (i, name) in KEYED_HEADERS.iter().enumerate() {
+        for value in headers.get_all(name) {
+            h.field(&(i as u64).to_le_bytes());
+            h.field(value.as_bytes());
+        }
+    }
+    // The end of the headers: no body can pass for a header.
+    h.field(b"");
+    h
+}
 
 impl KeyHasher {
     pub fn new(seed: u64, method: &Method, path_and_query: &str) -> KeyHasher {
@@ -36,6 +69,12 @@ impl KeyHasher {
         h.update(&(path_and_query.len() as u64).to_le_bytes());
         h.update(path_and_query.as_bytes());
         KeyHasher(h)
+    }
+
+    /// A field of the key, with its length: its boundary is part of what is hashed.
+    fn field(&mut self, bytes: &[u8]) {
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
     }
 
     pub fn update(&mut self, chunk: &[u8]) {
@@ -112,23 +151,25 @@ pub struct CacheFill {
 }
 
 impl CacheFill {
-    /// `None` when the response is not to be cached: not a success, a stream (an event stream
-    /// replayed later would replay stale events as if live), or marked `Cache-Control: no-store`
-    /// by the upstream.
+    /// `None` when the response is not to be cached: not a 200 (a partial or empty answer is no
+    /// answer to replay), a stream (an event stream replayed later would replay stale events as
+    /// if live), one the upstream marked `Cache-Control: no-store` or `private`, one that sets a
+    /// cookie, or one that varies on anything (`Vary`: the key cannot tell what it varies on).
     pub fn new(key: CacheKey, status: StatusCode, headers: &HeaderMap) -> Option<CacheFill> {
+        use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE, VARY};
         let streamed = headers
-            .get(http::header::CONTENT_TYPE)
+            .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let no_store = headers
-            .get_all(http::header::CACHE_CONTROL)
-            .iter()
-            .any(|v| {
-                v.to_str().is_ok_and(|v| {
-                    v.split(',')
-                        .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+        let forbidden = headers.get_all(CACHE_CONTROL).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',').any(|d| {
+                    let d = d.trim();
+                    d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private")
                 })
-            });
-        (status.is_success() && !streamed && !no_store).then(|| CacheFill {
+            })
+        });
+        let personal = headers.contains_key(SET_COOKIE) || headers.contains_key(VARY);
+        (status == StatusCode::OK && !streamed && !forbidden && !personal).then(|| CacheFill {
             key,
             status,
             headers: headers.clone(),
@@ -148,7 +189,9 @@ impl CacheFill {
             stored: now,
             status: self.status,
             headers: self.headers,
-            body: self.body.into_bytes(),
+            // A copy of its own: an entry must not pin the network buffers its chunks are
+            // slices of (its memory is then its size).
+            body: self.body.into_copied(),
         });
     }
 }
@@ -178,6 +221,33 @@ mod tests {
         assert_ne!(a, b);
     }
 
+    #[test]
+    fn whose_request_it_is_is_part_of_the_key() {
+        let uri: Uri = "/v1/chat/completions".parse().unwrap();
+        let key = |pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (k, v) in pairs {
+                headers.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            let mut h = cache_key_hasher(7, &Method::POST, &uri, &headers);
+            h.update(b"{}");
+            h.finish()
+        };
+        let a = key(&[("authorization", "Bearer a")]);
+        assert_ne!(a, key(&[("authorization", "Bearer b")]));
+        assert_ne!(a, key(&[]));
+        assert_ne!(key(&[("cookie", "s=1")]), key(&[("cookie", "s=2")]));
+        assert_ne!(key(&[("accept-encoding", "gzip")]), key(&[]));
+        // Headers that do not change the answer do not split the cache.
+        assert_eq!(
+            a,
+            key(&[("authorization", "Bearer a"), ("x-request-id", "42")])
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn entries_expire_after_ttl_and_streams_are_not_cached() {
         let cache = ResponseCache::new(10, Duration::from_secs(60));
@@ -204,12 +274,21 @@ mod tests {
         );
         assert!(CacheFill::new(key, StatusCode::OK, &sse).is_none());
         assert!(CacheFill::new(key, StatusCode::INTERNAL_SERVER_ERROR, &json).is_none());
-        let mut no_store = json.clone();
-        no_store.insert(
-            http::header::CACHE_CONTROL,
-            "private, No-Store".parse().unwrap(),
-        );
-        assert!(CacheFill::new(key, StatusCode::OK, &no_store).is_none());
+        for (name, value) in [
+            (http::header::CACHE_CONTROL, "max-age=0, No-Store"),
+            (http::header::CACHE_CONTROL, "Private"),
+            (http::header::SET_COOKIE, "session=1"),
+            (http::header::VARY, "accept-language"),
+        ] {
+            let mut personal = json.clone();
+            personal.insert(name, value.parse().unwrap());
+            assert!(
+                CacheFill::new(key, StatusCode::OK, &personal).is_none(),
+                "{value}"
+            );
+        }
+        assert!(CacheFill::new(key, StatusCode::PARTIAL_CONTENT, &json).is_none());
+        assert!(CacheFill::new(key, StatusCode::NO_CONTENT, &json).is_none());
         let mut big = CacheFill::new(key, StatusCode::OK, &json).unwrap();
         assert!(!big.push(&Bytes::from(vec![0u8; MAX_CACHED_BODY + 1])));
     }

@@ -120,6 +120,14 @@ impl RouteState {
             })
     }
 
+    /// Whether every upstream of the chain would surely refuse a call now (see
+    /// [`crate::upstream::CircuitBreaker::refuses`]). Takes no ticket.
+    pub fn all_refuse(&self, now: Instant) -> bool {
+        self.chain
+            .iter()
+            .all(|u| u.breaker.as_ref().is_some_and(|b| b.breaker.refuses(now)))
+    }
+
     /// Counts the request's moves from `from` (left for `reason`) to `to` (`chain.len()`: the
     /// cache): one per hop, every upstream in between skipped for its open circuit.
     pub fn count_moves(&self, from: usize, reason: FallbackReason, to: usize) {

@@ -10,13 +10,17 @@
 //! 3. **Ask the circuit breakers along the route's chain** ([`crate::upstream::UpstreamBreaker`]):
 //!    an upstream whose circuit is open gets no request at all; the first that admits the
 //!    request takes it. None admits and no cache: 503 `circuit_open` at once, before any work is
-//!    spent. An admitted call carries its ticket to the end, where its outcome is fed back.
+//!    spent. An admitted call carries its ticket to the end, where its outcome is fed back. On a
+//!    route that reads bodies ahead (step 4) the breakers are asked after the read — a slow
+//!    upload must not hold a probe slot, nor act on a circuit state from before it — and before
+//!    it only whether every circuit is surely open.
 //! 4. **Read the body ahead** ([`replay::read_ahead`]), only on a route that needs it: a chain
 //!    of more than one upstream or a cache (within `max_replay_body`: the body is kept so that a
 //!    fallback can replay it and the cache can key the request by it), or an upstream that
 //!    rewrites the model (within [`crate::inspect::MAX_INSPECTED_BODY`]). A larger body streams
-//!    to the first upstream and cannot fall back (`sloguard_replay_skipped_total`). Every other
-//!    route streams the body as it arrives.
+//!    to the first upstream that admits it and cannot fall back
+//!    (`sloguard_replay_skipped_total`). Every other route streams the body as it arrives.
+//!    Attempts are timed from the end of the read: the upload is the client's time.
 //! 5. **Recognise an LLM call** ([`Format::of`]): on the `llm` role, to an upstream with a
 //!    protocol, a `POST` to a chat-completions, responses or messages path. Decided before
 //!    anything is sent, so that the call is counted (duration, finish reason) even when it fails
@@ -97,7 +101,7 @@ use crate::config::{Role, UpstreamUrl};
 use crate::inspect::{Format, MAX_INSPECTED_BODY};
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
 use crate::upstream::{Lease, SendError, Upstream};
-use cache::{CacheFill, Cached, KeyHasher};
+use cache::{cache_key_hasher, CacheFill, Cached};
 use fallback::{FallbackReason, X_SLOGUARD_CACHE, X_SLOGUARD_FALLBACK};
 use llm::LlmCall;
 use replay::Payload;
@@ -143,28 +147,49 @@ pub async fn handle(
     if method == http::Method::CONNECT {
         return local_error(ProxyError::Method { method }, unanswered.0.take(), None);
     }
-    // An upstream whose circuit is open is skipped before any work is spent on the request.
-    // The admission goes into the request's accounting at once: whatever happens next (the
-    // client leaving mid-upload included), its ticket is settled.
-    let admitted = match (route.admit_from(0, received), unanswered.0.as_mut()) {
-        (Some(admission), Some(a)) => Some(a.admitted(admission)),
+    let llm_role = listener.role == Role::Llm;
+    let format_for = |u: &Upstream| match (&u.llm, llm_role) {
+        (Some(_), true) => Format::of(&method, uri.path(), u.protocol),
         _ => None,
     };
-    if admitted.is_none() && route.cache.is_none() {
-        return circuit_open(route, unanswered.0.take());
+    // An LLM call to the route's first upstream is one from the start: refused or failed before
+    // an answer, it is still counted (duration, error type, finish reason).
+    let primary = &route.chain[0];
+    if let (Some(format), Some(metrics), Some(a)) =
+        (format_for(primary), &primary.llm, unanswered.0.as_mut())
+    {
+        a.llm = Some(Box::new(LlmCall::new(metrics.clone(), format, received)));
     }
-
-    let llm_role = listener.role == Role::Llm;
     let rewrite = route.rewrites_model
-        && llm_role
         && route
             .chain
             .iter()
-            .any(|u| u.model.is_some() && Format::of(&method, uri.path(), u.protocol).is_some());
+            .any(|u| u.model.is_some() && format_for(u).is_some());
     let replays = route.replays();
+    let reads_ahead = replays || rewrite;
+
+    // An upstream whose circuit is open is skipped before any work is spent on the request. A
+    // route that reads the body ahead asks its breakers after the read, so that a slow upload
+    // neither holds a probe slot nor acts on a circuit state from before it; before the read it
+    // only checks whether every circuit is surely open. An admission goes into the request's
+    // accounting at once: whatever happens next (the client leaving included), its ticket is
+    // settled.
+    let mut admitted = None;
+    if !reads_ahead {
+        admitted = match (route.admit_from(0, received), unanswered.0.as_mut()) {
+            (Some(admission), Some(a)) => Some(a.admitted(admission)),
+            _ => None,
+        };
+        if admitted.is_none() && route.cache.is_none() {
+            return circuit_open(route, unanswered.0.take());
+        }
+    } else if route.cache.is_none() && route.all_refuse(received) {
+        return circuit_open(route, unanswered.0.take());
+    }
+
     // `client_wait`: time spent waiting for the client's body while reading it ahead, not the
     // sidecar's own.
-    let (mut payload, client_wait) = if replays || rewrite {
+    let (mut payload, client_wait) = if reads_ahead {
         let limit = match (replays, rewrite) {
             (true, true) => route.max_replay_body.max(MAX_INSPECTED_BODY),
             (true, false) => route.max_replay_body,
@@ -173,7 +198,7 @@ pub async fn handle(
         let mut read = if http_body::Body::is_end_stream(&body) {
             (Payload::empty(), Duration::ZERO)
         } else {
-            let timeouts = route.chain[admitted.unwrap_or(0)].timeouts;
+            let timeouts = primary.timeouts;
             let start = Instant::now();
             let deadline = received + timeouts.total.0;
             // Boxed: its state would otherwise make every request's future larger, on every
@@ -185,8 +210,8 @@ pub async fn handle(
             }
         };
         if let Some(cache) = &route.cache {
-            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-            read.0.set_key(KeyHasher::new(cache.seed, &method, pq));
+            read.0
+                .set_key(cache_key_hasher(cache.seed, &method, &uri, &client_headers));
         }
         read
     } else {
@@ -195,6 +220,19 @@ pub async fn handle(
     let replayable = payload.replayable(route.max_replay_body);
     if replays && !replayable {
         listener.replay_skipped.increment(1);
+    }
+    // Attempts are timed from here: the upload read ahead is the client's time, not an
+    // upstream's (`total` starts when the upstream is first asked).
+    let read_done = if reads_ahead {
+        Instant::now()
+    } else {
+        received
+    };
+    if reads_ahead {
+        admitted = match (route.admit_from(0, read_done), unanswered.0.as_mut()) {
+            (Some(admission), Some(a)) => Some(a.admitted(admission)),
+            _ => None,
+        };
     }
 
     let mut first_reason = None;
@@ -206,7 +244,7 @@ pub async fn handle(
                 .cache
                 .as_ref()
                 .zip(payload.cache_key())
-                .and_then(|(c, key)| c.get(key, received));
+                .and_then(|(c, key)| c.get(key, read_done));
             return match hit {
                 Some(hit) => {
                     route.count_moves(0, FallbackReason::CircuitOpen, route.chain.len());
@@ -222,27 +260,32 @@ pub async fn handle(
     }
 
     // The sidecar's own time before each attempt was sent.
-    let mut own = Duration::ZERO;
-    let mut attempt_start = received;
+    let mut own = read_done
+        .saturating_duration_since(received)
+        .saturating_sub(client_wait);
+    let mut attempt_start = read_done;
+    // Which upstream the request's LLM call (if any) is with.
+    let mut llm_hop = 0;
     loop {
         let upstream = &route.chain[hop];
         let timeouts = upstream.timeouts;
-        let format = match (&upstream.llm, llm_role) {
-            (Some(_), true) => Format::of(&method, uri.path(), upstream.protocol),
-            _ => None,
-        };
+        let format = format_for(upstream);
         let Some(account) = unanswered.0.as_mut() else {
             // Taken only by a return.
             return local_error(internal(upstream, "request accounting lost"), None, None);
         };
-        account.llm = match (format, &upstream.llm) {
-            (Some(format), Some(metrics)) => Some(Box::new(LlmCall::new(
-                metrics.clone(),
-                format,
-                attempt_start,
-            ))),
-            _ => None,
-        };
+        // A new LLM call for another upstream (the one before it was counted when it failed,
+        // or never made when that upstream was skipped). Timed from the request's arrival: the
+        // agent waited for the failed attempts too.
+        if hop != llm_hop || account.llm.is_none() {
+            llm_hop = hop;
+            account.llm = match (format, &upstream.llm) {
+                (Some(format), Some(metrics)) => {
+                    Some(Box::new(LlmCall::new(metrics.clone(), format, received)))
+                }
+                _ => None,
+            };
+        }
         let target = match upstream_uri(&upstream.url, &uri) {
             Ok(target) => target,
             Err(e) => {
@@ -501,6 +544,8 @@ fn serve_cached(
 ) -> Response<ProxyBody> {
     if let Some(a) = account.as_mut() {
         a.hop = a.listener.route.chain.len();
+        // No provider was called.
+        a.llm = None;
         a.status = StatusClass::of(hit.status);
         a.cause = Cause::None;
         a.outcome = None;
@@ -510,6 +555,10 @@ fn serve_cached(
     *response.headers_mut() = hit.headers;
     let headers = response.headers_mut();
     headers.insert(X_SLOGUARD_CACHE.clone(), HeaderValue::from_static("hit"));
+    headers.insert(
+        headers::X_SLOGUARD_UPSTREAM.clone(),
+        HeaderValue::from_static("cache"),
+    );
     headers.insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
     response
 }

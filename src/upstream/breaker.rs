@@ -281,6 +281,20 @@ impl CircuitBreaker {
         (ticket, transition)
     }
 
+    /// Whether a call now would surely be refused: open with time left, or forced open. (A
+    /// half-open circuit may still have a probe slot: `false`.) Takes no ticket.
+    pub fn refuses(&self, now: Instant) -> bool {
+        if self.fast.load(Ordering::Acquire) == CircuitState::Closed as u8 {
+            return false;
+        }
+        let inner = self.lock();
+        match inner.forced {
+            Some(Force::Open) => true,
+            Some(Force::Closed) => false,
+            _ => matches!(inner.state, State::Open { until } if now < until),
+        }
+    }
+
     /// A call let through ended without an outcome to judge (the client left): a probe's slot
     /// is given back.
     pub fn cancel(&self, ticket: Ticket) {
