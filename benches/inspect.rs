@@ -125,5 +125,56 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Safety detectors over output text as a stream delivers it (40-byte deltas): every built-in,
+/// 20 regexes and 1,000 keywords, over ~256 KiB of prose with a little PII in it.
+fn safety_bench(c: &mut Criterion) {
+    use sloguard::inspect::safety::{Builtin, DetectorSpec, Detectors};
+    let mut specs: Vec<DetectorSpec> = [
+        Builtin::PiiEmail,
+        Builtin::PiiCreditCard,
+        Builtin::PiiUsSsn,
+        Builtin::Secrets,
+    ]
+    .into_iter()
+    .map(DetectorSpec::Builtin)
+    .collect();
+    for i in 0..20 {
+        specs.push(DetectorSpec::Regex {
+            name: format!("rule{i}"),
+            pattern: format!(r"(?i)\bproject[- ]?codename[- ]?{i}\b|https?://host{i}\.internal\b"),
+        });
+    }
+    specs.push(DetectorSpec::Keywords {
+        name: "banned".into(),
+        words: (0..1000)
+            .map(|i| format!("forbidden-term-{i:04}"))
+            .collect(),
+    });
+    let detectors = Detectors::new(&specs).unwrap();
+    let prose = "The customer asked about their invoice from last month. I checked the account and the \
+        payment went through on the 14th; the receipt was sent to the address on file. If you need \
+        a copy, reply here and I will resend it. For refunds, the policy allows 30 days from purchase. \
+        Contact jane.doe@acme-corp.io or call the support line. ";
+    let mut text = String::new();
+    while text.len() < 256 * 1024 {
+        text.push_str(prose);
+    }
+    let pieces: Vec<&[u8]> = text.as_bytes().chunks(40).collect();
+    let mut g = c.benchmark_group("safety");
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.bench_function("builtins_20_regexes_1000_keywords", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            let mut s = detectors.scanner();
+            for p in &pieces {
+                s.feed(black_box(p), &mut |_| n += 1);
+            }
+            s.finish(&mut |_| n += 1);
+            n
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, safety_bench);
 criterion_main!(benches);

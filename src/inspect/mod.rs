@@ -13,6 +13,7 @@ mod openai;
 pub mod request;
 pub mod response;
 pub mod rewrite;
+pub mod safety;
 pub mod sse;
 
 pub use collect::Collected;

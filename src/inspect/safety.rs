@@ -1,0 +1,437 @@
+//! Safety detectors over response text: built-in PII and secret detectors, the user's regexes
+//! (one `RegexSet` pass decides which can match at all) and keywords (one case-insensitive
+//! Aho-Corasick automaton).
+//!
+//! Text arrives in pieces (SSE deltas, body chunks). A [`Scanner`] keeps an overlap window as
+//! long as the longest possible match (bounded by [`MAX_OVERLAP`]), so a match split across
+//! pieces is found, and never more than that window plus a batch of new text: memory is fixed,
+//! whatever the body's length. Text is scanned in batches of [`SCAN_BATCH`] bytes (and at the
+//! end), not per piece: a stream of 5-byte deltas does not rescan the window per delta.
+//!
+//! Each match is reported once. A match is reported when all the text it could extend over has
+//! arrived (the overlap's length past its start) or the text has ended: "a@b.co" may still
+//! become "a@b.com". Scans happen at fixed offsets of the text, so what is found does not depend
+//! on how the text was cut into pieces.
+
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+
+/// The longest match the scanner guarantees to find across piece boundaries; a regex whose
+/// matches can be longer (unbounded repetition) is still applied, but a match longer than this
+/// that straddles a boundary can be missed.
+pub const MAX_OVERLAP: usize = 4096;
+/// New text gathered before a scan. A scan reads the overlap again: larger batches read less
+/// twice (16 KiB against a 4 KiB overlap: each byte is read 1.25 times) at the price of memory
+/// per response being scanned (overlap + batch, about 20 KiB).
+pub const SCAN_BATCH: usize = 16 * 1024;
+/// Compiled regexes are bounded (a hostile or careless pattern cannot take the memory).
+const REGEX_SIZE_LIMIT: usize = 8 << 20;
+
+/// A built-in detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    PiiEmail,
+    PiiCreditCard,
+    PiiUsSsn,
+    Secrets,
+}
+
+impl Builtin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Builtin::PiiEmail => "pii_email",
+            Builtin::PiiCreditCard => "pii_credit_card",
+            Builtin::PiiUsSsn => "pii_us_ssn",
+            Builtin::Secrets => "secrets",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Builtin> {
+        [
+            Builtin::PiiEmail,
+            Builtin::PiiCreditCard,
+            Builtin::PiiUsSsn,
+            Builtin::Secrets,
+        ]
+        .into_iter()
+        .find(|b| b.as_str() == name)
+    }
+
+    /// The patterns, each with the check a match must also pass. ASCII only (`(?-u)`): the
+    /// things they find are ASCII, and ASCII classes are faster.
+    fn patterns(self) -> &'static [(&'static str, Check)] {
+        match self {
+            Builtin::PiiEmail => &[(
+                r"(?-u)\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b",
+                Check::Email,
+            )],
+            // 13 to 19 digits, single spaces or dashes between them allowed.
+            Builtin::PiiCreditCard => &[(r"(?-u)\b\d(?:[ -]?\d){12,18}\b", Check::Luhn)],
+            Builtin::PiiUsSsn => &[(r"(?-u)\b\d{3}-\d{2}-\d{4}\b", Check::Ssn)],
+            Builtin::Secrets => &[
+                // OpenAI (sk-..., sk-proj-...) and Anthropic (sk-ant-...) API keys.
+                (r"(?-u)\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}", Check::None),
+                // AWS access key ids.
+                (r"(?-u)\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", Check::None),
+                // GitHub tokens.
+                (r"(?-u)\bgh[pousr]_[A-Za-z0-9]{36,}\b", Check::None),
+                (r"(?-u)\bgithub_pat_[A-Za-z0-9_]{22,}\b", Check::None),
+                // PEM private key blocks.
+                (
+                    r"(?-u)-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----",
+                    Check::None,
+                ),
+                // A bearer JWT: three base64url parts, the first a JSON header.
+                (
+                    r"(?-u)\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+                    Check::None,
+                ),
+            ],
+        }
+    }
+}
+
+/// What a regex match must also pass to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    None,
+    /// A payment card number: its digits pass the Luhn check.
+    Luhn,
+    /// A US social security number that can exist: area not 000, 666 or 9xx, group not 00,
+    /// serial not 0000.
+    Ssn,
+    /// Not a documentation address (`example.com`, `.test`, ...) nor a git remote (`git@host`).
+    Email,
+}
+
+impl Check {
+    fn passes(self, m: &[u8]) -> bool {
+        match self {
+            Check::None => true,
+            Check::Luhn => luhn(m),
+            Check::Ssn => ssn(m),
+            Check::Email => email(m),
+        }
+    }
+}
+
+fn luhn(m: &[u8]) -> bool {
+    let digits = m.iter().rev().filter(|b| b.is_ascii_digit());
+    let (mut sum, mut n) = (0u32, 0usize);
+    for (i, d) in digits.enumerate() {
+        let mut v = u32::from(d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+        n += 1;
+    }
+    (13..=19).contains(&n) && sum % 10 == 0
+}
+
+fn ssn(m: &[u8]) -> bool {
+    let num = |r: std::ops::Range<usize>| {
+        m.get(r)
+            .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u32>().ok())
+    };
+    match (num(0..3), num(4..6), num(7..11)) {
+        (Some(area), Some(group), Some(serial)) => {
+            area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+        }
+        _ => false,
+    }
+}
+
+fn email(m: &[u8]) -> bool {
+    let Some(at) = m.iter().position(|b| *b == b'@') else {
+        return false;
+    };
+    let (local, domain) = (&m[..at], m[at + 1..].to_ascii_lowercase());
+    // RFC 2606 / 6761 names for documentation and tests.
+    let reserved = ["example.com", "example.org", "example.net"]
+        .iter()
+        .any(|d| domain == d.as_bytes() || domain.ends_with(&[b".", d.as_bytes()].concat()))
+        || [".example", ".test", ".invalid", ".localhost"]
+            .iter()
+            .any(|s| domain.ends_with(s.as_bytes()));
+    !reserved && local != b"git"
+}
+
+/// One detector as configured.
+#[derive(Debug, Clone)]
+pub enum DetectorSpec {
+    Builtin(Builtin),
+    Regex { name: String, pattern: String },
+    Keywords { name: String, words: Vec<String> },
+}
+
+/// Why a detector could not be built: which one (its index), and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("detectors[{index}]: {message}")]
+pub struct DetectorError {
+    pub index: usize,
+    pub message: String,
+}
+
+struct Pattern {
+    detector: usize,
+    regex: Regex,
+    check: Check,
+}
+
+/// Every configured detector, compiled once per config.
+pub struct Detectors {
+    /// Per detector: the `detector` label value.
+    names: Vec<Arc<str>>,
+    patterns: Vec<Pattern>,
+    /// All patterns in one pass: which can match a window at all.
+    set: RegexSet,
+    /// All keywords; the pattern id indexes `keyword_detector`.
+    keywords: Option<AhoCorasick>,
+    keyword_detector: Vec<usize>,
+    /// Bytes kept between scans: the longest possible match, at most [`MAX_OVERLAP`].
+    overlap: usize,
+}
+
+/// A match: which detector, and where in the text (byte offsets from the text's start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    pub detector: usize,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Detectors {
+    pub fn new(specs: &[DetectorSpec]) -> Result<Detectors, DetectorError> {
+        let mut names = Vec::with_capacity(specs.len());
+        let mut sources: Vec<(usize, String, Check)> = Vec::new();
+        let mut words: Vec<String> = Vec::new();
+        let mut keyword_detector = Vec::new();
+        for (index, spec) in specs.iter().enumerate() {
+            match spec {
+                DetectorSpec::Builtin(b) => {
+                    names.push(Arc::from(b.as_str()));
+                    for (p, check) in b.patterns() {
+                        sources.push((index, (*p).to_owned(), *check));
+                    }
+                }
+                DetectorSpec::Regex { name, pattern } => {
+                    names.push(Arc::from(name.as_str()));
+                    sources.push((index, pattern.clone(), Check::None));
+                }
+                DetectorSpec::Keywords { name, words: w } => {
+                    names.push(Arc::from(name.as_str()));
+                    if let Some(i) = w.iter().position(|w| w.is_empty()) {
+                        return Err(DetectorError {
+                            index,
+                            message: format!("keywords[{i}] is empty"),
+                        });
+                    }
+                    words.extend(w.iter().cloned());
+                    keyword_detector.extend(std::iter::repeat_n(index, w.len()));
+                }
+            }
+        }
+        let mut overlap = 0usize;
+        let mut patterns = Vec::with_capacity(sources.len());
+        for (detector, source, check) in &sources {
+            let err = |e: &dyn std::fmt::Display| DetectorError {
+                index: *detector,
+                message: format!("invalid regex: {e}"),
+            };
+            let regex = RegexBuilder::new(source)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| err(&e))?;
+            let longest = regex_syntax::parse(source)
+                .map_err(|e| err(&e))?
+                .properties()
+                .maximum_len()
+                .unwrap_or(MAX_OVERLAP);
+            overlap = overlap.max(longest.min(MAX_OVERLAP));
+            patterns.push(Pattern {
+                detector: *detector,
+                regex,
+                check: *check,
+            });
+        }
+        let set = RegexSetBuilder::new(sources.iter().map(|(_, s, _)| s))
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| DetectorError {
+                index: 0,
+                message: format!("the regexes together are too large: {e}"),
+            })?;
+        let keywords = if words.is_empty() {
+            None
+        } else {
+            overlap = overlap.max(
+                words
+                    .iter()
+                    .map(String::len)
+                    .max()
+                    .unwrap_or(0)
+                    .min(MAX_OVERLAP),
+            );
+            Some(
+                AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&words)
+                    .map_err(|e| DetectorError {
+                        index: keyword_detector.first().copied().unwrap_or(0),
+                        message: format!("keywords: {e}"),
+                    })?,
+            )
+        };
+        Ok(Detectors {
+            names,
+            patterns,
+            set,
+            keywords,
+            keyword_detector,
+            overlap,
+        })
+    }
+
+    /// The `detector` label of detector `index`.
+    pub fn name(&self, index: usize) -> &str {
+        self.names.get(index).map_or("unknown", |n| n)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The overlap window kept between scans.
+    pub fn overlap(&self) -> usize {
+        self.overlap
+    }
+
+    pub fn scanner(&self) -> Scanner<'_> {
+        self.scanner_batching(SCAN_BATCH)
+    }
+
+    /// A scanner that scans once `batch` new bytes have arrived (tests use small batches, so
+    /// that the overlap is exercised by short texts).
+    fn scanner_batching(&self, batch: usize) -> Scanner<'_> {
+        Scanner {
+            detectors: self,
+            batch: batch.max(1),
+            window: Vec::new(),
+            base: 0,
+            scanned: 0,
+            last_end: vec![0; self.patterns.len() + 1],
+        }
+    }
+}
+
+/// Scans one text (one response's output) as it arrives.
+pub struct Scanner<'d> {
+    detectors: &'d Detectors,
+    batch: usize,
+    /// The overlap kept from before, then the text not yet scanned.
+    window: Vec<u8>,
+    /// Offset in the text of `window[0]`.
+    base: u64,
+    /// Bytes of `window` already scanned (the overlap after a trim).
+    scanned: usize,
+    /// Per pattern (then the keywords): the end of the last match reported, so that a match
+    /// seen again in the overlap is not reported twice.
+    last_end: Vec<u64>,
+}
+
+impl Scanner<'_> {
+    /// More text; matches found are passed to `found`.
+    pub fn feed(&mut self, text: &[u8], found: &mut impl FnMut(Match)) {
+        self.window.extend_from_slice(text);
+        // Scans at fixed offsets of the text, whatever pieces it came in: what is found does not
+        // depend on how the text was cut.
+        while self.window.len() - self.scanned >= self.batch {
+            let upto = self.scanned + self.batch;
+            self.scan(upto, false, found);
+        }
+    }
+
+    /// The text has ended: what is left is scanned, matches at its very end included (the
+    /// overlap is scanned again for them; what it held was reported once already).
+    pub fn finish(mut self, found: &mut impl FnMut(Match)) {
+        if !self.window.is_empty() {
+            let upto = self.window.len();
+            self.scan(upto, true, found);
+        }
+    }
+
+    /// Scans `window[..upto]`, then keeps its overlap and what follows it.
+    fn scan(&mut self, upto: usize, last: bool, found: &mut impl FnMut(Match)) {
+        let d = self.detectors;
+        let w = &self.window[..upto];
+        let mut report = |slot: usize, detector: usize, s: usize, e: usize| {
+            // A match whose longest possible extent is not all here yet may still grow ("a@b.co"
+            // then "m"): reported by a later scan, which sees it from its start again. Matches
+            // come in order of their start: the ones after it wait too.
+            if !last && s + d.overlap > upto {
+                return false;
+            }
+            let abs_end = self.base + e as u64;
+            // Seen again in the overlap (whole, or from within it): reported already.
+            if self.base + (s as u64) < self.last_end[slot] {
+                return true;
+            }
+            self.last_end[slot] = abs_end;
+            found(Match {
+                detector,
+                start: self.base + s as u64,
+                end: abs_end,
+            });
+            true
+        };
+        for i in d.set.matches(w).iter() {
+            let p = &d.patterns[i];
+            for m in p.regex.find_iter(w) {
+                if p.check.passes(m.as_bytes()) && !report(i, p.detector, m.start(), m.end()) {
+                    break;
+                }
+            }
+        }
+        if let Some(ac) = &d.keywords {
+            let slot = d.patterns.len();
+            for m in ac.find_iter(w) {
+                let detector = d.keyword_detector[m.pattern().as_usize()];
+                if !report(slot, detector, m.start(), m.end()) {
+                    break;
+                }
+            }
+        }
+        self.trim(upto);
+    }
+
+    /// Keeps the overlap before `upto` (and everything after it): from just after a whitespace
+    /// byte at or before `upto - overlap` when there is one close by (a window that starts
+    /// mid-word would see a word boundary that is not there), else from `upto - overlap`.
+    fn trim(&mut self, upto: usize) {
+        let mut cut = upto.saturating_sub(self.detectors.overlap);
+        let from = cut.saturating_sub(64);
+        if let Some(ws) = self.window[from..cut]
+            .iter()
+            .rposition(u8::is_ascii_whitespace)
+        {
+            cut = from + ws + 1;
+        }
+        self.window.drain(..cut);
+        self.base += cut as u64;
+        self.scanned = upto - cut;
+    }
+}
+
+#[cfg(test)]
+mod tests;
