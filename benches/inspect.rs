@@ -3,6 +3,7 @@
 //! Throughput is in bytes of response body per second.
 //!
 //!   cargo bench --bench inspect
+#![allow(clippy::unwrap_used, reason = "benchmark set-up")]
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
