@@ -49,6 +49,11 @@ async fn switchable() -> (SimServer, Arc<AtomicU16>, Arc<AtomicU32>) {
 }
 
 async fn sidecar(url: &str) -> Sidecar {
+    sidecar_probing(url, 1).await
+}
+
+/// In front of `url`, a breaker opening after 3 failures, for 1s, with `probes` trial calls.
+async fn sidecar_probing(url: &str, probes: u32) -> Sidecar {
     let yaml = format!(
         "agent: test-agent
 admin: {{bind: 127.0.0.1:0}}
@@ -59,7 +64,7 @@ routes:
 upstreams:
   provider:
     url: {url}
-    circuit_breaker: {{consecutive_failures: 3, open_for: 1s, max_open_for: 4s, half_open_probes: 1}}
+    circuit_breaker: {{consecutive_failures: 3, open_for: 1s, max_open_for: 4s, half_open_probes: {probes}}}
 "
     );
     Sidecar::start(Config::parse("test", &yaml).unwrap())
@@ -313,23 +318,7 @@ async fn two_hundred_concurrent_requests_while_half_open_admit_exactly_the_probe
     })
     .await
     .unwrap();
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [provider]}}
-upstreams:
-  provider:
-    url: {}
-    circuit_breaker: {{consecutive_failures: 3, open_for: 1s, max_open_for: 4s, half_open_probes: 3}}
-",
-        up.url()
-    );
-    let sidecar = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+    let sidecar = sidecar_probing(&up.url(), 3).await;
     for _ in 0..3 {
         assert_eq!(
             status_of(&sidecar).await.0,

@@ -221,6 +221,11 @@ upstreams:
     yaml
 }
 
+/// `chain_yaml` for the usual chain: `primary` (at `url`, with `extra` keys), then `backup`.
+fn with_backup(url: &str, extra: &str, backup: &str) -> String {
+    chain_yaml("", "", &[("primary", url, extra), ("backup", backup, "")])
+}
+
 async fn start(yaml: &str) -> Sidecar {
     let config = match Config::parse("test", yaml) {
         Ok(c) => c,
@@ -365,15 +370,7 @@ async fn a_503_falls_back_and_the_next_upstream_gets_the_same_bytes() {
     for chunked in [false, true] {
         let primary = upstream("primary", 503).await;
         let backup = upstream("backup", 200).await;
-        let sidecar = start(&chain_yaml(
-            "",
-            "",
-            &[
-                ("primary", &primary.url(), ""),
-                ("backup", &backup.url(), ""),
-            ],
-        ))
-        .await;
+        let sidecar = start(&with_backup(&primary.url(), "", &backup.url())).await;
         let answer = send(
             &sidecar,
             path,
@@ -452,15 +449,7 @@ async fn a_429_with_retry_after_falls_back_and_opens_the_primarys_circuit() {
     primary.knobs.retry_after.store(5, Ordering::SeqCst);
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 3, open_for: 1s, max_open_for: 10s}";
-    let sidecar = start(&chain_yaml(
-        "",
-        "",
-        &[
-            ("primary", &primary.url(), breaker),
-            ("backup", &backup.url(), ""),
-        ],
-    ))
-    .await;
+    let sidecar = start(&with_backup(&primary.url(), breaker, &backup.url())).await;
     let first = chat(&sidecar, r#"{"n":1}"#).await;
     assert_from(&first, StatusCode::OK, "backup", Some("429"));
     let c = circuit(&sidecar, "primary").await;
@@ -510,15 +499,7 @@ async fn a_429_without_retry_after_falls_back_but_does_not_open_the_circuit_by_i
     let primary = upstream("primary", 429).await;
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 3, open_for: 30s}";
-    let sidecar = start(&chain_yaml(
-        "",
-        "",
-        &[
-            ("primary", &primary.url(), breaker),
-            ("backup", &backup.url(), ""),
-        ],
-    ))
-    .await;
+    let sidecar = start(&with_backup(&primary.url(), breaker, &backup.url())).await;
     let first = chat(&sidecar, r#"{"n":1}"#).await;
     assert_from(&first, StatusCode::OK, "backup", Some("429"));
     let c = circuit(&sidecar, "primary").await;
@@ -593,13 +574,10 @@ async fn a_primary_silent_past_first_byte_falls_back_as_timeout() {
 #[tokio::test]
 async fn a_refused_connection_falls_back_as_connect_error() {
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&chain_yaml(
+    let sidecar = start(&with_backup(
+        &format!("http://{}", closed_port()),
         "",
-        "",
-        &[
-            ("primary", &format!("http://{}", closed_port()), ""),
-            ("backup", &backup.url(), ""),
-        ],
+        &backup.url(),
     ))
     .await;
     let body = r#"{"refused":true}"#;
@@ -641,13 +619,10 @@ async fn a_reset_before_the_response_head_falls_back_as_connect_error() {
     })
     .await;
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&chain_yaml(
+    let sidecar = start(&with_backup(
+        &format!("http://{resetting}"),
         "",
-        "",
-        &[
-            ("primary", &format!("http://{resetting}"), ""),
-            ("backup", &backup.url(), ""),
-        ],
+        &backup.url(),
     ))
     .await;
     let body = r#"{"reset":"before the head"}"#;
@@ -764,15 +739,7 @@ async fn fallback_on_decides_which_failures_move_a_request_on() {
 async fn when_every_upstream_fails_the_failure_is_charged_upstream() {
     let primary = upstream("primary", 500).await;
     let backup = upstream("backup", 502).await;
-    let sidecar = start(&chain_yaml(
-        "",
-        "",
-        &[
-            ("primary", &primary.url(), ""),
-            ("backup", &backup.url(), ""),
-        ],
-    ))
-    .await;
+    let sidecar = start(&with_backup(&primary.url(), "", &backup.url())).await;
     let answer = chat(&sidecar, r#"{"n":1}"#).await;
     assert!(answer.status.is_server_error(), "{}", answer.status);
     assert_eq!(answer.header("x-sloguard-cache"), None);
@@ -806,15 +773,7 @@ async fn an_open_circuit_is_skipped_without_an_attempt() {
     let primary = upstream("primary", 500).await;
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 2, open_for: 30s}";
-    let sidecar = start(&chain_yaml(
-        "",
-        "",
-        &[
-            ("primary", &primary.url(), breaker),
-            ("backup", &backup.url(), ""),
-        ],
-    ))
-    .await;
+    let sidecar = start(&with_backup(&primary.url(), breaker, &backup.url())).await;
     for _ in 0..2 {
         let a = chat(&sidecar, r#"{"n":1}"#).await;
         assert_from(&a, StatusCode::OK, "backup", Some("5xx"));
@@ -862,15 +821,7 @@ async fn a_recovered_primary_is_probed_its_circuit_closes_and_it_answers_again()
     let primary = upstream("primary", 500).await;
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 2, open_for: 1s, max_open_for: 4s, half_open_probes: 1}";
-    let sidecar = start(&chain_yaml(
-        "",
-        "",
-        &[
-            ("primary", &primary.url(), breaker),
-            ("backup", &backup.url(), ""),
-        ],
-    ))
-    .await;
+    let sidecar = start(&with_backup(&primary.url(), breaker, &backup.url())).await;
     for _ in 0..2 {
         let a = chat(&sidecar, r#"{"n":1}"#).await;
         assert_from(&a, StatusCode::OK, "backup", Some("5xx"));
@@ -1195,13 +1146,10 @@ async fn a_failure_after_the_first_byte_is_not_retried() {
     })
     .await;
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&chain_yaml(
+    let sidecar = start(&with_backup(
+        &format!("http://{breaking}"),
         "",
-        "",
-        &[
-            ("primary", &format!("http://{breaking}"), ""),
-            ("backup", &backup.url(), ""),
-        ],
+        &backup.url(),
     ))
     .await;
     let resp = client()
@@ -1332,15 +1280,7 @@ async fn half_open_primary(delay_ms: u64) -> (Upstream, Upstream, Sidecar) {
     let primary = upstream("primary", 500).await;
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 2, open_for: 1s, max_open_for: 4s, half_open_probes: 1}";
-    let sidecar = start(&chain_yaml(
-        "",
-        "",
-        &[
-            ("primary", &primary.url(), breaker),
-            ("backup", &backup.url(), ""),
-        ],
-    ))
-    .await;
+    let sidecar = start(&with_backup(&primary.url(), breaker, &backup.url())).await;
     for _ in 0..2 {
         chat(&sidecar, r#"{"n":1}"#).await;
     }
