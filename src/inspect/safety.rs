@@ -28,6 +28,9 @@ pub const MAX_OVERLAP: usize = 4096;
 pub const SCAN_BATCH: usize = 16 * 1024;
 /// Compiled regexes are bounded (a hostile or careless pattern cannot take the memory).
 const REGEX_SIZE_LIMIT: usize = 8 << 20;
+/// Bytes a regex may look at beyond a match, on either side, to decide a `\b` (one UTF-8
+/// character).
+const CONTEXT: usize = 4;
 
 /// A built-in detector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,11 +251,13 @@ impl Detectors {
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
                 .map_err(|e| err(&e))?;
-            let longest = regex_syntax::parse(source)
-                .map_err(|e| err(&e))?
-                .properties()
-                .maximum_len()
-                .unwrap_or(MAX_OVERLAP);
+            let hir = regex_syntax::parse(source).map_err(|e| err(&e))?;
+            if hir.properties().minimum_len() == Some(0) {
+                return Err(err(
+                    &"it matches the empty text, so it would flag every response",
+                ));
+            }
+            let longest = hir.properties().maximum_len().unwrap_or(MAX_OVERLAP);
             overlap = overlap.max(longest.min(MAX_OVERLAP));
             patterns.push(Pattern {
                 detector: *detector,
@@ -330,7 +335,7 @@ impl Detectors {
             window: Vec::new(),
             base: 0,
             scanned: 0,
-            last_end: vec![0; self.patterns.len() + 1],
+            resume: vec![0; self.patterns.len() + 1],
         }
     }
 }
@@ -345,9 +350,8 @@ pub struct Scanner<'d> {
     base: u64,
     /// Bytes of `window` already scanned (the overlap after a trim).
     scanned: usize,
-    /// Per pattern (then the keywords): the end of the last match reported, so that a match
-    /// seen again in the overlap is not reported twice.
-    last_end: Vec<u64>,
+    /// Per pattern (then the keywords): the offset in the text its next search starts from.
+    resume: Vec<u64>,
 }
 
 impl Scanner<'_> {
@@ -362,8 +366,7 @@ impl Scanner<'_> {
         }
     }
 
-    /// The text has ended: what is left is scanned, matches at its very end included (the
-    /// overlap is scanned again for them; what it held was reported once already).
+    /// The text has ended: what is left is scanned, matches at its very end included.
     pub fn finish(mut self, found: &mut impl FnMut(Match)) {
         if !self.window.is_empty() {
             let upto = self.window.len();
@@ -371,62 +374,61 @@ impl Scanner<'_> {
         }
     }
 
-    /// Scans `window[..upto]`, then keeps its overlap and what follows it.
+    /// Scans `window[..upto]` for the matches that start before the last `overlap` bytes (all
+    /// of them on the last scan), then drops what no later scan needs.
+    ///
+    /// Each pattern resumes where a scan of the whole text in one piece would: just after its
+    /// last match (whether or not that match passed its check), or, when it found none, where
+    /// the text still to scan begins. A match starting before `ready` lies whole in the
+    /// window, with the bytes a `\b` looks at on either side of it, so it is the very match the
+    /// scan of the whole text finds there; one starting later may still grow ("a@b.co" then
+    /// "m") or not be there at all, and is left to the next scan, which sees it from its start.
     fn scan(&mut self, upto: usize, last: bool, found: &mut impl FnMut(Match)) {
         let d = self.detectors;
         let w = &self.window[..upto];
-        let mut report = |slot: usize, detector: usize, s: usize, e: usize| {
-            // A match whose longest possible extent is not all here yet may still grow ("a@b.co"
-            // then "m"): reported by a later scan, which sees it from its start again. Matches
-            // come in order of their start: the ones after it wait too.
-            if !last && s + d.overlap > upto {
-                return false;
-            }
-            let abs_end = self.base + e as u64;
-            // Seen again in the overlap (whole, or from within it): reported already.
-            if self.base + (s as u64) < self.last_end[slot] {
-                return true;
-            }
-            self.last_end[slot] = abs_end;
-            found(Match {
-                detector,
-                start: self.base + s as u64,
-                end: abs_end,
-            });
-            true
+        let ready = if last {
+            upto
+        } else {
+            upto.saturating_sub(d.overlap + CONTEXT)
         };
-        for i in d.set.matches(w).iter() {
-            let p = &d.patterns[i];
-            for m in p.regex.find_iter(w) {
-                if p.check.passes(m.as_bytes()) && !report(i, p.detector, m.start(), m.end()) {
-                    break;
+        let base = self.base;
+        let at_of = |resume: u64| usize::try_from(resume - base).unwrap_or(upto).min(upto);
+        let candidates = d.set.matches(w);
+        for (i, p) in d.patterns.iter().enumerate() {
+            let mut at = at_of(self.resume[i]);
+            if candidates.matched(i) {
+                while let Some(m) = p.regex.find_at(w, at).filter(|m| m.start() < ready) {
+                    if p.check.passes(m.as_bytes()) {
+                        found(Match {
+                            detector: p.detector,
+                            start: base + m.start() as u64,
+                            end: base + m.end() as u64,
+                        });
+                    }
+                    // Never empty: patterns that can match nothing are refused.
+                    at = m.end();
                 }
             }
+            self.resume[i] = base + at.max(ready) as u64;
         }
         if let Some(ac) = &d.keywords {
             let slot = d.patterns.len();
-            for m in ac.find_iter(w) {
-                let detector = d.keyword_detector[m.pattern().as_usize()];
-                if !report(slot, detector, m.start(), m.end()) {
-                    break;
-                }
+            let mut at = at_of(self.resume[slot]);
+            while let Some(m) = ac
+                .find(aho_corasick::Input::new(w).span(at..upto))
+                .filter(|m| m.start() < ready)
+            {
+                found(Match {
+                    detector: d.keyword_detector[m.pattern().as_usize()],
+                    start: base + m.start() as u64,
+                    end: base + m.end() as u64,
+                });
+                at = m.end();
             }
+            self.resume[slot] = base + at.max(ready) as u64;
         }
-        self.trim(upto);
-    }
-
-    /// Keeps the overlap before `upto` (and everything after it): from just after a whitespace
-    /// byte at or before `upto - overlap` when there is one close by (a window that starts
-    /// mid-word would see a word boundary that is not there), else from `upto - overlap`.
-    fn trim(&mut self, upto: usize) {
-        let mut cut = upto.saturating_sub(self.detectors.overlap);
-        let from = cut.saturating_sub(64);
-        if let Some(ws) = self.window[from..cut]
-            .iter()
-            .rposition(u8::is_ascii_whitespace)
-        {
-            cut = from + ws + 1;
-        }
+        // Every pattern resumes at `ready` or later; the bytes just before it are context.
+        let cut = ready.saturating_sub(CONTEXT).min(upto);
         self.window.drain(..cut);
         self.base += cut as u64;
         self.scanned = upto - cut;

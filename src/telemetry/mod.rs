@@ -33,6 +33,11 @@ pub const CIRCUIT_STATE: &str = "sloguard_circuit_state";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "sloguard_circuit_transitions_total";
 pub const FALLBACKS_TOTAL: &str = "sloguard_fallbacks_total";
 pub const REPLAY_SKIPPED_TOTAL: &str = "sloguard_replay_skipped_total";
+pub const AGENT_RESPONSES_TOTAL: &str = "agent_responses_total";
+pub const SAFETY_VIOLATIONS_TOTAL: &str = "agent_safety_violations_total";
+pub const AGENT_DISABLED: &str = "sloguard_agent_disabled";
+pub const INCIDENTS_TOTAL: &str = "sloguard_incidents_total";
+pub const INCIDENT_NOTIFICATIONS_TOTAL: &str = "sloguard_incident_notifications_total";
 
 /// Request latency of an agent or an LLM call: from a few milliseconds (a cached or failed call)
 /// to minutes (a long generation). Denser around 0.1–10 s, where agent latency SLOs sit; every
@@ -210,6 +215,36 @@ impl Telemetry {
             REPLAY_SKIPPED_TOTAL,
             None,
             "Requests whose body was larger than max_replay_body: streamed to one upstream, with no fallback.",
+            0,
+        );
+        d(
+            AGENT_RESPONSES_TOTAL,
+            None,
+            "Responses whose content the safety detectors inspected.",
+            0,
+        );
+        d(
+            SAFETY_VIOLATIONS_TOTAL,
+            None,
+            "Safety detector hits (and upstream safety signals), by detector and the action taken.",
+            0,
+        );
+        d(
+            AGENT_DISABLED,
+            None,
+            "1 while the kill switch holds the agent disabled.",
+            2,
+        );
+        d(
+            INCIDENTS_TOTAL,
+            None,
+            "Incident events (kill switch on/off, circuit breaker open/close), by severity and kind.",
+            0,
+        );
+        d(
+            INCIDENT_NOTIFICATIONS_TOTAL,
+            None,
+            "Incident webhook notifications, by result: sent, failed (dropped after bounded retries), queue_full (dropped at once).",
             0,
         );
         d(
