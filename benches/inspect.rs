@@ -151,7 +151,7 @@ fn safety_bench(c: &mut Criterion) {
             .map(|i| format!("forbidden-term-{i:04}"))
             .collect(),
     });
-    let detectors = Detectors::new(&specs).unwrap();
+    let detectors = std::sync::Arc::new(Detectors::new(&specs).unwrap());
     let prose = "The customer asked about their invoice from last month. I checked the account and the \
         payment went through on the 14th; the receipt was sent to the address on file. If you need \
         a copy, reply here and I will resend it. For refunds, the policy allows 30 days from purchase. \

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod incident;
 pub mod inspect;
 pub mod proxy;
 pub mod sidecar;

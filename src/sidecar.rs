@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::proxy::{listener, Snapshot};
+use crate::proxy::{listener, Shared, Snapshot};
 use crate::telemetry::{record_build_info, Telemetry};
 use crate::upstream::UpstreamBuildError;
 
@@ -67,7 +67,8 @@ impl Sidecar {
             crate::admin::read_token(path).map_err(StartError::AdminToken)?;
         }
         let binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
-        let snapshot = Snapshot::build(config, &telemetry)?;
+        let shared = Shared::new(&config, &telemetry, true);
+        let snapshot = Snapshot::build(config, &telemetry, &shared)?;
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
 
         // Bind everything before serving anything: a port taken is a startup error, not a half-up sidecar.
@@ -89,6 +90,7 @@ impl Sidecar {
                 snapshot: state.clone(),
                 token_file: admin_token,
                 log_limit: crate::telemetry::LogLimiter::new(),
+                kill: shared.kill.clone(),
             }),
             admin_stop.subscribe(),
         ))];

@@ -104,9 +104,9 @@ fn a_duplicate_listener_bind_is_named_with_its_line() {
 
 #[test]
 fn sections_this_build_does_not_act_on_are_refused() {
-    let e = error_of(&format!("{BASE}safety:\n  action: block\n"));
+    let e = error_of(&format!("{BASE}tasks:\n  stuck_after: 5m\n"));
     assert!(
-        e.starts_with("bad.yaml:13: safety: the `safety` section is not supported by this build"),
+        e.starts_with("bad.yaml:13: tasks: the `tasks` section is not supported by this build"),
         "{e}"
     );
 }
@@ -212,7 +212,7 @@ fn sloguard_check_exits_non_zero_with_the_message() {
 
 #[test]
 fn an_empty_section_this_build_does_not_act_on_is_refused_too() {
-    for (section, line) in [("safety:\n", 13), ("slos: ~\n", 13)] {
+    for (section, line) in [("tasks:\n", 13), ("slos: ~\n", 13)] {
         let e = error_of(&format!("{BASE}{section}"));
         assert!(
             e.starts_with(&format!(
@@ -326,4 +326,72 @@ fn llm_keys_are_checked_against_the_protocol() {
     );
     let e = error_of(&with("    protocol: openai\n    api_keys_file: [a, b]\n"));
     assert!(e.contains("upstreams.agent.api_keys_file"), "{e}");
+}
+
+#[test]
+fn safety_and_incidents_are_checked_by_key() {
+    let with = |section: &str| format!("{BASE}{section}");
+    // An empty section means the defaults: every built-in, both roles, record.
+    let c = Config::parse("ok.yaml", &with("safety:\n")).unwrap();
+    let safety = c.safety.unwrap();
+    assert_eq!(safety.detectors.len(), 4);
+    assert_eq!(safety.action, sloguard::config::SafetyAction::Record);
+    let c = Config::parse("ok.yaml", &with("safety:\n  action: block\n  kill_switch: {violations: 3, within: 10m, fallback_url: 'http://127.0.0.1:9/q'}\nincidents:\n  webhook: http://127.0.0.1:9093/api/v2/alerts\n  severities: {availability: sev3}\n")).unwrap();
+    assert_eq!(
+        c.incidents.severities.availability,
+        sloguard::config::SeverityName::Sev3
+    );
+    assert_eq!(
+        c.incidents.severities.safety,
+        sloguard::config::SeverityName::Sev1
+    );
+    for (section, expected) in [
+        (
+            "safety:\n  detectors:\n    - builtin: pii_phone\n",
+            "bad.yaml:15: safety.detectors[0].builtin: unknown built-in detector \"pii_phone\"",
+        ),
+        (
+            "safety:\n  detectors:\n    - regex: 'x+'\n",
+            "bad.yaml:15: safety.detectors[0].name: a regex or keywords detector needs a `name`",
+        ),
+        (
+            "safety:\n  detectors:\n    - name: bad\n      regex: '(unclosed'\n",
+            "bad.yaml:16: safety.detectors[0].regex: invalid regex",
+        ),
+        (
+            "safety:\n  detectors:\n    - name: k\n      keywords: [a, '']\n",
+            "bad.yaml:16: safety.detectors[0].keywords: keywords[1] is empty",
+        ),
+        (
+            "safety:\n  detectors:\n    - builtin: secrets\n      regex: 'x'\n",
+            "bad.yaml:15: safety.detectors[0]: give exactly one of",
+        ),
+        (
+            "safety:\n  detectors:\n    - builtin: secrets\n    - builtin: secrets\n",
+            "bad.yaml:16: safety.detectors[1]: detector \"secrets\" is listed twice",
+        ),
+        (
+            "safety:\n  action: shout\n",
+            "bad.yaml:14: safety.action: unknown variant `shout`",
+        ),
+        (
+            "safety:\n  kill_switch: {violations: 0, within: 1m}\n",
+            "bad.yaml:14: safety.kill_switch.violations: must be between 1 and",
+        ),
+        (
+            "safety:\n  kill_switch: {violations: 2, within: 1m, fallback_url: 'ftp://x'}\n",
+            "bad.yaml:14: safety.kill_switch.fallback_url: URL \"ftp://x\" must start with http",
+        ),
+        (
+            "incidents:\n  webhook: not a url\n",
+            "bad.yaml:14: incidents.webhook:",
+        ),
+        (
+            "incidents:\n  severities: {safety: sev9}\n",
+            "bad.yaml:14: incidents.severities.safety: unknown variant `sev9`",
+        ),
+    ] {
+        let e = error_of(&with(section));
+        assert!(e.starts_with(expected), "{section}: {e}");
+    }
 }

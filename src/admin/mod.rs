@@ -28,6 +28,8 @@ pub struct AdminState {
     pub token_file: Option<std::path::PathBuf>,
     /// Bounds the log lines a broken token file causes.
     pub log_limit: crate::telemetry::LogLimiter,
+    /// `POST /admin/agent/disable|enable`.
+    pub kill: Arc<crate::proxy::safety::KillSwitch>,
 }
 
 /// Reads the admin token file (one line, surrounding whitespace ignored).
@@ -155,6 +157,7 @@ fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     }
     let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
     let (name, action) = match parts.as_slice() {
+        ["admin", "agent", action] => return agent_switch(state, action),
         ["admin", "circuits", name, action] => (*name, *action),
         _ => {
             return to_full(error_response(
@@ -194,6 +197,39 @@ fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     b.force(force, tokio::time::Instant::now());
     tracing::warn!(upstream = name, action, "circuit forced by the admin API");
     circuits(state)
+}
+
+/// `POST /admin/agent/disable|enable`: a human silences the agent, or lets it speak again.
+/// Answers `{"disabled": bool, "changed": bool}`.
+fn agent_switch(state: &AdminState, action: &str) -> Response<Full<Bytes>> {
+    let disable = match action {
+        "disable" => true,
+        "enable" => false,
+        _ => {
+            return to_full(error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "agent actions are disable and enable",
+            ))
+        }
+    };
+    let severity = state.snapshot.load().config.incidents.severities.safety;
+    let why = if disable {
+        "disabled by hand (admin API)"
+    } else {
+        "enabled by hand (admin API)"
+    };
+    let changed = state
+        .kill
+        .set(disable, why, crate::proxy::safety::severity(severity));
+    tracing::warn!(action, changed, "kill switch set by the admin API");
+    let body = serde_json::json!({"disabled": state.kill.is_disabled(), "changed": changed});
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Every upstream's circuit: `{"upstreams": [{"name", "state", "consecutive_failures",

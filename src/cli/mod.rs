@@ -90,7 +90,9 @@ pub fn main() -> ExitCode {
 /// building (an unreadable CA file) is caught by `check` as well.
 fn check(path: &std::path::Path) -> Result<Config, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    crate::proxy::Snapshot::build(config.clone(), &crate::telemetry::Telemetry::new())
+    let telemetry = crate::telemetry::Telemetry::new();
+    let shared = crate::proxy::Shared::new(&config, &telemetry, false);
+    crate::proxy::Snapshot::build(config.clone(), &telemetry, &shared)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if let Some(token) = &config.admin.token_file {
         crate::admin::read_token(token)

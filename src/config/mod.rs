@@ -5,6 +5,7 @@
 //! does not act on) and reports the key path and line the same way.
 
 mod locate;
+mod safety;
 mod units;
 
 use std::collections::{BTreeMap, HashSet};
@@ -16,6 +17,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use locate::LineIndex;
+pub use safety::{
+    DetectorConfig, IncidentsConfig, KillSwitchConfig, SafetyAction, SafetyConfig, Severities,
+    SeverityName,
+};
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
 
 /// The largest `max_replay_body`: each request in flight on the route may hold this much.
@@ -77,12 +82,14 @@ pub struct Config {
     // plainly that this build does not act on them, rather than "unknown field".
     #[serde(default, deserialize_with = "present")]
     pub tasks: Option<Present>,
-    #[serde(default, deserialize_with = "present")]
-    pub safety: Option<Present>,
+    /// Inspects responses for harmful content (see `inspect::safety`). An empty `safety:`
+    /// means the defaults (every built-in detector, both roles, record), not no safety.
+    #[serde(default, deserialize_with = "safety_or_defaults")]
+    pub safety: Option<SafetyConfig>,
     #[serde(default, deserialize_with = "present")]
     pub slos: Option<Present>,
-    #[serde(default, deserialize_with = "present")]
-    pub incidents: Option<Present>,
+    #[serde(default)]
+    pub incidents: IncidentsConfig,
     #[serde(default, deserialize_with = "present")]
     pub otlp: Option<Present>,
 }
@@ -286,6 +293,13 @@ pub struct UpstreamConfig {
     /// `circuit_breaker:` means the defaults, not no breaker.
     #[serde(default, deserialize_with = "breaker_or_defaults")]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
+}
+
+fn safety_or_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SafetyConfig>, D::Error> {
+    let given = Option::<SafetyConfig>::deserialize(d)?;
+    Ok(Some(given.unwrap_or_default()))
 }
 
 fn breaker_or_defaults<'de, D: serde::Deserializer<'de>>(
@@ -533,15 +547,17 @@ impl Config {
         };
         for (key, value) in [
             ("tasks", &self.tasks),
-            ("safety", &self.safety),
             ("slos", &self.slos),
-            ("incidents", &self.incidents),
             ("otlp", &self.otlp),
         ] {
             if value.is_some() {
                 return not_yet(key, &format!("the `{key}` section"));
             }
         }
+        if let Some(safety) = &self.safety {
+            safety.validate()?;
+        }
+        self.incidents.validate()?;
         if self.metrics.max_model_labels == 0 {
             return Err((
                 "metrics.max_model_labels".into(),

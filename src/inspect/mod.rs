@@ -15,6 +15,7 @@ pub mod response;
 pub mod rewrite;
 pub mod safety;
 pub mod sse;
+pub mod text;
 
 pub use collect::Collected;
 pub use request::{parse_request, RequestFacts};

@@ -64,10 +64,15 @@ impl Builtin {
 
     /// The patterns, each with the check a match must also pass. ASCII only (`(?-u)`): the
     /// things they find are ASCII, and ASCII classes are faster.
+    ///
+    /// Every pattern is bounded in length, so that the overlap a scanner keeps (and, when
+    /// blocking, the text it holds back from a stream) is a few hundred bytes, not
+    /// [`MAX_OVERLAP`]. A pattern for a token of open-ended length matches the token's start,
+    /// long enough to be sure it is one: enough to count it or block it.
     fn patterns(self) -> &'static [(&'static str, Check)] {
         match self {
             Builtin::PiiEmail => &[(
-                r"(?-u)\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b",
+                r"(?-u)\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,4}\.[A-Za-z]{2,24}\b",
                 Check::Email,
             )],
             // 13 to 19 digits, single spaces or dashes between them allowed.
@@ -75,20 +80,20 @@ impl Builtin {
             Builtin::PiiUsSsn => &[(r"(?-u)\b\d{3}-\d{2}-\d{4}\b", Check::Ssn)],
             Builtin::Secrets => &[
                 // OpenAI (sk-..., sk-proj-...) and Anthropic (sk-ant-...) API keys.
-                (r"(?-u)\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}", Check::None),
+                (r"(?-u)\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{20}", Check::None),
                 // AWS access key ids.
                 (r"(?-u)\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", Check::None),
                 // GitHub tokens.
-                (r"(?-u)\bgh[pousr]_[A-Za-z0-9]{36,}\b", Check::None),
-                (r"(?-u)\bgithub_pat_[A-Za-z0-9_]{22,}\b", Check::None),
+                (r"(?-u)\bgh[pousr]_[A-Za-z0-9]{36}", Check::None),
+                (r"(?-u)\bgithub_pat_[A-Za-z0-9_]{22}", Check::None),
                 // PEM private key blocks.
                 (
-                    r"(?-u)-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----",
+                    r"(?-u)-----BEGIN (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY-----",
                     Check::None,
                 ),
-                // A bearer JWT: three base64url parts, the first a JSON header.
+                // A JWT: a base64url JSON header, then the start of its JSON payload.
                 (
-                    r"(?-u)\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+                    r"(?-u)\beyJ[A-Za-z0-9_-]{8,256}\.eyJ[A-Za-z0-9_-]{8}",
                     Check::None,
                 ),
             ],
@@ -322,15 +327,16 @@ impl Detectors {
         self.overlap
     }
 
-    pub fn scanner(&self) -> Scanner<'_> {
+    pub fn scanner(self: &Arc<Self>) -> Scanner {
         self.scanner_batching(SCAN_BATCH)
     }
 
     /// A scanner that scans once `batch` new bytes have arrived (tests use small batches, so
     /// that the overlap is exercised by short texts).
-    fn scanner_batching(&self, batch: usize) -> Scanner<'_> {
+    fn scanner_batching(self: &Arc<Self>, batch: usize) -> Scanner {
         Scanner {
-            detectors: self,
+            detectors: self.clone(),
+            clean: 0,
             batch: batch.max(1),
             window: Vec::new(),
             base: 0,
@@ -341,8 +347,10 @@ impl Detectors {
 }
 
 /// Scans one text (one response's output) as it arrives.
-pub struct Scanner<'d> {
-    detectors: &'d Detectors,
+pub struct Scanner {
+    detectors: Arc<Detectors>,
+    /// No match not yet reported starts before this offset of the text.
+    clean: u64,
     batch: usize,
     /// The overlap kept from before, then the text not yet scanned.
     window: Vec<u8>,
@@ -354,7 +362,7 @@ pub struct Scanner<'d> {
     resume: Vec<u64>,
 }
 
-impl Scanner<'_> {
+impl Scanner {
     /// More text; matches found are passed to `found`.
     pub fn feed(&mut self, text: &[u8], found: &mut impl FnMut(Match)) {
         self.window.extend_from_slice(text);
@@ -367,11 +375,36 @@ impl Scanner<'_> {
     }
 
     /// The text has ended: what is left is scanned, matches at its very end included.
-    pub fn finish(mut self, found: &mut impl FnMut(Match)) {
+    pub fn finish(&mut self, found: &mut impl FnMut(Match)) {
         if !self.window.is_empty() {
             let upto = self.window.len();
             self.scan(upto, true, found);
         }
+        self.clean = self.base + self.window.len() as u64;
+    }
+
+    /// Scans what has arrived now rather than when a batch is full, if at least `min` bytes
+    /// are new: a stream being held back until it is known clean must not wait for a batch.
+    pub fn flush(&mut self, min: usize, found: &mut impl FnMut(Match)) {
+        let upto = self.window.len();
+        if upto - self.scanned >= min.max(1) {
+            self.scan(upto, false, found);
+        }
+    }
+
+    /// The offset of the text before which every match has been reported: text before it
+    /// may be let through.
+    pub fn clean_upto(&self) -> u64 {
+        self.clean
+    }
+
+    /// Bytes of text taken in so far.
+    pub fn len(&self) -> u64 {
+        self.base + self.window.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Scans `window[..upto]` for the matches that start before the last `overlap` bytes (all
@@ -384,7 +417,7 @@ impl Scanner<'_> {
     /// scan of the whole text finds there; one starting later may still grow ("a@b.co" then
     /// "m") or not be there at all, and is left to the next scan, which sees it from its start.
     fn scan(&mut self, upto: usize, last: bool, found: &mut impl FnMut(Match)) {
-        let d = self.detectors;
+        let d = &*self.detectors;
         let w = &self.window[..upto];
         let ready = if last {
             upto
@@ -427,6 +460,7 @@ impl Scanner<'_> {
             }
             self.resume[slot] = base + at.max(ready) as u64;
         }
+        self.clean = self.clean.max(base + ready as u64);
         // Every pattern resumes at `ready` or later; the bytes just before it are context.
         let cut = ready.saturating_sub(CONTEXT).min(upto);
         self.window.drain(..cut);

@@ -66,6 +66,17 @@ impl SseParser {
         }
     }
 
+    /// No event is half-read: every byte fed so far belongs to an event already reported (or to
+    /// a comment or a field that needs nothing more).
+    pub fn is_between_events(&self) -> bool {
+        self.line.is_empty()
+            && self.data.is_empty()
+            && self.event.is_empty()
+            && !self.skipping
+            && !self.oversized
+            && !self.after_cr
+    }
+
     /// Feeds the next chunk; `on_item` is called for each event it completes.
     pub fn feed(&mut self, mut chunk: &[u8], on_item: &mut dyn FnMut(SseItem<'_>)) {
         if self.start < 3 {

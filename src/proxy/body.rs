@@ -15,6 +15,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::cache::CacheFill;
 use super::llm::LlmCall;
+use super::safety::{SafetyCheck, Source};
 use super::state::ListenerState;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
 use crate::upstream::{Lease, Outcome, Ticket, Upstream};
@@ -47,6 +48,8 @@ pub struct Accounting {
     pub breaker: Option<BreakerTicket>,
     /// The response, kept for the route's cache until it ends cleanly.
     pub cache_fill: Option<Box<CacheFill>>,
+    /// The response's safety inspection.
+    pub safety: Option<Box<SafetyCheck>>,
 }
 
 /// A breaker admission and what the response head said about the call.
@@ -84,6 +87,7 @@ impl Accounting {
             llm: None,
             breaker: None,
             cache_fill: None,
+            safety: None,
         }
     }
 
@@ -110,6 +114,8 @@ impl Accounting {
         if let Some(call) = self.llm.take() {
             call.finish(false, status, Some(outcome), now);
         }
+        // A failed attempt's body never reaches the client: nothing was said.
+        self.safety = None;
         let Some(upstream) = self.listener.route.chain.get(self.hop) else {
             return;
         };
@@ -150,8 +156,20 @@ impl Accounting {
     }
 
     fn count(mut self, now: Instant, complete: bool) {
-        if let Some(call) = self.llm.take() {
-            call.finish(complete, self.status, self.outcome, now);
+        let filtered = match self.llm.take() {
+            Some(call) => call.finish(complete, self.status, self.outcome, now),
+            None => false,
+        };
+        if let Some(ls) = &self.listener.safety {
+            if let Some(check) = self.safety.as_mut() {
+                check.finish(ls, complete, now);
+                if filtered {
+                    check.count(ls, Source::ContentFilter, None, now);
+                }
+                ls.responses.increment(1);
+            } else if filtered {
+                ls.violation(Source::ContentFilter, false, None, now);
+            }
         }
         let l = &self.listener;
         let upstream = l.route.chain.get(self.hop);
@@ -191,6 +209,10 @@ struct Stream {
     /// Created the first time the body has to wait, then re-armed only when it fires: a busy
     /// stream does not touch the timer wheel per chunk.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Chunks read (and inspected) already, sent before the rest of the body.
+    prefix: std::collections::VecDeque<Bytes>,
+    /// The upstream body has ended; what safety held back is still going out.
+    ended: bool,
 }
 
 enum Inner {
@@ -219,9 +241,52 @@ impl ProxyBody {
                 total_deadline,
                 waiting_since: None,
                 timer: None,
+                prefix: Default::default(),
+                ended: false,
             }),
             account,
         }
+    }
+
+    /// A body whose first chunks were read (and inspected) already.
+    pub fn upstream_after(
+        prefix: std::collections::VecDeque<Bytes>,
+        body: Incoming,
+        lease: Option<Lease>,
+        account: Option<Accounting>,
+        idle: std::time::Duration,
+        total_deadline: Instant,
+    ) -> ProxyBody {
+        let mut b = ProxyBody::upstream(body, lease, account, idle, total_deadline);
+        if let Inner::Upstream(s) = &mut b.inner {
+            s.prefix = prefix;
+        }
+        b
+    }
+
+    /// A chunk safety let through, or the event that ends a blocked stream: `None` when there
+    /// is nothing to send from the hold now.
+    fn next_held(&mut self) -> Option<Bytes> {
+        let a = self.account.as_mut()?;
+        let check = a.safety.as_mut()?;
+        if !check.holds() {
+            return None;
+        }
+        if let Some(bytes) = check.pop_ready() {
+            a.first_byte(Instant::now());
+            return Some(bytes);
+        }
+        let source = check.take_block()?;
+        // Blocked: the error event once, then the end; the rest of the upstream body is not
+        // read (its connection goes).
+        let event = super::safety::blocked_event(
+            a.listener
+                .safety
+                .as_ref()
+                .map_or("unknown", |ls| ls.name(source)),
+        );
+        self.inner = Inner::Local(None);
+        Some(event)
     }
 
     pub fn local(bytes: Bytes, account: Option<Accounting>) -> ProxyBody {
@@ -298,65 +363,120 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(frame)
             }
-            Inner::Upstream(stream) => match Pin::new(&mut stream.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    stream.waiting_since = None;
-                    if frame.is_data() {
-                        let now = Instant::now();
-                        if now >= stream.total_deadline {
-                            log_stream_failure(&this.account, &BodyError::Total);
-                            this.fail(UpstreamOutcome::Timeout);
-                            this.inner = Inner::Local(None);
-                            return Poll::Ready(Some(Err(BodyError::Total)));
-                        }
-                        if let Some(a) = this.account.as_mut() {
-                            a.first_byte(now);
-                            if let Some(data) = frame.data_ref() {
-                                if let Some(call) = a.llm.as_mut() {
-                                    call.chunk(data, now);
+            Inner::Upstream(_) => loop {
+                // What safety let through (or the event that ends a blocked stream) first.
+                if let Some(bytes) = this.next_held() {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                let Inner::Upstream(stream) = &mut this.inner else {
+                    return Poll::Ready(None);
+                };
+                if let Some(bytes) = stream.prefix.pop_front() {
+                    if let Some(a) = this.account.as_mut() {
+                        a.first_byte(Instant::now());
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                if stream.ended {
+                    this.settle();
+                    return Poll::Ready(None);
+                }
+                match Pin::new(&mut stream.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        stream.waiting_since = None;
+                        let mut held = false;
+                        if frame.is_data() {
+                            let now = Instant::now();
+                            if now >= stream.total_deadline {
+                                log_stream_failure(&this.account, &BodyError::Total);
+                                this.fail(UpstreamOutcome::Timeout);
+                                this.inner = Inner::Local(None);
+                                return Poll::Ready(Some(Err(BodyError::Total)));
+                            }
+                            if let Some(a) = this.account.as_mut() {
+                                if let Some(data) = frame.data_ref() {
+                                    if let Some(call) = a.llm.as_mut() {
+                                        call.chunk(data, now);
+                                    }
+                                    if a.cache_fill.as_mut().is_some_and(|f| !f.push(data)) {
+                                        a.cache_fill = None;
+                                    }
+                                    if let (Some(check), Some(ls)) =
+                                        (a.safety.as_mut(), a.listener.safety.as_ref())
+                                    {
+                                        check.feed(ls, data, now);
+                                        held = check.holds();
+                                    }
                                 }
-                                if a.cache_fill.as_mut().is_some_and(|f| !f.push(data)) {
-                                    a.cache_fill = None;
+                                if !held {
+                                    a.first_byte(now);
                                 }
                             }
                         }
+                        if held {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
                     }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    log_stream_failure(&this.account, &e);
-                    this.fail(UpstreamOutcome::Reset);
-                    Poll::Ready(Some(Err(BodyError::Upstream(e))))
-                }
-                Poll::Ready(None) => {
-                    if let Some(lease) = stream.lease.take() {
-                        lease.release();
+                    Poll::Ready(Some(Err(e))) => {
+                        log_stream_failure(&this.account, &e);
+                        this.fail(UpstreamOutcome::Reset);
+                        return Poll::Ready(Some(Err(BodyError::Upstream(e))));
                     }
-                    this.settle();
-                    Poll::Ready(None)
-                }
-                Poll::Pending => {
-                    let err = ready!(stream.poll_deadline(cx));
-                    log_stream_failure(&this.account, &err);
-                    this.fail(UpstreamOutcome::Timeout);
-                    // The body is finished: later polls must not touch the upstream again.
-                    this.inner = Inner::Local(None);
-                    Poll::Ready(Some(Err(err)))
+                    Poll::Ready(None) => {
+                        if let Some(lease) = stream.lease.take() {
+                            lease.release();
+                        }
+                        stream.ended = true;
+                        if let Some(a) = this.account.as_mut() {
+                            if let (Some(check), Some(ls)) =
+                                (a.safety.as_mut(), a.listener.safety.as_ref())
+                            {
+                                if check.holds() {
+                                    check.finish(ls, true, Instant::now());
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    Poll::Pending => {
+                        let err = ready!(stream.poll_deadline(cx));
+                        log_stream_failure(&this.account, &err);
+                        this.fail(UpstreamOutcome::Timeout);
+                        // The body is finished: later polls must not touch the upstream again.
+                        this.inner = Inner::Local(None);
+                        return Poll::Ready(Some(Err(err)));
+                    }
                 }
             },
         }
     }
 
     fn is_end_stream(&self) -> bool {
+        let holding = self
+            .account
+            .as_ref()
+            .is_some_and(|a| a.safety.as_ref().is_some_and(|c| c.holds()));
         match &self.inner {
-            Inner::Upstream(s) => s.body.is_end_stream(),
+            Inner::Upstream(_) if holding => false,
+            Inner::Upstream(s) => s.prefix.is_empty() && s.body.is_end_stream(),
             Inner::Local(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(s) => s.body.size_hint(),
+            Inner::Upstream(s) if s.prefix.is_empty() => s.body.size_hint(),
+            Inner::Upstream(s) => {
+                let before: u64 = s.prefix.iter().map(|b| b.len() as u64).sum();
+                let rest = s.body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + before);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + before);
+                }
+                hint
+            }
             Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

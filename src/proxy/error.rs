@@ -47,6 +47,10 @@ pub enum ProxyError {
     /// none is tried.
     #[error("every upstream of route {route} is failing; their circuits are open")]
     CircuitOpen { route: String },
+    #[error("the response was blocked: the safety detector {detector} found a violation")]
+    SafetyBlocked { detector: String },
+    #[error("the agent is disabled by its kill switch until a human enables it")]
+    AgentDisabled,
 }
 
 impl ProxyError {
@@ -77,7 +81,10 @@ impl ProxyError {
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientStalled => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::CircuitOpen { .. } | ProxyError::AgentDisabled => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::SafetyBlocked { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -91,6 +98,8 @@ impl ProxyError {
             ProxyError::Method { .. } => "method_not_allowed",
             ProxyError::ClientStalled => "request_timeout",
             ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::SafetyBlocked { .. } => "safety_blocked",
+            ProxyError::AgentDisabled => "agent_disabled",
         }
     }
 
@@ -105,7 +114,9 @@ impl ProxyError {
             | ProxyError::ClientBody { .. }
             | ProxyError::ClientStalled
             | ProxyError::Method { .. }
-            | ProxyError::CircuitOpen { .. } => None,
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::SafetyBlocked { .. }
+            | ProxyError::AgentDisabled => None,
         }
     }
 
@@ -115,7 +126,10 @@ impl ProxyError {
             ProxyError::Internal { .. } => Cause::Proxy,
             ProxyError::ClientBody { .. }
             | ProxyError::ClientStalled
-            | ProxyError::Method { .. } => Cause::None,
+            | ProxyError::Method { .. }
+            | ProxyError::SafetyBlocked { .. } => Cause::None,
+            // The agent was silenced for what it said: its own failure.
+            ProxyError::AgentDisabled => Cause::Agent,
             _ => Cause::upstream_failure(role),
         }
     }
@@ -130,7 +144,9 @@ impl ProxyError {
             ProxyError::ClientBody { .. }
             | ProxyError::ClientStalled
             | ProxyError::Method { .. }
-            | ProxyError::CircuitOpen { .. } => {
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::SafetyBlocked { .. }
+            | ProxyError::AgentDisabled => {
                 tracing::debug!(error = %error_chain(self), "request refused")
             }
             _ => {

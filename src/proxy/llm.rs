@@ -90,14 +90,16 @@ impl LlmCall {
         }
     }
 
-    /// The call is over (`complete`: its body ended cleanly); records everything else.
+    /// The call is over (`complete`: its body ended cleanly); records everything else. Returns
+    /// whether the provider filtered the output (`content_filter`, Anthropic's `refusal`): a
+    /// safety signal.
     pub fn finish(
         mut self,
         complete: bool,
         status: StatusClass,
         outcome: Option<UpstreamOutcome>,
         now: Instant,
-    ) {
+    ) -> bool {
         let model = self.model();
         // A body cut while the upstream was fine: the client left mid-stream.
         let error = match (complete, outcome) {
@@ -117,7 +119,7 @@ impl LlmCall {
             // No response came (the proxy answered, or the client left): the call failed.
             self.metrics
                 .finish_reason(crate::inspect::FinishReason::Error);
-            return;
+            return false;
         };
         let facts = reader.finish(complete);
         model.tokens(facts.input_tokens, facts.output_tokens);
@@ -131,6 +133,9 @@ impl LlmCall {
         if let Some(why) = facts.unparsed {
             self.metrics.unparsed(why);
         }
+        facts
+            .finish_reasons
+            .contains(&crate::inspect::FinishReason::ContentFilter)
     }
 }
 

@@ -6,7 +6,11 @@
 //!
 //! 1. **Take the snapshot's listener state** (one reference count): the request finishes on the
 //!    config it started with, whatever a reload does meanwhile.
-//! 2. **Note the arrival time**: every latency the SLIs report starts here.
+//! 2. **Note the arrival time**: every latency the SLIs report starts here. Then **the kill
+//!    switch** ([`safety::KillSwitch`], one atomic load): while it holds, an `agent` listener's
+//!    request goes to the `kill_switch.fallback_url` (the human queue, through this same
+//!    pipeline) or gets 503 `agent_disabled`, and an `llm` listener's gets 503: a silent agent is
+//!    safer than a harmful one. First, so that a disabled agent costs nothing more.
 //! 3. **Ask the circuit breakers along the route's chain** ([`crate::upstream::UpstreamBreaker`]):
 //!    an upstream whose circuit is open gets no request at all; the first that admits the
 //!    request takes it. None admits and no cache: 503 `circuit_open` at once, before any work is
@@ -58,16 +62,25 @@
 //!     response reader (by content type); a success not streamed, on a route with a cache, is
 //!     kept as it passes. Then hop-by-hop headers go and `x-sloguard-upstream` (and
 //!     `x-sloguard-fallback` after a fallback) is added ([`headers::prepare_response`]).
+//!     **Safety** ([`safety`], where `safety.apply_to` names the listener's role; on the `llm`
+//!     role only a successful LLM call's output): the agent's own `x-safety-flag` counts (and
+//!     under `block` is answered 403 `safety_blocked` at once); a text body gets its check. Under
+//!     `block`, a body that is not a stream is read whole here and inspected before anything is
+//!     answered (a violation: 403 `safety_blocked`); a stream is held back chunk by chunk in
+//!     step 15.
 //! 14. **Record the sidecar's overhead** (steps 3–9 of every attempt plus 13, less any wait for
 //!     the client's body while reading it ahead): its own time, apart from the upstreams'.
 //! 15. **Stream the body back** ([`ProxyBody`]): frame by frame as the upstream sends it (SSE
 //!     events reach the client as they are produced), each data frame shown to the LLM reader
-//!     on its way (output-chunk timings recorded as they happen); `idle` and `total` end a
+//!     on its way (output-chunk timings recorded as they happen) and to the safety check (which
+//!     under `block` lets a chunk of a stream out only once its text is known clean, and ends
+//!     the stream with an `event: error` at a violation); `idle` and `total` end a
 //!     stalled stream; nothing is retried once a byte went out; when the last byte is out (or
 //!     the client leaves) the request is counted once, under the upstream that answered:
 //!     `agent_requests_total`, `agent_response_seconds`, `agent_time_to_first_byte_seconds`,
 //!     `sloguard_upstream_requests_total`, and for an LLM call the GenAI duration, tokens,
-//!     finish reasons, tool-call checks and unparsed bodies; the circuit breaker is fed the
+//!     finish reasons, tool-call checks and unparsed bodies; `agent_responses_total` and the
+//!     safety violations (a provider's `content_filter` among them); the circuit breaker is fed the
 //!     attempt's outcome (a client that left gives a probe's slot back); a cached response that
 //!     ended cleanly goes into the cache.
 
@@ -79,6 +92,7 @@ pub mod headers;
 pub mod listener;
 pub mod llm;
 pub mod replay;
+pub mod safety;
 pub mod state;
 pub mod upload;
 
@@ -94,7 +108,7 @@ use tokio::time::Instant;
 
 pub use body::{Accounting, BodyError, BreakerTicket, ProxyBody};
 pub use error::{error_response, ProxyError};
-pub use state::{ListenerState, RouteState, Snapshot};
+pub use state::{ListenerState, RouteState, Shared, Snapshot};
 pub use upload::{RequestBody, Upload, UploadState};
 
 use crate::config::{Role, UpstreamUrl};
@@ -129,6 +143,15 @@ pub async fn handle(
     listener: Arc<ListenerState>,
 ) -> Response<ProxyBody> {
     let received = Instant::now();
+    // The kill switch holds: the agent is silent. Its inbound traffic goes to the human queue
+    // (counted on this listener under that upstream), or gets 503 `agent_disabled`.
+    if listener.kill.as_ref().is_some_and(|k| k.is_disabled()) {
+        if let Some(queue) = &listener.when_disabled {
+            return Box::pin(handle(req, client_ip, queue.clone())).await;
+        }
+        let account = Accounting::new(listener.clone(), received);
+        return local_error(ProxyError::AgentDisabled, Some(account), None);
+    }
     let route = &*listener.route;
     // Counted even if the client leaves before any answer (hyper then drops this future): as a
     // 4xx with no cause, nginx's 499, with the time it waited.
@@ -430,13 +453,205 @@ pub async fn handle(
                 .headers
                 .insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
         }
-        let body = ProxyBody::upstream(body, lease, account, timeouts.idle.0, total_deadline);
+        let mut prefix = std::collections::VecDeque::new();
+        let mut body = Some(body);
+        if let (Some(ls), Some(a)) = (&listener.safety, account.as_mut()) {
+            match inspect_head(ls, a, &mut parts, head_at) {
+                Inspect::Pass => {}
+                Inspect::Block(source) => {
+                    let err = ProxyError::SafetyBlocked {
+                        detector: ls.name(source).to_owned(),
+                    };
+                    return blocked(err, account);
+                }
+                Inspect::ReadWhole => {
+                    let Some(incoming) = body.take() else {
+                        return local_error(internal(upstream, "body lost"), account, None);
+                    };
+                    let read = read_whole(incoming, a, timeouts.idle.0, total_deadline).await;
+                    match read {
+                        Ok(Whole::Clean(bytes)) => {
+                            if let Some(lease) = lease {
+                                lease.release();
+                            }
+                            parts.headers.remove(http::header::CONTENT_LENGTH);
+                            return Response::from_parts(parts, ProxyBody::local(bytes, account));
+                        }
+                        Ok(Whole::Blocked(source)) => {
+                            let err = ProxyError::SafetyBlocked {
+                                detector: ls.name(source).to_owned(),
+                            };
+                            return blocked(err, account);
+                        }
+                        Ok(Whole::TooLarge(chunks, rest)) => {
+                            prefix = chunks;
+                            body = Some(rest);
+                        }
+                        Err(err) => {
+                            if let Some(a) = account.as_mut() {
+                                a.safety = None;
+                            }
+                            return local_error(err, account, first_reason);
+                        }
+                    }
+                }
+            }
+        }
+        let Some(body) = body else {
+            return local_error(internal(upstream, "body lost"), account, None);
+        };
+        let body = ProxyBody::upstream_after(
+            prefix,
+            body,
+            lease,
+            account,
+            timeouts.idle.0,
+            total_deadline,
+        );
         let done = Instant::now();
         listener
             .overhead
             .record((own.saturating_sub(client_wait) + done.duration_since(head_at)).as_secs_f64());
         return Response::from_parts(parts, body);
     }
+}
+
+/// What safety makes of a response head.
+enum Inspect {
+    /// Inspected as it passes (or not at all).
+    Pass,
+    /// Blocked by its head alone (the agent's own `x-safety-flag`).
+    Block(safety::Source),
+    /// To be read whole and inspected before it is answered (`block`, not a stream).
+    ReadWhole,
+}
+
+/// Sets up the response's safety inspection.
+fn inspect_head(
+    ls: &safety::ListenerSafety,
+    a: &mut Accounting,
+    parts: &mut http::response::Parts,
+    now: Instant,
+) -> Inspect {
+    // On the `llm` role, what a model generated: a successful LLM call's output.
+    let applies = match a.listener.role {
+        Role::Llm => a.llm.is_some() && parts.status.is_success(),
+        Role::Agent => true,
+    };
+    if !applies {
+        return Inspect::Pass;
+    }
+    let flagged = ls.flagged(&parts.headers);
+    let Some(mut check) = safety::SafetyCheck::new(ls, &parts.headers) else {
+        if flagged {
+            ls.responses.increment(1);
+            ls.violation(safety::Source::SafetyFlag, ls.block, None, now);
+            if ls.block {
+                return Inspect::Block(safety::Source::SafetyFlag);
+            }
+        }
+        return Inspect::Pass;
+    };
+    let read_whole = ls.block && !check.holds();
+    if read_whole {
+        check.read_whole();
+    }
+    if flagged {
+        check.count(ls, safety::Source::SafetyFlag, None, now);
+    }
+    if check.holds() {
+        // The stream may end early, with an event of the sidecar's.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let source = check.blocked();
+    a.safety = Some(Box::new(check));
+    match source {
+        Some(source) => Inspect::Block(source),
+        None if read_whole => Inspect::ReadWhole,
+        None => Inspect::Pass,
+    }
+}
+
+/// A response read whole for a safety decision.
+enum Whole {
+    Clean(bytes::Bytes),
+    Blocked(safety::Source),
+    /// Past what is held for a decision: the chunks read, and the rest of the body (inspected
+    /// as it passes, recorded, not blocked).
+    TooLarge(std::collections::VecDeque<bytes::Bytes>, Incoming),
+}
+
+/// Reads a response body whole (up to [`MAX_INSPECTED_BODY`]), each chunk shown to the LLM
+/// reader, the cache and the safety check as it would be while streaming.
+async fn read_whole(
+    mut body: Incoming,
+    a: &mut Accounting,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<Whole, ProxyError> {
+    use http_body_util::BodyExt;
+    let upstream = a.upstream().map_or_else(String::new, |u| u.name.clone());
+    let mut kept = crate::inspect::Collected::with_limit(MAX_INSPECTED_BODY);
+    loop {
+        let now = Instant::now();
+        let frame = match tokio::time::timeout_at((now + idle).min(deadline), body.frame()).await {
+            Err(_) => {
+                a.outcome = Some(UpstreamOutcome::Timeout);
+                return Err(ProxyError::FirstByteTimeout {
+                    upstream,
+                    timeout: idle,
+                });
+            }
+            Ok(None) => break,
+            Ok(Some(Err(source))) => {
+                a.outcome = Some(UpstreamOutcome::Reset);
+                return Err(ProxyError::Broken { upstream, source });
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let now = Instant::now();
+        if let Some(call) = a.llm.as_mut() {
+            call.chunk(&data, now);
+        }
+        if a.cache_fill.as_mut().is_some_and(|f| !f.push(&data)) {
+            a.cache_fill = None;
+        }
+        if let (Some(check), Some(ls)) = (a.safety.as_mut(), a.listener.safety.as_ref()) {
+            check.feed(ls, &data, now);
+            if let Some(source) = check.blocked() {
+                return Ok(Whole::Blocked(source));
+            }
+        }
+        if !kept.push(&data) {
+            if let Some(check) = a.safety.as_mut() {
+                check.record_only();
+            }
+            let mut chunks = kept.into_chunks();
+            chunks.push_back(data);
+            return Ok(Whole::TooLarge(chunks, body));
+        }
+    }
+    let now = Instant::now();
+    if let (Some(check), Some(ls)) = (a.safety.as_mut(), a.listener.safety.as_ref()) {
+        check.finish(ls, true, now);
+        if let Some(source) = check.blocked() {
+            return Ok(Whole::Blocked(source));
+        }
+    }
+    Ok(Whole::Clean(kept.into_bytes()))
+}
+
+/// 403 `safety_blocked` in place of the upstream's answer: the upstream answered (its attempt
+/// counts as it went), the client gets the proxy's error.
+fn blocked(err: ProxyError, mut account: Option<Accounting>) -> Response<ProxyBody> {
+    if let Some(a) = account.as_mut() {
+        // Nothing of the answer went out: no cache entry from it.
+        a.cache_fill = None;
+    }
+    local_error(err, account, None)
 }
 
 /// Sends one attempt and waits for its response head, bounded by `first_byte` (restarted while
@@ -581,7 +796,10 @@ fn local_error(
         );
         a.status = StatusClass::of(parts.status);
         a.cause = err.cause(a.listener.role);
-        a.outcome = err.outcome();
+        // A blocked answer came from an upstream that answered: its attempt counts as it went.
+        if !matches!(err, ProxyError::SafetyBlocked { .. }) {
+            a.outcome = err.outcome();
+        }
     }
     if let Some(reason) = fallback {
         parts

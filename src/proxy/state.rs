@@ -10,12 +10,44 @@ use metrics::{Counter, Histogram};
 
 use super::cache::ResponseCache;
 use super::fallback::{FallbackOn, FallbackReason};
-use crate::config::{Config, Protocol, Role, RouteConfig};
+use super::safety::{severity, KillSwitch, ListenerSafety};
+use crate::config::{Config, Protocol, Role, RouteConfig, UpstreamConfig};
+use crate::incident::{Incidents, WebhookConfig};
+use crate::inspect::safety::Detectors;
 use crate::telemetry::{
     connection_errors, label, overhead, replay_skipped, ModelLabels, RequestMetrics, Telemetry,
     FALLBACKS_TOTAL,
 };
 use crate::upstream::{Upstream, UpstreamBuildError};
+
+/// What outlives a snapshot: the kill switch (only a human, or the switch itself, changes it; a
+/// reload does not) and the incident queue.
+#[derive(Clone)]
+pub struct Shared {
+    pub kill: Arc<KillSwitch>,
+    pub incidents: Incidents,
+}
+
+impl Shared {
+    /// `webhook`: post incidents to `incidents.webhook` (spawns the sender: call within a
+    /// runtime); off for `sloguard check`.
+    pub fn new(config: &Config, telemetry: &Telemetry, webhook: bool) -> Shared {
+        let hook = config
+            .incidents
+            .webhook
+            .as_deref()
+            .filter(|_| webhook)
+            .and_then(|url| WebhookConfig::parse(url).ok());
+        let incidents = Incidents::new(telemetry, &config.agent, hook);
+        Shared {
+            kill: KillSwitch::new(telemetry, &config.agent, incidents.clone()),
+            incidents,
+        }
+    }
+}
+
+/// The upstream name a disabled agent's traffic is recorded under.
+pub const KILL_SWITCH_FALLBACK: &str = "kill_switch_fallback";
 
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -117,6 +149,14 @@ pub struct ListenerState {
     pub overhead: Histogram,
     pub replay_skipped: Counter,
     pub connection_errors: Counter,
+    /// The detectors and handles of `safety`, when it applies to this listener's role.
+    pub safety: Option<ListenerSafety>,
+    /// Checked first by every request: while it holds, the agent is silent. `None` on the
+    /// human queue's listener state, which is where the switch sends traffic.
+    pub kill: Option<Arc<KillSwitch>>,
+    /// Where requests go while the agent is disabled (an `agent` listener with a
+    /// `kill_switch.fallback_url`): this listener with the fallback as its one upstream.
+    pub when_disabled: Option<Arc<ListenerState>>,
 }
 
 impl ListenerState {
@@ -129,16 +169,80 @@ impl ListenerState {
 
 impl Snapshot {
     /// Builds the running state of a validated config.
-    pub fn build(config: Config, telemetry: &Telemetry) -> Result<Snapshot, UpstreamBuildError> {
+    pub fn build(
+        config: Config,
+        telemetry: &Telemetry,
+        shared: &Shared,
+    ) -> Result<Snapshot, UpstreamBuildError> {
         let models = Arc::new(ModelLabels::new(config.metrics.max_model_labels));
         let agent = &config.agent;
+        let severities = &config.incidents.severities;
+        let breaker_severity = severity(severities.availability);
         let mut upstreams = BTreeMap::new();
         for (name, up) in &config.upstreams {
             upstreams.insert(
                 name.clone(),
-                Arc::new(Upstream::new(name, up, agent, telemetry, &models)?),
+                Arc::new(Upstream::new(
+                    name,
+                    up,
+                    agent,
+                    telemetry,
+                    &models,
+                    &shared.incidents,
+                    breaker_severity,
+                )?),
             );
         }
+        let safety = config.safety.as_ref();
+        let detectors = match safety {
+            Some(s) => Some(Arc::new(
+                s.detector_specs()
+                    .and_then(|specs| {
+                        Detectors::new(&specs).map_err(|e| (String::new(), e.to_string()))
+                    })
+                    .map_err(|(path, message)| UpstreamBuildError::Safety { path, message })?,
+            )),
+            None => None,
+        };
+        // The human queue: an upstream like any other, recorded under its own name.
+        let fallback = match safety.and_then(|s| s.kill_switch.as_ref()?.fallback_url.clone()) {
+            Some(url) => {
+                let up = UpstreamConfig {
+                    url,
+                    protocol: Protocol::None,
+                    timeouts: Default::default(),
+                    tls: None,
+                    api_keys_file: None,
+                    model: None,
+                    circuit_breaker: None,
+                };
+                let upstream = Arc::new(Upstream::new(
+                    KILL_SWITCH_FALLBACK,
+                    &up,
+                    agent,
+                    telemetry,
+                    &models,
+                    &shared.incidents,
+                    breaker_severity,
+                )?);
+                let route = RouteConfig {
+                    upstreams: vec![KILL_SWITCH_FALLBACK.to_owned()],
+                    fallback_on: Vec::new(),
+                    max_replay_body: crate::config::ByteSize(0),
+                    cache: None,
+                };
+                let mut only = BTreeMap::new();
+                only.insert(KILL_SWITCH_FALLBACK.to_owned(), upstream);
+                Some(Arc::new(RouteState::new(
+                    KILL_SWITCH_FALLBACK,
+                    &route,
+                    &only,
+                    agent,
+                    telemetry,
+                )?))
+            }
+            None => None,
+        };
         let mut routes = BTreeMap::new();
         for (name, r) in &config.routes {
             let route = RouteState::new(name, r, &upstreams, agent, telemetry)?;
@@ -163,6 +267,41 @@ impl Snapshot {
             if route.cache.is_some() {
                 metrics.push(RequestMetrics::new(telemetry, agent, &l.name, "cache"));
             }
+            let when_disabled = match (&fallback, l.role) {
+                (Some(route), Role::Agent) => Some(Arc::new(ListenerState {
+                    name: l.name.clone(),
+                    bind: l.bind,
+                    role: l.role,
+                    metrics: vec![RequestMetrics::new(
+                        telemetry,
+                        agent,
+                        &l.name,
+                        KILL_SWITCH_FALLBACK,
+                    )],
+                    overhead: overhead(telemetry, agent, &l.name),
+                    replay_skipped: replay_skipped(telemetry, agent, &l.name),
+                    connection_errors: connection_errors(telemetry, agent, &l.name),
+                    // A human's answers are not inspected, and the switch does not apply to
+                    // the place it sends traffic to.
+                    safety: None,
+                    kill: None,
+                    when_disabled: None,
+                    route: route.clone(),
+                })),
+                _ => None,
+            };
+            let listener_safety = match (safety, &detectors) {
+                (Some(s), Some(d)) => ListenerSafety::new(
+                    s,
+                    d,
+                    l,
+                    agent,
+                    &shared.kill,
+                    severity(severities.safety),
+                    telemetry,
+                ),
+                _ => None,
+            };
             listeners.push(Arc::new(ListenerState {
                 name: l.name.clone(),
                 bind: l.bind,
@@ -171,6 +310,9 @@ impl Snapshot {
                 overhead: overhead(telemetry, agent, &l.name),
                 replay_skipped: replay_skipped(telemetry, agent, &l.name),
                 connection_errors: connection_errors(telemetry, agent, &l.name),
+                safety: listener_safety,
+                kill: Some(shared.kill.clone()),
+                when_disabled,
                 route,
             }));
         }

@@ -2,7 +2,7 @@
 //! timeouts that bound an attempt.
 
 pub mod breaker;
-mod client;
+pub mod client;
 pub mod keys;
 pub mod pool;
 
@@ -16,6 +16,7 @@ pub use client::{build_connector, load_ca_file};
 pub use keys::{KeyFileError, KeyRing};
 pub use pool::{ConnectionPool, Lease, SendError};
 
+use crate::incident::{Incident, Incidents, Severity};
 use tokio::time::Instant;
 
 use crate::config::{
@@ -64,6 +65,9 @@ pub struct UpstreamBreaker {
     name: String,
     state: metrics::Gauge,
     transitions: Vec<(Transition, metrics::Counter)>,
+    /// Openings and closings are incident events, of this severity.
+    incidents: Incidents,
+    severity: Severity,
 }
 
 impl UpstreamBreaker {
@@ -72,6 +76,8 @@ impl UpstreamBreaker {
         config: &CircuitBreakerConfig,
         agent: &str,
         t: &Telemetry,
+        incidents: &Incidents,
+        severity: Severity,
     ) -> UpstreamBreaker {
         use crate::telemetry::{label, CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL};
         use breaker::{CircuitState as S, TransitionReason as R};
@@ -124,6 +130,8 @@ impl UpstreamBreaker {
             name: name.to_owned(),
             state,
             transitions,
+            incidents: incidents.clone(),
+            severity,
         }
     }
 
@@ -153,6 +161,31 @@ impl UpstreamBreaker {
             c.increment(1);
         }
         tracing::warn!(upstream = %self.name, to = t.to.as_str(), reason = t.reason.as_str(), "circuit breaker changed state");
+        let firing = match t.to {
+            breaker::CircuitState::Open => true,
+            breaker::CircuitState::Closed => false,
+            // A trial, not a change anyone acts on.
+            breaker::CircuitState::HalfOpen => return,
+        };
+        let summary = if firing {
+            format!(
+                "circuit of upstream {} opened ({}): requests skip it",
+                self.name,
+                t.reason.as_str()
+            )
+        } else {
+            format!(
+                "circuit of upstream {} closed ({})",
+                self.name,
+                t.reason.as_str()
+            )
+        };
+        self.incidents.raise(Incident::circuit_breaker(
+            self.severity,
+            &self.name,
+            firing,
+            summary,
+        ));
     }
 }
 
@@ -160,6 +193,8 @@ impl UpstreamBreaker {
 pub enum UpstreamBuildError {
     #[error("upstreams.{name}.url: {message}")]
     Url { name: String, message: String },
+    #[error("{path}: {message}")]
+    Safety { path: String, message: String },
     #[error("upstream name {0:?} cannot be a header value")]
     Name(String),
     #[error("upstreams.{name}.tls.ca_file: {message}")]
@@ -179,6 +214,8 @@ impl Upstream {
         agent: &str,
         telemetry: &Telemetry,
         models: &Arc<ModelLabels>,
+        incidents: &Incidents,
+        severity: Severity,
     ) -> Result<Upstream, UpstreamBuildError> {
         let url = parse_upstream_url(&config.url).map_err(|message| UpstreamBuildError::Url {
             name: name.to_owned(),
@@ -236,7 +273,7 @@ impl Upstream {
         let breaker = config
             .circuit_breaker
             .as_ref()
-            .map(|c| UpstreamBreaker::new(name, c, agent, telemetry));
+            .map(|c| UpstreamBreaker::new(name, c, agent, telemetry, incidents, severity));
         Ok(Upstream {
             breaker,
             llm,

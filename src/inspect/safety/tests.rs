@@ -2,8 +2,9 @@ use super::*;
 use proptest::prelude::*;
 
 /// Compiled once for all tests.
-fn builtins() -> &'static Detectors {
-    static D: std::sync::LazyLock<Detectors> = std::sync::LazyLock::new(compile);
+fn builtins() -> &'static Arc<Detectors> {
+    static D: std::sync::LazyLock<Arc<Detectors>> =
+        std::sync::LazyLock::new(|| Arc::new(compile()));
     &D
 }
 
@@ -26,18 +27,18 @@ fn compile() -> Detectors {
 }
 
 /// The names of the detectors that fire on `text`, fed in one piece, in order of match end.
-fn hits(d: &Detectors, text: &str) -> Vec<String> {
+fn hits(d: &Arc<Detectors>, text: &str) -> Vec<String> {
     scan(d, &[text]).into_iter().map(|(n, _, _)| n).collect()
 }
 
 /// Every match of `pieces` fed one after another, scanned after every piece: (detector,
 /// start, end).
-fn scan(d: &Detectors, pieces: &[&str]) -> Vec<(String, u64, u64)> {
+fn scan(d: &Arc<Detectors>, pieces: &[&str]) -> Vec<(String, u64, u64)> {
     scan_batching(d, pieces, 1)
 }
 
 fn scan_batching<P: AsRef<[u8]>>(
-    d: &Detectors,
+    d: &Arc<Detectors>,
     pieces: &[P],
     batch: usize,
 ) -> Vec<(String, u64, u64)> {
@@ -55,7 +56,7 @@ fn scan_batching<P: AsRef<[u8]>>(
 /// What the detectors find in `text` by the plainest means: each pattern's `find_iter` over
 /// the whole text, kept when it passes its check, and the keywords' `find_iter`. The scanner,
 /// however the text is cut and batched, must find exactly these.
-fn oracle(d: &Detectors, text: &str) -> Vec<(String, u64, u64)> {
+fn oracle(d: &Arc<Detectors>, text: &str) -> Vec<(String, u64, u64)> {
     let mut out = Vec::new();
     for p in &d.patterns {
         for m in p.regex.find_iter(text.as_bytes()) {
@@ -205,7 +206,7 @@ fn memory_is_the_overlap_plus_a_batch_whatever_the_length() {
     let line = "lorem ipsum dolor sit amet, mail jane@acme.io, card 4111 1111 1111 1111\n";
     for _ in 0..20_000 {
         s.feed(line.as_bytes(), &mut |_| n += 1);
-        assert!(s.window.len() <= d.overlap() + 64 + SCAN_BATCH + line.len());
+        assert!(s.window.len() <= d.overlap() + 2 * CONTEXT + SCAN_BATCH + line.len());
     }
     s.finish(&mut |_| n += 1);
     assert_eq!(n, 40_000);
@@ -294,8 +295,56 @@ proptest! {
             from = cut;
         }
         prop_assert_eq!(&whole, &scan_batching(d, &pieces, batch));
+        // Scanning early (a blocking stream flushes after each event) finds the same.
+        let mut flushed = Vec::new();
+        let mut found = |m: Match| flushed.push((d.name(m.detector).to_owned(), m.start, m.end));
+        let mut s = d.scanner_batching(batch);
+        for p in &pieces {
+            s.feed(p, &mut found);
+            s.flush(1, &mut found);
+            prop_assert!(s.clean_upto() <= s.len());
+        }
+        s.finish(&mut found);
+        flushed.sort_by(|a, b| (a.2, a.1, &a.0).cmp(&(b.2, b.1, &b.0)));
+        prop_assert_eq!(&whole, &flushed);
         // And exactly what one search of the whole text finds: scanning in pieces and batches
         // loses nothing, finds nothing more, and reports nothing twice.
         prop_assert_eq!(&whole, &oracle(d, &text));
     }
+}
+
+#[test]
+fn the_builtins_keep_a_small_overlap_and_flush_reports_clean_text() {
+    let d = Arc::new(
+        Detectors::new(&[
+            DetectorSpec::Builtin(Builtin::PiiEmail),
+            DetectorSpec::Builtin(Builtin::PiiCreditCard),
+            DetectorSpec::Builtin(Builtin::PiiUsSsn),
+            DetectorSpec::Builtin(Builtin::Secrets),
+        ])
+        .unwrap(),
+    );
+    // What a blocking stream holds back: a few hundred bytes, not MAX_OVERLAP.
+    assert!(d.overlap() < 512, "{}", d.overlap());
+    let mut s = d.scanner();
+    let mut found = Vec::new();
+    let clean = "a".repeat(2000) + " ";
+    s.feed(clean.as_bytes(), &mut |m| found.push(m));
+    assert_eq!(
+        s.clean_upto(),
+        0,
+        "nothing scanned before a batch or a flush"
+    );
+    s.flush(1, &mut |m| found.push(m));
+    let upto = s.clean_upto();
+    assert!(upto > 0 && upto + d.overlap() as u64 + 2 * CONTEXT as u64 >= s.len());
+    s.feed(b"mail jane@acme.io now", &mut |m| found.push(m));
+    s.flush(1, &mut |m| found.push(m));
+    // The address may still grow: not reported, and not clean.
+    assert!(found.is_empty());
+    assert!(s.clean_upto() <= 2001);
+    s.finish(&mut |m| found.push(m));
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].start, found[0].end), (2006, 2018));
+    assert_eq!(s.clean_upto(), s.len());
 }
