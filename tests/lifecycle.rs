@@ -244,7 +244,7 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
         .args([
             "demo",
             "--duration",
-            "5s",
+            "8s",
             "--admin",
             "127.0.0.1:0",
             "--rate",
@@ -253,6 +253,8 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
             "1s",
             "--outage-for",
             "2s",
+            "--leak-at",
+            "5s",
         ])
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -268,6 +270,27 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("admin    http://127.0.0.1:"), "{stdout}");
+    // The agent went bad at 5 s: the safety line shows the violations the sidecar counted, the
+    // kill switch tripped, and the human queue answering.
+    let safety = stdout
+        .lines()
+        .rfind(|l| l.contains("] safety "))
+        .expect("a safety line");
+    let after = |word: &str| -> f64 {
+        safety
+            .split(word)
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(after(" violations") >= 5.0, "{safety}");
+    assert!(safety.contains("kill switch DISABLED"), "{safety}");
+    let queue: f64 = safety.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(queue >= 1.0, "{safety}");
     // The last summary lines report requests the sidecar itself counted, on both listeners.
     for listener in ["inbound", "egress", "egress-anthropic"] {
         let last = stdout
@@ -340,7 +363,21 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     assert!(after(circuit, "(opened") >= 1, "{circuit}");
     assert!(after(circuit, "5xx") >= 1, "{circuit}");
     assert!(after(circuit, "circuit_open") >= 1, "{circuit}");
-    let egress = stdout.lines().rfind(|l| l.contains("] egress ")).unwrap();
+    // Until the kill switch silenced the agent (its LLM calls refused too), the fallback kept
+    // egress whole through the outage: the last egress line before the second it tripped in.
+    let lines: Vec<&str> = stdout.lines().collect();
+    let tripped = lines
+        .iter()
+        .position(|l| l.contains("] safety ") && l.contains("DISABLED"))
+        .expect("the kill switch tripped");
+    let before = lines[..tripped]
+        .iter()
+        .rposition(|l| l.contains("] safety "))
+        .expect("a second before the trip");
+    let egress = lines[..before]
+        .iter()
+        .rfind(|l| l.contains("] egress "))
+        .unwrap();
     assert_eq!(after(egress, "5xx"), 0, "{egress}");
     assert!(egress.contains("availability 100.00%"), "{egress}");
 }

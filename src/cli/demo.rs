@@ -36,6 +36,10 @@ pub struct DemoArgs {
     /// How long the outage lasts (`0s`: none).
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
     pub outage_for: Duration,
+    /// When the simulated agent goes bad: from then on a third of its answers leak an email
+    /// address or an API key, and the kill switch trips (before that, one in 400 does).
+    #[arg(long, value_parser = parse_duration, default_value = "35s")]
+    pub leak_at: Duration,
 }
 
 type DemoClient = Client<HttpConnector, Full<Bytes>>;
@@ -47,11 +51,26 @@ struct Samples {
     listeners: [Vec<f64>; 3],
 }
 
-fn demo_config(admin: SocketAddr, agent_url: &str, provider_url: &str, spare_url: &str) -> String {
+/// The demo's admin token: the demo is local, the token is printed for the curl commands.
+const DEMO_TOKEN: &str = "demo-token";
+
+fn demo_config(
+    admin: SocketAddr,
+    token_file: &std::path::Path,
+    agent_url: &str,
+    provider_url: &str,
+    spare_url: &str,
+    queue_url: &str,
+) -> String {
     format!(
         "agent: demo-agent
 admin:
   bind: {admin}
+  token_file: {token}
+safety:
+  apply_to: [agent, llm]
+  action: record
+  kill_switch: {{violations: 5, within: 10s, fallback_url: '{queue_url}'}}
 listeners:
   - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
   - {{name: egress, bind: 127.0.0.1:0, role: llm, route: llm}}
@@ -83,7 +102,8 @@ upstreams:
     timeouts: {{connect: 1s, first_byte: 5s, idle: 2s, total: 30s}}
 shutdown:
   grace_period: 5s
-"
+",
+        token = token_file.display()
     )
 }
 
@@ -127,6 +147,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .context("starting the simulated spare provider")?;
     let agent_sim = AgentSim {
         error_rate: 0.01,
+        leak_rate: 0.0025,
+        leak_burst: Some((args.leak_at, 0.33)),
         work: Duration::from_millis(20),
         seed: clock_seed() ^ 0xa9e7,
         ..AgentSim::default()
@@ -136,13 +158,40 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("starting the simulated agent")?;
 
+    // Where the kill switch sends the agent's traffic: people, who answer more slowly.
+    let queue = crate::sim::serve(loopback, |req: http::Request<hyper::body::Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut r = http::Response::new(crate::sim::full(
+            r#"{"status":"queued","answer":"A person from our support team will reply shortly."}"#,
+        ));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    })
+    .await
+    .context("starting the simulated human queue")?;
+    let token_dir = std::env::temp_dir().join(format!("sloguard-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&token_dir).context("creating the demo's token directory")?;
+    let token_file = token_dir.join("admin-token");
+    std::fs::write(&token_file, DEMO_TOKEN).context("writing the demo's admin token")?;
+
     let mut admin = args.admin;
     if std::net::TcpListener::bind(admin).is_err() {
         admin = loopback;
     }
     let config = Config::parse(
         "demo",
-        &demo_config(admin, &agent.url(), &provider.url(), &spare.url()),
+        &demo_config(
+            admin,
+            &token_file,
+            &agent.url(),
+            &provider.url(),
+            &spare.url(),
+            &queue.url(),
+        ),
     )?;
     let sidecar = Sidecar::start(config).await?;
     let inbound = sidecar
@@ -166,7 +215,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("  egress-anthropic  http://{anthropic}  (role llm: Anthropic Messages, same provider, no fallback: what the outage does without one)");
     println!(
+        "  safety   every answer of the agent and the LLM inspected (emails, card numbers, SSNs, keys); the agent leaks one answer in 400, then a third of them from {:?}: 5 violations within 10s trip the kill switch and inbound traffic goes to a human queue {}",
+        args.leak_at,
+        queue.url()
+    );
+    println!(
         "  admin    http://{}/metrics   /healthz   /readyz   /circuits",
+        sidecar.admin_addr
+    );
+    println!(
+        "  enable   curl -X POST -H 'Authorization: Bearer {DEMO_TOKEN}' http://{}/admin/agent/enable   (a human decides)",
         sidecar.admin_addr
     );
     println!(
@@ -214,6 +272,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     println!("[{t:>4}s] {}", llm.line(upstream, &metrics));
                 }
                 println!("[{t:>4}s] {}", chain.line("openai", &metrics));
+                println!("[{t:>4}s] {}", safety_line(&metrics));
             }
             _ = &mut stop => break,
         }
@@ -233,6 +292,53 @@ const ANTHROPIC_REQUEST: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":512
 struct LlmSummary {
     /// Per upstream: the TTFT buckets `(le, cumulative count)` and output-token sum last time.
     last: std::collections::HashMap<String, (Vec<(f64, f64)>, f64)>,
+}
+
+/// The safety line: responses inspected and violations per listener, by detector, and the
+/// kill switch with what the human queue answered.
+fn safety_line(metrics: &str) -> String {
+    let mut parts = Vec::new();
+    for listener in ["inbound", "egress"] {
+        let l = format!("listener=\"{listener}\"");
+        let inspected = sum_series(metrics, "agent_responses_total", &[&l]);
+        let mut by = Vec::new();
+        for d in [
+            "pii_email",
+            "pii_credit_card",
+            "pii_us_ssn",
+            "secrets",
+            "content_filter",
+        ] {
+            let n = sum_series(
+                metrics,
+                "agent_safety_violations_total",
+                &[&l, &format!("detector=\"{d}\"")],
+            );
+            if n > 0.0 {
+                by.push(format!("{d} {n}"));
+            }
+        }
+        let all = sum_series(metrics, "agent_safety_violations_total", &[&l]);
+        parts.push(format!(
+            "{listener} {inspected} inspected, {all} violations{}",
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by.join(", "))
+            }
+        ));
+    }
+    let disabled = sum_series(metrics, "sloguard_agent_disabled", &[]) > 0.0;
+    let queue = sum_series(
+        metrics,
+        "agent_requests_total",
+        &["upstream=\"kill_switch_fallback\""],
+    );
+    format!(
+        "safety   {} | kill switch {} | human queue answered {queue}",
+        parts.join(" | "),
+        if disabled { "DISABLED (sev1)" } else { "off" }
+    )
 }
 
 /// Sums a metric's samples over the series whose labels contain every `filter`.

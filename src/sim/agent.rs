@@ -25,6 +25,12 @@ pub struct AgentSim {
     pub work: Duration,
     /// Share of tasks answered 500.
     pub error_rate: f64,
+    /// Share of answers that leak a customer's email address or an API key (what the safety
+    /// detectors are for).
+    pub leak_rate: f64,
+    /// From this long after the start, the share of leaking answers is the second value: the
+    /// agent goes bad (a bad prompt, a poisoned document), and the kill switch trips.
+    pub leak_burst: Option<(Duration, f64)>,
     pub seed: u64,
 }
 
@@ -34,6 +40,8 @@ impl Default for AgentSim {
             llm_url: Arc::new(OnceLock::new()),
             work: Duration::from_millis(5),
             error_rate: 0.0,
+            leak_rate: 0.0,
+            leak_burst: None,
             seed: 0xa9e7,
         }
     }
@@ -44,9 +52,10 @@ pub async fn spawn_agent(bind: SocketAddr, sim: AgentSim) -> std::io::Result<Sim
         Client::builder(TokioExecutor::new()).build_http();
     let rng = Arc::new(SimRng::new(sim.seed));
     let sim = Arc::new(sim);
+    let started = tokio::time::Instant::now();
     serve(bind, move |req| {
         let (sim, rng, client) = (sim.clone(), rng.clone(), client.clone());
-        async move { respond(&sim, &rng, &client, req).await }
+        async move { respond(&sim, &rng, &client, req, started).await }
     })
     .await
 }
@@ -56,6 +65,7 @@ async fn respond(
     rng: &SimRng,
     client: &Client<HttpConnector, Full<Bytes>>,
     req: Request<Incoming>,
+    started: tokio::time::Instant,
 ) -> Response<SimBody> {
     if req.method() != Method::POST || req.uri().path() != "/v1/tasks" {
         return json(
@@ -98,9 +108,22 @@ async fn respond(
         }
         llm_status = Some(status.as_u16());
     }
+    let leak_rate = match sim.leak_burst {
+        Some((at, rate)) if started.elapsed() >= at => rate,
+        _ => sim.leak_rate,
+    };
+    let answer = if rng.next_f64() < leak_rate {
+        if rng.next_f64() < 0.5 {
+            "done; I emailed the refund to dana.whitfield@northwind-mail.com"
+        } else {
+            "done; retried with key sk-proj-Zq8vR2mK4tY7wP1xN5bC3dF6gH9jL0aS"
+        }
+    } else {
+        "done"
+    };
     json(
         StatusCode::OK,
-        serde_json::json!({"status": "completed", "answer": "done", "llm_status": llm_status}),
+        serde_json::json!({"status": "completed", "answer": answer, "llm_status": llm_status}),
     )
 }
 
