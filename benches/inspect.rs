@@ -174,6 +174,23 @@ fn safety_bench(c: &mut Criterion) {
             n
         })
     });
+    // What `action: block` adds on a stream: a check of where a match could still start after
+    // every delta, so that each can go out as soon as it is known clean, and a scan every
+    // HELD_SCAN_STEP bytes.
+    g.bench_function("held_stream_per_delta", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            let mut settled = 0u64;
+            let mut s = detectors.scanner();
+            for p in &pieces {
+                s.feed(black_box(p), &mut |_| n += 1);
+                s.flush(sloguard::proxy::safety::HELD_SCAN_STEP, &mut |_| n += 1);
+                settled = s.settled_upto();
+            }
+            s.finish(&mut |_| n += 1);
+            n + settled
+        })
+    });
     g.finish();
 }
 

@@ -3,8 +3,9 @@
 //! times a second for SECONDS (each on its own schedule, whatever the earlier ones are doing; with
 //! several URLs the requests alternate between them, so that every target meets the same moments
 //! of a noisy machine), and prints one line per URL:
-//! `{"url":..,"n":..,"errors":..,"p50_ms":..,"p99_ms":..,"p999_ms":..}`: the time from sending to
-//! the first chunk carrying content (time to first token, as the agent sees it).
+//! `{"url":..,"n":..,"errors":..,"p50_ms":..,"p99_ms":..,"p999_ms":..,"end_p50_ms":..,"end_p99_ms":..}`:
+//! the time from sending to the first chunk carrying content (time to first token, as the agent
+//! sees it), and to the stream's end.
 //! With RATE 0 it runs closed-loop instead (`CONCURRENCY` env, default 64) against the first URL
 //! and reports streams/s.
 
@@ -19,13 +20,13 @@ use hyper_util::rt::TokioExecutor;
 
 const BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"You are a support agent."},{"role":"user","content":"Summarise ticket T-1042 for the on-call engineer."}],"tools":[{"type":"function","function":{"name":"open_ticket","parameters":{"type":"object","properties":{"ticket":{"type":"string"}}}}}]}"#;
 
-/// One target's time-to-first-token samples (ms) and failed calls.
-type Tally = (Arc<Mutex<Vec<f64>>>, Arc<AtomicU64>);
+/// One target's (time to first token, time to the end) samples (ms) and failed calls.
+type Tally = (Arc<Mutex<Vec<(f64, f64)>>>, Arc<AtomicU64>);
 
 type LoadClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-/// One streamed call: time to the first content chunk, or `None` if it failed.
-async fn call(client: &LoadClient, url: &hyper::Uri) -> Option<Duration> {
+/// One streamed call: time to the first content chunk and to the end, or `None` if it failed.
+async fn call(client: &LoadClient, url: &hyper::Uri) -> Option<(Duration, Duration)> {
     let start = Instant::now();
     let req = hyper::Request::post(url.clone())
         .header("content-type", "application/json")
@@ -46,7 +47,7 @@ async fn call(client: &LoadClient, url: &hyper::Uri) -> Option<Duration> {
             }
         }
     }
-    first
+    Some((first?, start.elapsed()))
 }
 
 #[tokio::main]
@@ -67,10 +68,12 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     let started = Instant::now();
-    let record = |samples: &Arc<Mutex<Vec<f64>>>, errors: &AtomicU64, r: Option<Duration>| match r {
-        Some(t) => samples
+    let record = |samples: &Arc<Mutex<Vec<(f64, f64)>>>,
+                  errors: &AtomicU64,
+                  r: Option<(Duration, Duration)>| match r {
+        Some((t, end)) => samples
             .lock()
-            .map(|mut s| s.push(t.as_secs_f64() * 1000.0))
+            .map(|mut s| s.push((t.as_secs_f64() * 1000.0, end.as_secs_f64() * 1000.0)))
             .unwrap_or(()),
         None => {
             errors.fetch_add(1, Ordering::Relaxed);
@@ -114,9 +117,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     for (url, (samples, errors)) in urls.iter().zip(&targets) {
-        let mut s = samples.lock().map(|s| s.clone()).unwrap_or_default();
-        s.sort_by(f64::total_cmp);
-        let q = |p: f64| {
+        let both = samples.lock().map(|s| s.clone()).unwrap_or_default();
+        let sorted = |pick: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = both.iter().map(pick).collect();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let (s, ends) = (sorted(|x| x.0), sorted(|x| x.1));
+        let q = |s: &[f64], p: f64| {
             if s.is_empty() {
                 f64::NAN
             } else {
@@ -124,13 +132,15 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         println!(
-            "{{\"url\":\"{url}\",\"n\":{},\"errors\":{},\"streams_per_s\":{:.1},\"p50_ms\":{:.4},\"p99_ms\":{:.4},\"p999_ms\":{:.4}}}",
+            "{{\"url\":\"{url}\",\"n\":{},\"errors\":{},\"streams_per_s\":{:.1},\"p50_ms\":{:.4},\"p99_ms\":{:.4},\"p999_ms\":{:.4},\"end_p50_ms\":{:.4},\"end_p99_ms\":{:.4}}}",
             s.len(),
             errors.load(Ordering::Relaxed),
             s.len() as f64 / elapsed,
-            q(0.5),
-            q(0.99),
-            q(0.999)
+            q(&s, 0.5),
+            q(&s, 0.99),
+            q(&s, 0.999),
+            q(&ends, 0.5),
+            q(&ends, 0.99)
         );
     }
     Ok(())

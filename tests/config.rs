@@ -331,6 +331,12 @@ fn llm_keys_are_checked_against_the_protocol() {
 #[test]
 fn safety_and_incidents_are_checked_by_key() {
     let with = |section: &str| format!("{BASE}{section}");
+    let too_many = format!(
+        "safety:\n  detectors:\n{}",
+        (0..63)
+            .map(|i| format!("    - {{name: r{i}, regex: 'x{i}'}}\n"))
+            .collect::<String>()
+    );
     // An empty section means the defaults: every built-in, both roles, record.
     let c = Config::parse("ok.yaml", &with("safety:\n")).unwrap();
     let safety = c.safety.unwrap();
@@ -389,6 +395,10 @@ fn safety_and_incidents_are_checked_by_key() {
         (
             "incidents:\n  severities: {safety: sev9}\n",
             "bad.yaml:14: incidents.severities.safety: unknown variant `sev9`",
+        ),
+        (
+            too_many.as_str(),
+            "bad.yaml:14: safety.detectors: at most 62 detectors",
         ),
     ] {
         let e = error_of(&with(section));

@@ -214,7 +214,13 @@ impl SafetyConfig {
                         name,
                         words: words.clone(),
                     },
-                    (None, None) => unreachable_spec(&base)?,
+                    // Ruled out by the count above; said plainly all the same.
+                    (None, None) => {
+                        return Err((
+                            base,
+                            "give exactly one of `builtin`, `regex` or `keywords`".into(),
+                        ))
+                    }
                 }
             };
             let label = match &spec {
@@ -237,6 +243,15 @@ impl SafetyConfig {
             return Err((
                 "safety.apply_to".into(),
                 "name at least one role (agent, llm); remove `safety` to inspect nothing".into(),
+            ));
+        }
+        if self.detectors.len() > crate::proxy::safety::MAX_DETECTORS {
+            return Err((
+                "safety.detectors".into(),
+                format!(
+                    "at most {} detectors (a `keywords` detector takes any number of words)",
+                    crate::proxy::safety::MAX_DETECTORS
+                ),
             ));
         }
         let specs = self.detector_specs()?;
@@ -281,13 +296,6 @@ impl SafetyConfig {
         let url = self.kill_switch.as_ref()?.fallback_url.as_deref()?;
         parse_upstream_url(url).ok()
     }
-}
-
-fn unreachable_spec(base: &str) -> Result<DetectorSpec, (String, String)> {
-    Err((
-        base.to_owned(),
-        "give exactly one of `builtin`, `regex` or `keywords`".into(),
-    ))
 }
 
 impl IncidentsConfig {

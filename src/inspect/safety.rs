@@ -15,6 +15,8 @@
 
 use std::sync::Arc;
 
+mod starts;
+
 use aho_corasick::{AhoCorasick, MatchKind};
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
@@ -204,6 +206,8 @@ pub struct Detectors {
     keyword_detector: Vec<usize>,
     /// Bytes kept between scans: the longest possible match, at most [`MAX_OVERLAP`].
     overlap: usize,
+    /// Where a match could still start (for a stream held back while blocking).
+    starts: Option<starts::Starts>,
 }
 
 /// A match: which detector, and where in the text (byte offsets from the text's start).
@@ -299,6 +303,7 @@ impl Detectors {
                     })?,
             )
         };
+        let sources: Vec<String> = sources.into_iter().map(|(_, s, _)| s).collect();
         Ok(Detectors {
             names,
             patterns,
@@ -306,6 +311,7 @@ impl Detectors {
             keywords,
             keyword_detector,
             overlap,
+            starts: starts::Starts::new(&sources, &words),
         })
     }
 
@@ -337,6 +343,7 @@ impl Detectors {
         Scanner {
             detectors: self.clone(),
             clean: 0,
+            alive: 0,
             batch: batch.max(1),
             window: Vec::new(),
             base: 0,
@@ -351,6 +358,8 @@ pub struct Scanner {
     detectors: Arc<Detectors>,
     /// No match not yet reported starts before this offset of the text.
     clean: u64,
+    /// No match at all can start between `clean` and this offset (see [`starts`]).
+    alive: u64,
     batch: usize,
     /// The overlap kept from before, then the text not yet scanned.
     window: Vec<u8>,
@@ -396,6 +405,21 @@ impl Scanner {
     /// may be let through.
     pub fn clean_upto(&self) -> u64 {
         self.clean
+    }
+
+    /// The offset before which no match can start, whatever text follows — at least
+    /// [`Scanner::clean_upto`], and in prose just short of the end: the first position from
+    /// which some pattern may still match (see [`starts`]). For a stream held back while
+    /// blocking: its text before this offset can go out.
+    pub fn settled_upto(&mut self) -> u64 {
+        let Some(starts) = &self.detectors.starts else {
+            return self.clean;
+        };
+        let from = self.alive.max(self.clean).max(self.base);
+        let at = usize::try_from(from - self.base).unwrap_or(self.window.len());
+        let first = starts.first_alive(&self.window, at.min(self.window.len()));
+        self.alive = self.base + first as u64;
+        self.alive.max(self.clean)
     }
 
     /// Bytes of text taken in so far.

@@ -416,6 +416,15 @@ impl Body for ProxyBody {
                         if held {
                             continue;
                         }
+                        let holding = this
+                            .account
+                            .as_ref()
+                            .is_some_and(|a| a.safety.as_ref().is_some_and(|c| c.holds()));
+                        if holding && !frame.is_data() {
+                            // Trailers of a stream held back would overtake its held chunks:
+                            // they are dropped (SSE streams carry none in practice).
+                            continue;
+                        }
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     Poll::Ready(Some(Err(e))) => {

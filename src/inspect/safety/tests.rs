@@ -296,15 +296,33 @@ proptest! {
         }
         prop_assert_eq!(&whole, &scan_batching(d, &pieces, batch));
         // Scanning early (a blocking stream flushes after each event) finds the same.
+        // And no match is reported later that starts before what was said to be settled then:
+        // what a blocked stream let out held no match.
         let mut flushed = Vec::new();
-        let mut found = |m: Match| flushed.push((d.name(m.detector).to_owned(), m.start, m.end));
+        let mut settled = 0u64;
+        let mut early = None;
         let mut s = d.scanner_batching(batch);
         for p in &pieces {
+            let mut found = |m: Match| {
+                if m.start < settled {
+                    early.get_or_insert((m, settled));
+                }
+                flushed.push((d.name(m.detector).to_owned(), m.start, m.end));
+            };
             s.feed(p, &mut found);
             s.flush(1, &mut found);
             prop_assert!(s.clean_upto() <= s.len());
+            settled = s.settled_upto();
+            prop_assert!(settled <= s.len() && settled >= s.clean_upto());
         }
+        let mut found = |m: Match| {
+            if m.start < settled {
+                early.get_or_insert((m, settled));
+            }
+            flushed.push((d.name(m.detector).to_owned(), m.start, m.end));
+        };
         s.finish(&mut found);
+        prop_assert_eq!(early, None);
         flushed.sort_by(|a, b| (a.2, a.1, &a.0).cmp(&(b.2, b.1, &b.0)));
         prop_assert_eq!(&whole, &flushed);
         // And exactly what one search of the whole text finds: scanning in pieces and batches
