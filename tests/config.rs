@@ -333,7 +333,7 @@ fn safety_and_incidents_are_checked_by_key() {
     let with = |section: &str| format!("{BASE}{section}");
     let too_many = format!(
         "safety:\n  detectors:\n{}",
-        (0..63)
+        (0..62)
             .map(|i| format!("    - {{name: r{i}, regex: 'x{i}'}}\n"))
             .collect::<String>()
     );
@@ -398,7 +398,7 @@ fn safety_and_incidents_are_checked_by_key() {
         ),
         (
             too_many.as_str(),
-            "bad.yaml:14: safety.detectors: at most 62 detectors",
+            "bad.yaml:14: safety.detectors: at most 61 detectors",
         ),
     ] {
         let e = error_of(&with(section));

@@ -362,24 +362,37 @@ async fn block_turns_a_json_answer_into_403_and_passes_clean_ones_untouched() {
     let (status, _, body) = post(&url(&s, "inbound", "/clean")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, clean.as_bytes());
+    // A card number answered as a JSON number is text too.
+    set(&script, "/number", json(r#"{"card": 4111111111111111}"#));
+    let (status, _, body) = post(&url(&s, "inbound", "/number")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!String::from_utf8_lossy(&body).contains("4111"));
     let m = metrics_when(&s, |m| {
-        metric(m, "agent_responses_total", &[("listener", "inbound")]) >= 2.0
+        metric(m, "agent_responses_total", &[("listener", "inbound")]) >= 3.0
     })
     .await;
     assert_eq!(violations(&m, "inbound", "pii_email", "block"), 1.0);
     assert_eq!(violations(&m, "inbound", "pii_email", "record"), 0.0);
+    assert_eq!(violations(&m, "inbound", "pii_credit_card", "block"), 1.0);
     expect_metric(
         &m,
         "agent_requests_total",
         &[("listener", "inbound"), ("status", "4xx")],
-        1.0,
+        2.0,
     );
     // The agent answered: its attempt counts as ok.
     expect_metric(
         &m,
         "sloguard_upstream_requests_total",
         &[("upstream", "agent"), ("outcome", "ok")],
-        2.0,
+        3.0,
+    );
+    // The sidecar's own time is recorded for each, blocked or not.
+    expect_metric(
+        &m,
+        "sloguard_overhead_seconds_count",
+        &[("listener", "inbound")],
+        3.0,
     );
     s.shutdown().await;
 }
@@ -847,5 +860,54 @@ incidents: {{webhook: '{}/api/v2/alerts', severities: {{availability: sev3}}}}
         &[("severity", "sev3"), ("kind", "circuit_breaker")],
         2.0,
     );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_blocked_stream_is_never_cached() {
+    let (primary, p_script) = scripted().await;
+    let (spare, s_script) = scripted().await;
+    let mut leaking = chat_sse(&[
+        "fine so far ",
+        "key sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX ",
+        "more",
+    ]);
+    // A content type in capitals: still a stream, held back and not cacheable.
+    leaking.content_type = "Text/Event-Stream";
+    set(&p_script, "/v1/chat/completions", leaking);
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: egress, bind: 127.0.0.1:0, role: llm, route: llm}}
+routes:
+  llm: {{upstreams: [openai, spare], cache: {{}}}}
+upstreams:
+  openai: {{url: {}, protocol: openai}}
+  spare: {{url: {}, protocol: openai}}
+safety: {{action: block}}
+",
+        primary.url(),
+        spare.url()
+    );
+    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
+        .await
+        .unwrap();
+    let (status, _, body) = post(&url(&s, "egress", "/v1/chat/completions")).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("event: error") && !text.contains("sk-proj"),
+        "{text}"
+    );
+    // Both upstreams fail now: the cache has nothing to give (the blocked stream is not in it).
+    let mut failing = json(r#"{"error":"down"}"#);
+    failing.status = 500;
+    set(&p_script, "/v1/chat/completions", failing.clone());
+    set(&s_script, "/v1/chat/completions", failing);
+    let (status, headers, body) = post(&url(&s, "egress", "/v1/chat/completions")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(headers.get("x-sloguard-cache").is_none());
+    assert!(!String::from_utf8_lossy(&body).contains("sk-proj"));
     s.shutdown().await;
 }

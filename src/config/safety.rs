@@ -195,7 +195,7 @@ impl SafetyConfig {
                     )
                         })?;
                 if Builtin::from_name(&name).is_some()
-                    || ["content_filter", "safety_flag"].contains(&name.as_str())
+                    || ["content_filter", "safety_flag", "uninspectable"].contains(&name.as_str())
                 {
                     return Err((
                         format!("{base}.name"),

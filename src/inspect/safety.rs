@@ -373,13 +373,20 @@ pub struct Scanner {
 
 impl Scanner {
     /// More text; matches found are passed to `found`.
-    pub fn feed(&mut self, text: &[u8], found: &mut impl FnMut(Match)) {
-        self.window.extend_from_slice(text);
+    pub fn feed(&mut self, mut text: &[u8], found: &mut impl FnMut(Match)) {
         // Scans at fixed offsets of the text, whatever pieces it came in: what is found does not
-        // depend on how the text was cut.
-        while self.window.len() - self.scanned >= self.batch {
-            let upto = self.scanned + self.batch;
-            self.scan(upto, false, found);
+        // depend on how the text was cut. A large piece goes in a batch at a time, so that the
+        // window never holds more than the overlap and a batch (and each scan moves only the
+        // overlap to the window's front).
+        while !text.is_empty() {
+            let room = self.batch - (self.window.len() - self.scanned).min(self.batch);
+            let (now, rest) = text.split_at(room.min(text.len()));
+            self.window.extend_from_slice(now);
+            text = rest;
+            if self.window.len() - self.scanned >= self.batch {
+                let upto = self.scanned + self.batch;
+                self.scan(upto, false, found);
+            }
         }
     }
 

@@ -44,6 +44,8 @@ enum State {
     Escape { key: bool, emit: bool },
     /// In `\uXXXX`: the hex digits so far.
     Unicode { emit: bool, value: u16, digits: u8 },
+    /// In a number (text under [`Keys::All`]: an agent may answer a card number as one).
+    Number,
 }
 
 /// Streams the text of a JSON document (or of several in a row, with [`JsonText::reset`]).
@@ -145,9 +147,26 @@ impl JsonText {
                         b'}' | b']' => self.pop(),
                         b',' => self.expect_key = self.in_object(),
                         b':' => self.expect_key = false,
+                        // Every key is text too when every value is: `{"jane@acme.io": 1}`.
+                        b'"' if self.expect_key && self.in_object() && self.keys == Keys::All => {
+                            self.expect_key = false;
+                            if self.emitted {
+                                sink(b"\n");
+                            }
+                            self.emitted = true;
+                            self.state = State::Str { emit: true };
+                        }
                         b'"' if self.expect_key && self.in_object() => {
                             self.key_len = 0;
                             self.state = State::Key;
+                        }
+                        b'-' | b'0'..=b'9' if self.keys == Keys::All => {
+                            if self.emitted {
+                                sink(b"\n");
+                            }
+                            self.emitted = true;
+                            sink(std::slice::from_ref(&b));
+                            self.state = State::Number;
                         }
                         b'"' => {
                             let emit = self.value_is_output();
@@ -158,6 +177,20 @@ impl JsonText {
                             self.state = State::Str { emit };
                         }
                         _ => {}
+                    }
+                }
+                State::Number => {
+                    let end = bytes
+                        .iter()
+                        .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                        .unwrap_or(bytes.len());
+                    if end > 0 {
+                        sink(&bytes[..end]);
+                    }
+                    bytes = &bytes[end..];
+                    if !bytes.is_empty() {
+                        // The byte after the number is read as structure.
+                        self.state = State::Outside;
                     }
                 }
                 State::Key => {
@@ -311,7 +344,12 @@ fn put(sink: &mut dyn FnMut(&[u8]), c: char) {
 /// How a response body's text is read.
 pub enum BodyText {
     Json(JsonText),
-    Sse { parser: SseParser, json: JsonText },
+    /// `lost`: an event was past the parser's size limit, its text never seen.
+    Sse {
+        parser: SseParser,
+        json: JsonText,
+        lost: bool,
+    },
     Plain,
 }
 
@@ -336,6 +374,7 @@ impl BodyText {
             Some(BodyText::Sse {
                 parser: SseParser::new(super::MAX_INSPECTED_BODY),
                 json: JsonText::new(keys),
+                lost: false,
             })
         } else if lower == b"application/json" || lower.ends_with(b"+json") {
             Some(BodyText::Json(JsonText::new(keys)))
@@ -348,6 +387,12 @@ impl BodyText {
 
     pub fn is_stream(&self) -> bool {
         matches!(self, BodyText::Sse { .. })
+    }
+
+    /// Text was lost (an SSE event past [`super::MAX_INSPECTED_BODY`]): what the body says was
+    /// not all seen.
+    pub fn lost(&self) -> bool {
+        matches!(self, BodyText::Sse { lost: true, .. })
     }
 
     /// Every byte fed so far has given its text (no SSE event is half-read).
@@ -363,7 +408,10 @@ impl BodyText {
         match self {
             BodyText::Json(json) => json.feed(chunk, sink),
             BodyText::Plain => sink(chunk),
-            BodyText::Sse { parser, json } => parser.feed(chunk, &mut |item| {
+            BodyText::Sse { parser, json, lost } => parser.feed(chunk, &mut |item| {
+                if matches!(item, SseItem::Oversized) {
+                    *lost = true;
+                }
                 if let SseItem::Event(e) = item {
                     let data = e.data.trim_ascii_start();
                     if data
@@ -398,10 +446,30 @@ mod tests {
     fn string_values_with_escapes_decoded_in_any_chunking() {
         let doc = br#"{"id":"x1","answer":"mail jane\u0040acme.io\n\"now\"","n":[1,"two",{"k":"v\ud83d\ude00"}]}"#;
         let whole = text(Keys::All, &[doc]);
-        assert_eq!(whole, "x1\nmail jane@acme.io\n\"now\"\ntwo\nv\u{1F600}");
+        assert_eq!(
+            whole,
+            "id\nx1\nanswer\nmail jane@acme.io\n\"now\"\nn\n1\ntwo\nk\nv\u{1F600}"
+        );
         for cut in 1..doc.len() {
             assert_eq!(text(Keys::All, &[&doc[..cut], &doc[cut..]]), whole, "{cut}");
         }
+    }
+
+    #[test]
+    fn numbers_and_keys_are_text_of_an_agents_answer() {
+        let doc = br#"{"card": 4111111111111111, "jane.doe@acme.io": "customer", "n": -1.5e3}"#;
+        assert_eq!(
+            text(Keys::All, &[doc]),
+            "card\n4111111111111111\njane.doe@acme.io\ncustomer\nn\n-1.5e3"
+        );
+        for cut in 1..doc.len() {
+            assert_eq!(
+                text(Keys::All, &[&doc[..cut], &doc[cut..]]),
+                text(Keys::All, &[doc])
+            );
+        }
+        // Not on the llm role: a token count is no output.
+        assert_eq!(text(Keys::Output, &[doc]), "");
     }
 
     #[test]

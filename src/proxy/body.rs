@@ -168,6 +168,8 @@ impl Accounting {
                 }
                 ls.responses.increment(1);
             } else if filtered {
+                // Not readable as text (compressed), but the provider said it filtered it.
+                ls.responses.increment(1);
                 ls.violation(Source::ContentFilter, false, None, now);
             }
         }
@@ -285,7 +287,11 @@ impl ProxyBody {
                 .as_ref()
                 .map_or("unknown", |ls| ls.name(source)),
         );
+        // A blocked stream did not end as the upstream sent it: counted as cut, and never
+        // cached (what was held back is in no one's cache).
+        a.cache_fill = None;
         self.inner = Inner::Local(None);
+        self.settle_cut();
         Some(event)
     }
 

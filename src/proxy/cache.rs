@@ -157,9 +157,10 @@ impl CacheFill {
     /// cookie, or one that varies on anything (`Vary`: the key cannot tell what it varies on).
     pub fn new(key: CacheKey, status: StatusCode, headers: &HeaderMap) -> Option<CacheFill> {
         use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE, VARY};
-        let streamed = headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let streamed = headers.get(CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes().trim_ascii_start();
+            v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream")
+        });
         let forbidden = headers.get_all(CACHE_CONTROL).iter().any(|v| {
             v.to_str().is_ok_and(|v| {
                 v.split(',').any(|d| {

@@ -70,6 +70,9 @@
 //!     step 15.
 //! 14. **Record the sidecar's overhead** (steps 3–9 of every attempt plus 13, less any wait for
 //!     the client's body while reading it ahead): its own time, apart from the upstreams'.
+//!     Recorded before a body is read whole for a safety decision: that read waits on the
+//!     upstream. (Under `block`, the time a stream's text is held back is not in it either: it
+//!     shows in `agent_time_to_first_byte_seconds`.)
 //! 15. **Stream the body back** ([`ProxyBody`]): frame by frame as the upstream sends it (SSE
 //!     events reach the client as they are produced), each data frame shown to the LLM reader
 //!     on its way (output-chunk timings recorded as they happen) and to the safety check (which
@@ -453,46 +456,58 @@ pub async fn handle(
                 .headers
                 .insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
         }
+        let inspect = match (&listener.safety, account.as_mut()) {
+            (Some(ls), Some(a)) => inspect_head(ls, a, &mut parts, head_at),
+            _ => Inspect::Pass,
+        };
+        // The sidecar's own time, recorded now: reading a body whole for a safety decision
+        // below is waiting on the upstream, not the sidecar's work.
+        listener.overhead.record(
+            (own.saturating_sub(client_wait) + Instant::now().duration_since(head_at))
+                .as_secs_f64(),
+        );
         let mut prefix = std::collections::VecDeque::new();
         let mut body = Some(body);
-        if let (Some(ls), Some(a)) = (&listener.safety, account.as_mut()) {
-            match inspect_head(ls, a, &mut parts, head_at) {
-                Inspect::Pass => {}
-                Inspect::Block(source) => {
-                    let err = ProxyError::SafetyBlocked {
-                        detector: ls.name(source).to_owned(),
-                    };
-                    return blocked(err, account);
-                }
-                Inspect::ReadWhole => {
-                    let Some(incoming) = body.take() else {
-                        return local_error(internal(upstream, "body lost"), account, None);
-                    };
-                    let read = read_whole(incoming, a, timeouts.idle.0, total_deadline).await;
-                    match read {
-                        Ok(Whole::Clean(bytes)) => {
-                            if let Some(lease) = lease {
-                                lease.release();
-                            }
-                            parts.headers.remove(http::header::CONTENT_LENGTH);
-                            return Response::from_parts(parts, ProxyBody::local(bytes, account));
+        let detector = |source| {
+            listener
+                .safety
+                .as_ref()
+                .map_or("unknown", |ls| ls.name(source))
+                .to_owned()
+        };
+        match inspect {
+            Inspect::Pass => {}
+            Inspect::Block(source) => {
+                let err = ProxyError::SafetyBlocked {
+                    detector: detector(source),
+                };
+                return blocked(err, account, first_reason);
+            }
+            Inspect::ReadWhole => {
+                let (Some(incoming), Some(a)) = (body.take(), account.as_mut()) else {
+                    return local_error(internal(upstream, "body lost"), account, None);
+                };
+                match read_whole(incoming, a, timeouts.idle.0, total_deadline).await {
+                    Ok(Whole::Clean(bytes)) => {
+                        if let Some(lease) = lease {
+                            lease.release();
                         }
-                        Ok(Whole::Blocked(source)) => {
-                            let err = ProxyError::SafetyBlocked {
-                                detector: ls.name(source).to_owned(),
-                            };
-                            return blocked(err, account);
-                        }
-                        Ok(Whole::TooLarge(chunks, rest)) => {
-                            prefix = chunks;
-                            body = Some(rest);
-                        }
-                        Err(err) => {
-                            if let Some(a) = account.as_mut() {
-                                a.safety = None;
-                            }
-                            return local_error(err, account, first_reason);
-                        }
+                        parts.headers.remove(http::header::CONTENT_LENGTH);
+                        return Response::from_parts(parts, ProxyBody::local(bytes, account));
+                    }
+                    Ok(Whole::Blocked(source)) => {
+                        let err = ProxyError::SafetyBlocked {
+                            detector: detector(source),
+                        };
+                        return blocked(err, account, first_reason);
+                    }
+                    Ok(Whole::TooLarge(chunks, rest)) => {
+                        prefix = chunks;
+                        body = Some(rest);
+                    }
+                    Err(err) => {
+                        a.safety = None;
+                        return local_error(err, account, first_reason);
                     }
                 }
             }
@@ -508,10 +523,6 @@ pub async fn handle(
             timeouts.idle.0,
             total_deadline,
         );
-        let done = Instant::now();
-        listener
-            .overhead
-            .record((own.saturating_sub(client_wait) + done.duration_since(head_at)).as_secs_f64());
         return Response::from_parts(parts, body);
     }
 }
@@ -596,10 +607,11 @@ async fn read_whole(
         let now = Instant::now();
         let frame = match tokio::time::timeout_at((now + idle).min(deadline), body.frame()).await {
             Err(_) => {
+                // `idle` between chunks, or `total` for the whole exchange, ran out.
                 a.outcome = Some(UpstreamOutcome::Timeout);
                 return Err(ProxyError::FirstByteTimeout {
                     upstream,
-                    timeout: idle,
+                    timeout: Instant::now().duration_since(now),
                 });
             }
             Ok(None) => break,
@@ -646,12 +658,16 @@ async fn read_whole(
 
 /// 403 `safety_blocked` in place of the upstream's answer: the upstream answered (its attempt
 /// counts as it went), the client gets the proxy's error.
-fn blocked(err: ProxyError, mut account: Option<Accounting>) -> Response<ProxyBody> {
+fn blocked(
+    err: ProxyError,
+    mut account: Option<Accounting>,
+    fallback: Option<FallbackReason>,
+) -> Response<ProxyBody> {
     if let Some(a) = account.as_mut() {
         // Nothing of the answer went out: no cache entry from it.
         a.cache_fill = None;
     }
-    local_error(err, account, None)
+    local_error(err, account, fallback)
 }
 
 /// Sends one attempt and waits for its response head, bounded by `first_byte` (restarted while

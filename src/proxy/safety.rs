@@ -42,7 +42,11 @@ use crate::telemetry::{
 /// The response header an agent sets on an answer it knows is unsafe.
 pub const X_SAFETY_FLAG: &str = "x-safety-flag";
 /// Detectors a config may list: each response keeps one bit per detector and signal.
-pub const MAX_DETECTORS: usize = 62;
+pub const MAX_DETECTORS: usize = 61;
+/// Bytes of a stream held back at most. Past it (an SSE event that never ends, text that stays
+/// undecided), a stream being blocked is ended: what cannot be inspected in bounded memory is
+/// not let through (`detector="uninspectable"`).
+pub const MAX_HELD_BYTES: usize = 256 * 1024;
 /// New text between scans of a stream held back. What goes out is decided after every chunk
 /// (by where a match could still start, a cheap check); the scan that reports a match, and so
 /// ends the stream, runs this often: held text waits for it, none leaks meanwhile.
@@ -149,6 +153,9 @@ pub enum Source {
     Detector(usize),
     ContentFilter,
     SafetyFlag,
+    /// Under `block`, text that could not be inspected (an SSE event over the parser's limit, or
+    /// more held back than [`MAX_HELD_BYTES`]): blocked rather than let through unseen.
+    Uninspectable,
 }
 
 /// The safety settings and handles of one listener.
@@ -157,7 +164,7 @@ pub struct ListenerSafety {
     pub block: bool,
     pub keys: Keys,
     pub responses: Counter,
-    /// Per detector, then `content_filter`, then `safety_flag`: `[record, block]`.
+    /// Per detector, then `content_filter`, `safety_flag`, `uninspectable`: `[record, block]`.
     violations: Vec<[Counter; 2]>,
     pub kill: Arc<KillSwitch>,
     kill_rule: Option<(u32, Duration)>,
@@ -184,7 +191,11 @@ impl ListenerSafety {
         let base = || vec![label("agent", agent), label("listener", listener)];
         let names = (0..detectors.len())
             .map(|i| detectors.name(i).to_owned())
-            .chain(["content_filter".to_owned(), "safety_flag".to_owned()]);
+            .chain(
+                ["content_filter", "safety_flag", "uninspectable"]
+                    .into_iter()
+                    .map(str::to_owned),
+            );
         let violations = names
             .map(|name| {
                 [SafetyAction::Record, SafetyAction::Block].map(|action| {
@@ -220,6 +231,7 @@ impl ListenerSafety {
             Source::Detector(i) => i,
             Source::ContentFilter => self.detectors.len(),
             Source::SafetyFlag => self.detectors.len() + 1,
+            Source::Uninspectable => self.detectors.len() + 2,
         }
     }
 
@@ -229,6 +241,7 @@ impl ListenerSafety {
             Source::Detector(i) => self.detectors.name(i),
             Source::ContentFilter => "content_filter",
             Source::SafetyFlag => "safety_flag",
+            Source::Uninspectable => "uninspectable",
         }
     }
 
@@ -283,6 +296,8 @@ struct Hold {
     held: VecDeque<(Bytes, Option<u64>)>,
     /// Chunks let through, waiting for the client to take them.
     ready: VecDeque<Bytes>,
+    /// Bytes in `held`.
+    bytes: usize,
 }
 
 /// One response's inspection.
@@ -314,6 +329,7 @@ impl SafetyCheck {
         let hold = (ls.block && text.is_stream()).then(|| Hold {
             held: VecDeque::new(),
             ready: VecDeque::new(),
+            bytes: 0,
         });
         Some(SafetyCheck {
             text,
@@ -390,8 +406,19 @@ impl SafetyCheck {
         for m in &found {
             self.count(ls, Source::Detector(m.detector), Some(m), now);
         }
+        let blocking = self.blocking || self.hold.is_some();
+        if blocking && self.text.lost() {
+            self.count(ls, Source::Uninspectable, None, now);
+        }
         if let Some(hold) = &mut self.hold {
+            hold.bytes += chunk.len();
             hold.held.push_back((chunk.clone(), None));
+            if hold.bytes > MAX_HELD_BYTES && self.blocked.is_none() {
+                self.count(ls, Source::Uninspectable, None, now);
+                self.release();
+                return;
+            }
+            let Some(hold) = &mut self.hold else { return };
             if self.text.settled() {
                 let end = self.scanner.len();
                 for (_, mark) in hold.held.iter_mut().rev() {
@@ -433,6 +460,12 @@ impl SafetyCheck {
     fn release(&mut self) {
         let Some(hold) = &mut self.hold else { return };
         let clean = match self.blocked {
+            // Text that was never seen: nothing held goes out, whatever its marks say.
+            Some((Source::Uninspectable, _)) => {
+                hold.bytes = 0;
+                hold.held.clear();
+                return;
+            }
             Some((_, start)) => start,
             None => self.scanner.settled_upto(),
         };
@@ -441,6 +474,7 @@ impl SafetyCheck {
                 break;
             }
             if let Some((bytes, _)) = hold.held.pop_front() {
+                hold.bytes -= bytes.len();
                 hold.ready.push_back(bytes);
             }
         }
@@ -582,6 +616,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn what_cannot_be_inspected_in_bounded_memory_is_blocked_not_let_through() {
+        let ls = listener_safety(true);
+        // An event that never ends: its text is never seen.
+        let mut check = SafetyCheck::new(&ls, &sse_headers()).unwrap();
+        let now = Instant::now();
+        check.feed(
+            &ls,
+            &Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\""),
+            now,
+        );
+        let chunk = Bytes::from(vec![b'a'; 16 * 1024]);
+        let mut out = 0;
+        for _ in 0..64 {
+            check.feed(&ls, &chunk, now);
+            while let Some(b) = check.pop_ready() {
+                out += b.len();
+            }
+            assert!(check.hold.as_ref().unwrap().bytes <= MAX_HELD_BYTES + chunk.len());
+        }
+        assert_eq!(out, 0, "nothing of it went out");
+        assert_eq!(check.take_block(), Some(Source::Uninspectable));
+        // An event past the parser's limit (4 MiB) is blocked too, even when it ends.
+        let mut check = SafetyCheck::new(&ls, &sse_headers()).unwrap();
+        let mut big = b"data: ".to_vec();
+        big.extend(std::iter::repeat_n(
+            b'a',
+            crate::inspect::MAX_INSPECTED_BODY + 10,
+        ));
+        big.extend_from_slice(b" sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX\n\n");
+        check.feed(&ls, &Bytes::from(big), now);
+        check.finish(&ls, true, now);
+        assert!(check.pop_ready().is_none());
+        assert_eq!(check.take_block(), Some(Source::Uninspectable));
     }
 
     #[test]

@@ -8,24 +8,27 @@
 //! pattern is still alive (or has matched) holds no match start, and can be let through. In
 //! prose that is the last word or so, not the last few hundred bytes.
 
-use std::sync::Mutex;
+use std::panic::{RefUnwindSafe, UnwindSafe};
 
 use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::util::pool::Pool;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind};
 
-/// Lazy DFA caches kept for reuse, so that a check allocates none: a check holds one only while
-/// it runs (never across an await), so about one per worker thread is in use at a time.
-const POOLED_CACHES: usize = 16;
 /// Room for the lazy DFA's states per cache; a cache that fills is cleared (and the check it was
 /// in is cut short, conservatively).
 const CACHE_CAPACITY: usize = 256 * 1024;
 /// Patterns needing more than this much cache are not used for this (the overlap decides).
 const MAX_CACHE_CAPACITY: usize = 8 << 20;
 
+type NewCache = Box<dyn Fn() -> Cache + Send + Sync + UnwindSafe + RefUnwindSafe>;
+
 pub(super) struct Starts {
     dfa: DFA,
-    caches: Mutex<Vec<Cache>>,
+    /// Lazy DFA caches for reuse (the `regex` crate's own pool: a fast path for the thread that
+    /// owns one, a stack for the others): a check holds one only while it runs, never across
+    /// an await.
+    caches: Pool<Cache, NewCache>,
 }
 
 /// What the patterns make of the text from one position on.
@@ -73,29 +76,20 @@ impl Starts {
                 return None;
             }
         };
+        let for_caches = dfa.clone();
         Some(Starts {
             dfa,
-            caches: Mutex::new(Vec::new()),
+            caches: Pool::new(Box::new(move || for_caches.create_cache())),
         })
     }
 
     /// The first position in `text[from..]` from which some pattern is alive; `text.len()` if
     /// none. `text[..from]` is context (a `\b` looks behind).
     pub(super) fn first_alive(&self, text: &[u8], from: usize) -> usize {
-        let mut cache = self
-            .caches
-            .lock()
-            .ok()
-            .and_then(|mut c| c.pop())
-            .unwrap_or_else(|| self.dfa.create_cache());
+        let mut cache = self.caches.get();
         let mut at = from;
         while at < text.len() && self.from(&mut cache, text, at) == From::Dead {
             at += 1;
-        }
-        if let Ok(mut c) = self.caches.lock() {
-            if c.len() < POOLED_CACHES {
-                c.push(cache);
-            }
         }
         at
     }
