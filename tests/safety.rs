@@ -349,7 +349,12 @@ async fn block_turns_a_json_answer_into_403_and_passes_clean_ones_untouched() {
     let s = sidecar(&agent.url(), &llm.url(), "  action: block\n", "").await;
     set(&script, "/leak", json(r#"{"answer":"mail jane@acme.io"}"#));
     let clean = r#"{"answer":"nothing to see","n":[1,2,3]}"#;
-    set(&script, "/clean", json(clean));
+    let mut clean_reply = json(clean);
+    clean_reply.headers.push((
+        "content-length",
+        Box::leak(clean.len().to_string().into_boxed_str()),
+    ));
+    set(&script, "/clean", clean_reply);
     let (status, headers, body) = post(&url(&s, "inbound", "/leak")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(headers["x-sloguard-error"], "safety_blocked");
@@ -362,13 +367,27 @@ async fn block_turns_a_json_answer_into_403_and_passes_clean_ones_untouched() {
     let (status, _, body) = post(&url(&s, "inbound", "/clean")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, clean.as_bytes());
+    // A HEAD answer has no body to read: it passes with its headers as they were.
+    let head = client()
+        .request(
+            Request::head(url(&s, "inbound", "/clean"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        head.headers()[header::CONTENT_LENGTH],
+        clean.len().to_string().as_str()
+    );
     // A card number answered as a JSON number is text too.
     set(&script, "/number", json(r#"{"card": 4111111111111111}"#));
     let (status, _, body) = post(&url(&s, "inbound", "/number")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(!String::from_utf8_lossy(&body).contains("4111"));
     let m = metrics_when(&s, |m| {
-        metric(m, "agent_responses_total", &[("listener", "inbound")]) >= 3.0
+        metric(m, "agent_responses_total", &[("listener", "inbound")]) >= 4.0
     })
     .await;
     assert_eq!(violations(&m, "inbound", "pii_email", "block"), 1.0);
@@ -385,14 +404,14 @@ async fn block_turns_a_json_answer_into_403_and_passes_clean_ones_untouched() {
         &m,
         "sloguard_upstream_requests_total",
         &[("upstream", "agent"), ("outcome", "ok")],
-        3.0,
+        4.0,
     );
     // The sidecar's own time is recorded for each, blocked or not.
     expect_metric(
         &m,
         "sloguard_overhead_seconds_count",
         &[("listener", "inbound")],
-        3.0,
+        4.0,
     );
     s.shutdown().await;
 }

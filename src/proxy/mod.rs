@@ -483,6 +483,8 @@ pub async fn handle(
                 };
                 return blocked(err, account, first_reason);
             }
+            // Nothing to read (a HEAD answer, a 204): it passes as it is, headers untouched.
+            Inspect::ReadWhole if body.as_ref().is_some_and(http_body::Body::is_end_stream) => {}
             Inspect::ReadWhole => {
                 let (Some(incoming), Some(a)) = (body.take(), account.as_mut()) else {
                     return local_error(internal(upstream, "body lost"), account, None);
