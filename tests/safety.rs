@@ -515,7 +515,7 @@ async fn the_kill_switch_trips_on_violations_within_the_window_only() {
     let s = sidecar(
         &agent.url(),
         &llm.url(),
-        "  kill_switch: {violations: 3, within: 1s}\n",
+        "  kill_switch: {violations: 3, within: 2s}\n",
         "",
     )
     .await;
@@ -523,7 +523,7 @@ async fn the_kill_switch_trips_on_violations_within_the_window_only() {
     // Three violations spread over more than the window: the agent stays up.
     for i in 0..3 {
         if i > 0 {
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         assert_eq!(post(&url(&s, "inbound", "/leak")).await.0, StatusCode::OK);
         let want = f64::from(i + 1);
@@ -536,7 +536,7 @@ async fn the_kill_switch_trips_on_violations_within_the_window_only() {
     expect_metric(&m, "sloguard_agent_disabled", &[], 0.0);
     // Three within the window (after one's length of quiet, so that the last of the spread
     // ones are out of it): disabled.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     for i in 0..3 {
         assert_eq!(post(&url(&s, "inbound", "/leak")).await.0, StatusCode::OK);
         let want = f64::from(i + 4);
