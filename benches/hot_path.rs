@@ -141,5 +141,59 @@ fn breaker_bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, headers_bench, metrics_bench, breaker_bench);
+/// The task table on every agent request: a request and its response (`in_progress`, so the
+/// task stays live) of one of 100,000 live tasks, alone and from two threads at once.
+fn tasks_bench(c: &mut Criterion) {
+    use sloguard::sli::tasks::{TaskTable, Verdict};
+    const LIVE: u64 = 100_000;
+    let table = TaskTable::new(LIVE as usize, std::time::Duration::from_secs(300));
+    let now = tokio::time::Instant::now();
+    let keys: Vec<u64> = (0..LIVE)
+        .map(|i| table.key(format!("task-{i}").as_bytes()))
+        .collect();
+    for k in &keys {
+        table.request(*k, now);
+        table.response(*k, Verdict::InProgress, now);
+    }
+    let one = |i: u64| {
+        let k = keys[(i % LIVE) as usize];
+        let now = tokio::time::Instant::now();
+        black_box(table.request(black_box(k), now));
+        black_box(table.response(k, Verdict::InProgress, now));
+    };
+    let mut i = 0u64;
+    c.bench_function("tasks/request_and_response_100k_live", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(7919);
+            one(i)
+        })
+    });
+    let mut group = c.benchmark_group("tasks/contended");
+    group.bench_function("request_and_response_100k_live_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..2u64 {
+                    let one = &one;
+                    s.spawn(move || {
+                        for n in 0..iters {
+                            one(n.wrapping_mul(7919).wrapping_add(t * 50_000));
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+    group.finish();
+    assert_eq!(table.len(), LIVE as usize);
+}
+
+criterion_group!(
+    benches,
+    headers_bench,
+    metrics_bench,
+    breaker_bench,
+    tasks_bench
+);
 criterion_main!(benches);

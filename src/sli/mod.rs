@@ -2,6 +2,8 @@
 //! failure, and what an upstream attempt came to. Plain types, no I/O; the data plane classifies,
 //! the telemetry handles count.
 
+pub mod tasks;
+
 use crate::config::Role;
 
 /// The status class the client got (`2xx` … `5xx`).
