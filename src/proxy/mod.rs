@@ -87,6 +87,7 @@
 //!     attempt's outcome (a client that left gives a probe's slot back); a cached response that
 //!     ended cleanly goes into the cache.
 
+mod attempt;
 pub mod body;
 pub mod cache;
 pub mod error;
@@ -94,13 +95,12 @@ pub mod fallback;
 pub mod headers;
 pub mod listener;
 pub mod llm;
+mod local;
 pub mod replay;
 pub mod safety;
 pub mod state;
 pub mod upload;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,11 +117,15 @@ pub use upload::{RequestBody, Upload, UploadState};
 use crate::config::{Role, UpstreamUrl};
 use crate::inspect::{Format, MAX_INSPECTED_BODY};
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
-use crate::upstream::{Lease, SendError, Upstream};
-use cache::{cache_key_hasher, CacheFill, Cached};
-use fallback::{FallbackReason, X_SLOGUARD_CACHE, X_SLOGUARD_FALLBACK};
+use crate::upstream::Upstream;
+use attempt::{exchange, internal, outgoing, retry_after};
+use cache::{cache_key_hasher, CacheFill};
+use fallback::{FallbackReason, X_SLOGUARD_FALLBACK};
 use llm::LlmCall;
+pub(crate) use local::local_error;
+use local::{circuit_open, serve_cached, Unanswered};
 use replay::Payload;
+use safety::{blocked, inspect_head, read_whole, Inspect, Whole};
 
 /// The request target for the upstream, in origin form: the upstream's path prefix, then the
 /// client's path and query. An absolute-form client URI does not choose the upstream.
@@ -526,316 +530,6 @@ pub async fn handle(
             total_deadline,
         );
         return Response::from_parts(parts, body);
-    }
-}
-
-/// What safety makes of a response head.
-enum Inspect {
-    /// Inspected as it passes (or not at all).
-    Pass,
-    /// Blocked by its head alone (the agent's own `x-safety-flag`).
-    Block(safety::Source),
-    /// To be read whole and inspected before it is answered (`block`, not a stream).
-    ReadWhole,
-}
-
-/// Sets up the response's safety inspection.
-fn inspect_head(
-    ls: &safety::ListenerSafety,
-    a: &mut Accounting,
-    parts: &mut http::response::Parts,
-    now: Instant,
-) -> Inspect {
-    // On the `llm` role, what a model generated: a successful LLM call's output.
-    let applies = match a.listener.role {
-        Role::Llm => a.llm.is_some() && parts.status.is_success(),
-        Role::Agent => true,
-    };
-    if !applies {
-        return Inspect::Pass;
-    }
-    let flagged = ls.flagged(&parts.headers);
-    let Some(mut check) = safety::SafetyCheck::new(ls, &parts.headers) else {
-        if flagged {
-            ls.responses.increment(1);
-            ls.violation(safety::Source::SafetyFlag, ls.block, None, now);
-            if ls.block {
-                return Inspect::Block(safety::Source::SafetyFlag);
-            }
-        }
-        return Inspect::Pass;
-    };
-    let read_whole = ls.block && !check.holds();
-    if read_whole {
-        check.read_whole();
-    }
-    if flagged {
-        check.count(ls, safety::Source::SafetyFlag, None, now);
-    }
-    if check.holds() {
-        // The stream may end early, with an event of the sidecar's.
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-    }
-    let source = check.blocked();
-    a.safety = Some(Box::new(check));
-    match source {
-        Some(source) => Inspect::Block(source),
-        None if read_whole => Inspect::ReadWhole,
-        None => Inspect::Pass,
-    }
-}
-
-/// A response read whole for a safety decision.
-enum Whole {
-    Clean(bytes::Bytes),
-    Blocked(safety::Source),
-    /// Past what is held for a decision: the chunks read, and the rest of the body (inspected
-    /// as it passes, recorded, not blocked).
-    TooLarge(std::collections::VecDeque<bytes::Bytes>, Incoming),
-}
-
-/// Reads a response body whole (up to [`MAX_INSPECTED_BODY`]), each chunk shown to the LLM
-/// reader, the cache and the safety check as it would be while streaming.
-async fn read_whole(
-    mut body: Incoming,
-    a: &mut Accounting,
-    idle: Duration,
-    deadline: Instant,
-) -> Result<Whole, ProxyError> {
-    use http_body_util::BodyExt;
-    let upstream = a.upstream().map_or_else(String::new, |u| u.name.clone());
-    let mut kept = crate::inspect::Collected::with_limit(MAX_INSPECTED_BODY);
-    loop {
-        let now = Instant::now();
-        let frame = match tokio::time::timeout_at((now + idle).min(deadline), body.frame()).await {
-            Err(_) => {
-                // `idle` between chunks, or `total` for the whole exchange, ran out.
-                a.outcome = Some(UpstreamOutcome::Timeout);
-                return Err(ProxyError::FirstByteTimeout {
-                    upstream,
-                    timeout: Instant::now().duration_since(now),
-                });
-            }
-            Ok(None) => break,
-            Ok(Some(Err(source))) => {
-                a.outcome = Some(UpstreamOutcome::Reset);
-                return Err(ProxyError::Broken { upstream, source });
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let now = Instant::now();
-        if let Some(call) = a.llm.as_mut() {
-            call.chunk(&data, now);
-        }
-        if a.cache_fill.as_mut().is_some_and(|f| !f.push(&data)) {
-            a.cache_fill = None;
-        }
-        if let (Some(check), Some(ls)) = (a.safety.as_mut(), a.listener.safety.as_ref()) {
-            check.feed(ls, &data, now);
-            if let Some(source) = check.blocked() {
-                return Ok(Whole::Blocked(source));
-            }
-        }
-        if !kept.push(&data) {
-            if let Some(check) = a.safety.as_mut() {
-                check.record_only();
-            }
-            let mut chunks = kept.into_chunks();
-            chunks.push_back(data);
-            return Ok(Whole::TooLarge(chunks, body));
-        }
-    }
-    let now = Instant::now();
-    if let (Some(check), Some(ls)) = (a.safety.as_mut(), a.listener.safety.as_ref()) {
-        check.finish(ls, true, now);
-        if let Some(source) = check.blocked() {
-            return Ok(Whole::Blocked(source));
-        }
-    }
-    Ok(Whole::Clean(kept.into_bytes()))
-}
-
-/// 403 `safety_blocked` in place of the upstream's answer: the upstream answered (its attempt
-/// counts as it went), the client gets the proxy's error.
-fn blocked(
-    err: ProxyError,
-    mut account: Option<Accounting>,
-    fallback: Option<FallbackReason>,
-) -> Response<ProxyBody> {
-    if let Some(a) = account.as_mut() {
-        // Nothing of the answer went out: no cache entry from it.
-        a.cache_fill = None;
-    }
-    local_error(err, account, fallback)
-}
-
-/// Sends one attempt and waits for its response head, bounded by `first_byte` (restarted while
-/// the client is still uploading) and `total`.
-async fn exchange<F>(
-    upstream: &Upstream,
-    mut send: Pin<&mut F>,
-    upload: Option<&Upload>,
-    sent: Instant,
-    total_deadline: Instant,
-) -> Result<(Response<Incoming>, Option<Lease>), ProxyError>
-where
-    F: Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>>,
-{
-    let timeouts = upstream.timeouts;
-    let mut head_deadline = (sent + timeouts.first_byte.0).min(total_deadline);
-    let result = loop {
-        match tokio::time::timeout_at(head_deadline, send.as_mut()).await {
-            Ok(result) => break result,
-            Err(_elapsed) => {
-                // `first_byte` is the upstream's time to answer: while the client is still
-                // uploading, the clock restarts; a client silent for `idle` is the client's fault.
-                let now = Instant::now();
-                match upload.map(|u| u.state(now, timeouts.idle.0)) {
-                    Some(UploadState::ClientSending) if now < total_deadline => {
-                        head_deadline = (now + timeouts.first_byte.0).min(total_deadline);
-                    }
-                    // Stalled, or still uploading when `total` ran out: the client's doing.
-                    Some(UploadState::ClientStalled | UploadState::ClientSending) => {
-                        return Err(ProxyError::ClientStalled)
-                    }
-                    _ => {
-                        return Err(ProxyError::FirstByteTimeout {
-                            upstream: upstream.name.clone(),
-                            timeout: now.duration_since(sent),
-                        })
-                    }
-                }
-            }
-        }
-    };
-    result.map_err(|e| match e {
-        SendError::Connect(source) => ProxyError::Connect {
-            upstream: upstream.name.clone(),
-            source,
-        },
-        SendError::Exchange(source) => {
-            let client_failed = upload.is_some_and(Upload::failed);
-            ProxyError::from_exchange(&upstream.name, source, client_failed)
-        }
-    })
-}
-
-/// The request one attempt sends.
-fn outgoing(
-    body: RequestBody,
-    method: &http::Method,
-    target: Uri,
-    version: http::Version,
-    headers: http::HeaderMap,
-) -> Request<RequestBody> {
-    let mut request = Request::new(body);
-    *request.method_mut() = method.clone();
-    *request.uri_mut() = target;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    request
-}
-
-fn internal(upstream: &Upstream, reason: &str) -> ProxyError {
-    ProxyError::Internal {
-        upstream: upstream.name.clone(),
-        reason: reason.to_owned(),
-    }
-}
-
-/// A `Retry-After` in seconds (the form providers send; an HTTP date is not read), at most an
-/// hour: a provider's typo must not hold a circuit open for days.
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    // "Retry now" is no reason to stop.
-    (secs > 0).then(|| Duration::from_secs(secs.min(3600)))
-}
-
-/// 503 `circuit_open`: every upstream of the route is open, and the cache had nothing.
-fn circuit_open(route: &RouteState, account: Option<Accounting>) -> Response<ProxyBody> {
-    let err = ProxyError::CircuitOpen {
-        route: route.name.clone(),
-    };
-    let first = route.chain.len() > 1;
-    local_error(err, account, first.then_some(FallbackReason::CircuitOpen))
-}
-
-/// Answers from the route's cache: every upstream is open or has failed.
-fn serve_cached(
-    hit: Cached,
-    mut account: Option<Accounting>,
-    reason: FallbackReason,
-) -> Response<ProxyBody> {
-    if let Some(a) = account.as_mut() {
-        a.hop = a.listener.route.chain.len();
-        // No provider was called.
-        a.llm = None;
-        a.status = StatusClass::of(hit.status);
-        a.cause = Cause::None;
-        a.outcome = None;
-    }
-    let mut response = Response::new(ProxyBody::local(hit.body, account));
-    *response.status_mut() = hit.status;
-    *response.headers_mut() = hit.headers;
-    let headers = response.headers_mut();
-    headers.insert(X_SLOGUARD_CACHE.clone(), HeaderValue::from_static("hit"));
-    headers.insert(
-        headers::X_SLOGUARD_UPSTREAM.clone(),
-        HeaderValue::from_static("cache"),
-    );
-    headers.insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
-    response
-}
-
-/// Answers with a proxy-made error, counted like any other response, under the upstream the
-/// request was with.
-fn local_error(
-    err: ProxyError,
-    mut account: Option<Accounting>,
-    fallback: Option<FallbackReason>,
-) -> Response<ProxyBody> {
-    let (mut parts, bytes) = err.to_response().into_parts();
-    if let Some(a) = account.as_mut() {
-        let route = &a.listener.route;
-        let upstream = route.chain.get(a.hop).unwrap_or(&route.chain[0]);
-        err.log(&upstream.log_limit);
-        parts.headers.insert(
-            headers::X_SLOGUARD_UPSTREAM.clone(),
-            upstream.header_value.clone(),
-        );
-        a.status = StatusClass::of(parts.status);
-        a.cause = err.cause(a.listener.role);
-        // A blocked answer came from an upstream that answered: its attempt counts as it went.
-        if !matches!(err, ProxyError::SafetyBlocked { .. }) {
-            a.outcome = err.outcome();
-        }
-    }
-    if let Some(reason) = fallback {
-        parts
-            .headers
-            .insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
-    }
-    Response::from_parts(parts, ProxyBody::local(bytes, account))
-}
-
-/// The request's accounting until a response is made; settles it as abandoned if the client
-/// leaves first.
-struct Unanswered(Option<Accounting>);
-
-impl Drop for Unanswered {
-    fn drop(&mut self) {
-        if let Some(a) = self.0.take() {
-            a.abandoned(Instant::now());
-        }
     }
 }
 

@@ -1,0 +1,159 @@
+//! Where safety changes the answer: the response head looked at before anything goes out (the
+//! agent's own flag; whether the body is read whole first), the whole-body read under `block`,
+//! and the 403 that replaces a blocked answer.
+
+use std::time::Duration;
+
+use http::Response;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{ListenerSafety, SafetyCheck, Source};
+use crate::config::Role;
+use crate::inspect::MAX_INSPECTED_BODY;
+use crate::proxy::fallback::FallbackReason;
+use crate::proxy::{local_error, Accounting, ProxyBody, ProxyError};
+use crate::sli::UpstreamOutcome;
+
+/// What safety makes of a response head.
+pub(crate) enum Inspect {
+    /// Inspected as it passes (or not at all).
+    Pass,
+    /// Blocked by its head alone (the agent's own `x-safety-flag`).
+    Block(Source),
+    /// To be read whole and inspected before it is answered (`block`, not a stream).
+    ReadWhole,
+}
+
+/// Sets up the response's safety inspection.
+pub(crate) fn inspect_head(
+    ls: &ListenerSafety,
+    a: &mut Accounting,
+    parts: &mut http::response::Parts,
+    now: Instant,
+) -> Inspect {
+    // On the `llm` role, what a model generated: a successful LLM call's output.
+    let applies = match a.listener.role {
+        Role::Llm => a.llm.is_some() && parts.status.is_success(),
+        Role::Agent => true,
+    };
+    if !applies {
+        return Inspect::Pass;
+    }
+    let flagged = ls.flagged(&parts.headers);
+    let Some(mut check) = SafetyCheck::new(ls, &parts.headers) else {
+        if flagged {
+            ls.responses.increment(1);
+            ls.violation(Source::SafetyFlag, ls.block, None, now);
+            if ls.block {
+                return Inspect::Block(Source::SafetyFlag);
+            }
+        }
+        return Inspect::Pass;
+    };
+    let read_whole = ls.block && !check.holds();
+    if read_whole {
+        check.read_whole();
+    }
+    if flagged {
+        check.count(ls, Source::SafetyFlag, None, now);
+    }
+    if check.holds() {
+        // The stream may end early, with an event of the sidecar's.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let source = check.blocked();
+    a.safety = Some(Box::new(check));
+    match source {
+        Some(source) => Inspect::Block(source),
+        None if read_whole => Inspect::ReadWhole,
+        None => Inspect::Pass,
+    }
+}
+
+/// A response read whole for a safety decision.
+pub(crate) enum Whole {
+    Clean(bytes::Bytes),
+    Blocked(Source),
+    /// Past what is held for a decision: the chunks read, and the rest of the body (inspected
+    /// as it passes, recorded, not blocked).
+    TooLarge(std::collections::VecDeque<bytes::Bytes>, Incoming),
+}
+
+/// Reads a response body whole (up to [`MAX_INSPECTED_BODY`]), each chunk shown to the LLM
+/// reader, the cache and the safety check as it would be while streaming.
+pub(crate) async fn read_whole(
+    mut body: Incoming,
+    a: &mut Accounting,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<Whole, ProxyError> {
+    use http_body_util::BodyExt;
+    let upstream = a.upstream().map_or_else(String::new, |u| u.name.clone());
+    let mut kept = crate::inspect::Collected::with_limit(MAX_INSPECTED_BODY);
+    loop {
+        let now = Instant::now();
+        let frame = match tokio::time::timeout_at((now + idle).min(deadline), body.frame()).await {
+            Err(_) => {
+                // `idle` between chunks, or `total` for the whole exchange, ran out.
+                a.outcome = Some(UpstreamOutcome::Timeout);
+                return Err(ProxyError::FirstByteTimeout {
+                    upstream,
+                    timeout: Instant::now().duration_since(now),
+                });
+            }
+            Ok(None) => break,
+            Ok(Some(Err(source))) => {
+                a.outcome = Some(UpstreamOutcome::Reset);
+                return Err(ProxyError::Broken { upstream, source });
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let now = Instant::now();
+        if let Some(call) = a.llm.as_mut() {
+            call.chunk(&data, now);
+        }
+        if a.cache_fill.as_mut().is_some_and(|f| !f.push(&data)) {
+            a.cache_fill = None;
+        }
+        if let (Some(check), Some(ls)) = (a.safety.as_mut(), a.listener.safety.as_ref()) {
+            check.feed(ls, &data, now);
+            if let Some(source) = check.blocked() {
+                return Ok(Whole::Blocked(source));
+            }
+        }
+        if !kept.push(&data) {
+            if let Some(check) = a.safety.as_mut() {
+                check.record_only();
+            }
+            let mut chunks = kept.into_chunks();
+            chunks.push_back(data);
+            return Ok(Whole::TooLarge(chunks, body));
+        }
+    }
+    let now = Instant::now();
+    if let (Some(check), Some(ls)) = (a.safety.as_mut(), a.listener.safety.as_ref()) {
+        check.finish(ls, true, now);
+        if let Some(source) = check.blocked() {
+            return Ok(Whole::Blocked(source));
+        }
+    }
+    Ok(Whole::Clean(kept.into_bytes()))
+}
+
+/// 403 `safety_blocked` in place of the upstream's answer: the upstream answered (its attempt
+/// counts as it went), the client gets the proxy's error.
+pub(crate) fn blocked(
+    err: ProxyError,
+    mut account: Option<Accounting>,
+    fallback: Option<FallbackReason>,
+) -> Response<ProxyBody> {
+    if let Some(a) = account.as_mut() {
+        // Nothing of the answer went out: no cache entry from it.
+        a.cache_fill = None;
+    }
+    local_error(err, account, fallback)
+}
