@@ -146,14 +146,33 @@ fn breaker_bench(c: &mut Criterion) {
 fn tasks_bench(c: &mut Criterion) {
     use sloguard::sli::tasks::{TaskTable, Verdict};
     const LIVE: u64 = 100_000;
-    let table = TaskTable::new(LIVE as usize, std::time::Duration::from_secs(300));
+    // Resident memory (Linux), to report what 100,000 live tasks take.
+    let rss_kib = || -> Option<u64> {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
     let now = tokio::time::Instant::now();
+    let table = TaskTable::new(LIVE as usize, std::time::Duration::from_secs(300));
     let keys: Vec<u64> = (0..LIVE)
         .map(|i| table.key(format!("task-{i}").as_bytes()))
         .collect();
+    let before = rss_kib();
     for k in &keys {
         table.request(*k, now);
         table.response(*k, Verdict::InProgress, now);
+    }
+    if let (Some(before), Some(after)) = (before, rss_kib()) {
+        eprintln!(
+            "tasks: {LIVE} live tasks take {} KiB resident ({} bytes a task)",
+            after.saturating_sub(before),
+            after.saturating_sub(before) * 1024 / LIVE
+        );
     }
     let one = |i: u64| {
         let k = keys[(i % LIVE) as usize];
