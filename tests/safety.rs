@@ -930,3 +930,27 @@ safety: {{action: block}}
     assert!(!String::from_utf8_lossy(&body).contains("sk-proj"));
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_compressed_json_answer_is_inspected_and_blocked() {
+    use std::io::Write;
+    let (agent, _a) = scripted().await;
+    let (llm, script) = scripted().await;
+    let body = serde_json::json!({
+        "id": "c", "choices": [{"index": 0, "message": {"role": "assistant", "content": "mail jane@acme.io"}, "finish_reason": "stop"}]
+    })
+    .to_string();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.as_bytes()).unwrap();
+    let mut reply = json("");
+    reply.chunks = vec![Bytes::from(gz.finish().unwrap())];
+    reply.headers.push(("content-encoding", "gzip"));
+    set(&script, "/v1/chat/completions", reply);
+    let s = sidecar(&agent.url(), &llm.url(), "  action: block\n", "").await;
+    let (status, headers, _) = post(&url(&s, "egress", "/v1/chat/completions")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(headers["x-sloguard-error"], "safety_blocked");
+    let m = metrics_when(&s, |m| violations(m, "egress", "pii_email", "block") >= 1.0).await;
+    assert_eq!(violations(&m, "egress", "pii_email", "block"), 1.0);
+    s.shutdown().await;
+}

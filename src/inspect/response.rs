@@ -335,7 +335,7 @@ impl ResponseReader {
 
 /// A `content-encoding` the JSON reader can undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
+pub enum Encoding {
     Identity,
     Gzip,
     Deflate,
@@ -344,7 +344,7 @@ enum Encoding {
 
 impl Encoding {
     /// `None`: a coding (or a chain of codings) the reader cannot undo.
-    fn of(header: Option<&[u8]>) -> Option<Encoding> {
+    pub fn of(header: Option<&[u8]>) -> Option<Encoding> {
         let Some(value) = header.map(<[u8]>::trim_ascii) else {
             return Some(Encoding::Identity);
         };
@@ -364,7 +364,7 @@ impl Encoding {
 
     /// The decoded body, at most [`MAX_INSPECTED_BODY`] bytes of it (a small compressed body can
     /// expand a thousandfold).
-    fn decode(self, body: Bytes) -> Result<Bytes, Unparsed> {
+    pub fn decode(self, body: Bytes) -> Result<Bytes, Unparsed> {
         use std::io::Read;
         let reader: Box<dyn Read + '_> = match self {
             Encoding::Identity => return Ok(body),

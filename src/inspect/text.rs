@@ -351,6 +351,15 @@ pub enum BodyText {
         lost: bool,
     },
     Plain,
+    /// JSON compressed on the wire (HTTP clients such as the OpenAI SDKs ask for gzip): kept, up
+    /// to [`super::MAX_INSPECTED_BODY`], and read when it ends. `lost` past that, or when it
+    /// does not decode.
+    Compressed {
+        json: JsonText,
+        body: super::Collected,
+        encoding: super::response::Encoding,
+        lost: bool,
+    },
 }
 
 impl BodyText {
@@ -361,22 +370,27 @@ impl BodyText {
         content_type: Option<&[u8]>,
         content_encoding: Option<&[u8]>,
     ) -> Option<BodyText> {
-        let identity = content_encoding
-            .map(<[u8]>::trim_ascii)
-            .is_none_or(|e| e.is_empty() || e.eq_ignore_ascii_case(b"identity"));
-        if !identity {
-            return None;
-        }
+        let encoding = super::response::Encoding::of(content_encoding)?;
         let ct = content_type?;
         let media = ct[..ct.iter().position(|&b| b == b';').unwrap_or(ct.len())].trim_ascii();
         let lower = media.to_ascii_lowercase();
+        let json = lower == b"application/json" || lower.ends_with(b"+json");
+        if encoding != super::response::Encoding::Identity {
+            // Only a JSON body is worth keeping to decode; compressed streams and text are rare.
+            return json.then(|| BodyText::Compressed {
+                json: JsonText::new(keys),
+                body: super::Collected::default(),
+                encoding,
+                lost: false,
+            });
+        }
         if lower == b"text/event-stream" {
             Some(BodyText::Sse {
                 parser: SseParser::new(super::MAX_INSPECTED_BODY),
                 json: JsonText::new(keys),
                 lost: false,
             })
-        } else if lower == b"application/json" || lower.ends_with(b"+json") {
+        } else if json {
             Some(BodyText::Json(JsonText::new(keys)))
         } else if lower.starts_with(b"text/") {
             Some(BodyText::Plain)
@@ -392,7 +406,29 @@ impl BodyText {
     /// Text was lost (an SSE event past [`super::MAX_INSPECTED_BODY`]): what the body says was
     /// not all seen.
     pub fn lost(&self) -> bool {
-        matches!(self, BodyText::Sse { lost: true, .. })
+        matches!(
+            self,
+            BodyText::Sse { lost: true, .. } | BodyText::Compressed { lost: true, .. }
+        )
+    }
+
+    /// The body ended: a compressed one is decoded and read now.
+    pub fn finish(&mut self, sink: &mut dyn FnMut(&[u8])) {
+        if let BodyText::Compressed {
+            json,
+            body,
+            encoding,
+            lost,
+        } = self
+        {
+            if *lost {
+                return;
+            }
+            match encoding.decode(std::mem::take(body).into_bytes()) {
+                Ok(whole) => json.feed(&whole, sink),
+                Err(_) => *lost = true,
+            }
+        }
     }
 
     /// Every byte fed so far has given its text (no SSE event is half-read).
@@ -404,10 +440,16 @@ impl BodyText {
     }
 
     /// Feeds a chunk of the body; its text goes to `sink`.
-    pub fn feed(&mut self, chunk: &[u8], sink: &mut dyn FnMut(&[u8])) {
+    pub fn feed(&mut self, chunk: &bytes::Bytes, sink: &mut dyn FnMut(&[u8])) {
         match self {
             BodyText::Json(json) => json.feed(chunk, sink),
             BodyText::Plain => sink(chunk),
+            BodyText::Compressed { body, lost, .. } => {
+                if !*lost && !body.push(chunk) {
+                    *lost = true;
+                    *body = super::Collected::default();
+                }
+            }
             BodyText::Sse { parser, json, lost } => parser.feed(chunk, &mut |item| {
                 if matches!(item, SseItem::Oversized) {
                     *lost = true;
@@ -485,6 +527,35 @@ mod tests {
         assert_eq!(text(Keys::Output, &[odd]), "a\u{FFFD}b");
     }
 
+    #[test]
+    fn compressed_json_is_read_when_it_ends() {
+        use std::io::Write;
+        let doc = br#"{"choices":[{"message":{"content":"mail jane@acme.io"}}]}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(doc).unwrap();
+        let gz = bytes::Bytes::from(gz.finish().unwrap());
+        let mut t =
+            BodyText::for_body(Keys::Output, Some(b"application/json"), Some(b"gzip")).unwrap();
+        let mut out = Vec::new();
+        let (a, b) = gz.split_at(gz.len() / 2);
+        t.feed(&bytes::Bytes::copy_from_slice(a), &mut |x| {
+            out.extend_from_slice(x)
+        });
+        t.feed(&bytes::Bytes::copy_from_slice(b), &mut |x| {
+            out.extend_from_slice(x)
+        });
+        assert!(out.is_empty(), "nothing until the end");
+        t.finish(&mut |x| out.extend_from_slice(x));
+        assert_eq!(out, b"mail jane@acme.io");
+        assert!(!t.lost());
+        // Not gzip after all: lost, not read as something else.
+        let mut t =
+            BodyText::for_body(Keys::Output, Some(b"application/json"), Some(b"gzip")).unwrap();
+        t.feed(&bytes::Bytes::from_static(b"not gzip"), &mut |_| {});
+        t.finish(&mut |_| {});
+        assert!(t.lost());
+    }
+
     proptest::proptest! {
         /// Any bytes (JSON-like or not), cut anywhere: no panic, and the same text as in one
         /// piece.
@@ -519,11 +590,14 @@ mod tests {
             b"\ndata: [DONE]\n\n",
         ];
         for (i, e) in events.iter().enumerate() {
-            t.feed(e, &mut |x| out.extend_from_slice(x));
+            t.feed(&bytes::Bytes::copy_from_slice(e), &mut |x| {
+                out.extend_from_slice(x)
+            });
             assert_eq!(t.settled(), i != 1, "{i}");
         }
         assert_eq!(out, b"mail jane@acme.io");
-        assert!(BodyText::for_body(Keys::All, Some(b"application/json"), Some(b"gzip")).is_none());
+        assert!(BodyText::for_body(Keys::All, Some(b"text/plain"), Some(b"gzip")).is_none());
+        assert!(BodyText::for_body(Keys::All, Some(b"application/json"), Some(b"zstd")).is_none());
         assert!(BodyText::for_body(Keys::All, Some(b"image/png"), None).is_none());
         assert!(matches!(
             BodyText::for_body(Keys::All, Some(b"text/plain"), None),

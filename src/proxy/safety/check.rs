@@ -161,9 +161,18 @@ impl SafetyCheck {
         }
         self.finished = true;
         let mut found: Vec<Match> = Vec::new();
-        self.scanner.finish(&mut |m| found.push(m));
+        {
+            let scanner = &mut self.scanner;
+            let mut on_match = |m: Match| found.push(m);
+            // A compressed body is read now, whole.
+            self.text.finish(&mut |t| scanner.feed(t, &mut on_match));
+            scanner.finish(&mut on_match);
+        }
         for m in &found {
             self.count(ls, Source::Detector(m.detector), Some(m), now);
+        }
+        if (self.blocking || self.hold.is_some()) && self.text.lost() {
+            self.count(ls, Source::Uninspectable, None, now);
         }
         if let Some(hold) = &mut self.hold {
             if complete {
