@@ -103,6 +103,17 @@ impl Sidecar {
             }
         }));
 
+        // Tasks idle past `stuck_after` are abandoned: looked for every second (the table keeps
+        // them in order of activity, so a sweep stops at the first that is not).
+        let tasks = shared.tasks.clone();
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                tasks.sweep(tokio::time::Instant::now());
+            }
+        }));
+
         let keys = state.clone();
         background.push(tokio::spawn(async move {
             // Kubernetes propagates a changed Secret within a minute or so; a second's polling of

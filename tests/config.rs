@@ -104,9 +104,16 @@ fn a_duplicate_listener_bind_is_named_with_its_line() {
 
 #[test]
 fn sections_this_build_does_not_act_on_are_refused() {
-    let e = error_of(&format!("{BASE}tasks:\n  stuck_after: 5m\n"));
+    let e = error_of(&format!("{BASE}otlp:\n  endpoint: http://127.0.0.1:4317\n"));
     assert!(
-        e.starts_with("bad.yaml:13: tasks: the `tasks` section is not supported by this build"),
+        e.starts_with("bad.yaml:13: otlp: the `otlp` section is not supported by this build"),
+        "{e}"
+    );
+    let e = error_of(&format!("{BASE}tasks:\n  max_llm_calls: 50\n"));
+    assert!(
+        e.starts_with(
+            "bad.yaml:14: tasks.max_llm_calls: the loop guard is not supported by this build"
+        ),
         "{e}"
     );
 }
@@ -212,7 +219,7 @@ fn sloguard_check_exits_non_zero_with_the_message() {
 
 #[test]
 fn an_empty_section_this_build_does_not_act_on_is_refused_too() {
-    for (section, line) in [("tasks:\n", 13), ("slos: ~\n", 13)] {
+    for (section, line) in [("otlp:\n", 13), ("slos: ~\n", 13)] {
         let e = error_of(&format!("{BASE}{section}"));
         assert!(
             e.starts_with(&format!(
@@ -399,6 +406,35 @@ fn safety_and_incidents_are_checked_by_key() {
         (
             too_many.as_str(),
             "bad.yaml:14: safety.detectors: at most 61 detectors",
+        ),
+    ] {
+        let e = error_of(&with(section));
+        assert!(e.starts_with(expected), "{section}: {e}");
+    }
+}
+
+#[test]
+fn tasks_are_checked_by_key() {
+    let with = |section: &str| format!("{BASE}{section}");
+    let c = Config::parse("ok.yaml", &with("tasks:\n")).unwrap();
+    assert_eq!(c.tasks.id_header, "x-agent-task-id");
+    assert_eq!(c.tasks.max_tasks, 100_000);
+    for (section, expected) in [
+        (
+            "tasks:\n  id_header: 'bad header'\n",
+            "bad.yaml:14: tasks.id_header: \"bad header\" is not a valid HTTP header name",
+        ),
+        (
+            "tasks:\n  stuck_after: 10ms\n",
+            "bad.yaml:14: tasks.stuck_after: must be at least 1s",
+        ),
+        (
+            "tasks:\n  max_tasks: 0\n",
+            "bad.yaml:14: tasks.max_tasks: must be between 1 and",
+        ),
+        (
+            "tasks:\n  status_header: X-Agent-Task-Id\n",
+            "bad.yaml:14: tasks.status_header: must differ from tasks.id_header",
         ),
     ] {
         let e = error_of(&with(section));

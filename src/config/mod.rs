@@ -6,6 +6,7 @@
 
 mod locate;
 mod safety;
+mod tasks;
 mod units;
 
 use std::collections::{BTreeMap, HashSet};
@@ -21,6 +22,7 @@ pub use safety::{
     DetectorConfig, IncidentsConfig, KillSwitchConfig, SafetyAction, SafetyConfig, Severities,
     SeverityName,
 };
+pub use tasks::TasksConfig;
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
 
 /// The largest `max_replay_body`: each request in flight on the route may hold this much.
@@ -80,8 +82,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     // Sections of the contract that later builds act on. They parse, so that the error can say
     // plainly that this build does not act on them, rather than "unknown field".
-    #[serde(default, deserialize_with = "present")]
-    pub tasks: Option<Present>,
+    /// How requests to the agent group into tasks (defaults without the section, or with an
+    /// empty one).
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub tasks: TasksConfig,
     /// Inspects responses for harmful content (see `inspect::safety`). An empty `safety:`
     /// means the defaults (every built-in detector, both roles, record), not no safety.
     #[serde(default, deserialize_with = "safety_or_defaults")]
@@ -293,6 +297,14 @@ pub struct UpstreamConfig {
     /// `circuit_breaker:` means the defaults, not no breaker.
     #[serde(default, deserialize_with = "breaker_or_defaults")]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
+}
+
+fn null_is_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 fn safety_or_defaults<'de, D: serde::Deserializer<'de>>(
@@ -545,11 +557,7 @@ impl Config {
                 format!("{what} is not supported by this build of sloguard yet; remove it (it would otherwise be silently ignored)"),
             ))
         };
-        for (key, value) in [
-            ("tasks", &self.tasks),
-            ("slos", &self.slos),
-            ("otlp", &self.otlp),
-        ] {
+        for (key, value) in [("slos", &self.slos), ("otlp", &self.otlp)] {
             if value.is_some() {
                 return not_yet(key, &format!("the `{key}` section"));
             }
@@ -558,6 +566,7 @@ impl Config {
             safety.validate()?;
         }
         self.incidents.validate()?;
+        self.tasks.validate()?;
         if self.metrics.max_model_labels == 0 {
             return Err((
                 "metrics.max_model_labels".into(),

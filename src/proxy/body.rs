@@ -50,6 +50,10 @@ pub struct Accounting {
     pub cache_fill: Option<Box<CacheFill>>,
     /// The response's safety inspection.
     pub safety: Option<Box<SafetyCheck>>,
+    /// The task the request belongs to (`agent` role), and the agent's verdict on it in the
+    /// response head.
+    pub task: Option<super::tasks::TaskRef>,
+    pub task_verdict: Option<crate::sli::tasks::Verdict>,
 }
 
 /// A breaker admission and what the response head said about the call.
@@ -88,6 +92,8 @@ impl Accounting {
             breaker: None,
             cache_fill: None,
             safety: None,
+            task: None,
+            task_verdict: None,
         }
     }
 
@@ -151,7 +157,10 @@ impl Accounting {
     }
 
     /// The client went away before any response: nothing was sent, so no time to first byte.
-    pub fn abandoned(self, now: Instant) {
+    pub fn abandoned(mut self, now: Instant) {
+        if let (Some(task), Some(tasks)) = (self.task.take(), &self.listener.tasks) {
+            tasks.no_response(task, now);
+        }
         self.count(now, false);
     }
 
@@ -172,6 +181,9 @@ impl Accounting {
                 ls.responses.increment(1);
                 ls.violation(Source::ContentFilter, false, None, now);
             }
+        }
+        if let (Some(task), Some(tasks)) = (self.task.take(), &self.listener.tasks) {
+            tasks.end(task, self.status, self.task_verdict, now);
         }
         let l = &self.listener;
         let upstream = l.route.chain.get(self.hop);

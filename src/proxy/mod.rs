@@ -99,6 +99,7 @@ mod local;
 pub mod replay;
 pub mod safety;
 pub mod state;
+pub mod tasks;
 pub mod upload;
 
 use std::sync::Arc;
@@ -163,6 +164,9 @@ pub async fn handle(
     // Counted even if the client leaves before any answer (hyper then drops this future): as a
     // 4xx with no cause, nginx's 499, with the time it waited.
     let mut unanswered = Unanswered(Some(Accounting::new(listener.clone(), received)));
+    if let (Some(tasks), Some(a)) = (&listener.tasks, unanswered.0.as_mut()) {
+        a.task = Some(tasks.begin(req.headers(), received));
+    }
 
     let (
         http::request::Parts {
@@ -425,6 +429,9 @@ pub async fn handle(
         if let Some(a) = account.as_mut() {
             a.status = StatusClass::of(status);
             a.cause = Cause::of_response(listener.role, status);
+            if let Some(tasks) = &listener.tasks {
+                a.task_verdict = tasks.verdict(&parts.headers);
+            }
             a.outcome = Some(UpstreamOutcome::of_status(status));
             if let Some(call) = a.llm.as_mut() {
                 call.response(status, &parts.headers);

@@ -26,6 +26,8 @@ use crate::upstream::{Upstream, UpstreamBuildError};
 pub struct Shared {
     pub kill: Arc<KillSwitch>,
     pub incidents: Incidents,
+    /// The agent's live tasks.
+    pub tasks: Arc<super::tasks::Tasks>,
 }
 
 impl Shared {
@@ -42,6 +44,11 @@ impl Shared {
         Shared {
             kill: KillSwitch::new(telemetry, &config.agent, incidents.clone()),
             incidents,
+            tasks: Arc::new(super::tasks::Tasks::new(
+                &config.tasks,
+                telemetry,
+                &config.agent,
+            )),
         }
     }
 }
@@ -157,6 +164,8 @@ pub struct ListenerState {
     /// Where requests go while the agent is disabled (an `agent` listener with a
     /// `kill_switch.fallback_url`): this listener with the fallback as its one upstream.
     pub when_disabled: Option<Arc<ListenerState>>,
+    /// The agent's tasks, on an `agent` listener.
+    pub tasks: Option<Arc<super::tasks::Tasks>>,
 }
 
 impl ListenerState {
@@ -286,6 +295,8 @@ impl Snapshot {
                     safety: None,
                     kill: None,
                     when_disabled: None,
+                    // A human queue's answers are no verdict on the agent's tasks.
+                    tasks: None,
                     route: route.clone(),
                 })),
                 _ => None,
@@ -313,6 +324,7 @@ impl Snapshot {
                 safety: listener_safety,
                 kill: Some(shared.kill.clone()),
                 when_disabled,
+                tasks: (l.role == Role::Agent).then(|| shared.tasks.clone()),
                 route,
             }));
         }

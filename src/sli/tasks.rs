@@ -88,8 +88,8 @@ pub struct TaskTable {
 }
 
 impl TaskTable {
-    /// A table of at most `capacity` live tasks (threads inserting at the same moment, or a
-    /// full table's empty shard, can take it a task or two past, until tasks end).
+    /// A table of at most `capacity` live tasks (threads inserting at the same moment can take
+    /// it a task or two past, until tasks end).
     pub fn new(capacity: usize, stuck_after: Duration) -> TaskTable {
         TaskTable {
             shards: (0..SHARDS)
@@ -116,23 +116,28 @@ impl TaskTable {
     }
 
     /// A request of task `key` arrived. Returns whether the task is new (counted started), and
-    /// the task a full shard pushed out to make room (counted abandoned).
+    /// the task a full table pushed out to make room (counted abandoned).
     pub fn request(&self, key: u64, now: Instant) -> (bool, Option<Ended>) {
+        {
+            let mut shard = self.shard(key);
+            if let Some(task) = shard.to_back(&key) {
+                task.last = now;
+                task.outstanding = task.outstanding.saturating_add(1);
+                return (false, None);
+            }
+        }
+        // Full: the stalest task of the whole table makes room. Shards are locked one at a
+        // time, never two at once (no lock order to get wrong); threads inserting at the same
+        // moment can take the table a task or two past its bound, until tasks end.
+        let evicted = (self.live.load(Ordering::Relaxed) >= self.capacity)
+            .then(|| self.evict_stalest())
+            .flatten();
         let mut shard = self.shard(key);
         if let Some(task) = shard.to_back(&key) {
+            // Another request of the task got in meanwhile.
             task.last = now;
             task.outstanding = task.outstanding.saturating_add(1);
-            return (false, None);
-        }
-        // Full: the stalest task of this shard makes room (an empty shard cannot; the table
-        // then holds one more, briefly, until that shard's next eviction).
-        let full = self.live.load(Ordering::Relaxed) >= self.capacity;
-        let evicted = full
-            .then(|| shard.pop_front())
-            .flatten()
-            .map(|_| Ended::Evicted);
-        if evicted.is_none() {
-            self.live.fetch_add(1, Ordering::Relaxed);
+            return (false, evicted);
         }
         shard.insert(
             key,
@@ -141,7 +146,26 @@ impl TaskTable {
                 outstanding: 1,
             },
         );
+        self.live.fetch_add(1, Ordering::Relaxed);
         (true, evicted)
+    }
+
+    /// Pushes out the task idle longest (the oldest of the shards' fronts).
+    fn evict_stalest(&self) -> Option<Ended> {
+        let mut oldest: Option<(usize, u64, Instant)> = None;
+        for (i, shard) in self.shards.iter().enumerate() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((&key, task)) = shard.front() {
+                if oldest.is_none_or(|(_, _, last)| task.last < last) {
+                    oldest = Some((i, key, task.last));
+                }
+            }
+        }
+        let (i, key, _) = oldest?;
+        let mut shard = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
+        shard.remove(&key)?;
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        Some(Ended::Evicted)
     }
 
     /// The response to a request of task `key` went out with `verdict`. Returns how the task
@@ -266,13 +290,21 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_table_evicts_its_stalest_task() {
-        let t = TaskTable::new(1, STUCK);
-        // Keys of one shard: the top bits choose it.
-        let key = |i: u64| i;
+        let t = TaskTable::new(2, STUCK);
+        // Keys in different shards (the top bits choose it).
+        let key = |i: u64| i << 59;
+        let start = Instant::now();
+        assert_eq!(t.request(key(1), start), (true, None));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(t.request(key(2), Instant::now()), (true, None));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Task 1 is the stalest, in another shard than task 3: it goes.
+        assert_eq!(
+            t.request(key(3), Instant::now()),
+            (true, Some(Ended::Evicted))
+        );
+        assert_eq!(t.len(), 2);
         let now = Instant::now();
-        assert_eq!(t.request(key(1), now), (true, None));
-        assert_eq!(t.request(key(2), now), (true, Some(Ended::Evicted)));
-        assert_eq!(t.len(), 1);
         // The evicted task's late response ends nothing.
         assert_eq!(t.response(key(1), Verdict::Completed, now), None);
         assert_eq!(

@@ -38,6 +38,11 @@ pub const SAFETY_VIOLATIONS_TOTAL: &str = "agent_safety_violations_total";
 pub const AGENT_DISABLED: &str = "sloguard_agent_disabled";
 pub const INCIDENTS_TOTAL: &str = "sloguard_incidents_total";
 pub const INCIDENT_NOTIFICATIONS_TOTAL: &str = "sloguard_incident_notifications_total";
+pub const AGENT_TASKS_STARTED: &str = "agent_tasks_started";
+pub const AGENT_TASKS_COMPLETED: &str = "agent_tasks_completed";
+pub const AGENT_TASKS_FAILED: &str = "agent_tasks_failed_total";
+pub const AGENT_TASKS_ABANDONED: &str = "agent_tasks_abandoned_total";
+pub const TASKS_EVICTED: &str = "sloguard_tasks_evicted_total";
 
 /// Request latency of an agent or an LLM call: from a few milliseconds (a cached or failed call)
 /// to minutes (a long generation). Denser around 0.1–10 s, where agent latency SLOs sit; every
@@ -245,6 +250,36 @@ impl Telemetry {
             INCIDENT_NOTIFICATIONS_TOTAL,
             None,
             "Incident webhook notifications, by result: sent, failed (dropped after bounded retries), queue_full (dropped at once).",
+            0,
+        );
+        d(
+            AGENT_TASKS_STARTED,
+            None,
+            "Agent tasks seen for the first time (a request without a task id is a task of its own).",
+            0,
+        );
+        d(
+            AGENT_TASKS_COMPLETED,
+            None,
+            "Agent tasks that ended completed (the agent's status header, or a 2xx without it).",
+            0,
+        );
+        d(
+            AGENT_TASKS_FAILED,
+            None,
+            "Agent tasks that ended failed (the agent's status header, or a 5xx without it).",
+            0,
+        );
+        d(
+            AGENT_TASKS_ABANDONED,
+            None,
+            "Agent tasks left in progress: idle past tasks.stuck_after, or evicted from a full task table.",
+            0,
+        );
+        d(
+            TASKS_EVICTED,
+            None,
+            "Tasks pushed out of a full task table (tasks.max_tasks); also counted abandoned.",
             0,
         );
         d(

@@ -1,0 +1,154 @@
+//! Task tracking end to end on the `agent` role: tasks of several requests, the agent's verdict
+//! from its status header or from the status code, abandoned tasks, and the article's
+//! task-completion SLI computed from `/metrics` against the scripted outcome.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use sloguard::sim::{self, SimServer};
+use sloguard::{Config, Sidecar};
+
+/// An agent answering `/{status}/{verdict}`: that status, and that `x-agent-task-status` unless
+/// the verdict is `none`.
+async fn agent() -> SimServer {
+    sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
+        let path = req.uri().path().to_owned();
+        let _ = req.into_body().collect().await;
+        let mut parts = path.trim_start_matches('/').split('/');
+        let status: u16 = parts.next().unwrap().parse().unwrap();
+        let verdict = parts.next().unwrap_or("none").to_owned();
+        let mut r = Response::new(sim::full("{}"));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        if verdict != "none" {
+            r.headers_mut()
+                .insert("x-agent-task-status", verdict.parse().unwrap());
+        }
+        r
+    })
+    .await
+    .unwrap()
+}
+
+async fn sidecar(agent_url: &str, tasks: &str) -> Sidecar {
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
+routes:
+  agent: {{upstreams: [agent]}}
+upstreams:
+  agent: {{url: {agent_url}}}
+{tasks}"
+    );
+    Sidecar::start(Config::parse("test", &yaml).unwrap())
+        .await
+        .unwrap()
+}
+
+/// One request of task `id` (none: a task of its own) answered as `path` says.
+async fn call(s: &Sidecar, path: &str, id: Option<&str>) -> StatusCode {
+    let mut req = Request::post(proxy_url_of(s, path));
+    if let Some(id) = id {
+        req = req.header("x-agent-task-id", id);
+    }
+    let resp = client().request(req.body(empty()).unwrap()).await.unwrap();
+    let status = resp.status();
+    let _ = body_bytes(resp).await;
+    status
+}
+
+fn proxy_url_of(s: &Sidecar, path: &str) -> String {
+    format!("http://{}{path}", s.listener_addr("inbound").unwrap())
+}
+
+fn tasks(m: &str) -> [f64; 4] {
+    [
+        "agent_tasks_started",
+        "agent_tasks_completed",
+        "agent_tasks_failed_total",
+        "agent_tasks_abandoned_total",
+    ]
+    .map(|n| metric(m, n, &[("agent", "test-agent")]))
+}
+
+#[tokio::test]
+async fn multi_request_tasks_and_verdicts_give_the_articles_completion_ratio() {
+    let a = agent().await;
+    let s = sidecar(&a.url(), "").await;
+    // Task A: two steps in progress, then completed by the agent's header.
+    call(&s, "/200/in_progress", Some("A")).await;
+    call(&s, "/200/in_progress", Some("A")).await;
+    call(&s, "/200/completed", Some("A")).await;
+    // Task B: in progress, then the agent says failed (on a 200).
+    call(&s, "/200/in_progress", Some("B")).await;
+    call(&s, "/200/failed", Some("B")).await;
+    // Task C: no header: a 5xx fails it.
+    call(&s, "/200/in_progress", Some("C")).await;
+    assert_eq!(
+        call(&s, "/503/none", Some("C")).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Without an id: a task of one request each; a 2xx completes, a 5xx fails.
+    call(&s, "/200/none", None).await;
+    call(&s, "/200/none", None).await;
+    call(&s, "/500/none", None).await;
+    // Task D: still in progress (a 4xx leaves it so).
+    call(&s, "/200/in_progress", Some("D")).await;
+    call(&s, "/429/none", Some("D")).await;
+    let m = metrics_when(&s, |m| {
+        tasks(m)[0] >= 7.0 && tasks(m)[1] + tasks(m)[2] >= 6.0
+    })
+    .await;
+    // Started: A, B, C, D and three of one request. Completed: A and two. Failed: B, C, one.
+    assert_eq!(tasks(&m), [7.0, 3.0, 3.0, 0.0]);
+    // The article's query, over these counters: completed / started.
+    let ratio = tasks(&m)[1] / tasks(&m)[0];
+    assert!((ratio - 3.0 / 7.0).abs() < 1e-9);
+    // A task id never becomes a label.
+    assert!(!m.contains("\"A\""));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_in_progress_task_is_abandoned_after_stuck_after() {
+    let a = agent().await;
+    let s = sidecar(&a.url(), "tasks: {stuck_after: 2s}\n").await;
+    call(&s, "/200/in_progress", Some("idle")).await;
+    call(&s, "/200/in_progress", Some("busy")).await;
+    // `busy` keeps going (a request every 300 ms, far inside stuck_after), `idle` does not.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        call(&s, "/200/in_progress", Some("busy")).await;
+    }
+    let m = metrics_when(&s, |m| tasks(m)[3] >= 1.0).await;
+    assert_eq!(tasks(&m), [2.0, 0.0, 0.0, 1.0]);
+    call(&s, "/200/completed", Some("busy")).await;
+    let m = metrics_when(&s, |m| tasks(m)[1] >= 1.0).await;
+    assert_eq!(tasks(&m), [2.0, 1.0, 0.0, 1.0]);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_table_evicts_the_stalest_task_as_abandoned() {
+    let a = agent().await;
+    let s = sidecar(&a.url(), "tasks: {max_tasks: 2}\n").await;
+    for id in ["t1", "t2", "t3", "t4"] {
+        call(&s, "/200/in_progress", Some(id)).await;
+    }
+    let m = metrics_when(&s, |m| tasks(m)[3] >= 2.0).await;
+    assert_eq!(tasks(&m), [4.0, 0.0, 0.0, 2.0]);
+    expect_metric(&m, "sloguard_tasks_evicted_total", &[], 2.0);
+    // t1 was evicted: its late verdict ends nothing; t4 is live.
+    call(&s, "/200/completed", Some("t1")).await;
+    call(&s, "/200/completed", Some("t4")).await;
+    let m = metrics_when(&s, |m| tasks(m)[0] >= 5.0).await;
+    // t1 came back as a new task (pushing out t3, now the stalest) and completed; t4 completed.
+    assert_eq!(tasks(&m), [5.0, 2.0, 0.0, 3.0]);
+    s.shutdown().await;
+}
