@@ -91,6 +91,7 @@ impl Sidecar {
                 token_file: admin_token,
                 log_limit: crate::telemetry::LogLimiter::new(),
                 kill: shared.kill.clone(),
+                tasks: shared.tasks.clone(),
             }),
             admin_stop.subscribe(),
         ))];

@@ -17,8 +17,13 @@ use sloguard::{Config, Sidecar};
 /// the verdict is `none`.
 async fn agent() -> SimServer {
     sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
-        let path = req.uri().path().to_owned();
+        let mut path = req.uri().path().to_owned();
         let _ = req.into_body().collect().await;
+        // `/slow/...`: the agent takes 2.5 s to answer.
+        if let Some(rest) = path.strip_prefix("/slow") {
+            path = rest.to_owned();
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
         let mut parts = path.trim_start_matches('/').split('/');
         let status: u16 = parts.next().unwrap().parse().unwrap();
         let verdict = parts.next().unwrap_or("none").to_owned();
@@ -150,5 +155,71 @@ async fn a_full_table_evicts_the_stalest_task_as_abandoned() {
     let m = metrics_when(&s, |m| tasks(m)[0] >= 5.0).await;
     // t1 came back as a new task (pushing out t3, now the stalest) and completed; t4 completed.
     assert_eq!(tasks(&m), [5.0, 2.0, 0.0, 3.0]);
+    s.shutdown().await;
+}
+
+async fn agent_health(s: &Sidecar) -> (StatusCode, serde_json::Value) {
+    let resp = get(&client(), &format!("http://{}/agent/healthz", s.admin_addr)).await;
+    let status = resp.status();
+    let body = body_bytes(resp).await;
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn agent_healthz_is_503_while_a_request_waits_past_stuck_after_and_200_again() {
+    let a = agent().await;
+    let s = sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
+    assert_eq!(agent_health(&s).await.0, StatusCode::OK);
+    let url = proxy_url_of(&s, "/slow/200/completed");
+    let waiting = tokio::spawn(async move {
+        let resp = client()
+            .request(Request::post(url).body(empty()).unwrap())
+            .await
+            .unwrap();
+        resp.status()
+    });
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (status, body) = agent_health(&s).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "stuck");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("without an answer"),
+        "{body}"
+    );
+    expect_metric(&metrics(&s).await, "sloguard_agent_stuck", &[], 1.0);
+    // The agent answers (and completes the task): healthy again.
+    assert_eq!(waiting.await.unwrap(), StatusCode::OK);
+    let (status, body) = agent_health(&s).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    expect_metric(&metrics(&s).await, "sloguard_agent_stuck", &[], 0.0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn agent_healthz_is_503_after_tasks_are_abandoned_with_none_completed() {
+    let a = agent().await;
+    let s = sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
+    call(&s, "/200/in_progress", Some("left")).await;
+    // Abandoned by the sweep once idle past 1 s; then stuck, since nothing completed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, body) = agent_health(&s).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE || std::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body["reason"].as_str().unwrap().contains("abandoned"),
+        "{body}"
+    );
+    // A completed task clears it.
+    call(&s, "/200/completed", None).await;
+    let m = metrics_when(&s, |m| metric(m, "agent_tasks_completed", &[]) >= 1.0).await;
+    assert_eq!(metric(&m, "agent_tasks_abandoned_total", &[]), 1.0);
+    assert_eq!(agent_health(&s).await.0, StatusCode::OK);
     s.shutdown().await;
 }

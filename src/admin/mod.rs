@@ -30,6 +30,8 @@ pub struct AdminState {
     pub log_limit: crate::telemetry::LogLimiter,
     /// `POST /admin/agent/disable|enable`.
     pub kill: Arc<crate::proxy::safety::KillSwitch>,
+    /// `GET /agent/healthz`.
+    pub tasks: Arc<crate::proxy::tasks::Tasks>,
 }
 
 /// Reads the admin token file (one line, surrounding whitespace ignored).
@@ -100,6 +102,7 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/agent/healthz" => agent_health(state),
         "/circuits" => circuits(state),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {
@@ -197,6 +200,25 @@ fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     b.force(force, tokio::time::Instant::now());
     tracing::warn!(upstream = name, action, "circuit forced by the admin API");
     circuits(state)
+}
+
+/// `GET /agent/healthz`: 503 with the reason while the agent is stuck, for its container's
+/// liveness probe; else 200.
+fn agent_health(state: &AdminState) -> Response<Full<Bytes>> {
+    let (status, body) = match state.tasks.check(tokio::time::Instant::now()) {
+        Some(stuck) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "stuck", "reason": stuck.reason()}),
+        ),
+        None => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// `POST /admin/agent/disable|enable`: a human silences the agent, or lets it speak again.

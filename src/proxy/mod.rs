@@ -429,8 +429,10 @@ pub async fn handle(
         if let Some(a) = account.as_mut() {
             a.status = StatusClass::of(status);
             a.cause = Cause::of_response(listener.role, status);
-            if let Some(tasks) = &listener.tasks {
+            if let (Some(tasks), Some(task)) = (&listener.tasks, a.task) {
                 a.task_verdict = tasks.verdict(&parts.headers);
+                // The agent answered: whatever the body does, it is not stuck on this request.
+                tasks.answered(task);
             }
             a.outcome = Some(UpstreamOutcome::of_status(status));
             if let Some(call) = a.llm.as_mut() {

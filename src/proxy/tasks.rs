@@ -4,15 +4,16 @@
 //! [`crate::sli::tasks::TaskTable`]; this is its glue to requests and metrics.
 
 use http::{HeaderMap, HeaderName};
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
 use crate::config::TasksConfig;
+use crate::sli::liveness::{Liveness, Stuck};
 use crate::sli::tasks::{Ended, TaskTable, Verdict};
 use crate::sli::StatusClass;
 use crate::telemetry::{
-    label, Telemetry, AGENT_TASKS_ABANDONED, AGENT_TASKS_COMPLETED, AGENT_TASKS_FAILED,
-    AGENT_TASKS_STARTED, TASKS_EVICTED,
+    label, Telemetry, AGENT_STUCK, AGENT_TASKS_ABANDONED, AGENT_TASKS_COMPLETED,
+    AGENT_TASKS_FAILED, AGENT_TASKS_STARTED, TASKS_EVICTED,
 };
 
 /// The task a request belongs to.
@@ -20,11 +21,16 @@ use crate::telemetry::{
 pub struct TaskRef {
     /// `None`: a request without a task id, a task of its own.
     key: Option<u64>,
+    /// Its ticket while it waits for the agent's answer.
+    waiting: u64,
 }
 
 /// One sidecar's tasks: kept across config reloads, like the kill switch.
 pub struct Tasks {
     pub table: TaskTable,
+    /// Whether the agent is stuck (`GET /agent/healthz`).
+    pub liveness: Liveness,
+    stuck: Gauge,
     id_header: HeaderName,
     status_header: HeaderName,
     started: Counter,
@@ -43,6 +49,12 @@ impl Tasks {
         };
         Tasks {
             table: TaskTable::new(config.max_tasks, config.stuck_after.0),
+            liveness: Liveness::new(config.stuck_after.0),
+            stuck: {
+                let g = counter_gauge(t, agent);
+                g.set(0.0);
+                g
+            },
             id_header: header(&config.id_header, "x-agent-task-id"),
             status_header: header(&config.status_header, "x-agent-task-status"),
             started: counter(AGENT_TASKS_STARTED),
@@ -64,7 +76,7 @@ impl Tasks {
             Some(k) => {
                 let (new, evicted) = self.table.request(k, now);
                 if let Some(e) = evicted {
-                    self.ended(e);
+                    self.ended(e, now);
                 }
                 new
             }
@@ -73,7 +85,15 @@ impl Tasks {
         if new {
             self.started.increment(1);
         }
-        TaskRef { key }
+        TaskRef {
+            key,
+            waiting: self.liveness.request(now),
+        }
+    }
+
+    /// The agent's answer to the request began: it is not stuck on it.
+    pub fn answered(&self, task: TaskRef) {
+        self.liveness.answered(task.waiting);
     }
 
     /// The agent's verdict in a response head, if it gave one.
@@ -85,6 +105,7 @@ impl Tasks {
 
     /// The request's response went out: `verdict` from the agent's header, else the status.
     pub fn end(&self, task: TaskRef, status: StatusClass, verdict: Option<Verdict>, now: Instant) {
+        self.answered(task);
         let verdict = verdict.unwrap_or(match status {
             StatusClass::Success => Verdict::Completed,
             StatusClass::ServerError => Verdict::Failed,
@@ -100,32 +121,56 @@ impl Tasks {
             }),
         };
         if let Some(e) = ended {
-            self.ended(e);
+            self.ended(e, now);
         }
     }
 
     /// The client left before any response.
     pub fn no_response(&self, task: TaskRef, now: Instant) {
+        self.answered(task);
         match task.key {
             Some(k) => self.table.no_response(k, now),
-            None => self.ended(Ended::Abandoned),
+            None => self.ended(Ended::Abandoned, now),
         }
     }
 
-    /// Ends the tasks idle past `stuck_after`.
+    /// Ends the tasks idle past `stuck_after`, and updates `sloguard_agent_stuck`.
     pub fn sweep(&self, now: Instant) {
-        self.abandoned.increment(self.table.sweep(now));
+        let abandoned = self.table.sweep(now);
+        if abandoned > 0 {
+            self.abandoned.increment(abandoned);
+            self.liveness.abandoned(now);
+        }
+        self.check(now);
     }
 
-    fn ended(&self, e: Ended) {
+    /// Whether the agent is stuck now (also sets `sloguard_agent_stuck`).
+    pub fn check(&self, now: Instant) -> Option<Stuck> {
+        let stuck = self.liveness.check(now);
+        self.stuck.set(if stuck.is_some() { 1.0 } else { 0.0 });
+        stuck
+    }
+
+    fn ended(&self, e: Ended, now: Instant) {
         match e {
-            Ended::Completed => self.completed.increment(1),
+            Ended::Completed => {
+                self.completed.increment(1);
+                self.liveness.completed(now);
+            }
             Ended::Failed => self.failed.increment(1),
-            Ended::Abandoned => self.abandoned.increment(1),
+            Ended::Abandoned => {
+                self.abandoned.increment(1);
+                self.liveness.abandoned(now);
+            }
             Ended::Evicted => {
                 self.evicted.increment(1);
                 self.abandoned.increment(1);
+                self.liveness.abandoned(now);
             }
         }
     }
+}
+
+fn counter_gauge(t: &Telemetry, agent: &str) -> Gauge {
+    t.gauge(AGENT_STUCK, vec![label("agent", agent)])
 }

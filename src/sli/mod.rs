@@ -2,6 +2,7 @@
 //! failure, and what an upstream attempt came to. Plain types, no I/O; the data plane classifies,
 //! the telemetry handles count.
 
+pub mod liveness;
 pub mod tasks;
 
 use crate::config::Role;

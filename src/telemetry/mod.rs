@@ -43,6 +43,7 @@ pub const AGENT_TASKS_COMPLETED: &str = "agent_tasks_completed";
 pub const AGENT_TASKS_FAILED: &str = "agent_tasks_failed_total";
 pub const AGENT_TASKS_ABANDONED: &str = "agent_tasks_abandoned_total";
 pub const TASKS_EVICTED: &str = "sloguard_tasks_evicted_total";
+pub const AGENT_STUCK: &str = "sloguard_agent_stuck";
 
 /// Request latency of an agent or an LLM call: from a few milliseconds (a cached or failed call)
 /// to minutes (a long generation). Denser around 0.1–10 s, where agent latency SLOs sit; every
@@ -281,6 +282,12 @@ impl Telemetry {
             None,
             "Tasks pushed out of a full task table (tasks.max_tasks); also counted abandoned.",
             0,
+        );
+        d(
+            AGENT_STUCK,
+            None,
+            "1 while the agent is stuck (GET /agent/healthz answers 503): a request unanswered, or tasks abandoned with none completed, within tasks.stuck_after.",
+            2,
         );
         d(
             BUILD_INFO,
