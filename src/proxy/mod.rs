@@ -10,7 +10,9 @@
 //!    switch** ([`safety::KillSwitch`], one atomic load): while it holds, an `agent` listener's
 //!    request goes to the `kill_switch.fallback_url` (the human queue, through this same
 //!    pipeline) or gets 503 `agent_disabled`, and an `llm` listener's gets 503: a silent agent is
-//!    safer than a harmful one. First, so that a disabled agent costs nothing more.
+//!    safer than a harmful one. First, so that a disabled agent costs nothing more. On an
+//!    `agent` listener the request's **task** begins ([`tasks::Tasks`]: by `tasks.id_header`, or
+//!    a task of its own) and the request starts waiting for the agent's answer (liveness).
 //! 3. **Ask the circuit breakers along the route's chain** ([`crate::upstream::UpstreamBreaker`]):
 //!    an upstream whose circuit is open gets no request at all; the first that admits the
 //!    request takes it. None admits and no cache: 503 `circuit_open` at once, before any work is
@@ -57,7 +59,9 @@
 //! 12. **Classify a failure before the head** ([`ProxyError`]): connect error → 502
 //!     `upstream_unavailable`, no head in time → 504 `upstream_timeout`; the attempt is counted
 //!     with its outcome.
-//! 13. **Read the response head**: the breaker notes a slow head and a 429's `Retry-After`;
+//! 13. **Read the response head**: on an `agent` listener the request waits no more and the
+//!     agent's verdict on its task (`tasks.status_header`) is noted; the breaker notes a slow
+//!     head and a 429's `Retry-After`;
 //!     a 401 to an injected key moves the upstream to its next key; an LLM call gets its
 //!     response reader (by content type); a success not streamed, on a route with a cache, is
 //!     kept as it passes. Then hop-by-hop headers go and `x-sloguard-upstream` (and
@@ -83,7 +87,8 @@
 //!     `agent_requests_total`, `agent_response_seconds`, `agent_time_to_first_byte_seconds`,
 //!     `sloguard_upstream_requests_total`, and for an LLM call the GenAI duration, tokens,
 //!     finish reasons, tool-call checks and unparsed bodies; `agent_responses_total` and the
-//!     safety violations (a provider's `content_filter` among them); the circuit breaker is fed the
+//!     safety violations (a provider's `content_filter` among them); the task's end, if the
+//!     verdict (or the status) ends it; the circuit breaker is fed the
 //!     attempt's outcome (a client that left gives a probe's slot back); a cached response that
 //!     ended cleanly goes into the cache.
 
