@@ -416,7 +416,7 @@ impl Scanner {
 
     /// The offset before which no match can start, whatever text follows — at least
     /// [`Scanner::clean_upto`], and in prose just short of the end: the first position from
-    /// which some pattern may still match (see [`starts`]). For a stream held back while
+    /// which some pattern may still match (the `starts` module). For a stream held back while
     /// blocking: its text before this offset can go out.
     pub fn settled_upto(&mut self) -> u64 {
         let Some(starts) = &self.detectors.starts else {

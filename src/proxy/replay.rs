@@ -1,5 +1,5 @@
 //! The client's request body as a route's attempts use it: streamed once, or read ahead (within
-//! `max_replay_body`, or [`MAX_INSPECTED_BODY`] for a model rewrite) so that each attempt gets
+//! `max_replay_body`, or [`crate::inspect::MAX_INSPECTED_BODY`] for a model rewrite) so that each attempt gets
 //! the same bytes — each upstream's own model rewrite applied to them — and so that the cache
 //! can key the request by its body.
 
