@@ -7,16 +7,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http::{header, Request, Response, StatusCode};
-use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use sloguard::sim::{self, SimServer};
 use sloguard::{Config, Sidecar};
@@ -89,19 +85,6 @@ fn chat_sse(deltas: &[&str]) -> Reply {
     sse(&refs)
 }
 
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 type Script = Arc<Mutex<HashMap<String, Reply>>>;
 
 /// An upstream answering each path as `script` says (404 otherwise).
@@ -128,7 +111,7 @@ async fn scripted() -> (SimServer, Script) {
                     }
                 }
             });
-            let mut r = Response::new(ChannelBody(rx).boxed());
+            let mut r = Response::new(sim::ChannelBody(rx).boxed());
             *r.status_mut() = StatusCode::from_u16(reply.status).unwrap();
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, reply.content_type.parse().unwrap());

@@ -44,7 +44,7 @@ async fn sidecar(agent_url: &str, tasks: &str) -> Sidecar {
         "agent: test-agent
 admin: {{bind: 127.0.0.1:0}}
 listeners:
-  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
+  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
 routes:
   agent: {{upstreams: [agent]}}
 upstreams:
@@ -58,7 +58,7 @@ upstreams:
 
 /// One request of task `id` (none: a task of its own) answered as `path` says.
 async fn call(s: &Sidecar, path: &str, id: Option<&str>) -> StatusCode {
-    let mut req = Request::post(proxy_url_of(s, path));
+    let mut req = Request::post(proxy_url(s, path));
     if let Some(id) = id {
         req = req.header("x-agent-task-id", id);
     }
@@ -66,10 +66,6 @@ async fn call(s: &Sidecar, path: &str, id: Option<&str>) -> StatusCode {
     let status = resp.status();
     let _ = body_bytes(resp).await;
     status
-}
-
-fn proxy_url_of(s: &Sidecar, path: &str) -> String {
-    format!("http://{}{path}", s.listener_addr("inbound").unwrap())
 }
 
 fn tasks(m: &str) -> [f64; 4] {
@@ -170,7 +166,7 @@ async fn agent_healthz_is_503_while_a_request_waits_past_stuck_after_and_200_aga
     let a = agent().await;
     let s = sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
     assert_eq!(agent_health(&s).await.0, StatusCode::OK);
-    let url = proxy_url_of(&s, "/slow/200/completed");
+    let url = proxy_url(&s, "/slow/200/completed");
     let waiting = tokio::spawn(async move {
         let resp = client()
             .request(Request::post(url).body(empty()).unwrap())

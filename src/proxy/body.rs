@@ -240,7 +240,9 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
+    /// The upstream's body, after `prefix`: chunks read (and inspected) already.
     pub fn upstream(
+        prefix: std::collections::VecDeque<Bytes>,
         body: Incoming,
         lease: Option<Lease>,
         account: Option<Accounting>,
@@ -255,27 +257,11 @@ impl ProxyBody {
                 total_deadline,
                 waiting_since: None,
                 timer: None,
-                prefix: Default::default(),
+                prefix,
                 ended: false,
             }),
             account,
         }
-    }
-
-    /// A body whose first chunks were read (and inspected) already.
-    pub fn upstream_after(
-        prefix: std::collections::VecDeque<Bytes>,
-        body: Incoming,
-        lease: Option<Lease>,
-        account: Option<Accounting>,
-        idle: std::time::Duration,
-        total_deadline: Instant,
-    ) -> ProxyBody {
-        let mut b = ProxyBody::upstream(body, lease, account, idle, total_deadline);
-        if let Inner::Upstream(s) = &mut b.inner {
-            s.prefix = prefix;
-        }
-        b
     }
 
     /// A chunk safety let through, or the event that ends a blocked stream: `None` when there

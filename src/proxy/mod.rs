@@ -535,7 +535,7 @@ pub async fn handle(
         let Some(body) = body else {
             return local_error(internal(upstream, "body lost"), account, None);
         };
-        let body = ProxyBody::upstream_after(
+        let body = ProxyBody::upstream(
             prefix,
             body,
             lease,

@@ -51,7 +51,7 @@ impl Tasks {
             table: TaskTable::new(config.max_tasks, config.stuck_after.0),
             liveness: Liveness::new(config.stuck_after.0),
             stuck: {
-                let g = counter_gauge(t, agent);
+                let g = t.gauge(AGENT_STUCK, vec![label("agent", agent)]);
                 g.set(0.0);
                 g
             },
@@ -169,8 +169,4 @@ impl Tasks {
             }
         }
     }
-}
-
-fn counter_gauge(t: &Telemetry, agent: &str) -> Gauge {
-    t.gauge(AGENT_STUCK, vec![label("agent", agent)])
 }
