@@ -141,54 +141,18 @@ fn breaker_bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// The task table on every agent request: a request and its response (`in_progress`, so the
-/// task stays live) of one of 100,000 live tasks, alone and from two threads at once.
-fn tasks_bench(c: &mut Criterion) {
-    use sloguard::sli::tasks::{TaskTable, Verdict};
-    const LIVE: u64 = 100_000;
-    // Resident memory (Linux), to report what 100,000 live tasks take.
-    let rss_kib = || -> Option<u64> {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()?
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    let now = tokio::time::Instant::now();
-    let table = TaskTable::new(LIVE as usize, std::time::Duration::from_secs(300));
-    let keys: Vec<u64> = (0..LIVE)
-        .map(|i| table.key(format!("task-{i}").as_bytes()))
-        .collect();
-    let before = rss_kib();
-    for k in &keys {
-        table.request(*k, now);
-        table.response(*k, Verdict::InProgress, now);
-    }
-    if let (Some(before), Some(after)) = (before, rss_kib()) {
-        eprintln!(
-            "tasks: {LIVE} live tasks take {} KiB resident ({} bytes a task)",
-            after.saturating_sub(before),
-            after.saturating_sub(before) * 1024 / LIVE
-        );
-    }
-    let one = |i: u64| {
-        let k = keys[(i % LIVE) as usize];
-        let now = tokio::time::Instant::now();
-        black_box(table.request(black_box(k), now));
-        black_box(table.response(k, Verdict::InProgress, now));
-    };
+/// `one(i)` (a step on the `i`-th of many keys) alone, as `{group}/{name}`, and from two threads
+/// at once on different keys, as `{group}/contended/{name}_2_threads`.
+fn alone_and_two_threads(c: &mut Criterion, group: &str, name: &str, one: impl Fn(u64) + Sync) {
     let mut i = 0u64;
-    c.bench_function("tasks/request_and_response_100k_live", |b| {
+    c.bench_function(&format!("{group}/{name}"), |b| {
         b.iter(|| {
             i = i.wrapping_add(7919);
             one(i)
         })
     });
-    let mut group = c.benchmark_group("tasks/contended");
-    group.bench_function("request_and_response_100k_live_2_threads", |b| {
+    let mut contended = c.benchmark_group(format!("{group}/contended"));
+    contended.bench_function(format!("{name}_2_threads"), |b| {
         b.iter_custom(|iters| {
             let start = std::time::Instant::now();
             std::thread::scope(|s| {
@@ -204,8 +168,71 @@ fn tasks_bench(c: &mut Criterion) {
             start.elapsed()
         })
     });
-    group.finish();
+    contended.finish();
+}
+
+/// The task table on every agent request: a request and its response (`in_progress`, so the
+/// task stays live) of one of 100,000 live tasks, alone and from two threads at once.
+fn tasks_bench(c: &mut Criterion) {
+    use sloguard::sli::tasks::{TaskTable, Verdict};
+    const LIVE: u64 = 100_000;
+    let now = tokio::time::Instant::now();
+    let table = TaskTable::new(LIVE as usize, std::time::Duration::from_secs(300));
+    let keys: Vec<u64> = (0..LIVE)
+        .map(|i| table.key(format!("task-{i}").as_bytes()))
+        .collect();
+    // Memory per task: `cargo run --release --example table_memory -- tasks`.
+    for k in &keys {
+        table.request(*k, now);
+        table.response(*k, Verdict::InProgress, now);
+    }
+    let one = |i: u64| {
+        let k = keys[(i % LIVE) as usize];
+        let now = tokio::time::Instant::now();
+        black_box(table.request(black_box(k), now));
+        black_box(table.response(k, Verdict::InProgress, now));
+    };
+    alone_and_two_threads(c, "tasks", "request_and_response_100k_live", one);
     assert_eq!(table.len(), LIVE as usize);
+}
+
+/// The loop guard on every LLM call of a task: the call counted, then its response's one tool
+/// call told (one of 100,000 live tasks), alone and from two threads; and a tool call's
+/// canonical fingerprint, as each response's call is read.
+fn loops_bench(c: &mut Criterion) {
+    use sloguard::inspect::canon::{fingerprint, Arguments};
+    use sloguard::sli::loops::{LoopLimits, LoopTable};
+    const LIVE: u64 = 100_000;
+    let limits = LoopLimits {
+        max_llm_calls: u32::MAX,
+        max_repeated_tool_calls: 3,
+    };
+    let table = LoopTable::new(LIVE as usize, limits, std::time::Duration::from_secs(300));
+    let now = tokio::time::Instant::now();
+    let keys: Vec<u64> = (0..LIVE)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    // Memory per task: `cargo run --release --example table_memory -- loops`.
+    for k in &keys {
+        table.call(*k, now);
+    }
+    let one = |i: u64| {
+        let k = keys[(i % LIVE) as usize];
+        let now = tokio::time::Instant::now();
+        black_box(table.call(black_box(k), now));
+        black_box(table.returned(k, [Some(i & 0xff)], now));
+    };
+    alone_and_two_threads(c, "loops", "call_and_returned_100k_live", one);
+    assert_eq!(table.len(), LIVE as usize);
+    let args = br#"{"query": "refund policy for order 1042", "filters": {"region": "EU", "limit": 5}, "include_archived": false}"#;
+    c.bench_function("loops/fingerprint_tool_call_110B", |b| {
+        b.iter(|| black_box(fingerprint("search_docs", Arguments::Json(black_box(args)))))
+    });
+    c.bench_function("loops/validate_only_110B_(before)", |b| {
+        b.iter(|| {
+            black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(args)).is_ok())
+        })
+    });
 }
 
 criterion_group!(
@@ -213,6 +240,7 @@ criterion_group!(
     headers_bench,
     metrics_bench,
     breaker_bench,
-    tasks_bench
+    tasks_bench,
+    loops_bench
 );
 criterion_main!(benches);

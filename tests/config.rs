@@ -109,13 +109,6 @@ fn sections_this_build_does_not_act_on_are_refused() {
         e.starts_with("bad.yaml:13: otlp: the `otlp` section is not supported by this build"),
         "{e}"
     );
-    let e = error_of(&format!("{BASE}tasks:\n  max_llm_calls: 50\n"));
-    assert!(
-        e.starts_with(
-            "bad.yaml:14: tasks.max_llm_calls: the loop guard is not supported by this build"
-        ),
-        "{e}"
-    );
 }
 
 #[test]
@@ -419,6 +412,17 @@ fn tasks_are_checked_by_key() {
     let c = Config::parse("ok.yaml", &with("tasks:\n")).unwrap();
     assert_eq!(c.tasks.id_header, "x-agent-task-id");
     assert_eq!(c.tasks.max_tasks, 100_000);
+    assert_eq!(c.tasks.max_llm_calls, 50);
+    assert_eq!(c.tasks.max_repeated_tool_calls, 3);
+    assert_eq!(c.tasks.loop_action, sloguard::config::LoopAction::Record);
+    let c = Config::parse(
+        "ok.yaml",
+        &with("tasks:\n  max_llm_calls: 0\n  max_repeated_tool_calls: 5\n  loop_action: block\n"),
+    )
+    .unwrap();
+    assert_eq!(c.tasks.max_llm_calls, 0);
+    assert_eq!(c.tasks.max_repeated_tool_calls, 5);
+    assert_eq!(c.tasks.loop_action, sloguard::config::LoopAction::Block);
     for (section, expected) in [
         (
             "tasks:\n  id_header: 'bad header'\n",
@@ -435,6 +439,18 @@ fn tasks_are_checked_by_key() {
         (
             "tasks:\n  status_header: X-Agent-Task-Id\n",
             "bad.yaml:14: tasks.status_header: must differ from tasks.id_header",
+        ),
+        (
+            "tasks:\n  max_repeated_tool_calls: 1\n",
+            "bad.yaml:14: tasks.max_repeated_tool_calls: must be at least 2",
+        ),
+        (
+            "tasks:\n  loop_action: kill\n",
+            "bad.yaml:14: tasks.loop_action: unknown variant `kill`, expected `record` or `block`",
+        ),
+        (
+            "tasks:\n  max_llm_calls: -1\n",
+            "bad.yaml:14: tasks.max_llm_calls: invalid type: integer `-1`, expected u32",
         ),
     ] {
         let e = error_of(&with(section));

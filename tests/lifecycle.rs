@@ -244,7 +244,7 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
         .args([
             "demo",
             "--duration",
-            "8s",
+            "14s",
             "--admin",
             "127.0.0.1:0",
             "--rate",
@@ -253,8 +253,14 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
             "1s",
             "--outage-for",
             "2s",
+            "--loop-at",
+            "1s",
+            "--stuck-at",
+            "4s",
+            "--stuck-for",
+            "4s",
             "--leak-at",
-            "5s",
+            "10s",
         ])
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -270,6 +276,44 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("admin    http://127.0.0.1:"), "{stdout}");
+    // Tasks: the agent hung from 4 s to 8 s, and /agent/healthz said so once a request had
+    // waited past stuck_after (3 s), then recovered; the looping task was cut by the guard.
+    let tasks: Vec<&str> = stdout.lines().filter(|l| l.contains("] tasks ")).collect();
+    let stuck = tasks
+        .iter()
+        .position(|l| l.contains("/agent/healthz 503 stuck: "))
+        .unwrap_or_else(|| panic!("no stuck period: {tasks:#?}"));
+    assert!(
+        tasks[stuck..]
+            .iter()
+            .any(|l| l.ends_with("/agent/healthz 200 ok")),
+        "never healthy again: {tasks:#?}"
+    );
+    assert!(
+        tasks[..stuck]
+            .iter()
+            .any(|l| l.ends_with("/agent/healthz 200 ok")),
+        "{tasks:#?}"
+    );
+    let last = tasks.last().expect("a tasks line");
+    let number_after = |word: &str| -> f64 {
+        last.split(word)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches([',', '%'])
+            .parse()
+            .unwrap()
+    };
+    assert!(number_after("started ") >= 100.0, "{last}");
+    let rate = number_after("completion rate ");
+    let expected = 100.0 * number_after("completed ") / number_after("started ");
+    assert!((rate - expected).abs() < 0.01, "{last}");
+    assert!(number_after("repeated_tool_call ") >= 1.0, "{last}");
+    assert!(number_after("LLM calls refused ") >= 1.0, "{last}");
+    assert!(number_after("failed ") >= 1.0, "{last}");
     // The agent went bad at 5 s: the safety line shows the violations the sidecar counted, the
     // kill switch tripped, and the human queue answering.
     let safety = stdout

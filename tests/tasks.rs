@@ -219,3 +219,48 @@ async fn agent_healthz_is_503_after_tasks_are_abandoned_with_none_completed() {
     assert_eq!(agent_health(&s).await.0, StatusCode::OK);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn tasks_left_while_the_kill_switch_holds_do_not_make_the_agent_stuck() {
+    let a = agent().await;
+    let dir = std::env::temp_dir().join(format!("sloguard-tasks-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret").unwrap();
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0, token_file: {}}}
+listeners:
+  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
+routes:
+  agent: {{upstreams: [agent]}}
+upstreams:
+  agent: {{url: {}}}
+safety: {{kill_switch: {{violations: 100, within: 1m}}}}
+tasks: {{stuck_after: 1s}}
+",
+        token.display(),
+        a.url()
+    );
+    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
+        .await
+        .unwrap();
+    call(&s, "/200/in_progress", Some("cut-off")).await;
+    // A human silences the agent: the task's next request would go nowhere near it.
+    let disable = Request::post(format!("http://{}/admin/agent/disable", s.admin_addr))
+        .header("authorization", "Bearer s3cret")
+        .body(empty())
+        .unwrap();
+    assert_eq!(
+        client().request(disable).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Abandoned by the sweep, with none completed: yet the agent is disabled, not stuck.
+    let m = metrics_when(&s, |m| tasks(m)[3] >= 1.0).await;
+    assert_eq!(tasks(&m), [1.0, 0.0, 0.0, 1.0]);
+    let (status, body) = agent_health(&s).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    expect_metric(&m, "sloguard_agent_disabled", &[], 1.0);
+    s.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,7 +22,7 @@ pub use safety::{
     DetectorConfig, IncidentsConfig, KillSwitchConfig, SafetyAction, SafetyConfig, Severities,
     SeverityName,
 };
-pub use tasks::TasksConfig;
+pub use tasks::{LoopAction, TasksConfig};
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
 
 /// The largest `max_replay_body`: each request in flight on the route may hold this much.

@@ -1,10 +1,11 @@
-//! `tasks:`: how requests to the agent group into tasks, and when an idle one is abandoned.
+//! `tasks:`: how requests to the agent group into tasks, when an idle one is abandoned, and the
+//! loop guard's limits on a task's LLM calls.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigDuration, Present};
+use super::ConfigDuration;
 
 /// The most live tasks a table may be set to hold (each takes about 75 bytes).
 pub const MAX_TASKS_LIMIT: usize = 10_000_000;
@@ -25,13 +26,27 @@ pub struct TasksConfig {
     /// Live tasks kept; past it the stalest is evicted (counted abandoned).
     #[serde(default = "default_max_tasks")]
     pub max_tasks: usize,
-    // The loop guard (a later build): parsed so that the error can say so plainly.
-    #[serde(default, deserialize_with = "super::present")]
-    pub max_llm_calls: Option<Present>,
-    #[serde(default, deserialize_with = "super::present")]
-    pub max_repeated_tool_calls: Option<Present>,
-    #[serde(default, deserialize_with = "super::present")]
-    pub loop_action: Option<Present>,
+    /// Loop guard: LLM calls one task may make (0: no limit).
+    #[serde(default = "default_max_llm_calls")]
+    pub max_llm_calls: u32,
+    /// Loop guard: the same tool call (name and arguments) returned this many times in a row
+    /// is a loop (0: not checked).
+    #[serde(default = "default_max_repeated_tool_calls")]
+    pub max_repeated_tool_calls: u32,
+    #[serde(default)]
+    pub loop_action: LoopAction,
+}
+
+/// What the loop guard does about a task found looping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopAction {
+    /// Count it (`agent_loops_detected_total`); the calls go on.
+    #[default]
+    Record,
+    /// Count it, and answer the task's next LLM calls 429 `loop_detected`; the task counts as
+    /// failed.
+    Block,
 }
 
 impl Default for TasksConfig {
@@ -41,9 +56,9 @@ impl Default for TasksConfig {
             status_header: default_status_header(),
             stuck_after: default_stuck_after(),
             max_tasks: default_max_tasks(),
-            max_llm_calls: None,
-            max_repeated_tool_calls: None,
-            loop_action: None,
+            max_llm_calls: default_max_llm_calls(),
+            max_repeated_tool_calls: default_max_repeated_tool_calls(),
+            loop_action: LoopAction::default(),
         }
     }
 }
@@ -64,20 +79,16 @@ fn default_max_tasks() -> usize {
     100_000
 }
 
+fn default_max_llm_calls() -> u32 {
+    50
+}
+
+fn default_max_repeated_tool_calls() -> u32 {
+    3
+}
+
 impl TasksConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        for (key, value) in [
-            ("max_llm_calls", &self.max_llm_calls),
-            ("max_repeated_tool_calls", &self.max_repeated_tool_calls),
-            ("loop_action", &self.loop_action),
-        ] {
-            if value.is_some() {
-                return Err((
-                    format!("tasks.{key}"),
-                    "the loop guard is not supported by this build of sloguard yet; remove it (it would otherwise be silently ignored)".into(),
-                ));
-            }
-        }
         for (key, name) in [
             ("id_header", &self.id_header),
             ("status_header", &self.status_header),
@@ -102,6 +113,12 @@ impl TasksConfig {
             return Err((
                 "tasks.max_tasks".into(),
                 format!("must be between 1 and {MAX_TASKS_LIMIT}"),
+            ));
+        }
+        if self.max_repeated_tool_calls == 1 {
+            return Err((
+                "tasks.max_repeated_tool_calls".into(),
+                "must be at least 2 (1 would make every tool call a loop), or 0 to turn the check off".into(),
             ));
         }
         Ok(())

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use super::canon::Arguments;
 use super::response::{ResponseFacts, ToolCalls};
 use super::{FinishReason, ToolCall, Unparsed};
 
@@ -42,6 +43,9 @@ struct Block<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     name: Option<Cow<'a, str>>,
+    /// A complete `tool_use` block's input (an object; `{}` in a stream's start event).
+    #[serde(default, borrow)]
+    input: Option<&'a serde_json::value::RawValue>,
 }
 
 impl Block<'_> {
@@ -170,12 +174,13 @@ pub(super) fn messages_json(body: &[u8], facts: &mut ResponseFacts) -> Result<()
     if let Some(usage) = &m.usage {
         usage.record(facts);
     }
-    // `input` of a complete `tool_use` block is an object already.
+    // `input` of a complete `tool_use` block is an object already (absent: none, `{}`).
     for b in m.content.iter().filter(|b| b.is_tool_use()) {
-        facts.push_call(ToolCall {
-            name: b.name.as_deref().unwrap_or("").to_owned(),
-            arguments_valid: true,
-        });
+        let input = b.input.map_or("{}", |i| i.get());
+        facts.push_call(ToolCall::new(
+            b.name.as_deref().unwrap_or(""),
+            Arguments::Json(input.as_bytes()),
+        ));
     }
     if let Some(reason) = m.stop_reason.as_deref() {
         facts.finish_reasons.push(FinishReason::anthropic(reason));

@@ -8,6 +8,7 @@
 use crate::config::Protocol;
 
 mod anthropic;
+pub mod canon;
 pub mod collect;
 mod openai;
 pub mod request;
@@ -164,6 +165,21 @@ pub struct ToolCall {
     pub name: String,
     /// The arguments, once complete, parse as JSON.
     pub arguments_valid: bool,
+    /// The call's name and canonical arguments, hashed ([`canon`]); `None` when its arguments
+    /// outgrew what is kept and cannot be known.
+    pub fingerprint: Option<u64>,
+}
+
+impl ToolCall {
+    /// A complete call of `name` with `arguments`.
+    pub fn new(name: &str, arguments: canon::Arguments<'_>) -> ToolCall {
+        let f = canon::fingerprint(name, arguments);
+        ToolCall {
+            name: name.to_owned(),
+            arguments_valid: f.valid,
+            fingerprint: Some(f.hash),
+        }
+    }
 }
 
 /// Tool calls that do not fit the request: `(unknown_tool, invalid_arguments)`. With no request
@@ -175,11 +191,6 @@ pub fn hallucinations(request: Option<&RequestFacts>, calls: &[ToolCall]) -> (u6
     };
     let invalid = calls.iter().filter(|c| !c.arguments_valid).count();
     (unknown as u64, invalid as u64)
-}
-
-/// Whether `text` is a complete JSON value.
-pub fn is_json(text: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 #[cfg(test)]
@@ -222,14 +233,8 @@ mod tests {
             tools: vec!["get_weather".into()],
         };
         let calls = [
-            ToolCall {
-                name: "get_weather".into(),
-                arguments_valid: true,
-            },
-            ToolCall {
-                name: "delete_db".into(),
-                arguments_valid: false,
-            },
+            ToolCall::new("get_weather", canon::Arguments::Json(b"{}")),
+            ToolCall::new("delete_db", canon::Arguments::Json(b"{")),
         ];
         assert_eq!(hallucinations(Some(&req), &calls), (1, 1));
         assert_eq!(hallucinations(None, &calls), (0, 1));

@@ -6,8 +6,9 @@ use std::borrow::Cow;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+use super::canon::Arguments;
 use super::response::{ResponseFacts, ToolCalls};
-use super::{is_json, FinishReason, ToolCall, Unparsed};
+use super::{FinishReason, ToolCall, Unparsed};
 
 #[derive(Deserialize)]
 struct ChatUsage {
@@ -245,13 +246,11 @@ struct ChatCompletion<'a> {
 }
 
 fn tool_call(f: &Function<'_>) -> ToolCall {
-    ToolCall {
-        name: f.name.as_deref().unwrap_or("").to_owned(),
-        arguments_valid: f
-            .arguments
-            .as_deref()
-            .is_some_and(|a| is_json(a.as_bytes())),
-    }
+    let args = f
+        .arguments
+        .as_deref()
+        .map_or(Arguments::Absent, |a| Arguments::Json(a.as_bytes()));
+    ToolCall::new(f.name.as_deref().unwrap_or(""), args)
 }
 
 pub(super) fn chat_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Unparsed> {
@@ -268,10 +267,11 @@ pub(super) fn chat_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Un
                     facts.push_call(tool_call(f));
                 } else if let Some(c) = &call.custom {
                     // Free-text input: only the name can be wrong.
-                    facts.push_call(ToolCall {
-                        name: c.name.as_deref().unwrap_or("").to_owned(),
-                        arguments_valid: true,
-                    });
+                    let input = c.input.as_deref().unwrap_or("");
+                    facts.push_call(ToolCall::new(
+                        c.name.as_deref().unwrap_or(""),
+                        Arguments::Text(input.as_bytes()),
+                    ));
                 }
             }
             if let Some(f) = &m.function_call {
@@ -304,6 +304,9 @@ struct OutputItem<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     arguments: Option<Cow<'a, str>>,
+    /// A custom tool call's free-text input.
+    #[serde(default, borrow)]
+    input: Option<Cow<'a, str>>,
 }
 
 impl OutputItem<'_> {
@@ -316,15 +319,14 @@ impl OutputItem<'_> {
     }
 
     fn tool_call(&self) -> ToolCall {
-        let custom = self.kind.as_deref() == Some("custom_tool_call");
-        ToolCall {
-            name: self.name.as_deref().unwrap_or("").to_owned(),
-            arguments_valid: custom
-                || self
-                    .arguments
-                    .as_deref()
-                    .is_some_and(|a| is_json(a.as_bytes())),
-        }
+        let args = if self.kind.as_deref() == Some("custom_tool_call") {
+            Arguments::Text(self.input.as_deref().unwrap_or("").as_bytes())
+        } else {
+            self.arguments
+                .as_deref()
+                .map_or(Arguments::Absent, |a| Arguments::Json(a.as_bytes()))
+        };
+        ToolCall::new(self.name.as_deref().unwrap_or(""), args)
     }
 }
 
@@ -445,6 +447,7 @@ pub(super) fn responses_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use super::Arguments;
     use bytes::Bytes;
     use http::StatusCode;
 
@@ -463,11 +466,9 @@ mod tests {
         r.finish(complete)
     }
 
-    fn call(name: &str, valid: bool) -> ToolCall {
-        ToolCall {
-            name: name.into(),
-            arguments_valid: valid,
-        }
+    /// The call a reader should report: fingerprinted as if its arguments came whole.
+    fn call(name: &str, args: &str) -> ToolCall {
+        ToolCall::new(name, Arguments::Json(args.as_bytes()))
     }
 
     const HALF_CALL: &str = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\": "}}]}}]}"#;
@@ -482,7 +483,8 @@ mod tests {
         }
         // [DONE] says the stream is over: what was sent is the call.
         let facts = stream(&[HALF_CALL, "[DONE]"], true);
-        assert_eq!(facts.tool_calls, [call("f", false)]);
+        assert_eq!(facts.tool_calls, [call("f", r#"{"a": "#)]);
+        assert!(!facts.tool_calls[0].arguments_valid);
     }
 
     #[test]
@@ -494,7 +496,10 @@ mod tests {
         let facts = stream(&[a, b, end, "[DONE]"], true);
         assert_eq!(
             facts.tool_calls,
-            [call("get_weather", true), call("get_time", true)]
+            [
+                call("get_weather", r#"{"city":"Paris"}"#),
+                call("get_time", "{}")
+            ]
         );
     }
 
@@ -507,7 +512,7 @@ mod tests {
         };
         let (a, b) = (d(r#"{\"path\":"#), d(r#"\"/etc\"}"#));
         let facts = stream(&[&a, &b, "[DONE]"], true);
-        assert_eq!(facts.tool_calls, [call("read_file", true)]);
+        assert_eq!(facts.tool_calls, [call("read_file", r#"{"path":"/etc"}"#)]);
     }
 
     #[test]
@@ -515,7 +520,13 @@ mod tests {
         let c = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"custom","custom":{"name":"apply_patch","input":"*** Begin Patch"}}]}}]}"#;
         let end = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#;
         let facts = stream(&[c, end], true);
-        assert_eq!(facts.tool_calls, [call("apply_patch", true)]);
+        assert_eq!(
+            facts.tool_calls,
+            [ToolCall::new(
+                "apply_patch",
+                Arguments::Text(b"*** Begin Patch")
+            )]
+        );
         assert_eq!(facts.output_chunks, 1);
     }
 }

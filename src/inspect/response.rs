@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http::StatusCode;
 
+use super::canon::{fingerprint, Arguments};
 use super::sse::{SseItem, SseParser};
 use super::{
     anthropic, openai, Collected, FinishReason, Format, ToolCall, Unparsed, MAX_INSPECTED_BODY,
@@ -149,13 +150,19 @@ impl ToolCalls {
             if select(&self.open[i]) {
                 let call = self.open.remove(i);
                 self.bytes -= call.arguments.len();
-                let valid = call.overflow
-                    || call.free_form
-                    || (empty_is_valid && call.arguments.is_empty())
-                    || super::is_json(call.arguments.as_bytes());
+                let args = if call.free_form {
+                    Arguments::Text(call.arguments.as_bytes())
+                } else if empty_is_valid && call.arguments.is_empty() {
+                    Arguments::Json(b"{}")
+                } else {
+                    Arguments::Json(call.arguments.as_bytes())
+                };
+                let print = fingerprint(&call.name, args);
                 facts.push_call(ToolCall {
+                    // Arguments cut at the limit cannot be judged, nor known.
+                    arguments_valid: call.overflow || print.valid,
+                    fingerprint: (!call.overflow).then_some(print.hash),
                     name: call.name,
-                    arguments_valid: valid,
                 });
             } else {
                 i += 1;

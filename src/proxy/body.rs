@@ -54,6 +54,9 @@ pub struct Accounting {
     /// response head.
     pub task: Option<super::tasks::TaskRef>,
     pub task_verdict: Option<crate::sli::tasks::Verdict>,
+    /// The task of an LLM call the loop guard watches (`llm` role): told the tool calls the
+    /// response returned.
+    pub loop_key: Option<u64>,
 }
 
 /// A breaker admission and what the response head said about the call.
@@ -94,6 +97,7 @@ impl Accounting {
             safety: None,
             task: None,
             task_verdict: None,
+            loop_key: None,
         }
     }
 
@@ -166,7 +170,15 @@ impl Accounting {
 
     fn count(mut self, now: Instant, complete: bool) {
         let filtered = match self.llm.take() {
-            Some(call) => call.finish(complete, self.status, self.outcome, now),
+            Some(call) => {
+                let end = call.finish(complete, self.status, self.outcome, now);
+                if let (Some(key), Some(calls), Some(guard)) =
+                    (self.loop_key, &end.tool_calls, &self.listener.loop_guard)
+                {
+                    guard.llm_returned(key, calls, now);
+                }
+                end.filtered
+            }
             None => false,
         };
         if let Some(ls) = &self.listener.safety {

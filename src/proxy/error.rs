@@ -51,6 +51,20 @@ pub enum ProxyError {
     SafetyBlocked { detector: String },
     #[error("the agent is disabled by its kill switch until a human enables it")]
     AgentDisabled,
+    /// The loop guard found the call's task looping (`loop_action: block`).
+    #[error("the loop guard stopped this task: {}", loop_reason(*.kind))]
+    LoopDetected { kind: crate::sli::loops::LoopKind },
+}
+
+fn loop_reason(kind: crate::sli::loops::LoopKind) -> &'static str {
+    match kind {
+        crate::sli::loops::LoopKind::MaxLlmCalls => {
+            "it made more LLM calls than tasks.max_llm_calls allows"
+        }
+        crate::sli::loops::LoopKind::RepeatedToolCall => {
+            "it got the same tool call back tasks.max_repeated_tool_calls times in a row"
+        }
+    }
 }
 
 impl ProxyError {
@@ -85,6 +99,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::SafetyBlocked { .. } => StatusCode::FORBIDDEN,
+            ProxyError::LoopDetected { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -100,6 +115,7 @@ impl ProxyError {
             ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::SafetyBlocked { .. } => "safety_blocked",
             ProxyError::AgentDisabled => "agent_disabled",
+            ProxyError::LoopDetected { .. } => "loop_detected",
         }
     }
 
@@ -116,7 +132,8 @@ impl ProxyError {
             | ProxyError::Method { .. }
             | ProxyError::CircuitOpen { .. }
             | ProxyError::SafetyBlocked { .. }
-            | ProxyError::AgentDisabled => None,
+            | ProxyError::AgentDisabled
+            | ProxyError::LoopDetected { .. } => None,
         }
     }
 
@@ -128,8 +145,8 @@ impl ProxyError {
             | ProxyError::ClientStalled
             | ProxyError::Method { .. }
             | ProxyError::SafetyBlocked { .. } => Cause::None,
-            // The agent was silenced for what it said: its own failure.
-            ProxyError::AgentDisabled => Cause::Agent,
+            // The agent was silenced for what it said, or stopped for looping: its own failure.
+            ProxyError::AgentDisabled | ProxyError::LoopDetected { .. } => Cause::Agent,
             _ => Cause::upstream_failure(role),
         }
     }
@@ -146,7 +163,8 @@ impl ProxyError {
             | ProxyError::Method { .. }
             | ProxyError::CircuitOpen { .. }
             | ProxyError::SafetyBlocked { .. }
-            | ProxyError::AgentDisabled => {
+            | ProxyError::AgentDisabled
+            | ProxyError::LoopDetected { .. } => {
                 tracing::debug!(error = %error_chain(self), "request refused")
             }
             _ => {

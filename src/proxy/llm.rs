@@ -16,6 +16,16 @@ use crate::inspect::{hallucinations, Format, ResponseReader, Unparsed};
 use crate::sli::{StatusClass, UpstreamOutcome};
 use crate::telemetry::{ErrorType, LlmMetrics, ModelMetrics};
 
+/// What an ended call said that others act on.
+pub struct CallEnd {
+    /// The provider filtered the output (`content_filter`, Anthropic's `refusal`): a safety
+    /// signal.
+    pub filtered: bool,
+    /// The tool calls of a call that succeeded and was read whole (none: an empty list); `None`
+    /// for a call that failed, was cut, or could not be read — it says nothing about them.
+    pub tool_calls: Option<Vec<crate::inspect::ToolCall>>,
+}
+
 pub struct LlmCall {
     metrics: Arc<LlmMetrics>,
     format: Format,
@@ -90,16 +100,14 @@ impl LlmCall {
         }
     }
 
-    /// The call is over (`complete`: its body ended cleanly); records everything else. Returns
-    /// whether the provider filtered the output (`content_filter`, Anthropic's `refusal`): a
-    /// safety signal.
+    /// The call is over (`complete`: its body ended cleanly); records everything else.
     pub fn finish(
         mut self,
         complete: bool,
         status: StatusClass,
         outcome: Option<UpstreamOutcome>,
         now: Instant,
-    ) -> bool {
+    ) -> CallEnd {
         let model = self.model();
         // A body cut while the upstream was fine: the client left mid-stream.
         let error = match (complete, outcome) {
@@ -119,7 +127,10 @@ impl LlmCall {
             // No response came (the proxy answered, or the client left): the call failed.
             self.metrics
                 .finish_reason(crate::inspect::FinishReason::Error);
-            return false;
+            return CallEnd {
+                filtered: false,
+                tool_calls: None,
+            };
         };
         let facts = reader.finish(complete);
         model.tokens(facts.input_tokens, facts.output_tokens);
@@ -133,9 +144,18 @@ impl LlmCall {
         if let Some(why) = facts.unparsed {
             self.metrics.unparsed(why);
         }
-        facts
-            .finish_reasons
-            .contains(&crate::inspect::FinishReason::ContentFilter)
+        let read = complete
+            && status == StatusClass::Success
+            && facts.unparsed.is_none()
+            && !facts
+                .finish_reasons
+                .contains(&crate::inspect::FinishReason::Error);
+        CallEnd {
+            filtered: facts
+                .finish_reasons
+                .contains(&crate::inspect::FinishReason::ContentFilter),
+            tool_calls: read.then_some(facts.tool_calls),
+        }
     }
 }
 

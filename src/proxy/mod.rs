@@ -12,7 +12,10 @@
 //!    pipeline) or gets 503 `agent_disabled`, and an `llm` listener's gets 503: a silent agent is
 //!    safer than a harmful one. First, so that a disabled agent costs nothing more. On an
 //!    `agent` listener the request's **task** begins ([`tasks::Tasks`]: by `tasks.id_header`, or
-//!    a task of its own) and the request starts waiting for the agent's answer (liveness).
+//!    a task of its own) and the request starts waiting for the agent's answer (liveness). On an
+//!    `llm` listener an LLM call (recognised as in step 5) carrying the task id is counted by the
+//!    **loop guard** ([`tasks::Tasks::llm_call`]); under `loop_action: block` a call of a task
+//!    found looping gets 429 `loop_detected` here, before a breaker or a provider is troubled.
 //! 3. **Ask the circuit breakers along the route's chain** ([`crate::upstream::UpstreamBreaker`]):
 //!    an upstream whose circuit is open gets no request at all; the first that admits the
 //!    request takes it. None admits and no cache: 503 `circuit_open` at once, before any work is
@@ -86,7 +89,8 @@
 //!     the client leaves) the request is counted once, under the upstream that answered:
 //!     `agent_requests_total`, `agent_response_seconds`, `agent_time_to_first_byte_seconds`,
 //!     `sloguard_upstream_requests_total`, and for an LLM call the GenAI duration, tokens,
-//!     finish reasons, tool-call checks and unparsed bodies; `agent_responses_total` and the
+//!     finish reasons, tool-call checks and unparsed bodies (and the loop guard is told the
+//!     tool calls a successful call returned); `agent_responses_total` and the
 //!     safety violations (a provider's `content_filter` among them); the task's end, if the
 //!     verdict (or the status) ends it; the circuit breaker is fed the
 //!     attempt's outcome (a client that left gives a probe's slot back); a cached response that
@@ -198,6 +202,18 @@ pub async fn handle(
         (format_for(primary), &primary.llm, unanswered.0.as_mut())
     {
         a.llm = Some(Box::new(LlmCall::new(metrics.clone(), format, received)));
+    }
+    // The loop guard counts the task's LLM calls; under `block` a looping task's call is refused
+    // before any work is spent on it — no provider is asked, so it is no LLM call either.
+    if let (Some(guard), Some(a)) = (&listener.loop_guard, unanswered.0.as_mut()) {
+        if a.llm.is_some() {
+            let call = guard.llm_call(&client_headers, received);
+            if let Some(kind) = call.refuse {
+                a.llm = None;
+                return local_error(ProxyError::LoopDetected { kind }, unanswered.0.take(), None);
+            }
+            a.loop_key = call.key;
+        }
     }
     let rewrite = route.rewrites_model
         && route

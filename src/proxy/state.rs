@@ -41,14 +41,16 @@ impl Shared {
             .filter(|_| webhook)
             .and_then(|url| WebhookConfig::parse(url).ok());
         let incidents = Incidents::new(telemetry, &config.agent, hook);
+        let kill = KillSwitch::new(telemetry, &config.agent, incidents.clone());
         Shared {
-            kill: KillSwitch::new(telemetry, &config.agent, incidents.clone()),
-            incidents,
             tasks: Arc::new(super::tasks::Tasks::new(
                 &config.tasks,
                 telemetry,
                 &config.agent,
+                kill.clone(),
             )),
+            kill,
+            incidents,
         }
     }
 }
@@ -166,6 +168,8 @@ pub struct ListenerState {
     pub when_disabled: Option<Arc<ListenerState>>,
     /// The agent's tasks, on an `agent` listener.
     pub tasks: Option<Arc<super::tasks::Tasks>>,
+    /// The same tasks, for the loop guard, on an `llm` listener.
+    pub loop_guard: Option<Arc<super::tasks::Tasks>>,
 }
 
 impl ListenerState {
@@ -297,6 +301,7 @@ impl Snapshot {
                     when_disabled: None,
                     // A human queue's answers are no verdict on the agent's tasks.
                     tasks: None,
+                    loop_guard: None,
                     route: route.clone(),
                 })),
                 _ => None,
@@ -325,6 +330,7 @@ impl Snapshot {
                 kill: Some(shared.kill.clone()),
                 when_disabled,
                 tasks: (l.role == Role::Agent).then(|| shared.tasks.clone()),
+                loop_guard: (l.role == Role::Llm).then(|| shared.tasks.clone()),
                 route,
             }));
         }

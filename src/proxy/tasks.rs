@@ -1,19 +1,28 @@
 //! Task tracking on the `agent` role: each request's task (by `tasks.id_header`, or a task of
 //! its own), the agent's verdict on its response (`tasks.status_header`, or the status code),
-//! and the counters of the article's task-completion SLI. The table itself is
-//! [`crate::sli::tasks::TaskTable`]; this is its glue to requests and metrics.
+//! and the counters of the article's task-completion SLI. And the loop guard on the `llm` role,
+//! keyed by the same header on the agent's LLM calls. The tables themselves are
+//! [`crate::sli::tasks::TaskTable`] and [`crate::sli::loops::LoopTable`]; this is their glue
+//! to requests and metrics. Both share one key per task id, so that a call the guard refuses
+//! fails the agent's task of the same id.
+
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
 use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
-use crate::config::TasksConfig;
+use super::safety::KillSwitch;
+use crate::config::{LoopAction, TasksConfig};
+use crate::inspect::ToolCall;
 use crate::sli::liveness::{Liveness, Stuck};
+use crate::sli::loops::{LoopKind, LoopLimits, LoopTable};
 use crate::sli::tasks::{Ended, TaskTable, Verdict};
 use crate::sli::StatusClass;
 use crate::telemetry::{
-    label, Telemetry, AGENT_STUCK, AGENT_TASKS_ABANDONED, AGENT_TASKS_COMPLETED,
-    AGENT_TASKS_FAILED, AGENT_TASKS_STARTED, TASKS_EVICTED,
+    label, Telemetry, AGENT_LOOPS_DETECTED, AGENT_STUCK, AGENT_TASKS_ABANDONED,
+    AGENT_TASKS_COMPLETED, AGENT_TASKS_FAILED, AGENT_TASKS_STARTED, LOOP_TASKS_EVICTED,
+    TASKS_EVICTED,
 };
 
 /// The task a request belongs to.
@@ -25,14 +34,31 @@ pub struct TaskRef {
     waiting: u64,
 }
 
+/// What the loop guard says about an LLM call about to be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopCall {
+    /// The task the call belongs to (`None`: it carries no task id and is not guarded).
+    pub key: Option<u64>,
+    /// Refuse it (`loop_action: block`, the task found looping): 429 `loop_detected`.
+    pub refuse: Option<LoopKind>,
+}
+
 /// One sidecar's tasks: kept across config reloads, like the kill switch.
 pub struct Tasks {
     pub table: TaskTable,
+    /// The loop guard's count of each task's LLM calls.
+    pub loops: LoopTable,
+    loop_action: LoopAction,
+    loops_detected: [Counter; LoopKind::COUNT],
+    loops_evicted: Counter,
     /// Whether the agent is stuck (`GET /agent/healthz`).
     pub liveness: Liveness,
     stuck: Gauge,
     id_header: HeaderName,
     status_header: HeaderName,
+    /// While it holds, the agent gets no traffic: tasks left idle then are not the agent being
+    /// stuck.
+    kill: Arc<KillSwitch>,
     started: Counter,
     completed: Counter,
     failed: Counter,
@@ -41,7 +67,7 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    pub fn new(config: &TasksConfig, t: &Telemetry, agent: &str) -> Tasks {
+    pub fn new(config: &TasksConfig, t: &Telemetry, agent: &str, kill: Arc<KillSwitch>) -> Tasks {
         let counter = |name| t.counter(name, vec![label("agent", agent)]);
         let header = |name: &str, fallback: &'static str| {
             HeaderName::from_bytes(name.as_bytes())
@@ -49,6 +75,22 @@ impl Tasks {
         };
         Tasks {
             table: TaskTable::new(config.max_tasks, config.stuck_after.0),
+            loops: LoopTable::new(
+                config.max_tasks,
+                LoopLimits {
+                    max_llm_calls: config.max_llm_calls,
+                    max_repeated_tool_calls: config.max_repeated_tool_calls,
+                },
+                config.stuck_after.0,
+            ),
+            loop_action: config.loop_action,
+            loops_detected: LoopKind::ALL.map(|kind| {
+                t.counter(
+                    AGENT_LOOPS_DETECTED,
+                    vec![label("agent", agent), label("kind", kind.as_str())],
+                )
+            }),
+            loops_evicted: counter(LOOP_TASKS_EVICTED),
             liveness: Liveness::new(config.stuck_after.0),
             stuck: {
                 let g = t.gauge(AGENT_STUCK, vec![label("agent", agent)]);
@@ -57,6 +99,7 @@ impl Tasks {
             },
             id_header: header(&config.id_header, "x-agent-task-id"),
             status_header: header(&config.status_header, "x-agent-task-status"),
+            kill,
             started: counter(AGENT_TASKS_STARTED),
             completed: counter(AGENT_TASKS_COMPLETED),
             failed: counter(AGENT_TASKS_FAILED),
@@ -65,13 +108,18 @@ impl Tasks {
         }
     }
 
-    /// A request arrived with these headers.
-    pub fn begin(&self, headers: &HeaderMap, now: Instant) -> TaskRef {
-        let key = headers
+    /// The key of the task id in these headers, if they carry one.
+    fn key(&self, headers: &HeaderMap) -> Option<u64> {
+        headers
             .get(&self.id_header)
             .map(|v| v.as_bytes().trim_ascii())
             .filter(|v| !v.is_empty())
-            .map(|id| self.table.key(id));
+            .map(|id| self.table.key(id))
+    }
+
+    /// A request arrived with these headers.
+    pub fn begin(&self, headers: &HeaderMap, now: Instant) -> TaskRef {
+        let key = self.key(headers);
         let new = match key {
             Some(k) => {
                 let (new, evicted) = self.table.request(k, now);
@@ -112,7 +160,14 @@ impl Tasks {
             _ => Verdict::InProgress,
         });
         let ended = match task.key {
-            Some(k) => self.table.response(k, verdict, now),
+            Some(k) => {
+                let ended = self.table.response(k, verdict, now);
+                if ended.is_some() {
+                    // Over: its LLM calls are not counted on.
+                    self.loops.forget(k);
+                }
+                ended
+            }
             // A task of one request: it cannot go on.
             None => Some(match verdict {
                 Verdict::Completed => Ended::Completed,
@@ -134,14 +189,53 @@ impl Tasks {
         }
     }
 
-    /// Ends the tasks idle past `stuck_after`, and updates `sloguard_agent_stuck`.
+    /// Ends the tasks idle past `stuck_after` (and forgets the loop guard's), and updates
+    /// `sloguard_agent_stuck`.
     pub fn sweep(&self, now: Instant) {
-        let abandoned = self.table.sweep(now);
-        if abandoned > 0 {
-            self.abandoned.increment(abandoned);
-            self.liveness.abandoned(now);
+        let swept = self.table.sweep(now);
+        if swept.abandoned > 0 {
+            self.abandoned.increment(swept.abandoned);
+            self.abandoned_while_live(now);
         }
+        self.failed.increment(swept.failed);
+        self.loops.sweep(now);
         self.check(now);
+    }
+
+    /// The loop guard, asked about an LLM call (on an `llm` listener) with these headers, about
+    /// to be made. A call the guard refuses fails the agent's task of the same id.
+    pub fn llm_call(&self, headers: &HeaderMap, now: Instant) -> LoopCall {
+        let Some(key) = self.key(headers) else {
+            return LoopCall {
+                key: None,
+                refuse: None,
+            };
+        };
+        let check = self.loops.call(key, now);
+        if check.evicted {
+            self.loops_evicted.increment(1);
+        }
+        if check.crossed {
+            self.loops_detected[LoopKind::MaxLlmCalls as usize].increment(1);
+        }
+        let refuse = check
+            .looping
+            .filter(|_| self.loop_action == LoopAction::Block);
+        if refuse.is_some() {
+            self.table.looped(key);
+        }
+        LoopCall {
+            key: Some(key),
+            refuse,
+        }
+    }
+
+    /// A successful LLM call of task `key` returned these tool calls (none: a run is broken).
+    pub fn llm_returned(&self, key: u64, calls: &[ToolCall], now: Instant) {
+        let found = self
+            .loops
+            .returned(key, calls.iter().map(|c| c.fingerprint), now);
+        self.loops_detected[LoopKind::RepeatedToolCall as usize].increment(u64::from(found));
     }
 
     /// Whether the agent is stuck now (also sets `sloguard_agent_stuck`).
@@ -160,13 +254,21 @@ impl Tasks {
             Ended::Failed => self.failed.increment(1),
             Ended::Abandoned => {
                 self.abandoned.increment(1);
-                self.liveness.abandoned(now);
+                self.abandoned_while_live(now);
             }
             Ended::Evicted => {
                 self.evicted.increment(1);
                 self.abandoned.increment(1);
-                self.liveness.abandoned(now);
+                self.abandoned_while_live(now);
             }
+        }
+    }
+
+    /// Tasks were abandoned: a sign the agent is stuck — unless the kill switch holds, when the
+    /// tasks' next requests went to the human queue, not to the agent.
+    fn abandoned_while_live(&self, now: Instant) {
+        if !self.kill.is_disabled() {
+            self.liveness.abandoned(now);
         }
     }
 }

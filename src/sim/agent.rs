@@ -1,6 +1,12 @@
 //! A simulated agent API: `POST /v1/tasks` does some "work", optionally asks its LLM (through the
-//! sidecar's egress listener, as a real agent would) and answers JSON; a share of requests fail
-//! with 500 as configured.
+//! sidecar's egress listener, as a real agent would, forwarding its task id) and answers JSON; a
+//! share of requests fail with 500 as configured.
+//!
+//! The request body may say which step of a task it is, `{"step": 2, "steps": 3}`: the agent
+//! answers `x-agent-task-status: in_progress` until the last step, then `completed`. With
+//! `"loop": true` the agent is stuck in a reasoning loop: it asks its model again and again (the
+//! same tool call comes back each time) until a call fails or `loop_calls` were made. During the
+//! `stuck` window the agent hangs: it answers nothing until the window ends.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -31,6 +37,11 @@ pub struct AgentSim {
     /// From this long after the start, the share of leaking answers is the second value: the
     /// agent goes bad (a bad prompt, a poisoned document), and the kill switch trips.
     pub leak_burst: Option<(Duration, f64)>,
+    /// From this long after the start, for that long, the agent hangs: requests get no answer
+    /// until the window ends.
+    pub stuck: Option<(Duration, Duration)>,
+    /// The most LLM calls a looping step makes.
+    pub loop_calls: usize,
     pub seed: u64,
 }
 
@@ -42,6 +53,8 @@ impl Default for AgentSim {
             error_rate: 0.0,
             leak_rate: 0.0,
             leak_burst: None,
+            stuck: None,
+            loop_calls: 100,
             seed: 0xa9e7,
         }
     }
@@ -73,7 +86,17 @@ async fn respond(
             serde_json::json!({"error": "no such endpoint"}),
         );
     }
-    let _ = req.into_body().collect().await;
+    let task_id = req.headers().get("x-agent-task-id").cloned();
+    let step: Step = match req.into_body().collect().await {
+        Ok(b) => serde_json::from_slice(&b.to_bytes()).unwrap_or_default(),
+        Err(_) => Step::default(),
+    };
+    if let Some((at, length)) = sim.stuck {
+        let end = started + at + length;
+        if started.elapsed() >= at && tokio::time::Instant::now() < end {
+            tokio::time::sleep_until(end).await;
+        }
+    }
     tokio::time::sleep(sim.work).await;
     if rng.next_f64() < sim.error_rate {
         return json(
@@ -83,22 +106,19 @@ async fn respond(
     }
     let mut llm_status = None;
     if let Some(url) = sim.llm_url.get() {
-        let body =
-            r#"{"model":"sim-gpt","messages":[{"role":"user","content":"help"}],"stream":false}"#;
-        let call = Request::post(format!("{url}/v1/chat/completions"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from_static(body.as_bytes())));
-        let status = match call {
-            Ok(call) => match client.request(call).await {
-                Ok(r) => {
-                    let s = r.status();
-                    let _ = r.into_body().collect().await;
-                    s
-                }
-                Err(_) => StatusCode::BAD_GATEWAY,
-            },
-            Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // A looping step asks again and again, getting the same tool call back each time.
+        let calls = if step.r#loop {
+            sim.loop_calls.max(1)
+        } else {
+            1
         };
+        let mut status = StatusCode::OK;
+        for _ in 0..calls {
+            status = ask(client, url, task_id.as_ref(), step.r#loop).await;
+            if !status.is_success() {
+                break;
+            }
+        }
         if !status.is_success() {
             // The agent cannot finish without its model: it fails the task itself.
             return json(
@@ -121,10 +141,61 @@ async fn respond(
     } else {
         "done"
     };
-    json(
+    let mut r = json(
         StatusCode::OK,
         serde_json::json!({"status": "completed", "answer": answer, "llm_status": llm_status}),
-    )
+    );
+    if let (Some(step), Some(steps)) = (step.step, step.steps) {
+        let verdict = if step >= steps {
+            "completed"
+        } else {
+            "in_progress"
+        };
+        r.headers_mut()
+            .insert("x-agent-task-status", HeaderValue::from_static(verdict));
+    }
+    r
+}
+
+/// Which step of its task a request is (all optional).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Step {
+    #[serde(default)]
+    step: Option<u32>,
+    #[serde(default)]
+    steps: Option<u32>,
+    /// The agent loops on this step.
+    #[serde(default)]
+    r#loop: bool,
+}
+
+/// One LLM call through the sidecar, carrying the task id; its status (502: no answer).
+async fn ask(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    task_id: Option<&HeaderValue>,
+    looping: bool,
+) -> StatusCode {
+    let body = r#"{"model":"sim-gpt","messages":[{"role":"user","content":"help"}],"stream":false,"tools":[{"type":"function","function":{"name":"open_ticket","parameters":{"type":"object"}}}]}"#;
+    let mut call = Request::post(format!("{url}/v1/chat/completions"))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(id) = task_id {
+        call = call.header("x-agent-task-id", id.clone());
+    }
+    if looping {
+        call = call.header("x-sim-scenario", "tool_call");
+    }
+    match call.body(Full::new(Bytes::from_static(body.as_bytes()))) {
+        Ok(call) => match client.request(call).await {
+            Ok(r) => {
+                let s = r.status();
+                let _ = r.into_body().collect().await;
+                s
+            }
+            Err(_) => StatusCode::BAD_GATEWAY,
+        },
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 fn json(code: StatusCode, body: serde_json::Value) -> Response<SimBody> {

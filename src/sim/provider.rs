@@ -112,6 +112,9 @@ enum Completion {
     ToolCall {
         name: String,
         valid_arguments: bool,
+        /// The ticket the call is about: chosen calls are about T-1042, dice-rolled ones about
+        /// tickets of their own (a model working through a queue does not repeat itself).
+        ticket: u32,
     },
 }
 
@@ -268,20 +271,23 @@ fn choose(
         .first()
         .cloned()
         .unwrap_or_else(|| "lookup".to_owned());
-    let call = |name: String, valid_arguments| Completion::ToolCall {
+    let call = |name: String, valid_arguments, ticket| Completion::ToolCall {
         name,
         valid_arguments,
+        ticket,
     };
     match headers.get("x-sim-scenario").and_then(|v| v.to_str().ok()) {
         Some("text") => return Completion::Text,
-        Some("tool_call") => return call(first, true),
-        Some("unknown_tool") => return call("delete_everything".into(), true),
-        Some("invalid_arguments") => return call(first, false),
+        Some("tool_call") => return call(first, true, 1042),
+        Some("unknown_tool") => return call("delete_everything".into(), true, 1042),
+        Some("invalid_arguments") => return call(first, false, 1042),
         _ => {}
     }
     if tools.is_empty() || rng.next_f64() >= sim.tool_call_rate {
         return Completion::Text;
     }
+    let ticket = 1000 + (rng.next_f64() * 9000.0) as u32;
+    let call = |name, valid| call(name, valid, ticket);
     let h = rng.next_f64();
     if h < sim.hallucination_rate / 2.0 {
         call("delete_everything".into(), true)
@@ -303,12 +309,13 @@ struct Call {
 }
 
 /// Tool-call arguments, in the fragments a stream sends them in.
-fn argument_fragments(valid: bool) -> [&'static str; 3] {
-    if valid {
-        ["{\"ticket\": ", "\"T-1042\", \"priority\"", ": \"high\"}"]
-    } else {
-        ["{\"ticket\": ", "\"T-1042\", \"priority\"", ": \"hi"]
-    }
+fn argument_fragments(valid: bool, ticket: u32) -> [String; 3] {
+    let end = if valid { ": \"high\"}" } else { ": \"hi" };
+    [
+        "{\"ticket\": ".to_owned(),
+        format!("\"T-{ticket}\", \"priority\""),
+        end.to_owned(),
+    ]
 }
 
 impl Call {
@@ -328,10 +335,11 @@ impl Call {
                     Completion::ToolCall {
                         name,
                         valid_arguments,
+                        ticket,
                     } => (
                         json!({"role": "assistant", "content": null, "tool_calls": [{
                             "id": "call_sim1", "type": "function",
-                            "function": {"name": name, "arguments": argument_fragments(*valid_arguments).concat()},
+                            "function": {"name": name, "arguments": argument_fragments(*valid_arguments, *ticket).concat()},
                         }]}),
                         "tool_calls",
                     ),
@@ -348,8 +356,8 @@ impl Call {
                         json!([{"type": "text", "text": self.text(sim)}]),
                         "end_turn",
                     ),
-                    Completion::ToolCall { name, .. } => (
-                        json!([{"type": "tool_use", "id": "toolu_sim1", "name": name, "input": {"ticket": "T-1042"}}]),
+                    Completion::ToolCall { name, ticket, .. } => (
+                        json!([{"type": "tool_use", "id": "toolu_sim1", "name": name, "input": {"ticket": format!("T-{ticket}")}}]),
                         "tool_use",
                     ),
                 };
@@ -398,12 +406,13 @@ impl Call {
             Completion::ToolCall {
                 name,
                 valid_arguments,
+                ticket,
             } => {
                 events.push(chunk(
                     json!({"tool_calls": [{"index": 0, "id": "call_sim1", "type": "function", "function": {"name": name, "arguments": ""}}]}),
                     None,
                 ));
-                for part in argument_fragments(*valid_arguments) {
+                for part in argument_fragments(*valid_arguments, *ticket) {
                     events.push(chunk(
                         json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
                         None,
@@ -453,12 +462,13 @@ impl Call {
             Completion::ToolCall {
                 name,
                 valid_arguments,
+                ticket,
             } => {
                 events.push(event(
                     "content_block_start",
                     json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_sim1", "name": name, "input": {}}}),
                 ));
-                for part in argument_fragments(*valid_arguments) {
+                for part in argument_fragments(*valid_arguments, *ticket) {
                     events.push(event(
                         "content_block_delta",
                         json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": part}}),

@@ -3,6 +3,8 @@
 //! the telemetry handles count.
 
 pub mod liveness;
+pub mod loops;
+pub mod table;
 pub mod tasks;
 
 use crate::config::Role;

@@ -5,20 +5,15 @@
 //! A plain type fed events with their time (`tokio::time::Instant`, so tests run on paused
 //! time); the data plane feeds it, telemetry counts what it returns. Task ids from outside are
 //! never kept: a task is its id's 64-bit hash (seeded per process), so memory per task is fixed
-//! whatever the id's length, and an id is never a label. The table is sharded by that hash; each
-//! shard is an insertion-ordered map kept in order of last activity, so the stalest task is at
-//! its front, for the idle sweep and for eviction alike.
+//! whatever the id's length, and an id is never a label. The table is a [`Table`]: bounded,
+//! sharded, kept in order of last activity.
 
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use hashlink::LinkedHashMap;
 use tokio::time::Instant;
 
-/// Shards: enough that two threads rarely meet on one lock.
-const SHARDS: usize = 16;
+use super::table::{Entry, Idle, Table};
 
 /// What the agent said about its task on a response (`tasks.status_header`), or what its status
 /// code says without one.
@@ -68,21 +63,34 @@ pub enum Ended {
     Evicted,
 }
 
-/// A live task: 16 bytes besides its key.
+/// A live task: 24 bytes besides its key.
 #[derive(Debug, Clone, Copy)]
 struct Task {
     /// Its last request or response.
     last: Instant,
     /// Requests of it still waiting for their response.
     outstanding: u32,
+    /// The loop guard refused one of its LLM calls: it ends failed, whatever the agent says.
+    looped: bool,
+}
+
+impl Entry for Task {
+    fn last(&self) -> Instant {
+        self.last
+    }
+}
+
+/// Tasks the idle sweep ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub abandoned: u64,
+    /// Cut by the loop guard, then left idle.
+    pub failed: u64,
 }
 
 /// The live tasks.
 pub struct TaskTable {
-    shards: Vec<Mutex<LinkedHashMap<u64, Task>>>,
-    capacity: usize,
-    /// Live tasks in all shards.
-    live: AtomicUsize,
+    table: Table<Task>,
     stuck_after: Duration,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -92,11 +100,7 @@ impl TaskTable {
     /// it a task or two past, until tasks end).
     pub fn new(capacity: usize, stuck_after: Duration) -> TaskTable {
         TaskTable {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(LinkedHashMap::new()))
-                .collect(),
-            capacity: capacity.max(1),
-            live: AtomicUsize::new(0),
+            table: Table::new(capacity),
             stuck_after,
             hasher: std::collections::hash_map::RandomState::new(),
         }
@@ -109,131 +113,89 @@ impl TaskTable {
         h.finish()
     }
 
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, LinkedHashMap<u64, Task>> {
-        let i = (key >> 59) as usize % SHARDS;
-        // A poisoned shard only means a panic elsewhere mid-update of plain numbers.
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// A request of task `key` arrived. Returns whether the task is new (counted started), and
     /// the task a full table pushed out to make room (counted abandoned).
     pub fn request(&self, key: u64, now: Instant) -> (bool, Option<Ended>) {
-        {
-            let mut shard = self.shard(key);
-            if let Some(task) = shard.to_back(&key) {
-                task.last = now;
-                task.outstanding = task.outstanding.saturating_add(1);
-                return (false, None);
-            }
-        }
-        // Full: the stalest task of the whole table makes room. Shards are locked one at a
-        // time, never two at once (no lock order to get wrong); threads inserting at the same
-        // moment can take the table a task or two past its bound, until tasks end.
-        let evicted = (self.live.load(Ordering::Relaxed) >= self.capacity)
-            .then(|| self.evict_stalest())
-            .flatten();
-        let mut shard = self.shard(key);
-        if let Some(task) = shard.to_back(&key) {
-            // Another request of the task got in meanwhile.
+        let new = || Task {
+            last: now,
+            outstanding: 0,
+            looped: false,
+        };
+        let (new, evicted) = self.table.upsert(key, new, |task, new| {
             task.last = now;
             task.outstanding = task.outstanding.saturating_add(1);
-            return (false, evicted);
-        }
-        shard.insert(
-            key,
-            Task {
-                last: now,
-                outstanding: 1,
-            },
-        );
-        self.live.fetch_add(1, Ordering::Relaxed);
-        (true, evicted)
-    }
-
-    /// Pushes out the task idle longest (the oldest of the shards' fronts).
-    fn evict_stalest(&self) -> Option<Ended> {
-        let mut oldest: Option<(usize, u64, Instant)> = None;
-        for (i, shard) in self.shards.iter().enumerate() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((&key, task)) = shard.front() {
-                if oldest.is_none_or(|(_, _, last)| task.last < last) {
-                    oldest = Some((i, key, task.last));
-                }
-            }
-        }
-        let (i, key, _) = oldest?;
-        let mut shard = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
-        shard.remove(&key)?;
-        self.live.fetch_sub(1, Ordering::Relaxed);
-        Some(Ended::Evicted)
+            new
+        });
+        (new, evicted.map(|_| Ended::Evicted))
     }
 
     /// The response to a request of task `key` went out with `verdict`. Returns how the task
     /// ended, if it did. A response for a task not in the table (evicted meanwhile) ends
-    /// nothing: it was counted when it was pushed out.
+    /// nothing: it was counted when it was pushed out. A task the loop guard cut ends failed.
     pub fn response(&self, key: u64, verdict: Verdict, now: Instant) -> Option<Ended> {
-        let mut shard = self.shard(key);
-        let task = shard.to_back(&key)?;
-        task.last = now;
-        task.outstanding = task.outstanding.saturating_sub(1);
-        let ended = match verdict {
-            Verdict::Completed => Ended::Completed,
-            Verdict::Failed => Ended::Failed,
-            Verdict::InProgress => return None,
-        };
-        shard.remove(&key);
-        self.live.fetch_sub(1, Ordering::Relaxed);
-        Some(ended)
+        self.table
+            .update(key, |task| {
+                task.last = now;
+                task.outstanding = task.outstanding.saturating_sub(1);
+                let ended = match verdict {
+                    _ if task.looped => Some(Ended::Failed),
+                    Verdict::Completed => Some(Ended::Completed),
+                    Verdict::Failed => Some(Ended::Failed),
+                    Verdict::InProgress => None,
+                };
+                (ended, ended.is_some())
+            })
+            .flatten()
     }
 
     /// The request of task `key` got no response (the client left, or the exchange failed
     /// before one): the task waits for its next request, or is abandoned.
     pub fn no_response(&self, key: u64, now: Instant) {
-        let mut shard = self.shard(key);
-        if let Some(task) = shard.to_back(&key) {
+        self.table.update(key, |task| {
             task.last = now;
             task.outstanding = task.outstanding.saturating_sub(1);
-        }
+            ((), false)
+        });
     }
 
-    /// Ends, as abandoned, every task with nothing outstanding that has been idle longer than
-    /// `stuck_after`; returns how many.
-    pub fn sweep(&self, now: Instant) -> u64 {
-        let mut abandoned = 0;
-        for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            // Tasks with a request still outstanding are the stuck-request check's business,
-            // not abandoned; they go to the back, and are each looked at once per sweep.
-            let mut skipped = 0;
-            while let Some((&key, task)) = shard.front() {
-                if now.saturating_duration_since(task.last) <= self.stuck_after
-                    || skipped >= shard.len()
-                {
-                    break;
-                }
-                if task.outstanding > 0 {
-                    shard.to_back(&key);
-                    skipped += 1;
-                    continue;
-                }
-                shard.pop_front();
-                self.live.fetch_sub(1, Ordering::Relaxed);
-                abandoned += 1;
-            }
-        }
-        abandoned
+    /// The loop guard refused an LLM call of task `key`: the task ends failed (at its next
+    /// response, or when left idle). Returns whether the task is live here.
+    pub fn looped(&self, key: u64) -> bool {
+        self.table
+            .update(key, |task| {
+                task.looped = true;
+                ((), false)
+            })
+            .is_some()
+    }
+
+    /// Ends every task with nothing outstanding that has been idle longer than `stuck_after`:
+    /// abandoned, or failed if the loop guard cut it. Tasks with a request still outstanding
+    /// are the stuck-request check's business, not abandoned.
+    pub fn sweep(&self, now: Instant) -> Swept {
+        let mut swept = Swept::default();
+        self.table.sweep(
+            now,
+            self.stuck_after,
+            |task| match task.outstanding {
+                0 => Idle::Remove,
+                _ => Idle::Keep,
+            },
+            |task| match task.looped {
+                true => swept.failed += 1,
+                false => swept.abandoned += 1,
+            },
+        );
+        swept
     }
 
     /// Live tasks.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.table.is_empty()
     }
 }
 
@@ -262,6 +224,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_task_the_loop_guard_cut_ends_failed_whatever_the_agent_says() {
+        let t = TaskTable::new(100, STUCK);
+        let (a, b) = (t.key(b"a"), t.key(b"b"));
+        let now = Instant::now();
+        assert!(!t.looped(a), "not live yet");
+        t.request(a, now);
+        assert!(t.looped(a));
+        assert_eq!(t.response(a, Verdict::Completed, now), Some(Ended::Failed));
+        // Left idle after the cut: failed too, not abandoned.
+        t.request(b, now);
+        t.response(b, Verdict::InProgress, now);
+        t.looped(b);
+        tokio::time::advance(STUCK + Duration::from_secs(1)).await;
+        assert_eq!(
+            t.sweep(Instant::now()),
+            Swept {
+                abandoned: 0,
+                failed: 1
+            }
+        );
+        assert!(t.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn idle_in_progress_tasks_are_abandoned_after_stuck_after() {
         let t = TaskTable::new(100, STUCK);
         let (a, b) = (t.key(b"a"), t.key(b"b"));
@@ -273,18 +259,18 @@ mod tests {
         tokio::time::advance(STUCK).await;
         assert_eq!(
             t.sweep(Instant::now()),
-            0,
+            Swept::default(),
             "not idle longer than stuck_after yet"
         );
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(t.sweep(Instant::now()), 1);
+        assert_eq!(t.sweep(Instant::now()).abandoned, 1);
         assert_eq!(t.len(), 1);
         // Activity keeps a task alive.
         t.response(b, Verdict::InProgress, Instant::now());
         tokio::time::advance(STUCK / 2).await;
-        assert_eq!(t.sweep(Instant::now()), 0);
+        assert_eq!(t.sweep(Instant::now()).abandoned, 0);
         tokio::time::advance(STUCK).await;
-        assert_eq!(t.sweep(Instant::now()), 1);
+        assert_eq!(t.sweep(Instant::now()).abandoned, 1);
         assert!(t.is_empty());
     }
 
@@ -345,7 +331,7 @@ mod tests {
 
     #[test]
     fn memory_per_live_task_is_small_and_fixed() {
-        // Key, value and the map's two links and bucket: well under 100 bytes a task.
+        // Key, value and the map's two links and bucket: under 100 bytes a task.
         assert!(std::mem::size_of::<(u64, Task)>() <= 32);
     }
 }

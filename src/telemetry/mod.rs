@@ -44,6 +44,8 @@ pub const AGENT_TASKS_FAILED: &str = "agent_tasks_failed_total";
 pub const AGENT_TASKS_ABANDONED: &str = "agent_tasks_abandoned_total";
 pub const TASKS_EVICTED: &str = "sloguard_tasks_evicted_total";
 pub const AGENT_STUCK: &str = "sloguard_agent_stuck";
+pub const AGENT_LOOPS_DETECTED: &str = "agent_loops_detected_total";
+pub const LOOP_TASKS_EVICTED: &str = "sloguard_loop_tasks_evicted_total";
 
 /// Request latency of an agent or an LLM call: from a few milliseconds (a cached or failed call)
 /// to minutes (a long generation). Denser around 0.1–10 s, where agent latency SLOs sit; every
@@ -268,7 +270,7 @@ impl Telemetry {
         d(
             AGENT_TASKS_FAILED,
             None,
-            "Agent tasks that ended failed (the agent's status header, or a 5xx without it).",
+            "Agent tasks that ended failed (the agent's status header, or a 5xx without it; or cut by the loop guard).",
             0,
         );
         d(
@@ -288,6 +290,18 @@ impl Telemetry {
             None,
             "1 while the agent is stuck (GET /agent/healthz answers 503): a request unanswered, or tasks abandoned with none completed, within tasks.stuck_after.",
             2,
+        );
+        d(
+            AGENT_LOOPS_DETECTED,
+            None,
+            "Loop guard hits: a task made more than tasks.max_llm_calls LLM calls, or got the same tool call back tasks.max_repeated_tool_calls times in a row.",
+            0,
+        );
+        d(
+            LOOP_TASKS_EVICTED,
+            None,
+            "Tasks the loop guard forgot to make room in its full table (tasks.max_tasks): their counts start again.",
+            0,
         );
         d(
             BUILD_INFO,

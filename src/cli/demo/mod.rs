@@ -17,7 +17,10 @@ use tokio::time::Instant;
 
 use crate::config::{parse_duration, Config};
 use crate::sidecar::Sidecar;
-use crate::sim::{spawn_agent, spawn_provider, AgentSim, ProviderSim};
+use crate::sim::{spawn_agent, spawn_provider, AgentSim, ProviderSim, SimRng};
+
+mod summary;
+use summary::{safety_line, summary_line, tasks_line, ChainSummary, LlmSummary};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -38,8 +41,19 @@ pub struct DemoArgs {
     pub outage_for: Duration,
     /// When the simulated agent goes bad: from then on a third of its answers leak an email
     /// address or an API key, and the kill switch trips (before that, one in 400 does).
-    #[arg(long, value_parser = parse_duration, default_value = "35s")]
+    #[arg(long, value_parser = parse_duration, default_value = "40s")]
     pub leak_at: Duration,
+    /// When one task's agent falls into a reasoning loop (the same tool call, again and again),
+    /// for the loop guard to cut.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub loop_at: Duration,
+    /// When the agent gets stuck: it answers nothing until the period ends, and
+    /// `/agent/healthz` turns 503 once a request has waited past `stuck_after` (3 s here).
+    #[arg(long, value_parser = parse_duration, default_value = "28s")]
+    pub stuck_at: Duration,
+    /// How long the agent stays stuck (`0s`: never).
+    #[arg(long, value_parser = parse_duration, default_value = "6s")]
+    pub stuck_for: Duration,
 }
 
 type DemoClient = Client<HttpConnector, Full<Bytes>>;
@@ -100,6 +114,11 @@ upstreams:
     url: {provider_url}
     protocol: anthropic
     timeouts: {{connect: 1s, first_byte: 5s, idle: 2s, total: 30s}}
+tasks:
+  stuck_after: 3s
+  max_llm_calls: 20
+  max_repeated_tool_calls: 3
+  loop_action: block
 shutdown:
   grace_period: 5s
 ",
@@ -149,6 +168,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         error_rate: 0.01,
         leak_rate: 0.0025,
         leak_burst: Some((args.leak_at, 0.33)),
+        stuck: (!args.stuck_for.is_zero()).then_some((args.stuck_at, args.stuck_for)),
+        // Past the loop guard's max_llm_calls: the guard, not the agent, ends the loop.
+        loop_calls: 40,
         work: Duration::from_millis(20),
         seed: clock_seed() ^ 0xa9e7,
         ..AgentSim::default()
@@ -220,7 +242,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         queue.url()
     );
     println!(
-        "  admin    http://{}/metrics   /healthz   /readyz   /circuits",
+        "  tasks    inbound traffic is tasks of 1-3 requests (x-agent-task-id; the agent says in_progress, then completed); one in 20 clients walks away mid-task (abandoned after stuck_after 3s)"
+    );
+    println!(
+        "  loop     at {:?} one task's agent loops, asking its model again and again and getting the same tool call back: the loop guard (max_repeated_tool_calls 3, loop_action block) answers its next call 429 loop_detected and the task fails",
+        args.loop_at
+    );
+    if !args.stuck_for.is_zero() {
+        println!(
+            "  stuck    the agent hangs from {:?} to {:?}: once a request has waited 3s (stuck_after), /agent/healthz answers 503 and a kubelet would restart the agent",
+            args.stuck_at,
+            args.stuck_at + args.stuck_for
+        );
+    }
+    println!(
+        "  admin    http://{}/metrics   /healthz   /readyz   /agent/healthz   /circuits",
         sidecar.admin_addr
     );
     println!(
@@ -228,7 +264,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         sidecar.admin_addr
     );
     println!(
-        "  traffic  {} req/s to each listener{}",
+        "  traffic  {} tasks/s to inbound, {} req/s to each egress listener{}",
+        args.rate,
         args.rate,
         args.duration
             .map_or(" until Ctrl-C".to_string(), |d| format!(" for {d:?}"))
@@ -245,6 +282,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut chain = ChainSummary::default();
     let mut report =
         tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let rng = SimRng::new(clock_seed() ^ 0x7a5c);
+    let (mut task_no, mut looped) = (0u64, false);
+    let healthz = format!("http://{}/agent/healthz", sidecar.admin_addr);
     let stop = async {
         match args.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -257,22 +297,34 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = send.tick() => {
-                fire(&client, &limit, &samples, 0, format!("http://{inbound}/v1/tasks"), r#"{"task":"summarise the ticket"}"#);
+                task_no += 1;
+                let steps = 1 + (rng.next_f64() * 3.0) as u32;
+                // Some clients leave before their task's last step.
+                let leave_after = (steps > 1 && rng.next_f64() < 0.05).then_some(steps - 1);
+                let looping = !looped && start.elapsed() >= args.loop_at;
+                looped |= looping;
+                let task = Task { id: task_no, steps, leave_after, looping };
+                start_task(&client, &limit, &samples, format!("http://{inbound}/v1/tasks"), task);
                 fire(&client, &limit, &samples, 1, format!("http://{egress}/v1/chat/completions"), OPENAI_REQUEST);
                 fire(&client, &limit, &samples, 2, format!("http://{anthropic}/v1/messages"), ANTHROPIC_REQUEST);
             }
             _ = report.tick() => {
                 let metrics = sidecar.telemetry.render();
-                let mut s = samples.lock().unwrap_or_else(|p| p.into_inner());
                 let t = start.elapsed().as_secs();
-                for (i, name) in ["inbound", "egress", "egress-anthropic"].into_iter().enumerate() {
-                    println!("[{t:>4}s] {}", summary_line(name, &metrics, &mut s.listeners[i]));
+                {
+                    // Not held across the probe's await below.
+                    let mut s = samples.lock().unwrap_or_else(|p| p.into_inner());
+                    for (i, name) in ["inbound", "egress", "egress-anthropic"].into_iter().enumerate() {
+                        println!("[{t:>4}s] {}", summary_line(name, &metrics, &mut s.listeners[i]));
+                    }
                 }
                 for upstream in ["openai", "openai-spare", "anthropic"] {
                     println!("[{t:>4}s] {}", llm.line(upstream, &metrics));
                 }
                 println!("[{t:>4}s] {}", chain.line("openai", &metrics));
                 println!("[{t:>4}s] {}", safety_line(&metrics));
+                let probe = agent_healthz(&client, &healthz).await;
+                println!("[{t:>4}s] {}", tasks_line(&metrics, &probe));
             }
             _ = &mut stop => break,
         }
@@ -285,224 +337,88 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 const OPENAI_REQUEST: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Triage ticket T-1042"}],"tools":[{"type":"function","function":{"name":"open_ticket","parameters":{"type":"object"}}}]}"#;
 const ANTHROPIC_REQUEST: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":512,"stream":true,"messages":[{"role":"user","content":"Triage ticket T-1042"}],"tools":[{"name":"open_ticket","input_schema":{"type":"object"}}]}"#;
 
-/// The LLM line of the summary, from the sidecar's own GenAI metrics: time to first token over
-/// the last second (from the histogram's buckets, as Prometheus' `histogram_quantile` would),
-/// output tokens per second, and totals of finish reasons and hallucinated tool calls.
-#[derive(Default)]
-struct LlmSummary {
-    /// Per upstream: the TTFT buckets `(le, cumulative count)` and output-token sum last time.
-    last: std::collections::HashMap<String, (Vec<(f64, f64)>, f64)>,
-}
-
-/// The safety line: responses inspected and violations per listener, by detector, and the
-/// kill switch with what the human queue answered.
-fn safety_line(metrics: &str) -> String {
-    let mut parts = Vec::new();
-    for listener in ["inbound", "egress"] {
-        let l = format!("listener=\"{listener}\"");
-        let inspected = sum_series(metrics, "agent_responses_total", &[&l]);
-        let mut by = Vec::new();
-        for d in [
-            "pii_email",
-            "pii_credit_card",
-            "pii_us_ssn",
-            "secrets",
-            "content_filter",
-        ] {
-            let n = sum_series(
-                metrics,
-                "agent_safety_violations_total",
-                &[&l, &format!("detector=\"{d}\"")],
-            );
-            if n > 0.0 {
-                by.push(format!("{d} {n}"));
-            }
-        }
-        let all = sum_series(metrics, "agent_safety_violations_total", &[&l]);
-        parts.push(format!(
-            "{listener} {inspected} inspected, {all} violations{}",
-            if by.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", by.join(", "))
-            }
-        ));
-    }
-    let disabled = sum_series(metrics, "sloguard_agent_disabled", &[]) > 0.0;
-    let queue = sum_series(
-        metrics,
-        "agent_requests_total",
-        &["upstream=\"kill_switch_fallback\""],
-    );
-    format!(
-        "safety   {} | kill switch {} | human queue answered {queue}",
-        parts.join(" | "),
-        if disabled { "DISABLED (sev1)" } else { "off" }
-    )
-}
-
-/// Sums a metric's samples over the series whose labels contain every `filter`.
-fn sum_series(metrics: &str, name: &str, filters: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn buckets(metrics: &str, upstream: &str) -> Vec<(f64, f64)> {
-    let name = "gen_ai_client_operation_time_to_first_chunk_seconds_bucket";
-    let filter = format!("upstream=\"{upstream}\"");
-    let mut by_le: Vec<(f64, f64)> = Vec::new();
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(&filter))
-    {
-        let le = line
-            .split("le=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .map(|v| {
-                if v == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    v.parse().unwrap_or(f64::NAN)
-                }
-            });
-        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        if let (Some(le), Some(v)) = (le, value) {
-            match by_le.iter_mut().find(|(l, _)| *l == le) {
-                Some(entry) => entry.1 += v,
-                None => by_le.push((le, v)),
-            }
-        }
-    }
-    by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
-    by_le
-}
-
-/// The `q` quantile of a cumulative histogram, interpolated inside its bucket.
-fn quantile(q: f64, cumulative: &[(f64, f64)]) -> Option<f64> {
-    let total = cumulative.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut prev = (0.0, 0.0);
-    for &(le, count) in cumulative {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(prev.0);
-            }
-            let inside = (rank - prev.1) / (count - prev.1).max(1e-9);
-            return Some(prev.0 + (le - prev.0) * inside);
-        }
-        prev = (le, count);
-    }
-    None
-}
-
-impl LlmSummary {
-    fn line(&mut self, upstream: &str, metrics: &str) -> String {
-        let up = format!("upstream=\"{upstream}\"");
-        let now = buckets(metrics, upstream);
-        let tokens = sum_series(
-            metrics,
-            "gen_ai_client_token_usage_sum",
-            &[&up, "gen_ai_token_type=\"output\""],
-        );
-        let (before, tokens_before) = self.last.remove(upstream).unwrap_or_default();
-        let window: Vec<(f64, f64)> = now
-            .iter()
-            .map(|&(le, c)| {
-                let b = before.iter().find(|(l, _)| *l == le).map_or(0.0, |x| x.1);
-                (le, c - b)
-            })
-            .collect();
-        let ms = |q| {
-            quantile(q, &window).map_or("    -".to_string(), |v| format!("{:>4.0}ms", v * 1000.0))
-        };
-        let count = |name: &str, label: &str| sum_series(metrics, name, &[&up, label]) as u64;
-        let line = format!(
-            "{upstream:<16} TTFT p50 {} p99 {} (from buckets) | output tokens/s {:>5.0} | finish stop {:>4} tool_calls {:>4} error {:>4} | hallucinated tool calls: unknown_tool {:>3} invalid_arguments {:>3}",
-            ms(0.5),
-            ms(0.99),
-            tokens - tokens_before,
-            count("agent_llm_finish_reasons_total", "reason=\"stop\""),
-            count("agent_llm_finish_reasons_total", "reason=\"tool_calls\""),
-            count("agent_llm_finish_reasons_total", "reason=\"error\""),
-            count("agent_hallucinated_tool_calls_total", "kind=\"unknown_tool\""),
-            count("agent_hallucinated_tool_calls_total", "kind=\"invalid_arguments\""),
-        );
-        self.last.insert(upstream.to_owned(), (now, tokens));
-        line
-    }
-}
-
-/// The fallback line of the summary: the primary's attempts (all and last second), its circuit,
-/// and the requests moved on from it, from the sidecar's own metrics.
-#[derive(Default)]
-struct ChainSummary {
-    /// Attempts and successful attempts last time.
-    last: (f64, f64),
-}
-
-impl ChainSummary {
-    fn line(&mut self, upstream: &str, metrics: &str) -> String {
-        let up = format!("upstream=\"{upstream}\"");
-        let attempts = sum_series(metrics, "sloguard_upstream_requests_total", &[&up]);
-        let ok = sum_series(
-            metrics,
-            "sloguard_upstream_requests_total",
-            &[&up, "outcome=\"ok\""],
-        );
-        let (attempts_before, ok_before) = std::mem::replace(&mut self.last, (attempts, ok));
-        let share = |ok: f64, all: f64| {
-            if all > 0.0 {
-                format!("{:>5.1}%", 100.0 * ok / all)
-            } else {
-                "    -".to_string()
-            }
-        };
-        let state = match sum_series(metrics, "sloguard_circuit_state", &[&up]) as u8 {
-            0 => "closed",
-            1 => "half_open",
-            _ => "open",
-        };
-        let transitions = |to: &str| {
-            sum_series(
-                metrics,
-                "sloguard_circuit_transitions_total",
-                &[&up, &format!("to=\"{to}\"")],
-            ) as u64
-        };
-        let from = format!("from=\"{upstream}\"");
-        let moved = |reason: &str| {
-            sum_series(
-                metrics,
-                "sloguard_fallbacks_total",
-                &[&from, &format!("reason=\"{reason}\"")],
-            ) as u64
-        };
-        format!(
-            "circuit {upstream:<8} {state:<9} (opened {:>2}, probes ok {:>2}) | attempts ok {} all, {} last 1s | requests moved on to the fallback: 5xx {:>4} 429 {:>4} circuit_open {:>5}",
-            transitions("open"),
-            transitions("closed"),
-            share(ok, attempts),
-            share(ok - ok_before, attempts - attempts_before),
-            moved("5xx"),
-            moved("429"),
-            moved("circuit_open"),
-        )
-    }
-}
-
 /// A different run each time (the simulators' default seeds keep tests repeatable).
 fn clock_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0x5eed, |d| d.as_nanos() as u64)
+}
+
+/// One task of the inbound traffic.
+struct Task {
+    id: u64,
+    steps: u32,
+    /// The client walks away after this step.
+    leave_after: Option<u32>,
+    /// The agent loops on the first step.
+    looping: bool,
+}
+
+/// Sends a task's steps one after another, with the task's id; a step that fails ends it.
+fn start_task(
+    client: &DemoClient,
+    limit: &Arc<Semaphore>,
+    samples: &Arc<Mutex<Samples>>,
+    url: String,
+    task: Task,
+) {
+    let Ok(permit) = limit.clone().try_acquire_owned() else {
+        return;
+    };
+    let (client, samples) = (client.clone(), samples.clone());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let last = task.leave_after.unwrap_or(task.steps);
+        for step in 1..=last {
+            let body = serde_json::json!({
+                "task": "summarise the ticket", "step": step, "steps": task.steps,
+                "loop": task.looping && step == 1,
+            });
+            let Ok(req) = Request::post(&url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("x-agent-task-id", format!("demo-task-{}", task.id))
+                .body(Full::new(Bytes::from(body.to_string())))
+            else {
+                return;
+            };
+            let started = Instant::now();
+            let ok = match client.request(req).await {
+                Ok(resp) => {
+                    let ok = resp.status().is_success();
+                    let _ = resp.into_body().collect().await;
+                    ok
+                }
+                Err(_) => false,
+            };
+            samples.lock().unwrap_or_else(|p| p.into_inner()).listeners[0]
+                .push(started.elapsed().as_secs_f64());
+            if !ok {
+                return;
+            }
+        }
+    });
+}
+
+/// What `/agent/healthz` answers: `200 ok`, or `503 stuck: REASON`.
+async fn agent_healthz(client: &DemoClient, url: &str) -> String {
+    let Ok(req) = Request::get(url).body(Full::new(Bytes::new())) else {
+        return "unreachable".into();
+    };
+    let Ok(resp) = client.request(req).await else {
+        return "unreachable".into();
+    };
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    match json["reason"].as_str() {
+        Some(reason) => format!("{status} stuck: {reason}"),
+        None => format!("{status} ok"),
+    }
 }
 
 fn fire(
@@ -534,56 +450,4 @@ fn fire(
         let mut s = samples.lock().unwrap_or_else(|p| p.into_inner());
         s.listeners[listener].push(secs);
     });
-}
-
-/// One listener's line: totals by status class and cause from the sidecar's own `/metrics`,
-/// client-observed p50/p99 over the last second.
-fn summary_line(listener: &str, metrics: &str, window: &mut Vec<f64>) -> String {
-    let mut classes = [0u64; 5];
-    let mut causes = [0u64; 4];
-    let needle = format!("listener=\"{listener}\"");
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("agent_requests_total{") && l.contains(&needle))
-    {
-        let value = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
-        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-            if line.contains(&format!("status=\"{class}\"")) {
-                classes[i] += value;
-            }
-        }
-        for (i, cause) in ["none", "upstream", "proxy", "agent"].iter().enumerate() {
-            if line.contains(&format!("cause=\"{cause}\"")) {
-                causes[i] += value;
-            }
-        }
-    }
-    let total: u64 = classes.iter().sum();
-    window.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        if window.is_empty() {
-            "    -".to_string()
-        } else {
-            let i = ((window.len() as f64 * p).ceil() as usize).clamp(1, window.len()) - 1;
-            format!("{:>4.0}ms", window[i] * 1000.0)
-        }
-    };
-    let availability = if total > 0 {
-        format!(
-            "{:>6.2}%",
-            100.0 * (total - classes[4]) as f64 / total as f64
-        )
-    } else {
-        "      -".to_string()
-    };
-    let line = format!(
-        "{listener:<16} total {total:>6} | availability {availability} | 2xx {:>6}  4xx {:>4}  5xx {:>4} | failures by cause: agent {:>3} upstream {:>3} proxy {:>3} | last 1s: {:>3} done, p50 {} p99 {}",
-        classes[1], classes[3], classes[4], causes[3], causes[1], causes[2], window.len(), q(0.5), q(0.99)
-    );
-    window.clear();
-    line
 }

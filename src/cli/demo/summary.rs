@@ -1,0 +1,300 @@
+//! The demo's live summary: one line per listener, upstream, circuit, safety and tasks, read
+//! from the sidecar's own `/metrics` text (what a person would ask Prometheus).
+
+/// The LLM line of the summary, from the sidecar's own GenAI metrics: time to first token over
+/// the last second (from the histogram's buckets, as Prometheus' `histogram_quantile` would),
+/// output tokens per second, and totals of finish reasons and hallucinated tool calls.
+#[derive(Default)]
+pub(super) struct LlmSummary {
+    /// Per upstream: the TTFT buckets `(le, cumulative count)` and output-token sum last time.
+    last: std::collections::HashMap<String, (Vec<(f64, f64)>, f64)>,
+}
+
+/// The safety line: responses inspected and violations per listener, by detector, and the
+/// kill switch with what the human queue answered.
+pub(super) fn safety_line(metrics: &str) -> String {
+    let mut parts = Vec::new();
+    for listener in ["inbound", "egress"] {
+        let l = format!("listener=\"{listener}\"");
+        let inspected = sum_series(metrics, "agent_responses_total", &[&l]);
+        let mut by = Vec::new();
+        for d in [
+            "pii_email",
+            "pii_credit_card",
+            "pii_us_ssn",
+            "secrets",
+            "content_filter",
+        ] {
+            let n = sum_series(
+                metrics,
+                "agent_safety_violations_total",
+                &[&l, &format!("detector=\"{d}\"")],
+            );
+            if n > 0.0 {
+                by.push(format!("{d} {n}"));
+            }
+        }
+        let all = sum_series(metrics, "agent_safety_violations_total", &[&l]);
+        parts.push(format!(
+            "{listener} {inspected} inspected, {all} violations{}",
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by.join(", "))
+            }
+        ));
+    }
+    let disabled = sum_series(metrics, "sloguard_agent_disabled", &[]) > 0.0;
+    let queue = sum_series(
+        metrics,
+        "agent_requests_total",
+        &["upstream=\"kill_switch_fallback\""],
+    );
+    format!(
+        "safety   {} | kill switch {} | human queue answered {queue}",
+        parts.join(" | "),
+        if disabled { "DISABLED (sev1)" } else { "off" }
+    )
+}
+
+/// Sums a metric's samples over the series whose labels contain every `filter`.
+fn sum_series(metrics: &str, name: &str, filters: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn buckets(metrics: &str, upstream: &str) -> Vec<(f64, f64)> {
+    let name = "gen_ai_client_operation_time_to_first_chunk_seconds_bucket";
+    let filter = format!("upstream=\"{upstream}\"");
+    let mut by_le: Vec<(f64, f64)> = Vec::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(&filter))
+    {
+        let le = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(|v| {
+                if v == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    v.parse().unwrap_or(f64::NAN)
+                }
+            });
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let (Some(le), Some(v)) = (le, value) {
+            match by_le.iter_mut().find(|(l, _)| *l == le) {
+                Some(entry) => entry.1 += v,
+                None => by_le.push((le, v)),
+            }
+        }
+    }
+    by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_le
+}
+
+/// The `q` quantile of a cumulative histogram, interpolated inside its bucket.
+fn quantile(q: f64, cumulative: &[(f64, f64)]) -> Option<f64> {
+    let total = cumulative.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in cumulative {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let inside = (rank - prev.1) / (count - prev.1).max(1e-9);
+            return Some(prev.0 + (le - prev.0) * inside);
+        }
+        prev = (le, count);
+    }
+    None
+}
+
+impl LlmSummary {
+    pub(super) fn line(&mut self, upstream: &str, metrics: &str) -> String {
+        let up = format!("upstream=\"{upstream}\"");
+        let now = buckets(metrics, upstream);
+        let tokens = sum_series(
+            metrics,
+            "gen_ai_client_token_usage_sum",
+            &[&up, "gen_ai_token_type=\"output\""],
+        );
+        let (before, tokens_before) = self.last.remove(upstream).unwrap_or_default();
+        let window: Vec<(f64, f64)> = now
+            .iter()
+            .map(|&(le, c)| {
+                let b = before.iter().find(|(l, _)| *l == le).map_or(0.0, |x| x.1);
+                (le, c - b)
+            })
+            .collect();
+        let ms = |q| {
+            quantile(q, &window).map_or("    -".to_string(), |v| format!("{:>4.0}ms", v * 1000.0))
+        };
+        let count = |name: &str, label: &str| sum_series(metrics, name, &[&up, label]) as u64;
+        let line = format!(
+            "{upstream:<16} TTFT p50 {} p99 {} (from buckets) | output tokens/s {:>5.0} | finish stop {:>4} tool_calls {:>4} error {:>4} | hallucinated tool calls: unknown_tool {:>3} invalid_arguments {:>3}",
+            ms(0.5),
+            ms(0.99),
+            tokens - tokens_before,
+            count("agent_llm_finish_reasons_total", "reason=\"stop\""),
+            count("agent_llm_finish_reasons_total", "reason=\"tool_calls\""),
+            count("agent_llm_finish_reasons_total", "reason=\"error\""),
+            count("agent_hallucinated_tool_calls_total", "kind=\"unknown_tool\""),
+            count("agent_hallucinated_tool_calls_total", "kind=\"invalid_arguments\""),
+        );
+        self.last.insert(upstream.to_owned(), (now, tokens));
+        line
+    }
+}
+
+/// The fallback line of the summary: the primary's attempts (all and last second), its circuit,
+/// and the requests moved on from it, from the sidecar's own metrics.
+#[derive(Default)]
+pub(super) struct ChainSummary {
+    /// Attempts and successful attempts last time.
+    last: (f64, f64),
+}
+
+impl ChainSummary {
+    pub(super) fn line(&mut self, upstream: &str, metrics: &str) -> String {
+        let up = format!("upstream=\"{upstream}\"");
+        let attempts = sum_series(metrics, "sloguard_upstream_requests_total", &[&up]);
+        let ok = sum_series(
+            metrics,
+            "sloguard_upstream_requests_total",
+            &[&up, "outcome=\"ok\""],
+        );
+        let (attempts_before, ok_before) = std::mem::replace(&mut self.last, (attempts, ok));
+        let share = |ok: f64, all: f64| {
+            if all > 0.0 {
+                format!("{:>5.1}%", 100.0 * ok / all)
+            } else {
+                "    -".to_string()
+            }
+        };
+        let state = match sum_series(metrics, "sloguard_circuit_state", &[&up]) as u8 {
+            0 => "closed",
+            1 => "half_open",
+            _ => "open",
+        };
+        let transitions = |to: &str| {
+            sum_series(
+                metrics,
+                "sloguard_circuit_transitions_total",
+                &[&up, &format!("to=\"{to}\"")],
+            ) as u64
+        };
+        let from = format!("from=\"{upstream}\"");
+        let moved = |reason: &str| {
+            sum_series(
+                metrics,
+                "sloguard_fallbacks_total",
+                &[&from, &format!("reason=\"{reason}\"")],
+            ) as u64
+        };
+        format!(
+            "circuit {upstream:<8} {state:<9} (opened {:>2}, probes ok {:>2}) | attempts ok {} all, {} last 1s | requests moved on to the fallback: 5xx {:>4} 429 {:>4} circuit_open {:>5}",
+            transitions("open"),
+            transitions("closed"),
+            share(ok, attempts),
+            share(ok - ok_before, attempts - attempts_before),
+            moved("5xx"),
+            moved("429"),
+            moved("circuit_open"),
+        )
+    }
+}
+
+/// One listener's line: totals by status class and cause from the sidecar's own `/metrics`,
+/// client-observed p50/p99 over the last second.
+pub(super) fn summary_line(listener: &str, metrics: &str, window: &mut Vec<f64>) -> String {
+    let mut classes = [0u64; 5];
+    let mut causes = [0u64; 4];
+    let needle = format!("listener=\"{listener}\"");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("agent_requests_total{") && l.contains(&needle))
+    {
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            if line.contains(&format!("status=\"{class}\"")) {
+                classes[i] += value;
+            }
+        }
+        for (i, cause) in ["none", "upstream", "proxy", "agent"].iter().enumerate() {
+            if line.contains(&format!("cause=\"{cause}\"")) {
+                causes[i] += value;
+            }
+        }
+    }
+    let total: u64 = classes.iter().sum();
+    window.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        if window.is_empty() {
+            "    -".to_string()
+        } else {
+            let i = ((window.len() as f64 * p).ceil() as usize).clamp(1, window.len()) - 1;
+            format!("{:>4.0}ms", window[i] * 1000.0)
+        }
+    };
+    let availability = if total > 0 {
+        format!(
+            "{:>6.2}%",
+            100.0 * (total - classes[4]) as f64 / total as f64
+        )
+    } else {
+        "      -".to_string()
+    };
+    let line = format!(
+        "{listener:<16} total {total:>6} | availability {availability} | 2xx {:>6}  4xx {:>4}  5xx {:>4} | failures by cause: agent {:>3} upstream {:>3} proxy {:>3} | last 1s: {:>3} done, p50 {} p99 {}",
+        classes[1], classes[3], classes[4], causes[3], causes[1], causes[2], window.len(), q(0.5), q(0.99)
+    );
+    window.clear();
+    line
+}
+
+/// The tasks line: the article's task-completion SLI over the tasks the sidecar counted, the
+/// loop guard's findings and the calls it refused, and what `/agent/healthz` answers.
+pub(super) fn tasks_line(metrics: &str, healthz: &str) -> String {
+    let n = |name: &str| sum_series(metrics, name, &[]) as u64;
+    let started = n("agent_tasks_started");
+    let completed = n("agent_tasks_completed");
+    let rate = if started > 0 {
+        format!("{:>6.2}%", 100.0 * completed as f64 / started as f64)
+    } else {
+        "      -".to_string()
+    };
+    let loops = |kind: &str| {
+        sum_series(
+            metrics,
+            "agent_loops_detected_total",
+            &[&format!("kind=\"{kind}\"")],
+        ) as u64
+    };
+    // On the egress listener, the agent's own 4xx are the loop guard's refusals.
+    let refused = sum_series(
+        metrics,
+        "agent_requests_total",
+        &["listener=\"egress\"", "status=\"4xx\"", "cause=\"agent\""],
+    ) as u64;
+    format!(
+        "tasks    started {started:>5} completed {completed:>5} failed {:>4} abandoned {:>3} | completion rate {rate} (completed/started) | loops repeated_tool_call {} max_llm_calls {}, LLM calls refused {refused} | /agent/healthz {healthz}",
+        n("agent_tasks_failed_total"),
+        n("agent_tasks_abandoned_total"),
+        loops("repeated_tool_call"),
+        loops("max_llm_calls"),
+    )
+}
