@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use proptest::prelude::*;
 use serde::Deserialize;
+use sloguard::inspect::canon::{fingerprint, Arguments};
 use sloguard::inspect::{hallucinations, parse_request, Format, RequestFacts, ResponseReader};
 
 #[derive(Deserialize)]
@@ -31,6 +32,11 @@ struct ExpectRequest {
 struct ExpectToolCall {
     name: String,
     arguments_valid: bool,
+    /// The arguments, as a JSON value: the call's fingerprint must be that of this value written
+    /// out anew (another key order and spacing than the provider's). Absent for arguments that
+    /// are not JSON.
+    #[serde(default)]
+    arguments: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Debug, PartialEq)]
@@ -141,9 +147,22 @@ fn read(f: &Fixture, cuts: &[usize]) -> Expect {
         tool_calls: facts
             .tool_calls
             .iter()
-            .map(|c| ExpectToolCall {
+            .enumerate()
+            .map(|(i, c)| ExpectToolCall {
                 name: c.name.clone(),
                 arguments_valid: c.arguments_valid,
+                // The golden's arguments, kept only if the call's fingerprint is theirs.
+                arguments: f
+                    .case
+                    .expect
+                    .tool_calls
+                    .get(i)
+                    .and_then(|g| g.arguments.clone())
+                    .filter(|a| {
+                        let written = serde_json::to_string(a).unwrap();
+                        let print = fingerprint(&c.name, Arguments::Json(written.as_bytes()));
+                        c.fingerprint == Some(print.hash)
+                    }),
             })
             .collect(),
         hallucinations: Hallucinations {
