@@ -214,13 +214,13 @@ fn loops_bench(c: &mut Criterion) {
         .collect();
     // Memory per task: `cargo run --release --example table_memory -- loops`.
     for k in &keys {
-        table.call(*k, now);
+        table.call(*k, false, now);
     }
     let one = |i: u64| {
         let k = keys[(i % LIVE) as usize];
         let now = tokio::time::Instant::now();
-        black_box(table.call(black_box(k), now));
-        black_box(table.returned(k, [Some(i & 0xff)], now));
+        black_box(table.call(black_box(k), false, now));
+        black_box(table.returned(k, Some(i & 0xff), now));
     };
     alone_and_two_threads(c, "loops", "call_and_returned_100k_live", one);
     assert_eq!(table.len(), LIVE as usize);

@@ -46,8 +46,8 @@ fn main() {
             };
             let t = LoopTable::new(LIVE as usize, limits, stuck_after);
             for k in &keys {
-                t.call(*k, now);
-                t.returned(*k, [Some(*k)], now);
+                t.call(*k, false, now);
+                t.returned(*k, Some(*k), now);
             }
             let len = t.len();
             std::mem::forget(t);

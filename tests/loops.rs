@@ -17,8 +17,9 @@ use sloguard::sim::{self, SimServer};
 use sloguard::{Config, Sidecar};
 
 /// An OpenAI-style provider answering each chat completion as the request's headers say:
-/// `x-args: JSON` a tool call of `search` with those arguments (as written), otherwise text;
-/// `x-stream: 1` as an SSE stream. Counts the completions it made.
+/// `x-args: JSON` a tool call of `search` with those arguments (as written), and `x-args2` a
+/// second, parallel one; otherwise text; `x-stream: 1` as an SSE stream; `x-fail: 1` a 500.
+/// Counts the completions it made (not the failures).
 async fn provider(served: Arc<AtomicUsize>) -> SimServer {
     sim::serve(LOOPBACK, move |req: Request<hyper::body::Incoming>| {
         let served = served.clone();
@@ -29,12 +30,22 @@ async fn provider(served: Arc<AtomicUsize>) -> SimServer {
                     .map(|v| v.to_str().unwrap().to_owned())
             };
             let (args, stream) = (header("x-args"), header("x-stream").is_some());
+            let (args2, fail) = (header("x-args2"), header("x-fail").is_some());
             let _ = req.into_body().collect().await;
+            if fail {
+                let mut r = Response::new(sim::full("{\"error\":{\"type\":\"server_error\"}}"));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                return r;
+            }
             served.fetch_add(1, Ordering::SeqCst);
             let (body, content_type) = match (args, stream) {
                 (Some(args), false) => {
-                    let m = serde_json::json!({"role": "assistant", "content": null, "tool_calls": [
-                        {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": args}}]});
+                    let call = |id: &str, args: &str| {
+                        serde_json::json!({"id": id, "type": "function", "function": {"name": "search", "arguments": args}})
+                    };
+                    let mut calls = vec![call("call_1", &args)];
+                    calls.extend(args2.map(|a| call("call_2", &a)));
+                    let m = serde_json::json!({"role": "assistant", "content": null, "tool_calls": calls});
                     (completion(m, "tool_calls"), "application/json")
                 }
                 (None, false) => {
@@ -87,21 +98,29 @@ fn chunk(delta: serde_json::Value, finish: Option<&str>) -> String {
 }
 
 /// An agent behind the sidecar's `agent` listener: `POST /run/N` with a task id makes N LLM
-/// calls through the sidecar's `llm` listener with that id, then says its task is completed;
-/// the body lists the statuses its calls got.
+/// calls through the sidecar's `llm` listener with that id (and the request's `x-args`, if
+/// any), 20 ms apart (it runs the tool), then says its task is completed; the body lists the
+/// statuses its calls got.
 async fn agent(llm_url: Arc<OnceLock<String>>) -> SimServer {
     sim::serve(LOOPBACK, move |req: Request<hyper::body::Incoming>| {
         let llm_url = llm_url.clone();
         async move {
             let n: usize = req.uri().path()["/run/".len()..].parse().unwrap();
             let id = req.headers()["x-agent-task-id"].clone();
+            let args = req.headers().get("x-args").cloned();
             let _ = req.into_body().collect().await;
             let mut statuses = Vec::new();
-            for _ in 0..n {
-                let req = Request::post(format!("{}/v1/chat/completions", llm_url.get().unwrap()))
-                    .header("x-agent-task-id", id.clone())
-                    .body(full(r#"{"model":"m","messages":[]}"#))
-                    .unwrap();
+            for i in 0..n {
+                if i > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                let mut req =
+                    Request::post(format!("{}/v1/chat/completions", llm_url.get().unwrap()))
+                        .header("x-agent-task-id", id.clone());
+                if let Some(args) = &args {
+                    req = req.header("x-args", args.clone());
+                }
+                let req = req.body(full(r#"{"model":"m","messages":[]}"#)).unwrap();
                 let resp = client().request(req).await.unwrap();
                 statuses.push(resp.status().as_u16().to_string());
                 let _ = body_bytes(resp).await;
@@ -161,9 +180,15 @@ async fn llm_call(s: &Sidecar, id: Option<&str>, headers: &[(&str, &str)]) -> (S
     let resp = client().request(req.body(body).unwrap()).await.unwrap();
     let status = resp.status();
     let refused = resp.headers().get("x-sloguard-error").cloned();
+    let dont_retry = resp.headers().get("x-should-retry").cloned();
     let body = body_bytes(resp).await;
     if status == StatusCode::TOO_MANY_REQUESTS {
         assert_eq!(refused.unwrap(), "loop_detected");
+        assert_eq!(
+            dont_retry.unwrap(),
+            "false",
+            "SDKs must not retry a cut task"
+        );
     }
     // The client can hold the last byte a moment before the sidecar has counted the response
     // (and told the loop guard its tool calls); an agent runs the tool first. Wait as long.
@@ -345,5 +370,130 @@ async fn a_repeated_tool_call_under_block_refuses_the_tasks_next_call() {
     assert_eq!(served.load(Ordering::SeqCst), 3);
     let m = metrics(&s).await;
     assert_eq!(loops(&m, "repeated_tool_call"), 1.0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn repeated_tool_calls_under_block_fail_the_agents_task() {
+    let served = Arc::new(AtomicUsize::new(0));
+    let p = provider(served.clone()).await;
+    let llm_url = Arc::new(OnceLock::new());
+    let a = agent(llm_url.clone()).await;
+    let tasks = "  max_repeated_tool_calls: 3\n  loop_action: block\n";
+    let s = sidecar(&p, Some(&a), tasks).await;
+    llm_url.set(proxy_url(&s, "")).unwrap();
+    let req = Request::post(format!(
+        "http://{}/run/5",
+        s.listener_addr("inbound").unwrap()
+    ))
+    .header("x-agent-task-id", "task-9")
+    .header("x-args", r#"{"q":"status of order 1042"}"#)
+    .body(empty())
+    .unwrap();
+    let resp = client().request(req).await.unwrap();
+    // The third identical call came back: the fourth and fifth are refused.
+    assert_eq!(body_bytes(resp).await, "200,200,200,429,429");
+    assert_eq!(served.load(Ordering::SeqCst), 3);
+    let m = metrics_when(&s, |m| metric(m, "agent_tasks_failed_total", &[]) >= 1.0).await;
+    assert_eq!(loops(&m, "repeated_tool_call"), 1.0);
+    assert_eq!(loops(&m, "max_llm_calls"), 0.0);
+    expect_metric(&m, "agent_tasks_completed", &[], 0.0);
+    expect_metric(&m, "agent_tasks_failed_total", &[], 1.0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_calls_neither_count_nor_break_a_run() {
+    let served = Arc::new(AtomicUsize::new(0));
+    let p = provider(served.clone()).await;
+    let tasks = "  max_llm_calls: 2\n  max_repeated_tool_calls: 2\n";
+    let s = sidecar(&p, None, tasks).await;
+    let tool = ("x-args", r#"{"q":"a"}"#);
+    assert_eq!(llm_call(&s, Some("T"), &[tool]).await.0, StatusCode::OK);
+    // Two failures (an SDK retrying a provider's 500s): not reasoning steps.
+    for _ in 0..2 {
+        let (status, _) = llm_call(&s, Some("T"), &[tool, ("x-fail", "1")]).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let m = metrics(&s).await;
+    assert_eq!(loops(&m, "max_llm_calls"), 0.0, "one call answered so far");
+    assert_eq!(llm_call(&s, Some("T"), &[tool]).await.0, StatusCode::OK);
+    let m = metrics(&s).await;
+    assert_eq!(
+        loops(&m, "repeated_tool_call"),
+        1.0,
+        "the failures broke no run"
+    );
+    assert_eq!(loops(&m, "max_llm_calls"), 0.0, "two calls answered");
+    llm_call(&s, Some("T"), &[]).await;
+    assert_eq!(loops(&metrics(&s).await, "max_llm_calls"), 1.0, "the third");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_that_falls_back_counts_once() {
+    let served = Arc::new(AtomicUsize::new(0));
+    let p = provider(served.clone()).await;
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: llm}}
+routes:
+  llm: {{upstreams: [down, openai]}}
+upstreams:
+  down: {{url: http://{}, protocol: openai}}
+  openai: {{url: {}, protocol: openai}}
+tasks:
+  max_llm_calls: 2
+  max_repeated_tool_calls: 2
+",
+        closed_port(),
+        p.url()
+    );
+    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
+        .await
+        .unwrap();
+    let tool = [("x-args", r#"{"q":"a"}"#)];
+    // Each call fails on `down` first, then is answered by `openai`: one call, one response.
+    assert_eq!(llm_call(&s, Some("T"), &tool).await.0, StatusCode::OK);
+    let m = metrics(&s).await;
+    assert_eq!(loops(&m, "repeated_tool_call"), 0.0);
+    assert_eq!(llm_call(&s, Some("T"), &tool).await.0, StatusCode::OK);
+    let m = metrics(&s).await;
+    assert_eq!(loops(&m, "repeated_tool_call"), 1.0, "the second in a row");
+    assert_eq!(
+        loops(&m, "max_llm_calls"),
+        0.0,
+        "two calls, not four attempts"
+    );
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("upstream", "down")],
+        2.0,
+    );
+    llm_call(&s, Some("T"), &[]).await;
+    assert_eq!(loops(&metrics(&s).await, "max_llm_calls"), 1.0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn parallel_tool_calls_are_judged_as_one_set_per_response() {
+    let served = Arc::new(AtomicUsize::new(0));
+    let p = provider(served.clone()).await;
+    let s = sidecar(&p, None, "  max_repeated_tool_calls: 2\n").await;
+    let (a, b) = (r#"{"q":"a"}"#, r#"{"q":"b"}"#);
+    // The same two calls in one response: one response, not two in a row.
+    llm_call(&s, Some("T"), &[("x-args", a), ("x-args2", a)]).await;
+    assert_eq!(loops(&metrics(&s).await, "repeated_tool_call"), 0.0);
+    // The same pair again, in the other order, on another task: a loop of parallel calls.
+    llm_call(&s, Some("U"), &[("x-args", a), ("x-args2", b)]).await;
+    llm_call(&s, Some("U"), &[("x-args", b), ("x-args2", a)]).await;
+    assert_eq!(loops(&metrics(&s).await, "repeated_tool_call"), 1.0);
+    // A different set (one call of the pair) is not the same response.
+    llm_call(&s, Some("V"), &[("x-args", a), ("x-args2", b)]).await;
+    llm_call(&s, Some("V"), &[("x-args", a)]).await;
+    assert_eq!(loops(&metrics(&s).await, "repeated_tool_call"), 1.0);
     s.shutdown().await;
 }

@@ -264,3 +264,51 @@ tasks: {{stuck_after: 1s}}
     s.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn tasks_cut_off_by_the_kill_switch_do_not_make_the_agent_stuck_after_it_is_lifted() {
+    let a = agent().await;
+    let dir = std::env::temp_dir().join(format!("sloguard-tasks-lift-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret").unwrap();
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0, token_file: {}}}
+listeners:
+  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
+routes:
+  agent: {{upstreams: [agent]}}
+upstreams:
+  agent: {{url: {}}}
+safety: {{kill_switch: {{violations: 100, within: 1m}}}}
+tasks: {{stuck_after: 2s}}
+",
+        token.display(),
+        a.url()
+    );
+    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
+        .await
+        .unwrap();
+    let admin = |path: &str| {
+        Request::post(format!("http://{}{path}", s.admin_addr))
+            .header("authorization", "Bearer s3cret")
+            .body(empty())
+            .unwrap()
+    };
+    call(&s, "/200/in_progress", Some("cut-off")).await;
+    let disable = client().request(admin("/admin/agent/disable")).await;
+    assert_eq!(disable.unwrap().status(), StatusCode::OK);
+    // A sweep (once a second) sees the switch hold; then a human lifts it, and the task —
+    // cut off while the switch held — is abandoned only after that.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let enable = client().request(admin("/admin/agent/enable")).await;
+    assert_eq!(enable.unwrap().status(), StatusCode::OK);
+    let m = metrics_when(&s, |m| tasks(m)[3] >= 1.0).await;
+    assert_eq!(tasks(&m), [1.0, 0.0, 0.0, 1.0]);
+    expect_metric(&m, "sloguard_agent_disabled", &[], 0.0);
+    let (status, body) = agent_health(&s).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    s.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,7 +3,9 @@
 //!
 //! Canonical means the same call however the model spelled it: object keys in any order,
 //! any whitespace, escapes decoded (`"\u0041"` is `"A"`), and a number by its value (`1`,
-//! `1.0` and `1e0` are one number). Arrays keep their order. The hash is XXH3 over the
+//! `1.0` and `1e0` are one number: integers that fit 64 bits exactly, other numbers as the
+//! nearest double, correctly rounded). Arrays keep their order; an object's duplicate keys each
+//! count. The hash is XXH3 over the
 //! canonical pieces, combined so that an object's entries commute; it is not a security
 //! boundary (a collision would only make two different calls count as the same one, with
 //! probability about 2⁻⁶⁴), so its seeds are fixed and fingerprints are stable across runs.
@@ -44,6 +46,7 @@ const NAME: u64 = 0x6e61_6d65;
 const TEXT: u64 = 0x7465_7874;
 const INVALID: u64 = 0x696e_7661;
 const ABSENT: u64 = 0x6162_7365;
+const SET: u64 = 0x7365_7473;
 
 /// The fingerprint of a call of tool `name` with `arguments`. Arguments that are not valid JSON
 /// are taken byte for byte: the same broken call made again is still the same call.
@@ -51,7 +54,12 @@ pub fn fingerprint(name: &str, arguments: Arguments<'_>) -> Fingerprint {
     let (args, valid) = match arguments {
         Arguments::Json(text) => match canonical_json(text) {
             Some(h) => (h, true),
-            None => (xxh3_64_with_seed(text, INVALID), false),
+            // Valid JSON the canonical form cannot hold (a number past f64's range, nesting
+            // past serde_json's depth limit) is still valid: taken byte for byte.
+            None => (
+                xxh3_64_with_seed(text, INVALID),
+                serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok(),
+            ),
         },
         Arguments::Text(text) => (xxh3_64_with_seed(text, TEXT), true),
         Arguments::Absent => (ABSENT, false),
@@ -68,6 +76,17 @@ pub fn canonical_json(text: &[u8]) -> Option<u64> {
     let hash = Canon.deserialize(&mut de).ok()?;
     de.end().ok()?;
     Some(hash)
+}
+
+/// The fingerprint of one response's tool calls as a set (parallel calls come in any order);
+/// `None` when there is none, or one cannot be known.
+pub fn set_of(prints: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
+    let (mut sum, mut n) = (0u64, 0u64);
+    for p in prints {
+        sum = sum.wrapping_add(mix(SET, p?));
+        n += 1;
+    }
+    (n > 0).then(|| mix(mix(SET, sum), n))
 }
 
 /// Two hashes into one (order matters).
@@ -215,10 +234,36 @@ mod tests {
     }
 
     #[test]
-    fn deep_or_huge_input_is_refused_not_a_crash() {
+    fn deep_or_huge_input_is_no_crash() {
         let deep = "[".repeat(100_000);
         assert!(!json("f", &deep).valid);
-        assert!(!json("f", "1e400").valid);
+        // Valid JSON past what the canonical form holds: valid, taken byte for byte.
+        assert!(json("f", "1e400").valid);
+        assert_ne!(json("f", "1e400").hash, json("f", "2e400").hash);
+        let nested = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(json("f", &nested).valid);
         assert!(json("f", "123456789012345678901234567890").valid);
+    }
+
+    #[test]
+    fn floats_are_their_correctly_rounded_value() {
+        // Without correct rounding these parse to two different doubles.
+        assert_eq!(json("f", "[1e-23]").hash, json("f", "[1.0e-23]").hash);
+        assert_eq!(json("f", "[0.1]").hash, json("f", "[1e-1]").hash);
+        assert_ne!(
+            json("f", "[0.1]").hash,
+            json("f", "[0.10000000000000002]").hash
+        );
+        assert_eq!(json("f", "[-0.0]").hash, json("f", "[0]").hash);
+    }
+
+    #[test]
+    fn a_set_of_calls_ignores_their_order_not_their_number() {
+        let (a, b) = (Some(1), Some(2));
+        assert_eq!(set_of([a, b]), set_of([b, a]));
+        assert_ne!(set_of([a, b]), set_of([a]));
+        assert_ne!(set_of([a, a]), set_of([a]));
+        assert_eq!(set_of([]), None);
+        assert_eq!(set_of([a, None]), None);
     }
 }

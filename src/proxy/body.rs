@@ -54,8 +54,7 @@ pub struct Accounting {
     /// response head.
     pub task: Option<super::tasks::TaskRef>,
     pub task_verdict: Option<crate::sli::tasks::Verdict>,
-    /// The task of an LLM call the loop guard watches (`llm` role): told the tool calls the
-    /// response returned.
+    /// The task of an LLM call the loop guard counted (`llm` role): told how the call ended.
     pub loop_key: Option<u64>,
 }
 
@@ -169,18 +168,14 @@ impl Accounting {
     }
 
     fn count(mut self, now: Instant, complete: bool) {
-        let filtered = match self.llm.take() {
-            Some(call) => {
-                let end = call.finish(complete, self.status, self.outcome, now);
-                if let (Some(key), Some(calls), Some(guard)) =
-                    (self.loop_key, &end.tool_calls, &self.listener.loop_guard)
-                {
-                    guard.llm_returned(key, calls, now);
-                }
-                end.filtered
-            }
-            None => false,
-        };
+        let end = self
+            .llm
+            .take()
+            .map(|call| call.finish(complete, self.status, self.outcome, now));
+        if let (Some(key), Some(guard)) = (self.loop_key, &self.listener.loop_guard) {
+            guard.llm_ended(key, end.as_ref(), now);
+        }
+        let filtered = end.is_some_and(|e| e.filtered);
         if let Some(ls) = &self.listener.safety {
             if let Some(check) = self.safety.as_mut() {
                 check.finish(ls, complete, now);

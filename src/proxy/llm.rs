@@ -21,6 +21,8 @@ pub struct CallEnd {
     /// The provider filtered the output (`content_filter`, Anthropic's `refusal`): a safety
     /// signal.
     pub filtered: bool,
+    /// A provider answered the call with a success (a 2xx head).
+    pub answered: bool,
     /// The tool calls of a call that succeeded and was read whole (none: an empty list); `None`
     /// for a call that failed, was cut, or could not be read — it says nothing about them.
     pub tool_calls: Option<Vec<crate::inspect::ToolCall>>,
@@ -34,6 +36,8 @@ pub struct LlmCall {
     reader: Option<ResponseReader>,
     model: Option<Arc<ModelMetrics>>,
     last_output: Option<Instant>,
+    /// The response head was a success.
+    succeeded: bool,
 }
 
 impl LlmCall {
@@ -46,6 +50,7 @@ impl LlmCall {
             reader: None,
             model: None,
             last_output: None,
+            succeeded: false,
         }
     }
 
@@ -71,6 +76,7 @@ impl LlmCall {
 
     /// The response head arrived.
     pub fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
+        self.succeeded = status.is_success();
         let value = |name| headers.get(name).map(HeaderValue::as_bytes);
         self.reader = Some(ResponseReader::new(
             self.format,
@@ -129,6 +135,7 @@ impl LlmCall {
                 .finish_reason(crate::inspect::FinishReason::Error);
             return CallEnd {
                 filtered: false,
+                answered: false,
                 tool_calls: None,
             };
         };
@@ -154,6 +161,7 @@ impl LlmCall {
             filtered: facts
                 .finish_reasons
                 .contains(&crate::inspect::FinishReason::ContentFilter),
+            answered: self.succeeded,
             tool_calls: read.then_some(facts.tool_calls),
         }
     }

@@ -210,7 +210,14 @@ pub async fn handle(
             let call = guard.llm_call(&client_headers, received);
             if let Some(kind) = call.refuse {
                 a.llm = None;
-                return local_error(ProxyError::LoopDetected { kind }, unanswered.0.take(), None);
+                let err = ProxyError::LoopDetected { kind };
+                let mut refused = local_error(err, unanswered.0.take(), None);
+                // The OpenAI and Anthropic SDKs retry a 429 unless told not to: retrying a cut
+                // task only repeats the refusal.
+                refused
+                    .headers_mut()
+                    .insert("x-should-retry", HeaderValue::from_static("false"));
+                return refused;
             }
             a.loop_key = call.key;
         }

@@ -6,15 +6,17 @@
 //! to requests and metrics. Both share one key per task id, so that a call the guard refuses
 //! fails the agent's task of the same id.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
 use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
+use super::llm::CallEnd;
 use super::safety::KillSwitch;
 use crate::config::{LoopAction, TasksConfig};
-use crate::inspect::ToolCall;
+use crate::inspect::canon::set_of;
 use crate::sli::liveness::{Liveness, Stuck};
 use crate::sli::loops::{LoopKind, LoopLimits, LoopTable};
 use crate::sli::tasks::{Ended, TaskTable, Verdict};
@@ -59,6 +61,10 @@ pub struct Tasks {
     /// While it holds, the agent gets no traffic: tasks left idle then are not the agent being
     /// stuck.
     kill: Arc<KillSwitch>,
+    /// When the sweep last saw the switch hold (milliseconds since `epoch`; `u64::MAX`: never).
+    kill_seen: AtomicU64,
+    epoch: Instant,
+    stuck_after: std::time::Duration,
     started: Counter,
     completed: Counter,
     failed: Counter,
@@ -100,6 +106,9 @@ impl Tasks {
             id_header: header(&config.id_header, "x-agent-task-id"),
             status_header: header(&config.status_header, "x-agent-task-status"),
             kill,
+            kill_seen: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            stuck_after: config.stuck_after.0,
             started: counter(AGENT_TASKS_STARTED),
             completed: counter(AGENT_TASKS_COMPLETED),
             failed: counter(AGENT_TASKS_FAILED),
@@ -192,6 +201,9 @@ impl Tasks {
     /// Ends the tasks idle past `stuck_after` (and forgets the loop guard's), and updates
     /// `sloguard_agent_stuck`.
     pub fn sweep(&self, now: Instant) {
+        if self.kill.is_disabled() {
+            self.kill_seen.store(self.ms(now), Ordering::Relaxed);
+        }
         let swept = self.table.sweep(now);
         if swept.abandoned > 0 {
             self.abandoned.increment(swept.abandoned);
@@ -205,37 +217,48 @@ impl Tasks {
     /// The loop guard, asked about an LLM call (on an `llm` listener) with these headers, about
     /// to be made. A call the guard refuses fails the agent's task of the same id.
     pub fn llm_call(&self, headers: &HeaderMap, now: Instant) -> LoopCall {
-        let Some(key) = self.key(headers) else {
+        let limits = self.loops.limits();
+        let watched = limits.max_llm_calls > 0 || limits.max_repeated_tool_calls > 0;
+        let Some(key) = self.key(headers).filter(|_| watched) else {
             return LoopCall {
                 key: None,
                 refuse: None,
             };
         };
-        let check = self.loops.call(key, now);
+        let block = self.loop_action == LoopAction::Block;
+        let check = self.loops.call(key, block, now);
         if check.evicted {
             self.loops_evicted.increment(1);
         }
         if check.crossed {
             self.loops_detected[LoopKind::MaxLlmCalls as usize].increment(1);
         }
-        let refuse = check
-            .looping
-            .filter(|_| self.loop_action == LoopAction::Block);
+        let refuse = check.looping.filter(|_| check.refused);
         if refuse.is_some() {
-            self.table.looped(key);
+            self.table.looped(key, now);
         }
         LoopCall {
-            key: Some(key),
+            // A refused call is not counted, so nothing is to be told when it ends.
+            key: Some(key).filter(|_| refuse.is_none()),
             refuse,
         }
     }
 
-    /// A successful LLM call of task `key` returned these tool calls (none: a run is broken).
-    pub fn llm_returned(&self, key: u64, calls: &[ToolCall], now: Instant) {
-        let found = self
-            .loops
-            .returned(key, calls.iter().map(|c| c.fingerprint), now);
-        self.loops_detected[LoopKind::RepeatedToolCall as usize].increment(u64::from(found));
+    /// An LLM call of task `key` that the guard counted ended (`None`: no provider call was
+    /// made, the cache answered): a call without a successful answer is taken back; a response
+    /// read whole tells the guard its tool calls.
+    pub fn llm_ended(&self, key: u64, end: Option<&CallEnd>, now: Instant) {
+        match end {
+            Some(e) if e.answered => {
+                if let Some(calls) = &e.tool_calls {
+                    let set = set_of(calls.iter().map(|c| c.fingerprint));
+                    if self.loops.returned(key, set, now) {
+                        self.loops_detected[LoopKind::RepeatedToolCall as usize].increment(1);
+                    }
+                }
+            }
+            _ => self.loops.unanswered(key, now),
+        }
     }
 
     /// Whether the agent is stuck now (also sets `sloguard_agent_stuck`).
@@ -264,11 +287,19 @@ impl Tasks {
         }
     }
 
-    /// Tasks were abandoned: a sign the agent is stuck — unless the kill switch holds, when the
-    /// tasks' next requests went to the human queue, not to the agent.
+    /// Tasks were abandoned: a sign the agent is stuck — unless the kill switch holds, or held
+    /// within the last `stuck_after` (and a sweep's second): the tasks' next requests went to
+    /// the human queue, not to the agent, and are swept up to `stuck_after` later.
     fn abandoned_while_live(&self, now: Instant) {
-        if !self.kill.is_disabled() {
+        let seen = self.kill_seen.load(Ordering::Relaxed);
+        let window = u64::try_from(self.stuck_after.as_millis()).unwrap_or(u64::MAX);
+        let lately = seen != u64::MAX && self.ms(now).saturating_sub(seen) <= window + 1000;
+        if !self.kill.is_disabled() && !lately {
             self.liveness.abandoned(now);
         }
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1)
     }
 }

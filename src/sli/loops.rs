@@ -5,10 +5,17 @@
 //! [`crate::inspect::canon`]), and says when a task crosses `max_llm_calls` or
 //! `max_repeated_tool_calls`.
 //!
+//! A call counts when it is made (so that the call past the limit can be refused before it
+//! goes out) and is taken back if no provider answered it with a success: retries of failed
+//! calls are not reasoning steps. A refused call does not count. The unit of "in a row" is a
+//! response: the set of tool calls it returned (one call, or several made in parallel), so a
+//! loop of the same parallel calls is one, and two identical calls in one response are not two
+//! in a row.
+//!
 //! A plain type fed events with their time (`tokio::time::Instant`, so tests run on paused
-//! time); the data plane asks it before each call and tells it each response's tool calls. A
-//! task is forgotten once idle for `forget_after` (the sidecar uses `tasks.stuck_after`), and
-//! the table is bounded like the task table: full, it forgets the stalest task.
+//! time); the data plane asks it before each call and tells it how each call ended. A task is
+//! forgotten once idle for `forget_after` (the sidecar uses `tasks.stuck_after`), and the table
+//! is bounded like the task table: full, it forgets the stalest task.
 
 use std::time::Duration;
 
@@ -50,9 +57,11 @@ pub struct LoopLimits {
 struct TaskLoop {
     last: Instant,
     calls: u32,
-    /// Identical tool calls in a row so far, the last of them `previous` (0: no run).
+    /// Responses in a row that returned the same tool calls, `previous` (0: no run).
     run: u32,
     previous: u64,
+    /// `max_llm_calls` was crossed (counted once, whatever the count does after).
+    over: bool,
     /// A loop was detected (the first kind found): under `loop_action: block` its calls are
     /// refused from now on.
     looping: Option<LoopKind>,
@@ -71,6 +80,8 @@ pub struct CallCheck {
     pub crossed: bool,
     /// The task was found looping, by this call or before it (the first kind found).
     pub looping: Option<LoopKind>,
+    /// The call is refused (asked to refuse a looping task's calls, and it loops): not counted.
+    pub refused: bool,
     /// A full table forgot another task to make room for this one.
     pub evicted: bool,
 }
@@ -94,26 +105,34 @@ impl LoopTable {
         self.limits
     }
 
-    /// An LLM call of task `key` is about to be made.
-    pub fn call(&self, key: u64, now: Instant) -> CallCheck {
+    /// An LLM call of task `key` is about to be made; `refuse_looping`: a looping task's call
+    /// is to be refused (and then not counted).
+    pub fn call(&self, key: u64, refuse_looping: bool, now: Instant) -> CallCheck {
         let max = self.limits.max_llm_calls;
         let new = || TaskLoop {
             last: now,
             calls: 0,
             run: 0,
             previous: 0,
+            over: false,
             looping: None,
         };
         let (check, evicted) = self.table.upsert(key, new, |t, _| {
             t.last = now;
-            t.calls = t.calls.saturating_add(1);
-            let crossed = max > 0 && t.calls == max.saturating_add(1);
+            let calls = t.calls.saturating_add(1);
+            let crossed = max > 0 && calls > max && !t.over;
             if crossed {
+                t.over = true;
                 t.looping.get_or_insert(LoopKind::MaxLlmCalls);
+            }
+            let refused = refuse_looping && t.looping.is_some();
+            if !refused {
+                t.calls = calls;
             }
             CallCheck {
                 crossed,
                 looping: t.looping,
+                refused,
                 evicted: false,
             }
         });
@@ -123,42 +142,40 @@ impl LoopTable {
         }
     }
 
-    /// A successful response to an LLM call of task `key` returned these tool calls, in order
-    /// (each its fingerprint; `None` for a call that cannot be known), or none — a response
-    /// without a tool call breaks the run. Returns how many runs reached
-    /// `max_repeated_tool_calls` (each counted once, when it does).
-    pub fn returned(
-        &self,
-        key: u64,
-        calls: impl IntoIterator<Item = Option<u64>>,
-        now: Instant,
-    ) -> u32 {
+    /// A call of task `key` counted by [`LoopTable::call`] got no successful answer from a
+    /// provider: it is taken back.
+    pub fn unanswered(&self, key: u64, now: Instant) {
+        self.table.update(key, |t| {
+            t.last = now;
+            t.calls = t.calls.saturating_sub(1);
+            ((), false)
+        });
+    }
+
+    /// A successful response to an LLM call of task `key` returned these tool calls: their
+    /// fingerprint as a set ([`crate::inspect::canon::response_fingerprint`]); `None` for a
+    /// response without a tool call, or with one that cannot be known — either breaks the run.
+    /// Returns whether the run reached `max_repeated_tool_calls` now (once per run).
+    pub fn returned(&self, key: u64, calls: Option<u64>, now: Instant) -> bool {
         let max = self.limits.max_repeated_tool_calls;
         self.table
             .update(key, |t| {
                 t.last = now;
-                let (mut detected, mut any) = (0, false);
-                for call in calls {
-                    any = true;
-                    match call {
-                        Some(f) if t.run > 0 && f == t.previous => t.run = t.run.saturating_add(1),
-                        Some(f) => {
-                            t.previous = f;
-                            t.run = 1;
-                        }
-                        None => t.run = 0,
+                match calls {
+                    Some(f) if t.run > 0 && f == t.previous => t.run = t.run.saturating_add(1),
+                    Some(f) => {
+                        t.previous = f;
+                        t.run = 1;
                     }
-                    if max > 0 && t.run == max {
-                        detected += 1;
-                        t.looping.get_or_insert(LoopKind::RepeatedToolCall);
-                    }
+                    None => t.run = 0,
                 }
-                if !any {
-                    t.run = 0;
+                let detected = max > 0 && t.run == max;
+                if detected {
+                    t.looping.get_or_insert(LoopKind::RepeatedToolCall);
                 }
                 (detected, false)
             })
-            .unwrap_or(0)
+            .unwrap_or(false)
     }
 
     /// The task ended (the agent's verdict): its calls are not counted on.
@@ -203,54 +220,79 @@ mod tests {
         let t = table(3, 0);
         let now = Instant::now();
         for _ in 0..3 {
-            let c = t.call(1, now);
-            assert!(!c.crossed && c.looping.is_none());
+            let c = t.call(1, false, now);
+            assert!(!c.crossed && c.looping.is_none() && !c.refused);
         }
-        let fourth = t.call(1, now);
-        assert!(fourth.crossed);
+        let fourth = t.call(1, false, now);
+        assert!(fourth.crossed && !fourth.refused);
         assert_eq!(fourth.looping, Some(LoopKind::MaxLlmCalls));
-        let fifth = t.call(1, now);
+        let fifth = t.call(1, false, now);
         assert!(!fifth.crossed, "counted once");
         assert_eq!(fifth.looping, Some(LoopKind::MaxLlmCalls), "still looping");
         // Another task has its own count.
-        assert_eq!(t.call(2, now).looping, None);
+        assert_eq!(t.call(2, false, now).looping, None);
         // Off: never a loop.
         let off = table(0, 0);
         for _ in 0..1000 {
-            assert_eq!(off.call(1, now).looping, None);
+            assert_eq!(off.call(1, false, now).looping, None);
         }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_same_tool_call_in_a_row_is_a_loop() {
+    async fn refused_and_unanswered_calls_do_not_count() {
+        let t = table(2, 0);
+        let now = Instant::now();
+        // Two calls, one of which failed: one counts.
+        t.call(1, true, now);
+        t.call(1, true, now);
+        t.unanswered(1, now);
+        let c = t.call(1, true, now);
+        assert!(!c.crossed && !c.refused, "the second that counts");
+        let c = t.call(1, true, now);
+        assert!(c.crossed && c.refused, "the third is refused");
+        // Refused calls (an SDK retrying its 429s) neither count nor cross again.
+        for _ in 0..5 {
+            let c = t.call(1, true, now);
+            assert!(!c.crossed && c.refused);
+        }
+        // A recorded (not refused) task crosses once even if failures take calls back.
+        let t = table(2, 0);
+        for _ in 0..3 {
+            t.call(1, false, now);
+        }
+        t.unanswered(1, now);
+        t.unanswered(1, now);
+        assert!(!t.call(1, false, now).crossed);
+        assert!(!t.call(1, false, now).crossed, "crossed once already");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_tool_calls_in_a_row_are_a_loop() {
         let t = table(0, 3);
         let now = Instant::now();
-        t.call(1, now);
-        assert_eq!(t.returned(1, [Some(7)], now), 0);
-        assert_eq!(t.returned(1, [Some(7)], now), 0);
-        assert_eq!(t.returned(1, [Some(7)], now), 1, "the third in a row");
-        assert_eq!(t.call(1, now).looping, Some(LoopKind::RepeatedToolCall));
+        t.call(1, false, now);
+        assert!(!t.returned(1, Some(7), now));
+        assert!(!t.returned(1, Some(7), now));
+        assert!(t.returned(1, Some(7), now), "the third in a row");
         assert_eq!(
-            t.returned(1, [Some(7)], now),
-            0,
-            "the same run, counted once"
+            t.call(1, false, now).looping,
+            Some(LoopKind::RepeatedToolCall)
         );
+        assert!(!t.returned(1, Some(7), now), "the same run, counted once");
+        assert!(t.call(1, true, now).refused);
 
-        // Broken runs are no loop: another call, an unknowable one, or a response without one.
-        for breaker in [vec![Some(8)], vec![None], vec![]] {
+        // Broken runs are no loop: other calls, or a response without a (known) call.
+        for breaker in [Some(8), None] {
             let t = table(0, 3);
-            t.call(1, now);
-            t.returned(1, [Some(7), Some(7)], now);
-            assert_eq!(t.returned(1, breaker.clone(), now), 0);
-            assert_eq!(t.returned(1, [Some(7)], now), 0, "after {breaker:?}");
-            assert_eq!(t.call(1, now).looping, None);
+            t.call(1, false, now);
+            t.returned(1, Some(7), now);
+            t.returned(1, Some(7), now);
+            assert!(!t.returned(1, breaker, now));
+            assert!(!t.returned(1, Some(7), now), "after {breaker:?}");
+            assert_eq!(t.call(1, false, now).looping, None);
         }
-        // Calls in one response count in order.
-        let t = table(0, 3);
-        t.call(1, now);
-        assert_eq!(t.returned(1, [Some(5), Some(5), Some(5), Some(6)], now), 1);
         // A task the guard does not know (never called, or forgotten) is not judged.
-        assert_eq!(t.returned(9, [Some(5), Some(5), Some(5)], now), 0);
+        assert!(!t.returned(9, Some(5), now));
     }
 
     #[tokio::test(start_paused = true)]
@@ -261,10 +303,10 @@ mod tests {
         };
         let t = LoopTable::new(2, limits, FORGET);
         let start = Instant::now();
-        t.call(1 << 59, start);
-        t.call(1 << 59, start);
+        t.call(1 << 59, false, start);
+        t.call(1 << 59, false, start);
         tokio::time::advance(FORGET).await;
-        t.call(2 << 59, Instant::now());
+        t.call(2 << 59, false, Instant::now());
         assert_eq!(
             t.sweep(Instant::now()),
             0,
@@ -273,9 +315,9 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(t.sweep(Instant::now()), 1);
         // Forgotten: its count starts again.
-        let again = t.call(1 << 59, Instant::now());
+        let again = t.call(1 << 59, false, Instant::now());
         assert!(!again.crossed && !again.evicted);
-        let c = t.call(3 << 59, Instant::now());
+        let c = t.call(3 << 59, false, Instant::now());
         assert!(c.evicted, "the third task of a table of two");
         assert_eq!(t.len(), 2);
         t.forget(3 << 59);

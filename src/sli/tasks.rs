@@ -158,11 +158,12 @@ impl TaskTable {
         });
     }
 
-    /// The loop guard refused an LLM call of task `key`: the task ends failed (at its next
-    /// response, or when left idle). Returns whether the task is live here.
-    pub fn looped(&self, key: u64) -> bool {
+    /// The loop guard refused an LLM call of task `key` (its activity, now): the task ends
+    /// failed (at its next response, or when left idle). Returns whether the task is live here.
+    pub fn looped(&self, key: u64, now: Instant) -> bool {
         self.table
             .update(key, |task| {
+                task.last = now;
                 task.looped = true;
                 ((), false)
             })
@@ -228,14 +229,14 @@ mod tests {
         let t = TaskTable::new(100, STUCK);
         let (a, b) = (t.key(b"a"), t.key(b"b"));
         let now = Instant::now();
-        assert!(!t.looped(a), "not live yet");
+        assert!(!t.looped(a, now), "not live yet");
         t.request(a, now);
-        assert!(t.looped(a));
+        assert!(t.looped(a, now));
         assert_eq!(t.response(a, Verdict::Completed, now), Some(Ended::Failed));
         // Left idle after the cut: failed too, not abandoned.
         t.request(b, now);
         t.response(b, Verdict::InProgress, now);
-        t.looped(b);
+        t.looped(b, now);
         tokio::time::advance(STUCK + Duration::from_secs(1)).await;
         assert_eq!(
             t.sweep(Instant::now()),
