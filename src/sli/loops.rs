@@ -153,7 +153,7 @@ impl LoopTable {
     }
 
     /// A successful response to an LLM call of task `key` returned these tool calls: their
-    /// fingerprint as a set ([`crate::inspect::canon::response_fingerprint`]); `None` for a
+    /// fingerprint as a set ([`crate::inspect::canon::set_of`]); `None` for a
     /// response without a tool call, or with one that cannot be known — either breaks the run.
     /// Returns whether the run reached `max_repeated_tool_calls` now (once per run).
     pub fn returned(&self, key: u64, calls: Option<u64>, now: Instant) -> bool {
