@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod sidecar;
 pub mod sim;
 pub mod sli;
+pub mod slo;
 pub mod telemetry;
 pub mod upstream;
 

@@ -212,16 +212,8 @@ fn sloguard_check_exits_non_zero_with_the_message() {
 
 #[test]
 fn an_empty_section_this_build_does_not_act_on_is_refused_too() {
-    for (section, line) in [("otlp:\n", 13), ("slos: ~\n", 13)] {
-        let e = error_of(&format!("{BASE}{section}"));
-        assert!(
-            e.starts_with(&format!(
-                "bad.yaml:{line}: {}",
-                section.split(':').next().unwrap()
-            )),
-            "{e}"
-        );
-    }
+    let e = error_of(&format!("{BASE}otlp:\n"));
+    assert!(e.starts_with("bad.yaml:13: otlp"), "{e}");
 }
 
 #[test]
@@ -455,5 +447,78 @@ fn tasks_are_checked_by_key() {
     ] {
         let e = error_of(&with(section));
         assert!(e.starts_with(expected), "{section}: {e}");
+    }
+}
+
+#[test]
+fn slos_are_checked_by_key() {
+    let with = |slos: &str| format!("{BASE}slos:\n{slos}");
+    let c = Config::parse(
+        "ok.yaml",
+        &with("  - {name: avail, sli: availability, target: 0.995}\n  - {name: fast, sli: latency, threshold: 250ms, target: 0.9, window: 7d, severity: sev1}\n"),
+    )
+    .unwrap();
+    assert_eq!(c.slos.len(), 2);
+    assert_eq!(
+        c.slos[0].window.0,
+        std::time::Duration::from_secs(30 * 86_400)
+    );
+    assert_eq!(
+        c.slos[1].severity(&c.incidents.severities),
+        sloguard::config::SeverityName::Sev1
+    );
+    assert_eq!(
+        c.slos[0].severity(&c.incidents.severities),
+        sloguard::config::SeverityName::Sev2,
+        "the article's default for availability"
+    );
+    assert!(Config::parse("ok.yaml", &format!("{BASE}slos: ~\n"))
+        .unwrap()
+        .slos
+        .is_empty());
+    for (slos, expected) in [
+        (
+            "  - {name: a, sli: latency, threshold: 3s, target: 0.99}\n",
+            "bad.yaml:14: slos[0].threshold: 3s is not a bucket boundary of the histogram, so the SLI could not be computed exactly; pick one of 0.005s, 0.01s",
+        ),
+        (
+            "  - {name: a, sli: latency, target: 0.99}\n",
+            "bad.yaml:14: slos[0].threshold: a latency SLO needs a threshold",
+        ),
+        (
+            "  - {name: a, sli: safety, threshold: 1s, target: 0.99}\n",
+            "bad.yaml:14: slos[0].threshold: a safety SLO takes no threshold",
+        ),
+        (
+            "  - {name: a, sli: availability, target: 99.5}\n",
+            "bad.yaml:14: slos[0].target: 99.5 must be between 0 and 1",
+        ),
+        (
+            "  - {name: a, sli: availability, target: 0.99, window: 1d}\n",
+            "bad.yaml:14: slos[0].window: must be from 3d",
+        ),
+        (
+            "  - {name: a, sli: availability, target: 0.99}\n  - {name: a, sli: safety, target: 0.99}\n",
+            "bad.yaml:15: slos[1].name: \"a\" is the name of slos[0] too",
+        ),
+        (
+            "  - {name: 'a b', sli: availability, target: 0.99}\n",
+            "bad.yaml:14: slos[0].name: \"a b\" must be 1 to 64 letters",
+        ),
+        (
+            "  - {name: a, sli: safety, target: 0.99, exclude_dependency_failures: true}\n",
+            "bad.yaml:14: slos[0].exclude_dependency_failures: applies to availability SLOs only",
+        ),
+        (
+            "  - {name: a, sli: uptime, target: 0.99}\n",
+            "bad.yaml:14: slos[0].sli: unknown variant `uptime`",
+        ),
+        (
+            "  - {name: a, sli: time_to_first_token, threshold: 2s, target: 0.99, severity: sev4}\n",
+            "bad.yaml:14: slos[0].severity: unknown variant `sev4`",
+        ),
+    ] {
+        let e = error_of(&with(slos));
+        assert!(e.starts_with(expected), "{slos}: {e}");
     }
 }

@@ -62,14 +62,16 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Rules { config } => {
-            if let Err(e) = Config::load(&config) {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+        Command::Rules { config } => match Config::load(&config) {
+            Ok(c) => {
+                print!("{}", crate::slo::rules::rules(&c));
+                ExitCode::SUCCESS
             }
-            eprintln!("error: this build of sloguard has no SLO support yet, so there are no rules to generate");
-            ExitCode::from(2)
-        }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => {
             init_logging();
             let config = match Config::load(&config) {

@@ -6,6 +6,7 @@
 
 mod locate;
 mod safety;
+mod slo;
 mod tasks;
 mod units;
 
@@ -22,6 +23,7 @@ pub use safety::{
     DetectorConfig, IncidentsConfig, KillSwitchConfig, SafetyAction, SafetyConfig, Severities,
     SeverityName,
 };
+pub use slo::{SliKind, SloConfig, MAX_WINDOW, MIN_WINDOW};
 pub use tasks::{LoopAction, TasksConfig};
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
 
@@ -90,8 +92,9 @@ pub struct Config {
     /// means the defaults (every built-in detector, both roles, record), not no safety.
     #[serde(default, deserialize_with = "safety_or_defaults")]
     pub safety: Option<SafetyConfig>,
-    #[serde(default, deserialize_with = "present")]
-    pub slos: Option<Present>,
+    /// The service level objectives (none without the section).
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub slos: Vec<SloConfig>,
     #[serde(default)]
     pub incidents: IncidentsConfig,
     #[serde(default, deserialize_with = "present")]
@@ -557,11 +560,10 @@ impl Config {
                 format!("{what} is not supported by this build of sloguard yet; remove it (it would otherwise be silently ignored)"),
             ))
         };
-        for (key, value) in [("slos", &self.slos), ("otlp", &self.otlp)] {
-            if value.is_some() {
-                return not_yet(key, &format!("the `{key}` section"));
-            }
+        if self.otlp.is_some() {
+            return not_yet("otlp", "the `otlp` section");
         }
+        slo::validate(&self.slos)?;
         if let Some(safety) = &self.safety {
             safety.validate()?;
         }

@@ -101,6 +101,16 @@ pub enum Severity {
     Sev3 = 2,
 }
 
+impl From<crate::config::SeverityName> for Severity {
+    fn from(name: crate::config::SeverityName) -> Severity {
+        match name {
+            crate::config::SeverityName::Sev1 => Severity::Sev1,
+            crate::config::SeverityName::Sev2 => Severity::Sev2,
+            crate::config::SeverityName::Sev3 => Severity::Sev3,
+        }
+    }
+}
+
 impl Severity {
     pub const COUNT: usize = 3;
     pub const ALL: [Severity; Severity::COUNT] = [Severity::Sev1, Severity::Sev2, Severity::Sev3];

@@ -53,11 +53,7 @@ pub const MAX_HELD_BYTES: usize = 256 * 1024;
 pub const HELD_SCAN_STEP: usize = 256;
 
 pub fn severity(name: SeverityName) -> Severity {
-    match name {
-        SeverityName::Sev1 => Severity::Sev1,
-        SeverityName::Sev2 => Severity::Sev2,
-        SeverityName::Sev3 => Severity::Sev3,
-    }
+    Severity::from(name)
 }
 
 /// The agent's kill switch. One per sidecar, kept across config reloads: only a human (or the
