@@ -68,6 +68,8 @@ impl Sidecar {
         }
         let binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
         let shared = Shared::new(&config, &telemetry, true);
+        let slos =
+            crate::slo::Slos::new(&config, &telemetry, tokio::time::Instant::now()).map(Arc::new);
         let snapshot = Snapshot::build(config, &telemetry, &shared)?;
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
 
@@ -92,9 +94,21 @@ impl Sidecar {
                 log_limit: crate::telemetry::LogLimiter::new(),
                 kill: shared.kill.clone(),
                 tasks: shared.tasks.clone(),
+                slos: slos.clone(),
             }),
             admin_stop.subscribe(),
         ))];
+        // The local SLO view reads the sidecar's own counters once a second.
+        if let Some(slos) = slos {
+            let metrics = telemetry.clone();
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    slos.tick(&metrics.render(), tokio::time::Instant::now());
+                }
+            }));
+        }
         let upkeep = telemetry.clone();
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));

@@ -32,6 +32,8 @@ pub struct AdminState {
     pub kill: Arc<crate::proxy::safety::KillSwitch>,
     /// `GET /agent/healthz`.
     pub tasks: Arc<crate::proxy::tasks::Tasks>,
+    /// `GET /slo` (`None`: the config has no SLOs).
+    pub slos: Option<Arc<crate::slo::Slos>>,
 }
 
 /// Reads the admin token file (one line, surrounding whitespace ignored).
@@ -104,6 +106,7 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/agent/healthz" => agent_health(state),
         "/circuits" => circuits(state),
+        "/slo" => slo(state),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
@@ -204,6 +207,20 @@ fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
 
 /// `GET /agent/healthz`: 503 with the reason while the agent is stuck, for its container's
 /// liveness probe; else 200.
+/// `GET /slo`: the local view of every SLO (an empty list without SLOs).
+fn slo(state: &AdminState) -> Response<Full<Bytes>> {
+    let body = match &state.slos {
+        Some(slos) => slos.report(tokio::time::Instant::now()),
+        None => serde_json::json!({"slos": []}),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 fn agent_health(state: &AdminState) -> Response<Full<Bytes>> {
     let (status, body) = match state.tasks.check(tokio::time::Instant::now()) {
         Some(stuck) => (

@@ -1,4 +1,129 @@
-//! Service level objectives: the Prometheus rules that compute their error budgets and burn
-//! rates (`sloguard rules`).
+//! Service level objectives: the sidecar's local view of them (`/slo`, `sloguard_slo_*`), and
+//! the Prometheus rules that compute them where they count (`sloguard rules`).
+//!
+//! The local engine reads each SLO's events from the sidecar's own counters once a second —
+//! the same series Prometheus scrapes, summed as the rules' queries sum them — so that its view
+//! and Prometheus's agree, and the data plane does no work for it.
 
+pub mod engine;
 pub mod rules;
+pub mod source;
+
+use std::sync::Mutex;
+
+use metrics::Gauge;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::config::{Config, SloConfig};
+use crate::incident::Severity;
+use crate::telemetry::{label, Telemetry, SLO_BUDGET_REMAINING, SLO_BURN_RATE};
+use engine::{Tracker, WINDOWS};
+
+/// One SLO: its config, its events, its gauges.
+struct Slo {
+    config: SloConfig,
+    severity: Severity,
+    tracker: Tracker,
+    remaining: Gauge,
+    burn: [Gauge; WINDOWS.len()],
+}
+
+/// The config's SLOs, fed once a second.
+pub struct Slos {
+    agent: String,
+    slos: Mutex<Vec<Slo>>,
+}
+
+impl Slos {
+    /// `None` without SLOs.
+    pub fn new(config: &Config, t: &Telemetry, now: Instant) -> Option<Slos> {
+        if config.slos.is_empty() {
+            return None;
+        }
+        let agent = config.agent.clone();
+        let slos = config
+            .slos
+            .iter()
+            .map(|s| {
+                let labels = || vec![label("agent", &agent), label("slo", &s.name)];
+                let remaining = t.gauge(SLO_BUDGET_REMAINING, labels());
+                remaining.set(1.0);
+                Slo {
+                    severity: Severity::from(s.severity(&config.incidents.severities)),
+                    tracker: Tracker::new(s.target, s.window.0, now),
+                    remaining,
+                    burn: WINDOWS.map(|(w, _)| {
+                        let mut l = labels();
+                        l.push(label("window", w));
+                        t.gauge(SLO_BURN_RATE, l)
+                    }),
+                    config: s.clone(),
+                }
+            })
+            .collect();
+        Some(Slos {
+            agent,
+            slos: Mutex::new(slos),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slo>> {
+        self.slos.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads every SLO's events from the exposition text of the sidecar's metrics, and updates
+    /// the gauges.
+    pub fn tick(&self, metrics: &str, now: Instant) {
+        let mut slos = self.lock();
+        for slo in slos.iter_mut() {
+            let (good, total) = source::counts(metrics, &self.agent, &slo.config);
+            slo.tracker.feed(good, total, now);
+            slo.remaining.set(slo.tracker.budget_remaining(now));
+            for (gauge, (_, minutes)) in slo.burn.iter().zip(WINDOWS) {
+                let burn = slo
+                    .tracker
+                    .window(minutes, now)
+                    .burn_rate(slo.config.target);
+                gauge.set(burn.unwrap_or(0.0));
+            }
+        }
+    }
+
+    /// `GET /slo`: every SLO with its windows, budget and state.
+    pub fn report(&self, now: Instant) -> Value {
+        let slos = self.lock();
+        let list: Vec<Value> = slos
+            .iter()
+            .map(|s| {
+                let t = &s.tracker;
+                let target = s.config.target;
+                let window = |c: engine::Counts| {
+                    json!({"good": c.good, "total": c.total, "sli": c.sli(), "burn_rate": c.burn_rate(target)})
+                };
+                let mut windows = serde_json::Map::new();
+                for (name, minutes) in WINDOWS {
+                    windows.insert(name.into(), window(t.window(minutes, now)));
+                }
+                windows.insert("since_start".into(), window(t.since_start()));
+                json!({
+                    "name": s.config.name,
+                    "sli": s.config.sli.as_str(),
+                    "target": target,
+                    "window": rules::duration_label(s.config.window.0),
+                    "threshold_seconds": s.config.threshold.map(|d| d.0.as_secs_f64()),
+                    "budget_remaining": t.budget_remaining(now),
+                    "windows": windows,
+                    "state": t.state(now).as_str(),
+                    "severity": s.severity.as_str(),
+                    "history": {
+                        "period_minutes": 5,
+                        "sli": t.history(5, 72, now),
+                        "budget_remaining_by_hour": t.burn_down(now),
+                    },
+                })
+            })
+            .collect();
+        json!({"agent": self.agent, "slos": list})
+    }
+}

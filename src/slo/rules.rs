@@ -312,7 +312,7 @@ fn number(x: f64) -> String {
 }
 
 /// A window as Prometheus writes it: `30d`, `28d`, `12h`, `90m`.
-fn duration_label(d: Duration) -> String {
+pub fn duration_label(d: Duration) -> String {
     let mins = d.as_secs() / 60;
     if mins % (24 * 60) == 0 {
         format!("{}d", mins / (24 * 60))

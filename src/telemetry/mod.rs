@@ -46,6 +46,8 @@ pub const TASKS_EVICTED: &str = "sloguard_tasks_evicted_total";
 pub const AGENT_STUCK: &str = "sloguard_agent_stuck";
 pub const AGENT_LOOPS_DETECTED: &str = "agent_loops_detected_total";
 pub const LOOP_TASKS_EVICTED: &str = "sloguard_loop_tasks_evicted_total";
+pub const SLO_BUDGET_REMAINING: &str = "sloguard_slo_error_budget_remaining";
+pub const SLO_BURN_RATE: &str = "sloguard_slo_burn_rate";
 
 /// Request latency of an agent or an LLM call: from a few milliseconds (a cached or failed call)
 /// to minutes (a long generation). Denser around 0.1–10 s, where agent latency SLOs sit; every
@@ -302,6 +304,18 @@ impl Telemetry {
             None,
             "Tasks the loop guard forgot to make room in its full table (tasks.max_tasks): their counts start again.",
             0,
+        );
+        d(
+            SLO_BUDGET_REMAINING,
+            None,
+            "Share of the SLO window's error budget left, local view (1: untouched; negative: overspent).",
+            2,
+        );
+        d(
+            SLO_BURN_RATE,
+            None,
+            "Error ratio over the window divided by the SLO's budget ratio, local view (1 spends the budget exactly over the SLO window; 0 without events).",
+            2,
         );
         d(
             BUILD_INFO,

@@ -1,0 +1,269 @@
+//! End to end on a real Prometheus (the Debian package, which `scripts/test` installs): it
+//! scrapes a running sidecar every second, known traffic goes through, and the reference
+//! article's four SLI queries, verbatim, give the scripted values over Prometheus's HTTP API.
+//! The generated rules are loaded too, and their recorded error ratio agrees.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::net::TcpListener as StdListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use sloguard::sim::{self, SimServer};
+use sloguard::{Config, Sidecar};
+use tokio::process::{Child, Command};
+
+/// The article's SLI queries, exactly as written there.
+const AVAILABILITY: &str =
+    "sum(rate(agent_requests_total{status!='5xx'}[5m])) / sum(rate(agent_requests_total[5m]))";
+const TASK_COMPLETION: &str =
+    "sum(rate(agent_tasks_completed[5m])) / sum(rate(agent_tasks_started[5m]))";
+const LATENCY: &str = "histogram_quantile(0.99, rate(agent_response_seconds_bucket[5m]))";
+const SAFETY: &str =
+    "sum(rate(agent_safety_violations_total[5m])) / sum(rate(agent_responses_total[5m]))";
+
+/// An agent answering `/{status}`, `/slow` (200 after 1.2 s) and `/leak` (200 with a customer's
+/// email address in its answer).
+async fn agent() -> SimServer {
+    sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
+        let path = req.uri().path().to_owned();
+        let _ = req.into_body().collect().await;
+        let (status, body) = match path.as_str() {
+            "/slow" => {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                (200, r#"{"answer":"done"}"#)
+            }
+            "/leak" => (
+                200,
+                r#"{"answer":"mailed it to dana.whitfield@northwind-mail.com"}"#,
+            ),
+            p => (p[1..].parse().unwrap(), r#"{"answer":"done"}"#),
+        };
+        let mut r = Response::new(sim::full(body));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r
+    })
+    .await
+    .unwrap()
+}
+
+struct Prometheus {
+    child: Child,
+    url: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A real Prometheus on 127.0.0.1, its own config and data directory, scraping `target` every
+/// second and evaluating `rules` every second.
+async fn prometheus(target: std::net::SocketAddr, rules: &str) -> Prometheus {
+    let dir = std::env::temp_dir().join(format!("sloguard-prom-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("rules.yaml"), rules).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yaml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: [rules.yaml]
+scrape_configs:
+  - job_name: sloguard
+    static_configs: [{{targets: ['{target}']}}]
+"
+        ),
+    )
+    .unwrap();
+    // A free port: bound, read, let go.
+    let port = StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yaml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("prometheus could not start ({e}): install it with `apt-get install -y prometheus` (scripts/test does)")
+        });
+    let p = Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        dir,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client()
+            .request(
+                Request::get(format!("{}/-/ready", p.url))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK);
+        if ready {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prometheus did not get ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Prometheus {
+    /// The values of an instant query (one per series).
+    async fn query(&self, q: &str) -> Vec<f64> {
+        let url = format!("{}/api/v1/query?query={}", self.url, form_urlencoded(q));
+        let resp = get(&client(), &url).await;
+        let body: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).unwrap();
+        assert_eq!(body["status"], "success", "{q}: {body}");
+        body["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["value"][1].as_str().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// Waits until `q`'s single value satisfies `ready`; returns it.
+    async fn value_when(&self, q: &str, ready: impl Fn(f64) -> bool) -> f64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.query(q).await;
+            if v.len() == 1 && ready(v[0]) {
+                return v[0];
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{q} never got there: {v:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn form_urlencoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn send(s: &Sidecar, path: &str, n: usize) {
+    for _ in 0..n {
+        let resp = client()
+            .request(Request::post(proxy_url(s, path)).body(empty()).unwrap())
+            .await
+            .unwrap();
+        let _ = body_bytes(resp).await;
+    }
+}
+
+#[tokio::test]
+async fn the_articles_sli_queries_work_verbatim_on_a_real_prometheus() {
+    let a = agent().await;
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
+routes:
+  agent: {{upstreams: [agent]}}
+upstreams:
+  agent: {{url: {}}}
+safety: {{apply_to: [agent]}}
+slos:
+  - {{name: availability, sli: availability, target: 0.99}}
+",
+        a.url()
+    );
+    let config = Config::parse("test", &yaml).unwrap();
+    let rules = sloguard::slo::rules::rules(&config);
+    let s = Sidecar::start(config).await.unwrap();
+    // Every series the queries read exists before the first scrape, so that all of them are
+    // sampled at the same instants and rate() extrapolates them alike. rate() also stops
+    // extrapolating where a counter would reach zero: each series starts high enough (above a
+    // sixteenth of its increase) that this never applies.
+    for (path, n) in [("/200", 20), ("/503", 5), ("/429", 2), ("/leak", 2)] {
+        send(&s, path, n).await;
+    }
+    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) >= 29.0).await;
+    let responses_before = metric(&m, "agent_responses_total", &[]);
+    let p = prometheus(s.admin_addr, &rules).await;
+    // Scraped twice before the traffic the queries are to see.
+    p.value_when("count(up == 1)", |v| v == 1.0).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+
+    // The scripted outcome: 100 requests. 78 answered 200 at once, 5 of them leaking an email
+    // address; 2 answered 200 after 1.2 s; 15 answered 503 by the agent; 5 answered 429.
+    send(&s, "/200", 73).await;
+    send(&s, "/leak", 5).await;
+    send(&s, "/503", 15).await;
+    send(&s, "/429", 5).await;
+    let slow = tokio::spawn({
+        let url = proxy_url(&s, "/slow");
+        async move {
+            let req = |u: &str| Request::post(u).body(empty()).unwrap();
+            let (x, y) = tokio::join!(client().request(req(&url)), client().request(req(&url)));
+            let _ = body_bytes(x.unwrap()).await;
+            let _ = body_bytes(y.unwrap()).await;
+        }
+    });
+    slow.await.unwrap();
+    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) >= 129.0).await;
+    let responses = metric(&m, "agent_responses_total", &[]) - responses_before;
+    // Every request counted and scraped.
+    let total = "sum(increase(agent_requests_total[5m]))";
+    p.value_when(total, |v| v > 0.0).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // Availability: 85 of 100 not 5xx (429s are not server errors).
+    let v = p.query(AVAILABILITY).await;
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!((v[0] - 0.85).abs() < 1e-9, "availability {v:?}");
+    // Task completion: tasks of one request each; the 2xx completed, the 5xx failed, the 429s
+    // were left in progress: 80 completed of 100 started.
+    let v = p.query(TASK_COMPLETION).await;
+    assert!((v[0] - 0.8).abs() < 1e-9, "task completion {v:?}");
+    // Latency: 98 requests fast, 2 between 1 s and 2 s: the p99 is interpolated in (1, 2]: 1.5.
+    let v = p.query(LATENCY).await;
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!((v[0] - 1.5).abs() < 1e-9, "p99 latency {v:?}");
+    // Safety: 5 violations (one detector each) of the responses inspected.
+    let v = p.query(SAFETY).await;
+    assert!(
+        (v[0] - 5.0 / responses).abs() < 1e-9,
+        "safety {v:?} of {responses}"
+    );
+    // The generated rules' recorded error ratio agrees with the article's availability.
+    let v = p
+        .value_when(
+            "sloguard:slo_error_ratio:rate5m{slo=\"availability\"}",
+            |v| (v - 0.15).abs() < 1e-9,
+        )
+        .await;
+    assert!((v - 0.15).abs() < 1e-9);
+    s.shutdown().await;
+}

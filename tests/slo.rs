@@ -1,0 +1,130 @@
+//! The local SLO view end to end: `GET /slo` and the `sloguard_slo_*` gauges after known
+//! traffic through a real sidecar.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use sloguard::sim::{self, SimServer};
+use sloguard::{Config, Sidecar};
+
+/// An agent answering `/{status}`.
+async fn agent() -> SimServer {
+    sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
+        let status: u16 = req.uri().path()[1..].parse().unwrap();
+        let _ = req.into_body().collect().await;
+        let mut r = Response::new(sim::full("{}"));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        r
+    })
+    .await
+    .unwrap()
+}
+
+async fn sidecar(agent_url: &str) -> Sidecar {
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
+routes:
+  agent: {{upstreams: [agent]}}
+upstreams:
+  agent: {{url: {agent_url}}}
+slos:
+  - {{name: availability, sli: availability, target: 0.95, window: 30d}}
+  - {{name: latency, sli: latency, threshold: 5s, target: 0.99, window: 7d, severity: sev1}}
+  - {{name: tasks, sli: task_completion, target: 0.5}}
+"
+    );
+    Sidecar::start(Config::parse("test", &yaml).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn slo_json(s: &Sidecar) -> serde_json::Value {
+    let resp = get(&client(), &format!("http://{}/slo", s.admin_addr)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    serde_json::from_slice(&body_bytes(resp).await).unwrap()
+}
+
+#[tokio::test]
+async fn slo_reports_each_slos_windows_budget_and_state() {
+    let a = agent().await;
+    let s = sidecar(&a.url()).await;
+    // Let the engine take its baseline, then 90 successes and 10 failures of the agent's own.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..100 {
+        let path = if i % 10 == 0 { "/503" } else { "/200" };
+        let resp = client()
+            .request(Request::post(proxy_url(&s, path)).body(empty()).unwrap())
+            .await
+            .unwrap();
+        let _ = body_bytes(resp).await;
+    }
+    // Counted once the engine's next tick reads them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let report = loop {
+        let r = slo_json(&s).await;
+        if r["slos"][0]["windows"]["5m"]["total"] == 100 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let avail = &report["slos"][0];
+    assert_eq!(avail["name"], "availability");
+    assert_eq!(avail["sli"], "availability");
+    assert_eq!(avail["target"], 0.95);
+    assert_eq!(avail["window"], "30d");
+    assert_eq!(avail["severity"], "sev2", "the article's default");
+    for w in ["5m", "1h", "6h", "since_start"] {
+        let win = &avail["windows"][w];
+        assert_eq!(win["good"], 90, "{w}");
+        assert_eq!(win["total"], 100, "{w}");
+        assert!((win["sli"].as_f64().unwrap() - 0.9).abs() < 1e-9, "{w}");
+        // 10% errors on a 5% budget: burning twice as fast as the window allows.
+        assert!(
+            (win["burn_rate"].as_f64().unwrap() - 2.0).abs() < 1e-9,
+            "{w}"
+        );
+    }
+    // 10 bad where 5 were allowed: the budget is overspent, by 100%.
+    assert!((avail["budget_remaining"].as_f64().unwrap() + 1.0).abs() < 1e-9);
+    assert_eq!(avail["state"], "breach");
+    // Every request took far less than 5s: the latency SLO is fine, at its own severity.
+    let latency = &report["slos"][1];
+    assert_eq!(latency["windows"]["5m"]["good"], 100);
+    assert_eq!(latency["budget_remaining"], 1.0);
+    assert_eq!(latency["state"], "ok");
+    assert_eq!(latency["severity"], "sev1");
+    assert_eq!(latency["window"], "7d");
+    // Each request is a task of its own here (no task id): 90 completed of 100.
+    let tasks = &report["slos"][2];
+    assert_eq!(tasks["windows"]["5m"]["total"], 100);
+    assert_eq!(tasks["windows"]["5m"]["good"], 90);
+    // The gauges say the same.
+    let m = metrics(&s).await;
+    let gauge = |name: &str, labels: &[(&str, &str)]| metric(&m, name, labels);
+    let remaining = "sloguard_slo_error_budget_remaining";
+    assert!((gauge(remaining, &[("slo", "availability")]) + 1.0).abs() < 1e-9);
+    assert_eq!(gauge(remaining, &[("slo", "latency")]), 1.0);
+    let burn = gauge(
+        "sloguard_slo_burn_rate",
+        &[("slo", "availability"), ("window", "1h")],
+    );
+    assert!((burn - 2.0).abs() < 1e-9, "{burn}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn slo_without_slos_is_an_empty_list() {
+    let s = start_sidecar("agent", "http://127.0.0.1:9", "").await;
+    let r = slo_json(&s).await;
+    assert_eq!(r["slos"], serde_json::json!([]));
+    s.shutdown().await;
+}
