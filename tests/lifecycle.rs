@@ -276,6 +276,29 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("admin    http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("  slo      http://127.0.0.1:"), "{stdout}");
+    // The SLO line: each SLO's budget left and burn rates, from the sidecar's own gauges; by
+    // the end the leaking agent has overspent the safety budget.
+    let slo = stdout
+        .lines()
+        .rfind(|l| l.contains("] slo "))
+        .expect("an SLO line");
+    for name in [
+        "availability",
+        "task-completion",
+        "latency",
+        "ttft",
+        "safety",
+    ] {
+        assert!(slo.contains(&format!("{name} ")), "{slo}");
+    }
+    let safety_left: f64 = slo
+        .split("safety ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap();
+    assert!(safety_left < 0.0, "{slo}");
     // Tasks: the agent hung from 4 s to 8 s, and /agent/healthz said so once a request had
     // waited past stuck_after (3 s), then recovered; the looping task was cut by the guard.
     let tasks: Vec<&str> = stdout.lines().filter(|l| l.contains("] tasks ")).collect();

@@ -20,7 +20,7 @@ use crate::sidecar::Sidecar;
 use crate::sim::{spawn_agent, spawn_provider, AgentSim, ProviderSim, SimRng};
 
 mod summary;
-use summary::{safety_line, summary_line, tasks_line, ChainSummary, LlmSummary};
+use summary::{safety_line, slo_line, summary_line, tasks_line, ChainSummary, LlmSummary};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -114,6 +114,12 @@ upstreams:
     url: {provider_url}
     protocol: anthropic
     timeouts: {{connect: 1s, first_byte: 5s, idle: 2s, total: 30s}}
+slos:
+  - {{name: availability, sli: availability, target: 0.99, window: 30d, exclude_dependency_failures: true}}
+  - {{name: task-completion, sli: task_completion, target: 0.92, window: 30d}}
+  - {{name: latency, sli: latency, threshold: 1s, target: 0.95, window: 30d}}
+  - {{name: ttft, sli: time_to_first_token, threshold: 0.5s, target: 0.95, window: 30d}}
+  - {{name: safety, sli: safety, target: 0.999, window: 30d}}
 tasks:
   stuck_after: 3s
   max_llm_calls: 20
@@ -260,6 +266,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         sidecar.admin_addr
     );
     println!(
+        "  slo      http://{}/slo   (the SLOs' budgets and burn rates, local view; a page with charts in a browser)",
+        sidecar.admin_addr
+    );
+    println!(
         "  enable   curl -X POST -H 'Authorization: Bearer {DEMO_TOKEN}' http://{}/admin/agent/enable   (a human decides)",
         sidecar.admin_addr
     );
@@ -325,6 +335,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 println!("[{t:>4}s] {}", safety_line(&metrics));
                 let probe = agent_healthz(&client, &healthz).await;
                 println!("[{t:>4}s] {}", tasks_line(&metrics, &probe));
+                println!("[{t:>4}s] {}", slo_line(&metrics));
             }
             _ = &mut stop => break,
         }

@@ -298,3 +298,36 @@ pub(super) fn tasks_line(metrics: &str, healthz: &str) -> String {
         loops("max_llm_calls"),
     )
 }
+
+/// The SLO line: each SLO's error budget left (of its 30-day window) and its burn rate over the
+/// last 5 minutes and hour, from the sidecar's own `sloguard_slo_*` gauges.
+pub(super) fn slo_line(metrics: &str) -> String {
+    let mut parts = Vec::new();
+    for slo in [
+        "availability",
+        "task-completion",
+        "latency",
+        "ttft",
+        "safety",
+    ] {
+        let s = format!("slo=\"{slo}\"");
+        let remaining = sum_series(metrics, "sloguard_slo_error_budget_remaining", &[&s]);
+        let burn = |w: &str| {
+            sum_series(
+                metrics,
+                "sloguard_slo_burn_rate",
+                &[&s, &format!("window=\"{w}\"")],
+            )
+        };
+        parts.push(format!(
+            "{slo} {:>7.1}% left, burn {:>5.2}/{:>5.2}",
+            100.0 * remaining,
+            burn("5m"),
+            burn("1h")
+        ));
+    }
+    format!(
+        "slo      budget (30d) and burn rate 5m/1h: {}",
+        parts.join(" | ")
+    )
+}
