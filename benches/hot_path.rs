@@ -235,12 +235,69 @@ fn loops_bench(c: &mut Criterion) {
     });
 }
 
+/// The local SLO view's once-a-second read of its events from the exposition text: five SLOs
+/// over the text of a busy sidecar (the demo's, ~1,000 lines, 127 KiB, built here from its
+/// shape: several listeners, upstreams, models and histograms).
+fn slo_bench(c: &mut Criterion) {
+    use sloguard::config::{ConfigDuration, SliKind, SloConfig};
+    let mut text = String::new();
+    for listener in ["inbound", "egress", "egress-anthropic"] {
+        for upstream in ["agent", "openai", "openai-spare", "anthropic", "cache"] {
+            for status in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+                for cause in ["none", "upstream", "proxy", "agent"] {
+                    text.push_str(&format!("agent_requests_total{{agent=\"demo\",listener=\"{listener}\",upstream=\"{upstream}\",status=\"{status}\",cause=\"{cause}\"}} 1234\n"));
+                }
+            }
+            for le in [
+                "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2", "2.5", "5", "10",
+                "20", "30", "60", "120", "300", "+Inf",
+            ] {
+                text.push_str(&format!("agent_response_seconds_bucket{{agent=\"demo\",listener=\"{listener}\",upstream=\"{upstream}\",le=\"{le}\"}} 99\n"));
+            }
+            text.push_str(&format!("agent_response_seconds_count{{agent=\"demo\",listener=\"{listener}\",upstream=\"{upstream}\"}} 99\n"));
+        }
+        text.push_str(&format!(
+            "agent_responses_total{{agent=\"demo\",listener=\"{listener}\"}} 500\n"
+        ));
+    }
+    text.push_str(
+        "agent_tasks_started{agent=\"demo\"} 100\nagent_tasks_completed{agent=\"demo\"} 90\n",
+    );
+    let slo = |sli, threshold: Option<f64>| SloConfig {
+        name: "s".into(),
+        sli,
+        target: 0.99,
+        window: ConfigDuration(std::time::Duration::from_secs(30 * 86_400)),
+        threshold: threshold.map(|t| ConfigDuration(std::time::Duration::from_secs_f64(t))),
+        exclude_dependency_failures: true,
+        severity: None,
+    };
+    let slos = [
+        slo(SliKind::Availability, None),
+        slo(SliKind::TaskCompletion, None),
+        slo(SliKind::Latency, Some(2.0)),
+        slo(SliKind::TimeToFirstToken, Some(1.0)),
+        slo(SliKind::Safety, None),
+    ];
+    c.bench_function(
+        &format!("slo/read_5_slos_from_{}_lines", text.lines().count()),
+        |b| {
+            b.iter(|| {
+                for s in &slos {
+                    black_box(sloguard::slo::source::counts(black_box(&text), "demo", s));
+                }
+            })
+        },
+    );
+}
+
 criterion_group!(
     benches,
     headers_bench,
     metrics_bench,
     breaker_bench,
     tasks_bench,
-    loops_bench
+    loops_bench,
+    slo_bench
 );
 criterion_main!(benches);
