@@ -106,7 +106,7 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/agent/healthz" => agent_health(state),
         "/circuits" => circuits(state),
-        "/slo" => slo(state),
+        "/slo" => slo(state, req.headers()),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
@@ -205,22 +205,29 @@ fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     circuits(state)
 }
 
-/// `GET /agent/healthz`: 503 with the reason while the agent is stuck, for its container's
-/// liveness probe; else 200.
-/// `GET /slo`: the local view of every SLO (an empty list without SLOs).
-fn slo(state: &AdminState) -> Response<Full<Bytes>> {
-    let body = match &state.slos {
+/// `GET /slo`: the local view of every SLO (an empty list without SLOs), as JSON, or as a page
+/// for a client that accepts `text/html` (a browser).
+fn slo(state: &AdminState, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
+    let report = match &state.slos {
         Some(slos) => slos.report(tokio::time::Instant::now()),
         None => serde_json::json!({"slos": []}),
     };
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let (body, content_type) = if crate::slo::page::accepts_html(headers) {
+        (crate::slo::page::html(&report), "text/html; charset=utf-8")
+    } else {
+        (report.to_string(), "application/json")
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // One URL, two representations: a cache must key on `Accept`.
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
     r
 }
 
+/// `GET /agent/healthz`: 503 with the reason while the agent is stuck, for its container's
+/// liveness probe; else 200.
 fn agent_health(state: &AdminState) -> Response<Full<Bytes>> {
     let (status, body) = match state.tasks.check(tokio::time::Instant::now()) {
         Some(stuck) => (

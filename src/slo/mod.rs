@@ -6,6 +6,7 @@
 //! and Prometheus's agree, and the data plane does no work for it.
 
 pub mod engine;
+pub mod page;
 pub mod rules;
 pub mod source;
 
