@@ -96,7 +96,7 @@ scrape_configs:
         .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| {
@@ -122,7 +122,8 @@ scrape_configs:
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "prometheus did not get ready"
+            "prometheus did not get ready: {}",
+            std::fs::read_to_string(p.dir.join("prometheus.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -204,12 +205,12 @@ slos:
     let s = Sidecar::start(config).await.unwrap();
     // Every series the queries read exists before the first scrape, so that all of them are
     // sampled at the same instants and rate() extrapolates them alike. rate() also stops
-    // extrapolating where a counter would reach zero: each series starts high enough (above a
-    // sixteenth of its increase) that this never applies.
-    for (path, n) in [("/200", 20), ("/503", 5), ("/429", 2), ("/leak", 2)] {
+    // extrapolating where a counter would reach zero: each series starts at more than half its
+    // coming increase, so that this never applies once Prometheus holds 3 samples or more.
+    for (path, n) in [("/200", 40), ("/503", 10), ("/429", 4), ("/leak", 4)] {
         send(&s, path, n).await;
     }
-    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) >= 29.0).await;
+    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) >= 58.0).await;
     let responses_before = metric(&m, "agent_responses_total", &[]);
     let p = prometheus(s.admin_addr, &rules).await;
     // Scraped twice before the traffic the queries are to see.
@@ -232,7 +233,7 @@ slos:
         }
     });
     slow.await.unwrap();
-    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) >= 129.0).await;
+    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) >= 158.0).await;
     let responses = metric(&m, "agent_responses_total", &[]) - responses_before;
     // Every request counted and scraped.
     let total = "sum(increase(agent_requests_total[5m]))";

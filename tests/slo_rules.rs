@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sloguard::config::Role;
 use sloguard::slo::rules::rules;
 use sloguard::Config;
 
@@ -41,6 +42,10 @@ fn the_example_configs_rules_match_the_golden_file() {
     );
     // Deterministic: the same config gives the same bytes.
     assert_eq!(rules(&config), generated);
+    // A dependency SLO for each provider (the upstreams behind `llm` listeners), none for the
+    // agent's own app, whose SLOs are the ones above.
+    assert!(generated.contains("name: \"sloguard:support-bot:upstream:openai\""));
+    assert!(!generated.contains("upstream:agent\""));
 }
 
 #[test]
@@ -69,10 +74,15 @@ fn promtool_accepts_the_rules_of_every_example_config() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        // Every config has at least its upstreams' dependency SLOs.
+        // A config with SLOs or providers has rules; one with neither an empty list.
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("SUCCESS"), "{text}");
-        assert!(!text.contains("SUCCESS: 0 rules"), "{text}");
+        let some = !c.slos.is_empty() || c.listeners.iter().any(|l| l.role == Role::Llm);
+        assert_eq!(
+            !text.contains("SUCCESS: 0 rules"),
+            some,
+            "{}: {text}",
+            config.display()
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,11 +24,23 @@ const MINUTES: usize = 360;
 /// The windows of `/slo` and of `sloguard_slo_burn_rate`.
 pub const WINDOWS: [(&str, u64); 3] = [("5m", 5), ("1h", 60), ("6h", 360)];
 
+/// What the source's first counter counts: good events (requests not 5xx, tasks completed,
+/// calls within the threshold) or bad ones (safety violations). Each counter is taken as it is
+/// — both only ever grow — and the good events of a window are worked out from the window's
+/// sums: a violation counted before its response, or a response with two violations, cannot
+/// make a good event out of a bad one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    Good,
+    Bad,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Bucket {
     /// Which minute (or hour) since the start it holds; slots are reused round the ring.
     at: u64,
-    good: u64,
+    /// The first counter's events (good or bad, as the tally says), and all events.
+    first: u64,
     total: u64,
 }
 
@@ -75,59 +87,69 @@ impl State {
 
 /// One SLO's events over time.
 pub struct Tracker {
+    tally: Tally,
     target: f64,
     start: Instant,
     minutes: Vec<Bucket>,
     hours: Vec<Bucket>,
     /// The cumulative counts last fed, and all events since the start.
     last: Option<(u64, u64)>,
-    since_start: Counts,
+    since_start: (u64, u64),
 }
 
 impl Tracker {
-    pub fn new(target: f64, window: Duration, start: Instant) -> Tracker {
+    pub fn new(tally: Tally, target: f64, window: Duration, start: Instant) -> Tracker {
         let hours = (window.as_secs().div_ceil(3600)).max(1) as usize;
         Tracker {
+            tally,
             target,
             start,
             minutes: vec![Bucket::default(); MINUTES],
             hours: vec![Bucket::default(); hours],
             last: None,
-            since_start: Counts::default(),
+            since_start: (0, 0),
         }
+    }
+
+    /// Good and total events of a window's sums.
+    fn counts(&self, (first, total): (u64, u64)) -> Counts {
+        let good = match self.tally {
+            Tally::Good => first.min(total),
+            Tally::Bad => total - first.min(total),
+        };
+        Counts { good, total }
     }
 
     fn minute(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.start).as_secs() / 60
     }
 
-    /// The source's cumulative good and total counts at `now`. The first reading is the
-    /// baseline; a counter that went down (a restart of what counts) starts a new baseline.
-    pub fn feed(&mut self, good: u64, total: u64, now: Instant) {
-        let Some((g0, t0)) = self.last.replace((good, total)) else {
+    /// The source's cumulative counts at `now`: its first counter (as the tally says) and all
+    /// events. The first reading is the baseline; a counter that went down (a restart of what
+    /// counts) is a new baseline for that counter.
+    pub fn feed(&mut self, first: u64, total: u64, now: Instant) {
+        let Some((f0, t0)) = self.last.replace((first, total)) else {
             return;
         };
-        if good < g0 || total < t0 {
+        let df = first.saturating_sub(f0);
+        let dt = total.saturating_sub(t0);
+        if dt == 0 && df == 0 {
             return;
         }
-        let (dg, dt) = (good - g0, total - t0);
-        if dt == 0 && dg == 0 {
-            return;
-        }
-        self.since_start.good += dg;
-        self.since_start.total += dt;
+        self.since_start.0 += df;
+        self.since_start.1 += dt;
         let m = self.minute(now);
         for (ring, at) in [(&mut self.minutes, m), (&mut self.hours, m / 60)] {
             let len = ring.len() as u64;
             let slot = &mut ring[(at % len) as usize];
-            if slot.at != at || (slot.total == 0 && slot.good == 0) {
+            if slot.at != at || (slot.total == 0 && slot.first == 0) {
                 *slot = Bucket {
                     at,
-                    good: 0,
+                    first: 0,
                     total: 0,
                 };
             }
-            slot.good += dg;
+            slot.first += df;
             slot.total += dt;
         }
     }
@@ -135,17 +157,17 @@ impl Tracker {
     /// Events over the last `minutes` minutes (the current one included).
     pub fn window(&self, minutes: u64, now: Instant) -> Counts {
         let m = self.minute(now);
-        sum(&self.minutes, m, minutes.min(MINUTES as u64))
+        self.counts(sum(&self.minutes, m, minutes.min(MINUTES as u64)))
     }
 
     /// Events over the SLO window (its hourly buckets; the current hour included).
     pub fn slo_window(&self, now: Instant) -> Counts {
         let h = self.minute(now) / 60;
-        sum(&self.hours, h, self.hours.len() as u64)
+        self.counts(sum(&self.hours, h, self.hours.len() as u64))
     }
 
     pub fn since_start(&self) -> Counts {
-        self.since_start
+        self.counts(self.since_start)
     }
 
     /// The share of the SLO window's error budget left (negative: overspent).
@@ -183,7 +205,7 @@ impl Tracker {
                 if m < i * period {
                     return None;
                 }
-                sum(&self.minutes, end, period).sli()
+                self.counts(sum(&self.minutes, end, period)).sli()
             })
             .collect()
     }
@@ -199,8 +221,9 @@ impl Tracker {
         for at in first..=h {
             let b = self.hours[(at % len) as usize];
             if b.at == at {
-                total += b.total;
-                bad += b.total - b.good.min(b.total);
+                let c = self.counts((b.first, b.total));
+                total += c.total;
+                bad += c.bad();
             }
             let allowed = (1.0 - self.target) * total as f64;
             out.push(if total == 0 {
@@ -213,19 +236,19 @@ impl Tracker {
     }
 }
 
-/// The buckets of the `n` periods ending at `at` (inclusive) that still hold them.
-fn sum(ring: &[Bucket], at: u64, n: u64) -> Counts {
+/// The sums of the buckets of the `n` periods ending at `at` (inclusive) that still hold them.
+fn sum(ring: &[Bucket], at: u64, n: u64) -> (u64, u64) {
     let len = ring.len() as u64;
     let from = at.saturating_sub(n.saturating_sub(1));
-    let mut c = Counts::default();
+    let (mut first, mut total) = (0, 0);
     for t in from..=at {
         let b = ring[(t % len) as usize];
         if b.at == t {
-            c.good += b.good;
-            c.total += b.total;
+            first += b.first;
+            total += b.total;
         }
     }
-    c
+    (first, total)
 }
 
 #[cfg(test)]
@@ -241,7 +264,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn windows_roll_over_as_time_passes() {
         let start = Instant::now();
-        let mut t = Tracker::new(0.99, 30 * DAY, start);
+        let mut t = Tracker::new(Tally::Good, 0.99, 30 * DAY, start);
         t.feed(0, 0, Instant::now());
         // 100 events a minute, 2 bad, for 10 minutes.
         for i in 1..=10 {
@@ -301,7 +324,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn budget_and_burn_rate_against_hand_computed_values() {
         let start = Instant::now();
-        let mut t = Tracker::new(0.995, 30 * DAY, start);
+        let mut t = Tracker::new(Tally::Good, 0.995, 30 * DAY, start);
         t.feed(0, 0, start);
         // 10,000 requests, 20 failed: error ratio 0.2%, budget 0.5%.
         advance(1).await;
@@ -320,7 +343,7 @@ mod tests {
         assert!((t.budget_remaining(now) - (1.0 - 100.0 / 55.0)).abs() < 1e-9);
         assert_eq!(t.state(now), State::Breach);
         // Burning fast but with budget left: a warning. Good hours first, then a bad minute.
-        let mut w = Tracker::new(0.9, 30 * DAY, start);
+        let mut w = Tracker::new(Tally::Good, 0.9, 30 * DAY, start);
         w.feed(0, 0, Instant::now());
         advance(1).await;
         w.feed(10_000, 10_000, Instant::now());
@@ -336,7 +359,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_events_is_no_sli_and_a_whole_budget() {
         let start = Instant::now();
-        let mut t = Tracker::new(0.99, 30 * DAY, start);
+        let mut t = Tracker::new(Tally::Good, 0.99, 30 * DAY, start);
         t.feed(5, 5, start);
         let now = Instant::now();
         assert_eq!(
@@ -353,9 +376,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn bad_events_counted_before_their_total_stay_bad() {
+        let start = Instant::now();
+        let mut t = Tracker::new(Tally::Bad, 0.99, 30 * DAY, start);
+        t.feed(0, 0, start);
+        // A violation is counted mid-stream, its response only when the stream ends.
+        advance(1).await;
+        t.feed(1, 0, Instant::now());
+        advance(1).await;
+        t.feed(1, 1, Instant::now());
+        // 100 more responses, one with two violations.
+        t.feed(3, 101, Instant::now());
+        let now = Instant::now();
+        assert_eq!(
+            t.window(5, now),
+            Counts {
+                good: 98,
+                total: 101
+            }
+        );
+        assert_eq!(
+            t.since_start(),
+            Counts {
+                good: 98,
+                total: 101
+            }
+        );
+        // More violations than responses in a window: every response bad, never fewer than 0.
+        let mut u = Tracker::new(Tally::Bad, 0.99, 30 * DAY, start);
+        u.feed(0, 0, now);
+        u.feed(5, 2, now);
+        assert_eq!(u.window(5, now), Counts { good: 0, total: 2 });
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn history_and_burn_down_for_the_charts() {
         let start = Instant::now();
-        let mut t = Tracker::new(0.9, 3 * DAY, start);
+        let mut t = Tracker::new(Tally::Good, 0.9, 3 * DAY, start);
         t.feed(0, 0, start);
         advance(1).await;
         t.feed(10, 10, Instant::now());

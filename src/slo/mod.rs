@@ -52,7 +52,7 @@ impl Slos {
                 remaining.set(1.0);
                 Slo {
                     severity: Severity::from(s.severity(&config.incidents.severities)),
-                    tracker: Tracker::new(s.target, s.window.0, now),
+                    tracker: Tracker::new(source::tally(s.sli), s.target, s.window.0, now),
                     remaining,
                     burn: WINDOWS.map(|(w, _)| {
                         let mut l = labels();
@@ -78,8 +78,8 @@ impl Slos {
     pub fn tick(&self, metrics: &str, now: Instant) {
         let mut slos = self.lock();
         for slo in slos.iter_mut() {
-            let (good, total) = source::counts(metrics, &self.agent, &slo.config);
-            slo.tracker.feed(good, total, now);
+            let (first, total) = source::counts(metrics, &self.agent, &slo.config);
+            slo.tracker.feed(first, total, now);
             slo.remaining.set(slo.tracker.budget_remaining(now));
             for (gauge, (_, minutes)) in slo.burn.iter().zip(WINDOWS) {
                 let burn = slo

@@ -1,7 +1,16 @@
-//! An SLO's cumulative good and total events, summed from the Prometheus exposition text of the
-//! sidecar's own metrics as the rules' queries sum them (scoped to the agent).
+//! An SLO's cumulative events, summed from the Prometheus exposition text of the sidecar's own
+//! metrics as the rules' queries sum them (scoped to the agent).
 
+use super::engine::Tally;
 use crate::config::{SliKind, SloConfig};
+
+/// How an SLI's first counter counts (safety counts violations; the others good events).
+pub fn tally(sli: SliKind) -> Tally {
+    match sli {
+        SliKind::Safety => Tally::Bad,
+        _ => Tally::Good,
+    }
+}
 
 /// One sample line: its name, its labels' text (between the braces) and its value.
 fn sample(line: &str) -> Option<(&str, &str, f64)> {
@@ -16,18 +25,40 @@ fn sample(line: &str) -> Option<(&str, &str, f64)> {
     }
 }
 
-/// Whether a sample's labels text has `key="value"` (the value as the exporter escapes it).
+/// Whether a sample's labels text has `key="value"`. Values are read as quoted strings (a
+/// comma or `="` inside one is part of it) and unescaped (`\\`, `\"`, `\n`) before they are
+/// compared.
 fn has(labels: &str, key: &str, value: &str) -> bool {
-    let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
-    labels.split(',').any(|kv| {
-        kv.strip_prefix(key)
-            .and_then(|r| r.strip_prefix("=\""))
-            .and_then(|r| r.strip_suffix('"'))
-            == Some(&escaped)
-    })
+    let mut rest = labels;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let k = k.trim_start_matches(',').trim();
+        let mut unescaped = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => unescaped.push('\n'),
+                    Some((_, other)) => unescaped.push(other),
+                    None => {}
+                },
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => unescaped.push(c),
+            }
+        }
+        if k == key && unescaped == value {
+            return true;
+        }
+        rest = &after[end..];
+    }
+    false
 }
 
-/// `(good, total)` events of `slo` so far, from `metrics` (exposition text).
+/// `(first, total)` events of `slo` so far, from `metrics` (exposition text): the first counter
+/// counts good events, or bad ones for safety ([`tally`]), each summed as it is.
 pub fn counts(metrics: &str, agent: &str, slo: &SloConfig) -> (u64, u64) {
     let le = slo.threshold.map(|t| format!("{}", t.0.as_secs_f64()));
     let histogram = match slo.sli {
@@ -64,10 +95,11 @@ pub fn counts(metrics: &str, agent: &str, slo: &SloConfig) -> (u64, u64) {
             _ => {}
         }
     }
-    if slo.sli == SliKind::Safety {
-        good = (total - bad).max(0.0);
-    }
-    (good as u64, total as u64)
+    let first = match tally(slo.sli) {
+        Tally::Good => good,
+        Tally::Bad => bad,
+    };
+    (first as u64, total as u64)
 }
 
 #[cfg(test)]
@@ -113,7 +145,11 @@ agent_safety_violations_total{agent="a",listener="in",detector="secrets",action=
         assert_eq!(c(slo(SliKind::TaskCompletion, None, false)), (7, 10));
         assert_eq!(c(slo(SliKind::Latency, Some(2.0), false)), (80, 100));
         assert_eq!(c(slo(SliKind::TimeToFirstToken, Some(0.5), false)), (3, 4));
-        assert_eq!(c(slo(SliKind::Safety, None, false)), (198, 200));
+        assert_eq!(
+            c(slo(SliKind::Safety, None, false)),
+            (2, 200),
+            "violations, of all"
+        );
         // Another agent's series are not ours.
         assert_eq!(
             counts(TEXT, "b", &slo(SliKind::Availability, None, false)),
@@ -123,5 +159,19 @@ agent_safety_violations_total{agent="a",listener="in",detector="secrets",action=
             counts(TEXT, "nobody", &slo(SliKind::Safety, None, false)),
             (0, 0)
         );
+    }
+
+    #[test]
+    fn label_values_are_read_as_quoted_strings() {
+        let line = r#"agent_tasks_started{agent="a, b=\"c\"",x="\\n"} 4"#;
+        let (name, labels, value) = sample(line).unwrap();
+        assert_eq!((name, value), ("agent_tasks_started", 4.0));
+        assert!(has(labels, "agent", "a, b=\"c\""));
+        assert!(has(labels, "x", "\\n"));
+        assert!(!has(labels, "agent", "a"));
+        assert!(!has(labels, "b", "\\\"c\\\""));
+        let slo = slo(SliKind::TaskCompletion, None, false);
+        let text = format!("{line}\nagent_tasks_started{{agent=\"a\"}} 9\n");
+        assert_eq!(counts(&text, "a, b=\"c\"", &slo), (0, 4));
     }
 }
