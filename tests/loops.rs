@@ -99,7 +99,7 @@ fn chunk(delta: serde_json::Value, finish: Option<&str>) -> String {
 
 /// An agent behind the sidecar's `agent` listener: `POST /run/N` with a task id makes N LLM
 /// calls through the sidecar's `llm` listener with that id (and the request's `x-args`, if
-/// any), 20 ms apart (it runs the tool), then says its task is completed; the body lists the
+/// any), 100 ms apart (it runs the tool), then says its task is completed; the body lists the
 /// statuses its calls got.
 async fn agent(llm_url: Arc<OnceLock<String>>) -> SimServer {
     sim::serve(LOOPBACK, move |req: Request<hyper::body::Incoming>| {
@@ -112,7 +112,7 @@ async fn agent(llm_url: Arc<OnceLock<String>>) -> SimServer {
             let mut statuses = Vec::new();
             for i in 0..n {
                 if i > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 let mut req =
                     Request::post(format!("{}/v1/chat/completions", llm_url.get().unwrap()))

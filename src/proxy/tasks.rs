@@ -6,7 +6,6 @@
 //! to requests and metrics. Both share one key per task id, so that a call the guard refuses
 //! fails the agent's task of the same id.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
@@ -61,9 +60,6 @@ pub struct Tasks {
     /// While it holds, the agent gets no traffic: tasks left idle then are not the agent being
     /// stuck.
     kill: Arc<KillSwitch>,
-    /// When the sweep last saw the switch hold (milliseconds since `epoch`; `u64::MAX`: never).
-    kill_seen: AtomicU64,
-    epoch: Instant,
     stuck_after: std::time::Duration,
     started: Counter,
     completed: Counter,
@@ -106,8 +102,6 @@ impl Tasks {
             id_header: header(&config.id_header, "x-agent-task-id"),
             status_header: header(&config.status_header, "x-agent-task-status"),
             kill,
-            kill_seen: AtomicU64::new(u64::MAX),
-            epoch: Instant::now(),
             stuck_after: config.stuck_after.0,
             started: counter(AGENT_TASKS_STARTED),
             completed: counter(AGENT_TASKS_COMPLETED),
@@ -201,9 +195,6 @@ impl Tasks {
     /// Ends the tasks idle past `stuck_after` (and forgets the loop guard's), and updates
     /// `sloguard_agent_stuck`.
     pub fn sweep(&self, now: Instant) {
-        if self.kill.is_disabled() {
-            self.kill_seen.store(self.ms(now), Ordering::Relaxed);
-        }
         let swept = self.table.sweep(now);
         if swept.abandoned > 0 {
             self.abandoned.increment(swept.abandoned);
@@ -287,19 +278,16 @@ impl Tasks {
         }
     }
 
-    /// Tasks were abandoned: a sign the agent is stuck — unless the kill switch holds, or held
-    /// within the last `stuck_after` (and a sweep's second): the tasks' next requests went to
-    /// the human queue, not to the agent, and are swept up to `stuck_after` later.
+    /// Tasks were abandoned: a sign the agent is stuck — unless the kill switch holds, or was
+    /// lifted within the last `stuck_after` (and a sweep's second): the tasks' next requests
+    /// went to the human queue, not to the agent, and are swept up to `stuck_after` later.
     fn abandoned_while_live(&self, now: Instant) {
-        let seen = self.kill_seen.load(Ordering::Relaxed);
-        let window = u64::try_from(self.stuck_after.as_millis()).unwrap_or(u64::MAX);
-        let lately = seen != u64::MAX && self.ms(now).saturating_sub(seen) <= window + 1000;
+        let lately = self.kill.enabled_at().is_some_and(|at| {
+            now.saturating_duration_since(at)
+                <= self.stuck_after + std::time::Duration::from_secs(1)
+        });
         if !self.kill.is_disabled() && !lately {
             self.liveness.abandoned(now);
         }
-    }
-
-    fn ms(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1)
     }
 }

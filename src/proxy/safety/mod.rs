@@ -65,6 +65,8 @@ pub struct KillSwitch {
     recent: Mutex<VecDeque<Instant>>,
     incidents: Incidents,
     agent: String,
+    /// When the agent was last enabled again (the liveness probe looks back past it).
+    enabled_at: Mutex<Option<Instant>>,
 }
 
 impl KillSwitch {
@@ -77,7 +79,13 @@ impl KillSwitch {
             recent: Mutex::new(VecDeque::new()),
             incidents,
             agent: agent.to_owned(),
+            enabled_at: Mutex::new(None),
         })
+    }
+
+    /// When the agent was last enabled again after the switch held (`None`: never).
+    pub fn enabled_at(&self) -> Option<Instant> {
+        *self.enabled_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     #[inline]
@@ -126,6 +134,7 @@ impl KillSwitch {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
+            *self.enabled_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }
         let summary = if disabled {
             format!("agent {} disabled by its kill switch: {why}", self.agent)
