@@ -7,23 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use sloguard::sim::{self, SimServer};
+use http::{Request, StatusCode};
 use sloguard::{Config, Sidecar};
-
-/// An agent answering `/{status}`.
-async fn agent() -> SimServer {
-    sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
-        let status: u16 = req.uri().path()[1..].parse().unwrap();
-        let _ = req.into_body().collect().await;
-        let mut r = Response::new(sim::full("{}"));
-        *r.status_mut() = StatusCode::from_u16(status).unwrap();
-        r
-    })
-    .await
-    .unwrap()
-}
 
 async fn sidecar(agent_url: &str) -> Sidecar {
     let yaml = format!(
@@ -55,7 +40,7 @@ async fn slo_json(s: &Sidecar) -> serde_json::Value {
 
 #[tokio::test]
 async fn slo_reports_each_slos_windows_budget_and_state() {
-    let a = agent().await;
+    let a = status_agent().await;
     let s = sidecar(&a.url()).await;
     // Let the engine take its baseline, then 90 successes and 10 failures of the agent's own.
     tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -12,25 +12,10 @@ use std::time::Duration;
 
 use common::*;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::json;
-use sloguard::sim::{self, SimServer};
 use sloguard::{Config, Sidecar};
 
 const SLOS: [&str; 4] = ["availability", "availability-strict", "latency", "tasks"];
-
-/// An agent answering `/{status}`.
-async fn agent() -> SimServer {
-    sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
-        let status: u16 = req.uri().path()[1..].parse().unwrap();
-        let _ = req.into_body().collect().await;
-        let mut r = Response::new(sim::full("{}"));
-        *r.status_mut() = StatusCode::from_u16(status).unwrap();
-        r
-    })
-    .await
-    .unwrap()
-}
 
 /// Four SLOs that 10% errors put in each state: breach (95%), warning (88%: a sixth of the
 /// budget left), ok (latency, tasks at 50%).
@@ -176,7 +161,7 @@ async fn render(page: &str, slos: &[&str], artifact: &str) {
 
 #[tokio::test]
 async fn slo_page_renders_in_a_headless_browser() {
-    let a = agent().await;
+    let a = status_agent().await;
     let s = sidecar(&a.url()).await;
     // The engine's baseline first, then 90 successes and 10 failures.
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -220,10 +220,14 @@ async fn agent_healthz_is_503_after_tasks_are_abandoned_with_none_completed() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn tasks_left_while_the_kill_switch_holds_do_not_make_the_agent_stuck() {
-    let a = agent().await;
-    let dir = std::env::temp_dir().join(format!("sloguard-tasks-kill-{}", std::process::id()));
+/// A sidecar whose agent a human can disable (admin token `s3cret`, in a directory of its own,
+/// returned for removal), with `stuck_after`.
+async fn switchable(
+    agent_url: &str,
+    tag: &str,
+    stuck_after: &str,
+) -> (Sidecar, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("sloguard-tasks-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let token = dir.join("token");
     std::fs::write(&token, "s3cret").unwrap();
@@ -235,26 +239,34 @@ listeners:
 routes:
   agent: {{upstreams: [agent]}}
 upstreams:
-  agent: {{url: {}}}
+  agent: {{url: {agent_url}}}
 safety: {{kill_switch: {{violations: 100, within: 1m}}}}
-tasks: {{stuck_after: 1s}}
+tasks: {{stuck_after: {stuck_after}}}
 ",
         token.display(),
-        a.url()
     );
     let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
         .await
         .unwrap();
-    call(&s, "/200/in_progress", Some("cut-off")).await;
-    // A human silences the agent: the task's next request would go nowhere near it.
-    let disable = Request::post(format!("http://{}/admin/agent/disable", s.admin_addr))
+    (s, dir)
+}
+
+/// `POST` to the admin port with the token.
+async fn admin(s: &Sidecar, path: &str) -> StatusCode {
+    let req = Request::post(format!("http://{}{path}", s.admin_addr))
         .header("authorization", "Bearer s3cret")
         .body(empty())
         .unwrap();
-    assert_eq!(
-        client().request(disable).await.unwrap().status(),
-        StatusCode::OK
-    );
+    client().request(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn tasks_left_while_the_kill_switch_holds_do_not_make_the_agent_stuck() {
+    let a = agent().await;
+    let (s, dir) = switchable(&a.url(), "kill", "1s").await;
+    call(&s, "/200/in_progress", Some("cut-off")).await;
+    // A human silences the agent: the task's next request would go nowhere near it.
+    assert_eq!(admin(&s, "/admin/agent/disable").await, StatusCode::OK);
     // Abandoned by the sweep, with none completed: yet the agent is disabled, not stuck.
     let m = metrics_when(&s, |m| tasks(m)[3] >= 1.0).await;
     assert_eq!(tasks(&m), [1.0, 0.0, 0.0, 1.0]);
@@ -268,42 +280,13 @@ tasks: {{stuck_after: 1s}}
 #[tokio::test]
 async fn tasks_cut_off_by_the_kill_switch_do_not_make_the_agent_stuck_after_it_is_lifted() {
     let a = agent().await;
-    let dir = std::env::temp_dir().join(format!("sloguard-tasks-lift-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = dir.join("token");
-    std::fs::write(&token, "s3cret").unwrap();
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0, token_file: {}}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {}}}
-safety: {{kill_switch: {{violations: 100, within: 1m}}}}
-tasks: {{stuck_after: 2s}}
-",
-        token.display(),
-        a.url()
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
-    let admin = |path: &str| {
-        Request::post(format!("http://{}{path}", s.admin_addr))
-            .header("authorization", "Bearer s3cret")
-            .body(empty())
-            .unwrap()
-    };
+    let (s, dir) = switchable(&a.url(), "lift", "2s").await;
     call(&s, "/200/in_progress", Some("cut-off")).await;
-    let disable = client().request(admin("/admin/agent/disable")).await;
-    assert_eq!(disable.unwrap().status(), StatusCode::OK);
+    assert_eq!(admin(&s, "/admin/agent/disable").await, StatusCode::OK);
     // A human lifts the switch soon after; the task — cut off while the switch held — is
     // abandoned only after that.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let enable = client().request(admin("/admin/agent/enable")).await;
-    assert_eq!(enable.unwrap().status(), StatusCode::OK);
+    assert_eq!(admin(&s, "/admin/agent/enable").await, StatusCode::OK);
     let m = metrics_when(&s, |m| tasks(m)[3] >= 1.0).await;
     assert_eq!(tasks(&m), [1.0, 0.0, 0.0, 1.0]);
     expect_metric(&m, "sloguard_agent_disabled", &[], 0.0);

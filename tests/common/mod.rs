@@ -216,3 +216,16 @@ pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind(LOOPBACK).expect("bind");
     l.local_addr().expect("addr")
 }
+
+/// An upstream answering `/NNN` with that status and `{}`.
+pub async fn status_agent() -> sloguard::sim::SimServer {
+    sloguard::sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
+        let status: u16 = req.uri().path()[1..].parse().expect("a status path");
+        let _ = req.into_body().collect().await;
+        let mut r = Response::new(sloguard::sim::full("{}"));
+        *r.status_mut() = http::StatusCode::from_u16(status).expect("a status");
+        r
+    })
+    .await
+    .expect("the agent starts")
+}
