@@ -14,7 +14,7 @@ use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use sloguard::sim::{self, SimServer};
-use sloguard::{Config, Sidecar};
+use sloguard::Sidecar;
 use tokio::process::{Child, Command};
 
 /// The article's SLI queries, exactly as written there.
@@ -172,35 +172,16 @@ fn form_urlencoded(s: &str) -> String {
         .collect()
 }
 
-async fn send(s: &Sidecar, path: &str, n: usize) {
-    for _ in 0..n {
-        let resp = client()
-            .request(Request::post(proxy_url(s, path)).body(empty()).unwrap())
-            .await
-            .unwrap();
-        let _ = body_bytes(resp).await;
-    }
-}
-
 #[tokio::test]
 async fn the_articles_sli_queries_work_verbatim_on_a_real_prometheus() {
     let a = agent().await;
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {}}}
-safety: {{apply_to: [agent]}}
+    let config = agent_config(
+        &a.url(),
+        "safety: {apply_to: [agent]}
 slos:
-  - {{name: availability, sli: availability, target: 0.99}}
+  - {name: availability, sli: availability, target: 0.99}
 ",
-        a.url()
     );
-    let config = Config::parse("test", &yaml).unwrap();
     let rules = sloguard::slo::rules::rules(&config);
     let s = Sidecar::start(config).await.unwrap();
     // Every series the queries read exists before the first scrape, so that all of them are

@@ -7,28 +7,19 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use http::{Request, StatusCode};
-use sloguard::{Config, Sidecar};
+use http::StatusCode;
+use sloguard::Sidecar;
 
 async fn sidecar(agent_url: &str) -> Sidecar {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {agent_url}}}
-slos:
-  - {{name: availability, sli: availability, target: 0.95, window: 30d}}
-  - {{name: latency, sli: latency, threshold: 5s, target: 0.99, window: 7d, severity: sev1}}
-  - {{name: tasks, sli: task_completion, target: 0.5}}
-"
-    );
-    Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap()
+    agent_sidecar(
+        agent_url,
+        "slos:
+  - {name: availability, sli: availability, target: 0.95, window: 30d}
+  - {name: latency, sli: latency, threshold: 5s, target: 0.99, window: 7d, severity: sev1}
+  - {name: tasks, sli: task_completion, target: 0.5}
+",
+    )
+    .await
 }
 
 async fn slo_json(s: &Sidecar) -> serde_json::Value {
@@ -44,13 +35,9 @@ async fn slo_reports_each_slos_windows_budget_and_state() {
     let s = sidecar(&a.url()).await;
     // Let the engine take its baseline, then 90 successes and 10 failures of the agent's own.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    for i in 0..100 {
-        let path = if i % 10 == 0 { "/503" } else { "/200" };
-        let resp = client()
-            .request(Request::post(proxy_url(&s, path)).body(empty()).unwrap())
-            .await
-            .unwrap();
-        let _ = body_bytes(resp).await;
+    for _ in 0..10 {
+        send(&s, "/503", 1).await;
+        send(&s, "/200", 9).await;
     }
     // Counted once the engine's next tick reads them.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -13,32 +13,23 @@ use std::time::Duration;
 use common::*;
 use http::{header, Request, Response, StatusCode};
 use serde_json::json;
-use sloguard::{Config, Sidecar};
+use sloguard::Sidecar;
 
 const SLOS: [&str; 4] = ["availability", "availability-strict", "latency", "tasks"];
 
 /// Four SLOs that 10% errors put in each state: breach (95%), warning (88%: a sixth of the
 /// budget left), ok (latency, tasks at 50%).
 async fn sidecar(agent_url: &str) -> Sidecar {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {agent_url}}}
-slos:
-  - {{name: availability, sli: availability, target: 0.88, window: 7d}}
-  - {{name: availability-strict, sli: availability, target: 0.95, window: 30d}}
-  - {{name: latency, sli: latency, threshold: 5s, target: 0.99, window: 7d, severity: sev1}}
-  - {{name: tasks, sli: task_completion, target: 0.5}}
-"
-    );
-    Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap()
+    agent_sidecar(
+        agent_url,
+        "slos:
+  - {name: availability, sli: availability, target: 0.88, window: 7d}
+  - {name: availability-strict, sli: availability, target: 0.95, window: 30d}
+  - {name: latency, sli: latency, threshold: 5s, target: 0.99, window: 7d, severity: sev1}
+  - {name: tasks, sli: task_completion, target: 0.5}
+",
+    )
+    .await
 }
 
 async fn get_slo(s: &Sidecar, accept: Option<&str>) -> Response<hyper::body::Incoming> {
@@ -165,13 +156,9 @@ async fn slo_page_renders_in_a_headless_browser() {
     let s = sidecar(&a.url()).await;
     // The engine's baseline first, then 90 successes and 10 failures.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    for i in 0..100 {
-        let path = if i % 10 == 0 { "/503" } else { "/200" };
-        let resp = client()
-            .request(Request::post(proxy_url(&s, path)).body(empty()).unwrap())
-            .await
-            .unwrap();
-        let _ = body_bytes(resp).await;
+    for _ in 0..10 {
+        send(&s, "/503", 1).await;
+        send(&s, "/200", 9).await;
     }
     // Counted once the engine's next tick reads them; JSON without `Accept: text/html`.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

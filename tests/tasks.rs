@@ -39,23 +39,6 @@ async fn agent() -> SimServer {
     .unwrap()
 }
 
-async fn sidecar(agent_url: &str, tasks: &str) -> Sidecar {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {agent_url}}}
-{tasks}"
-    );
-    Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap()
-}
-
 /// One request of task `id` (none: a task of its own) answered as `path` says.
 async fn call(s: &Sidecar, path: &str, id: Option<&str>) -> StatusCode {
     let mut req = Request::post(proxy_url(s, path));
@@ -81,7 +64,7 @@ fn tasks(m: &str) -> [f64; 4] {
 #[tokio::test]
 async fn multi_request_tasks_and_verdicts_give_the_articles_completion_ratio() {
     let a = agent().await;
-    let s = sidecar(&a.url(), "").await;
+    let s = agent_sidecar(&a.url(), "").await;
     // Task A: two steps in progress, then completed by the agent's header.
     call(&s, "/200/in_progress", Some("A")).await;
     call(&s, "/200/in_progress", Some("A")).await;
@@ -119,7 +102,7 @@ async fn multi_request_tasks_and_verdicts_give_the_articles_completion_ratio() {
 #[tokio::test]
 async fn an_idle_in_progress_task_is_abandoned_after_stuck_after() {
     let a = agent().await;
-    let s = sidecar(&a.url(), "tasks: {stuck_after: 2s}\n").await;
+    let s = agent_sidecar(&a.url(), "tasks: {stuck_after: 2s}\n").await;
     call(&s, "/200/in_progress", Some("idle")).await;
     call(&s, "/200/in_progress", Some("busy")).await;
     // `busy` keeps going (a request every 300 ms, far inside stuck_after), `idle` does not.
@@ -138,7 +121,7 @@ async fn an_idle_in_progress_task_is_abandoned_after_stuck_after() {
 #[tokio::test]
 async fn a_full_table_evicts_the_stalest_task_as_abandoned() {
     let a = agent().await;
-    let s = sidecar(&a.url(), "tasks: {max_tasks: 2}\n").await;
+    let s = agent_sidecar(&a.url(), "tasks: {max_tasks: 2}\n").await;
     for id in ["t1", "t2", "t3", "t4"] {
         call(&s, "/200/in_progress", Some(id)).await;
     }
@@ -164,7 +147,7 @@ async fn agent_health(s: &Sidecar) -> (StatusCode, serde_json::Value) {
 #[tokio::test]
 async fn agent_healthz_is_503_while_a_request_waits_past_stuck_after_and_200_again() {
     let a = agent().await;
-    let s = sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
+    let s = agent_sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
     assert_eq!(agent_health(&s).await.0, StatusCode::OK);
     let url = proxy_url(&s, "/slow/200/completed");
     let waiting = tokio::spawn(async move {
@@ -197,7 +180,7 @@ async fn agent_healthz_is_503_while_a_request_waits_past_stuck_after_and_200_aga
 #[tokio::test]
 async fn agent_healthz_is_503_after_tasks_are_abandoned_with_none_completed() {
     let a = agent().await;
-    let s = sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
+    let s = agent_sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
     call(&s, "/200/in_progress", Some("left")).await;
     // Abandoned by the sweep once idle past 1 s; then stuck, since nothing completed.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

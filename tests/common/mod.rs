@@ -51,6 +51,44 @@ pub async fn start_sidecar(role: &str, upstream_url: &str, timeouts: &str) -> Si
     Sidecar::start(config).await.expect("sidecar starts")
 }
 
+/// A config with one `agent` listener called `proxy` in front of `agent_url` (upstream `agent`),
+/// followed by the sections in `extra`.
+pub fn agent_config(agent_url: &str, extra: &str) -> Config {
+    let yaml = format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
+routes:
+  agent: {{upstreams: [agent]}}
+upstreams:
+  agent: {{url: {agent_url}}}
+{extra}"
+    );
+    Config::parse("test", &yaml).expect("valid test config")
+}
+
+pub async fn agent_sidecar(agent_url: &str, extra: &str) -> Sidecar {
+    Sidecar::start(agent_config(agent_url, extra))
+        .await
+        .expect("sidecar starts")
+}
+
+/// `n` empty POSTs of `path` through the `proxy` listener, one after another, each body read.
+pub async fn send(sidecar: &Sidecar, path: &str, n: usize) {
+    for _ in 0..n {
+        let resp = client()
+            .request(
+                Request::post(proxy_url(sidecar, path))
+                    .body(empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        let _ = body_bytes(resp).await;
+    }
+}
+
 pub fn proxy_url(sidecar: &Sidecar, path: &str) -> String {
     format!(
         "http://{}{path}",
