@@ -184,13 +184,13 @@ fn tasks_bench(c: &mut Criterion) {
     // Memory per task: `cargo run --release --example table_memory -- tasks`.
     for k in &keys {
         table.request(*k, now);
-        table.response(*k, Verdict::InProgress, now);
+        table.response(*k, Some(Verdict::InProgress), now);
     }
     let one = |i: u64| {
         let k = keys[(i % LIVE) as usize];
         let now = tokio::time::Instant::now();
         black_box(table.request(black_box(k), now));
-        black_box(table.response(k, Verdict::InProgress, now));
+        black_box(table.response(k, Some(Verdict::InProgress), now));
     };
     alone_and_two_threads(c, "tasks", "request_and_response_100k_live", one);
     assert_eq!(table.len(), LIVE as usize);

@@ -33,7 +33,7 @@ fn main() {
             let t = TaskTable::new(LIVE as usize, stuck_after);
             for k in &keys {
                 t.request(*k, now);
-                t.response(*k, Verdict::InProgress, now);
+                t.response(*k, Some(Verdict::InProgress), now);
             }
             let len = t.len();
             std::mem::forget(t);

@@ -31,7 +31,7 @@ async fn slo_json(s: &Sidecar) -> serde_json::Value {
 
 #[tokio::test]
 async fn slo_reports_each_slos_windows_budget_and_state() {
-    let a = status_agent().await;
+    let a = verdict_agent().await;
     let s = sidecar(&a.url()).await;
     // Let the engine take its baseline, then 90 successes and 10 failures of the agent's own.
     tokio::time::sleep(Duration::from_millis(1100)).await;

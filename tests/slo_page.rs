@@ -152,7 +152,7 @@ async fn render(page: &str, slos: &[&str], artifact: &str) {
 
 #[tokio::test]
 async fn slo_page_renders_in_a_headless_browser() {
-    let a = status_agent().await;
+    let a = verdict_agent().await;
     let s = sidecar(&a.url()).await;
     // The engine's baseline first, then 90 successes and 10 failures.
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -8,36 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use sloguard::sim::{self, SimServer};
+use http::{Request, StatusCode};
 use sloguard::{Config, Sidecar};
-
-/// An agent answering `/{status}/{verdict}`: that status, and that `x-agent-task-status` unless
-/// the verdict is `none`.
-async fn agent() -> SimServer {
-    sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
-        let mut path = req.uri().path().to_owned();
-        let _ = req.into_body().collect().await;
-        // `/slow/...`: the agent takes 2.5 s to answer.
-        if let Some(rest) = path.strip_prefix("/slow") {
-            path = rest.to_owned();
-            tokio::time::sleep(Duration::from_millis(2500)).await;
-        }
-        let mut parts = path.trim_start_matches('/').split('/');
-        let status: u16 = parts.next().unwrap().parse().unwrap();
-        let verdict = parts.next().unwrap_or("none").to_owned();
-        let mut r = Response::new(sim::full("{}"));
-        *r.status_mut() = StatusCode::from_u16(status).unwrap();
-        if verdict != "none" {
-            r.headers_mut()
-                .insert("x-agent-task-status", verdict.parse().unwrap());
-        }
-        r
-    })
-    .await
-    .unwrap()
-}
 
 /// One request of task `id` (none: a task of its own) answered as `path` says.
 async fn call(s: &Sidecar, path: &str, id: Option<&str>) -> StatusCode {
@@ -63,7 +35,7 @@ fn tasks(m: &str) -> [f64; 4] {
 
 #[tokio::test]
 async fn multi_request_tasks_and_verdicts_give_the_articles_completion_ratio() {
-    let a = agent().await;
+    let a = verdict_agent().await;
     let s = agent_sidecar(&a.url(), "").await;
     // Task A: two steps in progress, then completed by the agent's header.
     call(&s, "/200/in_progress", Some("A")).await;
@@ -101,7 +73,7 @@ async fn multi_request_tasks_and_verdicts_give_the_articles_completion_ratio() {
 
 #[tokio::test]
 async fn an_idle_in_progress_task_is_abandoned_after_stuck_after() {
-    let a = agent().await;
+    let a = verdict_agent().await;
     let s = agent_sidecar(&a.url(), "tasks: {stuck_after: 2s}\n").await;
     call(&s, "/200/in_progress", Some("idle")).await;
     call(&s, "/200/in_progress", Some("busy")).await;
@@ -120,7 +92,7 @@ async fn an_idle_in_progress_task_is_abandoned_after_stuck_after() {
 
 #[tokio::test]
 async fn a_full_table_evicts_the_stalest_task_as_abandoned() {
-    let a = agent().await;
+    let a = verdict_agent().await;
     let s = agent_sidecar(&a.url(), "tasks: {max_tasks: 2}\n").await;
     for id in ["t1", "t2", "t3", "t4"] {
         call(&s, "/200/in_progress", Some(id)).await;
@@ -137,16 +109,9 @@ async fn a_full_table_evicts_the_stalest_task_as_abandoned() {
     s.shutdown().await;
 }
 
-async fn agent_health(s: &Sidecar) -> (StatusCode, serde_json::Value) {
-    let resp = get(&client(), &format!("http://{}/agent/healthz", s.admin_addr)).await;
-    let status = resp.status();
-    let body = body_bytes(resp).await;
-    (status, serde_json::from_slice(&body).unwrap())
-}
-
 #[tokio::test]
 async fn agent_healthz_is_503_while_a_request_waits_past_stuck_after_and_200_again() {
-    let a = agent().await;
+    let a = verdict_agent().await;
     let s = agent_sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
     assert_eq!(agent_health(&s).await.0, StatusCode::OK);
     let url = proxy_url(&s, "/slow/200/completed");
@@ -179,7 +144,7 @@ async fn agent_healthz_is_503_while_a_request_waits_past_stuck_after_and_200_aga
 
 #[tokio::test]
 async fn agent_healthz_is_503_after_tasks_are_abandoned_with_none_completed() {
-    let a = agent().await;
+    let a = verdict_agent().await;
     let s = agent_sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
     call(&s, "/200/in_progress", Some("left")).await;
     // Abandoned by the sweep once idle past 1 s; then stuck, since nothing completed.
@@ -245,7 +210,7 @@ async fn admin(s: &Sidecar, path: &str) -> StatusCode {
 
 #[tokio::test]
 async fn tasks_left_while_the_kill_switch_holds_do_not_make_the_agent_stuck() {
-    let a = agent().await;
+    let a = verdict_agent().await;
     let (s, dir) = switchable(&a.url(), "kill", "1s").await;
     call(&s, "/200/in_progress", Some("cut-off")).await;
     // A human silences the agent: the task's next request would go nowhere near it.
@@ -262,7 +227,7 @@ async fn tasks_left_while_the_kill_switch_holds_do_not_make_the_agent_stuck() {
 
 #[tokio::test]
 async fn tasks_cut_off_by_the_kill_switch_do_not_make_the_agent_stuck_after_it_is_lifted() {
-    let a = agent().await;
+    let a = verdict_agent().await;
     let (s, dir) = switchable(&a.url(), "lift", "2s").await;
     call(&s, "/200/in_progress", Some("cut-off")).await;
     assert_eq!(admin(&s, "/admin/agent/disable").await, StatusCode::OK);

@@ -4,6 +4,7 @@
 //! [`Config::validate`] checks what a schema cannot (references, duplicates, sections this build
 //! does not act on) and reports the key path and line the same way.
 
+mod limits;
 mod locate;
 mod safety;
 mod slo;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use limits::Limits;
 pub use locate::LineIndex;
 pub use safety::{
     DetectorConfig, IncidentsConfig, KillSwitchConfig, SafetyAction, SafetyConfig, Severities,
@@ -109,6 +111,9 @@ pub struct AdminConfig {
     /// Bearer token for `POST /admin/*` (one line); without it, mutations are refused.
     #[serde(default)]
     pub token_file: Option<std::path::PathBuf>,
+    /// The admin port's connections (the probes must get through whatever else connects).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 impl Default for AdminConfig {
@@ -116,6 +121,7 @@ impl Default for AdminConfig {
         AdminConfig {
             bind: default_admin_bind(),
             token_file: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -190,6 +196,9 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub role: Role,
     pub route: String,
+    /// Its client connections.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -581,6 +590,7 @@ impl Config {
                 "must name the agent (it labels every metric)".into(),
             ));
         }
+        self.admin.limits.validate("admin.limits", true)?;
         if self.listeners.is_empty() {
             return Err((
                 "listeners".into(),
@@ -615,6 +625,8 @@ impl Config {
                 ));
             }
             binds.push((l.bind, i));
+            l.limits
+                .validate(&format!("listeners[{i}].limits"), false)?;
             if !self.routes.contains_key(&l.route) {
                 return Err((
                     format!("listeners[{i}].route"),

@@ -11,28 +11,55 @@ use tokio::time::Instant;
 use super::{ProxyError, RequestBody, Upload, UploadState};
 use crate::upstream::{Lease, SendError, Upstream};
 
+/// When an attempt must have its answer: its response head by `head` (`first_byte`, restarted
+/// while the client is still uploading, and `total`), the client's body by `body`
+/// (`limits.body_timeout` after the request's head).
+pub(super) struct Deadlines {
+    pub total: Instant,
+    pub body: Instant,
+}
+
 /// Sends one attempt and waits for its response head, bounded by `first_byte` (restarted while
-/// the client is still uploading) and `total`.
+/// the client is still uploading) and `total`; a client still uploading at its body deadline
+/// gets 408.
 pub(super) async fn exchange<F>(
     upstream: &Upstream,
     mut send: Pin<&mut F>,
     upload: Option<&Upload>,
     sent: Instant,
-    total_deadline: Instant,
+    deadlines: Deadlines,
 ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError>
 where
     F: Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>>,
 {
     let timeouts = upstream.timeouts;
+    let total_deadline = deadlines.total;
     let mut head_deadline = (sent + timeouts.first_byte.0).min(total_deadline);
     let result = loop {
-        match tokio::time::timeout_at(head_deadline, send.as_mut()).await {
+        // While the upload is under way, also wake at the body's deadline.
+        let wake = match upload {
+            Some(u) if !u.is_complete() => head_deadline.min(deadlines.body),
+            _ => head_deadline,
+        };
+        match tokio::time::timeout_at(wake, send.as_mut()).await {
             Ok(result) => break result,
             Err(_elapsed) => {
                 // `first_byte` is the upstream's time to answer: while the client is still
-                // uploading, the clock restarts; a client silent for `idle` is the client's fault.
+                // uploading, the clock restarts; a client silent for `idle`, or still sending at
+                // its body deadline, is the client's fault.
                 let now = Instant::now();
-                match upload.map(|u| u.state(now, timeouts.idle.0)) {
+                let state = upload.map(|u| u.state(now, timeouts.idle.0));
+                let client_turn = matches!(
+                    state,
+                    Some(UploadState::ClientSending | UploadState::ClientStalled)
+                );
+                if client_turn && now >= deadlines.body {
+                    return Err(ProxyError::ClientStalled);
+                }
+                if now < head_deadline {
+                    continue;
+                }
+                match state {
                     Some(UploadState::ClientSending) if now < total_deadline => {
                         head_deadline = (now + timeouts.first_byte.0).min(total_deadline);
                     }

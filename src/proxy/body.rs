@@ -112,6 +112,21 @@ impl Accounting {
         self.hop
     }
 
+    /// An attempt's request goes out now with its body's `upload`: the LLM call reads the
+    /// request's facts from it, and on an `agent` listener the request waits on the agent from
+    /// when the upload is the agent's turn.
+    pub fn sending(&mut self, upload: &Option<Arc<super::Upload>>, now: Instant) {
+        if let Some(call) = self.llm.as_mut() {
+            call.set_upload(upload.clone());
+        }
+        if let (Some(tasks), Some(task)) = (&self.listener.tasks, self.task.as_mut()) {
+            let turn = upload
+                .clone()
+                .map(|u| u as Arc<dyn crate::sli::liveness::AgentsTurn>);
+            tasks.sending(task, now, turn);
+        }
+    }
+
     /// The upstream the request is with; `None` for the cache.
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         self.listener.route.chain.get(self.hop)

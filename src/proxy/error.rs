@@ -34,8 +34,8 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
-    /// The client paused its request body for `idle` (or was still sending it when `total` ran
-    /// out) while the upstream waited for it.
+    /// The client paused its request body for `idle` (or was still sending it when `total` or
+    /// its body deadline, `limits.body_timeout`, ran out) while the upstream waited for it.
     #[error("the client did not send its request body in time")]
     ClientStalled,
     /// A method a reverse proxy does not forward (CONNECT: sloguard is no tunnel).

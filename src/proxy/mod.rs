@@ -11,8 +11,8 @@
 //!    request goes to the `kill_switch.fallback_url` (the human queue, through this same
 //!    pipeline) or gets 503 `agent_disabled`, and an `llm` listener's gets 503: a silent agent is
 //!    safer than a harmful one. First, so that a disabled agent costs nothing more. On an
-//!    `agent` listener the request's **task** begins ([`tasks::Tasks`]: by `tasks.id_header`, or
-//!    a task of its own) and the request starts waiting for the agent's answer (liveness). On an
+//!    `agent` listener the request's **task** is looked up ([`tasks::Tasks`]: by
+//!    `tasks.id_header`, or a task of its own; it starts only with the agent's verdict). On an
 //!    `llm` listener an LLM call (recognised as in step 5) carrying the task id is counted by the
 //!    **loop guard** ([`tasks::Tasks::llm_call`]); under `loop_action: block` a call of a task
 //!    found looping gets 429 `loop_detected` here, before a breaker or a provider is troubled.
@@ -47,8 +47,10 @@
 //!    replayed from reference counts of its chunks, with this upstream's model rewrite applied;
 //!    a streamed LLM request is tapped, its facts (model, stream, tools) read from reference
 //!    counts of its chunks when the upload ends — the provider answers only after that, so the
-//!    facts are there for step 14.
-//! 10. **Send, bounded by `first_byte`** (and `total`): the body streams from the client to the
+//!    facts are there for step 14. On an `agent` listener the request now waits on the agent
+//!    (liveness), from when its upload is the agent's turn: a slow upload is the client's time.
+//! 10. **Send, bounded by `first_byte`** (and `total`; the client's upload by
+//!     `limits.body_timeout`, 408 past it): the body streams from the client to the
 //!     upstream as the upstream reads it — backpressure, no buffering — through a
 //!     [`RequestBody`] that notes how the upload goes, so that a late head is charged to the
 //!     upstream only when the upstream is the one being waited on. `connect` bounds TCP and TLS
@@ -128,7 +130,7 @@ use crate::config::{Role, UpstreamUrl};
 use crate::inspect::{Format, MAX_INSPECTED_BODY};
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
 use crate::upstream::Upstream;
-use attempt::{exchange, internal, outgoing, retry_after};
+use attempt::{exchange, internal, outgoing, retry_after, Deadlines};
 use cache::{cache_key_hasher, CacheFill};
 use fallback::{FallbackReason, X_SLOGUARD_FALLBACK};
 use llm::LlmCall;
@@ -262,7 +264,7 @@ pub async fn handle(
         } else {
             let timeouts = primary.timeouts;
             let start = Instant::now();
-            let deadline = received + timeouts.total.0;
+            let deadline = received + timeouts.total.0.min(listener.body_timeout);
             // Boxed: its state would otherwise make every request's future larger, on every
             // route.
             let ahead = Box::pin(replay::read_ahead(body, limit, timeouts.idle.0, deadline));
@@ -370,8 +372,8 @@ pub async fn handle(
             let err = internal(upstream, "request body already sent");
             return local_error(err, unanswered.0.take(), first_reason);
         };
-        if let Some(call) = unanswered.0.as_mut().and_then(|a| a.llm.as_mut()) {
-            call.set_upload(upload.clone());
+        if let Some(a) = unanswered.0.as_mut() {
+            a.sending(&upload, attempt_start);
         }
         // The request is built straight into the pool's future: a named local would keep its
         // own slot in this function's future, next to the copy the pool holds.
@@ -382,7 +384,11 @@ pub async fn handle(
         let sent = Instant::now();
         own += sent.saturating_duration_since(attempt_start);
         let total_deadline = attempt_start + timeouts.total.0;
-        let result = exchange(upstream, send, upload.as_deref(), sent, total_deadline).await;
+        let deadlines = Deadlines {
+            total: total_deadline,
+            body: received + listener.body_timeout,
+        };
+        let result = exchange(upstream, send, upload.as_deref(), sent, deadlines).await;
         let head_at = Instant::now();
 
         // Fall back: the failure is one `fallback_on` names, the body can be sent again, and

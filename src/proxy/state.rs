@@ -170,6 +170,8 @@ pub struct ListenerState {
     pub tasks: Option<Arc<super::tasks::Tasks>>,
     /// The same tasks, for the loop guard, on an `llm` listener.
     pub loop_guard: Option<Arc<super::tasks::Tasks>>,
+    /// A request's body must have arrived within this after its head (`limits.body_timeout`).
+    pub body_timeout: std::time::Duration,
 }
 
 impl ListenerState {
@@ -302,6 +304,7 @@ impl Snapshot {
                     // A human queue's answers are no verdict on the agent's tasks.
                     tasks: None,
                     loop_guard: None,
+                    body_timeout: l.limits.body_timeout(),
                     route: route.clone(),
                 })),
                 _ => None,
@@ -331,6 +334,7 @@ impl Snapshot {
                 when_disabled,
                 tasks: (l.role == Role::Agent).then(|| shared.tasks.clone()),
                 loop_guard: (l.role == Role::Llm).then(|| shared.tasks.clone()),
+                body_timeout: l.limits.body_timeout(),
                 route,
             }));
         }

@@ -16,9 +16,9 @@ use super::llm::CallEnd;
 use super::safety::KillSwitch;
 use crate::config::{LoopAction, TasksConfig};
 use crate::inspect::canon::set_of;
-use crate::sli::liveness::{Liveness, Stuck};
+use crate::sli::liveness::{AgentsTurn, Liveness, Stuck};
 use crate::sli::loops::{LoopKind, LoopLimits, LoopTable};
-use crate::sli::tasks::{Ended, TaskTable, Verdict};
+use crate::sli::tasks::{Change, Ended, TaskTable, Verdict};
 use crate::sli::StatusClass;
 use crate::telemetry::{
     label, Telemetry, AGENT_LOOPS_DETECTED, AGENT_STUCK, AGENT_TASKS_ABANDONED,
@@ -31,8 +31,8 @@ use crate::telemetry::{
 pub struct TaskRef {
     /// `None`: a request without a task id, a task of its own.
     key: Option<u64>,
-    /// Its ticket while it waits for the agent's answer.
-    waiting: u64,
+    /// Its ticket while it waits for the agent's answer (from when it is sent).
+    waiting: Option<u64>,
 }
 
 /// What the loop guard says about an LLM call about to be made.
@@ -123,28 +123,29 @@ impl Tasks {
     /// A request arrived with these headers.
     pub fn begin(&self, headers: &HeaderMap, now: Instant) -> TaskRef {
         let key = self.key(headers);
-        let new = match key {
-            Some(k) => {
-                let (new, evicted) = self.table.request(k, now);
-                if let Some(e) = evicted {
-                    self.ended(e, now);
-                }
-                new
+        if let Some(started) = key.and_then(|k| self.table.request(k, now)) {
+            // The table's doing, not the agent's: counted, never a sign it is stuck.
+            self.evicted.increment(1);
+            if started {
+                self.abandoned.increment(1);
             }
-            None => true,
-        };
-        if new {
-            self.started.increment(1);
         }
-        TaskRef {
-            key,
-            waiting: self.liveness.request(now),
-        }
+        TaskRef { key, waiting: None }
+    }
+
+    /// The request goes to the agent now (an attempt, again after a fallback), its body, if it
+    /// has one, on its way as `upload` says: from when the upload is the agent's turn, the
+    /// request waits on the agent.
+    pub fn sending(&self, task: &mut TaskRef, now: Instant, upload: Option<Arc<dyn AgentsTurn>>) {
+        self.answered(*task);
+        task.waiting = Some(self.liveness.request(now, upload));
     }
 
     /// The agent's answer to the request began: it is not stuck on it.
     pub fn answered(&self, task: TaskRef) {
-        self.liveness.answered(task.waiting);
+        if let Some(w) = task.waiting {
+            self.liveness.answered(w);
+        }
     }
 
     /// The agent's verdict in a response head, if it gave one.
@@ -154,41 +155,44 @@ impl Tasks {
             .and_then(|v| Verdict::parse(v.as_bytes()))
     }
 
-    /// The request's response went out: `verdict` from the agent's header, else the status.
+    /// The request's response went out: `verdict` from the agent's header, else the status (a
+    /// 2xx completes, a 5xx fails, others say nothing).
     pub fn end(&self, task: TaskRef, status: StatusClass, verdict: Option<Verdict>, now: Instant) {
         self.answered(task);
-        let verdict = verdict.unwrap_or(match status {
-            StatusClass::Success => Verdict::Completed,
-            StatusClass::ServerError => Verdict::Failed,
-            _ => Verdict::InProgress,
-        });
-        let ended = match task.key {
+        let verdict = verdict.or(Verdict::of_status(status));
+        let change = match task.key {
             Some(k) => {
-                let ended = self.table.response(k, verdict, now);
-                if ended.is_some() {
+                let change = self.table.response(k, verdict, now);
+                if change.ended.is_some() {
                     // Over: its LLM calls are not counted on.
                     self.loops.forget(k);
                 }
-                ended
+                change
             }
-            // A task of one request: it cannot go on.
-            None => Some(match verdict {
-                Verdict::Completed => Ended::Completed,
-                Verdict::Failed => Ended::Failed,
-                Verdict::InProgress => Ended::Abandoned,
-            }),
+            // A task of one request: it cannot go on, so it starts and ends with its answer —
+            // when the agent gave one.
+            None => Change {
+                started: verdict.is_some(),
+                ended: verdict.map(|v| match v {
+                    Verdict::Completed => Ended::Completed,
+                    Verdict::Failed => Ended::Failed,
+                    Verdict::InProgress => Ended::Abandoned,
+                }),
+            },
         };
-        if let Some(e) = ended {
+        if change.started {
+            self.started.increment(1);
+        }
+        if let Some(e) = change.ended {
             self.ended(e, now);
         }
     }
 
-    /// The client left before any response.
+    /// The client left before any response, or the exchange failed before one.
     pub fn no_response(&self, task: TaskRef, now: Instant) {
         self.answered(task);
-        match task.key {
-            Some(k) => self.table.no_response(k, now),
-            None => self.ended(Ended::Abandoned, now),
+        if let Some(k) = task.key {
+            self.table.no_response(k, now);
         }
     }
 
@@ -267,11 +271,6 @@ impl Tasks {
             }
             Ended::Failed => self.failed.increment(1),
             Ended::Abandoned => {
-                self.abandoned.increment(1);
-                self.abandoned_while_live(now);
-            }
-            Ended::Evicted => {
-                self.evicted.increment(1);
                 self.abandoned.increment(1);
                 self.abandoned_while_live(now);
             }

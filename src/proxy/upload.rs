@@ -40,6 +40,15 @@ pub enum UploadState {
     ClientStalled,
 }
 
+impl crate::sli::liveness::AgentsTurn for Upload {
+    /// The body is whole, or the upstream (the agent) stopped reading it: since the last chunk.
+    fn agents_turn_since(&self) -> Option<Instant> {
+        let client_sending = !self.complete.load(Ordering::Acquire)
+            && self.waiting_on_client.load(Ordering::Acquire);
+        (!client_sending && !self.failed()).then(|| self.last_chunk_at())
+    }
+}
+
 impl Upload {
     /// When the client's last chunk arrived (the start, before any).
     pub fn last_chunk_at(&self) -> Instant {
@@ -48,6 +57,11 @@ impl Upload {
 
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+
+    /// The whole body went out.
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
     }
 
     pub fn state(&self, now: Instant, idle: Duration) -> UploadState {

@@ -2,10 +2,15 @@
 //! has waited longer than `stuck_after` for the first byte of its answer, or tasks were
 //! abandoned within the last `stuck_after` and none completed. A plain type fed events with
 //! their time (`tokio::time::Instant`, so tests run on paused time).
+//!
+//! Only the agent's silence counts. A request waits on the agent from when the agent has all
+//! it needs to answer: its body uploaded (a slow client is the client's time), or the agent
+//! stopped reading it (the agent's doing). A request that ended without an answer (the client
+//! left) waits no more; what a task's end says is the task table's business.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -38,11 +43,33 @@ impl Stuck {
 /// Never, in the `last_*` fields.
 const NEVER: u64 = u64::MAX;
 
+/// A request's body on its way to the agent, as far as waiting goes.
+pub trait AgentsTurn: Send + Sync {
+    /// Since when the agent is the one being waited on: the upload ended, or the agent stopped
+    /// reading it. `None` while the client is still sending.
+    fn agents_turn_since(&self) -> Option<Instant>;
+}
+
+/// Since when a request waits on the agent.
+enum Waiting {
+    Since(Instant),
+    Upload(Arc<dyn AgentsTurn>),
+}
+
+impl Waiting {
+    fn since(&self) -> Option<Instant> {
+        match self {
+            Waiting::Since(at) => Some(*at),
+            Waiting::Upload(u) => u.agents_turn_since(),
+        }
+    }
+}
+
 pub struct Liveness {
     stuck_after: Duration,
     epoch: Instant,
-    /// Requests waiting for the agent's answer: their start, by arrival order.
-    waiting: Mutex<BTreeMap<u64, Instant>>,
+    /// Requests sent to the agent and not yet answered, by ticket.
+    waiting: Mutex<BTreeMap<u64, Waiting>>,
     next: AtomicU64,
     /// Milliseconds since `epoch` of the last abandoned and completed task.
     last_abandoned: AtomicU64,
@@ -65,14 +92,19 @@ impl Liveness {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(NEVER - 1)
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Instant>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Waiting>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A request went to the agent; returns its ticket for [`Liveness::answered`].
-    pub fn request(&self, now: Instant) -> u64 {
+    /// A request went to the agent at `now`, its body (if it has one) still on its way as
+    /// `upload` says; returns its ticket for [`Liveness::answered`].
+    pub fn request(&self, now: Instant, upload: Option<Arc<dyn AgentsTurn>>) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.waiting().insert(id, now);
+        let waiting = match upload {
+            Some(u) => Waiting::Upload(u),
+            None => Waiting::Since(now),
+        };
+        self.waiting().insert(id, waiting);
         id
     }
 
@@ -92,18 +124,23 @@ impl Liveness {
     /// Whether the agent is stuck now, and why.
     pub fn check(&self, now: Instant) -> Option<Stuck> {
         {
-            let waiting = self.waiting();
-            // Arrival order is start order, give or take a race of microseconds.
-            if let Some(oldest) = waiting.values().next() {
-                let oldest = now.saturating_duration_since(*oldest);
-                if oldest > self.stuck_after {
-                    let cutoff = now.checked_sub(self.stuck_after);
-                    let waiting = waiting
-                        .values()
-                        .take_while(|s| cutoff.is_some_and(|c| **s < c))
-                        .count();
-                    return Some(Stuck::NoAnswer { oldest, waiting });
+            // Every request in flight is looked at: how long each has waited depends on its
+            // upload, not on when it arrived. (Run once a second and per probe, over the
+            // requests in flight: microseconds.)
+            let (mut oldest, mut past) = (Duration::ZERO, 0);
+            for w in self.waiting().values() {
+                let Some(since) = w.since() else { continue };
+                let waited = now.saturating_duration_since(since);
+                if waited > self.stuck_after {
+                    past += 1;
+                    oldest = oldest.max(waited);
                 }
+            }
+            if past > 0 {
+                return Some(Stuck::NoAnswer {
+                    oldest,
+                    waiting: past,
+                });
             }
         }
         let window = u64::try_from(self.stuck_after.as_millis()).unwrap_or(NEVER);
@@ -128,11 +165,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_without_an_answer_past_stuck_after_is_stuck_until_answered() {
         let l = Liveness::new(STUCK);
-        let id = l.request(Instant::now());
+        let id = l.request(Instant::now(), None);
         tokio::time::advance(STUCK).await;
         assert_eq!(l.check(Instant::now()), None);
         tokio::time::advance(Duration::from_secs(1)).await;
-        let fresh = l.request(Instant::now());
+        let fresh = l.request(Instant::now(), None);
         assert_eq!(
             l.check(Instant::now()),
             Some(Stuck::NoAnswer {
@@ -142,6 +179,35 @@ mod tests {
         );
         l.answered(id);
         l.answered(fresh);
+        assert_eq!(l.check(Instant::now()), None);
+    }
+
+    /// An upload whose end the test sets.
+    struct TestUpload(Mutex<Option<Instant>>);
+
+    impl AgentsTurn for TestUpload {
+        fn agents_turn_since(&self) -> Option<Instant> {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_starts_when_the_upload_is_the_agents_turn() {
+        let l = Liveness::new(STUCK);
+        let upload = Arc::new(TestUpload(Mutex::new(None)));
+        let id = l.request(Instant::now(), Some(upload.clone()));
+        // The client uploads for twice stuck_after: not the agent's silence.
+        tokio::time::advance(STUCK * 2).await;
+        assert_eq!(l.check(Instant::now()), None);
+        *upload.0.lock().unwrap() = Some(Instant::now());
+        tokio::time::advance(STUCK).await;
+        assert_eq!(l.check(Instant::now()), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(
+            l.check(Instant::now()),
+            Some(Stuck::NoAnswer { waiting: 1, .. })
+        ));
+        l.answered(id);
         assert_eq!(l.check(Instant::now()), None);
     }
 

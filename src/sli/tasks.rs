@@ -2,6 +2,12 @@
 //! once and ended once — completed, failed, or abandoned (idle `in_progress` past `stuck_after`,
 //! or evicted when the table is full).
 //!
+//! A task starts when the agent takes it on: its first verdict on one of the task's requests
+//! (`in_progress`, `completed` or `failed`, from its status header or a 2xx or 5xx). A request
+//! the agent answers without one (a 4xx: the client's mistake) or that its client leaves before
+//! any answer starts nothing, so that no client can make tasks out of its own errors — nor
+//! abandoned ones, which tell the liveness probe the agent may be stuck.
+//!
 //! A plain type fed events with their time (`tokio::time::Instant`, so tests run on paused
 //! time); the data plane feeds it, telemetry counts what it returns. Task ids from outside are
 //! never kept: a task is its id's 64-bit hash (seeded per process), so memory per task is fixed
@@ -14,6 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::table::{Entry, Idle, Table};
+use super::StatusClass;
 
 /// What the agent said about its task on a response (`tasks.status_header`), or what its status
 /// code says without one.
@@ -39,15 +46,13 @@ impl Verdict {
         }
     }
 
-    /// Without the header: a 2xx ends the task completed, a 5xx failed, anything else leaves
-    /// it in progress (a 4xx is the client's to retry).
-    pub fn of_status(status: http::StatusCode) -> Verdict {
-        if status.is_success() {
-            Verdict::Completed
-        } else if status.is_server_error() {
-            Verdict::Failed
-        } else {
-            Verdict::InProgress
+    /// Without the header: a 2xx ends the task completed, a 5xx failed; anything else (a 4xx,
+    /// a 429, a redirect) says nothing about it — the client's to retry.
+    pub fn of_status(status: StatusClass) -> Option<Verdict> {
+        match status {
+            StatusClass::Success => Some(Verdict::Completed),
+            StatusClass::ServerError => Some(Verdict::Failed),
+            _ => None,
         }
     }
 }
@@ -57,10 +62,17 @@ impl Verdict {
 pub enum Ended {
     Completed,
     Failed,
-    /// In progress and idle past `stuck_after`.
+    /// Marked in progress by the agent, then idle past `stuck_after` (or, without a task id,
+    /// answered `in_progress`: it cannot go on).
     Abandoned,
-    /// Pushed out of a full table (also counted abandoned).
-    Evicted,
+}
+
+/// What a response (or the loop guard) did to a task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change {
+    /// The task started now: the agent took it on (its first verdict).
+    pub started: bool,
+    pub ended: Option<Ended>,
 }
 
 /// A live task: 24 bytes besides its key.
@@ -70,6 +82,10 @@ struct Task {
     last: Instant,
     /// Requests of it still waiting for their response.
     outstanding: u32,
+    /// The agent took it on: it said `in_progress` (or the loop guard cut it). Until then the
+    /// entry is only the id of requests in flight — none answered with a verdict — and goes with
+    /// them: a request refused (a 4xx) or left by its client starts no task.
+    started: bool,
     /// The loop guard refused one of its LLM calls: it ends failed, whatever the agent says.
     looped: bool,
 }
@@ -113,66 +129,83 @@ impl TaskTable {
         h.finish()
     }
 
-    /// A request of task `key` arrived. Returns whether the task is new (counted started), and
-    /// the task a full table pushed out to make room (counted abandoned).
-    pub fn request(&self, key: u64, now: Instant) -> (bool, Option<Ended>) {
+    /// A request of task `key` arrived. Returns the task a full table pushed out to make room:
+    /// `Some(true)` for a started task (counted abandoned), `Some(false)` for an entry the agent
+    /// had not taken on yet.
+    pub fn request(&self, key: u64, now: Instant) -> Option<bool> {
         let new = || Task {
             last: now,
             outstanding: 0,
+            started: false,
             looped: false,
         };
-        let (new, evicted) = self.table.upsert(key, new, |task, new| {
+        let ((), evicted) = self.table.upsert(key, new, |task, _| {
             task.last = now;
             task.outstanding = task.outstanding.saturating_add(1);
-            new
         });
-        (new, evicted.map(|_| Ended::Evicted))
+        evicted.map(|t| t.started)
     }
 
-    /// The response to a request of task `key` went out with `verdict`. Returns how the task
-    /// ended, if it did. A response for a task not in the table (evicted meanwhile) ends
-    /// nothing: it was counted when it was pushed out. A task the loop guard cut ends failed.
-    pub fn response(&self, key: u64, verdict: Verdict, now: Instant) -> Option<Ended> {
+    /// The response to a request of task `key` went out with `verdict` (`None`: the agent said
+    /// nothing of the task). A task ends completed or failed; `in_progress` starts it (if it had
+    /// not started); no verdict leaves a started task as it is, and drops an entry the agent never
+    /// took on once nothing of it is in flight. A response for a task not in the table (evicted
+    /// meanwhile) changes nothing: it was counted when it was pushed out. A task the loop guard
+    /// cut ends failed.
+    pub fn response(&self, key: u64, verdict: Option<Verdict>, now: Instant) -> Change {
         self.table
             .update(key, |task| {
                 task.last = now;
                 task.outstanding = task.outstanding.saturating_sub(1);
-                let ended = match verdict {
-                    _ if task.looped => Some(Ended::Failed),
-                    Verdict::Completed => Some(Ended::Completed),
-                    Verdict::Failed => Some(Ended::Failed),
-                    Verdict::InProgress => None,
+                let verdict = if task.looped {
+                    Some(Verdict::Failed)
+                } else {
+                    verdict
                 };
-                (ended, ended.is_some())
+                let mut change = Change {
+                    started: verdict.is_some() && !task.started,
+                    ended: None,
+                };
+                match verdict {
+                    Some(Verdict::Completed) => change.ended = Some(Ended::Completed),
+                    Some(Verdict::Failed) => change.ended = Some(Ended::Failed),
+                    Some(Verdict::InProgress) => task.started = true,
+                    None => {}
+                }
+                let drop = !task.started && task.outstanding == 0;
+                (change, change.ended.is_some() || drop)
             })
-            .flatten()
+            .unwrap_or_default()
     }
 
     /// The request of task `key` got no response (the client left, or the exchange failed
-    /// before one): the task waits for its next request, or is abandoned.
+    /// before one): a started task waits for its next request, or is abandoned; an entry the agent
+    /// never took on goes once nothing of it is in flight.
     pub fn no_response(&self, key: u64, now: Instant) {
         self.table.update(key, |task| {
             task.last = now;
             task.outstanding = task.outstanding.saturating_sub(1);
-            ((), false)
+            ((), !task.started && task.outstanding == 0)
         });
     }
 
     /// The loop guard refused an LLM call of task `key` (its activity, now): the task ends
-    /// failed (at its next response, or when left idle). Returns whether the task is live here.
-    pub fn looped(&self, key: u64, now: Instant) -> bool {
-        self.table
-            .update(key, |task| {
-                task.last = now;
-                task.looped = true;
-                ((), false)
-            })
-            .is_some()
+    /// failed (at its next response, or when left idle). Returns whether the task is live here,
+    /// and whether it started now (a cut task is one the agent took on).
+    pub fn looped(&self, key: u64, now: Instant) -> Option<bool> {
+        self.table.update(key, |task| {
+            task.last = now;
+            task.looped = true;
+            let started = !task.started;
+            task.started = true;
+            (started, false)
+        })
     }
 
     /// Ends every task with nothing outstanding that has been idle longer than `stuck_after`:
-    /// abandoned, or failed if the loop guard cut it. Tasks with a request still outstanding
-    /// are the stuck-request check's business, not abandoned.
+    /// abandoned, or failed if the loop guard cut it; an entry the agent never took on just goes.
+    /// Tasks with a request still outstanding are the stuck-request check's business, not
+    /// abandoned.
     pub fn sweep(&self, now: Instant) -> Swept {
         let mut swept = Swept::default();
         self.table.sweep(
@@ -182,15 +215,16 @@ impl TaskTable {
                 0 => Idle::Remove,
                 _ => Idle::Keep,
             },
-            |task| match task.looped {
-                true => swept.failed += 1,
-                false => swept.abandoned += 1,
+            |task| match (task.started, task.looped) {
+                (_, true) => swept.failed += 1,
+                (true, false) => swept.abandoned += 1,
+                (false, false) => {}
             },
         );
         swept
     }
 
-    /// Live tasks.
+    /// Live tasks (and entries of requests in flight not yet taken on).
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -205,44 +239,98 @@ mod tests {
     use super::*;
 
     const STUCK: Duration = Duration::from_secs(300);
+    const IN_PROGRESS: Option<Verdict> = Some(Verdict::InProgress);
+
+    fn started() -> Change {
+        Change {
+            started: true,
+            ended: None,
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_task_of_several_requests_starts_once_and_ends_once() {
         let t = TaskTable::new(100, STUCK);
         let k = t.key(b"task-1");
         let now = Instant::now();
-        assert_eq!(t.request(k, now), (true, None));
-        assert_eq!(t.response(k, Verdict::InProgress, now), None);
-        assert_eq!(t.request(k, now), (false, None));
+        assert_eq!(t.request(k, now), None);
+        assert_eq!(t.response(k, IN_PROGRESS, now), started());
+        t.request(k, now);
+        assert_eq!(t.response(k, IN_PROGRESS, now), Change::default());
+        t.request(k, now);
         assert_eq!(
-            t.response(k, Verdict::Completed, now),
-            Some(Ended::Completed)
+            t.response(k, Some(Verdict::Completed), now),
+            Change {
+                started: false,
+                ended: Some(Ended::Completed)
+            }
         );
         assert!(t.is_empty());
-        // The id is new again: a new task.
-        assert_eq!(t.request(k, now), (true, None));
-        assert_eq!(t.response(k, Verdict::Failed, now), Some(Ended::Failed));
+        // The id is new again: a new task, started and ended by one answer.
+        t.request(k, now);
+        assert_eq!(
+            t.response(k, Some(Verdict::Failed), now),
+            Change {
+                started: true,
+                ended: Some(Ended::Failed)
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_without_a_verdict_start_no_task() {
+        let t = TaskTable::new(100, STUCK);
+        let k = t.key(b"x");
+        let now = Instant::now();
+        // Refused (a 4xx) and left by the client: no task, no entry left behind.
+        t.request(k, now);
+        assert_eq!(t.response(k, None, now), Change::default());
+        t.request(k, now);
+        t.no_response(k, now);
+        assert!(t.is_empty());
+        // Two in flight, one refused: the entry waits for the other's answer.
+        t.request(k, now);
+        t.request(k, now);
+        assert_eq!(t.response(k, None, now), Change::default());
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.response(k, IN_PROGRESS, now), started());
+        // Started: a later 4xx leaves it in progress, and idle it is abandoned.
+        t.request(k, now);
+        assert_eq!(t.response(k, None, now), Change::default());
+        assert_eq!(t.len(), 1);
+        tokio::time::advance(STUCK + Duration::from_secs(1)).await;
+        assert_eq!(t.sweep(Instant::now()).abandoned, 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_task_the_loop_guard_cut_ends_failed_whatever_the_agent_says() {
         let t = TaskTable::new(100, STUCK);
-        let (a, b) = (t.key(b"a"), t.key(b"b"));
+        let (a, b, c) = (t.key(b"a"), t.key(b"b"), t.key(b"c"));
         let now = Instant::now();
-        assert!(!t.looped(a, now), "not live yet");
+        assert_eq!(t.looped(a, now), None, "not live yet");
         t.request(a, now);
-        assert!(t.looped(a, now));
-        assert_eq!(t.response(a, Verdict::Completed, now), Some(Ended::Failed));
+        assert_eq!(t.looped(a, now), Some(true), "a cut task starts");
+        assert_eq!(
+            t.response(a, Some(Verdict::Completed), now),
+            Change {
+                started: false,
+                ended: Some(Ended::Failed)
+            }
+        );
         // Left idle after the cut: failed too, not abandoned.
         t.request(b, now);
-        t.response(b, Verdict::InProgress, now);
-        t.looped(b, now);
+        t.response(b, IN_PROGRESS, now);
+        assert_eq!(t.looped(b, now), Some(false));
+        // Cut while its first request is in flight, then left by the client: failed.
+        t.request(c, now);
+        t.looped(c, now);
+        t.no_response(c, now);
         tokio::time::advance(STUCK + Duration::from_secs(1)).await;
         assert_eq!(
             t.sweep(Instant::now()),
             Swept {
                 abandoned: 0,
-                failed: 1
+                failed: 2
             }
         );
         assert!(t.is_empty());
@@ -254,7 +342,9 @@ mod tests {
         let (a, b) = (t.key(b"a"), t.key(b"b"));
         let start = Instant::now();
         t.request(a, start);
-        t.response(a, Verdict::InProgress, start);
+        t.response(a, IN_PROGRESS, start);
+        t.request(b, start);
+        t.response(b, IN_PROGRESS, start);
         t.request(b, start);
         // `b` still waits for its response: not abandoned, however long.
         tokio::time::advance(STUCK).await;
@@ -267,7 +357,7 @@ mod tests {
         assert_eq!(t.sweep(Instant::now()).abandoned, 1);
         assert_eq!(t.len(), 1);
         // Activity keeps a task alive.
-        t.response(b, Verdict::InProgress, Instant::now());
+        t.response(b, IN_PROGRESS, Instant::now());
         tokio::time::advance(STUCK / 2).await;
         assert_eq!(t.sweep(Instant::now()).abandoned, 0);
         tokio::time::advance(STUCK).await;
@@ -281,21 +371,24 @@ mod tests {
         // Keys in different shards (the top bits choose it).
         let key = |i: u64| i << 59;
         let start = Instant::now();
-        assert_eq!(t.request(key(1), start), (true, None));
+        assert_eq!(t.request(key(1), start), None);
+        t.response(key(1), IN_PROGRESS, start);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(t.request(key(2), Instant::now()), (true, None));
+        assert_eq!(t.request(key(2), Instant::now()), None);
         tokio::time::advance(Duration::from_secs(1)).await;
-        // Task 1 is the stalest, in another shard than task 3: it goes.
-        assert_eq!(
-            t.request(key(3), Instant::now()),
-            (true, Some(Ended::Evicted))
-        );
+        // Task 1 is the stalest, in another shard than task 3: it goes, a started task.
+        assert_eq!(t.request(key(3), Instant::now()), Some(true));
+        // Then 2, still in flight and not taken on.
+        assert_eq!(t.request(key(4), Instant::now()), Some(false));
         assert_eq!(t.len(), 2);
         let now = Instant::now();
-        // The evicted task's late response ends nothing.
-        assert_eq!(t.response(key(1), Verdict::Completed, now), None);
+        // The evicted task's late response changes nothing.
         assert_eq!(
-            t.response(key(2), Verdict::Completed, now),
+            t.response(key(1), Some(Verdict::Completed), now),
+            Change::default()
+        );
+        assert_eq!(
+            t.response(key(3), Some(Verdict::Completed), now).ended,
             Some(Ended::Completed)
         );
     }
@@ -306,7 +399,7 @@ mod tests {
         let now = Instant::now();
         let mut evicted = 0;
         for i in 0..5000u32 {
-            if t.request(t.key(&i.to_le_bytes()), now).1.is_some() {
+            if t.request(t.key(&i.to_le_bytes()), now).is_some() {
                 evicted += 1;
             }
         }
@@ -319,15 +412,12 @@ mod tests {
         assert_eq!(Verdict::parse(b" Completed "), Some(Verdict::Completed));
         assert_eq!(Verdict::parse(b"in_progress"), Some(Verdict::InProgress));
         assert_eq!(Verdict::parse(b"done"), None);
-        assert_eq!(Verdict::of_status(http::StatusCode::OK), Verdict::Completed);
-        assert_eq!(
-            Verdict::of_status(http::StatusCode::BAD_GATEWAY),
-            Verdict::Failed
-        );
-        assert_eq!(
-            Verdict::of_status(http::StatusCode::TOO_MANY_REQUESTS),
-            Verdict::InProgress
-        );
+        let of =
+            |code| Verdict::of_status(StatusClass::of(http::StatusCode::from_u16(code).unwrap()));
+        assert_eq!(of(200), Some(Verdict::Completed));
+        assert_eq!(of(502), Some(Verdict::Failed));
+        assert_eq!(of(429), None);
+        assert_eq!(of(404), None);
     }
 
     #[test]

@@ -255,15 +255,36 @@ pub fn closed_port() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
-/// An upstream answering `/NNN` with that status and `{}`.
-pub async fn status_agent() -> sloguard::sim::SimServer {
+/// An agent answering `/{status}/{verdict}` (or `/{status}`): that status and `{}`, and that
+/// `x-agent-task-status` unless the verdict is `none` or absent; `/slow/...` after 2.5 s.
+pub async fn verdict_agent() -> sloguard::sim::SimServer {
     sloguard::sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
-        let status: u16 = req.uri().path()[1..].parse().expect("a status path");
+        let mut path = req.uri().path().to_owned();
         let _ = req.into_body().collect().await;
+        // `/slow/...`: the agent takes 2.5 s to answer.
+        if let Some(rest) = path.strip_prefix("/slow") {
+            path = rest.to_owned();
+            tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        }
+        let mut parts = path.trim_start_matches('/').split('/');
+        let status: u16 = parts.next().expect("a status").parse().expect("a status");
+        let verdict = parts.next().unwrap_or("none").to_owned();
         let mut r = Response::new(sloguard::sim::full("{}"));
         *r.status_mut() = http::StatusCode::from_u16(status).expect("a status");
+        if verdict != "none" {
+            r.headers_mut()
+                .insert("x-agent-task-status", verdict.parse().expect("a verdict"));
+        }
         r
     })
     .await
     .expect("the agent starts")
+}
+
+/// `GET /agent/healthz`: its status and JSON body.
+pub async fn agent_health(s: &Sidecar) -> (http::StatusCode, serde_json::Value) {
+    let resp = get(&client(), &format!("http://{}/agent/healthz", s.admin_addr)).await;
+    let status = resp.status();
+    let body = body_bytes(resp).await;
+    (status, serde_json::from_slice(&body).expect("JSON"))
 }

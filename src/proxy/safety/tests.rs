@@ -18,6 +18,7 @@ fn listener_safety(block: bool) -> ListenerSafety {
         bind: "127.0.0.1:0".parse().unwrap(),
         role: Role::Llm,
         route: "r".into(),
+        limits: Default::default(),
     };
     let kill = KillSwitch::new(&t, "a", Incidents::new(&t, "a", None));
     ListenerSafety::new(&config, &detectors, &l, "a", &kill, Severity::Sev1, &t).unwrap()
