@@ -58,7 +58,7 @@ fn an_unknown_key_is_named_with_its_line() {
     let e = error_of(&BASE.replace("    route: agent\n", "    route: agent\n    colour: blue\n"));
     assert_eq!(
         e,
-        "bad.yaml:7: listeners[0]: unknown field `colour`, expected one of `name`, `bind`, `role`, `route`"
+        "bad.yaml:7: listeners[0]: unknown field `colour`, expected one of `name`, `bind`, `role`, `route`, `limits`"
     );
     let e = error_of(&format!("{BASE}telemetry: {{}}\n"));
     assert!(
@@ -334,7 +334,7 @@ fn safety_and_incidents_are_checked_by_key() {
     let safety = c.safety.unwrap();
     assert_eq!(safety.detectors.len(), 4);
     assert_eq!(safety.action, sloguard::config::SafetyAction::Record);
-    let c = Config::parse("ok.yaml", &with("safety:\n  action: block\n  kill_switch: {violations: 3, within: 10m, fallback_url: 'http://127.0.0.1:9/q'}\nincidents:\n  webhook: http://127.0.0.1:9093/api/v2/alerts\n  severities: {availability: sev3}\n")).unwrap();
+    let c = Config::parse("ok.yaml", &with("admin: {token_file: /run/t}\nsafety:\n  action: block\n  kill_switch: {violations: 3, within: 10m, fallback_url: 'http://127.0.0.1:9/q'}\nincidents:\n  webhook: http://127.0.0.1:9093/api/v2/alerts\n  severities: {availability: sev3}\n")).unwrap();
     assert_eq!(
         c.incidents.severities.availability,
         sloguard::config::SeverityName::Sev3

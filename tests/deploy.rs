@@ -439,7 +439,13 @@ fn the_config_and_keys_are_mounted_where_sloguard_reads_them() {
         "the LLM upstreams should take their keys from files"
     );
     let readme = std::fs::read_to_string(deploy_dir().join("README.md")).unwrap();
-    for file in key_files {
+    // The admin token too: without it a tripped kill switch could be lifted by a restart only.
+    let token = config
+        .admin
+        .token_file
+        .as_ref()
+        .expect("admin.token_file is set");
+    for file in key_files.into_iter().chain([token]) {
         assert_eq!(
             file.parent(),
             Some(keys_dir.as_path()),
@@ -491,7 +497,7 @@ fn the_image_exposes_the_configs_ports() {
 }
 
 /// `sloguard check` builds everything `run` does, key files included; with stand-in key files
-/// where the Secret would be mounted, the deploy config passes it.
+/// where the Secret would be mounted (and the admin token), the deploy config passes it.
 #[test]
 fn sloguard_check_accepts_the_deploy_config() {
     let config = config();
@@ -506,29 +512,34 @@ fn sloguard_check_accepts_the_deploy_config() {
             stand_ins.push((file.to_str().unwrap().to_owned(), stand_in));
         }
     }
+    if let Some(file) = &config.admin.token_file {
+        let stand_in = dir.join("admin-token");
+        std::fs::write(&stand_in, "test-token\n").unwrap();
+        stand_ins.push((file.to_str().unwrap().to_owned(), stand_in));
+    }
     // Line by line, value by value: one key path may be the prefix of another.
     let mut replaced = 0;
     let text: String = std::fs::read_to_string(&path)
         .unwrap()
         .lines()
         .map(|line| {
-            let Some((head, rest)) = line.split_once("api_keys_file:") else {
+            let split = ["api_keys_file:", "token_file:"]
+                .into_iter()
+                .find_map(|key| Some((key, line.split_once(key)?)))
+                .filter(|(_, (head, _))| !head.trim_start().starts_with('#'));
+            let Some((key, (head, rest))) = split else {
                 return format!("{line}\n");
             };
             let value = rest.split('#').next().unwrap_or_default().trim();
             let (_, stand_in) = stand_ins
                 .iter()
                 .find(|(original, _)| original == value)
-                .unwrap_or_else(|| panic!("api_keys_file {value:?} is not one the config loaded"));
+                .unwrap_or_else(|| panic!("{key} {value:?} is not one the config loaded"));
             replaced += 1;
-            format!("{head}api_keys_file: {}\n", stand_in.display())
+            format!("{head}{key} {}\n", stand_in.display())
         })
         .collect();
-    assert_eq!(
-        replaced,
-        stand_ins.len(),
-        "every api_keys_file line replaced"
-    );
+    assert_eq!(replaced, stand_ins.len(), "every key file line replaced");
     let copy = dir.join("sloguard.yaml");
     std::fs::write(&copy, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sloguard"))

@@ -188,7 +188,7 @@ routes:
   agent: {{upstreams: [agent]}}
 upstreams:
   agent: {{url: {agent_url}}}
-safety: {{kill_switch: {{violations: 100, within: 1m}}}}
+safety: {{action: block, kill_switch: {{violations: 100, within: 1m}}}}
 tasks: {{stuck_after: {stuck_after}}}
 ",
         token.display(),

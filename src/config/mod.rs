@@ -575,6 +575,12 @@ impl Config {
         slo::validate(&self.slos)?;
         if let Some(safety) = &self.safety {
             safety.validate()?;
+            if safety.kill_switch.is_some() && self.admin.token_file.is_none() {
+                return Err((
+                    "safety.kill_switch".into(),
+                    "needs admin.token_file: a tripped switch holds until a human enables the agent again (POST /admin/agent/enable), and without a token nothing but a restart could".into(),
+                ));
+            }
         }
         self.incidents.validate()?;
         self.tasks.validate()?;

@@ -86,7 +86,9 @@ impl SafetyAction {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KillSwitchConfig {
-    /// Violations within `within` that disable the agent.
+    /// Violations within `within` that disable the agent: blocked detector hits (and the agent's
+    /// own `x-safety-flag`), not echoes of the request, from this many distinct tasks (or
+    /// clients, for requests without a task id).
     pub violations: u32,
     pub within: ConfigDuration,
     /// Where inbound (agent role) traffic goes while the agent is disabled; 503
@@ -286,6 +288,15 @@ impl SafetyConfig {
             if let Some(url) = &k.fallback_url {
                 parse_upstream_url(url)
                     .map_err(|m| ("safety.kill_switch.fallback_url".to_owned(), m))?;
+            }
+            // The switch acts on what `block` acts on: detectors trusted enough to stop an
+            // answer. Under `record` they are still being tuned, and a false positive a client
+            // can provoke must not silence the agent.
+            if self.action != SafetyAction::Block {
+                return Err((
+                    "safety.kill_switch".into(),
+                    "acts on the violations `action: block` acts on; set `safety.action: block`, or remove kill_switch while detectors only record".into(),
+                ));
             }
         }
         Ok(())

@@ -210,12 +210,27 @@ pub struct Detectors {
     starts: Option<starts::Starts>,
 }
 
-/// A match: which detector, and where in the text (byte offsets from the text's start).
+/// A match: which detector, where in the text (byte offsets from the text's start), and a
+/// fingerprint of what it matched (see [`fingerprint`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Match {
     pub detector: usize,
     pub start: u64,
     pub end: u64,
+    pub fingerprint: u64,
+}
+
+/// A fingerprint of matched text, for telling an echo (the same thing found in the request)
+/// from something the agent said of its own: the detector and the text's ASCII letters and
+/// digits, case folded, so that `4111-1111-...` and `4111 1111 ...`, or `Jane@Acme.io` and
+/// `jane@acme.io`, are one thing. The text itself is never kept.
+pub fn fingerprint(detector: usize, text: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&(detector as u64).to_le_bytes());
+    for b in text.iter().filter(|b| b.is_ascii_alphanumeric()) {
+        h.update(&[b.to_ascii_lowercase()]);
+    }
+    h.digest()
 }
 
 impl Detectors {
@@ -467,6 +482,7 @@ impl Scanner {
                             detector: p.detector,
                             start: base + m.start() as u64,
                             end: base + m.end() as u64,
+                            fingerprint: fingerprint(p.detector, m.as_bytes()),
                         });
                     }
                     // Never empty: patterns that can match nothing are refused.
@@ -482,10 +498,12 @@ impl Scanner {
                 .find(aho_corasick::Input::new(w).span(at..upto))
                 .filter(|m| m.start() < ready)
             {
+                let detector = d.keyword_detector[m.pattern().as_usize()];
                 found(Match {
-                    detector: d.keyword_detector[m.pattern().as_usize()],
+                    detector,
                     start: base + m.start() as u64,
                     end: base + m.end() as u64,
+                    fingerprint: fingerprint(detector, &w[m.start()..m.end()]),
                 });
                 at = m.end();
             }

@@ -56,6 +56,11 @@ pub struct Accounting {
     pub task_verdict: Option<crate::sli::tasks::Verdict>,
     /// The task of an LLM call the loop guard counted (`llm` role): told how the call ended.
     pub loop_key: Option<u64>,
+    /// Where the request came from, for the kill switch (see
+    /// [`super::safety::ListenerSafety::origin`]; 0 where there is none).
+    pub origin: u64,
+    /// The attempt's upload, where the kill switch must tell echoes of the request apart.
+    pub request: Option<Arc<super::Upload>>,
 }
 
 /// A breaker admission and what the response head said about the call.
@@ -97,7 +102,27 @@ impl Accounting {
             task: None,
             task_verdict: None,
             loop_key: None,
+            origin: 0,
+            request: None,
         }
+    }
+
+    /// A request just received with these headers from `client_ip`: its task looked up (`agent`
+    /// role), and its origin noted for the kill switch.
+    pub fn begin(
+        listener: Arc<ListenerState>,
+        headers: &http::HeaderMap,
+        client_ip: &http::HeaderValue,
+        received: Instant,
+    ) -> Accounting {
+        let mut a = Accounting::new(listener, received);
+        if let Some(tasks) = &a.listener.tasks {
+            a.task = Some(tasks.begin(headers, received));
+        }
+        if let Some(ls) = &a.listener.safety {
+            a.origin = ls.origin(headers, client_ip);
+        }
+        a
     }
 
     /// The request goes to the upstream that admitted it; its breaker ticket is settled with
@@ -118,6 +143,9 @@ impl Accounting {
     pub fn sending(&mut self, upload: &Option<Arc<super::Upload>>, now: Instant) {
         if let Some(call) = self.llm.as_mut() {
             call.set_upload(upload.clone());
+        }
+        if self.listener.safety.as_ref().is_some_and(|ls| ls.kills()) {
+            self.request = upload.clone();
         }
         if let (Some(tasks), Some(task)) = (&self.listener.tasks, self.task.as_mut()) {
             let turn = upload
@@ -201,7 +229,14 @@ impl Accounting {
             } else if filtered {
                 // Not readable as text (compressed), but the provider said it filtered it.
                 ls.responses.increment(1);
-                ls.violation(Source::ContentFilter, false, None, now);
+                let v = super::safety::Violation {
+                    source: Source::ContentFilter,
+                    blocked: false,
+                    at: None,
+                    origin: self.origin,
+                    echo: false,
+                };
+                ls.violation(&v, now);
             }
         }
         if let (Some(task), Some(tasks)) = (self.task.take(), &self.listener.tasks) {

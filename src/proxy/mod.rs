@@ -137,7 +137,7 @@ use llm::LlmCall;
 pub(crate) use local::local_error;
 use local::{circuit_open, serve_cached, Unanswered};
 use replay::Payload;
-use safety::{blocked, inspect_head, read_whole, Inspect, Whole};
+use safety::{blocked, inspect_head, read_whole, EchoTap, Inspect, Whole};
 
 /// The request target for the upstream, in origin form: the upstream's path prefix, then the
 /// client's path and query. An absolute-form client URI does not choose the upstream.
@@ -174,10 +174,8 @@ pub async fn handle(
     let route = &*listener.route;
     // Counted even if the client leaves before any answer (hyper then drops this future): as a
     // 4xx with no cause, nginx's 499, with the time it waited.
-    let mut unanswered = Unanswered(Some(Accounting::new(listener.clone(), received)));
-    if let (Some(tasks), Some(a)) = (&listener.tasks, unanswered.0.as_mut()) {
-        a.task = Some(tasks.begin(req.headers(), received));
-    }
+    let account = Accounting::begin(listener.clone(), req.headers(), &client_ip, received);
+    let mut unanswered = Unanswered(Some(account));
 
     let (
         http::request::Parts {
@@ -366,12 +364,15 @@ pub async fn handle(
         headers::prepare_request(&mut headers, &upstream.host_header, &client_ip);
         let key_used = upstream.keys.as_ref().map(|k| k.inject(&mut headers));
         let model = upstream.model.as_deref();
-        let Some((body, upload)) = payload.body_for(&mut headers, format, model, attempt_start)
+        let Some((mut body, upload)) = payload.body_for(&mut headers, format, model, attempt_start)
         else {
             // A streamed body goes to one attempt only: `replayable` stops a second.
             let err = internal(upstream, "request body already sent");
             return local_error(err, unanswered.0.take(), first_reason);
         };
+        if let Some(ls) = listener.safety.as_ref().filter(|ls| ls.kills()) {
+            body.tap_echoes(EchoTap::new(ls, &headers));
+        }
         if let Some(a) = unanswered.0.as_mut() {
             a.sending(&upload, attempt_start);
         }

@@ -209,6 +209,9 @@ impl Snapshot {
             );
         }
         let safety = config.safety.as_ref();
+        // Validated already: a header name.
+        let id_header = http::HeaderName::from_bytes(config.tasks.id_header.as_bytes())
+            .unwrap_or_else(|_| http::HeaderName::from_static("x-agent-task-id"));
         let detectors = match safety {
             Some(s) => Some(Arc::new(
                 s.detector_specs()
@@ -317,6 +320,7 @@ impl Snapshot {
                     agent,
                     &shared.kill,
                     severity(severities.safety),
+                    id_header.clone(),
                     telemetry,
                 ),
                 _ => None,

@@ -229,8 +229,9 @@ impl Tasks {
             self.loops_detected[LoopKind::MaxLlmCalls as usize].increment(1);
         }
         let refuse = check.looping.filter(|_| check.refused);
-        if refuse.is_some() {
-            self.table.looped(key, now);
+        if refuse.is_some() && self.table.looped(key, now) == Some(true) {
+            // The guard cut a task the agent had taken on: it will end failed.
+            self.started.increment(1);
         }
         LoopCall {
             // A refused call is not counted, so nothing is to be told when it ends.

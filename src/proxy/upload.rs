@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::safety::{EchoTap, Echoes};
 use crate::inspect::{parse_request, Collected, Format, RequestFacts, Unparsed};
 
 /// How the upload stands, shared between the body (polled by the upstream connection) and the
@@ -27,6 +28,9 @@ pub struct Upload {
     failed: AtomicBool,
     /// What an LLM request said, once its body has been read (`Err`: it could not be).
     pub request: OnceLock<Result<RequestFacts, Unparsed>>,
+    /// What the safety detectors found in the request, once its body has been read (where a
+    /// kill switch needs to tell echoes apart).
+    pub echoes: OnceLock<Echoes>,
 }
 
 /// Who an exchange is waiting on when its response head is late.
@@ -106,6 +110,9 @@ pub struct RequestBody {
     /// `None` for a request without a body: nothing to watch.
     upload: Option<Arc<Upload>>,
     tap: Option<Tap>,
+    /// The request's text through the safety detectors (boxed: only where a kill switch
+    /// counts, and its scanner is large).
+    echo: Option<Box<EchoTap>>,
 }
 
 fn new_upload(started: Instant) -> Arc<Upload> {
@@ -116,6 +123,7 @@ fn new_upload(started: Instant) -> Arc<Upload> {
         complete: AtomicBool::new(false),
         failed: AtomicBool::new(false),
         request: OnceLock::new(),
+        echoes: OnceLock::new(),
     })
 }
 
@@ -137,6 +145,7 @@ impl RequestBody {
                 source: Source::Client(inner),
                 upload: upload.clone(),
                 tap,
+                echo: None,
             },
             upload,
         )
@@ -185,6 +194,7 @@ impl RequestBody {
                 source,
                 upload: None,
                 tap: None,
+                echo: None,
             };
             return (body, None);
         }
@@ -208,9 +218,25 @@ impl RequestBody {
                 source,
                 upload: Some(upload.clone()),
                 tap,
+                echo: None,
             },
             Some(upload),
         )
+    }
+
+    /// Reads the request's text through the safety detectors on its way (a body without an
+    /// upload to report to has none).
+    pub fn tap_echoes(&mut self, tap: Option<EchoTap>) {
+        if self.upload.is_some() {
+            self.echo = tap.map(Box::new);
+        }
+    }
+
+    /// What the detectors found, once, when the upload has ended.
+    fn read_echoes(&mut self) {
+        if let (Some(tap), Some(upload)) = (self.echo.take(), &self.upload) {
+            let _ = upload.echoes.set(tap.finish());
+        }
     }
 
     /// Parses what the tap holds, once, when the upload has ended.
@@ -279,6 +305,21 @@ impl Body for RequestBody {
                 Poll::Ready(chunk.map(|c| Ok(Frame::data(c))))
             }
         };
+        if let Some(echo) = &mut this.echo {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        echo.feed(data);
+                    }
+                    if this.is_end_stream() {
+                        this.read_echoes();
+                    }
+                }
+                Poll::Ready(None) => this.read_echoes(),
+                Poll::Ready(Some(Err(_))) => this.echo = None,
+                Poll::Pending => {}
+            }
+        }
         if let Some(tap) = &mut this.tap {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -347,6 +388,7 @@ mod tests {
             complete: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             request: OnceLock::new(),
+            echoes: OnceLock::new(),
         }
     }
 

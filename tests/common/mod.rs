@@ -21,6 +21,8 @@ use hyper_util::rt::TokioExecutor;
 use sloguard::{Config, Sidecar};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod scripted;
+
 pub type TestBody = BoxBody<Bytes, Infallible>;
 pub type TestClient = Client<HttpConnector, TestBody>;
 

@@ -83,7 +83,7 @@ admin:
   token_file: {token}
 safety:
   apply_to: [agent, llm]
-  action: record
+  action: block
   kill_switch: {{violations: 5, within: 10s, fallback_url: '{queue_url}'}}
 listeners:
   - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
@@ -243,7 +243,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("  egress-anthropic  http://{anthropic}  (role llm: Anthropic Messages, same provider, no fallback: what the outage does without one)");
     println!(
-        "  safety   every answer of the agent and the LLM inspected (emails, card numbers, SSNs, keys); the agent leaks one answer in 400, then a third of them from {:?}: 5 violations within 10s trip the kill switch and inbound traffic goes to a human queue {}",
+        "  safety   every answer of the agent and the LLM inspected (emails, card numbers, SSNs, keys); the agent leaks one answer in 400, then a third of them from {:?}: each leak is blocked (403 safety_blocked), and leaks in 5 tasks within 10s trip the kill switch and inbound traffic goes to a human queue {}",
         args.leak_at,
         queue.url()
     );

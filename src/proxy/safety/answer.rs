@@ -41,10 +41,17 @@ pub(crate) fn inspect_head(
         return Inspect::Pass;
     }
     let flagged = ls.flagged(&parts.headers);
-    let Some(mut check) = SafetyCheck::new(ls, &parts.headers) else {
+    let Some(mut check) = SafetyCheck::new(ls, &parts.headers, a.origin, a.request.clone()) else {
         if flagged {
             ls.responses.increment(1);
-            ls.violation(Source::SafetyFlag, ls.block, None, now);
+            let v = super::Violation {
+                source: Source::SafetyFlag,
+                blocked: ls.block,
+                at: None,
+                origin: a.origin,
+                echo: false,
+            };
+            ls.violation(&v, now);
             if ls.block {
                 return Inspect::Block(Source::SafetyFlag);
             }

@@ -7,9 +7,12 @@ use bytes::Bytes;
 use http::HeaderMap;
 use tokio::time::Instant;
 
-use super::{ListenerSafety, Source, HELD_SCAN_STEP, MAX_HELD_BYTES};
+use std::sync::Arc;
+
+use super::{ListenerSafety, Source, Violation, HELD_SCAN_STEP, MAX_HELD_BYTES};
 use crate::inspect::safety::{Match, Scanner};
 use crate::inspect::text::BodyText;
+use crate::proxy::Upload;
 
 /// A stream held back until its text is known clean.
 struct Hold {
@@ -36,12 +39,23 @@ pub struct SafetyCheck {
     blocking: bool,
     finished: bool,
     block_sent: bool,
+    /// For the kill switch: the request's origin, and its upload (what it said, for echoes).
+    origin: u64,
+    request: Option<Arc<Upload>>,
+    /// The kill switch was fed this response's violation already (one is enough: they share
+    /// their origin).
+    fed_kill_switch: bool,
 }
 
 impl SafetyCheck {
-    /// The check of a response with these headers; `None` when its text cannot be read as it
-    /// passes (compressed, binary).
-    pub fn new(ls: &ListenerSafety, headers: &HeaderMap) -> Option<SafetyCheck> {
+    /// The check of a response with these headers to a request from `origin` whose body went
+    /// as `request` says; `None` when its text cannot be read as it passes (compressed, binary).
+    pub fn new(
+        ls: &ListenerSafety,
+        headers: &HeaderMap,
+        origin: u64,
+        request: Option<Arc<Upload>>,
+    ) -> Option<SafetyCheck> {
         let value = |name| headers.get(name).map(http::HeaderValue::as_bytes);
         let text = BodyText::for_body(
             ls.keys,
@@ -62,6 +76,9 @@ impl SafetyCheck {
             blocking: false,
             finished: false,
             block_sent: false,
+            origin,
+            request,
+            fed_kill_switch: false,
         })
     }
 
@@ -104,9 +121,25 @@ impl SafetyCheck {
         if blocking && self.blocked.is_none() {
             self.blocked = Some((source, at.map_or(0, |m| m.start)));
         }
+        let echo = at.is_some_and(|m| {
+            let echoes = self.request.as_ref().and_then(|u| u.echoes.get());
+            echoes.is_some_and(|e| e.contains(m))
+        });
+        let v = Violation {
+            source,
+            blocked: blocking,
+            at,
+            origin: self.origin,
+            echo,
+        };
         if self.counted & bit == 0 {
             self.counted |= bit;
-            ls.violation(source, blocking, at, now);
+            ls.count(&v);
+        }
+        // Every match is looked at for the switch, not only a detector's first: an echo first
+        // must not hide the agent's own leak after it.
+        if !self.fed_kill_switch {
+            self.fed_kill_switch = ls.feed_kill_switch(&v, now);
         }
     }
 

@@ -61,8 +61,9 @@ pub fn severity(name: SeverityName) -> Severity {
 pub struct KillSwitch {
     disabled: AtomicBool,
     gauge: Gauge,
-    /// When the last violations happened, at most the configured number of them.
-    recent: Mutex<VecDeque<Instant>>,
+    /// The last violation of each of the most recent origins (tasks, clients), at most the
+    /// configured number of them.
+    recent: Mutex<VecDeque<(Instant, u64)>>,
     incidents: Incidents,
     agent: String,
     /// When the agent was last enabled again (the liveness probe looks back past it).
@@ -93,21 +94,27 @@ impl KillSwitch {
         self.disabled.load(Ordering::Relaxed)
     }
 
-    /// A violation happened now; trips the switch when `violations` happened within `within`.
-    pub fn violation(&self, now: Instant, rule: Option<(u32, Duration)>, severity: Severity) {
+    /// A violation from `origin` (a task, or a client: see [`ListenerSafety::origin`]) happened
+    /// now; trips the switch when `violations` distinct origins had one within `within`. One
+    /// client (or task) repeating itself counts once, however often.
+    pub fn violation(
+        &self,
+        now: Instant,
+        origin: u64,
+        rule: Option<(u32, Duration)>,
+        severity: Severity,
+    ) {
         let Some((violations, within)) = rule else {
             return;
         };
         let trip = {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            recent.push_back(now);
+            recent.retain(|(at, o)| *o != origin && now.saturating_duration_since(*at) <= within);
+            recent.push_back((now, origin));
             while recent.len() > violations as usize {
                 recent.pop_front();
             }
-            let trip = recent.len() == violations as usize
-                && recent
-                    .front()
-                    .is_some_and(|first| now.saturating_duration_since(*first) <= within);
+            let trip = recent.len() == violations as usize;
             if trip {
                 recent.clear();
             }
@@ -176,10 +183,25 @@ pub struct ListenerSafety {
     pub severity: Severity,
     listener: String,
     log_limit: LogLimiter,
+    /// Where a violation comes from, for the kill switch: the task id header, then the client.
+    origins: Origins,
+}
+
+/// Tells the kill switch's origins apart: tasks by their id, else clients by their address
+/// (role `agent`), else each response on its own (role `llm`, whose one client is the agent).
+struct Origins {
+    id_header: http::HeaderName,
+    role: Role,
+    hasher: std::collections::hash_map::RandomState,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl ListenerSafety {
     /// The listener's safety, when `config` applies to its role.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of a listener's safety, each from a different section"
+    )]
     pub fn new(
         config: &SafetyConfig,
         detectors: &Arc<Detectors>,
@@ -187,6 +209,7 @@ impl ListenerSafety {
         agent: &str,
         kill: &Arc<KillSwitch>,
         severity: Severity,
+        id_header: http::HeaderName,
         t: &Telemetry,
     ) -> Option<ListenerSafety> {
         let (role, listener) = (l.role, l.name.as_str());
@@ -228,7 +251,50 @@ impl ListenerSafety {
             severity,
             listener: listener.to_owned(),
             log_limit: LogLimiter::new(),
+            origins: Origins {
+                id_header,
+                role,
+                hasher: Default::default(),
+                next: Default::default(),
+            },
         })
+    }
+
+    /// Whether violations here can trip the kill switch (the config has one).
+    pub fn kills(&self) -> bool {
+        self.kill_rule.is_some()
+    }
+
+    /// The origin of a request's violations, for the kill switch (0 without one): its task id
+    /// (`tasks.id_header`), else on the `agent` role its client's address, else (the `llm` role,
+    /// whose one client is the agent) a number of its own. Seeded per process; ids are never
+    /// kept.
+    pub fn origin(&self, headers: &HeaderMap, client_ip: &http::HeaderValue) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        if !self.kills() {
+            return 0;
+        }
+        let o = &self.origins;
+        let id = headers
+            .get(&o.id_header)
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|v| !v.is_empty());
+        let mut h = o.hasher.build_hasher();
+        match (id, o.role) {
+            (Some(id), _) => {
+                h.write_u8(0);
+                h.write(id);
+            }
+            (None, Role::Agent) => {
+                h.write_u8(1);
+                h.write(client_ip.as_bytes());
+            }
+            (None, Role::Llm) => {
+                h.write_u8(2);
+                h.write_u64(o.next.fetch_add(1, Ordering::Relaxed));
+            }
+        }
+        h.finish()
     }
 
     fn slot(&self, source: Source) -> usize {
@@ -251,25 +317,41 @@ impl ListenerSafety {
     }
 
     /// Counts a violation (its offsets in the response's text, for the log), and feeds the
-    /// kill switch.
-    pub fn violation(&self, source: Source, blocked: bool, at: Option<&Match>, now: Instant) {
-        if let Some(c) = self.violations.get(self.slot(source)) {
-            c[usize::from(blocked)].increment(1);
+    /// kill switch with it when it is one the switch acts on (see [`Violation::kills`]).
+    pub fn violation(&self, v: &Violation<'_>, now: Instant) {
+        self.count(v);
+        self.feed_kill_switch(v, now);
+    }
+
+    /// Counts and logs a violation.
+    pub fn count(&self, v: &Violation<'_>) {
+        if let Some(c) = self.violations.get(self.slot(v.source)) {
+            c[usize::from(v.blocked)].increment(1);
         }
         if let Some(suppressed) = self.log_limit.allow() {
-            let action = if blocked { "block" } else { "record" };
-            let (start, end) = at.map_or((None, None), |m| (Some(m.start), Some(m.end)));
+            let action = if v.blocked { "block" } else { "record" };
+            let (start, end) = v.at.map_or((None, None), |m| (Some(m.start), Some(m.end)));
             tracing::warn!(
                 listener = %self.listener,
-                detector = self.name(source),
+                detector = self.name(v.source),
                 action,
                 start,
                 end,
+                echo = v.echo,
                 suppressed,
                 "safety violation"
             );
         }
-        self.kill.violation(now, self.kill_rule, self.severity);
+    }
+
+    /// Feeds the kill switch with a violation it acts on; returns whether it did.
+    pub fn feed_kill_switch(&self, v: &Violation<'_>, now: Instant) -> bool {
+        let kills = v.kills() && self.kills();
+        if kills {
+            self.kill
+                .violation(now, v.origin, self.kill_rule, self.severity);
+        }
+        kills
     }
 
     /// Whether a response head carries the agent's own safety flag.
@@ -285,6 +367,31 @@ impl ListenerSafety {
     }
 }
 
+/// One violation, as the listener counts it.
+pub struct Violation<'a> {
+    pub source: Source,
+    /// Under `block` (the answer, or the rest of it, is stopped).
+    pub blocked: bool,
+    /// Where the match is in the response's text (a detector's).
+    pub at: Option<&'a Match>,
+    /// The request's origin ([`ListenerSafety::origin`]).
+    pub origin: u64,
+    /// The match repeats something the request said.
+    pub echo: bool,
+}
+
+impl Violation<'_> {
+    /// Whether the kill switch counts it: a blocked hit of a detector, or the agent's own flag,
+    /// that is no echo of the request. A provider's `content_filter` (the provider withheld the
+    /// text; a client can provoke it at will) and text that could not be inspected are no harm
+    /// the agent did.
+    pub fn kills(&self) -> bool {
+        self.blocked
+            && !self.echo
+            && matches!(self.source, Source::Detector(_) | Source::SafetyFlag)
+    }
+}
+
 /// The SSE event that ends a blocked stream.
 pub fn blocked_event(detector: &str) -> Bytes {
     let error = serde_json::json!({"error": {
@@ -296,9 +403,11 @@ pub fn blocked_event(detector: &str) -> Bytes {
 
 mod answer;
 mod check;
+mod echo;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use answer::{blocked, inspect_head, read_whole, Inspect, Whole};
 
 pub use check::SafetyCheck;
+pub use echo::{EchoTap, Echoes};

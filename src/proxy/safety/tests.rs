@@ -21,7 +21,18 @@ fn listener_safety(block: bool) -> ListenerSafety {
         limits: Default::default(),
     };
     let kill = KillSwitch::new(&t, "a", Incidents::new(&t, "a", None));
-    ListenerSafety::new(&config, &detectors, &l, "a", &kill, Severity::Sev1, &t).unwrap()
+    let id_header = http::HeaderName::from_static("x-agent-task-id");
+    ListenerSafety::new(
+        &config,
+        &detectors,
+        &l,
+        "a",
+        &kill,
+        Severity::Sev1,
+        id_header,
+        &t,
+    )
+    .unwrap()
 }
 
 fn sse_headers() -> HeaderMap {
@@ -47,7 +58,7 @@ fn stream(deltas: &[String]) -> Vec<u8> {
 /// Feeds `body` cut at `cuts`, taking out what is let through after each chunk; returns what
 /// went out and whether the stream was blocked.
 fn run(ls: &ListenerSafety, body: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
-    let mut check = SafetyCheck::new(ls, &sse_headers()).unwrap();
+    let mut check = SafetyCheck::new(ls, &sse_headers(), 0, None).unwrap();
     assert!(check.holds());
     let now = Instant::now();
     let mut out = Vec::new();
@@ -126,7 +137,7 @@ proptest! {
 fn what_cannot_be_inspected_in_bounded_memory_is_blocked_not_let_through() {
     let ls = listener_safety(true);
     // An event that never ends: its text is never seen.
-    let mut check = SafetyCheck::new(&ls, &sse_headers()).unwrap();
+    let mut check = SafetyCheck::new(&ls, &sse_headers(), 0, None).unwrap();
     let now = Instant::now();
     check.feed(
         &ls,
@@ -145,7 +156,7 @@ fn what_cannot_be_inspected_in_bounded_memory_is_blocked_not_let_through() {
     assert_eq!(out, 0, "nothing of it went out");
     assert_eq!(check.take_block(), Some(Source::Uninspectable));
     // An event past the parser's limit (4 MiB) is blocked too, even when it ends.
-    let mut check = SafetyCheck::new(&ls, &sse_headers()).unwrap();
+    let mut check = SafetyCheck::new(&ls, &sse_headers(), 0, None).unwrap();
     let mut big = b"data: ".to_vec();
     big.extend(std::iter::repeat_n(
         b'a',
@@ -163,7 +174,7 @@ fn a_held_stream_holds_back_only_what_may_still_start_a_match() {
     let ls = listener_safety(true);
     let long: Vec<String> = (0..200).map(|i| format!("word{i} ")).collect();
     let body = stream(&long);
-    let mut check = SafetyCheck::new(&ls, &sse_headers()).unwrap();
+    let mut check = SafetyCheck::new(&ls, &sse_headers(), 0, None).unwrap();
     let now = Instant::now();
     let mut out = 0usize;
     // One event per chunk, as providers send them.
@@ -188,4 +199,87 @@ fn a_held_stream_holds_back_only_what_may_still_start_a_match() {
         out += b.len();
     }
     assert_eq!(out, body.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_kill_switch_counts_distinct_origins_within_its_window() {
+    let t = Telemetry::new();
+    let kill = KillSwitch::new(&t, "a", Incidents::new(&t, "a", None));
+    let rule = Some((3, Duration::from_secs(60)));
+    let hit = |origin| kill.violation(Instant::now(), origin, rule, Severity::Sev1);
+    // One origin, however often: one.
+    for _ in 0..10 {
+        hit(1);
+    }
+    tokio::time::advance(Duration::from_secs(30)).await;
+    hit(2);
+    assert!(!kill.is_disabled());
+    // Origin 1's last hit falls out of the window: two origins within it, then three.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    hit(3);
+    assert!(!kill.is_disabled());
+    hit(1);
+    assert!(kill.is_disabled());
+}
+
+#[test]
+fn what_the_kill_switch_counts() {
+    let m = crate::inspect::safety::Match {
+        detector: 0,
+        start: 0,
+        end: 1,
+        fingerprint: 7,
+    };
+    let v = |source, blocked, echo| Violation {
+        source,
+        blocked,
+        at: Some(&m),
+        origin: 1,
+        echo,
+    };
+    assert!(v(Source::Detector(0), true, false).kills());
+    assert!(v(Source::SafetyFlag, true, false).kills());
+    // Recorded only, an echo of the request, the provider's filter, text never seen: no.
+    assert!(!v(Source::Detector(0), false, false).kills());
+    assert!(!v(Source::Detector(0), true, true).kills());
+    assert!(!v(Source::ContentFilter, true, false).kills());
+    assert!(!v(Source::Uninspectable, true, false).kills());
+}
+
+#[test]
+fn an_echo_is_what_the_request_said_however_spelled() {
+    let ls = listener_safety(true);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let mut tap = EchoTap::new(&ls, &headers).unwrap();
+    for piece in [
+        &br#"{"msg":"my card is 4111 1111 "#[..],
+        b"1111 1111 and jane@Acme.io\"}",
+    ] {
+        tap.feed(&Bytes::copy_from_slice(piece));
+    }
+    let echoes = tap.finish();
+    let found = |text: &[u8]| {
+        let mut scanner = ls.detectors.scanner();
+        let mut out = Vec::new();
+        scanner.feed(text, &mut |m| out.push(m));
+        scanner.finish(&mut |m| out.push(m));
+        out
+    };
+    for echo in [&b"card 4111-1111-1111-1111"[..], b"mail JANE@acme.io"] {
+        let m = found(echo);
+        assert_eq!(m.len(), 1);
+        assert!(echoes.contains(&m[0]), "{}", String::from_utf8_lossy(echo));
+    }
+    let own = found(b"card 5555 5555 5555 4444");
+    assert!(!echoes.contains(&own[0]));
+    // A compressed request is not read: no echoes known, every match the agent's own.
+    headers.insert(
+        http::header::CONTENT_ENCODING,
+        http::HeaderValue::from_static("gzip"),
+    );
+    assert!(EchoTap::new(&ls, &headers).is_none());
 }
