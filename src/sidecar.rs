@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::proxy::connections::Connections;
 use crate::proxy::{listener, Shared, Snapshot};
 use crate::telemetry::{record_build_info, Telemetry};
 use crate::upstream::UpstreamBuildError;
@@ -62,6 +63,7 @@ impl Sidecar {
         record_build_info(&telemetry, &config.agent);
         let grace = config.shutdown.grace_period.0;
         let admin_bind = config.admin.bind;
+        let admin_limits = config.admin.limits.clone();
         let admin_token = config.admin.token_file.clone();
         if let Some(path) = &admin_token {
             crate::admin::read_token(path).map_err(StartError::AdminToken)?;
@@ -84,8 +86,11 @@ impl Sidecar {
         let (shutdown, _) = watch::channel(false);
         let (admin_stop, _) = watch::channel(false);
         let admin_addr = local_addr(&admin_tcp, admin_bind);
+        let agent = &state.load().config.agent;
+        let admin_connections = Connections::new("admin", &admin_limits, true, agent, &telemetry);
         let mut background = vec![tokio::spawn(admin::serve(
             admin_tcp,
+            admin_connections,
             Arc::new(AdminState {
                 telemetry: telemetry.clone(),
                 ready: ready.clone(),
@@ -159,11 +164,19 @@ impl Sidecar {
             let snap = state.load();
             let l = &snap.listeners[i];
             listeners.push((l.name.clone(), local_addr(&tcp, l.bind)));
+            let connections = Connections::new(
+                &l.name,
+                &snap.config.listeners[i].limits,
+                false,
+                &snap.config.agent,
+                &telemetry,
+            );
             tracing::info!(listener = %l.name, role = l.role.as_str(), bind = %listeners[i].1, route = %l.route.name, upstreams = ?l.route.chain.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), "listening");
             listener_tasks.push(tokio::spawn(listener::serve(
                 tcp,
                 i,
                 state.clone(),
+                connections,
                 shutdown.subscribe(),
                 grace,
             )));

@@ -1,7 +1,6 @@
 //! The admin port: `/metrics`, `/healthz`, `/readyz`, `/circuits`, and the admin API
 //! (`POST /admin/circuits/{upstream}/open|close|auto`) behind a bearer token.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -9,11 +8,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::proxy::connections::Connections;
 use crate::proxy::error_response;
 use crate::telemetry::Telemetry;
 use crate::upstream::Force;
@@ -52,15 +50,20 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
-    let builder = crate::proxy::listener::server_builder();
+/// Serves the admin port until `stop` turns true (after the listeners have drained).
+pub async fn serve(
+    tcp: TcpListener,
+    connections: Arc<Connections>,
+    state: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = tcp.accept() => accepted,
-            _ = crate::proxy::listener::stopped(&mut stop) => return,
+            _ = crate::proxy::listener::stopped(&mut stop) => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -68,19 +71,14 @@ pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut stop: watch::Re
             }
         };
         let state = state.clone();
-        let svc = service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, req)) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
-            }
+        connections.serve(stream, peer, move |req| {
+            std::future::ready(route(&state, req))
         });
     }
+    // Answers are immediate: what is in flight is done within a moment.
+    connections
+        .drain(std::time::Duration::from_millis(500))
+        .await;
 }
 
 fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -8,8 +8,9 @@ use serde::Deserialize;
 
 use super::ConfigDuration;
 
-/// The most client connections a listener may be set to hold.
-pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// The most client connections a listener may be set to hold (at the limit, finding the idlest
+/// looks at each).
+pub const MAX_CONNECTIONS_LIMIT: usize = 100_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -101,6 +101,7 @@
 mod attempt;
 pub mod body;
 pub mod cache;
+pub mod connections;
 pub mod error;
 pub mod fallback;
 pub mod headers;

@@ -15,8 +15,7 @@ use crate::config::{Config, Protocol, Role, RouteConfig, UpstreamConfig};
 use crate::incident::{Incidents, WebhookConfig};
 use crate::inspect::safety::Detectors;
 use crate::telemetry::{
-    connection_errors, label, overhead, replay_skipped, ModelLabels, RequestMetrics, Telemetry,
-    FALLBACKS_TOTAL,
+    label, overhead, replay_skipped, ModelLabels, RequestMetrics, Telemetry, FALLBACKS_TOTAL,
 };
 use crate::upstream::{Upstream, UpstreamBuildError};
 
@@ -157,7 +156,6 @@ pub struct ListenerState {
     pub metrics: Vec<RequestMetrics>,
     pub overhead: Histogram,
     pub replay_skipped: Counter,
-    pub connection_errors: Counter,
     /// The detectors and handles of `safety`, when it applies to this listener's role.
     pub safety: Option<ListenerSafety>,
     /// Checked first by every request: while it holds, the agent is silent. `None` on the
@@ -298,7 +296,6 @@ impl Snapshot {
                     )],
                     overhead: overhead(telemetry, agent, &l.name),
                     replay_skipped: replay_skipped(telemetry, agent, &l.name),
-                    connection_errors: connection_errors(telemetry, agent, &l.name),
                     // A human's answers are not inspected, and the switch does not apply to
                     // the place it sends traffic to.
                     safety: None,
@@ -332,7 +329,6 @@ impl Snapshot {
                 metrics,
                 overhead: overhead(telemetry, agent, &l.name),
                 replay_skipped: replay_skipped(telemetry, agent, &l.name),
-                connection_errors: connection_errors(telemetry, agent, &l.name),
                 safety: listener_safety,
                 kill: Some(shared.kill.clone()),
                 when_disabled,

@@ -28,6 +28,8 @@ pub const AGENT_TIME_TO_FIRST_BYTE_SECONDS: &str = "agent_time_to_first_byte_sec
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "sloguard_upstream_requests_total";
 pub const OVERHEAD_SECONDS: &str = "sloguard_overhead_seconds";
 pub const CONNECTION_ERRORS_TOTAL: &str = "sloguard_client_connection_errors_total";
+pub const CLIENT_CONNECTIONS: &str = "sloguard_client_connections";
+pub const CLIENT_CONNECTIONS_CLOSED_TOTAL: &str = "sloguard_client_connections_closed_total";
 pub const BUILD_INFO: &str = "sloguard_build_info";
 pub const CIRCUIT_STATE: &str = "sloguard_circuit_state";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "sloguard_circuit_transitions_total";
@@ -149,6 +151,18 @@ impl Telemetry {
             1,
         );
         d(CONNECTION_ERRORS_TOTAL, None, "Client connections that ended in a protocol error (malformed HTTP, oversized headers).", 0);
+        d(
+            CLIENT_CONNECTIONS,
+            None,
+            "Client connections open now, per listener (and the admin port).",
+            2,
+        );
+        d(
+            CLIENT_CONNECTIONS_CLOSED_TOTAL,
+            None,
+            "Client connections the sidecar closed: header_timeout, idle, busy, displaced (room for a new one), refused (at the limit, all busy).",
+            0,
+        );
         d(
             genai::GEN_AI_OPERATION_DURATION,
             Some(Unit::Seconds),

@@ -1,0 +1,568 @@
+//! Client connections of one listener (or of the admin port): how many may be open, and how long
+//! each may hold the sidecar without a request, so that no client can pin its sockets, tasks and
+//! buffers — nor keep the kubelet's probe out of the admin port.
+//!
+//! - **A deadline to the first request.** A new connection must have sent a whole request head
+//!   within `header_timeout`: a socket that sends nothing, half an HTTP/2 preface, or an h2c
+//!   connection that opens no stream is closed. (hyper-util's version detection alone would
+//!   wait forever.)
+//! - **Idle connections close.** A connection with no request in flight for `idle_timeout` is
+//!   closed gracefully (HTTP/2 gets a GOAWAY); HTTP/1.1's next request head must come within it.
+//! - **HTTP/2 keepalive and streams.** PINGs every `h2_keepalive_interval`; a peer that does not
+//!   answer within `h2_keepalive_timeout` is gone. At most `max_concurrent_streams` streams.
+//! - **A cap that new connections can pass.** At `max_connections`, a new connection takes the
+//!   place of the one idle longest (a socket that never sent a request is idle since it came); a
+//!   flood of idle sockets cannot keep a probe out. Only when every connection has a request in
+//!   flight is the new one closed at once (`reason="refused"`). On the admin port, whose answers
+//!   take microseconds, a connection busy longer than `header_timeout` (a client not reading its
+//!   answer) counts as idle too.
+//!
+//! Each connection's task watches its own deadlines with one timer, re-armed only when a deadline
+//! passes or the connection changes state; a request costs two atomic updates.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics::{Counter, Gauge, Label};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::config::Limits;
+use crate::telemetry::{
+    connection_errors, label, Telemetry, CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_CLOSED_TOTAL,
+};
+
+/// Largest request head accepted; past it HTTP/1.1 clients get 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long a connection the sidecar closes may take to finish closing before it is dropped: an
+/// HTTP/2 peer acknowledges the GOAWAY's PING within a round trip (one that never does would
+/// hold it open), and nothing is in flight on an idle connection.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Why the sidecar closed a client connection (`reason` of
+/// `sloguard_client_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No whole request head within `header_timeout` of the connection's start.
+    HeaderTimeout,
+    /// No request in flight for `idle_timeout`.
+    Idle,
+    /// A request in flight longer than the port allows (the admin port).
+    Busy,
+    /// Closed to make room for a new connection at `max_connections`.
+    Displaced,
+    /// A new connection at `max_connections` with every connection busy.
+    Refused,
+}
+
+impl CloseReason {
+    const COUNT: usize = 5;
+    const ALL: [CloseReason; CloseReason::COUNT] = [
+        CloseReason::HeaderTimeout,
+        CloseReason::Idle,
+        CloseReason::Busy,
+        CloseReason::Displaced,
+        CloseReason::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::Idle => "idle",
+            CloseReason::Busy => "busy",
+            CloseReason::Displaced => "displaced",
+            CloseReason::Refused => "refused",
+        }
+    }
+}
+
+/// One client connection's state, shared by its task and its requests.
+pub struct Conn {
+    id: u64,
+    /// Milliseconds after the set's epoch.
+    accepted_ms: u64,
+    in_flight: AtomicU32,
+    /// When the last request ended (`accepted_ms` before any), or when the current ones began.
+    changed_ms: AtomicU64,
+    seen_request: AtomicBool,
+    /// Closed to make room for another.
+    close: Notify,
+    epoch: Instant,
+}
+
+impl Conn {
+    fn now_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A request began on the connection; it is in flight until the guard (kept by its
+    /// response body) goes.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.seen_request.store(true, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.changed_ms
+                .store(self.now_ms(Instant::now()), Ordering::Relaxed);
+        }
+        InFlight(self.clone())
+    }
+}
+
+/// A request in flight on a connection.
+pub struct InFlight(Arc<Conn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let c = &self.0;
+        if c.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            c.changed_ms
+                .store(c.now_ms(Instant::now()), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A response body that keeps its request in flight until it is done with.
+pub struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// What a connection's watch decided.
+enum Watch {
+    /// Look again then.
+    Until(Instant),
+    Close(CloseReason),
+}
+
+/// Where the accept loop and the connections' tasks stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Finish what is in flight, take no more.
+    Draining,
+    /// Drop every connection now.
+    Cut,
+}
+
+/// The client connections of one port.
+pub struct Connections {
+    name: String,
+    builder: auto::Builder<TokioExecutor>,
+    max: usize,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    /// On the admin port: a request in flight longer than this makes its connection idle.
+    max_busy: Option<Duration>,
+    live: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_id: AtomicU64,
+    epoch: Instant,
+    phase: watch::Sender<Phase>,
+    emptied: Notify,
+    open: Gauge,
+    closed: [Counter; CloseReason::COUNT],
+    errors: Counter,
+}
+
+impl Connections {
+    /// The connections of the port `name` (a listener's name, or `admin`), with `limits`;
+    /// `admin`: answers are immediate, so a long-busy connection is a stuck one.
+    pub fn new(
+        name: &str,
+        limits: &Limits,
+        admin: bool,
+        agent: &str,
+        t: &Telemetry,
+    ) -> Arc<Connections> {
+        let labels = || vec![label("agent", agent), label("listener", name)];
+        let open = t.gauge(CLIENT_CONNECTIONS, labels());
+        open.set(0.0);
+        Arc::new(Connections {
+            name: name.to_owned(),
+            builder: server_builder(limits),
+            max: limits.max_connections,
+            header_timeout: limits.header_timeout.0,
+            idle_timeout: limits.idle_timeout.0,
+            max_busy: admin.then_some(limits.header_timeout.0),
+            live: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            epoch: Instant::now(),
+            phase: watch::channel(Phase::Serving).0,
+            emptied: Notify::new(),
+            open,
+            closed: CloseReason::ALL.map(|r| {
+                let mut l = labels();
+                l.push(Label::from_static_parts("reason", r.as_str()));
+                t.counter(CLIENT_CONNECTIONS_CLOSED_TOTAL, l)
+            }),
+            errors: connection_errors(t, agent, name),
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn count(&self, reason: CloseReason) {
+        self.closed[reason as usize].increment(1);
+    }
+
+    /// Open connections now.
+    pub fn len(&self) -> usize {
+        self.live().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A connection was accepted now: its state, or `None` when it must be closed at once (the
+    /// cap reached and every connection busy).
+    fn admit(&self, now: Instant) -> Option<Arc<Conn>> {
+        let now_ms = self.ms(now);
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            accepted_ms: now_ms,
+            in_flight: AtomicU32::new(0),
+            changed_ms: AtomicU64::new(now_ms),
+            seen_request: AtomicBool::new(false),
+            close: Notify::new(),
+            epoch: self.epoch,
+        });
+        let mut live = self.live();
+        if live.len() >= self.max {
+            // The one idle longest makes room; a socket that never sent a request has been idle
+            // since it came.
+            // Busy since at most this: stuck (the admin port).
+            let busy_ok = self
+                .max_busy
+                .and_then(|b| now_ms.checked_sub(b.as_millis() as u64));
+            let idle_since = |c: &Conn| {
+                let since = c.changed_ms.load(Ordering::Relaxed);
+                let idle = c.in_flight.load(Ordering::Acquire) == 0;
+                (idle || busy_ok.is_some_and(|limit| since <= limit)).then_some(since)
+            };
+            let stalest = live
+                .values()
+                .filter_map(|c| Some((idle_since(c)?, c.id)))
+                .min();
+            let Some((_, id)) = stalest else {
+                drop(live);
+                self.count(CloseReason::Refused);
+                return None;
+            };
+            if let Some(old) = live.remove(&id) {
+                old.close.notify_one();
+            }
+        }
+        live.insert(conn.id, conn.clone());
+        self.open.set(live.len() as f64);
+        Some(conn)
+    }
+
+    fn remove(&self, id: u64) {
+        let mut live = self.live();
+        live.remove(&id);
+        self.open.set(live.len() as f64);
+        if live.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// What a connection's deadlines say now.
+    fn watch(&self, c: &Conn, now: Instant) -> Watch {
+        let now_ms = self.ms(now);
+        let at = |ms: u64| self.epoch + Duration::from_millis(ms);
+        let ms = |d: Duration| d.as_millis() as u64;
+        if !c.seen_request.load(Ordering::Relaxed) {
+            let deadline = c.accepted_ms + ms(self.header_timeout);
+            return match now_ms >= deadline {
+                true => Watch::Close(CloseReason::HeaderTimeout),
+                false => Watch::Until(at(deadline)),
+            };
+        }
+        let since = c.changed_ms.load(Ordering::Relaxed);
+        if c.in_flight.load(Ordering::Acquire) > 0 {
+            return match self.max_busy {
+                Some(b) if now_ms >= since + ms(b) => Watch::Close(CloseReason::Busy),
+                Some(b) => Watch::Until(at(since + ms(b))),
+                // Streams may take minutes: looked at again an idle timeout from now.
+                None => Watch::Until(now + self.idle_timeout),
+            };
+        }
+        let deadline = since + ms(self.idle_timeout);
+        match now_ms >= deadline {
+            true => Watch::Close(CloseReason::Idle),
+            false => Watch::Until(at(deadline)),
+        }
+    }
+
+    /// Serves one accepted connection with `handle`: it is admitted (or closed at once), then
+    /// watched until it ends.
+    pub fn serve<F, Fut, B>(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, handle: F)
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Unpin + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(conn) = self.admit(Instant::now()) else {
+            // Every connection busy: this one closes (its socket drops) without a word.
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let requests = conn.clone();
+        let svc = service_fn(move |req| {
+            let in_flight = requests.request();
+            let response = handle(req);
+            async move {
+                let response = response.await;
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                }))
+            }
+        });
+        let http = self
+            .builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        let set = self.clone();
+        tokio::spawn(async move {
+            let graceful = |c: Pin<&mut _>| auto::Connection::graceful_shutdown(c);
+            set.watch_over(http, graceful, &conn, peer).await;
+            set.remove(conn.id);
+        });
+    }
+
+    /// Drives one connection until it ends, closing it when a deadline passes, when it is
+    /// displaced, or when the port drains (then dropping it if it takes too long).
+    async fn watch_over<C>(
+        &self,
+        http: C,
+        graceful: impl Fn(Pin<&mut C>),
+        conn: &Conn,
+        peer: SocketAddr,
+    ) where
+        C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    {
+        let mut http = std::pin::pin!(http);
+        let mut phase = self.phase.subscribe();
+        let mut closing = false;
+        let mut check_at = Instant::now();
+        loop {
+            tokio::select! {
+                ended = http.as_mut() => {
+                    if let Err(e) = ended {
+                        if is_protocol_error(e.as_ref()) {
+                            self.errors.increment(1);
+                        }
+                        tracing::debug!(listener = %self.name, %peer, error = %e, "client connection ended with an error");
+                    }
+                    return;
+                }
+                changed = phase.changed() => {
+                    let now = *phase.borrow_and_update();
+                    match (now, changed) {
+                        (Phase::Draining, Ok(())) if !closing => {
+                            closing = true;
+                            graceful(http.as_mut());
+                            // The drain's grace decides when it is cut, not the linger.
+                            check_at = Instant::now() + Duration::from_secs(86_400 * 365);
+                        }
+                        (Phase::Cut, _) | (_, Err(_)) => return,
+                        _ => {}
+                    }
+                }
+                _ = conn.close.notified(), if !closing => {
+                    self.count(CloseReason::Displaced);
+                    closing = true;
+                    graceful(http.as_mut());
+                    check_at = Instant::now() + LINGER;
+                }
+                _ = tokio::time::sleep_until(check_at) => {
+                    if closing {
+                        // It did not finish closing in time.
+                        return;
+                    }
+                    match self.watch(conn, Instant::now()) {
+                        Watch::Until(at) => check_at = at,
+                        Watch::Close(reason) => {
+                            tracing::debug!(listener = %self.name, %peer, reason = reason.as_str(), "closing a client connection");
+                            self.count(reason);
+                            if reason == CloseReason::HeaderTimeout {
+                                // Nothing was asked: nothing to finish.
+                                return;
+                            }
+                            closing = true;
+                            graceful(http.as_mut());
+                            check_at = Instant::now() + LINGER;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops taking requests: every connection is closed gracefully, and those still open after
+    /// `grace` are cut.
+    pub async fn drain(&self, grace: Duration) {
+        let _ = self.phase.send(Phase::Draining);
+        let emptied = async {
+            loop {
+                let notified = self.emptied.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if self.is_empty() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(grace, emptied).await.is_err() {
+            tracing::warn!(listener = %self.name, "grace period over; cutting the connections still open");
+        }
+        let _ = self.phase.send(Phase::Cut);
+    }
+}
+
+/// The HTTP server settings of a port with `limits`.
+pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(MAX_HEADER_BYTES)
+        // hyper runs this from when it starts reading a head: the first request's (the watch
+        // above closes sooner, at `header_timeout`), and each next one on a kept-alive
+        // connection — the idle timeout of HTTP/1.1.
+        .header_read_timeout(limits.idle_timeout.0);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(limits.h2_keepalive_interval.0)
+        .keep_alive_timeout(limits.h2_keepalive_timeout.0);
+    builder
+}
+
+/// A client that broke HTTP (malformed request, oversized head, head never finished), as opposed
+/// to one that simply went away.
+fn is_protocol_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return h.is_parse() || h.is_parse_too_large() || h.is_timeout();
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(max: usize, admin: bool) -> Arc<Connections> {
+        let limits = Limits {
+            max_connections: max,
+            ..Limits::default()
+        };
+        Connections::new("p", &limits, admin, "a", &Telemetry::new())
+    }
+
+    fn closes(set: &Connections, c: &Conn) -> Option<CloseReason> {
+        match set.watch(c, Instant::now()) {
+            Watch::Close(r) => Some(r),
+            Watch::Until(_) => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_of_a_connection() {
+        let set = set(10, false);
+        let c = set.admit(Instant::now()).unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(closes(&set, &c), None);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(closes(&set, &c), Some(CloseReason::HeaderTimeout));
+        // A request came: busy (for as long as it takes), then idle from its end.
+        let r = c.request();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(closes(&set, &c), None);
+        drop(r);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(closes(&set, &c), None);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(closes(&set, &c), Some(CloseReason::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_the_admin_port_a_long_busy_connection_is_stuck() {
+        let set = set(2, true);
+        let a = set.admit(Instant::now()).unwrap();
+        let b = set.admit(Instant::now()).unwrap();
+        let (_ra, _rb) = (a.request(), b.request());
+        // Both busy: a third is refused...
+        assert!(set.admit(Instant::now()).is_none());
+        // ... until one has been busy past header_timeout (a client not reading its answer).
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(closes(&set, &a), Some(CloseReason::Busy));
+        assert!(set.admit(Instant::now()).is_some());
+        assert_eq!(set.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idlest_makes_room() {
+        let set = set(3, false);
+        let first = set.admit(Instant::now()).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = set.admit(Instant::now()).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let busy = set.admit(Instant::now()).unwrap();
+        let _r = busy.request();
+        let _r1 = first.request();
+        // `first` is busy now, `second` idle since it came: `second` goes.
+        let _new = set.admit(Instant::now()).unwrap();
+        let live = set.live();
+        assert!(live.contains_key(&first.id) && !live.contains_key(&second.id));
+    }
+}
