@@ -15,15 +15,18 @@ use sloguard::sim::{self, SimServer};
 use sloguard::{Config, Sidecar};
 
 /// An upstream answering with the status `status` holds (429s with `Retry-After: 5`; 299 means
-/// a 200 whose body streams for two seconds), counting the requests that reach it.
+/// a 200 whose body streams for two seconds) once it has read the request, counting the
+/// requests that reach it.
 async fn switchable() -> (SimServer, Arc<AtomicU16>, Arc<AtomicU32>) {
     let status = Arc::new(AtomicU16::new(500));
     let hits = Arc::new(AtomicU32::new(0));
     let (s, h) = (status.clone(), hits.clone());
-    let server = sim::serve(LOOPBACK, move |_req| {
+    let server = sim::serve(LOOPBACK, move |req: Request<hyper::body::Incoming>| {
         let (s, h) = (s.clone(), h.clone());
         async move {
             h.fetch_add(1, Ordering::SeqCst);
+            // It answers once it has the whole request, as an API does.
+            let _ = http_body_util::BodyExt::collect(req.into_body()).await;
             if s.load(Ordering::SeqCst) == 299 {
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
                 tokio::spawn(async move {
@@ -54,11 +57,16 @@ async fn sidecar(url: &str) -> Sidecar {
 
 /// In front of `url`, a breaker opening after 3 failures, for 1s, with `probes` trial calls.
 async fn sidecar_probing(url: &str, probes: u32) -> Sidecar {
+    sidecar_of(url, probes, "llm").await
+}
+
+/// As [`sidecar_probing`], on a listener of `role`.
+async fn sidecar_of(url: &str, probes: u32, role: &str) -> Sidecar {
     let yaml = format!(
         "agent: test-agent
 admin: {{bind: 127.0.0.1:0}}
 listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
+  - {{name: proxy, bind: 127.0.0.1:0, role: {role}, route: main}}
 routes:
   main: {{upstreams: [provider]}}
 upstreams:
@@ -371,4 +379,70 @@ async fn two_hundred_concurrent_requests_while_half_open_admit_exactly_the_probe
     );
     assert_eq!((ok, refused), (3, 197), "unexpected answers: {other:?}");
     assert_eq!(circuits(&sidecar).await["state"], "closed");
+}
+
+#[tokio::test]
+async fn on_the_agent_role_a_clients_429_does_not_open_the_circuit() {
+    let (up, status, hits) = switchable().await;
+    // The agent rate-limits one client (429, Retry-After: 5): its answer to that client, not
+    // a failing agent.
+    status.store(429, Ordering::SeqCst);
+    let sidecar = sidecar_of(&up.url(), 1, "agent").await;
+    for _ in 0..5 {
+        assert_eq!(status_of(&sidecar).await.0, StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(circuits(&sidecar).await["state"], "closed");
+    // Everyone else still reaches the agent.
+    status.store(200, Ordering::SeqCst);
+    assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
+    assert_eq!(hits.load(Ordering::SeqCst), 6);
+    let m = metrics(&sidecar).await;
+    expect_metric(
+        &m,
+        "sloguard_upstream_requests_total",
+        &[("outcome", "429")],
+        5.0,
+    );
+    // Its 5xx still count: three open the circuit.
+    status.store(500, Ordering::SeqCst);
+    for _ in 0..3 {
+        status_of(&sidecar).await;
+    }
+    assert_eq!(circuits(&sidecar).await["state"], "open");
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_upload_does_not_hold_the_probe_slot() {
+    let (up, status, _hits) = switchable().await;
+    let sidecar = sidecar_of(&up.url(), 1, "agent").await;
+    for _ in 0..3 {
+        status_of(&sidecar).await;
+    }
+    assert_eq!(circuits(&sidecar).await["state"], "open");
+    status.store(200, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1150)).await;
+    // Half-open, one probe: a client starts an upload it takes 2 s to finish...
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let url = proxy_url(&sidecar, "/slow-upload");
+    let slow = tokio::spawn(async move {
+        let req = Request::post(url)
+            .body(http_body_util::BodyExt::boxed(sim::ChannelBody(rx)))
+            .unwrap();
+        client().request(req).await.unwrap().status()
+    });
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            if tx.send(bytes::Bytes::from_static(b"x")).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... while another's request is the probe that closes the circuit.
+    assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
+    assert_eq!(circuits(&sidecar).await["state"], "closed");
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    sidecar.shutdown().await;
 }

@@ -68,18 +68,23 @@ pub struct BreakerTicket {
     pub ticket: Ticket,
     pub slow: bool,
     pub retry_after: Option<std::time::Duration>,
+    /// A 429 is the upstream failing (a provider out of capacity), not its answer to one client
+    /// (an agent rate-limiting a user): `false` on the `agent` role, where one client's 429 must
+    /// not open the circuit for everyone.
+    pub throttling_fails: bool,
 }
 
 impl BreakerTicket {
     /// The call as the breaker judges it, given the attempt's outcome.
     pub fn outcome(&self, attempt: UpstreamOutcome) -> Outcome {
+        let throttled = attempt == UpstreamOutcome::TooManyRequests;
         Outcome {
-            failed: attempt != UpstreamOutcome::Ok,
+            failed: attempt != UpstreamOutcome::Ok && (self.throttling_fails || !throttled),
             slow: self.slow,
             // Only a 429's Retry-After opens the circuit for that long.
             retry_after: self
                 .retry_after
-                .filter(|_| attempt == UpstreamOutcome::TooManyRequests),
+                .filter(|_| throttled && self.throttling_fails),
         }
     }
 }
@@ -129,10 +134,12 @@ impl Accounting {
     /// the request from now on. Returns its place in the chain.
     pub fn admitted(&mut self, admission: super::fallback::Admitted) -> usize {
         self.hop = admission.hop;
+        let throttling_fails = self.listener.role == crate::config::Role::Llm;
         self.breaker = admission.ticket.map(|ticket| BreakerTicket {
             ticket,
             slow: false,
             retry_after: None,
+            throttling_fails,
         });
         self.hop
     }

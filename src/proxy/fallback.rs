@@ -120,6 +120,14 @@ impl RouteState {
             })
     }
 
+    /// Whether some upstream of the chain is not plainly closed: it may give out probe slots,
+    /// which a request should take only once its body is in.
+    pub fn probing(&self) -> bool {
+        self.chain
+            .iter()
+            .any(|u| u.breaker.as_ref().is_some_and(|b| !b.breaker.is_closed()))
+    }
+
     /// Whether every upstream of the chain would surely refuse a call now (see
     /// [`crate::upstream::CircuitBreaker::refuses`]). Takes no ticket.
     pub fn all_refuse(&self, now: Instant) -> bool {

@@ -22,7 +22,8 @@
 //!    spent. An admitted call carries its ticket to the end, where its outcome is fed back. On a
 //!    route that reads bodies ahead (step 4) the breakers are asked after the read — a slow
 //!    upload must not hold a probe slot, nor act on a circuit state from before it — and before
-//!    it only whether every circuit is surely open.
+//!    it only whether every circuit is surely open. A route whose circuits are not all plainly
+//!    closed reads bodies ahead for this reason alone.
 //! 4. **Read the body ahead** ([`replay::read_ahead`]), only on a route that needs it: a chain
 //!    of more than one upstream or a cache (within `max_replay_body`: the body is kept so that a
 //!    fallback can replay it and the cache can key the request by it), or an upstream that
@@ -229,7 +230,10 @@ pub async fn handle(
             .iter()
             .any(|u| u.model.is_some() && format_for(u).is_some());
     let replays = route.replays();
-    let reads_ahead = replays || rewrite;
+    // A circuit that may give out probe slots: the body is read first (within the route's
+    // replay limit), so that a slow upload does not hold a slot that others could probe with.
+    let probing = route.probing() && !http_body::Body::is_end_stream(&body);
+    let reads_ahead = replays || rewrite || probing;
 
     // An upstream whose circuit is open is skipped before any work is spent on the request. A
     // route that reads the body ahead asks its breakers after the read, so that a slow upload
@@ -253,7 +257,7 @@ pub async fn handle(
     // `client_wait`: time spent waiting for the client's body while reading it ahead, not the
     // sidecar's own.
     let (mut payload, client_wait) = if reads_ahead {
-        let limit = match (replays, rewrite) {
+        let limit = match (replays || probing, rewrite) {
             (true, true) => route.max_replay_body.max(MAX_INSPECTED_BODY),
             (true, false) => route.max_replay_body,
             _ => MAX_INSPECTED_BODY,

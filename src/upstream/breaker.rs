@@ -281,6 +281,12 @@ impl CircuitBreaker {
         (ticket, transition)
     }
 
+    /// Whether the circuit is closed (and so admits every call without a probe slot): one
+    /// atomic load.
+    pub fn is_closed(&self) -> bool {
+        self.fast.load(Ordering::Acquire) == CircuitState::Closed as u8
+    }
+
     /// Whether a call now would surely be refused: open with time left, or forced open. (A
     /// half-open circuit may still have a probe slot: `false`.) Takes no ticket.
     pub fn refuses(&self, now: Instant) -> bool {
