@@ -470,10 +470,10 @@ pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .max_buf_size(MAX_HEADER_BYTES)
-        // hyper runs this from when it starts reading a head: the first request's (the watch
-        // above closes sooner, at `header_timeout`), and each next one on a kept-alive
-        // connection — the idle timeout of HTTP/1.1.
-        .header_read_timeout(limits.idle_timeout.0);
+        // hyper runs this from when it starts reading a head: the first request's, and each
+        // next one on a kept-alive connection. The watch above closes such a connection first
+        // (at `header_timeout`, or `idle_timeout` after the last answer); this is the backstop.
+        .header_read_timeout(limits.idle_timeout.0 + LINGER);
     builder
         .http2()
         .timer(TokioTimer::new())
