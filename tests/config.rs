@@ -321,6 +321,30 @@ fn llm_keys_are_checked_against_the_protocol() {
 }
 
 #[test]
+fn keys_are_never_sent_in_clear_to_another_host() {
+    let at = |url: &str| {
+        BASE.replace(
+            "    url: http://127.0.0.1:8000\n",
+            &format!("    url: {url}\n    protocol: openai\n    api_keys_file: /k\n"),
+        )
+    };
+    for url in ["http://api.example.com", "http://10.0.0.7:8080/v1"] {
+        let e = error_of(&at(url));
+        assert_eq!(e, "bad.yaml:14: upstreams.agent.api_keys_file: keys are sent in clear over http:// to a host other than this one (loopback); use https://", "{url}");
+    }
+    // This host (a local gateway, a test double), or https anywhere: fine.
+    for url in [
+        "http://127.0.0.1:8000",
+        "http://127.3.2.1",
+        "http://localhost:4000",
+        "http://[::1]:9",
+        "https://api.example.com",
+    ] {
+        Config::parse("ok.yaml", &at(url)).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+}
+
+#[test]
 fn safety_and_incidents_are_checked_by_key() {
     let with = |section: &str| format!("{BASE}{section}");
     let too_many = format!(

@@ -743,6 +743,15 @@ impl Config {
                 cb.check()
                     .map_err(|(key, msg)| (format!("{base}.circuit_breaker.{key}"), msg))?;
             }
+            if up.api_keys_file.is_some()
+                && parse_upstream_url(&up.url)
+                    .is_ok_and(|u| u.scheme == http::uri::Scheme::HTTP && !is_loopback(&u))
+            {
+                return Err((
+                    format!("{base}.api_keys_file"),
+                    "keys are sent in clear over http:// to a host other than this one (loopback); use https://".into(),
+                ));
+            }
             if up.protocol == Protocol::None {
                 if up.api_keys_file.is_some() {
                     return Err((
@@ -777,6 +786,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether an upstream is on this host: `localhost`, or a loopback address (127.0.0.0/8, ::1).
+fn is_loopback(url: &UpstreamUrl) -> bool {
+    let host = url.authority.host();
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Two binds clash when they share a port and one is the other's address or a wildcard.

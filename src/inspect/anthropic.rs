@@ -157,7 +157,7 @@ impl MessagesStream {
                 false
             }
             "error" => {
-                facts.finish_once(FinishReason::Error);
+                facts.provider_failed();
                 false
             }
             _ => false,
@@ -168,7 +168,7 @@ impl MessagesStream {
 pub(super) fn messages_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Unparsed> {
     let m: Message<'_> = serde_json::from_slice(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
     if m.kind.as_deref() == Some("error") {
-        facts.finish_reasons.push(FinishReason::Error);
+        facts.provider_failed();
         return Ok(());
     }
     if let Some(usage) = &m.usage {

@@ -204,6 +204,7 @@ impl ChatStream {
             .finish_reasons
             .extend(self.finished.iter().map(|(_, r)| *r));
         if self.errored {
+            facts.provider_error = true;
             facts.finish_reasons.push(FinishReason::Error);
         }
     }
@@ -283,6 +284,7 @@ pub(super) fn chat_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Un
         }
     }
     if c.error.is_some() {
+        facts.provider_error = true;
         facts.finish_reasons.push(FinishReason::Error);
     }
     Ok(())
@@ -371,7 +373,10 @@ impl ResponseObject<'_> {
                     _ => FinishReason::Other,
                 }
             }
-            Some("failed") => FinishReason::Error,
+            Some("failed") => {
+                facts.provider_error = true;
+                FinishReason::Error
+            }
             // Still running (`in_progress`, `queued`): a background response, no end yet.
             _ => return,
         };
@@ -427,7 +432,7 @@ impl ResponsesStream {
                 false
             }
             "error" => {
-                facts.finish_once(FinishReason::Error);
+                facts.provider_failed();
                 false
             }
             _ => false,

@@ -23,6 +23,10 @@ pub struct ResponseFacts {
     /// Stream events that carried output text or a tool call.
     pub output_chunks: u32,
     pub unparsed: Option<Unparsed>,
+    /// The provider reported a failure inside a successful answer: an error event in the stream
+    /// (Anthropic's `overloaded_error`, OpenAI's `error`), an error object or a failed response
+    /// in a 2xx body. The call failed, whatever its status said.
+    pub provider_error: bool,
 }
 
 /// Tool calls kept per response (and in progress per stream): far past what a model makes, so
@@ -34,6 +38,12 @@ pub const MAX_TOOL_NAME: usize = 256;
 impl ResponseFacts {
     pub(super) fn unparsed(&mut self, why: Unparsed) {
         self.unparsed.get_or_insert(why);
+    }
+
+    /// The provider said, inside its answer, that the call failed.
+    pub(super) fn provider_failed(&mut self) {
+        self.provider_error = true;
+        self.finish_once(FinishReason::Error);
     }
 
     /// The one finish reason of a response that has a single one (Responses, Messages): the

@@ -197,9 +197,6 @@ impl Accounting {
     /// The body ended cleanly: an empty body's "first byte" is its end.
     fn finish(mut self, now: Instant) {
         self.first_byte(now);
-        if let (Some(fill), Some(cache)) = (self.cache_fill.take(), &self.listener.route.cache) {
-            fill.store(cache, now);
-        }
         self.count(now, true);
     }
 
@@ -222,6 +219,20 @@ impl Accounting {
             .llm
             .take()
             .map(|call| call.finish(complete, self.status, self.outcome, now));
+        if end.as_ref().is_some_and(|e| e.provider_error) {
+            // A 200 whose stream (or body) says the provider failed: a failed request, for the
+            // SLIs and the breaker alike, as a 5xx would have been. (The client got the status
+            // and the provider's error event as they were.)
+            self.status = StatusClass::ServerError;
+            self.cause = Cause::upstream_failure(self.listener.role);
+            self.outcome = Some(UpstreamOutcome::ServerError);
+        } else if complete {
+            // What ended cleanly, and said no error, is worth keeping.
+            if let (Some(fill), Some(cache)) = (self.cache_fill.take(), &self.listener.route.cache)
+            {
+                fill.store(cache, now);
+            }
+        }
         if let (Some(key), Some(guard)) = (self.loop_key, &self.listener.loop_guard) {
             guard.llm_ended(key, end.as_ref(), now);
         }

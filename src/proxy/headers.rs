@@ -71,17 +71,41 @@ fn remove_connection_named(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a header is one of sloguard's own (`x-sloguard-*`): only the sidecar that answers
+/// writes them.
+fn is_sloguards(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-sloguard-")
+}
+
+/// Removes every `x-sloguard-*` header: a client must not tell the upstream what sloguard said
+/// (nor another sidecar's words pass as this one's), and an upstream must not speak to the
+/// client in sloguard's name (`x-sloguard-upstream: cache`, `x-sloguard-error`).
+fn strip_sloguards(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_sloguards(n))
+        .cloned()
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
+
 /// Prepares a client's request headers for the upstream.
 ///
 /// `client_ip` is the connection peer's address, built once per connection.
 pub fn prepare_request(headers: &mut HeaderMap, host: &HeaderValue, client_ip: &HeaderValue) {
     strip_hop_by_hop(headers);
     // One pass to learn which of the rarer headers are present, instead of a lookup each.
-    let (mut te, mut expect, mut forwarded_proto) = (false, false, false);
+    let (mut te, mut expect, mut forwarded_proto, mut sloguards) = (false, false, false, false);
     for name in headers.keys() {
         te |= name == header::TE;
         expect |= name == header::EXPECT;
         forwarded_proto |= name == X_FORWARDED_PROTO;
+        sloguards |= is_sloguards(name);
+    }
+    if sloguards {
+        strip_sloguards(headers);
     }
     // TE is hop-by-hop, but `te: trailers` announces that the client accepts trailers, which
     // gRPC-style upstreams need; anything else is removed.
@@ -134,6 +158,9 @@ fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
 /// Prepares an upstream's response headers for the client.
 pub fn prepare_response(headers: &mut HeaderMap, upstream: &HeaderValue) {
     strip_hop_by_hop(headers);
+    if headers.keys().any(is_sloguards) {
+        strip_sloguards(headers);
+    }
     headers.insert(X_SLOGUARD_UPSTREAM.clone(), upstream.clone());
 }
 

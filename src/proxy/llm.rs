@@ -21,8 +21,11 @@ pub struct CallEnd {
     /// The provider filtered the output (`content_filter`, Anthropic's `refusal`): a safety
     /// signal.
     pub filtered: bool,
-    /// A provider answered the call with a success (a 2xx head).
+    /// A provider answered the call with a success (a 2xx head, and no error inside).
     pub answered: bool,
+    /// The provider reported a failure inside its 2xx answer (an error event in the stream, an
+    /// error object): the request failed, as a 5xx would have.
+    pub provider_error: bool,
     /// The tool calls of a call that succeeded and was read whole (none: an empty list); `None`
     /// for a call that failed, was cut, or could not be read — it says nothing about them.
     pub tool_calls: Option<Vec<crate::inspect::ToolCall>>,
@@ -115,9 +118,16 @@ impl LlmCall {
         now: Instant,
     ) -> CallEnd {
         let model = self.model();
+        let request = self.upload.as_ref().and_then(|u| u.request.get());
+        if let Some(Err(why)) = request {
+            self.metrics.unparsed(*why);
+        }
+        let facts = self.reader.take().map(|reader| reader.finish(complete));
+        let provider_error = facts.as_ref().is_some_and(|f| f.provider_error);
         // A body cut while the upstream was fine: the client left mid-stream.
         let error = match (complete, outcome) {
-            (false, Some(UpstreamOutcome::Ok)) if self.reader.is_some() => ErrorType::Cancelled,
+            _ if provider_error => ErrorType::ServerError,
+            (false, Some(UpstreamOutcome::Ok)) if facts.is_some() => ErrorType::Cancelled,
             _ => error_type(status, outcome),
         };
         model.duration(
@@ -125,21 +135,17 @@ impl LlmCall {
             error,
             now.duration_since(self.received).as_secs_f64(),
         );
-        let request = self.upload.as_ref().and_then(|u| u.request.get());
-        if let Some(Err(why)) = request {
-            self.metrics.unparsed(*why);
-        }
-        let Some(reader) = self.reader.take() else {
+        let Some(facts) = facts else {
             // No response came (the proxy answered, or the client left): the call failed.
             self.metrics
                 .finish_reason(crate::inspect::FinishReason::Error);
             return CallEnd {
                 filtered: false,
                 answered: false,
+                provider_error: false,
                 tool_calls: None,
             };
         };
-        let facts = reader.finish(complete);
         model.tokens(facts.input_tokens, facts.output_tokens);
         for reason in &facts.finish_reasons {
             self.metrics.finish_reason(*reason);
@@ -161,7 +167,8 @@ impl LlmCall {
             filtered: facts
                 .finish_reasons
                 .contains(&crate::inspect::FinishReason::ContentFilter),
-            answered: self.succeeded,
+            answered: self.succeeded && !provider_error,
+            provider_error,
             tool_calls: read.then_some(facts.tool_calls),
         }
     }
