@@ -4,6 +4,7 @@
 //! upstream, [`sli`] classifies the outcome, [`telemetry`] counts it, [`admin`] shows it.
 
 pub mod admin;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod incident;

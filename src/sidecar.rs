@@ -12,10 +12,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
+use crate::background::{every, supervise};
 use crate::config::Config;
 use crate::proxy::connections::Connections;
 use crate::proxy::{listener, Shared, Snapshot};
-use crate::telemetry::{record_build_info, Telemetry};
+use crate::telemetry::{label, record_build_info, Telemetry, BACKGROUND_RESTARTS_TOTAL};
 use crate::upstream::UpstreamBuildError;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,32 @@ pub enum StartError {
 
 /// How often `api_keys_file`s are checked for a change.
 pub const KEY_FILE_POLL: Duration = Duration::from_secs(1);
+/// How long the alerts still queued at shutdown may take to go out (a webhook post is bounded
+/// by 2 s an attempt).
+pub const INCIDENT_FLUSH: Duration = Duration::from_secs(5);
+
+/// Re-reads the `api_keys_file`s that changed, every [`KEY_FILE_POLL`].
+async fn reload_keys(state: Arc<ArcSwap<Snapshot>>) {
+    // Kubernetes propagates a changed Secret within a minute or so; a second's polling of a
+    // few small files is nothing next to that.
+    let mut tick = tokio::time::interval(KEY_FILE_POLL);
+    loop {
+        tick.tick().await;
+        let rings: Vec<_> = state
+            .load()
+            .upstreams
+            .values()
+            .filter_map(|u| u.keys.clone())
+            .collect();
+        if rings.is_empty() {
+            continue;
+        }
+        // File reads block: off the workers that serve requests.
+        let _ =
+            tokio::task::spawn_blocking(move || rings.iter().for_each(|r| r.reload_if_changed()))
+                .await;
+    }
+}
 
 pub struct Sidecar {
     /// Each listener's name and the address it is bound to (the real port when the config said 0).
@@ -47,6 +74,7 @@ pub struct Sidecar {
     admin_stop: watch::Sender<bool>,
     listener_tasks: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
+    incidents: crate::incident::Incidents,
 }
 
 async fn bind(key: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -86,8 +114,14 @@ impl Sidecar {
         let (shutdown, _) = watch::channel(false);
         let (admin_stop, _) = watch::channel(false);
         let admin_addr = local_addr(&admin_tcp, admin_bind);
-        let agent = &state.load().config.agent;
-        let admin_connections = Connections::new("admin", &admin_limits, true, agent, &telemetry);
+        let agent = state.load().config.agent.clone();
+        let restarts = |task: &str| {
+            telemetry.counter(
+                BACKGROUND_RESTARTS_TOTAL,
+                vec![label("agent", &agent), label("task", task)],
+            )
+        };
+        let admin_connections = Connections::new("admin", &admin_limits, true, &agent, &telemetry);
         let mut background = vec![tokio::spawn(admin::serve(
             admin_tcp,
             admin_connections,
@@ -102,61 +136,43 @@ impl Sidecar {
                 slos: slos.clone(),
             }),
             admin_stop.subscribe(),
+            restarts("accept_admin"),
         ))];
         // The local SLO view reads the sidecar's own counters once a second.
         if let Some(slos) = slos {
             let metrics = telemetry.clone();
-            background.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    slos.tick(&metrics.render(), tokio::time::Instant::now());
-                }
-            }));
+            background.push(every(
+                "slo",
+                restarts("slo"),
+                Duration::from_secs(1),
+                move || slos.tick(&metrics.render(), tokio::time::Instant::now()),
+            ));
         }
         let upkeep = telemetry.clone();
-        background.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                upkeep.run_upkeep();
-            }
-        }));
-
+        background.push(every(
+            "upkeep",
+            restarts("upkeep"),
+            Duration::from_secs(5),
+            move || upkeep.run_upkeep(),
+        ));
         // Tasks idle past `stuck_after` are abandoned: looked for every second (the table keeps
-        // them in order of activity, so a sweep stops at the first that is not).
+        // them in order of activity, so a sweep stops at the first that is not). The liveness
+        // probe's state comes from here too.
         let tasks = shared.tasks.clone();
-        background.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
+        background.push(every(
+            "task_sweep",
+            restarts("task_sweep"),
+            Duration::from_secs(1),
+            move || {
                 tasks.sweep(tokio::time::Instant::now());
-            }
-        }));
-
+            },
+        ));
         let keys = state.clone();
-        background.push(tokio::spawn(async move {
-            // Kubernetes propagates a changed Secret within a minute or so; a second's polling of
-            // a few small files is nothing next to that.
-            let mut tick = tokio::time::interval(KEY_FILE_POLL);
-            loop {
-                tick.tick().await;
-                let rings: Vec<_> = keys
-                    .load()
-                    .upstreams
-                    .values()
-                    .filter_map(|u| u.keys.clone())
-                    .collect();
-                if rings.is_empty() {
-                    continue;
-                }
-                // File reads block: off the workers that serve requests.
-                let _ = tokio::task::spawn_blocking(move || {
-                    rings.iter().for_each(|r| r.reload_if_changed())
-                })
-                .await;
-            }
+        background.push(supervise("key_reload", restarts("key_reload"), move || {
+            reload_keys(keys.clone())
         }));
+        // Alerts still queued go out (for a few seconds) before the process ends.
+        let incidents = shared.incidents.clone();
 
         let mut listeners = Vec::with_capacity(tcps.len());
         let mut listener_tasks = Vec::with_capacity(tcps.len());
@@ -179,6 +195,7 @@ impl Sidecar {
                 connections,
                 shutdown.subscribe(),
                 grace,
+                restarts(&format!("accept_{}", l.name)),
             )));
         }
         ready.store(true, Ordering::Release);
@@ -193,6 +210,7 @@ impl Sidecar {
             admin_stop,
             listener_tasks,
             background,
+            incidents,
         })
     }
 
@@ -226,6 +244,7 @@ impl Sidecar {
         for task in self.background {
             task.abort();
         }
+        self.incidents.flush(INCIDENT_FLUSH).await;
         tracing::info!("stopped");
     }
 }

@@ -424,3 +424,50 @@ safety:
     )
     .is_ok());
 }
+
+#[tokio::test]
+async fn alerts_still_queued_at_shutdown_are_sent_before_it_ends() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // An Alertmanager that takes 300 ms to answer each post.
+    let received = Arc::new(AtomicUsize::new(0));
+    let r = received.clone();
+    let hook = sloguard::sim::serve(
+        LOOPBACK,
+        move |req: http::Request<hyper::body::Incoming>| {
+            let r = r.clone();
+            async move {
+                use http_body_util::BodyExt;
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let alerts: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                r.fetch_add(alerts.as_array().unwrap().len(), Ordering::SeqCst);
+                http::Response::new(sloguard::sim::full(""))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let (agent, _a) = scripted().await;
+    let (llm, _l) = scripted().await;
+    let s = sidecar(
+        &agent.url(),
+        &llm.url(),
+        "",
+        &format!("incidents: {{webhook: '{}/api/v2/alerts'}}\n", hook.url()),
+    )
+    .await;
+    // Six incident events (the kill switch by hand, three times on and off) in quick succession:
+    // the first post is under way, the rest queued, when the sidecar is told to stop.
+    for _ in 0..3 {
+        for action in ["disable", "enable"] {
+            let path = format!("/admin/agent/{action}");
+            assert_eq!(
+                admin_post(&s, &path, Some("s3cret")).await.0,
+                StatusCode::OK
+            );
+        }
+    }
+    s.shutdown().await;
+    assert_eq!(received.load(Ordering::SeqCst), 6, "every alert went out");
+}

@@ -50,31 +50,30 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serves the admin port until `stop` turns true (after the listeners have drained).
+/// Serves the admin port until `stop` turns true (after the listeners have drained). The accept
+/// loop is supervised: a panic restarts it rather than leave the probes unanswered.
 pub async fn serve(
     tcp: TcpListener,
     connections: Arc<Connections>,
     state: Arc<AdminState>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    restarts: metrics::Counter,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = tcp.accept() => accepted,
-            _ = crate::proxy::listener::stopped(&mut stop) => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let state = state.clone();
-        connections.serve(stream, peer, move |req| {
-            std::future::ready(route(&state, req))
-        });
-    }
+    let tcp = Arc::new(tcp);
+    let accepting = {
+        let connections = connections.clone();
+        crate::background::supervise("accept admin", restarts, move || {
+            let state = state.clone();
+            let handler_for = move |_peer| {
+                let state = state.clone();
+                move |req| std::future::ready(route(&state, req))
+            };
+            connections
+                .clone()
+                .accept(tcp.clone(), stop.clone(), handler_for)
+        })
+    };
+    let _ = accepting.await;
     // Answers are immediate: what is in flight is done within a moment.
     connections
         .drain(std::time::Duration::from_millis(500))

@@ -78,7 +78,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::MissedTickBehavior;
 
 use crate::telemetry::{
-    label, LogLimiter, Telemetry, INCIDENTS_TOTAL, INCIDENT_NOTIFICATIONS_TOTAL,
+    label, LogLimiter, Telemetry, BACKGROUND_RESTARTS_TOTAL, INCIDENTS_TOTAL,
+    INCIDENT_NOTIFICATIONS_TOTAL,
 };
 
 /// Alerts waiting for the webhook; past this, new ones are dropped (`queue_full`).
@@ -313,6 +314,8 @@ struct Inner {
     active: Arc<Mutex<ActiveAlerts>>,
     /// `None` without a webhook.
     queue: Option<mpsc::Sender<Alert>>,
+    /// The webhook's sender: told to flush at shutdown, and awaited.
+    notifier: Mutex<Option<NotifierHandle>>,
     notifications: NotificationCounters,
     queue_full_log: LogLimiter,
 }
@@ -356,9 +359,17 @@ impl Incidents {
             queue_full: result("queue_full"),
         };
         let active = Arc::new(Mutex::new(ActiveAlerts::default()));
+        let mut notifier = None;
         let queue = webhook.map(|config| {
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-            start_notifier(
+            let restarts = telemetry.counter(
+                BACKGROUND_RESTARTS_TOTAL,
+                vec![
+                    label("agent", agent),
+                    Label::from_static_parts("task", "incident_webhook"),
+                ],
+            );
+            notifier = start_notifier(
                 Notifier {
                     agent: agent.to_owned(),
                     active: active.clone(),
@@ -366,6 +377,7 @@ impl Incidents {
                     config,
                 },
                 rx,
+                restarts,
             );
             tx
         });
@@ -375,9 +387,28 @@ impl Incidents {
                 events,
                 active,
                 queue,
+                notifier: Mutex::new(notifier),
                 notifications,
                 queue_full_log: LogLimiter::new(),
             }),
+        }
+    }
+
+    /// Sends the alerts still queued, then stops the webhook's sender; gives up after `within`
+    /// (what is left then is lost, and counted `failed`). For shutdown: incidents raised after
+    /// it count as `failed`.
+    pub async fn flush(&self, within: Duration) {
+        let handle = self
+            .inner
+            .notifier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.flush.send(true);
+            if tokio::time::timeout(within, h.done).await.is_err() {
+                tracing::warn!(within = ?within, "incident alerts still queued at shutdown were not all sent");
+            }
         }
     }
 
@@ -543,7 +574,7 @@ struct Alert {
 
 mod webhook;
 pub use webhook::rfc3339;
-use webhook::{start_notifier, Notifier};
+use webhook::{start_notifier, Notifier, NotifierHandle};
 
 #[cfg(test)]
 mod tests;

@@ -113,44 +113,72 @@ pub(super) struct Notifier {
     pub(super) config: WebhookConfig,
 }
 
-pub(super) fn start_notifier(notifier: Notifier, rx: mpsc::Receiver<Alert>) {
+/// The running sender: told to flush, and awaited.
+pub(super) struct NotifierHandle {
+    pub(super) flush: tokio::sync::watch::Sender<bool>,
+    pub(super) done: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the sender (supervised: a panic restarts it, with the queue as it was); `None` when it
+/// cannot run (then every notification counts as `failed`).
+pub(super) fn start_notifier(
+    notifier: Notifier,
+    rx: mpsc::Receiver<Alert>,
+    restarts: Counter,
+) -> Option<NotifierHandle> {
     let client = match crate::upstream::client::build_connector(notifier.config.timeout, Vec::new())
     {
-        Ok(connector) => Some(
-            Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(1)
-                .build(connector),
-        ),
+        Ok(connector) => Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(1)
+            .build(connector),
         Err(e) => {
             tracing::error!(error = %e, "incident webhook disabled: cannot build its HTTP client");
-            None
+            // Dropping `rx` makes every later notification count as failed.
+            return None;
         }
     };
-    match (client, tokio::runtime::Handle::try_current()) {
-        (Some(client), Ok(runtime)) => {
-            runtime.spawn(notifier.run(client, rx));
-        }
-        (Some(_), Err(_)) => {
-            tracing::error!("incident webhook disabled: no async runtime to post from");
-        }
-        // Dropping `rx` makes every later notification count as failed.
-        (None, _) => {}
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::error!("incident webhook disabled: no async runtime to post from");
+        return None;
     }
+    let (flush, flushing) = tokio::sync::watch::channel(false);
+    let notifier = Arc::new(notifier);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let done = crate::background::supervise("incident_webhook", restarts, move || {
+        notifier
+            .clone()
+            .run(client.clone(), rx.clone(), flushing.clone())
+    });
+    Some(NotifierHandle { flush, done })
 }
 
 impl Notifier {
-    async fn run(self, client: WebhookClient, mut rx: mpsc::Receiver<Alert>) {
+    async fn run(
+        self: Arc<Self>,
+        client: WebhookClient,
+        rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Alert>>>,
+        mut flush: tokio::sync::watch::Receiver<bool>,
+    ) {
+        // Held for the run: a run that panicked let go of it, and the next takes the queue up.
+        let mut rx = rx.lock().await;
         let every = self.config.resend.max(Duration::from_millis(1));
         let mut resend = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         resend.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut flushing = false;
         loop {
             tokio::select! {
                 n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
-                    // Every `Incidents` is gone and the queue is empty.
+                    // Every `Incidents` is gone (or flushing) and the queue is empty.
                     return;
                 },
-                _ = resend.tick() => batch = lock(&self.active).alerts(),
+                _ = resend.tick(), if !flushing => batch = lock(&self.active).alerts(),
+                _ = flush.wait_for(|f| *f), if !flushing => {
+                    // Shutdown: take no more, send what is queued, then end.
+                    flushing = true;
+                    rx.close();
+                    continue;
+                }
             }
             for alerts in batch.chunks(MAX_BATCH) {
                 let n = alerts.len() as u64;

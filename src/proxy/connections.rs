@@ -37,7 +37,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge, Label};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -330,6 +330,37 @@ impl Connections {
         match now_ms >= deadline {
             true => Watch::Close(CloseReason::Idle),
             false => Watch::Until(at(deadline)),
+        }
+    }
+
+    /// Accepts connections on `tcp` until `stop` turns true, each served by the handler
+    /// `handler_for` makes for its peer.
+    pub async fn accept<H, F, Fut, B>(
+        self: Arc<Self>,
+        tcp: Arc<TcpListener>,
+        mut stop: watch::Receiver<bool>,
+        handler_for: H,
+    ) where
+        H: Fn(SocketAddr) -> F,
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Unpin + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        loop {
+            let accepted = tokio::select! {
+                accepted = tcp.accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.serve(stream, peer, handler_for(peer)),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         }
     }
 

@@ -1,52 +1,55 @@
-//! Listeners: accept connections, serve HTTP/1.1 and h2c on them (within the listener's
-//! [`Connections`] limits), and drain on shutdown.
+//! Listeners: accept connections (a supervised loop: a panic restarts it rather than leave the
+//! port deaf), serve HTTP/1.1 and h2c on them within the listener's [`Connections`] limits, and
+//! drain on shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use metrics::Counter;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::connections::Connections;
 use super::state::Snapshot;
+use crate::background::supervise;
 
-/// Serves one listener until `shutdown` turns true, then stops accepting and lets in-flight
-/// requests finish for up to `grace`.
+/// Serves one listener until `shutdown` turns true, then stops accepting (the socket closes)
+/// and lets in-flight requests finish for up to `grace`.
 pub async fn serve(
     tcp: TcpListener,
     index: usize,
     state: Arc<ArcSwap<Snapshot>>,
     connections: Arc<Connections>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
+    restarts: Counter,
 ) {
     let name = state.load().listeners[index].name.clone();
-    loop {
-        let accepted = tokio::select! {
-            accepted = tcp.accept() => accepted,
-            _ = stopped(&mut shutdown) => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = %name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Built once per connection, cloned (a reference count) per request.
-        let client_ip = HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        let state = state.clone();
-        connections.serve(stream, peer, move |req| {
-            let listener = state.load().listeners[index].clone();
-            super::handle(req, client_ip.clone(), listener)
-        });
-    }
-    drop(tcp);
+    let tcp = Arc::new(tcp);
+    let accepting = {
+        let connections = connections.clone();
+        supervise(format!("accept {name}"), restarts, move || {
+            let state = state.clone();
+            let handler_for = move |peer: SocketAddr| {
+                // Built once per connection, cloned (a reference count) per request.
+                let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+                    .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+                let state = state.clone();
+                move |req| {
+                    let listener = state.load().listeners[index].clone();
+                    super::handle(req, client_ip.clone(), listener)
+                }
+            };
+            connections
+                .clone()
+                .accept(tcp.clone(), shutdown.clone(), handler_for)
+        })
+    };
+    // Done accepting: the supervisor, and with it the socket, is gone.
+    let _ = accepting.await;
     tracing::info!(listener = %name, grace = ?grace, "draining in-flight requests");
     connections.drain(grace).await;
 }

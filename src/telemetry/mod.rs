@@ -29,6 +29,7 @@ pub const UPSTREAM_REQUESTS_TOTAL: &str = "sloguard_upstream_requests_total";
 pub const OVERHEAD_SECONDS: &str = "sloguard_overhead_seconds";
 pub const CONNECTION_ERRORS_TOTAL: &str = "sloguard_client_connection_errors_total";
 pub const CLIENT_CONNECTIONS: &str = "sloguard_client_connections";
+pub const BACKGROUND_RESTARTS_TOTAL: &str = "sloguard_background_restarts_total";
 pub const CLIENT_CONNECTIONS_CLOSED_TOTAL: &str = "sloguard_client_connections_closed_total";
 pub const BUILD_INFO: &str = "sloguard_build_info";
 pub const CIRCUIT_STATE: &str = "sloguard_circuit_state";
@@ -151,6 +152,12 @@ impl Telemetry {
             1,
         );
         d(CONNECTION_ERRORS_TOTAL, None, "Client connections that ended in a protocol error (malformed HTTP, oversized headers).", 0);
+        d(
+            BACKGROUND_RESTARTS_TOTAL,
+            None,
+            "Background tasks (sweeps, reloads, the webhook, accept loops) restarted after a panic.",
+            0,
+        );
         d(
             CLIENT_CONNECTIONS,
             None,
