@@ -10,6 +10,7 @@ use crate::config::Protocol;
 mod anthropic;
 pub mod canon;
 pub mod collect;
+pub mod inflate;
 mod openai;
 pub mod request;
 pub mod response;

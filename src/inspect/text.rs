@@ -351,9 +351,13 @@ pub enum BodyText {
         lost: bool,
     },
     Plain,
-    /// JSON compressed on the wire (HTTP clients such as the OpenAI SDKs ask for gzip): kept, up
-    /// to [`super::MAX_INSPECTED_BODY`], and read when it ends. `lost` past that, or when it
-    /// does not decode.
+    /// A gzip or deflate body, decoded as it passes and read as `inner` reads it.
+    Inflating {
+        inflater: super::inflate::Inflater,
+        inner: Box<BodyText>,
+    },
+    /// JSON compressed with brotli: kept, up to [`super::MAX_INSPECTED_BODY`], and read when it
+    /// ends. `lost` past that, or when it does not decode.
     Compressed {
         json: JsonText,
         body: super::Collected,
@@ -362,72 +366,110 @@ pub enum BodyText {
     },
 }
 
+/// Why a body has no text to read as it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotText {
+    /// Its type carries no text (an image, audio, `application/octet-stream`): nothing to find.
+    Binary,
+    /// It has text, but in a form the sidecar cannot read as it passes: a content coding it
+    /// does not know, codings chained, or brotli on anything but JSON.
+    Unreadable,
+}
+
 impl BodyText {
-    /// The reader for a body with this `content-type` and `content-encoding`; `None` for a body
-    /// whose text cannot be read as it passes (compressed, binary, no type).
+    /// The reader for a body with this `content-type` and `content-encoding`. A body without a
+    /// type is read as text.
     pub fn for_body(
         keys: Keys,
         content_type: Option<&[u8]>,
         content_encoding: Option<&[u8]>,
-    ) -> Option<BodyText> {
-        let encoding = super::response::Encoding::of(content_encoding)?;
-        let ct = content_type?;
+    ) -> Result<BodyText, NotText> {
+        use super::response::Encoding;
+        let encoding = Encoding::of(content_encoding).ok_or(NotText::Unreadable)?;
+        let ct = content_type.unwrap_or(b"text/plain");
         let media = ct[..ct.iter().position(|&b| b == b';').unwrap_or(ct.len())].trim_ascii();
         let lower = media.to_ascii_lowercase();
         let json = lower == b"application/json" || lower.ends_with(b"+json");
-        if encoding != super::response::Encoding::Identity {
-            // Only a JSON body is worth keeping to decode; compressed streams and text are rare.
-            return json.then(|| BodyText::Compressed {
-                json: JsonText::new(keys),
-                body: super::Collected::default(),
-                encoding,
-                lost: false,
-            });
-        }
-        if lower == b"text/event-stream" {
-            Some(BodyText::Sse {
+        let plain = lower.starts_with(b"text/")
+            || lower.is_empty()
+            // JSON lines, XML, forms: text, read as it is.
+            || [&b"json"[..], b"xml", b"x-www-form-urlencoded", b"javascript"]
+                .iter()
+                .any(|t| lower.windows(t.len()).any(|w| w == *t));
+        let reader = if lower == b"text/event-stream" {
+            BodyText::Sse {
                 parser: SseParser::new(super::MAX_INSPECTED_BODY),
                 json: JsonText::new(keys),
                 lost: false,
-            })
+            }
         } else if json {
-            Some(BodyText::Json(JsonText::new(keys)))
-        } else if lower.starts_with(b"text/") {
-            Some(BodyText::Plain)
+            BodyText::Json(JsonText::new(keys))
+        } else if plain {
+            BodyText::Plain
         } else {
-            None
-        }
+            return Err(NotText::Binary);
+        };
+        let inflater = match encoding {
+            Encoding::Identity => return Ok(reader),
+            Encoding::Gzip => super::inflate::Inflater::gzip(),
+            Encoding::Deflate => super::inflate::Inflater::deflate(),
+            // Brotli is read whole: JSON only (a brotli stream's window can be 16 MiB).
+            Encoding::Brotli if json => {
+                return Ok(BodyText::Compressed {
+                    json: JsonText::new(keys),
+                    body: super::Collected::default(),
+                    encoding,
+                    lost: false,
+                })
+            }
+            Encoding::Brotli => return Err(NotText::Unreadable),
+        };
+        Ok(BodyText::Inflating {
+            inflater,
+            inner: Box::new(reader),
+        })
     }
 
     pub fn is_stream(&self) -> bool {
-        matches!(self, BodyText::Sse { .. })
+        match self {
+            BodyText::Sse { .. } => true,
+            BodyText::Inflating { inner, .. } => inner.is_stream(),
+            _ => false,
+        }
     }
 
-    /// Text was lost (an SSE event past [`super::MAX_INSPECTED_BODY`]): what the body says was
-    /// not all seen.
+    /// Text was lost (an SSE event past [`super::MAX_INSPECTED_BODY`], a body that does not
+    /// decode): what the body says was not all seen.
     pub fn lost(&self) -> bool {
-        matches!(
-            self,
-            BodyText::Sse { lost: true, .. } | BodyText::Compressed { lost: true, .. }
-        )
+        match self {
+            BodyText::Sse { lost, .. } | BodyText::Compressed { lost, .. } => *lost,
+            BodyText::Inflating { inflater, inner } => inflater.failed() || inner.lost(),
+            _ => false,
+        }
     }
 
     /// The body ended: a compressed one is decoded and read now.
     pub fn finish(&mut self, sink: &mut dyn FnMut(&[u8])) {
-        if let BodyText::Compressed {
-            json,
-            body,
-            encoding,
-            lost,
-        } = self
-        {
-            if *lost {
-                return;
+        match self {
+            BodyText::Compressed {
+                json,
+                body,
+                encoding,
+                lost,
+            } => {
+                if *lost {
+                    return;
+                }
+                match encoding.decode(std::mem::take(body).into_bytes()) {
+                    Ok(whole) => json.feed(&whole, sink),
+                    Err(_) => *lost = true,
+                }
             }
-            match encoding.decode(std::mem::take(body).into_bytes()) {
-                Ok(whole) => json.feed(&whole, sink),
-                Err(_) => *lost = true,
+            BodyText::Inflating { inflater, inner } => {
+                inflater.finish(&mut |decoded| inner.feed(decoded, sink));
+                inner.finish(sink);
             }
+            _ => {}
         }
     }
 
@@ -435,6 +477,7 @@ impl BodyText {
     pub fn settled(&self) -> bool {
         match self {
             BodyText::Sse { parser, .. } => parser.is_between_events(),
+            BodyText::Inflating { inner, .. } => inner.settled(),
             _ => true,
         }
     }
@@ -444,6 +487,9 @@ impl BodyText {
         match self {
             BodyText::Json(json) => json.feed(chunk, sink),
             BodyText::Plain => sink(chunk),
+            BodyText::Inflating { inflater, inner } => {
+                inflater.feed(chunk, &mut |decoded| inner.feed(decoded, sink));
+            }
             BodyText::Compressed { body, lost, .. } => {
                 if !*lost && !body.push(chunk) {
                     *lost = true;
@@ -527,33 +573,82 @@ mod tests {
         assert_eq!(text(Keys::Output, &[odd]), "a\u{FFFD}b");
     }
 
+    fn read_all(t: &mut BodyText, pieces: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in pieces {
+            t.feed(&bytes::Bytes::copy_from_slice(p), &mut |x| {
+                out.extend_from_slice(x)
+            });
+        }
+        t.finish(&mut |x| out.extend_from_slice(x));
+        out
+    }
+
     #[test]
-    fn compressed_json_is_read_when_it_ends() {
+    fn compressed_bodies_are_read() {
         use std::io::Write;
         let doc = br#"{"choices":[{"message":{"content":"mail jane@acme.io"}}]}"#;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(doc).unwrap();
-        let gz = bytes::Bytes::from(gz.finish().unwrap());
+        let gz = gz.finish().unwrap();
+        let (a, b) = gz.split_at(gz.len() / 2);
+        // gzip (and deflate): decoded as it passes, any type of text.
         let mut t =
             BodyText::for_body(Keys::Output, Some(b"application/json"), Some(b"gzip")).unwrap();
-        let mut out = Vec::new();
-        let (a, b) = gz.split_at(gz.len() / 2);
-        t.feed(&bytes::Bytes::copy_from_slice(a), &mut |x| {
-            out.extend_from_slice(x)
-        });
-        t.feed(&bytes::Bytes::copy_from_slice(b), &mut |x| {
-            out.extend_from_slice(x)
-        });
-        assert!(out.is_empty(), "nothing until the end");
-        t.finish(&mut |x| out.extend_from_slice(x));
-        assert_eq!(out, b"mail jane@acme.io");
+        assert!(matches!(t, BodyText::Inflating { .. }));
+        assert_eq!(read_all(&mut t, &[a, b]), b"mail jane@acme.io");
         assert!(!t.lost());
+        let events = b"data: {\"choices\":[{\"delta\":{\"content\":\"mail jane@acme.io\"}}]}\n\n";
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(events).unwrap();
+        let gz_events = gz.finish().unwrap();
+        let mut t =
+            BodyText::for_body(Keys::Output, Some(b"text/event-stream"), Some(b"gzip")).unwrap();
+        assert!(t.is_stream());
+        assert_eq!(read_all(&mut t, &[&gz_events]), b"mail jane@acme.io");
         // Not gzip after all: lost, not read as something else.
         let mut t =
             BodyText::for_body(Keys::Output, Some(b"application/json"), Some(b"gzip")).unwrap();
-        t.feed(&bytes::Bytes::from_static(b"not gzip"), &mut |_| {});
-        t.finish(&mut |_| {});
+        read_all(&mut t, &[b"not gzip"]);
         assert!(t.lost());
+    }
+
+    #[test]
+    fn what_has_no_text_to_read() {
+        let of = |ct: Option<&'static [u8]>, ce: Option<&'static [u8]>| {
+            BodyText::for_body(Keys::All, ct, ce).err()
+        };
+        // Unknown codings, chains of them, brotli on a stream: text that cannot be read.
+        assert_eq!(
+            of(Some(b"application/json"), Some(b"zstd")),
+            Some(NotText::Unreadable)
+        );
+        assert_eq!(
+            of(Some(b"application/json"), Some(b"gzip, br")),
+            Some(NotText::Unreadable)
+        );
+        assert_eq!(
+            of(Some(b"text/event-stream"), Some(b"br")),
+            Some(NotText::Unreadable)
+        );
+        // Binary types: nothing to read.
+        assert_eq!(of(Some(b"image/png"), None), Some(NotText::Binary));
+        assert_eq!(
+            of(Some(b"application/octet-stream"), Some(b"gzip")),
+            Some(NotText::Binary)
+        );
+        // No type: text. JSON lines, XML: text.
+        for ct in [
+            None,
+            Some(&b"application/x-ndjson"[..]),
+            Some(b"application/xml"),
+        ] {
+            assert!(matches!(
+                BodyText::for_body(Keys::All, ct, None),
+                Ok(BodyText::Plain)
+            ));
+        }
+        assert!(of(Some(b"application/json"), Some(b"br")).is_none());
     }
 
     proptest::proptest! {
@@ -596,12 +691,9 @@ mod tests {
             assert_eq!(t.settled(), i != 1, "{i}");
         }
         assert_eq!(out, b"mail jane@acme.io");
-        assert!(BodyText::for_body(Keys::All, Some(b"text/plain"), Some(b"gzip")).is_none());
-        assert!(BodyText::for_body(Keys::All, Some(b"application/json"), Some(b"zstd")).is_none());
-        assert!(BodyText::for_body(Keys::All, Some(b"image/png"), None).is_none());
         assert!(matches!(
             BodyText::for_body(Keys::All, Some(b"text/plain"), None),
-            Some(BodyText::Plain)
+            Ok(BodyText::Plain)
         ));
     }
 }

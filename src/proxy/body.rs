@@ -298,8 +298,6 @@ struct Stream {
     /// Created the first time the body has to wait, then re-armed only when it fires: a busy
     /// stream does not touch the timer wheel per chunk.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Chunks read (and inspected) already, sent before the rest of the body.
-    prefix: std::collections::VecDeque<Bytes>,
     /// The upstream body has ended; what safety held back is still going out.
     ended: bool,
 }
@@ -315,9 +313,8 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
-    /// The upstream's body, after `prefix`: chunks read (and inspected) already.
+    /// The upstream's body.
     pub fn upstream(
-        prefix: std::collections::VecDeque<Bytes>,
         body: Incoming,
         lease: Option<Lease>,
         account: Option<Accounting>,
@@ -332,7 +329,6 @@ impl ProxyBody {
                 total_deadline,
                 waiting_since: None,
                 timer: None,
-                prefix,
                 ended: false,
             }),
             account,
@@ -450,12 +446,6 @@ impl Body for ProxyBody {
                 let Inner::Upstream(stream) = &mut this.inner else {
                     return Poll::Ready(None);
                 };
-                if let Some(bytes) = stream.prefix.pop_front() {
-                    if let Some(a) = this.account.as_mut() {
-                        a.first_byte(Instant::now());
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                }
                 if stream.ended {
                     this.settle();
                     return Poll::Ready(None);
@@ -547,24 +537,14 @@ impl Body for ProxyBody {
             .is_some_and(|a| a.safety.as_ref().is_some_and(|c| c.holds()));
         match &self.inner {
             Inner::Upstream(_) if holding => false,
-            Inner::Upstream(s) => s.prefix.is_empty() && s.body.is_end_stream(),
+            Inner::Upstream(s) => s.body.is_end_stream(),
             Inner::Local(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(s) if s.prefix.is_empty() => s.body.size_hint(),
-            Inner::Upstream(s) => {
-                let before: u64 = s.prefix.iter().map(|b| b.len() as u64).sum();
-                let rest = s.body.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower() + before);
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper + before);
-                }
-                hint
-            }
+            Inner::Upstream(s) => s.body.size_hint(),
             Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

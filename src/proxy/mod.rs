@@ -367,6 +367,9 @@ pub async fn handle(
             std::mem::take(&mut client_headers)
         };
         headers::prepare_request(&mut headers, &upstream.host_header, &client_ip);
+        if let Some(ls) = &listener.safety {
+            ls.ask_for_readable(&mut headers, format.is_some());
+        }
         let key_used = upstream.keys.as_ref().map(|k| k.inject(&mut headers));
         let model = upstream.model.as_deref();
         let Some((mut body, upload)) = payload.body_for(&mut headers, format, model, attempt_start)
@@ -510,7 +513,10 @@ pub async fn handle(
                 .insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
         }
         let inspect = match (&listener.safety, account.as_mut()) {
-            (Some(ls), Some(a)) => inspect_head(ls, a, &mut parts, head_at),
+            (Some(ls), Some(a)) => {
+                let empty = http_body::Body::is_end_stream(&body);
+                inspect_head(ls, a, &mut parts, empty, head_at)
+            }
             _ => Inspect::Pass,
         };
         // The sidecar's own time, recorded now: reading a body whole for a safety decision
@@ -519,7 +525,6 @@ pub async fn handle(
             (own.saturating_sub(client_wait) + Instant::now().duration_since(head_at))
                 .as_secs_f64(),
         );
-        let mut prefix = std::collections::VecDeque::new();
         let mut body = Some(body);
         let detector = |source| {
             listener
@@ -556,10 +561,6 @@ pub async fn handle(
                         };
                         return blocked(err, account, first_reason);
                     }
-                    Ok(Whole::TooLarge(chunks, rest)) => {
-                        prefix = chunks;
-                        body = Some(rest);
-                    }
                     Err(err) => {
                         a.safety = None;
                         return local_error(err, account, first_reason);
@@ -570,14 +571,7 @@ pub async fn handle(
         let Some(body) = body else {
             return local_error(internal(upstream, "body lost"), account, None);
         };
-        let body = ProxyBody::upstream(
-            prefix,
-            body,
-            lease,
-            account,
-            timeouts.idle.0,
-            total_deadline,
-        );
+        let body = ProxyBody::upstream(body, lease, account, timeouts.idle.0, total_deadline);
         return Response::from_parts(parts, body);
     }
 }

@@ -106,8 +106,11 @@ pub async fn scripted() -> (SimServer, Script) {
             });
             let mut r = Response::new(sim::ChannelBody(rx).boxed());
             *r.status_mut() = StatusCode::from_u16(reply.status).unwrap();
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, reply.content_type.parse().unwrap());
+            // An empty type: no Content-Type header at all.
+            if !reply.content_type.is_empty() {
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, reply.content_type.parse().unwrap());
+            }
             for (k, v) in reply.headers {
                 r.headers_mut().insert(k, v.parse().unwrap());
             }

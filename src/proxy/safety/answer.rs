@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::{ListenerSafety, SafetyCheck, Source};
 use crate::config::Role;
+use crate::inspect::text::NotText;
 use crate::inspect::MAX_INSPECTED_BODY;
 use crate::proxy::fallback::FallbackReason;
 use crate::proxy::{local_error, Accounting, ProxyBody, ProxyError};
@@ -25,11 +26,12 @@ pub(crate) enum Inspect {
     ReadWhole,
 }
 
-/// Sets up the response's safety inspection.
+/// Sets up the response's safety inspection (`empty`: the response has no body).
 pub(crate) fn inspect_head(
     ls: &ListenerSafety,
     a: &mut Accounting,
     parts: &mut http::response::Parts,
+    empty: bool,
     now: Instant,
 ) -> Inspect {
     // On the `llm` role, what a model generated: a successful LLM call's output.
@@ -41,22 +43,30 @@ pub(crate) fn inspect_head(
         return Inspect::Pass;
     }
     let flagged = ls.flagged(&parts.headers);
-    let Some(mut check) = SafetyCheck::new(ls, &parts.headers, a.origin, a.request.clone()) else {
-        if flagged {
+    let mut check = match SafetyCheck::new(ls, &mut parts.headers, a.origin, a.request.clone()) {
+        Ok(check) => check,
+        Err(not_text) => {
+            // Under `block`, text that cannot be read is not let through unseen.
+            let unreadable = not_text == NotText::Unreadable && ls.block && !empty;
+            let source = match (flagged, unreadable) {
+                (true, _) => Source::SafetyFlag,
+                (false, true) => Source::Uninspectable,
+                (false, false) => return Inspect::Pass,
+            };
             ls.responses.increment(1);
             let v = super::Violation {
-                source: Source::SafetyFlag,
+                source,
                 blocked: ls.block,
                 at: None,
                 origin: a.origin,
                 echo: false,
             };
             ls.violation(&v, now);
-            if ls.block {
-                return Inspect::Block(Source::SafetyFlag);
-            }
+            return match ls.block {
+                true => Inspect::Block(source),
+                false => Inspect::Pass,
+            };
         }
-        return Inspect::Pass;
     };
     let read_whole = ls.block && !check.holds();
     if read_whole {
@@ -82,13 +92,12 @@ pub(crate) fn inspect_head(
 pub(crate) enum Whole {
     Clean(bytes::Bytes),
     Blocked(Source),
-    /// Past what is held for a decision: the chunks read, and the rest of the body (inspected
-    /// as it passes, recorded, not blocked).
-    TooLarge(std::collections::VecDeque<bytes::Bytes>, Incoming),
 }
 
 /// Reads a response body whole (up to [`MAX_INSPECTED_BODY`]), each chunk shown to the LLM
-/// reader, the cache and the safety check as it would be while streaming.
+/// reader, the cache and the safety check as it would be while streaming. A larger body cannot
+/// be decided on in bounded memory: it is blocked as uninspectable (by its `Content-Length`
+/// before a byte is read, or once it grows past the limit).
 pub(crate) async fn read_whole(
     mut body: Incoming,
     a: &mut Accounting,
@@ -97,6 +106,15 @@ pub(crate) async fn read_whole(
 ) -> Result<Whole, ProxyError> {
     use http_body_util::BodyExt;
     let upstream = a.upstream().map_or_else(String::new, |u| u.name.clone());
+    let too_large = |a: &mut Accounting| {
+        if let (Some(check), Some(ls)) = (a.safety.as_mut(), a.listener.safety.as_ref()) {
+            check.count(ls, Source::Uninspectable, None, Instant::now());
+        }
+        Ok(Whole::Blocked(Source::Uninspectable))
+    };
+    if http_body::Body::size_hint(&body).lower() > MAX_INSPECTED_BODY as u64 {
+        return too_large(a);
+    }
     let mut kept = crate::inspect::Collected::with_limit(MAX_INSPECTED_BODY);
     loop {
         let now = Instant::now();
@@ -133,12 +151,7 @@ pub(crate) async fn read_whole(
             }
         }
         if !kept.push(&data) {
-            if let Some(check) = a.safety.as_mut() {
-                check.record_only();
-            }
-            let mut chunks = kept.into_chunks();
-            chunks.push_back(data);
-            return Ok(Whole::TooLarge(chunks, body));
+            return too_large(a);
         }
     }
     let now = Instant::now();

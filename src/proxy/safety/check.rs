@@ -10,8 +10,9 @@ use tokio::time::Instant;
 use std::sync::Arc;
 
 use super::{ListenerSafety, Source, Violation, HELD_SCAN_STEP, MAX_HELD_BYTES};
+use crate::inspect::inflate::Inflater;
 use crate::inspect::safety::{Match, Scanner};
-use crate::inspect::text::BodyText;
+use crate::inspect::text::{BodyText, NotText};
 use crate::proxy::Upload;
 
 /// A stream held back until its text is known clean.
@@ -45,29 +46,44 @@ pub struct SafetyCheck {
     /// The kill switch was fed this response's violation already (one is enough: they share
     /// their origin).
     fed_kill_switch: bool,
+    /// A compressed stream held back: decoded here, the client gets the text.
+    inflate: Option<Box<Inflater>>,
 }
 
 impl SafetyCheck {
     /// The check of a response with these headers to a request from `origin` whose body went
-    /// as `request` says; `None` when its text cannot be read as it passes (compressed, binary).
+    /// as `request` says; an error when it has no text to read as it passes (see [`NotText`]).
+    ///
+    /// Under `block`, a compressed stream (gzip or deflate SSE) is decoded here and goes to the
+    /// client decoded — its `Content-Encoding` is removed from `headers` — so that what is held
+    /// back is text, and the event that ends a blocked stream can follow it.
     pub fn new(
         ls: &ListenerSafety,
-        headers: &HeaderMap,
+        headers: &mut HeaderMap,
         origin: u64,
         request: Option<Arc<Upload>>,
-    ) -> Option<SafetyCheck> {
+    ) -> Result<SafetyCheck, NotText> {
         let value = |name| headers.get(name).map(http::HeaderValue::as_bytes);
-        let text = BodyText::for_body(
+        let mut text = BodyText::for_body(
             ls.keys,
             value(http::header::CONTENT_TYPE),
             value(http::header::CONTENT_ENCODING),
         )?;
+        let mut inflate = None;
+        if ls.block && text.is_stream() {
+            if let BodyText::Inflating { inflater, inner } = text {
+                headers.remove(http::header::CONTENT_ENCODING);
+                headers.remove(http::header::CONTENT_LENGTH);
+                inflate = Some(Box::new(inflater));
+                text = *inner;
+            }
+        }
         let hold = (ls.block && text.is_stream()).then(|| Hold {
             held: VecDeque::new(),
             ready: VecDeque::new(),
             bytes: 0,
         });
-        Some(SafetyCheck {
+        Ok(SafetyCheck {
             text,
             scanner: ls.detectors.scanner(),
             counted: 0,
@@ -79,17 +95,13 @@ impl SafetyCheck {
             origin,
             request,
             fed_kill_switch: false,
+            inflate,
         })
     }
 
     /// The body will be read whole before the answer: a match blocks it.
     pub fn read_whole(&mut self) {
         self.blocking = true;
-    }
-
-    /// Matches found from here on are recorded, not blocked (the body outgrew what can be held).
-    pub fn record_only(&mut self) {
-        self.blocking = false;
     }
 
     /// Whether this response is held back chunk by chunk.
@@ -143,8 +155,27 @@ impl SafetyCheck {
         }
     }
 
-    /// A chunk of the body went by (or, when holding, arrived and is kept).
+    /// A chunk of the body went by (or, when holding, arrived and is kept — decoded, for a
+    /// compressed stream).
     pub fn feed(&mut self, ls: &ListenerSafety, chunk: &Bytes, now: Instant) {
+        if self.blocked.is_some() {
+            return;
+        }
+        if let Some(mut inflate) = self.inflate.take() {
+            inflate.feed(chunk, &mut |decoded| self.feed_text(ls, decoded, now));
+            if inflate.failed() && self.blocked.is_none() {
+                // A body that does not decode (or decodes past the limit): never let out unseen.
+                self.count(ls, Source::Uninspectable, None, now);
+                self.release();
+            }
+            self.inflate = Some(inflate);
+            return;
+        }
+        self.feed_text(ls, chunk, now);
+    }
+
+    /// A chunk of the body's text encoding (as it is, or decoded).
+    fn feed_text(&mut self, ls: &ListenerSafety, chunk: &Bytes, now: Instant) {
         if self.blocked.is_some() {
             return;
         }
@@ -191,6 +222,14 @@ impl SafetyCheck {
     pub fn finish(&mut self, ls: &ListenerSafety, complete: bool, now: Instant) {
         if self.blocked.is_some() || self.finished {
             return;
+        }
+        if let Some(mut inflate) = self.inflate.take().filter(|_| complete) {
+            inflate.finish(&mut |decoded| self.feed_text(ls, decoded, now));
+            if inflate.failed() && self.blocked.is_none() {
+                self.count(ls, Source::Uninspectable, None, now);
+                self.release();
+                return;
+            }
         }
         self.finished = true;
         let mut found: Vec<Match> = Vec::new();

@@ -42,9 +42,8 @@ impl EchoTap {
         if encoding.is_some_and(|e| !e.trim_ascii().eq_ignore_ascii_case(b"identity")) {
             return None;
         }
-        let content_type = value(http::header::CONTENT_TYPE).or(Some(b"text/plain"));
         Some(EchoTap {
-            text: BodyText::for_body(Keys::All, content_type, None)?,
+            text: BodyText::for_body(Keys::All, value(http::header::CONTENT_TYPE), None).ok()?,
             scanner: ls.detectors.scanner(),
             found: Vec::new(),
         })

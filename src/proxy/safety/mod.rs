@@ -354,6 +354,59 @@ impl ListenerSafety {
         kills
     }
 
+    /// Asks the upstream only for content codings the detectors can read as the answer passes
+    /// (`gzip`, `deflate`, none): the request's `Accept-Encoding` keeps those of them the client
+    /// accepts, and is `identity` when none is left (or none was asked: without the header any
+    /// coding would be acceptable). `llm_call`: on the `llm` role only an LLM call's answer is
+    /// inspected, so only its request is changed.
+    pub fn ask_for_readable(&self, headers: &mut HeaderMap, llm_call: bool) {
+        if self.keys == Keys::Output && !llm_call {
+            return;
+        }
+        let accept = http::header::ACCEPT_ENCODING;
+        let readable = |coding: &[u8]| {
+            let name = coding
+                .split(|b| *b == b';')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            // `q=0` (or `0.0`, `0.000`) refuses a coding.
+            let q0 = coding.split(|b| *b == b';').skip(1).any(|p| {
+                let p = p.trim_ascii();
+                p.len() > 2
+                    && p[..2].eq_ignore_ascii_case(b"q=")
+                    && std::str::from_utf8(&p[2..])
+                        .ok()
+                        .and_then(|q| q.parse::<f32>().ok())
+                        == Some(0.0)
+            });
+            !q0 && [&b"gzip"[..], b"x-gzip", b"deflate", b"identity"]
+                .iter()
+                .any(|c| name.eq_ignore_ascii_case(c))
+        };
+        let codings = || {
+            headers
+                .get_all(&accept)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .filter(|c| !c.trim_ascii().is_empty())
+        };
+        if headers.contains_key(&accept) && codings().all(readable) {
+            // The usual `gzip, deflate`: nothing to change.
+            return;
+        }
+        let kept: Vec<&[u8]> = codings()
+            .filter(|c| readable(c))
+            .map(<[u8]>::trim_ascii)
+            .collect();
+        let value = match kept.is_empty() {
+            true => http::HeaderValue::from_static("identity"),
+            false => http::HeaderValue::from_bytes(&kept.join(&b", "[..]))
+                .unwrap_or_else(|_| http::HeaderValue::from_static("identity")),
+        };
+        headers.insert(accept, value);
+    }
+
     /// Whether a response head carries the agent's own safety flag.
     pub fn flagged(&self, headers: &HeaderMap) -> bool {
         self.keys == Keys::All

@@ -58,7 +58,9 @@ fn stream(deltas: &[String]) -> Vec<u8> {
 /// Feeds `body` cut at `cuts`, taking out what is let through after each chunk; returns what
 /// went out and whether the stream was blocked.
 fn run(ls: &ListenerSafety, body: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
-    let mut check = SafetyCheck::new(ls, &sse_headers(), 0, None).unwrap();
+    let mut check = SafetyCheck::new(ls, &mut sse_headers(), 0, None)
+        .ok()
+        .unwrap();
     assert!(check.holds());
     let now = Instant::now();
     let mut out = Vec::new();
@@ -137,7 +139,9 @@ proptest! {
 fn what_cannot_be_inspected_in_bounded_memory_is_blocked_not_let_through() {
     let ls = listener_safety(true);
     // An event that never ends: its text is never seen.
-    let mut check = SafetyCheck::new(&ls, &sse_headers(), 0, None).unwrap();
+    let mut check = SafetyCheck::new(&ls, &mut sse_headers(), 0, None)
+        .ok()
+        .unwrap();
     let now = Instant::now();
     check.feed(
         &ls,
@@ -156,7 +160,9 @@ fn what_cannot_be_inspected_in_bounded_memory_is_blocked_not_let_through() {
     assert_eq!(out, 0, "nothing of it went out");
     assert_eq!(check.take_block(), Some(Source::Uninspectable));
     // An event past the parser's limit (4 MiB) is blocked too, even when it ends.
-    let mut check = SafetyCheck::new(&ls, &sse_headers(), 0, None).unwrap();
+    let mut check = SafetyCheck::new(&ls, &mut sse_headers(), 0, None)
+        .ok()
+        .unwrap();
     let mut big = b"data: ".to_vec();
     big.extend(std::iter::repeat_n(
         b'a',
@@ -174,7 +180,9 @@ fn a_held_stream_holds_back_only_what_may_still_start_a_match() {
     let ls = listener_safety(true);
     let long: Vec<String> = (0..200).map(|i| format!("word{i} ")).collect();
     let body = stream(&long);
-    let mut check = SafetyCheck::new(&ls, &sse_headers(), 0, None).unwrap();
+    let mut check = SafetyCheck::new(&ls, &mut sse_headers(), 0, None)
+        .ok()
+        .unwrap();
     let now = Instant::now();
     let mut out = 0usize;
     // One event per chunk, as providers send them.
