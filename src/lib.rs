@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod background;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod incident;

@@ -149,11 +149,15 @@ impl Sidecar {
             ));
         }
         let upkeep = telemetry.clone();
+        let budget = shared.budget.clone();
         background.push(every(
             "upkeep",
             restarts("upkeep"),
             Duration::from_secs(5),
-            move || upkeep.run_upkeep(),
+            move || {
+                budget.report();
+                upkeep.run_upkeep();
+            },
         ));
         // Tasks idle past `stuck_after` are abandoned: looked for every second (the table keeps
         // them in order of activity, so a sweep stops at the first that is not). The liveness

@@ -129,3 +129,44 @@ impl Limits {
         Ok(())
     }
 }
+
+/// `memory:`: what the sidecar holds of bodies at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Body bytes held at once across every request (see [`crate::budget`]): bodies read ahead
+    /// for replay, responses read whole, SSE events being assembled, streams held back.
+    #[serde(default = "default_max_held")]
+    pub max_held: super::ByteSize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            max_held: default_max_held(),
+        }
+    }
+}
+
+/// Half of the 256 MiB the shipped deployment gives the container: the rest is the process,
+/// its connections and the cache.
+fn default_max_held() -> super::ByteSize {
+    super::ByteSize(128 * 1024 * 1024)
+}
+
+impl MemoryConfig {
+    /// `max_replay`: the largest `max_replay_body` of any route.
+    pub fn validate(&self, max_replay: u64) -> Result<(), (String, String)> {
+        let least = max_replay.max(crate::inspect::MAX_INSPECTED_BODY as u64);
+        if self.max_held.0 < least {
+            return Err((
+                "memory.max_held".into(),
+                format!(
+                    "must be at least {} KiB: the largest body one request may hold (4 MiB read whole, or a route's max_replay_body)",
+                    least / 1024
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use limits::Limits;
+pub use limits::{Limits, MemoryConfig};
 pub use locate::LineIndex;
 pub use safety::{
     DetectorConfig, IncidentsConfig, KillSwitchConfig, SafetyAction, SafetyConfig, Severities,
@@ -84,6 +84,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub memory: MemoryConfig,
     // Sections of the contract that later builds act on. They parse, so that the error can say
     // plainly that this build does not act on them, rather than "unknown field".
     /// How requests to the agent group into tasks (defaults without the section, or with an
@@ -784,7 +786,8 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        let max_replay = self.routes.values().map(|r| r.max_replay_body.0).max();
+        self.memory.validate(max_replay.unwrap_or(0))
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use super::MAX_INSPECTED_BODY;
+use crate::budget::{Held, Reservation};
 
 /// Chunks at least this big are kept by reference.
 const SHARE_AT: usize = 4096;
@@ -18,6 +19,12 @@ pub struct Collected {
     tail: BytesMut,
     len: usize,
     limit: usize,
+    /// What is kept, against the sidecar's body budget (unbounded until one is given).
+    reservation: Reservation,
+    /// A push was refused by the budget, not the limit.
+    starved: bool,
+    /// Reserved ahead and not pushed yet.
+    prepaid: usize,
 }
 
 impl Default for Collected {
@@ -34,7 +41,33 @@ impl Collected {
             tail: BytesMut::new(),
             len: 0,
             limit,
+            reservation: Reservation::unbounded(Held::ResponseRead),
+            starved: false,
+            prepaid: 0,
         }
+    }
+
+    /// Counts what is kept against the budget `reservation` draws on (before anything is
+    /// pushed).
+    pub fn reserve_from(mut self, reservation: Reservation) -> Collected {
+        self.reservation = reservation;
+        self
+    }
+
+    /// Reserves `n` bytes at once, for a body that declared its length: all or nothing, so that
+    /// requests racing for the last of the budget do not each take a part and all fail.
+    pub fn reserve_ahead(&mut self, n: usize) -> bool {
+        if n > self.limit || !self.reservation.grow(n) {
+            self.starved = n <= self.limit;
+            return false;
+        }
+        self.prepaid += n;
+        true
+    }
+
+    /// A push was refused because the budget had no room (rather than the limit).
+    pub fn starved(&self) -> bool {
+        self.starved
     }
 
     /// The bytes kept so far.
@@ -46,9 +79,16 @@ impl Collected {
         self.len == 0
     }
 
-    /// Adds a chunk; `false` (and nothing added) when the body would pass the limit.
+    /// Adds a chunk; `false` (and nothing added) when the body would pass the limit, or the
+    /// budget has no room for it ([`Collected::starved`]).
     pub fn push(&mut self, chunk: &Bytes) -> bool {
         if self.len + chunk.len() > self.limit {
+            return false;
+        }
+        let paid = chunk.len().min(self.prepaid);
+        self.prepaid -= paid;
+        if !self.reservation.grow(chunk.len() - paid) {
+            self.starved = true;
             return false;
         }
         self.len += chunk.len();
@@ -93,9 +133,19 @@ impl Collected {
     }
 
     /// The body as chunks, same bytes in the same order (to send on).
-    pub fn into_chunks(mut self) -> VecDeque<Bytes> {
+    pub fn into_chunks(self) -> VecDeque<Bytes> {
+        self.into_reserved_chunks().0
+    }
+
+    /// The body as chunks, with the reservation that counts them (kept as long as they are).
+    pub fn into_reserved_chunks(mut self) -> (VecDeque<Bytes>, Reservation) {
         self.flush();
-        self.chunks
+        let chunks = std::mem::take(&mut self.chunks);
+        let reservation = std::mem::replace(
+            &mut self.reservation,
+            Reservation::unbounded(Held::ResponseRead),
+        );
+        (chunks, reservation)
     }
 }
 
@@ -133,6 +183,27 @@ mod tests {
         let one = Bytes::from(vec![b'{'; 100]);
         assert!(c.push(&one));
         assert_eq!(c.into_bytes().as_ptr(), one.as_ptr());
+    }
+
+    #[test]
+    fn the_budget_holds_and_a_declared_length_is_all_or_nothing() {
+        let t = crate::telemetry::Telemetry::new();
+        let budget = crate::budget::BodyBudget::new(10_000, "a", &t);
+        let mut a = Collected::default().reserve_from(budget.reserve(Held::Replay));
+        assert!(a.reserve_ahead(6_000));
+        // Pushes draw on what was reserved ahead first.
+        assert!(a.push(&Bytes::from(vec![0u8; 6_000])));
+        assert_eq!(budget.used(), 6_000);
+        let mut b = Collected::default().reserve_from(budget.reserve(Held::Replay));
+        assert!(!b.reserve_ahead(6_000), "no room: nothing taken");
+        assert!(b.starved());
+        assert_eq!(budget.used(), 6_000);
+        assert!(!b.push(&Bytes::from(vec![0u8; 5_000])));
+        let (chunks, kept) = a.into_reserved_chunks();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(budget.used(), 6_000, "kept with its chunks");
+        drop(kept);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -265,6 +265,20 @@ impl ResponseReader {
         }
     }
 
+    /// Counts what the reader keeps (a JSON body, an SSE event) against `budget`: past it, the
+    /// body goes unread (`response_too_large`).
+    pub fn reserve_from(&mut self, budget: &crate::budget::BodyBudget) {
+        use crate::budget::Held;
+        match &mut self.body {
+            BodyReader::Sse(parser) => parser.reserve_from(budget.reserve(Held::SseEvent)),
+            BodyReader::Json { body, .. } => {
+                let b = std::mem::take(body);
+                *body = b.reserve_from(budget.reserve(Held::ResponseRead));
+            }
+            BodyReader::OtherType | BodyReader::Skip => {}
+        }
+    }
+
     /// Reads the next chunk of the body; returns how many events in it carried output.
     pub fn feed(&mut self, chunk: &Bytes) -> u32 {
         match &mut self.body {

@@ -11,6 +11,8 @@
 //!
 //! The parser only observes: it never holds bytes back from the client.
 
+use crate::budget::{Held, Reservation};
+
 /// One dispatched event, borrowed from the parser's buffers until the next call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SseEvent<'a> {
@@ -46,7 +48,14 @@ pub struct SseParser {
     oversized: bool,
     /// Bytes of the stream seen so far, up to 3 (byte-order mark detection).
     start: u8,
+    /// The current event's bytes, against the sidecar's body budget: an event it has no room
+    /// for is dropped as oversized.
+    reservation: Reservation,
 }
+
+/// An event's buffers up to this size stay allocated (and reserved) between events; larger ones
+/// are let go once their event is over.
+const KEEP_BUFFERS: usize = 64 * 1024;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -63,6 +72,35 @@ impl SseParser {
             skipping: false,
             oversized: false,
             start: 0,
+            reservation: Reservation::unbounded(Held::SseEvent),
+        }
+    }
+
+    /// Counts the events' bytes against the budget `reservation` draws on.
+    pub fn reserve_from(&mut self, reservation: Reservation) {
+        self.reservation = reservation;
+    }
+
+    /// Room in the budget for `extra` more bytes of the current event (reserved in doubling
+    /// steps, as the buffers grow).
+    fn room(&mut self, extra: usize) -> bool {
+        let needed = self.line.len() + self.data.len() + extra;
+        needed <= self.reservation.bytes()
+            || self
+                .reservation
+                .resize(needed.next_power_of_two().max(4096))
+    }
+
+    /// An event is over: large buffers are let go, and their reservation with them.
+    fn release(&mut self) {
+        if self.reservation.bytes() > KEEP_BUFFERS {
+            if self.line.capacity() > KEEP_BUFFERS / 2 {
+                self.line = Vec::new();
+            }
+            if self.data.capacity() > KEEP_BUFFERS / 2 {
+                self.data = Vec::new();
+            }
+            let _ = self.reservation.resize(self.line.len() + self.data.len());
         }
     }
 
@@ -112,7 +150,9 @@ impl SseParser {
                 self.process_line(content, on_item);
             } else {
                 let mut line = std::mem::take(&mut self.line);
-                if line.len() + content.len() > self.max_event_bytes {
+                if line.len() + content.len() > self.max_event_bytes
+                    || !self.room(line.len() + content.len())
+                {
                     self.oversized = true;
                 } else {
                     line.extend_from_slice(content);
@@ -131,6 +171,7 @@ impl SseParser {
         self.event.clear();
         self.oversized = false;
         self.skipping = false;
+        self.release();
     }
 
     fn skip_bom<'c>(&mut self, chunk: &'c [u8]) -> &'c [u8] {
@@ -152,7 +193,7 @@ impl SseParser {
         if self.skipping {
             return;
         }
-        if self.line.len() + part.len() > self.max_event_bytes {
+        if self.line.len() + part.len() > self.max_event_bytes || !self.room(part.len()) {
             self.line.clear();
             self.skipping = true;
             self.oversized = true;
@@ -184,7 +225,10 @@ impl SseParser {
         };
         match field {
             b"data" => {
-                if self.data.len() + value.len() + 1 > self.max_event_bytes {
+                // `line` is not part of the event here (taken, or never kept): only data counts.
+                if self.data.len() + value.len() + 1 > self.max_event_bytes
+                    || !self.room(value.len() + 1)
+                {
                     self.oversized = true;
                 } else {
                     self.data.extend_from_slice(value);
@@ -221,12 +265,36 @@ impl SseParser {
         }
         self.data.clear();
         self.event.clear();
+        self.release();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_the_budget_has_no_room_for_is_dropped_as_oversized_and_its_bytes_given_back() {
+        let t = crate::telemetry::Telemetry::new();
+        let budget = crate::budget::BodyBudget::new(64 * 1024, "a", &t);
+        let mut p = SseParser::new(1 << 20);
+        p.reserve_from(budget.reserve(Held::SseEvent));
+        let mut seen = Vec::new();
+        let big = format!("data: {}\n\n", "x".repeat(100 * 1024));
+        let small = "data: ok\n\n";
+        for chunk in big.as_bytes().chunks(1000).chain([small.as_bytes()]) {
+            p.feed(chunk, &mut |item| {
+                seen.push(matches!(item, SseItem::Oversized));
+            });
+        }
+        // The big event was dropped (past 64 KiB of budget, within the 1 MiB limit); the next
+        // one, small, came through.
+        assert_eq!(seen, [true, false]);
+        p.finish();
+        assert!(budget.used() <= KEEP_BUFFERS, "{}", budget.used());
+        drop(p);
+        assert_eq!(budget.used(), 0);
+    }
 
     #[derive(Debug, PartialEq, Eq)]
     enum Seen {

@@ -430,6 +430,21 @@ impl BodyText {
         })
     }
 
+    /// Counts what the reader keeps (an SSE event, a brotli body) against `budget`: past it, the
+    /// text is lost (and under `block`, blocked as uninspectable).
+    pub fn reserve_from(&mut self, budget: &crate::budget::BodyBudget) {
+        use crate::budget::Held;
+        match self {
+            BodyText::Sse { parser, .. } => parser.reserve_from(budget.reserve(Held::SseEvent)),
+            BodyText::Compressed { body, .. } => {
+                let b = std::mem::take(body);
+                *body = b.reserve_from(budget.reserve(Held::ResponseRead));
+            }
+            BodyText::Inflating { inner, .. } => inner.reserve_from(budget),
+            BodyText::Json(_) | BodyText::Plain => {}
+        }
+    }
+
     pub fn is_stream(&self) -> bool {
         match self {
             BodyText::Sse { .. } => true,

@@ -155,7 +155,12 @@ impl CacheFill {
     /// answer to replay), a stream (an event stream replayed later would replay stale events as
     /// if live), one the upstream marked `Cache-Control: no-store` or `private`, one that sets a
     /// cookie, or one that varies on anything (`Vary`: the key cannot tell what it varies on).
-    pub fn new(key: CacheKey, status: StatusCode, headers: &HeaderMap) -> Option<CacheFill> {
+    pub fn new(
+        key: CacheKey,
+        status: StatusCode,
+        headers: &HeaderMap,
+        budget: &crate::budget::BodyBudget,
+    ) -> Option<CacheFill> {
         use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE, VARY};
         let streamed = headers.get(CONTENT_TYPE).is_some_and(|v| {
             let v = v.as_bytes().trim_ascii_start();
@@ -174,7 +179,9 @@ impl CacheFill {
             key,
             status,
             headers: headers.clone(),
-            body: Collected::with_limit(MAX_CACHED_BODY),
+            // Past the budget: not cached (as past its size).
+            body: Collected::with_limit(MAX_CACHED_BODY)
+                .reserve_from(budget.reserve(crate::budget::Held::Cache)),
         })
     }
 
@@ -258,7 +265,13 @@ mod tests {
             http::header::CONTENT_TYPE,
             "application/json".parse().unwrap(),
         );
-        let mut fill = CacheFill::new(key, StatusCode::OK, &json).unwrap();
+        let mut fill = CacheFill::new(
+            key,
+            StatusCode::OK,
+            &json,
+            &crate::budget::BodyBudget::unlimited(),
+        )
+        .unwrap();
         assert!(fill.push(&Bytes::from_static(b"{\"a\":")));
         assert!(fill.push(&Bytes::from_static(b"1}")));
         fill.store(&cache, Instant::now());
@@ -273,8 +286,20 @@ mod tests {
             http::header::CONTENT_TYPE,
             "text/event-stream".parse().unwrap(),
         );
-        assert!(CacheFill::new(key, StatusCode::OK, &sse).is_none());
-        assert!(CacheFill::new(key, StatusCode::INTERNAL_SERVER_ERROR, &json).is_none());
+        assert!(CacheFill::new(
+            key,
+            StatusCode::OK,
+            &sse,
+            &crate::budget::BodyBudget::unlimited()
+        )
+        .is_none());
+        assert!(CacheFill::new(
+            key,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json,
+            &crate::budget::BodyBudget::unlimited()
+        )
+        .is_none());
         for (name, value) in [
             (http::header::CACHE_CONTROL, "max-age=0, No-Store"),
             (http::header::CACHE_CONTROL, "Private"),
@@ -284,13 +309,37 @@ mod tests {
             let mut personal = json.clone();
             personal.insert(name, value.parse().unwrap());
             assert!(
-                CacheFill::new(key, StatusCode::OK, &personal).is_none(),
+                CacheFill::new(
+                    key,
+                    StatusCode::OK,
+                    &personal,
+                    &crate::budget::BodyBudget::unlimited()
+                )
+                .is_none(),
                 "{value}"
             );
         }
-        assert!(CacheFill::new(key, StatusCode::PARTIAL_CONTENT, &json).is_none());
-        assert!(CacheFill::new(key, StatusCode::NO_CONTENT, &json).is_none());
-        let mut big = CacheFill::new(key, StatusCode::OK, &json).unwrap();
+        assert!(CacheFill::new(
+            key,
+            StatusCode::PARTIAL_CONTENT,
+            &json,
+            &crate::budget::BodyBudget::unlimited()
+        )
+        .is_none());
+        assert!(CacheFill::new(
+            key,
+            StatusCode::NO_CONTENT,
+            &json,
+            &crate::budget::BodyBudget::unlimited()
+        )
+        .is_none());
+        let mut big = CacheFill::new(
+            key,
+            StatusCode::OK,
+            &json,
+            &crate::budget::BodyBudget::unlimited(),
+        )
+        .unwrap();
         assert!(!big.push(&Bytes::from(vec![0u8; MAX_CACHED_BODY + 1])));
     }
 }

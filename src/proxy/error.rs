@@ -51,6 +51,10 @@ pub enum ProxyError {
     SafetyBlocked { detector: String },
     #[error("the agent is disabled by its kill switch until a human enables it")]
     AgentDisabled,
+    /// The sidecar's body budget (`memory.max_held`) is spent: the request is refused before
+    /// it is sent, rather than held.
+    #[error("the sidecar is holding as many request and response bodies as its memory.max_held allows; retry shortly")]
+    Overloaded,
     /// The loop guard found the call's task looping (`loop_action: block`).
     #[error("the loop guard stopped this task: {}", loop_reason(*.kind))]
     LoopDetected { kind: crate::sli::loops::LoopKind },
@@ -95,7 +99,7 @@ impl ProxyError {
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientStalled => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::CircuitOpen { .. } | ProxyError::AgentDisabled => {
+            ProxyError::CircuitOpen { .. } | ProxyError::AgentDisabled | ProxyError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::SafetyBlocked { .. } => StatusCode::FORBIDDEN,
@@ -115,6 +119,7 @@ impl ProxyError {
             ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::SafetyBlocked { .. } => "safety_blocked",
             ProxyError::AgentDisabled => "agent_disabled",
+            ProxyError::Overloaded => "overloaded",
             ProxyError::LoopDetected { .. } => "loop_detected",
         }
     }
@@ -133,6 +138,7 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. }
             | ProxyError::SafetyBlocked { .. }
             | ProxyError::AgentDisabled
+            | ProxyError::Overloaded
             | ProxyError::LoopDetected { .. } => None,
         }
     }
@@ -140,7 +146,7 @@ impl ProxyError {
     /// Who is charged with the failure, given who is behind the listener.
     pub fn cause(&self, role: Role) -> Cause {
         match self {
-            ProxyError::Internal { .. } => Cause::Proxy,
+            ProxyError::Internal { .. } | ProxyError::Overloaded => Cause::Proxy,
             ProxyError::ClientBody { .. }
             | ProxyError::ClientStalled
             | ProxyError::Method { .. }
@@ -164,6 +170,7 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. }
             | ProxyError::SafetyBlocked { .. }
             | ProxyError::AgentDisabled
+            | ProxyError::Overloaded
             | ProxyError::LoopDetected { .. } => {
                 tracing::debug!(error = %error_chain(self), "request refused")
             }

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::upload::{RequestBody, Upload};
+use crate::budget::BodyBudget;
 use crate::inspect::{hallucinations, Format, ResponseReader, Unparsed};
 use crate::sli::{StatusClass, UpstreamOutcome};
 use crate::telemetry::{ErrorType, LlmMetrics, ModelMetrics};
@@ -77,16 +78,18 @@ impl LlmCall {
             .clone()
     }
 
-    /// The response head arrived.
-    pub fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
+    /// The response head arrived; what the reader keeps counts against `budget`.
+    pub fn response(&mut self, status: StatusCode, headers: &HeaderMap, budget: &BodyBudget) {
         self.succeeded = status.is_success();
         let value = |name| headers.get(name).map(HeaderValue::as_bytes);
-        self.reader = Some(ResponseReader::new(
+        let mut reader = ResponseReader::new(
             self.format,
             status,
             value(CONTENT_TYPE),
             value(CONTENT_ENCODING),
-        ));
+        );
+        reader.reserve_from(budget);
+        self.reader = Some(reader);
     }
 
     /// A chunk of the response body went by.

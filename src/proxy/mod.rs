@@ -270,7 +270,14 @@ pub async fn handle(
             let deadline = received + timeouts.total.0.min(listener.body_timeout);
             // Boxed: its state would otherwise make every request's future larger, on every
             // route.
-            let ahead = Box::pin(replay::read_ahead(body, limit, timeouts.idle.0, deadline));
+            let reservation = listener.budget.reserve(crate::budget::Held::Replay);
+            let ahead = Box::pin(replay::read_ahead(
+                body,
+                limit,
+                timeouts.idle.0,
+                deadline,
+                reservation,
+            ));
             match ahead.await {
                 Ok((payload, last)) => (payload, last.saturating_duration_since(start)),
                 Err(err) => return local_error(err, unanswered.0.take(), None),
@@ -378,6 +385,7 @@ pub async fn handle(
             let err = internal(upstream, "request body already sent");
             return local_error(err, unanswered.0.take(), first_reason);
         };
+        body.reserve_from(&listener.budget);
         if let Some(ls) = listener.safety.as_ref().filter(|ls| ls.kills()) {
             body.tap_echoes(EchoTap::new(ls, &headers));
         }
@@ -479,7 +487,7 @@ pub async fn handle(
             }
             a.outcome = Some(UpstreamOutcome::of_status(status));
             if let Some(call) = a.llm.as_mut() {
-                call.response(status, &parts.headers);
+                call.response(status, &parts.headers, &listener.budget);
             }
             if let (Some(t), Some(b)) = (a.breaker.as_mut(), &upstream.breaker) {
                 // The upstream's time to answer: from the end of the upload, not the client's
@@ -504,7 +512,8 @@ pub async fn handle(
                 }
             }
             if let Some(key) = payload.cache_key().filter(|_| route.cache.is_some()) {
-                a.cache_fill = CacheFill::new(key, status, &parts.headers).map(Box::new);
+                a.cache_fill =
+                    CacheFill::new(key, status, &parts.headers, &listener.budget).map(Box::new);
             }
         }
         if let Some(reason) = first_reason {

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::cache::{CacheKey, KeyHasher};
 use super::error::ProxyError;
 use super::upload::{RequestBody, Upload};
+use crate::budget::{Held, Reservation};
 use crate::inspect::{parse_request, rewrite::rewrite_model, Collected, Format, Unparsed};
 
 /// The request body, for however many attempts the route makes.
@@ -29,6 +30,8 @@ pub enum Payload {
 
 pub struct Whole {
     chunks: Arc<[Bytes]>,
+    /// Counts the chunks against the body budget for as long as the request keeps them.
+    _reservation: Reservation,
     len: usize,
     /// The body in one piece, made the first time a model rewrite needs it.
     contiguous: Option<Bytes>,
@@ -49,6 +52,7 @@ impl Payload {
     pub fn empty() -> Payload {
         Payload::Whole(Whole {
             chunks: NO_CHUNKS.clone(),
+            _reservation: Reservation::unbounded(Held::Replay),
             len: 0,
             contiguous: None,
             key: None,
@@ -157,21 +161,28 @@ impl Whole {
     }
 }
 
-/// Reads the body ahead, up to `limit` bytes. A body that declares (or turns out) larger goes
-/// on as a stream, with what was read before it. The client's pauses are bounded by `idle`, the
-/// whole read by `deadline`. Also returns when the last
-/// chunk read ahead arrived (the sidecar's overhead does not count the wait for it).
+/// Reads the body ahead, up to `limit` bytes, counted against `reservation`'s budget. A body
+/// that declares (or turns out) larger goes on as a stream, with what was read before it. The
+/// client's pauses are bounded by `idle`, the whole read by `deadline`; a budget with no room
+/// left refuses the request (503 `overloaded`). Also returns when the last chunk read ahead
+/// arrived (the sidecar's overhead does not count the wait for it).
 pub async fn read_ahead(
     mut body: Incoming,
     limit: usize,
     idle: std::time::Duration,
     deadline: Instant,
+    reservation: Reservation,
 ) -> Result<(Payload, Instant), ProxyError> {
     // The declared length (hyper's hint is the `Content-Length`): no need to read to find out.
     if http_body::Body::size_hint(&body).lower() > limit as u64 {
         return Ok((Payload::streamed(body), Instant::now()));
     }
-    let mut kept = Collected::with_limit(limit);
+    let mut kept = Collected::with_limit(limit).reserve_from(reservation);
+    if let Some(declared) = http_body::Body::size_hint(&body).exact() {
+        if !kept.reserve_ahead(declared as usize) {
+            return Err(ProxyError::Overloaded);
+        }
+    }
     // A chunk past the limit: the body goes on as a stream, this chunk after what was kept.
     let mut overflow = None;
     while !http_body::Body::is_end_stream(&body) {
@@ -185,6 +196,9 @@ pub async fn read_ahead(
         // Trailers of a request read ahead are dropped: replayed bodies carry data only.
         if let Ok(data) = frame.into_data() {
             if !kept.push(&data) {
+                if kept.starved() {
+                    return Err(ProxyError::Overloaded);
+                }
                 overflow = Some(data);
                 break;
             }
@@ -192,8 +206,9 @@ pub async fn read_ahead(
     }
     let last_chunk = Instant::now();
     let len = kept.len();
-    let mut chunks = kept.into_chunks();
+    let (mut chunks, reservation) = kept.into_reserved_chunks();
     if let Some(next) = overflow {
+        // Streamed on: what was read goes out first, and is not held for long.
         chunks.push_back(next);
         return Ok((Payload::Stream(Some((chunks, Some(body)))), last_chunk));
     }
@@ -201,6 +216,7 @@ pub async fn read_ahead(
     Ok((
         Payload::Whole(Whole {
             chunks,
+            _reservation: reservation,
             len,
             contiguous: None,
             key: None,

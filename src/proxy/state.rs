@@ -11,6 +11,7 @@ use metrics::{Counter, Histogram};
 use super::cache::ResponseCache;
 use super::fallback::{FallbackOn, FallbackReason};
 use super::safety::{severity, KillSwitch, ListenerSafety};
+use crate::budget::BodyBudget;
 use crate::config::{Config, Protocol, Role, RouteConfig, UpstreamConfig};
 use crate::incident::{Incidents, WebhookConfig};
 use crate::inspect::safety::Detectors;
@@ -27,6 +28,8 @@ pub struct Shared {
     pub incidents: Incidents,
     /// The agent's live tasks.
     pub tasks: Arc<super::tasks::Tasks>,
+    /// The bytes of bodies held at once (`memory.max_held`).
+    pub budget: BodyBudget,
 }
 
 impl Shared {
@@ -50,6 +53,11 @@ impl Shared {
             )),
             kill,
             incidents,
+            budget: BodyBudget::new(
+                usize::try_from(config.memory.max_held.0).unwrap_or(usize::MAX),
+                &config.agent,
+                telemetry,
+            ),
         }
     }
 }
@@ -170,6 +178,8 @@ pub struct ListenerState {
     pub loop_guard: Option<Arc<super::tasks::Tasks>>,
     /// A request's body must have arrived within this after its head (`limits.body_timeout`).
     pub body_timeout: std::time::Duration,
+    /// What this listener's requests hold of bodies counts here.
+    pub budget: BodyBudget,
 }
 
 impl ListenerState {
@@ -305,6 +315,7 @@ impl Snapshot {
                     tasks: None,
                     loop_guard: None,
                     body_timeout: l.limits.body_timeout(),
+                    budget: shared.budget.clone(),
                     route: route.clone(),
                 })),
                 _ => None,
@@ -318,6 +329,7 @@ impl Snapshot {
                     &shared.kill,
                     severity(severities.safety),
                     id_header.clone(),
+                    &shared.budget,
                     telemetry,
                 ),
                 _ => None,
@@ -335,6 +347,7 @@ impl Snapshot {
                 tasks: (l.role == Role::Agent).then(|| shared.tasks.clone()),
                 loop_guard: (l.role == Role::Llm).then(|| shared.tasks.clone()),
                 body_timeout: l.limits.body_timeout(),
+                budget: shared.budget.clone(),
                 route,
             }));
         }

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::safety::{EchoTap, Echoes};
+use crate::budget::{BodyBudget, Held};
 use crate::inspect::{parse_request, Collected, Format, RequestFacts, Unparsed};
 
 /// How the upload stands, shared between the body (polled by the upstream connection) and the
@@ -222,6 +223,15 @@ impl RequestBody {
             },
             Some(upload),
         )
+    }
+
+    /// Counts the LLM request's bytes kept for reading against `budget` (a request the budget
+    /// has no room for goes on unread, counted as unparsed).
+    pub fn reserve_from(&mut self, budget: &BodyBudget) {
+        if let Some(tap) = &mut self.tap {
+            let body = std::mem::take(&mut tap.body);
+            tap.body = body.reserve_from(budget.reserve(Held::RequestTap));
+        }
     }
 
     /// Reads the request's text through the safety detectors on its way (a body without an

@@ -30,6 +30,8 @@ pub const OVERHEAD_SECONDS: &str = "sloguard_overhead_seconds";
 pub const CONNECTION_ERRORS_TOTAL: &str = "sloguard_client_connection_errors_total";
 pub const CLIENT_CONNECTIONS: &str = "sloguard_client_connections";
 pub const BACKGROUND_RESTARTS_TOTAL: &str = "sloguard_background_restarts_total";
+pub const BODY_BUDGET_REFUSALS_TOTAL: &str = "sloguard_body_budget_refusals_total";
+pub const BODY_BUDGET_USED_BYTES: &str = "sloguard_body_budget_used_bytes";
 pub const CLIENT_CONNECTIONS_CLOSED_TOTAL: &str = "sloguard_client_connections_closed_total";
 pub const BUILD_INFO: &str = "sloguard_build_info";
 pub const CIRCUIT_STATE: &str = "sloguard_circuit_state";
@@ -152,6 +154,18 @@ impl Telemetry {
             1,
         );
         d(CONNECTION_ERRORS_TOTAL, None, "Client connections that ended in a protocol error (malformed HTTP, oversized headers).", 0);
+        d(
+            BODY_BUDGET_REFUSALS_TOTAL,
+            None,
+            "Bytes a holder could not keep: memory.max_held was spent (replay and whole reads then answer 503 overloaded; readers skip the body).",
+            0,
+        );
+        d(
+            BODY_BUDGET_USED_BYTES,
+            Some(Unit::Bytes),
+            "Body bytes held now against memory.max_held (every 5 s).",
+            2,
+        );
         d(
             BACKGROUND_RESTARTS_TOTAL,
             None,

@@ -115,7 +115,14 @@ pub(crate) async fn read_whole(
     if http_body::Body::size_hint(&body).lower() > MAX_INSPECTED_BODY as u64 {
         return too_large(a);
     }
-    let mut kept = crate::inspect::Collected::with_limit(MAX_INSPECTED_BODY);
+    let reservation = a.listener.budget.reserve(crate::budget::Held::ResponseRead);
+    let mut kept =
+        crate::inspect::Collected::with_limit(MAX_INSPECTED_BODY).reserve_from(reservation);
+    if let Some(declared) = http_body::Body::size_hint(&body).exact() {
+        if !kept.reserve_ahead(declared as usize) {
+            return Err(ProxyError::Overloaded);
+        }
+    }
     loop {
         let now = Instant::now();
         let frame = match tokio::time::timeout_at((now + idle).min(deadline), body.frame()).await {
@@ -151,6 +158,10 @@ pub(crate) async fn read_whole(
             }
         }
         if !kept.push(&data) {
+            if kept.starved() {
+                // Nothing went out yet: the client is told to come back, nothing is let through.
+                return Err(ProxyError::Overloaded);
+            }
             return too_large(a);
         }
     }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use std::sync::Arc;
 
 use super::{ListenerSafety, Source, Violation, HELD_SCAN_STEP, MAX_HELD_BYTES};
+use crate::budget::{Held, Reservation};
 use crate::inspect::inflate::Inflater;
 use crate::inspect::safety::{Match, Scanner};
 use crate::inspect::text::{BodyText, NotText};
@@ -17,6 +18,9 @@ use crate::proxy::Upload;
 
 /// A stream held back until its text is known clean.
 struct Hold {
+    /// `bytes`, against the sidecar's body budget: past it, the stream is blocked as
+    /// uninspectable (what cannot be held cannot be let out unseen).
+    reservation: Reservation,
     /// Chunks not yet let through, each with the text offset its text ends at (`None` while an
     /// SSE event in it is still incomplete).
     held: VecDeque<(Bytes, Option<u64>)>,
@@ -78,7 +82,9 @@ impl SafetyCheck {
                 text = *inner;
             }
         }
+        text.reserve_from(&ls.budget);
         let hold = (ls.block && text.is_stream()).then(|| Hold {
+            reservation: ls.budget.reserve(Held::SafetyHold),
             held: VecDeque::new(),
             ready: VecDeque::new(),
             bytes: 0,
@@ -199,7 +205,8 @@ impl SafetyCheck {
         if let Some(hold) = &mut self.hold {
             hold.bytes += chunk.len();
             hold.held.push_back((chunk.clone(), None));
-            if hold.bytes > MAX_HELD_BYTES && self.blocked.is_none() {
+            let room = hold.reservation.resize(hold.bytes);
+            if (hold.bytes > MAX_HELD_BYTES || !room) && self.blocked.is_none() {
                 self.count(ls, Source::Uninspectable, None, now);
                 self.release();
                 return;
@@ -267,6 +274,7 @@ impl SafetyCheck {
             Some((Source::Uninspectable, _)) => {
                 hold.bytes = 0;
                 hold.held.clear();
+                let _ = hold.reservation.resize(0);
                 return;
             }
             Some((_, start)) => start,
@@ -283,7 +291,9 @@ impl SafetyCheck {
         }
         if self.blocked.is_some() {
             hold.held.clear();
+            hold.bytes = 0;
         }
+        let _ = hold.reservation.resize(hold.bytes);
     }
 
     /// The next chunk that may go to the client.

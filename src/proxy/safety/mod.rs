@@ -31,6 +31,7 @@ use http::HeaderMap;
 use metrics::{Counter, Gauge, Label};
 use tokio::time::Instant;
 
+use crate::budget::BodyBudget;
 use crate::config::{Role, SafetyAction, SafetyConfig, SeverityName};
 use crate::incident::{Incident, Incidents, Kind, Severity};
 use crate::inspect::safety::{Detectors, Match};
@@ -185,6 +186,8 @@ pub struct ListenerSafety {
     log_limit: LogLimiter,
     /// Where a violation comes from, for the kill switch: the task id header, then the client.
     origins: Origins,
+    /// What a response's check holds (an SSE event, a held stream, a body read whole).
+    pub budget: BodyBudget,
 }
 
 /// Tells the kill switch's origins apart: tasks by their id, else clients by their address
@@ -210,6 +213,7 @@ impl ListenerSafety {
         kill: &Arc<KillSwitch>,
         severity: Severity,
         id_header: http::HeaderName,
+        budget: &BodyBudget,
         t: &Telemetry,
     ) -> Option<ListenerSafety> {
         let (role, listener) = (l.role, l.name.as_str());
@@ -257,6 +261,7 @@ impl ListenerSafety {
                 hasher: Default::default(),
                 next: Default::default(),
             },
+            budget: budget.clone(),
         })
     }
 

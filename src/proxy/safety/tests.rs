@@ -30,6 +30,7 @@ fn listener_safety(block: bool) -> ListenerSafety {
         &kill,
         Severity::Sev1,
         id_header,
+        &crate::budget::BodyBudget::unlimited(),
         &t,
     )
     .unwrap()
