@@ -4,7 +4,10 @@
 //! answered; the script reads the sidecar's peak memory.
 //!
 //! `cargo run --release --example memory_load -- PROXY_URL UPSTREAM_BIND N SIZE HOLD_MS`
-#![allow(clippy::expect_used, reason = "a load tool: a poisoned lock or a bad URL ends it")]
+#![allow(
+    clippy::expect_used,
+    reason = "a load tool: a poisoned lock or a bad URL ends it"
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -311,6 +311,50 @@ pub struct UpstreamConfig {
     /// `circuit_breaker:` means the defaults, not no breaker.
     #[serde(default, deserialize_with = "breaker_or_defaults")]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// The shared HTTP/2 connections to an `https://` upstream that offers h2.
+    #[serde(default)]
+    pub h2: H2Config,
+}
+
+/// `upstreams.*.h2`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct H2Config {
+    /// Connections requests are spread over, in turn (each multiplexes many).
+    #[serde(default = "default_h2_connections")]
+    pub connections: usize,
+    /// PINGs, also while idle: a connection whose PING goes unanswered for `keepalive_timeout`
+    /// is closed, and the next request makes a new one.
+    #[serde(default = "default_h2_keepalive_interval")]
+    pub keepalive_interval: ConfigDuration,
+    #[serde(default = "default_h2_keepalive_timeout")]
+    pub keepalive_timeout: ConfigDuration,
+}
+
+impl Default for H2Config {
+    fn default() -> Self {
+        H2Config {
+            connections: default_h2_connections(),
+            keepalive_interval: default_h2_keepalive_interval(),
+            keepalive_timeout: default_h2_keepalive_timeout(),
+        }
+    }
+}
+
+/// Most connections an upstream's requests may be spread over.
+pub const MAX_H2_CONNECTIONS: usize = 64;
+
+/// One: providers' stream limits (100 and more) are rarely the bound, and each connection is a
+/// TLS handshake. More spread the requests in flight, so that a connection lost takes fewer
+/// with it.
+fn default_h2_connections() -> usize {
+    1
+}
+fn default_h2_keepalive_interval() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(20))
+}
+fn default_h2_keepalive_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(10))
 }
 
 fn null_is_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -770,6 +814,20 @@ impl Config {
             }
             if up.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
                 return Err((format!("{base}.model"), "must not be empty".into()));
+            }
+            if up.h2.connections == 0 || up.h2.connections > MAX_H2_CONNECTIONS {
+                return Err((
+                    format!("{base}.h2.connections"),
+                    format!("must be between 1 and {MAX_H2_CONNECTIONS}"),
+                ));
+            }
+            for (key, d) in [
+                ("keepalive_interval", up.h2.keepalive_interval),
+                ("keepalive_timeout", up.h2.keepalive_timeout),
+            ] {
+                if d.0 < Duration::from_millis(100) {
+                    return Err((format!("{base}.h2.{key}"), "must be at least 100ms".into()));
+                }
             }
             let t = &up.timeouts;
             for (key, d) in [

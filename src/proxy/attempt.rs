@@ -68,10 +68,13 @@ where
                         return Err(ProxyError::ClientStalled)
                     }
                     _ => {
+                        // The connection may be the one that stopped answering: new requests
+                        // get a fresh one.
+                        upstream.pool.give_up_h2();
                         return Err(ProxyError::FirstByteTimeout {
                             upstream: upstream.name.clone(),
                             timeout: now.duration_since(sent),
-                        })
+                        });
                     }
                 }
             }

@@ -241,6 +241,7 @@ impl Snapshot {
                     api_keys_file: None,
                     model: None,
                     circuit_breaker: None,
+                    h2: Default::default(),
                 };
                 let upstream = Arc::new(Upstream::new(
                     KILL_SWITCH_FALLBACK,

@@ -290,6 +290,11 @@ impl Upstream {
                 MAX_IDLE_CONNECTIONS,
                 IDLE_CONNECTION_TIMEOUT,
                 config.timeouts.connect.0,
+                pool::H2Settings {
+                    connections: config.h2.connections,
+                    keepalive_interval: config.h2.keepalive_interval.0,
+                    keepalive_timeout: config.h2.keepalive_timeout.0,
+                },
             )),
             header_value,
             metrics: UpstreamMetrics::new(telemetry, agent, name),

@@ -8,7 +8,14 @@
 //! - HTTP/1.1: idle connections in a LIFO (the warmest first). A connection leaves the list for
 //!   one exchange and comes back when its response body has ended cleanly ([`Lease::release`]);
 //!   a body cut short closes it.
-//! - h2 (when TLS ALPN picks it): one shared multiplexed connection.
+//! - h2 (when TLS ALPN picks it): up to `h2.connections` shared multiplexed connections, taken
+//!   in turn. Each is PINGed (`h2.keepalive_interval`, also while idle) and closed when a PING
+//!   goes unanswered (`h2.keepalive_timeout`): a connection a middlebox silently dropped is found
+//!   within seconds, not at the next request's timeout. One that is closed, or that will take no
+//!   new stream (the upstream sent GOAWAY), is left for a new one; a request no stream was opened
+//!   for goes on the next. After a response head that never came (`first_byte`), the shared
+//!   connections are given up for new requests (their streams in flight go on): a connection
+//!   that stopped answering must not take every request with it.
 //!
 //! A request that an idle connection could not take (closed by the upstream meanwhile) is moved
 //! to the next one, or to a new connection: it was never written, so this is no retry.
@@ -47,12 +54,25 @@ struct IdleConnection {
     since: Instant,
 }
 
+/// How the shared h2 connections of an upstream are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct H2Settings {
+    pub connections: usize,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
 pub struct ConnectionPool {
     connector: HttpsConnector<HttpConnector>,
     /// `scheme://authority/`: what the connector dials.
     target: Uri,
     idle: Mutex<Vec<IdleConnection>>,
-    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// The shared h2 connections, each with a number of its own.
+    h2: Mutex<Vec<(u64, http2::SendRequest<RequestBody>)>>,
+    h2_next_id: std::sync::atomic::AtomicU64,
+    h2_settings: H2Settings,
+    /// Which shared h2 connection the next request takes.
+    h2_turn: std::sync::atomic::AtomicUsize,
     max_idle: usize,
     idle_timeout: Duration,
     /// Bounds TCP and TLS set-up together (the TCP connector's own timeout covers TCP only).
@@ -90,13 +110,17 @@ impl ConnectionPool {
         max_idle: usize,
         idle_timeout: Duration,
         connect_timeout: Duration,
+        h2_settings: H2Settings,
     ) -> ConnectionPool {
         let plain = target.scheme() == Some(&http::uri::Scheme::HTTP);
         ConnectionPool {
             connector,
             target,
             idle: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
+            h2: Mutex::new(Vec::new()),
+            h2_next_id: std::sync::atomic::AtomicU64::new(0),
+            h2_settings,
+            h2_turn: std::sync::atomic::AtomicUsize::new(0),
             max_idle,
             idle_timeout,
             connect_timeout,
@@ -111,7 +135,13 @@ impl ConnectionPool {
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-        if let Some(sender) = self.shared_h2() {
+        // A shared connection that turns out to take no new stream (GOAWAY, closing) is left
+        // for the next, or a new one: the request was never sent on it.
+        while let Some((id, mut sender)) = self.shared_h2() {
+            if sender.ready().await.is_err() {
+                self.forget_h2(id);
+                continue;
+            }
             *req.uri_mut() = self.absolute(req.uri());
             return send_h2(sender, req).await.map(|r| (r, None));
         }
@@ -154,16 +184,29 @@ impl ConnectionPool {
         }
     }
 
-    fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let mut slot = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        match slot.as_ref() {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                *slot = None;
-                None
-            }
-            None => None,
+    /// A shared h2 connection to send on, in turn; `None` while fewer than `h2.connections` are
+    /// open (a new one is made), or none is (the upstream speaks HTTP/1.1, or none yet).
+    fn shared_h2(&self) -> Option<(u64, http2::SendRequest<RequestBody>)> {
+        let mut shared = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        shared.retain(|(_, s)| !s.is_closed());
+        if shared.is_empty() || shared.len() < self.h2_settings.connections {
+            return None;
         }
+        let turn = self.h2_turn.fetch_add(1, Ordering::Relaxed);
+        let (id, sender) = &shared[turn % shared.len()];
+        Some((*id, sender.clone()))
+    }
+
+    /// Leaves the shared h2 connection `id` out of the turn (it takes no new stream).
+    fn forget_h2(&self, id: u64) {
+        let mut shared = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        shared.retain(|(i, _)| *i != id);
+    }
+
+    /// The response head of a request did not come in time: the shared h2 connections are given
+    /// up for new requests (streams in flight on them go on).
+    pub fn give_up_h2(&self) {
+        self.h2.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
@@ -202,7 +245,7 @@ impl ConnectionPool {
             return self.connect().await;
         }
         let gate = self.h2_gate.lock().await;
-        if let Some(sender) = self.shared_h2() {
+        if let Some((_, sender)) = self.shared_h2() {
             return Ok(Fresh::H2(sender));
         }
         if self.speaks_h1.load(Ordering::Acquire) {
@@ -227,8 +270,12 @@ impl ConnectionPool {
             .map_err(|_| SendError::Connect("connection and TLS handshake timed out".into()))?
             .map_err(SendError::Connect)?;
         if io.connected().is_negotiated_h2() {
+            let settings = self.h2_settings;
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(settings.keepalive_interval)
+                .keep_alive_timeout(settings.keepalive_timeout)
+                .keep_alive_while_idle(true)
                 .handshake(io)
                 .await
                 .map_err(|e| SendError::Connect(e.into()))?;
@@ -237,7 +284,12 @@ impl ConnectionPool {
                     tracing::debug!(error = %e, "upstream h2 connection ended with an error");
                 }
             });
-            *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
+            let id = self.h2_next_id.fetch_add(1, Ordering::Relaxed);
+            let mut shared = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            shared.retain(|(_, s)| !s.is_closed());
+            if shared.len() < settings.connections {
+                shared.push((id, sender.clone()));
+            }
             Ok(Fresh::H2(sender))
         } else {
             let (sender, conn) = http1::Builder::new()

@@ -22,6 +22,7 @@ use sloguard::{Config, Sidecar};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod scripted;
+pub mod tls;
 
 pub type TestBody = BoxBody<Bytes, Infallible>;
 pub type TestClient = Client<HttpConnector, TestBody>;
