@@ -177,6 +177,29 @@ impl LlmCall {
     }
 }
 
+/// An LLM call to the route's first upstream (`format`) is one from the start: refused or failed
+/// before an answer, it is still counted (duration, error type, finish reason). The loop guard
+/// counts the task's LLM calls; under `block` a looping task's call is to be refused before any
+/// work is spent on it (no provider is asked, so it is no LLM call either): what it found.
+pub(super) fn begin_llm_call(
+    a: &mut super::Accounting,
+    format: Option<crate::inspect::Format>,
+    headers: &http::HeaderMap,
+) -> Option<crate::sli::loops::LoopKind> {
+    let listener = a.listener.clone();
+    let primary = &listener.route.chain[0];
+    let (Some(format), Some(metrics)) = (format, &primary.llm) else {
+        return None;
+    };
+    a.llm = Some(Box::new(LlmCall::new(metrics.clone(), format, a.received)));
+    let call = listener.loop_guard.as_ref()?.llm_call(headers, a.received);
+    if call.refuse.is_some() {
+        a.llm = None;
+    }
+    a.loop_key = call.key;
+    call.refuse
+}
+
 fn error_type(status: StatusClass, outcome: Option<UpstreamOutcome>) -> ErrorType {
     match outcome {
         Some(UpstreamOutcome::Ok) if status == StatusClass::ClientError => ErrorType::ClientError,

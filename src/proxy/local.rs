@@ -18,6 +18,20 @@ pub(super) fn circuit_open(route: &RouteState, account: Option<Accounting>) -> R
     local_error(err, account, first.then_some(FallbackReason::CircuitOpen))
 }
 
+/// 429 `loop_detected`: the loop guard stopped the call's task.
+pub(super) fn loop_refused(
+    kind: crate::sli::loops::LoopKind,
+    account: Option<Accounting>,
+) -> Response<ProxyBody> {
+    let mut refused = local_error(ProxyError::LoopDetected { kind }, account, None);
+    // The OpenAI and Anthropic SDKs retry a 429 unless told not to: retrying a cut task only
+    // repeats the refusal.
+    refused
+        .headers_mut()
+        .insert("x-should-retry", HeaderValue::from_static("false"));
+    refused
+}
+
 /// Answers from the route's cache: every upstream is open or has failed.
 pub(super) fn serve_cached(
     hit: Cached,

@@ -105,6 +105,7 @@ pub mod cache;
 pub mod connections;
 pub mod error;
 pub mod fallback;
+mod head;
 pub mod headers;
 pub mod listener;
 pub mod llm;
@@ -130,16 +131,17 @@ pub use upload::{RequestBody, Upload, UploadState};
 
 use crate::config::{Role, UpstreamUrl};
 use crate::inspect::{Format, MAX_INSPECTED_BODY};
-use crate::sli::{Cause, StatusClass, UpstreamOutcome};
+use crate::sli::{StatusClass, UpstreamOutcome};
 use crate::upstream::Upstream;
 use attempt::{exchange, internal, outgoing, retry_after, Deadlines};
-use cache::{cache_key_hasher, CacheFill};
+use cache::cache_key_hasher;
 use fallback::{FallbackReason, X_SLOGUARD_FALLBACK};
-use llm::LlmCall;
+use head::{answer, note_head, Answered};
+use llm::{begin_llm_call, LlmCall};
 pub(crate) use local::local_error;
-use local::{circuit_open, serve_cached, Unanswered};
+use local::{circuit_open, loop_refused, serve_cached, Unanswered};
 use replay::Payload;
-use safety::{blocked, inspect_head, read_whole, EchoTap, Inspect, Whole};
+use safety::EchoTap;
 
 /// The request target for the upstream, in origin form: the upstream's path prefix, then the
 /// client's path and query. An absolute-form client URI does not choose the upstream.
@@ -197,32 +199,12 @@ pub async fn handle(
         (Some(_), true) => Format::of(&method, uri.path(), u.protocol),
         _ => None,
     };
-    // An LLM call to the route's first upstream is one from the start: refused or failed before
-    // an answer, it is still counted (duration, error type, finish reason).
     let primary = &route.chain[0];
-    if let (Some(format), Some(metrics), Some(a)) =
-        (format_for(primary), &primary.llm, unanswered.0.as_mut())
+    let looping = unanswered.0.as_mut();
+    if let Some(kind) =
+        looping.and_then(|a| begin_llm_call(a, format_for(primary), &client_headers))
     {
-        a.llm = Some(Box::new(LlmCall::new(metrics.clone(), format, received)));
-    }
-    // The loop guard counts the task's LLM calls; under `block` a looping task's call is refused
-    // before any work is spent on it — no provider is asked, so it is no LLM call either.
-    if let (Some(guard), Some(a)) = (&listener.loop_guard, unanswered.0.as_mut()) {
-        if a.llm.is_some() {
-            let call = guard.llm_call(&client_headers, received);
-            if let Some(kind) = call.refuse {
-                a.llm = None;
-                let err = ProxyError::LoopDetected { kind };
-                let mut refused = local_error(err, unanswered.0.take(), None);
-                // The OpenAI and Anthropic SDKs retry a 429 unless told not to: retrying a cut
-                // task only repeats the refusal.
-                refused
-                    .headers_mut()
-                    .insert("x-should-retry", HeaderValue::from_static("false"));
-                return refused;
-            }
-            a.loop_key = call.key;
-        }
+        return loop_refused(kind, unanswered.0.take());
     }
     let rewrite = route.rewrites_model
         && route
@@ -478,110 +460,36 @@ pub async fn handle(
         headers::prepare_response(&mut parts.headers, &upstream.header_value);
         let mut account = unanswered.0.take();
         if let Some(a) = account.as_mut() {
-            a.status = StatusClass::of(status);
-            a.cause = Cause::of_response(listener.role, status);
-            if let (Some(tasks), Some(task)) = (&listener.tasks, a.task) {
-                a.task_verdict = tasks.verdict(&parts.headers);
-                // The agent answered: whatever the body does, it is not stuck on this request.
-                tasks.answered(task);
-            }
-            a.outcome = Some(UpstreamOutcome::of_status(status));
-            if let Some(call) = a.llm.as_mut() {
-                call.response(status, &parts.headers, &listener.budget);
-            }
-            if let (Some(t), Some(b)) = (a.breaker.as_mut(), &upstream.breaker) {
-                // The upstream's time to answer: from the end of the upload, not the client's
-                // time to send it.
-                let from = upload
-                    .as_deref()
-                    .map_or(sent, |u| u.last_chunk_at().max(sent));
-                t.slow = b
-                    .slow_after
-                    .is_some_and(|s| head_at.saturating_duration_since(from) > s);
-                t.retry_after = retry_after(&parts.headers);
-                // A probe is judged by its head: a stream can take minutes, and the circuit must
-                // not stay half-open (refusing everyone else) for as long.
-                if t.ticket.is_probe() {
-                    if let Some(t) = a.breaker.take() {
-                        b.record(
-                            t.ticket,
-                            t.outcome(UpstreamOutcome::of_status(status)),
-                            head_at,
-                        );
-                    }
-                }
-            }
-            if let Some(key) = payload.cache_key().filter(|_| route.cache.is_some()) {
-                a.cache_fill =
-                    CacheFill::new(key, status, &parts.headers, &listener.budget).map(Box::new);
-            }
+            // The upstream's time to answer: from the end of the upload, not the client's time
+            // to send it.
+            let from = upload
+                .as_deref()
+                .map_or(sent, |u| u.last_chunk_at().max(sent));
+            let cache_key = payload.cache_key().filter(|_| route.cache.is_some());
+            note_head(a, upstream, &parts, from, head_at, cache_key);
         }
         if let Some(reason) = first_reason {
             parts
                 .headers
                 .insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
         }
-        let inspect = match (&listener.safety, account.as_mut()) {
-            (Some(ls), Some(a)) => {
-                let empty = http_body::Body::is_end_stream(&body);
-                inspect_head(ls, a, &mut parts, empty, head_at)
-            }
-            _ => Inspect::Pass,
+        let head = Answered {
+            parts,
+            body,
+            lease,
+            at: head_at,
         };
-        // The sidecar's own time, recorded now: reading a body whole for a safety decision
-        // below is waiting on the upstream, not the sidecar's work.
-        listener.overhead.record(
-            (own.saturating_sub(client_wait) + Instant::now().duration_since(head_at))
-                .as_secs_f64(),
-        );
-        let mut body = Some(body);
-        let detector = |source| {
-            listener
-                .safety
-                .as_ref()
-                .map_or("unknown", |ls| ls.name(source))
-                .to_owned()
-        };
-        match inspect {
-            Inspect::Pass => {}
-            Inspect::Block(source) => {
-                let err = ProxyError::SafetyBlocked {
-                    detector: detector(source),
-                };
-                return blocked(err, account, first_reason);
-            }
-            // Nothing to read (a HEAD answer, a 204): it passes as it is, headers untouched.
-            Inspect::ReadWhole if body.as_ref().is_some_and(http_body::Body::is_end_stream) => {}
-            Inspect::ReadWhole => {
-                let (Some(incoming), Some(a)) = (body.take(), account.as_mut()) else {
-                    return local_error(internal(upstream, "body lost"), account, None);
-                };
-                match read_whole(incoming, a, timeouts.idle.0, total_deadline).await {
-                    Ok(Whole::Clean(bytes)) => {
-                        if let Some(lease) = lease {
-                            lease.release();
-                        }
-                        parts.headers.remove(http::header::CONTENT_LENGTH);
-                        return Response::from_parts(parts, ProxyBody::local(bytes, account));
-                    }
-                    Ok(Whole::Blocked(source)) => {
-                        let err = ProxyError::SafetyBlocked {
-                            detector: detector(source),
-                        };
-                        return blocked(err, account, first_reason);
-                    }
-                    Err(err) => {
-                        a.safety = None;
-                        return local_error(err, account, first_reason);
-                    }
-                }
-            }
-        }
-        let Some(body) = body else {
-            return local_error(internal(upstream, "body lost"), account, None);
-        };
-        let body = ProxyBody::upstream(body, lease, account, timeouts.idle.0, total_deadline);
-        return Response::from_parts(parts, body);
+        let own = own.saturating_sub(client_wait);
+        return answer(
+            &listener,
+            upstream,
+            account,
+            head,
+            own,
+            total_deadline,
+            first_reason,
+        )
+        .await;
     }
 }
 
