@@ -40,18 +40,6 @@ shutdown: {{grace_period: 1s}}
         .unwrap()
 }
 
-/// One request of task `id` (none: a task of its own) to `path`; its status.
-async fn call(s: &Sidecar, path: &str, id: Option<&str>) -> StatusCode {
-    let mut req = Request::post(proxy_url(s, path));
-    if let Some(id) = id {
-        req = req.header("x-agent-task-id", id);
-    }
-    let resp = client().request(req.body(empty()).unwrap()).await.unwrap();
-    let status = resp.status();
-    let _ = body_bytes(resp).await;
-    status
-}
-
 /// Asserts that `/agent/healthz` answers 200 now and at every look for `span` (the sweep runs
 /// every second, so a span past a second sees it too).
 async fn healthy_throughout(s: &Sidecar, span: Duration, what: &str) {
@@ -64,6 +52,14 @@ async fn healthy_throughout(s: &Sidecar, span: Duration, what: &str) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits up to 5 s for `/agent/healthz` to answer 503, and checks that it is for a request
+/// without an answer.
+async fn stuck_without_an_answer(s: &Sidecar) {
+    let body = becomes_stuck(s).await;
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("without an answer"), "{body}");
 }
 
 /// Waits up to 5 s for `/agent/healthz` to answer 503; its body.
@@ -79,26 +75,19 @@ async fn becomes_stuck(s: &Sidecar) -> serde_json::Value {
     }
 }
 
-fn tasks(m: &str) -> [f64; 4] {
-    [
-        "agent_tasks_started",
-        "agent_tasks_completed",
-        "agent_tasks_failed_total",
-        "agent_tasks_abandoned_total",
-    ]
-    .map(|n| metric(m, n, &[("agent", "test-agent")]))
-}
-
 #[tokio::test]
 async fn a_clients_404_or_429_on_a_request_without_a_task_id_does_not_make_the_agent_stuck() {
     let a = verdict_agent().await;
     let s = sidecar(&a.url(), "", "tasks: {stuck_after: 1s}\n").await;
-    assert_eq!(call(&s, "/404", None).await, StatusCode::NOT_FOUND);
-    assert_eq!(call(&s, "/429", None).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(call_task(&s, "/404", None).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call_task(&s, "/429", None).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     healthy_throughout(&s, Duration::from_millis(1500), "after a 404 and a 429").await;
     // The agent took neither on as a task: nothing started, nothing abandoned.
     let m = metrics(&s).await;
-    assert_eq!(tasks(&m), [0.0; 4]);
+    assert_eq!(task_counts(&m), [0.0; 4]);
     expect_metric(&m, "agent_requests_total", &[("status", "4xx")], 2.0);
     s.shutdown().await;
 }
@@ -124,7 +113,7 @@ async fn a_client_that_leaves_before_the_answer_does_not_make_the_agent_stuck() 
     .await;
     expect_metric(&m, "agent_requests_total", &[("status", "4xx")], 2.0);
     healthy_throughout(&s, Duration::from_millis(1500), "after two clients left").await;
-    assert_eq!(tasks(&metrics(&s).await), [0.0; 4]);
+    assert_eq!(task_counts(&metrics(&s).await), [0.0; 4]);
     s.shutdown().await;
 }
 
@@ -199,18 +188,18 @@ async fn a_flood_of_task_ids_that_evicts_live_tasks_does_not_make_the_agent_stuc
     let a = verdict_agent().await;
     let s = sidecar(&a.url(), "", "tasks: {stuck_after: 2s, max_tasks: 4}\n").await;
     assert_eq!(
-        call(&s, "/200/in_progress", Some("real")).await,
+        call_task(&s, "/200/in_progress", Some("real")).await,
         StatusCode::OK
     );
     // Requests the agent refuses are no tasks: they take no room from the real one.
     for i in 0..20 {
-        call(&s, "/404", Some(&format!("junk-{i}"))).await;
+        call_task(&s, "/404", Some(&format!("junk-{i}"))).await;
     }
     let m = metrics(&s).await;
     expect_metric(&m, "sloguard_tasks_evicted_total", &[], 0.0);
     // Ids the agent takes on fill the table and push the real task out...
     for i in 0..20 {
-        call(&s, "/200/in_progress", Some(&format!("flood-{i}"))).await;
+        call_task(&s, "/200/in_progress", Some(&format!("flood-{i}"))).await;
     }
     let m = metrics(&s).await;
     assert!(
@@ -228,14 +217,7 @@ async fn an_agent_that_does_not_answer_after_the_upload_is_still_stuck() {
     let agent = stalling_upstream(b"").await;
     let s = sidecar(&format!("http://{agent}"), "", "tasks: {stuck_after: 1s}\n").await;
     let upload = slow_upload(&s, "/", 2, Duration::from_millis(100)).await;
-    let body = becomes_stuck(&s).await;
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("without an answer"),
-        "{body}"
-    );
+    stuck_without_an_answer(&s).await;
     upload.abort();
     s.shutdown().await;
 }
@@ -256,14 +238,7 @@ async fn an_agent_that_stops_reading_the_upload_is_stuck() {
             .request(Request::post(url).body(body.boxed()).unwrap())
             .await;
     });
-    let body = becomes_stuck(&s).await;
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("without an answer"),
-        "{body}"
-    );
+    stuck_without_an_answer(&s).await;
     upload.abort();
     s.shutdown().await;
 }

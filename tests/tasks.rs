@@ -11,60 +11,38 @@ use common::*;
 use http::{Request, StatusCode};
 use sloguard::{Config, Sidecar};
 
-/// One request of task `id` (none: a task of its own) answered as `path` says.
-async fn call(s: &Sidecar, path: &str, id: Option<&str>) -> StatusCode {
-    let mut req = Request::post(proxy_url(s, path));
-    if let Some(id) = id {
-        req = req.header("x-agent-task-id", id);
-    }
-    let resp = client().request(req.body(empty()).unwrap()).await.unwrap();
-    let status = resp.status();
-    let _ = body_bytes(resp).await;
-    status
-}
-
-fn tasks(m: &str) -> [f64; 4] {
-    [
-        "agent_tasks_started",
-        "agent_tasks_completed",
-        "agent_tasks_failed_total",
-        "agent_tasks_abandoned_total",
-    ]
-    .map(|n| metric(m, n, &[("agent", "test-agent")]))
-}
-
 #[tokio::test]
 async fn multi_request_tasks_and_verdicts_give_the_articles_completion_ratio() {
     let a = verdict_agent().await;
     let s = agent_sidecar(&a.url(), "").await;
     // Task A: two steps in progress, then completed by the agent's header.
-    call(&s, "/200/in_progress", Some("A")).await;
-    call(&s, "/200/in_progress", Some("A")).await;
-    call(&s, "/200/completed", Some("A")).await;
+    call_task(&s, "/200/in_progress", Some("A")).await;
+    call_task(&s, "/200/in_progress", Some("A")).await;
+    call_task(&s, "/200/completed", Some("A")).await;
     // Task B: in progress, then the agent says failed (on a 200).
-    call(&s, "/200/in_progress", Some("B")).await;
-    call(&s, "/200/failed", Some("B")).await;
+    call_task(&s, "/200/in_progress", Some("B")).await;
+    call_task(&s, "/200/failed", Some("B")).await;
     // Task C: no header: a 5xx fails it.
-    call(&s, "/200/in_progress", Some("C")).await;
+    call_task(&s, "/200/in_progress", Some("C")).await;
     assert_eq!(
-        call(&s, "/503/none", Some("C")).await,
+        call_task(&s, "/503/none", Some("C")).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     // Without an id: a task of one request each; a 2xx completes, a 5xx fails.
-    call(&s, "/200/none", None).await;
-    call(&s, "/200/none", None).await;
-    call(&s, "/500/none", None).await;
+    call_task(&s, "/200/none", None).await;
+    call_task(&s, "/200/none", None).await;
+    call_task(&s, "/500/none", None).await;
     // Task D: still in progress (a 4xx leaves it so).
-    call(&s, "/200/in_progress", Some("D")).await;
-    call(&s, "/429/none", Some("D")).await;
+    call_task(&s, "/200/in_progress", Some("D")).await;
+    call_task(&s, "/429/none", Some("D")).await;
     let m = metrics_when(&s, |m| {
-        tasks(m)[0] >= 7.0 && tasks(m)[1] + tasks(m)[2] >= 6.0
+        task_counts(m)[0] >= 7.0 && task_counts(m)[1] + task_counts(m)[2] >= 6.0
     })
     .await;
     // Started: A, B, C, D and three of one request. Completed: A and two. Failed: B, C, one.
-    assert_eq!(tasks(&m), [7.0, 3.0, 3.0, 0.0]);
+    assert_eq!(task_counts(&m), [7.0, 3.0, 3.0, 0.0]);
     // The article's query, over these counters: completed / started.
-    let ratio = tasks(&m)[1] / tasks(&m)[0];
+    let ratio = task_counts(&m)[1] / task_counts(&m)[0];
     assert!((ratio - 3.0 / 7.0).abs() < 1e-9);
     // A task id never becomes a label.
     assert!(!m.contains("\"A\""));
@@ -75,18 +53,18 @@ async fn multi_request_tasks_and_verdicts_give_the_articles_completion_ratio() {
 async fn an_idle_in_progress_task_is_abandoned_after_stuck_after() {
     let a = verdict_agent().await;
     let s = agent_sidecar(&a.url(), "tasks: {stuck_after: 2s}\n").await;
-    call(&s, "/200/in_progress", Some("idle")).await;
-    call(&s, "/200/in_progress", Some("busy")).await;
+    call_task(&s, "/200/in_progress", Some("idle")).await;
+    call_task(&s, "/200/in_progress", Some("busy")).await;
     // `busy` keeps going (a request every 300 ms, far inside stuck_after), `idle` does not.
     for _ in 0..12 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        call(&s, "/200/in_progress", Some("busy")).await;
+        call_task(&s, "/200/in_progress", Some("busy")).await;
     }
-    let m = metrics_when(&s, |m| tasks(m)[3] >= 1.0).await;
-    assert_eq!(tasks(&m), [2.0, 0.0, 0.0, 1.0]);
-    call(&s, "/200/completed", Some("busy")).await;
-    let m = metrics_when(&s, |m| tasks(m)[1] >= 1.0).await;
-    assert_eq!(tasks(&m), [2.0, 1.0, 0.0, 1.0]);
+    let m = metrics_when(&s, |m| task_counts(m)[3] >= 1.0).await;
+    assert_eq!(task_counts(&m), [2.0, 0.0, 0.0, 1.0]);
+    call_task(&s, "/200/completed", Some("busy")).await;
+    let m = metrics_when(&s, |m| task_counts(m)[1] >= 1.0).await;
+    assert_eq!(task_counts(&m), [2.0, 1.0, 0.0, 1.0]);
     s.shutdown().await;
 }
 
@@ -95,17 +73,17 @@ async fn a_full_table_evicts_the_stalest_task_as_abandoned() {
     let a = verdict_agent().await;
     let s = agent_sidecar(&a.url(), "tasks: {max_tasks: 2}\n").await;
     for id in ["t1", "t2", "t3", "t4"] {
-        call(&s, "/200/in_progress", Some(id)).await;
+        call_task(&s, "/200/in_progress", Some(id)).await;
     }
-    let m = metrics_when(&s, |m| tasks(m)[3] >= 2.0).await;
-    assert_eq!(tasks(&m), [4.0, 0.0, 0.0, 2.0]);
+    let m = metrics_when(&s, |m| task_counts(m)[3] >= 2.0).await;
+    assert_eq!(task_counts(&m), [4.0, 0.0, 0.0, 2.0]);
     expect_metric(&m, "sloguard_tasks_evicted_total", &[], 2.0);
     // t1 was evicted: its late verdict ends nothing; t4 is live.
-    call(&s, "/200/completed", Some("t1")).await;
-    call(&s, "/200/completed", Some("t4")).await;
-    let m = metrics_when(&s, |m| tasks(m)[0] >= 5.0).await;
+    call_task(&s, "/200/completed", Some("t1")).await;
+    call_task(&s, "/200/completed", Some("t4")).await;
+    let m = metrics_when(&s, |m| task_counts(m)[0] >= 5.0).await;
     // t1 came back as a new task (pushing out t3, now the stalest) and completed; t4 completed.
-    assert_eq!(tasks(&m), [5.0, 2.0, 0.0, 3.0]);
+    assert_eq!(task_counts(&m), [5.0, 2.0, 0.0, 3.0]);
     s.shutdown().await;
 }
 
@@ -146,7 +124,7 @@ async fn agent_healthz_is_503_while_a_request_waits_past_stuck_after_and_200_aga
 async fn agent_healthz_is_503_after_tasks_are_abandoned_with_none_completed() {
     let a = verdict_agent().await;
     let s = agent_sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
-    call(&s, "/200/in_progress", Some("left")).await;
+    call_task(&s, "/200/in_progress", Some("left")).await;
     // Abandoned by the sweep once idle past 1 s; then stuck, since nothing completed.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let body = loop {
@@ -161,7 +139,7 @@ async fn agent_healthz_is_503_after_tasks_are_abandoned_with_none_completed() {
         "{body}"
     );
     // A completed task clears it.
-    call(&s, "/200/completed", None).await;
+    call_task(&s, "/200/completed", None).await;
     let m = metrics_when(&s, |m| metric(m, "agent_tasks_completed", &[]) >= 1.0).await;
     assert_eq!(metric(&m, "agent_tasks_abandoned_total", &[]), 1.0);
     assert_eq!(agent_health(&s).await.0, StatusCode::OK);
@@ -212,12 +190,12 @@ async fn admin(s: &Sidecar, path: &str) -> StatusCode {
 async fn tasks_left_while_the_kill_switch_holds_do_not_make_the_agent_stuck() {
     let a = verdict_agent().await;
     let (s, dir) = switchable(&a.url(), "kill", "1s").await;
-    call(&s, "/200/in_progress", Some("cut-off")).await;
+    call_task(&s, "/200/in_progress", Some("cut-off")).await;
     // A human silences the agent: the task's next request would go nowhere near it.
     assert_eq!(admin(&s, "/admin/agent/disable").await, StatusCode::OK);
     // Abandoned by the sweep, with none completed: yet the agent is disabled, not stuck.
-    let m = metrics_when(&s, |m| tasks(m)[3] >= 1.0).await;
-    assert_eq!(tasks(&m), [1.0, 0.0, 0.0, 1.0]);
+    let m = metrics_when(&s, |m| task_counts(m)[3] >= 1.0).await;
+    assert_eq!(task_counts(&m), [1.0, 0.0, 0.0, 1.0]);
     let (status, body) = agent_health(&s).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     expect_metric(&m, "sloguard_agent_disabled", &[], 1.0);
@@ -229,14 +207,14 @@ async fn tasks_left_while_the_kill_switch_holds_do_not_make_the_agent_stuck() {
 async fn tasks_cut_off_by_the_kill_switch_do_not_make_the_agent_stuck_after_it_is_lifted() {
     let a = verdict_agent().await;
     let (s, dir) = switchable(&a.url(), "lift", "2s").await;
-    call(&s, "/200/in_progress", Some("cut-off")).await;
+    call_task(&s, "/200/in_progress", Some("cut-off")).await;
     assert_eq!(admin(&s, "/admin/agent/disable").await, StatusCode::OK);
     // A human lifts the switch soon after; the task — cut off while the switch held — is
     // abandoned only after that.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(admin(&s, "/admin/agent/enable").await, StatusCode::OK);
-    let m = metrics_when(&s, |m| tasks(m)[3] >= 1.0).await;
-    assert_eq!(tasks(&m), [1.0, 0.0, 0.0, 1.0]);
+    let m = metrics_when(&s, |m| task_counts(m)[3] >= 1.0).await;
+    assert_eq!(task_counts(&m), [1.0, 0.0, 0.0, 1.0]);
     expect_metric(&m, "sloguard_agent_disabled", &[], 0.0);
     let (status, body) = agent_health(&s).await;
     assert_eq!(status, StatusCode::OK, "{body}");

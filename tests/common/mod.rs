@@ -291,3 +291,30 @@ pub async fn agent_health(s: &Sidecar) -> (http::StatusCode, serde_json::Value) 
     let body = body_bytes(resp).await;
     (status, serde_json::from_slice(&body).expect("JSON"))
 }
+
+/// One request of task `id` (none: a task of its own) to `path` on the `proxy` listener; its
+/// status.
+pub async fn call_task(s: &Sidecar, path: &str, id: Option<&str>) -> http::StatusCode {
+    let mut req = Request::post(proxy_url(s, path));
+    if let Some(id) = id {
+        req = req.header("x-agent-task-id", id);
+    }
+    let resp = client()
+        .request(req.body(empty()).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let _ = body_bytes(resp).await;
+    status
+}
+
+/// Tasks started, completed, failed and abandoned, from `/metrics` text.
+pub fn task_counts(m: &str) -> [f64; 4] {
+    [
+        "agent_tasks_started",
+        "agent_tasks_completed",
+        "agent_tasks_failed_total",
+        "agent_tasks_abandoned_total",
+    ]
+    .map(|n| metric(m, n, &[("agent", "test-agent")]))
+}
