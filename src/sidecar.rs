@@ -121,7 +121,7 @@ impl Sidecar {
                 vec![label("agent", &agent), label("task", task)],
             )
         };
-        let admin_connections = Connections::new("admin", &admin_limits, true, &agent, &telemetry);
+        let admin_connections = Connections::new("admin", &admin_limits, &agent, &telemetry);
         let mut background = vec![tokio::spawn(admin::serve(
             admin_tcp,
             admin_connections,
@@ -187,7 +187,6 @@ impl Sidecar {
             let connections = Connections::new(
                 &l.name,
                 &snap.config.listeners[i].limits,
-                false,
                 &snap.config.agent,
                 &telemetry,
             );

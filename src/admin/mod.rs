@@ -64,13 +64,17 @@ pub async fn serve(
         let connections = connections.clone();
         crate::background::supervise("accept admin", restarts, move || {
             let state = state.clone();
-            let handler_for = move |_peer| {
+            let service_for = move |_peer, _conn| {
                 let state = state.clone();
-                move |req| std::future::ready(route(&state, req))
+                // Answered at once, so in flight for no longer: a client slow to read an answer
+                // holds an idle connection, which a newcomer (a probe) can displace.
+                hyper::service::service_fn(move |req| {
+                    std::future::ready(Ok::<_, std::convert::Infallible>(route(&state, req)))
+                })
             };
             connections
                 .clone()
-                .accept(tcp.clone(), stop.clone(), handler_for)
+                .accept(tcp.clone(), stop.clone(), service_for)
         })
     };
     let _ = accepting.await;

@@ -61,6 +61,8 @@ pub struct Accounting {
     pub origin: u64,
     /// The attempt's upload, where the kill switch must tell echoes of the request apart.
     pub request: Option<Arc<super::Upload>>,
+    /// Keeps the client's connection busy until the request is counted.
+    pub in_flight: Option<super::connections::InFlight>,
 }
 
 /// A breaker admission and what the response head said about the call.
@@ -109,18 +111,22 @@ impl Accounting {
             loop_key: None,
             origin: 0,
             request: None,
+            in_flight: None,
         }
     }
 
-    /// A request just received with these headers from `client_ip`: its task looked up (`agent`
-    /// role), and its origin noted for the kill switch.
+    /// A request just received with these headers from `client_ip`, keeping its connection busy
+    /// (`in_flight`) until it is counted: its task looked up (`agent` role), and its origin noted
+    /// for the kill switch.
     pub fn begin(
         listener: Arc<ListenerState>,
         headers: &http::HeaderMap,
         client_ip: &http::HeaderValue,
         received: Instant,
+        in_flight: super::connections::InFlight,
     ) -> Accounting {
         let mut a = Accounting::new(listener, received);
+        a.in_flight = Some(in_flight);
         if let Some(tasks) = &a.listener.tasks {
             a.task = Some(tasks.begin(headers, received));
         }

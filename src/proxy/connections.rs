@@ -13,9 +13,9 @@
 //! - **A cap that new connections can pass.** At `max_connections`, a new connection takes the
 //!   place of the one idle longest (a socket that never sent a request is idle since it came); a
 //!   flood of idle sockets cannot keep a probe out. Only when every connection has a request in
-//!   flight is the new one closed at once (`reason="refused"`). On the admin port, whose answers
-//!   take microseconds, a connection busy longer than `header_timeout` (a client not reading its
-//!   answer) counts as idle too.
+//!   flight is the new one closed at once (`reason="refused"`). A request is in flight until its
+//!   answer's last byte is out — on the admin port, whose answers are made at once, until it is
+//!   made: a client slow to read one holds an idle connection, which a newcomer can displace.
 //!
 //! Each connection's task watches its own deadlines with one timer, re-armed only when a deadline
 //! passes or the connection changes state; a request costs two atomic updates.
@@ -27,13 +27,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge, Label};
@@ -61,8 +59,6 @@ pub enum CloseReason {
     HeaderTimeout,
     /// No request in flight for `idle_timeout`.
     Idle,
-    /// A request in flight longer than the port allows (the admin port).
-    Busy,
     /// Closed to make room for a new connection at `max_connections`.
     Displaced,
     /// A new connection at `max_connections` with every connection busy.
@@ -70,11 +66,10 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    const COUNT: usize = 5;
+    const COUNT: usize = 4;
     const ALL: [CloseReason; CloseReason::COUNT] = [
         CloseReason::HeaderTimeout,
         CloseReason::Idle,
-        CloseReason::Busy,
         CloseReason::Displaced,
         CloseReason::Refused,
     ];
@@ -83,7 +78,6 @@ impl CloseReason {
         match self {
             CloseReason::HeaderTimeout => "header_timeout",
             CloseReason::Idle => "idle",
-            CloseReason::Busy => "busy",
             CloseReason::Displaced => "displaced",
             CloseReason::Refused => "refused",
         }
@@ -96,27 +90,32 @@ pub struct Conn {
     /// Milliseconds after the set's epoch.
     accepted_ms: u64,
     in_flight: AtomicU32,
-    /// When the last request ended (`accepted_ms` before any), or when the current ones began.
+    /// When the last request ended (`accepted_ms` before any): idle since.
     changed_ms: AtomicU64,
     seen_request: AtomicBool,
-    /// Closed to make room for another.
+    /// Told to close (displaced, drained, cut): `told` says which.
     close: Notify,
+    told: std::sync::atomic::AtomicU8,
     epoch: Instant,
 }
 
 impl Conn {
+    fn tell(&self, what: u8) {
+        self.told.fetch_max(what, Ordering::AcqRel);
+        self.close.notify_one();
+    }
+
     fn now_ms(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A request began on the connection; it is in flight until the guard (kept by its
-    /// response body) goes.
+    /// A request began on the connection; it is in flight until the guard goes (the proxy keeps
+    /// it with the request's accounting, until its answer's last byte is out).
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.seen_request.store(true, Ordering::Relaxed);
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.changed_ms
-                .store(self.now_ms(Instant::now()), Ordering::Relaxed);
-        }
+        // Only when it goes idle matters (a busy connection is never closed for idling): no
+        // clock read here.
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
 }
@@ -134,32 +133,6 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until it is done with.
-pub struct Tracked<B> {
-    body: B,
-    _in_flight: InFlight,
-}
-
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// What a connection's watch decided.
 enum Watch {
     /// Look again then.
@@ -167,15 +140,15 @@ enum Watch {
     Close(CloseReason),
 }
 
-/// Where the accept loop and the connections' tasks stand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Serving,
-    /// Finish what is in flight, take no more.
-    Draining,
-    /// Drop every connection now.
-    Cut,
-}
+/// What a connection is told, through its [`Conn::close`] (one signal for every reason, so
+/// that its task watches one thing besides the connection at each of its wakes).
+const TOLD_NOTHING: u8 = 0;
+/// Make room for a new connection: close gracefully.
+const TOLD_DISPLACED: u8 = 1;
+/// The port drains: finish what is in flight, take no more.
+const TOLD_DRAIN: u8 = 2;
+/// The drain's grace is over: drop it now.
+const TOLD_CUT: u8 = 3;
 
 /// The client connections of one port.
 pub struct Connections {
@@ -184,12 +157,9 @@ pub struct Connections {
     max: usize,
     header_timeout: Duration,
     idle_timeout: Duration,
-    /// On the admin port: a request in flight longer than this makes its connection idle.
-    max_busy: Option<Duration>,
     live: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     epoch: Instant,
-    phase: watch::Sender<Phase>,
     emptied: Notify,
     open: Gauge,
     closed: [Counter; CloseReason::COUNT],
@@ -197,15 +167,8 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// The connections of the port `name` (a listener's name, or `admin`), with `limits`;
-    /// `admin`: answers are immediate, so a long-busy connection is a stuck one.
-    pub fn new(
-        name: &str,
-        limits: &Limits,
-        admin: bool,
-        agent: &str,
-        t: &Telemetry,
-    ) -> Arc<Connections> {
+    /// The connections of the port `name` (a listener's name, or `admin`), with `limits`.
+    pub fn new(name: &str, limits: &Limits, agent: &str, t: &Telemetry) -> Arc<Connections> {
         let labels = || vec![label("agent", agent), label("listener", name)];
         let open = t.gauge(CLIENT_CONNECTIONS, labels());
         open.set(0.0);
@@ -215,11 +178,9 @@ impl Connections {
             max: limits.max_connections,
             header_timeout: limits.header_timeout.0,
             idle_timeout: limits.idle_timeout.0,
-            max_busy: admin.then_some(limits.header_timeout.0),
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             epoch: Instant::now(),
-            phase: watch::channel(Phase::Serving).0,
             emptied: Notify::new(),
             open,
             closed: CloseReason::ALL.map(|r| {
@@ -263,20 +224,16 @@ impl Connections {
             changed_ms: AtomicU64::new(now_ms),
             seen_request: AtomicBool::new(false),
             close: Notify::new(),
+            told: std::sync::atomic::AtomicU8::new(TOLD_NOTHING),
             epoch: self.epoch,
         });
         let mut live = self.live();
         if live.len() >= self.max {
             // The one idle longest makes room; a socket that never sent a request has been idle
             // since it came.
-            // Busy since at most this: stuck (the admin port).
-            let busy_ok = self
-                .max_busy
-                .and_then(|b| now_ms.checked_sub(b.as_millis() as u64));
             let idle_since = |c: &Conn| {
-                let since = c.changed_ms.load(Ordering::Relaxed);
                 let idle = c.in_flight.load(Ordering::Acquire) == 0;
-                (idle || busy_ok.is_some_and(|limit| since <= limit)).then_some(since)
+                idle.then(|| c.changed_ms.load(Ordering::Relaxed))
             };
             let stalest = live
                 .values()
@@ -288,7 +245,7 @@ impl Connections {
                 return None;
             };
             if let Some(old) = live.remove(&id) {
-                old.close.notify_one();
+                old.tell(TOLD_DISPLACED);
             }
         }
         live.insert(conn.id, conn.clone());
@@ -319,12 +276,8 @@ impl Connections {
         }
         let since = c.changed_ms.load(Ordering::Relaxed);
         if c.in_flight.load(Ordering::Acquire) > 0 {
-            return match self.max_busy {
-                Some(b) if now_ms >= since + ms(b) => Watch::Close(CloseReason::Busy),
-                Some(b) => Watch::Until(at(since + ms(b))),
-                // Streams may take minutes: looked at again an idle timeout from now.
-                None => Watch::Until(now + self.idle_timeout),
-            };
+            // Streams may take minutes: looked at again an idle timeout from now.
+            return Watch::Until(now + self.idle_timeout);
         }
         let deadline = since + ms(self.idle_timeout);
         match now_ms >= deadline {
@@ -333,18 +286,21 @@ impl Connections {
         }
     }
 
-    /// Accepts connections on `tcp` until `stop` turns true, each served by the handler
-    /// `handler_for` makes for its peer.
-    pub async fn accept<H, F, Fut, B>(
+    /// Accepts connections on `tcp` until `stop` turns true, each served by the service
+    /// `service_for` makes for its peer and its [`Conn`] (whose [`Conn::request`] guard each
+    /// request keeps until it is done).
+    pub async fn accept<H, S, B>(
         self: Arc<Self>,
         tcp: Arc<TcpListener>,
         mut stop: watch::Receiver<bool>,
-        handler_for: H,
+        service_for: H,
     ) where
-        H: Fn(SocketAddr) -> F,
-        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Response<B>> + Send + 'static,
-        B: Body + Unpin + Send + 'static,
+        H: Fn(SocketAddr, Arc<Conn>) -> S,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -354,7 +310,7 @@ impl Connections {
                 _ = stop.wait_for(|stop| *stop) => return,
             };
             match accepted {
-                Ok((stream, peer)) => self.serve(stream, peer, handler_for(peer)),
+                Ok((stream, peer)) => self.serve(stream, peer, |conn| service_for(peer, conn)),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(listener = %self.name, error = %e, "accept failed");
@@ -364,13 +320,21 @@ impl Connections {
         }
     }
 
-    /// Serves one accepted connection with `handle`: it is admitted (or closed at once), then
-    /// watched until it ends.
-    pub fn serve<F, Fut, B>(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, handle: F)
-    where
-        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Response<B>> + Send + 'static,
-        B: Body + Unpin + Send + 'static,
+    /// Serves one accepted connection with the service `service_for` makes for it: it is
+    /// admitted (or closed at once), then watched until it ends. (The service, not a handler
+    /// this wraps, is the caller's: a request future made inside a wrapper and moved in costs
+    /// its whole state's copy, kilobytes, per request.)
+    pub fn serve<S, B>(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        service_for: impl FnOnce(Arc<Conn>) -> S,
+    ) where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -379,18 +343,7 @@ impl Connections {
             return;
         };
         let _ = stream.set_nodelay(true);
-        let requests = conn.clone();
-        let svc = service_fn(move |req| {
-            let in_flight = requests.request();
-            let response = handle(req);
-            async move {
-                let response = response.await;
-                Ok::<_, Infallible>(response.map(|body| Tracked {
-                    body,
-                    _in_flight: in_flight,
-                }))
-            }
-        });
+        let svc = service_for(conn.clone());
         let http = self
             .builder
             .serve_connection(TokioIo::new(stream), svc)
@@ -415,11 +368,12 @@ impl Connections {
         C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
     {
         let mut http = std::pin::pin!(http);
-        let mut phase = self.phase.subscribe();
         let mut closing = false;
         let mut check_at = Instant::now();
         loop {
             tokio::select! {
+                // The connection first, and no random order: this runs at every wake of it.
+                biased;
                 ended = http.as_mut() => {
                     if let Err(e) = ended {
                         if is_protocol_error(e.as_ref()) {
@@ -429,25 +383,22 @@ impl Connections {
                     }
                     return;
                 }
-                changed = phase.changed() => {
-                    let now = *phase.borrow_and_update();
-                    match (now, changed) {
-                        (Phase::Draining, Ok(())) if !closing => {
-                            closing = true;
-                            graceful(http.as_mut());
-                            // The drain's grace decides when it is cut, not the linger.
-                            check_at = Instant::now() + Duration::from_secs(86_400 * 365);
-                        }
-                        (Phase::Cut, _) | (_, Err(_)) => return,
-                        _ => {}
+                _ = conn.close.notified() => match conn.told.load(Ordering::Acquire) {
+                    TOLD_CUT => return,
+                    TOLD_DRAIN if !closing => {
+                        closing = true;
+                        graceful(http.as_mut());
+                        // The drain's grace decides when it is cut, not the linger.
+                        check_at = Instant::now() + Duration::from_secs(86_400 * 365);
                     }
-                }
-                _ = conn.close.notified(), if !closing => {
-                    self.count(CloseReason::Displaced);
-                    closing = true;
-                    graceful(http.as_mut());
-                    check_at = Instant::now() + LINGER;
-                }
+                    TOLD_DISPLACED if !closing => {
+                        self.count(CloseReason::Displaced);
+                        closing = true;
+                        graceful(http.as_mut());
+                        check_at = Instant::now() + LINGER;
+                    }
+                    _ => {}
+                },
                 _ = tokio::time::sleep_until(check_at) => {
                     if closing {
                         // It did not finish closing in time.
@@ -475,7 +426,7 @@ impl Connections {
     /// Stops taking requests: every connection is closed gracefully, and those still open after
     /// `grace` are cut.
     pub async fn drain(&self, grace: Duration) {
-        let _ = self.phase.send(Phase::Draining);
+        self.tell_all(TOLD_DRAIN);
         let emptied = async {
             loop {
                 let notified = self.emptied.notified();
@@ -490,7 +441,13 @@ impl Connections {
         if tokio::time::timeout(grace, emptied).await.is_err() {
             tracing::warn!(listener = %self.name, "grace period over; cutting the connections still open");
         }
-        let _ = self.phase.send(Phase::Cut);
+        self.tell_all(TOLD_CUT);
+    }
+
+    fn tell_all(&self, what: u8) {
+        for conn in self.live().values() {
+            conn.tell(what);
+        }
     }
 }
 
@@ -532,12 +489,12 @@ fn is_protocol_error(e: &(dyn std::error::Error + 'static)) -> bool {
 mod tests {
     use super::*;
 
-    fn set(max: usize, admin: bool) -> Arc<Connections> {
+    fn set(max: usize) -> Arc<Connections> {
         let limits = Limits {
             max_connections: max,
             ..Limits::default()
         };
-        Connections::new("p", &limits, admin, "a", &Telemetry::new())
+        Connections::new("p", &limits, "a", &Telemetry::new())
     }
 
     fn closes(set: &Connections, c: &Conn) -> Option<CloseReason> {
@@ -549,7 +506,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deadlines_of_a_connection() {
-        let set = set(10, false);
+        let set = set(10);
         let c = set.admit(Instant::now()).unwrap();
         tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(closes(&set, &c), None);
@@ -567,23 +524,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn on_the_admin_port_a_long_busy_connection_is_stuck() {
-        let set = set(2, true);
+    async fn with_every_connection_busy_a_new_one_is_refused() {
+        let set = set(2);
         let a = set.admit(Instant::now()).unwrap();
         let b = set.admit(Instant::now()).unwrap();
-        let (_ra, _rb) = (a.request(), b.request());
-        // Both busy: a third is refused...
+        let (_ra, rb) = (a.request(), b.request());
         assert!(set.admit(Instant::now()).is_none());
-        // ... until one has been busy past header_timeout (a client not reading its answer).
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(closes(&set, &a), Some(CloseReason::Busy));
+        // One answer done: that connection is idle, and makes room.
+        drop(rb);
         assert!(set.admit(Instant::now()).is_some());
-        assert_eq!(set.len(), 2);
+        assert!(!set.live().contains_key(&b.id));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_idlest_makes_room() {
-        let set = set(3, false);
+        let set = set(3);
         let first = set.admit(Instant::now()).unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
         let second = set.admit(Instant::now()).unwrap();

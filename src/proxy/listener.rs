@@ -12,7 +12,11 @@ use metrics::Counter;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::connections::Connections;
+use std::convert::Infallible;
+
+use hyper::service::service_fn;
+
+use super::connections::{Conn, Connections};
 use super::state::Snapshot;
 use crate::background::supervise;
 
@@ -33,19 +37,21 @@ pub async fn serve(
         let connections = connections.clone();
         supervise(format!("accept {name}"), restarts, move || {
             let state = state.clone();
-            let handler_for = move |peer: SocketAddr| {
+            let service_for = move |peer: SocketAddr, conn: Arc<Conn>| {
                 // Built once per connection, cloned (a reference count) per request.
                 let client_ip = HeaderValue::from_str(&peer.ip().to_string())
                     .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
                 let state = state.clone();
-                move |req| {
+                service_fn(move |req| {
                     let listener = state.load().listeners[index].clone();
-                    super::handle(req, client_ip.clone(), listener)
-                }
+                    let (ip, in_flight) = (client_ip.clone(), conn.request());
+                    // The request's future is made in place, when this one is first polled.
+                    async move { Ok::<_, Infallible>(super::handle(req, ip, listener, in_flight).await) }
+                })
             };
             connections
                 .clone()
-                .accept(tcp.clone(), shutdown.clone(), handler_for)
+                .accept(tcp.clone(), shutdown.clone(), service_for)
         })
     };
     // Done accepting: the supervisor, and with it the socket, is gone.

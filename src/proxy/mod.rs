@@ -135,6 +135,7 @@ use crate::sli::{StatusClass, UpstreamOutcome};
 use crate::upstream::Upstream;
 use attempt::{exchange, internal, outgoing, retry_after, Deadlines};
 use cache::cache_key_hasher;
+use connections::InFlight;
 use fallback::{FallbackReason, X_SLOGUARD_FALLBACK};
 use head::{answer, note_head, Answered};
 use llm::{begin_llm_call, LlmCall};
@@ -160,25 +161,31 @@ pub fn upstream_uri(url: &UpstreamUrl, uri: &Uri) -> Result<Uri, http::uri::Inva
 }
 
 /// Proxies one request: the pipeline above.
+///
+/// `in_flight` keeps the client's connection busy until the request is counted (its answer's last
+/// byte out, or the client gone): it rides in the request's accounting.
 pub async fn handle(
     req: Request<Incoming>,
     client_ip: HeaderValue,
     listener: Arc<ListenerState>,
+    in_flight: InFlight,
 ) -> Response<ProxyBody> {
     let received = Instant::now();
     // The kill switch holds: the agent is silent. Its inbound traffic goes to the human queue
     // (counted on this listener under that upstream), or gets 503 `agent_disabled`.
     if listener.kill.as_ref().is_some_and(|k| k.is_disabled()) {
         if let Some(queue) = &listener.when_disabled {
-            return Box::pin(handle(req, client_ip, queue.clone())).await;
+            return Box::pin(handle(req, client_ip, queue.clone(), in_flight)).await;
         }
-        let account = Accounting::new(listener.clone(), received);
+        let mut account = Accounting::new(listener.clone(), received);
+        account.in_flight = Some(in_flight);
         return local_error(ProxyError::AgentDisabled, Some(account), None);
     }
     let route = &*listener.route;
     // Counted even if the client leaves before any answer (hyper then drops this future): as a
     // 4xx with no cause, nginx's 499, with the time it waited.
-    let account = Accounting::begin(listener.clone(), req.headers(), &client_ip, received);
+    let headers = req.headers();
+    let account = Accounting::begin(listener.clone(), headers, &client_ip, received, in_flight);
     let mut unanswered = Unanswered(Some(account));
 
     let (

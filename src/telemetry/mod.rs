@@ -181,7 +181,7 @@ impl Telemetry {
         d(
             CLIENT_CONNECTIONS_CLOSED_TOTAL,
             None,
-            "Client connections the sidecar closed: header_timeout, idle, busy, displaced (room for a new one), refused (at the limit, all busy).",
+            "Client connections the sidecar closed: header_timeout, idle, displaced (room for a new one), refused (at the limit, all busy).",
             0,
         );
         d(

@@ -137,13 +137,16 @@ impl ConnectionPool {
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         // A shared connection that turns out to take no new stream (GOAWAY, closing) is left
         // for the next, or a new one: the request was never sent on it.
-        while let Some((id, mut sender)) = self.shared_h2() {
-            if sender.ready().await.is_err() {
-                self.forget_h2(id);
-                continue;
-            }
+        while let Some((id, sender)) = self.shared_h2() {
             *req.uri_mut() = self.absolute(req.uri());
-            return send_h2(sender, req).await.map(|r| (r, None));
+            match send_h2(sender, req).await {
+                Ok(response) => return Ok((response, None)),
+                Err(H2Failure::NotReady(unsent)) => {
+                    self.forget_h2(id);
+                    req = *unsent;
+                }
+                Err(H2Failure::Exchange(e)) => return Err(e),
+            }
         }
         *req.version_mut() = Version::HTTP_11;
         while let Some(mut sender) = self.take_idle() {
@@ -172,7 +175,13 @@ impl ConnectionPool {
             Fresh::H2(sender) => {
                 // h2 carries scheme and authority as pseudo-headers: the URI must be absolute.
                 *req.uri_mut() = self.absolute(req.uri());
-                send_h2(sender, req).await.map(|r| (r, None))
+                match send_h2(sender, req).await {
+                    Ok(response) => Ok((response, None)),
+                    Err(H2Failure::NotReady(_)) => Err(SendError::Connect(
+                        "a new h2 connection took no stream".into(),
+                    )),
+                    Err(H2Failure::Exchange(e)) => Err(e),
+                }
             }
         }
     }
@@ -312,13 +321,27 @@ impl ConnectionPool {
     }
 }
 
+/// Why a request did not get its answer on a shared h2 connection.
+enum H2Failure {
+    /// The connection takes no new stream (GOAWAY, closing): the request, never sent, goes on
+    /// another.
+    /// (Boxed: it is the rare case, and the request is large.)
+    NotReady(Box<Request<RequestBody>>),
+    Exchange(SendError),
+}
+
 async fn send_h2(
     mut sender: http2::SendRequest<RequestBody>,
     mut req: Request<RequestBody>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<Incoming>, H2Failure> {
+    if sender.ready().await.is_err() {
+        return Err(H2Failure::NotReady(Box::new(req)));
+    }
     // :authority comes from the URI; a Host header beside it is redundant at best.
     req.headers_mut().remove(header::HOST);
     *req.version_mut() = Version::HTTP_2;
-    sender.ready().await.map_err(SendError::Exchange)?;
-    sender.send_request(req).await.map_err(SendError::Exchange)
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| H2Failure::Exchange(SendError::Exchange(e)))
 }
