@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge, Label};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -286,9 +286,9 @@ impl Connections {
         }
     }
 
-    /// Accepts connections on `tcp` until `stop` turns true, each served by the service
-    /// `service_for` makes for its peer and its [`Conn`] (whose [`Conn::request`] guard each
-    /// request keeps until it is done).
+    /// Accepts connections on `tcp` until `stop` turns true: each is admitted (or closed at once),
+    /// served by the service `service_for` makes for its peer and its [`Conn`] (whose
+    /// [`Conn::request`] guard each request keeps until it is done), and watched until it ends.
     pub async fn accept<H, S, B>(
         self: Arc<Self>,
         tcp: Arc<TcpListener>,
@@ -309,51 +309,35 @@ impl Connections {
                 accepted = tcp.accept() => accepted,
                 _ = stop.wait_for(|stop| *stop) => return,
             };
-            match accepted {
-                Ok((stream, peer)) => self.serve(stream, peer, |conn| service_for(peer, conn)),
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(listener = %self.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-            }
+            };
+            let Some(conn) = self.admit(Instant::now()) else {
+                // Every connection busy: this one closes (its socket drops) without a word.
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            // The service is the caller's, not a wrapper of a handler: a request future made
+            // inside a wrapper and moved in costs a copy of its whole state (kilobytes) per
+            // request.
+            let svc = service_for(peer, conn.clone());
+            let http = self
+                .builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
+            let set = self.clone();
+            tokio::spawn(async move {
+                let graceful = |c: Pin<&mut _>| auto::Connection::graceful_shutdown(c);
+                set.watch_over(http, graceful, &conn, peer).await;
+                set.remove(conn.id);
+            });
         }
-    }
-
-    /// Serves one accepted connection with the service `service_for` makes for it: it is
-    /// admitted (or closed at once), then watched until it ends. (The service, not a handler
-    /// this wraps, is the caller's: a request future made inside a wrapper and moved in costs
-    /// its whole state's copy, kilobytes, per request.)
-    pub fn serve<S, B>(
-        self: &Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        service_for: impl FnOnce(Arc<Conn>) -> S,
-    ) where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let Some(conn) = self.admit(Instant::now()) else {
-            // Every connection busy: this one closes (its socket drops) without a word.
-            return;
-        };
-        let _ = stream.set_nodelay(true);
-        let svc = service_for(conn.clone());
-        let http = self
-            .builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let set = self.clone();
-        tokio::spawn(async move {
-            let graceful = |c: Pin<&mut _>| auto::Connection::graceful_shutdown(c);
-            set.watch_over(http, graceful, &conn, peer).await;
-            set.remove(conn.id);
-        });
     }
 
     /// Drives one connection until it ends, closing it when a deadline passes, when it is
