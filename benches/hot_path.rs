@@ -80,6 +80,38 @@ fn metrics_bench(c: &mut Criterion) {
             u.count(black_box(UpstreamOutcome::Ok));
         })
     });
+    // The same with OTLP export on: every handle also records into the mirror the exporter reads.
+    {
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+        let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "bench");
+        let mirror = std::sync::Arc::new(sloguard::telemetry::otlp::Mirror::new(meter));
+        let t = Telemetry::with_mirror(Some(mirror));
+        let m = RequestMetrics::new(&t, "bench-agent", "egress", "openai");
+        let u = UpstreamMetrics::new(&t, "bench-agent", "openai");
+        let overhead = sloguard::telemetry::overhead(&t, "bench-agent", "egress");
+        c.bench_function("metrics/one_request_otlp_mirror", |b| {
+            b.iter(|| {
+                overhead.record(black_box(0.000_04));
+                m.time_to_first_byte.record(black_box(0.21));
+                m.response_seconds.record(black_box(1.7));
+                m.count_request(black_box(StatusClass::Success), black_box(Cause::None));
+                u.count(black_box(UpstreamOutcome::Ok));
+            })
+        });
+        // The mirror's samples go to the SDK off the request path: what that costs per request.
+        c.bench_function("metrics/otlp_drain_per_request", |b| {
+            b.iter_custom(|iters| {
+                for _ in 0..iters {
+                    overhead.record(0.000_04);
+                    m.time_to_first_byte.record(0.21);
+                    m.response_seconds.record(1.7);
+                }
+                let start = std::time::Instant::now();
+                t.run_upkeep();
+                start.elapsed()
+            })
+        });
+    }
     // Histogram samples accumulate until upkeep folds them; keep the bench's memory flat.
     t.run_upkeep();
     let mut group = c.benchmark_group("metrics/contended");
@@ -291,8 +323,45 @@ fn slo_bench(c: &mut Criterion) {
     );
 }
 
+/// What a request's trace costs it (`otlp.traces`): started from the client's headers, one attempt
+/// (the upstream's `traceparent` written), ended; not sampled (only the ids and instants), and
+/// sampled (its two spans built and queued for export; the queue is emptied as the exporter would).
+fn trace_bench(c: &mut Criterion) {
+    use sloguard::telemetry::trace::{Ended, Tracer};
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let headers = sdk_request_headers();
+    let upstreams = ["openai"];
+    for (name, ratio) in [("request_not_sampled", 0.0), ("request_sampled", 1.0)] {
+        let tracer = std::sync::Arc::new(Tracer::new(ratio, tx.clone(), metrics::Counter::noop()));
+        c.bench_function(&format!("trace/{name}"), |b| {
+            b.iter(|| {
+                let now = tokio::time::Instant::now();
+                let method = http::Method::POST;
+                let mut t = tracer.start(&method, "/v1/chat/completions", &headers, now);
+                let mut out = HeaderMap::new();
+                t.attempt(0, &mut out, now);
+                t.attempt_answered(200);
+                t.finish(
+                    Ended {
+                        listener: "egress",
+                        upstreams: &upstreams,
+                        hop: 0,
+                        attempt_outcome: Some("ok"),
+                        failed: false,
+                    },
+                    now,
+                );
+                while let Ok(span) = rx.try_recv() {
+                    black_box(span);
+                }
+            })
+        });
+    }
+}
+
 criterion_group!(
     benches,
+    trace_bench,
     headers_bench,
     metrics_bench,
     breaker_bench,

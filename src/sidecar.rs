@@ -16,6 +16,7 @@ use crate::background::{every, supervise};
 use crate::config::Config;
 use crate::proxy::connections::Connections;
 use crate::proxy::{listener, Shared, Snapshot};
+use crate::telemetry::otlp::Otlp;
 use crate::telemetry::{label, record_build_info, Telemetry, BACKGROUND_RESTARTS_TOTAL};
 use crate::upstream::UpstreamBuildError;
 
@@ -25,6 +26,8 @@ pub enum StartError {
     Build(#[from] UpstreamBuildError),
     #[error("admin.token_file: {0}")]
     AdminToken(String),
+    #[error(transparent)]
+    Otlp(#[from] crate::telemetry::otlp::OtlpError),
     #[error("{key}: cannot bind {addr}: {source}")]
     Bind {
         key: String,
@@ -75,6 +78,8 @@ pub struct Sidecar {
     listener_tasks: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     incidents: crate::incident::Incidents,
+    /// OTLP export, flushed last at shutdown.
+    exports: Option<crate::telemetry::otlp::Exports>,
 }
 
 async fn bind(key: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -87,7 +92,14 @@ impl Sidecar {
     /// Builds the running state, binds the admin port and every listener, and starts serving.
     /// Ready (`/readyz` 200) when this returns.
     pub async fn start(config: Config) -> Result<Sidecar, StartError> {
-        let telemetry = Telemetry::new();
+        // The exporters exist before the first metric handle: each is registered with them too.
+        let otlp = match &config.otlp {
+            Some(c) => Some(Otlp::build(c, &config.agent, &|var| {
+                std::env::var(var).ok()
+            })?),
+            None => None,
+        };
+        let telemetry = Telemetry::with_mirror(otlp.as_ref().and_then(Otlp::mirror));
         record_build_info(&telemetry, &config.agent);
         let grace = config.shutdown.grace_period.0;
         let admin_bind = config.admin.bind;
@@ -97,7 +109,19 @@ impl Sidecar {
             crate::admin::read_token(path).map_err(StartError::AdminToken)?;
         }
         let binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
-        let shared = Shared::new(&config, &telemetry, true);
+        let mut shared = Shared::new(&config, &telemetry, true);
+        let agent = config.agent.clone();
+        let restarts = |task: &str| {
+            telemetry.counter(
+                BACKGROUND_RESTARTS_TOTAL,
+                vec![label("agent", &agent), label("task", task)],
+            )
+        };
+        let exports = otlp.map(|o| {
+            let (tracer, exports) = o.start(&telemetry, &agent, &restarts);
+            shared.tracer = tracer;
+            exports
+        });
         let slos =
             crate::slo::Slos::new(&config, &telemetry, tokio::time::Instant::now()).map(Arc::new);
         let snapshot = Snapshot::build(config, &telemetry, &shared)?;
@@ -114,13 +138,6 @@ impl Sidecar {
         let (shutdown, _) = watch::channel(false);
         let (admin_stop, _) = watch::channel(false);
         let admin_addr = local_addr(&admin_tcp, admin_bind);
-        let agent = state.load().config.agent.clone();
-        let restarts = |task: &str| {
-            telemetry.counter(
-                BACKGROUND_RESTARTS_TOTAL,
-                vec![label("agent", &agent), label("task", task)],
-            )
-        };
         let admin_connections = Connections::new("admin", &admin_limits, &agent, &telemetry);
         let mut background = vec![tokio::spawn(admin::serve(
             admin_tcp,
@@ -214,6 +231,7 @@ impl Sidecar {
             listener_tasks,
             background,
             incidents,
+            exports,
         })
     }
 
@@ -248,6 +266,10 @@ impl Sidecar {
             task.abort();
         }
         self.incidents.flush(INCIDENT_FLUSH).await;
+        // Last: the drained requests' counts and spans are all in by now.
+        if let Some(exports) = self.exports {
+            exports.flush(crate::telemetry::otlp::FLUSH).await;
+        }
         tracing::info!("stopped");
     }
 }

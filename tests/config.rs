@@ -103,12 +103,60 @@ fn a_duplicate_listener_bind_is_named_with_its_line() {
 }
 
 #[test]
-fn sections_this_build_does_not_act_on_are_refused() {
-    let e = error_of(&format!("{BASE}otlp:\n  endpoint: http://127.0.0.1:4317\n"));
+fn otlp_values_are_checked_by_key() {
+    let with = |otlp: &str| error_of(&format!("{BASE}otlp:\n{otlp}"));
+    assert_eq!(
+        with("  endpoint: https://collector:4317\n"),
+        "bad.yaml:14: otlp.endpoint: https is not supported by this build: point it at a collector (or its agent) in the cluster over http://"
+    );
     assert!(
-        e.starts_with("bad.yaml:13: otlp: the `otlp` section is not supported by this build"),
+        with("  endpoint: collector:4317\n").starts_with("bad.yaml:14: otlp.endpoint: "),
+        "{}",
+        with("  endpoint: collector:4317\n")
+    );
+    let e = with("  endpoint: http://c:4317\n  protocol: thrift\n");
+    assert!(
+        e.starts_with("bad.yaml:15: otlp.protocol: unknown variant `thrift`"),
         "{e}"
     );
+    let e = with("  endpoint: http://c:4317\n  interval: 100ms\n");
+    assert_eq!(e, "bad.yaml:15: otlp.interval: must be at least 1s");
+    let e = with("  endpoint: http://c:4317\n  interval: 5s\n  timeout: 10s\n");
+    assert!(
+        e.starts_with(
+            "bad.yaml:16: otlp.timeout: must be at least 100ms and at most otlp.interval"
+        ),
+        "{e}"
+    );
+    let e = with("  endpoint: http://c:4317\n  traces: {sample_ratio: 1.5}\n");
+    assert_eq!(
+        e,
+        "bad.yaml:15: otlp.traces.sample_ratio: must be between 0 and 1"
+    );
+    let e = with("  endpoint: http://c:4317\n  traces: {max_queue: 0}\n");
+    assert_eq!(
+        e,
+        "bad.yaml:15: otlp.traces.max_queue: must be between 1 and 1000000"
+    );
+    let e = with("  endpoint: http://c:4317\n  temporality: sometimes\n");
+    assert!(
+        e.starts_with("bad.yaml:15: otlp.temporality: unknown variant `sometimes`"),
+        "{e}"
+    );
+    let e = with("  endpoint: http://c:4317\n  metrics: false\n");
+    assert_eq!(
+        e,
+        "bad.yaml:13: otlp: exports nothing: metrics is false and there is no traces section"
+    );
+    // A complete section parses, with its defaults.
+    let c = Config::parse(
+        "ok.yaml",
+        &format!("{BASE}otlp:\n  endpoint: http://otel-collector:4318\n  protocol: http/protobuf\n  traces: {{}}\n"),
+    )
+    .unwrap();
+    let otlp = c.otlp.unwrap();
+    assert_eq!(otlp.interval.0, std::time::Duration::from_secs(15));
+    assert_eq!(otlp.traces.unwrap().sample_ratio, 0.1);
 }
 
 #[test]
@@ -211,7 +259,7 @@ fn sloguard_check_exits_non_zero_with_the_message() {
 }
 
 #[test]
-fn an_empty_section_this_build_does_not_act_on_is_refused_too() {
+fn an_empty_otlp_section_is_refused_not_taken_for_none() {
     let e = error_of(&format!("{BASE}otlp:\n"));
     assert!(e.starts_with("bad.yaml:13: otlp"), "{e}");
 }

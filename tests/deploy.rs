@@ -399,10 +399,16 @@ fn the_pod_outlasts_sloguards_drain() {
     let grace = pod_spec()["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("the pod should set terminationGracePeriodSeconds");
+    // The drain, then the incident queue, then (with `otlp`) the last exports.
+    let otlp = if config.otlp.is_some() {
+        sloguard::telemetry::otlp::FLUSH
+    } else {
+        Duration::ZERO
+    };
+    let stop = config.shutdown.grace_period.0 + sloguard::sidecar::INCIDENT_FLUSH + otlp;
     assert!(
-        Duration::from_secs(grace) > config.shutdown.grace_period.0,
-        "terminationGracePeriodSeconds ({grace}) must exceed shutdown.grace_period ({:?}), or the kubelet kills sloguard mid-drain",
-        config.shutdown.grace_period.0
+        Duration::from_secs(grace) > stop,
+        "terminationGracePeriodSeconds ({grace}) must exceed shutdown.grace_period + the incident and OTLP flushes ({stop:?}), or the kubelet kills sloguard mid-shutdown",
     );
 }
 

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::process::Process;
 use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use sloguard::sim;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::Notify;
 
 /// An upstream that answers after `delay`, telling `arrived` when a request is in.
@@ -73,79 +73,6 @@ async fn readyz_is_200_when_serving_and_503_while_draining() {
     );
 }
 
-/// The real binary, started on a config file, with its bound addresses read from its log.
-struct Process {
-    child: Child,
-    admin: SocketAddr,
-    listener: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Process {
-    async fn start(config: &str, name: &str) -> Process {
-        let dir = std::env::temp_dir().join(format!("sloguard-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.yaml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sloguard"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (mut admin, mut listener) = (None, None);
-        let read = async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                match v["message"].as_str() {
-                    Some("listening") => listener = v["bind"].as_str().and_then(|s| s.parse().ok()),
-                    Some("ready") => {
-                        admin = v["admin"].as_str().and_then(|s| s.parse().ok());
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), read)
-            .await
-            .expect("sloguard became ready");
-        // Keep draining its log so that it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Process {
-            child,
-            admin: admin.expect("admin address logged"),
-            listener: listener.expect("listener logged"),
-            dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
-
-    /// A field of /proc/PID/status, in KiB.
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let arrived = Arc::new(Notify::new());
@@ -157,12 +84,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         (resp.status(), body_bytes(resp).await)
     });
     arrived.notified().await;
-    let kill = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -TERM {}", p.pid()))
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    p.terminate();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Draining: not ready, no new connections, the in-flight request still finishes.
     assert_eq!(readyz(p.admin).await, StatusCode::SERVICE_UNAVAILABLE);

@@ -6,6 +6,7 @@
 
 mod limits;
 mod locate;
+mod otlp;
 mod safety;
 mod slo;
 mod tasks;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use limits::{Limits, MemoryConfig};
 pub use locate::LineIndex;
+pub use otlp::{OtlpConfig, OtlpProtocol, OtlpTemporality, TracesConfig, MAX_TRACE_QUEUE};
 pub use safety::{
     DetectorConfig, IncidentsConfig, KillSwitchConfig, SafetyAction, SafetyConfig, Severities,
     SeverityName,
@@ -35,14 +37,12 @@ pub const MAX_REPLAY_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 /// [`crate::proxy::cache::MAX_CACHED_BODY`] of body).
 pub const MAX_CACHE_ENTRIES: usize = 100_000;
 
-/// A key of a section this build does not act on: only its presence matters (an empty
-/// `safety:` is refused as surely as a full one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Present;
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Present>, D::Error> {
-    serde::de::IgnoredAny::deserialize(d)?;
-    Ok(Some(Present))
+/// A section that, once written, must say something: `otlp:` left empty is an error (no
+/// endpoint), not the section's absence.
+fn section<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// A configuration error: where (key path and line) and what.
@@ -86,8 +86,6 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub memory: MemoryConfig,
-    // Sections of the contract that later builds act on. They parse, so that the error can say
-    // plainly that this build does not act on them, rather than "unknown field".
     /// How requests to the agent group into tasks (defaults without the section, or with an
     /// empty one).
     #[serde(default, deserialize_with = "null_is_default")]
@@ -101,8 +99,9 @@ pub struct Config {
     pub slos: Vec<SloConfig>,
     #[serde(default)]
     pub incidents: IncidentsConfig,
-    #[serde(default, deserialize_with = "present")]
-    pub otlp: Option<Present>,
+    /// Pushes metrics and spans to an OpenTelemetry Collector (nothing without the section).
+    #[serde(default, deserialize_with = "section")]
+    pub otlp: Option<OtlpConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -609,14 +608,8 @@ impl Config {
 
     /// Checks what the schema cannot; the error is `(key path, message)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let not_yet = |path: &str, what: &str| {
-            Err((
-                path.to_owned(),
-                format!("{what} is not supported by this build of sloguard yet; remove it (it would otherwise be silently ignored)"),
-            ))
-        };
-        if self.otlp.is_some() {
-            return not_yet("otlp", "the `otlp` section");
+        if let Some(otlp) = &self.otlp {
+            otlp.validate()?;
         }
         slo::validate(&self.slos)?;
         if let Some(safety) = &self.safety {

@@ -18,6 +18,7 @@ use super::llm::LlmCall;
 use super::safety::{SafetyCheck, Source};
 use super::state::ListenerState;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
+use crate::telemetry::trace::{Ended, RequestTrace};
 use crate::upstream::{Lease, Outcome, Ticket, Upstream};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,8 @@ pub struct Accounting {
     pub request: Option<Arc<super::Upload>>,
     /// Keeps the client's connection busy until the request is counted.
     pub in_flight: Option<super::connections::InFlight>,
+    /// The request's span and its attempts' (`otlp.traces`).
+    pub trace: Option<Box<RequestTrace>>,
 }
 
 /// A breaker admission and what the response head said about the call.
@@ -112,21 +115,26 @@ impl Accounting {
             origin: 0,
             request: None,
             in_flight: None,
+            trace: None,
         }
     }
 
-    /// A request just received with these headers from `client_ip`, keeping its connection busy
-    /// (`in_flight`) until it is counted: its task looked up (`agent` role), and its origin noted
-    /// for the kill switch.
-    pub fn begin(
+    /// A request just received from `client_ip`, keeping its connection busy (`in_flight`) until
+    /// it is counted: its span started (`otlp.traces`), its task looked up (`agent` role), and its
+    /// origin noted for the kill switch.
+    pub fn begin<B>(
         listener: Arc<ListenerState>,
-        headers: &http::HeaderMap,
+        req: &http::Request<B>,
         client_ip: &http::HeaderValue,
         received: Instant,
         in_flight: super::connections::InFlight,
     ) -> Accounting {
+        let headers = req.headers();
         let mut a = Accounting::new(listener, received);
         a.in_flight = Some(in_flight);
+        if let Some(tracer) = &a.listener.tracer {
+            a.trace = Some(tracer.start(req.method(), req.uri().path(), headers, received));
+        }
         if let Some(tasks) = &a.listener.tasks {
             a.task = Some(tasks.begin(headers, received));
         }
@@ -150,10 +158,19 @@ impl Accounting {
         self.hop
     }
 
-    /// An attempt's request goes out now with its body's `upload`: the LLM call reads the
-    /// request's facts from it, and on an `agent` listener the request waits on the agent from
-    /// when the upload is the agent's turn.
-    pub fn sending(&mut self, upload: &Option<Arc<super::Upload>>, now: Instant) {
+    /// An attempt's request goes out now with its body's `upload` and these `headers`: its span
+    /// begins (the upstream gets the trace context), the LLM call reads the request's facts from
+    /// the upload, and on an `agent` listener the request waits on the agent from when the
+    /// upload is the agent's turn.
+    pub fn sending(
+        &mut self,
+        upload: &Option<Arc<super::Upload>>,
+        headers: &mut http::HeaderMap,
+        now: Instant,
+    ) {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.attempt(self.hop, headers, now);
+        }
         if let Some(call) = self.llm.as_mut() {
             call.set_upload(upload.clone());
         }
@@ -173,11 +190,35 @@ impl Accounting {
         self.listener.route.chain.get(self.hop)
     }
 
-    /// The attempt with the current upstream failed with `outcome` and the request moves on:
-    /// the attempt is counted now, for that upstream (its LLM call, its breaker, its outcome).
-    pub fn attempt_failed(&mut self, outcome: UpstreamOutcome, status: StatusClass, now: Instant) {
+    /// The attempt with the current upstream (`upstream`) failed as `result` says, and the
+    /// request moves on: the attempt is counted now, for that upstream (its LLM call, its
+    /// breaker, its outcome, its span).
+    pub fn attempt_failed(
+        &mut self,
+        result: &Result<(http::Response<Incoming>, Option<Lease>), super::ProxyError>,
+        upstream: &Upstream,
+        now: Instant,
+    ) {
+        let (outcome, status, code) = match result {
+            Ok((response, _)) => {
+                if let Some(t) = self.breaker.as_mut() {
+                    t.retry_after = super::attempt::retry_after(response.headers());
+                }
+                let code = response.status();
+                let outcome = UpstreamOutcome::of_status(code);
+                (outcome, StatusClass::of(code), Some(code.as_u16()))
+            }
+            Err(err) => {
+                err.log(&upstream.log_limit);
+                let outcome = err.outcome().unwrap_or(UpstreamOutcome::Reset);
+                (outcome, StatusClass::of(err.status()), None)
+            }
+        };
         if let Some(call) = self.llm.take() {
-            call.finish(false, status, Some(outcome), now);
+            call.finish(false, status, Some(outcome), now, self.trace.as_deref_mut());
+        }
+        if let Some(trace) = self.trace.as_mut() {
+            trace.close_attempt(Some(outcome.as_str()), code, now);
         }
         // A failed attempt's body never reaches the client: nothing was said.
         self.safety = None;
@@ -221,10 +262,10 @@ impl Accounting {
     }
 
     fn count(mut self, now: Instant, complete: bool) {
-        let end = self
-            .llm
-            .take()
-            .map(|call| call.finish(complete, self.status, self.outcome, now));
+        let end = self.llm.take().map(|call| {
+            let trace = self.trace.as_deref_mut();
+            call.finish(complete, self.status, self.outcome, now, trace)
+        });
         if end.as_ref().is_some_and(|e| e.provider_error) {
             // A 200 whose stream (or body) says the provider failed: a failed request, for the
             // SLIs and the breaker alike, as a 5xx would have been. (The client got the status
@@ -287,6 +328,26 @@ impl Accounting {
         if let (Some(outcome), Some(u)) = (self.outcome, upstream) {
             u.metrics.count(outcome);
         }
+        if let Some(trace) = self.trace.take() {
+            self.end_trace(*trace, now);
+        }
+    }
+
+    /// The request's spans end with it (and go to export, if sampled or failed).
+    fn end_trace(&self, trace: RequestTrace, now: Instant) {
+        let l = &self.listener;
+        // At most a handful: a route's chain.
+        let upstreams: Vec<&str> = l.route.chain.iter().map(|u| u.name.as_str()).collect();
+        trace.finish(
+            Ended {
+                listener: &l.name,
+                upstreams: &upstreams,
+                hop: self.hop,
+                attempt_outcome: self.outcome.map(UpstreamOutcome::as_str),
+                failed: self.status == StatusClass::ServerError || self.cause != Cause::None,
+            },
+            now,
+        );
     }
 }
 

@@ -37,6 +37,9 @@ pub(super) fn note_head(
         tasks.answered(task);
     }
     a.outcome = Some(UpstreamOutcome::of_status(status));
+    if let Some(trace) = a.trace.as_mut() {
+        trace.attempt_answered(status.as_u16());
+    }
     if let Some(call) = a.llm.as_mut() {
         call.response(status, &parts.headers, &listener.budget);
     }

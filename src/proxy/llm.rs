@@ -15,6 +15,7 @@ use super::upload::{RequestBody, Upload};
 use crate::budget::BodyBudget;
 use crate::inspect::{hallucinations, Format, ResponseReader, Unparsed};
 use crate::sli::{StatusClass, UpstreamOutcome};
+use crate::telemetry::trace::{GenAiFacts, RequestTrace};
 use crate::telemetry::{ErrorType, LlmMetrics, ModelMetrics};
 
 /// What an ended call said that others act on.
@@ -112,16 +113,26 @@ impl LlmCall {
         }
     }
 
-    /// The call is over (`complete`: its body ended cleanly); records everything else.
+    /// The call is over (`complete`: its body ended cleanly); records everything else (and tells
+    /// the request's `trace`, when it has one).
     pub fn finish(
         mut self,
         complete: bool,
         status: StatusClass,
         outcome: Option<UpstreamOutcome>,
         now: Instant,
+        trace: Option<&mut RequestTrace>,
     ) -> CallEnd {
         let model = self.model();
         let request = self.upload.as_ref().and_then(|u| u.request.get());
+        let mut genai = trace.map(|t| {
+            let name = request
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|r| r.model.as_deref());
+            let facts =
+                GenAiFacts::new(self.format.operation_name(), self.metrics.provider(), name);
+            (t, facts)
+        });
         if let Some(Err(why)) = request {
             self.metrics.unparsed(*why);
         }
@@ -138,6 +149,14 @@ impl LlmCall {
             error,
             now.duration_since(self.received).as_secs_f64(),
         );
+        if let (Some((_, span)), Some(f)) = (genai.as_mut(), &facts) {
+            span.input_tokens = f.input_tokens;
+            span.output_tokens = f.output_tokens;
+            span.finish_reasons = f.finish_reasons.iter().map(|r| r.as_str()).collect();
+        }
+        if let Some((t, span)) = genai {
+            t.llm_call(span);
+        }
         let Some(facts) = facts else {
             // No response came (the proxy answered, or the client left): the call failed.
             self.metrics

@@ -43,6 +43,9 @@ pub(super) fn serve_cached(
         // No provider was called.
         a.llm = None;
         a.status = StatusClass::of(hit.status);
+        if let Some(trace) = a.trace.as_mut() {
+            trace.local_answer(hit.status.as_u16(), None);
+        }
         a.cause = Cause::None;
         a.outcome = None;
     }
@@ -77,6 +80,9 @@ pub(crate) fn local_error(
         );
         a.status = StatusClass::of(parts.status);
         a.cause = err.cause(a.listener.role);
+        if let Some(trace) = a.trace.as_mut() {
+            trace.local_answer(parts.status.as_u16(), Some(err.error_type()));
+        }
         // A blocked answer came from an upstream that answered: its attempt counts as it went.
         if !matches!(err, ProxyError::SafetyBlocked { .. }) {
             a.outcome = err.outcome();

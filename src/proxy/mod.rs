@@ -131,9 +131,8 @@ pub use upload::{RequestBody, Upload, UploadState};
 
 use crate::config::{Role, UpstreamUrl};
 use crate::inspect::{Format, MAX_INSPECTED_BODY};
-use crate::sli::{StatusClass, UpstreamOutcome};
 use crate::upstream::Upstream;
-use attempt::{exchange, internal, outgoing, retry_after, Deadlines};
+use attempt::{exchange, internal, outgoing, Deadlines};
 use cache::cache_key_hasher;
 use connections::InFlight;
 use fallback::{FallbackReason, X_SLOGUARD_FALLBACK};
@@ -184,8 +183,7 @@ pub async fn handle(
     let route = &*listener.route;
     // Counted even if the client leaves before any answer (hyper then drops this future): as a
     // 4xx with no cause, nginx's 499, with the time it waited.
-    let headers = req.headers();
-    let account = Accounting::begin(listener.clone(), headers, &client_ip, received, in_flight);
+    let account = Accounting::begin(listener.clone(), &req, &client_ip, received, in_flight);
     let mut unanswered = Unanswered(Some(account));
 
     let (
@@ -379,7 +377,7 @@ pub async fn handle(
             body.tap_echoes(EchoTap::new(ls, &headers));
         }
         if let Some(a) = unanswered.0.as_mut() {
-            a.sending(&upload, attempt_start);
+            a.sending(&upload, &mut headers, attempt_start);
         }
         // The request is built straight into the pool's future: a named local would keep its
         // own slot in this function's future, next to the copy the pool holds.
@@ -415,26 +413,10 @@ pub async fn handle(
                     .and_then(|(c, key)| c.get(key, head_at)),
             };
             if following.is_some() || cached.is_some() {
-                let (outcome, status) = match &result {
-                    Ok((response, _)) => (
-                        UpstreamOutcome::of_status(response.status()),
-                        StatusClass::of(response.status()),
-                    ),
-                    Err(err) => {
-                        err.log(&upstream.log_limit);
-                        (
-                            err.outcome().unwrap_or(UpstreamOutcome::Reset),
-                            StatusClass::of(err.status()),
-                        )
-                    }
-                };
                 let Some(a) = unanswered.0.as_mut() else {
                     return local_error(internal(upstream, "request accounting lost"), None, None);
                 };
-                if let (Some(t), Ok((response, _))) = (a.breaker.as_mut(), &result) {
-                    t.retry_after = retry_after(response.headers());
-                }
-                a.attempt_failed(outcome, status, head_at);
+                a.attempt_failed(&result, upstream, head_at);
                 first_reason.get_or_insert(reason);
                 match following {
                     Some(following) => {

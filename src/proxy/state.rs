@@ -15,6 +15,7 @@ use crate::budget::BodyBudget;
 use crate::config::{Config, Protocol, Role, RouteConfig, UpstreamConfig};
 use crate::incident::{Incidents, WebhookConfig};
 use crate::inspect::safety::Detectors;
+use crate::telemetry::trace::Tracer;
 use crate::telemetry::{
     label, overhead, replay_skipped, ModelLabels, RequestMetrics, Telemetry, FALLBACKS_TOTAL,
 };
@@ -30,6 +31,8 @@ pub struct Shared {
     pub tasks: Arc<super::tasks::Tasks>,
     /// The bytes of bodies held at once (`memory.max_held`).
     pub budget: BodyBudget,
+    /// Starts each request's span (`otlp.traces`).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl Shared {
@@ -58,6 +61,7 @@ impl Shared {
                 &config.agent,
                 telemetry,
             ),
+            tracer: None,
         }
     }
 }
@@ -180,6 +184,8 @@ pub struct ListenerState {
     pub body_timeout: std::time::Duration,
     /// What this listener's requests hold of bodies counts here.
     pub budget: BodyBudget,
+    /// Starts each request's span (`otlp.traces`).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl ListenerState {
@@ -317,6 +323,7 @@ impl Snapshot {
                     loop_guard: None,
                     body_timeout: l.limits.body_timeout(),
                     budget: shared.budget.clone(),
+                    tracer: shared.tracer.clone(),
                     route: route.clone(),
                 })),
                 _ => None,
@@ -349,6 +356,7 @@ impl Snapshot {
                 loop_guard: (l.role == Role::Llm).then(|| shared.tasks.clone()),
                 body_timeout: l.limits.body_timeout(),
                 budget: shared.budget.clone(),
+                tracer: shared.tracer.clone(),
                 route,
             }));
         }

@@ -345,9 +345,9 @@ fn number(x: f64) -> String {
 /// A window as Prometheus writes it: `30d`, `28d`, `12h`, `90m`.
 pub fn duration_label(d: Duration) -> String {
     let mins = d.as_secs() / 60;
-    if mins % (24 * 60) == 0 {
+    if mins.is_multiple_of(24 * 60) {
         format!("{}d", mins / (24 * 60))
-    } else if mins % 60 == 0 {
+    } else if mins.is_multiple_of(60) {
         format!("{}h", mins / 60)
     } else {
         format!("{mins}m")

@@ -154,6 +154,11 @@ pub struct ModelMetrics {
 }
 
 impl LlmMetrics {
+    /// `gen_ai.provider.name` of the upstream's calls.
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+
     pub fn new(
         t: &Telemetry,
         agent: &str,

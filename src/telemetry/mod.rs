@@ -8,6 +8,8 @@
 pub mod genai;
 mod log_limit;
 mod logging;
+pub mod otlp;
+pub mod trace;
 
 use std::sync::Arc;
 
@@ -53,6 +55,7 @@ pub const AGENT_LOOPS_DETECTED: &str = "agent_loops_detected_total";
 pub const LOOP_TASKS_EVICTED: &str = "sloguard_loop_tasks_evicted_total";
 pub const SLO_BUDGET_REMAINING: &str = "sloguard_slo_error_budget_remaining";
 pub const SLO_BURN_RATE: &str = "sloguard_slo_burn_rate";
+pub const OTLP_DROPPED_TOTAL: &str = "sloguard_otlp_dropped_total";
 
 /// Request latency of an agent or an LLM call: from a few milliseconds (a cached or failed call)
 /// to minutes (a long generation). Denser around 0.1–10 s, where agent latency SLOs sit; every
@@ -69,38 +72,406 @@ pub const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
 ];
 
+/// What each metric is: its Prometheus name, its OpenTelemetry name (OTLP export), kind, unit and
+/// help text. The OpenTelemetry name is chosen so that a Collector's Prometheus exporter (dots to
+/// underscores, the unit's suffix, `_total` on a counter) gives back the Prometheus name; only
+/// `agent_tasks_started` and `agent_tasks_completed`, which the reference article names without
+/// `_total`, come back with it.
+pub const METRICS: &[MetricDef] = &[
+    MetricDef {
+        name: AGENT_REQUESTS_TOTAL,
+        otel: "agent.requests",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Requests answered, by the status class the client got and the cause of a failure.",
+    },
+    MetricDef {
+        name: AGENT_RESPONSE_SECONDS,
+        otel: "agent.response",
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        otel_unit: "s",
+        help: "Request received to last response byte sent.",
+    },
+    MetricDef {
+        name: AGENT_TIME_TO_FIRST_BYTE_SECONDS,
+        otel: "agent.time_to_first_byte",
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        otel_unit: "s",
+        help: "Request received to first response body byte sent.",
+    },
+    MetricDef {
+        name: UPSTREAM_REQUESTS_TOTAL,
+        otel: "sloguard.upstream.requests",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Attempts sent to an upstream, by outcome.",
+    },
+    MetricDef {
+        name: OVERHEAD_SECONDS,
+        otel: "sloguard.overhead",
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        otel_unit: "s",
+        help: "Time the sidecar itself added to a request.",
+    },
+    MetricDef {
+        name: CONNECTION_ERRORS_TOTAL,
+        otel: "sloguard.client.connection_errors",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Client connections that ended in a protocol error (malformed HTTP, oversized headers).",
+    },
+    MetricDef {
+        name: BODY_BUDGET_REFUSALS_TOTAL,
+        otel: "sloguard.body_budget.refusals",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Bytes a holder could not keep: memory.max_held was spent (replay and whole reads then answer 503 overloaded; readers skip the body).",
+    },
+    MetricDef {
+        name: BODY_BUDGET_USED_BYTES,
+        otel: "sloguard.body_budget.used",
+        kind: Kind::Gauge,
+        unit: Some(Unit::Bytes),
+        otel_unit: "By",
+        help: "Body bytes held now against memory.max_held (every 5 s).",
+    },
+    MetricDef {
+        name: BACKGROUND_RESTARTS_TOTAL,
+        otel: "sloguard.background.restarts",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Background tasks (sweeps, reloads, the webhook, accept loops) restarted after a panic.",
+    },
+    MetricDef {
+        name: CLIENT_CONNECTIONS,
+        otel: "sloguard.client.connections",
+        kind: Kind::Gauge,
+        unit: None,
+        otel_unit: "",
+        help: "Client connections open now, per listener (and the admin port).",
+    },
+    MetricDef {
+        name: CLIENT_CONNECTIONS_CLOSED_TOTAL,
+        otel: "sloguard.client.connections_closed",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Client connections the sidecar closed: header_timeout, idle, displaced (room for a new one), refused (at the limit, all busy).",
+    },
+    MetricDef {
+        name: genai::GEN_AI_OPERATION_DURATION,
+        otel: "gen_ai.client.operation.duration",
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        otel_unit: "s",
+        help: "Whole LLM call: request received to last response byte (OpenTelemetry gen_ai.client.operation.duration).",
+    },
+    MetricDef {
+        name: genai::GEN_AI_TIME_TO_FIRST_CHUNK,
+        otel: "gen_ai.client.operation.time_to_first_chunk",
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        otel_unit: "s",
+        help: "Streamed LLM calls: request received to the first chunk carrying output text or a tool call.",
+    },
+    MetricDef {
+        name: genai::GEN_AI_TIME_PER_OUTPUT_CHUNK,
+        otel: "gen_ai.client.operation.time_per_output_chunk",
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        otel_unit: "s",
+        help: "Streamed LLM calls: time between output chunks after the first.",
+    },
+    MetricDef {
+        name: genai::GEN_AI_TOKEN_USAGE,
+        otel: "gen_ai.client.token.usage",
+        kind: Kind::Histogram,
+        unit: None,
+        otel_unit: "{token}",
+        help: "Tokens per LLM call as the provider reported them, by gen_ai_token_type (input, output).",
+    },
+    MetricDef {
+        name: genai::FINISH_REASONS_TOTAL,
+        otel: "agent.llm.finish_reasons",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Why generations ended, normalised: stop, length, tool_calls, content_filter, error, other.",
+    },
+    MetricDef {
+        name: genai::HALLUCINATED_TOOL_CALLS_TOTAL,
+        otel: "agent.hallucinated_tool_calls",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Tool calls naming a tool the request did not declare (unknown_tool) or with arguments that are not JSON (invalid_arguments).",
+    },
+    MetricDef {
+        name: genai::UNPARSED_BODIES_TOTAL,
+        otel: "sloguard.unparsed_bodies",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "LLM request or response bodies the sidecar could not read; they passed through untouched.",
+    },
+    MetricDef {
+        name: genai::API_KEY_REJECTIONS_TOTAL,
+        otel: "sloguard.api_key.rejections",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "401 answers to a request carrying an injected API key; each moves the upstream to its next key.",
+    },
+    MetricDef {
+        name: genai::API_KEY_RELOADS_TOTAL,
+        otel: "sloguard.api_key.reloads",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Re-reads of an upstream's api_keys_file after it changed, by result.",
+    },
+    MetricDef {
+        name: CIRCUIT_STATE,
+        otel: "sloguard.circuit.state",
+        kind: Kind::Gauge,
+        unit: None,
+        otel_unit: "",
+        help: "An upstream's circuit breaker: 0 closed, 1 half-open, 2 open.",
+    },
+    MetricDef {
+        name: CIRCUIT_TRANSITIONS_TOTAL,
+        otel: "sloguard.circuit.transitions",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Circuit breaker state changes, by the state entered and why.",
+    },
+    MetricDef {
+        name: FALLBACKS_TOTAL,
+        otel: "sloguard.fallbacks",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Requests moved on from one upstream of a route to the next (to=\"cache\": to the last-resort cache), by the reason.",
+    },
+    MetricDef {
+        name: REPLAY_SKIPPED_TOTAL,
+        otel: "sloguard.replay.skipped",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Requests whose body was larger than max_replay_body: streamed to one upstream, with no fallback.",
+    },
+    MetricDef {
+        name: AGENT_RESPONSES_TOTAL,
+        otel: "agent.responses",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Responses whose content the safety detectors inspected.",
+    },
+    MetricDef {
+        name: SAFETY_VIOLATIONS_TOTAL,
+        otel: "agent.safety.violations",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Safety detector hits (and upstream safety signals), by detector and the action taken.",
+    },
+    MetricDef {
+        name: AGENT_DISABLED,
+        otel: "sloguard.agent.disabled",
+        kind: Kind::Gauge,
+        unit: None,
+        otel_unit: "",
+        help: "1 while the kill switch holds the agent disabled.",
+    },
+    MetricDef {
+        name: INCIDENTS_TOTAL,
+        otel: "sloguard.incidents",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Incident events (kill switch on/off, circuit breaker open/close), by severity and kind.",
+    },
+    MetricDef {
+        name: INCIDENT_NOTIFICATIONS_TOTAL,
+        otel: "sloguard.incident.notifications",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Incident webhook notifications, by result: sent, failed (dropped after bounded retries), queue_full (dropped at once).",
+    },
+    MetricDef {
+        name: AGENT_TASKS_STARTED,
+        otel: "agent.tasks.started",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Agent tasks seen for the first time (a request without a task id is a task of its own).",
+    },
+    MetricDef {
+        name: AGENT_TASKS_COMPLETED,
+        otel: "agent.tasks.completed",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Agent tasks that ended completed (the agent's status header, or a 2xx without it).",
+    },
+    MetricDef {
+        name: AGENT_TASKS_FAILED,
+        otel: "agent.tasks.failed",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Agent tasks that ended failed (the agent's status header, or a 5xx without it; or cut by the loop guard).",
+    },
+    MetricDef {
+        name: AGENT_TASKS_ABANDONED,
+        otel: "agent.tasks.abandoned",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Agent tasks left in progress: idle past tasks.stuck_after, or evicted from a full task table.",
+    },
+    MetricDef {
+        name: TASKS_EVICTED,
+        otel: "sloguard.tasks.evicted",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Tasks pushed out of a full task table (tasks.max_tasks); also counted abandoned.",
+    },
+    MetricDef {
+        name: AGENT_STUCK,
+        otel: "sloguard.agent.stuck",
+        kind: Kind::Gauge,
+        unit: None,
+        otel_unit: "",
+        help: "1 while the agent is stuck (GET /agent/healthz answers 503): a request unanswered, or tasks abandoned with none completed, within tasks.stuck_after.",
+    },
+    MetricDef {
+        name: AGENT_LOOPS_DETECTED,
+        otel: "agent.loops.detected",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Loop guard hits: a task made more than tasks.max_llm_calls LLM calls, or got the same tool call back tasks.max_repeated_tool_calls times in a row.",
+    },
+    MetricDef {
+        name: LOOP_TASKS_EVICTED,
+        otel: "sloguard.loop.tasks_evicted",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Tasks the loop guard forgot to make room in its full table (tasks.max_tasks): their counts start again.",
+    },
+    MetricDef {
+        name: SLO_BUDGET_REMAINING,
+        otel: "sloguard.slo.error_budget.remaining",
+        kind: Kind::Gauge,
+        unit: None,
+        otel_unit: "",
+        help: "Share of the SLO window's error budget left, local view (1: untouched; negative: overspent).",
+    },
+    MetricDef {
+        name: SLO_BURN_RATE,
+        otel: "sloguard.slo.burn_rate",
+        kind: Kind::Gauge,
+        unit: None,
+        otel_unit: "",
+        help: "Error ratio over the window divided by the SLO's budget ratio, local view (1 spends the budget exactly over the SLO window; 0 without events).",
+    },
+    MetricDef {
+        name: BUILD_INFO,
+        otel: "sloguard.build_info",
+        kind: Kind::Gauge,
+        unit: None,
+        otel_unit: "",
+        help: "Always 1; the version label says which sloguard runs.",
+    },
+    MetricDef {
+        name: OTLP_DROPPED_TOTAL,
+        otel: "sloguard.otlp.dropped",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Metric points and spans the OTLP export gave up on, by signal: the span queue was full, or an export failed or timed out (the collector down or slow).",
+    },
+];
+
+/// How a metric records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Histogram,
+    Gauge,
+}
+
+pub struct MetricDef {
+    pub name: &'static str,
+    pub otel: &'static str,
+    pub kind: Kind,
+    pub unit: Option<Unit>,
+    /// The unit as OpenTelemetry writes it (UCUM): `s`, `By`, `{token}`; empty for a count.
+    pub otel_unit: &'static str,
+    pub help: &'static str,
+}
+
+/// The definition of the metric called `name` (its Prometheus name).
+pub fn metric_def(name: &str) -> Option<&'static MetricDef> {
+    METRICS.iter().find(|d| d.name == name)
+}
+
+/// Histogram bucket boundaries by metric (those not listed use the exporter's default, which no
+/// histogram here does).
+pub const BUCKETS: &[(&str, &[f64])] = &[
+    (AGENT_RESPONSE_SECONDS, LATENCY_BUCKETS),
+    (AGENT_TIME_TO_FIRST_BYTE_SECONDS, LATENCY_BUCKETS),
+    (OVERHEAD_SECONDS, OVERHEAD_BUCKETS),
+    (
+        genai::GEN_AI_OPERATION_DURATION,
+        genai::GEN_AI_SECONDS_BUCKETS,
+    ),
+    (
+        genai::GEN_AI_TIME_TO_FIRST_CHUNK,
+        genai::GEN_AI_SECONDS_BUCKETS,
+    ),
+    (
+        genai::GEN_AI_TIME_PER_OUTPUT_CHUNK,
+        genai::GEN_AI_SECONDS_BUCKETS,
+    ),
+    (genai::GEN_AI_TOKEN_USAGE, genai::GEN_AI_TOKEN_BUCKETS),
+];
+
 /// The process-wide metrics registry of one sidecar.
 #[derive(Clone)]
 pub struct Telemetry {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// Every handle is registered here too when OTLP exports metrics.
+    mirror: Option<Arc<otlp::Mirror>>,
 }
 
 impl Telemetry {
     pub fn new() -> Telemetry {
+        Telemetry::with_mirror(None)
+    }
+
+    /// A registry whose handles also record into `mirror` (OTLP export), when there is one.
+    pub fn with_mirror(mirror: Option<Arc<otlp::Mirror>>) -> Telemetry {
         let builder = PrometheusBuilder::new();
-        let builder = [
-            (AGENT_RESPONSE_SECONDS, LATENCY_BUCKETS),
-            (AGENT_TIME_TO_FIRST_BYTE_SECONDS, LATENCY_BUCKETS),
-            (OVERHEAD_SECONDS, OVERHEAD_BUCKETS),
-            (
-                genai::GEN_AI_OPERATION_DURATION,
-                genai::GEN_AI_SECONDS_BUCKETS,
-            ),
-            (
-                genai::GEN_AI_TIME_TO_FIRST_CHUNK,
-                genai::GEN_AI_SECONDS_BUCKETS,
-            ),
-            (
-                genai::GEN_AI_TIME_PER_OUTPUT_CHUNK,
-                genai::GEN_AI_SECONDS_BUCKETS,
-            ),
-            (genai::GEN_AI_TOKEN_USAGE, genai::GEN_AI_TOKEN_BUCKETS),
-        ]
-        .into_iter()
-        .fold(builder, |b, (name, buckets)| {
+        let builder = BUCKETS.iter().fold(builder, |b, (name, buckets)| {
             // Only fails for an empty bucket list, which the constants above are not.
-            b.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+            b.set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets)
                 .unwrap_or_else(|_| PrometheusBuilder::new())
         });
         let recorder = builder.build_recorder();
@@ -108,6 +479,7 @@ impl Telemetry {
         let t = Telemetry {
             recorder: Arc::new(recorder),
             handle,
+            mirror,
         };
         t.describe();
         t
@@ -115,249 +487,14 @@ impl Telemetry {
 
     fn describe(&self) {
         let r = &self.recorder;
-        let d = |name: &'static str, unit: Option<Unit>, help: &'static str, kind: u8| {
-            let (k, h) = (name.into(), SharedString::const_str(help));
-            match kind {
-                0 => r.describe_counter(k, unit, h),
-                1 => r.describe_histogram(k, unit, h),
-                _ => r.describe_gauge(k, unit, h),
+        for def in METRICS {
+            let (k, h) = (def.name.into(), SharedString::const_str(def.help));
+            match def.kind {
+                Kind::Counter => r.describe_counter(k, def.unit, h),
+                Kind::Histogram => r.describe_histogram(k, def.unit, h),
+                Kind::Gauge => r.describe_gauge(k, def.unit, h),
             }
-        };
-        d(
-            AGENT_REQUESTS_TOTAL,
-            None,
-            "Requests answered, by the status class the client got and the cause of a failure.",
-            0,
-        );
-        d(
-            AGENT_RESPONSE_SECONDS,
-            Some(Unit::Seconds),
-            "Request received to last response byte sent.",
-            1,
-        );
-        d(
-            AGENT_TIME_TO_FIRST_BYTE_SECONDS,
-            Some(Unit::Seconds),
-            "Request received to first response body byte sent.",
-            1,
-        );
-        d(
-            UPSTREAM_REQUESTS_TOTAL,
-            None,
-            "Attempts sent to an upstream, by outcome.",
-            0,
-        );
-        d(
-            OVERHEAD_SECONDS,
-            Some(Unit::Seconds),
-            "Time the sidecar itself added to a request.",
-            1,
-        );
-        d(CONNECTION_ERRORS_TOTAL, None, "Client connections that ended in a protocol error (malformed HTTP, oversized headers).", 0);
-        d(
-            BODY_BUDGET_REFUSALS_TOTAL,
-            None,
-            "Bytes a holder could not keep: memory.max_held was spent (replay and whole reads then answer 503 overloaded; readers skip the body).",
-            0,
-        );
-        d(
-            BODY_BUDGET_USED_BYTES,
-            Some(Unit::Bytes),
-            "Body bytes held now against memory.max_held (every 5 s).",
-            2,
-        );
-        d(
-            BACKGROUND_RESTARTS_TOTAL,
-            None,
-            "Background tasks (sweeps, reloads, the webhook, accept loops) restarted after a panic.",
-            0,
-        );
-        d(
-            CLIENT_CONNECTIONS,
-            None,
-            "Client connections open now, per listener (and the admin port).",
-            2,
-        );
-        d(
-            CLIENT_CONNECTIONS_CLOSED_TOTAL,
-            None,
-            "Client connections the sidecar closed: header_timeout, idle, displaced (room for a new one), refused (at the limit, all busy).",
-            0,
-        );
-        d(
-            genai::GEN_AI_OPERATION_DURATION,
-            Some(Unit::Seconds),
-            "Whole LLM call: request received to last response byte (OpenTelemetry gen_ai.client.operation.duration).",
-            1,
-        );
-        d(
-            genai::GEN_AI_TIME_TO_FIRST_CHUNK,
-            Some(Unit::Seconds),
-            "Streamed LLM calls: request received to the first chunk carrying output text or a tool call.",
-            1,
-        );
-        d(
-            genai::GEN_AI_TIME_PER_OUTPUT_CHUNK,
-            Some(Unit::Seconds),
-            "Streamed LLM calls: time between output chunks after the first.",
-            1,
-        );
-        d(
-            genai::GEN_AI_TOKEN_USAGE,
-            None,
-            "Tokens per LLM call as the provider reported them, by gen_ai_token_type (input, output).",
-            1,
-        );
-        d(
-            genai::FINISH_REASONS_TOTAL,
-            None,
-            "Why generations ended, normalised: stop, length, tool_calls, content_filter, error, other.",
-            0,
-        );
-        d(
-            genai::HALLUCINATED_TOOL_CALLS_TOTAL,
-            None,
-            "Tool calls naming a tool the request did not declare (unknown_tool) or with arguments that are not JSON (invalid_arguments).",
-            0,
-        );
-        d(
-            genai::UNPARSED_BODIES_TOTAL,
-            None,
-            "LLM request or response bodies the sidecar could not read; they passed through untouched.",
-            0,
-        );
-        d(
-            genai::API_KEY_REJECTIONS_TOTAL,
-            None,
-            "401 answers to a request carrying an injected API key; each moves the upstream to its next key.",
-            0,
-        );
-        d(
-            genai::API_KEY_RELOADS_TOTAL,
-            None,
-            "Re-reads of an upstream's api_keys_file after it changed, by result.",
-            0,
-        );
-        d(
-            CIRCUIT_STATE,
-            None,
-            "An upstream's circuit breaker: 0 closed, 1 half-open, 2 open.",
-            2,
-        );
-        d(
-            CIRCUIT_TRANSITIONS_TOTAL,
-            None,
-            "Circuit breaker state changes, by the state entered and why.",
-            0,
-        );
-        d(
-            FALLBACKS_TOTAL,
-            None,
-            "Requests moved on from one upstream of a route to the next (to=\"cache\": to the last-resort cache), by the reason.",
-            0,
-        );
-        d(
-            REPLAY_SKIPPED_TOTAL,
-            None,
-            "Requests whose body was larger than max_replay_body: streamed to one upstream, with no fallback.",
-            0,
-        );
-        d(
-            AGENT_RESPONSES_TOTAL,
-            None,
-            "Responses whose content the safety detectors inspected.",
-            0,
-        );
-        d(
-            SAFETY_VIOLATIONS_TOTAL,
-            None,
-            "Safety detector hits (and upstream safety signals), by detector and the action taken.",
-            0,
-        );
-        d(
-            AGENT_DISABLED,
-            None,
-            "1 while the kill switch holds the agent disabled.",
-            2,
-        );
-        d(
-            INCIDENTS_TOTAL,
-            None,
-            "Incident events (kill switch on/off, circuit breaker open/close), by severity and kind.",
-            0,
-        );
-        d(
-            INCIDENT_NOTIFICATIONS_TOTAL,
-            None,
-            "Incident webhook notifications, by result: sent, failed (dropped after bounded retries), queue_full (dropped at once).",
-            0,
-        );
-        d(
-            AGENT_TASKS_STARTED,
-            None,
-            "Agent tasks seen for the first time (a request without a task id is a task of its own).",
-            0,
-        );
-        d(
-            AGENT_TASKS_COMPLETED,
-            None,
-            "Agent tasks that ended completed (the agent's status header, or a 2xx without it).",
-            0,
-        );
-        d(
-            AGENT_TASKS_FAILED,
-            None,
-            "Agent tasks that ended failed (the agent's status header, or a 5xx without it; or cut by the loop guard).",
-            0,
-        );
-        d(
-            AGENT_TASKS_ABANDONED,
-            None,
-            "Agent tasks left in progress: idle past tasks.stuck_after, or evicted from a full task table.",
-            0,
-        );
-        d(
-            TASKS_EVICTED,
-            None,
-            "Tasks pushed out of a full task table (tasks.max_tasks); also counted abandoned.",
-            0,
-        );
-        d(
-            AGENT_STUCK,
-            None,
-            "1 while the agent is stuck (GET /agent/healthz answers 503): a request unanswered, or tasks abandoned with none completed, within tasks.stuck_after.",
-            2,
-        );
-        d(
-            AGENT_LOOPS_DETECTED,
-            None,
-            "Loop guard hits: a task made more than tasks.max_llm_calls LLM calls, or got the same tool call back tasks.max_repeated_tool_calls times in a row.",
-            0,
-        );
-        d(
-            LOOP_TASKS_EVICTED,
-            None,
-            "Tasks the loop guard forgot to make room in its full table (tasks.max_tasks): their counts start again.",
-            0,
-        );
-        d(
-            SLO_BUDGET_REMAINING,
-            None,
-            "Share of the SLO window's error budget left, local view (1: untouched; negative: overspent).",
-            2,
-        );
-        d(
-            SLO_BURN_RATE,
-            None,
-            "Error ratio over the window divided by the SLO's budget ratio, local view (1 spends the budget exactly over the SLO window; 0 without events).",
-            2,
-        );
-        d(
-            BUILD_INFO,
-            None,
-            "Always 1; the version label says which sloguard runs.",
-            2,
-        );
+        }
     }
 
     /// Prometheus text exposition of every metric.
@@ -369,21 +506,36 @@ impl Telemetry {
     /// bounded between scrapes.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
+        if let Some(m) = &self.mirror {
+            m.drain();
+        }
     }
 
     pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
-        self.recorder
-            .register_counter(&Key::from_parts(name, labels), &METADATA)
+        let key = Key::from_parts(name, labels);
+        let prom = self.recorder.register_counter(&key, &METADATA);
+        match &self.mirror {
+            Some(m) => m.counter(&key, prom),
+            None => prom,
+        }
     }
 
     pub fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
-        self.recorder
-            .register_histogram(&Key::from_parts(name, labels), &METADATA)
+        let key = Key::from_parts(name, labels);
+        let prom = self.recorder.register_histogram(&key, &METADATA);
+        match &self.mirror {
+            Some(m) => m.histogram(&key, prom),
+            None => prom,
+        }
     }
 
     pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> metrics::Gauge {
-        self.recorder
-            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+        let key = Key::from_parts(name, labels);
+        let prom = self.recorder.register_gauge(&key, &METADATA);
+        match &self.mirror {
+            Some(m) => m.gauge(&key, prom),
+            None => prom,
+        }
     }
 }
 

@@ -21,6 +21,8 @@ use hyper_util::rt::TokioExecutor;
 use sloguard::{Config, Sidecar};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod otlp;
+pub mod process;
 pub mod scripted;
 pub mod tls;
 

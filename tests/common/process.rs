@@ -1,0 +1,98 @@
+//! The real binary as a child process: started on a config file, its bound addresses read from
+//! its log.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The real binary, started on a config file, with its bound addresses read from its log.
+pub struct Process {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub listener: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Process {
+    pub async fn start(config: &str, name: &str) -> Process {
+        Process::start_with_env(config, name, &[]).await
+    }
+
+    /// Started with these environment variables set too.
+    pub async fn start_with_env(config: &str, name: &str, env: &[(&str, &str)]) -> Process {
+        let dir = std::env::temp_dir().join(format!("sloguard-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sloguard"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut admin, mut listener) = (None, None);
+        let read = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                match v["message"].as_str() {
+                    Some("listening") => listener = v["bind"].as_str().and_then(|s| s.parse().ok()),
+                    Some("ready") => {
+                        admin = v["admin"].as_str().and_then(|s| s.parse().ok());
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("sloguard became ready");
+        // Keep draining its log so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process {
+            child,
+            admin: admin.expect("admin address logged"),
+            listener: listener.expect("listener logged"),
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends it SIGTERM, as Kubernetes does to stop a container.
+    pub fn terminate(&self) {
+        let kill = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -TERM {}", self.pid()))
+            .status()
+            .expect("sh runs");
+        assert!(kill.success());
+    }
+
+    /// A field of /proc/PID/status, in KiB.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
