@@ -85,7 +85,7 @@ fn metrics_bench(c: &mut Criterion) {
         let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
         let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "bench");
         let mirror = std::sync::Arc::new(sloguard::telemetry::otlp::Mirror::new(meter));
-        let t = Telemetry::with_mirror(Some(mirror));
+        let t = Telemetry::with_mirror(Some(mirror.clone()));
         let m = RequestMetrics::new(&t, "bench-agent", "egress", "openai");
         let u = UpstreamMetrics::new(&t, "bench-agent", "openai");
         let overhead = sloguard::telemetry::overhead(&t, "bench-agent", "egress");
@@ -98,7 +98,7 @@ fn metrics_bench(c: &mut Criterion) {
                 u.count(black_box(UpstreamOutcome::Ok));
             })
         });
-        // The mirror's samples go to the SDK off the request path: what that costs per request.
+        // The mirror's samples go to the SDK on the export thread: what that costs per request.
         c.bench_function("metrics/otlp_drain_per_request", |b| {
             b.iter_custom(|iters| {
                 for _ in 0..iters {
@@ -107,10 +107,11 @@ fn metrics_bench(c: &mut Criterion) {
                     m.response_seconds.record(1.7);
                 }
                 let start = std::time::Instant::now();
-                t.run_upkeep();
+                mirror.drain();
                 start.elapsed()
             })
         });
+        t.run_upkeep();
     }
     // Histogram samples accumulate until upkeep folds them; keep the bench's memory flat.
     t.run_upkeep();
@@ -324,39 +325,59 @@ fn slo_bench(c: &mut Criterion) {
 }
 
 /// What a request's trace costs it (`otlp.traces`): started from the client's headers, one attempt
-/// (the upstream's `traceparent` written), ended; not sampled (only the ids and instants), and
-/// sampled (its two spans built and queued for export; the queue is emptied as the exporter would).
+/// (the upstream's `traceparent` written), ended; not sampled (only ids and instants), and sampled
+/// (queued for export as it is: the queue is emptied here without building the spans, which the
+/// export thread does, `trace/spans_built_on_the_export_thread`).
 fn trace_bench(c: &mut Criterion) {
-    use sloguard::telemetry::trace::{Ended, Tracer};
+    use sloguard::telemetry::trace::{ListenerTracer, SpanNames, Tracer};
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let headers = sdk_request_headers();
-    let upstreams = ["openai"];
+    let tracer = |ratio: f64| {
+        let wake = std::sync::Arc::default();
+        let tracer = Tracer::new(ratio, tx.clone(), wake, 512, metrics::Counter::noop());
+        let names = SpanNames {
+            listener: "egress".into(),
+            upstreams: vec!["openai".into()],
+        };
+        ListenerTracer::new(std::sync::Arc::new(tracer), names)
+    };
+    let one = |tracer: &ListenerTracer| {
+        let now = tokio::time::Instant::now();
+        let mut t = tracer.start(&http::Method::POST, "/v1/chat/completions", &headers, now);
+        let mut out = HeaderMap::new();
+        t.attempt(0, &mut out, now);
+        t.attempt_answered(200);
+        t.finish(0, Some("ok"), false, now);
+    };
     for (name, ratio) in [("request_not_sampled", 0.0), ("request_sampled", 1.0)] {
-        let tracer = std::sync::Arc::new(Tracer::new(ratio, tx.clone(), metrics::Counter::noop()));
+        let tracer = tracer(ratio);
         c.bench_function(&format!("trace/{name}"), |b| {
             b.iter(|| {
-                let now = tokio::time::Instant::now();
-                let method = http::Method::POST;
-                let mut t = tracer.start(&method, "/v1/chat/completions", &headers, now);
-                let mut out = HeaderMap::new();
-                t.attempt(0, &mut out, now);
-                t.attempt_answered(200);
-                t.finish(
-                    Ended {
-                        listener: "egress",
-                        upstreams: &upstreams,
-                        hop: 0,
-                        attempt_outcome: Some("ok"),
-                        failed: false,
-                    },
-                    now,
-                );
-                while let Ok(span) = rx.try_recv() {
-                    black_box(span);
+                one(&tracer);
+                while let Ok(trace) = rx.try_recv() {
+                    black_box(trace);
                 }
             })
         });
     }
+    let sampled = tracer(1.0);
+    c.bench_function("trace/spans_built_on_the_export_thread", |b| {
+        b.iter_batched(
+            || {
+                one(&sampled);
+                rx.try_recv().ok()
+            },
+            |trace| {
+                let mut spans = Vec::new();
+                if let Some(t) = trace {
+                    t.into_spans(&mut spans);
+                }
+                assert_eq!(spans.len(), 2);
+                spans
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
 }
 
 criterion_group!(

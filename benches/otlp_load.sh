@@ -6,9 +6,9 @@
 #
 #   bash benches/otlp_load.sh       # ROUNDS=3 rounds of DURATION=5s runs; results in bench-results/
 #
-# Layout (2-core machine): the provider, the receiver and the three sidecars share core 1 (one
-# tokio worker each: export runs on the same worker as the requests it reports); the load
-# generator (oha) on core 0. Open loop at RATE=2000 req/s with latency correction, CONNS=32
+# Layout (2-core machine): the provider and the three sidecars share core 1 (one tokio worker
+# each, and each sidecar's export thread); the load generator (oha) and the OTLP receiver (a
+# collector elsewhere in the cluster) on core 0. Open loop at RATE=2000 req/s with latency correction, CONNS=32
 # connections, two request kinds: GET of 1 KiB (`bytes`), and a non-streamed OpenAI chat
 # completion (`chat`, an LLM call: its span carries the GenAI attributes). Each round runs the four
 # targets back to back per kind, so a noisy neighbour hits them alike; the summary takes the
@@ -38,7 +38,9 @@ wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/nul
 SIM_FIRST_CHUNK_MS=0 SIM_CHUNK_MS=0 SIM_CHUNKS=5 TOKIO_WORKER_THREADS=1 taskset -c 1 \
   target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
 PIDS+=($!)
-TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/examples/otlp_sink 127.0.0.1:$SINK_PORT >"$OUT/otlp-sink.log" &
+# The receiver stands for a collector elsewhere in the cluster: on the load generator's core, not
+# on the sidecar's.
+TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/examples/otlp_sink 127.0.0.1:$SINK_PORT >"$OUT/otlp-sink.log" &
 PIDS+=($!)
 
 sidecar() { # name port admin-port otlp-section

@@ -117,11 +117,14 @@ impl Sidecar {
                 vec![label("agent", &agent), label("task", task)],
             )
         };
-        let exports = otlp.map(|o| {
-            let (tracer, exports) = o.start(&telemetry, &agent, &restarts);
-            shared.tracer = tracer;
-            exports
-        });
+        let exports = match otlp {
+            Some(o) => {
+                let (tracer, exports) = o.start(&telemetry, &agent, &restarts).await?;
+                shared.tracer = tracer;
+                Some(exports)
+            }
+            None => None,
+        };
         let slos =
             crate::slo::Slos::new(&config, &telemetry, tokio::time::Instant::now()).map(Arc::new);
         let snapshot = Snapshot::build(config, &telemetry, &shared)?;

@@ -274,6 +274,11 @@ async fn grpc_metrics_match_the_scrape_and_a_fallback_is_one_trace() {
     assert!(later.starts_with("00-") && later.ends_with("-00") && !later.contains(CLIENT_TRACE));
 
     // The resource says who sent it.
+    assert!(
+        receiver
+            .until(Duration::from_secs(10), |r| !r.metric_exports().is_empty())
+            .await
+    );
     let exports = receiver.metric_exports();
     let resource = exports[0].resource_metrics[0].resource.as_ref().unwrap();
     assert_eq!(
@@ -285,10 +290,11 @@ async fn grpc_metrics_match_the_scrape_and_a_fallback_is_one_trace() {
         Some("otlp-test")
     );
 
-    // The metrics pushed are the metrics scraped: once the traffic is counted, the next push
-    // after a scrape carries the same values (cumulative).
+    // The metrics pushed are the metrics scraped: once the traffic is counted, a push collected
+    // after the scrape (the second to arrive after it: the first may have been collected before)
+    // carries the same values (cumulative).
     let scrape = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 5.0).await;
-    let pushed = next_export(&receiver, receiver.metric_exports().len()).await;
+    let pushed = next_export(&receiver, receiver.metric_exports().len() + 1).await;
     for m in pushed.resource_metrics[0].scope_metrics[0].metrics.iter() {
         if let Some(Data::Sum(sum)) = &m.data {
             assert_eq!(sum.aggregation_temporality, 2, "{} is cumulative", m.name);
@@ -322,8 +328,12 @@ fn labels(l: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// An `agent` listener `proxy` in front of `agent_url`, exporting as `otlp` says.
 fn agent_yaml(agent_url: &str, otlp: &str) -> String {
+    named_agent_yaml("otlp-test", agent_url, otlp)
+}
+
+fn named_agent_yaml(agent: &str, agent_url: &str, otlp: &str) -> String {
     format!(
-        "agent: otlp-test
+        "agent: {agent}
 admin: {{bind: 127.0.0.1:0}}
 listeners:
   - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
@@ -357,7 +367,12 @@ async fn http_protobuf_sampling_follows_the_client_keeps_failures_and_delta_sums
         receiver.url()
     );
     let ok = start(&agent_yaml(&ok_agent.url(), &otlp)).await;
-    let failing = start(&agent_yaml(&failing_agent.url(), &otlp)).await;
+    let failing = start(&named_agent_yaml(
+        "otlp-failing",
+        &failing_agent.url(),
+        &otlp,
+    ))
+    .await;
 
     // Not sampled (no parent, ratio 0) and fine: no span.
     assert_eq!(get_with(&ok, "/quiet", None).await, StatusCode::OK);
@@ -413,12 +428,25 @@ async fn http_protobuf_sampling_follows_the_client_keeps_failures_and_delta_sums
 
     // Delta: each push carries what happened since the last; their sum is the scrape.
     let scrape = metrics_when(&ok, |m| metric(m, "agent_requests_total", &[]) == 3.0).await;
-    let before = receiver.metric_exports().len();
-    let _ = next_export(&receiver, before + 1).await;
+    // Both sidecars push here: the `ok` one's pushes are told by their resource. Two more of
+    // them after the scrape: the second was collected after it.
+    let of_ok = |r: &Receiver| -> Vec<ExportMetricsServiceRequest> {
+        r.metric_exports()
+            .into_iter()
+            .filter(|e| {
+                let res = e.resource_metrics[0].resource.as_ref().unwrap();
+                attr_str(&res.attributes, "sloguard.agent") == Some("otlp-test")
+            })
+            .collect()
+    };
+    let before = of_ok(&receiver).len();
+    assert!(
+        receiver
+            .until(Duration::from_secs(10), |r| of_ok(r).len() >= before + 2)
+            .await
+    );
     let mut summed: BTreeMap<Series, f64> = BTreeMap::new();
-    for export in receiver.metric_exports() {
-        let agent = export.resource_metrics[0].resource.as_ref().unwrap();
-        let _ = agent;
+    for export in of_ok(&receiver) {
         for m in export.resource_metrics[0].scope_metrics[0].metrics.iter() {
             if let Some(Data::Sum(sum)) = &m.data {
                 assert_eq!(sum.aggregation_temporality, 1, "{} is delta", m.name);
@@ -430,8 +458,6 @@ async fn http_protobuf_sampling_follows_the_client_keeps_failures_and_delta_sums
             }
         }
     }
-    // Both sidecars push to the one receiver: the `ok` one's series are those of upstream `agent`
-    // with 2xx, the failing one's 5xx.
     let scraped = samples_of_text(&scrape);
     let ok_series = (
         "agent_requests_total".to_owned(),
@@ -544,6 +570,33 @@ async fn sigterm_flushes_metrics_and_spans_with_the_pods_resource() {
     assert!(
         receiver.metric_exports().is_empty(),
         "pushed before the interval"
+    );
+    // Export runs on a thread of its own, in the idle scheduling class (SCHED_IDLE, 5): it never
+    // takes the CPU from a worker with a request to serve.
+    let policies: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{}/task", p.pid()))
+        .unwrap()
+        .map(|t| {
+            let dir = t.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // Fields after the command's closing parenthesis start at field 3; policy is 41.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let policy = rest.split(' ').nth(41 - 3).unwrap().to_owned();
+            (comm.trim().to_owned(), policy)
+        })
+        .collect();
+    let export: Vec<_> = policies
+        .iter()
+        .filter(|(c, _)| c == "sloguard-otlp")
+        .collect();
+    assert_eq!(export.len(), 1, "{policies:?}");
+    assert_eq!(export[0].1, "5", "{policies:?}");
+    assert!(
+        policies
+            .iter()
+            .filter(|(c, _)| c != "sloguard-otlp")
+            .all(|(_, p)| p == "0"),
+        "{policies:?}"
     );
     p.terminate();
     let exit = tokio::time::timeout(Duration::from_secs(15), p.child.wait())

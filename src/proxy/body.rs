@@ -18,7 +18,7 @@ use super::llm::LlmCall;
 use super::safety::{SafetyCheck, Source};
 use super::state::ListenerState;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
-use crate::telemetry::trace::{Ended, RequestTrace};
+use crate::telemetry::trace::RequestTrace;
 use crate::upstream::{Lease, Outcome, Ticket, Upstream};
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +119,27 @@ impl Accounting {
         }
     }
 
+    /// A request refused before it is anyone's (the agent is disabled), keeping its connection
+    /// busy (`in_flight`) until it is counted; its span started (`otlp.traces`).
+    pub fn refused<B>(
+        listener: Arc<ListenerState>,
+        req: &http::Request<B>,
+        received: Instant,
+        in_flight: super::connections::InFlight,
+    ) -> Accounting {
+        let mut a = Accounting::new(listener, received);
+        a.in_flight = Some(in_flight);
+        a.start_trace(req);
+        a
+    }
+
+    fn start_trace<B>(&mut self, req: &http::Request<B>) {
+        if let Some(tracer) = &self.listener.tracer {
+            let (method, path) = (req.method(), req.uri().path());
+            self.trace = Some(tracer.start(method, path, req.headers(), self.received));
+        }
+    }
+
     /// A request just received from `client_ip`, keeping its connection busy (`in_flight`) until
     /// it is counted: its span started (`otlp.traces`), its task looked up (`agent` role), and its
     /// origin noted for the kill switch.
@@ -132,9 +153,7 @@ impl Accounting {
         let headers = req.headers();
         let mut a = Accounting::new(listener, received);
         a.in_flight = Some(in_flight);
-        if let Some(tracer) = &a.listener.tracer {
-            a.trace = Some(tracer.start(req.method(), req.uri().path(), headers, received));
-        }
+        a.start_trace(req);
         if let Some(tasks) = &a.listener.tasks {
             a.task = Some(tasks.begin(headers, received));
         }
@@ -329,25 +348,15 @@ impl Accounting {
             u.metrics.count(outcome);
         }
         if let Some(trace) = self.trace.take() {
-            self.end_trace(*trace, now);
+            self.end_trace(trace, now);
         }
     }
 
     /// The request's spans end with it (and go to export, if sampled or failed).
-    fn end_trace(&self, trace: RequestTrace, now: Instant) {
-        let l = &self.listener;
-        // At most a handful: a route's chain.
-        let upstreams: Vec<&str> = l.route.chain.iter().map(|u| u.name.as_str()).collect();
-        trace.finish(
-            Ended {
-                listener: &l.name,
-                upstreams: &upstreams,
-                hop: self.hop,
-                attempt_outcome: self.outcome.map(UpstreamOutcome::as_str),
-                failed: self.status == StatusClass::ServerError || self.cause != Cause::None,
-            },
-            now,
-        );
+    fn end_trace(&self, trace: Box<RequestTrace>, now: Instant) {
+        let failed = self.status == StatusClass::ServerError || self.cause != Cause::None;
+        let outcome = self.outcome.map(UpstreamOutcome::as_str);
+        trace.finish(self.hop, outcome, failed, now);
     }
 }
 

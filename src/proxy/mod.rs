@@ -6,7 +6,9 @@
 //!
 //! 1. **Take the snapshot's listener state** (one reference count): the request finishes on the
 //!    config it started with, whatever a reload does meanwhile.
-//! 2. **Note the arrival time**: every latency the SLIs report starts here. Then **the kill
+//! 2. **Note the arrival time**: every latency the SLIs report starts here; with `otlp.traces`
+//!    the request's trace starts here too (the client's `traceparent` continued, or a new trace;
+//!    only ids and instants: see [`crate::telemetry::trace`]). Then **the kill
 //!    switch** ([`safety::KillSwitch`], one atomic load): while it holds, an `agent` listener's
 //!    request goes to the `kill_switch.fallback_url` (the human queue, through this same
 //!    pipeline) or gets 503 `agent_disabled`, and an `llm` listener's gets 503: a silent agent is
@@ -44,6 +46,8 @@
 //!    kept only while a later attempt is possible.
 //! 8. **Inject the provider key** ([`crate::upstream::KeyRing::inject`]): the client's key
 //!    headers go, the sidecar's key goes in. After step 7 so that nothing later re-adds a key.
+//!    With `otlp.traces`, the attempt's span begins when it is sent (step 9's
+//!    [`Accounting::sending`]) and the upstream's `traceparent` names it.
 //! 9. **Give the attempt its body** ([`replay::Payload::body_for`]): a body read ahead is
 //!    replayed from reference counts of its chunks, with this upstream's model rewrite applied;
 //!    a streamed LLM request is tapped, its facts (model, stream, tools) read from reference
@@ -97,7 +101,8 @@
 //!     safety violations (a provider's `content_filter` among them); the task's end, if the
 //!     verdict (or the status) ends it; the circuit breaker is fed the
 //!     attempt's outcome (a client that left gives a probe's slot back); a cached response that
-//!     ended cleanly goes into the cache.
+//!     ended cleanly goes into the cache; the request's spans end, and go to the export queue
+//!     if sampled or failed.
 
 mod attempt;
 pub mod body;
@@ -176,8 +181,7 @@ pub async fn handle(
         if let Some(queue) = &listener.when_disabled {
             return Box::pin(handle(req, client_ip, queue.clone(), in_flight)).await;
         }
-        let mut account = Accounting::new(listener.clone(), received);
-        account.in_flight = Some(in_flight);
+        let account = Accounting::refused(listener.clone(), &req, received, in_flight);
         return local_error(ProxyError::AgentDisabled, Some(account), None);
     }
     let route = &*listener.route;

@@ -15,7 +15,7 @@ use crate::budget::BodyBudget;
 use crate::config::{Config, Protocol, Role, RouteConfig, UpstreamConfig};
 use crate::incident::{Incidents, WebhookConfig};
 use crate::inspect::safety::Detectors;
-use crate::telemetry::trace::Tracer;
+use crate::telemetry::trace::{ListenerTracer, SpanNames, Tracer};
 use crate::telemetry::{
     label, overhead, replay_skipped, ModelLabels, RequestMetrics, Telemetry, FALLBACKS_TOTAL,
 };
@@ -185,7 +185,17 @@ pub struct ListenerState {
     /// What this listener's requests hold of bodies counts here.
     pub budget: BodyBudget,
     /// Starts each request's span (`otlp.traces`).
-    pub tracer: Option<Arc<Tracer>>,
+    pub tracer: Option<ListenerTracer>,
+}
+
+/// The tracer of a listener whose route is `route`.
+fn listener_tracer(shared: &Shared, listener: &str, route: &RouteState) -> Option<ListenerTracer> {
+    let tracer = shared.tracer.clone()?;
+    let names = SpanNames {
+        listener: listener.to_owned(),
+        upstreams: route.chain.iter().map(|u| u.name.clone()).collect(),
+    };
+    Some(ListenerTracer::new(tracer, names))
 }
 
 impl ListenerState {
@@ -323,7 +333,7 @@ impl Snapshot {
                     loop_guard: None,
                     body_timeout: l.limits.body_timeout(),
                     budget: shared.budget.clone(),
-                    tracer: shared.tracer.clone(),
+                    tracer: listener_tracer(shared, &l.name, route),
                     route: route.clone(),
                 })),
                 _ => None,
@@ -356,7 +366,7 @@ impl Snapshot {
                 loop_guard: (l.role == Role::Llm).then(|| shared.tasks.clone()),
                 body_timeout: l.limits.body_timeout(),
                 budget: shared.budget.clone(),
-                tracer: shared.tracer.clone(),
+                tracer: listener_tracer(shared, &l.name, &route),
                 route,
             }));
         }

@@ -452,6 +452,9 @@ pub const BUCKETS: &[(&str, &[f64])] = &[
     (genai::GEN_AI_TOKEN_USAGE, genai::GEN_AI_TOKEN_BUCKETS),
 ];
 
+/// How stale the OTLP mirror's histogram samples may get before the upkeep drains them itself.
+const UPKEEP_DRAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process-wide metrics registry of one sidecar.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -506,8 +509,10 @@ impl Telemetry {
     /// bounded between scrapes.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
+        // The OTLP export thread drains its samples every second; should it be kept from the CPU,
+        // they are drained here instead, so that they do not pile up.
         if let Some(m) = &self.mirror {
-            m.drain();
+            m.drain_if_stale(UPKEEP_DRAIN_AFTER);
         }
     }
 

@@ -2,11 +2,13 @@
 //! (`sloguard.attempt`, kind client), continuing the client's W3C trace context and handing it
 //! on to the upstream.
 //!
-//! The request path keeps only plain facts (ids, instants, which upstream, the outcome); the
-//! spans and their attributes are built when the request is counted, and only for a request
-//! that is exported: sampled, or failed. Export is the background's work: a finished span goes
-//! into a bounded queue with a non-blocking `try_send`, and a full queue drops it (counted in
-//! `sloguard_otlp_dropped_total{signal="traces"}`), never waits.
+//! The request path keeps only plain facts (ids, instants, which upstream, the outcome) in one
+//! allocation, the [`RequestTrace`]; when the request is counted, a trace that is exported
+//! (sampled, or failed) goes as it is into a bounded queue with a non-blocking `try_send` — a
+//! full queue drops it (its spans counted in `sloguard_otlp_dropped_total{signal="traces"}`),
+//! never waits — and the spans and their attributes are built from it on the export thread
+//! ([`RequestTrace::into_spans`]). The exporter is woken only when a batch is ready (or by its
+//! own timer), not for each request: waking another thread costs a system call.
 //!
 //! Sampling is parent-based: a client's `traceparent` decides (its `sampled` flag); a request
 //! without one is sampled at `traces.sample_ratio`, by its trace id (so every sidecar of a trace
@@ -24,7 +26,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 pub const REQUEST_SPAN: &str = "sloguard.request";
@@ -37,26 +39,38 @@ const MAX_MODEL: usize = 256;
 /// Longest `url.path` put on a span.
 const MAX_PATH: usize = 1024;
 
-/// What starts and sends request spans: one per sidecar, shared by every listener.
+/// What starts request traces and queues them for export: one per sidecar.
 pub struct Tracer {
     /// A trace id whose last 8 bytes, as a number, fall below this is sampled.
     threshold: u64,
     always: bool,
-    queue: mpsc::Sender<SpanData>,
+    queue: mpsc::Sender<Box<RequestTrace>>,
+    /// Wakes the exporter once `batch` traces are queued.
+    wake: Arc<Notify>,
+    batch: usize,
     dropped: Counter,
     ids: RandomIdGenerator,
     scope: InstrumentationScope,
 }
 
 impl Tracer {
-    /// `queue`: where finished spans go for export; `dropped`: counts those it had no room for.
-    pub fn new(sample_ratio: f64, queue: mpsc::Sender<SpanData>, dropped: Counter) -> Tracer {
+    /// `queue`: where finished traces go for export, `wake` told when `batch` of them wait;
+    /// `dropped`: counts the spans it had no room for.
+    pub fn new(
+        sample_ratio: f64,
+        queue: mpsc::Sender<Box<RequestTrace>>,
+        wake: Arc<Notify>,
+        batch: usize,
+        dropped: Counter,
+    ) -> Tracer {
         let ratio = sample_ratio.clamp(0.0, 1.0);
         Tracer {
             // The same arithmetic as OpenTelemetry's TraceIdRatioBased sampler.
             threshold: (ratio * (1u64 << 63) as f64) as u64,
             always: ratio >= 1.0,
             queue,
+            wake,
+            batch,
             dropped,
             ids: RandomIdGenerator::default(),
             scope: InstrumentationScope::builder("sloguard")
@@ -72,45 +86,73 @@ impl Tracer {
         self.always || (u64::from_be_bytes(low) >> 1) < self.threshold
     }
 
+    fn send(&self, trace: Box<RequestTrace>) {
+        let spans = 1 + trace.attempts.len() as u64;
+        if self.queue.try_send(trace).is_err() {
+            self.dropped.increment(spans);
+        } else if self.queue.max_capacity() - self.queue.capacity() >= self.batch {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The names a listener's spans carry: the listener's, and its route's upstreams' by hop.
+pub struct SpanNames {
+    pub listener: String,
+    pub upstreams: Vec<String>,
+}
+
+/// What a listener starts its requests' traces with.
+#[derive(Clone)]
+pub struct ListenerTracer {
+    tracer: Arc<Tracer>,
+    names: Arc<SpanNames>,
+}
+
+impl ListenerTracer {
+    pub fn new(tracer: Arc<Tracer>, names: SpanNames) -> ListenerTracer {
+        ListenerTracer {
+            tracer,
+            names: Arc::new(names),
+        }
+    }
+
     /// The trace of a request just received: the client's context continued, or a new one.
     pub fn start(
-        self: &Arc<Self>,
+        &self,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
         received: Instant,
     ) -> Box<RequestTrace> {
+        let tracer = &self.tracer;
         let parent = single(headers, &TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
         let (trace_id, parent_span, sampled) = match parent {
             Some(p) => (p.trace_id, p.span_id, p.sampled),
             None => {
-                let id = self.ids.new_trace_id();
-                (id, SpanId::INVALID, self.sampled(id))
+                let id = tracer.ids.new_trace_id();
+                (id, SpanId::INVALID, tracer.sampled(id))
             }
         };
         let mut path = path.to_owned();
         truncate(&mut path, MAX_PATH);
         Box::new(RequestTrace {
-            tracer: self.clone(),
+            tracer: tracer.clone(),
+            names: self.names.clone(),
             trace_id,
-            span_id: self.ids.new_span_id(),
+            span_id: tracer.ids.new_span_id(),
             parent: parent_span,
             sampled,
             start: SystemTime::now(),
             received,
+            end: received,
             method: method.clone(),
             path,
             status_code: None,
             error: None,
-            genai: None,
+            hop: 0,
             attempts: Vec::new(),
         })
-    }
-
-    fn send(&self, span: SpanData) {
-        if self.queue.try_send(span).is_err() {
-            self.dropped.increment(1);
-        }
     }
 }
 
@@ -168,12 +210,13 @@ pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
 
 /// The `traceparent` an upstream gets: this trace, the attempt's span as its parent.
 pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> HeaderValue {
-    let text = format!(
-        "00-{trace_id}-{span_id}-{}",
-        if sampled { "01" } else { "00" }
-    );
+    use std::io::Write;
+    let mut buf = [0u8; 55];
+    let flags = if sampled { "01" } else { "00" };
+    // 2 + 1 + 32 + 1 + 16 + 1 + 2 bytes: exactly the buffer.
+    let _ = write!(&mut buf[..], "00-{trace_id}-{span_id}-{flags}");
     // Hex digits and dashes only.
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn truncate(s: &mut String, max: usize) {
@@ -251,9 +294,10 @@ struct AttemptTrace {
     genai: Option<Box<GenAiFacts>>,
 }
 
-/// The trace of one request, from arrival to its count.
+/// The trace of one request, from arrival to its count; turned into spans on the export thread.
 pub struct RequestTrace {
     tracer: Arc<Tracer>,
+    names: Arc<SpanNames>,
     trace_id: TraceId,
     span_id: SpanId,
     /// The client's span; invalid for a new trace.
@@ -261,23 +305,14 @@ pub struct RequestTrace {
     sampled: bool,
     start: SystemTime,
     received: Instant,
+    end: Instant,
     method: Method,
     path: String,
     status_code: Option<u16>,
     error: Option<Cow<'static, str>>,
-    genai: Option<Box<GenAiFacts>>,
-    attempts: Vec<AttemptTrace>,
-}
-
-/// How a request ended, as its span says it.
-pub struct Ended<'a> {
-    pub listener: &'a str,
-    /// Name of each upstream of the route's chain, by hop.
-    pub upstreams: &'a [&'a str],
     /// Where the request was answered (past the chain: the cache).
-    pub hop: usize,
-    pub attempt_outcome: Option<&'static str>,
-    pub failed: bool,
+    hop: usize,
+    attempts: Vec<AttemptTrace>,
 }
 
 impl RequestTrace {
@@ -329,11 +364,9 @@ impl RequestTrace {
 
     /// The LLM call of the open (or last) attempt ended with these facts.
     pub fn llm_call(&mut self, facts: GenAiFacts) {
-        let facts = Box::new(facts);
         if let Some(a) = self.attempts.last_mut() {
-            a.genai = Some(facts.clone());
+            a.genai = Some(Box::new(facts));
         }
-        self.genai = Some(facts);
     }
 
     /// The client got `status` from the sidecar itself (an error of type `error`).
@@ -344,81 +377,54 @@ impl RequestTrace {
         }
     }
 
-    /// Whether the request will be exported when it ends this way.
-    pub fn exports(&self, failed: bool) -> bool {
-        self.sampled || failed || self.error.is_some()
-    }
-
-    /// The request was counted: its spans go to the export queue, if sampled or failed.
-    pub fn finish(mut self, ended: Ended<'_>, now: Instant) {
-        self.close_attempt(ended.attempt_outcome.filter(|o| *o != "ok"), None, now);
-        if ended.failed && self.error.is_none() {
+    /// The request was counted, answered at `hop` (the attempt's outcome `attempt_outcome`;
+    /// `failed`: a failure for the SLIs): its trace goes to the export queue if sampled or failed.
+    pub fn finish(
+        mut self: Box<Self>,
+        hop: usize,
+        attempt_outcome: Option<&'static str>,
+        failed: bool,
+        now: Instant,
+    ) {
+        self.close_attempt(attempt_outcome.filter(|o| *o != "ok"), None, now);
+        if failed && self.error.is_none() {
             self.error = Some(match self.status_code {
                 Some(code) if code >= 500 => Cow::Owned(code.to_string()),
-                _ => Cow::Borrowed(ended.attempt_outcome.unwrap_or("error")),
+                _ => Cow::Borrowed(attempt_outcome.unwrap_or("error")),
             });
         }
-        if !self.exports(ended.failed) {
+        if !(self.sampled || self.error.is_some()) {
             return;
         }
-        let at = |i: Instant| self.start + i.saturating_duration_since(self.received);
-        let flags = if self.sampled {
+        self.hop = hop;
+        self.end = now;
+        let tracer = self.tracer.clone();
+        tracer.send(self);
+    }
+
+    /// The request span and one span per attempt (the request's last, for the GenAI attributes
+    /// of the call that answered), appended to `out`. Run on the export thread.
+    pub fn into_spans(self: Box<Self>, out: &mut Vec<SpanData>) {
+        let t = *self;
+        let at = |i: Instant| t.start + i.saturating_duration_since(t.received);
+        let flags = if t.sampled {
             TraceFlags::SAMPLED
         } else {
             TraceFlags::default()
         };
         let context =
-            |span_id| SpanContext::new(self.trace_id, span_id, flags, false, TraceState::NONE);
-        let upstream = |hop: usize| ended.upstreams.get(hop).copied().unwrap_or("cache");
-
-        let mut attrs = Vec::with_capacity(12);
-        attrs.push(KeyValue::new(
-            "http.request.method",
-            self.method.as_str().to_owned(),
-        ));
-        attrs.push(KeyValue::new("url.path", std::mem::take(&mut self.path)));
-        attrs.push(KeyValue::new(
-            "sloguard.listener",
-            ended.listener.to_owned(),
-        ));
-        attrs.push(KeyValue::new(
-            "sloguard.upstream",
-            upstream(ended.hop).to_owned(),
-        ));
-        if let Some(code) = self.status_code {
-            attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
-        }
-        if let Some(e) = &self.error {
-            attrs.push(KeyValue::new("error.type", e.clone()));
-        }
-        if let Some(g) = &self.genai {
-            g.attributes(&mut attrs);
-        }
-        let status = match &self.error {
-            Some(e) => Status::error(e.clone()),
-            None => Status::Unset,
+            |span_id| SpanContext::new(t.trace_id, span_id, flags, false, TraceState::NONE);
+        let upstream = |hop: usize| {
+            t.names
+                .upstreams
+                .get(hop)
+                .map_or("cache", String::as_str)
+                .to_owned()
         };
-        let request = SpanData {
-            span_context: context(self.span_id),
-            parent_span_id: self.parent,
-            parent_span_is_remote: self.parent != SpanId::INVALID,
-            span_kind: SpanKind::Server,
-            name: Cow::Borrowed(REQUEST_SPAN),
-            start_time: self.start,
-            end_time: at(now),
-            attributes: attrs,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: self.tracer.scope.clone(),
-        };
-        for a in &self.attempts {
+        let scope = &t.tracer.scope;
+        for a in &t.attempts {
             let mut attrs = Vec::with_capacity(10);
-            attrs.push(KeyValue::new(
-                "sloguard.upstream",
-                upstream(a.hop).to_owned(),
-            ));
+            attrs.push(KeyValue::new("sloguard.upstream", upstream(a.hop)));
             if let Some(code) = a.status_code {
                 attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
             }
@@ -428,14 +434,14 @@ impl RequestTrace {
             if let Some(g) = &a.genai {
                 g.attributes(&mut attrs);
             }
-            self.tracer.send(SpanData {
+            out.push(SpanData {
                 span_context: context(a.span_id),
-                parent_span_id: self.span_id,
+                parent_span_id: t.span_id,
                 parent_span_is_remote: false,
                 span_kind: SpanKind::Client,
                 name: Cow::Borrowed(ATTEMPT_SPAN),
                 start_time: at(a.start),
-                end_time: at(a.end.unwrap_or(now)),
+                end_time: at(a.end.unwrap_or(t.end)),
                 attributes: attrs,
                 dropped_attributes_count: 0,
                 events: SpanEvents::default(),
@@ -444,10 +450,55 @@ impl RequestTrace {
                     Some(e) => Status::error(e),
                     None => Status::Unset,
                 },
-                instrumentation_scope: self.tracer.scope.clone(),
+                instrumentation_scope: scope.clone(),
             });
         }
-        self.tracer.send(request);
+        let mut attrs = Vec::with_capacity(14);
+        attrs.push(KeyValue::new(
+            "http.request.method",
+            t.method.as_str().to_owned(),
+        ));
+        attrs.push(KeyValue::new("url.path", t.path.clone()));
+        attrs.push(KeyValue::new("sloguard.listener", t.names.listener.clone()));
+        attrs.push(KeyValue::new("sloguard.upstream", upstream(t.hop)));
+        if let Some(code) = t.status_code {
+            attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
+        }
+        if let Some(e) = &t.error {
+            attrs.push(KeyValue::new("error.type", e.clone()));
+        }
+        // The answering attempt's call (the request's last), unless the cache answered.
+        if let Some(g) = t
+            .attempts
+            .last()
+            .filter(|a| a.hop == t.hop)
+            .and_then(|a| a.genai.as_ref())
+        {
+            g.attributes(&mut attrs);
+        }
+        out.push(SpanData {
+            span_context: context(t.span_id),
+            parent_span_id: t.parent,
+            parent_span_is_remote: t.parent != SpanId::INVALID,
+            span_kind: SpanKind::Server,
+            name: Cow::Borrowed(REQUEST_SPAN),
+            start_time: t.start,
+            end_time: at(t.end),
+            attributes: attrs,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: match &t.error {
+                Some(e) => Status::error(e.clone()),
+                None => Status::Unset,
+            },
+            instrumentation_scope: scope.clone(),
+        });
+    }
+
+    /// Spans this trace turns into.
+    pub fn span_count(&self) -> usize {
+        1 + self.attempts.len()
     }
 }
 
@@ -515,7 +566,7 @@ mod tests {
             (0.5, 4500, 5500),
             (1.0, 10_000, 10_000),
         ] {
-            let t = Tracer::new(ratio, tx.clone(), Counter::noop());
+            let t = Tracer::new(ratio, tx.clone(), Arc::default(), 1, Counter::noop());
             let kept = (0..10_000)
                 .filter(|_| t.sampled(ids.new_trace_id()))
                 .count();

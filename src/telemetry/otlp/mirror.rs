@@ -5,8 +5,8 @@
 //! is one more atomic, a histogram sample one more push onto a lock-free bucket. The
 //! OpenTelemetry SDK sees none of it on the request path: counters and gauges are observable
 //! instruments read when the exporter collects, and histogram samples are handed to the SDK's
-//! histograms (its buckets, the same boundaries as Prometheus's) by [`Mirror::drain`], off the
-//! request path, every few seconds and before each collection.
+//! histograms (its buckets, the same boundaries as Prometheus's) by [`Mirror::drain`], on the
+//! export thread, every second and before each collection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +87,9 @@ pub struct Mirror {
     meter: Meter,
     /// By Prometheus name.
     instruments: Mutex<HashMap<&'static str, Instrument>>,
+    /// When the samples were last drained, in milliseconds since `epoch`.
+    drained_at: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Mirror {
@@ -94,6 +97,24 @@ impl Mirror {
         Mirror {
             meter,
             instruments: Mutex::new(HashMap::new()),
+            drained_at: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Drains if nobody has for `max_age`: the export thread drains every second, but it runs in
+    /// the idle scheduling class and a busy sidecar may keep it waiting; the samples must not
+    /// pile up meanwhile. Called by the metrics upkeep.
+    pub fn drain_if_stale(&self, max_age: std::time::Duration) {
+        let age = self
+            .now_ms()
+            .saturating_sub(self.drained_at.load(Ordering::Relaxed));
+        if u128::from(age) >= max_age.as_millis() {
+            self.drain();
         }
     }
 
@@ -195,8 +216,9 @@ impl Mirror {
     }
 
     /// Hands the histogram samples recorded since the last call to the SDK's histograms. Run
-    /// every few seconds (the samples wait in memory until then) and before each collection.
+    /// every second (the samples wait in memory until then) and before each collection.
     pub fn drain(&self) {
+        self.drained_at.store(self.now_ms(), Ordering::Relaxed);
         let all = lock(&self.instruments);
         for instrument in all.values() {
             if let Instrument::Histogram { series, sdk } = instrument {
@@ -262,5 +284,91 @@ impl HistogramFn for Both<Histogram, AtomicBucket<f64>> {
     fn record(&self, value: f64) {
         self.prom.record(value);
         self.mirror.push(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::{label, Telemetry, AGENT_REQUESTS_TOTAL, AGENT_RESPONSE_SECONDS};
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+    use opentelemetry_sdk::metrics::reader::MetricReader;
+    use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
+
+    #[derive(Debug, Clone)]
+    struct Reader(Arc<ManualReader>);
+
+    impl MetricReader for Reader {
+        fn register_pipeline(&self, p: std::sync::Weak<opentelemetry_sdk::metrics::Pipeline>) {
+            self.0.register_pipeline(p)
+        }
+        fn collect(&self, rm: &mut ResourceMetrics) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.0.collect(rm)
+        }
+        fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.0.force_flush()
+        }
+        fn shutdown_with_timeout(
+            &self,
+            t: std::time::Duration,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.0.shutdown_with_timeout(t)
+        }
+        fn temporality(
+            &self,
+            k: opentelemetry_sdk::metrics::InstrumentKind,
+        ) -> opentelemetry_sdk::metrics::Temporality {
+            self.0.temporality(k)
+        }
+    }
+
+    /// `(counter value, histogram sample count)` as the SDK would export them now.
+    fn collected(reader: &Reader) -> (Option<u64>, Option<u64>) {
+        let mut rm = ResourceMetrics::default();
+        reader.collect(&mut rm).unwrap();
+        let (mut counter, mut samples) = (None, None);
+        for m in rm.scope_metrics().flat_map(|s| s.metrics()) {
+            match (m.name(), m.data()) {
+                ("agent.requests", AggregatedMetrics::U64(MetricData::Sum(s))) => {
+                    counter = s.data_points().map(|p| p.value()).max();
+                }
+                ("agent.response", AggregatedMetrics::F64(MetricData::Histogram(h))) => {
+                    samples = h.data_points().map(|p| p.count()).max();
+                }
+                _ => {}
+            }
+        }
+        (counter, samples)
+    }
+
+    #[test]
+    fn handles_record_into_both_and_samples_wait_for_a_drain() {
+        let reader = Reader(Arc::new(ManualReader::builder().build()));
+        let provider = SdkMeterProvider::builder()
+            .with_reader(reader.clone())
+            .build();
+        let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
+        let mirror = Arc::new(Mirror::new(meter));
+        let t = Telemetry::with_mirror(Some(mirror.clone()));
+        let labels = || vec![label("agent", "a")];
+        let c = t.counter(AGENT_REQUESTS_TOTAL, labels());
+        // The same series registered twice is one series, on both sides.
+        let again = t.counter(AGENT_REQUESTS_TOTAL, labels());
+        let h = t.histogram(AGENT_RESPONSE_SECONDS, labels());
+        c.increment(2);
+        again.increment(1);
+        for v in [0.1, 0.2, 0.3] {
+            h.record(v);
+        }
+        assert!(t.render().contains("agent_requests_total{agent=\"a\"} 3"));
+        // Counters are read when collected; histogram samples only once drained.
+        assert_eq!(collected(&reader), (Some(3), None));
+        mirror.drain_if_stale(std::time::Duration::from_secs(3600));
+        assert_eq!(collected(&reader), (Some(3), None), "drained, yet fresh");
+        mirror.drain_if_stale(std::time::Duration::ZERO);
+        assert_eq!(collected(&reader), (Some(3), Some(3)));
+        // Drained once: nothing counted twice.
+        mirror.drain();
+        assert_eq!(collected(&reader), (Some(3), Some(3)));
     }
 }

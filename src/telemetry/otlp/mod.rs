@@ -1,7 +1,10 @@
 //! OTLP export (`otlp:`): the metrics every `interval`, and request spans in batches, to an
 //! OpenTelemetry Collector over gRPC or HTTP/protobuf (`opentelemetry-otlp`'s exporters).
 //!
-//! Nothing here is on the request path. Metrics are read from the [`Mirror`] when the export
+//! Nothing here is on the request path, nor on the workers that serve requests: the exporters,
+//! their connections and both loops live on a thread of their own with a single-threaded
+//! runtime, at the idle scheduling class, so that collecting, encoding and sending a batch
+//! (a millisecond or more for a batch of spans) never holds up a request waiting for the CPU. Metrics are read from the [`Mirror`] when the export
 //! loop collects; spans arrive through a bounded queue that a request only ever `try_send`s to
 //! (see [`crate::telemetry::trace`]). Each export is bounded by `otlp.timeout`; one that fails or
 //! times out is given up (no retry queue to grow while a collector is down) and what it carried
@@ -25,22 +28,24 @@ use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
 use opentelemetry_sdk::resource::{Resource, TelemetryResourceDetector};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
-use tokio::sync::{mpsc, watch, Mutex};
-use tokio::task::JoinHandle;
+use opentelemetry_sdk::trace::SpanExporter as _;
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Notify};
 
 pub use mirror::Mirror;
 
-use super::trace::Tracer;
+use super::trace::{RequestTrace, Tracer};
 use super::{label, LogLimiter, Telemetry, OTLP_DROPPED_TOTAL};
 use crate::config::{OtlpConfig, OtlpProtocol, OtlpTemporality};
 
 /// How long the last export of each signal may take at shutdown.
 pub const FLUSH: Duration = Duration::from_secs(5);
-/// Spans sent in one export.
-const SPAN_BATCH: usize = 512;
+/// Request traces turned into spans and sent in one export (a request span and its attempts
+/// each: some 512 spans).
+const TRACE_BATCH: usize = 256;
 /// A span waits at most this long in the queue before its batch goes, however small.
 const SPAN_BATCH_WAIT: Duration = Duration::from_secs(2);
+/// Histogram samples go from the mirror to the SDK this often (and before each push).
+const DRAIN_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 #[error("otlp: {0}")]
@@ -149,14 +154,28 @@ struct MetricsExport {
 
 struct TracesExport {
     exporter: SpanExporter,
-    queue: mpsc::Receiver<SpanData>,
+    queue: SpanQueue,
+}
+
+/// The exporter's end of the trace queue: the finished request traces, and what wakes it when
+/// a batch is ready.
+struct SpanQueue {
+    rx: mpsc::Receiver<Box<RequestTrace>>,
+    wake: Arc<Notify>,
+}
+
+/// What the export thread needs to build the metrics side.
+struct MetricsParts {
+    provider: SdkMeterProvider,
+    reader: SharedReader,
+    mirror: Arc<Mirror>,
 }
 
 /// The export pipelines built from `otlp:`, before they run.
 pub struct Otlp {
     config: OtlpConfig,
-    metrics: Option<MetricsExport>,
-    traces: Option<(TracesExport, mpsc::Sender<SpanData>)>,
+    resource: Resource,
+    metrics: Option<MetricsParts>,
 }
 
 fn endpoint(config: &OtlpConfig, signal: &str) -> String {
@@ -172,8 +191,53 @@ fn build_error(what: &str, e: impl std::fmt::Display) -> OtlpError {
     OtlpError(format!("cannot build the {what} exporter: {e}"))
 }
 
+fn temporality(config: &OtlpConfig) -> Temporality {
+    match config.temporality {
+        OtlpTemporality::Cumulative => Temporality::Cumulative,
+        OtlpTemporality::Delta => Temporality::Delta,
+    }
+}
+
+fn metric_exporter(config: &OtlpConfig) -> Result<MetricExporter, OtlpError> {
+    let builder = MetricExporter::builder().with_temporality(temporality(config));
+    let (url, timeout) = (endpoint(config, "metrics"), config.timeout.0);
+    match config.protocol {
+        OtlpProtocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(url)
+            .with_timeout(timeout)
+            .build(),
+        OtlpProtocol::HttpProtobuf => builder
+            .with_http()
+            .with_endpoint(url)
+            .with_timeout(timeout)
+            .build(),
+    }
+    .map_err(|e| build_error("metrics", e))
+}
+
+fn span_exporter(config: &OtlpConfig, resource: &Resource) -> Result<SpanExporter, OtlpError> {
+    let (url, timeout) = (endpoint(config, "traces"), config.timeout.0);
+    let mut exporter = match config.protocol {
+        OtlpProtocol::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(url)
+            .with_timeout(timeout)
+            .build(),
+        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
+            .with_http()
+            .with_endpoint(url)
+            .with_timeout(timeout)
+            .build(),
+    }
+    .map_err(|e| build_error("traces", e))?;
+    exporter.set_resource(resource);
+    Ok(exporter)
+}
+
 impl Otlp {
-    /// Builds the exporters (no connection is made until the first export). Within a runtime.
+    /// The resource and, with metrics, the meter provider and the mirror the [`Telemetry`]
+    /// registers with. The exporters are built by [`Otlp::start`], on the export thread.
     pub fn build(
         config: &OtlpConfig,
         agent: &str,
@@ -184,29 +248,10 @@ impl Otlp {
             .with_detectors(&[Box::new(TelemetryResourceDetector)])
             .with_attributes(attrs.into_iter().map(|(k, v)| KeyValue::new(k, v)))
             .build();
-        let timeout = config.timeout.0;
-        let temporality = match config.temporality {
-            OtlpTemporality::Cumulative => Temporality::Cumulative,
-            OtlpTemporality::Delta => Temporality::Delta,
-        };
-        let metrics = if config.metrics {
-            let builder = MetricExporter::builder().with_temporality(temporality);
-            let exporter = match config.protocol {
-                OtlpProtocol::Grpc => builder
-                    .with_tonic()
-                    .with_endpoint(endpoint(config, "metrics"))
-                    .with_timeout(timeout)
-                    .build(),
-                OtlpProtocol::HttpProtobuf => builder
-                    .with_http()
-                    .with_endpoint(endpoint(config, "metrics"))
-                    .with_timeout(timeout)
-                    .build(),
-            }
-            .map_err(|e| build_error("metrics", e))?;
+        let metrics = config.metrics.then(|| {
             let reader = SharedReader(Arc::new(
                 ManualReader::builder()
-                    .with_temporality(temporality)
+                    .with_temporality(temporality(config))
                     .build(),
             ));
             let provider = SdkMeterProvider::builder()
@@ -219,46 +264,16 @@ impl Otlp {
                     .with_version(env!("CARGO_PKG_VERSION"))
                     .build(),
             );
-            Some(MetricsExport {
-                _provider: provider,
+            MetricsParts {
+                provider,
                 reader,
-                exporter,
                 mirror: Arc::new(Mirror::new(meter)),
-            })
-        } else {
-            None
-        };
-        let traces = match &config.traces {
-            Some(t) => {
-                let mut exporter = match config.protocol {
-                    OtlpProtocol::Grpc => SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(endpoint(config, "traces"))
-                        .with_timeout(timeout)
-                        .build(),
-                    OtlpProtocol::HttpProtobuf => SpanExporter::builder()
-                        .with_http()
-                        .with_endpoint(endpoint(config, "traces"))
-                        .with_timeout(timeout)
-                        .build(),
-                }
-                .map_err(|e| build_error("traces", e))?;
-                exporter.set_resource(&resource);
-                let (tx, rx) = mpsc::channel(t.max_queue);
-                Some((
-                    TracesExport {
-                        exporter,
-                        queue: rx,
-                    },
-                    tx,
-                ))
             }
-            None => None,
-        };
+        });
         Ok(Otlp {
             config: config.clone(),
+            resource,
             metrics,
-            traces,
         })
     }
 
@@ -267,14 +282,15 @@ impl Otlp {
         self.metrics.as_ref().map(|m| m.mirror.clone())
     }
 
-    /// Starts the export loops; returns the tracer requests start their spans with (with
-    /// `otlp.traces`), and the running exports.
-    pub fn start(
+    /// Starts the export on a thread of its own (a single-threaded runtime: building, encoding
+    /// and sending a batch never takes a turn from the workers that serve requests); returns the
+    /// tracer requests start their spans with (with `otlp.traces`), and the running exports.
+    pub async fn start(
         self,
         telemetry: &Telemetry,
         agent: &str,
         restarts: &dyn Fn(&str) -> Counter,
-    ) -> (Option<Arc<Tracer>>, Exports) {
+    ) -> Result<(Option<Arc<Tracer>>, Exports), OtlpError> {
         let dropped = |signal: &str| {
             telemetry.counter(
                 OTLP_DROPPED_TOTAL,
@@ -282,65 +298,143 @@ impl Otlp {
             )
         };
         let (stop, _) = watch::channel(false);
-        let mut tasks = Vec::new();
-        let timeout = self.config.timeout.0;
-        if let Some(m) = self.metrics {
-            let m = Arc::new(m);
-            let dropped = dropped("metrics");
-            let interval = self.config.interval.0;
-            let stop = stop.clone();
-            tasks.push(crate::background::supervise(
-                "otlp_metrics",
-                restarts("otlp_metrics"),
-                move || {
-                    export_metrics(
-                        m.clone(),
-                        interval,
-                        timeout,
-                        dropped.clone(),
-                        stop.subscribe(),
-                    )
-                },
-            ));
-        }
-        let mut tracer = None;
-        if let (Some((t, tx)), Some(traces)) = (self.traces, &self.config.traces) {
+        let traces = self.config.traces.as_ref().map(|t| {
+            let (tx, rx) = mpsc::channel(t.max_queue);
+            let wake = Arc::new(Notify::new());
             let dropped = dropped("traces");
-            tracer = Some(Arc::new(Tracer::new(
-                traces.sample_ratio,
-                tx,
-                dropped.clone(),
-            )));
-            let t = Arc::new(Mutex::new(t));
-            let stop = stop.clone();
-            tasks.push(crate::background::supervise(
-                "otlp_traces",
-                restarts("otlp_traces"),
-                move || export_spans(t.clone(), timeout, dropped.clone(), stop.subscribe()),
-            ));
+            let batch = TRACE_BATCH.min(t.max_queue);
+            let tracer = Tracer::new(t.sample_ratio, tx, wake.clone(), batch, dropped.clone());
+            let queue = SpanQueue { rx, wake };
+            (Arc::new(tracer), queue, dropped, restarts("otlp_traces"))
+        });
+        let tracer = traces.as_ref().map(|t| t.0.clone());
+        let metrics = self
+            .metrics
+            .map(|m| (m, dropped("metrics"), restarts("otlp_metrics")));
+        let (config, resource) = (self.config, self.resource);
+        let (ready_tx, ready) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        let stops = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sloguard-otlp".into())
+            .spawn(move || {
+                lower_priority();
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(OtlpError(format!(
+                            "cannot start the export thread: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let mut loops = tokio::task::JoinSet::new();
+                    let timeout = config.timeout.0;
+                    if let Some((parts, dropped, restarts)) = metrics {
+                        let exporter = match metric_exporter(&config) {
+                            Ok(e) => e,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        let m = Arc::new(MetricsExport {
+                            _provider: parts.provider,
+                            reader: parts.reader,
+                            exporter,
+                            mirror: parts.mirror,
+                        });
+                        let interval = config.interval.0;
+                        let stop = stops.clone();
+                        let run =
+                            crate::background::supervise("otlp_metrics", restarts, move || {
+                                export_metrics(
+                                    m.clone(),
+                                    interval,
+                                    timeout,
+                                    dropped.clone(),
+                                    stop.subscribe(),
+                                )
+                            });
+                        loops.spawn(async move {
+                            let _ = run.await;
+                        });
+                    }
+                    if let Some((_, queue, dropped, restarts)) = traces {
+                        let exporter = match span_exporter(&config, &resource) {
+                            Ok(e) => e,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        let t = Arc::new(Mutex::new(TracesExport { exporter, queue }));
+                        let stop = stops.clone();
+                        let run =
+                            crate::background::supervise("otlp_traces", restarts, move || {
+                                export_spans(t.clone(), timeout, dropped.clone(), stop.subscribe())
+                            });
+                        loops.spawn(async move {
+                            let _ = run.await;
+                        });
+                    }
+                    let _ = ready_tx.send(Ok(()));
+                    while loops.join_next().await.is_some() {}
+                    let _ = done_tx.send(());
+                });
+            })
+            .map_err(|e| OtlpError(format!("cannot start the export thread: {e}")))?;
+        match ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let _ = thread.join();
+                return Err(OtlpError("the export thread ended at start".into()));
+            }
         }
-        (tracer, Exports { stop, tasks })
+        Ok((tracer, Exports { stop, done }))
     }
 }
 
-/// The running export loops.
+/// Makes the calling thread (the export thread) an idle-class thread (Linux `SCHED_IDLE`): it
+/// runs whenever the sidecar's workers leave the CPU free, and yields it to a worker the moment
+/// one wakes with a request to serve. The workers never wait on it (the span queue is lock-free;
+/// the mirror's locks are taken by a worker only to register a new series). Under a sidecar that
+/// keeps its CPU busy, export slows down: spans past the queue are dropped and counted, metric
+/// pushes come late; requests do not. A failure (a platform without the call) is logged; export
+/// then runs at the workers' priority.
+fn lower_priority() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let set = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    );
+    if let Err(e) = set {
+        tracing::warn!(error = ?e, "otlp: could not lower the export thread's priority; it runs at the workers' priority");
+    }
+}
+
+/// The running export thread.
 pub struct Exports {
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Fires when both loops have exported what was left and ended.
+    done: oneshot::Receiver<()>,
 }
 
 impl Exports {
     /// Exports what is left (the metrics once more, the queued spans) and stops, within `within`.
     pub async fn flush(self, within: Duration) {
         let _ = self.stop.send(true);
-        let deadline = tokio::time::Instant::now() + within;
-        for mut task in self.tasks {
-            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                tracing::warn!(
-                    "otlp: the last export did not finish in time at shutdown; given up"
-                );
-                task.abort();
-            }
+        if tokio::time::timeout(within, self.done).await.is_err() {
+            tracing::warn!("otlp: the last export did not finish in time at shutdown; given up");
         }
     }
 }
@@ -378,11 +472,18 @@ async fn export_metrics(
     let log = LogLimiter::new();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Histogram samples wait in the mirror until drained: every second, so that memory stays
+    // bounded whatever the interval.
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let last = stopped(&stop)
-            || tokio::select! {
-                _ = tick.tick() => false,
-                _ = stop.changed() => true,
+            || loop {
+                tokio::select! {
+                    _ = tick.tick() => break false,
+                    _ = stop.changed() => break true,
+                    _ = drain.tick() => m.mirror.drain(),
+                }
             };
         // Samples recorded since the last drain reach the SDK's histograms, then everything is
         // read at once.
@@ -420,40 +521,34 @@ async fn export_spans(
     let log = LogLimiter::new();
     let mut t = t.lock().await;
     let TracesExport { exporter, queue } = &mut *t;
-    let mut batch = Vec::with_capacity(SPAN_BATCH);
     loop {
-        let mut last = stopped(&stop);
-        if !last {
-            // Wait for a first span, then up to SPAN_BATCH_WAIT for the batch to fill.
-            tokio::select! {
-                got = queue.recv_many(&mut batch, SPAN_BATCH) => last = got == 0,
-                _ = stop.changed() => last = true,
-            }
-            if !last && batch.len() < SPAN_BATCH {
-                let until = tokio::time::Instant::now() + SPAN_BATCH_WAIT;
-                while batch.len() < SPAN_BATCH {
-                    let room = SPAN_BATCH - batch.len();
-                    tokio::select! {
-                        got = queue.recv_many(&mut batch, room) => if got == 0 { break },
-                        _ = tokio::time::sleep_until(until) => break,
-                        _ = stop.changed() => { last = true; break },
+        // Woken when a batch is queued, or every SPAN_BATCH_WAIT for what is there; never per
+        // span (the queue is only ever read with `try_recv`, so a send wakes no one).
+        let last = stopped(&stop)
+            || tokio::select! {
+                _ = queue.wake.notified() => false,
+                _ = tokio::time::sleep(SPAN_BATCH_WAIT) => false,
+                _ = stop.changed() => true,
+            };
+        // What is queued now goes, in batches, its spans built here.
+        loop {
+            let mut batch = Vec::with_capacity(2 * TRACE_BATCH);
+            let mut traces = 0;
+            while traces < TRACE_BATCH {
+                match queue.rx.try_recv() {
+                    Ok(trace) => {
+                        trace.into_spans(&mut batch);
+                        traces += 1;
                     }
-                }
-            }
-        }
-        if last {
-            // What is queued now goes, in batches; nothing waits for more.
-            while batch.len() < SPAN_BATCH {
-                match queue.try_recv() {
-                    Ok(span) => batch.push(span),
                     Err(_) => break,
                 }
             }
-        }
-        if !batch.is_empty() {
+            if batch.is_empty() {
+                break;
+            }
+            let full = traces == TRACE_BATCH;
             let n = batch.len() as u64;
-            let spans = std::mem::replace(&mut batch, Vec::with_capacity(SPAN_BATCH));
-            let failure = match tokio::time::timeout(timeout, exporter.export(spans)).await {
+            let failure = match tokio::time::timeout(timeout, exporter.export(batch)).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some(format!("no answer within {timeout:?}")),
@@ -464,10 +559,11 @@ async fn export_spans(
                     tracing::warn!(error = %why, spans = n, suppressed, "otlp: span export failed; dropped");
                 }
             }
-            if last {
-                continue;
+            if !full {
+                break;
             }
-        } else if last {
+        }
+        if last {
             return;
         }
     }
