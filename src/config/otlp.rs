@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::ConfigDuration;
 
-/// The most spans a trace queue may be set to hold (each about 1 KiB).
+/// The most request traces the export queue may be set to hold (each under 1 KiB).
 pub const MAX_TRACE_QUEUE: usize = 1_000_000;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,7 +61,8 @@ pub struct TracesConfig {
     /// exported whatever was decided.
     #[serde(default = "default_sample_ratio")]
     pub sample_ratio: f64,
-    /// Spans waiting for export; past it new ones are dropped (and counted).
+    /// Finished request traces (a request span and its attempts' spans) waiting for export; past
+    /// it new ones are dropped (their spans counted).
     #[serde(default = "default_max_queue")]
     pub max_queue: usize,
 }
