@@ -642,3 +642,38 @@ async fn sigterm_flushes_metrics_and_spans_with_the_pods_resource() {
         Some("support-7d9f-x2")
     );
 }
+
+#[tokio::test]
+async fn a_sidecar_dropped_without_a_shutdown_still_pushes_once_and_ends_its_export() {
+    let receiver = grpc_receiver().await;
+    let (agent, _) = recording(200, "{}").await;
+    let s = start(&agent_yaml(
+        &agent.url(),
+        &format!(
+            "  endpoint: {}\n  interval: 60s\n  timeout: 2s\n",
+            receiver.url()
+        ),
+    ))
+    .await;
+    assert_eq!(get_with(&s, "/", None).await, StatusCode::OK);
+    // Counted once its connection settles.
+    let _ = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 1.0).await;
+    assert!(
+        receiver.metric_exports().is_empty(),
+        "pushed before the interval"
+    );
+    drop(s);
+    assert!(
+        receiver
+            .until(Duration::from_secs(10), |r| !r.metric_exports().is_empty())
+            .await,
+        "no last push after the sidecar was dropped"
+    );
+    let pushed = samples_of_export(&receiver.metric_exports()[0]);
+    let requests: f64 = pushed
+        .iter()
+        .filter(|((n, _), _)| n == "agent_requests_total")
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(requests, 1.0);
+}

@@ -314,7 +314,9 @@ impl Otlp {
         let (config, resource) = (self.config, self.resource);
         let (ready_tx, ready) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
-        let stops = stop.clone();
+        // The loops hold receivers only: when the one sender goes (the sidecar dropped without a
+        // shutdown), they take it as the stop, export once more and end with the thread.
+        let stops = stop.subscribe();
         let thread = std::thread::Builder::new()
             .name("sloguard-otlp".into())
             .spawn(move || {
@@ -357,7 +359,7 @@ impl Otlp {
                                     interval,
                                     timeout,
                                     dropped.clone(),
-                                    stop.subscribe(),
+                                    stop.clone(),
                                 )
                             });
                         loops.spawn(async move {
@@ -376,7 +378,7 @@ impl Otlp {
                         let stop = stops.clone();
                         let run =
                             crate::background::supervise("otlp_traces", restarts, move || {
-                                export_spans(t.clone(), timeout, dropped.clone(), stop.subscribe())
+                                export_spans(t.clone(), timeout, dropped.clone(), stop.clone())
                             });
                         loops.spawn(async move {
                             let _ = run.await;
