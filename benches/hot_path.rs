@@ -65,46 +65,54 @@ fn headers_bench(c: &mut Criterion) {
     });
 }
 
+/// The handles one request records with, on one registry.
+struct OneRequest {
+    m: RequestMetrics,
+    u: UpstreamMetrics,
+    overhead: metrics::Histogram,
+}
+
+impl OneRequest {
+    fn new(t: &Telemetry) -> OneRequest {
+        OneRequest {
+            m: RequestMetrics::new(t, "bench-agent", "egress", "openai"),
+            u: UpstreamMetrics::new(t, "bench-agent", "openai"),
+            overhead: sloguard::telemetry::overhead(t, "bench-agent", "egress"),
+        }
+    }
+
+    /// What one request records: overhead, time to first byte, duration, its status and its
+    /// attempt.
+    fn record(&self) {
+        self.overhead.record(black_box(0.000_04));
+        self.m.time_to_first_byte.record(black_box(0.21));
+        self.m.response_seconds.record(black_box(1.7));
+        self.m
+            .count_request(black_box(StatusClass::Success), black_box(Cause::None));
+        self.u.count(black_box(UpstreamOutcome::Ok));
+    }
+}
+
 fn metrics_bench(c: &mut Criterion) {
     let t = Telemetry::new();
-    let m = RequestMetrics::new(&t, "bench-agent", "egress", "openai");
-    let u = UpstreamMetrics::new(&t, "bench-agent", "openai");
-    let overhead = sloguard::telemetry::overhead(&t, "bench-agent", "egress");
-    // What one request records: overhead, time to first byte, duration, its status and its attempt.
-    c.bench_function("metrics/one_request", |b| {
-        b.iter(|| {
-            overhead.record(black_box(0.000_04));
-            m.time_to_first_byte.record(black_box(0.21));
-            m.response_seconds.record(black_box(1.7));
-            m.count_request(black_box(StatusClass::Success), black_box(Cause::None));
-            u.count(black_box(UpstreamOutcome::Ok));
-        })
-    });
+    let one = OneRequest::new(&t);
+    let m = &one.m;
+    c.bench_function("metrics/one_request", |b| b.iter(|| one.record()));
     // The same with OTLP export on: every handle also records into the mirror the exporter reads.
     {
         let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
         let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "bench");
         let mirror = std::sync::Arc::new(sloguard::telemetry::otlp::Mirror::new(meter));
         let t = Telemetry::with_mirror(Some(mirror.clone()));
-        let m = RequestMetrics::new(&t, "bench-agent", "egress", "openai");
-        let u = UpstreamMetrics::new(&t, "bench-agent", "openai");
-        let overhead = sloguard::telemetry::overhead(&t, "bench-agent", "egress");
+        let mirrored = OneRequest::new(&t);
         c.bench_function("metrics/one_request_otlp_mirror", |b| {
-            b.iter(|| {
-                overhead.record(black_box(0.000_04));
-                m.time_to_first_byte.record(black_box(0.21));
-                m.response_seconds.record(black_box(1.7));
-                m.count_request(black_box(StatusClass::Success), black_box(Cause::None));
-                u.count(black_box(UpstreamOutcome::Ok));
-            })
+            b.iter(|| mirrored.record())
         });
         // The mirror's samples go to the SDK on the export thread: what that costs per request.
         c.bench_function("metrics/otlp_drain_per_request", |b| {
             b.iter_custom(|iters| {
                 for _ in 0..iters {
-                    overhead.record(0.000_04);
-                    m.time_to_first_byte.record(0.21);
-                    m.response_seconds.record(1.7);
+                    mirrored.record();
                 }
                 let start = std::time::Instant::now();
                 mirror.drain();

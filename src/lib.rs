@@ -19,4 +19,16 @@ pub mod telemetry;
 pub mod upstream;
 
 pub use config::Config;
+
+/// Cuts `s` to at most `max` bytes, at a character boundary: for strings from outside (a model
+/// name, a path, a tool name) kept in bounded memory.
+pub(crate) fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
 pub use sidecar::Sidecar;

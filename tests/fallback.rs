@@ -23,7 +23,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use rand::{RngCore, SeedableRng};
 use sloguard::sim::{self, SimServer};
-use sloguard::{Config, Sidecar};
+use sloguard::Sidecar;
 use tokio::io::AsyncWriteExt;
 
 // ---------------------------------------------------------------------------------------------
@@ -226,14 +226,6 @@ fn with_backup(url: &str, extra: &str, backup: &str) -> String {
     chain_yaml("", "", &[("primary", url, extra), ("backup", backup, "")])
 }
 
-async fn start(yaml: &str) -> Sidecar {
-    let config = match Config::parse("test", yaml) {
-        Ok(c) => c,
-        Err(e) => panic!("config refused: {e}\n{yaml}"),
-    };
-    Sidecar::start(config).await.expect("sidecar starts")
-}
-
 /// A whole answer from the proxy.
 struct Answer {
     status: StatusCode,
@@ -370,7 +362,7 @@ async fn a_503_falls_back_and_the_next_upstream_gets_the_same_bytes() {
     for chunked in [false, true] {
         let primary = upstream("primary", 503).await;
         let backup = upstream("backup", 200).await;
-        let sidecar = start(&with_backup(&primary.url(), "", &backup.url())).await;
+        let sidecar = start_yaml(&with_backup(&primary.url(), "", &backup.url())).await;
         let answer = send(
             &sidecar,
             path,
@@ -449,7 +441,7 @@ async fn a_429_with_retry_after_falls_back_and_opens_the_primarys_circuit() {
     primary.knobs.retry_after.store(5, Ordering::SeqCst);
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 3, open_for: 1s, max_open_for: 10s}";
-    let sidecar = start(&with_backup(&primary.url(), breaker, &backup.url())).await;
+    let sidecar = start_yaml(&with_backup(&primary.url(), breaker, &backup.url())).await;
     let first = chat(&sidecar, r#"{"n":1}"#).await;
     assert_from(&first, StatusCode::OK, "backup", Some("429"));
     let c = circuit(&sidecar, "primary").await;
@@ -499,7 +491,7 @@ async fn a_429_without_retry_after_falls_back_but_does_not_open_the_circuit_by_i
     let primary = upstream("primary", 429).await;
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 3, open_for: 30s}";
-    let sidecar = start(&with_backup(&primary.url(), breaker, &backup.url())).await;
+    let sidecar = start_yaml(&with_backup(&primary.url(), breaker, &backup.url())).await;
     let first = chat(&sidecar, r#"{"n":1}"#).await;
     assert_from(&first, StatusCode::OK, "backup", Some("429"));
     let c = circuit(&sidecar, "primary").await;
@@ -529,7 +521,7 @@ async fn a_primary_silent_past_first_byte_falls_back_as_timeout() {
     // Reads the request head, then never answers.
     let silent = stalling_upstream(b"").await;
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&chain_yaml(
+    let sidecar = start_yaml(&chain_yaml(
         "",
         "",
         &[
@@ -574,7 +566,7 @@ async fn a_primary_silent_past_first_byte_falls_back_as_timeout() {
 #[tokio::test]
 async fn a_refused_connection_falls_back_as_connect_error() {
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&with_backup(
+    let sidecar = start_yaml(&with_backup(
         &format!("http://{}", closed_port()),
         "",
         &backup.url(),
@@ -619,7 +611,7 @@ async fn a_reset_before_the_response_head_falls_back_as_connect_error() {
     })
     .await;
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&with_backup(
+    let sidecar = start_yaml(&with_backup(
         &format!("http://{resetting}"),
         "",
         &backup.url(),
@@ -651,7 +643,7 @@ async fn a_reset_before_the_response_head_falls_back_as_connect_error() {
 async fn down_a_chain_of_three_the_header_names_why_the_first_was_left() {
     let primary = upstream("primary", 503).await;
     let third = upstream("third", 200).await;
-    let sidecar = start(&chain_yaml(
+    let sidecar = start_yaml(&chain_yaml(
         "",
         "",
         &[
@@ -707,7 +699,7 @@ async fn down_a_chain_of_three_the_header_names_why_the_first_was_left() {
 async fn fallback_on_decides_which_failures_move_a_request_on() {
     let primary = upstream("primary", 503).await;
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&chain_yaml(
+    let sidecar = start_yaml(&chain_yaml(
         "",
         "fallback_on: [connect_error, timeout]",
         &[
@@ -739,7 +731,7 @@ async fn fallback_on_decides_which_failures_move_a_request_on() {
 async fn when_every_upstream_fails_the_failure_is_charged_upstream() {
     let primary = upstream("primary", 500).await;
     let backup = upstream("backup", 502).await;
-    let sidecar = start(&with_backup(&primary.url(), "", &backup.url())).await;
+    let sidecar = start_yaml(&with_backup(&primary.url(), "", &backup.url())).await;
     let answer = chat(&sidecar, r#"{"n":1}"#).await;
     assert!(answer.status.is_server_error(), "{}", answer.status);
     assert_eq!(answer.header("x-sloguard-cache"), None);
@@ -773,7 +765,7 @@ async fn an_open_circuit_is_skipped_without_an_attempt() {
     let primary = upstream("primary", 500).await;
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 2, open_for: 30s}";
-    let sidecar = start(&with_backup(&primary.url(), breaker, &backup.url())).await;
+    let sidecar = start_yaml(&with_backup(&primary.url(), breaker, &backup.url())).await;
     for _ in 0..2 {
         let a = chat(&sidecar, r#"{"n":1}"#).await;
         assert_from(&a, StatusCode::OK, "backup", Some("5xx"));
@@ -821,7 +813,7 @@ async fn a_recovered_primary_is_probed_its_circuit_closes_and_it_answers_again()
     let primary = upstream("primary", 500).await;
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 2, open_for: 1s, max_open_for: 4s, half_open_probes: 1}";
-    let sidecar = start(&with_backup(&primary.url(), breaker, &backup.url())).await;
+    let sidecar = start_yaml(&with_backup(&primary.url(), breaker, &backup.url())).await;
     for _ in 0..2 {
         let a = chat(&sidecar, r#"{"n":1}"#).await;
         assert_from(&a, StatusCode::OK, "backup", Some("5xx"));
@@ -882,7 +874,7 @@ async fn a_recovered_primary_is_probed_its_circuit_closes_and_it_answers_again()
 async fn with_every_circuit_open_and_no_cache_the_answer_is_503_circuit_open() {
     let primary = upstream("primary", 200).await;
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&chain_yaml(
+    let sidecar = start_yaml(&chain_yaml(
         &admin_with_token("no-cache"),
         "",
         &[
@@ -918,7 +910,7 @@ const OTHER_BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","conten
 async fn with_every_circuit_open_the_cache_answers_a_request_it_has_seen() {
     let primary = upstream("primary", 200).await;
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&chain_yaml(
+    let sidecar = start_yaml(&chain_yaml(
         &admin_with_token("cache-open"),
         CACHE,
         &[
@@ -976,7 +968,7 @@ async fn with_every_circuit_open_the_cache_answers_a_request_it_has_seen() {
 async fn when_every_upstream_fails_the_request_the_cache_answers() {
     let primary = upstream("primary", 200).await;
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&chain_yaml(
+    let sidecar = start_yaml(&chain_yaml(
         "",
         CACHE,
         &[
@@ -1031,7 +1023,7 @@ async fn streamed_responses_are_not_cached() {
     let primary = upstream("primary", 200).await;
     primary.knobs.sse.store(true, Ordering::SeqCst);
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&chain_yaml(
+    let sidecar = start_yaml(&chain_yaml(
         &admin_with_token("sse-not-cached"),
         CACHE,
         &[
@@ -1062,7 +1054,7 @@ async fn a_body_over_max_replay_body_streams_through_without_fallback() {
     for chunked in [false, true] {
         let primary = upstream("primary", 503).await;
         let backup = upstream("backup", 200).await;
-        let sidecar = start(&chain_yaml(
+        let sidecar = start_yaml(&chain_yaml(
             "",
             "max_replay_body: 64KiB",
             &[
@@ -1146,7 +1138,7 @@ async fn a_failure_after_the_first_byte_is_not_retried() {
     })
     .await;
     let backup = upstream("backup", 200).await;
-    let sidecar = start(&with_backup(
+    let sidecar = start_yaml(&with_backup(
         &format!("http://{breaking}"),
         "",
         &backup.url(),
@@ -1211,7 +1203,7 @@ async fn the_fallback_upstreams_own_model_and_key_apply_to_the_replay() {
     let backup = upstream("backup", 200).await;
     let primary_keys = temp_file("rewrite", "primary-keys", "sk-primary-key\n");
     let backup_keys = temp_file("rewrite", "backup-keys", "sk-backup-key\n");
-    let sidecar = start(&chain_yaml(
+    let sidecar = start_yaml(&chain_yaml(
         "",
         "",
         &[
@@ -1280,7 +1272,7 @@ async fn half_open_primary(delay_ms: u64) -> (Upstream, Upstream, Sidecar) {
     let primary = upstream("primary", 500).await;
     let backup = upstream("backup", 200).await;
     let breaker = "circuit_breaker: {consecutive_failures: 2, open_for: 1s, max_open_for: 4s, half_open_probes: 1}";
-    let sidecar = start(&with_backup(&primary.url(), breaker, &backup.url())).await;
+    let sidecar = start_yaml(&with_backup(&primary.url(), breaker, &backup.url())).await;
     for _ in 0..2 {
         chat(&sidecar, r#"{"n":1}"#).await;
     }

@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use sloguard::sim::{self, SimServer};
 use sloguard::telemetry::{Kind, METRICS};
-use sloguard::{Config, Sidecar};
+use sloguard::Sidecar;
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -56,14 +56,6 @@ async fn recording(status: u16, body: &'static str) -> (SimServer, Arc<Mutex<Vec
 
 const CHAT: &str = r#"{"id":"c1","object":"chat.completion","model":"gpt-test","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#;
 const REQUEST: &str = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hello"}]}"#;
-
-async fn start(yaml: &str) -> Sidecar {
-    let config = match Config::parse("test", yaml) {
-        Ok(c) => c,
-        Err(e) => panic!("config refused: {e}\n{yaml}"),
-    };
-    Sidecar::start(config).await.expect("sidecar starts")
-}
 
 /// A sidecar with one `llm` listener `proxy` whose route falls back from `primary` to `fallback`
 /// (both OpenAI-style), exporting as `otlp` says.
@@ -183,7 +175,7 @@ async fn grpc_metrics_match_the_scrape_and_a_fallback_is_one_trace() {
     let receiver = grpc_receiver().await;
     let (primary, primary_saw) = recording(503, r#"{"error":{"message":"down"}}"#).await;
     let (fallback, fallback_saw) = recording(200, CHAT).await;
-    let s = start(&llm_chain(
+    let s = start_yaml(&llm_chain(
         &primary.url(),
         &fallback.url(),
         &format!(
@@ -366,8 +358,8 @@ async fn http_protobuf_sampling_follows_the_client_keeps_failures_and_delta_sums
         "  endpoint: {}\n  protocol: http/protobuf\n  temporality: delta\n  interval: 1s\n  timeout: 1s\n  traces: {{sample_ratio: 0.0}}\n",
         receiver.url()
     );
-    let ok = start(&agent_yaml(&ok_agent.url(), &otlp)).await;
-    let failing = start(&named_agent_yaml(
+    let ok = start_yaml(&agent_yaml(&ok_agent.url(), &otlp)).await;
+    let failing = start_yaml(&named_agent_yaml(
         "otlp-failing",
         &failing_agent.url(),
         &otlp,
@@ -491,7 +483,7 @@ async fn a_collector_down_or_silent_costs_requests_nothing_and_drops_are_counted
         }
     });
     for (name, endpoint, queue) in [("down", down, 4096), ("silent", silent_addr, 8)] {
-        let s = start(&agent_yaml(
+        let s = start_yaml(&agent_yaml(
             &agent.url(),
             &format!(
                 "  endpoint: http://{endpoint}\n  interval: 1s\n  timeout: 200ms\n  traces: {{sample_ratio: 1.0, max_queue: {queue}}}\n"
@@ -647,7 +639,7 @@ async fn sigterm_flushes_metrics_and_spans_with_the_pods_resource() {
 async fn a_sidecar_dropped_without_a_shutdown_still_pushes_once_and_ends_its_export() {
     let receiver = grpc_receiver().await;
     let (agent, _) = recording(200, "{}").await;
-    let s = start(&agent_yaml(
+    let s = start_yaml(&agent_yaml(
         &agent.url(),
         &format!(
             "  endpoint: {}\n  interval: 60s\n  timeout: 2s\n",

@@ -423,7 +423,7 @@ impl Incidents {
             subject,
             mut summary,
         } = incident;
-        truncate(&mut summary, MAX_SUMMARY_BYTES);
+        crate::truncate_at_char(&mut summary, MAX_SUMMARY_BYTES);
         let now = SystemTime::now();
         let (severity, queued) = {
             // Held while queueing, so alerts about one subject queue in the order of the map's
@@ -475,16 +475,6 @@ fn lock(active: &Mutex<ActiveAlerts>) -> MutexGuard<'_, ActiveAlerts> {
     active
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
 }
 
 /// The alerts that are firing, by (kind, subject).

@@ -288,10 +288,10 @@ fn active_alerts_keep_their_first_start_and_stay_bounded() {
 #[test]
 fn summaries_are_cut_at_a_character_boundary() {
     let mut s = "é".repeat(MAX_SUMMARY_BYTES); // two bytes each
-    truncate(&mut s, MAX_SUMMARY_BYTES - 1);
+    crate::truncate_at_char(&mut s, MAX_SUMMARY_BYTES - 1);
     assert_eq!(s.len(), MAX_SUMMARY_BYTES - 2);
     let mut short = "short".to_owned();
-    truncate(&mut short, MAX_SUMMARY_BYTES);
+    crate::truncate_at_char(&mut short, MAX_SUMMARY_BYTES);
     assert_eq!(short, "short");
 }
 

@@ -59,11 +59,7 @@ impl ResponseFacts {
     pub(super) fn push_call(&mut self, mut call: ToolCall) {
         if call.name.len() > MAX_TOOL_NAME {
             // No tool is declared with such a name: keep a bounded prefix, it still mismatches.
-            let mut end = MAX_TOOL_NAME;
-            while !call.name.is_char_boundary(end) {
-                end -= 1;
-            }
-            call.name.truncate(end);
+            crate::truncate_at_char(&mut call.name, MAX_TOOL_NAME);
         }
         if self.tool_calls.len() < MAX_TOOL_CALLS {
             self.tool_calls.push(call);

@@ -135,7 +135,7 @@ impl ListenerTracer {
             }
         };
         let mut path = path.to_owned();
-        truncate(&mut path, MAX_PATH);
+        crate::truncate_at_char(&mut path, MAX_PATH);
         Box::new(RequestTrace {
             tracer: tracer.clone(),
             names: self.names.clone(),
@@ -219,16 +219,6 @@ pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> HeaderV
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-}
-
 /// What an LLM call said, as its span carries it (GenAI semantic conventions).
 #[derive(Debug, Clone, Default)]
 pub struct GenAiFacts {
@@ -244,7 +234,7 @@ impl GenAiFacts {
     pub fn new(operation: &'static str, provider: &'static str, model: Option<&str>) -> Self {
         let model = model.map(|m| {
             let mut m = m.to_owned();
-            truncate(&mut m, MAX_MODEL);
+            crate::truncate_at_char(&mut m, MAX_MODEL);
             m
         });
         GenAiFacts {

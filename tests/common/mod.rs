@@ -56,6 +56,15 @@ pub async fn start_sidecar(role: &str, upstream_url: &str, timeouts: &str) -> Si
     Sidecar::start(config).await.expect("sidecar starts")
 }
 
+/// A sidecar started on `yaml`; a config refused names the error and shows the config.
+pub async fn start_yaml(yaml: &str) -> Sidecar {
+    let config = match Config::parse("test", yaml) {
+        Ok(c) => c,
+        Err(e) => panic!("config refused: {e}\n{yaml}"),
+    };
+    Sidecar::start(config).await.expect("sidecar starts")
+}
+
 /// A config with one `agent` listener called `proxy` in front of `agent_url` (upstream `agent`),
 /// followed by the sections in `extra`.
 pub fn agent_config(agent_url: &str, extra: &str) -> Config {

@@ -295,35 +295,10 @@ mod tests {
     use opentelemetry_sdk::metrics::reader::MetricReader;
     use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
 
-    #[derive(Debug, Clone)]
-    struct Reader(Arc<ManualReader>);
-
-    impl MetricReader for Reader {
-        fn register_pipeline(&self, p: std::sync::Weak<opentelemetry_sdk::metrics::Pipeline>) {
-            self.0.register_pipeline(p)
-        }
-        fn collect(&self, rm: &mut ResourceMetrics) -> opentelemetry_sdk::error::OTelSdkResult {
-            self.0.collect(rm)
-        }
-        fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-            self.0.force_flush()
-        }
-        fn shutdown_with_timeout(
-            &self,
-            t: std::time::Duration,
-        ) -> opentelemetry_sdk::error::OTelSdkResult {
-            self.0.shutdown_with_timeout(t)
-        }
-        fn temporality(
-            &self,
-            k: opentelemetry_sdk::metrics::InstrumentKind,
-        ) -> opentelemetry_sdk::metrics::Temporality {
-            self.0.temporality(k)
-        }
-    }
+    use crate::telemetry::otlp::SharedReader;
 
     /// `(counter value, histogram sample count)` as the SDK would export them now.
-    fn collected(reader: &Reader) -> (Option<u64>, Option<u64>) {
+    fn collected(reader: &SharedReader) -> (Option<u64>, Option<u64>) {
         let mut rm = ResourceMetrics::default();
         reader.collect(&mut rm).unwrap();
         let (mut counter, mut samples) = (None, None);
@@ -343,7 +318,7 @@ mod tests {
 
     #[test]
     fn handles_record_into_both_and_samples_wait_for_a_drain() {
-        let reader = Reader(Arc::new(ManualReader::builder().build()));
+        let reader = SharedReader(Arc::new(ManualReader::builder().build()));
         let provider = SdkMeterProvider::builder()
             .with_reader(reader.clone())
             .build();

@@ -124,7 +124,7 @@ pub fn resource_attributes(
 /// The manual reader, shared between the meter provider (which registers with it) and the
 /// export loop (which collects from it).
 #[derive(Debug, Clone)]
-struct SharedReader(Arc<ManualReader>);
+pub(super) struct SharedReader(pub(super) Arc<ManualReader>);
 
 impl MetricReader for SharedReader {
     fn register_pipeline(&self, pipeline: std::sync::Weak<Pipeline>) {
@@ -464,6 +464,27 @@ fn stopped(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow()
 }
 
+/// Runs one export, bounded by `timeout`; when it fails or times out, the `n` items it carried
+/// (`what`) are counted as dropped and the failure logged (at most once a second).
+async fn settle(
+    export: impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult>,
+    timeout: Duration,
+    n: u64,
+    what: &'static str,
+    dropped: &Counter,
+    log: &LogLimiter,
+) {
+    let why = match tokio::time::timeout(timeout, export).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {timeout:?}"),
+    };
+    dropped.increment(n);
+    if let Some(suppressed) = log.allow() {
+        tracing::warn!(error = %why, dropped = n, what, suppressed, "otlp: export failed; dropped");
+    }
+}
+
 async fn export_metrics(
     m: Arc<MetricsExport>,
     interval: Duration,
@@ -495,18 +516,8 @@ async fn export_metrics(
             tracing::warn!(error = %e, "otlp: could not collect the metrics");
         } else {
             let n = points(&rm);
-            let sent = tokio::time::timeout(timeout, m.exporter.export(&rm)).await;
-            let failure = match sent {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {timeout:?}")),
-            };
-            if let Some(why) = failure {
-                dropped.increment(n);
-                if let Some(suppressed) = log.allow() {
-                    tracing::warn!(error = %why, points = n, suppressed, "otlp: metrics export failed; dropped");
-                }
-            }
+            let export = m.exporter.export(&rm);
+            settle(export, timeout, n, "metric points", &dropped, &log).await;
         }
         if last {
             return;
@@ -550,17 +561,7 @@ async fn export_spans(
             }
             let full = traces == TRACE_BATCH;
             let n = batch.len() as u64;
-            let failure = match tokio::time::timeout(timeout, exporter.export(batch)).await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {timeout:?}")),
-            };
-            if let Some(why) = failure {
-                dropped.increment(n);
-                if let Some(suppressed) = log.allow() {
-                    tracing::warn!(error = %why, spans = n, suppressed, "otlp: span export failed; dropped");
-                }
-            }
+            settle(exporter.export(batch), timeout, n, "spans", &dropped, &log).await;
             if !full {
                 break;
             }
