@@ -30,8 +30,10 @@ pub struct AdminState {
     pub kill: Arc<crate::proxy::safety::KillSwitch>,
     /// `GET /agent/healthz`.
     pub tasks: Arc<crate::proxy::tasks::Tasks>,
-    /// `GET /slo` (`None`: the config has no SLOs).
-    pub slos: Option<Arc<crate::slo::Slos>>,
+    /// `GET /slo`.
+    pub slos: Arc<crate::slo::Slos>,
+    /// `POST /admin/reload`.
+    pub reloader: Arc<crate::sidecar::Reloader>,
 }
 
 /// Reads the admin token file (one line, surrounding whitespace ignored).
@@ -66,10 +68,19 @@ pub async fn serve(
             let state = state.clone();
             let service_for = move |_peer, _conn| {
                 let state = state.clone();
-                // Answered at once, so in flight for no longer: a client slow to read an answer
-                // holds an idle connection, which a newcomer (a probe) can displace.
+                // Answered at once (a reload: once the new config is built), so in flight for
+                // no longer: a client slow to read an answer holds an idle connection, which a
+                // newcomer (a probe) can displace.
                 hyper::service::service_fn(move |req| {
-                    std::future::ready(Ok::<_, std::convert::Infallible>(route(&state, req)))
+                    let state = state.clone();
+                    async move {
+                        let answer = if is_reload(&req) {
+                            reload(&state, &req).await
+                        } else {
+                            route(&state, req)
+                        };
+                        Ok::<_, std::convert::Infallible>(answer)
+                    }
                 })
             };
             connections
@@ -123,14 +134,55 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
+fn is_reload(req: &Request<Incoming>) -> bool {
+    req.method() == Method::POST && req.uri().path() == "/admin/reload"
+}
+
+/// `POST /admin/reload`: reads the config file again and swaps it in; 200 with what changed, or
+/// 422 with why the config was refused (the running one stays).
+async fn reload(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Err(refused) = authorize(state, req) {
+        return refused;
+    }
+    use crate::sidecar::{ReloadError, Trigger};
+    match state.reloader.reload(Trigger::Admin).await {
+        Ok(done) => {
+            let body = serde_json::json!({"reloaded": true, "changes": done});
+            let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => {
+            let (status, kind) = match e {
+                ReloadError::NoFile => (StatusCode::CONFLICT, "no_config_file"),
+                ReloadError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_refused"),
+                ReloadError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            };
+            to_full(error_response(status, kind, &e.to_string()))
+        }
+    }
+}
+
 /// `POST /admin/...`: a valid bearer token first, then the action.
 fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Err(refused) = authorize(state, req) {
+        return refused;
+    }
+    mutation(state, req)
+}
+
+/// Checks the bearer token of an admin call: `Err` holds the answer to a call refused.
+#[allow(clippy::result_large_err)]
+fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
     let Some(path) = &state.token_file else {
-        return to_full(error_response(
+        return Err(to_full(error_response(
             StatusCode::FORBIDDEN,
             "admin_disabled",
             "the admin API is off: set admin.token_file to enable it",
-        ));
+        )));
     };
     let expected = match read_token(path) {
         Ok(t) => t,
@@ -138,11 +190,11 @@ fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             if let Some(suppressed) = state.log_limit.allow() {
                 tracing::error!(error = %e, suppressed, "admin token unreadable; refusing admin requests");
             }
-            return to_full(error_response(
+            return Err(to_full(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "admin_unavailable",
                 "the admin token file cannot be read",
-            ));
+            )));
         }
     };
     // The scheme is case-insensitive (RFC 9110 §11.1).
@@ -160,8 +212,13 @@ fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         ));
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+        return Err(r);
     }
+    Ok(())
+}
+
+/// An authorized `POST /admin/...` other than the reload.
+fn mutation(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
     let (name, action) = match parts.as_slice() {
         ["admin", "agent", action] => return agent_switch(state, action),
@@ -209,10 +266,7 @@ fn mutate(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
 /// `GET /slo`: the local view of every SLO (an empty list without SLOs), as JSON, or as a page
 /// for a client that accepts `text/html` (a browser).
 fn slo(state: &AdminState, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
-    let report = match &state.slos {
-        Some(slos) => slos.report(tokio::time::Instant::now()),
-        None => serde_json::json!({"slos": []}),
-    };
+    let report = state.slos.report(tokio::time::Instant::now());
     let (body, content_type) = if crate::slo::page::accepts_html(headers) {
         (crate::slo::page::html(&report), "text/html; charset=utf-8")
     } else {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::sidecar::Sidecar;
+use crate::sidecar::{ConfigFile, Reloader, Sidecar, Trigger};
 use crate::telemetry::init_logging;
 
 #[derive(Debug, Parser)]
@@ -74,15 +74,15 @@ pub fn main() -> ExitCode {
         },
         Command::Run { config } => {
             init_logging();
-            let config = match Config::load(&config) {
-                Ok(c) => c,
+            let (file, config) = match ConfigFile::load(config) {
+                Ok(loaded) => loaded,
                 Err(e) => {
                     tracing::error!(error = %e, "invalid config");
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            runtime_then(|| run(config))
+            runtime_then(|| run(config, file))
         }
         Command::Demo(args) => runtime_then(|| demo::run(args)),
     }
@@ -127,14 +127,40 @@ where
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let sidecar = Sidecar::start(config).await.inspect_err(|e| {
-        tracing::error!(error = %e, "startup failed");
-    })?;
-    wait_for_stop_signal().await?;
+async fn run(config: Config, file: ConfigFile) -> anyhow::Result<()> {
+    let sidecar = Sidecar::start_from_file(config, file)
+        .await
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "startup failed");
+        })?;
+    let stop = wait_for_stop_signal();
+    let reloads = reload_on_hangup(sidecar.reloader());
+    tokio::select! {
+        stopped = stop => stopped?,
+        failed = reloads => failed?,
+    }
     tracing::info!("stop signal received: draining");
     sidecar.shutdown().await;
     Ok(())
+}
+
+/// Reloads the config at each SIGHUP (outcomes are logged and counted by the reload itself).
+/// Returns only when the signal cannot be listened for.
+async fn reload_on_hangup(reloader: std::sync::Arc<Reloader>) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup())?;
+        while hangup.recv().await.is_some() {
+            let _ = reloader.reload(Trigger::Signal).await;
+        }
+        anyhow::bail!("SIGHUP can no longer be received");
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        std::future::pending().await
+    }
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (a terminal).

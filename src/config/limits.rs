@@ -12,7 +12,7 @@ use super::ConfigDuration;
 /// looks at each).
 pub const MAX_CONNECTIONS_LIMIT: usize = 100_000;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Client connections open at once. At the limit, a new connection takes the place of the
@@ -131,7 +131,7 @@ impl Limits {
 }
 
 /// `memory:`: what the sidecar holds of bodies at once.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Body bytes held at once across every request (see [`crate::budget`]): bodies read ahead

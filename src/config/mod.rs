@@ -70,7 +70,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Label value on every metric.
@@ -104,7 +104,7 @@ pub struct Config {
     pub otlp: Option<OtlpConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_bind")]
@@ -131,7 +131,7 @@ fn default_admin_bind() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7490))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -152,7 +152,7 @@ fn default_grace() -> ConfigDuration {
 }
 
 /// Bounds on what the metrics record.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Distinct `gen_ai_request_model` label values; later model names are recorded as `other`.
@@ -190,7 +190,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -202,7 +202,7 @@ pub struct ListenerConfig {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Tried in this order: the first is the primary, the rest its fallbacks.
@@ -252,7 +252,7 @@ fn default_max_replay_body() -> ByteSize {
 }
 
 /// `routes.*.cache`: successful non-streamed responses kept as the route's last resort.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     #[serde(default = "default_cache_entries")]
@@ -289,7 +289,7 @@ impl Protocol {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub url: String,
@@ -316,7 +316,7 @@ pub struct UpstreamConfig {
 }
 
 /// `upstreams.*.h2`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct H2Config {
     /// Connections requests are spread over, in turn (each multiplexes many).
@@ -388,7 +388,7 @@ fn breaker_or_defaults<'de, D: serde::Deserializer<'de>>(
 }
 
 /// `upstreams.*.circuit_breaker`; defaults as in the contract.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     #[serde(default = "default_consecutive")]
@@ -409,7 +409,7 @@ pub struct CircuitBreakerConfig {
     pub slow_call: Option<SlowCallConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlowCallConfig {
     /// A call whose response head comes later than this is slow.
@@ -478,7 +478,7 @@ impl CircuitBreakerConfig {
 }
 
 /// TLS settings of an `https://` upstream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM file of CA certificates to trust besides the public (webpki) roots: for a model
@@ -488,7 +488,7 @@ pub struct UpstreamTls {
 
 /// Per-upstream timeouts. Defaults suit LLM providers: a slow first token is normal, a
 /// connection that takes seconds is not.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// TCP (and TLS) connection set-up.
@@ -530,7 +530,7 @@ fn default_total() -> ConfigDuration {
 }
 
 /// A parsed upstream URL: what the data plane needs to address requests.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamUrl {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,

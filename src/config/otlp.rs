@@ -10,7 +10,7 @@ use super::ConfigDuration;
 /// The most request traces the export queue may be set to hold (each under 1 KiB).
 pub const MAX_TRACE_QUEUE: usize = 1_000_000;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// `http://host:port` of the collector's OTLP receiver (gRPC: usually 4317; HTTP: 4318,
@@ -53,7 +53,7 @@ pub enum OtlpTemporality {
     Delta,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracesConfig {
     /// Share of requests without a sampled parent that are traced (0 to 1). A request whose

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::{parse_upstream_url, ConfigDuration, Role, UpstreamUrl};
 use crate::inspect::safety::{Builtin, DetectorSpec, Detectors};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SafetyConfig {
     /// The roles whose responses are inspected; both by default.
@@ -50,7 +50,7 @@ fn default_detectors() -> Vec<DetectorConfig> {
 }
 
 /// One detector: `{builtin: NAME}`, `{name, regex}` or `{name, keywords: [...]}`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorConfig {
     #[serde(default)]
@@ -83,7 +83,7 @@ impl SafetyAction {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KillSwitchConfig {
     /// Violations within `within` that disable the agent: blocked detector hits (and the agent's
@@ -106,7 +106,7 @@ pub enum SeverityName {
     Sev3,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentsConfig {
     /// Alertmanager v2 `POST /api/v2/alerts` URL (the whole URL).
@@ -117,7 +117,7 @@ pub struct IncidentsConfig {
 }
 
 /// The severity of an incident about each SLI; the article's defaults.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Severities {
     #[serde(default = "sev1")]

@@ -60,7 +60,7 @@ impl SliKind {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SloConfig {
     /// Unique; the `slo` label of its series and alerts.

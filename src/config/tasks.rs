@@ -10,7 +10,7 @@ use super::ConfigDuration;
 /// The most live tasks a table may be set to hold (each takes about 75 bytes).
 pub const MAX_TASKS_LIMIT: usize = 10_000_000;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TasksConfig {
     /// Requests carrying the same value belong to one task; a request without it is a task of

@@ -150,13 +150,30 @@ const TOLD_DRAIN: u8 = 2;
 /// The drain's grace is over: drop it now.
 const TOLD_CUT: u8 = 3;
 
-/// The client connections of one port.
-pub struct Connections {
-    name: String,
+/// What a port's limits make of its connections.
+struct Settings {
     builder: auto::Builder<TokioExecutor>,
     max: usize,
     header_timeout: Duration,
     idle_timeout: Duration,
+}
+
+impl Settings {
+    fn new(limits: &Limits) -> Settings {
+        Settings {
+            builder: server_builder(limits),
+            max: limits.max_connections,
+            header_timeout: limits.header_timeout.0,
+            idle_timeout: limits.idle_timeout.0,
+        }
+    }
+}
+
+/// The client connections of one port.
+pub struct Connections {
+    name: String,
+    /// The limits: a reload may change them (see [`Connections::set_limits`]).
+    settings: arc_swap::ArcSwap<Settings>,
     live: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     epoch: Instant,
@@ -174,10 +191,7 @@ impl Connections {
         open.set(0.0);
         Arc::new(Connections {
             name: name.to_owned(),
-            builder: server_builder(limits),
-            max: limits.max_connections,
-            header_timeout: limits.header_timeout.0,
-            idle_timeout: limits.idle_timeout.0,
+            settings: arc_swap::ArcSwap::from_pointee(Settings::new(limits)),
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -190,6 +204,13 @@ impl Connections {
             }),
             errors: connection_errors(t, agent, name),
         })
+    }
+
+    /// New limits (a reload): the cap and the deadlines apply to every connection from their
+    /// next check, the HTTP settings to the connections accepted from now on. No connection is
+    /// closed for it (unless the cap went down and a newcomer displaces one).
+    pub fn set_limits(&self, limits: &Limits) {
+        self.settings.store(Arc::new(Settings::new(limits)));
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
@@ -227,8 +248,9 @@ impl Connections {
             told: std::sync::atomic::AtomicU8::new(TOLD_NOTHING),
             epoch: self.epoch,
         });
+        let max = self.settings.load().max;
         let mut live = self.live();
-        if live.len() >= self.max {
+        if live.len() >= max {
             // The one idle longest makes room; a socket that never sent a request has been idle
             // since it came.
             let idle_since = |c: &Conn| {
@@ -267,8 +289,12 @@ impl Connections {
         let now_ms = self.ms(now);
         let at = |ms: u64| self.epoch + Duration::from_millis(ms);
         let ms = |d: Duration| d.as_millis() as u64;
+        let (header_timeout, idle_timeout) = {
+            let s = self.settings.load();
+            (s.header_timeout, s.idle_timeout)
+        };
         if !c.seen_request.load(Ordering::Relaxed) {
-            let deadline = c.accepted_ms + ms(self.header_timeout);
+            let deadline = c.accepted_ms + ms(header_timeout);
             return match now_ms >= deadline {
                 true => Watch::Close(CloseReason::HeaderTimeout),
                 false => Watch::Until(at(deadline)),
@@ -277,9 +303,9 @@ impl Connections {
         let since = c.changed_ms.load(Ordering::Relaxed);
         if c.in_flight.load(Ordering::Acquire) > 0 {
             // Streams may take minutes: looked at again an idle timeout from now.
-            return Watch::Until(now + self.idle_timeout);
+            return Watch::Until(now + idle_timeout);
         }
-        let deadline = since + ms(self.idle_timeout);
+        let deadline = since + ms(idle_timeout);
         match now_ms >= deadline {
             true => Watch::Close(CloseReason::Idle),
             false => Watch::Until(at(deadline)),
@@ -328,6 +354,8 @@ impl Connections {
             // request.
             let svc = service_for(peer, conn.clone());
             let http = self
+                .settings
+                .load()
                 .builder
                 .serve_connection(TokioIo::new(stream), svc)
                 .into_owned();

@@ -17,33 +17,33 @@ use std::convert::Infallible;
 use hyper::service::service_fn;
 
 use super::connections::{Conn, Connections};
-use super::state::Snapshot;
+use super::state::ListenerState;
 use crate::background::supervise;
 
-/// Serves one listener until `shutdown` turns true, then stops accepting (the socket closes)
-/// and lets in-flight requests finish for up to `grace`.
+/// Serves one listener until `shutdown` turns true, then stops accepting and lets in-flight
+/// requests finish for up to `grace`. Each request takes the listener's state from `slot` as it
+/// arrives and keeps it to its end: a reload stores a new state there, which the requests that
+/// come after it take.
 pub async fn serve(
-    tcp: TcpListener,
-    index: usize,
-    state: Arc<ArcSwap<Snapshot>>,
+    tcp: Arc<TcpListener>,
+    slot: Arc<ArcSwap<ListenerState>>,
     connections: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
     grace: Duration,
     restarts: Counter,
 ) {
-    let name = state.load().listeners[index].name.clone();
-    let tcp = Arc::new(tcp);
+    let name = slot.load().name.clone();
     let accepting = {
         let connections = connections.clone();
         supervise(format!("accept {name}"), restarts, move || {
-            let state = state.clone();
+            let slot = slot.clone();
             let service_for = move |peer: SocketAddr, conn: Arc<Conn>| {
                 // Built once per connection, cloned (a reference count) per request.
                 let client_ip = HeaderValue::from_str(&peer.ip().to_string())
                     .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-                let state = state.clone();
+                let slot = slot.clone();
                 service_fn(move |req| {
-                    let listener = state.load().listeners[index].clone();
+                    let listener = slot.load_full();
                     let (ip, in_flight) = (client_ip.clone(), conn.request());
                     // The request's future is made in place, when this one is first polled.
                     async move { Ok::<_, Infallible>(super::handle(req, ip, listener, in_flight).await) }
@@ -54,7 +54,8 @@ pub async fn serve(
                 .accept(tcp.clone(), shutdown.clone(), service_for)
         })
     };
-    // Done accepting: the supervisor, and with it the socket, is gone.
+    // Done accepting: the supervisor is gone (and with it the socket, unless a reload handed it
+    // to this listener's successor).
     let _ = accepting.await;
     tracing::info!(listener = %name, grace = ?grace, "draining in-flight requests");
     connections.drain(grace).await;

@@ -33,6 +33,9 @@ pub struct Shared {
     pub budget: BodyBudget,
     /// Starts each request's span (`otlp.traces`).
     pub tracer: Option<Arc<Tracer>>,
+    /// The model names seen so far (`metrics.max_model_labels`): one bound for the process, not
+    /// one per config snapshot.
+    pub models: Arc<ModelLabels>,
 }
 
 impl Shared {
@@ -62,6 +65,7 @@ impl Shared {
                 telemetry,
             ),
             tracer: None,
+            models: Arc::new(ModelLabels::new(config.metrics.max_model_labels)),
         }
     }
 }
@@ -74,6 +78,7 @@ pub struct Snapshot {
     /// In the config's order; a listener's accept loop refers to its entry by index.
     pub listeners: Vec<Arc<ListenerState>>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub routes: BTreeMap<String, Arc<RouteState>>,
 }
 
 /// A route: its chain of upstreams, what moves a request along it, and its cache.
@@ -213,24 +218,45 @@ impl Snapshot {
         telemetry: &Telemetry,
         shared: &Shared,
     ) -> Result<Snapshot, UpstreamBuildError> {
-        let models = Arc::new(ModelLabels::new(config.metrics.max_model_labels));
+        Snapshot::build_after(config, telemetry, shared, None)
+    }
+
+    /// Builds the running state of a validated config that replaces `previous` (a reload): an
+    /// upstream whose name and settings stay the same is taken over whole (its connections,
+    /// keys and breaker), one whose settings changed keeps its breaker when the breaker's
+    /// settings did not, and a route whose settings and upstreams stay the same keeps its cache.
+    pub fn build_after(
+        config: Config,
+        telemetry: &Telemetry,
+        shared: &Shared,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, UpstreamBuildError> {
+        let models = &shared.models;
         let agent = &config.agent;
         let severities = &config.incidents.severities;
         let breaker_severity = severity(severities.availability);
         let mut upstreams = BTreeMap::new();
         for (name, up) in &config.upstreams {
-            upstreams.insert(
-                name.clone(),
-                Arc::new(Upstream::new(
-                    name,
-                    up,
-                    agent,
-                    telemetry,
-                    &models,
-                    &shared.incidents,
-                    breaker_severity,
-                )?),
-            );
+            let upstream = match previous.map(|p| p.carried(name, up, &config)) {
+                Some(Carried::Whole(u)) => u,
+                carried => {
+                    let breaker = match carried {
+                        Some(Carried::Breaker(b)) => Some(b),
+                        _ => None,
+                    };
+                    Arc::new(Upstream::new(
+                        name,
+                        up,
+                        agent,
+                        telemetry,
+                        models,
+                        &shared.incidents,
+                        breaker_severity,
+                        breaker,
+                    )?)
+                }
+            };
+            upstreams.insert(name.clone(), upstream);
         }
         let safety = config.safety.as_ref();
         // Validated already: a header name.
@@ -264,9 +290,10 @@ impl Snapshot {
                     &up,
                     agent,
                     telemetry,
-                    &models,
+                    models,
                     &shared.incidents,
                     breaker_severity,
+                    None,
                 )?);
                 let route = RouteConfig {
                     upstreams: vec![KILL_SWITCH_FALLBACK.to_owned()],
@@ -288,20 +315,22 @@ impl Snapshot {
         };
         let mut routes = BTreeMap::new();
         for (name, r) in &config.routes {
-            let route = RouteState::new(name, r, &upstreams, agent, telemetry)?;
-            routes.insert(name.as_str(), Arc::new(route));
+            let route = match previous.and_then(|p| p.kept_route(name, r, &upstreams)) {
+                Some(route) => route,
+                None => Arc::new(RouteState::new(name, r, &upstreams, agent, telemetry)?),
+            };
+            routes.insert(name.clone(), route);
         }
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             // validate() guarantees the route exists.
-            let route =
-                routes
-                    .get(l.route.as_str())
-                    .cloned()
-                    .ok_or_else(|| UpstreamBuildError::Url {
-                        name: l.route.clone(),
-                        message: "no such route".into(),
-                    })?;
+            let route = routes
+                .get(&l.route)
+                .cloned()
+                .ok_or_else(|| UpstreamBuildError::Url {
+                    name: l.route.clone(),
+                    message: "no such route".into(),
+                })?;
             let mut metrics: Vec<RequestMetrics> = route
                 .chain
                 .iter()
@@ -374,6 +403,57 @@ impl Snapshot {
             config: Arc::new(config),
             listeners,
             upstreams,
+            routes,
         })
     }
+
+    /// What of this snapshot's upstream `name` the next config (`next`, which configures it as
+    /// `config`) goes on with.
+    fn carried(&self, name: &str, config: &UpstreamConfig, next: &Config) -> Carried {
+        let (Some(old), Some(was)) = (self.upstreams.get(name), self.config.upstreams.get(name))
+        else {
+            return Carried::Nothing;
+        };
+        // The breaker's incidents carry the availability severity.
+        let same_severity =
+            self.config.incidents.severities.availability == next.incidents.severities.availability;
+        if !same_severity {
+            return Carried::Nothing;
+        }
+        if was == config && self.config.agent == next.agent {
+            return Carried::Whole(old.clone());
+        }
+        match &old.breaker {
+            Some(b) if was.circuit_breaker == config.circuit_breaker => Carried::Breaker(b.clone()),
+            _ => Carried::Nothing,
+        }
+    }
+
+    /// This snapshot's route `name`, when the next config leaves its settings as they are and
+    /// its upstreams are the ones `upstreams` goes on with.
+    fn kept_route(
+        &self,
+        name: &str,
+        config: &RouteConfig,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+    ) -> Option<Arc<RouteState>> {
+        let old = self.routes.get(name)?;
+        if self.config.routes.get(name) != Some(config) {
+            return None;
+        }
+        let same_chain = old
+            .chain
+            .iter()
+            .all(|u| upstreams.get(&u.name).is_some_and(|n| Arc::ptr_eq(n, u)));
+        same_chain.then(|| old.clone())
+    }
+}
+
+/// What a reload takes over of an upstream.
+enum Carried {
+    /// The upstream itself: its settings did not change.
+    Whole(Arc<Upstream>),
+    /// Its circuit breaker: the upstream's settings changed, the breaker's did not.
+    Breaker(Arc<crate::upstream::UpstreamBreaker>),
+    Nothing,
 }

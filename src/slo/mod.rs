@@ -36,41 +36,69 @@ pub struct Slos {
     slos: Mutex<Vec<Slo>>,
 }
 
-impl Slos {
-    /// `None` without SLOs.
-    pub fn new(config: &Config, t: &Telemetry, now: Instant) -> Option<Slos> {
-        if config.slos.is_empty() {
-            return None;
+impl Slo {
+    fn new(s: &SloConfig, config: &Config, t: &Telemetry, now: Instant) -> Slo {
+        let labels = || vec![label("agent", &config.agent), label("slo", &s.name)];
+        let remaining = t.gauge(SLO_BUDGET_REMAINING, labels());
+        remaining.set(1.0);
+        Slo {
+            severity: Severity::from(s.severity(&config.incidents.severities)),
+            tracker: Tracker::new(source::tally(s.sli), s.target, s.window.0, now),
+            remaining,
+            burn: WINDOWS.map(|(w, _)| {
+                let mut l = labels();
+                l.push(label("window", w));
+                t.gauge(SLO_BURN_RATE, l)
+            }),
+            config: s.clone(),
         }
-        let agent = config.agent.clone();
-        let slos = config
-            .slos
-            .iter()
-            .map(|s| {
-                let labels = || vec![label("agent", &agent), label("slo", &s.name)];
-                let remaining = t.gauge(SLO_BUDGET_REMAINING, labels());
-                remaining.set(1.0);
-                Slo {
-                    severity: Severity::from(s.severity(&config.incidents.severities)),
-                    tracker: Tracker::new(source::tally(s.sli), s.target, s.window.0, now),
-                    remaining,
-                    burn: WINDOWS.map(|(w, _)| {
-                        let mut l = labels();
-                        l.push(label("window", w));
-                        t.gauge(SLO_BURN_RATE, l)
-                    }),
-                    config: s.clone(),
-                }
-            })
-            .collect();
-        Some(Slos {
-            agent,
-            slos: Mutex::new(slos),
-        })
+    }
+}
+
+impl Slos {
+    /// The config's SLOs (none: an empty list, which a reload may fill).
+    pub fn new(config: &Config, t: &Telemetry, now: Instant) -> Slos {
+        Slos {
+            agent: config.agent.clone(),
+            slos: Mutex::new(
+                config
+                    .slos
+                    .iter()
+                    .map(|s| Slo::new(s, config, t, now))
+                    .collect(),
+            ),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slo>> {
         self.slos.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Takes the SLOs of a reloaded config: one whose name and settings (and severity) stay the
+    /// same goes on with the events it has counted; a new or changed one starts afresh. Returns
+    /// the names of the SLOs kept.
+    pub fn reload(&self, config: &Config, t: &Telemetry, now: Instant) -> Vec<String> {
+        let mut slos = self.lock();
+        let mut old = std::mem::take(&mut *slos);
+        let mut kept = Vec::new();
+        for s in &config.slos {
+            let severity = Severity::from(s.severity(&config.incidents.severities));
+            let same = old
+                .iter()
+                .position(|o| o.config == *s && o.severity == severity);
+            match same {
+                Some(i) => {
+                    kept.push(s.name.clone());
+                    slos.push(old.swap_remove(i));
+                }
+                None => slos.push(Slo::new(s, config, t, now)),
+            }
+        }
+        kept
     }
 
     /// Reads every SLO's events from the exposition text of the sidecar's metrics, and updates

@@ -31,6 +31,7 @@ pub const UPSTREAM_REQUESTS_TOTAL: &str = "sloguard_upstream_requests_total";
 pub const OVERHEAD_SECONDS: &str = "sloguard_overhead_seconds";
 pub const CONNECTION_ERRORS_TOTAL: &str = "sloguard_client_connection_errors_total";
 pub const CLIENT_CONNECTIONS: &str = "sloguard_client_connections";
+pub const CONFIG_RELOADS_TOTAL: &str = "sloguard_config_reloads_total";
 pub const BACKGROUND_RESTARTS_TOTAL: &str = "sloguard_background_restarts_total";
 pub const BODY_BUDGET_REFUSALS_TOTAL: &str = "sloguard_body_budget_refusals_total";
 pub const BODY_BUDGET_USED_BYTES: &str = "sloguard_body_budget_used_bytes";
@@ -229,6 +230,14 @@ pub const METRICS: &[MetricDef] = &[
         unit: None,
         otel_unit: "",
         help: "401 answers to a request carrying an injected API key; each moves the upstream to its next key.",
+    },
+    MetricDef {
+        name: CONFIG_RELOADS_TOTAL,
+        otel: "sloguard.config.reloads",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Config reloads (POST /admin/reload, SIGHUP, a change of the file), by result: error when the new config was refused and the running one kept.",
     },
     MetricDef {
         name: genai::API_KEY_RELOADS_TOTAL,

@@ -53,8 +53,10 @@ pub struct Upstream {
     pub keys: Option<Arc<KeyRing>>,
     /// The model requests to this upstream ask for (`model`), rewritten into the body.
     pub model: Option<Arc<str>>,
-    /// Skips this upstream while it fails (`circuit_breaker`).
-    pub breaker: Option<UpstreamBreaker>,
+    /// Skips this upstream while it fails (`circuit_breaker`). Shared with the upstream of the
+    /// same name in the next config snapshot when its `circuit_breaker` settings stay the same,
+    /// so that a reload neither closes an open circuit nor forgets the failures counted.
+    pub breaker: Option<Arc<UpstreamBreaker>>,
 }
 
 /// An upstream's circuit breaker with the handles its transitions are counted with.
@@ -208,6 +210,9 @@ pub enum UpstreamBuildError {
 }
 
 impl Upstream {
+    /// `breaker`: the circuit breaker to go on with (a reload's, for an upstream that keeps its
+    /// name and breaker settings); `None` builds one from `config` when it has a `circuit_breaker`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
         config: &UpstreamConfig,
@@ -216,6 +221,7 @@ impl Upstream {
         models: &Arc<ModelLabels>,
         incidents: &Incidents,
         severity: Severity,
+        breaker: Option<Arc<UpstreamBreaker>>,
     ) -> Result<Upstream, UpstreamBuildError> {
         let url = parse_upstream_url(&config.url).map_err(|message| UpstreamBuildError::Url {
             name: name.to_owned(),
@@ -270,10 +276,14 @@ impl Upstream {
                 models.clone(),
             ))
         });
-        let breaker = config
-            .circuit_breaker
-            .as_ref()
-            .map(|c| UpstreamBreaker::new(name, c, agent, telemetry, incidents, severity));
+        let breaker = match breaker {
+            Some(kept) => Some(kept),
+            None => config.circuit_breaker.as_ref().map(|c| {
+                Arc::new(UpstreamBreaker::new(
+                    name, c, agent, telemetry, incidents, severity,
+                ))
+            }),
+        };
         Ok(Upstream {
             breaker,
             llm,

@@ -14,6 +14,8 @@ pub struct Process {
     pub admin: SocketAddr,
     pub listener: SocketAddr,
     dir: std::path::PathBuf,
+    config: std::path::PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
 
 impl Process {
@@ -56,14 +58,51 @@ impl Process {
         tokio::time::timeout(Duration::from_secs(20), read)
             .await
             .expect("sloguard became ready");
-        // Keep draining its log so that it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining its log so that it never blocks on a full pipe; the last lines are kept.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut kept = kept.lock().unwrap();
+                if kept.len() == 1000 {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+        });
         Process {
             child,
             admin: admin.expect("admin address logged"),
             listener: listener.expect("listener logged"),
             dir,
+            config: path,
+            log,
         }
+    }
+
+    /// The config file it was started on.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// Its log lines after it became ready (the last thousand), parsed.
+    pub fn log(&self) -> Vec<serde_json::Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Sends it a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let kill = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{name} {}", self.pid()))
+            .status()
+            .expect("sh runs");
+        assert!(kill.success());
     }
 
     pub fn pid(&self) -> u32 {
@@ -72,12 +111,7 @@ impl Process {
 
     /// Sends it SIGTERM, as Kubernetes does to stop a container.
     pub fn terminate(&self) {
-        let kill = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("kill -TERM {}", self.pid()))
-            .status()
-            .expect("sh runs");
-        assert!(kill.success());
+        self.signal("TERM");
     }
 
     /// A field of /proc/PID/status, in KiB.

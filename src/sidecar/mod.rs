@@ -1,9 +1,12 @@
 //! One running sidecar: the admin port, the listeners, and their orderly shutdown. Used by
 //! `sloguard run`, the demo and the end-to-end tests alike.
 
+mod listeners;
+pub mod reload;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,10 +18,12 @@ use crate::admin::{self, AdminState};
 use crate::background::{every, supervise};
 use crate::config::Config;
 use crate::proxy::connections::Connections;
-use crate::proxy::{listener, Shared, Snapshot};
+use crate::proxy::{Shared, Snapshot};
 use crate::telemetry::otlp::Otlp;
 use crate::telemetry::{label, record_build_info, Telemetry, BACKGROUND_RESTARTS_TOTAL};
 use crate::upstream::UpstreamBuildError;
+use listeners::Listeners;
+pub use reload::{ConfigFile, ReloadError, Reloaded, Reloader, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -67,15 +72,13 @@ async fn reload_keys(state: Arc<ArcSwap<Snapshot>>) {
 }
 
 pub struct Sidecar {
-    /// Each listener's name and the address it is bound to (the real port when the config said 0).
-    pub listeners: Vec<(String, SocketAddr)>,
     pub admin_addr: SocketAddr,
     pub telemetry: Telemetry,
     pub state: Arc<ArcSwap<Snapshot>>,
+    reloader: Arc<Reloader>,
     ready: Arc<AtomicBool>,
-    shutdown: watch::Sender<bool>,
     admin_stop: watch::Sender<bool>,
-    listener_tasks: Vec<JoinHandle<()>>,
+    listeners: Arc<Mutex<Listeners>>,
     background: Vec<JoinHandle<()>>,
     incidents: crate::incident::Incidents,
     /// OTLP export, flushed last at shutdown.
@@ -88,10 +91,24 @@ async fn bind(key: String, addr: SocketAddr) -> Result<TcpListener, StartError> 
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Sidecar {
     /// Builds the running state, binds the admin port and every listener, and starts serving.
-    /// Ready (`/readyz` 200) when this returns.
+    /// Ready (`/readyz` 200) when this returns. With no file to read again, a reload is refused.
     pub async fn start(config: Config) -> Result<Sidecar, StartError> {
+        Sidecar::start_with(config, None).await
+    }
+
+    /// Like [`Sidecar::start`], for a config read from `file`: reloaded on `POST /admin/reload`
+    /// and when the file changes (see [`Reloader`]).
+    pub async fn start_from_file(config: Config, file: ConfigFile) -> Result<Sidecar, StartError> {
+        Sidecar::start_with(config, Some(file)).await
+    }
+
+    async fn start_with(config: Config, file: Option<ConfigFile>) -> Result<Sidecar, StartError> {
         // The exporters exist before the first metric handle: each is registered with them too.
         let otlp = match &config.otlp {
             Some(c) => Some(Otlp::build(c, &config.agent, &|var| {
@@ -125,8 +142,11 @@ impl Sidecar {
             }
             None => None,
         };
-        let slos =
-            crate::slo::Slos::new(&config, &telemetry, tokio::time::Instant::now()).map(Arc::new);
+        let slos = Arc::new(crate::slo::Slos::new(
+            &config,
+            &telemetry,
+            tokio::time::Instant::now(),
+        ));
         let snapshot = Snapshot::build(config, &telemetry, &shared)?;
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
 
@@ -137,8 +157,17 @@ impl Sidecar {
             tcps.push(bind(format!("listeners[{i}].bind"), addr).await?);
         }
 
+        let listeners = Arc::new(Mutex::new(Listeners::new(&telemetry, &agent, grace)));
+        let watching = file.is_some();
+        let reloader = Arc::new(Reloader::new(
+            file,
+            state.clone(),
+            shared.clone(),
+            &telemetry,
+            slos.clone(),
+            listeners.clone(),
+        ));
         let ready = Arc::new(AtomicBool::new(false));
-        let (shutdown, _) = watch::channel(false);
         let (admin_stop, _) = watch::channel(false);
         let admin_addr = local_addr(&admin_tcp, admin_bind);
         let admin_connections = Connections::new("admin", &admin_limits, &agent, &telemetry);
@@ -154,18 +183,30 @@ impl Sidecar {
                 kill: shared.kill.clone(),
                 tasks: shared.tasks.clone(),
                 slos: slos.clone(),
+                reloader: reloader.clone(),
             }),
             admin_stop.subscribe(),
             restarts("accept_admin"),
         ))];
-        // The local SLO view reads the sidecar's own counters once a second.
-        if let Some(slos) = slos {
-            let metrics = telemetry.clone();
-            background.push(every(
-                "slo",
-                restarts("slo"),
-                Duration::from_secs(1),
-                move || slos.tick(&metrics.render(), tokio::time::Instant::now()),
+        // The local SLO view reads the sidecar's own counters once a second (while it has SLOs:
+        // a reload may add some).
+        let metrics = telemetry.clone();
+        background.push(every(
+            "slo",
+            restarts("slo"),
+            Duration::from_secs(1),
+            move || {
+                if !slos.is_empty() {
+                    slos.tick(&metrics.render(), tokio::time::Instant::now());
+                }
+            },
+        ));
+        if watching {
+            let watcher = reloader.clone();
+            background.push(supervise(
+                "config_watch",
+                restarts("config_watch"),
+                move || watcher.clone().watch(),
             ));
         }
         let upkeep = telemetry.clone();
@@ -198,52 +239,39 @@ impl Sidecar {
         // Alerts still queued go out (for a few seconds) before the process ends.
         let incidents = shared.incidents.clone();
 
-        let mut listeners = Vec::with_capacity(tcps.len());
-        let mut listener_tasks = Vec::with_capacity(tcps.len());
-        for (i, tcp) in tcps.into_iter().enumerate() {
-            let snap = state.load();
-            let l = &snap.listeners[i];
-            listeners.push((l.name.clone(), local_addr(&tcp, l.bind)));
-            let connections = Connections::new(
-                &l.name,
-                &snap.config.listeners[i].limits,
-                &snap.config.agent,
-                &telemetry,
-            );
-            tracing::info!(listener = %l.name, role = l.role.as_str(), bind = %listeners[i].1, route = %l.route.name, upstreams = ?l.route.chain.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), "listening");
-            listener_tasks.push(tokio::spawn(listener::serve(
-                tcp,
-                i,
-                state.clone(),
-                connections,
-                shutdown.subscribe(),
-                grace,
-                restarts(&format!("accept_{}", l.name)),
-            )));
-        }
+        lock(&listeners).start(&state.load(), tcps);
         ready.store(true, Ordering::Release);
         tracing::info!(admin = %admin_addr, "ready");
         Ok(Sidecar {
-            listeners,
             admin_addr,
             telemetry,
             state,
+            reloader,
             ready,
-            shutdown,
             admin_stop,
-            listener_tasks,
+            listeners,
             background,
             incidents,
             exports,
         })
     }
 
+    /// Each listener's name and the address it is bound to (the real port when the config said 0).
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.listeners).addrs()
+    }
+
+    /// Reloads the config: what `POST /admin/reload` and SIGHUP do.
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
     /// The bound address of the listener called `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
+        self.listeners()
+            .into_iter()
             .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 
     /// Stops accepting, drains in-flight requests (up to the grace period), then stops the admin
@@ -256,12 +284,13 @@ impl Sidecar {
     /// Starts the shutdown: listeners stop accepting and `/readyz` turns 503.
     pub fn begin_shutdown(&self) {
         self.ready.store(false, Ordering::Release);
-        let _ = self.shutdown.send(true);
+        lock(&self.listeners).close();
     }
 
     /// Waits for the listeners to drain (after [`Sidecar::begin_shutdown`]), then stops the rest.
     pub async fn wait(self) {
-        for task in self.listener_tasks {
+        let draining = lock(&self.listeners).tasks();
+        for task in draining {
             let _ = task.await;
         }
         let _ = self.admin_stop.send(true);
