@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Memory under a thousand concurrent large requests: does the body budget (memory.max_held)
-# keep the sidecar under the memory limit the deployment gives it (deploy/deployment.yaml)?
+# keep the sidecar under the memory limit the deployment gives it (deploy/kubernetes/deployment.yaml)?
 #
 #   bash benches/memory_load.sh     # N=1000 requests of SIZE=1MiB at once; results in bench-results/
 #
@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cargo build --release --bin sloguard --example memory_load
 
-limit=$(grep -A3 'limits:' deploy/deployment.yaml | grep -o 'memory: [0-9]*Mi' | head -1 | grep -o '[0-9]*')
+limit=$(grep -A3 'limits:' deploy/kubernetes/deployment.yaml | grep -o 'memory: [0-9]*Mi' | head -1 | grep -o '[0-9]*')
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT

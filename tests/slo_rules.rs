@@ -55,7 +55,8 @@ fn promtool_accepts_the_rules_of_every_example_config() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    configs.push(root().join("deploy/sloguard.yaml"));
+    configs.push(root().join("deploy/kubernetes/sloguard.yaml"));
+    configs.push(root().join("deploy/overlays/research-agent/sloguard.yaml"));
     configs.sort();
     let dir = std::env::temp_dir().join(format!("sloguard-rules-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -1,0 +1,161 @@
+//! config/: every example config passes `sloguard check` and the rules `sloguard rules` prints for
+//! it pass `promtool check rules`. The examples name the key files a pod would mount
+//! (`api_keys_file`, `admin.token_file`); `check` reads them as `run` does, so each is checked as
+//! a copy whose key file paths point at stand-in files in a temporary directory.
+//! promtool comes from the Debian package `prometheus` (scripts/test installs it).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sloguard::Config;
+
+/// The examples for real situations; each must carry SLOs (and so rules).
+const WITH_SLOS: [&str; 4] = [
+    "openai-azure-selfhosted.yaml",
+    "anthropic.yaml",
+    "inbound-slos.yaml",
+    "strict-safety.yaml",
+];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    for name in WITH_SLOS {
+        assert!(
+            files.contains(&root().join("config").join(name)),
+            "config/{name} is missing"
+        );
+    }
+    files
+}
+
+fn scratch(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sloguard-examples-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sloguard(args: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sloguard"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// A copy of `text` in `dir` whose `api_keys_file:` and `token_file:` values are stand-in files
+/// there. Only values the parsed config holds are replaced, so a commented-out line stays as is.
+fn with_stand_in_files(config: &Config, text: &str, dir: &Path) -> PathBuf {
+    let mut files: Vec<String> = config
+        .upstreams
+        .values()
+        .filter_map(|u| u.api_keys_file.as_ref())
+        .chain(config.admin.token_file.as_ref())
+        .map(|p| p.to_str().unwrap().to_owned())
+        .collect();
+    files.sort();
+    files.dedup();
+    let stand_in = |original: &str| {
+        let i = files.iter().position(|f| f == original).unwrap();
+        let path = dir.join(format!("secret-{i}"));
+        std::fs::write(&path, "sk-stand-in-key\n").unwrap();
+        path
+    };
+    let copy: String = text
+        .lines()
+        .map(|line| {
+            let found = ["api_keys_file:", "token_file:"]
+                .into_iter()
+                .find_map(|key| Some((key, line.split_once(key)?)))
+                .filter(|(_, (head, _))| !head.trim_start().starts_with('#'));
+            match found {
+                Some((key, (head, rest))) => {
+                    let value = rest.split('#').next().unwrap_or_default().trim();
+                    assert!(
+                        files.iter().any(|f| f == value),
+                        "{key} {value:?} is not one the config loaded"
+                    );
+                    format!("{head}{key} {}\n", stand_in(value).display())
+                }
+                None => format!("{line}\n"),
+            }
+        })
+        .collect();
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, copy).unwrap();
+    path
+}
+
+#[test]
+fn every_example_passes_sloguard_check() {
+    for file in examples() {
+        let config = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let dir = scratch(&file.file_stem().unwrap().to_string_lossy());
+        let text = std::fs::read_to_string(&file).unwrap();
+        let copy = with_stand_in_files(&config, &text, &dir);
+        let out = sloguard(&["check"], &copy);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            out.status.success(),
+            "sloguard check {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn promtool_accepts_the_rules_of_every_example() {
+    for file in examples() {
+        let config = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if WITH_SLOS.contains(&name.as_str()) {
+            assert!(!config.slos.is_empty(), "config/{name} should have SLOs");
+        }
+        let out = sloguard(&["rules"], &file);
+        assert!(
+            out.status.success(),
+            "sloguard rules {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = scratch(&format!(
+            "rules-{}",
+            file.file_stem().unwrap().to_string_lossy()
+        ));
+        let rules = dir.join("rules.yaml");
+        std::fs::write(&rules, &out.stdout).unwrap();
+        let checked = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&rules)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("promtool could not run ({e}): install it with `apt-get install -y prometheus` (scripts/test does)")
+            });
+        std::fs::remove_dir_all(&dir).unwrap();
+        let report = String::from_utf8_lossy(&checked.stdout).into_owned();
+        assert!(
+            checked.status.success(),
+            "promtool check rules on the rules of {}: {report}{}",
+            file.display(),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        if !config.slos.is_empty() {
+            assert!(
+                !report.contains("SUCCESS: 0 rules"),
+                "{}: SLOs but no rules: {report}",
+                file.display()
+            );
+        }
+    }
+}
