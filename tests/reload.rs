@@ -63,6 +63,14 @@ upstreams:
     )
 }
 
+/// Replaces `path`'s content at once (a new file renamed over it), as editors and the kubelet do:
+/// the file watch never reads it half-written.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 /// A sidecar started from the config file `dir/config.yaml` holding `text`.
 async fn start_file(dir: &Path, text: &str) -> Sidecar {
     std::fs::write(dir.join("token"), TOKEN).unwrap();
@@ -92,7 +100,7 @@ async fn reload(s: &Sidecar) -> (StatusCode, serde_json::Value) {
 
 /// Reloads `text`: writes it, asks for the reload, expects it done.
 async fn reload_to(s: &Sidecar, dir: &Path, text: &str) -> serde_json::Value {
-    std::fs::write(dir.join("config.yaml"), text).unwrap();
+    write_atomically(&dir.join("config.yaml"), text);
     let (status, body) = reload(s).await;
     assert_eq!(status, StatusCode::OK, "reload refused: {body}");
     assert_eq!(body["reloaded"], true);
@@ -300,7 +308,7 @@ async fn an_invalid_config_is_refused_and_the_old_one_keeps_serving() {
         ),
     ];
     for (n, (text, named)) in cases.iter().enumerate() {
-        std::fs::write(dir.join("config.yaml"), text).unwrap();
+        write_atomically(&dir.join("config.yaml"), text);
         let (status, body) = reload(&s).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "case {n}: {body}");
         assert_eq!(body["error"]["type"], "config_refused", "case {n}");
@@ -407,8 +415,26 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
 
     // New limits on the same address: changed in place, the connections kept. One connection
     // to `side` is open; with a cap of one, a second one displaces it (it is idle).
-    let kept_side = client();
-    assert_eq!(call(&kept_side, second).await.0, StatusCode::OK);
+    let stream = tokio::net::TcpStream::connect(second).await.unwrap();
+    let (mut side_send, side_conn) =
+        hyper::client::conn::http1::handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let side_conn = tokio::spawn(side_conn);
+    let mut ask_side = async || {
+        let resp = side_send
+            .send_request(
+                Request::get("/task")
+                    .header("host", "side")
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .expect("the side connection still serves");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let _ = body_bytes(resp).await;
+    };
+    ask_side().await;
     let limited = with_side(&second.to_string()).replace(
         &format!("bind: {second}, role: agent, route: main}}"),
         &format!("bind: {second}, role: agent, route: main, limits: {{max_connections: 1}}}}"),
@@ -419,7 +445,11 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
         serde_json::json!(["proxy", "side"]),
         "{changes}"
     );
-    assert_eq!(call(&kept_side, second).await.0, StatusCode::OK);
+    ask_side().await;
+    assert!(
+        !side_conn.is_finished(),
+        "the limits change dropped a connection"
+    );
     let displaced = |m: &str| {
         metric(
             m,
@@ -430,6 +460,15 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
     assert_eq!(displaced(&metrics(&s).await), 0.0);
     assert_eq!(call(&client(), second).await.0, StatusCode::OK);
     metrics_when(&s, |m| displaced(m) >= 1.0).await;
+    // The displaced one is the connection kept across the reload: the new cap holds for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !side_conn.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the kept connection was not displaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Renamed on the same address: the socket goes on under the new name.
     let renamed = limited.replace("name: side,", "name: renamed,");
@@ -703,16 +742,80 @@ async fn sighup_reloads_the_config_of_the_running_binary() {
     assert!(sighup, "no reload logged for the signal: {:?}", p.log());
     assert_eq!(call(&c, p.listener).await, (StatusCode::OK, "a".into()));
 
-    // A changed file and a SIGHUP: the new route serves.
-    std::fs::write(p.config_path(), yaml(&dir, &ups, &["b"], "")).unwrap();
+    // A changed file and a SIGHUP: the new route serves, and the signal reloaded again (the
+    // file watch may have got there too; each SIGHUP reloads, changed or not).
+    write_atomically(p.config_path(), &yaml(&dir, &ups, &["b"], ""));
     p.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while call(&c, p.listener).await.1 != "b" {
+    let sighups = || {
+        p.log()
+            .into_iter()
+            .filter(|l| l["message"] == "config reloaded" && l["trigger"] == "sighup")
+            .count()
+    };
+    while sighups() < 2 {
         assert!(
             Instant::now() < deadline,
-            "the changed config was never loaded"
+            "the second SIGHUP did not reload"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(call(&c, p.listener).await, (StatusCode::OK, "b".into()));
     p.terminate();
+}
+
+#[tokio::test]
+async fn new_severities_keep_the_upstreams_and_slos_they_apply_to() {
+    let a = named_upstream("a", Duration::ZERO).await;
+    let dir = temp_dir("severities");
+    let slos = "slos:\n  - {name: availability, sli: availability, target: 0.99, window: 30d}\n";
+    let s = start_file(&dir, &yaml(&dir, &[("a", &a.url())], &["a"], slos)).await;
+    let changed = format!(
+        "{slos}incidents:\n  severities: {{availability: sev1, safety: sev1, task_completion: sev3, latency: sev3, time_to_first_token: sev3}}\n"
+    );
+    let changes = reload_to(&s, &dir, &yaml(&dir, &[("a", &a.url())], &["a"], &changed)).await;
+    assert_eq!(
+        changes["upstreams"]["kept"],
+        serde_json::json!(["a"]),
+        "{changes}"
+    );
+    assert_eq!(changes["slos_kept"], serde_json::json!(["availability"]));
+    let v: serde_json::Value = serde_json::from_slice(
+        &body_bytes(get(&client(), &format!("http://{}/slo", s.admin_addr)).await).await,
+    )
+    .unwrap();
+    assert_eq!(v["slos"][0]["severity"], "sev1", "{v}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_file_caught_half_written_is_not_loaded() {
+    let a = named_upstream("a", Duration::ZERO).await;
+    let dir = temp_dir("halfwritten");
+    let slos = "slos:\n  - {name: availability, sli: availability, target: 0.99, window: 30d}\n";
+    let full = yaml(&dir, &[("a", &a.url())], &["a"], slos);
+    let s = start_file(&dir, &full).await;
+    // Written in place, as `cat > file` does: for most of a poll period the file holds its first
+    // part — a valid config, without the SLOs — then the whole, changed.
+    let whole = full.replace("target: 0.99", "target: 0.98");
+    let cut = whole.find("slos:").unwrap();
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, &whole[..cut]).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    std::fs::write(&path, &whole).unwrap();
+    let m = metrics_when(&s, |m| reloads(m, "ok") >= 1.0).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let m2 = metrics(&s).await;
+    assert_eq!(
+        reloads(&m2, "ok"),
+        1.0,
+        "the half-written file was loaded too:\n{m}"
+    );
+    assert_eq!(reloads(&m2, "error"), 0.0);
+    let v: serde_json::Value = serde_json::from_slice(
+        &body_bytes(get(&client(), &format!("http://{}/slo", s.admin_addr)).await).await,
+    )
+    .unwrap();
+    assert_eq!(v["slos"][0]["target"], 0.98, "{v}");
+    s.shutdown().await;
 }

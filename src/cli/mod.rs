@@ -128,38 +128,49 @@ where
 }
 
 async fn run(config: Config, file: ConfigFile) -> anyhow::Result<()> {
+    // Listened for before anything starts: SIGHUP's default action ends the process.
+    let hangups = Hangups::listen()?;
     let sidecar = Sidecar::start_from_file(config, file)
         .await
         .inspect_err(|e| {
             tracing::error!(error = %e, "startup failed");
         })?;
     let stop = wait_for_stop_signal();
-    let reloads = reload_on_hangup(sidecar.reloader());
     tokio::select! {
         stopped = stop => stopped?,
-        failed = reloads => failed?,
+        () = hangups.reload(sidecar.reloader()) => {}
     }
     tracing::info!("stop signal received: draining");
     sidecar.shutdown().await;
     Ok(())
 }
 
-/// Reloads the config at each SIGHUP (outcomes are logged and counted by the reload itself).
-/// Returns only when the signal cannot be listened for.
-async fn reload_on_hangup(reloader: std::sync::Arc<Reloader>) -> anyhow::Result<()> {
+/// SIGHUP, listened for.
+struct Hangups {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = signal(SignalKind::hangup())?;
-        while hangup.recv().await.is_some() {
-            let _ = reloader.reload(Trigger::Signal).await;
-        }
-        anyhow::bail!("SIGHUP can no longer be received");
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn listen() -> anyhow::Result<Hangups> {
+        Ok(Hangups {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        })
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Reloads the config at each SIGHUP (outcomes are logged and counted by the reload
+    /// itself); never returns.
+    async fn reload(self, reloader: std::sync::Arc<Reloader>) {
+        #[cfg(unix)]
+        {
+            let mut signal = self.signal;
+            while signal.recv().await.is_some() {
+                let _ = reloader.reload(Trigger::Signal).await;
+            }
+        }
         let _ = reloader;
-        std::future::pending().await
+        std::future::pending::<()>().await
     }
 }
 

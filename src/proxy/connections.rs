@@ -187,8 +187,10 @@ impl Connections {
     /// The connections of the port `name` (a listener's name, or `admin`), with `limits`.
     pub fn new(name: &str, limits: &Limits, agent: &str, t: &Telemetry) -> Arc<Connections> {
         let labels = || vec![label("agent", agent), label("listener", name)];
+        // Counted up and down, not set: a reload that moves the listener has two sets of its
+        // connections for a while (the old one draining), under one series.
         let open = t.gauge(CLIENT_CONNECTIONS, labels());
-        open.set(0.0);
+        open.increment(0.0);
         Arc::new(Connections {
             name: name.to_owned(),
             settings: arc_swap::ArcSwap::from_pointee(Settings::new(limits)),
@@ -267,18 +269,20 @@ impl Connections {
                 return None;
             };
             if let Some(old) = live.remove(&id) {
+                self.open.decrement(1.0);
                 old.tell(TOLD_DISPLACED);
             }
         }
         live.insert(conn.id, conn.clone());
-        self.open.set(live.len() as f64);
+        self.open.increment(1.0);
         Some(conn)
     }
 
     fn remove(&self, id: u64) {
         let mut live = self.live();
-        live.remove(&id);
-        self.open.set(live.len() as f64);
+        if live.remove(&id).is_some() {
+            self.open.decrement(1.0);
+        }
         if live.is_empty() {
             self.emptied.notify_waiters();
         }

@@ -225,6 +225,8 @@ impl Snapshot {
     /// upstream whose name and settings stay the same is taken over whole (its connections,
     /// keys and breaker), one whose settings changed keeps its breaker when the breaker's
     /// settings did not, and a route whose settings and upstreams stay the same keeps its cache.
+    /// Nothing of `previous` changes: a breaker taken over gets the new config's severity from
+    /// [`Snapshot::took_over`], once the new snapshot is swapped in.
     pub fn build_after(
         config: Config,
         telemetry: &Telemetry,
@@ -414,18 +416,21 @@ impl Snapshot {
         else {
             return Carried::Nothing;
         };
-        // The breaker's incidents carry the availability severity.
-        let same_severity =
-            self.config.incidents.severities.availability == next.incidents.severities.availability;
-        if !same_severity {
-            return Carried::Nothing;
-        }
         if was == config && self.config.agent == next.agent {
             return Carried::Whole(old.clone());
         }
         match &old.breaker {
             Some(b) if was.circuit_breaker == config.circuit_breaker => Carried::Breaker(b.clone()),
             _ => Carried::Nothing,
+        }
+    }
+
+    /// Called once this snapshot replaced another: the breakers it took over raise their
+    /// incidents at this config's severity.
+    pub fn took_over(&self) {
+        let availability = severity(self.config.incidents.severities.availability);
+        for b in self.upstreams.values().filter_map(|u| u.breaker.as_ref()) {
+            b.set_severity(availability);
         }
     }
 

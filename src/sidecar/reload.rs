@@ -22,9 +22,10 @@ use crate::proxy::{Shared, Snapshot};
 use crate::slo::Slos;
 use crate::telemetry::{label, Telemetry, CONFIG_RELOADS_TOTAL};
 
-/// How often the config file is read for a change. A ConfigMap volume swaps a symlink
-/// (`..data`) when the ConfigMap changes, which a read through the file's path follows; the
-/// kubelet takes up to a minute or so to get there, next to which a second is nothing.
+/// How often the config file is read for a change (a change is applied once two reads agree).
+/// A ConfigMap volume swaps a symlink (`..data`) when the ConfigMap changes, which a read
+/// through the file's path follows; the kubelet takes up to a minute or so to get there, next to
+/// which a second or two is nothing.
 pub const CONFIG_POLL: Duration = Duration::from_secs(1);
 
 /// The sections a reload cannot change: the state built from them lives as long as the process
@@ -230,13 +231,16 @@ impl Reloader {
         self.apply(&path, text, trigger).await
     }
 
-    /// Reloads when the file's content changed since it was last read; every [`CONFIG_POLL`].
+    /// Reloads when the file's content changed since it was last read and then held still for
+    /// one more [`CONFIG_POLL`]: a file written in place (truncated, then written) can be read
+    /// half-written, and half a config may well be valid — without its SLOs, say.
     pub async fn watch(self: Arc<Self>) {
         let Some(path) = self.file.clone() else {
             return;
         };
         let mut tick = tokio::time::interval(CONFIG_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut settling: Option<String> = None;
         loop {
             tick.tick().await;
             // Missing for a moment (an editor's rename, a volume being remounted): looked for
@@ -245,8 +249,14 @@ impl Reloader {
                 continue;
             };
             if lock(&self.last_text).as_deref() == Some(text.as_str()) {
+                settling = None;
                 continue;
             }
+            if settling.as_deref() != Some(text.as_str()) {
+                settling = Some(text);
+                continue;
+            }
+            settling = None;
             let _one = self.serial.lock().await;
             // An admin call or a signal may have loaded it meanwhile.
             if lock(&self.last_text).as_deref() == Some(text.as_str()) {
@@ -326,6 +336,7 @@ impl Reloader {
                 return Err(ReloadError::ShuttingDown);
             }
             self.state.store(next.clone());
+            next.took_over();
             listeners.commit(plan, &next)
         };
         let slos_kept =

@@ -78,22 +78,21 @@ impl Slos {
         self.lock().is_empty()
     }
 
-    /// Takes the SLOs of a reloaded config: one whose name and settings (and severity) stay the
-    /// same goes on with the events it has counted; a new or changed one starts afresh. Returns
-    /// the names of the SLOs kept.
+    /// Takes the SLOs of a reloaded config: one whose name and settings stay the same goes on
+    /// with the events it has counted (under the severity the config gives it now); a new or
+    /// changed one starts afresh. Returns the names of the SLOs kept.
     pub fn reload(&self, config: &Config, t: &Telemetry, now: Instant) -> Vec<String> {
         let mut slos = self.lock();
         let mut old = std::mem::take(&mut *slos);
         let mut kept = Vec::new();
         for s in &config.slos {
             let severity = Severity::from(s.severity(&config.incidents.severities));
-            let same = old
-                .iter()
-                .position(|o| o.config == *s && o.severity == severity);
-            match same {
+            match old.iter().position(|o| o.config == *s) {
                 Some(i) => {
                     kept.push(s.name.clone());
-                    slos.push(old.swap_remove(i));
+                    let mut slo = old.swap_remove(i);
+                    slo.severity = severity;
+                    slos.push(slo);
                 }
                 None => slos.push(Slo::new(s, config, t, now)),
             }

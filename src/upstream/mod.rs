@@ -67,9 +67,9 @@ pub struct UpstreamBreaker {
     name: String,
     state: metrics::Gauge,
     transitions: Vec<(Transition, metrics::Counter)>,
-    /// Openings and closings are incident events, of this severity.
+    /// Openings and closings are incident events, of this severity (a reload may change it).
     incidents: Incidents,
-    severity: Severity,
+    severity: std::sync::Mutex<Severity>,
 }
 
 impl UpstreamBreaker {
@@ -133,8 +133,14 @@ impl UpstreamBreaker {
             state,
             transitions,
             incidents: incidents.clone(),
-            severity,
+            severity: std::sync::Mutex::new(severity),
         }
+    }
+
+    /// The severity of the incidents its transitions raise from now on
+    /// (`incidents.severities.availability`, which a reload may change).
+    pub fn set_severity(&self, severity: Severity) {
+        *self.severity.lock().unwrap_or_else(|p| p.into_inner()) = severity;
     }
 
     /// Lets a call through, or `None` while the circuit is open.
@@ -183,7 +189,7 @@ impl UpstreamBreaker {
             )
         };
         self.incidents.raise(Incident::circuit_breaker(
-            self.severity,
+            *self.severity.lock().unwrap_or_else(|p| p.into_inner()),
             &self.name,
             firing,
             summary,
