@@ -20,6 +20,10 @@ use serde_yaml_ng::Value;
 use sloguard::config::{ListenerConfig, Role};
 use sloguard::Config;
 
+#[path = "common/tools.rs"]
+mod tools;
+use tools::{promtool_ok, run_tool};
+
 /// The ConfigMap that carries sloguard's config, as the base's kustomization.yaml generates it.
 const CONFIG_MAP: &str = "sloguard-config";
 /// The oldest Kubernetes the manifests are for: native sidecars are on by default from 1.29.
@@ -332,27 +336,6 @@ fn pre_stop_sleep(container: &Value) -> u64 {
         Some(other) => panic!("a preStop the test cannot time: {other:?}"),
         None => 0,
     }
-}
-
-/// A tool the tests run; when it cannot, the test fails saying how to install it.
-fn run_tool(program: &Path, args: &[&str], install: &str) -> std::process::Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{} could not run ({e}): {install} (scripts/test does)",
-                program.display()
-            )
-        })
-}
-
-fn promtool(args: &[&str]) -> std::process::Output {
-    run_tool(
-        Path::new("promtool"),
-        args,
-        "install it with `apt-get install -y prometheus`",
-    )
 }
 
 /// kubernetes-validate (PyPI) with Kubernetes' JSON schemas bundled: `KUBERNETES_VALIDATE`, as
@@ -926,15 +909,8 @@ fn the_prometheus_rule_is_sloguard_rules_of_the_config() {
         let dir = temp_dir("rules");
         let file = dir.join("spec.yaml");
         std::fs::write(&file, serde_yaml_ng::to_string(&rule["spec"]).unwrap()).unwrap();
-        let out = promtool(&["check", "rules", file.to_str().unwrap()]);
+        promtool_ok(&["check", "rules", file.to_str().unwrap()], &r.name());
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            out.status.success(),
-            "{}: promtool check rules: {}{}",
-            r.name(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 }
 

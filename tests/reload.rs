@@ -41,11 +41,12 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// The config of the reload tests: listener `proxy` (agent role) on route `main` over
 /// `upstreams` (name, url), then `extra` sections. The admin token is `dir/token`.
-fn yaml(dir: &Path, upstreams: &[(&str, &str)], route: &[&str], extra: &str) -> String {
+fn yaml(dir: &Path, upstreams: &[(&str, &SimServer)], route: &[&str], extra: &str) -> String {
     let mut ups = String::new();
-    for (name, url) in upstreams {
+    for (name, server) in upstreams {
         ups.push_str(&format!(
-            "  {name}:\n    url: {url}\n    circuit_breaker: {{consecutive_failures: 50}}\n"
+            "  {name}:\n    url: {}\n    circuit_breaker: {{consecutive_failures: 50}}\n",
+            server.url()
         ));
     }
     format!(
@@ -138,6 +139,46 @@ fn reloads(m: &str, result: &str) -> f64 {
     )
 }
 
+/// One HTTP/1.1 connection of its own: no pool that would quietly open another when it closes.
+struct OneConnection {
+    send: hyper::client::conn::http1::SendRequest<TestBody>,
+    conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl OneConnection {
+    async fn open(addr: SocketAddr) -> OneConnection {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        OneConnection {
+            send,
+            conn: tokio::spawn(conn),
+        }
+    }
+
+    /// A GET on this connection, answered 200.
+    async fn ask(&mut self) {
+        let resp = self
+            .send
+            .send_request(
+                Request::get("/task")
+                    .header("host", "sloguard")
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .expect("the connection still serves");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let _ = body_bytes(resp).await;
+    }
+
+    fn is_open(&self) -> bool {
+        !self.conn.is_finished()
+    }
+}
+
 /// A port nothing listens on now (bound, then let go), for a listener to move to.
 fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -149,8 +190,7 @@ async fn twenty_reloads_under_load_fail_no_request_and_keep_the_counters() {
     let a = named_upstream("a", Duration::ZERO).await;
     let b = named_upstream("b", Duration::ZERO).await;
     let dir = temp_dir("load");
-    let ups = [("a", a.url()), ("b", b.url())];
-    let ups: Vec<(&str, &str)> = ups.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let ups = [("a", &a), ("b", &b)];
     // Twenty configs, each different from the one before: the route flips between the
     // upstreams, an upstream's timeouts change, a listener comes and goes, SLOs and safety
     // change.
@@ -285,7 +325,7 @@ async fn twenty_reloads_under_load_fail_no_request_and_keep_the_counters() {
 async fn an_invalid_config_is_refused_and_the_old_one_keeps_serving() {
     let a = named_upstream("a", Duration::ZERO).await;
     let dir = temp_dir("invalid");
-    let good = yaml(&dir, &[("a", &a.url())], &["a"], "");
+    let good = yaml(&dir, &[("a", &a)], &["a"], "");
     let s = start_file(&dir, &good).await;
     let proxy = s.listener_addr("proxy").unwrap();
     let c = client();
@@ -345,10 +385,9 @@ async fn a_sidecar_without_a_config_file_says_there_is_nothing_to_reload() {
     let a = named_upstream("a", Duration::ZERO).await;
     let dir = temp_dir("nofile");
     std::fs::write(dir.join("token"), TOKEN).unwrap();
-    let s =
-        Sidecar::start(Config::parse("test", &yaml(&dir, &[("a", &a.url())], &["a"], "")).unwrap())
-            .await
-            .unwrap();
+    let s = Sidecar::start(Config::parse("test", &yaml(&dir, &[("a", &a)], &["a"], "")).unwrap())
+        .await
+        .unwrap();
     let (status, body) = reload(&s).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["type"], "no_config_file");
@@ -359,31 +398,13 @@ async fn a_sidecar_without_a_config_file_says_there_is_nothing_to_reload() {
 async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_connections() {
     let a = named_upstream("a", Duration::ZERO).await;
     let dir = temp_dir("listeners");
-    let base = yaml(&dir, &[("a", &a.url())], &["a"], "");
+    let base = yaml(&dir, &[("a", &a)], &["a"], "");
     let s = start_file(&dir, &base).await;
     let proxy = s.listener_addr("proxy").unwrap();
 
     // One connection to `proxy`, kept open across every reload: it must never be dropped.
-    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let mut ask = async || {
-        let resp = send
-            .send_request(
-                Request::get("/task")
-                    .header("host", "proxy")
-                    .body(empty())
-                    .unwrap(),
-            )
-            .await
-            .expect("the kept connection still serves");
-        assert_eq!(resp.status(), StatusCode::OK);
-        let _ = body_bytes(resp).await;
-    };
-    ask().await;
+    let mut kept = OneConnection::open(proxy).await;
+    kept.ask().await;
 
     let with_side = |bind: &str| {
         base.replace(
@@ -398,7 +419,7 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
     assert_eq!(s.listener_addr("side"), Some(first));
     let c = client();
     assert_eq!(call(&c, first).await.0, StatusCode::OK);
-    ask().await;
+    kept.ask().await;
 
     // Moved to another port: the new one serves, the old one is closed.
     let second = free_port();
@@ -411,30 +432,12 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
         assert!(Instant::now() < deadline, "the old address still accepts");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    ask().await;
+    kept.ask().await;
 
     // New limits on the same address: changed in place, the connections kept. One connection
     // to `side` is open; with a cap of one, a second one displaces it (it is idle).
-    let stream = tokio::net::TcpStream::connect(second).await.unwrap();
-    let (mut side_send, side_conn) =
-        hyper::client::conn::http1::handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    let side_conn = tokio::spawn(side_conn);
-    let mut ask_side = async || {
-        let resp = side_send
-            .send_request(
-                Request::get("/task")
-                    .header("host", "side")
-                    .body(empty())
-                    .unwrap(),
-            )
-            .await
-            .expect("the side connection still serves");
-        assert_eq!(resp.status(), StatusCode::OK);
-        let _ = body_bytes(resp).await;
-    };
-    ask_side().await;
+    let mut side = OneConnection::open(second).await;
+    side.ask().await;
     let limited = with_side(&second.to_string()).replace(
         &format!("bind: {second}, role: agent, route: main}}"),
         &format!("bind: {second}, role: agent, route: main, limits: {{max_connections: 1}}}}"),
@@ -445,11 +448,8 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
         serde_json::json!(["proxy", "side"]),
         "{changes}"
     );
-    ask_side().await;
-    assert!(
-        !side_conn.is_finished(),
-        "the limits change dropped a connection"
-    );
+    side.ask().await;
+    assert!(side.is_open(), "the limits change dropped a connection");
     let displaced = |m: &str| {
         metric(
             m,
@@ -462,7 +462,7 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
     metrics_when(&s, |m| displaced(m) >= 1.0).await;
     // The displaced one is the connection kept across the reload: the new cap holds for it.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !side_conn.is_finished() {
+    while side.is_open() {
         assert!(
             Instant::now() < deadline,
             "the kept connection was not displaced"
@@ -497,9 +497,9 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    ask().await;
+    kept.ask().await;
     assert!(
-        !conn.is_finished(),
+        kept.is_open(),
         "the proxy listener's connection was dropped"
     );
     s.shutdown().await;
@@ -510,8 +510,7 @@ async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
     let slow = named_upstream("slow", Duration::from_millis(800)).await;
     let fast = named_upstream("fast", Duration::ZERO).await;
     let dir = temp_dir("inflight");
-    let ups = [("slow", slow.url()), ("fast", fast.url())];
-    let ups: Vec<(&str, &str)> = ups.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let ups = [("slow", &slow), ("fast", &fast)];
     let s = start_file(&dir, &yaml(&dir, &ups, &["slow"], "")).await;
     let proxy = s.listener_addr("proxy").unwrap();
     let pending = tokio::spawn(async move { call(&client(), proxy).await });
@@ -532,8 +531,7 @@ async fn breaker_and_slo_state_survive_for_what_survives_the_reload() {
     let a = named_upstream("a", Duration::ZERO).await;
     let b = named_upstream("b", Duration::ZERO).await;
     let dir = temp_dir("state");
-    let ups = [("a", a.url()), ("b", b.url())];
-    let ups: Vec<(&str, &str)> = ups.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let ups = [("a", &a), ("b", &b)];
     let slos = "slos:\n  - {name: availability, sli: availability, target: 0.99, window: 30d}\n  - {name: latency, sli: latency, threshold: 1s, target: 0.99, window: 30d}\n";
     let s = start_file(&dir, &yaml(&dir, &ups, &["a", "b"], slos)).await;
     let c = client();
@@ -652,8 +650,7 @@ async fn a_configmap_update_is_picked_up_through_its_symlinks() {
     let b = named_upstream("b", Duration::ZERO).await;
     let dir = temp_dir("configmap");
     std::fs::write(dir.join("token"), TOKEN).unwrap();
-    let ups = [("a", a.url()), ("b", b.url())];
-    let ups: Vec<(&str, &str)> = ups.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let ups = [("a", &a), ("b", &b)];
     // What the kubelet makes of a ConfigMap volume: the file is a symlink into `..data`, itself a
     // symlink to a timestamped directory; an update writes a new directory and swaps `..data`
     // with a rename.
@@ -715,8 +712,7 @@ async fn sighup_reloads_the_config_of_the_running_binary() {
     let b = named_upstream("b", Duration::ZERO).await;
     let dir = temp_dir("sighup");
     std::fs::write(dir.join("token"), TOKEN).unwrap();
-    let ups = [("a", a.url()), ("b", b.url())];
-    let ups: Vec<(&str, &str)> = ups.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let ups = [("a", &a), ("b", &b)];
     let p = common::process::Process::start(&yaml(&dir, &ups, &["a"], ""), "reload-sighup").await;
     let c = client();
     assert_eq!(call(&c, p.listener).await.1, "a");
@@ -769,11 +765,11 @@ async fn new_severities_keep_the_upstreams_and_slos_they_apply_to() {
     let a = named_upstream("a", Duration::ZERO).await;
     let dir = temp_dir("severities");
     let slos = "slos:\n  - {name: availability, sli: availability, target: 0.99, window: 30d}\n";
-    let s = start_file(&dir, &yaml(&dir, &[("a", &a.url())], &["a"], slos)).await;
+    let s = start_file(&dir, &yaml(&dir, &[("a", &a)], &["a"], slos)).await;
     let changed = format!(
         "{slos}incidents:\n  severities: {{availability: sev1, safety: sev1, task_completion: sev3, latency: sev3, time_to_first_token: sev3}}\n"
     );
-    let changes = reload_to(&s, &dir, &yaml(&dir, &[("a", &a.url())], &["a"], &changed)).await;
+    let changes = reload_to(&s, &dir, &yaml(&dir, &[("a", &a)], &["a"], &changed)).await;
     assert_eq!(
         changes["upstreams"]["kept"],
         serde_json::json!(["a"]),
@@ -793,7 +789,7 @@ async fn a_file_caught_half_written_is_not_loaded() {
     let a = named_upstream("a", Duration::ZERO).await;
     let dir = temp_dir("halfwritten");
     let slos = "slos:\n  - {name: availability, sli: availability, target: 0.99, window: 30d}\n";
-    let full = yaml(&dir, &[("a", &a.url())], &["a"], slos);
+    let full = yaml(&dir, &[("a", &a)], &["a"], slos);
     let s = start_file(&dir, &full).await;
     // Written in place, as `cat > file` does: for most of a poll period the file holds its first
     // part — a valid config, without the SLOs — then the whole, changed.

@@ -1,17 +1,21 @@
-//! `sloguard rules`: the generated Prometheus rules match their golden file, `promtool check
-//! rules` accepts the rules of every example config, and the `promtool test rules` unit tests
+//! `sloguard rules`: the generated Prometheus rules match their golden file, and the `promtool
+//! test rules` unit tests
 //! in `tests/promtool/` (fast burn pages, slow burn tickets, low traffic does not page, a
 //! provider's failures do not burn an SLO that excludes them) pass against the golden rules.
 //! promtool comes from the Debian package `prometheus`, which `.ci/run` and `scripts/test`
-//! install.
+//! install. The rules of every example config pass `promtool check rules` in
+//! tests/config_examples.rs (config/) and tests/deploy.rs (deploy/).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sloguard::config::Role;
 use sloguard::slo::rules::rules;
 use sloguard::Config;
+
+#[path = "common/tools.rs"]
+mod tools;
+use tools::promtool_ok;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -19,16 +23,6 @@ fn root() -> &'static Path {
 
 fn golden() -> PathBuf {
     root().join("tests/fixtures/rules/sidecar.rules.yaml")
-}
-
-/// Runs promtool with `args`; fails the test, saying how to get it, when it is not installed.
-fn promtool(args: &[&str]) -> std::process::Output {
-    Command::new("promtool")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("promtool could not run ({e}): install it with `apt-get install -y prometheus` (scripts/test does)")
-        })
 }
 
 #[test]
@@ -49,46 +43,6 @@ fn the_example_configs_rules_match_the_golden_file() {
 }
 
 #[test]
-fn promtool_accepts_the_rules_of_every_example_config() {
-    let mut configs: Vec<PathBuf> = std::fs::read_dir(root().join("config"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    configs.push(root().join("deploy/kubernetes/sloguard.yaml"));
-    configs.push(root().join("deploy/overlays/research-agent/sloguard.yaml"));
-    configs.sort();
-    let dir = std::env::temp_dir().join(format!("sloguard-rules-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for config in &configs {
-        let c = Config::load(config).unwrap_or_else(|e| panic!("{e}"));
-        let file = dir.join(format!(
-            "{}.rules.yaml",
-            config.file_stem().unwrap().to_string_lossy()
-        ));
-        std::fs::write(&file, rules(&c)).unwrap();
-        let out = promtool(&["check", "rules", file.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}: {}{}",
-            config.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // A config with SLOs or providers has rules; one with neither an empty list.
-        let text = String::from_utf8_lossy(&out.stdout);
-        let some = !c.slos.is_empty() || c.listeners.iter().any(|l| l.role == Role::Llm);
-        assert_eq!(
-            !text.contains("SUCCESS: 0 rules"),
-            some,
-            "{}: {text}",
-            config.display()
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
 fn promtool_unit_tests_of_the_alerts_pass() {
     let mut tests: Vec<PathBuf> = std::fs::read_dir(root().join("tests/promtool"))
         .unwrap()
@@ -98,13 +52,9 @@ fn promtool_unit_tests_of_the_alerts_pass() {
     tests.sort();
     assert!(tests.len() >= 3, "the promtool tests are missing");
     for test in &tests {
-        let out = promtool(&["test", "rules", test.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}: {}{}",
-            test.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        promtool_ok(
+            &["test", "rules", test.to_str().unwrap()],
+            &test.display().to_string(),
         );
     }
 }

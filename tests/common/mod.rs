@@ -25,6 +25,7 @@ pub mod otlp;
 pub mod process;
 pub mod scripted;
 pub mod tls;
+pub mod tools;
 
 pub type TestBody = BoxBody<Bytes, Infallible>;
 pub type TestClient = Client<HttpConnector, TestBody>;
