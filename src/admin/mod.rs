@@ -68,13 +68,12 @@ pub async fn serve(
             let state = state.clone();
             let service_for = move |_peer, conn: Arc<crate::proxy::connections::Conn>| {
                 let state = state.clone();
-                // Answered at once (a reload: once the new config is built), so in flight for
-                // no longer: a client slow to read an answer holds an idle connection, which a
-                // newcomer (a probe) can displace.
+                // Answered at once, so in flight for no longer: a client slow to read an answer
+                // holds an idle connection, which a newcomer (a probe) can displace. A reload
+                // takes a while: it is in flight until answered, so that its connection is
+                // neither displaced nor closed for idling meanwhile.
                 hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    // A reload takes a while: in flight until answered, so that the connection
-                    // is neither displaced nor closed for idling meanwhile.
                     let busy = is_reload(&req).then(|| conn.request());
                     async move {
                         let answer = if busy.is_some() {
