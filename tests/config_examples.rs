@@ -6,14 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use sloguard::config::Role;
 use sloguard::Config;
 
 #[path = "common/tools.rs"]
 mod tools;
-use tools::promtool_ok;
+use tools::{promtool_ok, sloguard, with_stand_in_files};
 
 /// The examples for real situations; each must carry SLOs (and so rules).
 const WITH_SLOS: [&str; 4] = [
@@ -47,58 +46,6 @@ fn scratch(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sloguard-examples-{what}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn sloguard(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sloguard"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap()
-}
-
-/// A copy of `text` in `dir` whose `api_keys_file:` and `token_file:` values are stand-in files
-/// there. Only values the parsed config holds are replaced, so a commented-out line stays as is.
-fn with_stand_in_files(config: &Config, text: &str, dir: &Path) -> PathBuf {
-    let mut files: Vec<String> = config
-        .upstreams
-        .values()
-        .filter_map(|u| u.api_keys_file.as_ref())
-        .chain(config.admin.token_file.as_ref())
-        .map(|p| p.to_str().unwrap().to_owned())
-        .collect();
-    files.sort();
-    files.dedup();
-    let stand_in = |original: &str| {
-        let i = files.iter().position(|f| f == original).unwrap();
-        let path = dir.join(format!("secret-{i}"));
-        std::fs::write(&path, "sk-stand-in-key\n").unwrap();
-        path
-    };
-    let copy: String = text
-        .lines()
-        .map(|line| {
-            let found = ["api_keys_file:", "token_file:"]
-                .into_iter()
-                .find_map(|key| Some((key, line.split_once(key)?)))
-                .filter(|(_, (head, _))| !head.trim_start().starts_with('#'));
-            match found {
-                Some((key, (head, rest))) => {
-                    let value = rest.split('#').next().unwrap_or_default().trim();
-                    assert!(
-                        files.iter().any(|f| f == value),
-                        "{key} {value:?} is not one the config loaded"
-                    );
-                    format!("{head}{key} {}\n", stand_in(value).display())
-                }
-                None => format!("{line}\n"),
-            }
-        })
-        .collect();
-    let path = dir.join("config.yaml");
-    std::fs::write(&path, copy).unwrap();
-    path
 }
 
 #[test]

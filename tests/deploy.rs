@@ -22,7 +22,7 @@ use sloguard::Config;
 
 #[path = "common/tools.rs"]
 mod tools;
-use tools::{promtool_ok, run_tool};
+use tools::{promtool_ok, run_tool, sloguard, with_stand_in_files};
 
 /// The ConfigMap that carries sloguard's config, as the base's kustomization.yaml generates it.
 const CONFIG_MAP: &str = "sloguard-config";
@@ -817,28 +817,8 @@ fn sloguard_check_accepts_the_deploy_configs() {
     for r in Rendered::all() {
         let config = r.config();
         let dir = temp_dir("check");
-        let mut stand_ins = Vec::new();
-        for (name, up) in &config.upstreams {
-            if let Some(file) = &up.api_keys_file {
-                let stand_in = dir.join(format!("{name}.keys"));
-                std::fs::write(&stand_in, "sk-test-key\n").unwrap();
-                stand_ins.push((file.to_str().unwrap().to_owned(), stand_in));
-            }
-        }
-        if let Some(file) = &config.admin.token_file {
-            let stand_in = dir.join("admin-token");
-            std::fs::write(&stand_in, "test-token\n").unwrap();
-            stand_ins.push((file.to_str().unwrap().to_owned(), stand_in));
-        }
-        let (text, replaced) = with_stand_ins(&r.config_text(), &stand_ins);
-        assert_eq!(replaced, stand_ins.len(), "every key file line replaced");
-        let copy = dir.join("sloguard.yaml");
-        std::fs::write(&copy, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_sloguard"))
-            .args(["check", "--config"])
-            .arg(&copy)
-            .output()
-            .unwrap();
+        let copy = with_stand_in_files(&config, &r.config_text(), &dir);
+        let out = sloguard(&["check"], &copy);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(
             out.status.success(),
@@ -847,32 +827,6 @@ fn sloguard_check_accepts_the_deploy_configs() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-}
-
-/// The config text with each `api_keys_file:`/`token_file:` value replaced by its stand-in, and
-/// how many lines were. Line by line, value by value: one key path may be the prefix of another.
-fn with_stand_ins(text: &str, stand_ins: &[(String, PathBuf)]) -> (String, usize) {
-    let mut replaced = 0;
-    let text = text
-        .lines()
-        .map(|line| {
-            let split = ["api_keys_file:", "token_file:"]
-                .into_iter()
-                .find_map(|key| Some((key, line.split_once(key)?)))
-                .filter(|(_, (head, _))| !head.trim_start().starts_with('#'));
-            let Some((key, (head, rest))) = split else {
-                return format!("{line}\n");
-            };
-            let value = rest.split('#').next().unwrap_or_default().trim();
-            let (_, stand_in) = stand_ins
-                .iter()
-                .find(|(original, _)| original == value)
-                .unwrap_or_else(|| panic!("{key} {value:?} is not one the config loaded"));
-            replaced += 1;
-            format!("{head}{key} {}\n", stand_in.display())
-        })
-        .collect();
-    (text, replaced)
 }
 
 /// The PrometheusRule's `spec` is what `sloguard rules` prints for the config beside it (so the
@@ -886,11 +840,7 @@ fn the_prometheus_rule_is_sloguard_rules_of_the_config() {
             Some("monitoring.coreos.com/v1")
         );
         let config = r.dir.join("sloguard.yaml");
-        let out = Command::new(env!("CARGO_BIN_EXE_sloguard"))
-            .args(["rules", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
+        let out = sloguard(&["rules"], &config);
         assert!(
             out.status.success(),
             "{}",

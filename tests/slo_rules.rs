@@ -8,14 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sloguard::slo::rules::rules;
 use sloguard::Config;
 
 #[path = "common/tools.rs"]
 mod tools;
-use tools::promtool_ok;
+use tools::{promtool_ok, sloguard};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -61,11 +60,7 @@ fn promtool_unit_tests_of_the_alerts_pass() {
 
 #[test]
 fn sloguard_rules_prints_them_and_refuses_a_bad_config() {
-    let out = Command::new(env!("CARGO_BIN_EXE_sloguard"))
-        .args(["rules", "--config"])
-        .arg(root().join("config/sidecar.yaml"))
-        .output()
-        .unwrap();
+    let out = sloguard(&["rules"], &root().join("config/sidecar.yaml"));
     assert!(
         out.status.success(),
         "{}",
@@ -80,11 +75,7 @@ fn sloguard_rules_prints_them_and_refuses_a_bad_config() {
         .unwrap()
         .replace("threshold: 2s", "threshold: 3s");
     std::fs::write(&bad, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sloguard"))
-        .args(["rules", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = sloguard(&["rules"], &bad);
     let _ = std::fs::remove_file(&bad);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
