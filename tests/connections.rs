@@ -146,6 +146,66 @@ async fn idle_connections_are_closed_after_idle_timeout() {
     s.shutdown().await;
 }
 
+/// Sends one HTTP/1.1 request for `path` on a kept-alive connection and reads its answer (head
+/// and `Content-Length` body): the status code, or `None` if the connection closed first.
+async fn ask(stream: &mut TcpStream, path: &str) -> Option<u16> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if got.len() >= end + 4 + length {
+            return head.get(9..12)?.parse().ok();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_that_keeps_asking_outlives_header_timeout() {
+    // A Prometheus or a dashboard polling over one connection, past the first head's deadline:
+    // the deadline is for a connection that has asked nothing, on the admin port as on a
+    // listener.
+    let a = verdict_agent().await;
+    let s = sidecar(&a.url(), "header_timeout: 400ms", "header_timeout: 400ms").await;
+    for (port, addr, path) in [
+        ("admin", s.admin_addr, "/healthz"),
+        ("admin", s.admin_addr, "/metrics"),
+        ("proxy", proxy(&s), "/200"),
+    ] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        for i in 0..8 {
+            let status = ask(&mut stream, path).await;
+            assert_eq!(
+                status,
+                Some(200),
+                "{port} {path}: request {i} at {:?} on the same connection",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert!(started.elapsed() >= Duration::from_millis(1000));
+    }
+    let m = metrics(&s).await;
+    for port in ["admin", "proxy"] {
+        assert_eq!(closed(&m, port, "header_timeout"), 0.0, "{port}: {m}");
+    }
+    s.shutdown().await;
+}
+
 /// A HEADERS frame for `GET /200` on `stream` (HPACK: indexed :method GET, :scheme http, a
 /// literal :path and :authority), ending the stream.
 fn h2_get(stream: u32) -> Vec<u8> {

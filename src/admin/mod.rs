@@ -68,19 +68,21 @@ pub async fn serve(
             let state = state.clone();
             let service_for = move |_peer, conn: Arc<crate::proxy::connections::Conn>| {
                 let state = state.clone();
-                // Answered at once, so in flight for no longer: a client slow to read an answer
-                // holds an idle connection, which a newcomer (a probe) can displace. A reload
-                // takes a while: it is in flight until answered, so that its connection is
-                // neither displaced nor closed for idling meanwhile.
+                // Each request is in flight until its answer is made (which also tells the
+                // connection it has asked, so `header_timeout` no longer applies to it): a
+                // client slow to read an answer holds an idle connection, which a newcomer (a
+                // probe) can displace. A reload takes a while: in flight until answered, its
+                // connection is neither displaced nor closed for idling meanwhile.
                 hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    let busy = is_reload(&req).then(|| conn.request());
+                    let in_flight = conn.request();
                     async move {
-                        let answer = if busy.is_some() {
+                        let answer = if is_reload(&req) {
                             reload(&state, &req).await
                         } else {
                             route(&state, req)
                         };
+                        drop(in_flight);
                         Ok::<_, std::convert::Infallible>(answer)
                     }
                 })
