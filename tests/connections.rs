@@ -151,26 +151,22 @@ async fn idle_connections_are_closed_after_idle_timeout() {
 async fn ask(stream: &mut TcpStream, path: &str) -> Option<u16> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
-    let mut got = Vec::new();
+    let mut got = read_head(stream).await;
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
     let mut buf = [0u8; 4096];
-    loop {
+    while got.len() < end + length {
         let n = stream.read(&mut buf).await.ok()?;
         if n == 0 {
             return None;
         }
         got.extend_from_slice(&buf[..n]);
-        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        if got.len() >= end + 4 + length {
-            return head.get(9..12)?.parse().ok();
-        }
     }
+    head.get(9..12)?.parse().ok()
 }
 
 #[tokio::test]
