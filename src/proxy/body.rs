@@ -440,6 +440,13 @@ impl ProxyBody {
         Some(event)
     }
 
+    /// Whether safety holds this response back chunk by chunk (and may change it).
+    fn holds(&self) -> bool {
+        self.account
+            .as_ref()
+            .is_some_and(|a| a.safety.as_ref().is_some_and(|c| c.holds()))
+    }
+
     pub fn local(bytes: Bytes, account: Option<Accounting>) -> ProxyBody {
         ProxyBody {
             inner: Inner::Local(Some(bytes).filter(|b| !b.is_empty())),
@@ -561,11 +568,7 @@ impl Body for ProxyBody {
                         if held {
                             continue;
                         }
-                        let holding = this
-                            .account
-                            .as_ref()
-                            .is_some_and(|a| a.safety.as_ref().is_some_and(|c| c.holds()));
-                        if holding && !frame.is_data() {
+                        if this.holds() && !frame.is_data() {
                             // Trailers of a stream held back would overtake its held chunks:
                             // they are dropped (SSE streams carry none in practice).
                             continue;
@@ -607,12 +610,8 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let holding = self
-            .account
-            .as_ref()
-            .is_some_and(|a| a.safety.as_ref().is_some_and(|c| c.holds()));
         match &self.inner {
-            Inner::Upstream(_) if holding => false,
+            Inner::Upstream(_) if self.holds() => false,
             Inner::Upstream(s) => s.body.is_end_stream(),
             Inner::Local(b) => b.is_none(),
         }
@@ -620,6 +619,10 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
+            // A stream safety holds back may come out decoded, or end early with the sidecar's
+            // error event: its length is not the upstream's. hyper frames a response by this
+            // hint where no `Content-Length` says otherwise, so it must not claim the upstream's.
+            Inner::Upstream(_) if self.holds() => SizeHint::default(),
             Inner::Upstream(s) => s.body.size_hint(),
             Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
