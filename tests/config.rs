@@ -192,7 +192,7 @@ fn circuit_breaker_values_are_checked_by_key() {
             "upstreams.agent.circuit_breaker.half_open_probes: must be at least 1",
         ),
         (
-            "{open_for: 10m}",
+            "{open_for: 10m, max_open_for: 5m}",
             "upstreams.agent.circuit_breaker.max_open_for: must be at least open_for",
         ),
         (
@@ -593,4 +593,47 @@ fn slos_are_checked_by_key() {
         let e = error_of(&with(slos));
         assert!(e.starts_with(expected), "{slos}: {e}");
     }
+}
+
+/// A default never makes a sensible config invalid: a default that must agree with another
+/// value follows it, and only explicit values that disagree are refused.
+#[test]
+fn defaults_follow_the_values_they_depend_on() {
+    use std::time::Duration;
+    let parse = |extra: &str| Config::parse("ok.yaml", &format!("{BASE}{extra}"));
+    // otlp.timeout (default 10s) must not outlast otlp.interval.
+    let c = parse("otlp: {endpoint: 'http://c:4317', interval: 1s}\n").unwrap();
+    assert_eq!(c.otlp.unwrap().timeout(), Duration::from_secs(1));
+    let c = parse("otlp: {endpoint: 'http://c:4317'}\n").unwrap();
+    assert_eq!(c.otlp.unwrap().timeout(), Duration::from_secs(10));
+    let c = parse("otlp: {endpoint: 'http://c:4317', interval: 2s, timeout: 500ms}\n").unwrap();
+    assert_eq!(c.otlp.unwrap().timeout(), Duration::from_millis(500));
+    let e = error_of(&format!(
+        "{BASE}otlp: {{endpoint: 'http://c:4317', interval: 1s, timeout: 2s}}\n"
+    ));
+    assert!(
+        e.contains("otlp.timeout: must be at least 100ms and at most otlp.interval"),
+        "{e}"
+    );
+    // circuit_breaker.max_open_for (default 5m) must not be shorter than open_for.
+    let breaker = |cb: &str| {
+        let text = BASE.replace(
+            "    url: http://127.0.0.1:8000\n",
+            &format!("    url: http://127.0.0.1:8000\n    circuit_breaker: {cb}\n"),
+        );
+        Config::parse("ok.yaml", &text)
+    };
+    let c = breaker("{open_for: 10m}").unwrap();
+    let cb = c.upstreams["agent"].circuit_breaker.clone().unwrap();
+    assert_eq!(cb.max_open_for(), Duration::from_secs(600));
+    let c = breaker("{}").unwrap();
+    let cb = c.upstreams["agent"].circuit_breaker.clone().unwrap();
+    assert_eq!(cb.max_open_for(), Duration::from_secs(300));
+    let e = breaker("{open_for: 2m, max_open_for: 1m}")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("upstreams.agent.circuit_breaker.max_open_for: must be at least open_for"),
+        "{e}"
+    );
 }

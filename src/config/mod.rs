@@ -381,7 +381,7 @@ fn breaker_or_defaults<'de, D: serde::Deserializer<'de>>(
         min_requests: default_min_requests(),
         window: default_window(),
         open_for: default_open_for(),
-        max_open_for: default_max_open_for(),
+        max_open_for: None,
         half_open_probes: default_probes(),
         slow_call: None,
     })))
@@ -401,8 +401,9 @@ pub struct CircuitBreakerConfig {
     pub window: ConfigDuration,
     #[serde(default = "default_open_for")]
     pub open_for: ConfigDuration,
-    #[serde(default = "default_max_open_for")]
-    pub max_open_for: ConfigDuration,
+    /// Absent: see [`CircuitBreakerConfig::max_open_for`].
+    #[serde(default)]
+    pub max_open_for: Option<ConfigDuration>,
     #[serde(default = "default_probes")]
     pub half_open_probes: u32,
     #[serde(default)]
@@ -434,9 +435,8 @@ fn default_window() -> ConfigDuration {
 fn default_open_for() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(30))
 }
-fn default_max_open_for() -> ConfigDuration {
-    ConfigDuration(Duration::from_secs(300))
-}
+/// The default cap of the open period, unless `open_for` is longer.
+const DEFAULT_MAX_OPEN_FOR: Duration = Duration::from_secs(300);
 fn default_probes() -> u32 {
     3
 }
@@ -445,6 +445,13 @@ fn default_slow_rate() -> f64 {
 }
 
 impl CircuitBreakerConfig {
+    /// The longest open period: as set, or 5m but never shorter than `open_for` (a default
+    /// never makes a sensible config invalid).
+    pub fn max_open_for(&self) -> Duration {
+        self.max_open_for
+            .map_or(DEFAULT_MAX_OPEN_FOR.max(self.open_for.0), |d| d.0)
+    }
+
     /// Checks the values; the error is `(key under circuit_breaker, message)`.
     fn check(&self) -> Result<(), (&'static str, String)> {
         let ratio = |v: f64| v > 0.0 && v <= 1.0;
@@ -462,7 +469,7 @@ impl CircuitBreakerConfig {
                 return Err((key, "must be greater than zero".into()));
             }
         }
-        if self.max_open_for.0 < self.open_for.0 {
+        if self.max_open_for() < self.open_for.0 {
             return Err(("max_open_for", "must be at least open_for".into()));
         }
         if let Some(slow) = &self.slow_call {

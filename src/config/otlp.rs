@@ -22,9 +22,9 @@ pub struct OtlpConfig {
     #[serde(default = "default_interval")]
     pub interval: ConfigDuration,
     /// One export (a metrics push, a batch of spans) may take this long; past it, it is given
-    /// up and what it carried counted as dropped.
-    #[serde(default = "default_timeout")]
-    pub timeout: ConfigDuration,
+    /// up and what it carried counted as dropped. Absent: see [`OtlpConfig::timeout`].
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
     /// `cumulative` (the OpenTelemetry default, what Prometheus-style backends want) or `delta`.
     #[serde(default)]
     pub temporality: OtlpTemporality,
@@ -80,9 +80,9 @@ fn default_interval() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(15))
 }
 
-fn default_timeout() -> ConfigDuration {
-    ConfigDuration(Duration::from_secs(10))
-}
+/// The longest default export: an export must end before the next starts, so a shorter
+/// `interval` shortens it (a default never makes a sensible config invalid).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn default_true() -> bool {
     true
@@ -97,6 +97,12 @@ fn default_max_queue() -> usize {
 }
 
 impl OtlpConfig {
+    /// How long one export may take: as set, or 10 s but no longer than `interval`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+            .map_or(DEFAULT_TIMEOUT.min(self.interval.0), |t| t.0)
+    }
+
     pub fn validate(&self) -> Result<(), (String, String)> {
         let uri: http::Uri = self.endpoint.parse().map_err(|e| {
             (
@@ -125,7 +131,8 @@ impl OtlpConfig {
         if self.interval.0 < Duration::from_secs(1) {
             return Err(("otlp.interval".into(), "must be at least 1s".into()));
         }
-        if self.timeout.0 < Duration::from_millis(100) || self.timeout.0 > self.interval.0 {
+        let timeout = self.timeout();
+        if timeout < Duration::from_millis(100) || timeout > self.interval.0 {
             return Err((
                 "otlp.timeout".into(),
                 "must be at least 100ms and at most otlp.interval (an export must end before the next starts)".into(),

@@ -90,7 +90,7 @@ impl UpstreamBreaker {
             min_requests: config.min_requests,
             window: config.window.0,
             open_for: config.open_for.0,
-            max_open_for: config.max_open_for.0,
+            max_open_for: config.max_open_for(),
             half_open_probes: config.half_open_probes,
             slow_call: slow,
             jitter: 0.1,

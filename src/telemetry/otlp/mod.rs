@@ -200,7 +200,7 @@ fn temporality(config: &OtlpConfig) -> Temporality {
 
 fn metric_exporter(config: &OtlpConfig) -> Result<MetricExporter, OtlpError> {
     let builder = MetricExporter::builder().with_temporality(temporality(config));
-    let (url, timeout) = (endpoint(config, "metrics"), config.timeout.0);
+    let (url, timeout) = (endpoint(config, "metrics"), config.timeout());
     match config.protocol {
         OtlpProtocol::Grpc => builder
             .with_tonic()
@@ -217,7 +217,7 @@ fn metric_exporter(config: &OtlpConfig) -> Result<MetricExporter, OtlpError> {
 }
 
 fn span_exporter(config: &OtlpConfig, resource: &Resource) -> Result<SpanExporter, OtlpError> {
-    let (url, timeout) = (endpoint(config, "traces"), config.timeout.0);
+    let (url, timeout) = (endpoint(config, "traces"), config.timeout());
     let mut exporter = match config.protocol {
         OtlpProtocol::Grpc => SpanExporter::builder()
             .with_tonic()
@@ -335,7 +335,7 @@ impl Otlp {
                 };
                 rt.block_on(async move {
                     let mut loops = tokio::task::JoinSet::new();
-                    let timeout = config.timeout.0;
+                    let timeout = config.timeout();
                     if let Some((parts, dropped, restarts)) = metrics {
                         let exporter = match metric_exporter(&config) {
                             Ok(e) => e,
