@@ -51,7 +51,31 @@ pub struct UpstreamConfig {
     /// The shared HTTP/2 connections to an `https://` upstream that offers h2.
     #[serde(default)]
     pub h2: H2Config,
+    /// The idle HTTP/1.1 connections kept for the next request.
+    #[serde(default)]
+    pub pool: PoolConfig,
 }
+
+/// `upstreams.*.pool`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// An idle connection is closed, never reused, once it has been idle this long: it must go
+    /// before the upstream closes it, or a request written as the upstream closes it fails.
+    /// Absent: [`LOOPBACK_POOL_IDLE`] for an upstream on this host, [`REMOTE_POOL_IDLE`] for
+    /// others. `0s`: no connection is reused.
+    #[serde(default)]
+    pub idle_timeout: Option<ConfigDuration>,
+}
+
+/// The idle limit of connections to an upstream on this host (the agent in the pod): below the
+/// shortest common server default (gunicorn closes idle connections after 2 s; uvicorn and
+/// Node.js after 5 s), since a new connection over loopback costs microseconds.
+pub const LOOPBACK_POOL_IDLE: Duration = Duration::from_secs(1);
+/// The idle limit of connections to other upstreams (providers, over TLS, where a new
+/// connection costs round trips): below the usual one-minute limits of load balancers and
+/// reverse proxies (AWS ALB 60 s, nginx 75 s).
+pub const REMOTE_POOL_IDLE: Duration = Duration::from_secs(50);
 
 /// `upstreams.*.h2`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -296,6 +320,16 @@ pub fn parse_upstream_url(url: &str) -> Result<UpstreamUrl, String> {
 }
 
 impl UpstreamConfig {
+    /// How long a connection to this upstream may sit idle in the pool (see [`PoolConfig`]).
+    pub fn pool_idle_timeout(&self) -> Duration {
+        let on_this_host = || parse_upstream_url(&self.url).is_ok_and(|u| is_loopback(&u));
+        match self.pool.idle_timeout {
+            Some(d) => d.0,
+            None if on_this_host() => LOOPBACK_POOL_IDLE,
+            None => REMOTE_POOL_IDLE,
+        }
+    }
+
     /// Checks the values; `base` is the key path of the upstream (`upstreams.NAME`).
     pub fn validate(&self, base: &str) -> Result<(), (String, String)> {
         let up = self;

@@ -286,6 +286,7 @@ impl Snapshot {
                     model: None,
                     circuit_breaker: None,
                     h2: Default::default(),
+                    pool: Default::default(),
                 };
                 let upstream = Arc::new(Upstream::new(
                     KILL_SWITCH_FALLBACK,

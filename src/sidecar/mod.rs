@@ -211,6 +211,7 @@ impl Sidecar {
         }
         let upkeep = telemetry.clone();
         let budget = shared.budget.clone();
+        let pools = state.clone();
         background.push(every(
             "upkeep",
             restarts("upkeep"),
@@ -218,6 +219,10 @@ impl Sidecar {
             move || {
                 budget.report();
                 upkeep.run_upkeep();
+                // An upstream no request reaches any more keeps no idle connection open either.
+                for upstream in pools.load().upstreams.values() {
+                    upstream.pool.close_expired();
+                }
             },
         ));
         // Tasks idle past `stuck_after` are abandoned: looked for every second (the table keeps

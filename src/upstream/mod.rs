@@ -29,9 +29,6 @@ use crate::telemetry::{
 /// Idle HTTP/1.1 connections kept per upstream: enough for a busy agent's concurrency, bounded so
 /// that a burst does not pin thousands of sockets.
 pub const MAX_IDLE_CONNECTIONS: usize = 256;
-/// An idle connection older than this is closed rather than reused (providers close theirs
-/// after a minute or two; reusing one they are closing costs a failed request).
-pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// One upstream as the data plane uses it; built once per config snapshot.
 pub struct Upstream {
@@ -304,7 +301,7 @@ impl Upstream {
                 connector,
                 target,
                 MAX_IDLE_CONNECTIONS,
-                IDLE_CONNECTION_TIMEOUT,
+                config.pool_idle_timeout(),
                 config.timeouts.connect.0,
                 pool::H2Settings {
                     connections: config.h2.connections,

@@ -20,6 +20,13 @@
 //! A request that an idle connection could not take (closed by the upstream meanwhile) is moved
 //! to the next one, or to a new connection: it was never written, so this is no retry.
 //! No lock is held across an `.await`.
+//!
+//! An idle HTTP/1.1 connection is let go before the upstream closes it: a request written just as
+//! the upstream closes its end fails ("connection closed before message completed"), and having
+//! been written it cannot be sent again. So a connection is reused only within the pool's idle
+//! limit (`pool.idle_timeout`; by default 1 s on loopback, below every common server's), and
+//! within what the upstream's `Keep-Alive: timeout=N` says it keeps one, less a margin for the
+//! time the response took to come back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,7 +58,8 @@ pub enum SendError {
 
 struct IdleConnection {
     sender: http1::SendRequest<RequestBody>,
-    since: Instant,
+    /// Not reused from then on.
+    expires: Instant,
 }
 
 /// How the shared h2 connections of an upstream are kept.
@@ -89,12 +97,42 @@ pub struct ConnectionPool {
 pub struct Lease {
     sender: http1::SendRequest<RequestBody>,
     pool: Arc<ConnectionPool>,
+    /// How long it may wait idle for the next request.
+    idle_limit: Duration,
 }
 
 impl Lease {
     /// The response body ended cleanly: the connection can serve the next request.
     pub fn release(self) {
-        self.pool.put(self.sender);
+        self.pool.put(self.sender, self.idle_limit);
+    }
+}
+
+/// How long an idle connection may be kept, by the response head that came on it: the pool's
+/// limit, or less when the upstream says it keeps idle connections a shorter time
+/// (`Keep-Alive: timeout=N`, as Node.js and Apache send): `N` less half of it, at most a second,
+/// for the time since the upstream started counting (the answer's way back, the client reading
+/// it). `timeout=0`: not kept.
+fn idle_limit(pool_limit: Duration, headers: &http::HeaderMap) -> Duration {
+    let said = headers
+        .get("keep-alive")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',').find_map(|param| {
+                let (key, secs) = param.split_once('=')?;
+                let key = key.trim();
+                if !key.eq_ignore_ascii_case("timeout") {
+                    return None;
+                }
+                secs.trim().trim_matches('"').parse::<u64>().ok()
+            })
+        });
+    match said {
+        Some(secs) => {
+            let kept = Duration::from_secs(secs.min(86_400));
+            pool_limit.min(kept - (kept / 2).min(Duration::from_secs(1)))
+        }
+        None => pool_limit,
     }
 }
 
@@ -154,7 +192,10 @@ impl ConnectionPool {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(response) => return Ok((response, Some(self.lease(sender)))),
+                Ok(response) => {
+                    let lease = self.lease(sender, &response);
+                    return Ok((response, Some(lease)));
+                }
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection was gone. Take the next one.
                     Some(unsent) => req = unsent,
@@ -170,7 +211,8 @@ impl ConnectionPool {
                     .send_request(req)
                     .await
                     .map_err(SendError::Exchange)?;
-                Ok((response, Some(self.lease(sender))))
+                let lease = self.lease(sender, &response);
+                Ok((response, Some(lease)))
             }
             Fresh::H2(sender) => {
                 // h2 carries scheme and authority as pseudo-headers: the URI must be absolute.
@@ -186,10 +228,15 @@ impl ConnectionPool {
         }
     }
 
-    fn lease(self: &Arc<Self>, sender: http1::SendRequest<RequestBody>) -> Lease {
+    fn lease(
+        self: &Arc<Self>,
+        sender: http1::SendRequest<RequestBody>,
+        response: &Response<Incoming>,
+    ) -> Lease {
         Lease {
             sender,
             pool: self.clone(),
+            idle_limit: idle_limit(self.idle_timeout, response.headers()),
         }
     }
 
@@ -219,32 +266,39 @@ impl ConnectionPool {
     }
 
     fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
+            if !c.sender.is_closed() && now < c.expires {
                 return Some(c.sender);
             }
         }
         None
     }
 
-    fn put(&self, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
+    /// Keeps a connection whose exchange ended cleanly, for up to `idle_limit`.
+    fn put(&self, sender: http1::SendRequest<RequestBody>, idle_limit: Duration) {
+        if sender.is_closed() || idle_limit.is_zero() {
             return;
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // The oldest sit at the front: drop those past the idle timeout (their drop closes them).
-        let expired = idle
-            .iter()
-            .take_while(|c| now.duration_since(c.since) >= self.idle_timeout)
-            .count();
-        if expired > 0 {
-            idle.drain(..expired);
-        }
+        // Those past their limit go (their drop closes them).
+        idle.retain(|c| now < c.expires);
         if idle.len() < self.max_idle {
-            idle.push(IdleConnection { sender, since: now });
+            idle.push(IdleConnection {
+                sender,
+                expires: now + idle_limit,
+            });
         }
+    }
+
+    /// Closes the idle connections past their limit (from the sidecar's upkeep: a pool no
+    /// request touches lets its connections go too).
+    pub fn close_expired(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|c| now < c.expires);
     }
 
     /// Connects, or, while the upstream may speak h2, waits for the connection in progress and
@@ -344,4 +398,34 @@ async fn send_h2(
         .send_request(req)
         .await
         .map_err(|e| H2Failure::Exchange(SendError::Exchange(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(keep_alive: Option<&str>) -> Duration {
+        let mut headers = http::HeaderMap::new();
+        if let Some(v) = keep_alive {
+            headers.insert("keep-alive", v.parse().unwrap_or_else(|_| unreachable!()));
+        }
+        idle_limit(Duration::from_secs(50), &headers)
+    }
+
+    #[test]
+    fn the_upstreams_keep_alive_timeout_shortens_the_idle_limit() {
+        let secs = Duration::from_secs;
+        assert_eq!(limit(None), secs(50));
+        // Node.js sends `timeout=5`; Apache `timeout=5, max=100`.
+        assert_eq!(limit(Some("timeout=5")), secs(4));
+        assert_eq!(limit(Some("timeout=5, max=100")), secs(4));
+        assert_eq!(limit(Some("max=100, Timeout=2")), secs(1));
+        assert_eq!(limit(Some("timeout=1")), Duration::from_millis(500));
+        assert_eq!(limit(Some("timeout=0")), Duration::ZERO);
+        // Longer than the pool keeps them: the pool's limit.
+        assert_eq!(limit(Some("timeout=300")), secs(50));
+        // Nothing readable: the pool's limit.
+        assert_eq!(limit(Some("timeout=soon")), secs(50));
+        assert_eq!(limit(Some("max=100")), secs(50));
+    }
 }
