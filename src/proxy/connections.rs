@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::linger::{linger, Handback};
 use crate::config::Limits;
 use crate::telemetry::{
     connection_errors, label, Telemetry, CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_CLOSED_TOTAL,
@@ -357,30 +358,38 @@ impl Connections {
             // inside a wrapper and moved in costs a copy of its whole state (kilobytes) per
             // request.
             let svc = service_for(peer, conn.clone());
+            // The socket comes back when hyper is done with it: see `linger`.
+            let (io, handback) = Handback::new(stream);
             let http = self
                 .settings
                 .load()
                 .builder
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection(TokioIo::new(io), svc)
                 .into_owned();
             let set = self.clone();
             tokio::spawn(async move {
                 let graceful = |c: Pin<&mut _>| auto::Connection::graceful_shutdown(c);
-                set.watch_over(http, graceful, &conn, peer).await;
+                if set.watch_over(http, graceful, &conn, peer).await {
+                    if let Ok(stream) = handback.await {
+                        linger(stream, conn.close.notified()).await;
+                    }
+                }
                 set.remove(conn.id);
             });
         }
     }
 
     /// Drives one connection until it ends, closing it when a deadline passes, when it is
-    /// displaced, or when the port drains (then dropping it if it takes too long).
+    /// displaced, or when the port drains (then dropping it if it takes too long). `true` when
+    /// hyper ended it: its client may still be sending, and the socket is to linger.
     async fn watch_over<C>(
         &self,
         http: C,
         graceful: impl Fn(Pin<&mut C>),
         conn: &Conn,
         peer: SocketAddr,
-    ) where
+    ) -> bool
+    where
         C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
     {
         let mut http = std::pin::pin!(http);
@@ -397,10 +406,10 @@ impl Connections {
                         }
                         tracing::debug!(listener = %self.name, %peer, error = %e, "client connection ended with an error");
                     }
-                    return;
+                    return true;
                 }
                 _ = conn.close.notified() => match conn.told.load(Ordering::Acquire) {
-                    TOLD_CUT => return,
+                    TOLD_CUT => return false,
                     TOLD_DRAIN if !closing => {
                         closing = true;
                         graceful(http.as_mut());
@@ -418,7 +427,7 @@ impl Connections {
                 _ = tokio::time::sleep_until(check_at) => {
                     if closing {
                         // It did not finish closing in time.
-                        return;
+                        return false;
                     }
                     match self.watch(conn, Instant::now()) {
                         Watch::Until(at) => check_at = at,
@@ -427,7 +436,7 @@ impl Connections {
                             self.count(reason);
                             if reason == CloseReason::HeaderTimeout {
                                 // Nothing was asked: nothing to finish.
-                                return;
+                                return false;
                             }
                             closing = true;
                             graceful(http.as_mut());

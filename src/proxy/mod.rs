@@ -112,6 +112,7 @@ pub mod error;
 pub mod fallback;
 mod head;
 pub mod headers;
+mod linger;
 pub mod listener;
 pub mod llm;
 mod local;
