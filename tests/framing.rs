@@ -389,3 +389,62 @@ async fn bodies_from_a_fallback_or_the_cache_are_framed_right() {
     s.shutdown().await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// An upstream whose 200 JSON answers declare their length and break off halfway.
+async fn breaking() -> std::net::SocketAddr {
+    raw_upstream(|mut s| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let head = read_head(&mut s).await;
+        let text = String::from_utf8_lossy(&head).to_lowercase();
+        let end = text.find("\r\n\r\n").unwrap() + 4;
+        let len: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0u8; len.saturating_sub(head.len() - end)];
+        s.read_exact(&mut body).await.unwrap();
+        let whole = plain(Kind::Json, false).concat();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            whole.len(),
+            &whole[..whole.len() / 2]
+        );
+        s.write_all(answer.as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        // Then the connection closes: the body breaks off.
+    })
+    .await
+}
+
+/// A JSON answer read whole for a safety decision that breaks off is an error for the client,
+/// and nothing of it goes into the cache: with every circuit open later, the cache has no entry
+/// (it once served the half body as a 200).
+#[tokio::test]
+async fn a_broken_answer_read_whole_is_not_cached() {
+    let (good, bad) = (breaking().await, failing().await);
+    let s = sidecar(&format!("http://{good}"), &bad.url()).await;
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        s.listener_addr("chain").unwrap()
+    );
+    let got = fetch(&client(), &url, "json/plain/length/clean").await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{:?}", got.body);
+    for name in ["down", "spare"] {
+        let path = format!("/admin/circuits/{name}/open");
+        assert_eq!(
+            admin_post(&s, &path, Some("s3cret")).await.0,
+            StatusCode::OK
+        );
+    }
+    let got = fetch(&client(), &url, "json/plain/length/clean").await;
+    assert_eq!(
+        (got.status, got.headers.get("x-sloguard-error").cloned()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("circuit_open".parse().unwrap())
+        ),
+        "{:?}",
+        got.body
+    );
+    s.shutdown().await;
+}

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::attempt::{internal, retry_after};
 use super::cache::{CacheFill, CacheKey};
 use super::fallback::FallbackReason;
-use super::safety::{blocked, inspect_head, read_whole, Inspect, Whole};
+use super::safety::{inspect_head, read_whole, Inspect, Whole};
 use super::{local_error, Accounting, ListenerState, ProxyBody, ProxyError};
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
 use crate::upstream::{Lease, Upstream};
@@ -114,7 +114,8 @@ pub(super) async fn answer(
             let err = ProxyError::SafetyBlocked {
                 detector: detector(source),
             };
-            return blocked(err, account, first_reason);
+            // 403 in place of the upstream's answer (its attempt counts as it went).
+            return local_error(err, account, first_reason);
         }
         // Nothing to read (a HEAD answer, a 204): it passes as it is, headers untouched.
         Inspect::ReadWhole if http_body::Body::is_end_stream(&body) => {}
@@ -134,7 +135,7 @@ pub(super) async fn answer(
                     let err = ProxyError::SafetyBlocked {
                         detector: detector(source),
                     };
-                    blocked(err, account, first_reason)
+                    local_error(err, account, first_reason)
                 }
                 Err(err) => {
                     a.safety = None;

@@ -71,6 +71,9 @@ pub(crate) fn local_error(
 ) -> Response<ProxyBody> {
     let (mut parts, bytes) = err.to_response().into_parts();
     if let Some(a) = account.as_mut() {
+        // The sidecar's answer is no upstream's: whatever of one was kept for the cache (a body
+        // read whole that broke off, a blocked one) goes.
+        a.cache_fill = None;
         let route = &a.listener.route;
         let upstream = route.chain.get(a.hop).unwrap_or(&route.chain[0]);
         err.log(&upstream.log_limit);

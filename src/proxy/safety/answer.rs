@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use http::Response;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -12,8 +11,7 @@ use super::{ListenerSafety, SafetyCheck, Source};
 use crate::config::Role;
 use crate::inspect::text::NotText;
 use crate::inspect::MAX_INSPECTED_BODY;
-use crate::proxy::fallback::FallbackReason;
-use crate::proxy::{local_error, Accounting, ProxyBody, ProxyError};
+use crate::proxy::{Accounting, ProxyError};
 use crate::sli::UpstreamOutcome;
 
 /// What safety makes of a response head.
@@ -173,18 +171,4 @@ pub(crate) async fn read_whole(
         }
     }
     Ok(Whole::Clean(kept.into_bytes()))
-}
-
-/// 403 `safety_blocked` in place of the upstream's answer: the upstream answered (its attempt
-/// counts as it went), the client gets the proxy's error.
-pub(crate) fn blocked(
-    err: ProxyError,
-    mut account: Option<Accounting>,
-    fallback: Option<FallbackReason>,
-) -> Response<ProxyBody> {
-    if let Some(a) = account.as_mut() {
-        // Nothing of the answer went out: no cache entry from it.
-        a.cache_fill = None;
-    }
-    local_error(err, account, fallback)
 }

@@ -465,7 +465,7 @@ mod echo;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use answer::{blocked, inspect_head, read_whole, Inspect, Whole};
+pub(crate) use answer::{inspect_head, read_whole, Inspect, Whole};
 
 pub use check::SafetyCheck;
 pub use echo::{EchoTap, Echoes};
