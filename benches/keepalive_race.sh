@@ -55,9 +55,10 @@ YAML
         if [ "$case" = timeout1 ]; then close=1000 said=1; fi
         target/release/examples/keepalive_race 127.0.0.1:$up $close $said "http://127.0.0.1:$proxy/" "$N" \
             >"$OUT/keepalive-$name-$case.txt" &
-        runs+=("$name $case $!")
+        runs+=($!)
     done
 done
+for r in "${runs[@]}"; do wait "$r"; done
 {
     echo "# The upstream keep-alive race: failed requests of $N, each sent as the upstream closes"
     echo
@@ -67,10 +68,6 @@ done
         name=${build%%:*}
         row="| $name"
         for case in close300 timeout1; do
-            for r in "${runs[@]}"; do
-                set -- $r
-                if [ "$1 $2" = "$name $case" ]; then wait "$3"; fi
-            done
             row="$row | $(cat "$OUT/keepalive-$name-$case.txt")"
         done
         echo "$row |"
