@@ -98,6 +98,15 @@ fn is_value_limit(e: &serde_json::Error) -> bool {
     e.starts_with("recursion limit exceeded") || e.starts_with("number out of range")
 }
 
+/// An error's message without where it was found.
+fn without_position(e: &serde_json::Error) -> String {
+    let e = e.to_string();
+    match e.rfind(" at line ") {
+        Some(cut) => e[..cut].to_owned(),
+        None => e,
+    }
+}
+
 /// The top-level members as serde_json reads them (the last of a repeated key wins), each value
 /// as its JSON text, without `model`.
 fn members_but_model(body: &[u8]) -> Option<HashMap<String, &str>> {
@@ -156,6 +165,9 @@ fuzz_target!(|body: &[u8]| {
         // Past one of serde_json's limits: the checks on the members above stand in. The
         // rewritten body can be within them when only the old `model` was past them.
         (Err(e), Err(f)) if is_value_limit(&e) && is_value_limit(&f) => {}
+        // A member whose text serde_json reads as JSON but cannot decode (a lone surrogate
+        // escape, `"\udE05"`): kept as it was (checked above), so it fails the same way after.
+        (Err(e), Err(f)) if without_position(&e) == without_position(&f) => {}
         (Err(e), Ok(_)) if is_value_limit(&e) => {}
         (input, output) => panic!(
             "the body parsed as {:?}, the rewritten body as {:?}",
