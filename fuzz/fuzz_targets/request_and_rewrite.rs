@@ -98,6 +98,12 @@ fn is_value_limit(e: &serde_json::Error) -> bool {
     e.starts_with("recursion limit exceeded") || e.starts_with("number out of range")
 }
 
+/// Whether every top-level member but `model` decodes as a JSON value.
+fn others_decode(body: &[u8]) -> bool {
+    members_but_model(body)
+        .is_some_and(|m| m.values().all(|t| serde_json::from_str::<Json>(t).is_ok()))
+}
+
 /// An error's message without where it was found.
 fn without_position(e: &serde_json::Error) -> String {
     let e = e.to_string();
@@ -169,6 +175,8 @@ fuzz_target!(|body: &[u8]| {
         // escape, `"\udE05"`): kept as it was (checked above), so it fails the same way after.
         (Err(e), Err(f)) if without_position(&e) == without_position(&f) => {}
         (Err(e), Ok(_)) if is_value_limit(&e) => {}
+        // Only the old `model` could not be decoded (a lone surrogate escape): it was replaced.
+        (Err(_), Ok(_)) if others_decode(body) => {}
         (input, output) => panic!(
             "the body parsed as {:?}, the rewritten body as {:?}",
             input.map(|_| ()),

@@ -32,9 +32,8 @@ pub use slo::{SliKind, SloConfig, MAX_WINDOW, MIN_WINDOW};
 pub use tasks::{LoopAction, TasksConfig};
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
 pub use upstream::{
-    is_loopback, parse_upstream_url, CircuitBreakerConfig, H2Config, PoolConfig, Protocol,
-    SlowCallConfig, Timeouts, UpstreamConfig, UpstreamTls, UpstreamUrl, LOOPBACK_POOL_IDLE,
-    MAX_H2_CONNECTIONS, REMOTE_POOL_IDLE,
+    parse_upstream_url, CircuitBreakerConfig, H2Config, PoolConfig, Protocol, SlowCallConfig,
+    Timeouts, UpstreamConfig, UpstreamTls, UpstreamUrl, MAX_H2_CONNECTIONS,
 };
 
 /// The largest `max_replay_body`: each request in flight on the route may hold this much.

@@ -406,7 +406,7 @@ impl UpstreamConfig {
 }
 
 /// Whether an upstream is on this host: `localhost`, or a loopback address (127.0.0.0/8, ::1).
-pub fn is_loopback(url: &UpstreamUrl) -> bool {
+fn is_loopback(url: &UpstreamUrl) -> bool {
     let host = url.authority.host();
     let ip = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")

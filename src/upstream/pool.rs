@@ -114,8 +114,10 @@ impl Lease {
 /// for the time since the upstream started counting (the answer's way back, the client reading
 /// it). `timeout=0`: not kept.
 fn idle_limit(pool_limit: Duration, headers: &http::HeaderMap) -> Duration {
+    // A constant name: looking up by `&str` would parse and check the name on every response.
+    static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
     let said = headers
-        .get("keep-alive")
+        .get(&KEEP_ALIVE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.split(',').find_map(|param| {
