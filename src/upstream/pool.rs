@@ -114,10 +114,12 @@ impl Lease {
 /// for the time since the upstream started counting (the answer's way back, the client reading
 /// it). `timeout=0`: not kept.
 fn idle_limit(pool_limit: Duration, headers: &http::HeaderMap) -> Duration {
-    // A constant name: looking up by `&str` would parse and check the name on every response.
     static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+    // One pass of cheap name comparisons, not a hashed lookup: most responses carry none, and
+    // this runs on every one.
     let said = headers
-        .get(&KEEP_ALIVE)
+        .iter()
+        .find_map(|(name, value)| (*name == KEEP_ALIVE).then_some(value))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.split(',').find_map(|param| {
