@@ -139,15 +139,17 @@ upstreams:
 
 #[tokio::test]
 async fn an_upload_refused_as_overloaded_reads_its_answer() {
-    // The upstream tells when it has a request, and answers it 1.5 s later: meanwhile that
-    // request's body is held for replay, and the budget has no room for a second.
+    // The upstream tells when it has a request, and answers it when the test lets it: meanwhile
+    // that request's body is held for replay, and the budget has no room for a second.
     let (got, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let answer = std::sync::Arc::new(tokio::sync::Notify::new());
+    let go = answer.clone();
     let slow = sloguard::sim::serve(LOOPBACK, move |req: Request<hyper::body::Incoming>| {
-        let got = got.clone();
+        let (got, go) = (got.clone(), go.clone());
         async move {
             let _ = http_body_util::BodyExt::collect(req.into_body()).await;
             let _ = got.send(());
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            go.notified().await;
             http::Response::new(sloguard::sim::full("{}"))
         }
     })
@@ -177,6 +179,7 @@ memory: {{max_held: 16MiB}}
         let refused = upload_then_read(addr, "/v1/x", 12 * 1024 * 1024).await;
         assert_eq!(refused, Ok((503, "overloaded".into())));
     }
+    answer.notify_one();
     assert_eq!(first.await.unwrap(), Ok((200, String::new())));
     s.shutdown().await;
 }
