@@ -56,20 +56,10 @@ async fn closing_upstream(
     (addr, accepted)
 }
 
-/// A sidecar with one `agent` listener in front of `upstream`, its upstream's extra keys `extra`.
+/// A sidecar with one `agent` listener in front of `upstream`, its upstream's extra keys `extra`
+/// (`, pool: {...}`: they follow the URL in the upstream's flow mapping).
 async fn sidecar(upstream: SocketAddr, extra: &str) -> Sidecar {
-    start_yaml(&format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: 'http://{upstream}'{extra}}}
-"
-    ))
-    .await
+    agent_sidecar(&format!("'http://{upstream}'{extra}"), "").await
 }
 
 /// GETs through `s`, one after another, each after its pause in `gaps`: the statuses that were

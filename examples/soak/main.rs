@@ -62,53 +62,19 @@ async fn main() -> anyhow::Result<()> {
     // The upstreams: the agent closes idle connections after 2 s (gunicorn), the OpenAI-style
     // provider after 5 s saying so (Node.js), the others after 5 s without a word (uvicorn); the
     // chain's primary refuses connections from time to time.
-    let mut servers = vec![
-        faults::start(
-            "agent",
-            Speaks::Agent,
-            Duration::from_secs(2),
-            false,
-            false,
-            1,
-        )
-        .await?,
-        faults::start(
-            "openai",
-            Speaks::OpenAi,
-            Duration::from_secs(5),
-            true,
-            false,
-            2,
-        )
-        .await?,
-        faults::start(
-            "anthropic",
-            Speaks::Anthropic,
-            Duration::from_secs(5),
-            false,
-            false,
-            3,
-        )
-        .await?,
-        faults::start(
-            "chain-a",
-            Speaks::OpenAi,
-            Duration::from_secs(5),
-            false,
-            true,
-            4,
-        )
-        .await?,
-        faults::start(
-            "chain-b",
-            Speaks::OpenAi,
-            Duration::from_secs(5),
-            false,
-            false,
-            5,
-        )
-        .await?,
+    // (name, speaks, closes idle connections after (s), says so in Keep-Alive, refuses at times)
+    let plan = [
+        ("agent", Speaks::Agent, 2, false, false),
+        ("openai", Speaks::OpenAi, 5, true, false),
+        ("anthropic", Speaks::Anthropic, 5, false, false),
+        ("chain-a", Speaks::OpenAi, 5, false, true),
+        ("chain-b", Speaks::OpenAi, 5, false, false),
     ];
+    let mut servers = Vec::new();
+    for (seed, (name, speaks, idle, says, refuses)) in (1..).zip(plan) {
+        let idle = Duration::from_secs(idle);
+        servers.push(faults::start(name, speaks, idle, says, refuses, seed).await?);
+    }
     let mut listeners = BTreeMap::new();
     for l in LISTENERS {
         listeners.insert(l, free_port()?);
