@@ -12,6 +12,9 @@
 #   bash benches/soak.sh            # SOAK_S=600 seconds at RATE=200 requests/s
 #   SOAK_S=60 bash benches/soak.sh  # what CI runs
 #
+# SOAK_H2 (default 0.15) is the share of requests sent over h2c; SOAK_LOG=h2=debug logs why the
+# clients' HTTP/2 library reset a stream (a malformed answer), for digging into a failure.
+#
 # Results: bench-results/soak-summary.md; the sidecar's log and configs in bench-results/soak/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
