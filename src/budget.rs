@@ -13,9 +13,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Label};
-
-use crate::telemetry::{label, Telemetry, BODY_BUDGET_REFUSALS_TOTAL, BODY_BUDGET_USED_BYTES};
+use metrics::{Counter, Gauge};
 
 /// What holds bytes (the `held` label of the refusals).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +33,8 @@ pub enum Held {
 }
 
 impl Held {
-    const COUNT: usize = 6;
-    const ALL: [Held; Held::COUNT] = [
+    pub const COUNT: usize = 6;
+    pub const ALL: [Held; Held::COUNT] = [
         Held::Replay,
         Held::RequestTap,
         Held::ResponseRead,
@@ -69,26 +67,24 @@ struct Inner {
 pub struct BodyBudget(Arc<Inner>);
 
 impl BodyBudget {
-    pub fn new(capacity: usize, agent: &str, t: &Telemetry) -> BodyBudget {
+    /// A budget of `capacity` bytes, counting its refusals by holder (indexed as [`Held::ALL`])
+    /// and its bytes in use on these handles (registered by the telemetry layer).
+    pub fn new(capacity: usize, refused: [Counter; Held::COUNT], used: Gauge) -> BodyBudget {
         BodyBudget(Arc::new(Inner {
             capacity,
             used: AtomicUsize::new(0),
-            refused: Held::ALL.map(|h| {
-                t.counter(
-                    BODY_BUDGET_REFUSALS_TOTAL,
-                    vec![
-                        label("agent", agent),
-                        Label::from_static_parts("held", h.as_str()),
-                    ],
-                )
-            }),
-            used_gauge: t.gauge(BODY_BUDGET_USED_BYTES, vec![label("agent", agent)]),
+            refused,
+            used_gauge: used,
         }))
     }
 
     /// A budget with no limit, counted nowhere (tools, benches and unit tests).
     pub fn unlimited() -> BodyBudget {
-        BodyBudget::new(usize::MAX, "unlimited", &Telemetry::new())
+        BodyBudget::new(
+            usize::MAX,
+            Held::ALL.map(|_| Counter::noop()),
+            Gauge::noop(),
+        )
     }
 
     /// A reservation of nothing yet, for `what`.
@@ -188,8 +184,8 @@ mod tests {
 
     #[test]
     fn reservations_share_the_budget_and_give_back_on_drop() {
-        let t = Telemetry::new();
-        let b = BodyBudget::new(100, "a", &t);
+        let t = crate::telemetry::Telemetry::new();
+        let b = t.body_budget(100, "a");
         let mut x = b.reserve(Held::Replay);
         let mut y = b.reserve(Held::Cache);
         assert!(x.grow(60));
@@ -208,8 +204,8 @@ mod tests {
 
     #[test]
     fn concurrent_reservations_never_pass_the_budget() {
-        let t = Telemetry::new();
-        let b = BodyBudget::new(1000, "a", &t);
+        let t = crate::telemetry::Telemetry::new();
+        let b = t.body_budget(1000, "a");
         let kept: Vec<Reservation> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {

@@ -33,7 +33,31 @@ pub struct AdminState {
     /// `GET /slo`.
     pub slos: Arc<crate::slo::Slos>,
     /// `POST /admin/reload`.
-    pub reloader: Arc<crate::sidecar::Reloader>,
+    pub reloader: Arc<dyn Reload>,
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this sidecar was started without a config file: there is nothing to reload")]
+    NoFile,
+    /// The config cannot be read, parsed, validated or built, or a listener cannot be bound:
+    /// the message names the key.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the sidecar is shutting down")]
+    ShuttingDown,
+}
+
+/// What `POST /admin/reload` does: what changed (as JSON), or why the config was refused.
+pub type ReloadFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<serde_json::Value, ReloadError>> + Send + 'a>,
+>;
+
+/// The config reload, as the admin port asks for it. The sidecar's reloader does the work; the
+/// admin port meets it through this one method, so that it depends on nothing above it.
+pub trait Reload: Send + Sync {
+    fn reload_now(&self) -> ReloadFuture<'_>;
 }
 
 /// Reads the admin token file (one line, surrounding whitespace ignored).
@@ -148,8 +172,7 @@ async fn reload(state: &AdminState, req: &Request<Incoming>) -> Response<Full<By
     if let Err(refused) = authorize(state, req) {
         return refused;
     }
-    use crate::sidecar::{ReloadError, Trigger};
-    match state.reloader.reload(Trigger::Admin).await {
+    match state.reloader.reload_now().await {
         Ok(done) => {
             let body = serde_json::json!({"reloaded": true, "changes": done});
             let mut r = Response::new(Full::new(Bytes::from(body.to_string())));

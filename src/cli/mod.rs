@@ -1,6 +1,8 @@
 //! The command line: `run`, `check`, `rules`, `demo`.
 
 mod demo;
+mod signal;
+pub use signal::wait_for_stop_signal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -172,20 +174,4 @@ impl Hangups {
         let _ = reloader;
         std::future::pending::<()>().await
     }
-}
-
-/// SIGTERM (Kubernetes) or SIGINT (a terminal).
-pub async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            r = tokio::signal::ctrl_c() => r?,
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
-    Ok(())
 }

@@ -173,8 +173,10 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Model names kept as label values before the rest become `other`: enough for every model a
+/// team uses, few enough that a client sending random names cannot blow up the series count.
 fn default_max_model_labels() -> usize {
-    crate::telemetry::genai::DEFAULT_MAX_MODEL_LABELS
+    50
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{parse_upstream_url, ConfigDuration, Role, UpstreamUrl};
-use crate::inspect::safety::{Builtin, DetectorSpec, Detectors};
+use crate::inspect::safety::{Builtin, DetectorSpec, Detectors, MAX_DETECTORS};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -247,12 +247,12 @@ impl SafetyConfig {
                 "name at least one role (agent, llm); remove `safety` to inspect nothing".into(),
             ));
         }
-        if self.detectors.len() > crate::proxy::safety::MAX_DETECTORS {
+        if self.detectors.len() > MAX_DETECTORS {
             return Err((
                 "safety.detectors".into(),
                 format!(
                     "at most {} detectors (a `keywords` detector takes any number of words)",
-                    crate::proxy::safety::MAX_DETECTORS
+                    MAX_DETECTORS
                 ),
             ));
         }

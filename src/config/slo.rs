@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigDuration, Severities, SeverityName};
-use crate::telemetry::{genai::GEN_AI_SECONDS_BUCKETS, LATENCY_BUCKETS};
+use crate::metric_table::{GEN_AI_SECONDS_BUCKETS, LATENCY_BUCKETS};
 
 /// The shortest SLO window: the slow-burn ticket looks back 3 days.
 pub const MIN_WINDOW: Duration = Duration::from_secs(3 * 86_400);

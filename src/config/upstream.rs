@@ -7,25 +7,7 @@ use serde::Deserialize;
 
 use super::ConfigDuration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Openai,
-    Anthropic,
-    #[default]
-    None,
-}
-
-impl Protocol {
-    /// `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
-    pub fn provider_name(self) -> &'static str {
-        match self {
-            Protocol::Openai => "openai",
-            Protocol::Anthropic => "anthropic",
-            Protocol::None => "none",
-        }
-    }
-}
+pub use crate::inspect::Protocol;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -126,8 +126,7 @@ pub(super) fn start_notifier(
     rx: mpsc::Receiver<Alert>,
     restarts: Counter,
 ) -> Option<NotifierHandle> {
-    let client = match crate::upstream::client::build_connector(notifier.config.timeout, Vec::new())
-    {
+    let client = match crate::connect::build_connector(notifier.config.timeout, Vec::new()) {
         Ok(connector) => Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1)
             .build(connector),

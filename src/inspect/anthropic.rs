@@ -5,8 +5,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use super::calls::{ResponseFacts, ToolCalls};
 use super::canon::Arguments;
-use super::response::{ResponseFacts, ToolCalls};
 use super::{FinishReason, ToolCall, Unparsed};
 
 #[derive(Deserialize)]

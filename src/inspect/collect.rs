@@ -8,8 +8,12 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::MAX_INSPECTED_BODY;
 use crate::budget::{Held, Reservation};
+
+/// The most of one body (a request, a JSON response, one SSE event, a tool call's arguments) kept
+/// for parsing. LLM requests carry whole conversations, so this is generous; past it, the body
+/// still passes through untouched and is counted as unparsed (`*_too_large`).
+pub const MAX_INSPECTED_BODY: usize = 4 << 20;
 
 /// Chunks at least this big are kept by reference.
 const SHARE_AT: usize = 4096;
@@ -188,7 +192,7 @@ mod tests {
     #[test]
     fn the_budget_holds_and_a_declared_length_is_all_or_nothing() {
         let t = crate::telemetry::Telemetry::new();
-        let budget = crate::budget::BodyBudget::new(10_000, "a", &t);
+        let budget = t.body_budget(10_000, "a");
         let mut a = Collected::default().reserve_from(budget.reserve(Held::Replay));
         assert!(a.reserve_ahead(6_000));
         // Pushes draw on what was reserved ahead first.

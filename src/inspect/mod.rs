@@ -5,11 +5,11 @@
 //! Parsing is observation. Nothing here holds bytes back or changes them; a body a reader cannot
 //! read is reported as [`Unparsed`] and passes through as it came.
 
-use crate::config::Protocol;
-
 mod anthropic;
+mod calls;
 pub mod canon;
 pub mod collect;
+pub mod echo;
 pub mod inflate;
 mod openai;
 pub mod request;
@@ -19,15 +19,34 @@ pub mod safety;
 pub mod sse;
 pub mod text;
 
+/// The API an upstream speaks, as `upstreams.*.protocol` names it: which LLM bodies there are to
+/// read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Openai,
+    Anthropic,
+    #[default]
+    None,
+}
+
+impl Protocol {
+    /// `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
+    pub fn provider_name(self) -> &'static str {
+        match self {
+            Protocol::Openai => "openai",
+            Protocol::Anthropic => "anthropic",
+            Protocol::None => "none",
+        }
+    }
+}
+
 pub use collect::Collected;
 pub use request::{parse_request, RequestFacts};
 pub use response::{ResponseFacts, ResponseReader};
 pub use sse::{SseEvent, SseItem, SseParser};
 
-/// The most of one body (a request, a JSON response, one SSE event, a tool call's arguments) kept
-/// for parsing. LLM requests carry whole conversations, so this is generous; past it, the body
-/// still passes through untouched and is counted as unparsed (`*_too_large`).
-pub const MAX_INSPECTED_BODY: usize = 4 << 20;
+pub use collect::MAX_INSPECTED_BODY;
 
 /// The LLM API operation a request is, from its method and path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+use super::calls::{ResponseFacts, ToolCalls};
 use super::canon::Arguments;
-use super::response::{ResponseFacts, ToolCalls};
 use super::{FinishReason, ToolCall, Unparsed};
 
 #[derive(Deserialize)]
@@ -148,7 +148,7 @@ impl ChatStream {
             if let Some(reason) = choice.finish_reason.as_deref() {
                 let index = choice.index;
                 // Bounded like tool calls: a model returns a handful of choices.
-                if self.finished.len() < super::response::MAX_TOOL_CALLS
+                if self.finished.len() < super::calls::MAX_TOOL_CALLS
                     && !self.finished.iter().any(|(i, _)| *i == index)
                 {
                     self.finished.push((index, FinishReason::openai(reason)));
@@ -175,7 +175,7 @@ impl ChatStream {
         match call.id.as_deref() {
             Some(id) => known(&self.ids, Some(id)).unwrap_or_else(|| {
                 let key = INDEXLESS + self.ids.len() as u32;
-                if self.ids.len() < super::response::MAX_TOOL_CALLS {
+                if self.ids.len() < super::calls::MAX_TOOL_CALLS {
                     self.ids.push((choice, id.to_owned(), key));
                 }
                 key

@@ -24,6 +24,8 @@ use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 /// matches can be longer (unbounded repetition) is still applied, but a match longer than this
 /// that straddles a boundary can be missed.
 pub const MAX_OVERLAP: usize = 4096;
+/// Detectors a config may list: each response keeps one bit per detector and signal.
+pub const MAX_DETECTORS: usize = 61;
 /// New text gathered before a scan. A scan reads the overlap again: larger batches read less
 /// twice (16 KiB against a 4 KiB overlap: each byte is read 1.25 times) at the price of memory
 /// per response being scanned (overlap + batch, about 20 KiB).

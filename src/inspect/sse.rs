@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn an_event_the_budget_has_no_room_for_is_dropped_as_oversized_and_its_bytes_given_back() {
         let t = crate::telemetry::Telemetry::new();
-        let budget = crate::budget::BodyBudget::new(64 * 1024, "a", &t);
+        let budget = t.body_budget(64 * 1024, "a");
         let mut p = SseParser::new(1 << 20);
         p.reserve_from(budget.reserve(Held::SseEvent));
         let mut seen = Vec::new();

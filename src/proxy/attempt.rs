@@ -2,14 +2,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::{ProxyError, RequestBody, Upload, UploadState};
-use crate::upstream::{Lease, SendError, Upstream};
+use super::ProxyError;
+use crate::upstream::{Lease, RequestBody, SendError, Upload, UploadState, Upstream};
+
+/// An attempt's response head, and the HTTP/1.1 connection it came on.
+pub(super) type Exchange = (Response<Incoming>, Option<Lease>);
 
 /// When an attempt must have its answer: its response head by `head` (`first_byte`, restarted
 /// while the client is still uploading, and `total`), the client's body by `body`
@@ -28,7 +30,7 @@ pub(super) async fn exchange<F>(
     upload: Option<&Upload>,
     sent: Instant,
     deadlines: Deadlines,
-) -> Result<(Response<Incoming>, Option<Lease>), ProxyError>
+) -> Result<Exchange, ProxyError>
 where
     F: Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>>,
 {
@@ -113,18 +115,4 @@ pub(super) fn internal(upstream: &Upstream, reason: &str) -> ProxyError {
         upstream: upstream.name.clone(),
         reason: reason.to_owned(),
     }
-}
-
-/// A `Retry-After` in seconds (the form providers send; an HTTP date is not read), at most an
-/// hour: a provider's typo must not hold a circuit open for days.
-pub(super) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    // "Retry now" is no reason to stop.
-    (secs > 0).then(|| Duration::from_secs(secs.min(3600)))
 }

@@ -204,6 +204,46 @@ impl CacheFill {
     }
 }
 
+/// What of the request's response is kept for the route's cache: nothing, or a fill until the
+/// response ends cleanly (or turns out not to be worth keeping).
+#[derive(Default)]
+pub(super) struct CacheState(Option<Box<CacheFill>>);
+
+impl CacheState {
+    /// The response head arrived, for a request the cache keys as `key` (on a route with a
+    /// cache): kept as it passes if it is worth keeping.
+    pub(super) fn head(
+        &mut self,
+        key: Option<CacheKey>,
+        status: StatusCode,
+        headers: &HeaderMap,
+        budget: &crate::budget::BodyBudget,
+    ) {
+        if let Some(key) = key {
+            self.0 = CacheFill::new(key, status, headers, budget).map(Box::new);
+        }
+    }
+
+    pub(super) fn data(&mut self, data: &Bytes) {
+        if self.0.as_mut().is_some_and(|f| !f.push(data)) {
+            self.0 = None;
+        }
+    }
+
+    /// What was kept is no answer to replay (the sidecar answered instead, the stream was
+    /// blocked or broke off).
+    pub(super) fn discard(&mut self) {
+        self.0 = None;
+    }
+
+    /// The request is counted: a response that ended cleanly, and said no error, goes in.
+    pub(super) fn end(&mut self, cache: Option<&ResponseCache>, clean: bool, now: Instant) {
+        if let (Some(fill), Some(cache), true) = (self.0.take(), cache, clean) {
+            fill.store(cache, now);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

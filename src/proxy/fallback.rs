@@ -2,12 +2,10 @@
 //! upstream takes it, and how the moves are counted.
 
 use http::{HeaderName, HeaderValue, StatusCode};
-use tokio::time::Instant;
+use metrics::Counter;
 
 use super::error::ProxyError;
-use super::state::RouteState;
 use crate::config::FallbackClass;
-use crate::upstream::Ticket;
 
 pub static X_SLOGUARD_FALLBACK: HeaderName = HeaderName::from_static("x-sloguard-fallback");
 pub static X_SLOGUARD_CACHE: HeaderName = HeaderName::from_static("x-sloguard-cache");
@@ -98,50 +96,18 @@ impl FallbackOn {
     }
 }
 
-/// An upstream of the chain that admitted the request: its place and its breaker ticket.
-pub struct Admitted {
-    pub hop: usize,
-    pub ticket: Option<Ticket>,
-}
+/// `sloguard_fallbacks_total` of a route by `[hop][reason]`: from `chain[hop]` to the next
+/// upstream, or from the last to the cache (absent without one).
+#[derive(Debug)]
+pub struct FallbackCounters(pub(super) Vec<[Counter; FallbackReason::COUNT]>);
 
-impl RouteState {
-    /// The first upstream from `from` on whose circuit lets the request through.
-    pub fn admit_from(&self, from: usize, now: Instant) -> Option<Admitted> {
-        self.chain
-            .iter()
-            .enumerate()
-            .skip(from)
-            .find_map(|(hop, up)| match &up.breaker {
-                None => Some(Admitted { hop, ticket: None }),
-                Some(b) => b.admit(now).map(|t| Admitted {
-                    hop,
-                    ticket: Some(t),
-                }),
-            })
-    }
-
-    /// Whether some upstream of the chain is not plainly closed: it may give out probe slots,
-    /// which a request should take only once its body is in.
-    pub fn probing(&self) -> bool {
-        self.chain
-            .iter()
-            .any(|u| u.breaker.as_ref().is_some_and(|b| !b.breaker.is_closed()))
-    }
-
-    /// Whether every upstream of the chain would surely refuse a call now (see
-    /// [`crate::upstream::CircuitBreaker::refuses`]). Takes no ticket.
-    pub fn all_refuse(&self, now: Instant) -> bool {
-        self.chain
-            .iter()
-            .all(|u| u.breaker.as_ref().is_some_and(|b| b.breaker.refuses(now)))
-    }
-
-    /// Counts the request's moves from `from` (left for `reason`) to `to` (`chain.len()`: the
+impl FallbackCounters {
+    /// Counts a request's moves from `from` (left for `reason`) to `to` (past the chain: the
     /// cache): one per hop, every upstream in between skipped for its open circuit.
     pub fn count_moves(&self, from: usize, reason: FallbackReason, to: usize) {
         let mut reason = reason;
         for hop in from..to {
-            if let Some(counters) = self.fallbacks.get(hop) {
+            if let Some(counters) = self.0.get(hop) {
                 counters[reason as usize].increment(1);
             }
             reason = FallbackReason::CircuitOpen;

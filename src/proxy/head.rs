@@ -1,5 +1,5 @@
-//! Once the response head is in: what it tells the request's accounting, and how the response
-//! goes to the client (as it streams, read whole for a safety decision first, or replaced).
+//! Once the response head is in: how the response goes to the client — as it streams, read whole
+//! for a safety decision first, or replaced by the proxy's 403.
 
 use std::time::Duration;
 
@@ -7,143 +7,155 @@ use http::Response;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::attempt::{internal, retry_after};
-use super::cache::{CacheFill, CacheKey};
+use super::ctx::RequestCtx;
 use super::fallback::FallbackReason;
-use super::safety::{inspect_head, read_whole, Inspect, Whole};
-use super::{local_error, Accounting, ListenerState, ProxyBody, ProxyError};
-use crate::sli::{Cause, StatusClass, UpstreamOutcome};
-use crate::upstream::{Lease, Upstream};
+use super::local::local_error;
+use super::safety::{Inspect, Source};
+use super::{ProxyBody, ProxyError};
+use crate::inspect::MAX_INSPECTED_BODY;
+use crate::sli::UpstreamOutcome;
+use crate::upstream::Lease;
 
-/// The response head from `upstream` arrived at `head_at` (for a request whose upload ended
-/// `from`): what it tells the request's accounting — status and cause, the agent's verdict on
-/// its task (and that the agent answered), the LLM call's reader, the breaker (a slow head, a
-/// 429's Retry-After; a probe is judged now), and the cache fill.
-pub(super) fn note_head(
-    a: &mut Accounting,
-    upstream: &Upstream,
-    parts: &http::response::Parts,
-    from: Instant,
-    head_at: Instant,
-    cache_key: Option<CacheKey>,
-) {
-    let status = parts.status;
-    let listener = a.listener.clone();
-    a.status = StatusClass::of(status);
-    a.cause = Cause::of_response(listener.role, status);
-    if let (Some(tasks), Some(task)) = (&listener.tasks, a.task) {
-        a.task_verdict = tasks.verdict(&parts.headers);
-        // The agent answered: whatever the body does, it is not stuck on this request.
-        tasks.answered(task);
-    }
-    a.outcome = Some(UpstreamOutcome::of_status(status));
-    if let Some(trace) = a.trace.as_mut() {
-        trace.attempt_answered(status.as_u16());
-    }
-    if let Some(call) = a.llm.as_mut() {
-        call.response(status, &parts.headers, &listener.budget);
-    }
-    if let (Some(t), Some(b)) = (a.breaker.as_mut(), &upstream.breaker) {
-        t.slow = b
-            .slow_after
-            .is_some_and(|s| head_at.saturating_duration_since(from) > s);
-        t.retry_after = retry_after(&parts.headers);
-        // A probe is judged by its head: a stream can take minutes, and the circuit must not stay
-        // half-open (refusing everyone else) for as long.
-        if t.ticket.is_probe() {
-            if let Some(t) = a.breaker.take() {
-                let outcome = t.outcome(UpstreamOutcome::of_status(status));
-                b.record(t.ticket, outcome, head_at);
-            }
-        }
-    }
-    if let Some(key) = cache_key {
-        a.cache_fill = CacheFill::new(key, status, &parts.headers, &listener.budget).map(Box::new);
-    }
-}
-
-/// A response head, with the body and connection behind it.
+/// A response head, with the body and connection behind it, and what the pipeline knows of the
+/// request so far.
 pub(super) struct Answered {
-    pub parts: http::response::Parts,
-    pub body: Incoming,
-    pub lease: Option<Lease>,
-    pub at: Instant,
+    pub(super) parts: http::response::Parts,
+    pub(super) body: Incoming,
+    pub(super) lease: Option<Lease>,
+    pub(super) at: Instant,
+    /// The sidecar's own time before the attempt was sent.
+    pub(super) own: Duration,
+    pub(super) total_deadline: Instant,
+    pub(super) first_reason: Option<FallbackReason>,
 }
 
-/// The response goes to the client (steps 13's safety, 14 and 15): as it streams, read whole for
-/// a safety decision first, or replaced by the proxy's 403. `own`: the sidecar's own time before
-/// the attempt was sent.
-pub(super) async fn answer(
-    listener: &ListenerState,
-    upstream: &Upstream,
-    mut account: Option<Accounting>,
-    head: Answered,
-    own: Duration,
-    total_deadline: Instant,
-    first_reason: Option<FallbackReason>,
-) -> Response<ProxyBody> {
+/// The response goes to the client (the pipeline's safety step, then the overhead, then the
+/// stream): as it streams, read whole for a safety decision first, or replaced by the proxy's 403.
+pub(super) async fn answer(mut ctx: RequestCtx, head: Answered) -> Response<ProxyBody> {
     let Answered {
         mut parts,
         body,
         lease,
         at: head_at,
+        own,
+        total_deadline,
+        first_reason,
     } = head;
-    let idle = upstream.timeouts.idle.0;
-    let inspect = match (&listener.safety, account.as_mut()) {
-        (Some(ls), Some(a)) => {
-            let empty = http_body::Body::is_end_stream(&body);
-            inspect_head(ls, a, &mut parts, empty, head_at)
-        }
-        _ => Inspect::Pass,
-    };
+    let listener = ctx.listener.clone();
+    let idle = listener.route.chain[ctx.hop].timeouts.idle.0;
+    let empty = http_body::Body::is_end_stream(&body);
+    let inspect = ctx.inspect_head(&mut parts, empty, head_at);
     // The sidecar's own time, recorded now: reading a body whole for a safety decision below is
     // waiting on the upstream, not the sidecar's work.
     listener
         .overhead
         .record((own + Instant::now().duration_since(head_at)).as_secs_f64());
-    let detector = |source| {
-        listener
+    let blocked = |source| ProxyError::SafetyBlocked {
+        detector: listener
             .safety
             .as_ref()
             .map_or("unknown", |ls| ls.name(source))
-            .to_owned()
+            .to_owned(),
     };
     match inspect {
         Inspect::Pass => {}
-        Inspect::Block(source) => {
-            let err = ProxyError::SafetyBlocked {
-                detector: detector(source),
-            };
-            // 403 in place of the upstream's answer (its attempt counts as it went).
-            return local_error(err, account, first_reason);
-        }
+        // 403 in place of the upstream's answer (its attempt counts as it went).
+        Inspect::Block(source) => return local_error(blocked(source), ctx, first_reason),
         // Nothing to read (a HEAD answer, a 204): it passes as it is, headers untouched.
-        Inspect::ReadWhole if http_body::Body::is_end_stream(&body) => {}
+        Inspect::ReadWhole if empty => {}
         Inspect::ReadWhole => {
-            let Some(a) = account.as_mut() else {
-                return local_error(internal(upstream, "accounting lost"), account, None);
-            };
-            return match read_whole(body, a, idle, total_deadline).await {
+            return match read_whole(body, &mut ctx, idle, total_deadline).await {
                 Ok(Whole::Clean(bytes)) => {
                     if let Some(lease) = lease {
                         lease.release();
                     }
                     parts.headers.remove(http::header::CONTENT_LENGTH);
-                    Response::from_parts(parts, ProxyBody::local(bytes, account))
+                    Response::from_parts(parts, ProxyBody::local(bytes, ctx))
                 }
-                Ok(Whole::Blocked(source)) => {
-                    let err = ProxyError::SafetyBlocked {
-                        detector: detector(source),
-                    };
-                    local_error(err, account, first_reason)
-                }
-                Err(err) => {
-                    a.safety = None;
-                    local_error(err, account, first_reason)
+                Ok(Whole::Blocked(source)) => local_error(blocked(source), ctx, first_reason),
+                Err((err, outcome)) => {
+                    ctx.read_failed(outcome);
+                    local_error(err, ctx, first_reason)
                 }
             };
         }
     }
-    let body = ProxyBody::upstream(body, lease, account, idle, total_deadline);
+    let body = ProxyBody::upstream(body, lease, ctx, idle, total_deadline);
     Response::from_parts(parts, body)
+}
+
+/// A response read whole for a safety decision.
+enum Whole {
+    Clean(bytes::Bytes),
+    Blocked(Source),
+}
+
+/// Reads a response body whole (up to [`MAX_INSPECTED_BODY`]), each chunk shown to the request's
+/// features (the LLM reader, the cache, the safety check) as it would be while streaming. A larger
+/// body cannot be decided on in bounded memory: it is blocked as uninspectable (by its
+/// `Content-Length` before a byte is read, or once it grows past the limit). A failure comes with
+/// the attempt's outcome, when the upstream is the one that failed.
+async fn read_whole(
+    mut body: Incoming,
+    ctx: &mut RequestCtx,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<Whole, (ProxyError, Option<UpstreamOutcome>)> {
+    use http_body_util::BodyExt;
+    let upstream = ctx.upstream().map_or_else(String::new, |u| u.name.clone());
+    let too_large = |ctx: &mut RequestCtx| {
+        ctx.read_too_large(Instant::now());
+        Ok(Whole::Blocked(Source::Uninspectable))
+    };
+    if http_body::Body::size_hint(&body).lower() > MAX_INSPECTED_BODY as u64 {
+        return too_large(ctx);
+    }
+    let reservation = ctx
+        .listener
+        .budget
+        .reserve(crate::budget::Held::ResponseRead);
+    let mut kept =
+        crate::inspect::Collected::with_limit(MAX_INSPECTED_BODY).reserve_from(reservation);
+    if let Some(declared) = http_body::Body::size_hint(&body).exact() {
+        if !kept.reserve_ahead(declared as usize) {
+            return Err((ProxyError::Overloaded, None));
+        }
+    }
+    loop {
+        let now = Instant::now();
+        let frame = match tokio::time::timeout_at((now + idle).min(deadline), body.frame()).await {
+            Err(_) => {
+                // `idle` between chunks, or `total` for the whole exchange, ran out.
+                let err = ProxyError::FirstByteTimeout {
+                    upstream,
+                    timeout: Instant::now().duration_since(now),
+                };
+                return Err((err, Some(UpstreamOutcome::Timeout)));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(source))) => {
+                let err = ProxyError::Broken { upstream, source };
+                return Err((err, Some(UpstreamOutcome::Reset)));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        ctx.data(&data, Instant::now());
+        if let Some(source) = ctx.blocked() {
+            return Ok(Whole::Blocked(source));
+        }
+        if !kept.push(&data) {
+            if kept.starved() {
+                // Nothing went out yet: the client is told to come back, nothing is let through.
+                return Err((ProxyError::Overloaded, None));
+            }
+            return too_large(ctx);
+        }
+    }
+    match ctx.read_ended(Instant::now()) {
+        Some(source) => Ok(Whole::Blocked(source)),
+        None => Ok(Whole::Clean(kept.into_bytes())),
+    }
 }

@@ -11,12 +11,12 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::upload::{RequestBody, Upload};
 use crate::budget::BodyBudget;
 use crate::inspect::{hallucinations, Format, ResponseReader, Unparsed};
 use crate::sli::{StatusClass, UpstreamOutcome};
 use crate::telemetry::trace::{GenAiFacts, RequestTrace};
 use crate::telemetry::{ErrorType, LlmMetrics, ModelMetrics};
+use crate::upstream::{RequestBody, Upload};
 
 /// What an ended call said that others act on.
 pub struct CallEnd {
@@ -196,27 +196,86 @@ impl LlmCall {
     }
 }
 
-/// An LLM call to the route's first upstream (`format`) is one from the start: refused or failed
-/// before an answer, it is still counted (duration, error type, finish reason). The loop guard
-/// counts the task's LLM calls; under `block` a looping task's call is to be refused before any
-/// work is spent on it (no provider is asked, so it is no LLM call either): what it found.
-pub(super) fn begin_llm_call(
-    a: &mut super::Accounting,
-    format: Option<crate::inspect::Format>,
-    headers: &http::HeaderMap,
-) -> Option<crate::sli::loops::LoopKind> {
-    let listener = a.listener.clone();
-    let primary = &listener.route.chain[0];
-    let (Some(format), Some(metrics)) = (format, &primary.llm) else {
-        return None;
-    };
-    a.llm = Some(Box::new(LlmCall::new(metrics.clone(), format, a.received)));
-    let call = listener.loop_guard.as_ref()?.llm_call(headers, a.received);
-    if call.refuse.is_some() {
-        a.llm = None;
+/// The request's LLM call on the `llm` role, with the upstream it is with: a new call for each
+/// upstream the request goes to (the one before counted when it failed, or never made when its
+/// upstream was skipped), each timed from the request's arrival — the agent waited for the failed
+/// attempts too.
+#[derive(Default)]
+pub(super) struct LlmState {
+    call: Option<Box<LlmCall>>,
+    hop: usize,
+}
+
+impl LlmState {
+    /// An LLM call to the route's first upstream is one from the start: refused or failed before
+    /// an answer, it is still counted (duration, error type, finish reason).
+    pub(super) fn begin(
+        &mut self,
+        metrics: Option<&Arc<LlmMetrics>>,
+        format: Option<Format>,
+        received: Instant,
+    ) {
+        if let (Some(metrics), Some(format)) = (metrics, format) {
+            self.call = Some(Box::new(LlmCall::new(metrics.clone(), format, received)));
+        }
     }
-    a.loop_key = call.key;
-    call.refuse
+
+    /// No call after all (the loop guard refused it, or the cache answered): nothing to count.
+    pub(super) fn cancel(&mut self) {
+        self.call = None;
+    }
+
+    /// Whether the request is an LLM call.
+    pub(super) fn is_call(&self) -> bool {
+        self.call.is_some()
+    }
+
+    /// An attempt goes to `chain[hop]` (`metrics` and `format` its own, when it is an LLM call).
+    pub(super) fn attempt(
+        &mut self,
+        hop: usize,
+        metrics: Option<&Arc<LlmMetrics>>,
+        format: Option<Format>,
+        received: Instant,
+    ) {
+        if hop != self.hop || self.call.is_none() {
+            self.hop = hop;
+            self.call = None;
+            self.begin(metrics, format, received);
+        }
+    }
+
+    /// The attempt's request goes out with this body.
+    pub(super) fn sending(&mut self, upload: &Option<Arc<Upload>>) {
+        if let Some(call) = self.call.as_mut() {
+            call.set_upload(upload.clone());
+        }
+    }
+
+    pub(super) fn head(&mut self, status: StatusCode, headers: &HeaderMap, budget: &BodyBudget) {
+        if let Some(call) = self.call.as_mut() {
+            call.response(status, headers, budget);
+        }
+    }
+
+    pub(super) fn data(&mut self, data: &Bytes, now: Instant) {
+        if let Some(call) = self.call.as_mut() {
+            call.chunk(data, now);
+        }
+    }
+
+    /// The call ends (an attempt failed, or the request is counted): what it said.
+    pub(super) fn end(
+        &mut self,
+        complete: bool,
+        status: StatusClass,
+        outcome: Option<UpstreamOutcome>,
+        now: Instant,
+        trace: Option<&mut RequestTrace>,
+    ) -> Option<CallEnd> {
+        let call = self.call.take()?;
+        Some(call.finish(complete, status, outcome, now, trace))
+    }
 }
 
 fn error_type(status: StatusClass, outcome: Option<UpstreamOutcome>) -> ErrorType {

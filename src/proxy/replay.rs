@@ -15,9 +15,9 @@ use tokio::time::Instant;
 
 use super::cache::{CacheKey, KeyHasher};
 use super::error::ProxyError;
-use super::upload::{RequestBody, Upload};
 use crate::budget::{Held, Reservation};
 use crate::inspect::{parse_request, rewrite::rewrite_model, Collected, Format, Unparsed};
+use crate::upstream::{RequestBody, Upload};
 
 /// The request body, for however many attempts the route makes.
 pub enum Payload {

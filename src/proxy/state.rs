@@ -9,7 +9,7 @@ use std::sync::Arc;
 use metrics::{Counter, Histogram};
 
 use super::cache::ResponseCache;
-use super::fallback::{FallbackOn, FallbackReason};
+use super::fallback::{FallbackCounters, FallbackOn, FallbackReason};
 use super::safety::{severity, KillSwitch, ListenerSafety};
 use crate::budget::BodyBudget;
 use crate::config::{Config, Protocol, Role, RouteConfig, UpstreamConfig};
@@ -59,10 +59,9 @@ impl Shared {
             )),
             kill,
             incidents,
-            budget: BodyBudget::new(
+            budget: telemetry.body_budget(
                 usize::try_from(config.memory.max_held.0).unwrap_or(usize::MAX),
                 &config.agent,
-                telemetry,
             ),
             tracer: None,
             models: Arc::new(ModelLabels::new(config.metrics.max_model_labels)),
@@ -89,9 +88,7 @@ pub struct RouteState {
     pub fallback_on: FallbackOn,
     pub max_replay_body: usize,
     pub cache: Option<ResponseCache>,
-    /// `sloguard_fallbacks_total` by `[hop][reason]`: from `chain[hop]` to the next upstream, or
-    /// from the last to the cache (absent without one).
-    pub(super) fallbacks: Vec<[Counter; FallbackReason::COUNT]>,
+    pub fallbacks: FallbackCounters,
     /// Some upstream of the chain rewrites the model of LLM requests.
     pub rewrites_model: bool,
 }
@@ -157,7 +154,7 @@ impl RouteState {
                 .cache
                 .as_ref()
                 .map(|c| ResponseCache::new(c.max_entries, c.ttl.0)),
-            fallbacks,
+            fallbacks: FallbackCounters(fallbacks),
         })
     }
 }

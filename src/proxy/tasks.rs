@@ -44,6 +44,82 @@ pub struct LoopCall {
     pub refuse: Option<LoopKind>,
 }
 
+/// The request's task (`agent` role), and the agent's verdict on it in the response head.
+#[derive(Debug, Default)]
+pub(super) struct TaskState {
+    task: Option<TaskRef>,
+    verdict: Option<Verdict>,
+}
+
+impl TaskState {
+    /// A request arrived with these headers: its task is looked up (or it is one of its own).
+    pub(super) fn begin(&mut self, tasks: Option<&Tasks>, headers: &HeaderMap, now: Instant) {
+        self.task = tasks.map(|t| t.begin(headers, now));
+    }
+
+    /// An attempt goes to the agent now, its body on its way as `upload` says.
+    pub(super) fn sending(
+        &mut self,
+        tasks: Option<&Tasks>,
+        now: Instant,
+        upload: Option<Arc<dyn AgentsTurn>>,
+    ) {
+        if let (Some(tasks), Some(task)) = (tasks, self.task.as_mut()) {
+            tasks.sending(task, now, upload);
+        }
+    }
+
+    /// The agent answered: its verdict is noted, and it is not stuck on this request whatever
+    /// the body does.
+    pub(super) fn head(&mut self, tasks: Option<&Tasks>, headers: &HeaderMap) {
+        if let (Some(tasks), Some(task)) = (tasks, self.task) {
+            self.verdict = tasks.verdict(headers);
+            tasks.answered(task);
+        }
+    }
+
+    /// The client left before any response.
+    pub(super) fn no_response(&mut self, tasks: Option<&Tasks>, now: Instant) {
+        if let (Some(task), Some(tasks)) = (self.task.take(), tasks) {
+            tasks.no_response(task, now);
+        }
+    }
+
+    /// The request is counted with this status: the task ends if the verdict (or the status)
+    /// ends it.
+    pub(super) fn end(&mut self, tasks: Option<&Tasks>, status: StatusClass, now: Instant) {
+        if let (Some(task), Some(tasks)) = (self.task.take(), tasks) {
+            tasks.end(task, status, self.verdict, now);
+        }
+    }
+}
+
+/// The task of an LLM call the loop guard counted (`llm` role): told how the call ended.
+#[derive(Debug, Default)]
+pub(super) struct LoopWatch(Option<u64>);
+
+impl LoopWatch {
+    /// The guard counts the call of the task these headers name; under `block`, a call of a task
+    /// found looping is to be refused before any work is spent on it: what the guard found.
+    pub(super) fn call(
+        &mut self,
+        guard: Option<&Tasks>,
+        headers: &HeaderMap,
+        now: Instant,
+    ) -> Option<LoopKind> {
+        let call = guard?.llm_call(headers, now);
+        self.0 = call.key;
+        call.refuse
+    }
+
+    /// The call ended (`None`: no provider call was made).
+    pub(super) fn end(&mut self, guard: Option<&Tasks>, end: Option<&CallEnd>, now: Instant) {
+        if let (Some(key), Some(guard)) = (self.0.take(), guard) {
+            guard.llm_ended(key, end, now);
+        }
+    }
+}
+
 /// One sidecar's tasks: kept across config reloads, like the kill switch.
 pub struct Tasks {
     pub table: TaskTable,

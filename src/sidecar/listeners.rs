@@ -25,7 +25,7 @@ use crate::proxy::state::ListenerState;
 use crate::proxy::{listener, Snapshot};
 use crate::telemetry::{label, Telemetry, BACKGROUND_RESTARTS_TOTAL};
 
-use super::StartError;
+use super::start::{bind, StartError};
 
 /// One listener being served.
 struct Serving {
@@ -134,7 +134,7 @@ impl Listeners {
                 // set's for good (a metric label).
                 Some(j) if current[j].0.name == l.name => Source::Kept(j),
                 Some(j) => Source::Socket(j),
-                None => Source::Bound(super::bind(format!("listeners[{i}].bind"), l.bind).await?),
+                None => Source::Bound(bind(format!("listeners[{i}].bind"), l.bind).await?),
             };
             if let Source::Kept(j) | Source::Socket(j) = source {
                 claimed[j] = true;

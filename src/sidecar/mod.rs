@@ -21,26 +21,11 @@ use crate::proxy::connections::Connections;
 use crate::proxy::{Shared, Snapshot};
 use crate::telemetry::otlp::Otlp;
 use crate::telemetry::{label, record_build_info, Telemetry, BACKGROUND_RESTARTS_TOTAL};
-use crate::upstream::UpstreamBuildError;
 use listeners::Listeners;
+mod start;
 pub use reload::{ConfigFile, ReloadError, Reloaded, Reloader, Trigger};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Build(#[from] UpstreamBuildError),
-    #[error("admin.token_file: {0}")]
-    AdminToken(String),
-    #[error(transparent)]
-    Otlp(#[from] crate::telemetry::otlp::OtlpError),
-    #[error("{key}: cannot bind {addr}: {source}")]
-    Bind {
-        key: String,
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
+use start::bind;
+pub use start::StartError;
 
 /// How often `api_keys_file`s are checked for a change.
 pub const KEY_FILE_POLL: Duration = Duration::from_secs(1);
@@ -83,12 +68,6 @@ pub struct Sidecar {
     incidents: crate::incident::Incidents,
     /// OTLP export, flushed last at shutdown.
     exports: Option<crate::telemetry::otlp::Exports>,
-}
-
-async fn bind(key: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { key, addr, source })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

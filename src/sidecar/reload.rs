@@ -79,16 +79,15 @@ impl Trigger {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("this sidecar was started without a config file: there is nothing to reload")]
-    NoFile,
-    /// The config cannot be read, parsed, validated or built, or a listener cannot be bound:
-    /// the message names the key.
-    #[error("{0}")]
-    Refused(String),
-    #[error("the sidecar is shutting down")]
-    ShuttingDown,
+pub use crate::admin::ReloadError;
+
+impl crate::admin::Reload for Reloader {
+    fn reload_now(&self) -> crate::admin::ReloadFuture<'_> {
+        Box::pin(async move {
+            let done = self.reload(Trigger::Admin).await?;
+            Ok(serde_json::to_value(done).unwrap_or_default())
+        })
+    }
 }
 
 /// What a reload changed.

@@ -12,32 +12,7 @@ use metrics::{Counter, Histogram, Label};
 
 use super::{label, Telemetry};
 use crate::inspect::{FinishReason, Unparsed};
-
-pub const GEN_AI_OPERATION_DURATION: &str = "gen_ai_client_operation_duration_seconds";
-pub const GEN_AI_TIME_TO_FIRST_CHUNK: &str = "gen_ai_client_operation_time_to_first_chunk_seconds";
-pub const GEN_AI_TIME_PER_OUTPUT_CHUNK: &str =
-    "gen_ai_client_operation_time_per_output_chunk_seconds";
-pub const GEN_AI_TOKEN_USAGE: &str = "gen_ai_client_token_usage";
-pub const FINISH_REASONS_TOTAL: &str = "agent_llm_finish_reasons_total";
-pub const HALLUCINATED_TOOL_CALLS_TOTAL: &str = "agent_hallucinated_tool_calls_total";
-pub const UNPARSED_BODIES_TOTAL: &str = "sloguard_unparsed_bodies_total";
-pub const API_KEY_REJECTIONS_TOTAL: &str = "sloguard_api_key_rejections_total";
-pub const API_KEY_RELOADS_TOTAL: &str = "sloguard_api_key_reloads_total";
-
-/// Operation duration, time to first chunk and time per output chunk. The OpenTelemetry GenAI
-/// semantic conventions advise 0.01 s doubling to 81.92 s for all three; those boundaries are all
-/// here, plus 0.25, 0.5, 1, 2, 5 and 10 s, because a latency or time-to-first-token SLO can only
-/// be computed exactly at a bucket boundary and those are the thresholds people set.
-pub const GEN_AI_SECONDS_BUCKETS: &[f64] = &[
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.32, 0.5, 0.64, 1.0, 1.28, 2.0, 2.56, 5.0, 5.12, 10.0,
-    10.24, 20.48, 40.96, 81.92,
-];
-
-/// Tokens per call: the GenAI conventions' advice, powers of 4 from 1 to 67,108,864.
-pub const GEN_AI_TOKEN_BUCKETS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
-    16777216.0, 67108864.0,
-];
+use crate::metric_table::*;
 
 /// The model names used as label values: the first `max` distinct ones as they are, later ones
 /// (and names longer than [`MAX_MODEL_NAME`]) as `other`, so a client sending random or huge
@@ -52,8 +27,6 @@ pub struct ModelLabels {
 
 /// Longest model name used as a label value; real ones are well under 100 bytes.
 pub const MAX_MODEL_NAME: usize = 128;
-
-pub const DEFAULT_MAX_MODEL_LABELS: usize = 50;
 
 impl ModelLabels {
     pub fn new(max: usize) -> ModelLabels {

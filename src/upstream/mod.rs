@@ -2,7 +2,6 @@
 //! timeouts that bound an attempt.
 
 pub mod breaker;
-pub mod client;
 pub mod keys;
 pub mod pool;
 
@@ -12,7 +11,9 @@ use std::time::Duration;
 use http::{HeaderValue, Uri};
 
 pub use breaker::{BreakerConfig, CircuitBreaker, Force, Outcome, Ticket, Transition};
-pub use client::{build_connector, load_ca_file};
+mod body;
+pub use crate::connect::{build_connector, load_ca_file};
+pub use body::{RequestBody, Upload, UploadState};
 pub use keys::{KeyFileError, KeyRing};
 pub use pool::{ConnectionPool, Lease, SendError};
 

@@ -36,7 +36,7 @@ use http::uri::Uri;
 use http::{header, Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::proxy::RequestBody;
+use super::RequestBody;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};

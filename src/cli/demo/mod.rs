@@ -299,7 +299,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         match args.duration {
             Some(d) => tokio::time::sleep(d).await,
             None => {
-                let _ = super::wait_for_stop_signal().await;
+                let _ = super::signal::wait_for_stop_signal().await;
             }
         }
     };

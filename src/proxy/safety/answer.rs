@@ -1,18 +1,17 @@
-//! Where safety changes the answer: the response head looked at before anything goes out (the
-//! agent's own flag; whether the body is read whole first), the whole-body read under `block`,
-//! and the 403 that replaces a blocked answer.
+//! Safety's part of a request: the response head looked at before anything goes out (the agent's
+//! own flag; whether the body is read whole first), each chunk shown to the check (and, under
+//! `block`, held back until its text is known clean), and the response judged when it is counted.
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use super::{ListenerSafety, SafetyCheck, Source};
 use crate::config::Role;
 use crate::inspect::text::NotText;
-use crate::inspect::MAX_INSPECTED_BODY;
-use crate::proxy::{Accounting, ProxyError};
-use crate::sli::UpstreamOutcome;
+use crate::upstream::Upload;
 
 /// What safety makes of a response head.
 pub(crate) enum Inspect {
@@ -24,151 +23,203 @@ pub(crate) enum Inspect {
     ReadWhole,
 }
 
-/// Sets up the response's safety inspection (`empty`: the response has no body).
-pub(crate) fn inspect_head(
-    ls: &ListenerSafety,
-    a: &mut Accounting,
-    parts: &mut http::response::Parts,
-    empty: bool,
-    now: Instant,
-) -> Inspect {
-    // On the `llm` role, what a model generated: a successful LLM call's output.
-    let applies = match a.listener.role {
-        Role::Llm => a.llm.is_some() && parts.status.is_success(),
-        Role::Agent => true,
-    };
-    if !applies {
-        return Inspect::Pass;
+/// The request's safety inspection: where it came from (for the kill switch), what it said (its
+/// upload, where the kill switch must tell echoes apart), and its response's check.
+#[derive(Default)]
+pub(crate) struct SafetyState {
+    /// Where the request came from (see [`ListenerSafety::origin`]; 0 where there is none).
+    origin: u64,
+    request: Option<Arc<Upload>>,
+    check: Option<Box<SafetyCheck>>,
+}
+
+impl SafetyState {
+    /// A request from `client_ip` with these headers arrived.
+    pub(crate) fn begin(
+        &mut self,
+        ls: Option<&ListenerSafety>,
+        headers: &HeaderMap,
+        client_ip: &HeaderValue,
+    ) {
+        if let Some(ls) = ls {
+            self.origin = ls.origin(headers, client_ip);
+        }
     }
-    let flagged = ls.flagged(&parts.headers);
-    let mut check = match SafetyCheck::new(ls, &mut parts.headers, a.origin, a.request.clone()) {
-        Ok(check) => check,
-        Err(not_text) => {
-            // Under `block`, text that cannot be read is not let through unseen.
-            let unreadable = not_text == NotText::Unreadable && ls.block && !empty;
-            let source = match (flagged, unreadable) {
-                (true, _) => Source::SafetyFlag,
-                (false, true) => Source::Uninspectable,
-                (false, false) => return Inspect::Pass,
+
+    /// An attempt's request goes out with this body.
+    pub(crate) fn sending(&mut self, ls: Option<&ListenerSafety>, upload: &Option<Arc<Upload>>) {
+        if ls.is_some_and(|ls| ls.kills()) {
+            self.request = upload.clone();
+        }
+    }
+
+    /// Sets up the response's inspection (`empty`: the response has no body; `llm_call`: the
+    /// request is an LLM call, on the `llm` role).
+    pub(crate) fn head(
+        &mut self,
+        ls: &ListenerSafety,
+        role: Role,
+        llm_call: bool,
+        parts: &mut http::response::Parts,
+        empty: bool,
+        now: Instant,
+    ) -> Inspect {
+        // On the `llm` role, what a model generated: a successful LLM call's output.
+        let applies = match role {
+            Role::Llm => llm_call && parts.status.is_success(),
+            Role::Agent => true,
+        };
+        if !applies {
+            return Inspect::Pass;
+        }
+        let flagged = ls.flagged(&parts.headers);
+        let mut check =
+            match SafetyCheck::new(ls, &mut parts.headers, self.origin, self.request.clone()) {
+                Ok(check) => check,
+                Err(not_text) => {
+                    // Under `block`, text that cannot be read is not let through unseen.
+                    let unreadable = not_text == NotText::Unreadable && ls.block && !empty;
+                    let source = match (flagged, unreadable) {
+                        (true, _) => Source::SafetyFlag,
+                        (false, true) => Source::Uninspectable,
+                        (false, false) => return Inspect::Pass,
+                    };
+                    ls.responses.increment(1);
+                    let v = super::Violation {
+                        source,
+                        blocked: ls.block,
+                        at: None,
+                        origin: self.origin,
+                        echo: false,
+                    };
+                    ls.violation(&v, now);
+                    return match ls.block {
+                        true => Inspect::Block(source),
+                        false => Inspect::Pass,
+                    };
+                }
             };
+        let read_whole = ls.block && !check.holds();
+        if read_whole {
+            check.read_whole();
+        }
+        if flagged {
+            check.count(ls, Source::SafetyFlag, None, now);
+        }
+        if check.holds() {
+            // The stream may end early, with an event of the sidecar's.
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        let source = check.blocked();
+        self.check = Some(Box::new(check));
+        match source {
+            Some(source) => Inspect::Block(source),
+            None if read_whole => Inspect::ReadWhole,
+            None => Inspect::Pass,
+        }
+    }
+
+    /// A chunk of the response went by (or, held back, arrived): `true` when it is held.
+    pub(crate) fn data(&mut self, ls: Option<&ListenerSafety>, data: &Bytes, now: Instant) -> bool {
+        match (self.check.as_mut(), ls) {
+            (Some(check), Some(ls)) => {
+                check.feed(ls, data, now);
+                check.holds()
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether this response is held back chunk by chunk (and may change).
+    pub(crate) fn holds(&self) -> bool {
+        self.check.as_ref().is_some_and(|c| c.holds())
+    }
+
+    /// What the inspection found that blocks the response.
+    pub(crate) fn blocked(&self) -> Option<Source> {
+        self.check.as_ref().and_then(|c| c.blocked())
+    }
+
+    /// From a stream held back: a chunk now known clean, else — blocked, once the clean ones
+    /// went — the event that ends it. `None` when there is nothing to send from the hold now.
+    pub(crate) fn next_held(&mut self, ls: Option<&ListenerSafety>) -> Option<Held> {
+        let check = self.check.as_mut().filter(|c| c.holds())?;
+        if let Some(bytes) = check.pop_ready() {
+            return Some(Held::Clean(bytes));
+        }
+        let source = check.take_block()?;
+        let name = ls.map_or("unknown", |ls| ls.name(source));
+        Some(Held::Blocked(super::blocked_event(name)))
+    }
+
+    /// The upstream body of a stream held back ended: the rest of its text is judged.
+    pub(crate) fn upstream_ended(&mut self, ls: Option<&ListenerSafety>, now: Instant) {
+        if let (Some(check), Some(ls)) = (self.check.as_mut(), ls) {
+            if check.holds() {
+                check.finish(ls, true, now);
+            }
+        }
+    }
+
+    /// The body read whole ended: the rest of its text is judged; what blocks it.
+    pub(crate) fn read_ended(
+        &mut self,
+        ls: Option<&ListenerSafety>,
+        now: Instant,
+    ) -> Option<Source> {
+        let (check, ls) = (self.check.as_mut()?, ls?);
+        check.finish(ls, true, now);
+        check.blocked()
+    }
+
+    /// The body read whole is too large to be decided on in bounded memory.
+    pub(crate) fn too_large(&mut self, ls: Option<&ListenerSafety>, now: Instant) {
+        if let (Some(check), Some(ls)) = (self.check.as_mut(), ls) {
+            check.count(ls, Source::Uninspectable, None, now);
+        }
+    }
+
+    /// The response being inspected is not the one the client gets (an attempt that failed, a
+    /// body that could not be read): nothing was said.
+    pub(crate) fn discard(&mut self) {
+        self.check = None;
+    }
+
+    /// The request is counted: the response's text is judged to its end (`complete`), and a
+    /// provider's `content_filter` (`filtered`) counts as a violation.
+    pub(crate) fn end(
+        &mut self,
+        ls: Option<&ListenerSafety>,
+        complete: bool,
+        filtered: bool,
+        now: Instant,
+    ) {
+        let Some(ls) = ls else { return };
+        if let Some(check) = self.check.as_mut() {
+            check.finish(ls, complete, now);
+            if filtered {
+                check.count(ls, Source::ContentFilter, None, now);
+            }
+            ls.responses.increment(1);
+        } else if filtered {
+            // Not readable as text (compressed), but the provider said it filtered it.
             ls.responses.increment(1);
             let v = super::Violation {
-                source,
-                blocked: ls.block,
+                source: Source::ContentFilter,
+                blocked: false,
                 at: None,
-                origin: a.origin,
+                origin: self.origin,
                 echo: false,
             };
             ls.violation(&v, now);
-            return match ls.block {
-                true => Inspect::Block(source),
-                false => Inspect::Pass,
-            };
         }
-    };
-    let read_whole = ls.block && !check.holds();
-    if read_whole {
-        check.read_whole();
-    }
-    if flagged {
-        check.count(ls, Source::SafetyFlag, None, now);
-    }
-    if check.holds() {
-        // The stream may end early, with an event of the sidecar's.
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-    }
-    let source = check.blocked();
-    a.safety = Some(Box::new(check));
-    match source {
-        Some(source) => Inspect::Block(source),
-        None if read_whole => Inspect::ReadWhole,
-        None => Inspect::Pass,
     }
 }
 
-/// A response read whole for a safety decision.
-pub(crate) enum Whole {
-    Clean(bytes::Bytes),
-    Blocked(Source),
-}
-
-/// Reads a response body whole (up to [`MAX_INSPECTED_BODY`]), each chunk shown to the LLM
-/// reader, the cache and the safety check as it would be while streaming. A larger body cannot
-/// be decided on in bounded memory: it is blocked as uninspectable (by its `Content-Length`
-/// before a byte is read, or once it grows past the limit).
-pub(crate) async fn read_whole(
-    mut body: Incoming,
-    a: &mut Accounting,
-    idle: Duration,
-    deadline: Instant,
-) -> Result<Whole, ProxyError> {
-    use http_body_util::BodyExt;
-    let upstream = a.upstream().map_or_else(String::new, |u| u.name.clone());
-    let too_large = |a: &mut Accounting| {
-        if let (Some(check), Some(ls)) = (a.safety.as_mut(), a.listener.safety.as_ref()) {
-            check.count(ls, Source::Uninspectable, None, Instant::now());
-        }
-        Ok(Whole::Blocked(Source::Uninspectable))
-    };
-    if http_body::Body::size_hint(&body).lower() > MAX_INSPECTED_BODY as u64 {
-        return too_large(a);
-    }
-    let reservation = a.listener.budget.reserve(crate::budget::Held::ResponseRead);
-    let mut kept =
-        crate::inspect::Collected::with_limit(MAX_INSPECTED_BODY).reserve_from(reservation);
-    if let Some(declared) = http_body::Body::size_hint(&body).exact() {
-        if !kept.reserve_ahead(declared as usize) {
-            return Err(ProxyError::Overloaded);
-        }
-    }
-    loop {
-        let now = Instant::now();
-        let frame = match tokio::time::timeout_at((now + idle).min(deadline), body.frame()).await {
-            Err(_) => {
-                // `idle` between chunks, or `total` for the whole exchange, ran out.
-                a.outcome = Some(UpstreamOutcome::Timeout);
-                return Err(ProxyError::FirstByteTimeout {
-                    upstream,
-                    timeout: Instant::now().duration_since(now),
-                });
-            }
-            Ok(None) => break,
-            Ok(Some(Err(source))) => {
-                a.outcome = Some(UpstreamOutcome::Reset);
-                return Err(ProxyError::Broken { upstream, source });
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let now = Instant::now();
-        if let Some(call) = a.llm.as_mut() {
-            call.chunk(&data, now);
-        }
-        if a.cache_fill.as_mut().is_some_and(|f| !f.push(&data)) {
-            a.cache_fill = None;
-        }
-        if let (Some(check), Some(ls)) = (a.safety.as_mut(), a.listener.safety.as_ref()) {
-            check.feed(ls, &data, now);
-            if let Some(source) = check.blocked() {
-                return Ok(Whole::Blocked(source));
-            }
-        }
-        if !kept.push(&data) {
-            if kept.starved() {
-                // Nothing went out yet: the client is told to come back, nothing is let through.
-                return Err(ProxyError::Overloaded);
-            }
-            return too_large(a);
-        }
-    }
-    let now = Instant::now();
-    if let (Some(check), Some(ls)) = (a.safety.as_mut(), a.listener.safety.as_ref()) {
-        check.finish(ls, true, now);
-        if let Some(source) = check.blocked() {
-            return Ok(Whole::Blocked(source));
-        }
-    }
-    Ok(Whole::Clean(kept.into_bytes()))
+/// What a stream held back has to send now.
+pub(crate) enum Held {
+    /// A chunk known clean.
+    Clean(Bytes),
+    /// The event that ends a blocked stream.
+    Blocked(Bytes),
 }

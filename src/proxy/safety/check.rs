@@ -14,7 +14,7 @@ use crate::budget::{Held, Reservation};
 use crate::inspect::inflate::Inflater;
 use crate::inspect::safety::{Match, Scanner};
 use crate::inspect::text::{BodyText, NotText};
-use crate::proxy::Upload;
+use crate::upstream::Upload;
 
 /// A stream held back until its text is known clean.
 struct Hold {

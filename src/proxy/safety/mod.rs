@@ -42,8 +42,7 @@ use crate::telemetry::{
 
 /// The response header an agent sets on an answer it knows is unsafe.
 pub const X_SAFETY_FLAG: &str = "x-safety-flag";
-/// Detectors a config may list: each response keeps one bit per detector and signal.
-pub const MAX_DETECTORS: usize = 61;
+pub use crate::inspect::safety::MAX_DETECTORS;
 /// Bytes of a stream held back at most. Past it (an SSE event that never ends, text that stays
 /// undecided), a stream being blocked is ended: what cannot be inspected in bounded memory is
 /// not let through (`detector="uninspectable"`).
@@ -461,11 +460,10 @@ pub fn blocked_event(detector: &str) -> Bytes {
 
 mod answer;
 mod check;
-mod echo;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use answer::{inspect_head, read_whole, Inspect, Whole};
+pub(crate) use answer::{Held, Inspect, SafetyState};
 
+pub use crate::inspect::echo::{EchoTap, Echoes};
 pub use check::SafetyCheck;
-pub use echo::{EchoTap, Echoes};

@@ -263,7 +263,7 @@ fn an_echo_is_what_the_request_said_however_spelled() {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    let mut tap = EchoTap::new(&ls, &headers).unwrap();
+    let mut tap = EchoTap::new(&ls.detectors, &headers).unwrap();
     for piece in [
         &br#"{"msg":"my card is 4111 1111 "#[..],
         b"1111 1111 and jane@Acme.io\"}",
@@ -290,5 +290,5 @@ fn an_echo_is_what_the_request_said_however_spelled() {
         http::header::CONTENT_ENCODING,
         http::HeaderValue::from_static("gzip"),
     );
-    assert!(EchoTap::new(&ls, &headers).is_none());
+    assert!(EchoTap::new(&ls.detectors, &headers).is_none());
 }

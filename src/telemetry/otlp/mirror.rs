@@ -17,7 +17,7 @@ use metrics_util::storage::AtomicBucket;
 use opentelemetry::metrics::Meter;
 use opentelemetry::KeyValue;
 
-use crate::telemetry::{metric_def, Kind, BUCKETS};
+use crate::metric_table::{metric_def, Kind, BUCKETS};
 
 /// A Prometheus label key as an OpenTelemetry attribute key: the GenAI and error attributes take
 /// their dotted semantic-convention names (`gen_ai_request_model` → `gen_ai.request.model`),

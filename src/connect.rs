@@ -1,4 +1,4 @@
-//! Connecting to upstreams: TCP (nodelay, keepalive, the upstream's connect timeout), and TLS with
+//! Connecting to upstreams and webhooks: TCP (nodelay, keepalive, the upstream's connect timeout), and TLS with
 //! rustls and the webpki roots, where ALPN picks h2 or HTTP/1.1. No OpenSSL.
 
 use std::path::Path;

@@ -4,12 +4,13 @@
 //! through the same detectors as it streams to the upstream; only the fingerprints of what
 //! they find are kept (a fixed number), never the text.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::HeaderMap;
 
-use super::ListenerSafety;
-use crate::inspect::safety::{Match, Scanner};
-use crate::inspect::text::{BodyText, Keys};
+use super::safety::{Detectors, Match, Scanner};
+use super::text::{BodyText, Keys};
 
 /// Fingerprints kept per request: a request quoting more sensitive things than this is rare,
 /// and past it later ones are not known for echoes (counted as the agent's own: the safe side).
@@ -36,7 +37,7 @@ impl Echoes {
 impl EchoTap {
     /// The tap for a request with these headers: `None` when its text cannot be read as it
     /// passes (compressed, binary). A request without a type is read as text.
-    pub fn new(ls: &ListenerSafety, headers: &HeaderMap) -> Option<EchoTap> {
+    pub fn new(detectors: &Arc<Detectors>, headers: &HeaderMap) -> Option<EchoTap> {
         let value = |name| headers.get(name).map(http::HeaderValue::as_bytes);
         let encoding = value(http::header::CONTENT_ENCODING);
         if encoding.is_some_and(|e| !e.trim_ascii().eq_ignore_ascii_case(b"identity")) {
@@ -44,7 +45,7 @@ impl EchoTap {
         }
         Some(EchoTap {
             text: BodyText::for_body(Keys::All, value(http::header::CONTENT_TYPE), None).ok()?,
-            scanner: ls.detectors.scanner(),
+            scanner: detectors.scanner(),
             found: Vec::new(),
         })
     }

@@ -14,8 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::safety::{EchoTap, Echoes};
 use crate::budget::{BodyBudget, Held};
+use crate::inspect::echo::{EchoTap, Echoes};
 use crate::inspect::{parse_request, Collected, Format, RequestFacts, Unparsed};
 
 /// How the upload stands, shared between the body (polled by the upstream connection) and the

@@ -1,0 +1,447 @@
+//! The request context: what one request carries from its arrival until it is counted. It is
+//! owned by the pipeline ([`super::handle`]) while the request is with an upstream, then by the
+//! response body ([`super::ProxyBody`]); however the request ends — its last byte out, the client
+//! gone, an error of the sidecar's — it is counted exactly once, when the context is settled or
+//! dropped.
+//!
+//! The context holds the request's own facts (listener, arrival, its place in the route's chain,
+//! what it will be counted as) and one sub-state per feature, each a type of the feature's own
+//! module that only that module changes: the circuit breaker's ticket ([`super::breaker`]), the
+//! LLM call ([`super::llm`]), the loop guard and the task ([`super::tasks`]), the safety check
+//! ([`super::safety`]), the cache fill ([`super::cache`]) and the trace ([`super::trace`]). Each
+//! phase of the pipeline is one method here that hands each feature its hook; a new feature is a
+//! new sub-state and one line in the phases it takes part in.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::breaker::{Admitted, BreakerTicket};
+use super::cache::{CacheKey, CacheState};
+use super::connections::InFlight;
+use super::error::ProxyError;
+use super::llm::LlmState;
+use super::safety::{Held, Inspect, SafetyState, Source};
+use super::state::ListenerState;
+use super::tasks::{LoopWatch, TaskState};
+use super::trace::TraceState;
+use crate::config::Role;
+use crate::inspect::Format;
+use crate::sli::loops::LoopKind;
+use crate::sli::{Cause, StatusClass, UpstreamOutcome};
+use crate::upstream::{Lease, Upload, Upstream};
+
+/// Where the request stands, for counting it if it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// No response yet: dropped now, the client left before any answer.
+    Unanswered,
+    /// A response head was made: dropped before its end, the body was cut.
+    Answered,
+    Counted,
+}
+
+/// One request's context (see the module's documentation).
+pub(crate) struct RequestCtx {
+    pub(super) listener: Arc<ListenerState>,
+    pub(super) received: Instant,
+    /// The place in the route's chain of the upstream the request is with (past its end: the
+    /// cache).
+    pub(super) hop: usize,
+    status: StatusClass,
+    cause: Cause,
+    /// The upstream attempt's outcome so far; `None` when no attempt is to be counted.
+    outcome: Option<UpstreamOutcome>,
+    first_byte_sent: bool,
+    stage: Stage,
+    /// Keeps the client's connection busy until the request is counted.
+    in_flight: Option<InFlight>,
+    breaker: BreakerTicket,
+    llm: LlmState,
+    loops: LoopWatch,
+    safety: SafetyState,
+    task: TaskState,
+    cache: CacheState,
+    trace: TraceState,
+}
+
+impl RequestCtx {
+    /// A request just received, counted as abandoned (4xx, no cause, nginx's 499) until it is
+    /// answered; its span started (`otlp.traces`).
+    fn new(
+        listener: Arc<ListenerState>,
+        parts: &http::request::Parts,
+        received: Instant,
+        in_flight: InFlight,
+    ) -> RequestCtx {
+        let mut trace = TraceState::default();
+        trace.begin(listener.tracer.as_ref(), parts, received);
+        RequestCtx {
+            listener,
+            received,
+            hop: 0,
+            status: StatusClass::ClientError,
+            cause: Cause::None,
+            outcome: None,
+            first_byte_sent: false,
+            stage: Stage::Unanswered,
+            in_flight: Some(in_flight),
+            breaker: BreakerTicket::default(),
+            llm: LlmState::default(),
+            loops: LoopWatch::default(),
+            safety: SafetyState::default(),
+            task: TaskState::default(),
+            cache: CacheState::default(),
+            trace,
+        }
+    }
+
+    /// A request refused before it is anyone's (the agent is disabled).
+    pub(super) fn refused(
+        listener: Arc<ListenerState>,
+        parts: &http::request::Parts,
+        received: Instant,
+        in_flight: InFlight,
+    ) -> RequestCtx {
+        RequestCtx::new(listener, parts, received, in_flight)
+    }
+
+    /// A request just received from `client_ip`: its task looked up (`agent` role) and its
+    /// origin noted for the kill switch.
+    pub(super) fn begin(
+        listener: Arc<ListenerState>,
+        parts: &http::request::Parts,
+        client_ip: &HeaderValue,
+        received: Instant,
+        in_flight: InFlight,
+    ) -> RequestCtx {
+        let mut ctx = RequestCtx::new(listener, parts, received, in_flight);
+        let l = &*ctx.listener;
+        ctx.task.begin(l.tasks.as_deref(), &parts.headers, received);
+        ctx.safety
+            .begin(l.safety.as_ref(), &parts.headers, client_ip);
+        ctx
+    }
+
+    /// The request is an LLM call to the route's first upstream (`format`): counted from now.
+    /// The loop guard counts it for its task; under `block` a looping task's call is to be
+    /// refused before any work is spent on it (no provider is asked, so it is no LLM call
+    /// either): what the guard found.
+    pub(super) fn llm_request(
+        &mut self,
+        format: Option<Format>,
+        headers: &HeaderMap,
+    ) -> Option<LoopKind> {
+        let listener = self.listener.clone();
+        let metrics = listener.route.chain[0].llm.as_ref();
+        format.zip(metrics)?;
+        self.llm.begin(metrics, format, self.received);
+        let refused = self
+            .loops
+            .call(listener.loop_guard.as_deref(), headers, self.received);
+        if refused.is_some() {
+            self.llm.cancel();
+        }
+        refused
+    }
+
+    /// The request goes to the upstream that admitted it. Returns its place in the chain.
+    pub(super) fn admitted(&mut self, admission: Admitted) -> usize {
+        let throttling_fails = self.listener.role == Role::Llm;
+        self.hop = self.breaker.admitted(admission, throttling_fails);
+        self.hop
+    }
+
+    /// The upstream the request is with; `None` for the cache.
+    pub(super) fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.listener.route.chain.get(self.hop)
+    }
+
+    /// An attempt is made with the upstream at `hop` (an LLM call of `format` there, if any).
+    pub(super) fn attempt(&mut self, format: Option<Format>) {
+        let metrics = self.listener.route.chain[self.hop].llm.as_ref();
+        self.llm.attempt(self.hop, metrics, format, self.received);
+    }
+
+    /// The attempt's request goes out now with its body's `upload` and these `headers`: its span
+    /// begins (the upstream gets the trace context), the LLM call reads the request's facts from
+    /// the upload, and on an `agent` listener the request waits on the agent from when the
+    /// upload is the agent's turn.
+    pub(super) fn sending(
+        &mut self,
+        upload: &Option<Arc<Upload>>,
+        headers: &mut HeaderMap,
+        now: Instant,
+    ) {
+        let l = &*self.listener;
+        self.trace.sending(self.hop, headers, now);
+        self.llm.sending(upload);
+        self.safety.sending(l.safety.as_ref(), upload);
+        let turn = upload
+            .clone()
+            .map(|u| u as Arc<dyn crate::sli::liveness::AgentsTurn>);
+        self.task.sending(l.tasks.as_deref(), now, turn);
+    }
+
+    /// The attempt with the current upstream failed as `result` says, and the request moves on:
+    /// the attempt is counted now, for that upstream (its LLM call, its breaker, its outcome, its
+    /// span).
+    pub(super) fn attempt_failed(
+        &mut self,
+        result: &Result<(http::Response<Incoming>, Option<Lease>), ProxyError>,
+        now: Instant,
+    ) {
+        let listener = self.listener.clone();
+        let Some(upstream) = listener.route.chain.get(self.hop) else {
+            return;
+        };
+        let (outcome, status, headers) = match result {
+            Ok((response, _)) => {
+                let code = response.status();
+                let outcome = UpstreamOutcome::of_status(code);
+                (outcome, StatusClass::of(code), Some(response.headers()))
+            }
+            Err(err) => {
+                err.log(&upstream.log_limit);
+                let outcome = err.outcome().unwrap_or(UpstreamOutcome::Reset);
+                (outcome, StatusClass::of(err.status()), None)
+            }
+        };
+        let code = match result {
+            Ok((response, _)) => Some(response.status().as_u16()),
+            Err(_) => None,
+        };
+        self.llm
+            .end(false, status, Some(outcome), now, self.trace.span());
+        self.trace.attempt_failed(outcome.as_str(), code, now);
+        // A failed attempt's body never reaches the client: nothing was said.
+        self.safety.discard();
+        self.breaker.attempt_failed(upstream, outcome, headers, now);
+        upstream.metrics.count(outcome);
+    }
+
+    /// The response head from the current upstream arrived at `head_at` (for a request whose
+    /// upload ended `from`): what it tells each feature — the status and cause, the agent's
+    /// verdict on its task (and that the agent answered), the LLM call's reader, the breaker (a
+    /// slow head, a 429's Retry-After; a probe is judged now), and the cache fill.
+    pub(super) fn head(
+        &mut self,
+        parts: &http::response::Parts,
+        from: Instant,
+        head_at: Instant,
+        cache_key: Option<CacheKey>,
+    ) {
+        let listener = self.listener.clone();
+        let status = parts.status;
+        self.status = StatusClass::of(status);
+        self.cause = Cause::of_response(listener.role, status);
+        self.outcome = Some(UpstreamOutcome::of_status(status));
+        self.task.head(listener.tasks.as_deref(), &parts.headers);
+        self.trace.head(status);
+        self.llm.head(status, &parts.headers, &listener.budget);
+        if let Some(upstream) = listener.route.chain.get(self.hop) {
+            self.breaker.head(upstream, parts, from, head_at);
+        }
+        let key = cache_key.filter(|_| listener.route.cache.is_some());
+        self.cache
+            .head(key, status, &parts.headers, &listener.budget);
+    }
+
+    /// Safety's look at the response head (`empty`: it has no body).
+    pub(super) fn inspect_head(
+        &mut self,
+        parts: &mut http::response::Parts,
+        empty: bool,
+        now: Instant,
+    ) -> Inspect {
+        let listener = self.listener.clone();
+        match &listener.safety {
+            Some(ls) => {
+                let llm_call = self.llm.is_call();
+                let role = listener.role;
+                self.safety.head(ls, role, llm_call, parts, empty, now)
+            }
+            None => Inspect::Pass,
+        }
+    }
+
+    /// A chunk of the response body arrived at `now`: shown to the LLM reader, the cache and the
+    /// safety check. `true` when safety holds it back.
+    pub(super) fn data(&mut self, data: &Bytes, now: Instant) -> bool {
+        self.llm.data(data, now);
+        self.cache.data(data);
+        let ls = self.listener.safety.as_ref();
+        self.safety.data(ls, data, now)
+    }
+
+    /// Whether safety holds the response back chunk by chunk (and may change it).
+    pub(super) fn holds(&self) -> bool {
+        self.safety.holds()
+    }
+
+    /// What safety found that blocks the response.
+    pub(super) fn blocked(&self) -> Option<Source> {
+        self.safety.blocked()
+    }
+
+    /// What a stream held back has to send now. A blocked stream did not end as the upstream
+    /// sent it: what was held back is in no one's cache.
+    pub(super) fn next_held(&mut self) -> Option<Held> {
+        let held = self.safety.next_held(self.listener.safety.as_ref())?;
+        match held {
+            Held::Clean(_) => self.first_byte(Instant::now()),
+            Held::Blocked(_) => self.cache.discard(),
+        }
+        Some(held)
+    }
+
+    /// The upstream body ended; what safety holds back is judged to its end.
+    pub(super) fn upstream_ended(&mut self, now: Instant) {
+        self.safety
+            .upstream_ended(self.listener.safety.as_ref(), now);
+    }
+
+    /// A body read whole ended: judged to its end; what blocks it.
+    pub(super) fn read_ended(&mut self, now: Instant) -> Option<Source> {
+        self.safety.read_ended(self.listener.safety.as_ref(), now)
+    }
+
+    /// A body read whole is too large to be decided on in bounded memory.
+    pub(super) fn read_too_large(&mut self, now: Instant) {
+        self.safety.too_large(self.listener.safety.as_ref(), now);
+    }
+
+    /// Reading the body whole failed as `outcome` says: nothing of it was said.
+    pub(super) fn read_failed(&mut self, outcome: Option<UpstreamOutcome>) {
+        if outcome.is_some() {
+            self.outcome = outcome;
+        }
+        self.safety.discard();
+    }
+
+    /// The sidecar answers `err` itself, with `status`, under the upstream the request was with.
+    /// Returns that upstream.
+    pub(super) fn local_answer(&mut self, err: &ProxyError, status: http::StatusCode) -> &Upstream {
+        // The sidecar's answer is no upstream's: whatever of one was kept for the cache (a body
+        // read whole that broke off, a blocked one) goes.
+        self.cache.discard();
+        self.status = StatusClass::of(status);
+        self.cause = err.cause(self.listener.role);
+        self.trace.local_answer(status, Some(err.error_type()));
+        // A blocked answer came from an upstream that answered: its attempt counts as it went.
+        if !matches!(err, ProxyError::SafetyBlocked { .. }) {
+            self.outcome = err.outcome();
+        }
+        let route = &self.listener.route;
+        route.chain.get(self.hop).unwrap_or(&route.chain[0])
+    }
+
+    /// The route's cache answers `status`: no provider was called.
+    pub(super) fn answered_by_cache(&mut self, status: http::StatusCode) {
+        self.hop = self.listener.route.chain.len();
+        self.llm.cancel();
+        self.status = StatusClass::of(status);
+        self.trace.local_answer(status, None);
+        self.cause = Cause::None;
+        self.outcome = None;
+    }
+
+    /// The stream failed after the head went out: the request is charged to whoever is behind
+    /// the listener, the attempt to the upstream.
+    pub(super) fn stream_failed(&mut self, outcome: UpstreamOutcome) {
+        self.cause = Cause::upstream_failure(self.listener.role);
+        self.outcome = Some(outcome);
+    }
+
+    /// A response (its head) is made: from now on, a request dropped before its end was cut.
+    pub(super) fn answered(&mut self) {
+        if self.stage == Stage::Unanswered {
+            self.stage = Stage::Answered;
+        }
+    }
+
+    pub(super) fn first_byte(&mut self, now: Instant) {
+        if !self.first_byte_sent {
+            self.first_byte_sent = true;
+            self.listener
+                .metrics(self.hop)
+                .time_to_first_byte
+                .record(now.duration_since(self.received).as_secs_f64());
+        }
+    }
+
+    /// The body ended cleanly: an empty body's "first byte" is its end.
+    pub(super) fn finish(&mut self, now: Instant) {
+        if self.stage != Stage::Counted {
+            self.first_byte(now);
+            self.count(now, true);
+        }
+    }
+
+    /// The body failed, or the client left, before its end: time to first byte only if a byte
+    /// went out.
+    pub(super) fn cut(&mut self, now: Instant) {
+        if self.stage != Stage::Counted {
+            self.count(now, false);
+        }
+    }
+
+    /// Counts the request, once: one call per feature.
+    fn count(&mut self, now: Instant, complete: bool) {
+        self.stage = Stage::Counted;
+        let listener = self.listener.clone();
+        let l = &*listener;
+        let end = self
+            .llm
+            .end(complete, self.status, self.outcome, now, self.trace.span());
+        if end.as_ref().is_some_and(|e| e.provider_error) {
+            // A 200 whose stream (or body) says the provider failed: a failed request, for the
+            // SLIs and the breaker alike, as a 5xx would have been. (The client got the status
+            // and the provider's error event as they were.)
+            self.status = StatusClass::ServerError;
+            self.cause = Cause::upstream_failure(l.role);
+            self.outcome = Some(UpstreamOutcome::ServerError);
+        } else {
+            // What ended cleanly, and said no error, is worth keeping.
+            self.cache.end(l.route.cache.as_ref(), complete, now);
+        }
+        self.loops.end(l.loop_guard.as_deref(), end.as_ref(), now);
+        let filtered = end.is_some_and(|e| e.filtered);
+        self.safety.end(l.safety.as_ref(), complete, filtered, now);
+        self.task.end(l.tasks.as_deref(), self.status, now);
+        let upstream = l.route.chain.get(self.hop);
+        self.breaker.end(upstream.map(|u| &**u), self.outcome, now);
+        let metrics = l.metrics(self.hop);
+        metrics.count_request(self.status, self.cause);
+        metrics
+            .response_seconds
+            .record(now.duration_since(self.received).as_secs_f64());
+        if let (Some(outcome), Some(u)) = (self.outcome, upstream) {
+            u.metrics.count(outcome);
+        }
+        let failed = self.status == StatusClass::ServerError || self.cause != Cause::None;
+        let outcome = self.outcome.map(UpstreamOutcome::as_str);
+        self.trace.end(self.hop, outcome, failed, now);
+        self.in_flight = None;
+    }
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        match self.stage {
+            // The client went away before any response: nothing was sent, so no time to first
+            // byte.
+            Stage::Unanswered => {
+                let tasks = self.listener.tasks.clone();
+                self.task.no_response(tasks.as_deref(), now);
+                self.count(now, false);
+            }
+            Stage::Answered => self.count(now, false),
+            Stage::Counted => {}
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! The request on its way to an upstream's answer (steps 2–13 of the pipeline in [`super`]): the
+//! request filter, the plan for its body, the breakers' admission, the read ahead, and the
+//! attempts along the route's chain with their fallbacks, up to the response head that goes to
+//! the client. Whatever stops the request on the way is a [`Stop`] the sidecar answers itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::attempt::{exchange, internal, outgoing, Deadlines, Exchange};
+use super::breaker::Admitted;
+use super::cache::cache_key_hasher;
+use super::ctx::RequestCtx;
+use super::fallback::{FallbackReason, X_SLOGUARD_FALLBACK};
+use super::head::Answered;
+use super::headers;
+use super::local::Stop;
+use super::replay::{self, Payload};
+use super::state::{ListenerState, RouteState};
+use super::ProxyError;
+use crate::config::{Role, UpstreamUrl};
+use crate::inspect::echo::EchoTap;
+use crate::inspect::{Format, MAX_INSPECTED_BODY};
+use crate::upstream::{Upload, Upstream};
+
+/// Takes the request from its filter to the response head the client gets (see the module's
+/// documentation).
+pub(super) async fn forward(
+    ctx: &mut RequestCtx,
+    parts: http::request::Parts,
+    body: Incoming,
+    client_ip: HeaderValue,
+) -> Result<Answered, Stop> {
+    let listener = ctx.listener.clone();
+    let client = request_filter(ctx, parts, client_ip)?;
+    let plan = Plan::new(&listener.route, &client, &body);
+    let admitted = plan.admit_before_read(ctx)?;
+    let mut attempts = Attempts::read(ctx, &listener, client, &plan, body).await?;
+    attempts.first_hop(ctx, admitted, &plan)?;
+    loop {
+        let (result, sent) = match attempts.send(ctx).await {
+            Ok(sent) => sent,
+            Err(err) => return Err(Stop::Error(err, attempts.first_reason)),
+        };
+        if let Some(head) = attempts.settle(ctx, result, sent)? {
+            return Ok(head);
+        }
+    }
+}
+
+/// The client's request, as the attempts send it.
+struct Client {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    /// Kept whole only while a later attempt may need them.
+    headers: HeaderMap,
+    ip: HeaderValue,
+    llm_role: bool,
+}
+
+impl Client {
+    /// The LLM operation the request is with `u`: on the `llm` role, to an upstream with a
+    /// protocol, a `POST` to a chat-completions, responses or messages path.
+    fn format_for(&self, u: &Upstream) -> Option<Format> {
+        match (&u.llm, self.llm_role) {
+            (Some(_), true) => Format::of(&self.method, self.uri.path(), u.protocol),
+            _ => None,
+        }
+    }
+}
+
+/// What is refused before any work is spent on it: a `CONNECT`, and under the loop guard's
+/// `block` a looping task's LLM call. The LLM call (to the first upstream) is counted from here,
+/// so that it is counted even when it fails before an answer.
+fn request_filter(
+    ctx: &mut RequestCtx,
+    parts: http::request::Parts,
+    ip: HeaderValue,
+) -> Result<Client, Stop> {
+    let http::request::Parts {
+        method,
+        uri,
+        version,
+        headers,
+        ..
+    } = parts;
+    if method == Method::CONNECT {
+        return Err(ProxyError::Method { method }.into());
+    }
+    let listener = ctx.listener.clone();
+    let llm_role = listener.role == Role::Llm;
+    let client = Client {
+        method,
+        uri,
+        version,
+        headers,
+        ip,
+        llm_role,
+    };
+    let format = client.format_for(&listener.route.chain[0]);
+    match ctx.llm_request(format, &client.headers) {
+        Some(kind) => Err(Stop::Loop(kind)),
+        None => Ok(client),
+    }
+}
+
+/// Whether the body is read before the first attempt, and why.
+struct Plan {
+    /// A fallback or the cache needs the body kept.
+    replays: bool,
+    /// An upstream rewrites the model of this LLM request.
+    rewrite: bool,
+    /// A circuit may give out probe slots: the body is read first (within the route's replay
+    /// limit), so that a slow upload does not hold a slot that others could probe with.
+    probing: bool,
+}
+
+impl Plan {
+    fn new(route: &RouteState, client: &Client, body: &Incoming) -> Plan {
+        let rewrite = route.rewrites_model
+            && route
+                .chain
+                .iter()
+                .any(|u| u.model.is_some() && client.format_for(u).is_some());
+        Plan {
+            replays: route.replays(),
+            rewrite,
+            probing: route.probing() && !http_body::Body::is_end_stream(body),
+        }
+    }
+
+    fn reads_ahead(&self) -> bool {
+        self.replays || self.rewrite || self.probing
+    }
+
+    /// An upstream whose circuit is open is skipped before any work is spent on the request. A
+    /// route that reads the body ahead asks its breakers after the read, so that a slow upload
+    /// neither holds a probe slot nor acts on a circuit state from before it; before the read it
+    /// only checks whether every circuit is surely open. An admission goes into the request's
+    /// context at once: whatever happens next (the client leaving included), its ticket is
+    /// settled. Returns the admitting upstream's place in the chain.
+    fn admit_before_read(&self, ctx: &mut RequestCtx) -> Result<Option<usize>, Stop> {
+        let listener = ctx.listener.clone();
+        let route = &*listener.route;
+        if self.reads_ahead() {
+            if route.cache.is_none() && route.all_refuse(ctx.received) {
+                return Err(Stop::CircuitOpen);
+            }
+            return Ok(None);
+        }
+        match route.admit_from(0, ctx.received) {
+            Some(admission) => Ok(Some(ctx.admitted(admission))),
+            None if route.cache.is_none() => Err(Stop::CircuitOpen),
+            None => Ok(None),
+        }
+    }
+
+    /// How much of the body is read ahead at most.
+    fn limit(&self, route: &RouteState) -> usize {
+        match (self.replays || self.probing, self.rewrite) {
+            (true, true) => route.max_replay_body.max(MAX_INSPECTED_BODY),
+            (true, false) => route.max_replay_body,
+            _ => MAX_INSPECTED_BODY,
+        }
+    }
+}
+
+/// The request upstream the `url` is: its path prefix, then the client's path and query (origin
+/// form). An absolute-form client URI does not choose the upstream.
+pub fn upstream_uri(url: &UpstreamUrl, uri: &Uri) -> Result<Uri, http::uri::InvalidUri> {
+    let client_pq = uri.path_and_query();
+    // `OPTIONS *` names the server, not a resource: no prefix applies.
+    let pq = if url.path_prefix.is_empty() || uri.path() == "*" {
+        client_pq
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    } else {
+        let rest = client_pq.map_or("/", |pq| pq.as_str());
+        PathAndQuery::try_from(format!("{}{}", url.path_prefix, rest))?
+    };
+    Ok(Uri::from(pq))
+}
+
+/// The attempts of one request along its route's chain.
+struct Attempts {
+    listener: Arc<ListenerState>,
+    client: Client,
+    payload: Payload,
+    /// A failed attempt can be followed by another: the body is kept whole.
+    replayable: bool,
+    /// Why the request first left an upstream, for `x-sloguard-fallback`.
+    first_reason: Option<FallbackReason>,
+    /// The sidecar's own time before each attempt was sent, the client's upload read ahead left
+    /// out.
+    own: Duration,
+    /// When the current attempt started being prepared.
+    start: Instant,
+}
+
+/// What an attempt that went out keeps for its answer.
+struct Sent {
+    at: Instant,
+    upload: Option<Arc<Upload>>,
+    key_used: Option<usize>,
+    total_deadline: Instant,
+}
+
+impl Attempts {
+    /// Reads the body ahead when the plan says so ([`replay::read_ahead`]): attempts are timed
+    /// from the end of the read, the upload being the client's time.
+    async fn read(
+        ctx: &mut RequestCtx,
+        listener: &Arc<ListenerState>,
+        client: Client,
+        plan: &Plan,
+        body: Incoming,
+    ) -> Result<Attempts, Stop> {
+        let route = &*listener.route;
+        let received = ctx.received;
+        let (payload, client_wait) = match plan.reads_ahead() {
+            false => (Payload::streamed(body), Duration::ZERO),
+            true if http_body::Body::is_end_stream(&body) => (Payload::empty(), Duration::ZERO),
+            true => {
+                let timeouts = route.chain[0].timeouts;
+                let start = Instant::now();
+                let deadline = received + timeouts.total.0.min(listener.body_timeout);
+                let reservation = listener.budget.reserve(crate::budget::Held::Replay);
+                // Boxed: its state would otherwise make every request's future larger, on every
+                // route.
+                let ahead = Box::pin(replay::read_ahead(
+                    body,
+                    plan.limit(route),
+                    timeouts.idle.0,
+                    deadline,
+                    reservation,
+                ));
+                let (payload, last) = ahead.await?;
+                (payload, last.saturating_duration_since(start))
+            }
+        };
+        let mut payload = payload;
+        if let (true, Some(cache)) = (plan.reads_ahead(), &route.cache) {
+            let c = &client;
+            payload.set_key(cache_key_hasher(cache.seed, &c.method, &c.uri, &c.headers));
+        }
+        let replayable = payload.replayable(route.max_replay_body);
+        if plan.replays && !replayable {
+            listener.replay_skipped.increment(1);
+        }
+        let start = match plan.reads_ahead() {
+            true => Instant::now(),
+            false => received,
+        };
+        let own = start
+            .saturating_duration_since(received)
+            .saturating_sub(client_wait);
+        Ok(Attempts {
+            listener: listener.clone(),
+            client,
+            payload,
+            replayable,
+            first_reason: None,
+            own,
+            start,
+        })
+    }
+
+    /// The first upstream the request goes to: the one admitted before the read, else the first
+    /// that admits it now; with every circuit open, the cache is the last resort.
+    fn first_hop(
+        &mut self,
+        ctx: &mut RequestCtx,
+        admitted: Option<usize>,
+        plan: &Plan,
+    ) -> Result<(), Stop> {
+        let route = &*self.listener.route;
+        let admitted = match plan.reads_ahead() {
+            true => route.admit_from(0, self.start).map(|a| ctx.admitted(a)),
+            false => admitted,
+        };
+        let Some(hop) = admitted else {
+            let hit = self.cached(self.start);
+            let to = route.chain.len();
+            return Err(match hit {
+                Some(hit) => {
+                    route
+                        .fallbacks
+                        .count_moves(0, FallbackReason::CircuitOpen, to);
+                    Stop::Cached(Box::new(hit), FallbackReason::CircuitOpen)
+                }
+                None => Stop::CircuitOpen,
+            });
+        };
+        if hop > 0 {
+            route
+                .fallbacks
+                .count_moves(0, FallbackReason::CircuitOpen, hop);
+            self.first_reason = Some(FallbackReason::CircuitOpen);
+        }
+        Ok(())
+    }
+
+    fn cached(&self, now: Instant) -> Option<super::cache::Cached> {
+        let route = &*self.listener.route;
+        let key = self.payload.cache_key()?;
+        route.cache.as_ref()?.get(key, now)
+    }
+
+    /// Sends the attempt to the upstream the request is with (steps 5–10), and waits for its
+    /// response head: its result, and what was sent. An error before anything was sent goes to
+    /// the client as it is.
+    async fn send(
+        &mut self,
+        ctx: &mut RequestCtx,
+    ) -> Result<(Result<Exchange, ProxyError>, Sent), ProxyError> {
+        let listener = self.listener.clone();
+        let route = &*listener.route;
+        let hop = ctx.hop;
+        let upstream = &route.chain[hop];
+        let format = self.client.format_for(upstream);
+        ctx.attempt(format);
+        let target = upstream_uri(&upstream.url, &self.client.uri)
+            .map_err(|e| internal(upstream, &e.to_string()))?;
+        let mut headers = if self.replayable && hop + 1 < route.chain.len() {
+            self.client.headers.clone()
+        } else {
+            std::mem::take(&mut self.client.headers)
+        };
+        headers::prepare_request(&mut headers, &upstream.host_header, &self.client.ip);
+        if let Some(ls) = &listener.safety {
+            ls.ask_for_readable(&mut headers, format.is_some());
+        }
+        let key_used = upstream.keys.as_ref().map(|k| k.inject(&mut headers));
+        let model = upstream.model.as_deref();
+        let Some((mut body, upload)) =
+            self.payload
+                .body_for(&mut headers, format, model, self.start)
+        else {
+            // A streamed body goes to one attempt only: `replayable` stops a second.
+            return Err(internal(upstream, "request body already sent"));
+        };
+        body.reserve_from(&listener.budget);
+        if let Some(ls) = listener.safety.as_ref().filter(|ls| ls.kills()) {
+            body.tap_echoes(EchoTap::new(&ls.detectors, &headers));
+        }
+        ctx.sending(&upload, &mut headers, self.start);
+        let c = &self.client;
+        // The request is built straight into the pool's future: a named local would keep its
+        // own slot in this function's future, next to the copy the pool holds.
+        let send = upstream
+            .pool
+            .send(outgoing(body, &c.method, target, c.version, headers));
+        tokio::pin!(send);
+        let at = Instant::now();
+        self.own += at.saturating_duration_since(self.start);
+        let total_deadline = self.start + upstream.timeouts.total.0;
+        let deadlines = Deadlines {
+            total: total_deadline,
+            body: ctx.received + listener.body_timeout,
+        };
+        let result = exchange(upstream, send, upload.as_deref(), at, deadlines).await;
+        let sent = Sent {
+            at,
+            upload,
+            key_used,
+            total_deadline,
+        };
+        Ok((result, sent))
+    }
+
+    /// The attempt's result (steps 11–13): a failure `fallback_on` names moves the request on
+    /// to the next upstream whose circuit admits it, or to the route's cache (`Ok(None)`: send
+    /// again); with nowhere to go, the failure goes to the client as it is; a response head is
+    /// the answer.
+    fn settle(
+        &mut self,
+        ctx: &mut RequestCtx,
+        result: Result<Exchange, ProxyError>,
+        sent: Sent,
+    ) -> Result<Option<Answered>, Stop> {
+        let head_at = Instant::now();
+        let listener = self.listener.clone();
+        let route = &*listener.route;
+        let hop = ctx.hop;
+        let reason = match &result {
+            Ok((response, _)) => FallbackReason::of_status(response.status()),
+            Err(err) => FallbackReason::of_error(err),
+        }
+        .filter(|r| self.replayable && route.fallback_on.contains(*r));
+        if let Some(reason) = reason {
+            // Before the next upstream (or the cache entry) is found, nothing is given up.
+            let next = match route.admit_from(hop + 1, head_at) {
+                Some(following) => Some(Next::Upstream(following)),
+                None => self.cached(head_at).map(Next::Cache),
+            };
+            if let Some(next) = next {
+                ctx.attempt_failed(&result, head_at);
+                self.first_reason.get_or_insert(reason);
+                return self.move_on(ctx, hop, reason, next);
+            }
+        }
+        let (response, lease) = result.map_err(|err| Stop::Error(err, self.first_reason))?;
+        let (mut parts, body) = response.into_parts();
+        let upstream = &route.chain[hop];
+        if let (http::StatusCode::UNAUTHORIZED, Some(keys), Some(used)) =
+            (parts.status, &upstream.keys, sent.key_used)
+        {
+            keys.rejected(used, &upstream.log_limit);
+        }
+        headers::prepare_response(&mut parts.headers, &upstream.header_value);
+        // The upstream's time to answer: from the end of the upload, not the client's time to
+        // send it.
+        let from = sent
+            .upload
+            .as_deref()
+            .map_or(sent.at, |u| u.last_chunk_at().max(sent.at));
+        ctx.head(&parts, from, head_at, self.payload.cache_key());
+        if let Some(reason) = self.first_reason {
+            parts
+                .headers
+                .insert(X_SLOGUARD_FALLBACK.clone(), reason.header_value());
+        }
+        Ok(Some(Answered {
+            parts,
+            body,
+            lease,
+            at: head_at,
+            own: self.own,
+            total_deadline: sent.total_deadline,
+            first_reason: self.first_reason,
+        }))
+    }
+
+    /// The request leaves the upstream at `hop` for `reason`: to the next that admitted it, or
+    /// to the cache's entry.
+    fn move_on(
+        &mut self,
+        ctx: &mut RequestCtx,
+        hop: usize,
+        reason: FallbackReason,
+        next: Next,
+    ) -> Result<Option<Answered>, Stop> {
+        let route = &*self.listener.route;
+        match next {
+            Next::Upstream(following) => {
+                route.fallbacks.count_moves(hop, reason, following.hop);
+                ctx.admitted(following);
+                self.start = Instant::now();
+                Ok(None)
+            }
+            Next::Cache(hit) => {
+                route.fallbacks.count_moves(hop, reason, route.chain.len());
+                Err(Stop::Cached(Box::new(hit), reason))
+            }
+        }
+    }
+}
+
+/// Where a request that failed at one upstream goes next.
+enum Next {
+    Upstream(Admitted),
+    Cache(super::cache::Cached),
+}
