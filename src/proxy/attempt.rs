@@ -16,6 +16,7 @@ pub(super) type Exchange = (Response<Incoming>, Option<Lease>);
 /// When an attempt must have its answer: its response head by `head` (`first_byte`, restarted
 /// while the client is still uploading, and `total`), the client's body by `body`
 /// (`limits.body_timeout` after the request's head).
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Deadlines {
     pub total: Instant,
     pub body: Instant,

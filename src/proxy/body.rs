@@ -212,7 +212,9 @@ impl Body for ProxyBody {
                             lease.release();
                         }
                         stream.ended = true;
-                        this.ctx.upstream_ended(Instant::now());
+                        if this.ctx.holds() {
+                            this.ctx.upstream_ended(Instant::now());
+                        }
                         continue;
                     }
                     Poll::Pending => {
@@ -262,7 +264,7 @@ impl Drop for ProxyBody {
         // A body dropped before its end: the client went away (or hyper, having seen the end,
         // stopped polling). The request is still counted, once (a cut body by the context's
         // own drop).
-        if self.is_end_stream() {
+        if !self.ctx.counted() && self.is_end_stream() {
             self.ctx.finish(Instant::now());
         }
     }

@@ -135,15 +135,19 @@ impl RequestCtx {
         format: Option<Format>,
         headers: &HeaderMap,
     ) -> Option<LoopKind> {
-        let listener = self.listener.clone();
+        let RequestCtx {
+            listener,
+            received,
+            llm,
+            loops,
+            ..
+        } = self;
         let metrics = listener.route.chain[0].llm.as_ref();
         format.zip(metrics)?;
-        self.llm.begin(metrics, format, self.received);
-        let refused = self
-            .loops
-            .call(listener.loop_guard.as_deref(), headers, self.received);
+        llm.begin(metrics, format, *received);
+        let refused = loops.call(listener.loop_guard.as_deref(), headers, *received);
         if refused.is_some() {
-            self.llm.cancel();
+            llm.cancel();
         }
         refused
     }
@@ -234,20 +238,28 @@ impl RequestCtx {
         head_at: Instant,
         cache_key: Option<CacheKey>,
     ) {
-        let listener = self.listener.clone();
+        let RequestCtx {
+            listener,
+            hop,
+            breaker,
+            llm,
+            task,
+            cache,
+            trace,
+            ..
+        } = self;
         let status = parts.status;
         self.status = StatusClass::of(status);
         self.cause = Cause::of_response(listener.role, status);
         self.outcome = Some(UpstreamOutcome::of_status(status));
-        self.task.head(listener.tasks.as_deref(), &parts.headers);
-        self.trace.head(status);
-        self.llm.head(status, &parts.headers, &listener.budget);
-        if let Some(upstream) = listener.route.chain.get(self.hop) {
-            self.breaker.head(upstream, parts, from, head_at);
+        task.head(listener.tasks.as_deref(), &parts.headers);
+        trace.head(status);
+        llm.head(status, &parts.headers, &listener.budget);
+        if let Some(upstream) = listener.route.chain.get(*hop) {
+            breaker.head(upstream, parts, from, head_at);
         }
         let key = cache_key.filter(|_| listener.route.cache.is_some());
-        self.cache
-            .head(key, status, &parts.headers, &listener.budget);
+        cache.head(key, status, &parts.headers, &listener.budget);
     }
 
     /// Safety's look at the response head (`empty`: it has no body).
@@ -257,13 +269,14 @@ impl RequestCtx {
         empty: bool,
         now: Instant,
     ) -> Inspect {
-        let listener = self.listener.clone();
+        let RequestCtx {
+            listener,
+            llm,
+            safety,
+            ..
+        } = self;
         match &listener.safety {
-            Some(ls) => {
-                let llm_call = self.llm.is_call();
-                let role = listener.role;
-                self.safety.head(ls, role, llm_call, parts, empty, now)
-            }
+            Some(ls) => safety.head(ls, listener.role, llm.is_call(), parts, empty, now),
             None => Inspect::Pass,
         }
     }
@@ -373,6 +386,11 @@ impl RequestCtx {
         }
     }
 
+    /// Whether the request has been counted already.
+    pub(super) fn counted(&self) -> bool {
+        self.stage == Stage::Counted
+    }
+
     /// The body ended cleanly: an empty body's "first byte" is its end.
     pub(super) fn finish(&mut self, now: Instant) {
         if self.stage != Stage::Counted {
@@ -391,46 +409,62 @@ impl RequestCtx {
 
     /// Counts the request, once: one call per feature.
     fn count(&mut self, now: Instant, complete: bool) {
-        self.stage = Stage::Counted;
-        let listener = self.listener.clone();
-        let l = &*listener;
-        let end = self
-            .llm
-            .end(complete, self.status, self.outcome, now, self.trace.span());
+        let RequestCtx {
+            listener: l,
+            received,
+            hop,
+            status,
+            cause,
+            outcome,
+            stage,
+            in_flight,
+            breaker,
+            llm,
+            loops,
+            safety,
+            task,
+            cache,
+            trace,
+            ..
+        } = self;
+        *stage = Stage::Counted;
+        let end = llm.end(complete, *status, *outcome, now, trace.span());
         if end.as_ref().is_some_and(|e| e.provider_error) {
             // A 200 whose stream (or body) says the provider failed: a failed request, for the
             // SLIs and the breaker alike, as a 5xx would have been. (The client got the status
             // and the provider's error event as they were.)
-            self.status = StatusClass::ServerError;
-            self.cause = Cause::upstream_failure(l.role);
-            self.outcome = Some(UpstreamOutcome::ServerError);
+            *status = StatusClass::ServerError;
+            *cause = Cause::upstream_failure(l.role);
+            *outcome = Some(UpstreamOutcome::ServerError);
         } else {
             // What ended cleanly, and said no error, is worth keeping.
-            self.cache.end(l.route.cache.as_ref(), complete, now);
+            cache.end(l.route.cache.as_ref(), complete, now);
         }
-        self.loops.end(l.loop_guard.as_deref(), end.as_ref(), now);
+        loops.end(l.loop_guard.as_deref(), end.as_ref(), now);
         let filtered = end.is_some_and(|e| e.filtered);
-        self.safety.end(l.safety.as_ref(), complete, filtered, now);
-        self.task.end(l.tasks.as_deref(), self.status, now);
-        let upstream = l.route.chain.get(self.hop);
-        self.breaker.end(upstream.map(|u| &**u), self.outcome, now);
-        let metrics = l.metrics(self.hop);
-        metrics.count_request(self.status, self.cause);
+        safety.end(l.safety.as_ref(), complete, filtered, now);
+        task.end(l.tasks.as_deref(), *status, now);
+        let upstream = l.route.chain.get(*hop);
+        breaker.end(upstream.map(|u| &**u), *outcome, now);
+        let metrics = l.metrics(*hop);
+        metrics.count_request(*status, *cause);
         metrics
             .response_seconds
-            .record(now.duration_since(self.received).as_secs_f64());
-        if let (Some(outcome), Some(u)) = (self.outcome, upstream) {
-            u.metrics.count(outcome);
+            .record(now.duration_since(*received).as_secs_f64());
+        if let (Some(o), Some(u)) = (*outcome, upstream) {
+            u.metrics.count(o);
         }
-        let failed = self.status == StatusClass::ServerError || self.cause != Cause::None;
-        let outcome = self.outcome.map(UpstreamOutcome::as_str);
-        self.trace.end(self.hop, outcome, failed, now);
-        self.in_flight = None;
+        let failed = *status == StatusClass::ServerError || *cause != Cause::None;
+        trace.end(*hop, outcome.map(UpstreamOutcome::as_str), failed, now);
+        *in_flight = None;
     }
 }
 
 impl Drop for RequestCtx {
     fn drop(&mut self) {
+        if self.stage == Stage::Counted {
+            return;
+        }
         let now = Instant::now();
         match self.stage {
             // The client went away before any response: nothing was sent, so no time to first

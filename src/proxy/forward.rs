@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -25,7 +25,7 @@ use super::ProxyError;
 use crate::config::{Role, UpstreamUrl};
 use crate::inspect::echo::EchoTap;
 use crate::inspect::{Format, MAX_INSPECTED_BODY};
-use crate::upstream::{Upload, Upstream};
+use crate::upstream::{RequestBody, Upload, Upstream};
 
 /// Takes the request from its filter to the response head the client gets (see the module's
 /// documentation).
@@ -36,16 +36,28 @@ pub(super) async fn forward(
     client_ip: HeaderValue,
 ) -> Result<Answered, Stop> {
     let listener = ctx.listener.clone();
-    let client = request_filter(ctx, parts, client_ip)?;
+    let client = request_filter(ctx, &listener, parts, client_ip)?;
     let plan = Plan::new(&listener.route, &client, &body);
-    let admitted = plan.admit_before_read(ctx)?;
-    let mut attempts = Attempts::read(ctx, &listener, client, &plan, body).await?;
+    let admitted = plan.admit_before_read(ctx, &listener.route)?;
+    let (payload, client_wait) = match plan.reads_ahead() {
+        false => (Payload::streamed(body), Duration::ZERO),
+        true if http_body::Body::is_end_stream(&body) => (Payload::empty(), Duration::ZERO),
+        // Boxed: its state would otherwise make every request's future larger, on every route.
+        true => Box::pin(read_ahead(ctx, &listener, &plan, body)).await?,
+    };
+    let mut attempts = Attempts::new(ctx, &listener, client, &plan, payload, client_wait);
     attempts.first_hop(ctx, admitted, &plan)?;
+    let route = &*listener.route;
     loop {
-        let (result, sent) = match attempts.send(ctx).await {
-            Ok(sent) => sent,
+        let upstream = &route.chain[ctx.hop];
+        let (request, sent) = match attempts.prepare(ctx, upstream) {
+            Ok(prepared) => prepared,
             Err(err) => return Err(Stop::Error(err, attempts.first_reason)),
         };
+        let send = upstream.pool.send(request);
+        tokio::pin!(send);
+        let upload = sent.upload.as_deref();
+        let result = exchange(upstream, send, upload, sent.at, sent.deadlines).await;
         if let Some(head) = attempts.settle(ctx, result, sent)? {
             return Ok(head);
         }
@@ -79,6 +91,7 @@ impl Client {
 /// so that it is counted even when it fails before an answer.
 fn request_filter(
     ctx: &mut RequestCtx,
+    listener: &ListenerState,
     parts: http::request::Parts,
     ip: HeaderValue,
 ) -> Result<Client, Stop> {
@@ -92,7 +105,6 @@ fn request_filter(
     if method == Method::CONNECT {
         return Err(ProxyError::Method { method }.into());
     }
-    let listener = ctx.listener.clone();
     let llm_role = listener.role == Role::Llm;
     let client = Client {
         method,
@@ -144,9 +156,11 @@ impl Plan {
     /// only checks whether every circuit is surely open. An admission goes into the request's
     /// context at once: whatever happens next (the client leaving included), its ticket is
     /// settled. Returns the admitting upstream's place in the chain.
-    fn admit_before_read(&self, ctx: &mut RequestCtx) -> Result<Option<usize>, Stop> {
-        let listener = ctx.listener.clone();
-        let route = &*listener.route;
+    fn admit_before_read(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &RouteState,
+    ) -> Result<Option<usize>, Stop> {
         if self.reads_ahead() {
             if route.cache.is_none() && route.all_refuse(ctx.received) {
                 return Err(Stop::CircuitOpen);
@@ -186,9 +200,29 @@ pub fn upstream_uri(url: &UpstreamUrl, uri: &Uri) -> Result<Uri, http::uri::Inva
     Ok(Uri::from(pq))
 }
 
+/// Reads the body ahead ([`replay::read_ahead`]), within the plan's limit and the first
+/// upstream's `idle` and `total` (or `limits.body_timeout`): the body, and the time spent waiting
+/// for the client.
+async fn read_ahead(
+    ctx: &RequestCtx,
+    listener: &ListenerState,
+    plan: &Plan,
+    body: Incoming,
+) -> Result<(Payload, Duration), Stop> {
+    let route = &*listener.route;
+    let timeouts = route.chain[0].timeouts;
+    let start = Instant::now();
+    let deadline = ctx.received + timeouts.total.0.min(listener.body_timeout);
+    let reservation = listener.budget.reserve(crate::budget::Held::Replay);
+    let limit = plan.limit(route);
+    let (payload, last) =
+        replay::read_ahead(body, limit, timeouts.idle.0, deadline, reservation).await?;
+    Ok((payload, last.saturating_duration_since(start)))
+}
+
 /// The attempts of one request along its route's chain.
-struct Attempts {
-    listener: Arc<ListenerState>,
+struct Attempts<'a> {
+    listener: &'a ListenerState,
     client: Client,
     payload: Payload,
     /// A failed attempt can be followed by another: the body is kept whole.
@@ -207,43 +241,22 @@ struct Sent {
     at: Instant,
     upload: Option<Arc<Upload>>,
     key_used: Option<usize>,
-    total_deadline: Instant,
+    deadlines: Deadlines,
 }
 
-impl Attempts {
-    /// Reads the body ahead when the plan says so ([`replay::read_ahead`]): attempts are timed
-    /// from the end of the read, the upload being the client's time.
-    async fn read(
-        ctx: &mut RequestCtx,
-        listener: &Arc<ListenerState>,
+impl<'a> Attempts<'a> {
+    /// The attempts of a request whose body is `payload` (`client_wait`: the time spent waiting
+    /// for the client's body while reading it ahead, not the sidecar's own). Attempts are timed
+    /// from the end of the read: the upload is the client's time.
+    fn new(
+        ctx: &RequestCtx,
+        listener: &'a ListenerState,
         client: Client,
         plan: &Plan,
-        body: Incoming,
-    ) -> Result<Attempts, Stop> {
+        mut payload: Payload,
+        client_wait: Duration,
+    ) -> Attempts<'a> {
         let route = &*listener.route;
-        let received = ctx.received;
-        let (payload, client_wait) = match plan.reads_ahead() {
-            false => (Payload::streamed(body), Duration::ZERO),
-            true if http_body::Body::is_end_stream(&body) => (Payload::empty(), Duration::ZERO),
-            true => {
-                let timeouts = route.chain[0].timeouts;
-                let start = Instant::now();
-                let deadline = received + timeouts.total.0.min(listener.body_timeout);
-                let reservation = listener.budget.reserve(crate::budget::Held::Replay);
-                // Boxed: its state would otherwise make every request's future larger, on every
-                // route.
-                let ahead = Box::pin(replay::read_ahead(
-                    body,
-                    plan.limit(route),
-                    timeouts.idle.0,
-                    deadline,
-                    reservation,
-                ));
-                let (payload, last) = ahead.await?;
-                (payload, last.saturating_duration_since(start))
-            }
-        };
-        let mut payload = payload;
         if let (true, Some(cache)) = (plan.reads_ahead(), &route.cache) {
             let c = &client;
             payload.set_key(cache_key_hasher(cache.seed, &c.method, &c.uri, &c.headers));
@@ -254,20 +267,20 @@ impl Attempts {
         }
         let start = match plan.reads_ahead() {
             true => Instant::now(),
-            false => received,
+            false => ctx.received,
         };
         let own = start
-            .saturating_duration_since(received)
+            .saturating_duration_since(ctx.received)
             .saturating_sub(client_wait);
-        Ok(Attempts {
-            listener: listener.clone(),
+        Attempts {
+            listener,
             client,
             payload,
             replayable,
             first_reason: None,
             own,
             start,
-        })
+        }
     }
 
     /// The first upstream the request goes to: the one admitted before the read, else the first
@@ -311,22 +324,21 @@ impl Attempts {
         route.cache.as_ref()?.get(key, now)
     }
 
-    /// Sends the attempt to the upstream the request is with (steps 5–10), and waits for its
-    /// response head: its result, and what was sent. An error before anything was sent goes to
-    /// the client as it is.
-    async fn send(
+    /// Prepares the attempt to `upstream`, the one the request is with (steps 5–9): the LLM
+    /// call, the target, the headers and key, the body; returns the request to send and what the
+    /// answer is judged by. An error before anything is sent goes to the client as it is.
+    fn prepare(
         &mut self,
         ctx: &mut RequestCtx,
-    ) -> Result<(Result<Exchange, ProxyError>, Sent), ProxyError> {
-        let listener = self.listener.clone();
-        let route = &*listener.route;
+        upstream: &Upstream,
+    ) -> Result<(Request<RequestBody>, Sent), ProxyError> {
+        let listener = self.listener;
         let hop = ctx.hop;
-        let upstream = &route.chain[hop];
         let format = self.client.format_for(upstream);
         ctx.attempt(format);
         let target = upstream_uri(&upstream.url, &self.client.uri)
             .map_err(|e| internal(upstream, &e.to_string()))?;
-        let mut headers = if self.replayable && hop + 1 < route.chain.len() {
+        let mut headers = if self.replayable && hop + 1 < listener.route.chain.len() {
             self.client.headers.clone()
         } else {
             std::mem::take(&mut self.client.headers)
@@ -350,27 +362,20 @@ impl Attempts {
         }
         ctx.sending(&upload, &mut headers, self.start);
         let c = &self.client;
-        // The request is built straight into the pool's future: a named local would keep its
-        // own slot in this function's future, next to the copy the pool holds.
-        let send = upstream
-            .pool
-            .send(outgoing(body, &c.method, target, c.version, headers));
-        tokio::pin!(send);
+        let request = outgoing(body, &c.method, target, c.version, headers);
         let at = Instant::now();
         self.own += at.saturating_duration_since(self.start);
         let total_deadline = self.start + upstream.timeouts.total.0;
-        let deadlines = Deadlines {
-            total: total_deadline,
-            body: ctx.received + listener.body_timeout,
-        };
-        let result = exchange(upstream, send, upload.as_deref(), at, deadlines).await;
         let sent = Sent {
             at,
             upload,
             key_used,
-            total_deadline,
+            deadlines: Deadlines {
+                total: total_deadline,
+                body: ctx.received + listener.body_timeout,
+            },
         };
-        Ok((result, sent))
+        Ok((request, sent))
     }
 
     /// The attempt's result (steps 11–13): a failure `fallback_on` names moves the request on
@@ -384,8 +389,7 @@ impl Attempts {
         sent: Sent,
     ) -> Result<Option<Answered>, Stop> {
         let head_at = Instant::now();
-        let listener = self.listener.clone();
-        let route = &*listener.route;
+        let route = &*self.listener.route;
         let hop = ctx.hop;
         let reason = match &result {
             Ok((response, _)) => FallbackReason::of_status(response.status()),
@@ -431,7 +435,7 @@ impl Attempts {
             lease,
             at: head_at,
             own: self.own,
-            total_deadline: sent.total_deadline,
+            total_deadline: sent.deadlines.total,
             first_reason: self.first_reason,
         }))
     }

@@ -29,9 +29,21 @@ pub(super) struct Answered {
     pub(super) first_reason: Option<FallbackReason>,
 }
 
+/// How the response goes to the client: now, or once its body is read whole for a safety
+/// decision (`block`, a body that is not a stream).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the response goes to hyper by value either way; boxing it would cost every request an allocation"
+)]
+pub(super) enum Answer {
+    Now(Response<ProxyBody>),
+    ReadWhole(Box<ReadWhole>),
+}
+
 /// The response goes to the client (the pipeline's safety step, then the overhead, then the
-/// stream): as it streams, read whole for a safety decision first, or replaced by the proxy's 403.
-pub(super) async fn answer(mut ctx: RequestCtx, head: Answered) -> Response<ProxyBody> {
+/// stream): as it streams, replaced by the proxy's 403, or — the one case that waits — read whole
+/// for a safety decision first. Not `async`: the common case costs no future of its own.
+pub(super) fn answer(mut ctx: RequestCtx, head: Answered) -> Answer {
     let Answered {
         mut parts,
         body,
@@ -41,47 +53,89 @@ pub(super) async fn answer(mut ctx: RequestCtx, head: Answered) -> Response<Prox
         total_deadline,
         first_reason,
     } = head;
-    let listener = ctx.listener.clone();
-    let idle = listener.route.chain[ctx.hop].timeouts.idle.0;
+    let idle = ctx.listener.route.chain[ctx.hop].timeouts.idle.0;
     let empty = http_body::Body::is_end_stream(&body);
     let inspect = ctx.inspect_head(&mut parts, empty, head_at);
     // The sidecar's own time, recorded now: reading a body whole for a safety decision below is
     // waiting on the upstream, not the sidecar's work.
-    listener
+    ctx.listener
         .overhead
         .record((own + Instant::now().duration_since(head_at)).as_secs_f64());
-    let blocked = |source| ProxyError::SafetyBlocked {
-        detector: listener
-            .safety
-            .as_ref()
-            .map_or("unknown", |ls| ls.name(source))
-            .to_owned(),
-    };
     match inspect {
         Inspect::Pass => {}
         // 403 in place of the upstream's answer (its attempt counts as it went).
-        Inspect::Block(source) => return local_error(blocked(source), ctx, first_reason),
+        Inspect::Block(source) => {
+            return Answer::Now(local_error(blocked(&ctx, source), ctx, first_reason))
+        }
         // Nothing to read (a HEAD answer, a 204): it passes as it is, headers untouched.
         Inspect::ReadWhole if empty => {}
         Inspect::ReadWhole => {
-            return match read_whole(body, &mut ctx, idle, total_deadline).await {
-                Ok(Whole::Clean(bytes)) => {
-                    if let Some(lease) = lease {
-                        lease.release();
-                    }
-                    parts.headers.remove(http::header::CONTENT_LENGTH);
-                    Response::from_parts(parts, ProxyBody::local(bytes, ctx))
-                }
-                Ok(Whole::Blocked(source)) => local_error(blocked(source), ctx, first_reason),
-                Err((err, outcome)) => {
-                    ctx.read_failed(outcome);
-                    local_error(err, ctx, first_reason)
-                }
-            };
+            return Answer::ReadWhole(Box::new(ReadWhole {
+                ctx,
+                parts,
+                body,
+                lease,
+                idle,
+                total_deadline,
+                first_reason,
+            }))
         }
     }
     let body = ProxyBody::upstream(body, lease, ctx, idle, total_deadline);
-    Response::from_parts(parts, body)
+    Answer::Now(Response::from_parts(parts, body))
+}
+
+/// 403 `safety_blocked`, naming the detector of `source`.
+fn blocked(ctx: &RequestCtx, source: Source) -> ProxyError {
+    let name = ctx
+        .listener
+        .safety
+        .as_ref()
+        .map_or("unknown", |ls| ls.name(source));
+    ProxyError::SafetyBlocked {
+        detector: name.to_owned(),
+    }
+}
+
+/// A response to read whole before it is answered.
+pub(super) struct ReadWhole {
+    ctx: RequestCtx,
+    parts: http::response::Parts,
+    body: Incoming,
+    lease: Option<Lease>,
+    idle: Duration,
+    total_deadline: Instant,
+    first_reason: Option<FallbackReason>,
+}
+
+impl ReadWhole {
+    /// Reads the body and answers: the body as it was if clean, else the proxy's 403 (or the
+    /// error that cut the read).
+    pub(super) async fn answer(self: Box<Self>) -> Response<ProxyBody> {
+        let ReadWhole {
+            mut ctx,
+            mut parts,
+            body,
+            lease,
+            idle,
+            total_deadline,
+            first_reason,
+        } = *self;
+        match read_whole(body, &mut ctx, idle, total_deadline).await {
+            Ok(Whole::Clean(bytes)) => {
+                if let Some(lease) = lease {
+                    lease.release();
+                }
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                Response::from_parts(parts, ProxyBody::local(bytes, ctx))
+            }
+            Ok(Whole::Blocked(source)) => local_error(blocked(&ctx, source), ctx, first_reason),
+            Err((err, outcome)) => {
+                ctx.read_failed(outcome);
+                local_error(err, ctx, first_reason)
+            }
+        }
+    }
 }
 
 /// A response read whole for a safety decision.

@@ -141,6 +141,7 @@ pub use state::{ListenerState, RouteState, Shared, Snapshot};
 
 pub use crate::upstream::{RequestBody, Upload, UploadState};
 use ctx::RequestCtx;
+use head::Answer;
 use local::Stop;
 
 /// Proxies one request: the pipeline above.
@@ -169,7 +170,11 @@ pub async fn handle(
     // the context with it): as a 4xx with no cause, nginx's 499, with the time it waited.
     let mut ctx = RequestCtx::begin(listener, &parts, &client_ip, received, in_flight);
     match forward::forward(&mut ctx, parts, body, client_ip).await {
-        Ok(head) => head::answer(ctx, head).await,
+        Ok(head) => match head::answer(ctx, head) {
+            Answer::Now(response) => response,
+            // Boxed: only a body read whole for a safety decision waits here.
+            Answer::ReadWhole(read) => Box::pin(read.answer()).await,
+        },
         Err(stop) => stop.answer(ctx),
     }
 }

@@ -15,7 +15,7 @@ mod body;
 pub use crate::connect::{build_connector, load_ca_file};
 pub use body::{RequestBody, Upload, UploadState};
 pub use keys::{KeyFileError, KeyRing};
-pub use pool::{ConnectionPool, Lease, SendError};
+pub use pool::{ConnectionPool, Lease, SendError, SendResult};
 
 use crate::incident::{Incident, Incidents, Severity};
 use tokio::time::Instant;

@@ -145,6 +145,10 @@ enum Fresh {
     H2(http2::SendRequest<RequestBody>),
 }
 
+/// What [`ConnectionPool::send`] gives: the response head with the lease of its HTTP/1.1
+/// connection, or why it failed.
+pub type SendResult = Result<(Response<Incoming>, Option<Lease>), SendError>;
+
 impl ConnectionPool {
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
@@ -173,10 +177,7 @@ impl ConnectionPool {
 
     /// Sends `req` (its URI in origin form, `Host` set) and returns the response head, with the
     /// lease of its HTTP/1.1 connection.
-    pub async fn send(
-        self: &Arc<Self>,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>) -> SendResult {
         // A shared connection that turns out to take no new stream (GOAWAY, closing) is left
         // for the next, or a new one: the request was never sent on it.
         while let Some((id, sender)) = self.shared_h2() {
