@@ -281,29 +281,47 @@ fn loops_bench(c: &mut Criterion) {
 /// shape: several listeners, upstreams, models and histograms).
 fn slo_bench(c: &mut Criterion) {
     use sloguard::config::{ConfigDuration, SliKind, SloConfig};
-    let mut text = String::new();
+    use sloguard::metric_table::*;
+    use sloguard::telemetry::Telemetry;
+    // The series a busy sidecar has: three listeners, five upstreams, every status and cause.
+    let t = Telemetry::new();
+    let l = |k: &'static str, v: &str| metrics::Label::new(k, v.to_owned());
+    let mut series = 0;
     for listener in ["inbound", "egress", "egress-anthropic"] {
         for upstream in ["agent", "openai", "openai-spare", "anthropic", "cache"] {
             for status in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
                 for cause in ["none", "upstream", "proxy", "agent"] {
-                    text.push_str(&format!("agent_requests_total{{agent=\"demo\",listener=\"{listener}\",upstream=\"{upstream}\",status=\"{status}\",cause=\"{cause}\"}} 1234\n"));
+                    let labels = vec![
+                        l("agent", "demo"),
+                        l("listener", listener),
+                        l("upstream", upstream),
+                        l("status", status),
+                        l("cause", cause),
+                    ];
+                    t.counter(AGENT_REQUESTS_TOTAL, labels).increment(1234);
+                    series += 1;
                 }
             }
-            for le in [
-                "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2", "2.5", "5", "10",
-                "20", "30", "60", "120", "300", "+Inf",
-            ] {
-                text.push_str(&format!("agent_response_seconds_bucket{{agent=\"demo\",listener=\"{listener}\",upstream=\"{upstream}\",le=\"{le}\"}} 99\n"));
+            let labels = vec![
+                l("agent", "demo"),
+                l("listener", listener),
+                l("upstream", upstream),
+            ];
+            let h = t.histogram(AGENT_RESPONSE_SECONDS, labels);
+            for v in [0.01, 0.3, 1.5, 4.0] {
+                h.record(v);
             }
-            text.push_str(&format!("agent_response_seconds_count{{agent=\"demo\",listener=\"{listener}\",upstream=\"{upstream}\"}} 99\n"));
+            series += 1;
         }
-        text.push_str(&format!(
-            "agent_responses_total{{agent=\"demo\",listener=\"{listener}\"}} 500\n"
-        ));
+        let labels = vec![l("agent", "demo"), l("listener", listener)];
+        t.counter(AGENT_RESPONSES_TOTAL, labels).increment(500);
+        series += 1;
     }
-    text.push_str(
-        "agent_tasks_started{agent=\"demo\"} 100\nagent_tasks_completed{agent=\"demo\"} 90\n",
-    );
+    t.counter(AGENT_TASKS_STARTED, vec![l("agent", "demo")])
+        .increment(100);
+    t.counter(AGENT_TASKS_COMPLETED, vec![l("agent", "demo")])
+        .increment(90);
+    series += 2;
     let slo = |sli, threshold: Option<f64>| SloConfig {
         name: "s".into(),
         sli,
@@ -320,16 +338,13 @@ fn slo_bench(c: &mut Criterion) {
         slo(SliKind::TimeToFirstToken, Some(1.0)),
         slo(SliKind::Safety, None),
     ];
-    c.bench_function(
-        &format!("slo/read_5_slos_from_{}_lines", text.lines().count()),
-        |b| {
-            b.iter(|| {
-                for s in &slos {
-                    black_box(sloguard::slo::source::counts(black_box(&text), "demo", s));
-                }
-            })
-        },
-    );
+    c.bench_function(&format!("slo/read_5_slos_from_{series}_series"), |b| {
+        b.iter(|| {
+            for s in &slos {
+                black_box(sloguard::slo::source::counts(black_box(t.tallies()), "demo", s));
+            }
+        })
+    });
 }
 
 /// What a request's trace costs it (`otlp.traces`): started from the client's headers, one attempt

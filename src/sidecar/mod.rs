@@ -176,7 +176,7 @@ impl Sidecar {
             Duration::from_secs(1),
             move || {
                 if !slos.is_empty() {
-                    slos.tick(&metrics.render(), tokio::time::Instant::now());
+                    slos.tick(metrics.tallies(), tokio::time::Instant::now());
                 }
             },
         ));

@@ -90,6 +90,28 @@ impl crate::admin::Reload for Reloader {
     }
 }
 
+/// The file watch's decision, apart from the file and the clock: a text read from the file is
+/// loaded once it differs from the text last read for a load (loaded or refused) and has been
+/// read the same on two polls in a row. So a change is loaded once, a refused one is not tried
+/// again until the file changes, and a file caught half-written is not loaded.
+#[derive(Debug, Default)]
+struct Settling(Option<String>);
+
+impl Settling {
+    /// The file read `text` (`last`: the text last read for a load): what to load now.
+    fn read(&mut self, text: String, last: Option<&str>) -> Option<String> {
+        if last == Some(text.as_str()) {
+            self.0 = None;
+            return None;
+        }
+        if self.0.as_deref() != Some(text.as_str()) {
+            self.0 = Some(text);
+            return None;
+        }
+        self.0.take()
+    }
+}
+
 /// What a reload changed.
 #[derive(Debug, Serialize)]
 pub struct Reloaded {
@@ -239,7 +261,7 @@ impl Reloader {
         };
         let mut tick = tokio::time::interval(CONFIG_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut settling: Option<String> = None;
+        let mut settling = Settling::default();
         loop {
             tick.tick().await;
             // Missing for a moment (an editor's rename, a volume being remounted): looked for
@@ -247,15 +269,10 @@ impl Reloader {
             let Ok(text) = read(path.clone()).await else {
                 continue;
             };
-            if lock(&self.last_text).as_deref() == Some(text.as_str()) {
-                settling = None;
+            let last = lock(&self.last_text).clone();
+            let Some(text) = settling.read(text, last.as_deref()) else {
                 continue;
-            }
-            if settling.as_deref() != Some(text.as_str()) {
-                settling = Some(text);
-                continue;
-            }
-            settling = None;
+            };
             let _one = self.serial.lock().await;
             // An admin call or a signal may have loaded it meanwhile.
             if lock(&self.last_text).as_deref() == Some(text.as_str()) {
@@ -378,4 +395,42 @@ async fn read(path: PathBuf) -> Result<String, String> {
         .await
         .map_err(|e| format!("{shown}: cannot read the config file: {e}"))?
         .map_err(|e| format!("{shown}: cannot read the config file: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_loaded_once_after_it_held_still_for_a_poll() {
+        let mut w = Settling::default();
+        let loaded = |w: &mut Settling, text: &str, last: &str| w.read(text.into(), Some(last));
+        // The file as loaded: nothing to do, however often it is read.
+        assert_eq!(loaded(&mut w, "a", "a"), None);
+        // Changed: read once, it may be half-written; the same again, it is loaded.
+        assert_eq!(loaded(&mut w, "b", "a"), None);
+        assert_eq!(loaded(&mut w, "b", "a"), Some("b".into()));
+        // Loaded (or refused): not again while the content stays the same.
+        for _ in 0..5 {
+            assert_eq!(loaded(&mut w, "b", "b"), None);
+        }
+    }
+
+    #[test]
+    fn a_file_caught_half_written_is_never_loaded() {
+        let mut w = Settling::default();
+        // Truncated and written in place: a valid-looking first part, then the whole.
+        assert_eq!(w.read("agent: x\n".into(), Some("old")), None);
+        assert_eq!(w.read("agent: x\nslos: []\n".into(), Some("old")), None);
+        assert_eq!(
+            w.read("agent: x\nslos: []\n".into(), Some("old")),
+            Some("agent: x\nslos: []\n".into())
+        );
+        // Changed back before it settled: the first read of it counts for nothing.
+        let mut w = Settling::default();
+        assert_eq!(w.read("b".into(), None), None);
+        assert_eq!(w.read("c".into(), None), None);
+        assert_eq!(w.read("b".into(), None), None);
+        assert_eq!(w.read("b".into(), None), Some("b".into()));
+    }
 }

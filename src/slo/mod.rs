@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, SloConfig};
 use crate::incident::Severity;
-use crate::telemetry::{label, Telemetry, SLO_BUDGET_REMAINING, SLO_BURN_RATE};
+use crate::telemetry::{label, Tallies, Telemetry, SLO_BUDGET_REMAINING, SLO_BURN_RATE};
 use engine::{Tracker, WINDOWS};
 
 /// One SLO: its config, its events, its gauges.
@@ -100,12 +100,12 @@ impl Slos {
         kept
     }
 
-    /// Reads every SLO's events from the exposition text of the sidecar's metrics, and updates
+    /// Reads every SLO's events from the sidecar's own counters (their typed totals), and updates
     /// the gauges.
-    pub fn tick(&self, metrics: &str, now: Instant) {
+    pub fn tick(&self, tallies: &Tallies, now: Instant) {
         let mut slos = self.lock();
         for slo in slos.iter_mut() {
-            let (first, total) = source::counts(metrics, &self.agent, &slo.config);
+            let (first, total) = source::counts(tallies, &self.agent, &slo.config);
             slo.tracker.feed(first, total, now);
             slo.remaining.set(slo.tracker.budget_remaining(now));
             for (gauge, (_, minutes)) in slo.burn.iter().zip(WINDOWS) {

@@ -23,6 +23,10 @@ use std::time::Duration;
 
 use crate::config::{Config, SeverityName, SliKind, SloConfig};
 use crate::incident::Severity;
+use crate::metric_table::{
+    AGENT_REQUESTS_TOTAL, AGENT_RESPONSE_SECONDS, AGENT_TASKS_COMPLETED, AGENT_TASKS_STARTED,
+    GEN_AI_TIME_TO_FIRST_CHUNK,
+};
 
 /// Events a window pair must hold before it may alert.
 pub const MIN_EVENTS: u32 = 20;
@@ -168,10 +172,10 @@ fn sli_of(slo: &SloConfig, agent: &str) -> Sli {
             };
             Sli {
                 error_ratio: ratio(
-                    &format!("agent_requests_total{{{a},status!='5xx'{x}}}"),
-                    &format!("agent_requests_total{{{a}{x}}}"),
+                    &format!("{AGENT_REQUESTS_TOTAL}{{{a},status!='5xx'{x}}}"),
+                    &format!("{AGENT_REQUESTS_TOTAL}{{{a}{x}}}"),
                 ),
-                events: format!("sum(increase(agent_requests_total{{{a}{x}}}[{{W}}]))"),
+                events: format!("sum(increase({AGENT_REQUESTS_TOTAL}{{{a}{x}}}[{{W}}]))"),
             }
         }
         SliKind::TaskCompletion => Sli {
@@ -179,16 +183,16 @@ fn sli_of(slo: &SloConfig, agent: &str) -> Sli {
             error_ratio: format!(
                 "clamp_min({}, 0)",
                 ratio(
-                    &format!("agent_tasks_completed{{{a}}}"),
-                    &format!("agent_tasks_started{{{a}}}")
+                    &format!("{AGENT_TASKS_COMPLETED}{{{a}}}"),
+                    &format!("{AGENT_TASKS_STARTED}{{{a}}}")
                 )
             ),
-            events: format!("sum(increase(agent_tasks_started{{{a}}}[{{W}}]))"),
+            events: format!("sum(increase({AGENT_TASKS_STARTED}{{{a}}}[{{W}}]))"),
         },
         SliKind::Latency | SliKind::TimeToFirstToken => {
             let metric = match slo.sli {
-                SliKind::Latency => "agent_response_seconds",
-                _ => "gen_ai_client_operation_time_to_first_chunk_seconds",
+                SliKind::Latency => AGENT_RESPONSE_SECONDS,
+                _ => GEN_AI_TIME_TO_FIRST_CHUNK,
             };
             let le = le_matcher(slo.threshold.map_or(0.0, |t| t.0.as_secs_f64()));
             Sli {

@@ -9,6 +9,7 @@ pub mod genai;
 mod log_limit;
 mod logging;
 pub mod otlp;
+mod tally;
 pub mod trace;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use metrics_exporter_prometheus::{
 pub use genai::{ErrorType, KeyMetrics, LlmMetrics, ModelLabels, ModelMetrics};
 pub use log_limit::LogLimiter;
 pub use logging::init_logging;
+pub use tally::{has_label, Tallies};
 
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
 
@@ -36,6 +38,8 @@ pub struct Telemetry {
     handle: PrometheusHandle,
     /// Every handle is registered here too when OTLP exports metrics.
     mirror: Option<Arc<otlp::Mirror>>,
+    /// The series the local SLO view reads, as numbers.
+    tallies: Tallies,
 }
 
 impl Telemetry {
@@ -57,6 +61,7 @@ impl Telemetry {
             recorder: Arc::new(recorder),
             handle,
             mirror,
+            tallies: Tallies::default(),
         };
         t.describe();
         t
@@ -90,9 +95,15 @@ impl Telemetry {
         }
     }
 
+    /// The running totals of the series an SLO can be computed from.
+    pub fn tallies(&self) -> &Tallies {
+        &self.tallies
+    }
+
     pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
         let key = Key::from_parts(name, labels);
         let prom = self.recorder.register_counter(&key, &METADATA);
+        let prom = self.tallies.counter(&key, prom);
         match &self.mirror {
             Some(m) => m.counter(&key, prom),
             None => prom,
@@ -102,6 +113,7 @@ impl Telemetry {
     pub fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
         let key = Key::from_parts(name, labels);
         let prom = self.recorder.register_histogram(&key, &METADATA);
+        let prom = self.tallies.histogram(&key, prom);
         match &self.mirror {
             Some(m) => m.histogram(&key, prom),
             None => prom,

@@ -1,6 +1,14 @@
 //! The demo's live summary: one line per listener, upstream, circuit, safety and tasks, read
 //! from the sidecar's own `/metrics` text (what a person would ask Prometheus).
 
+use crate::metric_table::{
+    AGENT_DISABLED, AGENT_LOOPS_DETECTED, AGENT_REQUESTS_TOTAL, AGENT_RESPONSES_TOTAL,
+    AGENT_TASKS_ABANDONED, AGENT_TASKS_COMPLETED, AGENT_TASKS_FAILED, AGENT_TASKS_STARTED,
+    CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, FALLBACKS_TOTAL, FINISH_REASONS_TOTAL,
+    GEN_AI_TIME_TO_FIRST_CHUNK, GEN_AI_TOKEN_USAGE, HALLUCINATED_TOOL_CALLS_TOTAL,
+    SAFETY_VIOLATIONS_TOTAL, SLO_BUDGET_REMAINING, SLO_BURN_RATE, UPSTREAM_REQUESTS_TOTAL,
+};
+
 /// The LLM line of the summary, from the sidecar's own GenAI metrics: time to first token over
 /// the last second (from the histogram's buckets, as Prometheus' `histogram_quantile` would),
 /// output tokens per second, and totals of finish reasons and hallucinated tool calls.
@@ -16,7 +24,7 @@ pub(super) fn safety_line(metrics: &str) -> String {
     let mut parts = Vec::new();
     for listener in ["inbound", "egress"] {
         let l = format!("listener=\"{listener}\"");
-        let inspected = sum_series(metrics, "agent_responses_total", &[&l]);
+        let inspected = sum_series(metrics, AGENT_RESPONSES_TOTAL, &[&l]);
         let mut by = Vec::new();
         for d in [
             "pii_email",
@@ -27,14 +35,14 @@ pub(super) fn safety_line(metrics: &str) -> String {
         ] {
             let n = sum_series(
                 metrics,
-                "agent_safety_violations_total",
+                SAFETY_VIOLATIONS_TOTAL,
                 &[&l, &format!("detector=\"{d}\"")],
             );
             if n > 0.0 {
                 by.push(format!("{d} {n}"));
             }
         }
-        let all = sum_series(metrics, "agent_safety_violations_total", &[&l]);
+        let all = sum_series(metrics, SAFETY_VIOLATIONS_TOTAL, &[&l]);
         parts.push(format!(
             "{listener} {inspected} inspected, {all} violations{}",
             if by.is_empty() {
@@ -44,10 +52,10 @@ pub(super) fn safety_line(metrics: &str) -> String {
             }
         ));
     }
-    let disabled = sum_series(metrics, "sloguard_agent_disabled", &[]) > 0.0;
+    let disabled = sum_series(metrics, AGENT_DISABLED, &[]) > 0.0;
     let queue = sum_series(
         metrics,
-        "agent_requests_total",
+        AGENT_REQUESTS_TOTAL,
         &["upstream=\"kill_switch_fallback\""],
     );
     format!(
@@ -68,7 +76,7 @@ fn sum_series(metrics: &str, name: &str, filters: &[&str]) -> f64 {
 }
 
 fn buckets(metrics: &str, upstream: &str) -> Vec<(f64, f64)> {
-    let name = "gen_ai_client_operation_time_to_first_chunk_seconds_bucket";
+    let name = &format!("{GEN_AI_TIME_TO_FIRST_CHUNK}_bucket");
     let filter = format!("upstream=\"{upstream}\"");
     let mut by_le: Vec<(f64, f64)> = Vec::new();
     for line in metrics
@@ -125,7 +133,7 @@ impl LlmSummary {
         let now = buckets(metrics, upstream);
         let tokens = sum_series(
             metrics,
-            "gen_ai_client_token_usage_sum",
+            &format!("{GEN_AI_TOKEN_USAGE}_sum"),
             &[&up, "gen_ai_token_type=\"output\""],
         );
         let (before, tokens_before) = self.last.remove(upstream).unwrap_or_default();
@@ -145,11 +153,11 @@ impl LlmSummary {
             ms(0.5),
             ms(0.99),
             tokens - tokens_before,
-            count("agent_llm_finish_reasons_total", "reason=\"stop\""),
-            count("agent_llm_finish_reasons_total", "reason=\"tool_calls\""),
-            count("agent_llm_finish_reasons_total", "reason=\"error\""),
-            count("agent_hallucinated_tool_calls_total", "kind=\"unknown_tool\""),
-            count("agent_hallucinated_tool_calls_total", "kind=\"invalid_arguments\""),
+            count(FINISH_REASONS_TOTAL, "reason=\"stop\""),
+            count(FINISH_REASONS_TOTAL, "reason=\"tool_calls\""),
+            count(FINISH_REASONS_TOTAL, "reason=\"error\""),
+            count(HALLUCINATED_TOOL_CALLS_TOTAL, "kind=\"unknown_tool\""),
+            count(HALLUCINATED_TOOL_CALLS_TOTAL, "kind=\"invalid_arguments\""),
         );
         self.last.insert(upstream.to_owned(), (now, tokens));
         line
@@ -167,12 +175,8 @@ pub(super) struct ChainSummary {
 impl ChainSummary {
     pub(super) fn line(&mut self, upstream: &str, metrics: &str) -> String {
         let up = format!("upstream=\"{upstream}\"");
-        let attempts = sum_series(metrics, "sloguard_upstream_requests_total", &[&up]);
-        let ok = sum_series(
-            metrics,
-            "sloguard_upstream_requests_total",
-            &[&up, "outcome=\"ok\""],
-        );
+        let attempts = sum_series(metrics, UPSTREAM_REQUESTS_TOTAL, &[&up]);
+        let ok = sum_series(metrics, UPSTREAM_REQUESTS_TOTAL, &[&up, "outcome=\"ok\""]);
         let (attempts_before, ok_before) = std::mem::replace(&mut self.last, (attempts, ok));
         let share = |ok: f64, all: f64| {
             if all > 0.0 {
@@ -181,7 +185,7 @@ impl ChainSummary {
                 "    -".to_string()
             }
         };
-        let state = match sum_series(metrics, "sloguard_circuit_state", &[&up]) as u8 {
+        let state = match sum_series(metrics, CIRCUIT_STATE, &[&up]) as u8 {
             0 => "closed",
             1 => "half_open",
             _ => "open",
@@ -189,7 +193,7 @@ impl ChainSummary {
         let transitions = |to: &str| {
             sum_series(
                 metrics,
-                "sloguard_circuit_transitions_total",
+                CIRCUIT_TRANSITIONS_TOTAL,
                 &[&up, &format!("to=\"{to}\"")],
             ) as u64
         };
@@ -197,7 +201,7 @@ impl ChainSummary {
         let moved = |reason: &str| {
             sum_series(
                 metrics,
-                "sloguard_fallbacks_total",
+                FALLBACKS_TOTAL,
                 &[&from, &format!("reason=\"{reason}\"")],
             ) as u64
         };
@@ -220,10 +224,11 @@ pub(super) fn summary_line(listener: &str, metrics: &str, window: &mut Vec<f64>)
     let mut classes = [0u64; 5];
     let mut causes = [0u64; 4];
     let needle = format!("listener=\"{listener}\"");
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("agent_requests_total{") && l.contains(&needle))
-    {
+    for line in metrics.lines().filter(|l| {
+        l.strip_prefix(AGENT_REQUESTS_TOTAL)
+            .is_some_and(|r| r.starts_with('{'))
+            && l.contains(&needle)
+    }) {
         let value = line
             .rsplit(' ')
             .next()
@@ -270,8 +275,8 @@ pub(super) fn summary_line(listener: &str, metrics: &str, window: &mut Vec<f64>)
 /// loop guard's findings and the calls it refused, and what `/agent/healthz` answers.
 pub(super) fn tasks_line(metrics: &str, healthz: &str) -> String {
     let n = |name: &str| sum_series(metrics, name, &[]) as u64;
-    let started = n("agent_tasks_started");
-    let completed = n("agent_tasks_completed");
+    let started = n(AGENT_TASKS_STARTED);
+    let completed = n(AGENT_TASKS_COMPLETED);
     let rate = if started > 0 {
         format!("{:>6.2}%", 100.0 * completed as f64 / started as f64)
     } else {
@@ -280,20 +285,20 @@ pub(super) fn tasks_line(metrics: &str, healthz: &str) -> String {
     let loops = |kind: &str| {
         sum_series(
             metrics,
-            "agent_loops_detected_total",
+            AGENT_LOOPS_DETECTED,
             &[&format!("kind=\"{kind}\"")],
         ) as u64
     };
     // On the egress listener, the agent's own 4xx are the loop guard's refusals.
     let refused = sum_series(
         metrics,
-        "agent_requests_total",
+        AGENT_REQUESTS_TOTAL,
         &["listener=\"egress\"", "status=\"4xx\"", "cause=\"agent\""],
     ) as u64;
     format!(
         "tasks    started {started:>5} completed {completed:>5} failed {:>4} abandoned {:>3} | completion rate {rate} (completed/started) | loops repeated_tool_call {} max_llm_calls {}, LLM calls refused {refused} | /agent/healthz {healthz}",
-        n("agent_tasks_failed_total"),
-        n("agent_tasks_abandoned_total"),
+        n(AGENT_TASKS_FAILED),
+        n(AGENT_TASKS_ABANDONED),
         loops("repeated_tool_call"),
         loops("max_llm_calls"),
     )
@@ -311,14 +316,8 @@ pub(super) fn slo_line(metrics: &str) -> String {
         "safety",
     ] {
         let s = format!("slo=\"{slo}\"");
-        let remaining = sum_series(metrics, "sloguard_slo_error_budget_remaining", &[&s]);
-        let burn = |w: &str| {
-            sum_series(
-                metrics,
-                "sloguard_slo_burn_rate",
-                &[&s, &format!("window=\"{w}\"")],
-            )
-        };
+        let remaining = sum_series(metrics, SLO_BUDGET_REMAINING, &[&s]);
+        let burn = |w: &str| sum_series(metrics, SLO_BURN_RATE, &[&s, &format!("window=\"{w}\"")]);
         parts.push(format!(
             "{slo} {:>7.1}% left, burn {:>5.2}/{:>5.2}",
             100.0 * remaining,
