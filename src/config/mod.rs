@@ -4,6 +4,7 @@
 //! [`Config::validate`] checks what a schema cannot (references, duplicates, sections this build
 //! does not act on) and reports the key path and line the same way.
 
+mod checks;
 mod limits;
 mod locate;
 mod otlp;
@@ -13,7 +14,7 @@ mod tasks;
 mod units;
 mod upstream;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -332,7 +333,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what the schema cannot; the error is `(key path, message)`.
+    /// Checks what the schema cannot, section by section; the error is `(key path, message)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if let Some(otlp) = &self.otlp {
             otlp.validate()?;
@@ -362,135 +363,9 @@ impl Config {
             ));
         }
         self.admin.limits.validate("admin.limits", true)?;
-        if self.listeners.is_empty() {
-            return Err((
-                "listeners".into(),
-                "at least one listener is required".into(),
-            ));
-        }
-        let mut names = HashSet::new();
-        let mut binds: Vec<(SocketAddr, usize)> = Vec::new();
-        for (i, l) in self.listeners.iter().enumerate() {
-            if l.name.is_empty() {
-                return Err((format!("listeners[{i}].name"), "must not be empty".into()));
-            }
-            if !names.insert(l.name.as_str()) {
-                return Err((
-                    format!("listeners[{i}].name"),
-                    format!("duplicate listener name {:?}", l.name),
-                ));
-            }
-            if let Some((_, j)) = binds.iter().find(|(b, _)| binds_clash(*b, l.bind)) {
-                return Err((
-                    format!("listeners[{i}].bind"),
-                    format!(
-                        "duplicate bind address {}: listeners[{j}] binds it too",
-                        l.bind
-                    ),
-                ));
-            }
-            if binds_clash(l.bind, self.admin.bind) {
-                return Err((
-                    format!("listeners[{i}].bind"),
-                    format!("bind address {} is the admin port's (admin.bind)", l.bind),
-                ));
-            }
-            binds.push((l.bind, i));
-            l.limits
-                .validate(&format!("listeners[{i}].limits"), false)?;
-            if !self.routes.contains_key(&l.route) {
-                return Err((
-                    format!("listeners[{i}].route"),
-                    format!("no route named {:?} under `routes`", l.route),
-                ));
-            }
-        }
+        self.validate_listeners()?;
         for (name, route) in &self.routes {
-            let base = format!("routes.{name}");
-            if route.upstreams.is_empty() {
-                return Err((
-                    format!("{base}.upstreams"),
-                    "at least one upstream is required".into(),
-                ));
-            }
-            for (i, up) in route.upstreams.iter().enumerate() {
-                if !self.upstreams.contains_key(up) {
-                    return Err((
-                        format!("{base}.upstreams[{i}]"),
-                        format!("no upstream named {up:?} under `upstreams`"),
-                    ));
-                }
-            }
-            let mut seen = HashSet::new();
-            for (i, up) in route.upstreams.iter().enumerate() {
-                if !seen.insert(up) {
-                    return Err((
-                        format!("{base}.upstreams[{i}]"),
-                        format!("{up:?} is already in this route's chain; a fallback to the upstream that just failed would fail too"),
-                    ));
-                }
-            }
-            if route.max_replay_body.0 > MAX_REPLAY_BODY_LIMIT {
-                return Err((
-                    format!("{base}.max_replay_body"),
-                    format!(
-                        "at most {} MiB: every request in flight may hold this much",
-                        MAX_REPLAY_BODY_LIMIT >> 20
-                    ),
-                ));
-            }
-            // One request body must suit every upstream it may be replayed to.
-            let mut protocols = route
-                .upstreams
-                .iter()
-                .enumerate()
-                .filter_map(|(i, u)| Some((i, self.upstreams.get(u)?.protocol)))
-                .filter(|(_, p)| *p != Protocol::None);
-            if let Some((_, first)) = protocols.next() {
-                if let Some((i, other)) = protocols.find(|(_, p)| *p != first) {
-                    return Err((
-                        format!("{base}.upstreams[{i}]"),
-                        format!(
-                            "speaks {}, the chain before it {}: a request cannot be replayed from one protocol to the other",
-                            other.provider_name(),
-                            first.provider_name()
-                        ),
-                    ));
-                }
-            }
-            if let Some(cache) = &route.cache {
-                if let Some(l) = self
-                    .listeners
-                    .iter()
-                    .find(|l| l.route == *name && l.role == Role::Agent)
-                {
-                    return Err((
-                        format!("{base}.cache"),
-                        format!(
-                            "only for routes of `llm` listeners; listener {:?} (role agent) uses this route, and an agent's answers belong to its users",
-                            l.name
-                        ),
-                    ));
-                }
-                if let Some(i) = route.upstreams.iter().position(|u| u == "cache") {
-                    return Err((
-                        format!("{base}.upstreams[{i}]"),
-                        "an upstream named \"cache\" cannot be in a route with a cache: its metrics would be the cache's".into(),
-                    ));
-                }
-                if cache.max_entries == 0 || cache.max_entries > MAX_CACHE_ENTRIES {
-                    return Err((
-                        format!("{base}.cache.max_entries"),
-                        format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
-                    ));
-                }
-                if cache.ttl.0.is_zero() {
-                    return Err((
-                        format!("{base}.cache.ttl"),
-                        "must be greater than zero".into(),
-                    ));
-                }
-            }
+            self.validate_route(name, route)?;
         }
         for (name, up) in &self.upstreams {
             up.validate(&format!("upstreams.{name}"))?;
@@ -498,13 +373,6 @@ impl Config {
         let max_replay = self.routes.values().map(|r| r.max_replay_body.0).max();
         self.memory.validate(max_replay.unwrap_or(0))
     }
-}
-
-/// Two binds clash when they share a port and one is the other's address or a wildcard.
-fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
-        && a.port() != 0
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 #[cfg(test)]
