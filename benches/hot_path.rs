@@ -341,7 +341,11 @@ fn slo_bench(c: &mut Criterion) {
     c.bench_function(&format!("slo/read_5_slos_from_{series}_series"), |b| {
         b.iter(|| {
             for s in &slos {
-                black_box(sloguard::slo::source::counts(black_box(t.tallies()), "demo", s));
+                black_box(sloguard::slo::source::counts(
+                    black_box(t.tallies()),
+                    "demo",
+                    s,
+                ));
             }
         })
     });

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 /// Wait before a loop that panicked starts again: a loop that panics at once every time costs a
 /// log line a second, not a core.
-pub const RESTART_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const RESTART_AFTER: Duration = Duration::from_secs(1);
 
 /// Aborts the task it holds when dropped: aborting a supervisor aborts what it supervises.
 struct AbortOnDrop(JoinHandle<()>);
@@ -26,7 +26,11 @@ impl Drop for AbortOnDrop {
 
 /// Runs `make()`'s future in a task, and again whenever it panics; returns once a run ends
 /// (or the supervisor is aborted, which aborts the run too).
-pub fn supervise<F, Fut>(task: impl Into<String>, restarts: Counter, make: F) -> JoinHandle<()>
+pub(crate) fn supervise<F, Fut>(
+    task: impl Into<String>,
+    restarts: Counter,
+    make: F,
+) -> JoinHandle<()>
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -56,7 +60,7 @@ where
 }
 
 /// Calls `tick` every `period`, supervised.
-pub fn every(
+pub(crate) fn every(
     task: &str,
     restarts: Counter,
     period: Duration,

@@ -55,6 +55,7 @@ impl Held {
     }
 }
 
+#[derive(Debug)]
 struct Inner {
     capacity: usize,
     used: AtomicUsize,
@@ -63,7 +64,7 @@ struct Inner {
 }
 
 /// The budget of one sidecar; cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct BodyBudget(Arc<Inner>);
 
 impl BodyBudget {
@@ -121,6 +122,7 @@ impl BodyBudget {
 }
 
 /// Bytes one holder keeps, given back when it is dropped.
+#[derive(Debug)]
 pub struct Reservation {
     /// `None`: not counted against any budget (tools and tests that hold nothing for long).
     budget: Option<BodyBudget>,

@@ -1,14 +1,17 @@
 //! sloguard: a sidecar reverse proxy that applies Site Reliability Engineering to AI agents.
 //!
 //! The modules follow the request: [`proxy`] accepts and forwards it, [`upstream`] reaches the
-//! upstream, [`sli`] classifies the outcome, [`telemetry`] counts it, [`admin`] shows it.
+//! upstream, [`sli`] classifies the outcome, [`telemetry`] counts it, the admin port shows it.
 
-pub mod admin;
-pub mod background;
-pub mod budget;
+// `pub` only where the binary, tests or benches need it; every public type can be printed.
+#![warn(unreachable_pub, missing_debug_implementations)]
+
+pub(crate) mod admin;
+pub(crate) mod background;
+pub(crate) mod budget;
 pub mod cli;
 pub mod config;
-pub mod connect;
+pub(crate) mod connect;
 pub mod incident;
 pub mod inspect;
 pub mod metric_table;

@@ -432,6 +432,7 @@ pub enum Kind {
     Gauge,
 }
 
+#[derive(Debug)]
 pub struct MetricDef {
     pub name: &'static str,
     pub otel: &'static str,

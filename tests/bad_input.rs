@@ -100,18 +100,8 @@ async fn an_invalid_upstream_response_is_a_502_counted_as_reset() {
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(resp.headers()["x-sloguard-error"], "upstream_unavailable");
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "reset")],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "5xx"), ("cause", "upstream")],
-        1.0,
-    );
+    expect_outcome(&m, "reset", 1.0);
+    expect_requests(&m, "5xx", "upstream", 1.0);
     sidecar.shutdown().await;
 }
 
@@ -140,18 +130,8 @@ async fn an_upstream_reset_mid_body_ends_the_stream_and_is_counted() {
     let body = resp.into_body().collect().await;
     assert!(body.is_err(), "a cut body must not look complete");
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "reset")],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "2xx"), ("cause", "agent")],
-        1.0,
-    );
+    expect_outcome(&m, "reset", 1.0);
+    expect_requests(&m, "2xx", "agent", 1.0);
     // The same sidecar goes on serving.
     let resp = get(&client(), &proxy_url(&sidecar, "/ok")).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -198,12 +178,7 @@ async fn a_client_that_aborts_its_upload_is_not_charged_to_the_upstream() {
     drop(s);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "4xx"), ("cause", "none")],
-        1.0,
-    );
+    expect_requests(&m, "4xx", "none", 1.0);
     expect_metric(&m, "agent_requests_total", &[("cause", "upstream")], 0.0);
     assert_eq!(
         metric(&m, "sloguard_upstream_requests_total", &[]),
@@ -243,12 +218,7 @@ async fn a_client_that_stalls_its_upload_gets_408_and_the_upstream_is_not_charge
     assert!(head.starts_with("http/1.1 408"), "{head}");
     assert!(head.contains("x-sloguard-error: request_timeout"), "{head}");
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "4xx"), ("cause", "none")],
-        1.0,
-    );
+    expect_requests(&m, "4xx", "none", 1.0);
     assert_eq!(
         metric(&m, "sloguard_upstream_requests_total", &[]),
         0.0,
@@ -281,11 +251,6 @@ async fn a_slow_but_steady_upload_is_not_cut_by_first_byte() {
     assert!(answer.starts_with("http/1.1 200"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n12"), "{answer}");
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "ok")],
-        1.0,
-    );
+    expect_outcome(&m, "ok", 1.0);
     sidecar.shutdown().await;
 }

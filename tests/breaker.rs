@@ -152,12 +152,7 @@ async fn failures_open_the_circuit_a_probe_closes_it() {
         0.0,
     );
     // The refused calls are the provider's failures for the agent, and no attempts.
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "5xx"), ("cause", "upstream")],
-        8.0,
-    );
+    expect_requests(&m, "5xx", "upstream", 8.0);
     expect_metric(&m, "sloguard_upstream_requests_total", &[], 4.0);
 }
 
@@ -397,12 +392,7 @@ async fn on_the_agent_role_a_clients_429_does_not_open_the_circuit() {
     assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
     assert_eq!(hits.load(Ordering::SeqCst), 6);
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "429")],
-        5.0,
-    );
+    expect_outcome(&m, "429", 5.0);
     // Its 5xx still count: three open the circuit.
     status.store(500, Ordering::SeqCst);
     for _ in 0..3 {

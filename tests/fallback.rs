@@ -478,12 +478,7 @@ async fn a_429_with_retry_after_falls_back_and_opens_the_primarys_circuit() {
         ],
         1.0,
     );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "2xx"), ("cause", "none")],
-        2.0,
-    );
+    expect_requests(&m, "2xx", "none", 2.0);
 }
 
 #[tokio::test]
@@ -502,18 +497,8 @@ async fn a_429_without_retry_after_falls_back_but_does_not_open_the_circuit_by_i
     assert_eq!(primary.hits(), 2);
     assert_eq!(circuit(&sidecar, "primary").await["state"], "closed");
     let m = metrics_after(&sidecar, 2.0).await;
-    expect_metric(
-        &m,
-        "sloguard_fallbacks_total",
-        &[("from", "primary"), ("to", "backup"), ("reason", "429")],
-        2.0,
-    );
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("upstream", "primary"), ("outcome", "429")],
-        2.0,
-    );
+    expect_fallbacks(&m, "primary", "backup", "429", 2.0);
+    expect_attempts(&m, "primary", "429", 2.0);
 }
 
 #[tokio::test]
@@ -543,24 +528,9 @@ async fn a_primary_silent_past_first_byte_falls_back_as_timeout() {
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert_eq!(backup.seen()[0].body, body.as_bytes());
     let m = metrics_after(&sidecar, 1.0).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("upstream", "primary"), ("outcome", "timeout")],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "sloguard_fallbacks_total",
-        &[("from", "primary"), ("to", "backup"), ("reason", "timeout")],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("upstream", "backup"), ("status", "2xx"), ("cause", "none")],
-        1.0,
-    );
+    expect_attempts(&m, "primary", "timeout", 1.0);
+    expect_fallbacks(&m, "primary", "backup", "timeout", 1.0);
+    expect_requests_from(&m, "backup", "2xx", "none", 1.0);
 }
 
 #[tokio::test]
@@ -577,22 +547,8 @@ async fn a_refused_connection_falls_back_as_connect_error() {
     assert_from(&answer, StatusCode::OK, "backup", Some("connect_error"));
     assert_eq!(backup.seen()[0].body, body.as_bytes());
     let m = metrics_after(&sidecar, 1.0).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("upstream", "primary"), ("outcome", "connect_error")],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "sloguard_fallbacks_total",
-        &[
-            ("from", "primary"),
-            ("to", "backup"),
-            ("reason", "connect_error"),
-        ],
-        1.0,
-    );
+    expect_attempts(&m, "primary", "connect_error", 1.0);
+    expect_fallbacks(&m, "primary", "backup", "connect_error", 1.0);
 }
 
 #[tokio::test]
@@ -623,16 +579,7 @@ async fn a_reset_before_the_response_head_falls_back_as_connect_error() {
     assert_eq!(backup.seen()[0].body, body.as_bytes());
     assert!(conns.load(Ordering::SeqCst) >= 1);
     let m = metrics_after(&sidecar, 1.0).await;
-    expect_metric(
-        &m,
-        "sloguard_fallbacks_total",
-        &[
-            ("from", "primary"),
-            ("to", "backup"),
-            ("reason", "connect_error"),
-        ],
-        1.0,
-    );
+    expect_fallbacks(&m, "primary", "backup", "connect_error", 1.0);
     // One attempt at the primary, and not a success (`connect_error` or `reset`).
     let u = "sloguard_upstream_requests_total";
     expect_metric(&m, u, &[("upstream", "primary")], 1.0);
@@ -687,12 +634,7 @@ async fn down_a_chain_of_three_the_header_names_why_the_first_was_left() {
         1.0,
     );
     expect_metric(&m, u, &[("upstream", "third"), ("outcome", "ok")], 1.0);
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("upstream", "third"), ("status", "2xx"), ("cause", "none")],
-        1.0,
-    );
+    expect_requests_from(&m, "third", "2xx", "none", 1.0);
 }
 
 #[tokio::test]
@@ -715,16 +657,7 @@ async fn fallback_on_decides_which_failures_move_a_request_on() {
     assert_eq!(backup.hits(), 0);
     let m = metrics_after(&sidecar, 1.0).await;
     expect_metric(&m, "sloguard_fallbacks_total", &[], 0.0);
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[
-            ("upstream", "primary"),
-            ("status", "5xx"),
-            ("cause", "upstream"),
-        ],
-        1.0,
-    );
+    expect_requests_from(&m, "primary", "5xx", "upstream", 1.0);
 }
 
 #[tokio::test]
@@ -737,19 +670,9 @@ async fn when_every_upstream_fails_the_failure_is_charged_upstream() {
     assert_eq!(answer.header("x-sloguard-cache"), None);
     assert_eq!((primary.hits(), backup.hits()), (1, 1));
     let m = metrics_after(&sidecar, 1.0).await;
-    expect_metric(
-        &m,
-        "sloguard_fallbacks_total",
-        &[("from", "primary"), ("to", "backup"), ("reason", "5xx")],
-        1.0,
-    );
+    expect_fallbacks(&m, "primary", "backup", "5xx", 1.0);
     expect_metric(&m, "sloguard_fallbacks_total", &[], 1.0);
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "5xx"), ("cause", "upstream")],
-        1.0,
-    );
+    expect_requests(&m, "5xx", "upstream", 1.0);
     expect_metric(&m, "agent_requests_total", &[], 1.0);
     let u = "sloguard_upstream_requests_total";
     expect_metric(&m, u, &[("upstream", "primary"), ("outcome", "5xx")], 1.0);
@@ -790,22 +713,8 @@ async fn an_open_circuit_is_skipped_without_an_attempt() {
     let m = metrics_after(&sidecar, 12.0).await;
     expect_metric(&m, u, &[("upstream", "primary")], attempts);
     expect_metric(&m, u, &[("upstream", "backup"), ("outcome", "ok")], 12.0);
-    expect_metric(
-        &m,
-        "sloguard_fallbacks_total",
-        &[
-            ("from", "primary"),
-            ("to", "backup"),
-            ("reason", "circuit_open"),
-        ],
-        10.0,
-    );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("upstream", "backup"), ("status", "2xx"), ("cause", "none")],
-        12.0,
-    );
+    expect_fallbacks(&m, "primary", "backup", "circuit_open", 10.0);
+    expect_requests_from(&m, "backup", "2xx", "none", 12.0);
 }
 
 #[tokio::test]
@@ -890,12 +799,7 @@ async fn with_every_circuit_open_and_no_cache_the_answer_is_503_circuit_open() {
     assert_eq!((primary.hits(), backup.hits()), (0, 0));
     let m = metrics_after(&sidecar, 1.0).await;
     expect_metric(&m, "sloguard_upstream_requests_total", &[], 0.0);
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "5xx"), ("cause", "upstream")],
-        1.0,
-    );
+    expect_requests(&m, "5xx", "upstream", 1.0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -955,12 +859,7 @@ async fn with_every_circuit_open_the_cache_answers_a_request_it_has_seen() {
         ],
         1.0,
     );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("upstream", "cache"), ("status", "2xx"), ("cause", "none")],
-        1.0,
-    );
+    expect_requests_from(&m, "cache", "2xx", "none", 1.0);
     expect_metric(&m, "sloguard_upstream_requests_total", &[], 2.0);
 }
 
@@ -1007,12 +906,7 @@ async fn when_every_upstream_fails_the_request_the_cache_answers() {
         1.0,
     );
     // The cache hit is a success for the agent; both providers failed it.
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("upstream", "cache"), ("status", "2xx"), ("cause", "none")],
-        1.0,
-    );
+    expect_requests_from(&m, "cache", "2xx", "none", 1.0);
     let u = "sloguard_upstream_requests_total";
     expect_metric(&m, u, &[("upstream", "primary"), ("outcome", "5xx")], 2.0);
     expect_metric(&m, u, &[("upstream", "backup"), ("outcome", "5xx")], 2.0);
@@ -1096,22 +990,8 @@ async fn a_body_over_max_replay_body_streams_through_without_fallback() {
             1.0,
         );
         expect_metric(&m, "sloguard_fallbacks_total", &[], 0.0);
-        expect_metric(
-            &m,
-            "sloguard_upstream_requests_total",
-            &[("upstream", "primary"), ("outcome", "5xx")],
-            1.0,
-        );
-        expect_metric(
-            &m,
-            "agent_requests_total",
-            &[
-                ("upstream", "primary"),
-                ("status", "5xx"),
-                ("cause", "upstream"),
-            ],
-            1.0,
-        );
+        expect_attempts(&m, "primary", "5xx", 1.0);
+        expect_requests_from(&m, "primary", "5xx", "upstream", 1.0);
     }
 }
 

@@ -770,12 +770,7 @@ async fn a_client_leaving_mid_stream_is_one_cancelled_call() {
         1.0,
     );
     // The provider was fine: its attempt is no failure.
-    expect_metric(
-        &m2,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "ok")],
-        1.0,
-    );
+    expect_outcome(&m2, "ok", 1.0);
 }
 
 #[tokio::test]

@@ -93,12 +93,7 @@ async fn past_the_budget_requests_are_refused_503_overloaded_and_the_budget_come
         &[("held", "replay")],
         4.0,
     );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "5xx"), ("cause", "proxy")],
-        4.0,
-    );
+    expect_requests(&m, "5xx", "proxy", 4.0);
     // No attempt was made for them: no upstream is charged.
     expect_metric(&m, "sloguard_upstream_requests_total", &[], 4.0);
     // All ended: the budget is whole again.

@@ -246,28 +246,13 @@ async fn status_classes_are_counted_exactly_under_100_concurrent_requests() {
     assert_eq!(class("4xx"), 80.0);
     assert_eq!(class("5xx"), 100.0);
     // On the agent role a 5xx is the agent's own failure.
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "5xx"), ("cause", "agent")],
-        100.0,
-    );
+    expect_requests(&m, "5xx", "agent", 100.0);
     expect_metric(&m, "agent_requests_total", &[("cause", "none")], 400.0);
     expect_metric(&m, "agent_response_seconds_count", &[], 500.0);
     expect_metric(&m, "agent_time_to_first_byte_seconds_count", &[], 500.0);
     expect_metric(&m, "sloguard_overhead_seconds_count", &[], 500.0);
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "ok")],
-        400.0,
-    );
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "5xx")],
-        100.0,
-    );
+    expect_outcome(&m, "ok", 400.0);
+    expect_outcome(&m, "5xx", 100.0);
     // The article's p99 query needs buckets, and the +Inf bucket holds every request.
     expect_metric(
         &m,
@@ -282,36 +267,11 @@ async fn status_classes_are_counted_exactly_under_100_concurrent_requests() {
 async fn on_the_llm_role_provider_5xx_and_429_are_charged_upstream() {
     let (sidecar, _) = scripted_mix("llm", &[(200, 50), (429, 30), (502, 20)]).await;
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "4xx"), ("cause", "upstream")],
-        30.0,
-    );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "5xx"), ("cause", "upstream")],
-        20.0,
-    );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "2xx"), ("cause", "none")],
-        50.0,
-    );
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "429")],
-        30.0,
-    );
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "5xx")],
-        20.0,
-    );
+    expect_requests(&m, "4xx", "upstream", 30.0);
+    expect_requests(&m, "5xx", "upstream", 20.0);
+    expect_requests(&m, "2xx", "none", 50.0);
+    expect_outcome(&m, "429", 30.0);
+    expect_outcome(&m, "5xx", 20.0);
     sidecar.shutdown().await;
 }
 
@@ -342,18 +302,8 @@ async fn connect_refused_is_a_502_upstream_unavailable() {
         .unwrap()
         .contains("backend"));
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "connect_error")],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "5xx"), ("cause", "upstream")],
-        1.0,
-    );
+    expect_outcome(&m, "connect_error", 1.0);
+    expect_requests(&m, "5xx", "upstream", 1.0);
     sidecar.shutdown().await;
 }
 
@@ -369,18 +319,8 @@ async fn a_hanging_upstream_is_a_504_upstream_timeout() {
     assert_eq!(header, "upstream_timeout");
     assert_eq!(body["error"]["type"], "upstream_timeout");
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "timeout")],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "5xx"), ("cause", "agent")],
-        1.0,
-    );
+    expect_outcome(&m, "timeout", 1.0);
+    expect_requests(&m, "5xx", "agent", 1.0);
     sidecar.shutdown().await;
 }
 
@@ -404,18 +344,8 @@ async fn a_stalled_stream_is_ended_after_idle() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "timeout")],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "2xx"), ("cause", "upstream")],
-        1.0,
-    );
+    expect_outcome(&m, "timeout", 1.0);
+    expect_requests(&m, "2xx", "upstream", 1.0);
     sidecar.shutdown().await;
 }
 
@@ -478,12 +408,7 @@ async fn connections_the_upstream_closed_are_not_reused() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "ok")],
-        10.0,
-    );
+    expect_outcome(&m, "ok", 10.0);
     sidecar.shutdown().await;
 }
 
@@ -499,12 +424,7 @@ async fn a_client_that_leaves_before_the_answer_is_counted_as_a_4xx_with_its_wai
     );
     // The sidecar notices the closed connection and settles the request.
     let m = metrics_when(&sidecar, |m| metric(m, "agent_requests_total", &[]) > 0.0).await;
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "4xx"), ("cause", "none")],
-        1.0,
-    );
+    expect_requests(&m, "4xx", "none", 1.0);
     expect_metric(&m, "agent_response_seconds_count", &[], 1.0);
     assert!(
         metric(&m, "agent_response_seconds_sum", &[]) >= 0.25,
@@ -557,12 +477,7 @@ async fn a_stream_past_the_total_timeout_is_ended() {
         "ended after {took:?}"
     );
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "timeout")],
-        1.0,
-    );
+    expect_outcome(&m, "timeout", 1.0);
     sidecar.shutdown().await;
 }
 
@@ -601,12 +516,7 @@ async fn a_connection_that_cannot_be_made_in_time_is_a_502_connect_error() {
         "the connect timeout, not first_byte, ended it ({took:?})"
     );
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "connect_error")],
-        1.0,
-    );
+    expect_outcome(&m, "connect_error", 1.0);
     sidecar.shutdown().await;
 }
 
@@ -618,12 +528,7 @@ async fn a_stream_that_stalls_before_its_first_byte_records_no_time_to_first_byt
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.into_body().collect().await.is_err());
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "2xx"), ("cause", "upstream")],
-        1.0,
-    );
+    expect_requests(&m, "2xx", "upstream", 1.0);
     expect_metric(&m, "agent_time_to_first_byte_seconds_count", &[], 0.0);
     sidecar.shutdown().await;
 }
@@ -644,11 +549,6 @@ async fn connect_is_refused_not_tunnelled() {
     );
     let m = metrics(&sidecar).await;
     expect_metric(&m, "sloguard_upstream_requests_total", &[], 0.0);
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "4xx"), ("cause", "none")],
-        1.0,
-    );
+    expect_requests(&m, "4xx", "none", 1.0);
     sidecar.shutdown().await;
 }

@@ -197,12 +197,7 @@ async fn block_turns_a_json_answer_into_403_and_passes_clean_ones_untouched() {
         2.0,
     );
     // The agent answered: its attempt counts as ok.
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("upstream", "agent"), ("outcome", "ok")],
-        4.0,
-    );
+    expect_attempts(&m, "agent", "ok", 4.0);
     // The sidecar's own time is recorded for each, blocked or not.
     expect_metric(
         &m,

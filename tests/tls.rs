@@ -80,12 +80,7 @@ async fn an_untrusted_certificate_is_a_connect_error() {
     assert_eq!(resp.headers()["x-sloguard-error"], "upstream_unavailable");
     assert_eq!(handshakes.load(Ordering::SeqCst), 0);
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "connect_error")],
-        1.0,
-    );
+    expect_outcome(&m, "connect_error", 1.0);
     sidecar.shutdown().await;
 }
 
@@ -140,12 +135,7 @@ async fn a_tls_handshake_that_never_comes_is_bounded_by_connect() {
         started.elapsed()
     );
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "connect_error")],
-        1.0,
-    );
+    expect_outcome(&m, "connect_error", 1.0);
     sidecar.shutdown().await;
 }
 
@@ -174,12 +164,7 @@ async fn a_client_that_aborts_its_upload_to_an_h2_upstream_is_not_charged_to_it(
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     drop(s);
     let m = metrics_when(&sidecar, |m| metric(m, "agent_requests_total", &[]) >= 2.0).await;
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("status", "4xx"), ("cause", "none")],
-        1.0,
-    );
+    expect_requests(&m, "4xx", "none", 1.0);
     expect_metric(&m, "agent_requests_total", &[("cause", "upstream")], 0.0);
     assert_eq!(
         metric(&m, "sloguard_upstream_requests_total", &[]),

@@ -161,12 +161,7 @@ async fn a_connection_the_provider_closes_with_goaway_is_left_for_a_new_one() {
     }
     assert_eq!(handshakes.load(Ordering::SeqCst), 3);
     let m = metrics(&s).await;
-    expect_metric(
-        &m,
-        "sloguard_upstream_requests_total",
-        &[("outcome", "ok")],
-        6.0,
-    );
+    expect_outcome(&m, "ok", 6.0);
     s.shutdown().await;
     let _ = std::fs::remove_file(ca_file);
 }

@@ -17,7 +17,7 @@ use crate::telemetry::Telemetry;
 use crate::upstream::Force;
 
 /// What the admin endpoints read.
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub telemetry: Telemetry,
     /// True once the config is loaded and every listener is bound; false again while draining.
     pub ready: Arc<AtomicBool>,
@@ -50,18 +50,18 @@ pub enum ReloadError {
 }
 
 /// What `POST /admin/reload` does: what changed (as JSON), or why the config was refused.
-pub type ReloadFuture<'a> = std::pin::Pin<
+pub(crate) type ReloadFuture<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<serde_json::Value, ReloadError>> + Send + 'a>,
 >;
 
 /// The config reload, as the admin port asks for it. The sidecar's reloader does the work; the
 /// admin port meets it through this one method, so that it depends on nothing above it.
-pub trait Reload: Send + Sync {
+pub(crate) trait Reload: Send + Sync {
     fn reload_now(&self) -> ReloadFuture<'_>;
 }
 
 /// Reads the admin token file (one line, surrounding whitespace ignored).
-pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+pub(crate) fn read_token(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
     let token = text.trim();
@@ -78,7 +78,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// Serves the admin port until `stop` turns true (after the listeners have drained). The accept
 /// loop is supervised: a panic restarts it rather than leave the probes unanswered.
-pub async fn serve(
+pub(crate) async fn serve(
     tcp: TcpListener,
     connections: Arc<Connections>,
     state: Arc<AdminState>,

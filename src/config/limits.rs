@@ -10,7 +10,7 @@ use super::ConfigDuration;
 
 /// The most client connections a listener may be set to hold (at the limit, finding the idlest
 /// looks at each).
-pub const MAX_CONNECTIONS_LIMIT: usize = 100_000;
+pub(super) const MAX_CONNECTIONS_LIMIT: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +74,7 @@ fn default_idle_timeout() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(60))
 }
 
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn default_max_concurrent_streams() -> u32 {
     100

@@ -155,7 +155,7 @@ impl Default for Severities {
 }
 
 /// The most `kill_switch.violations`: the switch keeps the time of each of the last that many.
-pub const MAX_KILL_SWITCH_VIOLATIONS: u32 = 10_000;
+pub(super) const MAX_KILL_SWITCH_VIOLATIONS: u32 = 10_000;
 
 impl SafetyConfig {
     /// The detectors as the scanner takes them; the error is `(key path, message)`.

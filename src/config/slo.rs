@@ -100,7 +100,7 @@ impl SloConfig {
 }
 
 /// Checks the SLOs; errors name `slos[i].key`.
-pub fn validate(slos: &[SloConfig]) -> Result<(), (String, String)> {
+pub(super) fn validate(slos: &[SloConfig]) -> Result<(), (String, String)> {
     for (i, slo) in slos.iter().enumerate() {
         let key = |k: &str| format!("slos[{i}].{k}");
         let valid_name = !slo.name.is_empty()

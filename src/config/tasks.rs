@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::ConfigDuration;
 
 /// The most live tasks a table may be set to hold (each takes about 75 bytes).
-pub const MAX_TASKS_LIMIT: usize = 10_000_000;
+pub(super) const MAX_TASKS_LIMIT: usize = 10_000_000;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

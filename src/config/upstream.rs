@@ -53,11 +53,11 @@ pub struct PoolConfig {
 /// The idle limit of connections to an upstream on this host (the agent in the pod): below the
 /// shortest common server default (gunicorn closes idle connections after 2 s; uvicorn and
 /// Node.js after 5 s), since a new connection over loopback costs microseconds.
-pub const LOOPBACK_POOL_IDLE: Duration = Duration::from_secs(1);
+pub(super) const LOOPBACK_POOL_IDLE: Duration = Duration::from_secs(1);
 /// The idle limit of connections to other upstreams (providers, over TLS, where a new
 /// connection costs round trips): below the usual one-minute limits of load balancers and
 /// reverse proxies (AWS ALB 60 s, nginx 75 s).
-pub const REMOTE_POOL_IDLE: Duration = Duration::from_secs(50);
+pub(super) const REMOTE_POOL_IDLE: Duration = Duration::from_secs(50);
 
 /// `upstreams.*.h2`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]

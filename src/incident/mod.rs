@@ -302,11 +302,12 @@ impl WebhookConfig {
 }
 
 /// Raises incident events; cheap to clone, shared by every part that has incidents to tell.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Incidents {
     inner: Arc<Inner>,
 }
 
+#[derive(Debug)]
 struct Inner {
     agent: String,
     /// Indexed by `[Severity][Kind]`.
@@ -320,7 +321,7 @@ struct Inner {
     queue_full_log: LogLimiter,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct NotificationCounters {
     sent: Counter,
     failed: Counter,
@@ -478,11 +479,12 @@ fn lock(active: &Mutex<ActiveAlerts>) -> MutexGuard<'_, ActiveAlerts> {
 }
 
 /// The alerts that are firing, by (kind, subject).
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ActiveAlerts {
     map: HashMap<(Kind, String), Active>,
 }
 
+#[derive(Debug)]
 struct Active {
     severity: Severity,
     summary: String,

@@ -114,6 +114,7 @@ pub(super) struct Notifier {
 }
 
 /// The running sender: told to flush, and awaited.
+#[derive(Debug)]
 pub(super) struct NotifierHandle {
     pub(super) flush: tokio::sync::watch::Sender<bool>,
     pub(super) done: tokio::task::JoinHandle<()>,

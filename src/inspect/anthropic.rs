@@ -95,13 +95,13 @@ struct Event<'a> {
     usage: Option<Usage>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct MessagesStream {
     calls: ToolCalls,
 }
 
 impl MessagesStream {
-    pub fn event(
+    pub(super) fn event(
         &mut self,
         sse_event: &str,
         data: &[u8],

@@ -27,9 +27,9 @@ pub struct ResponseFacts {
 
 /// Tool calls kept per response (and in progress per stream): far past what a model makes, so
 /// that a hostile stream cannot grow memory with them.
-pub const MAX_TOOL_CALLS: usize = 256;
+pub(super) const MAX_TOOL_CALLS: usize = 256;
 /// Longest tool name kept (OpenAI allows 64 characters, Anthropic 128).
-pub const MAX_TOOL_NAME: usize = 256;
+pub(super) const MAX_TOOL_NAME: usize = 256;
 
 impl ResponseFacts {
     pub(super) fn unparsed(&mut self, why: Unparsed) {
@@ -66,6 +66,7 @@ impl ResponseFacts {
 }
 
 /// A tool call being assembled from stream deltas.
+#[derive(Debug)]
 pub(super) struct PartialCall {
     /// Which call this is (choice and tool index, or content block index).
     pub key: (u32, u32),
@@ -78,7 +79,7 @@ pub(super) struct PartialCall {
 }
 
 /// Tool calls in progress, with their arguments' total size bounded.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct ToolCalls {
     pub open: Vec<PartialCall>,
     bytes: usize,
@@ -109,7 +110,7 @@ impl ToolCalls {
 
     /// Opens a call; its name is the first one a delta gives (providers send it once, some
     /// repeat it whole in every delta; none splits it).
-    pub fn start(&mut self, key: (u32, u32), name: &str, facts: &mut ResponseFacts) {
+    pub(super) fn start(&mut self, key: (u32, u32), name: &str, facts: &mut ResponseFacts) {
         if let Some(call) = self.call(key, facts) {
             if call.name.is_empty() && name.len() <= MAX_TOOL_NAME {
                 call.name.push_str(name);
@@ -118,13 +119,13 @@ impl ToolCalls {
     }
 
     /// Marks a call whose input is free text (a custom tool), not JSON.
-    pub fn free_form(&mut self, key: (u32, u32)) {
+    pub(super) fn free_form(&mut self, key: (u32, u32)) {
         if let Some(c) = self.open.iter_mut().find(|c| c.key == key) {
             c.free_form = true;
         }
     }
 
-    pub fn append(&mut self, key: (u32, u32), part: &str, facts: &mut ResponseFacts) {
+    pub(super) fn append(&mut self, key: (u32, u32), part: &str, facts: &mut ResponseFacts) {
         let over = self.bytes + part.len() > MAX_INSPECTED_BODY;
         let Some(call) = self.call(key, facts) else {
             return;
@@ -141,7 +142,7 @@ impl ToolCalls {
 
     /// Completes the calls `select` picks; `empty_is_valid` for Anthropic, whose streamed
     /// tool input with no deltas is `{}`.
-    pub fn complete(
+    pub(super) fn complete(
         &mut self,
         select: impl Fn(&PartialCall) -> bool,
         empty_is_valid: bool,

@@ -31,6 +31,17 @@ pub struct Collected {
     prepaid: usize,
 }
 
+/// Sizes only: what is kept is a body, not for a log.
+impl std::fmt::Debug for Collected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collected")
+            .field("len", &self.len)
+            .field("limit", &self.limit)
+            .field("starved", &self.starved)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for Collected {
     /// Bounded by [`MAX_INSPECTED_BODY`].
     fn default() -> Collected {

@@ -14,9 +14,10 @@ use super::text::{BodyText, Keys};
 
 /// Fingerprints kept per request: a request quoting more sensitive things than this is rare,
 /// and past it later ones are not known for echoes (counted as the agent's own: the safe side).
-pub const MAX_ECHOES: usize = 256;
+pub(crate) const MAX_ECHOES: usize = 256;
 
 /// A request's text on its way, through the detectors.
+#[derive(Debug)]
 pub struct EchoTap {
     text: BodyText,
     scanner: Scanner,

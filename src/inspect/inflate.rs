@@ -12,8 +12,9 @@ use flate2::write::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 /// Decoded bytes read from one body at most: past it (a decompression bomb, or a body no
 /// detector should have to read) its text is lost to inspection, and under `block` it is
 /// blocked as uninspectable.
-pub const MAX_INFLATED: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_INFLATED: u64 = 256 * 1024 * 1024;
 
+#[derive(Debug)]
 enum Decoder {
     Gzip(MultiGzDecoder<Writer<BytesMut>>),
     Zlib(ZlibDecoder<Writer<BytesMut>>),
@@ -23,18 +24,19 @@ enum Decoder {
     Deflate,
 }
 
-pub struct Inflater {
+#[derive(Debug)]
+pub(crate) struct Inflater {
     decoder: Decoder,
     out: u64,
     failed: bool,
 }
 
 impl Inflater {
-    pub fn gzip() -> Inflater {
+    pub(crate) fn gzip() -> Inflater {
         Inflater::new(Decoder::Gzip(MultiGzDecoder::new(BytesMut::new().writer())))
     }
 
-    pub fn deflate() -> Inflater {
+    pub(crate) fn deflate() -> Inflater {
         Inflater::new(Decoder::Deflate)
     }
 
@@ -47,12 +49,12 @@ impl Inflater {
     }
 
     /// The body could not be decoded (corrupt, or past [`MAX_INFLATED`]): its text is lost.
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.failed
     }
 
     /// Decodes `chunk`; what it decodes to (everything it can, now) goes to `out`.
-    pub fn feed(&mut self, chunk: &[u8], out: &mut dyn FnMut(&Bytes)) {
+    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut dyn FnMut(&Bytes)) {
         if self.failed || chunk.is_empty() {
             return;
         }
@@ -74,7 +76,7 @@ impl Inflater {
     }
 
     /// The body ended: what the decoder still holds goes to `out`.
-    pub fn finish(&mut self, out: &mut dyn FnMut(&Bytes)) {
+    pub(crate) fn finish(&mut self, out: &mut dyn FnMut(&Bytes)) {
         if self.failed {
             return;
         }

@@ -8,16 +8,17 @@
 mod anthropic;
 mod calls;
 pub mod canon;
-pub mod collect;
-pub mod echo;
-pub mod inflate;
+pub(crate) mod collect;
+pub(crate) mod echo;
+pub(crate) mod inflate;
+mod json_text;
 mod openai;
-pub mod request;
-pub mod response;
+pub(crate) mod request;
+pub(crate) mod response;
 pub mod rewrite;
 pub mod safety;
-pub mod sse;
-pub mod text;
+pub(crate) mod sse;
+pub(crate) mod text;
 
 /// The API an upstream speaks, as `upstreams.*.protocol` names it: which LLM bodies there are to
 /// read.
@@ -41,9 +42,10 @@ impl Protocol {
     }
 }
 
+pub use calls::ResponseFacts;
 pub use collect::Collected;
 pub use request::{parse_request, RequestFacts};
-pub use response::{ResponseFacts, ResponseReader};
+pub use response::ResponseReader;
 pub use sse::{SseEvent, SseItem, SseParser};
 
 pub use collect::MAX_INSPECTED_BODY;

@@ -89,7 +89,7 @@ struct ChatChunk<'a> {
 
 /// A Chat Completions stream: tool calls assembled per choice and index, finish reasons per
 /// choice.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct ChatStream {
     calls: ToolCalls,
     /// `(choice index, reason)`, kept in choice order at the end.
@@ -108,7 +108,11 @@ const INDEXLESS: u32 = 1 << 30;
 const LEGACY_FUNCTION: u32 = u32::MAX;
 
 impl ChatStream {
-    pub fn event(&mut self, data: &[u8], facts: &mut ResponseFacts) -> Result<bool, Unparsed> {
+    pub(super) fn event(
+        &mut self,
+        data: &[u8],
+        facts: &mut ResponseFacts,
+    ) -> Result<bool, Unparsed> {
         if data == b"[DONE]" {
             self.done = true;
             return Ok(false);
@@ -195,7 +199,7 @@ impl ChatStream {
     /// The stream ended. When it ended with `[DONE]`, calls of choices that never sent a finish
     /// reason are complete too; a stream that just stopped (cut, or ended early) leaves them
     /// unjudged: half-sent arguments are not the model's fault.
-    pub fn finish(&mut self, complete: bool, facts: &mut ResponseFacts) {
+    pub(super) fn finish(&mut self, complete: bool, facts: &mut ResponseFacts) {
         if complete && self.done {
             self.calls.complete(|_| true, false, facts);
         }
@@ -396,11 +400,11 @@ struct ResponsesEvent<'a> {
     delta: Option<Cow<'a, str>>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct ResponsesStream;
 
 impl ResponsesStream {
-    pub fn event(
+    pub(super) fn event(
         &mut self,
         sse_event: &str,
         data: &[u8],

@@ -7,15 +7,17 @@ use http::StatusCode;
 use super::sse::{SseItem, SseParser};
 use super::{anthropic, openai, Collected, FinishReason, Format, Unparsed, MAX_INSPECTED_BODY};
 
-pub use super::calls::{ResponseFacts, MAX_TOOL_CALLS, MAX_TOOL_NAME};
+use super::calls::ResponseFacts;
 
 /// The per-format state of a stream.
+#[derive(Debug)]
 pub(super) enum StreamState {
     Chat(openai::ChatStream),
     Responses(openai::ResponsesStream),
     Messages(anthropic::MessagesStream),
 }
 
+#[derive(Debug)]
 enum BodyReader {
     Sse(SseParser),
     /// Kept until the body ends; decompressed then if the provider compressed it.
@@ -29,6 +31,7 @@ enum BodyReader {
     Skip,
 }
 
+#[derive(Debug)]
 pub struct ResponseReader {
     format: Format,
     body: BodyReader,
@@ -194,7 +197,7 @@ impl ResponseReader {
 
 /// A `content-encoding` the JSON reader can undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     Identity,
     Gzip,
     Deflate,
@@ -203,7 +206,7 @@ pub enum Encoding {
 
 impl Encoding {
     /// `None`: a coding (or a chain of codings) the reader cannot undo.
-    pub fn of(header: Option<&[u8]>) -> Option<Encoding> {
+    pub(crate) fn of(header: Option<&[u8]>) -> Option<Encoding> {
         let Some(value) = header.map(<[u8]>::trim_ascii) else {
             return Some(Encoding::Identity);
         };
@@ -223,7 +226,7 @@ impl Encoding {
 
     /// The decoded body, at most [`MAX_INSPECTED_BODY`] bytes of it (a small compressed body can
     /// expand a thousandfold).
-    pub fn decode(self, body: Bytes) -> Result<Bytes, Unparsed> {
+    pub(crate) fn decode(self, body: Bytes) -> Result<Bytes, Unparsed> {
         use std::io::Read;
         let reader: Box<dyn Read + '_> = match self {
             Encoding::Identity => return Ok(body),
@@ -316,7 +319,7 @@ mod tests {
         }
         r.feed(&Bytes::from_static(b"data: [DONE]\n\n"));
         let facts = r.finish(true);
-        assert_eq!(facts.tool_calls.len(), MAX_TOOL_CALLS);
+        assert_eq!(facts.tool_calls.len(), super::super::calls::MAX_TOOL_CALLS);
         assert_eq!(facts.unparsed, Some(Unparsed::ResponseTooLarge));
     }
 

@@ -190,6 +190,7 @@ pub struct DetectorError {
     pub message: String,
 }
 
+#[derive(Debug)]
 struct Pattern {
     detector: usize,
     regex: Regex,
@@ -197,6 +198,7 @@ struct Pattern {
 }
 
 /// Every configured detector, compiled once per config.
+#[derive(Debug)]
 pub struct Detectors {
     /// Per detector: the `detector` label value.
     names: Vec<Arc<str>>,
@@ -386,6 +388,18 @@ pub struct Scanner {
     scanned: usize,
     /// Per pattern (then the keywords): the offset in the text its next search starts from.
     resume: Vec<u64>,
+}
+
+/// Offsets only: the window is a response's text, not for a log.
+impl std::fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scanner")
+            .field("clean", &self.clean)
+            .field("alive", &self.alive)
+            .field("window", &self.window.len())
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Scanner {

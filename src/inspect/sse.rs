@@ -53,6 +53,17 @@ pub struct SseParser {
     reservation: Reservation,
 }
 
+/// Sizes only: an event's data is a model's output, not for a log.
+impl std::fmt::Debug for SseParser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseParser")
+            .field("line", &self.line.len())
+            .field("data", &self.data.len())
+            .field("oversized", &self.oversized)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An event's buffers up to this size stay allocated (and reserved) between events; larger ones
 /// are let go once their event is over.
 const KEEP_BUFFERS: usize = 64 * 1024;

@@ -28,6 +28,7 @@ pub enum BodyError {
 }
 
 /// Deadlines of a streaming upstream body.
+#[derive(Debug)]
 struct Stream {
     body: Incoming,
     /// The HTTP/1.1 connection the body arrives on: back to the pool once the body ended cleanly.
@@ -50,6 +51,20 @@ enum Inner {
     Local(Option<Bytes>),
 }
 
+/// Sizes only: a body the proxy made is still a response.
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Inner::Upstream(s) => f.debug_tuple("Upstream").field(s).finish(),
+            Inner::Local(b) => f
+                .debug_tuple("Local")
+                .field(&b.as_ref().map(Bytes::len))
+                .finish(),
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct ProxyBody {
     inner: Inner,
     ctx: RequestCtx,

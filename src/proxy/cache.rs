@@ -15,7 +15,7 @@ use crate::inspect::Collected;
 
 /// A response body larger than this is not cached: with `max_entries` this bounds the cache's
 /// memory (1,000 entries: at most 256 MiB; LLM JSON answers are typically a few KiB).
-pub const MAX_CACHED_BODY: usize = 256 * 1024;
+pub(crate) const MAX_CACHED_BODY: usize = 256 * 1024;
 
 /// A request's identity in the cache: 128 bits of a seeded XXH3 over method, path and query,
 /// the request headers that decide whose answer it is and what it looks like
@@ -26,12 +26,12 @@ pub const MAX_CACHED_BODY: usize = 256 * 1024;
 pub struct CacheKey(u128);
 
 /// Hashes a request's key, its body fed chunk by chunk.
-pub struct KeyHasher(Xxh3);
+pub(crate) struct KeyHasher(Xxh3);
 
 /// Request headers that are part of the key: whose request it is (keys, cookies; on the `llm`
 /// role the sidecar's own key is injected later, so these are the client's), and what may
 /// change the answer (API versions and betas, content negotiation).
-pub static KEYED_HEADERS: [HeaderName; 11] = [
+pub(crate) static KEYED_HEADERS: [HeaderName; 11] = [
     http::header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("api-key"),
@@ -46,7 +46,12 @@ pub static KEYED_HEADERS: [HeaderName; 11] = [
 ];
 
 /// The key hasher of a request, its body still to be fed.
-pub fn cache_key_hasher(seed: u64, method: &Method, uri: &Uri, headers: &HeaderMap) -> KeyHasher {
+pub(crate) fn cache_key_hasher(
+    seed: u64,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> KeyHasher {
     let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut h = KeyHasher::new(seed, method, pq);
     for (i, name) in KEYED_HEADERS.iter().enumerate() {
@@ -61,7 +66,7 @@ pub fn cache_key_hasher(seed: u64, method: &Method, uri: &Uri, headers: &HeaderM
 }
 
 impl KeyHasher {
-    pub fn new(seed: u64, method: &Method, path_and_query: &str) -> KeyHasher {
+    pub(crate) fn new(seed: u64, method: &Method, path_and_query: &str) -> KeyHasher {
         let mut h = Xxh3::with_seed(seed);
         // Lengths first, so that the fields' boundaries are part of what is hashed.
         h.update(&(method.as_str().len() as u64).to_le_bytes());
@@ -77,11 +82,11 @@ impl KeyHasher {
         self.0.update(bytes);
     }
 
-    pub fn update(&mut self, chunk: &[u8]) {
+    pub(crate) fn update(&mut self, chunk: &[u8]) {
         self.0.update(chunk);
     }
 
-    pub fn finish(&self) -> CacheKey {
+    pub(crate) fn finish(&self) -> CacheKey {
         CacheKey(self.0.digest128())
     }
 }
@@ -102,11 +107,31 @@ pub struct Cached {
     pub body: Bytes,
 }
 
+/// The status and sizes only: an entry is someone's answer.
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("status", &self.status)
+            .field("headers", &self.headers.len())
+            .field("body", &self.body.len())
+            .finish()
+    }
+}
+
 pub struct ResponseCache {
     entries: TinyUfo<CacheKey, Entry>,
     ttl: Duration,
     /// Seeds [`KeyHasher`]: chosen per process, so keys cannot be aimed at each other.
     pub seed: u64,
+}
+
+/// The cache's settings; its entries are request bodies' answers, not for a log.
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResponseCache {
@@ -143,11 +168,22 @@ impl ResponseCache {
 }
 
 /// A response on its way to the client, kept to be cached if it ends cleanly.
-pub struct CacheFill {
+pub(crate) struct CacheFill {
     key: CacheKey,
     status: StatusCode,
     headers: HeaderMap,
     body: Collected,
+}
+
+/// The status and sizes only: what is kept is someone's answer.
+impl std::fmt::Debug for CacheFill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheFill")
+            .field("status", &self.status)
+            .field("headers", &self.headers.len())
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CacheFill {
@@ -155,7 +191,7 @@ impl CacheFill {
     /// answer to replay), a stream (an event stream replayed later would replay stale events as
     /// if live), one the upstream marked `Cache-Control: no-store` or `private`, one that sets a
     /// cookie, or one that varies on anything (`Vary`: the key cannot tell what it varies on).
-    pub fn new(
+    pub(crate) fn new(
         key: CacheKey,
         status: StatusCode,
         headers: &HeaderMap,
@@ -186,12 +222,12 @@ impl CacheFill {
     }
 
     /// Keeps a chunk; `false` when the body has grown past [`MAX_CACHED_BODY`].
-    pub fn push(&mut self, chunk: &Bytes) -> bool {
+    pub(crate) fn push(&mut self, chunk: &Bytes) -> bool {
         self.body.push(chunk)
     }
 
     /// The response ended cleanly: into the cache.
-    pub fn store(self, cache: &ResponseCache, now: Instant) {
+    pub(crate) fn store(self, cache: &ResponseCache, now: Instant) {
         cache.put(Entry {
             key: self.key,
             stored: now,
@@ -206,7 +242,7 @@ impl CacheFill {
 
 /// What of the request's response is kept for the route's cache: nothing, or a fill until the
 /// response ends cleanly (or turns out not to be worth keeping).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct CacheState(Option<Box<CacheFill>>);
 
 impl CacheState {

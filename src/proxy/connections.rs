@@ -46,7 +46,7 @@ use crate::telemetry::{
 };
 
 /// Largest request head accepted; past it HTTP/1.1 clients get 431.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long a connection the sidecar closes may take to finish closing before it is dropped: an
 /// HTTP/2 peer acknowledges the GOAWAY's PING within a round trip (one that never does would
 /// hold it open), and nothing is in flight on an idle connection.
@@ -55,7 +55,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Why the sidecar closed a client connection (`reason` of
 /// `sloguard_client_connections_closed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// No whole request head within `header_timeout` of the connection's start.
     HeaderTimeout,
     /// No request in flight for `idle_timeout`.
@@ -75,7 +75,7 @@ impl CloseReason {
         CloseReason::Refused,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CloseReason::HeaderTimeout => "header_timeout",
             CloseReason::Idle => "idle",
@@ -86,7 +86,8 @@ impl CloseReason {
 }
 
 /// One client connection's state, shared by its task and its requests.
-pub struct Conn {
+#[derive(Debug)]
+pub(crate) struct Conn {
     id: u64,
     /// Milliseconds after the set's epoch.
     accepted_ms: u64,
@@ -112,7 +113,7 @@ impl Conn {
 
     /// A request began on the connection; it is in flight until the guard goes (the proxy keeps
     /// it with the request's accounting, until its answer's last byte is out).
-    pub fn request(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn request(self: &Arc<Self>) -> InFlight {
         self.seen_request.store(true, Ordering::Relaxed);
         // Only when it goes idle matters (a busy connection is never closed for idling): no
         // clock read here.
@@ -122,6 +123,7 @@ impl Conn {
 }
 
 /// A request in flight on a connection.
+#[derive(Debug)]
 pub struct InFlight(Arc<Conn>);
 
 impl Drop for InFlight {
@@ -152,6 +154,7 @@ const TOLD_DRAIN: u8 = 2;
 const TOLD_CUT: u8 = 3;
 
 /// What a port's limits make of its connections.
+#[derive(Debug)]
 struct Settings {
     builder: auto::Builder<TokioExecutor>,
     max: usize,
@@ -171,7 +174,8 @@ impl Settings {
 }
 
 /// The client connections of one port.
-pub struct Connections {
+#[derive(Debug)]
+pub(crate) struct Connections {
     name: String,
     /// The limits: a reload may change them (see [`Connections::set_limits`]).
     settings: arc_swap::ArcSwap<Settings>,
@@ -186,7 +190,7 @@ pub struct Connections {
 
 impl Connections {
     /// The connections of the port `name` (a listener's name, or `admin`), with `limits`.
-    pub fn new(name: &str, limits: &Limits, agent: &str, t: &Telemetry) -> Arc<Connections> {
+    pub(crate) fn new(name: &str, limits: &Limits, agent: &str, t: &Telemetry) -> Arc<Connections> {
         let labels = || vec![label("agent", agent), label("listener", name)];
         // Counted up and down, not set: a reload that moves the listener has two sets of its
         // connections for a while (the old one draining), under one series.
@@ -212,7 +216,7 @@ impl Connections {
     /// New limits (a reload): the cap and the deadlines apply to every connection from their
     /// next check, the HTTP settings to the connections accepted from now on. No connection is
     /// closed for it (unless the cap went down and a newcomer displaces one).
-    pub fn set_limits(&self, limits: &Limits) {
+    pub(crate) fn set_limits(&self, limits: &Limits) {
         self.settings.store(Arc::new(Settings::new(limits)));
     }
 
@@ -229,11 +233,11 @@ impl Connections {
     }
 
     /// Open connections now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.live().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -320,7 +324,7 @@ impl Connections {
     /// Accepts connections on `tcp` until `stop` turns true: each is admitted (or closed at once),
     /// served by the service `service_for` makes for its peer and its [`Conn`] (whose
     /// [`Conn::request`] guard each request keeps until it is done), and watched until it ends.
-    pub async fn accept<H, S, B>(
+    pub(crate) async fn accept<H, S, B>(
         self: Arc<Self>,
         tcp: Arc<TcpListener>,
         mut stop: watch::Receiver<bool>,
@@ -450,7 +454,7 @@ impl Connections {
 
     /// Stops taking requests: every connection is closed gracefully, and those still open after
     /// `grace` are cut.
-    pub async fn drain(&self, grace: Duration) {
+    pub(crate) async fn drain(&self, grace: Duration) {
         self.tell_all(TOLD_DRAIN);
         let emptied = async {
             loop {
@@ -477,7 +481,7 @@ impl Connections {
 }
 
 /// The HTTP server settings of a port with `limits`.
-pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub(crate) fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -45,6 +45,7 @@ enum Stage {
 }
 
 /// One request's context (see the module's documentation).
+#[derive(Debug)]
 pub(crate) struct RequestCtx {
     pub(super) listener: Arc<ListenerState>,
     pub(super) received: Instant,

@@ -7,8 +7,8 @@ use metrics::Counter;
 use super::error::ProxyError;
 use crate::config::FallbackClass;
 
-pub static X_SLOGUARD_FALLBACK: HeaderName = HeaderName::from_static("x-sloguard-fallback");
-pub static X_SLOGUARD_CACHE: HeaderName = HeaderName::from_static("x-sloguard-cache");
+pub(crate) static X_SLOGUARD_FALLBACK: HeaderName = HeaderName::from_static("x-sloguard-fallback");
+pub(crate) static X_SLOGUARD_CACHE: HeaderName = HeaderName::from_static("x-sloguard-cache");
 
 /// Why a request left an upstream: a `fallback_on` class, or an open circuit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

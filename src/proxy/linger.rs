@@ -21,23 +21,23 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// The longest a closed connection is drained.
-pub const LINGER_TIME: Duration = Duration::from_secs(10);
+pub(super) const LINGER_TIME: Duration = Duration::from_secs(10);
 /// The longest a client may send nothing before the drain gives up on it.
-pub const LINGER_GAP: Duration = Duration::from_secs(2);
+pub(super) const LINGER_GAP: Duration = Duration::from_secs(2);
 /// The most a drain reads (the largest body a route may replay).
-pub const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+pub(super) const LINGER_BYTES: u64 = 64 * 1024 * 1024;
 /// What one read of a drain takes at most.
 const LINGER_CHUNK: usize = 16 * 1024;
 
 /// A client socket lent to hyper: handed back, through the receiver [`Handback::new`] returns,
 /// when hyper drops it.
-pub struct Handback {
+pub(super) struct Handback {
     stream: Option<TcpStream>,
     back: Option<oneshot::Sender<TcpStream>>,
 }
 
 impl Handback {
-    pub fn new(stream: TcpStream) -> (Handback, oneshot::Receiver<TcpStream>) {
+    pub(super) fn new(stream: TcpStream) -> (Handback, oneshot::Receiver<TcpStream>) {
         let (tx, rx) = oneshot::channel();
         let io = Handback {
             stream: Some(stream),
@@ -122,7 +122,7 @@ impl AsyncWrite for Handback {
 /// Shuts the sidecar's side of `stream` and reads what the client still sends until it closes
 /// its side, within the bounds above; returns early when `stop` completes (the connection is
 /// told to go: displaced, drained, cut). Then the socket can close without a reset.
-pub async fn linger(mut stream: TcpStream, stop: impl std::future::Future<Output = ()>) {
+pub(super) async fn linger(mut stream: TcpStream, stop: impl std::future::Future<Output = ()>) {
     // The answer is out (hyper has flushed it): end of stream to the client. (hyper may have
     // shut it already; a second shutdown changes nothing.)
     let _ = stream.shutdown().await;

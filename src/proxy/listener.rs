@@ -24,7 +24,7 @@ use crate::background::supervise;
 /// requests finish for up to `grace`. Each request takes the listener's state from `slot` as it
 /// arrives and keeps it to its end: a reload stores a new state there, which the requests that
 /// come after it take.
-pub async fn serve(
+pub(crate) async fn serve(
     tcp: Arc<TcpListener>,
     slot: Arc<ArcSwap<ListenerState>>,
     connections: Arc<Connections>,
@@ -59,9 +59,4 @@ pub async fn serve(
     let _ = accepting.await;
     tracing::info!(listener = %name, grace = ?grace, "draining in-flight requests");
     connections.drain(grace).await;
-}
-
-/// Resolves once `flag` is true (or its sender is gone).
-pub async fn stopped(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|stop| *stop).await;
 }

@@ -19,6 +19,7 @@ use crate::telemetry::{ErrorType, LlmMetrics, ModelMetrics};
 use crate::upstream::{RequestBody, Upload};
 
 /// What an ended call said that others act on.
+#[derive(Debug)]
 pub struct CallEnd {
     /// The provider filtered the output (`content_filter`, Anthropic's `refusal`): a safety
     /// signal.
@@ -33,7 +34,8 @@ pub struct CallEnd {
     pub tool_calls: Option<Vec<crate::inspect::ToolCall>>,
 }
 
-pub struct LlmCall {
+#[derive(Debug)]
+pub(crate) struct LlmCall {
     metrics: Arc<LlmMetrics>,
     format: Format,
     received: Instant,
@@ -46,7 +48,7 @@ pub struct LlmCall {
 }
 
 impl LlmCall {
-    pub fn new(metrics: Arc<LlmMetrics>, format: Format, received: Instant) -> LlmCall {
+    pub(crate) fn new(metrics: Arc<LlmMetrics>, format: Format, received: Instant) -> LlmCall {
         LlmCall {
             metrics,
             format,
@@ -60,7 +62,7 @@ impl LlmCall {
     }
 
     /// The request body that will hold the request's facts once read.
-    pub fn set_upload(&mut self, upload: Option<Arc<Upload>>) {
+    pub(crate) fn set_upload(&mut self, upload: Option<Arc<Upload>>) {
         self.upload = upload;
     }
 
@@ -80,7 +82,12 @@ impl LlmCall {
     }
 
     /// The response head arrived; what the reader keeps counts against `budget`.
-    pub fn response(&mut self, status: StatusCode, headers: &HeaderMap, budget: &BodyBudget) {
+    pub(crate) fn response(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        budget: &BodyBudget,
+    ) {
         self.succeeded = status.is_success();
         let value = |name| headers.get(name).map(HeaderValue::as_bytes);
         let mut reader = ResponseReader::new(
@@ -94,7 +101,7 @@ impl LlmCall {
     }
 
     /// A chunk of the response body went by.
-    pub fn chunk(&mut self, data: &Bytes, now: Instant) {
+    pub(crate) fn chunk(&mut self, data: &Bytes, now: Instant) {
         let Some(reader) = &mut self.reader else {
             return;
         };
@@ -115,7 +122,7 @@ impl LlmCall {
 
     /// The call is over (`complete`: its body ended cleanly); records everything else (and tells
     /// the request's `trace`, when it has one).
-    pub fn finish(
+    pub(crate) fn finish(
         mut self,
         complete: bool,
         status: StatusClass,
@@ -200,7 +207,7 @@ impl LlmCall {
 /// upstream the request goes to (the one before counted when it failed, or never made when its
 /// upstream was skipped), each timed from the request's arrival — the agent waited for the failed
 /// attempts too.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct LlmState {
     call: Option<Box<LlmCall>>,
     hop: usize,
@@ -293,7 +300,7 @@ fn error_type(status: StatusClass, outcome: Option<UpstreamOutcome>) -> ErrorTyp
 
 /// The client's body, streamed to the upstream; for an LLM call, tapped on its way for the
 /// request facts (unless it is compressed: then counted as unparsed).
-pub fn streamed_body(
+pub(crate) fn streamed_body(
     body: Incoming,
     headers: &HeaderMap,
     format: Option<Format>,

@@ -108,24 +108,24 @@
 //!     if sampled or failed.
 
 mod attempt;
-pub mod body;
+pub(crate) mod body;
 mod breaker;
-pub mod cache;
-pub mod connections;
+pub(crate) mod cache;
+pub(crate) mod connections;
 mod ctx;
-pub mod error;
-pub mod fallback;
+pub(crate) mod error;
+pub(crate) mod fallback;
 mod forward;
 mod head;
 pub mod headers;
 mod linger;
-pub mod listener;
-pub mod llm;
+pub(crate) mod listener;
+pub(crate) mod llm;
 mod local;
-pub mod replay;
+pub(crate) mod replay;
 pub mod safety;
-pub mod state;
-pub mod tasks;
+pub(crate) mod state;
+pub(crate) mod tasks;
 mod trace;
 
 use std::sync::Arc;

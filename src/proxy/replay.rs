@@ -20,7 +20,7 @@ use crate::inspect::{parse_request, rewrite::rewrite_model, Collected, Format, U
 use crate::upstream::{RequestBody, Upload};
 
 /// The request body, for however many attempts the route makes.
-pub enum Payload {
+pub(crate) enum Payload {
     /// Goes to one upstream as it arrives: `prefix` (read ahead, when the body turned out too
     /// large to keep), then the rest from the client. `None` once an attempt took it.
     Stream(Option<(VecDeque<Bytes>, Option<Incoming>)>),
@@ -28,7 +28,7 @@ pub enum Payload {
     Whole(Whole),
 }
 
-pub struct Whole {
+pub(crate) struct Whole {
     chunks: Arc<[Bytes]>,
     /// Counts the chunks against the body budget for as long as the request keeps them.
     _reservation: Reservation,
@@ -44,12 +44,12 @@ pub struct Whole {
 static NO_CHUNKS: std::sync::LazyLock<Arc<[Bytes]>> = std::sync::LazyLock::new(|| Arc::from([]));
 
 impl Payload {
-    pub fn streamed(body: Incoming) -> Payload {
+    pub(crate) fn streamed(body: Incoming) -> Payload {
         Payload::Stream(Some((VecDeque::new(), Some(body))))
     }
 
     /// A request without a body: nothing to read ahead.
-    pub fn empty() -> Payload {
+    pub(crate) fn empty() -> Payload {
         Payload::Whole(Whole {
             chunks: NO_CHUNKS.clone(),
             _reservation: Reservation::unbounded(Held::Replay),
@@ -62,7 +62,7 @@ impl Payload {
     /// Keys a whole body for the cache: `hasher` holds the method, path and query. (Done here,
     /// after the read, so that the hasher's state is never part of a future held across an
     /// await.)
-    pub fn set_key(&mut self, mut hasher: KeyHasher) {
+    pub(crate) fn set_key(&mut self, mut hasher: KeyHasher) {
         if let Payload::Whole(w) = self {
             w.chunks.iter().for_each(|c| hasher.update(c));
             w.key = Some(hasher.finish());
@@ -70,11 +70,11 @@ impl Payload {
     }
 
     /// Whether a failed attempt can be followed by another: the body is whole and within `limit`.
-    pub fn replayable(&self, limit: usize) -> bool {
+    pub(crate) fn replayable(&self, limit: usize) -> bool {
         matches!(self, Payload::Whole(w) if w.len <= limit)
     }
 
-    pub fn cache_key(&self) -> Option<CacheKey> {
+    pub(crate) fn cache_key(&self) -> Option<CacheKey> {
         match self {
             Payload::Whole(w) => w.key,
             Payload::Stream(_) => None,
@@ -84,7 +84,7 @@ impl Payload {
     /// The body for one attempt, with `format` the LLM operation the upstream speaks and `model`
     /// the model it rewrites requests to. `headers` are the attempt's own (a rewrite changes
     /// their `content-length`). `None` when the body was already streamed to an earlier attempt.
-    pub fn body_for(
+    pub(crate) fn body_for(
         &mut self,
         headers: &mut HeaderMap,
         format: Option<Format>,
@@ -166,7 +166,7 @@ impl Whole {
 /// client's pauses are bounded by `idle`, the whole read by `deadline`; a budget with no room
 /// left refuses the request (503 `overloaded`). Also returns when the last chunk read ahead
 /// arrived (the sidecar's overhead does not count the wait for it).
-pub async fn read_ahead(
+pub(crate) async fn read_ahead(
     mut body: Incoming,
     limit: usize,
     idle: std::time::Duration,

@@ -23,7 +23,7 @@ use crate::upstream::{Upstream, UpstreamBuildError};
 
 /// What outlives a snapshot: the kill switch (only a human, or the switch itself, changes it; a
 /// reload does not) and the incident queue.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Shared {
     pub kill: Arc<KillSwitch>,
     pub incidents: Incidents,
@@ -70,8 +70,9 @@ impl Shared {
 }
 
 /// The upstream name a disabled agent's traffic is recorded under.
-pub const KILL_SWITCH_FALLBACK: &str = "kill_switch_fallback";
+pub(crate) const KILL_SWITCH_FALLBACK: &str = "kill_switch_fallback";
 
+#[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// In the config's order; a listener's accept loop refers to its entry by index.
@@ -81,6 +82,7 @@ pub struct Snapshot {
 }
 
 /// A route: its chain of upstreams, what moves a request along it, and its cache.
+#[derive(Debug)]
 pub struct RouteState {
     pub name: String,
     /// Tried in this order; never empty.
@@ -160,6 +162,7 @@ impl RouteState {
 }
 
 /// What a request arriving on one listener needs.
+#[derive(Debug)]
 pub struct ListenerState {
     pub name: String,
     pub bind: SocketAddr,

@@ -121,6 +121,7 @@ impl LoopWatch {
 }
 
 /// One sidecar's tasks: kept across config reloads, like the kill switch.
+#[derive(Debug)]
 pub struct Tasks {
     pub table: TaskTable,
     /// The loop guard's count of each task's LLM calls.

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::telemetry::trace::{ListenerTracer, RequestTrace};
 
 /// The request's trace, when the listener traces.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct TraceState(Option<Box<RequestTrace>>);
 
 impl TraceState {

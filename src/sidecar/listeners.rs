@@ -28,6 +28,7 @@ use crate::telemetry::{label, Telemetry, BACKGROUND_RESTARTS_TOTAL};
 use super::start::{bind, StartError};
 
 /// One listener being served.
+#[derive(Debug)]
 struct Serving {
     /// As configured (a port 0 is whatever the system gave).
     config: ListenerConfig,
@@ -67,6 +68,7 @@ pub struct ListenerChanges {
 }
 
 /// The sidecar's listeners.
+#[derive(Debug)]
 pub(crate) struct Listeners {
     serving: Vec<Serving>,
     /// Listeners a reload removed or replaced, draining: waited for at shutdown.
@@ -79,7 +81,7 @@ pub(crate) struct Listeners {
 }
 
 impl Listeners {
-    pub fn new(telemetry: &Telemetry, agent: &str, grace: Duration) -> Listeners {
+    pub(crate) fn new(telemetry: &Telemetry, agent: &str, grace: Duration) -> Listeners {
         Listeners {
             serving: Vec::new(),
             retired: Vec::new(),
@@ -91,28 +93,28 @@ impl Listeners {
     }
 
     /// Starts serving `snapshot`'s listeners on `tcps`, bound in the same order.
-    pub fn start(&mut self, snapshot: &Snapshot, tcps: Vec<TcpListener>) {
+    pub(crate) fn start(&mut self, snapshot: &Snapshot, tcps: Vec<TcpListener>) {
         for (i, tcp) in tcps.into_iter().enumerate() {
             self.spawn(snapshot, i, Arc::new(tcp));
         }
     }
 
     /// Each listener's name and bound address.
-    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
+    pub(crate) fn addrs(&self) -> Vec<(String, SocketAddr)> {
         self.serving
             .iter()
             .map(|s| (s.config.name.clone(), s.addr))
             .collect()
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed
     }
 
     /// Finds, for each listener of `next`, the socket it will be served on; binds those that
     /// need a new one. `current`: the configs of the listeners served now (see
     /// [`Listeners::configs`]).
-    pub async fn prepare(
+    pub(crate) async fn prepare(
         current: &[(ListenerConfig, Arc<TcpListener>)],
         next: &Snapshot,
     ) -> Result<Plan, StartError> {
@@ -145,7 +147,7 @@ impl Listeners {
     }
 
     /// The listeners served now, for [`Listeners::prepare`].
-    pub fn configs(&self) -> Vec<(ListenerConfig, Arc<TcpListener>)> {
+    pub(crate) fn configs(&self) -> Vec<(ListenerConfig, Arc<TcpListener>)> {
         self.serving
             .iter()
             .map(|s| (s.config.clone(), s.tcp.clone()))
@@ -153,7 +155,7 @@ impl Listeners {
     }
 
     /// Serves `next`'s listeners as `plan` says; those it leaves out stop accepting and drain.
-    pub fn commit(&mut self, plan: Plan, next: &Snapshot) -> ListenerChanges {
+    pub(crate) fn commit(&mut self, plan: Plan, next: &Snapshot) -> ListenerChanges {
         self.retired.retain(|t| !t.is_finished());
         let mut old: Vec<Option<Serving>> = std::mem::take(&mut self.serving)
             .into_iter()
@@ -254,7 +256,7 @@ impl Listeners {
     }
 
     /// The shutdown: every listener stops accepting and drains; no reload starts another.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         self.closed = true;
         for s in &self.serving {
             let _ = s.stop.send(true);
@@ -262,7 +264,7 @@ impl Listeners {
     }
 
     /// The tasks to wait for after [`Listeners::close`]: every listener's drain.
-    pub fn tasks(&mut self) -> Vec<JoinHandle<()>> {
+    pub(crate) fn tasks(&mut self) -> Vec<JoinHandle<()>> {
         let mut tasks: Vec<_> = self.serving.drain(..).map(|s| s.task).collect();
         tasks.append(&mut self.retired);
         tasks

@@ -2,7 +2,7 @@
 //! `sloguard run`, the demo and the end-to-end tests alike.
 
 mod listeners;
-pub mod reload;
+pub(crate) mod reload;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +56,7 @@ async fn reload_keys(state: Arc<ArcSwap<Snapshot>>) {
     }
 }
 
+#[derive(Debug)]
 pub struct Sidecar {
     pub admin_addr: SocketAddr,
     pub telemetry: Telemetry,

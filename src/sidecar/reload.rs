@@ -26,7 +26,7 @@ use crate::telemetry::{label, Telemetry, CONFIG_RELOADS_TOTAL};
 /// A ConfigMap volume swaps a symlink (`..data`) when the ConfigMap changes, which a read
 /// through the file's path follows; the kubelet takes up to a minute or so to get there, next to
 /// which a second or two is nothing.
-pub const CONFIG_POLL: Duration = Duration::from_secs(1);
+pub(crate) const CONFIG_POLL: Duration = Duration::from_secs(1);
 
 /// The sections a reload cannot change: the state built from them lives as long as the process
 /// (the metric labels, the admin port, the exporters, the body budget, the task table, the
@@ -164,6 +164,7 @@ impl UpstreamChanges {
 }
 
 /// The config file a sidecar was started from, and the text it held then.
+#[derive(Debug)]
 pub struct ConfigFile {
     pub path: PathBuf,
     pub text: String,
@@ -185,6 +186,7 @@ impl ConfigFile {
 }
 
 /// Reloads a running sidecar's config.
+#[derive(Debug)]
 pub struct Reloader {
     file: Option<PathBuf>,
     state: Arc<ArcSwap<Snapshot>>,

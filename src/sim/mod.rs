@@ -36,6 +36,7 @@ pub fn full(bytes: impl Into<Bytes>) -> SimBody {
 }
 
 /// A body fed from a channel: each message is one frame, sent when the producer sends it.
+#[derive(Debug)]
 pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
 
 impl Body for ChannelBody {
@@ -50,6 +51,7 @@ impl Body for ChannelBody {
 }
 
 /// A running simulated server.
+#[derive(Debug)]
 pub struct SimServer {
     pub addr: SocketAddr,
     pub task: JoinHandle<()>,
@@ -105,6 +107,7 @@ where
 
 /// A small, fast, thread-safe pseudo-random source (xorshift); simulations need variety, not
 /// cryptographic quality.
+#[derive(Debug)]
 pub struct SimRng(AtomicU64);
 
 impl SimRng {

@@ -44,13 +44,14 @@ impl Stuck {
 const NEVER: u64 = u64::MAX;
 
 /// A request's body on its way to the agent, as far as waiting goes.
-pub trait AgentsTurn: Send + Sync {
+pub trait AgentsTurn: Send + Sync + std::fmt::Debug {
     /// Since when the agent is the one being waited on: the upload ended, or the agent stopped
     /// reading it. `None` while the client is still sending.
     fn agents_turn_since(&self) -> Option<Instant>;
 }
 
 /// Since when a request waits on the agent.
+#[derive(Debug)]
 enum Waiting {
     Since(Instant),
     Upload(Arc<dyn AgentsTurn>),
@@ -65,6 +66,7 @@ impl Waiting {
     }
 }
 
+#[derive(Debug)]
 pub struct Liveness {
     stuck_after: Duration,
     epoch: Instant,
@@ -183,6 +185,7 @@ mod tests {
     }
 
     /// An upload whose end the test sets.
+    #[derive(Debug)]
     struct TestUpload(Mutex<Option<Instant>>);
 
     impl AgentsTurn for TestUpload {

@@ -86,6 +86,7 @@ pub struct CallCheck {
     pub evicted: bool,
 }
 
+#[derive(Debug)]
 pub struct LoopTable {
     table: Table<TaskLoop>,
     limits: LoopLimits,

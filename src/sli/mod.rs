@@ -2,9 +2,9 @@
 //! failure, and what an upstream attempt came to. Plain types, no I/O; the data plane classifies,
 //! the telemetry handles count.
 
-pub mod liveness;
+pub(crate) mod liveness;
 pub mod loops;
-pub mod table;
+pub(crate) mod table;
 pub mod tasks;
 
 use crate::config::Role;

@@ -19,20 +19,21 @@ use tokio::time::Instant;
 const SHARDS: usize = 16;
 
 /// An entry knows when it was last active.
-pub trait Entry {
+pub(crate) trait Entry {
     fn last(&self) -> Instant;
 }
 
 /// What the sweep does with an entry idle past its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Idle {
+pub(crate) enum Idle {
     /// It goes (handed to the sweep's caller).
     Remove,
     /// It stays, moved to the back (looked at again next sweep).
     Keep,
 }
 
-pub struct Table<V> {
+#[derive(Debug)]
+pub(crate) struct Table<V> {
     shards: Vec<Mutex<LinkedHashMap<u64, V>>>,
     capacity: usize,
     /// Entries in all shards.
@@ -42,7 +43,7 @@ pub struct Table<V> {
 impl<V: Entry> Table<V> {
     /// A table of at most `capacity` entries (threads inserting at the same moment can take it
     /// an entry or two past, until entries go).
-    pub fn new(capacity: usize) -> Table<V> {
+    pub(crate) fn new(capacity: usize) -> Table<V> {
         Table {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(LinkedHashMap::new()))
@@ -59,7 +60,7 @@ impl<V: Entry> Table<V> {
     /// Updates the entry of `key` with `f(entry, false)`, or inserts `new()` updated with
     /// `f(entry, true)`; either way it becomes the most recent. Returns what `f` returned, and
     /// the entry a full table pushed out to make room.
-    pub fn upsert<R>(
+    pub(crate) fn upsert<R>(
         &self,
         key: u64,
         new: impl FnOnce() -> V,
@@ -89,7 +90,7 @@ impl<V: Entry> Table<V> {
 
     /// Updates the entry of `key`, if there is one, making it the most recent; `f` returns what
     /// to give back and whether the entry now goes.
-    pub fn update<R>(&self, key: u64, f: impl FnOnce(&mut V) -> (R, bool)) -> Option<R> {
+    pub(crate) fn update<R>(&self, key: u64, f: impl FnOnce(&mut V) -> (R, bool)) -> Option<R> {
         let mut shard = self.shard(key);
         let (r, remove) = f(shard.to_back(&key)?);
         if remove {
@@ -100,7 +101,7 @@ impl<V: Entry> Table<V> {
     }
 
     /// Removes the entry of `key`.
-    pub fn remove(&self, key: u64) -> Option<V> {
+    pub(crate) fn remove(&self, key: u64) -> Option<V> {
         let v = self.shard(key).remove(&key)?;
         self.live.fetch_sub(1, Ordering::Relaxed);
         Some(v)
@@ -124,7 +125,7 @@ impl<V: Entry> Table<V> {
 
     /// Looks at every entry idle longer than `idle`: `judge` says whether it goes (handed to
     /// `removed`) or stays. Each entry is looked at once per sweep.
-    pub fn sweep(
+    pub(crate) fn sweep(
         &self,
         now: Instant,
         idle: Duration,
@@ -152,11 +153,11 @@ impl<V: Entry> Table<V> {
     }
 
     /// Entries now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

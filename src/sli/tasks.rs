@@ -105,6 +105,7 @@ pub struct Swept {
 }
 
 /// The live tasks.
+#[derive(Debug)]
 pub struct TaskTable {
     table: Table<Task>,
     stuck_after: Duration,

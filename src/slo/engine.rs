@@ -22,7 +22,7 @@ use tokio::time::Instant;
 const MINUTES: usize = 360;
 
 /// The windows of `/slo` and of `sloguard_slo_burn_rate`.
-pub const WINDOWS: [(&str, u64); 3] = [("5m", 5), ("1h", 60), ("6h", 360)];
+pub(crate) const WINDOWS: [(&str, u64); 3] = [("5m", 5), ("1h", 60), ("6h", 360)];
 
 /// What the source's first counter counts: good events (requests not 5xx, tasks completed,
 /// calls within the threshold) or bad ones (safety violations). Each counter is taken as it is
@@ -46,19 +46,19 @@ struct Bucket {
 
 /// Good and total events over a window, and what they say.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Counts {
+pub(crate) struct Counts {
     pub good: u64,
     pub total: u64,
 }
 
 impl Counts {
     /// Good events of all; `None` without events.
-    pub fn sli(self) -> Option<f64> {
+    pub(crate) fn sli(self) -> Option<f64> {
         (self.total > 0).then(|| (self.good.min(self.total)) as f64 / self.total as f64)
     }
 
     /// The error ratio over the budget's ratio; `None` without events.
-    pub fn burn_rate(self, target: f64) -> Option<f64> {
+    pub(crate) fn burn_rate(self, target: f64) -> Option<f64> {
         self.sli().map(|sli| (1.0 - sli) / (1.0 - target))
     }
 
@@ -69,14 +69,14 @@ impl Counts {
 
 /// `ok`, `warning` or `breach`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     Ok,
     Warning,
     Breach,
 }
 
 impl State {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Ok => "ok",
             State::Warning => "warning",
@@ -86,7 +86,8 @@ impl State {
 }
 
 /// One SLO's events over time.
-pub struct Tracker {
+#[derive(Debug)]
+pub(crate) struct Tracker {
     tally: Tally,
     target: f64,
     start: Instant,
@@ -98,7 +99,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(tally: Tally, target: f64, window: Duration, start: Instant) -> Tracker {
+    pub(crate) fn new(tally: Tally, target: f64, window: Duration, start: Instant) -> Tracker {
         let hours = (window.as_secs().div_ceil(3600)).max(1) as usize;
         Tracker {
             tally,
@@ -127,7 +128,7 @@ impl Tracker {
     /// The source's cumulative counts at `now`: its first counter (as the tally says) and all
     /// events. The first reading is the baseline; a counter that went down (a restart of what
     /// counts) is a new baseline for that counter.
-    pub fn feed(&mut self, first: u64, total: u64, now: Instant) {
+    pub(crate) fn feed(&mut self, first: u64, total: u64, now: Instant) {
         let Some((f0, t0)) = self.last.replace((first, total)) else {
             return;
         };
@@ -155,23 +156,23 @@ impl Tracker {
     }
 
     /// Events over the last `minutes` minutes (the current one included).
-    pub fn window(&self, minutes: u64, now: Instant) -> Counts {
+    pub(crate) fn window(&self, minutes: u64, now: Instant) -> Counts {
         let m = self.minute(now);
         self.counts(sum(&self.minutes, m, minutes.min(MINUTES as u64)))
     }
 
     /// Events over the SLO window (its hourly buckets; the current hour included).
-    pub fn slo_window(&self, now: Instant) -> Counts {
+    pub(crate) fn slo_window(&self, now: Instant) -> Counts {
         let h = self.minute(now) / 60;
         self.counts(sum(&self.hours, h, self.hours.len() as u64))
     }
 
-    pub fn since_start(&self) -> Counts {
+    pub(crate) fn since_start(&self) -> Counts {
         self.counts(self.since_start)
     }
 
     /// The share of the SLO window's error budget left (negative: overspent).
-    pub fn budget_remaining(&self, now: Instant) -> f64 {
+    pub(crate) fn budget_remaining(&self, now: Instant) -> f64 {
         let c = self.slo_window(now);
         let allowed = (1.0 - self.target) * c.total as f64;
         if c.total == 0 {
@@ -180,7 +181,7 @@ impl Tracker {
         1.0 - c.bad() as f64 / allowed
     }
 
-    pub fn state(&self, now: Instant) -> State {
+    pub(crate) fn state(&self, now: Instant) -> State {
         let remaining = self.budget_remaining(now);
         let hour = self.window(60, now).burn_rate(self.target).unwrap_or(0.0);
         if remaining <= 0.0 {
@@ -194,7 +195,7 @@ impl Tracker {
 
     /// The SLI of each of the last `n` periods of `period` minutes, oldest first (for charts;
     /// `None` for a period without events). Periods reach back at most 6 hours.
-    pub fn history(&self, period: u64, n: u64, now: Instant) -> Vec<Option<f64>> {
+    pub(crate) fn history(&self, period: u64, n: u64, now: Instant) -> Vec<Option<f64>> {
         let m = self.minute(now);
         let period = period.max(1);
         let n = n.min(MINUTES as u64 / period);
@@ -212,7 +213,7 @@ impl Tracker {
 
     /// The budget remaining at the end of each hour of the SLO window so far, oldest first:
     /// the burn-down (cumulative over the hours the window holds).
-    pub fn burn_down(&self, now: Instant) -> Vec<f64> {
+    pub(crate) fn burn_down(&self, now: Instant) -> Vec<f64> {
         let h = self.minute(now) / 60;
         let len = self.hours.len() as u64;
         let first = h.saturating_sub(len - 1);

@@ -5,7 +5,7 @@
 //! the same series Prometheus scrapes, summed as the rules' queries sum them — so that its view
 //! and Prometheus's agree, and the data plane does no work for it.
 
-pub mod engine;
+pub(crate) mod engine;
 pub mod page;
 pub mod rules;
 pub mod source;
@@ -22,6 +22,7 @@ use crate::telemetry::{label, Tallies, Telemetry, SLO_BUDGET_REMAINING, SLO_BURN
 use engine::{Tracker, WINDOWS};
 
 /// One SLO: its config, its events, its gauges.
+#[derive(Debug)]
 struct Slo {
     config: SloConfig,
     severity: Severity,
@@ -31,6 +32,7 @@ struct Slo {
 }
 
 /// The config's SLOs, fed once a second.
+#[derive(Debug)]
 pub struct Slos {
     agent: String,
     slos: Mutex<Vec<Slo>>,

@@ -18,6 +18,7 @@ use crate::metric_table::*;
 /// (and names longer than [`MAX_MODEL_NAME`]) as `other`, so a client sending random or huge
 /// model names cannot blow up the series count or the exposition. `unknown` (no model named)
 /// takes no slot.
+#[derive(Debug)]
 pub struct ModelLabels {
     max: usize,
     seen: RwLock<HashMap<String, Arc<str>>>,
@@ -26,7 +27,7 @@ pub struct ModelLabels {
 }
 
 /// Longest model name used as a label value; real ones are well under 100 bytes.
-pub const MAX_MODEL_NAME: usize = 128;
+pub(crate) const MAX_MODEL_NAME: usize = 128;
 
 impl ModelLabels {
     pub fn new(max: usize) -> ModelLabels {
@@ -101,6 +102,7 @@ impl ErrorType {
 }
 
 /// One upstream's LLM-call handles.
+#[derive(Debug)]
 pub struct LlmMetrics {
     telemetry: Telemetry,
     agent: String,
@@ -116,6 +118,7 @@ pub struct LlmMetrics {
 
 /// The handles of one (upstream, model), registered on first use so that the exposition only
 /// shows series that have samples.
+#[derive(Debug)]
 pub struct ModelMetrics {
     labels: Vec<Label>,
     telemetry: Telemetry,
@@ -253,6 +256,7 @@ impl ModelMetrics {
 }
 
 /// An upstream's API key handles: rejections (401s) and file reloads.
+#[derive(Debug)]
 pub struct KeyMetrics {
     pub rejections: Counter,
     pub reload_ok: Counter,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::Instant;
 
+#[derive(Debug)]
 pub struct LogLimiter {
     epoch: Instant,
     /// The second (since `epoch`) of the last line logged, plus one; 0 before the first.

@@ -5,7 +5,7 @@
 //! the data plane: recording on the hot path is an atomic add, never a label lookup. Each
 //! [`Telemetry`] owns its own recorder (no global), so tests running side by side do not mix.
 
-pub mod genai;
+pub(crate) mod genai;
 mod log_limit;
 mod logging;
 pub mod otlp;
@@ -32,7 +32,7 @@ pub use crate::metric_table::*;
 const UPKEEP_DRAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The process-wide metrics registry of one sidecar.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Telemetry {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
@@ -163,7 +163,7 @@ pub(crate) fn label(key: &'static str, value: &str) -> Label {
 
 /// The handles a request answered on one listener by one upstream (or the cache) is recorded
 /// with.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RequestMetrics {
     /// Indexed by `[StatusClass][Cause]`.
     requests: [[Counter; Cause::COUNT]; StatusClass::COUNT],
@@ -219,7 +219,7 @@ impl RequestMetrics {
 }
 
 /// The handles an upstream's attempts are counted with.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct UpstreamMetrics {
     requests: [Counter; UpstreamOutcome::COUNT],
 }

@@ -17,7 +17,7 @@ use crate::metric_table::{
 };
 
 /// The metrics an SLO can be computed from (see the `slos:` SLI kinds).
-pub const TALLIED: &[&str] = &[
+pub(super) const TALLIED: &[&str] = &[
     AGENT_REQUESTS_TOTAL,
     AGENT_TASKS_STARTED,
     AGENT_TASKS_COMPLETED,

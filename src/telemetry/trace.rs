@@ -40,6 +40,7 @@ const MAX_MODEL: usize = 256;
 const MAX_PATH: usize = 1024;
 
 /// What starts request traces and queues them for export: one per sidecar.
+#[derive(Debug)]
 pub struct Tracer {
     /// A trace id whose last 8 bytes, as a number, fall below this is sampled.
     threshold: u64,
@@ -97,13 +98,14 @@ impl Tracer {
 }
 
 /// The names a listener's spans carry: the listener's, and its route's upstreams' by hop.
+#[derive(Debug)]
 pub struct SpanNames {
     pub listener: String,
     pub upstreams: Vec<String>,
 }
 
 /// What a listener starts its requests' traces with.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ListenerTracer {
     tracer: Arc<Tracer>,
     names: Arc<SpanNames>,
@@ -272,6 +274,7 @@ impl GenAiFacts {
 }
 
 /// One attempt with one upstream.
+#[derive(Debug)]
 struct AttemptTrace {
     span_id: SpanId,
     /// Its place in the route's chain.
@@ -285,6 +288,7 @@ struct AttemptTrace {
 }
 
 /// The trace of one request, from arrival to its count; turned into spans on the export thread.
+#[derive(Debug)]
 pub struct RequestTrace {
     tracer: Arc<Tracer>,
     names: Arc<SpanNames>,

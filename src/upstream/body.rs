@@ -20,6 +20,7 @@ use crate::inspect::{parse_request, Collected, Format, RequestFacts, Unparsed};
 
 /// How the upload stands, shared between the body (polled by the upstream connection) and the
 /// request's handler.
+#[derive(Debug)]
 pub struct Upload {
     started: Instant,
     /// Microseconds after `started` of the client's last chunk.
@@ -99,13 +100,34 @@ enum Source {
     Replay { chunks: Arc<[Bytes]>, next: usize },
 }
 
+/// Sizes only: the chunks are the client's request.
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Client(_) => f.write_str("Client"),
+            Source::Buffered { chunks, rest } => f
+                .debug_struct("Buffered")
+                .field("chunks", &chunks.len())
+                .field("rest", &rest.is_some())
+                .finish(),
+            Source::Replay { chunks, next } => f
+                .debug_struct("Replay")
+                .field("chunks", &chunks.len())
+                .field("next", next)
+                .finish(),
+        }
+    }
+}
+
 /// An LLM request's chunks, kept to be parsed when the upload ends.
+#[derive(Debug)]
 struct Tap {
     format: Format,
     body: Collected,
     too_large: bool,
 }
 
+#[derive(Debug)]
 pub struct RequestBody {
     source: Source,
     /// `None` for a request without a body: nothing to watch.

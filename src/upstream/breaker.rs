@@ -182,6 +182,7 @@ struct Inner {
     rng: u64,
 }
 
+#[derive(Debug)]
 pub struct CircuitBreaker {
     config: BreakerConfig,
     /// `CircuitState` as u8, for lock-free admission while closed.

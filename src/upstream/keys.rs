@@ -51,6 +51,18 @@ pub struct KeyRing {
     pub metrics: KeyMetrics,
 }
 
+/// Names the key file and how many keys it holds, never a key.
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("path", &self.path)
+            .field("protocol", &self.protocol)
+            .field("keys", &self.keys.load().len())
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Reads and checks a key file's content into header values for `protocol`.
 fn parse_keys(
     path: &Path,
@@ -213,9 +225,9 @@ mod tests {
 
     /// A file under the target directory, removed on drop (no tempfile crate for one test).
     mod tempfile_path {
-        pub struct TempPath(pub std::path::PathBuf);
+        pub(super) struct TempPath(pub std::path::PathBuf);
         impl TempPath {
-            pub fn new(content: &str) -> TempPath {
+            pub(super) fn new(content: &str) -> TempPath {
                 use std::sync::atomic::{AtomicU32, Ordering};
                 static N: AtomicU32 = AtomicU32::new(0);
                 let p = std::env::temp_dir().join(format!(

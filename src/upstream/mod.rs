@@ -2,8 +2,8 @@
 //! timeouts that bound an attempt.
 
 pub mod breaker;
-pub mod keys;
-pub mod pool;
+pub(crate) mod keys;
+pub(crate) mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,7 @@ use crate::telemetry::{
 pub const MAX_IDLE_CONNECTIONS: usize = 256;
 
 /// One upstream as the data plane uses it; built once per config snapshot.
+#[derive(Debug)]
 pub struct Upstream {
     pub name: String,
     pub url: UpstreamUrl,
@@ -58,6 +59,7 @@ pub struct Upstream {
 }
 
 /// An upstream's circuit breaker with the handles its transitions are counted with.
+#[derive(Debug)]
 pub struct UpstreamBreaker {
     pub breaker: CircuitBreaker,
     /// `slow_call.threshold`: a response head later than this makes the call slow.

@@ -43,7 +43,7 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why an exchange failed before a response head arrived.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,7 @@ pub enum SendError {
     Exchange(#[source] hyper::Error),
 }
 
+#[derive(Debug)]
 struct IdleConnection {
     sender: http1::SendRequest<RequestBody>,
     /// Not reused from then on.
@@ -70,6 +71,7 @@ pub struct H2Settings {
     pub keepalive_timeout: Duration,
 }
 
+#[derive(Debug)]
 pub struct ConnectionPool {
     connector: HttpsConnector<HttpConnector>,
     /// `scheme://authority/`: what the connector dials.
@@ -94,6 +96,7 @@ pub struct ConnectionPool {
 }
 
 /// An HTTP/1.1 connection out of the pool while its response streams.
+#[derive(Debug)]
 pub struct Lease {
     sender: http1::SendRequest<RequestBody>,
     pool: Arc<ConnectionPool>,

@@ -173,6 +173,39 @@ pub fn expect_metric(text: &str, name: &str, labels: &[(&str, &str)], expected: 
     assert_eq!(got, expected, "{name}{labels:?}");
 }
 
+/// `agent_requests_total` of the requests answered with `status` (its class, `5xx`) charged to
+/// `cause` is `expected`, summed over every other label.
+pub fn expect_requests(text: &str, status: &str, cause: &str, expected: f64) {
+    let labels = [("status", status), ("cause", cause)];
+    expect_metric(text, "agent_requests_total", &labels, expected);
+}
+
+/// Like [`expect_requests`], of the requests `upstream` answered.
+pub fn expect_requests_from(text: &str, upstream: &str, status: &str, cause: &str, expected: f64) {
+    let labels = [("upstream", upstream), ("status", status), ("cause", cause)];
+    expect_metric(text, "agent_requests_total", &labels, expected);
+}
+
+/// `sloguard_upstream_requests_total` of the attempts at `upstream` that ended as `outcome` is
+/// `expected`.
+pub fn expect_attempts(text: &str, upstream: &str, outcome: &str, expected: f64) {
+    let labels = [("upstream", upstream), ("outcome", outcome)];
+    expect_metric(text, "sloguard_upstream_requests_total", &labels, expected);
+}
+
+/// `sloguard_upstream_requests_total` of the attempts that ended as `outcome`, at any upstream,
+/// is `expected`.
+pub fn expect_outcome(text: &str, outcome: &str, expected: f64) {
+    let labels = [("outcome", outcome)];
+    expect_metric(text, "sloguard_upstream_requests_total", &labels, expected);
+}
+
+/// `sloguard_fallbacks_total` of the moves from `from` to `to` for `reason` is `expected`.
+pub fn expect_fallbacks(text: &str, from: &str, to: &str, reason: &str, expected: f64) {
+    let labels = [("from", from), ("to", to), ("reason", reason)];
+    expect_metric(text, "sloguard_fallbacks_total", &labels, expected);
+}
+
 /// `/metrics` once `ready` holds for it, or after 5 s (requests settle when their connection
 /// closes, which the test cannot await directly).
 pub async fn metrics_when(sidecar: &Sidecar, ready: impl Fn(&str) -> bool) -> String {

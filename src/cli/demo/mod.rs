@@ -132,7 +132,7 @@ shutdown:
     )
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
         crate::telemetry::init_logging();
     }

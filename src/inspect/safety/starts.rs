@@ -23,6 +23,7 @@ const MAX_CACHE_CAPACITY: usize = 8 << 20;
 
 type NewCache = Box<dyn Fn() -> Cache + Send + Sync + UnwindSafe + RefUnwindSafe>;
 
+#[derive(Debug)]
 pub(super) struct Starts {
     dfa: DFA,
     /// Lazy DFA caches for reuse (the `regex` crate's own pool: a fast path for the thread that

@@ -25,7 +25,7 @@ pub(crate) enum Inspect {
 
 /// The request's safety inspection: where it came from (for the kill switch), what it said (its
 /// upload, where the kill switch must tell echoes apart), and its response's check.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct SafetyState {
     /// Where the request came from (see [`ListenerSafety::origin`]; 0 where there is none).
     origin: u64,

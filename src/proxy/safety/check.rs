@@ -30,7 +30,19 @@ struct Hold {
     bytes: usize,
 }
 
+/// Sizes only: what is held back may be the very text safety withholds.
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("held", &self.held.len())
+            .field("ready", &self.ready.len())
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One response's inspection.
+#[derive(Debug)]
 pub struct SafetyCheck {
     text: BodyText,
     scanner: Scanner,

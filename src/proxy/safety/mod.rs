@@ -58,6 +58,7 @@ pub fn severity(name: SeverityName) -> Severity {
 
 /// The agent's kill switch. One per sidecar, kept across config reloads: only a human (or the
 /// switch itself) changes it.
+#[derive(Debug)]
 pub struct KillSwitch {
     disabled: AtomicBool,
     gauge: Gauge,
@@ -171,6 +172,7 @@ pub enum Source {
 }
 
 /// The safety settings and handles of one listener.
+#[derive(Debug)]
 pub struct ListenerSafety {
     pub detectors: Arc<Detectors>,
     pub block: bool,
@@ -191,6 +193,7 @@ pub struct ListenerSafety {
 
 /// Tells the kill switch's origins apart: tasks by their id, else clients by their address
 /// (role `agent`), else each response on its own (role `llm`, whose one client is the agent).
+#[derive(Debug)]
 struct Origins {
     id_header: http::HeaderName,
     role: Role,
@@ -425,6 +428,7 @@ impl ListenerSafety {
 }
 
 /// One violation, as the listener counts it.
+#[derive(Debug)]
 pub struct Violation<'a> {
     pub source: Source,
     /// Under `block` (the answer, or the rest of it, is stopped).

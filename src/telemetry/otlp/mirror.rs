@@ -41,6 +41,7 @@ fn attributes(key: &Key) -> Vec<KeyValue> {
 
 /// The series of one metric: its attribute sets and their values, shared with the SDK's
 /// callback.
+#[derive(Debug)]
 struct Series<T> {
     by_key: HashMap<Key, Arc<T>>,
     entries: Vec<(Vec<KeyValue>, Arc<T>)>,
@@ -72,6 +73,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+#[derive(Debug)]
 enum Instrument {
     Counter(Shared<AtomicU64>),
     /// `f64` bits.
@@ -83,6 +85,7 @@ enum Instrument {
 }
 
 /// The second reader of every metric; see the module doc.
+#[derive(Debug)]
 pub struct Mirror {
     meter: Meter,
     /// By Prometheus name.

@@ -1,0 +1,330 @@
+//! JSON's text, for the safety detectors: string values with their escapes decoded (`\n`, `\"`,
+//! `\u00e9`, surrogate pairs), every value ([`Keys::All`]) or only the model's output
+//! ([`Keys::Output`]), one document's values separated by a newline. A plain state machine over
+//! bytes (see [`super::text`]): a few dozen bytes of memory whatever the body, no validation.
+
+/// Which JSON string values are text to inspect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// Every string value (an agent's answer: its shape is the agent's own).
+    All,
+    /// The values LLM APIs put output text in.
+    Output,
+}
+
+const OUTPUT_KEYS: [&[u8]; 4] = [b"content", b"text", b"refusal", b"delta"];
+/// Keys longer than this are never output keys: kept only this far.
+const KEY_MAX: usize = 16;
+/// Containers tracked for their kind; deeper ones count as unkeyed (their text still counts
+/// under [`Keys::All`]).
+const MAX_DEPTH: u32 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between tokens.
+    Outside,
+    /// In an object key.
+    Key,
+    /// In a string value; `emit` when it is text to inspect.
+    Str { emit: bool },
+    /// After a backslash.
+    Escape { key: bool, emit: bool },
+    /// In `\uXXXX`: the hex digits so far.
+    Unicode { emit: bool, value: u16, digits: u8 },
+    /// In a number (text under [`Keys::All`]: an agent may answer a card number as one).
+    Number,
+}
+
+/// Streams the text of a JSON document (or of several in a row, with [`JsonText::reset`]).
+#[derive(Debug)]
+pub(crate) struct JsonText {
+    pub(super) keys: Keys,
+    state: State,
+    depth: u32,
+    /// Bit `d`: the container at depth `d` (1-based) is an array.
+    arrays: u64,
+    /// Bit `d`: the array at depth `d` holds output (its key was an output key).
+    output_arrays: u64,
+    /// In the current object: the next string is a key.
+    expect_key: bool,
+    key: [u8; KEY_MAX],
+    key_len: usize,
+    /// The last key read is an output key.
+    key_is_output: bool,
+    /// A value has been emitted in this document: the next one is separated from it.
+    emitted: bool,
+    /// A high surrogate waiting for its low half.
+    high: Option<u16>,
+}
+
+impl JsonText {
+    pub(crate) fn new(keys: Keys) -> JsonText {
+        JsonText {
+            keys,
+            state: State::Outside,
+            depth: 0,
+            arrays: 0,
+            output_arrays: 0,
+            expect_key: false,
+            key: [0; KEY_MAX],
+            key_len: 0,
+            key_is_output: false,
+            emitted: false,
+            high: None,
+        }
+    }
+
+    /// A new document begins (the next SSE event's data): its text follows the last one's with
+    /// no separator.
+    pub(crate) fn reset(&mut self) {
+        *self = JsonText::new(self.keys);
+    }
+
+    fn in_array(&self) -> bool {
+        self.depth > 0 && self.depth <= MAX_DEPTH && self.arrays & (1 << (self.depth - 1)) != 0
+    }
+
+    fn in_object(&self) -> bool {
+        self.depth > 0 && self.depth <= MAX_DEPTH && self.arrays & (1 << (self.depth - 1)) == 0
+    }
+
+    /// Whether a value starting now is output text.
+    fn value_is_output(&self) -> bool {
+        match self.keys {
+            Keys::All => true,
+            Keys::Output if self.in_object() => self.key_is_output,
+            Keys::Output if self.in_array() => self.output_arrays & (1 << (self.depth - 1)) != 0,
+            Keys::Output => false,
+        }
+    }
+
+    fn push(&mut self, array: bool) {
+        let output = array && self.keys == Keys::Output && self.value_is_output();
+        self.depth = self.depth.saturating_add(1);
+        if self.depth <= MAX_DEPTH {
+            let bit = 1u64 << (self.depth - 1);
+            self.arrays = if array {
+                self.arrays | bit
+            } else {
+                self.arrays & !bit
+            };
+            self.output_arrays = if output {
+                self.output_arrays | bit
+            } else {
+                self.output_arrays & !bit
+            };
+        }
+        self.expect_key = !array;
+    }
+
+    fn pop(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+        self.expect_key = false;
+    }
+
+    /// Feeds bytes of the document; text goes to `sink` in pieces.
+    pub(crate) fn feed(&mut self, mut bytes: &[u8], sink: &mut dyn FnMut(&[u8])) {
+        while !bytes.is_empty() {
+            match self.state {
+                State::Outside => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    match b {
+                        b'{' => self.push(false),
+                        b'[' => self.push(true),
+                        b'}' | b']' => self.pop(),
+                        b',' => self.expect_key = self.in_object(),
+                        b':' => self.expect_key = false,
+                        // Every key is text too when every value is: `{"jane@acme.io": 1}`.
+                        b'"' if self.expect_key && self.in_object() && self.keys == Keys::All => {
+                            self.expect_key = false;
+                            if self.emitted {
+                                sink(b"\n");
+                            }
+                            self.emitted = true;
+                            self.state = State::Str { emit: true };
+                        }
+                        b'"' if self.expect_key && self.in_object() => {
+                            self.key_len = 0;
+                            self.state = State::Key;
+                        }
+                        b'-' | b'0'..=b'9' if self.keys == Keys::All => {
+                            if self.emitted {
+                                sink(b"\n");
+                            }
+                            self.emitted = true;
+                            sink(std::slice::from_ref(&b));
+                            self.state = State::Number;
+                        }
+                        b'"' => {
+                            let emit = self.value_is_output();
+                            if emit && self.emitted {
+                                sink(b"\n");
+                            }
+                            self.emitted |= emit;
+                            self.state = State::Str { emit };
+                        }
+                        _ => {}
+                    }
+                }
+                State::Number => {
+                    let end = bytes
+                        .iter()
+                        .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                        .unwrap_or(bytes.len());
+                    if end > 0 {
+                        sink(&bytes[..end]);
+                    }
+                    bytes = &bytes[end..];
+                    if !bytes.is_empty() {
+                        // The byte after the number is read as structure.
+                        self.state = State::Outside;
+                    }
+                }
+                State::Key => {
+                    let end = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
+                    // `key_len` past KEY_MAX: too long to be an output key.
+                    let kept = self.key_len.min(KEY_MAX);
+                    let take = end.min(KEY_MAX - kept);
+                    self.key[kept..kept + take].copy_from_slice(&bytes[..take]);
+                    self.key_len = self.key_len.saturating_add(end).min(KEY_MAX + 1);
+                    match bytes.get(end) {
+                        Some(b'"') => {
+                            let key = &self.key[..self.key_len.min(KEY_MAX)];
+                            self.key_is_output =
+                                self.key_len <= KEY_MAX && OUTPUT_KEYS.contains(&key);
+                            self.expect_key = false;
+                            self.state = State::Outside;
+                        }
+                        Some(_) => {
+                            self.state = State::Escape {
+                                key: true,
+                                emit: false,
+                            }
+                        }
+                        None => {}
+                    }
+                    bytes = &bytes[(end + 1).min(bytes.len())..];
+                }
+                State::Str { emit } => {
+                    let end = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
+                    if emit && end > 0 {
+                        self.flush_high(sink);
+                        sink(&bytes[..end]);
+                    }
+                    match bytes.get(end) {
+                        Some(b'"') => {
+                            self.flush_high_if(emit, sink);
+                            self.state = State::Outside;
+                        }
+                        Some(_) => self.state = State::Escape { key: false, emit },
+                        None => {}
+                    }
+                    bytes = &bytes[(end + 1).min(bytes.len())..];
+                }
+                State::Escape { key, emit } => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    if key {
+                        // Keys with escapes are never output keys.
+                        self.key_len = KEY_MAX + 1;
+                        self.state = State::Key;
+                        continue;
+                    }
+                    if b == b'u' {
+                        self.state = State::Unicode {
+                            emit,
+                            value: 0,
+                            digits: 0,
+                        };
+                        continue;
+                    }
+                    if emit {
+                        self.flush_high(sink);
+                        let decoded: &[u8] = match b {
+                            b'n' => b"\n",
+                            b't' => b"\t",
+                            b'r' => b"\r",
+                            b'b' => b"\x08",
+                            b'f' => b"\x0c",
+                            b'"' => b"\"",
+                            b'\\' => b"\\",
+                            b'/' => b"/",
+                            // Not JSON: the byte as it came.
+                            _ => std::slice::from_ref(&b),
+                        };
+                        sink(decoded);
+                    }
+                    self.state = State::Str { emit };
+                }
+                State::Unicode {
+                    emit,
+                    value,
+                    digits,
+                } => {
+                    let b = bytes[0];
+                    let Some(d) = (b as char).to_digit(16) else {
+                        // Not a \u escape after all: go on with the string from this byte.
+                        self.state = State::Str { emit };
+                        continue;
+                    };
+                    bytes = &bytes[1..];
+                    let value = (value << 4) | d as u16;
+                    if digits < 3 {
+                        self.state = State::Unicode {
+                            emit,
+                            value,
+                            digits: digits + 1,
+                        };
+                        continue;
+                    }
+                    self.state = State::Str { emit };
+                    if emit {
+                        self.code_unit(value, sink);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A `\uXXXX` code unit: a surrogate pair makes one character; a lone half is U+FFFD.
+    fn code_unit(&mut self, unit: u16, sink: &mut dyn FnMut(&[u8])) {
+        let c = match (self.high.take(), unit) {
+            (Some(high), 0xDC00..=0xDFFF) => {
+                let c = 0x10000 + ((u32::from(high) - 0xD800) << 10) + (u32::from(unit) - 0xDC00);
+                char::from_u32(c).unwrap_or('\u{FFFD}')
+            }
+            (high, 0xD800..=0xDBFF) => {
+                if high.is_some() {
+                    put(sink, '\u{FFFD}');
+                }
+                self.high = Some(unit);
+                return;
+            }
+            (high, _) => {
+                if high.is_some() {
+                    put(sink, '\u{FFFD}');
+                }
+                char::from_u32(u32::from(unit)).unwrap_or('\u{FFFD}')
+            }
+        };
+        put(sink, c);
+    }
+
+    fn flush_high(&mut self, sink: &mut dyn FnMut(&[u8])) {
+        if self.high.take().is_some() {
+            put(sink, '\u{FFFD}');
+        }
+    }
+
+    fn flush_high_if(&mut self, emit: bool, sink: &mut dyn FnMut(&[u8])) {
+        if emit {
+            self.flush_high(sink);
+        }
+    }
+}
+
+fn put(sink: &mut dyn FnMut(&[u8]), c: char) {
+    let mut buf = [0u8; 4];
+    sink(c.encode_utf8(&mut buf).as_bytes());
+}
