@@ -14,7 +14,8 @@
 # Then the same two configs under callgrind (valgrind, installed if missing): instructions per
 # request over CG_N requests of each kind after a warm-up, counters zeroed and dumped around the
 # load with callgrind_control. Instruction counts do not move with a noisy neighbour.
-# BASELINE=/path/to/sloguard (a build of an earlier commit, e.g. the foundation's) adds that
+# BASELINE=/path/to/sloguard (a build of an earlier commit, e.g. the foundation's, built alone:
+# `cargo build --release --bin sloguard`) adds that
 # binary, with the plain config, to the instruction table: what the plain path itself gained.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,10 @@ OUT=$(cd "$OUT" && pwd)
 
 command -v oha >/dev/null || cargo install oha --locked --version 1.16.0
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --bin sloguard --example sim_upstream
+# The sidecar alone, as it ships: built in one go with the examples it would get the
+# dev-dependencies' features (tokio's test-util clock on every Instant::now) and measure slower.
+cargo build --release --bin sloguard
+cargo build --release --example sim_upstream
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

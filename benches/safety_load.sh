@@ -27,7 +27,10 @@ SLOW_PORT=18380 FAST_PORT=18381
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-cargo build --release --bin sloguard --example sim_upstream --example llm_load
+# The sidecar alone, as it ships: built in one go with the examples it would get the
+# dev-dependencies' features (tokio's test-util clock on every Instant::now) and measure slower.
+cargo build --release --bin sloguard
+cargo build --release --example sim_upstream --example llm_load
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

@@ -30,6 +30,7 @@ pub(super) const TALLIED: &[&str] = &[
 /// One series' running total: a counter's value, or a histogram's observations by bucket.
 #[derive(Debug)]
 struct Series {
+    /// A counter's value (a histogram's is the sum of its buckets).
     count: AtomicU64,
     /// Per bucket boundary (a histogram), the observations at most that boundary and above the
     /// one before it; the last slot holds those above every boundary.
@@ -51,14 +52,12 @@ impl Series {
         }
     }
 
-    /// Observations at most `le` (a bucket boundary), and all of them.
+    /// Observations at most `le` (a bucket boundary), and all of them (every bucket's, the one
+    /// past the last boundary included: a histogram records one atomic add, not two).
     fn below(&self, le: f64) -> Option<(u64, u64)> {
         let last = self.bounds.iter().position(|b| (b - le).abs() < 1e-9)?;
-        let below = self.buckets[..=last]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum();
-        Some((below, self.count.load(Ordering::Relaxed)))
+        let count = |c: &[AtomicU64]| c.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
+        Some((count(&self.buckets[..=last]), count(&self.buckets)))
     }
 }
 
@@ -147,7 +146,6 @@ impl HistogramFn for Tallied<Histogram> {
         if let Some(c) = s.buckets.get(slot) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        s.count.fetch_add(1, Ordering::Relaxed);
     }
 }
 
