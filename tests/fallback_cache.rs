@@ -401,11 +401,12 @@ async fn a_slow_upload_does_not_hold_the_probe_slot() {
     assert_from(&a, StatusCode::OK, "primary", None);
     assert_eq!(primary.hits(), 3, "two failures, then the probe");
     drop(stalled);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while circuit(&sidecar, "primary").await["state"] != "closed" {
-        assert!(Instant::now() < deadline, "the circuit did not close");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the circuit did not close",
+        Duration::from_secs(5),
+        async || circuit(&sidecar, "primary").await["state"] == "closed",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -418,14 +419,12 @@ async fn a_client_that_leaves_while_its_probe_waits_gives_the_slot_back() {
         .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while primary.hits() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the probe never reached the primary"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "the probe never reached the primary",
+        Duration::from_secs(5),
+        async || primary.hits() >= 3,
+    )
+    .await;
     // Meanwhile the primary is skipped: its only probe is out.
     let a = chat(&sidecar, r#"{"n":2}"#).await;
     assert_from(&a, StatusCode::OK, "backup", Some("circuit_open"));
@@ -447,9 +446,10 @@ async fn a_client_that_leaves_while_its_probe_waits_gives_the_slot_back() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while circuit(&sidecar, "primary").await["state"] != "closed" {
-        assert!(Instant::now() < deadline, "the circuit did not close");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the circuit did not close",
+        Duration::from_secs(5),
+        async || circuit(&sidecar, "primary").await["state"] == "closed",
+    )
+    .await;
 }

@@ -427,11 +427,12 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
     assert_eq!(changes["listeners"]["rebound"], serde_json::json!(["side"]));
     assert_eq!(s.listener_addr("side"), Some(second));
     assert_eq!(call(&client(), second).await.0, StatusCode::OK);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(first).await.is_ok() {
-        assert!(Instant::now() < deadline, "the old address still accepts");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the old address still accepts",
+        Duration::from_secs(5),
+        async || tokio::net::TcpStream::connect(first).await.is_err(),
+    )
+    .await;
     kept.ask().await;
 
     // New limits on the same address: changed in place, the connections kept. One connection
@@ -461,14 +462,12 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
     assert_eq!(call(&client(), second).await.0, StatusCode::OK);
     metrics_when(&s, |m| displaced(m) >= 1.0).await;
     // The displaced one is the connection kept across the reload: the new cap holds for it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while side.is_open() {
-        assert!(
-            Instant::now() < deadline,
-            "the kept connection was not displaced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the kept connection was not displaced",
+        Duration::from_secs(5),
+        async || !side.is_open(),
+    )
+    .await;
 
     // Renamed on the same address: the socket goes on under the new name.
     let renamed = limited.replace("name: side,", "name: renamed,");
@@ -489,14 +488,12 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
         serde_json::json!(["renamed"])
     );
     assert!(s.listener_addr("renamed").is_none());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(second).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the removed listener still accepts"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the removed listener still accepts",
+        Duration::from_secs(5),
+        async || tokio::net::TcpStream::connect(second).await.is_err(),
+    )
+    .await;
     kept.ask().await;
     assert!(
         kept.is_open(),
@@ -676,14 +673,12 @@ async fn a_configmap_update_is_picked_up_through_its_symlinks() {
     std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
     std::fs::remove_dir_all(volume.join("..2026_12_02_1")).unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while call(&c, proxy).await.1 != "b" {
-        assert!(
-            Instant::now() < deadline,
-            "the new config was never picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the new config was never picked up",
+        Duration::from_secs(10),
+        async || call(&c, proxy).await.1 == "b",
+    )
+    .await;
     // Once (that it is not loaded again while the content stays the same is the watch's
     // decision, tested on its own in `sidecar::reload`).
     let m = metrics(&s).await;
@@ -725,11 +720,12 @@ async fn sighup_reloads_the_config_of_the_running_binary() {
 
     // A SIGHUP with the file as it is: a reload (not the end of the process, SIGHUP's default).
     p.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads(&admin_metrics().await, "ok") < 1.0 {
-        assert!(Instant::now() < deadline, "SIGHUP did not reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "SIGHUP did not reload",
+        Duration::from_secs(10),
+        async || reloads(&admin_metrics().await, "ok") >= 1.0,
+    )
+    .await;
     let sighup = p
         .log()
         .into_iter()

@@ -206,6 +206,20 @@ pub fn expect_fallbacks(text: &str, from: &str, to: &str, reason: &str, expected
     expect_metric(text, "sloguard_fallbacks_total", &labels, expected);
 }
 
+/// Waits until `ready` holds, asking every 20 ms for at most `within`; past it, fails with
+/// `what` (what did not happen). The one way a test waits for a condition.
+pub async fn wait_until(
+    what: &str,
+    within: std::time::Duration,
+    mut ready: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while !ready().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// `/metrics` once `ready` holds for it, or after 5 s (requests settle when their connection
 /// closes, which the test cannot await directly).
 pub async fn metrics_when(sidecar: &Sidecar, ready: impl Fn(&str) -> bool) -> String {
