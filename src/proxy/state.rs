@@ -12,14 +12,14 @@ use super::cache::ResponseCache;
 use super::fallback::{FallbackCounters, FallbackOn, FallbackReason};
 use super::safety::{severity, KillSwitch, ListenerSafety};
 use crate::budget::BodyBudget;
-use crate::config::{Config, Protocol, Role, RouteConfig, UpstreamConfig};
-use crate::incident::{Incidents, WebhookConfig};
+use crate::config::{Config, ListenerConfig, Protocol, Role, RouteConfig, UpstreamConfig};
+use crate::incident::{Incidents, Severity, WebhookConfig};
 use crate::inspect::safety::Detectors;
 use crate::telemetry::trace::{ListenerTracer, SpanNames, Tracer};
 use crate::telemetry::{
     label, overhead, replay_skipped, ModelLabels, RequestMetrics, Telemetry, FALLBACKS_TOTAL,
 };
-use crate::upstream::{Upstream, UpstreamBuildError};
+use crate::upstream::{Upstream, UpstreamBreaker, UpstreamBuildError};
 
 /// What outlives a snapshot: the kill switch (only a human, or the switch itself, changes it; a
 /// reload does not) and the incident queue.
@@ -211,6 +211,172 @@ impl ListenerState {
     }
 }
 
+/// What building a snapshot's parts takes from the config and the sidecar's shared state.
+struct Build<'a> {
+    config: &'a Config,
+    telemetry: &'a Telemetry,
+    shared: &'a Shared,
+    breaker_severity: Severity,
+}
+
+impl Build<'_> {
+    fn upstream(
+        &self,
+        name: &str,
+        up: &UpstreamConfig,
+        breaker: Option<Arc<UpstreamBreaker>>,
+    ) -> Result<Arc<Upstream>, UpstreamBuildError> {
+        let s = self.shared;
+        Ok(Arc::new(Upstream::new(
+            name,
+            up,
+            &self.config.agent,
+            self.telemetry,
+            &s.models,
+            &s.incidents,
+            self.breaker_severity,
+            breaker,
+        )?))
+    }
+
+    /// The safety detectors, compiled once for every listener.
+    fn detectors(&self) -> Result<Option<Arc<Detectors>>, UpstreamBuildError> {
+        let Some(s) = &self.config.safety else {
+            return Ok(None);
+        };
+        let detectors = s
+            .detector_specs()
+            .and_then(|specs| Detectors::new(&specs).map_err(|e| (String::new(), e.to_string())))
+            .map_err(|(path, message)| UpstreamBuildError::Safety { path, message })?;
+        Ok(Some(Arc::new(detectors)))
+    }
+
+    /// The human queue of `kill_switch.fallback_url`: a route of one upstream like any other,
+    /// recorded under its own name.
+    fn human_queue(&self) -> Result<Option<Arc<RouteState>>, UpstreamBuildError> {
+        let safety = self.config.safety.as_ref();
+        let Some(url) = safety.and_then(|s| s.kill_switch.as_ref()?.fallback_url.clone()) else {
+            return Ok(None);
+        };
+        let up = UpstreamConfig {
+            url,
+            protocol: Protocol::None,
+            timeouts: Default::default(),
+            tls: None,
+            api_keys_file: None,
+            model: None,
+            circuit_breaker: None,
+            h2: Default::default(),
+            pool: Default::default(),
+        };
+        let route = RouteConfig {
+            upstreams: vec![KILL_SWITCH_FALLBACK.to_owned()],
+            fallback_on: Vec::new(),
+            max_replay_body: crate::config::ByteSize(0),
+            cache: None,
+        };
+        let mut only = BTreeMap::new();
+        only.insert(
+            KILL_SWITCH_FALLBACK.to_owned(),
+            self.upstream(KILL_SWITCH_FALLBACK, &up, None)?,
+        );
+        let agent = &self.config.agent;
+        let route = RouteState::new(KILL_SWITCH_FALLBACK, &route, &only, agent, self.telemetry)?;
+        Ok(Some(Arc::new(route)))
+    }
+
+    /// A listener of the config on `route`; with a human queue, an `agent` listener sends its
+    /// requests there while the agent is disabled.
+    fn listener(
+        &self,
+        l: &ListenerConfig,
+        route: Arc<RouteState>,
+        detectors: Option<&Arc<Detectors>>,
+        human_queue: Option<&Arc<RouteState>>,
+    ) -> Arc<ListenerState> {
+        let (t, agent, shared) = (self.telemetry, &self.config.agent, self.shared);
+        let mut metrics: Vec<RequestMetrics> = route
+            .chain
+            .iter()
+            .map(|u| RequestMetrics::new(t, agent, &l.name, &u.name))
+            .collect();
+        if route.cache.is_some() {
+            metrics.push(RequestMetrics::new(t, agent, &l.name, "cache"));
+        }
+        let when_disabled = match (human_queue, l.role) {
+            (Some(queue), Role::Agent) => Some(self.human_queue_listener(l, queue)),
+            _ => None,
+        };
+        let safety = match (&self.config.safety, detectors) {
+            (Some(s), Some(d)) => ListenerSafety::new(
+                s,
+                d,
+                l,
+                agent,
+                &shared.kill,
+                severity(self.config.incidents.severities.safety),
+                self.id_header(),
+                &shared.budget,
+                t,
+            ),
+            _ => None,
+        };
+        Arc::new(ListenerState {
+            name: l.name.clone(),
+            bind: l.bind,
+            role: l.role,
+            metrics,
+            overhead: overhead(t, agent, &l.name),
+            replay_skipped: replay_skipped(t, agent, &l.name),
+            safety,
+            kill: Some(shared.kill.clone()),
+            when_disabled,
+            tasks: (l.role == Role::Agent).then(|| shared.tasks.clone()),
+            loop_guard: (l.role == Role::Llm).then(|| shared.tasks.clone()),
+            body_timeout: l.limits.body_timeout(),
+            budget: shared.budget.clone(),
+            tracer: listener_tracer(shared, &l.name, &route),
+            route,
+        })
+    }
+
+    /// Listener `l` as its requests are served while the agent is disabled: through the human
+    /// queue, recorded under it.
+    fn human_queue_listener(
+        &self,
+        l: &ListenerConfig,
+        queue: &Arc<RouteState>,
+    ) -> Arc<ListenerState> {
+        let (t, agent, shared) = (self.telemetry, &self.config.agent, self.shared);
+        Arc::new(ListenerState {
+            name: l.name.clone(),
+            bind: l.bind,
+            role: l.role,
+            metrics: vec![RequestMetrics::new(t, agent, &l.name, KILL_SWITCH_FALLBACK)],
+            overhead: overhead(t, agent, &l.name),
+            replay_skipped: replay_skipped(t, agent, &l.name),
+            // A human's answers are not inspected, and the switch does not apply to the place
+            // it sends traffic to.
+            safety: None,
+            kill: None,
+            when_disabled: None,
+            // A human queue's answers are no verdict on the agent's tasks.
+            tasks: None,
+            loop_guard: None,
+            body_timeout: l.limits.body_timeout(),
+            budget: shared.budget.clone(),
+            tracer: listener_tracer(shared, &l.name, queue),
+            route: queue.clone(),
+        })
+    }
+
+    /// `tasks.id_header` (validated already: a header name).
+    fn id_header(&self) -> http::HeaderName {
+        http::HeaderName::from_bytes(self.config.tasks.id_header.as_bytes())
+            .unwrap_or_else(|_| http::HeaderName::from_static("x-agent-task-id"))
+    }
+}
+
 impl Snapshot {
     /// Builds the running state of a validated config.
     pub fn build(
@@ -233,97 +399,37 @@ impl Snapshot {
         shared: &Shared,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, UpstreamBuildError> {
-        let models = &shared.models;
-        let agent = &config.agent;
-        let severities = &config.incidents.severities;
-        let breaker_severity = severity(severities.availability);
+        let b = Build {
+            config: &config,
+            telemetry,
+            shared,
+            breaker_severity: severity(config.incidents.severities.availability),
+        };
         let mut upstreams = BTreeMap::new();
         for (name, up) in &config.upstreams {
             let upstream = match previous.map(|p| p.carried(name, up, &config)) {
                 Some(Carried::Whole(u)) => u,
-                carried => {
-                    let breaker = match carried {
-                        Some(Carried::Breaker(b)) => Some(b),
-                        _ => None,
-                    };
-                    Arc::new(Upstream::new(
-                        name,
-                        up,
-                        agent,
-                        telemetry,
-                        models,
-                        &shared.incidents,
-                        breaker_severity,
-                        breaker,
-                    )?)
-                }
+                Some(Carried::Breaker(breaker)) => b.upstream(name, up, Some(breaker))?,
+                _ => b.upstream(name, up, None)?,
             };
             upstreams.insert(name.clone(), upstream);
         }
-        let safety = config.safety.as_ref();
-        // Validated already: a header name.
-        let id_header = http::HeaderName::from_bytes(config.tasks.id_header.as_bytes())
-            .unwrap_or_else(|_| http::HeaderName::from_static("x-agent-task-id"));
-        let detectors = match safety {
-            Some(s) => Some(Arc::new(
-                s.detector_specs()
-                    .and_then(|specs| {
-                        Detectors::new(&specs).map_err(|e| (String::new(), e.to_string()))
-                    })
-                    .map_err(|(path, message)| UpstreamBuildError::Safety { path, message })?,
-            )),
-            None => None,
-        };
-        // The human queue: an upstream like any other, recorded under its own name.
-        let fallback = match safety.and_then(|s| s.kill_switch.as_ref()?.fallback_url.clone()) {
-            Some(url) => {
-                let up = UpstreamConfig {
-                    url,
-                    protocol: Protocol::None,
-                    timeouts: Default::default(),
-                    tls: None,
-                    api_keys_file: None,
-                    model: None,
-                    circuit_breaker: None,
-                    h2: Default::default(),
-                    pool: Default::default(),
-                };
-                let upstream = Arc::new(Upstream::new(
-                    KILL_SWITCH_FALLBACK,
-                    &up,
-                    agent,
-                    telemetry,
-                    models,
-                    &shared.incidents,
-                    breaker_severity,
-                    None,
-                )?);
-                let route = RouteConfig {
-                    upstreams: vec![KILL_SWITCH_FALLBACK.to_owned()],
-                    fallback_on: Vec::new(),
-                    max_replay_body: crate::config::ByteSize(0),
-                    cache: None,
-                };
-                let mut only = BTreeMap::new();
-                only.insert(KILL_SWITCH_FALLBACK.to_owned(), upstream);
-                Some(Arc::new(RouteState::new(
-                    KILL_SWITCH_FALLBACK,
-                    &route,
-                    &only,
-                    agent,
-                    telemetry,
-                )?))
-            }
-            None => None,
-        };
+        let human_queue = b.human_queue()?;
         let mut routes = BTreeMap::new();
         for (name, r) in &config.routes {
             let route = match previous.and_then(|p| p.kept_route(name, r, &upstreams)) {
                 Some(route) => route,
-                None => Arc::new(RouteState::new(name, r, &upstreams, agent, telemetry)?),
+                None => Arc::new(RouteState::new(
+                    name,
+                    r,
+                    &upstreams,
+                    &config.agent,
+                    telemetry,
+                )?),
             };
             routes.insert(name.clone(), route);
         }
+        let detectors = b.detectors()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             // validate() guarantees the route exists.
@@ -334,73 +440,7 @@ impl Snapshot {
                     name: l.route.clone(),
                     message: "no such route".into(),
                 })?;
-            let mut metrics: Vec<RequestMetrics> = route
-                .chain
-                .iter()
-                .map(|u| RequestMetrics::new(telemetry, agent, &l.name, &u.name))
-                .collect();
-            if route.cache.is_some() {
-                metrics.push(RequestMetrics::new(telemetry, agent, &l.name, "cache"));
-            }
-            let when_disabled = match (&fallback, l.role) {
-                (Some(route), Role::Agent) => Some(Arc::new(ListenerState {
-                    name: l.name.clone(),
-                    bind: l.bind,
-                    role: l.role,
-                    metrics: vec![RequestMetrics::new(
-                        telemetry,
-                        agent,
-                        &l.name,
-                        KILL_SWITCH_FALLBACK,
-                    )],
-                    overhead: overhead(telemetry, agent, &l.name),
-                    replay_skipped: replay_skipped(telemetry, agent, &l.name),
-                    // A human's answers are not inspected, and the switch does not apply to
-                    // the place it sends traffic to.
-                    safety: None,
-                    kill: None,
-                    when_disabled: None,
-                    // A human queue's answers are no verdict on the agent's tasks.
-                    tasks: None,
-                    loop_guard: None,
-                    body_timeout: l.limits.body_timeout(),
-                    budget: shared.budget.clone(),
-                    tracer: listener_tracer(shared, &l.name, route),
-                    route: route.clone(),
-                })),
-                _ => None,
-            };
-            let listener_safety = match (safety, &detectors) {
-                (Some(s), Some(d)) => ListenerSafety::new(
-                    s,
-                    d,
-                    l,
-                    agent,
-                    &shared.kill,
-                    severity(severities.safety),
-                    id_header.clone(),
-                    &shared.budget,
-                    telemetry,
-                ),
-                _ => None,
-            };
-            listeners.push(Arc::new(ListenerState {
-                name: l.name.clone(),
-                bind: l.bind,
-                role: l.role,
-                metrics,
-                overhead: overhead(telemetry, agent, &l.name),
-                replay_skipped: replay_skipped(telemetry, agent, &l.name),
-                safety: listener_safety,
-                kill: Some(shared.kill.clone()),
-                when_disabled,
-                tasks: (l.role == Role::Agent).then(|| shared.tasks.clone()),
-                loop_guard: (l.role == Role::Llm).then(|| shared.tasks.clone()),
-                body_timeout: l.limits.body_timeout(),
-                budget: shared.budget.clone(),
-                tracer: listener_tracer(shared, &l.name, &route),
-                route,
-            }));
+            listeners.push(b.listener(l, route, detectors.as_ref(), human_queue.as_ref()));
         }
         Ok(Snapshot {
             config: Arc::new(config),

@@ -15,46 +15,21 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::background::{every, supervise};
 use crate::config::Config;
 use crate::proxy::connections::Connections;
 use crate::proxy::{Shared, Snapshot};
 use crate::telemetry::otlp::Otlp;
 use crate::telemetry::{label, record_build_info, Telemetry, BACKGROUND_RESTARTS_TOTAL};
 use listeners::Listeners;
+mod loops;
 mod start;
 pub use reload::{ConfigFile, ReloadError, Reloaded, Reloader, Trigger};
 use start::bind;
 pub use start::StartError;
 
-/// How often `api_keys_file`s are checked for a change.
-pub const KEY_FILE_POLL: Duration = Duration::from_secs(1);
 /// How long the alerts still queued at shutdown may take to go out (a webhook post is bounded
 /// by 2 s an attempt).
 pub const INCIDENT_FLUSH: Duration = Duration::from_secs(5);
-
-/// Re-reads the `api_keys_file`s that changed, every [`KEY_FILE_POLL`].
-async fn reload_keys(state: Arc<ArcSwap<Snapshot>>) {
-    // Kubernetes propagates a changed Secret within a minute or so; a second's polling of a
-    // few small files is nothing next to that.
-    let mut tick = tokio::time::interval(KEY_FILE_POLL);
-    loop {
-        tick.tick().await;
-        let rings: Vec<_> = state
-            .load()
-            .upstreams
-            .values()
-            .filter_map(|u| u.keys.clone())
-            .collect();
-        if rings.is_empty() {
-            continue;
-        }
-        // File reads block: off the workers that serve requests.
-        let _ =
-            tokio::task::spawn_blocking(move || rings.iter().for_each(|r| r.reload_if_changed()))
-                .await;
-    }
-}
 
 #[derive(Debug)]
 pub struct Sidecar {
@@ -168,58 +143,13 @@ impl Sidecar {
             admin_stop.subscribe(),
             restarts("accept_admin"),
         ))];
-        // The local SLO view reads the sidecar's own counters once a second (while it has SLOs:
-        // a reload may add some).
-        let metrics = telemetry.clone();
-        background.push(every(
-            "slo",
-            restarts("slo"),
-            Duration::from_secs(1),
-            move || {
-                if !slos.is_empty() {
-                    slos.tick(metrics.tallies(), tokio::time::Instant::now());
-                }
-            },
-        ));
-        if watching {
-            let watcher = reloader.clone();
-            background.push(supervise(
-                "config_watch",
-                restarts("config_watch"),
-                move || watcher.clone().watch(),
-            ));
-        }
-        let upkeep = telemetry.clone();
-        let budget = shared.budget.clone();
-        let pools = state.clone();
-        background.push(every(
-            "upkeep",
-            restarts("upkeep"),
-            Duration::from_secs(5),
-            move || {
-                budget.report();
-                upkeep.run_upkeep();
-                // An upstream no request reaches any more keeps no idle connection open either.
-                for upstream in pools.load().upstreams.values() {
-                    upstream.pool.close_expired();
-                }
-            },
-        ));
-        // Tasks idle past `stuck_after` are abandoned: looked for every second (the table keeps
-        // them in order of activity, so a sweep stops at the first that is not). The liveness
-        // probe's state comes from here too.
-        let tasks = shared.tasks.clone();
-        background.push(every(
-            "task_sweep",
-            restarts("task_sweep"),
-            Duration::from_secs(1),
-            move || {
-                tasks.sweep(tokio::time::Instant::now());
-            },
-        ));
-        let keys = state.clone();
-        background.push(supervise("key_reload", restarts("key_reload"), move || {
-            reload_keys(keys.clone())
+        background.extend(loops::start(&loops::Loops {
+            telemetry: &telemetry,
+            shared: &shared,
+            state: &state,
+            slos,
+            watcher: watching.then(|| reloader.clone()),
+            restarts: &restarts,
         }));
         // Alerts still queued go out (for a few seconds) before the process ends.
         let incidents = shared.incidents.clone();

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::config::{parse_duration, Config};
 use crate::sidecar::Sidecar;
-use crate::sim::{spawn_agent, spawn_provider, AgentSim, ProviderSim, SimRng};
+use crate::sim::{spawn_agent, spawn_provider, AgentSim, ProviderSim, SimRng, SimServer};
 
 mod summary;
 use summary::{safety_line, slo_line, summary_line, tasks_line, ChainSummary, LlmSummary};
@@ -137,70 +137,13 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         crate::telemetry::init_logging();
     }
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let provider = spawn_provider(
-        loopback,
-        ProviderSim {
-            first_chunk_delay: Duration::from_millis(120),
-            chunk_delay: Duration::from_millis(15),
-            chunks: 20,
-            error_rate: 0.03,
-            // Each 429 carries `Retry-After: 1`, which opens the primary's circuit: rare enough
-            // here that the outage is the story.
-            rate_limit_rate: 0.005,
-            tool_call_rate: 0.3,
-            hallucination_rate: 0.2,
-            outage: Some((args.outage_at, args.outage_for)),
-            seed: clock_seed(),
-            ..ProviderSim::default()
-        },
-    )
-    .await
-    .context("starting the simulated provider")?;
-    // The fallback: a second provider, slower but healthy.
-    let spare = spawn_provider(
-        loopback,
-        ProviderSim {
-            first_chunk_delay: Duration::from_millis(180),
-            chunk_delay: Duration::from_millis(15),
-            chunks: 20,
-            tool_call_rate: 0.3,
-            seed: clock_seed() ^ 0x5a5e,
-            ..ProviderSim::default()
-        },
-    )
-    .await
-    .context("starting the simulated spare provider")?;
-    let agent_sim = AgentSim {
-        error_rate: 0.01,
-        leak_rate: 0.0025,
-        leak_burst: Some((args.leak_at, 0.33)),
-        stuck: (!args.stuck_for.is_zero()).then_some((args.stuck_at, args.stuck_for)),
-        // Past the loop guard's max_llm_calls: the guard, not the agent, ends the loop.
-        loop_calls: 40,
-        work: Duration::from_millis(20),
-        seed: clock_seed() ^ 0xa9e7,
-        ..AgentSim::default()
-    };
-    let llm_url = agent_sim.llm_url.clone();
-    let agent = spawn_agent(loopback, agent_sim)
-        .await
-        .context("starting the simulated agent")?;
-
-    // Where the kill switch sends the agent's traffic: people, who answer more slowly.
-    let queue = crate::sim::serve(loopback, |req: http::Request<hyper::body::Incoming>| async move {
-        let _ = req.into_body().collect().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut r = http::Response::new(crate::sim::full(
-            r#"{"status":"queued","answer":"A person from our support team will reply shortly."}"#,
-        ));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        r
-    })
-    .await
-    .context("starting the simulated human queue")?;
+    let World {
+        provider,
+        spare,
+        agent,
+        queue,
+        llm_url,
+    } = World::spawn(&args, loopback).await?;
     let token_dir = std::env::temp_dir().join(format!("sloguard-demo-{}", std::process::id()));
     std::fs::create_dir_all(&token_dir).context("creating the demo's token directory")?;
     let token_file = token_dir.join("admin-token");
@@ -230,7 +173,132 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .listener_addr("egress-anthropic")
         .context("egress-anthropic listener")?;
     let _ = llm_url.set(format!("http://{egress}"));
+    let world = World {
+        provider,
+        spare,
+        agent,
+        queue,
+        llm_url,
+    };
+    let addrs = Addrs {
+        inbound,
+        egress,
+        anthropic,
+    };
+    print_intro(&args, &world, &sidecar, &addrs);
+    drive(&args, &sidecar, &addrs).await;
+    println!("\nstopping: draining in-flight requests");
+    sidecar.shutdown().await;
+    Ok(())
+}
 
+/// The simulated parts: the agent, the providers, the human queue.
+struct World {
+    provider: SimServer,
+    spare: SimServer,
+    agent: SimServer,
+    queue: SimServer,
+    /// Where the agent calls its LLM: the sidecar's egress, once it listens.
+    llm_url: Arc<std::sync::OnceLock<String>>,
+}
+
+/// The sidecar's listeners.
+struct Addrs {
+    inbound: SocketAddr,
+    egress: SocketAddr,
+    anthropic: SocketAddr,
+}
+
+impl World {
+    async fn spawn(args: &DemoArgs, loopback: SocketAddr) -> anyhow::Result<World> {
+        let provider = spawn_provider(
+            loopback,
+            ProviderSim {
+                first_chunk_delay: Duration::from_millis(120),
+                chunk_delay: Duration::from_millis(15),
+                chunks: 20,
+                error_rate: 0.03,
+                // Each 429 carries `Retry-After: 1`, which opens the primary's circuit: rare enough
+                // here that the outage is the story.
+                rate_limit_rate: 0.005,
+                tool_call_rate: 0.3,
+                hallucination_rate: 0.2,
+                outage: Some((args.outage_at, args.outage_for)),
+                seed: clock_seed(),
+                ..ProviderSim::default()
+            },
+        )
+        .await
+        .context("starting the simulated provider")?;
+        // The fallback: a second provider, slower but healthy.
+        let spare = spawn_provider(
+            loopback,
+            ProviderSim {
+                first_chunk_delay: Duration::from_millis(180),
+                chunk_delay: Duration::from_millis(15),
+                chunks: 20,
+                tool_call_rate: 0.3,
+                seed: clock_seed() ^ 0x5a5e,
+                ..ProviderSim::default()
+            },
+        )
+        .await
+        .context("starting the simulated spare provider")?;
+        let agent_sim = AgentSim {
+            error_rate: 0.01,
+            leak_rate: 0.0025,
+            leak_burst: Some((args.leak_at, 0.33)),
+            stuck: (!args.stuck_for.is_zero()).then_some((args.stuck_at, args.stuck_for)),
+            // Past the loop guard's max_llm_calls: the guard, not the agent, ends the loop.
+            loop_calls: 40,
+            work: Duration::from_millis(20),
+            seed: clock_seed() ^ 0xa9e7,
+            ..AgentSim::default()
+        };
+        let llm_url = agent_sim.llm_url.clone();
+        let agent = spawn_agent(loopback, agent_sim)
+            .await
+            .context("starting the simulated agent")?;
+
+        // Where the kill switch sends the agent's traffic: people, who answer more slowly.
+        let queue = crate::sim::serve(loopback, |req: http::Request<hyper::body::Incoming>| async move {
+            let _ = req.into_body().collect().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut r = http::Response::new(crate::sim::full(
+                r#"{"status":"queued","answer":"A person from our support team will reply shortly."}"#,
+            ));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        })
+        .await
+        .context("starting the simulated human queue")?;
+        Ok(World {
+            provider,
+            spare,
+            agent,
+            queue,
+            llm_url,
+        })
+    }
+}
+
+/// What the demo runs, and where to look.
+fn print_intro(args: &DemoArgs, world: &World, sidecar: &Sidecar, addrs: &Addrs) {
+    let World {
+        provider,
+        spare,
+        agent,
+        queue,
+        ..
+    } = world;
+    let Addrs {
+        inbound,
+        egress,
+        anthropic,
+    } = addrs;
     println!("sloguard demo: simulated agent {} and LLM provider {} speaking OpenAI and Anthropic (3% 500s, 0.5% 429s, SSE streams, 30% tool calls of which 20% hallucinated)", agent.url(), provider.url());
     println!("  inbound           http://{inbound}  (role agent: clients -> agent; the agent calls its LLM through egress)");
     println!("  egress            http://{egress}  (role llm: agent -> provider, OpenAI Chat Completions; falls back to openai-spare {}, model rewritten to gpt-4.1-mini)", spare.url());
@@ -281,7 +349,15 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .map_or(" until Ctrl-C".to_string(), |d| format!(" for {d:?}"))
     );
     println!();
+}
 
+/// Sends the traffic and prints the summary every second, until the duration ends or a signal.
+async fn drive(args: &DemoArgs, sidecar: &Sidecar, addrs: &Addrs) {
+    let Addrs {
+        inbound,
+        egress,
+        anthropic,
+    } = addrs;
     let client: DemoClient = Client::builder(TokioExecutor::new()).build_http();
     let samples = Arc::new(Mutex::new(Samples::default()));
     let limit = Arc::new(Semaphore::new(256));
@@ -340,9 +416,6 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             _ = &mut stop => break,
         }
     }
-    println!("\nstopping: draining in-flight requests");
-    sidecar.shutdown().await;
-    Ok(())
 }
 
 const OPENAI_REQUEST: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Triage ticket T-1042"}],"tools":[{"type":"function","function":{"name":"open_ticket","parameters":{"type":"object"}}}]}"#;
