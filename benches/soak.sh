@@ -22,5 +22,8 @@ cd "$(dirname "$0")/.."
 SOAK_S=${SOAK_S:-600}
 RATE=${RATE:-200}
 OUT=${OUT:-bench-results}
-cargo build --locked --release --bin sloguard --example soak
+# The sidecar alone, as it ships: built in one go with the example it would get the
+# dev-dependencies' features (tokio's test-util clock).
+cargo build --locked --release --bin sloguard
+cargo build --locked --release --example soak
 target/release/examples/soak target/release/sloguard "$SOAK_S" "$RATE" "$OUT"
