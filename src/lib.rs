@@ -5,6 +5,8 @@
 
 // `pub` only where the binary, tests or benches need it; every public type can be printed.
 #![warn(unreachable_pub, missing_debug_implementations)]
+// The docs describe the internals too (read them with `cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub(crate) mod admin;
 pub(crate) mod background;
