@@ -139,15 +139,22 @@ pub struct RequestBody {
 }
 
 fn new_upload(started: Instant) -> Arc<Upload> {
-    Arc::new(Upload {
-        started,
-        last_chunk_micros: AtomicU64::new(0),
-        waiting_on_client: AtomicBool::new(false),
-        complete: AtomicBool::new(false),
-        failed: AtomicBool::new(false),
-        request: OnceLock::new(),
-        echoes: OnceLock::new(),
-    })
+    Arc::new(Upload::starting(started))
+}
+
+impl Upload {
+    /// An upload that starts at `started`, nothing received yet.
+    fn starting(started: Instant) -> Upload {
+        Upload {
+            started,
+            last_chunk_micros: AtomicU64::new(0),
+            waiting_on_client: AtomicBool::new(false),
+            complete: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            request: OnceLock::new(),
+            echoes: OnceLock::new(),
+        }
+    }
 }
 
 impl RequestBody {
@@ -413,15 +420,7 @@ mod tests {
     use super::*;
 
     fn upload(at: Instant) -> Upload {
-        Upload {
-            started: at,
-            last_chunk_micros: AtomicU64::new(0),
-            waiting_on_client: AtomicBool::new(false),
-            complete: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            request: OnceLock::new(),
-            echoes: OnceLock::new(),
-        }
+        Upload::starting(at)
     }
 
     #[tokio::test(start_paused = true)]
