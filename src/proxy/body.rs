@@ -194,26 +194,37 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(frame))) => {
                         stream.waiting_since = None;
                         let mut held = false;
+                        let mut now = None;
                         if let Some(data) = frame.data_ref() {
-                            let now = Instant::now();
-                            if now >= stream.total_deadline {
+                            let at = *now.insert(Instant::now());
+                            if at >= stream.total_deadline {
                                 this.log_stream_failure(&BodyError::Total);
                                 this.fail(UpstreamOutcome::Timeout);
                                 this.inner = Inner::Local(None);
                                 return Poll::Ready(Some(Err(BodyError::Total)));
                             }
-                            held = this.ctx.data(data, now);
+                            held = this.ctx.data(data, at);
                             if !held {
-                                this.ctx.first_byte(now);
+                                this.ctx.first_byte(at);
                             }
                         }
                         if held {
                             continue;
                         }
-                        if this.ctx.holds() && !frame.is_data() {
-                            // Trailers of a stream held back would overtake its held chunks:
-                            // they are dropped (SSE streams carry none in practice).
-                            continue;
+                        if this.ctx.holds() {
+                            if !frame.is_data() {
+                                // Trailers of a stream held back would overtake its held
+                                // chunks: they are dropped (SSE streams carry none in practice).
+                                continue;
+                            }
+                        } else if let Some(now) = now.filter(|_| stream.body.is_end_stream()) {
+                            // The last frame (a body of known length): hyper polls no more, so
+                            // the request ends now, with the time already read.
+                            if let Some(lease) = stream.lease.take() {
+                                lease.release(now);
+                            }
+                            stream.ended = true;
+                            this.ctx.finish(now);
                         }
                         return Poll::Ready(Some(Ok(frame)));
                     }
@@ -223,12 +234,13 @@ impl Body for ProxyBody {
                         return Poll::Ready(Some(Err(BodyError::Upstream(e))));
                     }
                     Poll::Ready(None) => {
+                        let now = Instant::now();
                         if let Some(lease) = stream.lease.take() {
-                            lease.release();
+                            lease.release(now);
                         }
                         stream.ended = true;
                         if this.ctx.holds() {
-                            this.ctx.upstream_ended(Instant::now());
+                            this.ctx.upstream_ended(now);
                         }
                         continue;
                     }
@@ -269,10 +281,11 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper stops polling a body that says it has ended, so the last poll may never come:
         // a connection whose body is complete still goes back to the pool.
+        let mut now = None;
         if let Inner::Upstream(stream) = &mut self.inner {
             if stream.body.is_end_stream() {
                 if let Some(lease) = stream.lease.take() {
-                    lease.release();
+                    lease.release(*now.insert(Instant::now()));
                 }
             }
         }
@@ -280,7 +293,7 @@ impl Drop for ProxyBody {
         // stopped polling). The request is still counted, once (a cut body by the context's
         // own drop).
         if !self.ctx.counted() && self.is_end_stream() {
-            self.ctx.finish(Instant::now());
+            self.ctx.finish(now.unwrap_or_else(Instant::now));
         }
     }
 }

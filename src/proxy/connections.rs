@@ -118,20 +118,36 @@ impl Conn {
         // Only when it goes idle matters (a busy connection is never closed for idling): no
         // clock read here.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight(Some(self.clone()))
     }
 }
 
 /// A request in flight on a connection.
 #[derive(Debug)]
-pub struct InFlight(Arc<Conn>);
+pub struct InFlight(Option<Arc<Conn>>);
+
+impl InFlight {
+    /// The request ends at `now`, a time its caller has read already (no clock read of its own).
+    pub(crate) fn end(mut self, now: Instant) {
+        if let Some(c) = self.0.take() {
+            c.leave(now);
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let c = &self.0;
-        if c.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            c.changed_ms
-                .store(c.now_ms(Instant::now()), Ordering::Relaxed);
+        if let Some(c) = self.0.take() {
+            c.leave(Instant::now());
+        }
+    }
+}
+
+impl Conn {
+    /// A request in flight on the connection ended at `now`.
+    fn leave(&self, now: Instant) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.changed_ms.store(self.now_ms(now), Ordering::Relaxed);
         }
     }
 }

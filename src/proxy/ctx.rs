@@ -457,7 +457,9 @@ impl RequestCtx {
         }
         let failed = *status == StatusClass::ServerError || *cause != Cause::None;
         trace.end(*hop, outcome.map(UpstreamOutcome::as_str), failed, now);
-        *in_flight = None;
+        if let Some(f) = in_flight.take() {
+            f.end(now);
+        }
     }
 }
 

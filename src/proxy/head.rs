@@ -124,7 +124,7 @@ impl ReadWhole {
         match read_whole(body, &mut ctx, idle, total_deadline).await {
             Ok(Whole::Clean(bytes)) => {
                 if let Some(lease) = lease {
-                    lease.release();
+                    lease.release(Instant::now());
                 }
                 parts.headers.remove(http::header::CONTENT_LENGTH);
                 Response::from_parts(parts, ProxyBody::local(bytes, ctx))

@@ -127,12 +127,24 @@ struct Tap {
     too_large: bool,
 }
 
+impl Tap {
+    fn new(format: Format) -> Box<Tap> {
+        Box::new(Tap {
+            format,
+            body: Collected::default(),
+            too_large: false,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct RequestBody {
     source: Source,
     /// `None` for a request without a body: nothing to watch.
     upload: Option<Arc<Upload>>,
-    tap: Option<Tap>,
+    /// Boxed: only a streamed LLM request has one, and a smaller body is a smaller request to
+    /// move on every attempt.
+    tap: Option<Box<Tap>>,
     /// The request's text through the safety detectors (boxed: only where a kill switch
     /// counts, and its scanner is large).
     echo: Option<Box<EchoTap>>,
@@ -165,11 +177,7 @@ impl RequestBody {
         tap: Option<Format>,
     ) -> (RequestBody, Option<Arc<Upload>>) {
         let upload = (!inner.is_end_stream()).then(|| new_upload(started));
-        let tap = tap.filter(|_| upload.is_some()).map(|format| Tap {
-            format,
-            body: Collected::default(),
-            too_large: false,
-        });
+        let tap = tap.filter(|_| upload.is_some()).map(Tap::new);
         (
             RequestBody {
                 source: Source::Client(inner),
@@ -234,11 +242,7 @@ impl RequestBody {
                 let _ = upload.request.set(facts);
                 None
             }
-            None => tap.map(|format| Tap {
-                format,
-                body: Collected::default(),
-                too_large: false,
-            }),
+            None => tap.map(Tap::new),
         };
         if complete {
             upload.complete.store(true, Ordering::Release);
@@ -283,6 +287,7 @@ impl RequestBody {
         let (Some(tap), Some(upload)) = (self.tap.take(), &self.upload) else {
             return;
         };
+        let tap = *tap;
         let facts = if tap.too_large {
             Err(Unparsed::RequestTooLarge)
         } else {

@@ -30,7 +30,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::uri::Uri;
 use http::{header, Request, Response, Version};
@@ -41,6 +41,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
 use tower_service::Service;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -105,9 +106,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The response body ended cleanly: the connection can serve the next request.
-    pub fn release(self) {
-        self.pool.put(self.sender, self.idle_limit);
+    /// The response body ended cleanly at `now`: the connection can serve the next request.
+    pub fn release(self, now: Instant) {
+        self.pool.put(self.sender, self.idle_limit, now);
     }
 }
 
@@ -285,11 +286,10 @@ impl ConnectionPool {
     }
 
     /// Keeps a connection whose exchange ended cleanly, for up to `idle_limit`.
-    fn put(&self, sender: http1::SendRequest<RequestBody>, idle_limit: Duration) {
+    fn put(&self, sender: http1::SendRequest<RequestBody>, idle_limit: Duration, now: Instant) {
         if sender.is_closed() || idle_limit.is_zero() {
             return;
         }
-        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Those past their limit at the front go (their drop closes them): most share the pool's
         // limit, so the oldest expire first. One shortened by `Keep-Alive` behind a later one is
