@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::proxy::connections::Connections;
 use crate::proxy::{Shared, Snapshot};
 use crate::telemetry::otlp::Otlp;
-use crate::telemetry::{label, record_build_info, Telemetry, BACKGROUND_RESTARTS_TOTAL};
+use crate::telemetry::{label, record_build_info, Tallies, Telemetry, BACKGROUND_RESTARTS_TOTAL};
 use listeners::Listeners;
 mod loops;
 mod start;
@@ -54,16 +54,27 @@ impl Sidecar {
     /// Builds the running state, binds the admin port and every listener, and starts serving.
     /// Ready (`/readyz` 200) when this returns. With no file to read again, a reload is refused.
     pub async fn start(config: Config) -> Result<Sidecar, StartError> {
-        Sidecar::start_with(config, None).await
+        Sidecar::start_with(config, None, Tallies::default()).await
+    }
+
+    /// Like [`Sidecar::start`], keeping every metric as typed totals too
+    /// ([`Tallies::every_metric`], read through `telemetry.tallies()`): for a reader in the same
+    /// process, such as the demo's live summary. Each recording costs one more atomic add.
+    pub async fn start_tallying_every_metric(config: Config) -> Result<Sidecar, StartError> {
+        Sidecar::start_with(config, None, Tallies::every_metric()).await
     }
 
     /// Like [`Sidecar::start`], for a config read from `file`: reloaded on `POST /admin/reload`
     /// and when the file changes (see [`Reloader`]).
     pub async fn start_from_file(config: Config, file: ConfigFile) -> Result<Sidecar, StartError> {
-        Sidecar::start_with(config, Some(file)).await
+        Sidecar::start_with(config, Some(file), Tallies::default()).await
     }
 
-    async fn start_with(config: Config, file: Option<ConfigFile>) -> Result<Sidecar, StartError> {
+    async fn start_with(
+        config: Config,
+        file: Option<ConfigFile>,
+        tallies: Tallies,
+    ) -> Result<Sidecar, StartError> {
         // The exporters exist before the first metric handle: each is registered with them too.
         let otlp = match &config.otlp {
             Some(c) => Some(Otlp::build(c, &config.agent, &|var| {
@@ -71,7 +82,7 @@ impl Sidecar {
             })?),
             None => None,
         };
-        let telemetry = Telemetry::with_mirror(otlp.as_ref().and_then(Otlp::mirror));
+        let telemetry = Telemetry::with(otlp.as_ref().and_then(Otlp::mirror), tallies);
         record_build_info(&telemetry, &config.agent);
         let grace = config.shutdown.grace_period.0;
         let admin_bind = config.admin.bind;

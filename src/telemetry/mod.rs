@@ -49,6 +49,12 @@ impl Telemetry {
 
     /// A registry whose handles also record into `mirror` (OTLP export), when there is one.
     pub fn with_mirror(mirror: Option<Arc<otlp::Mirror>>) -> Telemetry {
+        Telemetry::with(mirror, Tallies::default())
+    }
+
+    /// A registry whose handles also record into `mirror` (OTLP export), when there is one, and
+    /// into `tallies` (see [`Tallies::every_metric`]).
+    pub fn with(mirror: Option<Arc<otlp::Mirror>>, tallies: Tallies) -> Telemetry {
         let builder = PrometheusBuilder::new();
         let builder = BUCKETS.iter().fold(builder, |b, (name, buckets)| {
             // Only fails for an empty bucket list, which the constants above are not.
@@ -61,7 +67,7 @@ impl Telemetry {
             recorder: Arc::new(recorder),
             handle,
             mirror,
-            tallies: Tallies::default(),
+            tallies,
         };
         t.describe();
         t
@@ -95,7 +101,8 @@ impl Telemetry {
         }
     }
 
-    /// The running totals of the series an SLO can be computed from.
+    /// The running totals of the series an SLO can be computed from (of every metric, for a
+    /// registry made so).
     pub fn tallies(&self) -> &Tallies {
         &self.tallies
     }
@@ -123,6 +130,7 @@ impl Telemetry {
     pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> metrics::Gauge {
         let key = Key::from_parts(name, labels);
         let prom = self.recorder.register_gauge(&key, &METADATA);
+        let prom = self.tallies.gauge(&key, prom);
         match &self.mirror {
             Some(m) => m.gauge(&key, prom),
             None => prom,

@@ -164,7 +164,7 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &queue.url(),
         ),
     )?;
-    let sidecar = Sidecar::start(config).await?;
+    let sidecar = Sidecar::start_tallying_every_metric(config).await?;
     let inbound = sidecar
         .listener_addr("inbound")
         .context("inbound listener")?;
@@ -395,23 +395,23 @@ async fn drive(args: &DemoArgs, sidecar: &Sidecar, addrs: &Addrs) {
                 fire(&client, &limit, &samples, 2, format!("http://{anthropic}/v1/messages"), ANTHROPIC_REQUEST);
             }
             _ = report.tick() => {
-                let metrics = sidecar.telemetry.render();
+                let metrics = sidecar.telemetry.tallies();
                 let t = start.elapsed().as_secs();
                 {
                     // Not held across the probe's await below.
                     let mut s = samples.lock().unwrap_or_else(|p| p.into_inner());
                     for (i, name) in ["inbound", "egress", "egress-anthropic"].into_iter().enumerate() {
-                        println!("[{t:>4}s] {}", summary_line(name, &metrics, &mut s.listeners[i]));
+                        println!("[{t:>4}s] {}", summary_line(name, metrics, &mut s.listeners[i]));
                     }
                 }
                 for upstream in ["openai", "openai-spare", "anthropic"] {
-                    println!("[{t:>4}s] {}", llm.line(upstream, &metrics));
+                    println!("[{t:>4}s] {}", llm.line(upstream, metrics));
                 }
-                println!("[{t:>4}s] {}", chain.line("openai", &metrics));
-                println!("[{t:>4}s] {}", safety_line(&metrics));
+                println!("[{t:>4}s] {}", chain.line("openai", metrics));
+                println!("[{t:>4}s] {}", safety_line(metrics));
                 let probe = agent_healthz(&client, &healthz).await;
-                println!("[{t:>4}s] {}", tasks_line(&metrics, &probe));
-                println!("[{t:>4}s] {}", slo_line(&metrics));
+                println!("[{t:>4}s] {}", tasks_line(metrics, &probe));
+                println!("[{t:>4}s] {}", slo_line(metrics));
             }
             _ = &mut stop => break,
         }

@@ -1,5 +1,6 @@
 //! The demo's live summary: one line per listener, upstream, circuit, safety and tasks, read
-//! from the sidecar's own `/metrics` text (what a person would ask Prometheus).
+//! from the sidecar's own metrics as typed totals ([`Tallies`], the sidecar started with
+//! [`Tallies::every_metric`]): what a person would ask Prometheus, without its text.
 
 use crate::metric_table::{
     AGENT_DISABLED, AGENT_LOOPS_DETECTED, AGENT_REQUESTS_TOTAL, AGENT_RESPONSES_TOTAL,
@@ -8,6 +9,7 @@ use crate::metric_table::{
     GEN_AI_TIME_TO_FIRST_CHUNK, GEN_AI_TOKEN_USAGE, HALLUCINATED_TOOL_CALLS_TOTAL,
     SAFETY_VIOLATIONS_TOTAL, SLO_BUDGET_REMAINING, SLO_BURN_RATE, UPSTREAM_REQUESTS_TOTAL,
 };
+use crate::telemetry::{has_label, Tallies};
 
 /// The LLM line of the summary, from the sidecar's own GenAI metrics: time to first token over
 /// the last second (from the histogram's buckets, as Prometheus' `histogram_quantile` would),
@@ -15,16 +17,16 @@ use crate::metric_table::{
 #[derive(Default)]
 pub(super) struct LlmSummary {
     /// Per upstream: the TTFT buckets `(le, cumulative count)` and output-token sum last time.
-    last: std::collections::HashMap<String, (Vec<(f64, f64)>, f64)>,
+    last: std::collections::HashMap<String, (Vec<(f64, u64)>, f64)>,
 }
 
 /// The safety line: responses inspected and violations per listener, by detector, and the
 /// kill switch with what the human queue answered.
-pub(super) fn safety_line(metrics: &str) -> String {
+pub(super) fn safety_line(t: &Tallies) -> String {
     let mut parts = Vec::new();
     for listener in ["inbound", "egress"] {
-        let l = format!("listener=\"{listener}\"");
-        let inspected = sum_series(metrics, AGENT_RESPONSES_TOTAL, &[&l]);
+        let l = ("listener", listener);
+        let inspected = total(t, AGENT_RESPONSES_TOTAL, &[l]);
         let mut by = Vec::new();
         for d in [
             "pii_email",
@@ -33,16 +35,12 @@ pub(super) fn safety_line(metrics: &str) -> String {
             "secrets",
             "content_filter",
         ] {
-            let n = sum_series(
-                metrics,
-                SAFETY_VIOLATIONS_TOTAL,
-                &[&l, &format!("detector=\"{d}\"")],
-            );
-            if n > 0.0 {
+            let n = total(t, SAFETY_VIOLATIONS_TOTAL, &[l, ("detector", d)]);
+            if n > 0 {
                 by.push(format!("{d} {n}"));
             }
         }
-        let all = sum_series(metrics, SAFETY_VIOLATIONS_TOTAL, &[&l]);
+        let all = total(t, SAFETY_VIOLATIONS_TOTAL, &[l]);
         parts.push(format!(
             "{listener} {inspected} inspected, {all} violations{}",
             if by.is_empty() {
@@ -52,11 +50,11 @@ pub(super) fn safety_line(metrics: &str) -> String {
             }
         ));
     }
-    let disabled = sum_series(metrics, AGENT_DISABLED, &[]) > 0.0;
-    let queue = sum_series(
-        metrics,
+    let disabled = t.gauge_sum(AGENT_DISABLED, |_| true) > 0.0;
+    let queue = total(
+        t,
         AGENT_REQUESTS_TOTAL,
-        &["upstream=\"kill_switch_fallback\""],
+        &[("upstream", "kill_switch_fallback")],
     );
     format!(
         "safety   {} | kill switch {} | human queue answered {queue}",
@@ -65,45 +63,14 @@ pub(super) fn safety_line(metrics: &str) -> String {
     )
 }
 
-/// Sums a metric's samples over the series whose labels contain every `filter`.
-fn sum_series(metrics: &str, name: &str, filters: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// Whether `key` has every label of `labels`.
+fn labelled(key: &metrics::Key, labels: &[(&str, &str)]) -> bool {
+    labels.iter().all(|(n, v)| has_label(key, n, v))
 }
 
-fn buckets(metrics: &str, upstream: &str) -> Vec<(f64, f64)> {
-    let name = &format!("{GEN_AI_TIME_TO_FIRST_CHUNK}_bucket");
-    let filter = format!("upstream=\"{upstream}\"");
-    let mut by_le: Vec<(f64, f64)> = Vec::new();
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(&filter))
-    {
-        let le = line
-            .split("le=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .map(|v| {
-                if v == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    v.parse().unwrap_or(f64::NAN)
-                }
-            });
-        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        if let (Some(le), Some(v)) = (le, value) {
-            match by_le.iter_mut().find(|(l, _)| *l == le) {
-                Some(entry) => entry.1 += v,
-                None => by_le.push((le, v)),
-            }
-        }
-    }
-    by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
-    by_le
+/// The total of the counters called `name` over the series with every label of `labels`.
+fn total(t: &Tallies, name: &str, labels: &[(&str, &str)]) -> u64 {
+    t.sum(name, |k| labelled(k, labels))
 }
 
 /// The `q` quantile of a cumulative histogram, interpolated inside its bucket.
@@ -128,36 +95,34 @@ fn quantile(q: f64, cumulative: &[(f64, f64)]) -> Option<f64> {
 }
 
 impl LlmSummary {
-    pub(super) fn line(&mut self, upstream: &str, metrics: &str) -> String {
-        let up = format!("upstream=\"{upstream}\"");
-        let now = buckets(metrics, upstream);
-        let tokens = sum_series(
-            metrics,
-            &format!("{GEN_AI_TOKEN_USAGE}_sum"),
-            &[&up, "gen_ai_token_type=\"output\""],
-        );
+    pub(super) fn line(&mut self, upstream: &str, t: &Tallies) -> String {
+        let up = ("upstream", upstream);
+        let now = t.cumulative(GEN_AI_TIME_TO_FIRST_CHUNK, |k| labelled(k, &[up]));
+        let tokens = t.observed_sum(GEN_AI_TOKEN_USAGE, |k| {
+            labelled(k, &[up, ("gen_ai_token_type", "output")])
+        });
         let (before, tokens_before) = self.last.remove(upstream).unwrap_or_default();
         let window: Vec<(f64, f64)> = now
             .iter()
             .map(|&(le, c)| {
-                let b = before.iter().find(|(l, _)| *l == le).map_or(0.0, |x| x.1);
-                (le, c - b)
+                let b = before.iter().find(|(l, _)| *l == le).map_or(0, |x| x.1);
+                (le, c.saturating_sub(b) as f64)
             })
             .collect();
         let ms = |q| {
             quantile(q, &window).map_or("    -".to_string(), |v| format!("{:>4.0}ms", v * 1000.0))
         };
-        let count = |name: &str, label: &str| sum_series(metrics, name, &[&up, label]) as u64;
+        let count = |name: &str, label: (&str, &str)| total(t, name, &[up, label]);
         let line = format!(
             "{upstream:<16} TTFT p50 {} p99 {} (from buckets) | output tokens/s {:>5.0} | finish stop {:>4} tool_calls {:>4} error {:>4} | hallucinated tool calls: unknown_tool {:>3} invalid_arguments {:>3}",
             ms(0.5),
             ms(0.99),
             tokens - tokens_before,
-            count(FINISH_REASONS_TOTAL, "reason=\"stop\""),
-            count(FINISH_REASONS_TOTAL, "reason=\"tool_calls\""),
-            count(FINISH_REASONS_TOTAL, "reason=\"error\""),
-            count(HALLUCINATED_TOOL_CALLS_TOTAL, "kind=\"unknown_tool\""),
-            count(HALLUCINATED_TOOL_CALLS_TOTAL, "kind=\"invalid_arguments\""),
+            count(FINISH_REASONS_TOTAL, ("reason", "stop")),
+            count(FINISH_REASONS_TOTAL, ("reason", "tool_calls")),
+            count(FINISH_REASONS_TOTAL, ("reason", "error")),
+            count(HALLUCINATED_TOOL_CALLS_TOTAL, ("kind", "unknown_tool")),
+            count(HALLUCINATED_TOOL_CALLS_TOTAL, ("kind", "invalid_arguments")),
         );
         self.last.insert(upstream.to_owned(), (now, tokens));
         line
@@ -169,41 +134,34 @@ impl LlmSummary {
 #[derive(Default)]
 pub(super) struct ChainSummary {
     /// Attempts and successful attempts last time.
-    last: (f64, f64),
+    last: (u64, u64),
 }
 
 impl ChainSummary {
-    pub(super) fn line(&mut self, upstream: &str, metrics: &str) -> String {
-        let up = format!("upstream=\"{upstream}\"");
-        let attempts = sum_series(metrics, UPSTREAM_REQUESTS_TOTAL, &[&up]);
-        let ok = sum_series(metrics, UPSTREAM_REQUESTS_TOTAL, &[&up, "outcome=\"ok\""]);
+    pub(super) fn line(&mut self, upstream: &str, t: &Tallies) -> String {
+        let up = ("upstream", upstream);
+        let attempts = total(t, UPSTREAM_REQUESTS_TOTAL, &[up]);
+        let ok = total(t, UPSTREAM_REQUESTS_TOTAL, &[up, ("outcome", "ok")]);
         let (attempts_before, ok_before) = std::mem::replace(&mut self.last, (attempts, ok));
-        let share = |ok: f64, all: f64| {
-            if all > 0.0 {
-                format!("{:>5.1}%", 100.0 * ok / all)
+        let share = |ok: u64, all: u64| {
+            if all > 0 {
+                format!("{:>5.1}%", 100.0 * ok as f64 / all as f64)
             } else {
                 "    -".to_string()
             }
         };
-        let state = match sum_series(metrics, CIRCUIT_STATE, &[&up]) as u8 {
+        let state = match t.gauge_sum(CIRCUIT_STATE, |k| labelled(k, &[up])) as u8 {
             0 => "closed",
             1 => "half_open",
             _ => "open",
         };
-        let transitions = |to: &str| {
-            sum_series(
-                metrics,
-                CIRCUIT_TRANSITIONS_TOTAL,
-                &[&up, &format!("to=\"{to}\"")],
-            ) as u64
-        };
-        let from = format!("from=\"{upstream}\"");
+        let transitions = |to: &str| total(t, CIRCUIT_TRANSITIONS_TOTAL, &[up, ("to", to)]);
         let moved = |reason: &str| {
-            sum_series(
-                metrics,
+            total(
+                t,
                 FALLBACKS_TOTAL,
-                &[&from, &format!("reason=\"{reason}\"")],
-            ) as u64
+                &[("from", upstream), ("reason", reason)],
+            )
         };
         format!(
             "circuit {upstream:<8} {state:<9} (opened {:>2}, probes ok {:>2}) | attempts ok {} all, {} last 1s | requests moved on to the fallback: 5xx {:>4} 429 {:>4} circuit_open {:>5}",
@@ -220,31 +178,12 @@ impl ChainSummary {
 
 /// One listener's line: totals by status class and cause from the sidecar's own `/metrics`,
 /// client-observed p50/p99 over the last second.
-pub(super) fn summary_line(listener: &str, metrics: &str, window: &mut Vec<f64>) -> String {
-    let mut classes = [0u64; 5];
-    let mut causes = [0u64; 4];
-    let needle = format!("listener=\"{listener}\"");
-    for line in metrics.lines().filter(|l| {
-        l.strip_prefix(AGENT_REQUESTS_TOTAL)
-            .is_some_and(|r| r.starts_with('{'))
-            && l.contains(&needle)
-    }) {
-        let value = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
-        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-            if line.contains(&format!("status=\"{class}\"")) {
-                classes[i] += value;
-            }
-        }
-        for (i, cause) in ["none", "upstream", "proxy", "agent"].iter().enumerate() {
-            if line.contains(&format!("cause=\"{cause}\"")) {
-                causes[i] += value;
-            }
-        }
-    }
+pub(super) fn summary_line(listener: &str, t: &Tallies, window: &mut Vec<f64>) -> String {
+    let l = ("listener", listener);
+    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+        .map(|class| total(t, AGENT_REQUESTS_TOTAL, &[l, ("status", class)]));
+    let causes = ["none", "upstream", "proxy", "agent"]
+        .map(|cause| total(t, AGENT_REQUESTS_TOTAL, &[l, ("cause", cause)]));
     let total: u64 = classes.iter().sum();
     window.sort_by(f64::total_cmp);
     let q = |p: f64| {
@@ -273,8 +212,8 @@ pub(super) fn summary_line(listener: &str, metrics: &str, window: &mut Vec<f64>)
 
 /// The tasks line: the article's task-completion SLI over the tasks the sidecar counted, the
 /// loop guard's findings and the calls it refused, and what `/agent/healthz` answers.
-pub(super) fn tasks_line(metrics: &str, healthz: &str) -> String {
-    let n = |name: &str| sum_series(metrics, name, &[]) as u64;
+pub(super) fn tasks_line(t: &Tallies, healthz: &str) -> String {
+    let n = |name: &str| total(t, name, &[]);
     let started = n(AGENT_TASKS_STARTED);
     let completed = n(AGENT_TASKS_COMPLETED);
     let rate = if started > 0 {
@@ -282,19 +221,17 @@ pub(super) fn tasks_line(metrics: &str, healthz: &str) -> String {
     } else {
         "      -".to_string()
     };
-    let loops = |kind: &str| {
-        sum_series(
-            metrics,
-            AGENT_LOOPS_DETECTED,
-            &[&format!("kind=\"{kind}\"")],
-        ) as u64
-    };
+    let loops = |kind: &str| total(t, AGENT_LOOPS_DETECTED, &[("kind", kind)]);
     // On the egress listener, the agent's own 4xx are the loop guard's refusals.
-    let refused = sum_series(
-        metrics,
+    let refused = total(
+        t,
         AGENT_REQUESTS_TOTAL,
-        &["listener=\"egress\"", "status=\"4xx\"", "cause=\"agent\""],
-    ) as u64;
+        &[
+            ("listener", "egress"),
+            ("status", "4xx"),
+            ("cause", "agent"),
+        ],
+    );
     format!(
         "tasks    started {started:>5} completed {completed:>5} failed {:>4} abandoned {:>3} | completion rate {rate} (completed/started) | loops repeated_tool_call {} max_llm_calls {}, LLM calls refused {refused} | /agent/healthz {healthz}",
         n(AGENT_TASKS_FAILED),
@@ -306,7 +243,7 @@ pub(super) fn tasks_line(metrics: &str, healthz: &str) -> String {
 
 /// The SLO line: each SLO's error budget left (of its 30-day window) and its burn rate over the
 /// last 5 minutes and hour, from the sidecar's own `sloguard_slo_*` gauges.
-pub(super) fn slo_line(metrics: &str) -> String {
+pub(super) fn slo_line(t: &Tallies) -> String {
     let mut parts = Vec::new();
     for slo in [
         "availability",
@@ -315,9 +252,9 @@ pub(super) fn slo_line(metrics: &str) -> String {
         "ttft",
         "safety",
     ] {
-        let s = format!("slo=\"{slo}\"");
-        let remaining = sum_series(metrics, SLO_BUDGET_REMAINING, &[&s]);
-        let burn = |w: &str| sum_series(metrics, SLO_BURN_RATE, &[&s, &format!("window=\"{w}\"")]);
+        let s = ("slo", slo);
+        let remaining = t.gauge_sum(SLO_BUDGET_REMAINING, |k| labelled(k, &[s]));
+        let burn = |w: &str| t.gauge_sum(SLO_BURN_RATE, |k| labelled(k, &[s, ("window", w)]));
         parts.push(format!(
             "{slo} {:>7.1}% left, burn {:>5.2}/{:>5.2}",
             100.0 * remaining,
