@@ -118,6 +118,40 @@ impl ProxyBody {
         }
     }
 
+    /// A frame from the upstream, shown to the features on its way: what goes to the client, or
+    /// `None` when safety holds it back (or drops it) and the next is to be read.
+    fn upstream_frame(&mut self, frame: Frame<Bytes>) -> Option<Result<Frame<Bytes>, BodyError>> {
+        let Inner::Upstream(stream) = &mut self.inner else {
+            return Some(Ok(frame));
+        };
+        let Some(data) = frame.data_ref() else {
+            // Trailers of a stream held back would overtake its held chunks: they are dropped
+            // (SSE streams carry none in practice).
+            return (!self.ctx.holds()).then_some(Ok(frame));
+        };
+        let now = Instant::now();
+        if now >= stream.total_deadline {
+            self.log_stream_failure(&BodyError::Total);
+            self.fail(UpstreamOutcome::Timeout);
+            self.inner = Inner::Local(None);
+            return Some(Err(BodyError::Total));
+        }
+        if self.ctx.data(data, now) {
+            return None;
+        }
+        self.ctx.first_byte(now);
+        if !self.ctx.holds() && stream.body.is_end_stream() {
+            // The last frame (a body of known length): hyper polls no more, so the request ends
+            // now, with the time already read.
+            if let Some(lease) = stream.lease.take() {
+                lease.release(now);
+            }
+            stream.ended = true;
+            self.ctx.finish(now);
+        }
+        Some(Ok(frame))
+    }
+
     /// The stream failed after the head went out: the client sees a cut body, the request is
     /// charged to whoever is behind the listener, the attempt to the upstream.
     fn fail(&mut self, outcome: UpstreamOutcome) {
@@ -193,40 +227,9 @@ impl Body for ProxyBody {
                 match Pin::new(&mut stream.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         stream.waiting_since = None;
-                        let mut held = false;
-                        let mut now = None;
-                        if let Some(data) = frame.data_ref() {
-                            let at = *now.insert(Instant::now());
-                            if at >= stream.total_deadline {
-                                this.log_stream_failure(&BodyError::Total);
-                                this.fail(UpstreamOutcome::Timeout);
-                                this.inner = Inner::Local(None);
-                                return Poll::Ready(Some(Err(BodyError::Total)));
-                            }
-                            held = this.ctx.data(data, at);
-                            if !held {
-                                this.ctx.first_byte(at);
-                            }
+                        if let Some(out) = this.upstream_frame(frame) {
+                            return Poll::Ready(Some(out));
                         }
-                        if held {
-                            continue;
-                        }
-                        if this.ctx.holds() {
-                            if !frame.is_data() {
-                                // Trailers of a stream held back would overtake its held
-                                // chunks: they are dropped (SSE streams carry none in practice).
-                                continue;
-                            }
-                        } else if let Some(now) = now.filter(|_| stream.body.is_end_stream()) {
-                            // The last frame (a body of known length): hyper polls no more, so
-                            // the request ends now, with the time already read.
-                            if let Some(lease) = stream.lease.take() {
-                                lease.release(now);
-                            }
-                            stream.ended = true;
-                            this.ctx.finish(now);
-                        }
-                        return Poll::Ready(Some(Ok(frame)));
                     }
                     Poll::Ready(Some(Err(e))) => {
                         this.log_stream_failure(&e);
