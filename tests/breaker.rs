@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use sloguard::sim::{self, SimServer};
-use sloguard::{Config, Sidecar};
+use sloguard::Sidecar;
 
 /// An upstream answering with the status `status` holds (429s with `Retry-After: 5`; 299 means
 /// a 200 whose body streams for two seconds) once it has read the request, counting the
@@ -62,22 +62,13 @@ async fn sidecar_probing(url: &str, probes: u32) -> Sidecar {
 
 /// As [`sidecar_probing`], on a listener of `role`.
 async fn sidecar_of(url: &str, probes: u32, role: &str) -> Sidecar {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: {role}, route: main}}
-routes:
-  main: {{upstreams: [provider]}}
-upstreams:
-  provider:
+    let upstream = format!(
+        "  provider:
     url: {url}
     circuit_breaker: {{consecutive_failures: 3, open_for: 1s, max_open_for: 4s, half_open_probes: {probes}}}
 "
     );
-    Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap()
+    start_yaml(&(config_head("", "proxy", role, "main: {upstreams: [provider]}") + &upstream)).await
 }
 
 async fn status_of(sidecar: &Sidecar) -> (StatusCode, Option<HeaderValue>) {
@@ -219,24 +210,13 @@ async fn an_operator_forces_a_circuit_with_the_admin_token() {
     std::fs::create_dir_all(&dir).unwrap();
     let token = dir.join("token");
     std::fs::write(&token, "s3cret-token\n").unwrap();
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0, token_file: '{}'}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [provider]}}
-upstreams:
-  provider:
-    url: {}
-    circuit_breaker: {{}}
-",
-        token.display(),
+    let admin = format!(", token_file: '{}'", token.display());
+    let route = "main: {upstreams: [provider]}";
+    let upstream = format!(
+        "  provider:\n    url: {}\n    circuit_breaker: {{}}\n",
         up.url()
     );
-    let sidecar = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+    let sidecar = start_yaml(&(config_head(&admin, "proxy", "llm", route) + &upstream)).await;
     let open = "/admin/circuits/provider/open";
     assert_eq!(
         admin_post(&sidecar, open, None).await,

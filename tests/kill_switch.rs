@@ -146,21 +146,9 @@ async fn a_human_disables_and_enables_with_the_token_and_traffic_goes_to_the_que
     s.shutdown().await;
 
     // No token file configured: mutations are refused outright.
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {}}}
-",
-        agent.url()
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+    let yaml = config_head("", "inbound", "agent", "agent: {upstreams: [agent]}")
+        + &format!("  agent: {{url: {}}}\n", agent.url());
+    let s = start_yaml(&yaml).await;
     assert_eq!(
         admin_post(&s, "/admin/agent/disable", Some("s3cret"))
             .await

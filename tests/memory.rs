@@ -31,22 +31,10 @@ async fn slow_upstream(delay: Duration) -> sloguard::sim::SimServer {
 /// A sidecar whose `proxy` listener replays bodies up to 2 MiB (two upstreams), with a budget of
 /// `max_held`.
 async fn sidecar(a: &str, b: &str, max_held: &str) -> Sidecar {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [a, b], max_replay_body: 2MiB}}
-upstreams:
-  a: {{url: {a}}}
-  b: {{url: {b}}}
-memory: {{max_held: {max_held}}}
-"
-    );
-    Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap()
+    let route = "main: {upstreams: [a, b], max_replay_body: 2MiB}";
+    let yaml = config_head("", "proxy", "llm", route)
+        + &format!("  a: {{url: {a}}}\n  b: {{url: {b}}}\nmemory: {{max_held: {max_held}}}\n");
+    start_yaml(&yaml).await
 }
 
 async fn upload(url: String, bytes: usize) -> (StatusCode, Option<String>) {

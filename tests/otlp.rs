@@ -60,19 +60,14 @@ const REQUEST: &str = r#"{"model":"gpt-test","messages":[{"role":"user","content
 /// A sidecar with one `llm` listener `proxy` whose route falls back from `primary` to `fallback`
 /// (both OpenAI-style), exporting as `otlp` says.
 fn llm_chain(primary: &str, fallback: &str, otlp: &str) -> String {
-    format!(
-        "agent: otlp-test
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [primary, fallback]}}
-upstreams:
-  primary: {{url: '{primary}', protocol: openai}}
+    let head = config_head("", "proxy", "llm", "main: {upstreams: [primary, fallback]}");
+    let upstreams = format!(
+        "  primary: {{url: '{primary}', protocol: openai}}
   fallback: {{url: '{fallback}', protocol: openai}}
 otlp:
 {otlp}"
-    )
+    );
+    (head + &upstreams).replacen("test-agent", "otlp-test", 1)
 }
 
 async fn chat(s: &Sidecar, traceparent: Option<&str>) -> (StatusCode, http::HeaderMap) {
@@ -324,18 +319,9 @@ fn agent_yaml(agent_url: &str, otlp: &str) -> String {
 }
 
 fn named_agent_yaml(agent: &str, agent_url: &str, otlp: &str) -> String {
-    format!(
-        "agent: {agent}
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: '{agent_url}'}}
-otlp:
-{otlp}"
-    )
+    let head = config_head("", "proxy", "agent", "agent: {upstreams: [agent]}");
+    let upstream = format!("  agent: {{url: '{agent_url}'}}\notlp:\n{otlp}");
+    (head + &upstream).replacen("test-agent", agent, 1)
 }
 
 async fn get_with(s: &Sidecar, path: &str, traceparent: Option<&str>) -> StatusCode {

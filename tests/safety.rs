@@ -12,7 +12,6 @@ use bytes::Bytes;
 use common::scripted::*;
 use common::*;
 use http::{header, Request, StatusCode};
-use sloguard::{Config, Sidecar};
 
 /// Texts that each one detector finds.
 const SAMPLES: [(&str, &str); 6] = [
@@ -287,24 +286,14 @@ async fn a_webhook_receiver_down_leaves_requests_alone_and_the_alert_is_counted_
     let (agent, script) = scripted().await;
     set(&script, "/ask", json(r#"{"answer":"ok"}"#));
     let token = token_file("down");
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0, token_file: {}}}
-listeners:
-  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {}}}
-incidents: {{webhook: 'http://{}/api/v2/alerts'}}
-",
-        token.display(),
-        agent.url(),
-        closed_port()
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+    let admin = format!(", token_file: {}", token.display());
+    let yaml = config_head(&admin, "inbound", "agent", "agent: {upstreams: [agent]}")
+        + &format!(
+            "  agent: {{url: {}}}\nincidents: {{webhook: 'http://{}/api/v2/alerts'}}\n",
+            agent.url(),
+            closed_port()
+        );
+    let s = start_yaml(&yaml).await;
     let started = std::time::Instant::now();
     assert_eq!(
         admin_post(&s, "/admin/agent/disable", Some("s3cret"))
@@ -350,24 +339,16 @@ async fn a_circuit_opening_and_closing_are_incidents_with_the_availability_sever
     let (agent, _a) = scripted().await;
     let (hook, mut posts) = receiver(200).await;
     let token = token_file("breaker");
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0, token_file: {}}}
-listeners:
-  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {}, circuit_breaker: {{}}}}
+    let admin = format!(", token_file: {}", token.display());
+    let yaml = config_head(&admin, "inbound", "agent", "agent: {upstreams: [agent]}")
+        + &format!(
+            "  agent: {{url: {}, circuit_breaker: {{}}}}
 incidents: {{webhook: '{}/api/v2/alerts', severities: {{availability: sev3}}}}
 ",
-        token.display(),
-        agent.url(),
-        hook.url()
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+            agent.url(),
+            hook.url()
+        );
+    let s = start_yaml(&yaml).await;
     for action in ["open", "close"] {
         let (status, _) = admin_post(
             &s,
@@ -416,24 +397,17 @@ async fn a_blocked_stream_is_never_cached() {
     // A content type in capitals: still a stream, held back and not cacheable.
     leaking.content_type = "Text/Event-Stream";
     set(&p_script, "/v1/chat/completions", leaking);
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: egress, bind: 127.0.0.1:0, role: llm, route: llm}}
-routes:
-  llm: {{upstreams: [openai, spare], cache: {{}}}}
-upstreams:
-  openai: {{url: {}, protocol: openai}}
+    let route = "llm: {upstreams: [openai, spare], cache: {}}";
+    let yaml = config_head("", "egress", "llm", route)
+        + &format!(
+            "  openai: {{url: {}, protocol: openai}}
   spare: {{url: {}, protocol: openai}}
 safety: {{action: block}}
 ",
-        primary.url(),
-        spare.url()
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+            primary.url(),
+            spare.url()
+        );
+    let s = start_yaml(&yaml).await;
     let (status, _, body) = post(&url(&s, "egress", "/v1/chat/completions")).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8_lossy(&body);

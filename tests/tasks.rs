@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use http::{Request, StatusCode};
-use sloguard::{Config, Sidecar};
+use sloguard::Sidecar;
 
 #[tokio::test]
 async fn multi_request_tasks_and_verdicts_give_the_articles_completion_ratio() {
@@ -157,23 +157,15 @@ async fn switchable(
     std::fs::create_dir_all(&dir).unwrap();
     let token = dir.join("token");
     std::fs::write(&token, "s3cret").unwrap();
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0, token_file: {}}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {agent_url}}}
+    let admin = format!(", token_file: {}", token.display());
+    let yaml = config_head(&admin, "proxy", "agent", "agent: {upstreams: [agent]}")
+        + &format!(
+            "  agent: {{url: {agent_url}}}
 safety: {{action: block, kill_switch: {{violations: 100, within: 1m}}}}
 tasks: {{stuck_after: {stuck_after}}}
-",
-        token.display(),
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+"
+        );
+    let s = start_yaml(&yaml).await;
     (s, dir)
 }
 

@@ -194,19 +194,12 @@ pub fn comma(extra: &str) -> String {
 /// mappings (flow style, without braces: `"fallback_on: [5xx]"`).
 pub fn chain_yaml(admin: &str, route: &str, upstreams: &[(&str, &str, &str)]) -> String {
     let names: Vec<&str> = upstreams.iter().map(|u| u.0).collect();
-    let mut yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0{}}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [{}]{}}}
-upstreams:
-",
-        comma(admin),
+    let route = format!(
+        "main: {{upstreams: [{}]{}}}",
         names.join(", "),
         comma(route)
     );
+    let mut yaml = crate::common::config_head(&comma(admin), "proxy", "llm", &route);
     for (name, url, extra) in upstreams {
         yaml.push_str(&format!("  {name}: {{url: '{url}'{}}}\n", comma(extra)));
     }

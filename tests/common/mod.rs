@@ -33,22 +33,33 @@ pub type TestClient = Client<HttpConnector, TestBody>;
 pub const LOOPBACK: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
-/// A config with one listener called `proxy` of `role`, in front of `upstream_url`.
-pub fn config_yaml(role: &str, upstream_url: &str, timeouts: &str) -> String {
+/// The start of a test config, up to the `upstreams:` key: agent `test-agent`, an admin port
+/// with the keys `admin` adds (`""`, or `", token_file: …"`), listener `listener` of `role`,
+/// and the one route it serves, `route` (`name: {upstreams: […]}`).
+pub fn config_head(admin: &str, listener: &str, role: &str, route: &str) -> String {
+    let route_name = route.split(':').next().expect("a route name");
     format!(
         "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
+admin: {{bind: 127.0.0.1:0{admin}}}
 listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: {role}, route: main}}
+  - {{name: {listener}, bind: 127.0.0.1:0, role: {role}, route: {route_name}}}
 routes:
-  main: {{upstreams: [backend]}}
+  {route}
 upstreams:
-  backend:
+"
+    )
+}
+
+/// A config with one listener called `proxy` of `role`, in front of `upstream_url`.
+pub fn config_yaml(role: &str, upstream_url: &str, timeouts: &str) -> String {
+    config_head("", "proxy", role, "main: {upstreams: [backend]}")
+        + &format!(
+            "  backend:
     url: {upstream_url}
     timeouts: {{{timeouts}}}
 shutdown: {{grace_period: 5s}}
 "
-    )
+        )
 }
 
 pub async fn start_sidecar(role: &str, upstream_url: &str, timeouts: &str) -> Sidecar {
@@ -69,17 +80,8 @@ pub async fn start_yaml(yaml: &str) -> Sidecar {
 /// A config with one `agent` listener called `proxy` in front of `agent_url` (upstream `agent`),
 /// followed by the sections in `extra`.
 pub fn agent_config(agent_url: &str, extra: &str) -> Config {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {agent_url}}}
-{extra}"
-    );
+    let yaml = config_head("", "proxy", "agent", "agent: {upstreams: [agent]}")
+        + &format!("  agent: {{url: {agent_url}}}\n{extra}");
     Config::parse("test", &yaml).expect("valid test config")
 }
 
