@@ -161,23 +161,22 @@ async fn slo_page_renders_in_a_headless_browser() {
         send(&s, "/200", 9).await;
     }
     // Counted once the engine's next tick reads them; JSON without `Accept: text/html`.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let json = async || {
         let resp = get_slo(&s, Some("application/json")).await;
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
-        let r: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).unwrap();
-        if r["slos"][1]["windows"]["5m"]["total"] == 100 || std::time::Instant::now() > deadline {
-            let states: Vec<&str> = r["slos"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["state"].as_str().unwrap())
-                .collect();
-            assert_eq!(states, ["warning", "breach", "ok", "ok"], "{r:#}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        serde_json::from_slice::<serde_json::Value>(&body_bytes(resp).await).unwrap()
+    };
+    let counted = async || json().await["slos"][1]["windows"]["5m"]["total"] == 100;
+    // Past the deadline, the states below say what is off.
+    holds_within(Duration::from_secs(5), counted).await;
+    let r = json().await;
+    let states: Vec<&str> = r["slos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["warning", "breach", "ok", "ok"], "{r:#}");
 
     // What a browser sends.
     let resp = get_slo(&s, Some("text/html,application/xhtml+xml,*/*;q=0.8")).await;

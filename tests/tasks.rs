@@ -100,7 +100,8 @@ async fn agent_healthz_is_503_while_a_request_waits_past_stuck_after_and_200_aga
             .unwrap();
         resp.status()
     });
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let stuck = async || agent_health(&s).await.0 == StatusCode::SERVICE_UNAVAILABLE;
+    wait_until("the agent is reported stuck", Duration::from_secs(5), stuck).await;
     let (status, body) = agent_health(&s).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "stuck");
@@ -126,14 +127,9 @@ async fn agent_healthz_is_503_after_tasks_are_abandoned_with_none_completed() {
     let s = agent_sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
     call_task(&s, "/200/in_progress", Some("left")).await;
     // Abandoned by the sweep once idle past 1 s; then stuck, since nothing completed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let body = loop {
-        let (status, body) = agent_health(&s).await;
-        if status == StatusCode::SERVICE_UNAVAILABLE || std::time::Instant::now() > deadline {
-            break body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let stuck = async || agent_health(&s).await.0 == StatusCode::SERVICE_UNAVAILABLE;
+    wait_until("the agent is reported stuck", Duration::from_secs(5), stuck).await;
+    let body = agent_health(&s).await.1;
     assert!(
         body["reason"].as_str().unwrap().contains("abandoned"),
         "{body}"

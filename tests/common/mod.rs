@@ -210,16 +210,24 @@ pub fn expect_fallbacks(text: &str, from: &str, to: &str, reason: &str, expected
 
 /// Waits until `ready` holds, asking every 20 ms for at most `within`; past it, fails with
 /// `what` (what did not happen). The one way a test waits for a condition.
-pub async fn wait_until(
-    what: &str,
+pub async fn wait_until(what: &str, within: std::time::Duration, ready: impl AsyncFnMut() -> bool) {
+    assert!(holds_within(within, ready).await, "{what}");
+}
+
+/// [`wait_until`] for a caller whose failure message needs what it can read only once the
+/// deadline has passed: whether `ready` held within `within`.
+pub async fn holds_within(
     within: std::time::Duration,
     mut ready: impl AsyncFnMut() -> bool,
-) {
+) -> bool {
     let deadline = std::time::Instant::now() + within;
     while !ready().await {
-        assert!(std::time::Instant::now() < deadline, "{what}");
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    true
 }
 
 /// `/metrics` once `ready` holds for it, or after 5 s (requests settle when their connection
