@@ -96,6 +96,13 @@ async fn circuits(sidecar: &Sidecar) -> serde_json::Value {
     v["upstreams"][0].clone()
 }
 
+/// Waits out the circuit's open period, as `/circuits` counts it down: the wall clock has to
+/// pass here, end to end (the breaker's own tests run on paused time).
+async fn open_period_over(sidecar: &Sidecar) {
+    let over = async || circuits(sidecar).await["half_open_in_seconds"] == 0.0;
+    wait_until("the open period ends", Duration::from_secs(5), over).await;
+}
+
 #[tokio::test]
 async fn failures_open_the_circuit_a_probe_closes_it() {
     let (up, status, hits) = switchable().await;
@@ -123,7 +130,7 @@ async fn failures_open_the_circuit_a_probe_closes_it() {
 
     // The provider recovers; after the open period one probe goes through and closes it.
     status.store(200, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    open_period_over(&sidecar).await;
     assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
     assert_eq!(circuits(&sidecar).await["state"], "closed");
     assert_eq!(hits.load(Ordering::SeqCst), 4);
@@ -154,10 +161,9 @@ async fn a_probe_is_judged_by_its_head_not_its_whole_stream() {
     for _ in 0..3 {
         status_of(&sidecar).await;
     }
-    let wait = circuits(&sidecar).await["half_open_in_seconds"]
-        .as_f64()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    let c = circuits(&sidecar).await;
+    assert!(c["half_open_in_seconds"].as_f64().is_some(), "open: {c}");
+    open_period_over(&sidecar).await;
     status.store(299, Ordering::SeqCst);
     // The probe: its head is 200, its body still streaming.
     let probe = client()
@@ -313,8 +319,7 @@ async fn two_hundred_concurrent_requests_while_half_open_admit_exactly_the_probe
     // Healthy again, but slow: a probe's head comes a second after it arrives.
     status.store(200, Ordering::SeqCst);
     delay_ms.store(1000, Ordering::SeqCst);
-    let wait = c["half_open_in_seconds"].as_f64().unwrap();
-    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    open_period_over(&sidecar).await;
     let before = hits.load(Ordering::SeqCst);
     assert_eq!(before, 3);
 
@@ -384,14 +389,14 @@ async fn on_the_agent_role_a_clients_429_does_not_open_the_circuit() {
 
 #[tokio::test]
 async fn a_slow_upload_does_not_hold_the_probe_slot() {
-    let (up, status, _hits) = switchable().await;
+    let (up, status, hits) = switchable().await;
     let sidecar = sidecar_of(&up.url(), 1, "agent").await;
     for _ in 0..3 {
         status_of(&sidecar).await;
     }
     assert_eq!(circuits(&sidecar).await["state"], "open");
     status.store(200, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1150)).await;
+    open_period_over(&sidecar).await;
     // Half-open, one probe: a client starts an upload it takes 2 s to finish...
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let url = proxy_url(&sidecar, "/slow-upload");
@@ -409,7 +414,13 @@ async fn a_slow_upload_does_not_hold_the_probe_slot() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrived = async || hits.load(Ordering::SeqCst) == 4;
+    wait_until(
+        "the upload reaches the upstream",
+        Duration::from_secs(5),
+        arrived,
+    )
+    .await;
     // ... while another's request is the probe that closes the circuit.
     assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
     assert_eq!(circuits(&sidecar).await["state"], "closed");
