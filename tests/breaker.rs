@@ -100,7 +100,7 @@ async fn circuits(sidecar: &Sidecar) -> serde_json::Value {
 /// pass here, end to end (the breaker's own tests run on paused time).
 async fn open_period_over(sidecar: &Sidecar) {
     let over = async || circuits(sidecar).await["half_open_in_seconds"] == 0.0;
-    wait_until("the open period ends", Duration::from_secs(5), over).await;
+    wait_until("the open period ends", 5, over).await;
 }
 
 #[tokio::test]
@@ -415,12 +415,7 @@ async fn a_slow_upload_does_not_hold_the_probe_slot() {
         }
     });
     let arrived = async || hits.load(Ordering::SeqCst) == 4;
-    wait_until(
-        "the upload reaches the upstream",
-        Duration::from_secs(5),
-        arrived,
-    )
-    .await;
+    wait_until("the upload reaches the upstream", 5, arrived).await;
     // ... while another's request is the probe that closes the circuit.
     assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
     assert_eq!(circuits(&sidecar).await["state"], "closed");

@@ -389,14 +389,10 @@ async fn a_swapped_key_file_is_picked_up_without_restart() {
 
     std::os::unix::fs::symlink("v2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-    wait_until(
-        "the new key is picked up",
-        Duration::from_secs(10),
-        async || {
-            let (status, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_JSON, &[]).await;
-            status == StatusCode::OK
-        },
-    )
+    wait_until("the new key is picked up", 10, async || {
+        let (status, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_JSON, &[]).await;
+        status == StatusCode::OK
+    })
     .await;
     let last = seen.lock().unwrap().last().unwrap().headers["authorization"].clone();
     assert_eq!(last, "Bearer sk-new");
@@ -534,7 +530,6 @@ async fn unreadable_bodies_pass_through_byte_exact_and_are_counted() {
 /// The real binary with `RUST_LOG=trace`, its whole log kept.
 #[tokio::test]
 async fn keys_never_reach_logs_metrics_or_error_bodies() {
-    use std::process::Stdio;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     const KEYS: [&str; 2] = ["sk-SECRET-revoked-0001", "sk-SECRET-good-0002"];
@@ -562,16 +557,7 @@ upstreams:
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sloguard"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = common::process::spawn(&config, &[("RUST_LOG", "trace")], &[]);
     let log = Arc::new(Mutex::new(String::new()));
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -623,12 +609,7 @@ upstreams:
     // A botched rotation: the file goes empty (logged as an error, keys kept).
     std::fs::write(&keys, "").unwrap();
     let unusable = async || log.lock().unwrap().contains("API key file unusable");
-    wait_until(
-        "the empty key file is logged",
-        Duration::from_secs(10),
-        unusable,
-    )
-    .await;
+    wait_until("the empty key file is logged", 10, unusable).await;
     let metrics =
         body_bytes(get(&client(), &format!("http://{}/metrics", admin.unwrap())).await).await;
     let metrics = String::from_utf8_lossy(&metrics).into_owned();

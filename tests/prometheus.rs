@@ -112,7 +112,7 @@ scrape_configs:
         let resp = client().request(req.body(empty()).unwrap()).await;
         resp.is_ok_and(|r| r.status() == StatusCode::OK)
     };
-    if !holds_within(Duration::from_secs(30), ready).await {
+    if !holds_within(30, ready).await {
         let log = std::fs::read_to_string(p.dir.join("prometheus.log"));
         panic!("prometheus did not get ready: {}", log.unwrap_or_default());
     }

@@ -273,12 +273,7 @@ async fn twenty_reloads_under_load_fail_no_request_and_keep_the_counters() {
     for (i, text) in variants.iter().enumerate() {
         // Some load between two reloads (ten requests each: 200 in all at least).
         let flowing = async || requests_total(&metrics(&s).await, "proxy") >= before + 10.0;
-        wait_until(
-            "requests flow between reloads",
-            Duration::from_secs(10),
-            flowing,
-        )
-        .await;
+        wait_until("requests flow between reloads", 10, flowing).await;
         let changes = reload_to(&s, &dir, text).await;
         assert!(
             changes["listeners"]["kept"]
@@ -424,11 +419,9 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
     assert_eq!(changes["listeners"]["rebound"], serde_json::json!(["side"]));
     assert_eq!(s.listener_addr("side"), Some(second));
     assert_eq!(call(&client(), second).await.0, StatusCode::OK);
-    wait_until(
-        "the old address still accepts",
-        Duration::from_secs(5),
-        async || tokio::net::TcpStream::connect(first).await.is_err(),
-    )
+    wait_until("the old address still accepts", 5, async || {
+        tokio::net::TcpStream::connect(first).await.is_err()
+    })
     .await;
     kept.ask().await;
 
@@ -459,11 +452,9 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
     assert_eq!(call(&client(), second).await.0, StatusCode::OK);
     metrics_when(&s, |m| displaced(m) >= 1.0).await;
     // The displaced one is the connection kept across the reload: the new cap holds for it.
-    wait_until(
-        "the kept connection was not displaced",
-        Duration::from_secs(5),
-        async || !side.is_open(),
-    )
+    wait_until("the kept connection was not displaced", 5, async || {
+        !side.is_open()
+    })
     .await;
 
     // Renamed on the same address: the socket goes on under the new name.
@@ -485,11 +476,9 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
         serde_json::json!(["renamed"])
     );
     assert!(s.listener_addr("renamed").is_none());
-    wait_until(
-        "the removed listener still accepts",
-        Duration::from_secs(5),
-        async || tokio::net::TcpStream::connect(second).await.is_err(),
-    )
+    wait_until("the removed listener still accepts", 5, async || {
+        tokio::net::TcpStream::connect(second).await.is_err()
+    })
     .await;
     kept.ask().await;
     assert!(
@@ -510,12 +499,7 @@ async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
     let proxy = s.listener_addr("proxy").unwrap();
     let pending = tokio::spawn(async move { call(&client(), proxy).await });
     let started = async || arrived.load(Ordering::SeqCst) == 1;
-    wait_until(
-        "the slow request reaches its upstream",
-        Duration::from_secs(10),
-        started,
-    )
-    .await;
+    wait_until("the slow request reaches its upstream", 10, started).await;
     reload_to(&s, &dir, &yaml(&dir, &ups, &["fast"], "")).await;
     // The new config answers the requests that come after it...
     assert_eq!(
@@ -554,12 +538,7 @@ async fn breaker_and_slo_state_survive_for_what_survives_the_reload() {
             .map(|s| s["windows"]["since_start"]["total"].as_f64().unwrap_or(0.0))
     };
     let counted = async || slo_total(&admin_json(&s, "/slo").await, "availability") == Some(5.0);
-    wait_until(
-        "the SLO view counts the requests",
-        Duration::from_secs(10),
-        counted,
-    )
-    .await;
+    wait_until("the SLO view counts the requests", 10, counted).await;
 
     // a's timeouts change (the upstream is rebuilt, its breaker kept), b stays as it is, the
     // latency SLO's threshold changes (it starts afresh), availability stays.
@@ -604,12 +583,7 @@ async fn breaker_and_slo_state_survive_for_what_survives_the_reload() {
     assert_eq!(state_of("a"), Some("open".into()), "{circuits}");
     // Kept: six requests since the start; afresh: only what came after the reload.
     let kept = async || slo_total(&admin_json(&s, "/slo").await, "availability") == Some(6.0);
-    wait_until(
-        "availability keeps its events",
-        Duration::from_secs(10),
-        kept,
-    )
-    .await;
+    wait_until("availability keeps its events", 10, kept).await;
     let v = admin_json(&s, "/slo").await;
     let latency = slo_total(&v, "latency").unwrap();
     assert!(latency <= 1.0, "the changed SLO kept its old events: {v}");
@@ -648,11 +622,9 @@ async fn a_configmap_update_is_picked_up_through_its_symlinks() {
     std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
     std::fs::remove_dir_all(volume.join("..2026_12_02_1")).unwrap();
 
-    wait_until(
-        "the new config was never picked up",
-        Duration::from_secs(10),
-        async || call(&c, proxy).await.1 == "b",
-    )
+    wait_until("the new config was never picked up", 10, async || {
+        call(&c, proxy).await.1 == "b"
+    })
     .await;
     // Once (that it is not loaded again while the content stays the same is the watch's
     // decision, tested on its own in `sidecar::reload`).
@@ -695,11 +667,9 @@ async fn sighup_reloads_the_config_of_the_running_binary() {
 
     // A SIGHUP with the file as it is: a reload (not the end of the process, SIGHUP's default).
     p.signal("HUP");
-    wait_until(
-        "SIGHUP did not reload",
-        Duration::from_secs(10),
-        async || reloads(&admin_metrics().await, "ok") >= 1.0,
-    )
+    wait_until("SIGHUP did not reload", 10, async || {
+        reloads(&admin_metrics().await, "ok") >= 1.0
+    })
     .await;
     let sighup = p
         .log()
@@ -719,12 +689,7 @@ async fn sighup_reloads_the_config_of_the_running_binary() {
             .count()
             >= 2
     };
-    wait_until(
-        "the second SIGHUP reloads",
-        Duration::from_secs(10),
-        sighups,
-    )
-    .await;
+    wait_until("the second SIGHUP reloads", 10, sighups).await;
     assert_eq!(call(&c, p.listener).await, (StatusCode::OK, "b".into()));
     p.terminate();
 }

@@ -46,7 +46,7 @@ async fn slo_reports_each_slos_windows_budget_and_state() {
         (0..3).all(|i| r["slos"][i]["windows"]["5m"]["total"] == 100)
     };
     // Past the deadline, the assertions below say which count is off.
-    holds_within(Duration::from_secs(5), counted).await;
+    holds_within(5, counted).await;
     let report = slo_json(&s).await;
     let avail = &report["slos"][0];
     assert_eq!(avail["name"], "availability");

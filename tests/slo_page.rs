@@ -168,7 +168,7 @@ async fn slo_page_renders_in_a_headless_browser() {
     };
     let counted = async || json().await["slos"][1]["windows"]["5m"]["total"] == 100;
     // Past the deadline, the states below say what is off.
-    holds_within(Duration::from_secs(5), counted).await;
+    holds_within(5, counted).await;
     let r = json().await;
     let states: Vec<&str> = r["slos"]
         .as_array()

@@ -101,7 +101,7 @@ async fn agent_healthz_is_503_while_a_request_waits_past_stuck_after_and_200_aga
         resp.status()
     });
     let stuck = async || agent_health(&s).await.0 == StatusCode::SERVICE_UNAVAILABLE;
-    wait_until("the agent is reported stuck", Duration::from_secs(5), stuck).await;
+    wait_until("the agent is reported stuck", 5, stuck).await;
     let (status, body) = agent_health(&s).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "stuck");
@@ -128,7 +128,7 @@ async fn agent_healthz_is_503_after_tasks_are_abandoned_with_none_completed() {
     call_task(&s, "/200/in_progress", Some("left")).await;
     // Abandoned by the sweep once idle past 1 s; then stuck, since nothing completed.
     let stuck = async || agent_health(&s).await.0 == StatusCode::SERVICE_UNAVAILABLE;
-    wait_until("the agent is reported stuck", Duration::from_secs(5), stuck).await;
+    wait_until("the agent is reported stuck", 5, stuck).await;
     let body = agent_health(&s).await.1;
     assert!(
         body["reason"].as_str().unwrap().contains("abandoned"),

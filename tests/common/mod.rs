@@ -140,6 +140,14 @@ pub async fn body_bytes(resp: Response<hyper::body::Incoming>) -> Bytes {
         .to_bytes()
 }
 
+/// All of `body`, or nothing where it broke off.
+pub async fn bytes_or_empty<B: Body>(body: B) -> Bytes {
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default()
+}
+
 /// The sidecar's `/metrics` text.
 pub async fn metrics(sidecar: &Sidecar) -> String {
     let resp = get(&client(), &format!("http://{}/metrics", sidecar.admin_addr)).await;
@@ -208,19 +216,16 @@ pub fn expect_fallbacks(text: &str, from: &str, to: &str, reason: &str, expected
     expect_metric(text, "sloguard_fallbacks_total", &labels, expected);
 }
 
-/// Waits until `ready` holds, asking every 20 ms for at most `within`; past it, fails with
-/// `what` (what did not happen). The one way a test waits for a condition.
-pub async fn wait_until(what: &str, within: std::time::Duration, ready: impl AsyncFnMut() -> bool) {
-    assert!(holds_within(within, ready).await, "{what}");
+/// Waits until `ready` holds, asking every 20 ms for at most `secs` seconds; past them, fails
+/// with `what` (what did not happen). The one way a test waits for a condition.
+pub async fn wait_until(what: &str, secs: u64, ready: impl AsyncFnMut() -> bool) {
+    assert!(holds_within(secs, ready).await, "{what} (within {secs} s)");
 }
 
 /// [`wait_until`] for a caller whose failure message needs what it can read only once the
-/// deadline has passed: whether `ready` held within `within`.
-pub async fn holds_within(
-    within: std::time::Duration,
-    mut ready: impl AsyncFnMut() -> bool,
-) -> bool {
-    let deadline = std::time::Instant::now() + within;
+/// deadline has passed: whether `ready` held within `secs` seconds.
+pub async fn holds_within(secs: u64, mut ready: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while !ready().await {
         if std::time::Instant::now() >= deadline {
             return false;

@@ -197,12 +197,7 @@ pub async fn post_as(
         .await
         .unwrap();
     let (parts, body) = resp.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    (parts.status, parts.headers, bytes)
+    (parts.status, parts.headers, bytes_or_empty(body).await)
 }
 
 /// The refusal of an answer the safety block action stopped.
