@@ -72,12 +72,13 @@ async fn sidecar_of(url: &str, probes: u32, role: &str) -> Sidecar {
 }
 
 async fn status_of(sidecar: &Sidecar) -> (StatusCode, Option<HeaderValue>) {
-    let resp = client()
-        .request(
-            Request::post(proxy_url(sidecar, "/v1/chat/completions"))
-                .body(full("{}"))
-                .unwrap(),
-        )
+    status_at(&client(), proxy_url(sidecar, "/v1/chat/completions")).await
+}
+
+/// A POST of `{}` to `url`: its status and `x-sloguard-error`, once its body is read.
+async fn status_at(client: &TestClient, url: String) -> (StatusCode, Option<HeaderValue>) {
+    let resp = client
+        .request(Request::post(url).body(full("{}")).unwrap())
         .await
         .unwrap();
     let err = resp.headers().get("x-sloguard-error").cloned();
@@ -143,12 +144,8 @@ async fn failures_open_the_circuit_a_probe_closes_it() {
     expect_metric(&m, t, &[("to", "open"), ("reason", "consecutive")], 1.0);
     expect_metric(&m, t, &[("to", "half_open"), ("reason", "elapsed")], 1.0);
     expect_metric(&m, t, &[("to", "closed"), ("reason", "probe_ok")], 1.0);
-    expect_metric(
-        &m,
-        "sloguard_circuit_state",
-        &[("upstream", "provider")],
-        0.0,
-    );
+    let provider = [("upstream", "provider")];
+    expect_metric(&m, "sloguard_circuit_state", &provider, 0.0);
     // The refused calls are the provider's failures for the agent, and no attempts.
     expect_requests(&m, "5xx", "upstream", 8.0);
     expect_metric(&m, "sloguard_upstream_requests_total", &[], 4.0);
@@ -202,10 +199,7 @@ async fn admin_post(sidecar: &Sidecar, path: &str, token: Option<&str>) -> Statu
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let resp = client().request(req.body(empty()).unwrap()).await.unwrap();
-    let status = resp.status();
-    let _ = body_bytes(resp).await;
-    status
+    send_empty(req).await
 }
 
 #[tokio::test]
@@ -254,23 +248,13 @@ async fn an_operator_forces_a_circuit_with_the_admin_token() {
         StatusCode::OK
     );
     assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
-    assert_eq!(
-        admin_post(
-            &sidecar,
-            "/admin/circuits/nobody/open",
-            Some("s3cret-token")
-        )
-        .await,
-        StatusCode::NOT_FOUND
-    );
-    let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_circuit_transitions_total",
-        &[("reason", "forced")],
-        2.0,
-    );
+    let nobody = "/admin/circuits/nobody/open";
+    let status = admin_post(&sidecar, nobody, Some("s3cret-token")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let _ = std::fs::remove_dir_all(&dir);
+    let m = metrics(&sidecar).await;
+    let forced = [("reason", "forced")];
+    expect_metric(&m, "sloguard_circuit_transitions_total", &forced, 2.0);
 }
 
 #[tokio::test]
@@ -329,16 +313,7 @@ async fn two_hundred_concurrent_requests_while_half_open_admit_exactly_the_probe
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let (client, url) = (client.clone(), url.clone());
-        requests.spawn(async move {
-            let resp = client
-                .request(Request::post(url).body(full("{}")).unwrap())
-                .await
-                .unwrap();
-            let err = resp.headers().get("x-sloguard-error").cloned();
-            let status = resp.status();
-            let _ = body_bytes(resp).await;
-            (status, err)
-        });
+        requests.spawn(async move { status_at(&client, url).await });
     }
     let (mut ok, mut refused, mut other) = (0, 0, Vec::new());
     let all = tokio::time::timeout(Duration::from_secs(15), async {

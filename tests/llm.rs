@@ -77,6 +77,9 @@ async fn finished(sidecar: &Sidecar, n: f64) -> String {
 }
 
 const FINISHES: &str = "agent_llm_finish_reasons_total";
+/// The OpenAI path, and the header that has the provider simulation answer with text.
+const CHAT: &str = "/v1/chat/completions";
+const TEXT: &[(&str, &str)] = &[("x-sim-scenario", "text")];
 const CALLS: &str = "gen_ai_client_operation_duration_seconds_count";
 const FIRST_CHUNKS: &str = "gen_ai_client_operation_time_to_first_chunk_seconds_count";
 
@@ -134,13 +137,7 @@ async fn time_to_first_chunk_reflects_the_providers_first_chunk_delay() {
     let (p, _) = provider(paced(300, 2, 6)).await;
     let sidecar = llm_sidecar(&p.url(), "openai", "").await;
     for _ in 0..3 {
-        let (status, _, _) = post(
-            &sidecar,
-            "/v1/chat/completions",
-            OPENAI_STREAM,
-            &[("x-sim-scenario", "text")],
-        )
-        .await;
+        let (status, _, _) = post(&sidecar, CHAT, OPENAI_STREAM, TEXT).await;
         assert_eq!(status, StatusCode::OK);
     }
     let m = metrics_when(&sidecar, |m| metric(m, CALLS, &[]) >= 3.0).await;
@@ -171,16 +168,10 @@ async fn tokens_and_finish_reasons_are_what_the_provider_reported() {
     let anthropic = llm_sidecar(&p.url(), "anthropic", "").await;
     let mut expected = [(0u64, 0u64); 2];
     let calls: [(&Sidecar, usize, &str, &'static str, &str); 8] = [
-        (&openai, 0, "/v1/chat/completions", OPENAI_STREAM, "text"),
-        (&openai, 0, "/v1/chat/completions", OPENAI_JSON, "text"),
-        (
-            &openai,
-            0,
-            "/v1/chat/completions",
-            OPENAI_STREAM,
-            "tool_call",
-        ),
-        (&openai, 0, "/v1/chat/completions", OPENAI_JSON, "tool_call"),
+        (&openai, 0, CHAT, OPENAI_STREAM, "text"),
+        (&openai, 0, CHAT, OPENAI_JSON, "text"),
+        (&openai, 0, CHAT, OPENAI_STREAM, "tool_call"),
+        (&openai, 0, CHAT, OPENAI_JSON, "tool_call"),
         (&anthropic, 1, "/v1/messages", ANTHROPIC_STREAM, "text"),
         (&anthropic, 1, "/v1/messages", ANTHROPIC_JSON, "text"),
         (&anthropic, 1, "/v1/messages", ANTHROPIC_STREAM, "tool_call"),
@@ -240,7 +231,7 @@ async fn provider_errors_count_as_error_finishes_with_their_error_type() {
     })
     .await;
     let sidecar = llm_sidecar(&p.url(), "openai", "").await;
-    let (status, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_STREAM, &[]).await;
+    let (status, _, _) = post(&sidecar, CHAT, OPENAI_STREAM, &[]).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let m = finished(&sidecar, 1.0).await;
     expect_metric(&m, FINISHES, &[("reason", "error")], 1.0);
@@ -254,7 +245,7 @@ async fn provider_errors_count_as_error_finishes_with_their_error_type() {
 async fn both_kinds_of_hallucinated_tool_calls_are_counted_in_both_formats() {
     let (p, _) = provider(quick()).await;
     for (protocol, path, stream, json) in [
-        ("openai", "/v1/chat/completions", OPENAI_STREAM, OPENAI_JSON),
+        ("openai", CHAT, OPENAI_STREAM, OPENAI_JSON),
         (
             "anthropic",
             "/v1/messages",
@@ -293,12 +284,7 @@ fn key_file(name: &str, content: &str) -> PathBuf {
 #[tokio::test]
 async fn the_sidecars_key_replaces_the_agents_for_each_protocol() {
     for (protocol, path, body, header) in [
-        (
-            "openai",
-            "/v1/chat/completions",
-            OPENAI_JSON,
-            "authorization",
-        ),
+        ("openai", CHAT, OPENAI_JSON, "authorization"),
         ("anthropic", "/v1/messages", ANTHROPIC_JSON, "x-api-key"),
     ] {
         let (p, seen) = keyed_provider("sk-sidecar-1").await;
@@ -340,10 +326,10 @@ async fn a_401_rotates_to_the_next_key() {
     let (p, seen) = keyed_provider("sk-good").await;
     let keys = key_file("rotate", "sk-revoked\nsk-good\n");
     let sidecar = keyed_sidecar(&p.url(), "openai", &keys).await;
-    let (first, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_JSON, &[]).await;
+    let (first, _, _) = post(&sidecar, CHAT, OPENAI_JSON, &[]).await;
     assert_eq!(first, StatusCode::UNAUTHORIZED);
     for _ in 0..3 {
-        let (status, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_JSON, &[]).await;
+        let (status, _, _) = post(&sidecar, CHAT, OPENAI_JSON, &[]).await;
         assert_eq!(status, StatusCode::OK);
     }
     let used: Vec<String> = seen
@@ -362,12 +348,8 @@ async fn a_401_rotates_to_the_next_key() {
         ]
     );
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_api_key_rejections_total",
-        &[("upstream", "provider")],
-        1.0,
-    );
+    let provider = [("upstream", "provider")];
+    expect_metric(&m, "sloguard_api_key_rejections_total", &provider, 1.0);
     expect_metric(&m, CALLS, &[("error_type", "4xx")], 1.0);
 }
 
@@ -384,25 +366,21 @@ async fn a_swapped_key_file_is_picked_up_without_restart() {
     std::os::unix::fs::symlink("v1", dir.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/keys", dir.join("keys")).unwrap();
     let sidecar = keyed_sidecar(&p.url(), "openai", &dir.join("keys")).await;
-    let (status, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_JSON, &[]).await;
+    let (status, _, _) = post(&sidecar, CHAT, OPENAI_JSON, &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     std::os::unix::fs::symlink("v2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     wait_until("the new key is picked up", 10, async || {
-        let (status, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_JSON, &[]).await;
+        let (status, _, _) = post(&sidecar, CHAT, OPENAI_JSON, &[]).await;
         status == StatusCode::OK
     })
     .await;
     let last = seen.lock().unwrap().last().unwrap().headers["authorization"].clone();
     assert_eq!(last, "Bearer sk-new");
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_api_key_reloads_total",
-        &[("result", "ok")],
-        1.0,
-    );
+    let ok = [("result", "ok")];
+    expect_metric(&m, "sloguard_api_key_reloads_total", &ok, 1.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -439,13 +417,7 @@ upstreams:
 async fn the_model_is_rewritten_for_the_upstream_and_labels_the_metrics() {
     let (p, seen) = provider(quick()).await;
     let sidecar = llm_sidecar(&p.url(), "openai", "    model: gpt-4o-mini\n").await;
-    let (status, _, bytes) = post(
-        &sidecar,
-        "/v1/chat/completions",
-        OPENAI_STREAM,
-        &[("x-sim-scenario", "text")],
-    )
-    .await;
+    let (status, _, bytes) = post(&sidecar, CHAT, OPENAI_STREAM, TEXT).await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&bytes).contains(r#""model":"gpt-4o-mini""#));
     let got = seen.lock().unwrap()[0].clone();
@@ -467,7 +439,7 @@ async fn without_a_rewrite_the_request_bytes_are_untouched() {
     let (p, seen) = provider(quick()).await;
     let sidecar = llm_sidecar(&p.url(), "openai", "").await;
     let odd = r#"{ "messages" : [ ], "model"  :  "gpt-4o" , "stream":false }"#;
-    let (status, _, _) = post(&sidecar, "/v1/chat/completions", odd, &[]).await;
+    let (status, _, _) = post(&sidecar, CHAT, odd, &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(seen.lock().unwrap()[0].body, odd.as_bytes());
 }
@@ -511,8 +483,7 @@ async fn unreadable_bodies_pass_through_byte_exact_and_are_counted() {
     ] {
         let addr = canned_upstream(raw).await;
         let sidecar = llm_sidecar(&format!("http://{addr}"), "openai", "").await;
-        let (status, _, bytes) =
-            post(&sidecar, "/v1/chat/completions", "this is not JSON {", &[]).await;
+        let (status, _, bytes) = post(&sidecar, CHAT, "this is not JSON {", &[]).await;
         assert_eq!(status, StatusCode::OK);
         let body_start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert_eq!(bytes, &raw[body_start..], "{reason}: bytes changed");
@@ -593,11 +564,7 @@ upstreams:
         }
     }
     let mut bodies = Vec::new();
-    for (addr, path) in [
-        (&ok, "/v1/chat/completions"),
-        (&ok, "/v1/chat/completions"),
-        (&down, "/v1/messages"),
-    ] {
+    for (addr, path) in [(&ok, CHAT), (&ok, CHAT), (&down, "/v1/messages")] {
         let req = Request::post(format!("http://{}{path}", addr.as_ref().unwrap()))
             .header("authorization", "Bearer agent-key")
             .body(full(OPENAI_JSON))
@@ -642,7 +609,7 @@ async fn a_client_leaving_mid_stream_is_one_cancelled_call() {
     use http_body_util::BodyExt;
     let (p, _) = provider(paced(5, 200, 10)).await;
     let sidecar = llm_sidecar(&p.url(), "openai", "").await;
-    let req = Request::post(proxy_url(&sidecar, "/v1/chat/completions"))
+    let req = Request::post(proxy_url(&sidecar, CHAT))
         .header("x-sim-scenario", "text")
         .body(full(OPENAI_STREAM))
         .unwrap();

@@ -75,12 +75,8 @@ async fn past_the_budget_requests_are_refused_503_overloaded_and_the_budget_come
         .iter()
         .all(|r| r.1.as_deref() == Some("overloaded")));
     let m = metrics(&s).await;
-    expect_metric(
-        &m,
-        "sloguard_body_budget_refusals_total",
-        &[("held", "replay")],
-        4.0,
-    );
+    let replay = [("held", "replay")];
+    expect_metric(&m, "sloguard_body_budget_refusals_total", &replay, 4.0);
     expect_requests(&m, "5xx", "proxy", 4.0);
     // No attempt was made for them: no upstream is charged.
     expect_metric(&m, "sloguard_upstream_requests_total", &[], 4.0);

@@ -373,6 +373,11 @@ pub async fn call_task(s: &Sidecar, path: &str, id: Option<&str>) -> http::Statu
     if let Some(id) = id {
         req = req.header("x-agent-task-id", id);
     }
+    send_empty(req).await
+}
+
+/// Sends `req` with an empty body; its status, once the answer's body is read.
+pub async fn send_empty(req: http::request::Builder) -> http::StatusCode {
     let resp = client()
         .request(req.body(empty()).expect("request"))
         .await
