@@ -288,20 +288,21 @@ async fn grpc_metrics_match_the_scrape_and_a_fallback_is_one_trace() {
         }
     }
     assert_same(&samples_of_export(&pushed), &samples_of_text(&scrape));
-    assert_eq!(
-        samples_of_export(&pushed)[&(
-            "agent_requests_total".to_owned(),
-            labels(&[
-                ("agent", "otlp-test"),
-                ("cause", "none"),
-                ("listener", "proxy"),
-                ("status", "2xx"),
-                ("upstream", "fallback")
-            ])
-        )],
-        5.0
-    );
+    assert_eq!(samples_of_export(&pushed)[&answered_by("fallback")], 5.0);
     s.shutdown().await;
+}
+
+/// The series of the requests of agent `otlp-test` on listener `proxy` that `upstream` answered
+/// with a 2xx.
+fn answered_by(upstream: &str) -> Series {
+    let labels = labels(&[
+        ("agent", "otlp-test"),
+        ("cause", "none"),
+        ("listener", "proxy"),
+        ("status", "2xx"),
+        ("upstream", upstream),
+    ]);
+    ("agent_requests_total".to_owned(), labels)
 }
 
 fn labels(l: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -434,16 +435,7 @@ async fn http_protobuf_sampling_follows_the_client_keeps_failures_and_delta_sums
         }
     }
     let scraped = samples_of_text(&scrape);
-    let ok_series = (
-        "agent_requests_total".to_owned(),
-        labels(&[
-            ("agent", "otlp-test"),
-            ("cause", "none"),
-            ("listener", "proxy"),
-            ("status", "2xx"),
-            ("upstream", "agent"),
-        ]),
-    );
+    let ok_series = answered_by("agent");
     assert_eq!(scraped[&ok_series], 3.0);
     assert_eq!(summed[&ok_series], 3.0);
     ok.shutdown().await;

@@ -35,10 +35,7 @@ async fn slo_reports_each_slos_windows_budget_and_state() {
     let s = sidecar(&a.url()).await;
     // Let the engine take its baseline, then 90 successes and 10 failures of the agent's own.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    for _ in 0..10 {
-        send(&s, "/503", 1).await;
-        send(&s, "/200", 9).await;
-    }
+    ninety_good_ten_bad(&s).await;
     // Counted once the engine's next tick reads them.
     // Each request is counted, then its latency recorded: a tick can fall between them.
     let counted = async || {

@@ -106,6 +106,15 @@ pub async fn send(sidecar: &Sidecar, path: &str, n: usize) {
     }
 }
 
+/// 90 successes and 10 failures of a [`verdict_agent`]'s own, in ten rounds of one `503` and
+/// nine `200`s.
+pub async fn ninety_good_ten_bad(sidecar: &Sidecar) {
+    for _ in 0..10 {
+        send(sidecar, "/503", 1).await;
+        send(sidecar, "/200", 9).await;
+    }
+}
+
 pub fn proxy_url(sidecar: &Sidecar, path: &str) -> String {
     format!(
         "http://{}{path}",
