@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use sloguard::sim::{self, SimServer};
-use sloguard::{Config, Sidecar};
+use sloguard::Sidecar;
 
 /// An upstream answering with the status `status` holds (429s with `Retry-After: 5`; 299 means
 /// a 200 whose body streams for two seconds) once it has read the request, counting the
@@ -62,31 +62,23 @@ async fn sidecar_probing(url: &str, probes: u32) -> Sidecar {
 
 /// As [`sidecar_probing`], on a listener of `role`.
 async fn sidecar_of(url: &str, probes: u32, role: &str) -> Sidecar {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: {role}, route: main}}
-routes:
-  main: {{upstreams: [provider]}}
-upstreams:
-  provider:
+    let upstream = format!(
+        "  provider:
     url: {url}
     circuit_breaker: {{consecutive_failures: 3, open_for: 1s, max_open_for: 4s, half_open_probes: {probes}}}
 "
     );
-    Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap()
+    start_yaml(&(config_head("", "proxy", role, "main: {upstreams: [provider]}") + &upstream)).await
 }
 
 async fn status_of(sidecar: &Sidecar) -> (StatusCode, Option<HeaderValue>) {
-    let resp = client()
-        .request(
-            Request::post(proxy_url(sidecar, "/v1/chat/completions"))
-                .body(full("{}"))
-                .unwrap(),
-        )
+    status_at(&client(), proxy_url(sidecar, "/v1/chat/completions")).await
+}
+
+/// A POST of `{}` to `url`: its status and `x-sloguard-error`, once its body is read.
+async fn status_at(client: &TestClient, url: String) -> (StatusCode, Option<HeaderValue>) {
+    let resp = client
+        .request(Request::post(url).body(full("{}")).unwrap())
         .await
         .unwrap();
     let err = resp.headers().get("x-sloguard-error").cloned();
@@ -103,6 +95,13 @@ async fn circuits(sidecar: &Sidecar) -> serde_json::Value {
     .await;
     let v: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).unwrap();
     v["upstreams"][0].clone()
+}
+
+/// Waits out the circuit's open period, as `/circuits` counts it down: the wall clock has to
+/// pass here, end to end (the breaker's own tests run on paused time).
+async fn open_period_over(sidecar: &Sidecar) {
+    let over = async || circuits(sidecar).await["half_open_in_seconds"] == 0.0;
+    wait_until("the open period ends", 5, over).await;
 }
 
 #[tokio::test]
@@ -132,7 +131,7 @@ async fn failures_open_the_circuit_a_probe_closes_it() {
 
     // The provider recovers; after the open period one probe goes through and closes it.
     status.store(200, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    open_period_over(&sidecar).await;
     assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
     assert_eq!(circuits(&sidecar).await["state"], "closed");
     assert_eq!(hits.load(Ordering::SeqCst), 4);
@@ -145,12 +144,8 @@ async fn failures_open_the_circuit_a_probe_closes_it() {
     expect_metric(&m, t, &[("to", "open"), ("reason", "consecutive")], 1.0);
     expect_metric(&m, t, &[("to", "half_open"), ("reason", "elapsed")], 1.0);
     expect_metric(&m, t, &[("to", "closed"), ("reason", "probe_ok")], 1.0);
-    expect_metric(
-        &m,
-        "sloguard_circuit_state",
-        &[("upstream", "provider")],
-        0.0,
-    );
+    let provider = [("upstream", "provider")];
+    expect_metric(&m, "sloguard_circuit_state", &provider, 0.0);
     // The refused calls are the provider's failures for the agent, and no attempts.
     expect_requests(&m, "5xx", "upstream", 8.0);
     expect_metric(&m, "sloguard_upstream_requests_total", &[], 4.0);
@@ -163,10 +158,9 @@ async fn a_probe_is_judged_by_its_head_not_its_whole_stream() {
     for _ in 0..3 {
         status_of(&sidecar).await;
     }
-    let wait = circuits(&sidecar).await["half_open_in_seconds"]
-        .as_f64()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    let c = circuits(&sidecar).await;
+    assert!(c["half_open_in_seconds"].as_f64().is_some(), "open: {c}");
+    open_period_over(&sidecar).await;
     status.store(299, Ordering::SeqCst);
     // The probe: its head is 200, its body still streaming.
     let probe = client()
@@ -205,10 +199,7 @@ async fn admin_post(sidecar: &Sidecar, path: &str, token: Option<&str>) -> Statu
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let resp = client().request(req.body(empty()).unwrap()).await.unwrap();
-    let status = resp.status();
-    let _ = body_bytes(resp).await;
-    status
+    send_empty(req).await
 }
 
 #[tokio::test]
@@ -219,24 +210,13 @@ async fn an_operator_forces_a_circuit_with_the_admin_token() {
     std::fs::create_dir_all(&dir).unwrap();
     let token = dir.join("token");
     std::fs::write(&token, "s3cret-token\n").unwrap();
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0, token_file: '{}'}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [provider]}}
-upstreams:
-  provider:
-    url: {}
-    circuit_breaker: {{}}
-",
-        token.display(),
+    let admin = format!(", token_file: '{}'", token.display());
+    let route = "main: {upstreams: [provider]}";
+    let upstream = format!(
+        "  provider:\n    url: {}\n    circuit_breaker: {{}}\n",
         up.url()
     );
-    let sidecar = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+    let sidecar = start_yaml(&(config_head(&admin, "proxy", "llm", route) + &upstream)).await;
     let open = "/admin/circuits/provider/open";
     assert_eq!(
         admin_post(&sidecar, open, None).await,
@@ -268,23 +248,13 @@ upstreams:
         StatusCode::OK
     );
     assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
-    assert_eq!(
-        admin_post(
-            &sidecar,
-            "/admin/circuits/nobody/open",
-            Some("s3cret-token")
-        )
-        .await,
-        StatusCode::NOT_FOUND
-    );
-    let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_circuit_transitions_total",
-        &[("reason", "forced")],
-        2.0,
-    );
+    let nobody = "/admin/circuits/nobody/open";
+    let status = admin_post(&sidecar, nobody, Some("s3cret-token")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let _ = std::fs::remove_dir_all(&dir);
+    let m = metrics(&sidecar).await;
+    let forced = [("reason", "forced")];
+    expect_metric(&m, "sloguard_circuit_transitions_total", &forced, 2.0);
 }
 
 #[tokio::test]
@@ -333,8 +303,7 @@ async fn two_hundred_concurrent_requests_while_half_open_admit_exactly_the_probe
     // Healthy again, but slow: a probe's head comes a second after it arrives.
     status.store(200, Ordering::SeqCst);
     delay_ms.store(1000, Ordering::SeqCst);
-    let wait = c["half_open_in_seconds"].as_f64().unwrap();
-    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    open_period_over(&sidecar).await;
     let before = hits.load(Ordering::SeqCst);
     assert_eq!(before, 3);
 
@@ -344,16 +313,7 @@ async fn two_hundred_concurrent_requests_while_half_open_admit_exactly_the_probe
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let (client, url) = (client.clone(), url.clone());
-        requests.spawn(async move {
-            let resp = client
-                .request(Request::post(url).body(full("{}")).unwrap())
-                .await
-                .unwrap();
-            let err = resp.headers().get("x-sloguard-error").cloned();
-            let status = resp.status();
-            let _ = body_bytes(resp).await;
-            (status, err)
-        });
+        requests.spawn(async move { status_at(&client, url).await });
     }
     let (mut ok, mut refused, mut other) = (0, 0, Vec::new());
     let all = tokio::time::timeout(Duration::from_secs(15), async {
@@ -404,14 +364,14 @@ async fn on_the_agent_role_a_clients_429_does_not_open_the_circuit() {
 
 #[tokio::test]
 async fn a_slow_upload_does_not_hold_the_probe_slot() {
-    let (up, status, _hits) = switchable().await;
+    let (up, status, hits) = switchable().await;
     let sidecar = sidecar_of(&up.url(), 1, "agent").await;
     for _ in 0..3 {
         status_of(&sidecar).await;
     }
     assert_eq!(circuits(&sidecar).await["state"], "open");
     status.store(200, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1150)).await;
+    open_period_over(&sidecar).await;
     // Half-open, one probe: a client starts an upload it takes 2 s to finish...
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let url = proxy_url(&sidecar, "/slow-upload");
@@ -429,7 +389,8 @@ async fn a_slow_upload_does_not_hold_the_probe_slot() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrived = async || hits.load(Ordering::SeqCst) == 4;
+    wait_until("the upload reaches the upstream", 5, arrived).await;
     // ... while another's request is the probe that closes the circuit.
     assert_eq!(status_of(&sidecar).await.0, StatusCode::OK);
     assert_eq!(circuits(&sidecar).await["state"], "closed");

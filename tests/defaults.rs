@@ -35,6 +35,19 @@ fn at<'a>(v: &'a mut Value, path: &[Step]) -> &'a mut Value {
     })
 }
 
+/// The steps of a dotted key path, `listeners[0].limits` for example.
+fn steps(path: &'static str) -> Vec<Step> {
+    path.split('.')
+        .flat_map(|part| match part.split_once('[') {
+            Some((key, index)) => {
+                let index = index.trim_end_matches(']').parse().expect("an index");
+                vec![Step::Key(key), Step::Index(index)]
+            }
+            None => vec![Step::Key(part)],
+        })
+        .collect()
+}
+
 /// How the default is asked for.
 #[derive(Clone, Copy)]
 enum Ask {
@@ -69,7 +82,6 @@ type Read = Box<dyn Fn(&Config) -> String>;
 #[test]
 fn the_values_the_reference_calls_defaults_are_the_schemas() {
     use Ask::{Absent, Empty};
-    use Step::{Index, Key};
     // `body_timeout` is optional in the schema (the admin port has none): its effective value.
     let listener = |c: &Config| {
         let mut l = c.listeners[0].limits.clone();
@@ -94,6 +106,7 @@ fn the_values_the_reference_calls_defaults_are_the_schemas() {
         b.max_open_for = None;
         format!("{b:?} {max:?}")
     };
+    let safety = |c: &Config| format!("{:?}", c.safety.as_ref().unwrap().apply_to);
     let otlp = |c: &Config| {
         let o = c.otlp.as_ref().unwrap();
         format!(
@@ -105,124 +118,37 @@ fn the_values_the_reference_calls_defaults_are_the_schemas() {
             o.metrics
         )
     };
-    let cases: Vec<(&str, Vec<Step>, Ask, Read)> = vec![
+    let cases: Vec<(&str, Ask, Read)> = vec![
         (
             "admin.bind",
-            vec![Key("admin"), Key("bind")],
             Absent,
             Box::new(|c| format!("{:?}", c.admin.bind)),
         ),
-        (
-            "listeners[0].limits",
-            vec![Key("listeners"), Index(0), Key("limits")],
-            Absent,
-            Box::new(listener),
-        ),
-        (
-            "routes.llm.fallback_on",
-            vec![Key("routes"), Key("llm"), Key("fallback_on")],
-            Absent,
-            Box::new(route),
-        ),
-        (
-            "routes.llm.max_replay_body",
-            vec![Key("routes"), Key("llm"), Key("max_replay_body")],
-            Absent,
-            Box::new(route),
-        ),
-        (
-            "routes.llm.cache",
-            vec![Key("routes"), Key("llm"), Key("cache")],
-            Empty,
-            Box::new(cache),
-        ),
-        (
-            "upstreams.openai.timeouts",
-            vec![Key("upstreams"), Key("openai"), Key("timeouts")],
-            Absent,
-            Box::new(up),
-        ),
-        (
-            "upstreams.openai.h2",
-            vec![Key("upstreams"), Key("openai"), Key("h2")],
-            Absent,
-            Box::new(up),
-        ),
-        (
-            "upstreams.openai.pool",
-            vec![Key("upstreams"), Key("openai"), Key("pool")],
-            Absent,
-            Box::new(up),
-        ),
-        (
-            "upstreams.openai.circuit_breaker",
-            vec![Key("upstreams"), Key("openai"), Key("circuit_breaker")],
-            Empty,
-            Box::new(breaker),
-        ),
-        (
-            "tasks",
-            vec![Key("tasks")],
-            Absent,
-            Box::new(|c| format!("{:?}", c.tasks)),
-        ),
-        (
-            "safety.apply_to",
-            vec![Key("safety"), Key("apply_to")],
-            Absent,
-            Box::new(|c| format!("{:?}", c.safety.as_ref().unwrap().apply_to)),
-        ),
+        ("listeners[0].limits", Absent, Box::new(listener)),
+        ("routes.llm.fallback_on", Absent, Box::new(route)),
+        ("routes.llm.max_replay_body", Absent, Box::new(route)),
+        ("routes.llm.cache", Empty, Box::new(cache)),
+        ("upstreams.openai.timeouts", Absent, Box::new(up)),
+        ("upstreams.openai.h2", Absent, Box::new(up)),
+        ("upstreams.openai.pool", Absent, Box::new(up)),
+        ("upstreams.openai.circuit_breaker", Empty, Box::new(breaker)),
+        ("tasks", Absent, Box::new(|c| format!("{:?}", c.tasks))),
+        ("safety.apply_to", Absent, Box::new(safety)),
         (
             "shutdown",
-            vec![Key("shutdown")],
             Absent,
             Box::new(|c| format!("{:?}", c.shutdown)),
         ),
-        (
-            "metrics",
-            vec![Key("metrics")],
-            Absent,
-            Box::new(|c| format!("{:?}", c.metrics)),
-        ),
-        (
-            "memory",
-            vec![Key("memory")],
-            Absent,
-            Box::new(|c| format!("{:?}", c.memory)),
-        ),
-        (
-            "otlp.protocol",
-            vec![Key("otlp"), Key("protocol")],
-            Absent,
-            Box::new(otlp),
-        ),
-        (
-            "otlp.interval",
-            vec![Key("otlp"), Key("interval")],
-            Absent,
-            Box::new(otlp),
-        ),
-        (
-            "otlp.timeout",
-            vec![Key("otlp"), Key("timeout")],
-            Absent,
-            Box::new(otlp),
-        ),
-        (
-            "otlp.temporality",
-            vec![Key("otlp"), Key("temporality")],
-            Absent,
-            Box::new(otlp),
-        ),
-        (
-            "otlp.metrics",
-            vec![Key("otlp"), Key("metrics")],
-            Absent,
-            Box::new(otlp),
-        ),
+        ("metrics", Absent, Box::new(|c| format!("{:?}", c.metrics))),
+        ("memory", Absent, Box::new(|c| format!("{:?}", c.memory))),
+        ("otlp.protocol", Absent, Box::new(otlp)),
+        ("otlp.interval", Absent, Box::new(otlp)),
+        ("otlp.timeout", Absent, Box::new(otlp)),
+        ("otlp.temporality", Absent, Box::new(otlp)),
+        ("otlp.metrics", Absent, Box::new(otlp)),
     ];
-    for (key, path, ask, read) in cases {
-        let (written, default) = both(&path, ask, read);
+    for (key, ask, read) in cases {
+        let (written, default) = both(&steps(key), ask, read);
         assert_eq!(
             written, default,
             "{key}: the reference's value is not the default"
@@ -234,17 +160,10 @@ fn the_values_the_reference_calls_defaults_are_the_schemas() {
 fn the_check_notices_a_written_value_that_is_not_the_default() {
     // The reference's timeouts changed by hand: no longer the default, and the comparison says so.
     let mut changed = reference();
-    let timeouts = at(
-        &mut changed,
-        &[
-            Step::Key("upstreams"),
-            Step::Key("openai"),
-            Step::Key("timeouts"),
-        ],
-    );
+    let timeouts = at(&mut changed, &steps("upstreams.openai.timeouts"));
     *timeouts.get_mut("connect").unwrap() = Value::String("3s".into());
     let mut absent = changed.clone();
-    at(&mut absent, &[Step::Key("upstreams"), Step::Key("openai")])
+    at(&mut absent, &steps("upstreams.openai"))
         .as_mapping_mut()
         .unwrap()
         .remove("timeouts");

@@ -91,20 +91,10 @@ const UPLOAD: usize = 16 * 1024 * 1024;
 async fn a_refusal_before_the_upload_is_read_reaches_the_client() {
     let agent = verdict_agent().await;
     let token = token_file("early");
-    let s = start_yaml(&format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0, token_file: {}}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {}, circuit_breaker: {{}}}}
-",
-        token.display(),
-        agent.url()
-    ))
-    .await;
+    let admin = format!(", token_file: {}", token.display());
+    let head = config_head(&admin, "proxy", "agent", "agent: {upstreams: [agent]}");
+    let upstream = format!("  agent: {{url: {}, circuit_breaker: {{}}}}\n", agent.url());
+    let s = start_yaml(&(head + &upstream)).await;
     let (status, _) = admin_post(&s, "/admin/circuits/agent/open", Some("s3cret")).await;
     assert_eq!(status, StatusCode::OK);
     let addr = s.listener_addr("proxy").unwrap();
@@ -155,21 +145,12 @@ async fn an_upload_refused_as_overloaded_reads_its_answer() {
     })
     .await
     .unwrap();
-    let s = start_yaml(&format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: llm}}
-routes:
-  llm: {{upstreams: [a, b], max_replay_body: 16MiB}}
-upstreams:
-  a: {{url: {0}}}
-  b: {{url: {0}}}
-memory: {{max_held: 16MiB}}
-",
+    let route = "llm: {upstreams: [a, b], max_replay_body: 16MiB}";
+    let upstreams = format!(
+        "  a: {{url: {0}}}\n  b: {{url: {0}}}\nmemory: {{max_held: 16MiB}}\n",
         slow.url()
-    ))
-    .await;
+    );
+    let s = start_yaml(&(config_head("", "proxy", "llm", route) + &upstreams)).await;
     let addr = s.listener_addr("proxy").unwrap();
     let first = tokio::spawn(upload_then_read(addr, "/v1/x", 12 * 1024 * 1024));
     tokio::time::timeout(Duration::from_secs(10), arrived.recv())

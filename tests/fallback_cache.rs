@@ -382,11 +382,9 @@ async fn half_open_primary(delay_ms: u64) -> (Upstream, Upstream, Sidecar) {
     assert_eq!(c["state"], "open", "{c}");
     primary.set_status(200);
     primary.knobs.delay_ms.store(delay_ms, Ordering::SeqCst);
-    wait_until(
-        "the open period never ended",
-        Duration::from_secs(5),
-        async || circuit(&sidecar, "primary").await["half_open_in_seconds"] == 0.0,
-    )
+    wait_until("the open period never ended", 5, async || {
+        circuit(&sidecar, "primary").await["half_open_in_seconds"] == 0.0
+    })
     .await;
     (primary, backup, sidecar)
 }
@@ -409,11 +407,9 @@ async fn a_slow_upload_does_not_hold_the_probe_slot() {
     assert_from(&a, StatusCode::OK, "primary", None);
     assert_eq!(primary.hits(), 3, "two failures, then the probe");
     drop(stalled);
-    wait_until(
-        "the circuit did not close",
-        Duration::from_secs(5),
-        async || circuit(&sidecar, "primary").await["state"] == "closed",
-    )
+    wait_until("the circuit did not close", 5, async || {
+        circuit(&sidecar, "primary").await["state"] == "closed"
+    })
     .await;
 }
 
@@ -427,11 +423,9 @@ async fn a_client_that_leaves_while_its_probe_waits_gives_the_slot_back() {
         .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
         .await
         .unwrap();
-    wait_until(
-        "the probe never reached the primary",
-        Duration::from_secs(5),
-        async || primary.hits() >= 3,
-    )
+    wait_until("the probe never reached the primary", 5, async || {
+        primary.hits() >= 3
+    })
     .await;
     // Meanwhile the primary is skipped: its only probe is out.
     let a = chat(&sidecar, r#"{"n":2}"#).await;
@@ -440,23 +434,17 @@ async fn a_client_that_leaves_while_its_probe_waits_gives_the_slot_back() {
     // The client leaves before the answer: its slot goes back, and the next request probes.
     drop(waiting);
     primary.knobs.delay_ms.store(0, Ordering::SeqCst);
-    wait_until(
-        "the probe slot was never given back",
-        Duration::from_secs(5),
-        async || {
-            let a = chat(&sidecar, r#"{"n":3}"#).await;
-            let primary = a.header("x-sloguard-upstream") == Some("primary");
-            if primary {
-                assert_from(&a, StatusCode::OK, "primary", None);
-            }
-            primary
-        },
-    )
+    wait_until("the probe slot was never given back", 5, async || {
+        let a = chat(&sidecar, r#"{"n":3}"#).await;
+        let primary = a.header("x-sloguard-upstream") == Some("primary");
+        if primary {
+            assert_from(&a, StatusCode::OK, "primary", None);
+        }
+        primary
+    })
     .await;
-    wait_until(
-        "the circuit did not close",
-        Duration::from_secs(5),
-        async || circuit(&sidecar, "primary").await["state"] == "closed",
-    )
+    wait_until("the circuit did not close", 5, async || {
+        circuit(&sidecar, "primary").await["state"] == "closed"
+    })
     .await;
 }

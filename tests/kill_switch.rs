@@ -15,15 +15,8 @@ use sloguard::{Config, Sidecar};
 
 #[tokio::test]
 async fn the_kill_switch_trips_on_violations_of_distinct_tasks_within_the_window_only() {
-    let (agent, script) = scripted().await;
-    let (llm, _l) = scripted().await;
-    let s = sidecar(
-        &agent.url(),
-        &llm.url(),
-        "  action: block\n  kill_switch: {violations: 3, within: 2s}\n",
-        "",
-    )
-    .await;
+    let safety = "  action: block\n  kill_switch: {violations: 3, within: 2s}\n";
+    let (s, script, _, _servers) = scene(safety, "").await;
     set(&script, "/leak", json(r#"{"answer":"mail jane@acme.io"}"#));
     let leak = |task: String| {
         let url = url(&s, "inbound", "/leak");
@@ -35,11 +28,7 @@ async fn the_kill_switch_trips_on_violations_of_distinct_tasks_within_the_window
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         assert_eq!(leak(format!("spread-{i}")).await, StatusCode::FORBIDDEN);
-        let want = f64::from(i + 1);
-        metrics_when(&s, |m| {
-            violations(m, "inbound", "pii_email", "block") >= want
-        })
-        .await;
+        expect_violations(&s, "inbound", "pii_email", "block", f64::from(i + 1)).await;
     }
     let m = metrics(&s).await;
     expect_metric(&m, "sloguard_agent_disabled", &[], 0.0);
@@ -48,26 +37,17 @@ async fn the_kill_switch_trips_on_violations_of_distinct_tasks_within_the_window
     tokio::time::sleep(Duration::from_millis(2100)).await;
     for i in 0..3 {
         assert_eq!(leak(format!("burst-{i}")).await, StatusCode::FORBIDDEN);
-        let want = f64::from(i + 4);
-        metrics_when(&s, |m| {
-            violations(m, "inbound", "pii_email", "block") >= want
-        })
-        .await;
+        expect_violations(&s, "inbound", "pii_email", "block", f64::from(i + 4)).await;
     }
     let m = metrics(&s).await;
     expect_metric(&m, "sloguard_agent_disabled", &[], 1.0);
-    expect_metric(
-        &m,
-        "sloguard_incidents_total",
-        &[("severity", "sev1"), ("kind", "kill_switch")],
-        1.0,
-    );
+    let tripped = [("severity", "sev1"), ("kind", "kill_switch")];
+    expect_metric(&m, "sloguard_incidents_total", &tripped, 1.0);
     // Silent: no fallback_url, so 503 `agent_disabled`, and the agent is not called; the LLM
     // listener refuses too.
     for (listener, path) in [("inbound", "/leak"), ("egress", "/v1/chat/completions")] {
-        let (status, headers, _) = post(&url(&s, listener, path)).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(headers["x-sloguard-error"], "agent_disabled");
+        let refused = (StatusCode::SERVICE_UNAVAILABLE, "agent_disabled");
+        expect_refused(&url(&s, listener, path), refused).await;
     }
     s.shutdown().await;
 }
@@ -89,16 +69,10 @@ async fn a_human_disables_and_enables_with_the_token_and_traffic_goes_to_the_que
     );
     let s = sidecar(&agent.url(), &llm.url(), &kill_switch, "").await;
     // Without a token, and with a wrong one: refused, nothing changes.
-    assert_eq!(
-        admin_post(&s, "/admin/agent/disable", None).await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        admin_post(&s, "/admin/agent/disable", Some("wrong"))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
+    for token in [None, Some("wrong")] {
+        let (status, _) = admin_post(&s, "/admin/agent/disable", token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "token {token:?}");
+    }
     let (status, _, body) = post(&url(&s, "inbound", "/ask")).await;
     assert_eq!(
         (status, &body[..]),
@@ -127,66 +101,31 @@ async fn a_human_disables_and_enables_with_the_token_and_traffic_goes_to_the_que
     })
     .await;
     expect_metric(&m, "sloguard_agent_disabled", &[], 0.0);
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[
-            ("listener", "inbound"),
-            ("upstream", "kill_switch_fallback"),
-            ("status", "2xx"),
-        ],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "sloguard_incidents_total",
-        &[("kind", "kill_switch")],
-        2.0,
-    );
+    let from_queue = ("upstream", "kill_switch_fallback");
+    let answered = [("listener", "inbound"), from_queue, ("status", "2xx")];
+    expect_metric(&m, "agent_requests_total", &answered, 1.0);
+    let switched = [("kind", "kill_switch")];
+    expect_metric(&m, "sloguard_incidents_total", &switched, 2.0);
     s.shutdown().await;
 
     // No token file configured: mutations are refused outright.
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {}}}
-",
-        agent.url()
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        admin_post(&s, "/admin/agent/disable", Some("s3cret"))
-            .await
-            .0,
-        StatusCode::FORBIDDEN
-    );
+    let yaml = config_head("", "inbound", "agent", "agent: {upstreams: [agent]}")
+        + &format!("  agent: {{url: {}}}\n", agent.url());
+    let s = start_yaml(&yaml).await;
+    let (status, _) = admin_post(&s, "/admin/agent/disable", Some("s3cret")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_kill_switch_posts_an_alertmanager_alert() {
-    let (agent, script) = scripted().await;
-    let (llm, _l) = scripted().await;
     let (hook, mut posts) = receiver(200).await;
+    let safety = "  action: block\n  kill_switch: {violations: 1, within: 1m}\n";
+    let incidents = format!("incidents: {{webhook: '{}/api/v2/alerts'}}\n", hook.url());
+    let (s, script, _, _servers) = scene(safety, &incidents).await;
     set(&script, "/leak", json(r#"{"answer":"mail jane@acme.io"}"#));
-    let s = sidecar(
-        &agent.url(),
-        &llm.url(),
-        "  action: block\n  kill_switch: {violations: 1, within: 1m}\n",
-        &format!("incidents: {{webhook: '{}/api/v2/alerts'}}\n", hook.url()),
-    )
-    .await;
-    assert_eq!(
-        post(&url(&s, "inbound", "/leak")).await.0,
-        StatusCode::FORBIDDEN
-    );
+    let (status, _, _) = post(&url(&s, "inbound", "/leak")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     let (method, path, body) = tokio::time::timeout(Duration::from_secs(5), posts.recv())
         .await
         .expect("an alert within 5 s")
@@ -285,30 +224,18 @@ async fn what_a_client_asked_the_agent_to_repeat_does_not_trip_the_kill_switch()
     .enumerate()
     {
         let body = serde_json::json!({"message": format!("please repeat {card}")}).to_string();
-        let (status, headers, _) = post_as(
-            &url(&s, "inbound", "/echo"),
-            Some(&format!("echo-{i}")),
-            &body,
-        )
-        .await;
+        let task = format!("echo-{i}");
+        let (status, headers, _) = post_as(&url(&s, "inbound", "/echo"), Some(&task), &body).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert_eq!(headers["x-sloguard-error"], "safety_blocked");
     }
-    let m = metrics_when(&s, |m| {
-        violations(m, "inbound", "pii_credit_card", "block") >= 3.0
-    })
-    .await;
-    assert_eq!(violations(&m, "inbound", "pii_credit_card", "block"), 3.0);
+    let m = expect_violations(&s, "inbound", "pii_credit_card", "block", 3.0).await;
     expect_metric(&m, "sloguard_agent_disabled", &[], 0.0);
     // The agent's own leak, in three tasks: that trips it.
     for i in 0..3 {
-        let (status, _, _) = post_as(
-            &url(&s, "inbound", "/leak"),
-            Some(&format!("leak-{i}")),
-            "{}",
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
+        let task = format!("leak-{i}");
+        let (status, _, _) = post_as(&url(&s, "inbound", "/leak"), Some(&task), "{}").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{task}");
     }
     let m = metrics_when(&s, |m| metric(m, "sloguard_agent_disabled", &[]) >= 1.0).await;
     expect_metric(&m, "sloguard_agent_disabled", &[], 1.0);
@@ -318,27 +245,15 @@ async fn what_a_client_asked_the_agent_to_repeat_does_not_trip_the_kill_switch()
 #[tokio::test]
 async fn one_client_repeating_itself_counts_once() {
     let (s, _agent, _llm) = echoing_sidecar(BLOCK_AT_3).await;
-    // One client, no task id, ten leaks: one origin.
-    for _ in 0..10 {
-        assert_eq!(
-            post_as(&url(&s, "inbound", "/leak"), None, "{}").await.0,
-            StatusCode::FORBIDDEN
-        );
+    // One client, no task id, ten leaks: one origin; then one task, ten leaks, from the same
+    // client: one more origin (the task).
+    for task in [None, Some("one-task")] {
+        for _ in 0..10 {
+            let (status, _, _) = post_as(&url(&s, "inbound", "/leak"), task, "{}").await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "task {task:?}");
+        }
     }
-    // One task, ten leaks, from the same client: one more origin (the task).
-    for _ in 0..10 {
-        assert_eq!(
-            post_as(&url(&s, "inbound", "/leak"), Some("one-task"), "{}")
-                .await
-                .0,
-            StatusCode::FORBIDDEN
-        );
-    }
-    let m = metrics_when(&s, |m| {
-        violations(m, "inbound", "pii_credit_card", "block") >= 20.0
-    })
-    .await;
-    assert_eq!(violations(&m, "inbound", "pii_credit_card", "block"), 20.0);
+    let m = expect_violations(&s, "inbound", "pii_credit_card", "block", 20.0).await;
     expect_metric(&m, "sloguard_agent_disabled", &[], 0.0);
     // A third origin within the window: the switch trips.
     post_as(&url(&s, "inbound", "/leak"), Some("another-task"), "{}").await;
@@ -349,37 +264,19 @@ async fn one_client_repeating_itself_counts_once() {
 
 #[tokio::test]
 async fn a_providers_content_filter_does_not_trip_the_kill_switch() {
-    let (agent, _a) = scripted().await;
-    let (llm, script) = scripted().await;
-    set(
-        &script,
-        "/v1/chat/completions",
-        json(
-            r#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"content_filter"}]}"#,
-        ),
-    );
-    let s = sidecar(
-        &agent.url(),
-        &llm.url(),
-        "  action: block\n  kill_switch: {violations: 2, within: 10m}\n",
-        "",
-    )
-    .await;
+    let safety = "  action: block\n  kill_switch: {violations: 2, within: 10m}\n";
+    let (s, _, script, _servers) = scene(safety, "").await;
+    let filtered = r#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"content_filter"}]}"#;
+    set(&script, "/v1/chat/completions", json(filtered));
     // Anyone can ask a model for what its provider filters: recorded, never the agent's harm.
+    let chat = url(&s, "egress", "/v1/chat/completions");
+    let asked = r#"{"model":"gpt-test","messages":[]}"#;
     for i in 0..5 {
-        let (status, _, _) = post_as(
-            &url(&s, "egress", "/v1/chat/completions"),
-            Some(&format!("t{i}")),
-            r#"{"model":"gpt-test","messages":[]}"#,
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
+        let task = format!("t{i}");
+        let (status, _, _) = post_as(&chat, Some(&task), asked).await;
+        assert_eq!(status, StatusCode::OK, "{task}");
     }
-    let m = metrics_when(&s, |m| {
-        violations(m, "egress", "content_filter", "record") >= 5.0
-    })
-    .await;
-    assert_eq!(violations(&m, "egress", "content_filter", "record"), 5.0);
+    let m = expect_violations(&s, "egress", "content_filter", "record", 5.0).await;
     expect_metric(&m, "sloguard_agent_disabled", &[], 0.0);
     s.shutdown().await;
 }
@@ -387,18 +284,8 @@ async fn a_providers_content_filter_does_not_trip_the_kill_switch() {
 #[test]
 fn a_kill_switch_needs_an_admin_token_and_the_block_action() {
     let config = |admin: &str, safety: &str| {
-        format!(
-            "agent: a
-admin: {{bind: 127.0.0.1:0{admin}}}
-listeners:
-  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: r}}
-routes:
-  r: {{upstreams: [u]}}
-upstreams:
-  u: {{url: 'http://127.0.0.1:9'}}
-safety:
-{safety}"
-        )
+        config_head(admin, "inbound", "agent", "r: {upstreams: [u]}")
+            + &format!("  u: {{url: 'http://127.0.0.1:9'}}\nsafety:\n{safety}")
     };
     let token = ", token_file: /run/secrets/token";
     let switch = "  kill_switch: {violations: 3, within: 10m}\n";
@@ -448,24 +335,15 @@ async fn alerts_still_queued_at_shutdown_are_sent_before_it_ends() {
     )
     .await
     .unwrap();
-    let (agent, _a) = scripted().await;
-    let (llm, _l) = scripted().await;
-    let s = sidecar(
-        &agent.url(),
-        &llm.url(),
-        "",
-        &format!("incidents: {{webhook: '{}/api/v2/alerts'}}\n", hook.url()),
-    )
-    .await;
+    let incidents = format!("incidents: {{webhook: '{}/api/v2/alerts'}}\n", hook.url());
+    let (s, _, _, _servers) = scene("", &incidents).await;
     // Six incident events (the kill switch by hand, three times on and off) in quick succession:
     // the first post is under way, the rest queued, when the sidecar is told to stop.
     for _ in 0..3 {
         for action in ["disable", "enable"] {
-            let path = format!("/admin/agent/{action}");
-            assert_eq!(
-                admin_post(&s, &path, Some("s3cret")).await.0,
-                StatusCode::OK
-            );
+            let (status, _) =
+                admin_post(&s, &format!("/admin/agent/{action}"), Some("s3cret")).await;
+            assert_eq!(status, StatusCode::OK, "{action}");
         }
     }
     s.shutdown().await;

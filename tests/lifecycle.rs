@@ -160,6 +160,20 @@ async fn a_100_mib_stream_each_way_passes_in_bounded_memory() {
     );
 }
 
+/// The word that follows `word` in the summary line `line`.
+fn word_after<'a>(line: &'a str, word: &str) -> &'a str {
+    let rest = line.split(word).nth(1);
+    let rest = rest.unwrap_or_else(|| panic!("no {word:?} in {line}"));
+    rest.split_whitespace().next().unwrap_or_default()
+}
+
+/// The number that follows `word` in the summary line `line` (a `,`, `%` or `)` after it dropped).
+fn number_after(line: &str, word: &str) -> f64 {
+    let number = word_after(line, word).trim_end_matches([',', '%', ')']);
+    let parsed = number.parse();
+    parsed.unwrap_or_else(|_| panic!("{number:?} after {word:?} is no number: {line}"))
+}
+
 #[tokio::test]
 async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     let out = Command::new(env!("CARGO_BIN_EXE_sloguard"))
@@ -241,24 +255,14 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
         "{tasks:#?}"
     );
     let last = tasks.last().expect("a tasks line");
-    let number_after = |word: &str| -> f64 {
-        last.split(word)
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_end_matches([',', '%'])
-            .parse()
-            .unwrap()
-    };
-    assert!(number_after("started ") >= 100.0, "{last}");
-    let rate = number_after("completion rate ");
-    let expected = 100.0 * number_after("completed ") / number_after("started ");
+    let count = |word: &str| number_after(last, word);
+    assert!(count("started ") >= 100.0, "{last}");
+    let rate = count("completion rate ");
+    let expected = 100.0 * count("completed ") / count("started ");
     assert!((rate - expected).abs() < 0.01, "{last}");
-    assert!(number_after("repeated_tool_call ") >= 1.0, "{last}");
-    assert!(number_after("LLM calls refused ") >= 1.0, "{last}");
-    assert!(number_after("failed ") >= 1.0, "{last}");
+    for word in ["repeated_tool_call ", "LLM calls refused ", "failed "] {
+        assert!(count(word) >= 1.0, "{word}: {last}");
+    }
     // The agent went bad at 5 s: the safety line shows the violations the sidecar counted, the
     // kill switch tripped, and the human queue answering.
     let safety = stdout
@@ -304,29 +308,17 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
             .filter(|l| l.contains(&format!("] {upstream} ")))
             .collect();
         let last = lines.last().expect("an LLM summary line");
-        let after = |line: &str, word: &str| -> String {
-            line.split(word)
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned()
-        };
-        assert!(
-            lines.iter().any(|l| after(l, "TTFT p50").ends_with("ms")),
-            "{upstream}: {lines:#?}"
-        );
         assert!(
             lines
                 .iter()
-                .any(|l| after(l, "tokens/s").parse::<f64>().unwrap() > 0.0),
+                .any(|l| word_after(l, "TTFT p50").ends_with("ms")),
             "{upstream}: {lines:#?}"
         );
         assert!(
-            after(last, "finish stop").parse::<u64>().unwrap() > 0,
-            "{last}"
+            lines.iter().any(|l| number_after(l, "tokens/s") > 0.0),
+            "{upstream}: {lines:#?}"
         );
+        assert!(number_after(last, "finish stop") > 0.0, "{last}");
         assert!(
             last.contains("hallucinated tool calls: unknown_tool"),
             "{last}"
@@ -338,20 +330,9 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
         .lines()
         .rfind(|l| l.contains("] circuit openai "))
         .expect("a circuit summary line");
-    let after = |line: &str, word: &str| -> u64 {
-        line.split(word)
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_end_matches([',', ')'])
-            .parse()
-            .unwrap()
-    };
-    assert!(after(circuit, "(opened") >= 1, "{circuit}");
-    assert!(after(circuit, "5xx") >= 1, "{circuit}");
-    assert!(after(circuit, "circuit_open") >= 1, "{circuit}");
+    for word in ["(opened", "5xx", "circuit_open"] {
+        assert!(number_after(circuit, word) >= 1.0, "{word}: {circuit}");
+    }
     // Until the kill switch silenced the agent (its LLM calls refused too), the fallback kept
     // egress whole through the outage: the last egress line before the second it tripped in.
     let lines: Vec<&str> = stdout.lines().collect();
@@ -367,6 +348,6 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
         .iter()
         .rfind(|l| l.contains("] egress "))
         .unwrap();
-    assert_eq!(after(egress, "5xx"), 0, "{egress}");
+    assert_eq!(number_after(egress, "5xx"), 0.0, "{egress}");
     assert!(egress.contains("availability 100.00%"), "{egress}");
 }

@@ -22,22 +22,21 @@ const ANTHROPIC_JSON: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":100,"m
 
 /// A sidecar with one `llm` listener `proxy` in front of `url`; `extra` adds upstream keys.
 async fn llm_sidecar(url: &str, protocol: &str, extra: &str) -> Sidecar {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [provider]}}
-upstreams:
-  provider:
+    let upstream = format!(
+        "  provider:
     url: {url}
     protocol: {protocol}
     timeouts: {{first_byte: 5s, idle: 5s}}
 {extra}"
     );
-    let config = Config::parse("test", &yaml).expect("valid test config");
-    Sidecar::start(config).await.expect("sidecar starts")
+    start_yaml(&(config_head("", "proxy", "llm", "main: {upstreams: [provider]}") + &upstream))
+        .await
+}
+
+/// [`llm_sidecar`] whose upstream takes its API keys from the file at `keys`.
+async fn keyed_sidecar(url: &str, protocol: &str, keys: &std::path::Path) -> Sidecar {
+    let extra = format!("    api_keys_file: {}\n", keys.display());
+    llm_sidecar(url, protocol, &extra).await
 }
 
 async fn provider(sim: ProviderSim) -> (sloguard::sim::SimServer, Arc<Mutex<Vec<SeenRequest>>>) {
@@ -50,13 +49,39 @@ async fn provider(sim: ProviderSim) -> (sloguard::sim::SimServer, Arc<Mutex<Vec<
 }
 
 fn quick() -> ProviderSim {
+    paced(5, 1, 5)
+}
+
+/// A provider streaming `chunks` chunks, the first after `first_ms`, the others `gap_ms` apart.
+fn paced(first_ms: u64, gap_ms: u64, chunks: usize) -> ProviderSim {
     ProviderSim {
-        first_chunk_delay: Duration::from_millis(5),
-        chunk_delay: Duration::from_millis(1),
-        chunks: 5,
+        first_chunk_delay: Duration::from_millis(first_ms),
+        chunk_delay: Duration::from_millis(gap_ms),
+        chunks,
         ..ProviderSim::default()
     }
 }
+
+/// A quick provider that accepts only the API key `key`, and what it was sent.
+async fn keyed_provider(key: &str) -> (sloguard::sim::SimServer, Arc<Mutex<Vec<SeenRequest>>>) {
+    provider(ProviderSim {
+        accepted_keys: vec![key.into()],
+        ..quick()
+    })
+    .await
+}
+
+/// `/metrics` once `n` calls have a finish reason.
+async fn finished(sidecar: &Sidecar, n: f64) -> String {
+    metrics_when(sidecar, |m| metric(m, FINISHES, &[]) >= n).await
+}
+
+const FINISHES: &str = "agent_llm_finish_reasons_total";
+/// The OpenAI path, and the header that has the provider simulation answer with text.
+const CHAT: &str = "/v1/chat/completions";
+const TEXT: &[(&str, &str)] = &[("x-sim-scenario", "text")];
+const CALLS: &str = "gen_ai_client_operation_duration_seconds_count";
+const FIRST_CHUNKS: &str = "gen_ai_client_operation_time_to_first_chunk_seconds_count";
 
 async fn post(
     sidecar: &Sidecar,
@@ -109,28 +134,13 @@ fn reported_usage(body: &[u8]) -> (u64, u64) {
 
 #[tokio::test]
 async fn time_to_first_chunk_reflects_the_providers_first_chunk_delay() {
-    let (p, _) = provider(ProviderSim {
-        first_chunk_delay: Duration::from_millis(300),
-        chunk_delay: Duration::from_millis(2),
-        chunks: 6,
-        ..ProviderSim::default()
-    })
-    .await;
+    let (p, _) = provider(paced(300, 2, 6)).await;
     let sidecar = llm_sidecar(&p.url(), "openai", "").await;
     for _ in 0..3 {
-        let (status, _, _) = post(
-            &sidecar,
-            "/v1/chat/completions",
-            OPENAI_STREAM,
-            &[("x-sim-scenario", "text")],
-        )
-        .await;
+        let (status, _, _) = post(&sidecar, CHAT, OPENAI_STREAM, TEXT).await;
         assert_eq!(status, StatusCode::OK);
     }
-    let m = metrics_when(&sidecar, |m| {
-        metric(m, "gen_ai_client_operation_duration_seconds_count", &[]) >= 3.0
-    })
-    .await;
+    let m = metrics_when(&sidecar, |m| metric(m, CALLS, &[]) >= 3.0).await;
     let ttft = "gen_ai_client_operation_time_to_first_chunk_seconds_bucket";
     let labels = |le| {
         [
@@ -147,13 +157,8 @@ async fn time_to_first_chunk_reflects_the_providers_first_chunk_delay() {
     let gaps = "gen_ai_client_operation_time_per_output_chunk_seconds_bucket";
     expect_metric(&m, gaps, &labels("0.16"), 15.0);
     expect_metric(&m, gaps, &labels("+Inf"), 15.0);
-    let duration = "gen_ai_client_operation_duration_seconds_count";
-    expect_metric(
-        &m,
-        duration,
-        &[("gen_ai_operation_name", "chat"), ("error_type", "")],
-        3.0,
-    );
+    let chat = [("gen_ai_operation_name", "chat"), ("error_type", "")];
+    expect_metric(&m, CALLS, &chat, 3.0);
 }
 
 #[tokio::test]
@@ -163,16 +168,10 @@ async fn tokens_and_finish_reasons_are_what_the_provider_reported() {
     let anthropic = llm_sidecar(&p.url(), "anthropic", "").await;
     let mut expected = [(0u64, 0u64); 2];
     let calls: [(&Sidecar, usize, &str, &'static str, &str); 8] = [
-        (&openai, 0, "/v1/chat/completions", OPENAI_STREAM, "text"),
-        (&openai, 0, "/v1/chat/completions", OPENAI_JSON, "text"),
-        (
-            &openai,
-            0,
-            "/v1/chat/completions",
-            OPENAI_STREAM,
-            "tool_call",
-        ),
-        (&openai, 0, "/v1/chat/completions", OPENAI_JSON, "tool_call"),
+        (&openai, 0, CHAT, OPENAI_STREAM, "text"),
+        (&openai, 0, CHAT, OPENAI_JSON, "text"),
+        (&openai, 0, CHAT, OPENAI_STREAM, "tool_call"),
+        (&openai, 0, CHAT, OPENAI_JSON, "tool_call"),
         (&anthropic, 1, "/v1/messages", ANTHROPIC_STREAM, "text"),
         (&anthropic, 1, "/v1/messages", ANTHROPIC_JSON, "text"),
         (&anthropic, 1, "/v1/messages", ANTHROPIC_STREAM, "tool_call"),
@@ -194,10 +193,7 @@ async fn tokens_and_finish_reasons_are_what_the_provider_reported() {
         .into_iter()
         .enumerate()
     {
-        let m = metrics_when(sidecar, |m| {
-            metric(m, "agent_llm_finish_reasons_total", &[]) >= 4.0
-        })
-        .await;
+        let m = finished(sidecar, 4.0).await;
         let usage = |kind| {
             metric(
                 &m,
@@ -219,10 +215,9 @@ async fn tokens_and_finish_reasons_are_what_the_provider_reported() {
             &[("gen_ai_token_type", "input")],
             4.0,
         );
-        let reasons = "agent_llm_finish_reasons_total";
-        expect_metric(&m, reasons, &[("reason", "stop")], 2.0);
-        expect_metric(&m, reasons, &[("reason", "tool_calls")], 2.0);
-        expect_metric(&m, reasons, &[("reason", "error")], 0.0);
+        expect_metric(&m, FINISHES, &[("reason", "stop")], 2.0);
+        expect_metric(&m, FINISHES, &[("reason", "tool_calls")], 2.0);
+        expect_metric(&m, FINISHES, &[("reason", "error")], 0.0);
         expect_metric(&m, "agent_hallucinated_tool_calls_total", &[], 0.0);
         expect_metric(&m, "sloguard_unparsed_bodies_total", &[], 0.0);
     }
@@ -236,38 +231,21 @@ async fn provider_errors_count_as_error_finishes_with_their_error_type() {
     })
     .await;
     let sidecar = llm_sidecar(&p.url(), "openai", "").await;
-    let (status, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_STREAM, &[]).await;
+    let (status, _, _) = post(&sidecar, CHAT, OPENAI_STREAM, &[]).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    let m = metrics_when(&sidecar, |m| {
-        metric(m, "agent_llm_finish_reasons_total", &[]) >= 1.0
-    })
-    .await;
-    expect_metric(
-        &m,
-        "agent_llm_finish_reasons_total",
-        &[("reason", "error")],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "gen_ai_client_operation_duration_seconds_count",
-        &[("error_type", "5xx"), ("gen_ai_request_model", "gpt-4o")],
-        1.0,
-    );
+    let m = finished(&sidecar, 1.0).await;
+    expect_metric(&m, FINISHES, &[("reason", "error")], 1.0);
+    let model = [("error_type", "5xx"), ("gen_ai_request_model", "gpt-4o")];
+    expect_metric(&m, CALLS, &model, 1.0);
     // No stream, no time to first chunk.
-    expect_metric(
-        &m,
-        "gen_ai_client_operation_time_to_first_chunk_seconds_count",
-        &[],
-        0.0,
-    );
+    expect_metric(&m, FIRST_CHUNKS, &[], 0.0);
 }
 
 #[tokio::test]
 async fn both_kinds_of_hallucinated_tool_calls_are_counted_in_both_formats() {
     let (p, _) = provider(quick()).await;
     for (protocol, path, stream, json) in [
-        ("openai", "/v1/chat/completions", OPENAI_STREAM, OPENAI_JSON),
+        ("openai", CHAT, OPENAI_STREAM, OPENAI_JSON),
         (
             "anthropic",
             "/v1/messages",
@@ -283,17 +261,9 @@ async fn both_kinds_of_hallucinated_tool_calls_are_counted_in_both_formats() {
                 assert_eq!(status, StatusCode::OK);
             }
         }
-        let m = metrics_when(&sidecar, |m| {
-            metric(m, "agent_llm_finish_reasons_total", &[]) >= 6.0
-        })
-        .await;
+        let m = finished(&sidecar, 6.0).await;
         let kind = |k| metric(&m, "agent_hallucinated_tool_calls_total", &[("kind", k)]);
-        expect_metric(
-            &m,
-            "agent_llm_finish_reasons_total",
-            &[("reason", "tool_calls")],
-            6.0,
-        );
+        expect_metric(&m, FINISHES, &[("reason", "tool_calls")], 6.0);
         assert_eq!(kind("unknown_tool"), 2.0, "{protocol}");
         // Anthropic's JSON tool input is an object by construction: only the stream can be broken.
         let invalid = if protocol == "openai" { 2.0 } else { 1.0 };
@@ -314,26 +284,12 @@ fn key_file(name: &str, content: &str) -> PathBuf {
 #[tokio::test]
 async fn the_sidecars_key_replaces_the_agents_for_each_protocol() {
     for (protocol, path, body, header) in [
-        (
-            "openai",
-            "/v1/chat/completions",
-            OPENAI_JSON,
-            "authorization",
-        ),
+        ("openai", CHAT, OPENAI_JSON, "authorization"),
         ("anthropic", "/v1/messages", ANTHROPIC_JSON, "x-api-key"),
     ] {
-        let (p, seen) = provider(ProviderSim {
-            accepted_keys: vec!["sk-sidecar-1".into()],
-            ..quick()
-        })
-        .await;
+        let (p, seen) = keyed_provider("sk-sidecar-1").await;
         let keys = key_file(protocol, "sk-sidecar-1\n");
-        let sidecar = llm_sidecar(
-            &p.url(),
-            protocol,
-            &format!("    api_keys_file: {}\n", keys.display()),
-        )
-        .await;
+        let sidecar = keyed_sidecar(&p.url(), protocol, &keys).await;
         let (status, _, _) = post(
             &sidecar,
             path,
@@ -367,22 +323,13 @@ async fn the_sidecars_key_replaces_the_agents_for_each_protocol() {
 
 #[tokio::test]
 async fn a_401_rotates_to_the_next_key() {
-    let (p, seen) = provider(ProviderSim {
-        accepted_keys: vec!["sk-good".into()],
-        ..quick()
-    })
-    .await;
+    let (p, seen) = keyed_provider("sk-good").await;
     let keys = key_file("rotate", "sk-revoked\nsk-good\n");
-    let sidecar = llm_sidecar(
-        &p.url(),
-        "openai",
-        &format!("    api_keys_file: {}\n", keys.display()),
-    )
-    .await;
-    let (first, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_JSON, &[]).await;
+    let sidecar = keyed_sidecar(&p.url(), "openai", &keys).await;
+    let (first, _, _) = post(&sidecar, CHAT, OPENAI_JSON, &[]).await;
     assert_eq!(first, StatusCode::UNAUTHORIZED);
     for _ in 0..3 {
-        let (status, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_JSON, &[]).await;
+        let (status, _, _) = post(&sidecar, CHAT, OPENAI_JSON, &[]).await;
         assert_eq!(status, StatusCode::OK);
     }
     let used: Vec<String> = seen
@@ -401,27 +348,14 @@ async fn a_401_rotates_to_the_next_key() {
         ]
     );
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_api_key_rejections_total",
-        &[("upstream", "provider")],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "gen_ai_client_operation_duration_seconds_count",
-        &[("error_type", "4xx")],
-        1.0,
-    );
+    let provider = [("upstream", "provider")];
+    expect_metric(&m, "sloguard_api_key_rejections_total", &provider, 1.0);
+    expect_metric(&m, CALLS, &[("error_type", "4xx")], 1.0);
 }
 
 #[tokio::test]
 async fn a_swapped_key_file_is_picked_up_without_restart() {
-    let (p, seen) = provider(ProviderSim {
-        accepted_keys: vec!["sk-new".into()],
-        ..quick()
-    })
-    .await;
+    let (p, seen) = keyed_provider("sk-new").await;
     // Kubernetes' layout: `keys` -> `..data/keys`, `..data` a symlink swapped atomically.
     let dir = std::env::temp_dir().join(format!("sloguard-llm-swap-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -431,38 +365,22 @@ async fn a_swapped_key_file_is_picked_up_without_restart() {
     }
     std::os::unix::fs::symlink("v1", dir.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/keys", dir.join("keys")).unwrap();
-    let sidecar = llm_sidecar(
-        &p.url(),
-        "openai",
-        &format!("    api_keys_file: {}\n", dir.join("keys").display()),
-    )
-    .await;
-    let (status, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_JSON, &[]).await;
+    let sidecar = keyed_sidecar(&p.url(), "openai", &dir.join("keys")).await;
+    let (status, _, _) = post(&sidecar, CHAT, OPENAI_JSON, &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     std::os::unix::fs::symlink("v2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, _, _) = post(&sidecar, "/v1/chat/completions", OPENAI_JSON, &[]).await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new key was not picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until("the new key is picked up", 10, async || {
+        let (status, _, _) = post(&sidecar, CHAT, OPENAI_JSON, &[]).await;
+        status == StatusCode::OK
+    })
+    .await;
     let last = seen.lock().unwrap().last().unwrap().headers["authorization"].clone();
     assert_eq!(last, "Bearer sk-new");
     let m = metrics(&sidecar).await;
-    expect_metric(
-        &m,
-        "sloguard_api_key_reloads_total",
-        &[("result", "ok")],
-        1.0,
-    );
+    let ok = [("result", "ok")];
+    expect_metric(&m, "sloguard_api_key_reloads_total", &ok, 1.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -499,13 +417,7 @@ upstreams:
 async fn the_model_is_rewritten_for_the_upstream_and_labels_the_metrics() {
     let (p, seen) = provider(quick()).await;
     let sidecar = llm_sidecar(&p.url(), "openai", "    model: gpt-4o-mini\n").await;
-    let (status, _, bytes) = post(
-        &sidecar,
-        "/v1/chat/completions",
-        OPENAI_STREAM,
-        &[("x-sim-scenario", "text")],
-    )
-    .await;
+    let (status, _, bytes) = post(&sidecar, CHAT, OPENAI_STREAM, TEXT).await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&bytes).contains(r#""model":"gpt-4o-mini""#));
     let got = seen.lock().unwrap()[0].clone();
@@ -518,16 +430,8 @@ async fn the_model_is_rewritten_for_the_upstream_and_labels_the_metrics() {
         got.headers["content-length"],
         got.body.len().to_string().as_str()
     );
-    let m = metrics_when(&sidecar, |m| {
-        metric(m, "agent_llm_finish_reasons_total", &[]) >= 1.0
-    })
-    .await;
-    expect_metric(
-        &m,
-        "gen_ai_client_operation_duration_seconds_count",
-        &[("gen_ai_request_model", "gpt-4o-mini")],
-        1.0,
-    );
+    let m = finished(&sidecar, 1.0).await;
+    expect_metric(&m, CALLS, &[("gen_ai_request_model", "gpt-4o-mini")], 1.0);
 }
 
 #[tokio::test]
@@ -535,7 +439,7 @@ async fn without_a_rewrite_the_request_bytes_are_untouched() {
     let (p, seen) = provider(quick()).await;
     let sidecar = llm_sidecar(&p.url(), "openai", "").await;
     let odd = r#"{ "messages" : [ ], "model"  :  "gpt-4o" , "stream":false }"#;
-    let (status, _, _) = post(&sidecar, "/v1/chat/completions", odd, &[]).await;
+    let (status, _, _) = post(&sidecar, CHAT, odd, &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(seen.lock().unwrap()[0].body, odd.as_bytes());
 }
@@ -579,8 +483,7 @@ async fn unreadable_bodies_pass_through_byte_exact_and_are_counted() {
     ] {
         let addr = canned_upstream(raw).await;
         let sidecar = llm_sidecar(&format!("http://{addr}"), "openai", "").await;
-        let (status, _, bytes) =
-            post(&sidecar, "/v1/chat/completions", "this is not JSON {", &[]).await;
+        let (status, _, bytes) = post(&sidecar, CHAT, "this is not JSON {", &[]).await;
         assert_eq!(status, StatusCode::OK);
         let body_start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert_eq!(bytes, &raw[body_start..], "{reason}: bytes changed");
@@ -598,15 +501,10 @@ async fn unreadable_bodies_pass_through_byte_exact_and_are_counted() {
 /// The real binary with `RUST_LOG=trace`, its whole log kept.
 #[tokio::test]
 async fn keys_never_reach_logs_metrics_or_error_bodies() {
-    use std::process::Stdio;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     const KEYS: [&str; 2] = ["sk-SECRET-revoked-0001", "sk-SECRET-good-0002"];
-    let (p, _) = provider(ProviderSim {
-        accepted_keys: vec![KEYS[1].into()],
-        ..quick()
-    })
-    .await;
+    let (p, _) = keyed_provider(KEYS[1]).await;
     let keys = key_file("secret", &format!("{}\n{}\n", KEYS[0], KEYS[1]));
     let dir = keys.parent().unwrap().to_owned();
     let config = dir.join("config.yaml");
@@ -630,16 +528,7 @@ upstreams:
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sloguard"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = common::process::spawn(&config, &[("RUST_LOG", "trace")], &[]);
     let log = Arc::new(Mutex::new(String::new()));
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -675,11 +564,7 @@ upstreams:
         }
     }
     let mut bodies = Vec::new();
-    for (addr, path) in [
-        (&ok, "/v1/chat/completions"),
-        (&ok, "/v1/chat/completions"),
-        (&down, "/v1/messages"),
-    ] {
+    for (addr, path) in [(&ok, CHAT), (&ok, CHAT), (&down, "/v1/messages")] {
         let req = Request::post(format!("http://{}{path}", addr.as_ref().unwrap()))
             .header("authorization", "Bearer agent-key")
             .body(full(OPENAI_JSON))
@@ -690,7 +575,8 @@ upstreams:
     assert!(String::from_utf8_lossy(&bodies[2]).contains("upstream_unavailable"));
     // A botched rotation: the file goes empty (logged as an error, keys kept).
     std::fs::write(&keys, "").unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let unusable = async || log.lock().unwrap().contains("API key file unusable");
+    wait_until("the empty key file is logged", 10, unusable).await;
     let metrics =
         body_bytes(get(&client(), &format!("http://{}/metrics", admin.unwrap())).await).await;
     let metrics = String::from_utf8_lossy(&metrics).into_owned();
@@ -721,15 +607,9 @@ upstreams:
 #[tokio::test]
 async fn a_client_leaving_mid_stream_is_one_cancelled_call() {
     use http_body_util::BodyExt;
-    let (p, _) = provider(ProviderSim {
-        first_chunk_delay: Duration::from_millis(5),
-        chunk_delay: Duration::from_millis(200),
-        chunks: 10,
-        ..ProviderSim::default()
-    })
-    .await;
+    let (p, _) = provider(paced(5, 200, 10)).await;
     let sidecar = llm_sidecar(&p.url(), "openai", "").await;
-    let req = Request::post(proxy_url(&sidecar, "/v1/chat/completions"))
+    let req = Request::post(proxy_url(&sidecar, CHAT))
         .header("x-sim-scenario", "text")
         .body(full(OPENAI_STREAM))
         .unwrap();
@@ -746,29 +626,18 @@ async fn a_client_leaving_mid_stream_is_one_cancelled_call() {
         }
     }
     drop(body);
-    metrics_when(&sidecar, |m| {
-        metric(m, "gen_ai_client_operation_duration_seconds_count", &[]) >= 1.0
+    // The call is settled once it is counted and its attempt too; then nothing more comes.
+    let m2 = metrics_when(&sidecar, |m| {
+        metric(m, CALLS, &[]) >= 1.0
+            && metric(m, FINISHES, &[]) >= 1.0
+            && metric(m, "sloguard_upstream_requests_total", &[]) >= 1.0
     })
     .await;
-    // Give a second count (if there were one) time to show.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let m2 = metrics(&sidecar).await;
-    let count = "gen_ai_client_operation_duration_seconds_count";
-    expect_metric(&m2, count, &[], 1.0);
-    expect_metric(&m2, count, &[("error_type", "cancelled")], 1.0);
-    expect_metric(
-        &m2,
-        "agent_llm_finish_reasons_total",
-        &[("reason", "error")],
-        1.0,
-    );
-    expect_metric(&m2, "agent_llm_finish_reasons_total", &[], 1.0);
-    expect_metric(
-        &m2,
-        "gen_ai_client_operation_time_to_first_chunk_seconds_count",
-        &[],
-        1.0,
-    );
+    expect_metric(&m2, CALLS, &[], 1.0);
+    expect_metric(&m2, CALLS, &[("error_type", "cancelled")], 1.0);
+    expect_metric(&m2, FINISHES, &[("reason", "error")], 1.0);
+    expect_metric(&m2, FINISHES, &[], 1.0);
+    expect_metric(&m2, FIRST_CHUNKS, &[], 1.0);
     // The provider was fine: its attempt is no failure.
     expect_outcome(&m2, "ok", 1.0);
 }
@@ -779,25 +648,13 @@ async fn a_provider_that_cannot_be_reached_is_a_failed_call() {
     let (status, headers, _) = post(&sidecar, "/v1/messages", ANTHROPIC_STREAM, &[]).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(headers["x-sloguard-error"], "upstream_unavailable");
-    let m = metrics_when(&sidecar, |m| {
-        metric(m, "agent_llm_finish_reasons_total", &[]) >= 1.0
-    })
-    .await;
-    expect_metric(
-        &m,
-        "gen_ai_client_operation_duration_seconds_count",
-        &[
-            ("error_type", "connect_error"),
-            ("gen_ai_provider_name", "anthropic"),
-            ("gen_ai_operation_name", "chat"),
-        ],
-        1.0,
-    );
-    expect_metric(
-        &m,
-        "agent_llm_finish_reasons_total",
-        &[("reason", "error")],
-        1.0,
-    );
+    let m = finished(&sidecar, 1.0).await;
+    let refused = [
+        ("error_type", "connect_error"),
+        ("gen_ai_provider_name", "anthropic"),
+        ("gen_ai_operation_name", "chat"),
+    ];
+    expect_metric(&m, CALLS, &refused, 1.0);
+    expect_metric(&m, FINISHES, &[("reason", "error")], 1.0);
     expect_metric(&m, "gen_ai_client_token_usage_count", &[], 0.0);
 }

@@ -434,26 +434,18 @@ async fn failed_calls_neither_count_nor_break_a_run() {
 async fn a_call_that_falls_back_counts_once() {
     let served = Arc::new(AtomicUsize::new(0));
     let p = provider(served.clone()).await;
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: llm}}
-routes:
-  llm: {{upstreams: [down, openai]}}
-upstreams:
-  down: {{url: http://{}, protocol: openai}}
+    let yaml = config_head("", "proxy", "llm", "llm: {upstreams: [down, openai]}")
+        + &format!(
+            "  down: {{url: http://{}, protocol: openai}}
   openai: {{url: {}, protocol: openai}}
 tasks:
   max_llm_calls: 2
   max_repeated_tool_calls: 2
 ",
-        closed_port(),
-        p.url()
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+            closed_port(),
+            p.url()
+        );
+    let s = start_yaml(&yaml).await;
     let tool = [("x-args", r#"{"q":"a"}"#)];
     // Each call fails on `down` first, then is answered by `openai`: one call, one response.
     assert_eq!(llm_call(&s, Some("T"), &tool).await.0, StatusCode::OK);

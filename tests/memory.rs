@@ -31,22 +31,10 @@ async fn slow_upstream(delay: Duration) -> sloguard::sim::SimServer {
 /// A sidecar whose `proxy` listener replays bodies up to 2 MiB (two upstreams), with a budget of
 /// `max_held`.
 async fn sidecar(a: &str, b: &str, max_held: &str) -> Sidecar {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [a, b], max_replay_body: 2MiB}}
-upstreams:
-  a: {{url: {a}}}
-  b: {{url: {b}}}
-memory: {{max_held: {max_held}}}
-"
-    );
-    Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap()
+    let route = "main: {upstreams: [a, b], max_replay_body: 2MiB}";
+    let yaml = config_head("", "proxy", "llm", route)
+        + &format!("  a: {{url: {a}}}\n  b: {{url: {b}}}\nmemory: {{max_held: {max_held}}}\n");
+    start_yaml(&yaml).await
 }
 
 async fn upload(url: String, bytes: usize) -> (StatusCode, Option<String>) {
@@ -87,12 +75,8 @@ async fn past_the_budget_requests_are_refused_503_overloaded_and_the_budget_come
         .iter()
         .all(|r| r.1.as_deref() == Some("overloaded")));
     let m = metrics(&s).await;
-    expect_metric(
-        &m,
-        "sloguard_body_budget_refusals_total",
-        &[("held", "replay")],
-        4.0,
-    );
+    let replay = [("held", "replay")];
+    expect_metric(&m, "sloguard_body_budget_refusals_total", &replay, 4.0);
     expect_requests(&m, "5xx", "proxy", 4.0);
     // No attempt was made for them: no upstream is charged.
     expect_metric(&m, "sloguard_upstream_requests_total", &[], 4.0);

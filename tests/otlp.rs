@@ -60,19 +60,14 @@ const REQUEST: &str = r#"{"model":"gpt-test","messages":[{"role":"user","content
 /// A sidecar with one `llm` listener `proxy` whose route falls back from `primary` to `fallback`
 /// (both OpenAI-style), exporting as `otlp` says.
 fn llm_chain(primary: &str, fallback: &str, otlp: &str) -> String {
-    format!(
-        "agent: otlp-test
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [primary, fallback]}}
-upstreams:
-  primary: {{url: '{primary}', protocol: openai}}
+    let head = config_head("", "proxy", "llm", "main: {upstreams: [primary, fallback]}");
+    let upstreams = format!(
+        "  primary: {{url: '{primary}', protocol: openai}}
   fallback: {{url: '{fallback}', protocol: openai}}
 otlp:
 {otlp}"
-    )
+    );
+    (head + &upstreams).replacen("test-agent", "otlp-test", 1)
 }
 
 async fn chat(s: &Sidecar, traceparent: Option<&str>) -> (StatusCode, http::HeaderMap) {
@@ -293,20 +288,21 @@ async fn grpc_metrics_match_the_scrape_and_a_fallback_is_one_trace() {
         }
     }
     assert_same(&samples_of_export(&pushed), &samples_of_text(&scrape));
-    assert_eq!(
-        samples_of_export(&pushed)[&(
-            "agent_requests_total".to_owned(),
-            labels(&[
-                ("agent", "otlp-test"),
-                ("cause", "none"),
-                ("listener", "proxy"),
-                ("status", "2xx"),
-                ("upstream", "fallback")
-            ])
-        )],
-        5.0
-    );
+    assert_eq!(samples_of_export(&pushed)[&answered_by("fallback")], 5.0);
     s.shutdown().await;
+}
+
+/// The series of the requests of agent `otlp-test` on listener `proxy` that `upstream` answered
+/// with a 2xx.
+fn answered_by(upstream: &str) -> Series {
+    let labels = labels(&[
+        ("agent", "otlp-test"),
+        ("cause", "none"),
+        ("listener", "proxy"),
+        ("status", "2xx"),
+        ("upstream", upstream),
+    ]);
+    ("agent_requests_total".to_owned(), labels)
 }
 
 fn labels(l: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -324,18 +320,9 @@ fn agent_yaml(agent_url: &str, otlp: &str) -> String {
 }
 
 fn named_agent_yaml(agent: &str, agent_url: &str, otlp: &str) -> String {
-    format!(
-        "agent: {agent}
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: '{agent_url}'}}
-otlp:
-{otlp}"
-    )
+    let head = config_head("", "proxy", "agent", "agent: {upstreams: [agent]}");
+    let upstream = format!("  agent: {{url: '{agent_url}'}}\notlp:\n{otlp}");
+    (head + &upstream).replacen("test-agent", agent, 1)
 }
 
 async fn get_with(s: &Sidecar, path: &str, traceparent: Option<&str>) -> StatusCode {
@@ -343,10 +330,7 @@ async fn get_with(s: &Sidecar, path: &str, traceparent: Option<&str>) -> StatusC
     if let Some(tp) = traceparent {
         req = req.header("traceparent", tp);
     }
-    let resp = client().request(req.body(empty()).unwrap()).await.unwrap();
-    let status = resp.status();
-    let _ = body_bytes(resp).await;
-    status
+    send_empty(req).await
 }
 
 #[tokio::test]
@@ -451,16 +435,7 @@ async fn http_protobuf_sampling_follows_the_client_keeps_failures_and_delta_sums
         }
     }
     let scraped = samples_of_text(&scrape);
-    let ok_series = (
-        "agent_requests_total".to_owned(),
-        labels(&[
-            ("agent", "otlp-test"),
-            ("cause", "none"),
-            ("listener", "proxy"),
-            ("status", "2xx"),
-            ("upstream", "agent"),
-        ]),
-    );
+    let ok_series = answered_by("agent");
     assert_eq!(scraped[&ok_series], 3.0);
     assert_eq!(summed[&ok_series], 3.0);
     ok.shutdown().await;

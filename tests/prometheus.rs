@@ -107,26 +107,16 @@ scrape_configs:
         url: format!("http://127.0.0.1:{port}"),
         dir,
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = client()
-            .request(
-                Request::get(format!("{}/-/ready", p.url))
-                    .body(empty())
-                    .unwrap(),
-            )
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK);
-        if ready {
-            return p;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "prometheus did not get ready: {}",
-            std::fs::read_to_string(p.dir.join("prometheus.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = async || {
+        let req = Request::get(format!("{}/-/ready", p.url));
+        let resp = client().request(req.body(empty()).unwrap()).await;
+        resp.is_ok_and(|r| r.status() == StatusCode::OK)
+    };
+    if !holds_within(30, ready).await {
+        let log = std::fs::read_to_string(p.dir.join("prometheus.log"));
+        panic!("prometheus did not get ready: {}", log.unwrap_or_default());
     }
+    p
 }
 
 impl Prometheus {

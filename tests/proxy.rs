@@ -356,24 +356,21 @@ async fn counting_upstream(
     keep_alive: bool,
 ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let tcp = tokio::net::TcpListener::bind(LOOPBACK).await.unwrap();
-    let addr = tcp.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = tcp.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(sim_full("pooled")))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(keep_alive)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+    let addr = raw_upstream(move |stream| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(Response::new(sim_full("pooled")))
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(keep_alive)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
         }
-    });
+    })
+    .await;
     (addr, accepted)
 }
 

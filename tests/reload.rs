@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::scripted::admin_post;
 use common::*;
 use http::{Request, StatusCode};
 use sloguard::sidecar::ConfigFile;
@@ -20,15 +21,33 @@ const TOKEN: &str = "reload-test-token";
 
 /// An upstream that answers 200 with its name in `x-from`, after `delay`.
 async fn named_upstream(name: &'static str, delay: Duration) -> SimServer {
-    sim::serve(LOOPBACK, move |_req| async move {
-        tokio::time::sleep(delay).await;
-        http::Response::builder()
-            .header("x-from", name)
-            .body(sim::full(format!("from {name}")))
-            .unwrap()
+    counted_upstream(name, delay, Arc::default()).await
+}
+
+/// A [`named_upstream`] that counts the requests it got in `arrived` as they arrive.
+async fn counted_upstream(
+    name: &'static str,
+    delay: Duration,
+    arrived: Arc<AtomicUsize>,
+) -> SimServer {
+    sim::serve(LOOPBACK, move |_req| {
+        arrived.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(delay).await;
+            http::Response::builder()
+                .header("x-from", name)
+                .body(sim::full(format!("from {name}")))
+                .unwrap()
+        }
     })
     .await
     .unwrap()
+}
+
+/// The JSON the admin port answers at `path`.
+async fn admin_json(s: &Sidecar, path: &str) -> serde_json::Value {
+    let url = format!("http://{}{path}", s.admin_addr);
+    serde_json::from_slice(&body_bytes(get(&client(), &url).await).await).unwrap()
 }
 
 /// A directory of its own for a test's files.
@@ -85,17 +104,7 @@ async fn start_file(dir: &Path, text: &str) -> Sidecar {
 
 /// `POST /admin/reload` with the token: the status and the JSON answer.
 async fn reload(s: &Sidecar) -> (StatusCode, serde_json::Value) {
-    let resp = client()
-        .request(
-            Request::post(format!("http://{}/admin/reload", s.admin_addr))
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .expect("admin answers");
-    let status = resp.status();
-    let body = body_bytes(resp).await;
+    let (status, body) = admin_post(s, "/admin/reload", Some(TOKEN)).await;
     (status, serde_json::from_slice(&body).expect("JSON answer"))
 }
 
@@ -122,13 +131,7 @@ async fn call(c: &TestClient, addr: SocketAddr) -> (StatusCode, String) {
 }
 
 fn requests_total(m: &str, listener: &str) -> f64 {
-    m.lines()
-        .filter(|l| {
-            l.starts_with("agent_requests_total{")
-                && l.contains(&format!("listener=\"{listener}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric(m, "agent_requests_total", &[("listener", listener)])
 }
 
 fn reloads(m: &str, result: &str) -> f64 {
@@ -177,12 +180,6 @@ impl OneConnection {
     fn is_open(&self) -> bool {
         !self.conn.is_finished()
     }
-}
-
-/// A port nothing listens on now (bound, then let go), for a listener to move to.
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +271,9 @@ async fn twenty_reloads_under_load_fail_no_request_and_keep_the_counters() {
     }
     let mut before = 0.0;
     for (i, text) in variants.iter().enumerate() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Some load between two reloads (ten requests each: 200 in all at least).
+        let flowing = async || requests_total(&metrics(&s).await, "proxy") >= before + 10.0;
+        wait_until("requests flow between reloads", 10, flowing).await;
         let changes = reload_to(&s, &dir, text).await;
         assert!(
             changes["listeners"]["kept"]
@@ -367,15 +366,8 @@ async fn an_invalid_config_is_refused_and_the_old_one_keeps_serving() {
     }
     assert!(s.listener_addr("clash").is_none());
     // The token guards it like every admin action.
-    let resp = client()
-        .request(
-            Request::post(format!("http://{}/admin/reload", s.admin_addr))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = admin_post(&s, "/admin/reload", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(reloads(&metrics(&s).await, "ok"), 0.0);
     s.shutdown().await;
 }
@@ -413,7 +405,7 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
         )
     };
     // Added.
-    let first = free_port();
+    let first = closed_port();
     let changes = reload_to(&s, &dir, &with_side(&first.to_string())).await;
     assert_eq!(changes["listeners"]["added"], serde_json::json!(["side"]));
     assert_eq!(s.listener_addr("side"), Some(first));
@@ -422,16 +414,14 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
     kept.ask().await;
 
     // Moved to another port: the new one serves, the old one is closed.
-    let second = free_port();
+    let second = closed_port();
     let changes = reload_to(&s, &dir, &with_side(&second.to_string())).await;
     assert_eq!(changes["listeners"]["rebound"], serde_json::json!(["side"]));
     assert_eq!(s.listener_addr("side"), Some(second));
     assert_eq!(call(&client(), second).await.0, StatusCode::OK);
-    wait_until(
-        "the old address still accepts",
-        Duration::from_secs(5),
-        async || tokio::net::TcpStream::connect(first).await.is_err(),
-    )
+    wait_until("the old address still accepts", 5, async || {
+        tokio::net::TcpStream::connect(first).await.is_err()
+    })
     .await;
     kept.ask().await;
 
@@ -462,11 +452,9 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
     assert_eq!(call(&client(), second).await.0, StatusCode::OK);
     metrics_when(&s, |m| displaced(m) >= 1.0).await;
     // The displaced one is the connection kept across the reload: the new cap holds for it.
-    wait_until(
-        "the kept connection was not displaced",
-        Duration::from_secs(5),
-        async || !side.is_open(),
-    )
+    wait_until("the kept connection was not displaced", 5, async || {
+        !side.is_open()
+    })
     .await;
 
     // Renamed on the same address: the socket goes on under the new name.
@@ -488,11 +476,9 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
         serde_json::json!(["renamed"])
     );
     assert!(s.listener_addr("renamed").is_none());
-    wait_until(
-        "the removed listener still accepts",
-        Duration::from_secs(5),
-        async || tokio::net::TcpStream::connect(second).await.is_err(),
-    )
+    wait_until("the removed listener still accepts", 5, async || {
+        tokio::net::TcpStream::connect(second).await.is_err()
+    })
     .await;
     kept.ask().await;
     assert!(
@@ -504,14 +490,16 @@ async fn listeners_are_added_moved_and_removed_while_the_others_keep_their_conne
 
 #[tokio::test]
 async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
-    let slow = named_upstream("slow", Duration::from_millis(800)).await;
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let slow = counted_upstream("slow", Duration::from_millis(800), arrived.clone()).await;
     let fast = named_upstream("fast", Duration::ZERO).await;
     let dir = temp_dir("inflight");
     let ups = [("slow", &slow), ("fast", &fast)];
     let s = start_file(&dir, &yaml(&dir, &ups, &["slow"], "")).await;
     let proxy = s.listener_addr("proxy").unwrap();
     let pending = tokio::spawn(async move { call(&client(), proxy).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = async || arrived.load(Ordering::SeqCst) == 1;
+    wait_until("the slow request reaches its upstream", 10, started).await;
     reload_to(&s, &dir, &yaml(&dir, &ups, &["fast"], "")).await;
     // The new config answers the requests that come after it...
     assert_eq!(
@@ -539,16 +527,8 @@ async fn breaker_and_slo_state_survive_for_what_survives_the_reload() {
         );
     }
     // a's circuit opened by hand; the SLO view has counted the five requests.
-    let resp = client()
-        .request(
-            Request::post(format!("http://{}/admin/circuits/a/open", s.admin_addr))
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, _) = admin_post(&s, "/admin/circuits/a/open", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
     let slo_total = |v: &serde_json::Value, name: &str| {
         v["slos"]
             .as_array()
@@ -557,21 +537,8 @@ async fn breaker_and_slo_state_survive_for_what_survives_the_reload() {
             .find(|s| s["name"] == name)
             .map(|s| s["windows"]["since_start"]["total"].as_f64().unwrap_or(0.0))
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v: serde_json::Value = serde_json::from_slice(
-            &body_bytes(get(&c, &format!("http://{}/slo", s.admin_addr)).await).await,
-        )
-        .unwrap();
-        if slo_total(&v, "availability") == Some(5.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the SLO view never counted the requests: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let counted = async || slo_total(&admin_json(&s, "/slo").await, "availability") == Some(5.0);
+    wait_until("the SLO view counts the requests", 10, counted).await;
 
     // a's timeouts change (the upstream is rebuilt, its breaker kept), b stays as it is, the
     // latency SLO's threshold changes (it starts afresh), availability stays.
@@ -604,10 +571,7 @@ async fn breaker_and_slo_state_survive_for_what_survives_the_reload() {
         call(&c, s.listener_addr("proxy").unwrap()).await,
         (StatusCode::OK, "b".into())
     );
-    let circuits: serde_json::Value = serde_json::from_slice(
-        &body_bytes(get(&c, &format!("http://{}/circuits", s.admin_addr)).await).await,
-    )
-    .unwrap();
+    let circuits = admin_json(&s, "/circuits").await;
     let state_of = |name: &str| {
         circuits["upstreams"]
             .as_array()
@@ -617,27 +581,12 @@ async fn breaker_and_slo_state_survive_for_what_survives_the_reload() {
             .map(|u| u["state"].clone())
     };
     assert_eq!(state_of("a"), Some("open".into()), "{circuits}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v: serde_json::Value = serde_json::from_slice(
-            &body_bytes(get(&c, &format!("http://{}/slo", s.admin_addr)).await).await,
-        )
-        .unwrap();
-        let (avail, latency) = (slo_total(&v, "availability"), slo_total(&v, "latency"));
-        // Kept: six requests since the start; afresh: only what came after the reload.
-        if avail == Some(6.0) {
-            assert!(
-                latency.unwrap() <= 1.0,
-                "the changed SLO kept its old events: {v}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "availability lost its events: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Kept: six requests since the start; afresh: only what came after the reload.
+    let kept = async || slo_total(&admin_json(&s, "/slo").await, "availability") == Some(6.0);
+    wait_until("availability keeps its events", 10, kept).await;
+    let v = admin_json(&s, "/slo").await;
+    let latency = slo_total(&v, "latency").unwrap();
+    assert!(latency <= 1.0, "the changed SLO kept its old events: {v}");
     s.shutdown().await;
 }
 
@@ -673,11 +622,9 @@ async fn a_configmap_update_is_picked_up_through_its_symlinks() {
     std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
     std::fs::remove_dir_all(volume.join("..2026_12_02_1")).unwrap();
 
-    wait_until(
-        "the new config was never picked up",
-        Duration::from_secs(10),
-        async || call(&c, proxy).await.1 == "b",
-    )
+    wait_until("the new config was never picked up", 10, async || {
+        call(&c, proxy).await.1 == "b"
+    })
     .await;
     // Once (that it is not loaded again while the content stays the same is the watch's
     // decision, tested on its own in `sidecar::reload`).
@@ -720,11 +667,9 @@ async fn sighup_reloads_the_config_of_the_running_binary() {
 
     // A SIGHUP with the file as it is: a reload (not the end of the process, SIGHUP's default).
     p.signal("HUP");
-    wait_until(
-        "SIGHUP did not reload",
-        Duration::from_secs(10),
-        async || reloads(&admin_metrics().await, "ok") >= 1.0,
-    )
+    wait_until("SIGHUP did not reload", 10, async || {
+        reloads(&admin_metrics().await, "ok") >= 1.0
+    })
     .await;
     let sighup = p
         .log()
@@ -737,20 +682,14 @@ async fn sighup_reloads_the_config_of_the_running_binary() {
     // file watch may have got there too; each SIGHUP reloads, changed or not).
     write_atomically(p.config_path(), &yaml(&dir, &ups, &["b"], ""));
     p.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let sighups = || {
+    let sighups = async || {
         p.log()
             .into_iter()
             .filter(|l| l["message"] == "config reloaded" && l["trigger"] == "sighup")
             .count()
+            >= 2
     };
-    while sighups() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the second SIGHUP did not reload"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the second SIGHUP reloads", 10, sighups).await;
     assert_eq!(call(&c, p.listener).await, (StatusCode::OK, "b".into()));
     p.terminate();
 }
@@ -771,10 +710,7 @@ async fn new_severities_keep_the_upstreams_and_slos_they_apply_to() {
         "{changes}"
     );
     assert_eq!(changes["slos_kept"], serde_json::json!(["availability"]));
-    let v: serde_json::Value = serde_json::from_slice(
-        &body_bytes(get(&client(), &format!("http://{}/slo", s.admin_addr)).await).await,
-    )
-    .unwrap();
+    let v = admin_json(&s, "/slo").await;
     assert_eq!(v["slos"][0]["severity"], "sev1", "{v}");
     s.shutdown().await;
 }
@@ -792,6 +728,7 @@ async fn a_file_caught_half_written_is_not_loaded() {
     let cut = whole.find("slos:").unwrap();
     let path = dir.join("config.yaml");
     std::fs::write(&path, &whole[..cut]).unwrap();
+    // The wall clock has to pass here: the watch polls the file each second (`CONFIG_POLL`).
     tokio::time::sleep(Duration::from_millis(800)).await;
     std::fs::write(&path, &whole).unwrap();
     // The first reload is the whole file: had the half been loaded, its SLO-less config would
@@ -803,10 +740,7 @@ async fn a_file_caught_half_written_is_not_loaded() {
         "the half-written file was loaded:\n{m}"
     );
     assert_eq!(reloads(&m, "error"), 0.0);
-    let v: serde_json::Value = serde_json::from_slice(
-        &body_bytes(get(&client(), &format!("http://{}/slo", s.admin_addr)).await).await,
-    )
-    .unwrap();
+    let v = admin_json(&s, "/slo").await;
     assert_eq!(v["slos"][0]["target"], 0.98, "{v}");
     s.shutdown().await;
 }

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use common::scripted::*;
 use common::*;
 use http::{header, Request, StatusCode};
-use sloguard::{Config, Sidecar};
 
 /// Texts that each one detector finds.
 const SAMPLES: [(&str, &str); 6] = [
@@ -24,15 +23,17 @@ const SAMPLES: [(&str, &str); 6] = [
     ("banned_terms", "about project falcon soon"),
 ];
 
+const VIOLATIONS: &str = "agent_safety_violations_total";
+const RESPONSES: &str = "agent_responses_total";
+const NOTIFICATIONS: &str = "sloguard_incident_notifications_total";
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn each_detector_is_counted_in_both_roles_json_and_sse() {
-    let (agent, a_script) = scripted().await;
-    let (llm, l_script) = scripted().await;
-    let s = sidecar(&agent.url(), &llm.url(), "  action: record\n", "").await;
+    let (s, a_script, l_script, _servers) = scene("  action: record\n", "").await;
     for (i, (detector, text)) in SAMPLES.iter().enumerate() {
         // Agent: a JSON answer (the text in a nested string value, escaped) and an SSE stream of
         // plain-text events split inside the match.
@@ -71,57 +72,35 @@ async fn each_detector_is_counted_in_both_roles_json_and_sse() {
                 && violations(m, "egress", detector, "record") >= 2.0
         })
         .await;
-        assert_eq!(
-            violations(&m, "inbound", detector, "record"),
-            2.0,
-            "{detector}"
-        );
-        assert_eq!(
-            violations(&m, "egress", detector, "record"),
-            2.0,
-            "{detector}"
-        );
+        for listener in ["inbound", "egress"] {
+            let got = violations(&m, listener, detector, "record");
+            assert_eq!(got, 2.0, "{detector} on {listener}");
+        }
     }
     let m = metrics(&s).await;
     for (detector, _) in SAMPLES {
         // Nothing else fired: each sample is found by its own detector only.
-        let total = metric(
-            &m,
-            "agent_safety_violations_total",
-            &[("detector", detector)],
-        );
-        assert_eq!(total, 4.0, "{detector}");
+        expect_metric(&m, VIOLATIONS, &[("detector", detector)], 4.0);
     }
     for listener in ["inbound", "egress"] {
-        expect_metric(
-            &m,
-            "agent_responses_total",
-            &[("listener", listener)],
-            2.0 * SAMPLES.len() as f64,
-        );
+        let answered = 2.0 * SAMPLES.len() as f64;
+        expect_metric(&m, RESPONSES, &[("listener", listener)], answered);
     }
     // A clean answer is inspected and counts nothing; ids and model names are not output text.
     set(&l_script, "/v1/chat/completions", chat_json("all good"));
     let (status, _, _) = post(&url(&s, "egress", "/v1/chat/completions")).await;
     assert_eq!(status, StatusCode::OK);
     let m = metrics_when(&s, |m| {
-        metric(m, "agent_responses_total", &[("listener", "egress")]) >= 13.0
+        metric(m, RESPONSES, &[("listener", "egress")]) >= 13.0
     })
     .await;
-    expect_metric(
-        &m,
-        "agent_safety_violations_total",
-        &[("listener", "egress")],
-        12.0,
-    );
+    expect_metric(&m, VIOLATIONS, &[("listener", "egress")], 12.0);
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_match_split_across_two_sse_events_is_found_once() {
-    let (agent, _a) = scripted().await;
-    let (llm, script) = scripted().await;
-    let s = sidecar(&agent.url(), &llm.url(), "", "").await;
+    let (s, _, script, _servers) = scene("", "").await;
     set(
         &script,
         "/v1/chat/completions",
@@ -134,16 +113,14 @@ async fn a_match_split_across_two_sse_events_is_found_once() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.ends_with(b"data: [DONE]\n\n"));
     let m = metrics_when(&s, |m| violations(m, "egress", "secrets", "record") >= 1.0).await;
-    expect_metric(&m, "agent_safety_violations_total", &[], 1.0);
-    expect_metric(&m, "agent_responses_total", &[("listener", "egress")], 1.0);
+    expect_metric(&m, VIOLATIONS, &[], 1.0);
+    expect_metric(&m, RESPONSES, &[("listener", "egress")], 1.0);
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn block_turns_a_json_answer_into_403_and_passes_clean_ones_untouched() {
-    let (agent, script) = scripted().await;
-    let (llm, _l) = scripted().await;
-    let s = sidecar(&agent.url(), &llm.url(), "  action: block\n", "").await;
+    let (s, script, _, _servers) = scene("  action: block\n", "").await;
     set(&script, "/leak", json(r#"{"answer":"mail jane@acme.io"}"#));
     let clean = r#"{"answer":"nothing to see","n":[1,2,3]}"#;
     let mut clean_reply = json(clean);
@@ -184,35 +161,25 @@ async fn block_turns_a_json_answer_into_403_and_passes_clean_ones_untouched() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(!String::from_utf8_lossy(&body).contains("4111"));
     let m = metrics_when(&s, |m| {
-        metric(m, "agent_responses_total", &[("listener", "inbound")]) >= 4.0
+        metric(m, RESPONSES, &[("listener", "inbound")]) >= 4.0
     })
     .await;
     assert_eq!(violations(&m, "inbound", "pii_email", "block"), 1.0);
     assert_eq!(violations(&m, "inbound", "pii_email", "record"), 0.0);
     assert_eq!(violations(&m, "inbound", "pii_credit_card", "block"), 1.0);
-    expect_metric(
-        &m,
-        "agent_requests_total",
-        &[("listener", "inbound"), ("status", "4xx")],
-        2.0,
-    );
+    let refused = [("listener", "inbound"), ("status", "4xx")];
+    expect_metric(&m, "agent_requests_total", &refused, 2.0);
     // The agent answered: its attempt counts as ok.
     expect_attempts(&m, "agent", "ok", 4.0);
     // The sidecar's own time is recorded for each, blocked or not.
-    expect_metric(
-        &m,
-        "sloguard_overhead_seconds_count",
-        &[("listener", "inbound")],
-        4.0,
-    );
+    let inbound = [("listener", "inbound")];
+    expect_metric(&m, "sloguard_overhead_seconds_count", &inbound, 4.0);
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn block_ends_a_stream_with_an_error_event_and_sends_nothing_after() {
-    let (agent, _a) = scripted().await;
-    let (llm, script) = scripted().await;
-    let s = sidecar(&agent.url(), &llm.url(), "  action: block\n", "").await;
+    let (s, _, script, _servers) = scene("  action: block\n", "").await;
     let filler = "lorem ipsum dolor sit amet ".repeat(40);
     set(
         &script,
@@ -239,17 +206,14 @@ async fn block_ends_a_stream_with_an_error_event_and_sends_nothing_after() {
     let last = text.rsplit("event: error\ndata: ").next().unwrap();
     let err: serde_json::Value = serde_json::from_str(last.trim()).unwrap();
     assert_eq!(err["error"]["type"], "safety_blocked");
-    let m = metrics_when(&s, |m| violations(m, "egress", "secrets", "block") >= 1.0).await;
-    assert_eq!(violations(&m, "egress", "secrets", "block"), 1.0);
-    expect_metric(&m, "agent_responses_total", &[("listener", "egress")], 1.0);
+    let m = expect_violations(&s, "egress", "secrets", "block", 1.0).await;
+    expect_metric(&m, RESPONSES, &[("listener", "egress")], 1.0);
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn upstream_signals_count_flag_and_content_filter() {
-    let (agent, a_script) = scripted().await;
-    let (llm, l_script) = scripted().await;
-    let s = sidecar(&agent.url(), &llm.url(), "", "").await;
+    let (s, a_script, l_script, [agent, llm]) = scene("", "").await;
     let mut flagged = json(r#"{"answer":"fine words"}"#);
     flagged.headers.push(("x-safety-flag", "pii"));
     set(&a_script, "/flagged", flagged);
@@ -257,14 +221,10 @@ async fn upstream_signals_count_flag_and_content_filter() {
         r#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"content_filter"}]}"#,
     );
     set(&l_script, "/v1/chat/completions", filtered);
-    assert_eq!(
-        post(&url(&s, "inbound", "/flagged")).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        post(&url(&s, "egress", "/v1/chat/completions")).await.0,
-        StatusCode::OK
-    );
+    for (listener, path) in [("inbound", "/flagged"), ("egress", "/v1/chat/completions")] {
+        let (status, _, _) = post(&url(&s, listener, path)).await;
+        assert_eq!(status, StatusCode::OK, "{listener}{path}");
+    }
     let m = metrics_when(&s, |m| {
         violations(m, "egress", "content_filter", "record") >= 1.0
             && violations(m, "inbound", "safety_flag", "record") >= 1.0
@@ -276,9 +236,7 @@ async fn upstream_signals_count_flag_and_content_filter() {
 
     // Under block, the agent's own flag blocks its answer.
     let s = sidecar(&agent.url(), &llm.url(), "  action: block\n", "").await;
-    let (status, headers, _) = post(&url(&s, "inbound", "/flagged")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(headers["x-sloguard-error"], "safety_blocked");
+    expect_refused(&url(&s, "inbound", "/flagged"), BLOCKED).await;
     s.shutdown().await;
 }
 
@@ -287,61 +245,29 @@ async fn a_webhook_receiver_down_leaves_requests_alone_and_the_alert_is_counted_
     let (agent, script) = scripted().await;
     set(&script, "/ask", json(r#"{"answer":"ok"}"#));
     let token = token_file("down");
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0, token_file: {}}}
-listeners:
-  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {}}}
-incidents: {{webhook: 'http://{}/api/v2/alerts'}}
-",
-        token.display(),
-        agent.url(),
-        closed_port()
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+    let admin = format!(", token_file: {}", token.display());
+    let yaml = config_head(&admin, "inbound", "agent", "agent: {upstreams: [agent]}")
+        + &format!(
+            "  agent: {{url: {}}}\nincidents: {{webhook: 'http://{}/api/v2/alerts'}}\n",
+            agent.url(),
+            closed_port()
+        );
+    let s = start_yaml(&yaml).await;
     let started = std::time::Instant::now();
-    assert_eq!(
-        admin_post(&s, "/admin/agent/disable", Some("s3cret"))
-            .await
-            .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        admin_post(&s, "/admin/agent/enable", Some("s3cret"))
-            .await
-            .0,
-        StatusCode::OK
-    );
+    for action in ["disable", "enable"] {
+        let (status, _) = admin_post(&s, &format!("/admin/agent/{action}"), Some("s3cret")).await;
+        assert_eq!(status, StatusCode::OK, "{action}");
+    }
     // Requests are served at once meanwhile.
     let (status, _, _) = post(&url(&s, "inbound", "/ask")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(started.elapsed() < Duration::from_secs(2));
     let m = metrics_when(&s, |m| {
-        metric(
-            m,
-            "sloguard_incident_notifications_total",
-            &[("result", "failed")],
-        ) >= 2.0
+        metric(m, NOTIFICATIONS, &[("result", "failed")]) >= 2.0
     })
     .await;
-    expect_metric(
-        &m,
-        "sloguard_incident_notifications_total",
-        &[("result", "failed")],
-        2.0,
-    );
-    expect_metric(
-        &m,
-        "sloguard_incident_notifications_total",
-        &[("result", "sent")],
-        0.0,
-    );
+    expect_metric(&m, NOTIFICATIONS, &[("result", "failed")], 2.0);
+    expect_metric(&m, NOTIFICATIONS, &[("result", "sent")], 0.0);
     s.shutdown().await;
 }
 
@@ -350,24 +276,16 @@ async fn a_circuit_opening_and_closing_are_incidents_with_the_availability_sever
     let (agent, _a) = scripted().await;
     let (hook, mut posts) = receiver(200).await;
     let token = token_file("breaker");
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0, token_file: {}}}
-listeners:
-  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {}, circuit_breaker: {{}}}}
+    let admin = format!(", token_file: {}", token.display());
+    let yaml = config_head(&admin, "inbound", "agent", "agent: {upstreams: [agent]}")
+        + &format!(
+            "  agent: {{url: {}, circuit_breaker: {{}}}}
 incidents: {{webhook: '{}/api/v2/alerts', severities: {{availability: sev3}}}}
 ",
-        token.display(),
-        agent.url(),
-        hook.url()
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+            agent.url(),
+            hook.url()
+        );
+    let s = start_yaml(&yaml).await;
     for action in ["open", "close"] {
         let (status, _) = admin_post(
             &s,
@@ -395,12 +313,8 @@ incidents: {{webhook: '{}/api/v2/alerts', severities: {{availability: sev3}}}}
     assert!(alerts[1]["endsAt"].is_string());
     assert_eq!(alerts[0]["startsAt"], alerts[1]["startsAt"]);
     let m = metrics(&s).await;
-    expect_metric(
-        &m,
-        "sloguard_incidents_total",
-        &[("severity", "sev3"), ("kind", "circuit_breaker")],
-        2.0,
-    );
+    let opened_and_closed = [("severity", "sev3"), ("kind", "circuit_breaker")];
+    expect_metric(&m, "sloguard_incidents_total", &opened_and_closed, 2.0);
     s.shutdown().await;
 }
 
@@ -416,24 +330,17 @@ async fn a_blocked_stream_is_never_cached() {
     // A content type in capitals: still a stream, held back and not cacheable.
     leaking.content_type = "Text/Event-Stream";
     set(&p_script, "/v1/chat/completions", leaking);
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: egress, bind: 127.0.0.1:0, role: llm, route: llm}}
-routes:
-  llm: {{upstreams: [openai, spare], cache: {{}}}}
-upstreams:
-  openai: {{url: {}, protocol: openai}}
+    let route = "llm: {upstreams: [openai, spare], cache: {}}";
+    let yaml = config_head("", "egress", "llm", route)
+        + &format!(
+            "  openai: {{url: {}, protocol: openai}}
   spare: {{url: {}, protocol: openai}}
 safety: {{action: block}}
 ",
-        primary.url(),
-        spare.url()
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+            primary.url(),
+            spare.url()
+        );
+    let s = start_yaml(&yaml).await;
     let (status, _, body) = post(&url(&s, "egress", "/v1/chat/completions")).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8_lossy(&body);
@@ -456,8 +363,7 @@ safety: {{action: block}}
 #[tokio::test]
 async fn a_compressed_json_answer_is_inspected_and_blocked() {
     use std::io::Write;
-    let (agent, _a) = scripted().await;
-    let (llm, script) = scripted().await;
+    let (s, _, script, _servers) = scene("  action: block\n", "").await;
     let body = serde_json::json!({
         "id": "c", "choices": [{"index": 0, "message": {"role": "assistant", "content": "mail jane@acme.io"}, "finish_reason": "stop"}]
     })
@@ -468,11 +374,7 @@ async fn a_compressed_json_answer_is_inspected_and_blocked() {
     reply.chunks = vec![Bytes::from(gz.finish().unwrap())];
     reply.headers.push(("content-encoding", "gzip"));
     set(&script, "/v1/chat/completions", reply);
-    let s = sidecar(&agent.url(), &llm.url(), "  action: block\n", "").await;
-    let (status, headers, _) = post(&url(&s, "egress", "/v1/chat/completions")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(headers["x-sloguard-error"], "safety_blocked");
-    let m = metrics_when(&s, |m| violations(m, "egress", "pii_email", "block") >= 1.0).await;
-    assert_eq!(violations(&m, "egress", "pii_email", "block"), 1.0);
+    expect_refused(&url(&s, "egress", "/v1/chat/completions"), BLOCKED).await;
+    expect_violations(&s, "egress", "pii_email", "block", 1.0).await;
     s.shutdown().await;
 }

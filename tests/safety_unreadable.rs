@@ -36,8 +36,7 @@ const BLOCK: &str = "  action: block\n";
 
 #[tokio::test]
 async fn a_gzip_stream_is_read_and_a_leak_in_it_blocked() {
-    let (agent, script) = scripted().await;
-    let (llm, _l) = scripted().await;
+    let (s, script, _, _servers) = scene(BLOCK, "").await;
     let mut leak = sse(&[]);
     leak.chunks = gzip_stream(&[
         "data: {\"answer\":\"all fine so far\"}\n\n",
@@ -50,7 +49,6 @@ async fn a_gzip_stream_is_read_and_a_leak_in_it_blocked() {
     clean.chunks = gzip_stream(&["data: {\"answer\":\"hello\"}\n\n", "data: [DONE]\n\n"]);
     clean.headers.push(("content-encoding", "gzip"));
     set(&script, "/clean", clean);
-    let s = sidecar(&agent.url(), &llm.url(), BLOCK, "").await;
     // The client gets the stream decoded: the text before the leak, then the error event.
     let (status, headers, body) = post(&url(&s, "inbound", "/leak")).await;
     assert_eq!(status, StatusCode::OK);
@@ -71,18 +69,13 @@ async fn a_gzip_stream_is_read_and_a_leak_in_it_blocked() {
         &body[..],
         b"data: {\"answer\":\"hello\"}\n\ndata: [DONE]\n\n"
     );
-    let m = metrics_when(&s, |m| {
-        violations(m, "inbound", "pii_email", "block") >= 1.0
-    })
-    .await;
-    assert_eq!(violations(&m, "inbound", "pii_email", "block"), 1.0);
+    expect_violations(&s, "inbound", "pii_email", "block", 1.0).await;
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn unreadable_codings_and_untyped_leaks_are_blocked() {
-    let (agent, script) = scripted().await;
-    let (llm, _l) = scripted().await;
+    let (s, script, _, _servers) = scene(BLOCK, "").await;
     for (path, coding) in [
         ("/zstd", "zstd"),
         ("/chained", "gzip, br"),
@@ -103,13 +96,11 @@ async fn unreadable_codings_and_untyped_leaks_are_blocked() {
     let mut png = json("\u{89}PNG jane.doe@acme-corp.io");
     png.content_type = "image/png";
     set(&script, "/png", png);
-    let s = sidecar(&agent.url(), &llm.url(), BLOCK, "").await;
     for path in ["/zstd", "/chained", "/br-stream", "/untyped"] {
-        let (status, headers, _) = post(&url(&s, "inbound", path)).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
-        assert_eq!(headers["x-sloguard-error"], "safety_blocked", "{path}");
+        expect_refused(&url(&s, "inbound", path), BLOCKED).await;
     }
-    assert_eq!(post(&url(&s, "inbound", "/png")).await.0, StatusCode::OK);
+    let (status, _, _) = post(&url(&s, "inbound", "/png")).await;
+    assert_eq!(status, StatusCode::OK);
     let m = metrics(&s).await;
     assert_eq!(violations(&m, "inbound", "uninspectable", "block"), 3.0);
     assert_eq!(violations(&m, "inbound", "pii_credit_card", "block"), 1.0);
@@ -118,8 +109,7 @@ async fn unreadable_codings_and_untyped_leaks_are_blocked() {
 
 #[tokio::test]
 async fn a_body_too_large_to_decide_on_is_blocked() {
-    let (agent, script) = scripted().await;
-    let (llm, _l) = scripted().await;
+    let (s, script, _, _servers) = scene(BLOCK, "").await;
     // 5 MiB of clean JSON text, in 64 KiB chunks, and the same with its length declared.
     let piece = Bytes::from(vec![b'a'; 64 * 1024]);
     let mut big = json("");
@@ -128,10 +118,7 @@ async fn a_body_too_large_to_decide_on_is_blocked() {
         .chain(std::iter::once(Bytes::from_static(b"\"}")))
         .collect();
     set(&script, "/big", big);
-    let s = sidecar(&agent.url(), &llm.url(), BLOCK, "").await;
-    let (status, headers, _) = post(&url(&s, "inbound", "/big")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(headers["x-sloguard-error"], "safety_blocked");
+    expect_refused(&url(&s, "inbound", "/big"), BLOCKED).await;
     let m = metrics(&s).await;
     assert_eq!(violations(&m, "inbound", "uninspectable", "block"), 1.0);
     s.shutdown().await;

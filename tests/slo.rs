@@ -35,21 +35,16 @@ async fn slo_reports_each_slos_windows_budget_and_state() {
     let s = sidecar(&a.url()).await;
     // Let the engine take its baseline, then 90 successes and 10 failures of the agent's own.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    for _ in 0..10 {
-        send(&s, "/503", 1).await;
-        send(&s, "/200", 9).await;
-    }
+    ninety_good_ten_bad(&s).await;
     // Counted once the engine's next tick reads them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let report = loop {
+    // Each request is counted, then its latency recorded: a tick can fall between them.
+    let counted = async || {
         let r = slo_json(&s).await;
-        // Each request is counted, then its latency recorded: a tick can fall between them.
-        let counted = |i: usize| r["slos"][i]["windows"]["5m"]["total"] == 100;
-        if (counted(0) && counted(1) && counted(2)) || std::time::Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        (0..3).all(|i| r["slos"][i]["windows"]["5m"]["total"] == 100)
     };
+    // Past the deadline, the assertions below say which count is off.
+    holds_within(5, counted).await;
+    let report = slo_json(&s).await;
     let avail = &report["slos"][0];
     assert_eq!(avail["name"], "availability");
     assert_eq!(avail["sli"], "availability");

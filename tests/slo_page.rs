@@ -154,30 +154,27 @@ async fn render(page: &str, slos: &[&str], artifact: &str) {
 async fn slo_page_renders_in_a_headless_browser() {
     let a = verdict_agent().await;
     let s = sidecar(&a.url()).await;
-    // The engine's baseline first, then 90 successes and 10 failures.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    for _ in 0..10 {
-        send(&s, "/503", 1).await;
-        send(&s, "/200", 9).await;
-    }
-    // Counted once the engine's next tick reads them; JSON without `Accept: text/html`.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    // The view as JSON: without `Accept: text/html`.
+    let json = async || {
         let resp = get_slo(&s, Some("application/json")).await;
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
-        let r: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).unwrap();
-        if r["slos"][1]["windows"]["5m"]["total"] == 100 || std::time::Instant::now() > deadline {
-            let states: Vec<&str> = r["slos"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["state"].as_str().unwrap())
-                .collect();
-            assert_eq!(states, ["warning", "breach", "ok", "ok"], "{r:#}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        serde_json::from_slice::<serde_json::Value>(&body_bytes(resp).await).unwrap()
+    };
+    // The engine's baseline first, then 90 successes and 10 failures, counted once the engine's
+    // next tick reads them.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ninety_good_ten_bad(&s).await;
+    let counted = async || json().await["slos"][1]["windows"]["5m"]["total"] == 100;
+    // Past the deadline, the states below say what is off.
+    holds_within(5, counted).await;
+    let r = json().await;
+    let states: Vec<&str> = r["slos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["warning", "breach", "ok", "ok"], "{r:#}");
 
     // What a browser sends.
     let resp = get_slo(&s, Some("text/html,application/xhtml+xml,*/*;q=0.8")).await;

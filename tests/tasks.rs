@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use http::{Request, StatusCode};
-use sloguard::{Config, Sidecar};
+use sloguard::Sidecar;
 
 #[tokio::test]
 async fn multi_request_tasks_and_verdicts_give_the_articles_completion_ratio() {
@@ -100,7 +100,8 @@ async fn agent_healthz_is_503_while_a_request_waits_past_stuck_after_and_200_aga
             .unwrap();
         resp.status()
     });
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let stuck = async || agent_health(&s).await.0 == StatusCode::SERVICE_UNAVAILABLE;
+    wait_until("the agent is reported stuck", 5, stuck).await;
     let (status, body) = agent_health(&s).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "stuck");
@@ -126,14 +127,9 @@ async fn agent_healthz_is_503_after_tasks_are_abandoned_with_none_completed() {
     let s = agent_sidecar(&a.url(), "tasks: {stuck_after: 1s}\n").await;
     call_task(&s, "/200/in_progress", Some("left")).await;
     // Abandoned by the sweep once idle past 1 s; then stuck, since nothing completed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let body = loop {
-        let (status, body) = agent_health(&s).await;
-        if status == StatusCode::SERVICE_UNAVAILABLE || std::time::Instant::now() > deadline {
-            break body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let stuck = async || agent_health(&s).await.0 == StatusCode::SERVICE_UNAVAILABLE;
+    wait_until("the agent is reported stuck", 5, stuck).await;
+    let body = agent_health(&s).await.1;
     assert!(
         body["reason"].as_str().unwrap().contains("abandoned"),
         "{body}"
@@ -157,23 +153,15 @@ async fn switchable(
     std::fs::create_dir_all(&dir).unwrap();
     let token = dir.join("token");
     std::fs::write(&token, "s3cret").unwrap();
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0, token_file: {}}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {agent_url}}}
+    let admin = format!(", token_file: {}", token.display());
+    let yaml = config_head(&admin, "proxy", "agent", "agent: {upstreams: [agent]}")
+        + &format!(
+            "  agent: {{url: {agent_url}}}
 safety: {{action: block, kill_switch: {{violations: 100, within: 1m}}}}
 tasks: {{stuck_after: {stuck_after}}}
-",
-        token.display(),
-    );
-    let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
-        .await
-        .unwrap();
+"
+        );
+    let s = start_yaml(&yaml).await;
     (s, dir)
 }
 

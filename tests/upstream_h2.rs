@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::tls::*;
 use common::*;
 use http::StatusCode;
-use sloguard::{Config, Sidecar};
+use sloguard::Sidecar;
 use tokio::sync::watch;
 
 /// A TCP relay to `backend`; `freeze()` turns every connection it carries now into a black hole
@@ -59,15 +59,8 @@ impl Relay {
 
 /// A sidecar in front of `https://{addr}` (trusting `ca_file`) with `h2` and `timeouts`.
 async fn sidecar(addr: SocketAddr, ca_file: &std::path::Path, h2: &str, timeouts: &str) -> Sidecar {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [provider]}}
-upstreams:
-  provider:
+    let upstream = format!(
+        "  provider:
     url: https://{addr}
     tls: {{ca_file: {}}}
     timeouts: {{{timeouts}}}
@@ -76,9 +69,8 @@ shutdown: {{grace_period: 1s}}
 ",
         ca_file.display()
     );
-    Sidecar::start(Config::parse("test", &yaml).unwrap())
+    start_yaml(&(config_head("", "proxy", "llm", "main: {upstreams: [provider]}") + &upstream))
         .await
-        .unwrap()
 }
 
 async fn version_of(s: &Sidecar) -> (StatusCode, String) {

@@ -3,18 +3,13 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use rand::{RngCore, SeedableRng};
 use sloguard::sim::{self, SimServer};
@@ -43,30 +38,19 @@ pub fn random_body(len: usize, seed: u64) -> Bytes {
     Bytes::from(buf)
 }
 
-/// A request body of known frames and unknown length: sent with `transfer-encoding: chunked`.
-pub struct ChunkedBody(pub VecDeque<Bytes>);
-
-impl Body for ChunkedBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// `bytes` as a request body: with a `content-length`, or chunked in 16 KiB frames.
+/// `bytes` as a request body: with a `content-length`, or chunked in 16 KiB frames (a body of
+/// known frames and unknown length, sent with `transfer-encoding: chunked`).
 pub fn body_of(bytes: &Bytes, chunked: bool) -> TestBody {
     if !chunked {
         return full(bytes.clone());
     }
-    let frames = (0..bytes.len())
-        .step_by(16 * 1024)
-        .map(|i| bytes.slice(i..(i + 16 * 1024).min(bytes.len())))
-        .collect();
-    ChunkedBody(frames).boxed()
+    let frames = bytes.len().div_ceil(16 * 1024);
+    let (tx, rx) = tokio::sync::mpsc::channel(frames.max(1));
+    for i in (0..bytes.len()).step_by(16 * 1024) {
+        let frame = bytes.slice(i..(i + 16 * 1024).min(bytes.len()));
+        tx.try_send(frame).expect("room for every frame");
+    }
+    sim::ChannelBody(rx).boxed()
 }
 
 /// A request as an upstream received it.
@@ -126,11 +110,7 @@ pub async fn upstream(name: &'static str, status: u16) -> Upstream {
         async move {
             k.hits.fetch_add(1, Ordering::SeqCst);
             let (parts, body) = req.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
+            let body = bytes_or_empty(body).await;
             let description = serde_json::json!({
                 "upstream": name,
                 "len": body.len(),
@@ -194,19 +174,12 @@ pub fn comma(extra: &str) -> String {
 /// mappings (flow style, without braces: `"fallback_on: [5xx]"`).
 pub fn chain_yaml(admin: &str, route: &str, upstreams: &[(&str, &str, &str)]) -> String {
     let names: Vec<&str> = upstreams.iter().map(|u| u.0).collect();
-    let mut yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0{}}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: llm, route: main}}
-routes:
-  main: {{upstreams: [{}]{}}}
-upstreams:
-",
-        comma(admin),
+    let route = format!(
+        "main: {{upstreams: [{}]{}}}",
         names.join(", "),
         comma(route)
     );
+    let mut yaml = crate::common::config_head(&comma(admin), "proxy", "llm", &route);
     for (name, url, extra) in upstreams {
         yaml.push_str(&format!("  {name}: {{url: '{url}'{}}}\n", comma(extra)));
     }

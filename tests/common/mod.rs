@@ -33,22 +33,33 @@ pub type TestClient = Client<HttpConnector, TestBody>;
 pub const LOOPBACK: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
-/// A config with one listener called `proxy` of `role`, in front of `upstream_url`.
-pub fn config_yaml(role: &str, upstream_url: &str, timeouts: &str) -> String {
+/// The start of a test config, up to the `upstreams:` key: agent `test-agent`, an admin port
+/// with the keys `admin` adds (`""`, or `", token_file: …"`), listener `listener` of `role`,
+/// and the one route it serves, `route` (`name: {upstreams: […]}`).
+pub fn config_head(admin: &str, listener: &str, role: &str, route: &str) -> String {
+    let route_name = route.split(':').next().expect("a route name");
     format!(
         "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
+admin: {{bind: 127.0.0.1:0{admin}}}
 listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: {role}, route: main}}
+  - {{name: {listener}, bind: 127.0.0.1:0, role: {role}, route: {route_name}}}
 routes:
-  main: {{upstreams: [backend]}}
+  {route}
 upstreams:
-  backend:
+"
+    )
+}
+
+/// A config with one listener called `proxy` of `role`, in front of `upstream_url`.
+pub fn config_yaml(role: &str, upstream_url: &str, timeouts: &str) -> String {
+    config_head("", "proxy", role, "main: {upstreams: [backend]}")
+        + &format!(
+            "  backend:
     url: {upstream_url}
     timeouts: {{{timeouts}}}
 shutdown: {{grace_period: 5s}}
 "
-    )
+        )
 }
 
 pub async fn start_sidecar(role: &str, upstream_url: &str, timeouts: &str) -> Sidecar {
@@ -69,17 +80,8 @@ pub async fn start_yaml(yaml: &str) -> Sidecar {
 /// A config with one `agent` listener called `proxy` in front of `agent_url` (upstream `agent`),
 /// followed by the sections in `extra`.
 pub fn agent_config(agent_url: &str, extra: &str) -> Config {
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: proxy, bind: 127.0.0.1:0, role: agent, route: agent}}
-routes:
-  agent: {{upstreams: [agent]}}
-upstreams:
-  agent: {{url: {agent_url}}}
-{extra}"
-    );
+    let yaml = config_head("", "proxy", "agent", "agent: {upstreams: [agent]}")
+        + &format!("  agent: {{url: {agent_url}}}\n{extra}");
     Config::parse("test", &yaml).expect("valid test config")
 }
 
@@ -101,6 +103,15 @@ pub async fn send(sidecar: &Sidecar, path: &str, n: usize) {
             .await
             .expect("response");
         let _ = body_bytes(resp).await;
+    }
+}
+
+/// 90 successes and 10 failures of a [`verdict_agent`]'s own, in ten rounds of one `503` and
+/// nine `200`s.
+pub async fn ninety_good_ten_bad(sidecar: &Sidecar) {
+    for _ in 0..10 {
+        send(sidecar, "/503", 1).await;
+        send(sidecar, "/200", 9).await;
     }
 }
 
@@ -136,6 +147,14 @@ pub async fn body_bytes(resp: Response<hyper::body::Incoming>) -> Bytes {
         .await
         .expect("whole body")
         .to_bytes()
+}
+
+/// All of `body`, or nothing where it broke off.
+pub async fn bytes_or_empty<B: Body>(body: B) -> Bytes {
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default()
 }
 
 /// The sidecar's `/metrics` text.
@@ -206,18 +225,23 @@ pub fn expect_fallbacks(text: &str, from: &str, to: &str, reason: &str, expected
     expect_metric(text, "sloguard_fallbacks_total", &labels, expected);
 }
 
-/// Waits until `ready` holds, asking every 20 ms for at most `within`; past it, fails with
-/// `what` (what did not happen). The one way a test waits for a condition.
-pub async fn wait_until(
-    what: &str,
-    within: std::time::Duration,
-    mut ready: impl AsyncFnMut() -> bool,
-) {
-    let deadline = std::time::Instant::now() + within;
+/// Waits until `ready` holds, asking every 20 ms for at most `secs` seconds; past them, fails
+/// with `what` (what did not happen). The one way a test waits for a condition.
+pub async fn wait_until(what: &str, secs: u64, ready: impl AsyncFnMut() -> bool) {
+    assert!(holds_within(secs, ready).await, "{what} (within {secs} s)");
+}
+
+/// [`wait_until`] for a caller whose failure message needs what it can read only once the
+/// deadline has passed: whether `ready` held within `secs` seconds.
+pub async fn holds_within(secs: u64, mut ready: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while !ready().await {
-        assert!(std::time::Instant::now() < deadline, "{what}");
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    true
 }
 
 /// `/metrics` once `ready` holds for it, or after 5 s (requests settle when their connection
@@ -358,6 +382,11 @@ pub async fn call_task(s: &Sidecar, path: &str, id: Option<&str>) -> http::Statu
     if let Some(id) = id {
         req = req.header("x-agent-task-id", id);
     }
+    send_empty(req).await
+}
+
+/// Sends `req` with an empty body; its status, once the answer's body is read.
+pub async fn send_empty(req: http::request::Builder) -> http::StatusCode {
     let resp = client()
         .request(req.body(empty()).expect("request"))
         .await

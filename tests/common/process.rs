@@ -8,6 +8,21 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// `sloguard run --config <config>` with the environment variables of `env` and then of `more`
+/// set, its log on a pipe (`stderr`), killed when dropped.
+pub fn spawn(config: &std::path::Path, env: &[(&str, &str)], more: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sloguard"))
+        .args(["run", "--config"])
+        .arg(config)
+        .envs(env.iter().chain(more).copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// The real binary, started on a config file, with its bound addresses read from its log.
 pub struct Process {
     pub child: Child,
@@ -29,17 +44,7 @@ impl Process {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.yaml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sloguard"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = spawn(&path, &[("RUST_LOG", "info")], env);
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let (mut admin, mut listener) = (None, None);
         let read = async {

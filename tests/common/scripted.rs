@@ -163,6 +163,16 @@ safety:{DETECTORS}{safety}
     Sidecar::start(config).await.unwrap()
 }
 
+/// Two scripted upstreams, an agent and an LLM, and a [`sidecar`] in front of them with `safety`
+/// and `extra`: the sidecar, the agent's script, the LLM's script, and the two servers (agent,
+/// LLM), which serve as long as they are held.
+pub async fn scene(safety: &str, extra: &str) -> (Sidecar, Script, Script, [SimServer; 2]) {
+    let (agent, agent_script) = scripted().await;
+    let (llm, llm_script) = scripted().await;
+    let s = sidecar(&agent.url(), &llm.url(), safety, extra).await;
+    (s, agent_script, llm_script, [agent, llm])
+}
+
 pub fn url(sidecar: &Sidecar, listener: &str, path: &str) -> String {
     format!("http://{}{path}", sidecar.listener_addr(listener).unwrap())
 }
@@ -187,12 +197,23 @@ pub async fn post_as(
         .await
         .unwrap();
     let (parts, body) = resp.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    (parts.status, parts.headers, bytes)
+    (parts.status, parts.headers, bytes_or_empty(body).await)
+}
+
+/// The refusal of an answer the safety block action stopped.
+pub const BLOCKED: (StatusCode, &str) = (StatusCode::FORBIDDEN, "safety_blocked");
+
+/// POSTs to `listener_url` and checks the sidecar refused it: `status`, and `error` in
+/// `x-sloguard-error`.
+pub async fn expect_refused(listener_url: &str, (status, error): (StatusCode, &str)) {
+    let (got, headers, body) = post(listener_url).await;
+    let said = headers.get("x-sloguard-error");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(
+        (got, said),
+        (status, Some(&error.parse().unwrap())),
+        "{listener_url}: {body}"
+    );
 }
 
 pub fn violations(m: &str, listener: &str, detector: &str, action: &str) -> f64 {
@@ -205,6 +226,21 @@ pub fn violations(m: &str, listener: &str, detector: &str, action: &str) -> f64 
             ("action", action),
         ],
     )
+}
+
+/// `/metrics` once `listener` has counted `n` violations of `detector` under `action` (or after
+/// 5 s); fails, naming them, if it counted another number.
+pub async fn expect_violations(
+    s: &Sidecar,
+    listener: &str,
+    detector: &str,
+    action: &str,
+    n: f64,
+) -> String {
+    let m = metrics_when(s, |m| violations(m, listener, detector, action) >= n).await;
+    let got = violations(&m, listener, detector, action);
+    assert_eq!(got, n, "{detector} violations under {action} on {listener}");
+    m
 }
 
 /// A file of its own holding the admin token `s3cret` (one per call: tests starting sidecars at
