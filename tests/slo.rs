@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use http::StatusCode;
 use sloguard::Sidecar;
@@ -34,7 +32,11 @@ async fn slo_reports_each_slos_windows_budget_and_state() {
     let a = verdict_agent().await;
     let s = sidecar(&a.url()).await;
     // Let the engine take its baseline, then 90 successes and 10 failures of the agent's own.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let baseline = async || {
+        let r = slo_json(&s).await;
+        (0..3).all(|i| r["slos"][i]["counting"] == true)
+    };
+    wait_until("every SLO's baseline", 5, baseline).await;
     ninety_good_ten_bad(&s).await;
     // Counted once the engine's next tick reads them.
     // Each request is counted, then its latency recorded: a tick can fall between them.

@@ -162,7 +162,8 @@ async fn slo_page_renders_in_a_headless_browser() {
     };
     // The engine's baseline first, then 90 successes and 10 failures, counted once the engine's
     // next tick reads them.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let baseline = async || json().await["slos"][1]["counting"] == true;
+    wait_until("the SLO's baseline", 5, baseline).await;
     ninety_good_ten_bad(&s).await;
     let counted = async || json().await["slos"][1]["windows"]["5m"]["total"] == 100;
     // Past the deadline, the states below say what is off.

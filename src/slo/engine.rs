@@ -125,6 +125,12 @@ impl Tracker {
         now.saturating_duration_since(self.start).as_secs() / 60
     }
 
+    /// Whether events are counted yet: from the first reading on (its baseline; what came before
+    /// it is not this SLO's).
+    pub(crate) fn counting(&self) -> bool {
+        self.last.is_some()
+    }
+
     /// The source's cumulative counts at `now`: its first counter (as the tally says) and all
     /// events. The first reading is the baseline; a counter that went down (a restart of what
     /// counts) is a new baseline for that counter.
@@ -361,7 +367,9 @@ mod tests {
     async fn no_events_is_no_sli_and_a_whole_budget() {
         let start = Instant::now();
         let mut t = Tracker::new(Tally::Good, 0.99, 30 * DAY, start);
+        assert!(!t.counting(), "no baseline before the first reading");
         t.feed(5, 5, start);
+        assert!(t.counting());
         let now = Instant::now();
         assert_eq!(
             t.window(60, now).sli(),

@@ -146,6 +146,7 @@ impl Slos {
                     "windows": windows,
                     "state": t.state(now).as_str(),
                     "severity": s.severity.as_str(),
+                    "counting": t.counting(),
                     "history": {
                         "period_minutes": 5,
                         "sli": t.history(5, 72, now),
