@@ -125,166 +125,210 @@ impl JsonText {
     /// Feeds bytes of the document; text goes to `sink` in pieces.
     pub(crate) fn feed(&mut self, mut bytes: &[u8], sink: &mut dyn FnMut(&[u8])) {
         while !bytes.is_empty() {
-            match self.state {
-                State::Outside => {
-                    let b = bytes[0];
-                    bytes = &bytes[1..];
-                    match b {
-                        b'{' => self.push(false),
-                        b'[' => self.push(true),
-                        b'}' | b']' => self.pop(),
-                        b',' => self.expect_key = self.in_object(),
-                        b':' => self.expect_key = false,
-                        // Every key is text too when every value is: `{"jane@acme.io": 1}`.
-                        b'"' if self.expect_key && self.in_object() && self.keys == Keys::All => {
-                            self.expect_key = false;
-                            if self.emitted {
-                                sink(b"\n");
-                            }
-                            self.emitted = true;
-                            self.state = State::Str { emit: true };
-                        }
-                        b'"' if self.expect_key && self.in_object() => {
-                            self.key_len = 0;
-                            self.state = State::Key;
-                        }
-                        b'-' | b'0'..=b'9' if self.keys == Keys::All => {
-                            if self.emitted {
-                                sink(b"\n");
-                            }
-                            self.emitted = true;
-                            sink(std::slice::from_ref(&b));
-                            self.state = State::Number;
-                        }
-                        b'"' => {
-                            let emit = self.value_is_output();
-                            if emit && self.emitted {
-                                sink(b"\n");
-                            }
-                            self.emitted |= emit;
-                            self.state = State::Str { emit };
-                        }
-                        _ => {}
-                    }
-                }
-                State::Number => {
-                    let end = bytes
-                        .iter()
-                        .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-                        .unwrap_or(bytes.len());
-                    if end > 0 {
-                        sink(&bytes[..end]);
-                    }
-                    bytes = &bytes[end..];
-                    if !bytes.is_empty() {
-                        // The byte after the number is read as structure.
-                        self.state = State::Outside;
-                    }
-                }
-                State::Key => {
-                    let end = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
-                    // `key_len` past KEY_MAX: too long to be an output key.
-                    let kept = self.key_len.min(KEY_MAX);
-                    let take = end.min(KEY_MAX - kept);
-                    self.key[kept..kept + take].copy_from_slice(&bytes[..take]);
-                    self.key_len = self.key_len.saturating_add(end).min(KEY_MAX + 1);
-                    match bytes.get(end) {
-                        Some(b'"') => {
-                            let key = &self.key[..self.key_len.min(KEY_MAX)];
-                            self.key_is_output =
-                                self.key_len <= KEY_MAX && OUTPUT_KEYS.contains(&key);
-                            self.expect_key = false;
-                            self.state = State::Outside;
-                        }
-                        Some(_) => {
-                            self.state = State::Escape {
-                                key: true,
-                                emit: false,
-                            }
-                        }
-                        None => {}
-                    }
-                    bytes = &bytes[(end + 1).min(bytes.len())..];
-                }
-                State::Str { emit } => {
-                    let end = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
-                    if emit && end > 0 {
-                        self.flush_high(sink);
-                        sink(&bytes[..end]);
-                    }
-                    match bytes.get(end) {
-                        Some(b'"') => {
-                            self.flush_high_if(emit, sink);
-                            self.state = State::Outside;
-                        }
-                        Some(_) => self.state = State::Escape { key: false, emit },
-                        None => {}
-                    }
-                    bytes = &bytes[(end + 1).min(bytes.len())..];
-                }
-                State::Escape { key, emit } => {
-                    let b = bytes[0];
-                    bytes = &bytes[1..];
-                    if key {
-                        // Keys with escapes are never output keys.
-                        self.key_len = KEY_MAX + 1;
-                        self.state = State::Key;
-                        continue;
-                    }
-                    if b == b'u' {
-                        self.state = State::Unicode {
-                            emit,
-                            value: 0,
-                            digits: 0,
-                        };
-                        continue;
-                    }
-                    if emit {
-                        self.flush_high(sink);
-                        let decoded: &[u8] = match b {
-                            b'n' => b"\n",
-                            b't' => b"\t",
-                            b'r' => b"\r",
-                            b'b' => b"\x08",
-                            b'f' => b"\x0c",
-                            b'"' => b"\"",
-                            b'\\' => b"\\",
-                            b'/' => b"/",
-                            // Not JSON: the byte as it came.
-                            _ => std::slice::from_ref(&b),
-                        };
-                        sink(decoded);
-                    }
-                    self.state = State::Str { emit };
-                }
+            bytes = match self.state {
+                State::Outside => self.outside(bytes, sink),
+                State::Number => self.number(bytes, sink),
+                State::Key => self.key(bytes),
+                State::Str { emit } => self.string(emit, bytes, sink),
+                State::Escape { key, emit } => self.escape(key, emit, bytes, sink),
                 State::Unicode {
                     emit,
                     value,
                     digits,
-                } => {
-                    let b = bytes[0];
-                    let Some(d) = (b as char).to_digit(16) else {
-                        // Not a \u escape after all: go on with the string from this byte.
-                        self.state = State::Str { emit };
-                        continue;
-                    };
-                    bytes = &bytes[1..];
-                    let value = (value << 4) | d as u16;
-                    if digits < 3 {
-                        self.state = State::Unicode {
-                            emit,
-                            value,
-                            digits: digits + 1,
-                        };
-                        continue;
-                    }
-                    self.state = State::Str { emit };
-                    if emit {
-                        self.code_unit(value, sink);
-                    }
+                } => self.unicode(emit, value, digits, bytes, sink),
+            };
+        }
+    }
+
+    /// Between tokens: one byte of structure, or the first of a key, a string or a number.
+    /// `bytes` is not empty; returns what follows the byte.
+    #[inline]
+    fn outside<'a>(&mut self, bytes: &'a [u8], sink: &mut dyn FnMut(&[u8])) -> &'a [u8] {
+        let b = bytes[0];
+        match b {
+            b'{' => self.push(false),
+            b'[' => self.push(true),
+            b'}' | b']' => self.pop(),
+            b',' => self.expect_key = self.in_object(),
+            b':' => self.expect_key = false,
+            // Every key is text too when every value is: `{"jane@acme.io": 1}`.
+            b'"' if self.expect_key && self.in_object() && self.keys == Keys::All => {
+                self.expect_key = false;
+                self.begin_text(sink);
+                self.state = State::Str { emit: true };
+            }
+            b'"' if self.expect_key && self.in_object() => {
+                self.key_len = 0;
+                self.state = State::Key;
+            }
+            b'-' | b'0'..=b'9' if self.keys == Keys::All => {
+                self.begin_text(sink);
+                sink(std::slice::from_ref(&b));
+                self.state = State::Number;
+            }
+            b'"' => {
+                let emit = self.value_is_output();
+                if emit {
+                    self.begin_text(sink);
+                }
+                self.state = State::Str { emit };
+            }
+            _ => {}
+        }
+        &bytes[1..]
+    }
+
+    /// A value to emit starts: separated from the document's last one by a newline.
+    #[inline]
+    fn begin_text(&mut self, sink: &mut dyn FnMut(&[u8])) {
+        if self.emitted {
+            sink(b"\n");
+        }
+        self.emitted = true;
+    }
+
+    /// In a number: its characters are text. Returns what follows them.
+    #[inline]
+    fn number<'a>(&mut self, bytes: &'a [u8], sink: &mut dyn FnMut(&[u8])) -> &'a [u8] {
+        let end = bytes
+            .iter()
+            .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            .unwrap_or(bytes.len());
+        if end > 0 {
+            sink(&bytes[..end]);
+        }
+        let rest = &bytes[end..];
+        if !rest.is_empty() {
+            // The byte after the number is read as structure.
+            self.state = State::Outside;
+        }
+        rest
+    }
+
+    /// In an object key: its first [`KEY_MAX`] bytes kept, to tell an output key when it ends.
+    /// Returns what follows the closing quote or backslash.
+    #[inline]
+    fn key<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
+        let end = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
+        // `key_len` past KEY_MAX: too long to be an output key.
+        let kept = self.key_len.min(KEY_MAX);
+        let take = end.min(KEY_MAX - kept);
+        self.key[kept..kept + take].copy_from_slice(&bytes[..take]);
+        self.key_len = self.key_len.saturating_add(end).min(KEY_MAX + 1);
+        match bytes.get(end) {
+            Some(b'"') => {
+                let key = &self.key[..self.key_len.min(KEY_MAX)];
+                self.key_is_output = self.key_len <= KEY_MAX && OUTPUT_KEYS.contains(&key);
+                self.expect_key = false;
+                self.state = State::Outside;
+            }
+            Some(_) => {
+                self.state = State::Escape {
+                    key: true,
+                    emit: false,
                 }
             }
+            None => {}
         }
+        &bytes[(end + 1).min(bytes.len())..]
+    }
+
+    /// In a string value: the run up to a quote or backslash is text when `emit`. Returns what
+    /// follows the quote or backslash.
+    #[inline]
+    fn string<'a>(&mut self, emit: bool, bytes: &'a [u8], sink: &mut dyn FnMut(&[u8])) -> &'a [u8] {
+        let end = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
+        if emit && end > 0 {
+            self.flush_high(sink);
+            sink(&bytes[..end]);
+        }
+        match bytes.get(end) {
+            Some(b'"') => {
+                self.flush_high_if(emit, sink);
+                self.state = State::Outside;
+            }
+            Some(_) => self.state = State::Escape { key: false, emit },
+            None => {}
+        }
+        &bytes[(end + 1).min(bytes.len())..]
+    }
+
+    /// The byte after a backslash, decoded (`\n`, `\"`, ...) or starting a `\uXXXX`. `bytes` is
+    /// not empty; returns what follows the byte.
+    #[inline]
+    fn escape<'a>(
+        &mut self,
+        key: bool,
+        emit: bool,
+        bytes: &'a [u8],
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> &'a [u8] {
+        let b = bytes[0];
+        let rest = &bytes[1..];
+        if key {
+            // Keys with escapes are never output keys.
+            self.key_len = KEY_MAX + 1;
+            self.state = State::Key;
+            return rest;
+        }
+        if b == b'u' {
+            self.state = State::Unicode {
+                emit,
+                value: 0,
+                digits: 0,
+            };
+            return rest;
+        }
+        if emit {
+            self.flush_high(sink);
+            let decoded: &[u8] = match b {
+                b'n' => b"\n",
+                b't' => b"\t",
+                b'r' => b"\r",
+                b'b' => b"\x08",
+                b'f' => b"\x0c",
+                b'"' => b"\"",
+                b'\\' => b"\\",
+                b'/' => b"/",
+                // Not JSON: the byte as it came.
+                _ => std::slice::from_ref(&b),
+            };
+            sink(decoded);
+        }
+        self.state = State::Str { emit };
+        rest
+    }
+
+    /// One more hex digit of a `\uXXXX` (`value` and `digits`: those so far). `bytes` is not
+    /// empty; returns what follows the digit, or `bytes` whole when it is not one.
+    #[inline]
+    fn unicode<'a>(
+        &mut self,
+        emit: bool,
+        value: u16,
+        digits: u8,
+        bytes: &'a [u8],
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> &'a [u8] {
+        let Some(d) = (bytes[0] as char).to_digit(16) else {
+            // Not a \u escape after all: go on with the string from this byte.
+            self.state = State::Str { emit };
+            return bytes;
+        };
+        let value = (value << 4) | d as u16;
+        if digits < 3 {
+            self.state = State::Unicode {
+                emit,
+                value,
+                digits: digits + 1,
+            };
+            return &bytes[1..];
+        }
+        self.state = State::Str { emit };
+        if emit {
+            self.code_unit(value, sink);
+        }
+        &bytes[1..]
     }
 
     /// A `\uXXXX` code unit: a surrogate pair makes one character; a lone half is U+FFFD.

@@ -237,8 +237,18 @@ pub fn fingerprint(detector: usize, text: &[u8]) -> u64 {
     h.digest()
 }
 
-impl Detectors {
-    pub fn new(specs: &[DetectorSpec]) -> Result<Detectors, DetectorError> {
+/// The detectors' names, regex sources and keywords, as the config lists them.
+struct Listed {
+    names: Vec<Arc<str>>,
+    /// Per regex: its detector, its source, the check its matches must pass.
+    sources: Vec<(usize, String, Check)>,
+    words: Vec<String>,
+    /// Per keyword: its detector.
+    keyword_detector: Vec<usize>,
+}
+
+impl Listed {
+    fn from_specs(specs: &[DetectorSpec]) -> Result<Listed, DetectorError> {
         let mut names = Vec::with_capacity(specs.len());
         let mut sources: Vec<(usize, String, Check)> = Vec::new();
         let mut words: Vec<String> = Vec::new();
@@ -268,31 +278,72 @@ impl Detectors {
                 }
             }
         }
-        let mut overlap = 0usize;
-        let mut patterns = Vec::with_capacity(sources.len());
-        for (detector, source, check) in &sources {
-            let err = |e: &dyn std::fmt::Display| DetectorError {
-                index: *detector,
-                message: format!("invalid regex: {e}"),
-            };
-            let regex = RegexBuilder::new(source)
-                .size_limit(REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|e| err(&e))?;
-            let hir = regex_syntax::parse(source).map_err(|e| err(&e))?;
-            if hir.properties().minimum_len() == Some(0) {
-                return Err(err(
-                    &"it matches the empty text, so it would flag every response",
-                ));
-            }
-            let longest = hir.properties().maximum_len().unwrap_or(MAX_OVERLAP);
-            overlap = overlap.max(longest.min(MAX_OVERLAP));
-            patterns.push(Pattern {
-                detector: *detector,
-                regex,
-                check: *check,
-            });
+        Ok(Listed {
+            names,
+            sources,
+            words,
+            keyword_detector,
+        })
+    }
+}
+
+/// Each regex compiled (one that can match the empty text refused), and the overlap the longest
+/// of their matches needs.
+fn compile_patterns(
+    sources: &[(usize, String, Check)],
+) -> Result<(Vec<Pattern>, usize), DetectorError> {
+    let mut overlap = 0usize;
+    let mut patterns = Vec::with_capacity(sources.len());
+    for (detector, source, check) in sources {
+        let err = |e: &dyn std::fmt::Display| DetectorError {
+            index: *detector,
+            message: format!("invalid regex: {e}"),
+        };
+        let regex = RegexBuilder::new(source)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| err(&e))?;
+        let hir = regex_syntax::parse(source).map_err(|e| err(&e))?;
+        if hir.properties().minimum_len() == Some(0) {
+            return Err(err(
+                &"it matches the empty text, so it would flag every response",
+            ));
         }
+        let longest = hir.properties().maximum_len().unwrap_or(MAX_OVERLAP);
+        overlap = overlap.max(longest.min(MAX_OVERLAP));
+        patterns.push(Pattern {
+            detector: *detector,
+            regex,
+            check: *check,
+        });
+    }
+    Ok((patterns, overlap))
+}
+
+/// All keywords in one case-insensitive automaton (`keyword_detector`: each one's detector).
+fn keyword_automaton(
+    words: &[String],
+    keyword_detector: &[usize],
+) -> Result<AhoCorasick, DetectorError> {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(words)
+        .map_err(|e| DetectorError {
+            index: keyword_detector.first().copied().unwrap_or(0),
+            message: format!("keywords: {e}"),
+        })
+}
+
+impl Detectors {
+    pub fn new(specs: &[DetectorSpec]) -> Result<Detectors, DetectorError> {
+        let Listed {
+            names,
+            sources,
+            words,
+            keyword_detector,
+        } = Listed::from_specs(specs)?;
+        let (patterns, mut overlap) = compile_patterns(&sources)?;
         let set = RegexSetBuilder::new(sources.iter().map(|(_, s, _)| s))
             .size_limit(REGEX_SIZE_LIMIT)
             .build()
@@ -311,16 +362,7 @@ impl Detectors {
                     .unwrap_or(0)
                     .min(MAX_OVERLAP),
             );
-            Some(
-                AhoCorasick::builder()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(&words)
-                    .map_err(|e| DetectorError {
-                        index: keyword_detector.first().copied().unwrap_or(0),
-                        message: format!("keywords: {e}"),
-                    })?,
-            )
+            Some(keyword_automaton(&words, &keyword_detector)?)
         };
         let sources: Vec<String> = sources.into_iter().map(|(_, s, _)| s).collect();
         Ok(Detectors {

@@ -75,110 +75,62 @@ impl Sidecar {
         file: Option<ConfigFile>,
         tallies: Tallies,
     ) -> Result<Sidecar, StartError> {
-        // The exporters exist before the first metric handle: each is registered with them too.
-        let otlp = match &config.otlp {
-            Some(c) => Some(Otlp::build(c, &config.agent, &|var| {
-                std::env::var(var).ok()
-            })?),
-            None => None,
-        };
-        let telemetry = Telemetry::with(otlp.as_ref().and_then(Otlp::mirror), tallies);
-        record_build_info(&telemetry, &config.agent);
         let grace = config.shutdown.grace_period.0;
-        let admin_bind = config.admin.bind;
-        let admin_limits = config.admin.limits.clone();
-        let admin_token = config.admin.token_file.clone();
-        if let Some(path) = &admin_token {
-            crate::admin::read_token(path).map_err(StartError::AdminToken)?;
-        }
+        let admin = config.admin.clone();
         let binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
-        let mut shared = Shared::new(&config, &telemetry, true);
         let agent = config.agent.clone();
-        let restarts = |task: &str| {
-            telemetry.counter(
-                BACKGROUND_RESTARTS_TOTAL,
-                vec![label("agent", &agent), label("task", task)],
-            )
-        };
-        let exports = match otlp {
-            Some(o) => {
-                let (tracer, exports) = o.start(&telemetry, &agent, &restarts).await?;
-                shared.tracer = tracer;
-                Some(exports)
-            }
-            None => None,
-        };
-        let slos = Arc::new(crate::slo::Slos::new(
-            &config,
-            &telemetry,
-            tokio::time::Instant::now(),
-        ));
-        let snapshot = Snapshot::build(config, &telemetry, &shared)?;
-        let state = Arc::new(ArcSwap::from_pointee(snapshot));
+        let p = prepare(config, tallies).await?;
+        let restarts = |task: &str| restarts_counter(&p.telemetry, &agent, task);
 
         // Bind everything before serving anything: a port taken is a startup error, not a half-up sidecar.
-        let admin_tcp = bind("admin.bind".into(), admin_bind).await?;
-        let mut tcps = Vec::with_capacity(binds.len());
-        for (i, addr) in binds.into_iter().enumerate() {
-            tcps.push(bind(format!("listeners[{i}].bind"), addr).await?);
-        }
+        let (admin_tcp, tcps) = bind_all(admin.bind, binds).await?;
 
-        let listeners = Arc::new(Mutex::new(Listeners::new(&telemetry, &agent, grace)));
+        let listeners = Arc::new(Mutex::new(Listeners::new(&p.telemetry, &agent, grace)));
         let watching = file.is_some();
         let reloader = Arc::new(Reloader::new(
             file,
-            state.clone(),
-            shared.clone(),
-            &telemetry,
-            slos.clone(),
+            p.state.clone(),
+            p.shared.clone(),
+            &p.telemetry,
+            p.slos.clone(),
             listeners.clone(),
         ));
         let ready = Arc::new(AtomicBool::new(false));
         let (admin_stop, _) = watch::channel(false);
-        let admin_addr = local_addr(&admin_tcp, admin_bind);
-        let admin_connections = Connections::new("admin", &admin_limits, &agent, &telemetry);
+        let admin_addr = local_addr(&admin_tcp, admin.bind);
+        let admin_connections = Connections::new("admin", &admin.limits, &agent, &p.telemetry);
         let mut background = vec![tokio::spawn(admin::serve(
             admin_tcp,
             admin_connections,
-            Arc::new(AdminState {
-                telemetry: telemetry.clone(),
-                ready: ready.clone(),
-                snapshot: state.clone(),
-                token_file: admin_token,
-                log_limit: crate::telemetry::LogLimiter::new(),
-                kill: shared.kill.clone(),
-                tasks: shared.tasks.clone(),
-                slos: slos.clone(),
-                reloader: reloader.clone(),
-            }),
+            Arc::new(p.admin_state(&ready, admin.token_file, &reloader)),
             admin_stop.subscribe(),
             restarts("accept_admin"),
         ))];
         background.extend(loops::start(&loops::Loops {
-            telemetry: &telemetry,
-            shared: &shared,
-            state: &state,
-            slos,
+            telemetry: &p.telemetry,
+            shared: &p.shared,
+            state: &p.state,
+            slos: p.slos,
             watcher: watching.then(|| reloader.clone()),
             restarts: &restarts,
         }));
         // Alerts still queued go out (for a few seconds) before the process ends.
-        let incidents = shared.incidents.clone();
+        let incidents = p.shared.incidents.clone();
 
-        lock(&listeners).start(&state.load(), tcps);
+        lock(&listeners).start(&p.state.load(), tcps);
         ready.store(true, Ordering::Release);
         tracing::info!(admin = %admin_addr, "ready");
         Ok(Sidecar {
             admin_addr,
-            telemetry,
-            state,
+            telemetry: p.telemetry,
+            state: p.state,
             reloader,
             ready,
             admin_stop,
             listeners,
             background,
             incidents,
-            exports,
+            exports: p.exports,
         })
     }
 
@@ -230,6 +182,99 @@ impl Sidecar {
         }
         tracing::info!("stopped");
     }
+}
+
+/// What a sidecar runs on, built from its config before any port is bound.
+struct Prepared {
+    telemetry: Telemetry,
+    shared: Shared,
+    exports: Option<crate::telemetry::otlp::Exports>,
+    slos: Arc<crate::slo::Slos>,
+    state: Arc<ArcSwap<Snapshot>>,
+}
+
+/// Builds the telemetry (with OTLP export, started), checks the admin token, and builds the
+/// first snapshot.
+async fn prepare(config: Config, tallies: Tallies) -> Result<Prepared, StartError> {
+    // The exporters exist before the first metric handle: each is registered with them too.
+    let otlp = match &config.otlp {
+        Some(c) => Some(Otlp::build(c, &config.agent, &|var| {
+            std::env::var(var).ok()
+        })?),
+        None => None,
+    };
+    let telemetry = Telemetry::with(otlp.as_ref().and_then(Otlp::mirror), tallies);
+    record_build_info(&telemetry, &config.agent);
+    if let Some(path) = &config.admin.token_file {
+        crate::admin::read_token(path).map_err(StartError::AdminToken)?;
+    }
+    let mut shared = Shared::new(&config, &telemetry, true);
+    let restarts = |task: &str| restarts_counter(&telemetry, &config.agent, task);
+    let exports = match otlp {
+        Some(o) => {
+            let (tracer, exports) = o.start(&telemetry, &config.agent, &restarts).await?;
+            shared.tracer = tracer;
+            Some(exports)
+        }
+        None => None,
+    };
+    let slos = Arc::new(crate::slo::Slos::new(
+        &config,
+        &telemetry,
+        tokio::time::Instant::now(),
+    ));
+    let snapshot = Snapshot::build(config, &telemetry, &shared)?;
+    let state = Arc::new(ArcSwap::from_pointee(snapshot));
+    Ok(Prepared {
+        telemetry,
+        shared,
+        exports,
+        slos,
+        state,
+    })
+}
+
+impl Prepared {
+    /// What the admin endpoints read.
+    fn admin_state(
+        &self,
+        ready: &Arc<AtomicBool>,
+        token_file: Option<std::path::PathBuf>,
+        reloader: &Arc<Reloader>,
+    ) -> AdminState {
+        AdminState {
+            telemetry: self.telemetry.clone(),
+            ready: ready.clone(),
+            snapshot: self.state.clone(),
+            token_file,
+            log_limit: crate::telemetry::LogLimiter::new(),
+            kill: self.shared.kill.clone(),
+            tasks: self.shared.tasks.clone(),
+            slos: self.slos.clone(),
+            reloader: reloader.clone(),
+        }
+    }
+}
+
+/// `sloguard_background_restarts_total{task}`: the restarts of a supervised background task.
+fn restarts_counter(telemetry: &Telemetry, agent: &str, task: &str) -> metrics::Counter {
+    telemetry.counter(
+        BACKGROUND_RESTARTS_TOTAL,
+        vec![label("agent", agent), label("task", task)],
+    )
+}
+
+/// Binds the admin port, then each listener's address in config order.
+async fn bind_all(
+    admin: SocketAddr,
+    listeners: Vec<SocketAddr>,
+) -> Result<(TcpListener, Vec<TcpListener>), StartError> {
+    let admin_tcp = bind("admin.bind".into(), admin).await?;
+    let mut tcps = Vec::with_capacity(listeners.len());
+    for (i, addr) in listeners.into_iter().enumerate() {
+        tcps.push(bind(format!("listeners[{i}].bind"), addr).await?);
+    }
+    Ok((admin_tcp, tcps))
 }
 
 fn local_addr(tcp: &TcpListener, configured: SocketAddr) -> SocketAddr {

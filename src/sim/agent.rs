@@ -104,43 +104,11 @@ async fn respond(
             serde_json::json!({"error": "simulated agent crash"}),
         );
     }
-    let mut llm_status = None;
-    if let Some(url) = sim.llm_url.get() {
-        // A looping step asks again and again, getting the same tool call back each time.
-        let calls = if step.r#loop {
-            sim.loop_calls.max(1)
-        } else {
-            1
-        };
-        let mut status = StatusCode::OK;
-        for _ in 0..calls {
-            status = ask(client, url, task_id.as_ref(), step.r#loop).await;
-            if !status.is_success() {
-                break;
-            }
-        }
-        if !status.is_success() {
-            // The agent cannot finish without its model: it fails the task itself.
-            return json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "LLM call failed", "llm_status": status.as_u16()}),
-            );
-        }
-        llm_status = Some(status.as_u16());
-    }
-    let leak_rate = match sim.leak_burst {
-        Some((at, rate)) if started.elapsed() >= at => rate,
-        _ => sim.leak_rate,
+    let llm_status = match ask_model(sim, client, task_id.as_ref(), &step).await {
+        Ok(status) => status,
+        Err(failed) => return failed,
     };
-    let answer = if rng.next_f64() < leak_rate {
-        if rng.next_f64() < 0.5 {
-            "done; I emailed the refund to dana.whitfield@northwind-mail.com"
-        } else {
-            "done; retried with key sk-proj-Zq8vR2mK4tY7wP1xN5bC3dF6gH9jL0aS"
-        }
-    } else {
-        "done"
-    };
+    let answer = answer(sim, rng, started);
     let mut r = json(
         StatusCode::OK,
         serde_json::json!({"status": "completed", "answer": answer, "llm_status": llm_status}),
@@ -155,6 +123,58 @@ async fn respond(
             .insert("x-agent-task-status", HeaderValue::from_static(verdict));
     }
     r
+}
+
+/// The step's LLM calls, when the agent has a model: the last call's status, or the 503 the
+/// agent answers when one fails. `None` without a model.
+async fn ask_model(
+    sim: &AgentSim,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    task_id: Option<&HeaderValue>,
+    step: &Step,
+) -> Result<Option<u16>, Response<SimBody>> {
+    let Some(url) = sim.llm_url.get() else {
+        return Ok(None);
+    };
+    // A looping step asks again and again, getting the same tool call back each time.
+    let calls = if step.r#loop {
+        sim.loop_calls.max(1)
+    } else {
+        1
+    };
+    let mut status = StatusCode::OK;
+    for _ in 0..calls {
+        status = ask(client, url, task_id, step.r#loop).await;
+        if !status.is_success() {
+            break;
+        }
+    }
+    if !status.is_success() {
+        // The agent cannot finish without its model: it fails the task itself.
+        return Err(json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "LLM call failed", "llm_status": status.as_u16()}),
+        ));
+    }
+    Ok(Some(status.as_u16()))
+}
+
+/// The task's answer: by the dice (`leak_rate`, or the burst's rate once it began), one that
+/// leaks an email address or an API key.
+fn answer(sim: &AgentSim, rng: &SimRng, started: tokio::time::Instant) -> &'static str {
+    let leak_rate = match sim.leak_burst {
+        Some((at, rate)) if started.elapsed() >= at => rate,
+        _ => sim.leak_rate,
+    };
+    if rng.next_f64() < leak_rate {
+        if rng.next_f64() < 0.5 {
+            "done; I emailed the refund to dana.whitfield@northwind-mail.com"
+        } else {
+            "done; retried with key sk-proj-Zq8vR2mK4tY7wP1xN5bC3dF6gH9jL0aS"
+        }
+    } else {
+        "done"
+    }
 }
 
 /// Which step of its task a request is (all optional).

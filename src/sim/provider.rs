@@ -142,81 +142,12 @@ async fn respond(
         _ => None,
     };
     if let Some(api) = api {
-        let (parts, body) = req.into_parts();
-        let body = match body.collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return status(StatusCode::BAD_REQUEST, "unreadable body"),
-        };
-        if let Some(seen) = &sim.seen {
-            if let Ok(mut seen) = seen.lock() {
-                seen.push(SeenRequest {
-                    path: path.clone(),
-                    headers: parts.headers.clone(),
-                    body: body.clone(),
-                });
-            }
-        }
-        if !sim.accepted_keys.is_empty()
-            && !key_of(&parts.headers).is_some_and(|k| sim.accepted_keys.iter().any(|a| a == k))
-        {
-            return status(StatusCode::UNAUTHORIZED, "invalid API key");
-        }
-        let request: Value = serde_json::from_slice(&body).unwrap_or_default();
-        let model = request["model"].as_str().unwrap_or("sim-model").to_owned();
-        let stream = request["stream"].as_bool().unwrap_or(false);
-        let include_usage = api == Api::Anthropic
-            || request["stream_options"]["include_usage"].as_bool() == Some(true)
-            || !stream;
-        if let Some((from, length)) = sim.outage {
-            let now = started.elapsed();
-            if now >= from && now < from + length {
-                tokio::time::sleep(sim.first_chunk_delay / 4).await;
-                return status(StatusCode::SERVICE_UNAVAILABLE, "simulated outage");
-            }
-        }
-        let roll = rng.next_f64();
-        if roll < sim.error_rate {
-            tokio::time::sleep(sim.first_chunk_delay / 2).await;
-            return status(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "simulated provider failure",
-            );
-        }
-        if roll < sim.error_rate + sim.rate_limit_rate {
-            let mut r = status(StatusCode::TOO_MANY_REQUESTS, "simulated rate limit");
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
-        }
-        let completion = choose(sim, rng, &parts.headers, &request, api);
-        let usage = (((body.len() / 4).max(1)) as u64, sim.chunks as u64);
-        let c = Call {
-            api,
-            model,
-            completion,
-            usage,
-            include_usage,
-        };
-        return if stream {
-            c.stream(sim)
-        } else {
-            tokio::time::sleep(sim.first_chunk_delay + sim.chunk_delay * sim.chunks as u32).await;
-            c.json(sim)
-        };
+        return complete(sim, rng, started, api, path, req).await;
     }
     match (req.method(), path.as_str()) {
         (&Method::GET | &Method::POST, p) if p.starts_with("/bytes/") => {
             let n: usize = p["/bytes/".len()..].parse().unwrap_or(1024);
-            // A POST's body is read and dropped (the replay benches send one).
-            if req.method() == Method::POST && req.into_body().collect().await.is_err() {
-                return status(StatusCode::BAD_REQUEST, "unreadable body");
-            }
-            let mut r = Response::new(full(payload().slice(..n.min(payload().len()))));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            r
+            fixed_bytes(n, req).await
         }
         (&Method::GET, p) if p.starts_with("/sse/") => {
             let n: usize = p["/sse/".len()..].parse().unwrap_or(50);
@@ -225,25 +156,130 @@ async fn respond(
                 .find_map(|kv| kv.strip_prefix("gap_ms="))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0u64);
-            let (tx, rx) = mpsc::channel(4);
-            tokio::spawn(async move {
-                for i in 0..n {
-                    if i > 0 && gap > 0 {
-                        tokio::time::sleep(Duration::from_millis(gap)).await;
-                    }
-                    if tx
-                        .send(Bytes::from(format!("data: {{\"i\":{i}}}\n\n")))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-            event_stream(rx)
+            numbered_events(n, gap)
         }
         _ => status(StatusCode::NOT_FOUND, "no such simulated endpoint"),
     }
+}
+
+/// A completion request (to `path`) in the `api`'s format: recorded, its key checked, failed as
+/// configured, else answered as JSON or as a stream.
+async fn complete(
+    sim: &ProviderSim,
+    rng: &SimRng,
+    started: tokio::time::Instant,
+    api: Api,
+    path: String,
+    req: Request<Incoming>,
+) -> Response<SimBody> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return status(StatusCode::BAD_REQUEST, "unreadable body"),
+    };
+    if let Some(seen) = &sim.seen {
+        if let Ok(mut seen) = seen.lock() {
+            seen.push(SeenRequest {
+                path,
+                headers: parts.headers.clone(),
+                body: body.clone(),
+            });
+        }
+    }
+    if !sim.accepted_keys.is_empty()
+        && !key_of(&parts.headers).is_some_and(|k| sim.accepted_keys.iter().any(|a| a == k))
+    {
+        return status(StatusCode::UNAUTHORIZED, "invalid API key");
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let model = request["model"].as_str().unwrap_or("sim-model").to_owned();
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    let include_usage = api == Api::Anthropic
+        || request["stream_options"]["include_usage"].as_bool() == Some(true)
+        || !stream;
+    if let Some(failure) = simulated_failure(sim, rng, started).await {
+        return failure;
+    }
+    let completion = choose(sim, rng, &parts.headers, &request, api);
+    let usage = (((body.len() / 4).max(1)) as u64, sim.chunks as u64);
+    let c = Call {
+        api,
+        model,
+        completion,
+        usage,
+        include_usage,
+    };
+    if stream {
+        c.stream(sim)
+    } else {
+        tokio::time::sleep(sim.first_chunk_delay + sim.chunk_delay * sim.chunks as u32).await;
+        c.json(sim)
+    }
+}
+
+/// The failure a completion gets, if any: a 503 during the outage, else by the dice a 500
+/// (`error_rate`) or a 429 (`rate_limit_rate`).
+async fn simulated_failure(
+    sim: &ProviderSim,
+    rng: &SimRng,
+    started: tokio::time::Instant,
+) -> Option<Response<SimBody>> {
+    if let Some((from, length)) = sim.outage {
+        let now = started.elapsed();
+        if now >= from && now < from + length {
+            tokio::time::sleep(sim.first_chunk_delay / 4).await;
+            return Some(status(StatusCode::SERVICE_UNAVAILABLE, "simulated outage"));
+        }
+    }
+    let roll = rng.next_f64();
+    if roll < sim.error_rate {
+        tokio::time::sleep(sim.first_chunk_delay / 2).await;
+        return Some(status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "simulated provider failure",
+        ));
+    }
+    if roll < sim.error_rate + sim.rate_limit_rate {
+        let mut r = status(StatusCode::TOO_MANY_REQUESTS, "simulated rate limit");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Some(r);
+    }
+    None
+}
+
+/// `GET /bytes/N` (or `POST`): `n` bytes at once.
+async fn fixed_bytes(n: usize, req: Request<Incoming>) -> Response<SimBody> {
+    // A POST's body is read and dropped (the replay benches send one).
+    if req.method() == Method::POST && req.into_body().collect().await.is_err() {
+        return status(StatusCode::BAD_REQUEST, "unreadable body");
+    }
+    let mut r = Response::new(full(payload().slice(..n.min(payload().len()))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}
+
+/// `GET /sse/N?gap_ms=G`: `n` SSE events, `gap` ms apart.
+fn numbered_events(n: usize, gap: u64) -> Response<SimBody> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        for i in 0..n {
+            if i > 0 && gap > 0 {
+                tokio::time::sleep(Duration::from_millis(gap)).await;
+            }
+            if tx
+                .send(Bytes::from(format!("data: {{\"i\":{i}}}\n\n")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    event_stream(rx)
 }
 
 /// The request's declared tool names.

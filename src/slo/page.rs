@@ -284,8 +284,13 @@ fn chart(out: &mut String, i: usize, name: &str, target: f64, history: &Value) {
         "<svg class=\"slo-chart\" data-slo=\"{name}\" viewBox=\"0 0 800 230\" role=\"img\" \
          aria-label=\"{name}: SLI over time and error budget burn-down\">"
     );
+    sli_panel(out, &sli, target, period);
+    burn_down_panel(out, i, &budget);
+    out.push_str("</svg>\n");
+}
 
-    // The SLI, from a margin below the lowest of the values and the target up to 100%.
+/// The SLI, from a margin below the lowest of the values and the target up to 100%.
+fn sli_panel(out: &mut String, sli: &[Option<f64>], target: f64, period: u64) {
     let low = sli.iter().flatten().fold(target, |m, v| m.min(*v));
     let lo = (low - (1.0 - low).max(0.001) * 0.25).max(0.0);
     let (x, hi, periods) = (56.0, 1.0, true);
@@ -304,7 +309,7 @@ fn chart(out: &mut String, i: usize, name: &str, target: f64, history: &Value) {
     if sli.iter().all(Option::is_none) {
         p.no_data(out);
     } else {
-        p.line(out, &sli, "#0969da");
+        p.line(out, sli, "#0969da");
     }
     // After the line, so that it stays legible where the line crosses it.
     let _ = write!(
@@ -315,8 +320,11 @@ fn chart(out: &mut String, i: usize, name: &str, target: f64, history: &Value) {
         if ty - TOP < 16.0 { ty + 14.0 } else { ty - 5.0 },
         trim(target * 100.0),
     );
+}
 
-    // The burn-down: from 100% down through the 0% line, and below it once overspent.
+/// The burn-down: from 100% down through the 0% line, and below it once overspent. `i` keeps
+/// the chart's clip paths apart from the other charts'.
+fn burn_down_panel(out: &mut String, i: usize, budget: &[f64]) {
     let min = budget.iter().fold(0.0f64, |m, v| m.min(*v));
     let hi = budget.iter().fold(1.0f64, |m, v| m.max(*v));
     let (x, lo, periods) = (464.0, min - (hi - min) * 0.08, false);
@@ -350,7 +358,6 @@ fn chart(out: &mut String, i: usize, name: &str, target: f64, history: &Value) {
         let values: Vec<Option<f64>> = budget.iter().copied().map(Some).collect();
         b.line(out, &values, "#1f2328");
     }
-    out.push_str("</svg>\n");
 }
 
 /// `minutes` before now, as a time label: −45m, −6h, −12d.

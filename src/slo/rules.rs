@@ -245,9 +245,50 @@ fn group(
     let selector = selector.join(",");
     let _ = writeln!(out, "  - name: {}", quote(name));
     out.push_str("    rules:\n");
+    recording_rules(out, labels, sli, prefix, &window_label);
+    let scale = window.as_secs_f64() / (30.0 * 86_400.0);
+    let sev = Severity::from(severity);
+    for burn in &BURNS {
+        let alert = match prefix {
+            "slo" => format!("Sloguard{}", burn.alert),
+            _ => format!("SloguardUpstream{}", burn.alert),
+        };
+        let _ = writeln!(out, "      - alert: {alert}");
+        block(
+            out,
+            "expr",
+            &burn_expr(burn, prefix, &selector, target, scale),
+        );
+        let sev_name = sev.as_str();
+        label_map(
+            out,
+            labels,
+            &[("severity", sev_name), ("notify", burn.notify)],
+        );
+        out.push_str("        annotations:\n");
+        let summary = burn_summary(burn, about, &window_label, target, scale);
+        let _ = writeln!(out, "          summary: {}", quote(&summary));
+        let _ = writeln!(
+            out,
+            "          response_time: {}",
+            quote(sev.response_time())
+        );
+        let _ = writeln!(out, "          runbook: {}", quote(&sev.runbook()));
+    }
+}
+
+/// The recording rules of the error ratio over each window (the SLO's own too), and of the
+/// event count over the alerts' long windows.
+fn recording_rules(
+    out: &mut String,
+    labels: &[(&str, &str)],
+    sli: &Sli,
+    prefix: &str,
+    window_label: &str,
+) {
     let mut windows: Vec<&str> = RATIO_WINDOWS.to_vec();
-    if !windows.contains(&window_label.as_str()) {
-        windows.push(&window_label);
+    if !windows.contains(&window_label) {
+        windows.push(window_label);
     }
     for w in windows {
         let _ = writeln!(out, "      - record: sloguard:{prefix}_error_ratio:rate{w}");
@@ -259,64 +300,55 @@ fn group(
         block(out, "expr", &sli.events.replace("{W}", w));
         label_map(out, labels, &[]);
     }
-    let scale = window.as_secs_f64() / (30.0 * 86_400.0);
+}
+
+/// Whether a pair's threshold, `factor` rescaled by `scale` times the budget rate, is at or past
+/// an error ratio of 1.
+fn all_failing(factor: f64, scale: f64, target: f64) -> bool {
+    factor * scale * (1.0 - target) >= 1.0
+}
+
+/// An alert's expression: either window pair above its threshold, with events enough.
+fn burn_expr(burn: &Burn, prefix: &str, selector: &str, target: f64, scale: f64) -> String {
     let budget = format!("(1 - {target})");
-    let sev = Severity::from(severity);
-    for burn in &BURNS {
-        let alert = match prefix {
-            "slo" => format!("Sloguard{}", burn.alert),
-            _ => format!("SloguardUpstream{}", burn.alert),
-        };
-        let _ = writeln!(out, "      - alert: {alert}");
-        let pairs: Vec<String> = burn
-            .pairs
-            .iter()
-            .map(|(long, short, factor)| {
-                let f = number(factor * scale);
-                // A ratio cannot pass 1: a threshold at or past it (a low target, or a long
-                // window) becomes "every event failed", so that a total outage still pages.
-                let above = if factor * scale * (1.0 - target) >= 1.0 {
-                    ">= 1".to_owned()
-                } else {
-                    format!("> {f} * {budget}")
-                };
-                format!(
-                    "(\n  sloguard:{prefix}_error_ratio:rate{long}{{{selector}}} {above}\n  and\n  sloguard:{prefix}_error_ratio:rate{short}{{{selector}}} {above}\n  and\n  sloguard:{prefix}_events:increase{long}{{{selector}}} >= {MIN_EVENTS}\n)"
-                )
-            })
-            .collect();
-        block(out, "expr", &pairs.join("\nor\n"));
-        let sev_name = sev.as_str();
-        label_map(
-            out,
-            labels,
-            &[("severity", sev_name), ("notify", burn.notify)],
-        );
-        out.push_str("        annotations:\n");
-        let windows: Vec<String> = burn
-            .pairs
-            .iter()
-            .map(|(long, short, factor)| {
-                if factor * scale * (1.0 - target) >= 1.0 {
-                    format!("{long}/{short} all failing")
-                } else {
-                    format!("{long}/{short} above {}x", number(factor * scale))
-                }
-            })
-            .collect();
-        let summary = format!(
-            "{about}: error budget {} ({} of the {window_label} budget rate)",
-            burn.what,
-            windows.join(", or ")
-        );
-        let _ = writeln!(out, "          summary: {}", quote(&summary));
-        let _ = writeln!(
-            out,
-            "          response_time: {}",
-            quote(sev.response_time())
-        );
-        let _ = writeln!(out, "          runbook: {}", quote(&sev.runbook()));
-    }
+    let pairs: Vec<String> = burn
+        .pairs
+        .iter()
+        .map(|(long, short, factor)| {
+            let f = number(factor * scale);
+            // A ratio cannot pass 1: a threshold at or past it (a low target, or a long
+            // window) becomes "every event failed", so that a total outage still pages.
+            let above = if all_failing(*factor, scale, target) {
+                ">= 1".to_owned()
+            } else {
+                format!("> {f} * {budget}")
+            };
+            format!(
+                "(\n  sloguard:{prefix}_error_ratio:rate{long}{{{selector}}} {above}\n  and\n  sloguard:{prefix}_error_ratio:rate{short}{{{selector}}} {above}\n  and\n  sloguard:{prefix}_events:increase{long}{{{selector}}} >= {MIN_EVENTS}\n)"
+            )
+        })
+        .collect();
+    pairs.join("\nor\n")
+}
+
+/// An alert's summary: what burns, and the thresholds of its window pairs.
+fn burn_summary(burn: &Burn, about: &str, window_label: &str, target: f64, scale: f64) -> String {
+    let windows: Vec<String> = burn
+        .pairs
+        .iter()
+        .map(|(long, short, factor)| {
+            if all_failing(*factor, scale, target) {
+                format!("{long}/{short} all failing")
+            } else {
+                format!("{long}/{short} above {}x", number(factor * scale))
+            }
+        })
+        .collect();
+    format!(
+        "{about}: error budget {} ({} of the {window_label} budget rate)",
+        burn.what,
+        windows.join(", or ")
+    )
 }
 
 /// `key: |-` and the text, indented.

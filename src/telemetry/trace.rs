@@ -399,95 +399,121 @@ impl RequestTrace {
     /// The request span and one span per attempt (the request's last, for the GenAI attributes
     /// of the call that answered), appended to `out`. Run on the export thread.
     pub fn into_spans(self: Box<Self>, out: &mut Vec<SpanData>) {
-        let t = *self;
-        let at = |i: Instant| t.start + i.saturating_duration_since(t.received);
-        let flags = if t.sampled {
-            TraceFlags::SAMPLED
-        } else {
-            TraceFlags::default()
-        };
-        let context =
-            |span_id| SpanContext::new(t.trace_id, span_id, flags, false, TraceState::NONE);
-        let upstream = |hop: usize| {
-            t.names
-                .upstreams
-                .get(hop)
-                .map_or("cache", String::as_str)
-                .to_owned()
-        };
-        let scope = &t.tracer.scope;
-        for a in &t.attempts {
-            let mut attrs = Vec::with_capacity(10);
-            attrs.push(KeyValue::new("sloguard.upstream", upstream(a.hop)));
-            if let Some(code) = a.status_code {
-                attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
-            }
-            if let Some(e) = a.error {
-                attrs.push(KeyValue::new("error.type", e));
-            }
-            if let Some(g) = &a.genai {
-                g.attributes(&mut attrs);
-            }
-            out.push(SpanData {
-                span_context: context(a.span_id),
-                parent_span_id: t.span_id,
-                parent_span_is_remote: false,
-                span_kind: SpanKind::Client,
-                name: Cow::Borrowed(ATTEMPT_SPAN),
-                start_time: at(a.start),
-                end_time: at(a.end.unwrap_or(t.end)),
-                attributes: attrs,
-                dropped_attributes_count: 0,
-                events: SpanEvents::default(),
-                links: SpanLinks::default(),
-                status: match a.error {
-                    Some(e) => Status::error(e),
-                    None => Status::Unset,
-                },
-                instrumentation_scope: scope.clone(),
-            });
+        for a in &self.attempts {
+            out.push(self.attempt_span(a));
         }
-        let mut attrs = Vec::with_capacity(14);
+        out.push(self.request_span());
+    }
+
+    /// An attempt's client span, a child of the request's.
+    fn attempt_span(&self, a: &AttemptTrace) -> SpanData {
+        let mut attrs = Vec::with_capacity(10);
         attrs.push(KeyValue::new(
-            "http.request.method",
-            t.method.as_str().to_owned(),
+            "sloguard.upstream",
+            self.upstream_name(a.hop),
         ));
-        attrs.push(KeyValue::new("url.path", t.path.clone()));
-        attrs.push(KeyValue::new("sloguard.listener", t.names.listener.clone()));
-        attrs.push(KeyValue::new("sloguard.upstream", upstream(t.hop)));
-        if let Some(code) = t.status_code {
+        if let Some(code) = a.status_code {
             attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
         }
-        if let Some(e) = &t.error {
-            attrs.push(KeyValue::new("error.type", e.clone()));
+        if let Some(e) = a.error {
+            attrs.push(KeyValue::new("error.type", e));
         }
-        // The answering attempt's call (the request's last), unless the cache answered.
-        if let Some(g) = t
-            .attempts
-            .last()
-            .filter(|a| a.hop == t.hop)
-            .and_then(|a| a.genai.as_ref())
-        {
+        if let Some(g) = &a.genai {
             g.attributes(&mut attrs);
         }
-        out.push(SpanData {
-            span_context: context(t.span_id),
-            parent_span_id: t.parent,
-            parent_span_is_remote: t.parent != SpanId::INVALID,
-            span_kind: SpanKind::Server,
-            name: Cow::Borrowed(REQUEST_SPAN),
-            start_time: t.start,
-            end_time: at(t.end),
+        SpanData {
+            span_context: self.span_context(a.span_id),
+            parent_span_id: self.span_id,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Client,
+            name: Cow::Borrowed(ATTEMPT_SPAN),
+            start_time: self.wall_time(a.start),
+            end_time: self.wall_time(a.end.unwrap_or(self.end)),
             attributes: attrs,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
-            status: match &t.error {
+            status: match a.error {
+                Some(e) => Status::error(e),
+                None => Status::Unset,
+            },
+            instrumentation_scope: self.tracer.scope.clone(),
+        }
+    }
+
+    /// The request's server span, a child of the client's when it sent one.
+    fn request_span(&self) -> SpanData {
+        let mut attrs = Vec::with_capacity(14);
+        attrs.push(KeyValue::new(
+            "http.request.method",
+            self.method.as_str().to_owned(),
+        ));
+        attrs.push(KeyValue::new("url.path", self.path.clone()));
+        attrs.push(KeyValue::new(
+            "sloguard.listener",
+            self.names.listener.clone(),
+        ));
+        attrs.push(KeyValue::new(
+            "sloguard.upstream",
+            self.upstream_name(self.hop),
+        ));
+        if let Some(code) = self.status_code {
+            attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
+        }
+        if let Some(e) = &self.error {
+            attrs.push(KeyValue::new("error.type", e.clone()));
+        }
+        // The answering attempt's call (the request's last), unless the cache answered.
+        if let Some(g) = self
+            .attempts
+            .last()
+            .filter(|a| a.hop == self.hop)
+            .and_then(|a| a.genai.as_ref())
+        {
+            g.attributes(&mut attrs);
+        }
+        SpanData {
+            span_context: self.span_context(self.span_id),
+            parent_span_id: self.parent,
+            parent_span_is_remote: self.parent != SpanId::INVALID,
+            span_kind: SpanKind::Server,
+            name: Cow::Borrowed(REQUEST_SPAN),
+            start_time: self.start,
+            end_time: self.wall_time(self.end),
+            attributes: attrs,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: match &self.error {
                 Some(e) => Status::error(e.clone()),
                 None => Status::Unset,
             },
-            instrumentation_scope: scope.clone(),
-        });
+            instrumentation_scope: self.tracer.scope.clone(),
+        }
+    }
+
+    /// The wall-clock time of `i`, from the request's arrival.
+    fn wall_time(&self, i: Instant) -> SystemTime {
+        self.start + i.saturating_duration_since(self.received)
+    }
+
+    /// The context of a span of this trace.
+    fn span_context(&self, span_id: SpanId) -> SpanContext {
+        let flags = if self.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        SpanContext::new(self.trace_id, span_id, flags, false, TraceState::NONE)
+    }
+
+    /// The `sloguard.upstream` of the hop at `hop` (past the chain: the cache).
+    fn upstream_name(&self, hop: usize) -> String {
+        self.names
+            .upstreams
+            .get(hop)
+            .map_or("cache", String::as_str)
+            .to_owned()
     }
 
     /// Spans this trace turns into.

@@ -324,25 +324,7 @@ impl CircuitBreaker {
         }
         let current = ticket.epoch == inner.epoch;
         if ticket.probe && current && matches!(inner.state, State::HalfOpen { .. }) {
-            // A slow probe is no sign of recovery from slowness.
-            if outcome.failed || outcome.slow {
-                let reason = if outcome.retry_after.is_some() {
-                    TransitionReason::RetryAfter
-                } else {
-                    TransitionReason::ProbeFailed
-                };
-                return Some(self.open(&mut inner, now, reason, outcome.retry_after));
-            }
-            if let State::HalfOpen { succeeded, .. } = &mut inner.state {
-                *succeeded += 1;
-                if *succeeded >= self.config.half_open_probes {
-                    inner.reopens = 0;
-                    inner.consecutive = 0;
-                    inner.buckets = [Bucket::default(); BUCKETS];
-                    return Some(self.enter(&mut inner, State::Closed, TransitionReason::ProbeOk));
-                }
-            }
-            return None;
+            return self.record_probe(&mut inner, outcome, now);
         }
         match inner.state {
             // A call let through before the circuit last opened: its news is from then.
@@ -361,7 +343,48 @@ impl CircuitBreaker {
             // Calls from before the probes: their news is old.
             State::HalfOpen { .. } => return None,
         }
-        // Closed: count it.
+        self.record_closed(&mut inner, outcome, now)
+    }
+
+    /// A probe's outcome while half-open: any failing re-opens the circuit, the last of
+    /// `half_open_probes` succeeding closes it.
+    #[inline]
+    fn record_probe(
+        &self,
+        inner: &mut Inner,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Option<Transition> {
+        // A slow probe is no sign of recovery from slowness.
+        if outcome.failed || outcome.slow {
+            let reason = if outcome.retry_after.is_some() {
+                TransitionReason::RetryAfter
+            } else {
+                TransitionReason::ProbeFailed
+            };
+            return Some(self.open(inner, now, reason, outcome.retry_after));
+        }
+        if let State::HalfOpen { succeeded, .. } = &mut inner.state {
+            *succeeded += 1;
+            if *succeeded >= self.config.half_open_probes {
+                inner.reopens = 0;
+                inner.consecutive = 0;
+                inner.buckets = [Bucket::default(); BUCKETS];
+                return Some(self.enter(inner, State::Closed, TransitionReason::ProbeOk));
+            }
+        }
+        None
+    }
+
+    /// A call's outcome while closed: counted, then the circuit opens if a 429's Retry-After,
+    /// the failures in a row, or the window's failure or slow-call ratio say so.
+    #[inline]
+    fn record_closed(
+        &self,
+        inner: &mut Inner,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Option<Transition> {
         let index = self.bucket_index(now);
         let slot = &mut inner.buckets[(index % BUCKETS as u64) as usize];
         if slot.index != index {
@@ -380,30 +403,24 @@ impl CircuitBreaker {
         };
         if outcome.failed && outcome.retry_after.is_some() {
             return Some(self.open(
-                &mut inner,
+                inner,
                 now,
                 TransitionReason::RetryAfter,
                 outcome.retry_after,
             ));
         }
         if outcome.failed && inner.consecutive >= self.config.consecutive_failures {
-            return Some(self.open(&mut inner, now, TransitionReason::Consecutive, None));
+            return Some(self.open(inner, now, TransitionReason::Consecutive, None));
         }
-        let (total, failures, slow) = inner
-            .buckets
-            .iter()
-            .filter(|b| b.index + (BUCKETS as u64) > index && b.index <= index)
-            .fold((0u32, 0u32, 0u32), |(t, f, s), b| {
-                (t + b.total, f + b.failures, s + b.slow)
-            });
+        let (total, failures, slow) = window_totals(&inner.buckets, index);
         if total >= self.config.min_requests && total > 0 {
             if outcome.failed && f64::from(failures) / f64::from(total) >= self.config.failure_rate
             {
-                return Some(self.open(&mut inner, now, TransitionReason::Rate, None));
+                return Some(self.open(inner, now, TransitionReason::Rate, None));
             }
             if let Some((_, rate)) = self.config.slow_call {
                 if outcome.slow && f64::from(slow) / f64::from(total) >= rate {
-                    return Some(self.open(&mut inner, now, TransitionReason::SlowCall, None));
+                    return Some(self.open(inner, now, TransitionReason::SlowCall, None));
                 }
             }
         }
@@ -498,6 +515,17 @@ impl CircuitBreaker {
         self.fast.store(to as u8, Ordering::Release);
         Transition { to, reason }
     }
+}
+
+/// Calls, failures and slow calls in the window that ends with bucket `index`.
+#[inline]
+fn window_totals(buckets: &[Bucket; BUCKETS], index: u64) -> (u32, u32, u32) {
+    buckets
+        .iter()
+        .filter(|b| b.index + (BUCKETS as u64) > index && b.index <= index)
+        .fold((0u32, 0u32, 0u32), |(t, f, s), b| {
+            (t + b.total, f + b.failures, s + b.slow)
+        })
 }
 
 /// `d` varied by up to `ratio` either way (xorshift: cheap, and seeded per breaker so that

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 
 pub use breaker::{BreakerConfig, CircuitBreaker, Force, Outcome, Ticket, Transition};
 mod body;
@@ -235,44 +237,9 @@ impl Upstream {
         })?;
         let header_value =
             HeaderValue::from_str(name).map_err(|_| UpstreamBuildError::Name(name.to_owned()))?;
-        let host_header =
-            HeaderValue::from_str(url.authority.as_str()).map_err(|_| UpstreamBuildError::Url {
-                name: name.to_owned(),
-                message: "host is not a valid header value".into(),
-            })?;
-        let target = Uri::builder()
-            .scheme(url.scheme.clone())
-            .authority(url.authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| UpstreamBuildError::Url {
-                name: name.to_owned(),
-                message: e.to_string(),
-            })?;
-        let extra_roots = match &config.tls {
-            Some(tls) => load_ca_file(&tls.ca_file),
-            None => Ok(Vec::new()),
-        };
-        let connector = extra_roots
-            .and_then(|roots| build_connector(config.timeouts.connect.0, roots))
-            .map_err(|message| UpstreamBuildError::Tls {
-                name: name.to_owned(),
-                message,
-            })?;
-        let keys = match &config.api_keys_file {
-            Some(path) => Some(Arc::new(
-                KeyRing::load(
-                    path,
-                    config.protocol,
-                    KeyMetrics::new(telemetry, agent, name),
-                )
-                .map_err(|source| UpstreamBuildError::Keys {
-                    name: name.to_owned(),
-                    source,
-                })?,
-            )),
-            None => None,
-        };
+        let (host_header, target) = host_and_target(name, &url)?;
+        let connector = connector(name, config)?;
+        let keys = key_ring(name, config, agent, telemetry)?;
         let llm = (config.protocol != Protocol::None).then(|| {
             Arc::new(LlmMetrics::new(
                 telemetry,
@@ -300,21 +267,92 @@ impl Upstream {
             url,
             protocol: config.protocol,
             timeouts: config.timeouts,
-            pool: Arc::new(ConnectionPool::new(
-                connector,
-                target,
-                MAX_IDLE_CONNECTIONS,
-                config.pool_idle_timeout(),
-                config.timeouts.connect.0,
-                pool::H2Settings {
-                    connections: config.h2.connections,
-                    keepalive_interval: config.h2.keepalive_interval.0,
-                    keepalive_timeout: config.h2.keepalive_timeout.0,
-                },
-            )),
+            pool: Arc::new(connection_pool(config, connector, target)),
             header_value,
             metrics: UpstreamMetrics::new(telemetry, agent, name),
             log_limit: LogLimiter::new(),
         })
     }
+}
+
+/// The `Host` an upstream gets (the URL's authority), and the URI its connections go to.
+fn host_and_target(
+    name: &str,
+    url: &UpstreamUrl,
+) -> Result<(HeaderValue, Uri), UpstreamBuildError> {
+    let host_header =
+        HeaderValue::from_str(url.authority.as_str()).map_err(|_| UpstreamBuildError::Url {
+            name: name.to_owned(),
+            message: "host is not a valid header value".into(),
+        })?;
+    let target = Uri::builder()
+        .scheme(url.scheme.clone())
+        .authority(url.authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| UpstreamBuildError::Url {
+            name: name.to_owned(),
+            message: e.to_string(),
+        })?;
+    Ok((host_header, target))
+}
+
+/// The upstream's connector: the system roots and `tls.ca_file`'s, bounded by `timeouts.connect`.
+fn connector(
+    name: &str,
+    config: &UpstreamConfig,
+) -> Result<HttpsConnector<HttpConnector>, UpstreamBuildError> {
+    let extra_roots = match &config.tls {
+        Some(tls) => load_ca_file(&tls.ca_file),
+        None => Ok(Vec::new()),
+    };
+    extra_roots
+        .and_then(|roots| build_connector(config.timeouts.connect.0, roots))
+        .map_err(|message| UpstreamBuildError::Tls {
+            name: name.to_owned(),
+            message,
+        })
+}
+
+/// The keys of `api_keys_file`, when there is one.
+fn key_ring(
+    name: &str,
+    config: &UpstreamConfig,
+    agent: &str,
+    telemetry: &Telemetry,
+) -> Result<Option<Arc<KeyRing>>, UpstreamBuildError> {
+    let Some(path) = &config.api_keys_file else {
+        return Ok(None);
+    };
+    let ring = KeyRing::load(
+        path,
+        config.protocol,
+        KeyMetrics::new(telemetry, agent, name),
+    )
+    .map_err(|source| UpstreamBuildError::Keys {
+        name: name.to_owned(),
+        source,
+    })?;
+    Ok(Some(Arc::new(ring)))
+}
+
+/// The pooled client for the upstream at `target`, with the config's idle, connect and HTTP/2
+/// settings.
+fn connection_pool(
+    config: &UpstreamConfig,
+    connector: HttpsConnector<HttpConnector>,
+    target: Uri,
+) -> ConnectionPool {
+    ConnectionPool::new(
+        connector,
+        target,
+        MAX_IDLE_CONNECTIONS,
+        config.pool_idle_timeout(),
+        config.timeouts.connect.0,
+        pool::H2Settings {
+            connections: config.h2.connections,
+            keepalive_interval: config.h2.keepalive_interval.0,
+            keepalive_timeout: config.h2.keepalive_timeout.0,
+        },
+    )
 }

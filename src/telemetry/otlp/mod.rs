@@ -36,7 +36,7 @@ pub use resource::{resource_attributes, DOWNWARD_API};
 
 use super::trace::{RequestTrace, Tracer};
 use super::{label, LogLimiter, Telemetry, OTLP_DROPPED_TOTAL};
-use crate::config::{OtlpConfig, OtlpProtocol, OtlpTemporality};
+use crate::config::{OtlpConfig, OtlpProtocol, OtlpTemporality, TracesConfig};
 
 /// How long the last export of each signal may take at shutdown.
 pub const FLUSH: Duration = Duration::from_secs(5);
@@ -232,96 +232,29 @@ impl Otlp {
         };
         let (stop, _) = watch::channel(false);
         let traces = self.config.traces.as_ref().map(|t| {
-            let (tx, rx) = mpsc::channel(t.max_queue);
-            let wake = Arc::new(Notify::new());
             let dropped = dropped("traces");
-            let batch = TRACE_BATCH.min(t.max_queue);
-            let tracer = Tracer::new(t.sample_ratio, tx, wake.clone(), batch, dropped.clone());
-            let queue = SpanQueue { rx, wake };
-            (Arc::new(tracer), queue, dropped, restarts("otlp_traces"))
+            let (tracer, queue) = trace_queue(t, dropped.clone());
+            (tracer, (queue, dropped, restarts("otlp_traces")))
         });
-        let tracer = traces.as_ref().map(|t| t.0.clone());
+        let (tracer, traces) = traces.unzip();
         let metrics = self
             .metrics
             .map(|m| (m, dropped("metrics"), restarts("otlp_metrics")));
-        let (config, resource) = (self.config, self.resource);
         let (ready_tx, ready) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
-        // The loops hold receivers only: when the one sender goes (the sidecar dropped without a
-        // shutdown), they take it as the stop, export once more and end with the thread.
-        let stops = stop.subscribe();
+        let export = ExportThread {
+            config: self.config,
+            resource: self.resource,
+            metrics,
+            traces,
+            // The loops hold receivers only: when the one sender goes (the sidecar dropped
+            // without a shutdown), they take it as the stop, export once more and end with the
+            // thread.
+            stops: stop.subscribe(),
+        };
         let thread = std::thread::Builder::new()
             .name("sloguard-otlp".into())
-            .spawn(move || {
-                lower_priority();
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(OtlpError(format!(
-                            "cannot start the export thread: {e}"
-                        ))));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let mut loops = tokio::task::JoinSet::new();
-                    let timeout = config.timeout();
-                    if let Some((parts, dropped, restarts)) = metrics {
-                        let exporter = match metric_exporter(&config) {
-                            Ok(e) => e,
-                            Err(e) => {
-                                let _ = ready_tx.send(Err(e));
-                                return;
-                            }
-                        };
-                        let m = Arc::new(MetricsExport {
-                            _provider: parts.provider,
-                            reader: parts.reader,
-                            exporter,
-                            mirror: parts.mirror,
-                        });
-                        let interval = config.interval.0;
-                        let stop = stops.clone();
-                        let run =
-                            crate::background::supervise("otlp_metrics", restarts, move || {
-                                export_metrics(
-                                    m.clone(),
-                                    interval,
-                                    timeout,
-                                    dropped.clone(),
-                                    stop.clone(),
-                                )
-                            });
-                        loops.spawn(async move {
-                            let _ = run.await;
-                        });
-                    }
-                    if let Some((_, queue, dropped, restarts)) = traces {
-                        let exporter = match span_exporter(&config, &resource) {
-                            Ok(e) => e,
-                            Err(e) => {
-                                let _ = ready_tx.send(Err(e));
-                                return;
-                            }
-                        };
-                        let t = Arc::new(Mutex::new(TracesExport { exporter, queue }));
-                        let stop = stops.clone();
-                        let run =
-                            crate::background::supervise("otlp_traces", restarts, move || {
-                                export_spans(t.clone(), timeout, dropped.clone(), stop.clone())
-                            });
-                        loops.spawn(async move {
-                            let _ = run.await;
-                        });
-                    }
-                    let _ = ready_tx.send(Ok(()));
-                    while loops.join_next().await.is_some() {}
-                    let _ = done_tx.send(());
-                });
-            })
+            .spawn(move || export.run(ready_tx, done_tx))
             .map_err(|e| OtlpError(format!("cannot start the export thread: {e}")))?;
         match ready.await {
             Ok(Ok(())) => {}
@@ -332,6 +265,89 @@ impl Otlp {
             }
         }
         Ok((tracer, Exports { stop, done }))
+    }
+}
+
+/// The tracer requests start their spans with, and the exporter's end of its queue.
+fn trace_queue(t: &TracesConfig, dropped: Counter) -> (Arc<Tracer>, SpanQueue) {
+    let (tx, rx) = mpsc::channel(t.max_queue);
+    let wake = Arc::new(Notify::new());
+    let batch = TRACE_BATCH.min(t.max_queue);
+    let tracer = Tracer::new(t.sample_ratio, tx, wake.clone(), batch, dropped);
+    (Arc::new(tracer), SpanQueue { rx, wake })
+}
+
+/// What the export thread runs, moved to it: each signal's parts with its `dropped` and
+/// `restarts` counters.
+struct ExportThread {
+    config: OtlpConfig,
+    resource: Resource,
+    metrics: Option<(MetricsParts, Counter, Counter)>,
+    traces: Option<(SpanQueue, Counter, Counter)>,
+    stops: watch::Receiver<bool>,
+}
+
+impl ExportThread {
+    /// On the export thread: builds the exporters and runs both loops until they end. `ready`
+    /// gets the outcome of the start; `done` fires when the loops have ended.
+    fn run(self, ready: oneshot::Sender<Result<(), OtlpError>>, done: oneshot::Sender<()>) {
+        lower_priority();
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready.send(Err(OtlpError(format!(
+                    "cannot start the export thread: {e}"
+                ))));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let mut loops = tokio::task::JoinSet::new();
+            if let Err(e) = self.spawn_loops(&mut loops) {
+                let _ = ready.send(Err(e));
+                return;
+            }
+            let _ = ready.send(Ok(()));
+            while loops.join_next().await.is_some() {}
+            let _ = done.send(());
+        });
+    }
+
+    /// Builds each signal's exporter and spawns its supervised loop on `loops`.
+    fn spawn_loops(self, loops: &mut tokio::task::JoinSet<()>) -> Result<(), OtlpError> {
+        let timeout = self.config.timeout();
+        if let Some((parts, dropped, restarts)) = self.metrics {
+            let exporter = metric_exporter(&self.config)?;
+            let m = Arc::new(MetricsExport {
+                _provider: parts.provider,
+                reader: parts.reader,
+                exporter,
+                mirror: parts.mirror,
+            });
+            let interval = self.config.interval.0;
+            let stop = self.stops.clone();
+            let run = crate::background::supervise("otlp_metrics", restarts, move || {
+                export_metrics(m.clone(), interval, timeout, dropped.clone(), stop.clone())
+            });
+            loops.spawn(async move {
+                let _ = run.await;
+            });
+        }
+        if let Some((queue, dropped, restarts)) = self.traces {
+            let exporter = span_exporter(&self.config, &self.resource)?;
+            let t = Arc::new(Mutex::new(TracesExport { exporter, queue }));
+            let stop = self.stops.clone();
+            let run = crate::background::supervise("otlp_traces", restarts, move || {
+                export_spans(t.clone(), timeout, dropped.clone(), stop.clone())
+            });
+            loops.spawn(async move {
+                let _ = run.await;
+            });
+        }
+        Ok(())
     }
 }
 
