@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -161,25 +163,24 @@ proptest! {
 
 #[tokio::test]
 async fn a_client_that_aborts_its_upload_is_not_charged_to_the_upstream() {
+    let reached = Arc::new(AtomicUsize::new(0));
+    let r = reached.clone();
     let upstream = sim::serve(
         LOOPBACK,
-        |req: http::Request<hyper::body::Incoming>| async move {
-            let _ = req.into_body().collect().await;
-            http::Response::new(sim::full("ok"))
+        move |req: http::Request<hyper::body::Incoming>| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let _ = req.into_body().collect().await;
+                http::Response::new(sim::full("ok"))
+            }
         },
     )
     .await
     .unwrap();
     let sidecar = start_sidecar("llm", &upstream.url(), "").await;
-    let addr = sidecar.listener_addr("proxy").unwrap();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"model\":",
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    drop(s);
+    // The client hangs up once its upload is under way to the upstream.
+    let proxy = sidecar.listener_addr("proxy").unwrap();
+    abort_upload(proxy, async || reached.load(Ordering::SeqCst) == 1).await;
     let m = metrics_when(&sidecar, |m| metric(m, "agent_requests_total", &[]) >= 1.0).await;
     expect_requests(&m, "4xx", "none", 1.0);
     expect_metric(&m, "agent_requests_total", &[("cause", "upstream")], 0.0);

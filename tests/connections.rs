@@ -9,13 +9,16 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use http::StatusCode;
-use sloguard::{Config, Sidecar};
+use http::{Request, Response, StatusCode};
+use sloguard::{sim, Config, Sidecar};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
@@ -59,6 +62,11 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u
     };
     tokio::time::timeout(within, read_all).await.ok()?;
     Some(got)
+}
+
+/// `sloguard_client_connections` of `listener`.
+fn open(m: &str, listener: &str) -> f64 {
+    metric(m, "sloguard_client_connections", &[("listener", listener)])
 }
 
 fn closed(m: &str, listener: &str, reason: &str) -> f64 {
@@ -270,8 +278,11 @@ async fn at_the_connection_limit_a_new_connection_takes_the_place_of_the_idlest(
     for _ in 0..4 {
         idle.push(TcpStream::connect(proxy(&s)).await.unwrap());
     }
-    // Let the accept loop admit them in order.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The accept loop admits them in order.
+    wait_until("the idle sockets are admitted", 5, async || {
+        open(&metrics(&s).await, "proxy") == 4.0
+    })
+    .await;
     // A real client gets through, twice (each time one idle socket goes).
     for _ in 0..2 {
         assert_eq!(
@@ -295,16 +306,29 @@ async fn at_the_connection_limit_a_new_connection_takes_the_place_of_the_idlest(
 
 #[tokio::test]
 async fn at_the_connection_limit_with_every_connection_busy_a_new_one_is_refused() {
-    let a = verdict_agent().await;
+    // An agent that holds each request until the test lets it go.
+    let (reached, go) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let (r, g) = (reached.clone(), go.clone());
+    let a = sim::serve(LOOPBACK, move |_req: Request<hyper::body::Incoming>| {
+        let (r, g) = (r.clone(), g.clone());
+        async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            let _held = g.acquire().await;
+            Response::new(sim::full("{}"))
+        }
+    })
+    .await
+    .unwrap();
     let s = sidecar(&a.url(), "max_connections: 2", "").await;
-    // Two requests in flight (the agent takes 2.5 s).
+    // Two requests in flight: both have reached the agent.
     let slow = (0..2)
         .map(|_| {
-            let url = proxy_url(&s, "/slow/200");
+            let url = proxy_url(&s, "/200");
             tokio::spawn(async move { get(&client(), &url).await.status() })
         })
         .collect::<Vec<_>>();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let both_in = async || reached.load(Ordering::SeqCst) == 2;
+    wait_until("both requests reach the agent", 5, both_in).await;
     let mut third = TcpStream::connect(proxy(&s)).await.unwrap();
     third
         .write_all(b"GET /200 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -318,6 +342,7 @@ async fn at_the_connection_limit_with_every_connection_busy_a_new_one_is_refused
         "no answer: {}",
         String::from_utf8_lossy(&got)
     );
+    go.add_permits(2);
     for s in slow {
         assert_eq!(s.await.unwrap(), StatusCode::OK);
     }
@@ -334,14 +359,18 @@ async fn a_flood_of_idle_sockets_does_not_keep_the_probe_out_of_the_admin_port()
     for _ in 0..50 {
         flood.push(TcpStream::connect(s.admin_addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The whole flood is in: all but 8 of it displaced.
+    wait_until("the flood is admitted", 5, async || {
+        closed(&metrics(&s).await, "admin", "displaced") >= 42.0
+    })
+    .await;
     for _ in 0..5 {
         let (status, body) = agent_health(&s).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let m = metrics(&s).await;
     assert!(closed(&m, "admin", "displaced") >= 42.0, "{m}");
-    assert!(metric(&m, "sloguard_client_connections", &[("listener", "admin")]) <= 8.0);
+    assert!(open(&m, "admin") <= 8.0);
     s.shutdown().await;
 }
 

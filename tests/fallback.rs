@@ -407,23 +407,12 @@ async fn a_recovered_primary_is_probed_its_circuit_closes_and_it_answers_again()
 
     let wait = c["half_open_in_seconds"].as_f64().unwrap();
     assert!(wait > 0.0 && wait <= 1.1, "{c}");
-    tokio::time::sleep(Duration::from_secs_f64(wait + 0.05)).await;
+    open_period_over(&sidecar, "primary").await;
     // The first request after the open period is the probe: the primary answers it.
     let probe = chat(&sidecar, r#"{"n":3}"#).await;
     assert_from(&probe, StatusCode::OK, "primary", None);
     assert_eq!(primary.hits(), 3);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let state = circuit(&sidecar, "primary").await["state"].clone();
-        if state == "closed" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the circuit did not close: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    circuit_closes(&sidecar, "primary").await;
     for _ in 0..3 {
         let a = chat(&sidecar, r#"{"n":4}"#).await;
         assert_from(&a, StatusCode::OK, "primary", None);

@@ -382,10 +382,7 @@ async fn half_open_primary(delay_ms: u64) -> (Upstream, Upstream, Sidecar) {
     assert_eq!(c["state"], "open", "{c}");
     primary.set_status(200);
     primary.knobs.delay_ms.store(delay_ms, Ordering::SeqCst);
-    wait_until("the open period never ended", 5, async || {
-        circuit(&sidecar, "primary").await["half_open_in_seconds"] == 0.0
-    })
-    .await;
+    open_period_over(&sidecar, "primary").await;
     (primary, backup, sidecar)
 }
 
@@ -407,10 +404,7 @@ async fn a_slow_upload_does_not_hold_the_probe_slot() {
     assert_from(&a, StatusCode::OK, "primary", None);
     assert_eq!(primary.hits(), 3, "two failures, then the probe");
     drop(stalled);
-    wait_until("the circuit did not close", 5, async || {
-        circuit(&sidecar, "primary").await["state"] == "closed"
-    })
-    .await;
+    circuit_closes(&sidecar, "primary").await;
 }
 
 #[tokio::test]
@@ -443,8 +437,5 @@ async fn a_client_that_leaves_while_its_probe_waits_gives_the_slot_back() {
         primary
     })
     .await;
-    wait_until("the circuit did not close", 5, async || {
-        circuit(&sidecar, "primary").await["state"] == "closed"
-    })
-    .await;
+    circuit_closes(&sidecar, "primary").await;
 }

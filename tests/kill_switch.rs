@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::scripted::*;
 use common::*;
@@ -16,25 +16,31 @@ use sloguard::{Config, Sidecar};
 #[tokio::test]
 async fn the_kill_switch_trips_on_violations_of_distinct_tasks_within_the_window_only() {
     let safety = "  action: block\n  kill_switch: {violations: 3, within: 2s}\n";
+    const WITHIN: Duration = Duration::from_secs(2);
     let (s, script, _, _servers) = scene(safety, "").await;
     set(&script, "/leak", json(r#"{"answer":"mail jane@acme.io"}"#));
     let leak = |task: String| {
         let url = url(&s, "inbound", "/leak");
         async move { post_as(&url, Some(&task), "{}").await.0 }
     };
-    // Three tasks' violations spread over more than the window: the agent stays up.
+    // Three tasks' violations spread over more than the window: the agent stays up. (The gaps
+    // between them are the behaviour under test.)
+    let mut last_spread = Instant::now();
     for i in 0..3 {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         assert_eq!(leak(format!("spread-{i}")).await, StatusCode::FORBIDDEN);
+        last_spread = Instant::now();
         expect_violations(&s, "inbound", "pii_email", "block", f64::from(i + 1)).await;
     }
     let m = metrics(&s).await;
     expect_metric(&m, "sloguard_agent_disabled", &[], 0.0);
-    // Three within the window (after one's length of quiet, so that the last of the spread
-    // ones are out of it): disabled.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Three within the window, once the last of the spread ones is out of it: disabled. The
+    // wall clock has to pass here: the switch's window is wall-clock time (its own tests run on
+    // paused time), and nothing shows what is left in it.
+    let out_of_window = async || last_spread.elapsed() > WITHIN;
+    wait_until("the spread violations leave the window", 5, out_of_window).await;
     for i in 0..3 {
         assert_eq!(leak(format!("burst-{i}")).await, StatusCode::FORBIDDEN);
         expect_violations(&s, "inbound", "pii_email", "block", f64::from(i + 4)).await;
@@ -316,7 +322,8 @@ fn a_kill_switch_needs_an_admin_token_and_the_block_action() {
 async fn alerts_still_queued_at_shutdown_are_sent_before_it_ends() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    // An Alertmanager that takes 300 ms to answer each post.
+    // An Alertmanager that takes 300 ms to answer each post (the behaviour under test: the
+    // alerts queue behind it).
     let received = Arc::new(AtomicUsize::new(0));
     let r = received.clone();
     let hook = sloguard::sim::serve(

@@ -85,7 +85,9 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     });
     arrived.notified().await;
     p.terminate();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The listener logs its drain once it has stopped accepting (`/readyz` turned 503 before).
+    let draining = async || p.logged("draining in-flight requests");
+    wait_until("SIGTERM starts the drain", 5, draining).await;
     // Draining: not ready, no new connections, the in-flight request still finishes.
     assert_eq!(readyz(p.admin).await, StatusCode::SERVICE_UNAVAILABLE);
     assert!(

@@ -41,17 +41,17 @@ shutdown: {{grace_period: 1s}}
 }
 
 /// Asserts that `/agent/healthz` answers 200 now and at every look for `span` (the sweep runs
-/// every second, so a span past a second sees it too).
+/// every second, so a span past a second sees it too): the wall clock has to pass here, for the
+/// product's own `stuck_after` to have had its chance.
 async fn healthy_throughout(s: &Sidecar, span: Duration, what: &str) {
-    let end = std::time::Instant::now() + span;
-    loop {
+    let mut last = serde_json::Value::Null;
+    let healthy = holds_throughout(span, async || {
         let (status, body) = agent_health(s).await;
-        assert_eq!(status, StatusCode::OK, "{what}: {body}");
-        if std::time::Instant::now() > end {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        last = body;
+        status == StatusCode::OK
+    })
+    .await;
+    assert!(healthy, "{what}: {last}");
 }
 
 /// Waits up to 5 s for `/agent/healthz` to answer 503, and checks that it is for a request
@@ -64,15 +64,15 @@ async fn stuck_without_an_answer(s: &Sidecar) {
 
 /// Waits up to 5 s for `/agent/healthz` to answer 503; its body.
 async fn becomes_stuck(s: &Sidecar) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let mut last = serde_json::Value::Null;
+    let stuck = holds_within(5, async || {
         let (status, body) = agent_health(s).await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            return body;
-        }
-        assert!(std::time::Instant::now() < deadline, "never stuck: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        last = body;
+        status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(stuck, "never stuck: {last}");
+    last
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -177,7 +178,7 @@ async fn status_upstream() -> sim::SimServer {
             .trim_start_matches("/status/")
             .parse()
             .unwrap_or(200);
-        // A little latency so that requests overlap.
+        // A little latency so that requests overlap: the load under test, not a wait.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let mut r = Response::new(sim_full("x"));
         *r.status_mut() = StatusCode::from_u16(code).unwrap();
@@ -349,17 +350,16 @@ async fn a_stalled_stream_is_ended_after_idle() {
     sidecar.shutdown().await;
 }
 
-/// An HTTP/1.1 upstream that counts its connections; with `keep_alive` off it closes each
-/// connection after one response (without saying so in a header, like a server whose idle
-/// timeout ran out).
+/// An HTTP/1.1 upstream that counts the connections it accepted and those it has closed; with
+/// `keep_alive` off it closes each connection after one response.
 async fn counting_upstream(
     keep_alive: bool,
-) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c) = (accepted.clone(), closed.clone());
     let addr = raw_upstream(move |stream| {
-        count.fetch_add(1, Ordering::SeqCst);
+        a.fetch_add(1, Ordering::SeqCst);
+        let c = c.clone();
         async move {
             let svc = hyper::service::service_fn(|_req| async {
                 Ok::<_, std::convert::Infallible>(Response::new(sim_full("pooled")))
@@ -368,15 +368,16 @@ async fn counting_upstream(
                 .keep_alive(keep_alive)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;
+            c.fetch_add(1, Ordering::SeqCst);
         }
     })
     .await;
-    (addr, accepted)
+    (addr, accepted, closed)
 }
 
 #[tokio::test]
 async fn upstream_connections_are_reused() {
-    let (addr, accepted) = counting_upstream(true).await;
+    let (addr, accepted, _) = counting_upstream(true).await;
     let sidecar = start_sidecar("llm", &format!("http://{addr}"), "").await;
     let client = client();
     for _ in 0..20 {
@@ -384,7 +385,7 @@ async fn upstream_connections_are_reused() {
         assert_eq!(body_bytes(resp).await, "pooled");
     }
     assert_eq!(
-        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        accepted.load(Ordering::SeqCst),
         1,
         "one connection serves sequential requests"
     );
@@ -393,17 +394,19 @@ async fn upstream_connections_are_reused() {
 
 #[tokio::test]
 async fn connections_the_upstream_closed_are_not_reused() {
-    let (addr, accepted) = counting_upstream(false).await;
+    let (addr, accepted, closed) = counting_upstream(false).await;
     let sidecar = start_sidecar("llm", &format!("http://{addr}"), "").await;
     let client = client();
-    for _ in 0..10 {
+    for i in 0..10 {
         let resp = get(&client, &proxy_url(&sidecar, "/x")).await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(body_bytes(resp).await, "pooled");
-        // Give the close time to arrive, as between real requests.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The upstream has closed the connection before the next request, as between real
+        // requests.
+        let gone = async || closed.load(Ordering::SeqCst) > i;
+        wait_until("the upstream closes its connection", 5, gone).await;
     }
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
+    assert_eq!(accepted.load(Ordering::SeqCst), 10);
     let m = metrics(&sidecar).await;
     expect_outcome(&m, "ok", 10.0);
     sidecar.shutdown().await;

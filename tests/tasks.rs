@@ -197,8 +197,8 @@ async fn tasks_cut_off_by_the_kill_switch_do_not_make_the_agent_stuck_after_it_i
     let (s, dir) = switchable(&a.url(), "lift", "2s").await;
     call_task(&s, "/200/in_progress", Some("cut-off")).await;
     assert_eq!(admin(&s, "/admin/agent/disable").await, StatusCode::OK);
-    // A human lifts the switch soon after; the task — cut off while the switch held — is
-    // abandoned only after that.
+    // A human lifts the switch soon after (their pause is the behaviour under test, not a wait);
+    // the task — cut off while the switch held — is abandoned only after that.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(admin(&s, "/admin/agent/enable").await, StatusCode::OK);
     let m = metrics_when(&s, |m| task_counts(m)[3] >= 1.0).await;

@@ -8,7 +8,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::tls::*;
@@ -85,7 +84,7 @@ async fn version_of(s: &Sidecar) -> (StatusCode, String) {
 #[tokio::test]
 async fn a_connection_that_stopped_answering_is_found_by_its_pings_and_replaced() {
     let ca = test_ca();
-    let (backend, handshakes) = tls_upstream(&ca, &[b"h2"]).await;
+    let (backend, seen) = tls_upstream(&ca, &[b"h2"]).await;
     let relay = Relay::to(backend).await;
     let ca_file = write_ca(&ca, "h2-ping");
     let s = sidecar(
@@ -106,7 +105,7 @@ async fn a_connection_that_stopped_answering_is_found_by_its_pings_and_replaced(
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(handshakes.load(Ordering::SeqCst), 2, "a new connection");
+    assert_eq!(seen.handshakes(), 2, "a new connection");
     s.shutdown().await;
     let _ = std::fs::remove_file(ca_file);
 }
@@ -114,7 +113,7 @@ async fn a_connection_that_stopped_answering_is_found_by_its_pings_and_replaced(
 #[tokio::test]
 async fn after_a_response_head_that_never_came_new_requests_get_a_new_connection() {
     let ca = test_ca();
-    let (backend, handshakes) = tls_upstream(&ca, &[b"h2"]).await;
+    let (backend, seen) = tls_upstream(&ca, &[b"h2"]).await;
     let relay = Relay::to(backend).await;
     let ca_file = write_ca(&ca, "h2-timeout");
     // PINGs too rare to find it first.
@@ -130,7 +129,7 @@ async fn after_a_response_head_that_never_came_new_requests_get_a_new_connection
     assert_eq!(version_of(&s).await.0, StatusCode::GATEWAY_TIMEOUT);
     // The next request does not wait on the dead connection too.
     assert_eq!(version_of(&s).await, (StatusCode::OK, "HTTP/2.0".into()));
-    assert_eq!(handshakes.load(Ordering::SeqCst), 2);
+    assert_eq!(seen.handshakes(), 2);
     s.shutdown().await;
     let _ = std::fs::remove_file(ca_file);
 }
@@ -139,7 +138,7 @@ async fn after_a_response_head_that_never_came_new_requests_get_a_new_connection
 async fn a_connection_the_provider_closes_with_goaway_is_left_for_a_new_one() {
     let ca = test_ca();
     // Each connection says GOAWAY after its second answer.
-    let (backend, handshakes) = tls_upstream_closing(&ca, &[b"h2"], Some(2)).await;
+    let (backend, seen) = tls_upstream_closing(&ca, &[b"h2"], Some(2)).await;
     let ca_file = write_ca(&ca, "h2-goaway");
     let s = sidecar(backend, &ca_file, "", "").await;
     for i in 0..6 {
@@ -148,10 +147,14 @@ async fn a_connection_the_provider_closes_with_goaway_is_left_for_a_new_one() {
             (StatusCode::OK, "HTTP/2.0".into()),
             "{i}"
         );
-        // Time for the GOAWAY to arrive before the next request.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Each second answer is its connection's last: the provider is done with that connection
+        // once the sidecar has acknowledged its GOAWAY, before the next request.
+        let answered = i + 1;
+        let gone = answered / 2;
+        let said_goaway = async || seen.closed() >= gone;
+        wait_until("the provider finishes its GOAWAY", 5, said_goaway).await;
     }
-    assert_eq!(handshakes.load(Ordering::SeqCst), 3);
+    assert_eq!(seen.handshakes(), 3);
     let m = metrics(&s).await;
     expect_outcome(&m, "ok", 6.0);
     s.shutdown().await;
@@ -161,13 +164,13 @@ async fn a_connection_the_provider_closes_with_goaway_is_left_for_a_new_one() {
 #[tokio::test]
 async fn requests_are_spread_over_h2_connections() {
     let ca = test_ca();
-    let (backend, handshakes) = tls_upstream(&ca, &[b"h2"]).await;
+    let (backend, seen) = tls_upstream(&ca, &[b"h2"]).await;
     let ca_file = write_ca(&ca, "h2-spread");
     let s = sidecar(backend, &ca_file, "connections: 3", "").await;
     for _ in 0..9 {
         assert_eq!(version_of(&s).await.0, StatusCode::OK);
     }
-    assert_eq!(handshakes.load(Ordering::SeqCst), 3);
+    assert_eq!(seen.handshakes(), 3);
     s.shutdown().await;
     let _ = std::fs::remove_file(ca_file);
 }

@@ -254,6 +254,19 @@ pub async fn circuit(sidecar: &Sidecar, name: &str) -> serde_json::Value {
         .clone()
 }
 
+/// Waits out the open period of `name`'s circuit, as `/circuits` counts it down: the wall clock
+/// has to pass here, end to end (the breaker's own tests run on paused time).
+pub async fn open_period_over(sidecar: &Sidecar, name: &str) {
+    let over = async || circuit(sidecar, name).await["half_open_in_seconds"] == 0.0;
+    wait_until("the open period never ended", 5, over).await;
+}
+
+/// Waits for `name`'s circuit to close (after its probe's answer is settled).
+pub async fn circuit_closes(sidecar: &Sidecar, name: &str) {
+    let closed = async || circuit(sidecar, name).await["state"] == "closed";
+    wait_until("the circuit did not close", 5, closed).await;
+}
+
 /// A file holding `content` in a directory of this test's own.
 pub fn temp_file(test: &str, name: &str, content: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sloguard-fallback-{test}-{}", std::process::id()));

@@ -233,8 +233,22 @@ pub async fn wait_until(what: &str, secs: u64, ready: impl AsyncFnMut() -> bool)
 
 /// [`wait_until`] for a caller whose failure message needs what it can read only once the
 /// deadline has passed: whether `ready` held within `secs` seconds.
-pub async fn holds_within(secs: u64, mut ready: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+pub async fn holds_within(secs: u64, ready: impl AsyncFnMut() -> bool) -> bool {
+    comes_within(std::time::Duration::from_secs(secs), ready).await
+}
+
+/// Whether `ok` held at every look, every 20 ms, until `span` has passed: for what must stay
+/// true while the wall clock passes (a deadline of the product's own that must not fire).
+pub async fn holds_throughout(
+    span: std::time::Duration,
+    mut ok: impl AsyncFnMut() -> bool,
+) -> bool {
+    !comes_within(span, async || !ok().await).await
+}
+
+/// Whether `ready` held at one of the looks, every 20 ms, until `span` had passed.
+async fn comes_within(span: std::time::Duration, mut ready: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + span;
     while !ready().await {
         if std::time::Instant::now() >= deadline {
             return false;
@@ -269,6 +283,19 @@ pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
         .expect("an answer within 5 s")
         .expect("read");
     String::from_utf8_lossy(&buf[..n]).to_lowercase()
+}
+
+/// A client that starts a 1000-byte chat upload to `addr`, sends its first bytes and hangs up
+/// once `reached` says the request is through to the upstream.
+pub async fn abort_upload(addr: SocketAddr, reached: impl AsyncFnMut() -> bool) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"model\":",
+    )
+    .await
+    .expect("write");
+    wait_until("the upload reaches the upstream", 5, reached).await;
 }
 
 /// A body of `total` bytes made of `chunk` repeated: a large stream without a large allocation.

@@ -100,6 +100,11 @@ impl Process {
             .collect()
     }
 
+    /// Whether it has logged a line with `message` since it became ready.
+    pub fn logged(&self, message: &str) -> bool {
+        self.log().iter().any(|l| l["message"] == message)
+    }
+
     /// Sends it a signal by name (`HUP`, `TERM`).
     pub fn signal(&self, name: &str) {
         let kill = std::process::Command::new("sh")

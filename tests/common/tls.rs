@@ -38,8 +38,33 @@ pub fn test_ca() -> TestCa {
     }
 }
 
+/// What a TLS upstream has seen so far.
+#[derive(Debug, Default)]
+pub struct Seen {
+    handshakes: AtomicUsize,
+    requests: AtomicUsize,
+    closed: AtomicUsize,
+}
+
+impl Seen {
+    /// TLS handshakes completed: connections made to it.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// Requests whose head reached it.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Connections it has finished with (after an h2 GOAWAY, once the peer acknowledged it).
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
 /// A TLS upstream on loopback offering `alpn`; answers with the HTTP version it was spoken to in.
-pub async fn tls_upstream(ca: &TestCa, alpn: &[&[u8]]) -> (SocketAddr, Arc<AtomicUsize>) {
+pub async fn tls_upstream(ca: &TestCa, alpn: &[&[u8]]) -> (SocketAddr, Arc<Seen>) {
     tls_upstream_closing(ca, alpn, None).await
 }
 
@@ -49,7 +74,7 @@ pub async fn tls_upstream_closing(
     ca: &TestCa,
     alpn: &[&[u8]],
     close_after: Option<usize>,
-) -> (SocketAddr, Arc<AtomicUsize>) {
+) -> (SocketAddr, Arc<Seen>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -61,8 +86,8 @@ pub async fn tls_upstream_closing(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let tcp = tokio::net::TcpListener::bind(LOOPBACK).await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    let handshakes = Arc::new(AtomicUsize::new(0));
-    let count = handshakes.clone();
+    let seen = Arc::new(Seen::default());
+    let count = seen.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = tcp.accept().await {
             let (acceptor, count) = (acceptor.clone(), count.clone());
@@ -70,12 +95,13 @@ pub async fn tls_upstream_closing(
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
-                count.fetch_add(1, Ordering::SeqCst);
+                count.handshakes.fetch_add(1, Ordering::SeqCst);
                 let answered = Arc::new(AtomicUsize::new(0));
                 let done = Arc::new(tokio::sync::Notify::new());
-                let (a, d) = (answered.clone(), done.clone());
+                let (a, d, c) = (answered.clone(), done.clone(), count.clone());
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let (a, d) = (a.clone(), d.clone());
+                    c.requests.fetch_add(1, Ordering::SeqCst);
                     async move {
                         if close_after.is_some_and(|n| a.fetch_add(1, Ordering::SeqCst) + 1 >= n) {
                             d.notify_one();
@@ -98,15 +124,17 @@ pub async fn tls_upstream_closing(
                 let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = done.notified() => {}
+                    _ = conn.as_mut() => {}
+                    _ = done.notified() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
                 }
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+                count.closed.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, handshakes)
+    (addr, seen)
 }
 
 pub fn write_ca(ca: &TestCa, name: &str) -> PathBuf {
