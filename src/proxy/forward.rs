@@ -54,7 +54,7 @@ pub(super) async fn forward(
             Ok(prepared) => prepared,
             Err(err) => return Err(Stop::Error(err, attempts.first_reason)),
         };
-        let send = upstream.pool.send(request);
+        let send = upstream.pool.send(request, sent.at);
         tokio::pin!(send);
         let upload = sent.upload.as_deref();
         let result = exchange(upstream, send, upload, sent.at, sent.deadlines).await;
@@ -265,13 +265,15 @@ impl<'a> Attempts<'a> {
         if plan.replays && !replayable {
             listener.replay_skipped.increment(1);
         }
-        let start = match plan.reads_ahead() {
-            true => Instant::now(),
-            false => ctx.received,
+        let (start, own) = match plan.reads_ahead() {
+            true => {
+                let now = Instant::now();
+                let own = now.saturating_duration_since(ctx.received);
+                (now, own.saturating_sub(client_wait))
+            }
+            // Nothing read yet: none of the sidecar's time spent.
+            false => (ctx.received, Duration::ZERO),
         };
-        let own = start
-            .saturating_duration_since(ctx.received)
-            .saturating_sub(client_wait);
         Attempts {
             listener,
             client,

@@ -179,9 +179,10 @@ impl ConnectionPool {
         }
     }
 
-    /// Sends `req` (its URI in origin form, `Host` set) and returns the response head, with the
-    /// lease of its HTTP/1.1 connection.
-    pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>) -> SendResult {
+    /// Sends `req` (its URI in origin form, `Host` set) at `now` (a time its caller has read; an
+    /// idle connection is reused only within its limit at that time) and returns the response
+    /// head, with the lease of its HTTP/1.1 connection.
+    pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>, now: Instant) -> SendResult {
         // A shared connection that turns out to take no new stream (GOAWAY, closing) is left
         // for the next, or a new one: the request was never sent on it.
         while let Some((id, sender)) = self.shared_h2() {
@@ -196,7 +197,7 @@ impl ConnectionPool {
             }
         }
         *req.version_mut() = Version::HTTP_11;
-        while let Some(mut sender) = self.take_idle() {
+        while let Some(mut sender) = self.take_idle(now) {
             if sender.ready().await.is_err() {
                 continue;
             }
@@ -274,8 +275,7 @@ impl ConnectionPool {
         self.h2.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
-        let now = Instant::now();
+    fn take_idle(&self, now: Instant) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             if !c.sender.is_closed() && now < c.expires {
