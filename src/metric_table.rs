@@ -47,6 +47,7 @@ pub const BUILD_INFO: &str = "sloguard_build_info";
 pub const CIRCUIT_STATE: &str = "sloguard_circuit_state";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "sloguard_circuit_transitions_total";
 pub const FALLBACKS_TOTAL: &str = "sloguard_fallbacks_total";
+pub const BULKHEAD_REJECTIONS_TOTAL: &str = "sloguard_bulkhead_rejections_total";
 pub const REPLAY_SKIPPED_TOTAL: &str = "sloguard_replay_skipped_total";
 pub const AGENT_RESPONSES_TOTAL: &str = "agent_responses_total";
 pub const SAFETY_VIOLATIONS_TOTAL: &str = "agent_safety_violations_total";
@@ -269,6 +270,14 @@ pub const METRICS: &[MetricDef] = &[
         unit: None,
         otel_unit: "",
         help: "Circuit breaker state changes, by the state entered and why.",
+    },
+    MetricDef {
+        name: BULKHEAD_REJECTIONS_TOTAL,
+        otel: "sloguard.bulkhead.rejections",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Requests answered bulkhead_full: their route already had max_in_flight requests in flight.",
     },
     MetricDef {
         name: FALLBACKS_TOTAL,

@@ -89,6 +89,12 @@ impl Config {
                 ));
             }
         }
+        if route.max_in_flight == Some(0) {
+            return Err((
+                format!("{base}.max_in_flight"),
+                "must be at least 1 (leave it out for no cap)".into(),
+            ));
+        }
         if route.max_replay_body.0 > MAX_REPLAY_BODY_LIMIT {
             return Err((
                 format!("{base}.max_replay_body"),

@@ -225,6 +225,10 @@ pub struct RouteConfig {
     /// The last resort when every upstream is open or has failed.
     #[serde(default)]
     pub cache: Option<CacheConfig>,
+    /// A bulkhead: at most this many of the route's requests at once; past it a request is
+    /// answered 503 `bulkhead_full` at once. None: no cap.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
 
 /// A failure class that moves a request on to the next upstream of its route.

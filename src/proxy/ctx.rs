@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::breaker::{Admitted, BreakerTicket};
+use super::bulkhead::Place;
 use super::cache::{CacheKey, CacheState};
 use super::connections::InFlight;
 use super::error::ProxyError;
@@ -60,6 +61,8 @@ pub(crate) struct RequestCtx {
     stage: Stage,
     /// Keeps the client's connection busy until the request is counted.
     in_flight: Option<InFlight>,
+    /// The request's place in its route's bulkhead, held until it is counted.
+    bulkhead: Option<Place>,
     breaker: BreakerTicket,
     llm: LlmState,
     loops: LoopWatch,
@@ -90,6 +93,7 @@ impl RequestCtx {
             first_byte_sent: false,
             stage: Stage::Unanswered,
             in_flight: Some(in_flight),
+            bulkhead: None,
             breaker: BreakerTicket::default(),
             llm: LlmState::default(),
             loops: LoopWatch::default(),
@@ -151,6 +155,16 @@ impl RequestCtx {
             llm.cancel();
         }
         refused
+    }
+
+    /// The request takes a place in its route's bulkhead (`max_in_flight`), if it has one:
+    /// `false` when the route is full.
+    pub(super) fn enter_bulkhead(&mut self) -> bool {
+        let Some(bulkhead) = &self.listener.route.bulkhead else {
+            return true;
+        };
+        self.bulkhead = bulkhead.enter();
+        self.bulkhead.is_some()
     }
 
     /// The request goes to the upstream that admitted it. Returns its place in the chain.
@@ -419,6 +433,7 @@ impl RequestCtx {
             outcome,
             stage,
             in_flight,
+            bulkhead,
             breaker,
             llm,
             loops,
@@ -460,6 +475,7 @@ impl RequestCtx {
         if let Some(f) = in_flight.take() {
             f.end(now);
         }
+        *bulkhead = None;
     }
 }
 

@@ -47,6 +47,9 @@ pub enum ProxyError {
     /// none is tried.
     #[error("every upstream of route {route} is failing; their circuits are open")]
     CircuitOpen { route: String },
+    /// The route has `max_in_flight` requests in flight already: refused at once, not queued.
+    #[error("route {route} already has as many requests in flight as its max_in_flight allows; retry shortly")]
+    BulkheadFull { route: String },
     #[error("the response was blocked: the safety detector {detector} found a violation")]
     SafetyBlocked { detector: String },
     #[error("the agent is disabled by its kill switch until a human enables it")]
@@ -99,9 +102,10 @@ impl ProxyError {
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientStalled => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::CircuitOpen { .. } | ProxyError::AgentDisabled | ProxyError::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::CircuitOpen { .. }
+            | ProxyError::BulkheadFull { .. }
+            | ProxyError::AgentDisabled
+            | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::SafetyBlocked { .. } => StatusCode::FORBIDDEN,
             ProxyError::LoopDetected { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -117,6 +121,7 @@ impl ProxyError {
             ProxyError::Method { .. } => "method_not_allowed",
             ProxyError::ClientStalled => "request_timeout",
             ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::BulkheadFull { .. } => "bulkhead_full",
             ProxyError::SafetyBlocked { .. } => "safety_blocked",
             ProxyError::AgentDisabled => "agent_disabled",
             ProxyError::Overloaded => "overloaded",
@@ -136,6 +141,7 @@ impl ProxyError {
             | ProxyError::ClientStalled
             | ProxyError::Method { .. }
             | ProxyError::CircuitOpen { .. }
+            | ProxyError::BulkheadFull { .. }
             | ProxyError::SafetyBlocked { .. }
             | ProxyError::AgentDisabled
             | ProxyError::Overloaded
@@ -153,6 +159,8 @@ impl ProxyError {
             | ProxyError::SafetyBlocked { .. } => Cause::None,
             // The agent was silenced for what it said, or stopped for looping: its own failure.
             ProxyError::AgentDisabled | ProxyError::LoopDetected { .. } => Cause::Agent,
+            // What is behind the route is saturated: its failure, on any listener.
+            ProxyError::BulkheadFull { .. } => Cause::Upstream,
             _ => Cause::upstream_failure(role),
         }
     }
@@ -168,6 +176,7 @@ impl ProxyError {
             | ProxyError::ClientStalled
             | ProxyError::Method { .. }
             | ProxyError::CircuitOpen { .. }
+            | ProxyError::BulkheadFull { .. }
             | ProxyError::SafetyBlocked { .. }
             | ProxyError::AgentDisabled
             | ProxyError::Overloaded

@@ -37,6 +37,9 @@ pub(super) async fn forward(
 ) -> Result<Answered, Stop> {
     let listener = ctx.listener.clone();
     let client = request_filter(ctx, &listener, parts, client_ip)?;
+    if !ctx.enter_bulkhead() {
+        return Err(Stop::BulkheadFull);
+    }
     let plan = Plan::new(&listener.route, &client, &body);
     let admitted = plan.admit_before_read(ctx, &listener.route)?;
     let (payload, client_wait) = match plan.reads_ahead() {

@@ -16,6 +16,8 @@ pub(super) enum Stop {
     Error(ProxyError, Option<FallbackReason>),
     /// Every upstream of the route is open, and the cache had nothing.
     CircuitOpen,
+    /// The route has `max_in_flight` requests in flight already.
+    BulkheadFull,
     /// The loop guard stopped the call's task.
     Loop(LoopKind),
     /// The route's cache answers: every upstream is open or has failed (for this reason).
@@ -33,6 +35,10 @@ impl Stop {
         match self {
             Stop::Error(err, reason) => local_error(err, ctx, reason),
             Stop::CircuitOpen => circuit_open(ctx),
+            Stop::BulkheadFull => {
+                let route = ctx.listener.route.name.clone();
+                local_error(ProxyError::BulkheadFull { route }, ctx, None)
+            }
             Stop::Loop(kind) => loop_refused(kind, ctx),
             Stop::Cached(hit, reason) => serve_cached(*hit, ctx, reason),
         }

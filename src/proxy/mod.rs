@@ -21,6 +21,9 @@
 //!    `llm` listener an LLM call (recognised as in step 5) carrying the task id is counted by the
 //!    **loop guard** ([`tasks::Tasks::llm_call`]); under `loop_action: block` a call of a task
 //!    found looping gets 429 `loop_detected` here, before a breaker or a provider is troubled.
+//!    Then the route's **bulkhead** ([`bulkhead`], `max_in_flight`): a place among the route's
+//!    requests in flight, held until the request is counted, or 503 `bulkhead_full` at once,
+//!    without queueing.
 //! 3. **Ask the circuit breakers along the route's chain** ([`crate::upstream::UpstreamBreaker`]):
 //!    an upstream whose circuit is open gets no request at all; the first that admits the
 //!    request takes it. None admits and no cache: 503 `circuit_open` at once, before any work is
@@ -110,6 +113,7 @@
 mod attempt;
 pub(crate) mod body;
 mod breaker;
+pub(crate) mod bulkhead;
 pub(crate) mod cache;
 pub(crate) mod connections;
 mod ctx;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use metrics::{Counter, Histogram};
 
+use super::bulkhead::Bulkhead;
 use super::cache::ResponseCache;
 use super::fallback::{FallbackCounters, FallbackOn, FallbackReason};
 use super::safety::{severity, KillSwitch, ListenerSafety};
@@ -17,7 +18,8 @@ use crate::incident::{Incidents, Severity, WebhookConfig};
 use crate::inspect::safety::Detectors;
 use crate::telemetry::trace::{ListenerTracer, SpanNames, Tracer};
 use crate::telemetry::{
-    label, overhead, replay_skipped, ModelLabels, RequestMetrics, Telemetry, FALLBACKS_TOTAL,
+    label, overhead, replay_skipped, ModelLabels, RequestMetrics, Telemetry,
+    BULKHEAD_REJECTIONS_TOTAL, FALLBACKS_TOTAL,
 };
 use crate::upstream::{Upstream, UpstreamBreaker, UpstreamBuildError};
 
@@ -93,6 +95,8 @@ pub struct RouteState {
     pub fallbacks: FallbackCounters,
     /// Some upstream of the chain rewrites the model of LLM requests.
     pub rewrites_model: bool,
+    /// `max_in_flight`, when set.
+    pub bulkhead: Option<Arc<Bulkhead>>,
 }
 
 impl RouteState {
@@ -157,6 +161,13 @@ impl RouteState {
                 .as_ref()
                 .map(|c| ResponseCache::new(c.max_entries, c.ttl.0)),
             fallbacks: FallbackCounters(fallbacks),
+            bulkhead: config.max_in_flight.map(|limit| {
+                let rejections = t.counter(
+                    BULKHEAD_REJECTIONS_TOTAL,
+                    vec![label("agent", agent), label("route", name)],
+                );
+                Bulkhead::new(limit, rejections)
+            }),
         })
     }
 }
@@ -274,6 +285,7 @@ impl Build<'_> {
             fallback_on: Vec::new(),
             max_replay_body: crate::config::ByteSize(0),
             cache: None,
+            max_in_flight: None,
         };
         let mut only = BTreeMap::new();
         only.insert(
