@@ -28,21 +28,23 @@ use chain::*;
 
 const CACHE: &str = "cache: {max_entries: 100, ttl: 10m}";
 const CACHED_BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"cache me"}]}"#;
+
+/// A sidecar whose route tries `primary`, then `backup` (each with a circuit breaker), then the
+/// cache; `test` names its admin token file.
+async fn cached_chain(test: &str, primary: &str, backup: &str) -> Sidecar {
+    let upstreams = [
+        ("primary", primary, "circuit_breaker: {}"),
+        ("backup", backup, "circuit_breaker: {}"),
+    ];
+    start_yaml(&chain_yaml(&admin_with_token(test), CACHE, &upstreams)).await
+}
 const OTHER_BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"not seen"}]}"#;
 
 #[tokio::test]
 async fn with_every_circuit_open_the_cache_answers_a_request_it_has_seen() {
     let primary = upstream("primary", 200).await;
     let backup = upstream("backup", 200).await;
-    let sidecar = start_yaml(&chain_yaml(
-        &admin_with_token("cache-open"),
-        CACHE,
-        &[
-            ("primary", &primary.url(), "circuit_breaker: {}"),
-            ("backup", &backup.url(), "circuit_breaker: {}"),
-        ],
-    ))
-    .await;
+    let sidecar = cached_chain("cache-open", &primary.url(), &backup.url()).await;
     let fresh = chat(&sidecar, CACHED_BODY).await;
     assert_from(&fresh, StatusCode::OK, "primary", None);
     assert_eq!(fresh.header("x-sloguard-cache"), None);
@@ -137,15 +139,7 @@ async fn streamed_responses_are_not_cached() {
     let primary = upstream("primary", 200).await;
     primary.knobs.sse.store(true, Ordering::SeqCst);
     let backup = upstream("backup", 200).await;
-    let sidecar = start_yaml(&chain_yaml(
-        &admin_with_token("sse-not-cached"),
-        CACHE,
-        &[
-            ("primary", &primary.url(), "circuit_breaker: {}"),
-            ("backup", &backup.url(), "circuit_breaker: {}"),
-        ],
-    ))
-    .await;
+    let sidecar = cached_chain("sse-not-cached", &primary.url(), &backup.url()).await;
     let streamed = chat(&sidecar, CACHED_BODY).await;
     assert_from(&streamed, StatusCode::OK, "primary", None);
     assert_eq!(
@@ -397,9 +391,10 @@ async fn a_slow_upload_does_not_hold_the_probe_slot() {
         .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"half\":")
         .await
         .unwrap();
-    // The stalled client stays stalled for the rest of the test: this is its pause before the
-    // other request, the scenario itself, not a wait for a condition.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The stalled client stays stalled for the rest of the test. Its body is being read ahead
+    // once the sidecar holds budget for it (its declared 100 bytes): then the other request.
+    let reading = async || sidecar.state.load().listeners[0].budget.used() >= 100;
+    wait_until("the stalled upload is read ahead", 5, reading).await;
     let a = chat(&sidecar, r#"{"n":2}"#).await;
     assert_from(&a, StatusCode::OK, "primary", None);
     assert_eq!(primary.hits(), 3, "two failures, then the probe");
