@@ -17,6 +17,10 @@
 # BASELINE=/path/to/sloguard (a build of an earlier commit, e.g. the foundation's, built alone:
 # `cargo build --release --bin sloguard`) adds that
 # binary, with the plain config, to the instruction table: what the plain path itself gained.
+# Calls between agents: "solo" (an agent listener beside the egress one, so that egress calls
+# are looked up in the correlation table) and "cascade" (solo with `cascade: {}`) add a table of
+# their own, egress GET and POST and an inbound GET, every request carrying a task id and a
+# traceparent: what correlation and cascade cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -128,11 +132,33 @@ cleanup
 PIDS=()
 TOKIO_WORKER_THREADS=1 target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
 PIDS+=($!)
-CG_TARGETS=(plain chain)
-declare -A BIN=([plain]=target/release/sloguard [chain]=target/release/sloguard)
+# Calls between agents: "solo" is plain with an agent listener beside the egress one (so egress
+# calls are correlated with inbound requests), "cascade" is solo with `cascade: {}`. Every
+# request carries a task id and a traceparent, as an agent's calls do.
+for t in solo cascade; do
+  cat >"$OUT/$t.yaml" <<YAML
+agent: bench
+admin: {bind: 127.0.0.1:$([ $t = solo ] && echo 18193 || echo 18194)}
+listeners:
+  - {name: egress, bind: 127.0.0.1:$([ $t = solo ] && echo 18184 || echo 18185), role: llm, route: llm}
+  - {name: inbound, bind: 127.0.0.1:$([ $t = solo ] && echo 18186 || echo 18187), role: agent, route: agent}
+routes:
+  llm: {upstreams: [sim]}
+  agent: {upstreams: [app]}
+upstreams:
+  sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
+  app: {url: http://127.0.0.1:$UP_PORT}
+YAML
+done
+echo "cascade: {}" >>"$OUT/cascade.yaml"
+PORT[solo]=18184 PORT[cascade]=18185
+declare -A INBOUND=([solo]=18186 [cascade]=18187)
+CALL_HEADERS=(-H "x-agent-task-id: bench-task-1" -H "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+CG_TARGETS=(plain chain solo cascade)
+declare -A BIN=([plain]=target/release/sloguard [chain]=target/release/sloguard [solo]=target/release/sloguard [cascade]=target/release/sloguard)
 rm -f "$OUT"/cg-*.out*
 if [ -n "${BASELINE:-}" ]; then
-  CG_TARGETS=(baseline plain chain)
+  CG_TARGETS=(baseline plain chain solo cascade)
   BIN[baseline]=$BASELINE
   PORT[baseline]=18183
   sed "s/18190/18192/; s/$PLAIN_PORT/18183/" "$OUT/plain.yaml" >"$OUT/baseline.yaml"
@@ -147,13 +173,21 @@ wait_port $UP_PORT
 for t in "${CG_TARGETS[@]}"; do for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/"${PORT[$t]}") 2>/dev/null && break; sleep 0.2; done; done
 for t in "${CG_TARGETS[@]}"; do
   url="http://127.0.0.1:${PORT[$t]}/bytes/1024"
-  oha --no-tui -c 4 -n 300 "$url" >/dev/null
+  oha --no-tui -c 4 -n 300 "${CALL_HEADERS[@]}" "$url" >/dev/null
   callgrind_control -z "${PID[$t]}" >/dev/null
-  oha --no-tui -c 4 -n "$CG_N" "$url" >/dev/null
+  oha --no-tui -c 4 -n "$CG_N" "${CALL_HEADERS[@]}" "$url" >/dev/null
   callgrind_control -d GET "${PID[$t]}" >/dev/null
   callgrind_control -z "${PID[$t]}" >/dev/null
-  oha --no-tui -c 4 -n "$CG_N" -m POST -D "$OUT/body.txt" -T application/json "$url" >/dev/null
+  oha --no-tui -c 4 -n "$CG_N" "${CALL_HEADERS[@]}" -m POST -D "$OUT/body.txt" -T application/json "$url" >/dev/null
   callgrind_control -d POST "${PID[$t]}" >/dev/null
+  if [ -n "${INBOUND[$t]:-}" ]; then
+    # The inbound request: checked, entered in the correlation table, taken out at its end.
+    inbound="http://127.0.0.1:${INBOUND[$t]}/bytes/1024"
+    oha --no-tui -c 4 -n 300 "${CALL_HEADERS[@]}" "$inbound" >/dev/null
+    callgrind_control -z "${PID[$t]}" >/dev/null
+    oha --no-tui -c 4 -n "$CG_N" "${CALL_HEADERS[@]}" "$inbound" >/dev/null
+    callgrind_control -d INBOUND "${PID[$t]}" >/dev/null
+  fi
 done
 python3 - "$OUT" "$CG_N" "${BASELINE:-}" <<'PY' | tee -a "$OUT/summary.md"
 import glob, sys
@@ -170,6 +204,14 @@ print("|---|---|---|---|---|")
 for kind in ["GET", "POST"]:
     p, c = total("plain", kind) / n, total("chain", kind) / n
     print(f"| {kind} | {p:.0f} | {c:.0f} | {c - p:+.0f} | {c / p:.3f} |")
+print("\nCalls between agents: solo (an agent listener beside egress: calls correlated) and cascade\n(solo with `cascade: {}`), every request with a task id and a traceparent:\n")
+print("| request | plain | solo | cascade | cascade / solo | cascade / plain |")
+print("|---|---|---|---|---|---|")
+for kind in ["GET", "POST"]:
+    p, so, ca = (total(t, kind) / n for t in ("plain", "solo", "cascade"))
+    print(f"| egress {kind} | {p:.0f} | {so:.0f} | {ca:.0f} | {ca / so:.3f} | {ca / p:.3f} |")
+so, ca = (total(t, "INBOUND") / n for t in ("solo", "cascade"))
+print(f"| inbound GET | – | {so:.0f} | {ca:.0f} | {ca / so:.3f} | – |")
 if baseline:
     print(f"\nBaseline {baseline}, plain config:\n")
     print("| method | baseline | plain | plain / baseline | chain / baseline |")

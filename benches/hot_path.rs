@@ -329,6 +329,7 @@ fn slo_bench(c: &mut Criterion) {
         window: ConfigDuration(std::time::Duration::from_secs(30 * 86_400)),
         threshold: threshold.map(|t| ConfigDuration(std::time::Duration::from_secs_f64(t))),
         exclude_dependency_failures: true,
+        listeners: None,
         severity: None,
     };
     let slos = [
@@ -345,6 +346,7 @@ fn slo_bench(c: &mut Criterion) {
                     black_box(t.tallies()),
                     "demo",
                     s,
+                    None,
                 ));
             }
         })

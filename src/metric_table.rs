@@ -48,6 +48,11 @@ pub const CIRCUIT_STATE: &str = "sloguard_circuit_state";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "sloguard_circuit_transitions_total";
 pub const FALLBACKS_TOTAL: &str = "sloguard_fallbacks_total";
 pub const BULKHEAD_REJECTIONS_TOTAL: &str = "sloguard_bulkhead_rejections_total";
+pub const DEADLINE_EXCEEDED_TOTAL: &str = "agent_deadline_exceeded_total";
+pub const CALL_CYCLES_TOTAL: &str = "agent_call_cycles_total";
+pub const CALL_DEPTH_EXCEEDED_TOTAL: &str = "agent_call_depth_exceeded_total";
+pub const CASCADE_BAD_HEADERS_TOTAL: &str = "sloguard_cascade_bad_headers_total";
+pub const CORRELATION_EVICTIONS_TOTAL: &str = "sloguard_correlation_evictions_total";
 pub const REPLAY_SKIPPED_TOTAL: &str = "sloguard_replay_skipped_total";
 pub const AGENT_RESPONSES_TOTAL: &str = "agent_responses_total";
 pub const SAFETY_VIOLATIONS_TOTAL: &str = "agent_safety_violations_total";
@@ -278,6 +283,46 @@ pub const METRICS: &[MetricDef] = &[
         unit: None,
         otel_unit: "",
         help: "Requests answered bulkhead_full: their route already had max_in_flight requests in flight.",
+    },
+    MetricDef {
+        name: DEADLINE_EXCEEDED_TOTAL,
+        otel: "agent.deadline_exceeded",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Requests answered deadline_exceeded: arrived with their deadline spent, made after it, or cut at it.",
+    },
+    MetricDef {
+        name: CALL_CYCLES_TOTAL,
+        otel: "agent.call_cycles",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Inbound requests whose call path already held this agent (a cycle), by what was done.",
+    },
+    MetricDef {
+        name: CALL_DEPTH_EXCEEDED_TOTAL,
+        otel: "agent.call_depth_exceeded",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Inbound requests deeper than cascade.max_depth, answered call_depth_exceeded.",
+    },
+    MetricDef {
+        name: CASCADE_BAD_HEADERS_TOTAL,
+        otel: "sloguard.cascade.bad_headers",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Malformed or oversized deadline, depth or path headers, ignored.",
+    },
+    MetricDef {
+        name: CORRELATION_EVICTIONS_TOTAL,
+        otel: "sloguard.correlation.evictions",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Inbound requests in flight dropped from the correlation table, full, to make room for newer ones.",
     },
     MetricDef {
         name: FALLBACKS_TOTAL,

@@ -26,11 +26,12 @@ mod tools;
 use tools::{promtool_ok, sloguard, with_stand_in_files};
 
 /// The examples for real situations; each must carry SLOs (and so rules).
-const WITH_SLOS: [&str; 4] = [
+const WITH_SLOS: [&str; 5] = [
     "openai-azure-selfhosted.yaml",
     "anthropic.yaml",
     "inbound-slos.yaml",
     "strict-safety.yaml",
+    "multi-agent.yaml",
 ];
 
 fn root() -> &'static Path {
@@ -105,7 +106,7 @@ fn promtool_accepts_the_rules_of_every_example() {
         std::fs::remove_dir_all(&dir).unwrap();
         // A config with SLOs or providers (an `llm` listener: their dependency SLOs) has rules;
         // one with neither an empty list.
-        let some = !config.slos.is_empty() || config.listeners.iter().any(|l| l.role == Role::Llm);
+        let some = !config.slos.is_empty() || config.listeners.iter().any(|l| l.role.is_egress());
         assert_eq!(
             !report.contains("SUCCESS: 0 rules"),
             some,

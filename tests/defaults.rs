@@ -133,6 +133,7 @@ fn the_values_the_reference_calls_defaults_are_the_schemas() {
         ("upstreams.openai.pool", Absent, Box::new(up)),
         ("upstreams.openai.circuit_breaker", Empty, Box::new(breaker)),
         ("tasks", Absent, Box::new(|c| format!("{:?}", c.tasks))),
+        ("cascade", Empty, Box::new(|c| format!("{:?}", c.cascade))),
         ("safety.apply_to", Absent, Box::new(safety)),
         (
             "shutdown",

@@ -199,6 +199,10 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
             "4s",
             "--leak-at",
             "10s",
+            "--planner-slow-at",
+            "1s",
+            "--planner-slow-for",
+            "3s",
         ])
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -337,6 +341,8 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     }
     // Until the kill switch silenced the agent (its LLM calls refused too), the fallback kept
     // egress whole through the outage: the last egress line before the second it tripped in.
+    // Its only 5xx are the agent's calls made or cut at their request's deadline (the agent
+    // was stuck from 4 s to 8 s).
     let lines: Vec<&str> = stdout.lines().collect();
     let tripped = lines
         .iter()
@@ -350,6 +356,19 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
         .iter()
         .rfind(|l| l.contains("] egress "))
         .unwrap();
-    assert_eq!(number_after(egress, "5xx"), 0.0, "{egress}");
-    assert!(egress.contains("availability 100.00%"), "{egress}");
+    let late = number_after(egress, "deadline_exceeded");
+    assert_eq!(number_after(egress, "5xx"), late, "{egress}");
+    // The planner slowed down from 1 s to 4 s: the agent's calls to it were cut at their 2 s
+    // deadline or refused by the bulkhead, and the agent's 503s went to the dependency, whose
+    // failures left more of the availability budget than charging them would have.
+    let cascade = stdout
+        .lines()
+        .rfind(|l| l.contains("] cascade "))
+        .expect("a cascade line");
+    for word in ["cut at the deadline", "bulkhead_full", "to the dependency"] {
+        assert!(number_after(cascade, word) >= 1.0, "{word}: {cascade}");
+    }
+    let left = number_after(cascade, "availability budget");
+    let had_they = number_after(cascade, "left,");
+    assert!(left > had_they, "{cascade}");
 }

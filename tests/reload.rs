@@ -45,11 +45,6 @@ async fn counted_upstream(
 }
 
 /// The JSON the admin port answers at `path`.
-async fn admin_json(s: &Sidecar, path: &str) -> serde_json::Value {
-    let url = format!("http://{}{path}", s.admin_addr);
-    serde_json::from_slice(&body_bytes(get(&client(), &url).await).await).unwrap()
-}
-
 /// A directory of its own for a test's files.
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sloguard-reload-{name}-{}", std::process::id()));

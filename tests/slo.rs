@@ -53,6 +53,9 @@ async fn slo_reports_each_slos_windows_budget_and_state() {
     assert_eq!(avail["target"], 0.95);
     assert_eq!(avail["window"], "30d");
     assert_eq!(avail["severity"], "sev2", "the article's default");
+    // The agent listener's requests, by default; tasks count no listener's.
+    assert_eq!(avail["listeners"], serde_json::json!(["proxy"]));
+    assert_eq!(report["slos"][2]["listeners"], serde_json::Value::Null);
     for w in ["5m", "1h", "6h", "since_start"] {
         let win = &avail["windows"][w];
         assert_eq!(win["good"], 90, "{w}");

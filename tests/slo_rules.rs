@@ -1,7 +1,7 @@
 //! `sloguard rules`: the generated Prometheus rules match their golden file, and the `promtool
-//! test rules` unit tests
-//! in `tests/promtool/` (fast burn pages, slow burn tickets, low traffic does not page, a
-//! provider's failures do not burn an SLO that excludes them) pass against the golden rules.
+//! test rules` unit tests in `tests/promtool/` (fast burn pages, slow burn tickets, low traffic
+//! does not page, a provider's or another dependency's failures do not burn an SLO that excludes
+//! them, the agent's LLM calls do not count in its availability) pass against the golden rules.
 //! promtool comes from the Debian package `prometheus`, which `.ci/run` and `scripts/test`
 //! install. The rules of every example config pass `promtool check rules` in
 //! tests/config_examples.rs (config/) and tests/deploy.rs (deploy/).

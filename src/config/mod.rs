@@ -4,6 +4,7 @@
 //! [`Config::validate`] checks what a schema cannot (references, duplicates, sections this build
 //! does not act on) and reports the key path and line the same way.
 
+mod cascade;
 mod checks;
 mod limits;
 mod locate;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use cascade::{CascadeConfig, CycleAction, MAX_CALL_PATH, MAX_DEADLINE};
 pub use limits::{Limits, MemoryConfig};
 pub use locate::LineIndex;
 pub use otlp::{OtlpConfig, OtlpProtocol, OtlpTemporality, TracesConfig, MAX_TRACE_QUEUE};
@@ -98,8 +100,12 @@ pub struct Config {
     pub tasks: TasksConfig,
     /// Inspects responses for harmful content (see `inspect::safety`). An empty `safety:`
     /// means the defaults (every built-in detector, both roles, record), not no safety.
-    #[serde(default, deserialize_with = "safety_or_defaults")]
+    #[serde(default, deserialize_with = "present_or_defaults")]
     pub safety: Option<SafetyConfig>,
+    /// Deadlines, call depth and the call path between agents (nothing read or added without
+    /// the section; an empty `cascade:` means the defaults).
+    #[serde(default, deserialize_with = "present_or_defaults")]
+    pub cascade: Option<CascadeConfig>,
     /// The service level objectives (none without the section).
     #[serde(default, deserialize_with = "null_is_default")]
     pub slos: Vec<SloConfig>,
@@ -187,6 +193,8 @@ pub enum Role {
     Agent,
     /// In front of the LLM providers the agent calls.
     Llm,
+    /// In front of the other agents this agent calls (usually their own sidecars).
+    Peer,
 }
 
 impl Role {
@@ -194,7 +202,14 @@ impl Role {
         match self {
             Role::Agent => "agent",
             Role::Llm => "llm",
+            Role::Peer => "peer",
         }
+    }
+
+    /// Whether the listener takes the agent's own calls out (to providers, tools, other
+    /// agents): its requests belong to an inbound request in flight.
+    pub fn is_egress(self) -> bool {
+        self != Role::Agent
     }
 }
 
@@ -289,10 +304,13 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-fn safety_or_defaults<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<SafetyConfig>, D::Error> {
-    let given = Option::<SafetyConfig>::deserialize(d)?;
+/// A section that, once written, is on: left empty, with its defaults.
+fn present_or_defaults<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    let given = Option::<T>::deserialize(d)?;
     Ok(Some(given.unwrap_or_default()))
 }
 
@@ -342,7 +360,10 @@ impl Config {
         if let Some(otlp) = &self.otlp {
             otlp.validate()?;
         }
-        slo::validate(&self.slos)?;
+        slo::validate(&self.slos, &self.listeners)?;
+        if let Some(cascade) = &self.cascade {
+            cascade.validate(&self.agent)?;
+        }
         if let Some(safety) = &self.safety {
             safety.validate()?;
             if safety.kill_switch.is_some() && self.admin.token_file.is_none() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigDuration, Severities, SeverityName};
+use super::{ConfigDuration, ListenerConfig, Role, Severities, SeverityName};
 use crate::metric_table::{GEN_AI_SECONDS_BUCKETS, LATENCY_BUCKETS};
 
 /// The shortest SLO window: the slow-burn ticket looks back 3 days.
@@ -74,10 +74,16 @@ pub struct SloConfig {
     /// a boundary of the histogram's buckets.
     #[serde(default)]
     pub threshold: Option<ConfigDuration>,
-    /// `availability`: requests failed by a provider (`cause="upstream"`) are left out, so
-    /// that the agent's budget measures the agent (each provider has its own SLO).
+    /// `availability`: requests failed by a dependency — a provider, a tool server or another
+    /// agent (`cause="upstream"` or `"dependency"`) — are left out, so that the agent's budget
+    /// measures the agent (each dependency has its own SLO).
     #[serde(default)]
     pub exclude_dependency_failures: bool,
+    /// `availability`, `latency`, `safety`: the listeners whose requests count. Unset: the
+    /// `agent`-role listeners (the agent as its clients see it), or every listener in a sidecar
+    /// without one; for safety, every listener it inspects.
+    #[serde(default)]
+    pub listeners: Option<Vec<String>>,
     /// Overrides `incidents.severities` for this SLO.
     #[serde(default)]
     pub severity: Option<SeverityName>,
@@ -97,11 +103,72 @@ impl SloConfig {
         self.severity
             .unwrap_or_else(|| self.sli.default_severity(defaults))
     }
+
+    /// The listeners whose requests the SLO counts, of the config's `listeners`; `None`: every
+    /// listener (an SLI without a listener label, safety unscoped, or a sidecar without an
+    /// `agent` listener).
+    pub fn scope<'a>(&'a self, listeners: &'a [ListenerConfig]) -> Option<Vec<&'a str>> {
+        if let Some(named) = &self.listeners {
+            return Some(named.iter().map(String::as_str).collect());
+        }
+        if !matches!(self.sli, SliKind::Availability | SliKind::Latency) {
+            return None;
+        }
+        let agents: Vec<&str> = listeners
+            .iter()
+            .filter(|l| l.role == Role::Agent)
+            .map(|l| l.name.as_str())
+            .collect();
+        (!agents.is_empty()).then_some(agents)
+    }
+}
+
+/// `slos[i].listeners`: on SLIs whose series carry a listener, naming listeners that exist.
+fn validate_listeners(
+    i: usize,
+    slo: &SloConfig,
+    listeners: &[ListenerConfig],
+) -> Result<(), (String, String)> {
+    let Some(named) = &slo.listeners else {
+        return Ok(());
+    };
+    let key = format!("slos[{i}].listeners");
+    if !matches!(
+        slo.sli,
+        SliKind::Availability | SliKind::Latency | SliKind::Safety
+    ) {
+        return Err((
+            key,
+            format!(
+                "a {} SLO counts the agent's own events, not a listener's",
+                slo.sli.as_str()
+            ),
+        ));
+    }
+    if named.is_empty() {
+        return Err((
+            key,
+            "must name at least one listener (leave it out for the default)".into(),
+        ));
+    }
+    for (j, name) in named.iter().enumerate() {
+        if !listeners.iter().any(|l| l.name == *name) {
+            return Err((
+                format!("{key}[{j}]"),
+                format!("no listener named {name:?} under `listeners`"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the SLOs; errors name `slos[i].key`.
-pub(super) fn validate(slos: &[SloConfig]) -> Result<(), (String, String)> {
+pub(super) fn validate(
+    slos: &[SloConfig],
+    listeners: &[ListenerConfig],
+) -> Result<(), (String, String)> {
     for (i, slo) in slos.iter().enumerate() {
+        validate_listeners(i, slo, listeners)?;
         let key = |k: &str| format!("slos[{i}].{k}");
         let valid_name = !slo.name.is_empty()
             && slo.name.len() <= 64
@@ -143,40 +210,47 @@ pub(super) fn validate(slos: &[SloConfig]) -> Result<(), (String, String)> {
         if w.as_secs() % 60 != 0 || w.subsec_nanos() != 0 {
             return Err((key("window"), "must be whole minutes".into()));
         }
-        match (slo.sli.buckets(), slo.threshold) {
-            (Some(_), None) => {
-                return Err((
-                    key("threshold"),
-                    format!("a {} SLO needs a threshold", slo.sli.as_str()),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err((
-                    key("threshold"),
-                    format!("a {} SLO takes no threshold", slo.sli.as_str()),
-                ))
-            }
-            (Some(buckets), Some(t)) => {
-                let secs = t.0.as_secs_f64();
-                if !buckets.iter().any(|b| (b - secs).abs() < 1e-9) {
-                    let list: Vec<String> = buckets.iter().map(|b| format!("{b}s")).collect();
-                    return Err((
-                        key("threshold"),
-                        format!(
-                            "{secs}s is not a bucket boundary of the histogram, so the SLI could not be computed exactly; pick one of {}",
-                            list.join(", ")
-                        ),
-                    ));
-                }
-            }
-            (None, None) => {}
-        }
+        validate_threshold(i, slo)?;
         if slo.exclude_dependency_failures && slo.sli != SliKind::Availability {
             return Err((
                 key("exclude_dependency_failures"),
                 "applies to availability SLOs only (only requests carry a cause)".into(),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `slos[i].threshold`: on threshold SLIs only, a bucket boundary of their histogram.
+fn validate_threshold(i: usize, slo: &SloConfig) -> Result<(), (String, String)> {
+    let key = |k: &str| format!("slos[{i}].{k}");
+    match (slo.sli.buckets(), slo.threshold) {
+        (Some(_), None) => {
+            return Err((
+                key("threshold"),
+                format!("a {} SLO needs a threshold", slo.sli.as_str()),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                key("threshold"),
+                format!("a {} SLO takes no threshold", slo.sli.as_str()),
+            ))
+        }
+        (Some(buckets), Some(t)) => {
+            let secs = t.0.as_secs_f64();
+            if !buckets.iter().any(|b| (b - secs).abs() < 1e-9) {
+                let list: Vec<String> = buckets.iter().map(|b| format!("{b}s")).collect();
+                return Err((
+                    key("threshold"),
+                    format!(
+                        "{secs}s is not a bucket boundary of the histogram, so the SLI could not be computed exactly; pick one of {}",
+                        list.join(", ")
+                    ),
+                ));
+            }
+        }
+        (None, None) => {}
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::error::DeadlineWhen;
 use super::ProxyError;
 use crate::upstream::{Lease, RequestBody, SendError, Upload, UploadState, Upstream};
 
@@ -14,12 +15,14 @@ use crate::upstream::{Lease, RequestBody, SendError, Upload, UploadState, Upstre
 pub(super) type Exchange = (Response<Incoming>, Option<Lease>);
 
 /// When an attempt must have its answer: its response head by `head` (`first_byte`, restarted
-/// while the client is still uploading, and `total`), the client's body by `body`
-/// (`limits.body_timeout` after the request's head).
+/// while the client is still uploading, and `total`, which is at the latest `cascade`), the
+/// client's body by `body` (`limits.body_timeout` after the request's head).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Deadlines {
     pub total: Instant,
     pub body: Instant,
+    /// The deadline of the inbound request the call is made for (`cascade`).
+    pub cascade: Option<Instant>,
 }
 
 /// Sends one attempt and waits for its response head, bounded by `first_byte` (restarted while
@@ -69,6 +72,9 @@ where
                     // Stalled, or still uploading when `total` ran out: the client's doing.
                     Some(UploadState::ClientStalled | UploadState::ClientSending) => {
                         return Err(ProxyError::ClientStalled)
+                    }
+                    _ if deadlines.cascade.is_some_and(|d| now >= d) => {
+                        return Err(ProxyError::DeadlineExceeded(DeadlineWhen::Attempt));
                     }
                     _ => {
                         // The connection may be the one that stopped answering: new requests

@@ -6,7 +6,8 @@
 //!
 //! The context holds the request's own facts (listener, arrival, its place in the route's chain,
 //! what it will be counted as) and one sub-state per feature, each a type of the feature's own
-//! module that only that module changes: the circuit breaker's ticket ([`super::breaker`]), the
+//! module that only that module changes: the bulkhead's place ([`super::bulkhead`]), calls
+//! between agents ([`super::cascade`]), the circuit breaker's ticket ([`super::breaker`]), the
 //! LLM call ([`super::llm`]), the loop guard and the task ([`super::tasks`]), the safety check
 //! ([`super::safety`]), the cache fill ([`super::cache`]) and the trace ([`super::trace`]). Each
 //! phase of the pipeline is one method here that hands each feature its hook; a new feature is a
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 use super::breaker::{Admitted, BreakerTicket};
 use super::bulkhead::Place;
 use super::cache::{CacheKey, CacheState};
+use super::cascade::CascadeState;
 use super::connections::InFlight;
 use super::error::ProxyError;
 use super::llm::LlmState;
@@ -63,6 +65,7 @@ pub(crate) struct RequestCtx {
     in_flight: Option<InFlight>,
     /// The request's place in its route's bulkhead, held until it is counted.
     bulkhead: Option<Place>,
+    cascade: CascadeState,
     breaker: BreakerTicket,
     llm: LlmState,
     loops: LoopWatch,
@@ -94,6 +97,7 @@ impl RequestCtx {
             stage: Stage::Unanswered,
             in_flight: Some(in_flight),
             bulkhead: None,
+            cascade: CascadeState::default(),
             breaker: BreakerTicket::default(),
             llm: LlmState::default(),
             loops: LoopWatch::default(),
@@ -157,6 +161,19 @@ impl RequestCtx {
         refused
     }
 
+    /// Calls between agents: an inbound request's depth, path and deadline are checked and it is
+    /// entered for its egress calls to find; an egress call finds the inbound request it is made
+    /// for, and is refused if that request's time is spent.
+    pub(super) fn cascade(&mut self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        let lc = self.listener.cascade.as_ref();
+        self.cascade.begin(lc, headers, self.received)
+    }
+
+    /// When the request's attempts must end: the deadline of the inbound request it is made for.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.cascade.deadline()
+    }
+
     /// The request takes a place in its route's bulkhead (`max_in_flight`), if it has one:
     /// `false` when the route is full.
     pub(super) fn enter_bulkhead(&mut self) -> bool {
@@ -186,16 +203,18 @@ impl RequestCtx {
     }
 
     /// The attempt's request goes out now with its body's `upload` and these `headers`: its span
-    /// begins (the upstream gets the trace context), the LLM call reads the request's facts from
-    /// the upload, and on an `agent` listener the request waits on the agent from when the
-    /// upload is the agent's turn.
+    /// begins (the upstream gets the trace context), a peer call gets its deadline, depth and
+    /// path (or is refused, its time spent), the LLM call reads the request's facts from the
+    /// upload, and on an `agent` listener the request waits on the agent from when the upload is
+    /// the agent's turn.
     pub(super) fn sending(
         &mut self,
         upload: &Option<Arc<Upload>>,
         headers: &mut HeaderMap,
         now: Instant,
-    ) {
+    ) -> Result<(), ProxyError> {
         let l = &*self.listener;
+        self.cascade.sending(l.cascade.as_ref(), headers, now)?;
         self.trace.sending(self.hop, headers, now);
         self.llm.sending(upload);
         self.safety.sending(l.safety.as_ref(), upload);
@@ -203,6 +222,7 @@ impl RequestCtx {
             .clone()
             .map(|u| u as Arc<dyn crate::sli::liveness::AgentsTurn>);
         self.task.sending(l.tasks.as_deref(), now, turn);
+        Ok(())
     }
 
     /// The attempt with the current upstream failed as `result` says, and the request moves on:
@@ -358,6 +378,8 @@ impl RequestCtx {
         self.cache.discard();
         self.status = StatusClass::of(status);
         self.cause = err.cause(self.listener.role);
+        self.cascade
+            .local_answer(self.listener.cascade.as_ref(), err);
         self.trace.local_answer(status, Some(err.error_type()));
         // A blocked answer came from an upstream that answered: its attempt counts as it went.
         if !matches!(err, ProxyError::SafetyBlocked { .. }) {
@@ -434,6 +456,7 @@ impl RequestCtx {
             stage,
             in_flight,
             bulkhead,
+            cascade,
             breaker,
             llm,
             loops,
@@ -462,6 +485,7 @@ impl RequestCtx {
         task.end(l.tasks.as_deref(), *status, now);
         let upstream = l.route.chain.get(*hop);
         breaker.end(upstream.map(|u| &**u), *outcome, now);
+        *cause = cascade.end(l.cascade.as_ref(), *status, *cause);
         let metrics = l.metrics(*hop);
         metrics.count_request(*status, *cause);
         metrics

@@ -61,6 +61,40 @@ pub enum ProxyError {
     /// The loop guard found the call's task looping (`loop_action: block`).
     #[error("the loop guard stopped this task: {}", loop_reason(*.kind))]
     LoopDetected { kind: crate::sli::loops::LoopKind },
+    /// The request's deadline (`cascade`) is spent.
+    #[error("{}", deadline_reason(*.0))]
+    DeadlineExceeded(DeadlineWhen),
+    /// The request came through more agents than `cascade.max_depth` allows.
+    #[error("the request is {depth} agent-to-agent calls deep, past cascade.max_depth ({max}): the agents are likely calling each other in a loop")]
+    CallDepthExceeded { depth: u32, max: u32 },
+    /// The request's call path already holds this agent (`on_cycle: block`).
+    #[error("the agents are calling each other in a cycle: this agent is already on the request's call path ({path})")]
+    CallCycle { path: String },
+}
+
+/// When a request's deadline was found spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineWhen {
+    /// It arrived (inbound) with no time left: its callers spent it.
+    Arrival,
+    /// The agent made the call (egress) after its inbound request's deadline.
+    Call,
+    /// The upstream had not answered when the deadline came.
+    Attempt,
+}
+
+fn deadline_reason(when: DeadlineWhen) -> &'static str {
+    match when {
+        DeadlineWhen::Arrival => {
+            "the request arrived with its deadline spent; it was not passed to the agent"
+        }
+        DeadlineWhen::Call => {
+            "the request this call is made for has run out of time; the call was not made"
+        }
+        DeadlineWhen::Attempt => {
+            "the upstream did not answer before the deadline of the request this call is made for"
+        }
+    }
 }
 
 fn loop_reason(kind: crate::sli::loops::LoopKind) -> &'static str {
@@ -108,6 +142,10 @@ impl ProxyError {
             | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::SafetyBlocked { .. } => StatusCode::FORBIDDEN,
             ProxyError::LoopDetected { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::CallDepthExceeded { .. } | ProxyError::CallCycle { .. } => {
+                StatusCode::LOOP_DETECTED
+            }
         }
     }
 
@@ -126,6 +164,9 @@ impl ProxyError {
             ProxyError::AgentDisabled => "agent_disabled",
             ProxyError::Overloaded => "overloaded",
             ProxyError::LoopDetected { .. } => "loop_detected",
+            ProxyError::DeadlineExceeded(_) => "deadline_exceeded",
+            ProxyError::CallDepthExceeded { .. } => "call_depth_exceeded",
+            ProxyError::CallCycle { .. } => "call_cycle",
         }
     }
 
@@ -136,7 +177,14 @@ impl ProxyError {
             ProxyError::Connect { .. } => Some(UpstreamOutcome::ConnectError),
             ProxyError::FirstByteTimeout { .. } => Some(UpstreamOutcome::Timeout),
             ProxyError::Broken { .. } => Some(UpstreamOutcome::Reset),
-            ProxyError::Internal { .. }
+            // The upstream had not answered in the time the call had: whoever called needed an
+            // answer sooner, and opening the circuit of an upstream that keeps them waiting
+            // fails their next calls fast instead.
+            ProxyError::DeadlineExceeded(DeadlineWhen::Attempt) => Some(UpstreamOutcome::Timeout),
+            ProxyError::DeadlineExceeded(_)
+            | ProxyError::CallDepthExceeded { .. }
+            | ProxyError::CallCycle { .. }
+            | ProxyError::Internal { .. }
             | ProxyError::ClientBody { .. }
             | ProxyError::ClientStalled
             | ProxyError::Method { .. }
@@ -161,6 +209,13 @@ impl ProxyError {
             ProxyError::AgentDisabled | ProxyError::LoopDetected { .. } => Cause::Agent,
             // What is behind the route is saturated: its failure, on any listener.
             ProxyError::BulkheadFull { .. } => Cause::Upstream,
+            // The time was spent before the request reached this agent, by its callers.
+            ProxyError::DeadlineExceeded(DeadlineWhen::Arrival) => Cause::Dependency,
+            // The agent took so long that its own call came too late; agents calling each
+            // other in a loop.
+            ProxyError::DeadlineExceeded(DeadlineWhen::Call)
+            | ProxyError::CallDepthExceeded { .. }
+            | ProxyError::CallCycle { .. } => Cause::Agent,
             _ => Cause::upstream_failure(role),
         }
     }
@@ -180,7 +235,10 @@ impl ProxyError {
             | ProxyError::SafetyBlocked { .. }
             | ProxyError::AgentDisabled
             | ProxyError::Overloaded
-            | ProxyError::LoopDetected { .. } => {
+            | ProxyError::LoopDetected { .. }
+            | ProxyError::DeadlineExceeded(DeadlineWhen::Arrival | DeadlineWhen::Call)
+            | ProxyError::CallDepthExceeded { .. }
+            | ProxyError::CallCycle { .. } => {
                 tracing::debug!(error = %error_chain(self), "request refused")
             }
             _ => {

@@ -108,6 +108,7 @@ fn request_filter(
     if method == Method::CONNECT {
         return Err(ProxyError::Method { method }.into());
     }
+    ctx.cascade(&headers)?;
     let llm_role = listener.role == Role::Llm;
     let client = Client {
         method,
@@ -365,19 +366,21 @@ impl<'a> Attempts<'a> {
         if let Some(ls) = listener.safety.as_ref().filter(|ls| ls.kills()) {
             body.tap_echoes(EchoTap::new(&ls.detectors, &headers));
         }
-        ctx.sending(&upload, &mut headers, self.start);
+        ctx.sending(&upload, &mut headers, self.start)?;
         let c = &self.client;
         let request = outgoing(body, &c.method, target, c.version, headers);
         let at = Instant::now();
         self.own += at.saturating_duration_since(self.start);
-        let total_deadline = self.start + upstream.timeouts.total.0;
+        let cascade = ctx.deadline();
+        let total = self.start + upstream.timeouts.total.0;
         let sent = Sent {
             at,
             upload,
             key_used,
             deadlines: Deadlines {
-                total: total_deadline,
+                total: cascade.map_or(total, |d| d.min(total)),
                 body: ctx.received + listener.body_timeout,
+                cascade,
             },
         };
         Ok((request, sent))

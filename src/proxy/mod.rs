@@ -17,7 +17,12 @@
 //!    pipeline) or gets 503 `agent_disabled`, and an `llm` listener's gets 503: a silent agent is
 //!    safer than a harmful one. First, so that a disabled agent costs nothing more. On an
 //!    `agent` listener the request's **task** is looked up ([`tasks::Tasks`]: by
-//!    `tasks.id_header`, or a task of its own; it starts only with the agent's verdict). On an
+//!    `tasks.id_header`, or a task of its own; it starts only with the agent's verdict). Then
+//!    **calls between agents** ([`cascade`]): an inbound request too deep, in a cycle
+//!    (`on_cycle: block`) or arriving with its deadline spent is answered 508 or 504 before the
+//!    agent sees it, else entered in the correlation table; an egress call finds the inbound
+//!    request it is made for (its deadline then bounds every attempt, step 10) and is answered
+//!    504 at once if that request's time is spent. On an
 //!    `llm` listener an LLM call (recognised as in step 5) carrying the task id is counted by the
 //!    **loop guard** ([`tasks::Tasks::llm_call`]); under `loop_action: block` a call of a task
 //!    found looping gets 429 `loop_detected` here, before a breaker or a provider is troubled.
@@ -53,7 +58,9 @@
 //! 8. **Inject the provider key** ([`crate::upstream::KeyRing::inject`]): the client's key
 //!    headers go, the sidecar's key goes in. After step 7 so that nothing later re-adds a key.
 //!    With `otlp.traces`, the attempt's span begins when it is sent (step 9's
-//!    `RequestCtx::sending`) and the upstream's `traceparent` names it.
+//!    `RequestCtx::sending`) and the upstream's `traceparent` names it; a peer call gets the
+//!    milliseconds its inbound request has left, its depth + 1 and its path with this agent
+//!    added (`cascade`), or 504 `deadline_exceeded` if no time is left.
 //! 9. **Give the attempt its body** ([`replay::Payload::body_for`]): a body read ahead is
 //!    replayed from reference counts of its chunks, with this upstream's model rewrite applied;
 //!    a streamed LLM request is tapped, its facts (model, stream, tools) read from reference
@@ -115,6 +122,7 @@ pub(crate) mod body;
 mod breaker;
 pub(crate) mod bulkhead;
 pub(crate) mod cache;
+pub(crate) mod cascade;
 pub(crate) mod connections;
 mod ctx;
 pub(crate) mod error;

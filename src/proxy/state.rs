@@ -10,6 +10,7 @@ use metrics::{Counter, Histogram};
 
 use super::bulkhead::Bulkhead;
 use super::cache::ResponseCache;
+use super::cascade::{CascadeRules, Correlations, ListenerCascade};
 use super::fallback::{FallbackCounters, FallbackOn, FallbackReason};
 use super::safety::{severity, KillSwitch, ListenerSafety};
 use crate::budget::BodyBudget;
@@ -38,6 +39,9 @@ pub struct Shared {
     /// The model names seen so far (`metrics.max_model_labels`): one bound for the process, not
     /// one per config snapshot.
     pub models: Arc<ModelLabels>,
+    /// The inbound requests in flight, for the egress calls made for them: across reloads, as
+    /// requests are.
+    pub correlations: Arc<Correlations>,
 }
 
 impl Shared {
@@ -67,6 +71,10 @@ impl Shared {
             ),
             tracer: None,
             models: Arc::new(ModelLabels::new(config.metrics.max_model_labels)),
+            correlations: Arc::new(Correlations::new(telemetry.counter(
+                crate::telemetry::CORRELATION_EVICTIONS_TOTAL,
+                vec![label("agent", &config.agent)],
+            ))),
         }
     }
 }
@@ -202,6 +210,8 @@ pub struct ListenerState {
     pub budget: BodyBudget,
     /// Starts each request's span (`otlp.traces`).
     pub tracer: Option<ListenerTracer>,
+    /// Correlation, deadlines, depth and path (`cascade`), when either applies.
+    pub cascade: Option<ListenerCascade>,
 }
 
 /// The tracer of a listener whose route is `route`.
@@ -228,6 +238,8 @@ struct Build<'a> {
     telemetry: &'a Telemetry,
     shared: &'a Shared,
     breaker_severity: Severity,
+    /// The `cascade` section, ready for requests.
+    cascade: Option<Arc<CascadeRules>>,
 }
 
 impl Build<'_> {
@@ -348,8 +360,25 @@ impl Build<'_> {
             body_timeout: l.limits.body_timeout(),
             budget: shared.budget.clone(),
             tracer: listener_tracer(shared, &l.name, &route),
+            cascade: self.listener_cascade(l),
             route,
         })
+    }
+
+    /// What listener `l` does about calls between agents. Egress calls are correlated with
+    /// inbound requests while the sidecar has listeners of both kinds.
+    fn listener_cascade(&self, l: &ListenerConfig) -> Option<ListenerCascade> {
+        let listeners = &self.config.listeners;
+        let both = listeners.iter().any(|o| o.role == Role::Agent)
+            && listeners.iter().any(|o| o.role.is_egress());
+        let agent = &self.config.agent;
+        ListenerCascade::new(
+            l.role,
+            both.then(|| self.shared.correlations.clone()),
+            self.id_header(),
+            self.cascade.clone(),
+            ListenerCascade::deadline_counter(self.telemetry, agent, &l.name),
+        )
     }
 
     /// Listener `l` as its requests are served while the agent is disabled: through the human
@@ -378,6 +407,7 @@ impl Build<'_> {
             body_timeout: l.limits.body_timeout(),
             budget: shared.budget.clone(),
             tracer: listener_tracer(shared, &l.name, queue),
+            cascade: None,
             route: queue.clone(),
         })
     }
@@ -416,6 +446,11 @@ impl Snapshot {
             telemetry,
             shared,
             breaker_severity: severity(config.incidents.severities.availability),
+            cascade: config
+                .cascade
+                .as_ref()
+                .and_then(|c| CascadeRules::new(c, &config.agent, telemetry))
+                .map(Arc::new),
         };
         let mut upstreams = BTreeMap::new();
         for (name, up) in &config.upstreams {

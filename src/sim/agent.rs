@@ -1,6 +1,7 @@
-//! A simulated agent API: `POST /v1/tasks` does some "work", optionally asks its LLM (through the
-//! sidecar's egress listener, as a real agent would, forwarding its task id) and answers JSON; a
-//! share of requests fail with 500 as configured.
+//! A simulated agent API: `POST /v1/tasks` does some "work", optionally asks another agent (through
+//! the sidecar's peers listener) and its LLM (through the sidecar's egress listener), as a real
+//! agent would, forwarding its task id, and answers JSON; a share of requests fail with 500 as
+//! configured. When the other agent's answer fails, the agent fails the request with 503.
 //!
 //! The request body may say which step of a task it is, `{"step": 2, "steps": 3}`: the agent
 //! answers `x-agent-task-status: in_progress` until the last step, then `completed`. With
@@ -27,6 +28,9 @@ pub struct AgentSim {
     /// Base URL the agent sends its LLM calls to (the sidecar's egress listener), settable after
     /// the agent started (the sidecar's port is known only then); unset: no LLM call.
     pub llm_url: Arc<OnceLock<String>>,
+    /// Base URL of another agent this one asks on each step (the sidecar's peers listener),
+    /// settable after the agent started; unset: no call.
+    pub peer_url: Arc<OnceLock<String>>,
     /// Time the agent spends on a task besides its LLM call.
     pub work: Duration,
     /// Share of tasks answered 500.
@@ -49,6 +53,7 @@ impl Default for AgentSim {
     fn default() -> Self {
         AgentSim {
             llm_url: Arc::new(OnceLock::new()),
+            peer_url: Arc::new(OnceLock::new()),
             work: Duration::from_millis(5),
             error_rate: 0.0,
             leak_rate: 0.0,
@@ -104,6 +109,16 @@ async fn respond(
             serde_json::json!({"error": "simulated agent crash"}),
         );
     }
+    if let (Some(url), false) = (sim.peer_url.get(), step.r#loop) {
+        let url = format!("{url}/v1/tasks");
+        let status = ask(client, &url, task_id.as_ref(), "{}", None).await;
+        if !status.is_success() {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "the planner failed", "planner_status": status.as_u16()}),
+            );
+        }
+    }
     let llm_status = match ask_model(sim, client, task_id.as_ref(), &step).await {
         Ok(status) => status,
         Err(failed) => return failed,
@@ -143,8 +158,9 @@ async fn ask_model(
         1
     };
     let mut status = StatusCode::OK;
+    let url = format!("{url}/v1/chat/completions");
     for _ in 0..calls {
-        status = ask(client, url, task_id, step.r#loop).await;
+        status = ask_llm(client, &url, task_id, step.r#loop).await;
         if !status.is_success() {
             break;
         }
@@ -190,20 +206,33 @@ struct Step {
 }
 
 /// One LLM call through the sidecar, carrying the task id; its status (502: no answer).
-async fn ask(
+async fn ask_llm(
     client: &Client<HttpConnector, Full<Bytes>>,
     url: &str,
     task_id: Option<&HeaderValue>,
     looping: bool,
 ) -> StatusCode {
     let body = r#"{"model":"sim-gpt","messages":[{"role":"user","content":"help"}],"stream":false,"tools":[{"type":"function","function":{"name":"open_ticket","parameters":{"type":"object"}}}]}"#;
-    let mut call = Request::post(format!("{url}/v1/chat/completions"))
-        .header(header::CONTENT_TYPE, "application/json");
+    // A looping agent gets the same tool call back each time: the provider's scenario.
+    let scenario = looping.then_some("tool_call");
+    ask(client, url, task_id, body, scenario).await
+}
+
+/// One call through the sidecar with a JSON `body`, carrying the task id (and the simulated
+/// provider's `scenario`); its status (502: no answer).
+async fn ask(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    task_id: Option<&HeaderValue>,
+    body: &'static str,
+    scenario: Option<&'static str>,
+) -> StatusCode {
+    let mut call = Request::post(url).header(header::CONTENT_TYPE, "application/json");
     if let Some(id) = task_id {
         call = call.header("x-agent-task-id", id.clone());
     }
-    if looping {
-        call = call.header("x-sim-scenario", "tool_call");
+    if let Some(scenario) = scenario {
+        call = call.header("x-sim-scenario", scenario);
     }
     match call.body(Full::new(Bytes::from_static(body.as_bytes()))) {
         Ok(call) => match client.request(call).await {

@@ -61,12 +61,21 @@ pub enum Cause {
     Proxy = 2,
     /// The agent itself failed.
     Agent = 3,
+    /// The agent failed the request because something it depends on failed it: a call it made
+    /// for the request (to a provider, a tool server, another agent) failed after every
+    /// fallback; or the request arrived with its deadline spent by its callers.
+    Dependency = 4,
 }
 
 impl Cause {
-    pub const COUNT: usize = 4;
-    pub const ALL: [Cause; Cause::COUNT] =
-        [Cause::None, Cause::Upstream, Cause::Proxy, Cause::Agent];
+    pub const COUNT: usize = 5;
+    pub const ALL: [Cause; Cause::COUNT] = [
+        Cause::None,
+        Cause::Upstream,
+        Cause::Proxy,
+        Cause::Agent,
+        Cause::Dependency,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -74,22 +83,24 @@ impl Cause {
             Cause::Upstream => "upstream",
             Cause::Proxy => "proxy",
             Cause::Agent => "agent",
+            Cause::Dependency => "dependency",
         }
     }
 
     /// Who is charged when the upstream behind a listener fails: on the `agent` role the upstream
-    /// *is* the agent; on the `llm` role it is a provider, a dependency.
+    /// *is* the agent; on the `llm` and `peer` roles it is a provider or another agent, a
+    /// dependency.
     pub fn upstream_failure(role: Role) -> Cause {
         match role {
             Role::Agent => Cause::Agent,
-            Role::Llm => Cause::Upstream,
+            Role::Llm | Role::Peer => Cause::Upstream,
         }
     }
 
     /// The cause for a response the upstream sent with `status`.
     pub fn of_response(role: Role, status: http::StatusCode) -> Cause {
         if status.is_server_error()
-            || (role == Role::Llm && status == http::StatusCode::TOO_MANY_REQUESTS)
+            || (role.is_egress() && status == http::StatusCode::TOO_MANY_REQUESTS)
         {
             Cause::upstream_failure(role)
         } else {

@@ -25,6 +25,8 @@ use engine::{Tracker, WINDOWS};
 #[derive(Debug)]
 struct Slo {
     config: SloConfig,
+    /// The listeners whose requests count (`None`: all).
+    scope: Option<Vec<String>>,
     severity: Severity,
     tracker: Tracker,
     remaining: Gauge,
@@ -46,6 +48,7 @@ impl Slo {
         Slo {
             severity: Severity::from(s.severity(&config.incidents.severities)),
             tracker: Tracker::new(source::tally(s.sli), s.target, s.window.0, now),
+            scope: scope(s, config),
             remaining,
             burn: WINDOWS.map(|(w, _)| {
                 let mut l = labels();
@@ -55,6 +58,12 @@ impl Slo {
             config: s.clone(),
         }
     }
+}
+
+/// The listeners an SLO counts, owned.
+fn scope(s: &SloConfig, config: &Config) -> Option<Vec<String>> {
+    let names = s.scope(&config.listeners)?;
+    Some(names.into_iter().map(str::to_owned).collect())
 }
 
 impl Slos {
@@ -89,7 +98,8 @@ impl Slos {
         let mut kept = Vec::new();
         for s in &config.slos {
             let severity = Severity::from(s.severity(&config.incidents.severities));
-            match old.iter().position(|o| o.config == *s) {
+            let scope = scope(s, config);
+            match old.iter().position(|o| o.config == *s && o.scope == scope) {
                 Some(i) => {
                     kept.push(s.name.clone());
                     let mut slo = old.swap_remove(i);
@@ -107,7 +117,8 @@ impl Slos {
     pub fn tick(&self, tallies: &Tallies, now: Instant) {
         let mut slos = self.lock();
         for slo in slos.iter_mut() {
-            let (first, total) = source::counts(tallies, &self.agent, &slo.config);
+            let scope = slo.scope.as_deref();
+            let (first, total) = source::counts(tallies, &self.agent, &slo.config, scope);
             slo.tracker.feed(first, total, now);
             slo.remaining.set(slo.tracker.budget_remaining(now));
             for (gauge, (_, minutes)) in slo.burn.iter().zip(WINDOWS) {
@@ -147,6 +158,9 @@ impl Slos {
                     "state": t.state(now).as_str(),
                     "severity": s.severity.as_str(),
                     "counting": t.counting(),
+                    // The listeners whose requests count; null: every listener.
+                    "listeners": s.scope,
+                    "exclude_dependency_failures": s.config.exclude_dependency_failures,
                     "history": {
                         "period_minutes": 5,
                         "sli": t.history(5, 72, now),

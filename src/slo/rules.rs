@@ -88,7 +88,7 @@ pub fn rules(config: &Config) -> String {
             ("slo", &slo.name),
             ("sli", slo.sli.as_str()),
         ];
-        let sli = sli_of(slo, agent);
+        let sli = sli_of(slo, agent, slo.scope(&config.listeners).as_deref());
         group(
             &mut out,
             &format!("sloguard:{agent}:{}", slo.name),
@@ -137,13 +137,13 @@ pub fn rules(config: &Config) -> String {
     out
 }
 
-/// The upstreams behind `llm` listeners (the providers), by name: the agent's own app, behind
-/// an `agent` listener, has its SLOs already.
+/// The upstreams behind egress listeners (providers, other agents), by name: the agent's own
+/// app, behind an `agent` listener, has its SLOs already.
 fn providers(config: &Config) -> Vec<String> {
     let mut names: Vec<String> = config
         .listeners
         .iter()
-        .filter(|l| l.role == crate::config::Role::Llm)
+        .filter(|l| l.role.is_egress())
         .filter_map(|l| config.routes.get(&l.route))
         .flat_map(|r| r.upstreams.iter().cloned())
         .collect();
@@ -153,9 +153,17 @@ fn providers(config: &Config) -> Vec<String> {
 }
 
 /// The error ratio and event count queries of an SLO: the article's SLI queries, scoped to
-/// the agent.
-fn sli_of(slo: &SloConfig, agent: &str) -> Sli {
-    let a = format!("agent={}", quote(agent));
+/// the agent, and to the listeners of `scope` where the SLI has a listener label.
+fn sli_of(slo: &SloConfig, agent: &str, scope: Option<&[&str]>) -> Sli {
+    let ours = format!("agent={}", quote(agent));
+    let a = match scope {
+        Some([one]) => format!("{ours},listener={}", quote(one)),
+        Some(names) => {
+            let names: Vec<String> = names.iter().map(|n| regex::escape(n)).collect();
+            format!("{ours},listener=~{}", quote(&names.join("|")))
+        }
+        None => ours.clone(),
+    };
     // No series of good events at all (an agent that has only ever failed) must read as none,
     // not as no data: `or vector(0)`.
     let ratio = |good: &str, total: &str| {
@@ -166,7 +174,7 @@ fn sli_of(slo: &SloConfig, agent: &str) -> Sli {
     match slo.sli {
         SliKind::Availability => {
             let x = if slo.exclude_dependency_failures {
-                ",cause!=\"upstream\""
+                ",cause!~\"upstream|dependency\""
             } else {
                 ""
             };
@@ -183,16 +191,16 @@ fn sli_of(slo: &SloConfig, agent: &str) -> Sli {
             error_ratio: format!(
                 "clamp_min({}, 0)",
                 ratio(
-                    &format!("{AGENT_TASKS_COMPLETED}{{{a}}}"),
-                    &format!("{AGENT_TASKS_STARTED}{{{a}}}")
+                    &format!("{AGENT_TASKS_COMPLETED}{{{ours}}}"),
+                    &format!("{AGENT_TASKS_STARTED}{{{ours}}}")
                 )
             ),
-            events: format!("sum(increase({AGENT_TASKS_STARTED}{{{a}}}[{{W}}]))"),
+            events: format!("sum(increase({AGENT_TASKS_STARTED}{{{ours}}}[{{W}}]))"),
         },
         SliKind::Latency | SliKind::TimeToFirstToken => {
-            let metric = match slo.sli {
-                SliKind::Latency => AGENT_RESPONSE_SECONDS,
-                _ => GEN_AI_TIME_TO_FIRST_CHUNK,
+            let (metric, a) = match slo.sli {
+                SliKind::Latency => (AGENT_RESPONSE_SECONDS, a),
+                _ => (GEN_AI_TIME_TO_FIRST_CHUNK, ours),
             };
             let le = le_matcher(slo.threshold.map_or(0.0, |t| t.0.as_secs_f64()));
             Sli {

@@ -18,15 +18,26 @@ pub fn tally(sli: SliKind) -> Tally {
     }
 }
 
-/// `(first, total)` events of `slo` so far, from the tallied series of `agent`: the first
-/// counter counts good events, or bad ones for safety ([`tally`]).
-pub fn counts(tallies: &Tallies, agent: &str, slo: &SloConfig) -> (u64, u64) {
+/// `(first, total)` events of `slo` so far, from the tallied series of `agent` on the listeners
+/// of `scope` (`None`: every listener; see [`SloConfig::scope`]): the first counter counts good
+/// events, or bad ones for safety ([`tally`]).
+pub fn counts(
+    tallies: &Tallies,
+    agent: &str,
+    slo: &SloConfig,
+    scope: Option<&[String]>,
+) -> (u64, u64) {
     let ours = |k: &metrics::Key| has_label(k, "agent", agent);
+    let scoped = |k: &metrics::Key| {
+        ours(k) && scope.is_none_or(|names| names.iter().any(|l| has_label(k, "listener", l)))
+    };
     match slo.sli {
         SliKind::Availability => {
-            let counted = |k: &metrics::Key| {
-                ours(k) && !(slo.exclude_dependency_failures && has_label(k, "cause", "upstream"))
+            let dependency = |k: &metrics::Key| {
+                has_label(k, "cause", "upstream") || has_label(k, "cause", "dependency")
             };
+            let counted =
+                |k: &metrics::Key| scoped(k) && !(slo.exclude_dependency_failures && dependency(k));
             let total = tallies.sum(AGENT_REQUESTS_TOTAL, counted);
             let failed = tallies.sum(AGENT_REQUESTS_TOTAL, |k| {
                 counted(k) && has_label(k, "status", "5xx")
@@ -42,14 +53,15 @@ pub fn counts(tallies: &Tallies, agent: &str, slo: &SloConfig) -> (u64, u64) {
                 SliKind::Latency => AGENT_RESPONSE_SECONDS,
                 _ => GEN_AI_TIME_TO_FIRST_CHUNK,
             };
-            match slo.threshold {
-                Some(t) => tallies.below(histogram, t.0.as_secs_f64(), ours),
-                None => (0, 0),
+            match (slo.threshold, slo.sli) {
+                (Some(t), SliKind::Latency) => tallies.below(histogram, t.0.as_secs_f64(), scoped),
+                (Some(t), _) => tallies.below(histogram, t.0.as_secs_f64(), ours),
+                (None, _) => (0, 0),
             }
         }
         SliKind::Safety => (
-            tallies.sum(SAFETY_VIOLATIONS_TOTAL, ours),
-            tallies.sum(AGENT_RESPONSES_TOTAL, ours),
+            tallies.sum(SAFETY_VIOLATIONS_TOTAL, scoped),
+            tallies.sum(AGENT_RESPONSES_TOTAL, scoped),
         ),
     }
 }
@@ -68,22 +80,25 @@ mod tests {
             window: ConfigDuration(std::time::Duration::from_secs(30 * 86_400)),
             threshold: threshold.map(|t| ConfigDuration(std::time::Duration::from_secs_f64(t))),
             exclude_dependency_failures: exclude,
+            listeners: None,
             severity: None,
         }
+    }
+
+    fn requests_on(t: &Telemetry, agent: &str, listener: &str, status: &str, cause: &str, n: u64) {
+        let labels = vec![
+            label("agent", agent),
+            label("listener", listener),
+            label("status", status),
+            label("cause", cause),
+        ];
+        t.counter(AGENT_REQUESTS_TOTAL, labels).increment(n);
     }
 
     /// The series of agent `a` (and one of `b`), recorded through the registry's handles.
     fn recorded() -> Telemetry {
         let t = Telemetry::new();
-        let requests = |agent, status, cause, n| {
-            let labels = vec![
-                label("agent", agent),
-                label("listener", "in"),
-                label("status", status),
-                label("cause", cause),
-            ];
-            t.counter(AGENT_REQUESTS_TOTAL, labels).increment(n);
-        };
+        let requests = |agent, status, cause, n| requests_on(&t, agent, "in", status, cause, n);
         requests("a", "2xx", "none", 90);
         requests("a", "5xx", "agent", 6);
         requests("a", "5xx", "upstream", 4);
@@ -109,7 +124,7 @@ mod tests {
     #[test]
     fn each_sli_sums_its_series_for_the_agent() {
         let t = recorded();
-        let c = |s: SloConfig| counts(t.tallies(), "a", &s);
+        let c = |s: SloConfig| counts(t.tallies(), "a", &s, None);
         assert_eq!(c(slo(SliKind::Availability, None, false)), (90, 100));
         assert_eq!(c(slo(SliKind::Availability, None, true)), (90, 96));
         assert_eq!(c(slo(SliKind::TaskCompletion, None, false)), (7, 10));
@@ -122,9 +137,28 @@ mod tests {
         );
         // Another agent's series are not ours.
         let b = slo(SliKind::Availability, None, false);
-        assert_eq!(counts(t.tallies(), "b", &b), (0, 1000));
+        assert_eq!(counts(t.tallies(), "b", &b, None), (0, 1000));
         let nobody = slo(SliKind::Safety, None, false);
-        assert_eq!(counts(t.tallies(), "nobody", &nobody), (0, 0));
+        assert_eq!(counts(t.tallies(), "nobody", &nobody, None), (0, 0));
+    }
+
+    #[test]
+    fn availability_counts_the_listeners_of_its_scope_and_leaves_out_both_dependency_causes() {
+        let t = recorded();
+        requests_on(&t, "a", "egress", "5xx", "upstream", 50);
+        requests_on(&t, "a", "in", "5xx", "dependency", 10);
+        let all = slo(SliKind::Availability, None, false);
+        let inbound = ["in".to_owned()];
+        assert_eq!(counts(t.tallies(), "a", &all, None), (90, 160));
+        assert_eq!(counts(t.tallies(), "a", &all, Some(&inbound)), (90, 110));
+        let excluding = slo(SliKind::Availability, None, true);
+        assert_eq!(
+            counts(t.tallies(), "a", &excluding, Some(&inbound)),
+            (90, 96),
+            "upstream and dependency failures left out"
+        );
+        let egress = ["egress".to_owned()];
+        assert_eq!(counts(t.tallies(), "a", &all, Some(&egress)), (0, 50));
     }
 
     #[test]
@@ -139,7 +173,12 @@ mod tests {
                 .map(|(_, v)| v.parse::<f64>().unwrap_or(-1.0))
         };
         let le2 = line(r#"agent_response_seconds_bucket{agent="a",le="2"}"#);
-        let latency = counts(t.tallies(), "a", &slo(SliKind::Latency, Some(2.0), false));
+        let latency = counts(
+            t.tallies(),
+            "a",
+            &slo(SliKind::Latency, Some(2.0), false),
+            None,
+        );
         assert_eq!(le2, Some(latency.0 as f64));
         let count = line(r#"agent_response_seconds_count{agent="a"}"#);
         assert_eq!(count, Some(latency.1 as f64));

@@ -115,6 +115,12 @@ pub async fn ninety_good_ten_bad(sidecar: &Sidecar) {
     }
 }
 
+/// A JSON document of the admin port (`/slo`, `/circuits`).
+pub async fn admin_json(s: &Sidecar, path: &str) -> serde_json::Value {
+    let url = format!("http://{}{path}", s.admin_addr);
+    serde_json::from_slice(&body_bytes(get(&client(), &url).await).await).expect("JSON")
+}
+
 pub fn proxy_url(sidecar: &Sidecar, path: &str) -> String {
     format!(
         "http://{}{path}",

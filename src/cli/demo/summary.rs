@@ -5,9 +5,10 @@
 use crate::metric_table::{
     AGENT_DISABLED, AGENT_LOOPS_DETECTED, AGENT_REQUESTS_TOTAL, AGENT_RESPONSES_TOTAL,
     AGENT_TASKS_ABANDONED, AGENT_TASKS_COMPLETED, AGENT_TASKS_FAILED, AGENT_TASKS_STARTED,
-    CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, FALLBACKS_TOTAL, FINISH_REASONS_TOTAL,
-    GEN_AI_TIME_TO_FIRST_CHUNK, GEN_AI_TOKEN_USAGE, HALLUCINATED_TOOL_CALLS_TOTAL,
-    SAFETY_VIOLATIONS_TOTAL, SLO_BUDGET_REMAINING, SLO_BURN_RATE, UPSTREAM_REQUESTS_TOTAL,
+    BULKHEAD_REJECTIONS_TOTAL, CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, DEADLINE_EXCEEDED_TOTAL,
+    FALLBACKS_TOTAL, FINISH_REASONS_TOTAL, GEN_AI_TIME_TO_FIRST_CHUNK, GEN_AI_TOKEN_USAGE,
+    HALLUCINATED_TOOL_CALLS_TOTAL, SAFETY_VIOLATIONS_TOTAL, SLO_BUDGET_REMAINING, SLO_BURN_RATE,
+    UPSTREAM_REQUESTS_TOTAL,
 };
 use crate::telemetry::{has_label, Tallies};
 
@@ -182,9 +183,10 @@ pub(super) fn summary_line(listener: &str, t: &Tallies, window: &mut Vec<f64>) -
     let l = ("listener", listener);
     let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"]
         .map(|class| total(t, AGENT_REQUESTS_TOTAL, &[l, ("status", class)]));
-    let causes = ["none", "upstream", "proxy", "agent"]
+    let causes = ["none", "upstream", "proxy", "agent", "dependency"]
         .map(|cause| total(t, AGENT_REQUESTS_TOTAL, &[l, ("cause", cause)]));
     let total: u64 = classes.iter().sum();
+    let late = self::total(t, DEADLINE_EXCEEDED_TOTAL, &[l]);
     window.sort_by(f64::total_cmp);
     let q = |p: f64| {
         if window.is_empty() {
@@ -203,8 +205,8 @@ pub(super) fn summary_line(listener: &str, t: &Tallies, window: &mut Vec<f64>) -
         "      -".to_string()
     };
     let line = format!(
-        "{listener:<16} total {total:>6} | availability {availability} | 2xx {:>6}  4xx {:>4}  5xx {:>4} | failures by cause: agent {:>3} upstream {:>3} proxy {:>3} | last 1s: {:>3} done, p50 {} p99 {}",
-        classes[1], classes[3], classes[4], causes[3], causes[1], causes[2], window.len(), q(0.5), q(0.99)
+        "{listener:<16} total {total:>6} | availability {availability} | 2xx {:>6}  4xx {:>4}  5xx {:>4} | failures by cause: agent {:>3} upstream {:>3} dependency {:>3} proxy {:>3} | deadline_exceeded {late:>3} | last 1s: {:>3} done, p50 {} p99 {}",
+        classes[1], classes[3], classes[4], causes[3], causes[1], causes[4], causes[2], window.len(), q(0.5), q(0.99)
     );
     window.clear();
     line
@@ -238,6 +240,39 @@ pub(super) fn tasks_line(t: &Tallies, healthz: &str) -> String {
         n(AGENT_TASKS_ABANDONED),
         loops("repeated_tool_call"),
         loops("max_llm_calls"),
+    )
+}
+
+/// The line of calls between agents: the agent's calls to the planner (answered, cut at their
+/// deadline, refused by the bulkhead), the agent's answers a dependency failed, and the
+/// availability budget those did not spend: what is left, and what would be left had they been
+/// charged (over the same requests, at the SLO's `target`).
+pub(super) fn cascade_line(t: &Tallies, target: f64) -> String {
+    let peers = ("listener", "peers");
+    let calls = total(t, AGENT_REQUESTS_TOTAL, &[peers]);
+    let ok = total(t, AGENT_REQUESTS_TOTAL, &[peers, ("status", "2xx")]);
+    let cut = total(t, DEADLINE_EXCEEDED_TOTAL, &[peers]);
+    let refused = total(t, BULKHEAD_REJECTIONS_TOTAL, &[("route", "planner")]);
+    let inbound = ("listener", "inbound");
+    let dependency = total(t, AGENT_REQUESTS_TOTAL, &[inbound, ("cause", "dependency")]);
+    let own = total(
+        t,
+        AGENT_REQUESTS_TOTAL,
+        &[inbound, ("status", "5xx"), ("cause", "agent")],
+    );
+    let left = t.gauge_sum(SLO_BUDGET_REMAINING, |k| {
+        labelled(k, &[("slo", "availability")])
+    });
+    let all = total(t, AGENT_REQUESTS_TOTAL, &[inbound]);
+    let failed = total(t, AGENT_REQUESTS_TOTAL, &[inbound, ("status", "5xx")]);
+    let charged = match all {
+        0 => 1.0,
+        _ => 1.0 - failed as f64 / ((1.0 - target) * all as f64),
+    };
+    format!(
+        "cascade  planner calls {calls:>5}, ok {ok:>5} | cut at the deadline {cut:>4} | bulkhead_full {refused:>4} | agent 5xx charged to the dependency {dependency:>4}, to the agent {own:>4} | availability budget {:>7.1}% left, {:>8.1}% had the dependency's been charged",
+        100.0 * left,
+        100.0 * charged
     )
 }
 

@@ -244,7 +244,8 @@ impl ListenerSafety {
             detectors: detectors.clone(),
             block: config.action == SafetyAction::Block,
             keys: match role {
-                Role::Agent => Keys::All,
+                // An agent's answer, this one's or another's, is read whole.
+                Role::Agent | Role::Peer => Keys::All,
                 Role::Llm => Keys::Output,
             },
             responses: t.counter(AGENT_RESPONSES_TOTAL, base()),
@@ -273,8 +274,8 @@ impl ListenerSafety {
     }
 
     /// The origin of a request's violations, for the kill switch (0 without one): its task id
-    /// (`tasks.id_header`), else on the `agent` role its client's address, else (the `llm` role,
-    /// whose one client is the agent) a number of its own. Seeded per process; ids are never
+    /// (`tasks.id_header`), else on the `agent` role its client's address, else (the `llm` and
+    /// `peer` roles, whose one client is the agent) a number of its own. Seeded per process; ids are never
     /// kept.
     pub fn origin(&self, headers: &HeaderMap, client_ip: &http::HeaderValue) -> u64 {
         use std::hash::{BuildHasher, Hasher};
@@ -296,7 +297,7 @@ impl ListenerSafety {
                 h.write_u8(1);
                 h.write(client_ip.as_bytes());
             }
-            (None, Role::Llm) => {
+            (None, Role::Llm | Role::Peer) => {
                 h.write_u8(2);
                 h.write_u64(o.next.fetch_add(1, Ordering::Relaxed));
             }

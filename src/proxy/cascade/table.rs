@@ -1,0 +1,339 @@
+//! The correlation table: the inbound (`agent` role) requests in flight, by task id and by W3C
+//! trace id, so that an egress call (`llm`, `peer`) finds the inbound request it is made for —
+//! its deadline, its depth and path, and where to note that a dependency failed it.
+//!
+//! Bounded: 16 shards of at most [`SHARD_CAP`] keys each (an inbound request carrying both a
+//! task id and a trace id takes two). An inbound request leaves when it is counted. A shard that
+//! is full drops its oldest request to make room (`sloguard_correlation_evictions_total`): the
+//! oldest request in flight is the one most likely stuck or already given up on by its client,
+//! and its egress calls then go uncorrelated (no deadline, no attribution), nothing worse.
+//!
+//! Keys are hashed with a per-process random seed (xxh3), so that a client cannot aim its ids at
+//! one shard; a lookup compares the key's bytes too.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::{HeaderMap, HeaderValue};
+use metrics::Counter;
+use tokio::time::Instant;
+
+use crate::telemetry::trace;
+
+/// Shards of the table: requests on different cores rarely meet on one lock.
+const SHARDS: usize = 16;
+/// Keys a shard holds at most: 16,384 in all, more inbound requests than a pod has in flight.
+pub(crate) const SHARD_CAP: usize = 1024;
+
+/// An inbound request in flight, as its egress calls see it.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    task: Option<(u64, HeaderValue)>,
+    trace: Option<(u64, [u8; 16])>,
+    arrived: Instant,
+    /// When its time runs out (`cascade`), if it has a deadline.
+    pub(crate) deadline: Option<Instant>,
+    /// Its call depth, as it arrived (0 from a client that is no agent).
+    pub(crate) depth: u32,
+    /// Its call path, as it arrived (checked: printable ASCII, within the cap).
+    pub(crate) path: Option<HeaderValue>,
+    /// One of its egress calls failed after every fallback.
+    dependency_failed: AtomicBool,
+}
+
+impl Inbound {
+    pub(crate) fn note_dependency_failed(&self) {
+        self.dependency_failed.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dependency_failed(&self) -> bool {
+        self.dependency_failed.load(Ordering::Relaxed)
+    }
+}
+
+/// The keys a request carries: its task id and its trace id, hashed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Keys<'a> {
+    task: Option<(u64, &'a [u8])>,
+    trace: Option<(u64, [u8; 16])>,
+}
+
+impl Keys<'_> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.task.is_none() && self.trace.is_none()
+    }
+}
+
+/// The table (see the module's documentation).
+#[derive(Debug)]
+pub struct Correlations {
+    seed: u64,
+    shards: [Mutex<Shard>; SHARDS],
+    evictions: Counter,
+}
+
+type Shard = HashMap<u64, Arc<Inbound>, BuildHasherDefault<Prehashed>>;
+
+impl Correlations {
+    pub fn new(evictions: Counter) -> Correlations {
+        Correlations {
+            seed: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                0u8,
+            ),
+            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+            evictions,
+        }
+    }
+
+    /// The keys of a request: the value of `id_header` (trimmed, not empty), and the trace id
+    /// of a well-formed `traceparent` (not all zeros).
+    pub(crate) fn keys<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        id_header: &http::HeaderName,
+    ) -> Keys<'a> {
+        let task = headers
+            .get(id_header)
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|v| !v.is_empty())
+            .map(|id| (self.hash(0, id), id));
+        let trace = headers
+            .get(&trace::TRACEPARENT)
+            .and_then(|v| trace::parse_traceparent(v.as_bytes()))
+            .map(|parent| parent.trace_id.to_bytes())
+            .map(|id| (self.hash(1, &id), id));
+        Keys { task, trace }
+    }
+
+    fn hash(&self, kind: u64, bytes: &[u8]) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.seed ^ kind)
+    }
+
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
+        shard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Enters an inbound request under its keys (none: it is not entered).
+    pub(crate) fn enter(
+        &self,
+        keys: Keys<'_>,
+        arrived: Instant,
+        deadline: Option<Instant>,
+        depth: u32,
+        path: Option<HeaderValue>,
+    ) -> Option<Arc<Inbound>> {
+        if keys.is_empty() {
+            return None;
+        }
+        let inbound = Arc::new(Inbound {
+            task: keys.task.map(|(h, id)| {
+                (
+                    h,
+                    HeaderValue::from_bytes(id).unwrap_or(HeaderValue::from_static("")),
+                )
+            }),
+            trace: keys.trace,
+            arrived,
+            deadline,
+            depth,
+            path,
+            dependency_failed: AtomicBool::new(false),
+        });
+        for hash in [keys.task.map(|t| t.0), keys.trace.map(|t| t.0)]
+            .into_iter()
+            .flatten()
+        {
+            let mut shard = self.shard(hash);
+            if shard.len() >= SHARD_CAP && !shard.contains_key(&hash) {
+                let oldest = shard.iter().min_by_key(|(_, i)| i.arrived).map(|(k, _)| *k);
+                if let Some(oldest) = oldest {
+                    shard.remove(&oldest);
+                    self.evictions.increment(1);
+                }
+            }
+            // The newest request of a task (or trace) is the one its calls are for.
+            shard.insert(hash, inbound.clone());
+        }
+        Some(inbound)
+    }
+
+    /// Takes an inbound request out (unless a newer one of its task or trace took its keys).
+    pub(crate) fn leave(&self, inbound: &Arc<Inbound>) {
+        let hashes = [
+            inbound.task.as_ref().map(|t| t.0),
+            inbound.trace.map(|t| t.0),
+        ];
+        for hash in hashes.into_iter().flatten() {
+            let mut shard = self.shard(hash);
+            if shard.get(&hash).is_some_and(|i| Arc::ptr_eq(i, inbound)) {
+                shard.remove(&hash);
+            }
+        }
+    }
+
+    /// The inbound request in flight that an egress call with these keys is made for: the one
+    /// of its task, else the one of its trace.
+    pub(crate) fn find(&self, keys: Keys<'_>) -> Option<Arc<Inbound>> {
+        if let Some((hash, id)) = keys.task {
+            let found = self.shard(hash).get(&hash).cloned();
+            let same = |i: &Arc<Inbound>| i.task.as_ref().is_some_and(|(_, v)| v.as_bytes() == id);
+            if let Some(inbound) = found.filter(same) {
+                return Some(inbound);
+            }
+        }
+        let (hash, id) = keys.trace?;
+        let found = self.shard(hash).get(&hash).cloned();
+        found.filter(|i| i.trace.is_some_and(|(_, t)| t == id))
+    }
+
+    /// Inbound requests entered now (their keys).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |s| s.len()))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The map's keys are hashes already.
+#[derive(Debug, Default)]
+pub(crate) struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(task: Option<&str>, trace: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(t) = task {
+            h.insert("x-agent-task-id", t.parse().unwrap());
+        }
+        if let Some(t) = trace {
+            h.insert("traceparent", t.parse().unwrap());
+        }
+        h
+    }
+
+    const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const OTHER_TRACE: &str = "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn id() -> http::HeaderName {
+        http::HeaderName::from_static("x-agent-task-id")
+    }
+
+    #[test]
+    fn an_egress_call_finds_its_inbound_by_task_else_by_trace() {
+        let t = Correlations::new(Counter::noop());
+        let now = Instant::now();
+        let both = headers(Some("task-1"), Some(TRACE));
+        let inbound = t.enter(t.keys(&both, &id()), now, None, 2, None).unwrap();
+        let by_task = headers(Some("task-1"), None);
+        assert!(Arc::ptr_eq(
+            &t.find(t.keys(&by_task, &id())).unwrap(),
+            &inbound
+        ));
+        let by_trace = headers(None, Some(TRACE));
+        assert!(Arc::ptr_eq(
+            &t.find(t.keys(&by_trace, &id())).unwrap(),
+            &inbound
+        ));
+        // Another task's id, with the same trace: the trace still finds it.
+        let other_task = headers(Some("task-2"), Some(TRACE));
+        assert!(t.find(t.keys(&other_task, &id())).is_some());
+        assert!(t
+            .find(t.keys(&headers(Some("task-2"), Some(OTHER_TRACE)), &id()))
+            .is_none());
+        assert_eq!(t.len(), 2);
+        t.leave(&inbound);
+        assert!(t.is_empty());
+        assert!(t.find(t.keys(&by_task, &id())).is_none());
+    }
+
+    #[test]
+    fn malformed_or_empty_keys_enter_nothing() {
+        let t = Correlations::new(Counter::noop());
+        for trace in [
+            "00-zzf7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7",
+            "",
+        ] {
+            let h = headers(Some("  "), Some(trace).filter(|t| !t.is_empty()));
+            assert!(t.keys(&h, &id()).is_empty(), "{trace}");
+        }
+        assert!(t
+            .enter(Keys::default(), Instant::now(), None, 0, None)
+            .is_none());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_newer_request_of_the_task_takes_its_key_and_the_older_leaving_keeps_it() {
+        let t = Correlations::new(Counter::noop());
+        let h = headers(Some("task-1"), None);
+        let now = Instant::now();
+        let older = t.enter(t.keys(&h, &id()), now, None, 0, None).unwrap();
+        let newer = t.enter(t.keys(&h, &id()), now, None, 1, None).unwrap();
+        t.leave(&older);
+        let found = t.find(t.keys(&h, &id())).unwrap();
+        assert!(Arc::ptr_eq(&found, &newer));
+        t.leave(&newer);
+        assert!(t.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_table_drops_its_oldest_and_never_grows_past_its_cap() {
+        let t = Correlations::new(Counter::noop());
+        let first = headers(Some("task-first"), None);
+        let kept = t
+            .enter(t.keys(&first, &id()), Instant::now(), None, 0, None)
+            .unwrap();
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        let mut all = Vec::new();
+        for n in 0..SHARDS * SHARD_CAP + 500 {
+            let h = headers(Some(&format!("task-{n}")), None);
+            all.push(
+                t.enter(t.keys(&h, &id()), Instant::now(), None, 0, None)
+                    .unwrap(),
+            );
+        }
+        assert!(t.len() <= SHARDS * SHARD_CAP, "{}", t.len());
+        assert!(
+            t.find(t.keys(&first, &id())).is_none(),
+            "the oldest went first"
+        );
+        let last = headers(Some(&format!("task-{}", SHARDS * SHARD_CAP + 499)), None);
+        assert!(t.find(t.keys(&last, &id())).is_some(), "the newest is in");
+        t.leave(&kept);
+        for i in &all {
+            t.leave(i);
+        }
+        assert!(t.is_empty());
+    }
+}

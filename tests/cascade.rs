@@ -1,0 +1,511 @@
+//! Calls between agents, end to end: sidecars in front of small in-process agents that call each
+//! other through their `peer` listeners. A chain A → B → C where C hangs (the deadline bounds
+//! A's wait, A's bulkhead holds, A's failures are charged to the dependency and spend none of its
+//! budget), and a loop A → B → A (caught by the path on its first repeat, and by the depth when
+//! the names do not get through).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use common::otlp::grpc_receiver;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{HeaderMap, Request, Response, StatusCode};
+use sloguard::sim::{self, full as sim_full, SimServer};
+use sloguard::Sidecar;
+
+const TASK: &str = "x-agent-task-id";
+
+/// Where an agent's calls go, known once its sidecar is up.
+type Late = Arc<OnceLock<String>>;
+
+/// An agent that answers each request by calling another agent through its sidecar's `peers`
+/// listener (at `peer`, once set), passing its task id and trace context on as an agent's HTTP
+/// client would: 200
+/// with the callee's answer, or 503 when the call failed.
+async fn relay_agent(peer: Late) -> SimServer {
+    sim::serve(LOOPBACK, move |req| {
+        let peer = peer.get().cloned().expect("the peer listener is known");
+        let pass_on: Vec<_> = [TASK, "traceparent"]
+            .into_iter()
+            .filter_map(|h| Some((h, req.headers().get(h)?.clone())))
+            .collect();
+        async move {
+            let mut call = Request::post(format!("{peer}/work"));
+            for (name, value) in pass_on {
+                call = call.header(name, value);
+            }
+            let answer = match client().request(call.body(empty()).unwrap()).await {
+                Ok(r) if r.status().is_success() => Some(body_bytes(r).await),
+                _ => None,
+            };
+            match answer {
+                Some(body) => Response::new(sim_full(body)),
+                None => {
+                    let mut r = Response::new(sim_full("my callee failed me"));
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    r
+                }
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// An agent that never answers, and keeps the headers of what reached it.
+async fn hung_agent(seen: Arc<Mutex<Vec<HeaderMap>>>) -> SimServer {
+    sim::serve(LOOPBACK, move |req| {
+        seen.lock().unwrap().push(req.headers().clone());
+        std::future::pending()
+    })
+    .await
+    .unwrap()
+}
+
+/// A hop that passes requests on, headers and all, to `to` once set: lets two sidecars name
+/// each other.
+async fn late_hop(to: Late) -> SimServer {
+    sim::serve(LOOPBACK, move |req| {
+        let to = to.get().cloned().expect("the hop's target is known");
+        async move {
+            let mut call = Request::post(format!("{to}{}", req.uri()));
+            for (k, v) in req.headers() {
+                if k != http::header::HOST {
+                    call = call.header(k, v);
+                }
+            }
+            match client().request(call.body(empty()).unwrap()).await {
+                Ok(r) => {
+                    let status = r.status();
+                    let mut out = Response::new(sim_full(body_bytes(r).await));
+                    *out.status_mut() = status;
+                    out
+                }
+                Err(_) => {
+                    let mut out = Response::new(sim_full(""));
+                    *out.status_mut() = StatusCode::BAD_GATEWAY;
+                    out
+                }
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// A sidecar for agent `name`: `inbound` in front of the agent at `agent_url`, and, when
+/// `callee_url` is given, `peers` in front of the agent it calls (`peer_route`: more keys of
+/// that route). `cascade` is the section's body; `extra`, more sections.
+async fn agent_sidecar_named(
+    name: &str,
+    agent_url: &str,
+    callee: Option<(&str, &str)>,
+    cascade: &str,
+    extra: &str,
+) -> Sidecar {
+    let (peer_listener, peer_route, peer_upstream) = match callee {
+        Some((url, route_keys)) => (
+            "  - {name: peers, bind: 127.0.0.1:0, role: peer, route: callee}\n".to_owned(),
+            format!("  callee: {{upstreams: [callee]{route_keys}}}\n"),
+            format!("  callee: {{url: {url}}}\n"),
+        ),
+        None => Default::default(),
+    };
+    start_yaml(&format!(
+        "agent: {name}
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
+{peer_listener}routes:
+  agent: {{upstreams: [agent]}}
+{peer_route}upstreams:
+  agent: {{url: {agent_url}}}
+{peer_upstream}cascade: {{{cascade}}}
+slos:
+  - {{name: availability, sli: availability, target: 0.99, window: 30d, exclude_dependency_failures: true}}
+{extra}"
+    ))
+    .await
+}
+
+fn url_of(s: &Sidecar, listener: &str) -> String {
+    format!("http://{}", s.listener_addr(listener).unwrap())
+}
+
+async fn call(url: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap) {
+    let mut req = Request::post(format!("{url}/task"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(empty()).unwrap()).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let _ = body_bytes(resp).await;
+    (status, headers)
+}
+
+/// The chain A → B → C, C hung: each agent's `peers` listener in front of the next's sidecar.
+struct Chain {
+    a: Sidecar,
+    b: Sidecar,
+    _c: Sidecar,
+    seen_by_c: Arc<Mutex<Vec<HeaderMap>>>,
+    _agents: Vec<SimServer>,
+}
+
+async fn chain(a_route_keys: &str) -> Chain {
+    let seen_by_c = Arc::new(Mutex::new(Vec::new()));
+    let agent_c = hung_agent(seen_by_c.clone()).await;
+    let c = agent_sidecar_named("agent-c", &agent_c.url(), None, "", "").await;
+    let (to_c, to_b) = (Late::default(), Late::default());
+    let agent_b = relay_agent(to_c.clone()).await;
+    let b = agent_sidecar_named(
+        "agent-b",
+        &agent_b.url(),
+        Some((&url_of(&c, "inbound"), "")),
+        "",
+        "",
+    )
+    .await;
+    to_c.set(url_of(&b, "peers")).unwrap();
+    let agent_a = relay_agent(to_b.clone()).await;
+    let callee = (url_of(&b, "inbound"), a_route_keys);
+    let a = agent_sidecar_named(
+        "agent-a",
+        &agent_a.url(),
+        Some((&callee.0, callee.1)),
+        "",
+        "",
+    )
+    .await;
+    to_b.set(url_of(&a, "peers")).unwrap();
+    Chain {
+        a,
+        b,
+        _c: c,
+        seen_by_c,
+        _agents: vec![agent_a, agent_b, agent_c],
+    }
+}
+
+#[tokio::test]
+async fn a_hung_agent_down_the_chain_holds_its_callers_only_until_their_deadline() {
+    let ch = chain("").await;
+    let started = Instant::now();
+    let deadline = [(TASK, "task-1"), ("x-agent-deadline-ms", "1500")];
+    let (status, headers) = call(&url_of(&ch.a, "inbound"), &deadline).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "A's agent gave up on B"
+    );
+    assert_eq!(headers["x-sloguard-upstream"], "agent");
+    assert!(waited >= Duration::from_millis(1400), "{waited:?}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "bounded by the deadline: {waited:?}"
+    );
+
+    // What reached C: the time left, the depth and the path, carried two hops.
+    let seen = ch.seen_by_c.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let left: u64 = seen[0]["x-agent-deadline-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left > 0 && left <= 1500, "{left}");
+    assert_eq!(seen[0]["x-agent-call-depth"], "2");
+    assert_eq!(seen[0]["x-agent-call-path"], "agent-a,agent-b");
+
+    // A's call to B was cut at A's deadline: B's failure, and the agent's 503 the dependency's.
+    let m = metrics_when(&ch.a, |m| {
+        metric(m, "agent_requests_total", &[("listener", "inbound")]) == 1.0
+    })
+    .await;
+    let peers = [("listener", "peers")];
+    expect_metric(&m, "agent_deadline_exceeded_total", &peers, 1.0);
+    let cut = [
+        ("listener", "peers"),
+        ("status", "5xx"),
+        ("cause", "upstream"),
+    ];
+    expect_metric(&m, "agent_requests_total", &cut, 1.0);
+    expect_attempts(&m, "callee", "timeout", 1.0);
+    let charged = [
+        ("listener", "inbound"),
+        ("status", "5xx"),
+        ("cause", "dependency"),
+    ];
+    expect_metric(&m, "agent_requests_total", &charged, 1.0);
+    // B's inbound request ended too (its caller gone, or its own call cut): it is not B's fault.
+    let mb = metrics_when(&ch.b, |m| {
+        metric(m, "agent_requests_total", &[("listener", "inbound")]) == 1.0
+    })
+    .await;
+    let own = [("listener", "inbound"), ("cause", "agent")];
+    expect_metric(&mb, "agent_requests_total", &own, 0.0);
+}
+
+#[tokio::test]
+async fn a_full_bulkhead_fails_fast_and_a_dependencys_failures_spend_none_of_the_budget() {
+    let ch = chain(", max_in_flight: 2").await;
+    let a = url_of(&ch.a, "inbound");
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let task = format!("held-{i}");
+                call(&a, &[(TASK, &task), ("x-agent-deadline-ms", "20000")]).await
+            })
+        })
+        .collect();
+    let both_at_c = async || ch.seen_by_c.lock().unwrap().len() == 2;
+    wait_until("both calls reach C", 10, both_at_c).await;
+
+    // A third task while two wait on C: A's bulkhead refuses its call to B at once.
+    let started = Instant::now();
+    let (status, _) = call(&a, &[(TASK, "third")]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not held: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        ch.seen_by_c.lock().unwrap().len(),
+        2,
+        "the third went nowhere"
+    );
+    let m = metrics(&ch.a).await;
+    expect_metric(
+        &m,
+        "sloguard_bulkhead_rejections_total",
+        &[("route", "callee")],
+        1.0,
+    );
+    let charged = [
+        ("listener", "inbound"),
+        ("status", "5xx"),
+        ("cause", "dependency"),
+    ];
+    expect_metric(&m, "agent_requests_total", &charged, 1.0);
+
+    // A's availability SLO leaves the dependency's failure out: no budget spent.
+    let counted = async || {
+        let v = admin_json(&ch.a, "/slo").await;
+        v["slos"][0]["windows"]["since_start"]["total"] == 0 && v["slos"][0]["counting"] == true
+    };
+    wait_until("the SLO view reads the counters", 10, counted).await;
+    let v = admin_json(&ch.a, "/slo").await;
+    assert_eq!(v["slos"][0]["budget_remaining"], 1.0, "{v}");
+    for h in held {
+        h.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_loop_between_two_agents_is_refused_on_its_first_repeat() {
+    let (to_a_hop, to_b_hop) = (Late::default(), Late::default());
+    let (hop_ab, hop_ba) = (
+        late_hop(to_b_hop.clone()).await,
+        late_hop(to_a_hop.clone()).await,
+    );
+    let (a_calls, b_calls) = (Late::default(), Late::default());
+    let (agent_a, agent_b) = (
+        relay_agent(a_calls.clone()).await,
+        relay_agent(b_calls.clone()).await,
+    );
+    let block = "on_cycle: block";
+    let a = agent_sidecar_named(
+        "agent-a",
+        &agent_a.url(),
+        Some((&hop_ab.url(), "")),
+        block,
+        "",
+    )
+    .await;
+    let b = agent_sidecar_named(
+        "agent-b",
+        &agent_b.url(),
+        Some((&hop_ba.url(), "")),
+        block,
+        "",
+    )
+    .await;
+    to_b_hop.set(url_of(&b, "inbound")).unwrap();
+    to_a_hop.set(url_of(&a, "inbound")).unwrap();
+    a_calls.set(url_of(&a, "peers")).unwrap();
+    b_calls.set(url_of(&b, "peers")).unwrap();
+
+    let (status, _) = call(&url_of(&a, "inbound"), &[(TASK, "loop-1")]).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the loop ends in a failure"
+    );
+    // A → B → A: the second arrival at A carries path "agent-a,agent-b", and is refused.
+    let m = metrics_when(&a, |m| {
+        metric(m, "agent_requests_total", &[("listener", "inbound")]) == 2.0
+    })
+    .await;
+    expect_metric(&m, "agent_call_cycles_total", &[("action", "block")], 1.0);
+    let refused = [
+        ("listener", "inbound"),
+        ("status", "5xx"),
+        ("cause", "agent"),
+    ];
+    expect_metric(&m, "agent_requests_total", &refused, 1.0);
+    let first = [("listener", "inbound"), ("cause", "dependency")];
+    expect_metric(&m, "agent_requests_total", &first, 1.0);
+    let mb = metrics(&b).await;
+    expect_metric(&mb, "agent_requests_total", &[("listener", "inbound")], 1.0);
+    expect_metric(&mb, "agent_call_cycles_total", &[], 0.0);
+}
+
+#[tokio::test]
+async fn a_loop_whose_names_do_not_get_through_is_refused_past_the_depth() {
+    let (to_a_hop, to_b_hop) = (Late::default(), Late::default());
+    let (hop_ab, hop_ba) = (
+        late_hop(to_b_hop.clone()).await,
+        late_hop(to_a_hop.clone()).await,
+    );
+    let (a_calls, b_calls) = (Late::default(), Late::default());
+    let (agent_a, agent_b) = (
+        relay_agent(a_calls.clone()).await,
+        relay_agent(b_calls.clone()).await,
+    );
+    // Each reads a path header the other does not write: neither sees its name come back.
+    let a_keys = "on_cycle: block, max_depth: 4, path_header: x-path-of-a";
+    let b_keys = "on_cycle: block, max_depth: 4, path_header: x-path-of-b";
+    let a = agent_sidecar_named(
+        "agent-a",
+        &agent_a.url(),
+        Some((&hop_ab.url(), "")),
+        a_keys,
+        "",
+    )
+    .await;
+    let b = agent_sidecar_named(
+        "agent-b",
+        &agent_b.url(),
+        Some((&hop_ba.url(), "")),
+        b_keys,
+        "",
+    )
+    .await;
+    to_b_hop.set(url_of(&b, "inbound")).unwrap();
+    to_a_hop.set(url_of(&a, "inbound")).unwrap();
+    a_calls.set(url_of(&a, "peers")).unwrap();
+    b_calls.set(url_of(&b, "peers")).unwrap();
+
+    let (status, _) = call(&url_of(&a, "inbound"), &[(TASK, "loop-2")]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // Depths 0, 2, 4 arrive at A and 1, 3, 5 at B: B refuses depth 5.
+    let mb = metrics_when(&b, |m| {
+        metric(m, "agent_requests_total", &[("listener", "inbound")]) == 3.0
+    })
+    .await;
+    expect_metric(&mb, "agent_call_depth_exceeded_total", &[], 1.0);
+    let ma = metrics_when(&a, |m| {
+        metric(m, "agent_requests_total", &[("listener", "inbound")]) == 3.0
+    })
+    .await;
+    expect_metric(&ma, "agent_call_depth_exceeded_total", &[], 0.0);
+    expect_metric(&ma, "agent_call_cycles_total", &[], 0.0);
+    expect_metric(&mb, "agent_call_cycles_total", &[], 0.0);
+}
+
+#[tokio::test]
+async fn malformed_cascade_headers_are_ignored_and_counted_never_a_5xx() {
+    let ok = sim::serve(LOOPBACK, |_req| async { Response::new(sim_full("fine")) })
+        .await
+        .unwrap();
+    let s = agent_sidecar_named("agent-x", &ok.url(), None, "", "").await;
+    let bad = [
+        ("x-agent-deadline-ms", "soon"),
+        ("x-agent-call-depth", "deep"),
+        ("x-agent-call-path", "a,\u{e9}b"),
+    ];
+    for (name, value) in bad {
+        let mut req = Request::post(format!("{}/task", url_of(&s, "inbound")));
+        // Sent as Latin-1 bytes: a path of names must be ASCII.
+        let bytes: Vec<u8> = value.chars().map(|c| c as u8).collect();
+        req = req.header(name, http::HeaderValue::from_bytes(&bytes).unwrap());
+        let status = send_empty(req).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {value:?}");
+    }
+    let long_path = "agent,".repeat(400);
+    let (status, _) = call(&url_of(&s, "inbound"), &[("x-agent-call-path", &long_path)]).await;
+    assert_eq!(status, StatusCode::OK, "a path past the cap is ignored");
+    let m = metrics(&s).await;
+    for (header, n) in [("deadline", 1.0), ("depth", 1.0), ("path", 2.0)] {
+        expect_metric(
+            &m,
+            "sloguard_cascade_bad_headers_total",
+            &[("header", header)],
+            n,
+        );
+    }
+    // A deadline already spent is answered at once, without the agent.
+    let (status, headers) = call(&url_of(&s, "inbound"), &[("x-agent-deadline-ms", "0")]).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(headers["x-sloguard-error"], "deadline_exceeded");
+    let m = metrics(&s).await;
+    expect_metric(
+        &m,
+        "agent_deadline_exceeded_total",
+        &[("listener", "inbound")],
+        1.0,
+    );
+    let spent = [("status", "5xx"), ("cause", "dependency")];
+    expect_metric(&m, "agent_requests_total", &spent, 1.0);
+}
+
+#[tokio::test]
+async fn a_peer_call_continues_the_callers_trace_into_the_callees_sidecar() {
+    let receiver = grpc_receiver().await;
+    let otlp = format!(
+        "otlp: {{endpoint: {}, interval: 1s, traces: {{sample_ratio: 1.0}}}}\n",
+        receiver.url()
+    );
+    let agent_b = sim::serve(LOOPBACK, |_req| async { Response::new(sim_full("plan")) })
+        .await
+        .unwrap();
+    let b = agent_sidecar_named("agent-b", &agent_b.url(), None, "", &otlp).await;
+    let to_b = Late::default();
+    let agent_a = relay_agent(to_b.clone()).await;
+    let callee = Some((url_of(&b, "inbound"), ""));
+    let callee = callee.as_ref().map(|(u, k)| (u.as_str(), *k));
+    let a = agent_sidecar_named("agent-a", &agent_a.url(), callee, "", &otlp).await;
+    to_b.set(url_of(&a, "peers")).unwrap();
+
+    let (status, _) = call(&url_of(&a, "inbound"), &[(TASK, "traced")]).await;
+    assert_eq!(status, StatusCode::OK);
+    // Three requests, each a server span with its attempt's client span: A's inbound, A's call
+    // to B (made by A's agent, which passed on the context A's sidecar gave it), B's inbound.
+    let all_in = |r: &common::otlp::Receiver| r.spans().len() >= 6;
+    assert!(receiver.until(Duration::from_secs(10), all_in).await);
+    let spans = receiver.spans();
+    let trace = &spans[0].trace_id;
+    assert!(
+        spans.iter().all(|s| s.trace_id == *trace),
+        "one trace: {spans:#?}"
+    );
+    let servers: Vec<_> = spans.iter().filter(|s| s.kind == 2).collect();
+    assert_eq!(servers.len(), 3, "{spans:#?}");
+    // Each request's span has a parent among the spans of the one before it, but the first.
+    let ids: Vec<_> = spans.iter().map(|s| s.span_id.clone()).collect();
+    let rooted = servers
+        .iter()
+        .filter(|s| s.parent_span_id.is_empty())
+        .count();
+    assert_eq!(rooted, 1, "{servers:#?}");
+    for s in servers.iter().filter(|s| !s.parent_span_id.is_empty()) {
+        assert!(ids.contains(&s.parent_span_id), "{s:#?}");
+    }
+}
