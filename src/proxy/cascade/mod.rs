@@ -200,8 +200,9 @@ impl ListenerCascade {
 #[derive(Debug, Default)]
 pub(crate) struct CascadeState {
     inbound: Option<Arc<Inbound>>,
-    /// On an egress listener: the deadline, depth and path it was made under.
-    egress: Option<Egress>,
+    /// On an egress listener with `cascade`: the deadline, depth and path it was made under
+    /// (boxed: every request's context carries the field, few use it).
+    egress: Option<Box<Egress>>,
 }
 
 /// What a peer call carries on when its inbound request is unknown: the agent's own headers.
@@ -298,7 +299,7 @@ impl CascadeState {
         if egress.deadline.is_some_and(|d| d <= now) {
             return Err(ProxyError::DeadlineExceeded(DeadlineWhen::Call));
         }
-        self.egress = Some(egress);
+        self.egress = Some(Box::new(egress));
         Ok(())
     }
 

@@ -56,7 +56,8 @@ impl Inbound {
 /// The keys a request carries: its task id and its trace id, hashed.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Keys<'a> {
-    task: Option<(u64, &'a [u8])>,
+    /// The hash of the trimmed id, and the header it is in.
+    task: Option<(u64, &'a HeaderValue)>,
     trace: Option<(u64, [u8; 16])>,
 }
 
@@ -97,9 +98,8 @@ impl Correlations {
     ) -> Keys<'a> {
         let task = headers
             .get(id_header)
-            .map(|v| v.as_bytes().trim_ascii())
-            .filter(|v| !v.is_empty())
-            .map(|id| (self.hash(0, id), id));
+            .filter(|v| !task_id(v).is_empty())
+            .map(|v| (self.hash(0, task_id(v)), v));
         let trace = headers
             .get(&trace::TRACEPARENT)
             .and_then(|v| trace::parse_traceparent(v.as_bytes()))
@@ -132,12 +132,8 @@ impl Correlations {
             return None;
         }
         let inbound = Arc::new(Inbound {
-            task: keys.task.map(|(h, id)| {
-                (
-                    h,
-                    HeaderValue::from_bytes(id).unwrap_or(HeaderValue::from_static("")),
-                )
-            }),
+            // A reference count of the request's own header, not a copy.
+            task: keys.task.map(|(h, v)| (h, v.clone())),
             trace: keys.trace,
             arrived,
             deadline,
@@ -182,7 +178,8 @@ impl Correlations {
     pub(crate) fn find(&self, keys: Keys<'_>) -> Option<Arc<Inbound>> {
         if let Some((hash, id)) = keys.task {
             let found = self.shard(hash).get(&hash).cloned();
-            let same = |i: &Arc<Inbound>| i.task.as_ref().is_some_and(|(_, v)| v.as_bytes() == id);
+            let id = task_id(id);
+            let same = |i: &Arc<Inbound>| i.task.as_ref().is_some_and(|(_, v)| task_id(v) == id);
             if let Some(inbound) = found.filter(same) {
                 return Some(inbound);
             }
@@ -203,6 +200,11 @@ impl Correlations {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A task id as it is compared: the header's value, trimmed.
+fn task_id(v: &HeaderValue) -> &[u8] {
+    v.as_bytes().trim_ascii()
 }
 
 /// The map's keys are hashes already.
@@ -316,7 +318,7 @@ mod tests {
             .unwrap();
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
         let mut all = Vec::new();
-        for n in 0..SHARDS * SHARD_CAP + 500 {
+        for n in 0..SHARDS * SHARD_CAP * 2 {
             let h = headers(Some(&format!("task-{n}")), None);
             all.push(
                 t.enter(t.keys(&h, &id()), Instant::now(), None, 0, None)
@@ -328,7 +330,7 @@ mod tests {
             t.find(t.keys(&first, &id())).is_none(),
             "the oldest went first"
         );
-        let last = headers(Some(&format!("task-{}", SHARDS * SHARD_CAP + 499)), None);
+        let last = headers(Some(&format!("task-{}", SHARDS * SHARD_CAP * 2 - 1)), None);
         assert!(t.find(t.keys(&last, &id())).is_some(), "the newest is in");
         t.leave(&kept);
         for i in &all {
