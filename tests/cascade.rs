@@ -194,6 +194,8 @@ async fn chain(a_route_keys: &str) -> Chain {
 #[tokio::test]
 async fn a_hung_agent_down_the_chain_holds_its_callers_only_until_their_deadline() {
     let ch = chain("").await;
+    let counting = async || admin_json(&ch.a, "/slo").await["dependencies"][0]["counting"] == true;
+    wait_until("the dependency SLO's baseline", 10, counting).await;
     let started = Instant::now();
     let deadline = [(TASK, "task-1"), ("x-agent-deadline-ms", "1500")];
     let (status, headers) = call(&url_of(&ch.a, "inbound"), &deadline).await;
@@ -249,6 +251,19 @@ async fn a_hung_agent_down_the_chain_holds_its_callers_only_until_their_deadline
     .await;
     let own = [("listener", "inbound"), ("cause", "agent")];
     expect_metric(&mb, "agent_requests_total", &own, 0.0);
+    // B's failure is B's dependency SLO's, in A's local view: its one attempt, not ok.
+    let seen = async || {
+        let v = admin_json(&ch.a, "/slo").await;
+        v["dependencies"][0]["windows"]["since_start"]["total"] == 1
+    };
+    wait_until("the dependency SLO counts the cut call", 10, seen).await;
+    let v = admin_json(&ch.a, "/slo").await;
+    let dep = &v["dependencies"][0];
+    assert_eq!(dep["upstream"], "callee", "{v}");
+    assert_eq!(dep["windows"]["since_start"]["good"], 0, "{v}");
+    assert_eq!(dep["target"], 0.99, "{v}");
+    // A's own availability SLO spent nothing on it.
+    assert_eq!(v["slos"][0]["windows"]["since_start"]["total"], 0, "{v}");
 }
 
 #[tokio::test]

@@ -355,6 +355,33 @@ impl Config {
         Ok(config)
     }
 
+    /// The upstreams behind egress listeners (providers, other agents), by name: each one's own
+    /// success is its dependency SLO. The agent's own app, behind an `agent` listener, has the
+    /// config's SLOs.
+    pub fn dependencies(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|l| l.role.is_egress())
+            .filter_map(|l| self.routes.get(&l.route))
+            .flat_map(|r| r.upstreams.iter().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The target and window of the dependency SLOs: the first availability SLO's, else 99%
+    /// over 30 days.
+    pub fn dependency_objective(&self) -> (f64, Duration) {
+        self.slos
+            .iter()
+            .find(|s| s.sli == SliKind::Availability)
+            .map_or((0.99, Duration::from_secs(30 * 86_400)), |s| {
+                (s.target, s.window.0)
+            })
+    }
+
     /// Checks what the schema cannot, section by section; the error is `(key path, message)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if let Some(otlp) = &self.otlp {

@@ -81,6 +81,9 @@ pub enum DeadlineWhen {
     Call,
     /// The upstream had not answered when the deadline came.
     Attempt,
+    /// The deadline came before a fallback's attempt: the failed attempts before it took the
+    /// time.
+    Fallback,
 }
 
 fn deadline_reason(when: DeadlineWhen) -> &'static str {
@@ -93,6 +96,9 @@ fn deadline_reason(when: DeadlineWhen) -> &'static str {
         }
         DeadlineWhen::Attempt => {
             "the upstream did not answer before the deadline of the request this call is made for"
+        }
+        DeadlineWhen::Fallback => {
+            "the request this call is made for ran out of time while its failed attempts were followed by a fallback"
         }
     }
 }
@@ -236,7 +242,9 @@ impl ProxyError {
             | ProxyError::AgentDisabled
             | ProxyError::Overloaded
             | ProxyError::LoopDetected { .. }
-            | ProxyError::DeadlineExceeded(DeadlineWhen::Arrival | DeadlineWhen::Call)
+            | ProxyError::DeadlineExceeded(
+                DeadlineWhen::Arrival | DeadlineWhen::Call | DeadlineWhen::Fallback,
+            )
             | ProxyError::CallDepthExceeded { .. }
             | ProxyError::CallCycle { .. } => {
                 tracing::debug!(error = %error_chain(self), "request refused")

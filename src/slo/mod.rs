@@ -33,11 +33,33 @@ struct Slo {
     burn: [Gauge; WINDOWS.len()],
 }
 
-/// The config's SLOs, fed once a second.
+/// One dependency SLO: an upstream behind an egress listener, its attempts not `ok` of all (the
+/// rules' `sloguard:upstream_error_ratio`), at the objective of the config's first availability
+/// SLO.
+#[derive(Debug)]
+struct Dependency {
+    upstream: String,
+    objective: (f64, std::time::Duration),
+    tracker: Tracker,
+}
+
+impl Dependency {
+    fn new(upstream: &str, objective: (f64, std::time::Duration), now: Instant) -> Dependency {
+        let (target, window) = objective;
+        Dependency {
+            upstream: upstream.to_owned(),
+            objective,
+            tracker: Tracker::new(engine::Tally::Good, target, window, now),
+        }
+    }
+}
+
+/// The config's SLOs and its dependencies', fed once a second.
 #[derive(Debug)]
 pub struct Slos {
     agent: String,
     slos: Mutex<Vec<Slo>>,
+    dependencies: Mutex<Vec<Dependency>>,
 }
 
 impl Slo {
@@ -78,15 +100,27 @@ impl Slos {
                     .map(|s| Slo::new(s, config, t, now))
                     .collect(),
             ),
+            dependencies: Mutex::new(
+                config
+                    .dependencies()
+                    .iter()
+                    .map(|u| Dependency::new(u, config.dependency_objective(), now))
+                    .collect(),
+            ),
         }
+    }
+
+    fn lock_dependencies(&self) -> std::sync::MutexGuard<'_, Vec<Dependency>> {
+        self.dependencies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slo>> {
         self.slos.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether there is nothing to follow: no SLO, no dependency.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().is_empty() && self.lock_dependencies().is_empty()
     }
 
     /// Takes the SLOs of a reloaded config: one whose name and settings stay the same goes on
@@ -109,6 +143,19 @@ impl Slos {
                 None => slos.push(Slo::new(s, config, t, now)),
             }
         }
+        drop(slos);
+        let objective = config.dependency_objective();
+        let mut deps = self.lock_dependencies();
+        let mut old = std::mem::take(&mut *deps);
+        for u in config.dependencies() {
+            match old
+                .iter()
+                .position(|d| d.upstream == u && d.objective == objective)
+            {
+                Some(i) => deps.push(old.swap_remove(i)),
+                None => deps.push(Dependency::new(&u, objective, now)),
+            }
+        }
         kept
     }
 
@@ -129,6 +176,11 @@ impl Slos {
                 gauge.set(burn.unwrap_or(0.0));
             }
         }
+        drop(slos);
+        for d in self.lock_dependencies().iter_mut() {
+            let (ok, total) = source::dependency_counts(tallies, &self.agent, &d.upstream);
+            d.tracker.feed(ok, total, now);
+        }
     }
 
     /// `GET /slo`: every SLO with its windows, budget and state.
@@ -139,14 +191,7 @@ impl Slos {
             .map(|s| {
                 let t = &s.tracker;
                 let target = s.config.target;
-                let window = |c: engine::Counts| {
-                    json!({"good": c.good, "total": c.total, "sli": c.sli(), "burn_rate": c.burn_rate(target)})
-                };
-                let mut windows = serde_json::Map::new();
-                for (name, minutes) in WINDOWS {
-                    windows.insert(name.into(), window(t.window(minutes, now)));
-                }
-                windows.insert("since_start".into(), window(t.since_start()));
+                let windows = windows(t, target, now);
                 json!({
                     "name": s.config.name,
                     "sli": s.config.sli.as_str(),
@@ -169,6 +214,33 @@ impl Slos {
                 })
             })
             .collect();
-        json!({"agent": self.agent, "slos": list})
+        let dependencies: Vec<Value> = self
+            .lock_dependencies()
+            .iter()
+            .map(|d| {
+                let (t, (target, window)) = (&d.tracker, d.objective);
+                json!({
+                    "upstream": d.upstream,
+                    "target": target,
+                    "window": rules::duration_label(window),
+                    "budget_remaining": t.budget_remaining(now),
+                    "windows": windows(t, target, now),
+                    "state": t.state(now).as_str(),
+                    "counting": t.counting(),
+                })
+            })
+            .collect();
+        json!({"agent": self.agent, "slos": list, "dependencies": dependencies})
     }
+}
+
+/// A tracker's windows for `/slo`: good and total events, SLI and burn rate of each.
+fn windows(t: &Tracker, target: f64, now: Instant) -> serde_json::Map<String, Value> {
+    let window = |c: engine::Counts| json!({"good": c.good, "total": c.total, "sli": c.sli(), "burn_rate": c.burn_rate(target)});
+    let mut windows = serde_json::Map::new();
+    for (name, minutes) in WINDOWS {
+        windows.insert(name.into(), window(t.window(minutes, now)));
+    }
+    windows.insert("since_start".into(), window(t.since_start()));
+    windows
 }

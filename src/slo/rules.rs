@@ -76,7 +76,7 @@ pub fn rules(config: &Config) -> String {
         env!("CARGO_PKG_VERSION"),
         quote(agent)
     );
-    if config.slos.is_empty() && providers(config).is_empty() {
+    if config.slos.is_empty() && config.dependencies().is_empty() {
         out.push_str("groups: []\n");
         return out;
     }
@@ -106,14 +106,8 @@ pub fn rules(config: &Config) -> String {
             ),
         );
     }
-    let (target, window) = config
-        .slos
-        .iter()
-        .find(|s| s.sli == SliKind::Availability)
-        .map_or((0.99, Duration::from_secs(30 * 86_400)), |s| {
-            (s.target, s.window.0)
-        });
-    for name in &providers(config) {
+    let (target, window) = config.dependency_objective();
+    for name in &config.dependencies() {
         let sel = format!("agent={},upstream={}", quote(agent), quote(name));
         let sli = Sli {
             error_ratio: format!(
@@ -135,21 +129,6 @@ pub fn rules(config: &Config) -> String {
         );
     }
     out
-}
-
-/// The upstreams behind egress listeners (providers, other agents), by name: the agent's own
-/// app, behind an `agent` listener, has its SLOs already.
-fn providers(config: &Config) -> Vec<String> {
-    let mut names: Vec<String> = config
-        .listeners
-        .iter()
-        .filter(|l| l.role.is_egress())
-        .filter_map(|l| config.routes.get(&l.route))
-        .flat_map(|r| r.upstreams.iter().cloned())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// The error ratio and event count queries of an SLO: the article's SLI queries, scoped to

@@ -7,8 +7,20 @@ use crate::config::{SliKind, SloConfig};
 use crate::metric_table::{
     AGENT_REQUESTS_TOTAL, AGENT_RESPONSES_TOTAL, AGENT_RESPONSE_SECONDS, AGENT_TASKS_COMPLETED,
     AGENT_TASKS_STARTED, GEN_AI_TIME_TO_FIRST_CHUNK, SAFETY_VIOLATIONS_TOTAL,
+    UPSTREAM_REQUESTS_TOTAL,
 };
 use crate::telemetry::{has_label, Tallies};
+
+/// `(good, total)` attempts at `upstream` of `agent` so far: its dependency SLO's events.
+pub fn dependency_counts(tallies: &Tallies, agent: &str, upstream: &str) -> (u64, u64) {
+    let ours =
+        |k: &metrics::Key| has_label(k, "agent", agent) && has_label(k, "upstream", upstream);
+    let total = tallies.sum(UPSTREAM_REQUESTS_TOTAL, ours);
+    let ok = tallies.sum(UPSTREAM_REQUESTS_TOTAL, |k| {
+        ours(k) && has_label(k, "outcome", "ok")
+    });
+    (ok, total)
+}
 
 /// How an SLI's first counter counts (safety counts violations; the others good events).
 pub fn tally(sli: SliKind) -> Tally {

@@ -16,10 +16,12 @@ use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key};
 use crate::metric_table::{
     AGENT_REQUESTS_TOTAL, AGENT_RESPONSES_TOTAL, AGENT_RESPONSE_SECONDS, AGENT_TASKS_COMPLETED,
     AGENT_TASKS_STARTED, BUCKETS, GEN_AI_TIME_TO_FIRST_CHUNK, METRICS, SAFETY_VIOLATIONS_TOTAL,
+    UPSTREAM_REQUESTS_TOTAL,
 };
 
-/// The metrics an SLO can be computed from (see the `slos:` SLI kinds).
+/// The metrics an SLO can be computed from (see the `slos:` SLI kinds, and the dependency SLOs).
 pub(super) const TALLIED: &[&str] = &[
+    UPSTREAM_REQUESTS_TOTAL,
     AGENT_REQUESTS_TOTAL,
     AGENT_TASKS_STARTED,
     AGENT_TASKS_COMPLETED,

@@ -209,6 +209,8 @@ pub(crate) struct CascadeState {
 #[derive(Debug)]
 struct Egress {
     deadline: Option<Instant>,
+    /// An attempt went out already: time spent since is an upstream's.
+    attempted: bool,
     depth: u32,
     path: Option<HeaderValue>,
 }
@@ -284,6 +286,7 @@ impl CascadeState {
         let egress = match &self.inbound {
             Some(i) => Egress {
                 deadline: i.deadline,
+                attempted: false,
                 depth: i.depth,
                 path: i.path.clone(),
             },
@@ -291,6 +294,7 @@ impl CascadeState {
             // inbound's headers on; what it did not pass, it does not get.
             None if lc.role == Role::Peer => Egress {
                 deadline: None,
+                attempted: false,
                 depth: rules.depth(headers),
                 path: rules.path(headers),
             },
@@ -309,18 +313,25 @@ impl CascadeState {
     }
 
     /// An attempt goes out at `now` with `headers`: a peer call carries the time left, its depth
-    /// and its path. `Err` when the time is spent.
+    /// and its path. `Err` when the time is spent (before the first attempt: the call came too
+    /// late; before a fallback's: the failed attempts took it).
     pub(super) fn sending(
-        &self,
+        &mut self,
         lc: Option<&ListenerCascade>,
         headers: &mut HeaderMap,
         now: Instant,
     ) -> Result<(), ProxyError> {
-        let (Some(lc), Some(egress)) = (lc, &self.egress) else {
+        let (Some(lc), Some(egress)) = (lc, self.egress.as_deref_mut()) else {
             return Ok(());
         };
+        // Spent before the first attempt: the agent's time; after one (a fallback's turn): the
+        // upstreams'.
+        let when = match std::mem::replace(&mut egress.attempted, true) {
+            false => DeadlineWhen::Call,
+            true => DeadlineWhen::Fallback,
+        };
         let left = match egress.deadline {
-            Some(d) if d <= now => return Err(ProxyError::DeadlineExceeded(DeadlineWhen::Call)),
+            Some(d) if d <= now => return Err(ProxyError::DeadlineExceeded(when)),
             Some(d) => Some(d - now),
             None => None,
         };

@@ -156,6 +156,32 @@ fn an_egress_call_after_its_inbound_deadline_is_refused_and_an_agent_failure_sta
 }
 
 #[test]
+fn time_spent_by_failed_attempts_is_the_upstreams_not_the_agents() {
+    let table = Arc::new(Correlations::new(Counter::noop()));
+    let inbound_l = listener(Role::Agent, &table, CycleAction::Block);
+    let peer_l = listener(Role::Peer, &table, CycleAction::Block);
+    let now = Instant::now();
+    let arriving = headers(&[("x-agent-task-id", "t-3"), ("x-agent-deadline-ms", "100")]);
+    let mut inbound = CascadeState::default();
+    inbound.begin(Some(&inbound_l), &arriving, now).unwrap();
+    let mut call = CascadeState::default();
+    let task = headers(&[("x-agent-task-id", "t-3")]);
+    call.begin(Some(&peer_l), &task, now).unwrap();
+    call.sending(Some(&peer_l), &mut HeaderMap::new(), now)
+        .unwrap();
+    // The first attempt failed at the deadline; the fallback's turn comes too late.
+    let late = now + Duration::from_millis(100);
+    let err = call.sending(Some(&peer_l), &mut HeaderMap::new(), late);
+    assert!(matches!(
+        err,
+        Err(ProxyError::DeadlineExceeded(DeadlineWhen::Fallback))
+    ));
+    let err = ProxyError::DeadlineExceeded(DeadlineWhen::Fallback);
+    assert_eq!(err.cause(Role::Peer), Cause::Upstream);
+    assert_eq!(err.outcome(), None, "the fallback was not contacted");
+}
+
+#[test]
 fn an_uncorrelated_peer_call_starts_a_path_or_carries_on_the_one_the_agent_passed() {
     let table = Arc::new(Correlations::new(Counter::noop()));
     let peer_l = listener(Role::Peer, &table, CycleAction::Block);
