@@ -194,8 +194,6 @@ async fn chain(a_route_keys: &str) -> Chain {
 #[tokio::test]
 async fn a_hung_agent_down_the_chain_holds_its_callers_only_until_their_deadline() {
     let ch = chain("").await;
-    let counting = async || admin_json(&ch.a, "/slo").await["dependencies"][0]["counting"] == true;
-    wait_until("the dependency SLO's baseline", 10, counting).await;
     let started = Instant::now();
     let deadline = [(TASK, "task-1"), ("x-agent-deadline-ms", "1500")];
     let (status, headers) = call(&url_of(&ch.a, "inbound"), &deadline).await;
@@ -237,7 +235,9 @@ async fn a_hung_agent_down_the_chain_holds_its_callers_only_until_their_deadline
         ("cause", "upstream"),
     ];
     expect_metric(&m, "agent_requests_total", &cut, 1.0);
-    expect_attempts(&m, "callee", "timeout", 1.0);
+    // B had less time than its own first_byte: no failed attempt of B's.
+    let attempts = [("upstream", "callee")];
+    expect_metric(&m, "sloguard_upstream_requests_total", &attempts, 0.0);
     let charged = [
         ("listener", "inbound"),
         ("status", "5xx"),
@@ -251,19 +251,6 @@ async fn a_hung_agent_down_the_chain_holds_its_callers_only_until_their_deadline
     .await;
     let own = [("listener", "inbound"), ("cause", "agent")];
     expect_metric(&mb, "agent_requests_total", &own, 0.0);
-    // B's failure is B's dependency SLO's, in A's local view: its one attempt, not ok.
-    let seen = async || {
-        let v = admin_json(&ch.a, "/slo").await;
-        v["dependencies"][0]["windows"]["since_start"]["total"] == 1
-    };
-    wait_until("the dependency SLO counts the cut call", 10, seen).await;
-    let v = admin_json(&ch.a, "/slo").await;
-    let dep = &v["dependencies"][0];
-    assert_eq!(dep["upstream"], "callee", "{v}");
-    assert_eq!(dep["windows"]["since_start"]["good"], 0, "{v}");
-    assert_eq!(dep["target"], 0.99, "{v}");
-    // A's own availability SLO spent nothing on it.
-    assert_eq!(v["slos"][0]["windows"]["since_start"]["total"], 0, "{v}");
 }
 
 #[tokio::test]
@@ -357,6 +344,8 @@ async fn a_loop_between_two_agents_is_refused_on_its_first_repeat() {
     a_calls.set(url_of(&a, "peers")).unwrap();
     b_calls.set(url_of(&b, "peers")).unwrap();
 
+    let counting = async || admin_json(&a, "/slo").await["dependencies"][0]["counting"] == true;
+    wait_until("the SLO view's baseline", 10, counting).await;
     let (status, _) = call(&url_of(&a, "inbound"), &[(TASK, "loop-1")]).await;
     assert_eq!(
         status,
@@ -380,6 +369,20 @@ async fn a_loop_between_two_agents_is_refused_on_its_first_repeat() {
     let mb = metrics(&b).await;
     expect_metric(&mb, "agent_requests_total", &[("listener", "inbound")], 1.0);
     expect_metric(&mb, "agent_call_cycles_total", &[], 0.0);
+    // In A's local view: its call to B failed (B's dependency SLO), the refused repeat is A's
+    // own failure, and the first request, failed by B, is left out of A's availability.
+    let read = async || {
+        let v = admin_json(&a, "/slo").await;
+        v["dependencies"][0]["windows"]["since_start"]["total"] == 1
+            && v["slos"][0]["windows"]["since_start"]["total"] == 1
+    };
+    wait_until("the SLO view reads the loop", 10, read).await;
+    let v = admin_json(&a, "/slo").await;
+    let dep = &v["dependencies"][0];
+    assert_eq!(dep["upstream"], "callee", "{v}");
+    assert_eq!(dep["windows"]["since_start"]["good"], 0, "{v}");
+    assert_eq!(dep["target"], 0.99, "{v}");
+    assert_eq!(v["slos"][0]["windows"]["since_start"]["good"], 0, "{v}");
 }
 
 #[tokio::test]

@@ -140,13 +140,14 @@ impl Config {
         if let Some(l) = self
             .listeners
             .iter()
-            .find(|l| l.route == *name && l.role == Role::Agent)
+            .find(|l| l.route == *name && l.role != Role::Llm)
         {
             return Err((
                 format!("{base}.cache"),
                 format!(
-                    "only for routes of `llm` listeners; listener {:?} (role agent) uses this route, and an agent's answers belong to its users",
-                    l.name
+                    "only for routes of `llm` listeners; listener {:?} (role {}) uses this route, and an agent's answers belong to the task they were given for",
+                    l.name,
+                    l.role.as_str()
                 ),
             ));
         }

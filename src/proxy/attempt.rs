@@ -65,6 +65,14 @@ where
                 if now < head_deadline {
                     continue;
                 }
+                if deadlines.cascade.is_some_and(|d| now >= d) {
+                    // The request's time ran out: the agent's if it was still uploading, else
+                    // the upstream's that had not answered.
+                    return Err(ProxyError::DeadlineExceeded(match client_turn {
+                        true => DeadlineWhen::Call,
+                        false => DeadlineWhen::Attempt,
+                    }));
+                }
                 match state {
                     Some(UploadState::ClientSending) if now < total_deadline => {
                         head_deadline = (now + timeouts.first_byte.0).min(total_deadline);
@@ -72,9 +80,6 @@ where
                     // Stalled, or still uploading when `total` ran out: the client's doing.
                     Some(UploadState::ClientStalled | UploadState::ClientSending) => {
                         return Err(ProxyError::ClientStalled)
-                    }
-                    _ if deadlines.cascade.is_some_and(|d| now >= d) => {
-                        return Err(ProxyError::DeadlineExceeded(DeadlineWhen::Attempt));
                     }
                     _ => {
                         // The connection may be the one that stopped answering: new requests

@@ -25,7 +25,7 @@ use super::bulkhead::Place;
 use super::cache::{CacheKey, CacheState};
 use super::cascade::CascadeState;
 use super::connections::InFlight;
-use super::error::ProxyError;
+use super::error::{DeadlineWhen, ProxyError};
 use super::llm::LlmState;
 use super::safety::{Held, Inspect, SafetyState, Source};
 use super::state::ListenerState;
@@ -166,7 +166,10 @@ impl RequestCtx {
     /// for, and is refused if that request's time is spent.
     pub(super) fn cascade(&mut self, headers: &HeaderMap) -> Result<(), ProxyError> {
         let lc = self.listener.cascade.as_ref();
-        self.cascade.begin(lc, headers, self.received)
+        // Traced, the request's trace id is the one its upstream got (a new one when the client
+        // sent none): the one the agent's calls carry.
+        let trace = self.trace.trace_id();
+        self.cascade.begin(lc, headers, trace, self.received)
     }
 
     /// When the request's attempts must end: the deadline of the inbound request it is made for.
@@ -287,6 +290,7 @@ impl RequestCtx {
         self.status = StatusClass::of(status);
         self.cause = Cause::of_response(listener.role, status);
         self.outcome = Some(UpstreamOutcome::of_status(status));
+        self.cascade.answered(listener.cascade.as_ref(), self.cause);
         task.head(listener.tasks.as_deref(), &parts.headers);
         trace.head(status);
         llm.head(status, &parts.headers, &listener.budget);
@@ -378,8 +382,21 @@ impl RequestCtx {
         self.cache.discard();
         self.status = StatusClass::of(status);
         self.cause = err.cause(self.listener.role);
-        self.cascade
-            .local_answer(self.listener.cascade.as_ref(), err);
+        let lc = self.listener.cascade.as_ref();
+        self.cascade.local_answer(lc, err);
+        self.cascade.answered(lc, self.cause);
+        if err.refused_before_agent() {
+            // No task starts or fails on a request the agent never saw.
+            let tasks = self.listener.tasks.clone();
+            self.task.no_response(tasks.as_deref(), self.received);
+        }
+        if matches!(
+            err,
+            ProxyError::DeadlineExceeded(DeadlineWhen::Call | DeadlineWhen::Fallback)
+        ) {
+            // Refused at its deadline before reaching the upstream: no LLM call was made.
+            self.llm.cancel();
+        }
         self.trace.local_answer(status, Some(err.error_type()));
         // A blocked answer came from an upstream that answered: its attempt counts as it went.
         if !matches!(err, ProxyError::SafetyBlocked { .. }) {

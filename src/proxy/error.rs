@@ -183,10 +183,9 @@ impl ProxyError {
             ProxyError::Connect { .. } => Some(UpstreamOutcome::ConnectError),
             ProxyError::FirstByteTimeout { .. } => Some(UpstreamOutcome::Timeout),
             ProxyError::Broken { .. } => Some(UpstreamOutcome::Reset),
-            // The upstream had not answered in the time the call had: whoever called needed an
-            // answer sooner, and opening the circuit of an upstream that keeps them waiting
-            // fails their next calls fast instead.
-            ProxyError::DeadlineExceeded(DeadlineWhen::Attempt) => Some(UpstreamOutcome::Timeout),
+            // Cut at its caller's deadline, the upstream had less time than its own `first_byte`
+            // gives it: no failure of its (or a client's short deadline could open its circuit
+            // for everyone).
             ProxyError::DeadlineExceeded(_)
             | ProxyError::CallDepthExceeded { .. }
             | ProxyError::CallCycle { .. }
@@ -201,6 +200,17 @@ impl ProxyError {
             | ProxyError::Overloaded
             | ProxyError::LoopDetected { .. } => None,
         }
+    }
+
+    /// Refused before the agent could see the request: no verdict of the agent's on its task.
+    pub fn refused_before_agent(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BulkheadFull { .. }
+                | ProxyError::CallDepthExceeded { .. }
+                | ProxyError::CallCycle { .. }
+                | ProxyError::DeadlineExceeded(DeadlineWhen::Arrival)
+        )
     }
 
     /// Who is charged with the failure, given who is behind the listener.

@@ -403,7 +403,9 @@ impl<'a> Attempts<'a> {
             Ok((response, _)) => FallbackReason::of_status(response.status()),
             Err(err) => FallbackReason::of_error(err),
         }
-        .filter(|r| self.replayable && route.fallback_on.contains(*r));
+        .filter(|r| self.replayable && route.fallback_on.contains(*r))
+        // With the request's time spent, no fallback would be answered in time.
+        .filter(|_| ctx.deadline().is_none_or(|d| head_at < d));
         if let Some(reason) = reason {
             // Before the next upstream (or the cache entry) is found, nothing is given up.
             let next = match route.admit_from(hop + 1, head_at) {

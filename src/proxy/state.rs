@@ -371,6 +371,9 @@ impl Build<'_> {
         let listeners = &self.config.listeners;
         let both = listeners.iter().any(|o| o.role == Role::Agent)
             && listeners.iter().any(|o| o.role.is_egress());
+        if !both && self.cascade.is_none() {
+            return None;
+        }
         let agent = &self.config.agent;
         ListenerCascade::new(
             l.role,

@@ -60,6 +60,11 @@ impl TraceState {
     }
 
     /// Where the LLM call puts its facts.
+    /// The request's trace id, when it is traced: the client's, or the new one the upstream got.
+    pub(super) fn trace_id(&self) -> Option<[u8; 16]> {
+        self.0.as_ref().map(|t| t.trace_id().to_bytes())
+    }
+
     pub(super) fn span(&mut self) -> Option<&mut RequestTrace> {
         self.0.as_deref_mut()
     }

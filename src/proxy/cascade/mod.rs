@@ -75,11 +75,16 @@ impl CascadeRules {
         })
     }
 
-    /// The deadline a request arriving `now` carries (else the default); `Err` when its time is
-    /// spent already.
-    fn deadline(&self, headers: &HeaderMap, now: Instant) -> Result<Option<Instant>, ()> {
+    /// The deadline a request arriving `now` carries (else `default` from now); `Err` when its
+    /// time is spent already.
+    fn deadline(
+        &self,
+        headers: &HeaderMap,
+        now: Instant,
+        default: Option<Duration>,
+    ) -> Result<Option<Instant>, ()> {
         let Some(value) = headers.get(&self.deadline_header) else {
-            return Ok(self.default_deadline.and_then(|d| now.checked_add(d)));
+            return Ok(default.and_then(|d| now.checked_add(d)));
         };
         match parse_int(value.as_bytes()) {
             Some(ms) if ms <= 0 => Err(()),
@@ -90,7 +95,7 @@ impl CascadeRules {
             }
             None => {
                 self.bad[0].increment(1);
-                Ok(self.default_deadline.and_then(|d| now.checked_add(d)))
+                Ok(default.and_then(|d| now.checked_add(d)))
             }
         }
     }
@@ -219,24 +224,32 @@ impl CascadeState {
     /// The request arrived at `now`: an inbound one is checked (depth, cycle, deadline) and
     /// entered in the table; an egress one finds its inbound request, and is refused when that
     /// request's time is spent.
+    /// `traced`: the request's trace id, when the sidecar traces it; else it is read from the
+    /// request's `traceparent`.
     pub(super) fn begin(
         &mut self,
         lc: Option<&ListenerCascade>,
         headers: &HeaderMap,
+        traced: Option<[u8; 16]>,
         now: Instant,
     ) -> Result<(), ProxyError> {
         let Some(lc) = lc else {
             return Ok(());
         };
+        let keys = lc.table.as_ref().map(|table| {
+            let trace = traced.or_else(|| table::trace_id_of(headers));
+            (table, table.keys(headers, &lc.id_header, trace))
+        });
         match lc.role {
-            Role::Agent => self.begin_inbound(lc, headers, now),
-            _ => self.begin_egress(lc, headers, now),
+            Role::Agent => self.begin_inbound(lc, keys, headers, now),
+            _ => self.begin_egress(lc, keys, headers, now),
         }
     }
 
     fn begin_inbound(
         &mut self,
         lc: &ListenerCascade,
+        keys: Option<(&Arc<Correlations>, table::Keys<'_>)>,
         headers: &HeaderMap,
         now: Instant,
     ) -> Result<(), ProxyError> {
@@ -258,11 +271,10 @@ impl CascadeState {
                 return Err(ProxyError::CallDepthExceeded { depth, max });
             }
             deadline = rules
-                .deadline(headers, now)
+                .deadline(headers, now, rules.default_deadline)
                 .map_err(|()| ProxyError::DeadlineExceeded(DeadlineWhen::Arrival))?;
         }
-        if let Some(table) = &lc.table {
-            let keys = table.keys(headers, &lc.id_header);
+        if let Some((table, keys)) = keys {
             self.inbound = table.enter(keys, now, deadline, depth, path);
         }
         Ok(())
@@ -271,14 +283,12 @@ impl CascadeState {
     fn begin_egress(
         &mut self,
         lc: &ListenerCascade,
+        keys: Option<(&Arc<Correlations>, table::Keys<'_>)>,
         headers: &HeaderMap,
         now: Instant,
     ) -> Result<(), ProxyError> {
-        if let Some(table) = &lc.table {
-            let keys = table.keys(headers, &lc.id_header);
-            if !keys.is_empty() {
-                self.inbound = table.find(keys);
-            }
+        if let Some((table, keys)) = keys.filter(|(_, k)| !k.is_empty()) {
+            self.inbound = table.find(keys);
         }
         let Some(rules) = &lc.rules else {
             return Ok(());
@@ -293,7 +303,9 @@ impl CascadeState {
             // Made for no inbound request known here: the agent may have passed its own
             // inbound's headers on; what it did not pass, it does not get.
             None if lc.role == Role::Peer => Egress {
-                deadline: None,
+                deadline: rules
+                    .deadline(headers, now, None)
+                    .map_err(|()| ProxyError::DeadlineExceeded(DeadlineWhen::Call))?,
                 attempted: false,
                 depth: rules.depth(headers),
                 path: rules.path(headers),
@@ -361,6 +373,17 @@ impl CascadeState {
     pub(super) fn local_answer(&self, lc: Option<&ListenerCascade>, err: &ProxyError) {
         if let (Some(lc), ProxyError::DeadlineExceeded(_)) = (lc, err) {
             lc.deadline_exceeded.increment(1);
+        }
+    }
+
+    /// The answer's cause is known (its head, or the sidecar's own): an egress call that failed
+    /// after every fallback tells its inbound request now, before the agent, reading the status,
+    /// can answer it.
+    pub(super) fn answered(&self, lc: Option<&ListenerCascade>, cause: Cause) {
+        if let (Some(lc), Some(inbound), Cause::Upstream) = (lc, &self.inbound, cause) {
+            if lc.role.is_egress() {
+                inbound.note_dependency_failed();
+            }
         }
     }
 

@@ -2,11 +2,13 @@
 //! trace id, so that an egress call (`llm`, `peer`) finds the inbound request it is made for —
 //! its deadline, its depth and path, and where to note that a dependency failed it.
 //!
-//! Bounded: 16 shards of at most [`SHARD_CAP`] keys each (an inbound request carrying both a
-//! task id and a trace id takes two). An inbound request leaves when it is counted. A shard that
-//! is full drops its oldest request to make room (`sloguard_correlation_evictions_total`): the
-//! oldest request in flight is the one most likely stuck or already given up on by its client,
-//! and its egress calls then go uncorrelated (no deadline, no attribution), nothing worse.
+//! Bounded: 16 shards of at most [`SHARD_CAP`] entries each (an inbound request carrying both a
+//! task id and a trace id takes two). An inbound request leaves when it is counted. Several in
+//! flight under one key (one trace fanning out) are all kept: a call finds the newest. A shard
+//! that is full drops its oldest eighth to make room (`sloguard_correlation_evictions_total`; one
+//! scan for many inserts): the oldest requests in flight are the ones most likely stuck or given
+//! up on by their clients, and their egress calls then go uncorrelated (no deadline, no
+//! attribution), nothing worse.
 //!
 //! Keys are hashed with a per-process random seed (xxh3), so that a client cannot aim its ids at
 //! one shard; a lookup compares the key's bytes too.
@@ -44,6 +46,10 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
+    fn hashes(&self) -> [Option<u64>; 2] {
+        [self.task.as_ref().map(|t| t.0), self.trace.map(|t| t.0)]
+    }
+
     pub(crate) fn note_dependency_failed(&self) {
         self.dependency_failed.store(true, Ordering::Relaxed);
     }
@@ -75,7 +81,58 @@ pub struct Correlations {
     evictions: Counter,
 }
 
-type Shard = HashMap<u64, Arc<Inbound>, BuildHasherDefault<Prehashed>>;
+/// One shard: per key, the requests in flight that carry it, oldest first.
+#[derive(Debug, Default)]
+struct Shard {
+    by_key: HashMap<u64, Vec<Arc<Inbound>>, BuildHasherDefault<Prehashed>>,
+    /// Entries in all the lists.
+    entries: usize,
+}
+
+impl Shard {
+    fn insert(&mut self, hash: u64, inbound: Arc<Inbound>) {
+        self.by_key.entry(hash).or_default().push(inbound);
+        self.entries += 1;
+    }
+
+    fn remove(&mut self, hash: u64, inbound: &Arc<Inbound>) -> bool {
+        let Some(list) = self.by_key.get_mut(&hash) else {
+            return false;
+        };
+        let Some(at) = list.iter().position(|i| Arc::ptr_eq(i, inbound)) else {
+            return false;
+        };
+        list.remove(at);
+        if list.is_empty() {
+            self.by_key.remove(&hash);
+        }
+        self.entries -= 1;
+        true
+    }
+
+    /// Makes room: the oldest eighth of the entries go (one scan for many inserts).
+    fn evict_oldest(&mut self) -> usize {
+        let mut arrivals: Vec<Instant> =
+            self.by_key.values().flatten().map(|i| i.arrived).collect();
+        let n = (SHARD_CAP / 8).max(1).min(arrivals.len());
+        if n == 0 {
+            return 0;
+        }
+        let (_, cutoff, _) = arrivals.select_nth_unstable(n - 1);
+        let cutoff = *cutoff;
+        let mut evicted = 0;
+        self.by_key.retain(|_, list| {
+            list.retain(|i| {
+                let keep = i.arrived > cutoff || evicted >= n;
+                evicted += usize::from(!keep);
+                keep
+            });
+            !list.is_empty()
+        });
+        self.entries -= evicted;
+        evicted
+    }
+}
 
 impl Correlations {
     pub fn new(evictions: Counter) -> Correlations {
@@ -89,22 +146,19 @@ impl Correlations {
         }
     }
 
-    /// The keys of a request: the value of `id_header` (trimmed, not empty), and the trace id
-    /// of a well-formed `traceparent` (not all zeros).
+    /// The keys of a request: the value of `id_header` (trimmed, not empty), and `trace`, its
+    /// trace id (see [`trace_id_of`]).
     pub(crate) fn keys<'a>(
         &self,
         headers: &'a HeaderMap,
         id_header: &http::HeaderName,
+        trace: Option<[u8; 16]>,
     ) -> Keys<'a> {
         let task = headers
             .get(id_header)
             .filter(|v| !task_id(v).is_empty())
             .map(|v| (self.hash(0, task_id(v)), v));
-        let trace = headers
-            .get(&trace::TRACEPARENT)
-            .and_then(|v| trace::parse_traceparent(v.as_bytes()))
-            .map(|parent| parent.trace_id.to_bytes())
-            .map(|id| (self.hash(1, &id), id));
+        let trace = trace.map(|id| (self.hash(1, &id), id));
         Keys { task, trace }
     }
 
@@ -112,8 +166,9 @@ impl Correlations {
         xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.seed ^ kind)
     }
 
+    /// The shard of a key: by middle bits of its hash (the map inside uses the top ones).
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
-        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
+        let shard = &self.shards[(hash >> 32) as usize % SHARDS];
         shard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -141,65 +196,68 @@ impl Correlations {
             path,
             dependency_failed: AtomicBool::new(false),
         });
-        for hash in [keys.task.map(|t| t.0), keys.trace.map(|t| t.0)]
-            .into_iter()
-            .flatten()
-        {
+        for hash in inbound.hashes().into_iter().flatten() {
             let mut shard = self.shard(hash);
-            if shard.len() >= SHARD_CAP && !shard.contains_key(&hash) {
-                let oldest = shard.iter().min_by_key(|(_, i)| i.arrived).map(|(k, _)| *k);
-                if let Some(oldest) = oldest {
-                    shard.remove(&oldest);
-                    self.evictions.increment(1);
-                }
+            if shard.entries >= SHARD_CAP {
+                let evicted = shard.evict_oldest();
+                self.evictions.increment(evicted as u64);
             }
-            // The newest request of a task (or trace) is the one its calls are for.
             shard.insert(hash, inbound.clone());
         }
         Some(inbound)
     }
 
-    /// Takes an inbound request out (unless a newer one of its task or trace took its keys).
+    /// Takes an inbound request out (if an eviction has not already).
     pub(crate) fn leave(&self, inbound: &Arc<Inbound>) {
-        let hashes = [
-            inbound.task.as_ref().map(|t| t.0),
-            inbound.trace.map(|t| t.0),
-        ];
-        for hash in hashes.into_iter().flatten() {
-            let mut shard = self.shard(hash);
-            if shard.get(&hash).is_some_and(|i| Arc::ptr_eq(i, inbound)) {
-                shard.remove(&hash);
-            }
+        for hash in inbound.hashes().into_iter().flatten() {
+            self.shard(hash).remove(hash, inbound);
         }
     }
 
-    /// The inbound request in flight that an egress call with these keys is made for: the one
-    /// of its task, else the one of its trace.
+    /// The inbound request in flight that an egress call with these keys is made for: the
+    /// newest of its task, else the newest of its trace.
     pub(crate) fn find(&self, keys: Keys<'_>) -> Option<Arc<Inbound>> {
         if let Some((hash, id)) = keys.task {
-            let found = self.shard(hash).get(&hash).cloned();
             let id = task_id(id);
-            let same = |i: &Arc<Inbound>| i.task.as_ref().is_some_and(|(_, v)| task_id(v) == id);
-            if let Some(inbound) = found.filter(same) {
-                return Some(inbound);
+            let same = |i: &&Arc<Inbound>| i.task.as_ref().is_some_and(|(_, v)| task_id(v) == id);
+            let shard = self.shard(hash);
+            let found = shard
+                .by_key
+                .get(&hash)
+                .and_then(|l| l.iter().rev().find(same));
+            if let Some(inbound) = found {
+                return Some(inbound.clone());
             }
         }
         let (hash, id) = keys.trace?;
-        let found = self.shard(hash).get(&hash).cloned();
-        found.filter(|i| i.trace.is_some_and(|(_, t)| t == id))
+        let same = |i: &&Arc<Inbound>| i.trace.is_some_and(|(_, t)| t == id);
+        let shard = self.shard(hash);
+        let found = shard
+            .by_key
+            .get(&hash)
+            .and_then(|l| l.iter().rev().find(same));
+        found.cloned()
     }
 
-    /// Inbound requests entered now (their keys).
+    /// Entries now (an inbound request has one per key).
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map_or(0, |s| s.len()))
+            .map(|s| s.lock().map_or(0, |s| s.entries))
             .sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The trace id a request carries: of its one well-formed `traceparent` (W3C Trace Context;
+/// not all zeros), as the tracer reads it.
+pub(crate) fn trace_id_of(headers: &HeaderMap) -> Option<[u8; 16]> {
+    let mut all = headers.get_all(&trace::TRACEPARENT).iter();
+    let one = all.next().filter(|_| all.next().is_none())?;
+    trace::parse_traceparent(one.as_bytes()).map(|p| p.trace_id.to_bytes())
 }
 
 /// A task id as it is compared: the header's value, trimmed.
@@ -249,32 +307,30 @@ mod tests {
         http::HeaderName::from_static("x-agent-task-id")
     }
 
+    fn keys<'a>(t: &Correlations, h: &'a HeaderMap) -> Keys<'a> {
+        t.keys(h, &id(), trace_id_of(h))
+    }
+
     #[test]
     fn an_egress_call_finds_its_inbound_by_task_else_by_trace() {
         let t = Correlations::new(Counter::noop());
         let now = Instant::now();
         let both = headers(Some("task-1"), Some(TRACE));
-        let inbound = t.enter(t.keys(&both, &id()), now, None, 2, None).unwrap();
+        let inbound = t.enter(keys(&t, &both), now, None, 2, None).unwrap();
         let by_task = headers(Some("task-1"), None);
-        assert!(Arc::ptr_eq(
-            &t.find(t.keys(&by_task, &id())).unwrap(),
-            &inbound
-        ));
+        assert!(Arc::ptr_eq(&t.find(keys(&t, &by_task)).unwrap(), &inbound));
         let by_trace = headers(None, Some(TRACE));
-        assert!(Arc::ptr_eq(
-            &t.find(t.keys(&by_trace, &id())).unwrap(),
-            &inbound
-        ));
+        assert!(Arc::ptr_eq(&t.find(keys(&t, &by_trace)).unwrap(), &inbound));
         // Another task's id, with the same trace: the trace still finds it.
         let other_task = headers(Some("task-2"), Some(TRACE));
-        assert!(t.find(t.keys(&other_task, &id())).is_some());
+        assert!(t.find(keys(&t, &other_task)).is_some());
         assert!(t
-            .find(t.keys(&headers(Some("task-2"), Some(OTHER_TRACE)), &id()))
+            .find(keys(&t, &headers(Some("task-2"), Some(OTHER_TRACE))))
             .is_none());
         assert_eq!(t.len(), 2);
         t.leave(&inbound);
         assert!(t.is_empty());
-        assert!(t.find(t.keys(&by_task, &id())).is_none());
+        assert!(t.find(keys(&t, &by_task)).is_none());
     }
 
     #[test]
@@ -287,7 +343,7 @@ mod tests {
             "",
         ] {
             let h = headers(Some("  "), Some(trace).filter(|t| !t.is_empty()));
-            assert!(t.keys(&h, &id()).is_empty(), "{trace}");
+            assert!(keys(&t, &h).is_empty(), "{trace}");
         }
         assert!(t
             .enter(Keys::default(), Instant::now(), None, 0, None)
@@ -296,17 +352,19 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_request_of_the_task_takes_its_key_and_the_older_leaving_keeps_it() {
+    fn requests_of_one_trace_are_all_kept_and_a_call_finds_the_newest_in_flight() {
         let t = Correlations::new(Counter::noop());
-        let h = headers(Some("task-1"), None);
+        let h = headers(None, Some(TRACE));
         let now = Instant::now();
-        let older = t.enter(t.keys(&h, &id()), now, None, 0, None).unwrap();
-        let newer = t.enter(t.keys(&h, &id()), now, None, 1, None).unwrap();
-        t.leave(&older);
-        let found = t.find(t.keys(&h, &id())).unwrap();
-        assert!(Arc::ptr_eq(&found, &newer));
+        let older = t.enter(keys(&t, &h), now, None, 0, None).unwrap();
+        let newer = t.enter(keys(&t, &h), now, None, 1, None).unwrap();
+        assert!(Arc::ptr_eq(&t.find(keys(&t, &h)).unwrap(), &newer));
+        // The newest ends first: the older, still in flight, is found again.
         t.leave(&newer);
+        assert!(Arc::ptr_eq(&t.find(keys(&t, &h)).unwrap(), &older));
+        t.leave(&older);
         assert!(t.is_empty());
+        assert!(t.find(keys(&t, &h)).is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -314,24 +372,21 @@ mod tests {
         let t = Correlations::new(Counter::noop());
         let first = headers(Some("task-first"), None);
         let kept = t
-            .enter(t.keys(&first, &id()), Instant::now(), None, 0, None)
+            .enter(keys(&t, &first), Instant::now(), None, 0, None)
             .unwrap();
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
         let mut all = Vec::new();
         for n in 0..SHARDS * SHARD_CAP * 2 {
             let h = headers(Some(&format!("task-{n}")), None);
             all.push(
-                t.enter(t.keys(&h, &id()), Instant::now(), None, 0, None)
+                t.enter(keys(&t, &h), Instant::now(), None, 0, None)
                     .unwrap(),
             );
         }
         assert!(t.len() <= SHARDS * SHARD_CAP, "{}", t.len());
-        assert!(
-            t.find(t.keys(&first, &id())).is_none(),
-            "the oldest went first"
-        );
+        assert!(t.find(keys(&t, &first)).is_none(), "the oldest went first");
         let last = headers(Some(&format!("task-{}", SHARDS * SHARD_CAP * 2 - 1)), None);
-        assert!(t.find(t.keys(&last, &id())).is_some(), "the newest is in");
+        assert!(t.find(keys(&t, &last)).is_some(), "the newest is in");
         t.leave(&kept);
         for i in &all {
             t.leave(i);

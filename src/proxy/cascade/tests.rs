@@ -32,7 +32,13 @@ fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
 fn deadline_depth_and_path_headers_are_read_and_bad_ones_ignored() {
     let r = rules(CycleAction::Record);
     let now = Instant::now();
-    let d = |v: &str| r.deadline(&headers(&[("x-agent-deadline-ms", v)]), now);
+    let d = |v: &str| {
+        r.deadline(
+            &headers(&[("x-agent-deadline-ms", v)]),
+            now,
+            r.default_deadline,
+        )
+    };
     assert_eq!(d("1500"), Ok(Some(now + Duration::from_millis(1500))));
     assert_eq!(d(" 20 "), Ok(Some(now + Duration::from_millis(20))));
     assert_eq!(d("0"), Err(()), "no time left");
@@ -40,7 +46,15 @@ fn deadline_depth_and_path_headers_are_read_and_bad_ones_ignored() {
     let default = Ok(Some(now + Duration::from_secs(120)));
     assert_eq!(d("soon"), default, "malformed: the default");
     assert_eq!(d("1e3"), default);
-    assert_eq!(r.deadline(&HeaderMap::new(), now), default);
+    assert_eq!(
+        r.deadline(&HeaderMap::new(), now, r.default_deadline),
+        default
+    );
+    assert_eq!(
+        r.deadline(&HeaderMap::new(), now, None),
+        Ok(None),
+        "no default: none"
+    );
     assert_eq!(d("99999999999999"), Ok(Some(now + MAX_DEADLINE)), "capped");
     let depth = |v: &str| r.depth(&headers(&[("x-agent-call-depth", v)]));
     assert_eq!(depth("2"), 2);
@@ -71,16 +85,16 @@ fn inbound_requests_past_the_depth_or_in_a_cycle_are_refused_before_entering() {
     let block = listener(Role::Agent, &table, CycleAction::Block);
     let now = Instant::now();
     let deep = headers(&[("x-agent-call-depth", "4"), ("x-agent-task-id", "t")]);
-    let err = CascadeState::default().begin(Some(&block), &deep, now);
+    let err = CascadeState::default().begin(Some(&block), &deep, None, now);
     assert!(matches!(
         err,
         Err(ProxyError::CallDepthExceeded { depth: 4, max: 3 })
     ));
     let cycle = headers(&[("x-agent-call-path", "a,bot"), ("x-agent-task-id", "t")]);
-    let err = CascadeState::default().begin(Some(&block), &cycle, now);
+    let err = CascadeState::default().begin(Some(&block), &cycle, None, now);
     assert!(matches!(err, Err(ProxyError::CallCycle { .. })));
     let spent = headers(&[("x-agent-deadline-ms", "0"), ("x-agent-task-id", "t")]);
-    let err = CascadeState::default().begin(Some(&block), &spent, now);
+    let err = CascadeState::default().begin(Some(&block), &spent, None, now);
     assert!(matches!(
         err,
         Err(ProxyError::DeadlineExceeded(DeadlineWhen::Arrival))
@@ -89,7 +103,7 @@ fn inbound_requests_past_the_depth_or_in_a_cycle_are_refused_before_entering() {
     // Under record, the cycle passes.
     let record = listener(Role::Agent, &table, CycleAction::Record);
     let mut passed = CascadeState::default();
-    passed.begin(Some(&record), &cycle, now).unwrap();
+    passed.begin(Some(&record), &cycle, None, now).unwrap();
     assert_eq!(table.len(), 1);
     passed.end(Some(&record), StatusClass::Success, Cause::None);
     assert!(table.is_empty());
@@ -108,12 +122,14 @@ fn a_peer_call_carries_the_time_left_its_depth_and_path_and_a_failure_goes_to_it
         ("x-agent-call-path", "front"),
     ]);
     let mut inbound = CascadeState::default();
-    inbound.begin(Some(&inbound_l), &arriving, now).unwrap();
+    inbound
+        .begin(Some(&inbound_l), &arriving, None, now)
+        .unwrap();
 
     let mut peer = CascadeState::default();
     let call = headers(&[("x-agent-task-id", "t-1")]);
     let later = now + Duration::from_millis(1200);
-    peer.begin(Some(&peer_l), &call, later).unwrap();
+    peer.begin(Some(&peer_l), &call, None, later).unwrap();
     assert_eq!(peer.deadline(), Some(now + Duration::from_millis(5000)));
     let mut out = HeaderMap::new();
     peer.sending(Some(&peer_l), &mut out, later).unwrap();
@@ -136,17 +152,19 @@ fn an_egress_call_after_its_inbound_deadline_is_refused_and_an_agent_failure_sta
     let now = Instant::now();
     let arriving = headers(&[("x-agent-task-id", "t-2"), ("x-agent-deadline-ms", "100")]);
     let mut inbound = CascadeState::default();
-    inbound.begin(Some(&inbound_l), &arriving, now).unwrap();
+    inbound
+        .begin(Some(&inbound_l), &arriving, None, now)
+        .unwrap();
     let call = headers(&[("x-agent-task-id", "t-2")]);
     let late = now + Duration::from_millis(100);
-    let err = CascadeState::default().begin(Some(&llm_l), &call, late);
+    let err = CascadeState::default().begin(Some(&llm_l), &call, None, late);
     assert!(matches!(
         err,
         Err(ProxyError::DeadlineExceeded(DeadlineWhen::Call))
     ));
     // A successful call notes nothing; the agent's own 5xx stays the agent's.
     let mut ok = CascadeState::default();
-    ok.begin(Some(&llm_l), &call, now).unwrap();
+    ok.begin(Some(&llm_l), &call, None, now).unwrap();
     let mut out = HeaderMap::new();
     ok.sending(Some(&llm_l), &mut out, now).unwrap();
     assert!(out.is_empty(), "only peer calls carry the headers");
@@ -163,10 +181,12 @@ fn time_spent_by_failed_attempts_is_the_upstreams_not_the_agents() {
     let now = Instant::now();
     let arriving = headers(&[("x-agent-task-id", "t-3"), ("x-agent-deadline-ms", "100")]);
     let mut inbound = CascadeState::default();
-    inbound.begin(Some(&inbound_l), &arriving, now).unwrap();
+    inbound
+        .begin(Some(&inbound_l), &arriving, None, now)
+        .unwrap();
     let mut call = CascadeState::default();
     let task = headers(&[("x-agent-task-id", "t-3")]);
-    call.begin(Some(&peer_l), &task, now).unwrap();
+    call.begin(Some(&peer_l), &task, None, now).unwrap();
     call.sending(Some(&peer_l), &mut HeaderMap::new(), now)
         .unwrap();
     // The first attempt failed at the deadline; the fallback's turn comes too late.
@@ -187,17 +207,28 @@ fn an_uncorrelated_peer_call_starts_a_path_or_carries_on_the_one_the_agent_passe
     let peer_l = listener(Role::Peer, &table, CycleAction::Block);
     let now = Instant::now();
     let mut fresh = CascadeState::default();
-    fresh.begin(Some(&peer_l), &HeaderMap::new(), now).unwrap();
+    fresh
+        .begin(Some(&peer_l), &HeaderMap::new(), None, now)
+        .unwrap();
     let mut out = HeaderMap::new();
     fresh.sending(Some(&peer_l), &mut out, now).unwrap();
     assert_eq!(out["x-agent-call-depth"], "1");
     assert_eq!(out["x-agent-call-path"], "bot");
     assert!(!out.contains_key("x-agent-deadline-ms"));
-    let passed = headers(&[("x-agent-call-depth", "2"), ("x-agent-call-path", "a,b")]);
+    let passed = headers(&[
+        ("x-agent-call-depth", "2"),
+        ("x-agent-call-path", "a,b"),
+        ("x-agent-deadline-ms", "900"),
+    ]);
     let mut carried = CascadeState::default();
-    carried.begin(Some(&peer_l), &passed, now).unwrap();
+    carried.begin(Some(&peer_l), &passed, None, now).unwrap();
     let mut out = passed.clone();
-    carried.sending(Some(&peer_l), &mut out, now).unwrap();
+    let later = now + Duration::from_millis(400);
+    carried.sending(Some(&peer_l), &mut out, later).unwrap();
     assert_eq!(out["x-agent-call-depth"], "3");
     assert_eq!(out["x-agent-call-path"], "a,b,bot");
+    assert_eq!(
+        out["x-agent-deadline-ms"], "500",
+        "the agent's own deadline, kept"
+    );
 }
