@@ -527,3 +527,49 @@ async fn a_peer_call_continues_the_callers_trace_into_the_callees_sidecar() {
         assert!(ids.contains(&s.parent_span_id), "{s:#?}");
     }
 }
+
+#[test]
+fn bad_cascade_and_scope_settings_are_refused_naming_the_key() {
+    let base = |agent: &str, tail: &str| {
+        format!(
+            "agent: {agent}
+listeners:
+  - {{name: inbound, bind: 127.0.0.1:0, role: agent, route: agent}}
+  - {{name: peers, bind: 127.0.0.1:0, role: peer, route: callee}}
+routes:
+  agent: {{upstreams: [agent]}}
+  callee: {{upstreams: [callee]}}
+upstreams:
+  agent: {{url: http://127.0.0.1:1}}
+  callee: {{url: http://127.0.0.1:2}}
+{tail}"
+        )
+    };
+    let cases = [
+        ("bot", "cascade: {max_depth: 0}\n", "cascade.max_depth"),
+        ("bot", "cascade: {deadline_header: 'no good'}\n", "cascade.deadline_header"),
+        ("bot", "cascade: {path_header: X-Agent-Deadline-Ms}\n", "cascade.path_header"),
+        ("bot", "cascade: {default_deadline: 2d}\n", "cascade.default_deadline"),
+        ("bot,2", "cascade: {}\n", "agent"),
+        (
+            "bot",
+            "slos: [{name: a, sli: availability, target: 0.9, listeners: [nope]}]\n",
+            "slos[0].listeners[0]",
+        ),
+        (
+            "bot",
+            "slos: [{name: t, sli: task_completion, target: 0.9, listeners: [inbound]}]\n",
+            "slos[0].listeners",
+        ),
+    ];
+    for (agent, tail, key) in cases {
+        let err = sloguard::Config::parse("test", &base(agent, tail))
+            .expect_err(tail)
+            .to_string();
+        assert!(err.contains(&format!("{key}:")), "{tail}: {err}");
+    }
+    // An empty section is the defaults; a name with a space is refused only with cascade on.
+    let ok = sloguard::Config::parse("test", &base("bot", "cascade:\n")).unwrap();
+    assert_eq!(ok.cascade.unwrap().max_depth, 8);
+    assert!(sloguard::Config::parse("test", &base("my bot", "")).is_ok());
+}
