@@ -8,6 +8,7 @@
 mod common;
 
 use common::otlp::grpc_receiver;
+use common::process::Process;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -97,16 +98,16 @@ async fn late_hop(to: Late) -> SimServer {
     .unwrap()
 }
 
-/// A sidecar for agent `name`: `inbound` in front of the agent at `agent_url`, and, when
-/// `callee_url` is given, `peers` in front of the agent it calls (`peer_route`: more keys of
-/// that route). `cascade` is the section's body; `extra`, more sections.
-async fn agent_sidecar_named(
+/// The config of agent `name`'s sidecar: `inbound` in front of the agent at `agent_url`, and,
+/// when `callee` is given (its URL, more keys of its route), `peers` in front of the agent it
+/// calls. `cascade` is the section's body; `extra`, more sections.
+fn sidecar_yaml(
     name: &str,
     agent_url: &str,
     callee: Option<(&str, &str)>,
     cascade: &str,
     extra: &str,
-) -> Sidecar {
+) -> String {
     let (peer_listener, peer_route, peer_upstream) = match callee {
         Some((url, route_keys)) => (
             "  - {name: peers, bind: 127.0.0.1:0, role: peer, route: callee}\n".to_owned(),
@@ -115,7 +116,7 @@ async fn agent_sidecar_named(
         ),
         None => Default::default(),
     };
-    start_yaml(&format!(
+    format!(
         "agent: {name}
 admin: {{bind: 127.0.0.1:0}}
 listeners:
@@ -128,8 +129,48 @@ listeners:
 slos:
   - {{name: availability, sli: availability, target: 0.99, window: 30d, exclude_dependency_failures: true}}
 {extra}"
-    ))
-    .await
+    )
+}
+
+async fn agent_sidecar_named(
+    name: &str,
+    agent_url: &str,
+    callee: Option<(&str, &str)>,
+    cascade: &str,
+    extra: &str,
+) -> Sidecar {
+    start_yaml(&sidecar_yaml(name, agent_url, callee, cascade, extra)).await
+}
+
+/// A sidecar of a chain: in this process, or the binary as a child process.
+enum Running {
+    InProcess(Sidecar),
+    Child(Process),
+}
+
+impl Running {
+    async fn start(yaml: String, name: &str, as_process: bool) -> Running {
+        match as_process {
+            true => Running::Child(Process::start(&yaml, &format!("cascade-{name}")).await),
+            false => Running::InProcess(start_yaml(&yaml).await),
+        }
+    }
+
+    fn url(&self, listener: &str) -> String {
+        match self {
+            Running::InProcess(s) => url_of(s, listener),
+            Running::Child(p) => format!("http://{}", p.listener_named(listener)),
+        }
+    }
+}
+
+impl Admin for Running {
+    fn admin(&self) -> std::net::SocketAddr {
+        match self {
+            Running::InProcess(s) => s.admin(),
+            Running::Child(p) => p.admin(),
+        }
+    }
 }
 
 fn url_of(s: &Sidecar, listener: &str) -> String {
@@ -147,41 +188,34 @@ async fn call(url: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap) {
     (status, headers)
 }
 
-/// The chain A → B → C, C hung: each agent's `peers` listener in front of the next's sidecar.
+/// The chain A → B → C, C hung: each agent's `peers` listener in front of the next's sidecar;
+/// the sidecars in this process, or each a process of its own.
 struct Chain {
-    a: Sidecar,
-    b: Sidecar,
-    _c: Sidecar,
+    a: Running,
+    b: Running,
+    _c: Running,
     seen_by_c: Arc<Mutex<Vec<HeaderMap>>>,
     _agents: Vec<SimServer>,
 }
 
-async fn chain(a_route_keys: &str) -> Chain {
+async fn chain(a_route_keys: &str, processes: bool) -> Chain {
     let seen_by_c = Arc::new(Mutex::new(Vec::new()));
     let agent_c = hung_agent(seen_by_c.clone()).await;
-    let c = agent_sidecar_named("agent-c", &agent_c.url(), None, "", "").await;
+    let c_yaml = sidecar_yaml("agent-c", &agent_c.url(), None, "", "");
+    let c = Running::start(c_yaml, "c", processes).await;
     let (to_c, to_b) = (Late::default(), Late::default());
     let agent_b = relay_agent(to_c.clone()).await;
-    let b = agent_sidecar_named(
-        "agent-b",
-        &agent_b.url(),
-        Some((&url_of(&c, "inbound"), "")),
-        "",
-        "",
-    )
-    .await;
-    to_c.set(url_of(&b, "peers")).unwrap();
+    let to_c_sidecar = Some((c.url("inbound"), ""));
+    let callee = to_c_sidecar.as_ref().map(|(u, k)| (u.as_str(), *k));
+    let b_yaml = sidecar_yaml("agent-b", &agent_b.url(), callee, "", "");
+    let b = Running::start(b_yaml, "b", processes).await;
+    to_c.set(b.url("peers")).unwrap();
     let agent_a = relay_agent(to_b.clone()).await;
-    let callee = (url_of(&b, "inbound"), a_route_keys);
-    let a = agent_sidecar_named(
-        "agent-a",
-        &agent_a.url(),
-        Some((&callee.0, callee.1)),
-        "",
-        "",
-    )
-    .await;
-    to_b.set(url_of(&a, "peers")).unwrap();
+    let to_b_sidecar = b.url("inbound");
+    let callee = Some((to_b_sidecar.as_str(), a_route_keys));
+    let a_yaml = sidecar_yaml("agent-a", &agent_a.url(), callee, "", "");
+    let a = Running::start(a_yaml, "a", processes).await;
+    to_b.set(a.url("peers")).unwrap();
     Chain {
         a,
         b,
@@ -193,10 +227,11 @@ async fn chain(a_route_keys: &str) -> Chain {
 
 #[tokio::test]
 async fn a_hung_agent_down_the_chain_holds_its_callers_only_until_their_deadline() {
-    let ch = chain("").await;
+    // Each sidecar a process of its own, as in three pods.
+    let ch = chain("", true).await;
     let started = Instant::now();
     let deadline = [(TASK, "task-1"), ("x-agent-deadline-ms", "1500")];
-    let (status, headers) = call(&url_of(&ch.a, "inbound"), &deadline).await;
+    let (status, headers) = call(&ch.a.url("inbound"), &deadline).await;
     let waited = started.elapsed();
     assert_eq!(
         status,
@@ -255,8 +290,8 @@ async fn a_hung_agent_down_the_chain_holds_its_callers_only_until_their_deadline
 
 #[tokio::test]
 async fn a_full_bulkhead_fails_fast_and_a_dependencys_failures_spend_none_of_the_budget() {
-    let ch = chain(", max_in_flight: 2").await;
-    let a = url_of(&ch.a, "inbound");
+    let ch = chain(", max_in_flight: 2", false).await;
+    let a = ch.a.url("inbound");
     let held: Vec<_> = (0..2)
         .map(|i| {
             let a = a.clone();
@@ -547,9 +582,21 @@ upstreams:
     };
     let cases = [
         ("bot", "cascade: {max_depth: 0}\n", "cascade.max_depth"),
-        ("bot", "cascade: {deadline_header: 'no good'}\n", "cascade.deadline_header"),
-        ("bot", "cascade: {path_header: X-Agent-Deadline-Ms}\n", "cascade.path_header"),
-        ("bot", "cascade: {default_deadline: 2d}\n", "cascade.default_deadline"),
+        (
+            "bot",
+            "cascade: {deadline_header: 'no good'}\n",
+            "cascade.deadline_header",
+        ),
+        (
+            "bot",
+            "cascade: {path_header: X-Agent-Deadline-Ms}\n",
+            "cascade.path_header",
+        ),
+        (
+            "bot",
+            "cascade: {default_deadline: 2d}\n",
+            "cascade.default_deadline",
+        ),
         ("bot,2", "cascade: {}\n", "agent"),
         (
             "bot",

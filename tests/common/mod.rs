@@ -116,8 +116,8 @@ pub async fn ninety_good_ten_bad(sidecar: &Sidecar) {
 }
 
 /// A JSON document of the admin port (`/slo`, `/circuits`).
-pub async fn admin_json(s: &Sidecar, path: &str) -> serde_json::Value {
-    let url = format!("http://{}{path}", s.admin_addr);
+pub async fn admin_json(s: &impl Admin, path: &str) -> serde_json::Value {
+    let url = format!("http://{}{path}", s.admin());
     serde_json::from_slice(&body_bytes(get(&client(), &url).await).await).expect("JSON")
 }
 
@@ -164,8 +164,25 @@ pub async fn bytes_or_empty<B: Body>(body: B) -> Bytes {
 }
 
 /// The sidecar's `/metrics` text.
-pub async fn metrics(sidecar: &Sidecar) -> String {
-    let resp = get(&client(), &format!("http://{}/metrics", sidecar.admin_addr)).await;
+/// A sidecar with an admin port: in this process, or the binary as a child process.
+pub trait Admin {
+    fn admin(&self) -> SocketAddr;
+}
+
+impl Admin for Sidecar {
+    fn admin(&self) -> SocketAddr {
+        self.admin_addr
+    }
+}
+
+impl Admin for process::Process {
+    fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+}
+
+pub async fn metrics(sidecar: &impl Admin) -> String {
+    let resp = get(&client(), &format!("http://{}/metrics", sidecar.admin())).await;
     String::from_utf8(body_bytes(resp).await.to_vec()).expect("utf-8 metrics")
 }
 
@@ -266,7 +283,7 @@ async fn comes_within(span: std::time::Duration, mut ready: impl AsyncFnMut() ->
 
 /// `/metrics` once `ready` holds for it, or after 5 s (requests settle when their connection
 /// closes, which the test cannot await directly).
-pub async fn metrics_when(sidecar: &Sidecar, ready: impl Fn(&str) -> bool) -> String {
+pub async fn metrics_when(sidecar: &impl Admin, ready: impl Fn(&str) -> bool) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let m = metrics(sidecar).await;

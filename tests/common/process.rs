@@ -27,7 +27,10 @@ pub fn spawn(config: &std::path::Path, env: &[(&str, &str)], more: &[(&str, &str
 pub struct Process {
     pub child: Child,
     pub admin: SocketAddr,
+    /// The last listener it logged.
     pub listener: SocketAddr,
+    /// Every listener, by name.
+    pub listeners: Vec<(String, SocketAddr)>,
     dir: std::path::PathBuf,
     config: std::path::PathBuf,
     log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
@@ -46,12 +49,16 @@ impl Process {
         std::fs::write(&path, config).unwrap();
         let mut child = spawn(&path, &[("RUST_LOG", "info")], env);
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (mut admin, mut listener) = (None, None);
+        let (mut admin, mut listeners) = (None, Vec::new());
         let read = async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                 match v["message"].as_str() {
-                    Some("listening") => listener = v["bind"].as_str().and_then(|s| s.parse().ok()),
+                    Some("listening") => {
+                        let bind = v["bind"].as_str().and_then(|s| s.parse().ok());
+                        let name = v["listener"].as_str().unwrap_or_default().to_owned();
+                        listeners.extend(bind.map(|b| (name, b)));
+                    }
                     Some("ready") => {
                         admin = v["admin"].as_str().and_then(|s| s.parse().ok());
                         break;
@@ -78,11 +85,18 @@ impl Process {
         Process {
             child,
             admin: admin.expect("admin address logged"),
-            listener: listener.expect("listener logged"),
+            listener: listeners.last().expect("listener logged").1,
+            listeners,
             dir,
             config: path,
             log,
         }
+    }
+
+    /// The address of the listener called `name`.
+    pub fn listener_named(&self, name: &str) -> SocketAddr {
+        let found = self.listeners.iter().find(|(n, _)| n == name);
+        found.unwrap_or_else(|| panic!("no listener {name}")).1
     }
 
     /// The config file it was started on.
