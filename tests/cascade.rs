@@ -345,43 +345,46 @@ async fn a_full_bulkhead_fails_fast_and_a_dependencys_failures_spend_none_of_the
     }
 }
 
-#[tokio::test]
-async fn a_loop_between_two_agents_is_refused_on_its_first_repeat() {
-    let (to_a_hop, to_b_hop) = (Late::default(), Late::default());
-    let (hop_ab, hop_ba) = (
-        late_hop(to_b_hop.clone()).await,
-        late_hop(to_a_hop.clone()).await,
-    );
+/// Agents A and B that each answer by calling the other, through their sidecars' `peers`
+/// listeners (`a_cascade`, `b_cascade`: their `cascade` sections).
+struct Loop {
+    a: Sidecar,
+    b: Sidecar,
+    _servers: Vec<SimServer>,
+}
+
+async fn two_agents_calling_each_other(a_cascade: &str, b_cascade: &str) -> Loop {
+    let (to_a_sidecar, to_b_sidecar) = (Late::default(), Late::default());
+    let hop_ab = late_hop(to_b_sidecar.clone()).await;
+    let hop_ba = late_hop(to_a_sidecar.clone()).await;
     let (a_calls, b_calls) = (Late::default(), Late::default());
-    let (agent_a, agent_b) = (
-        relay_agent(a_calls.clone()).await,
-        relay_agent(b_calls.clone()).await,
-    );
-    let block = "on_cycle: block";
-    let a = agent_sidecar_named(
-        "agent-a",
-        &agent_a.url(),
-        Some((&hop_ab.url(), "")),
-        block,
-        "",
-    )
-    .await;
-    let b = agent_sidecar_named(
-        "agent-b",
-        &agent_b.url(),
-        Some((&hop_ba.url(), "")),
-        block,
-        "",
-    )
-    .await;
-    to_b_hop.set(url_of(&b, "inbound")).unwrap();
-    to_a_hop.set(url_of(&a, "inbound")).unwrap();
+    let agent_a = relay_agent(a_calls.clone()).await;
+    let agent_b = relay_agent(b_calls.clone()).await;
+    let to_b = Some((hop_ab.url(), ""));
+    let to_b = to_b.as_ref().map(|(u, k)| (u.as_str(), *k));
+    let a = agent_sidecar_named("agent-a", &agent_a.url(), to_b, a_cascade, "").await;
+    let to_a = Some((hop_ba.url(), ""));
+    let to_a = to_a.as_ref().map(|(u, k)| (u.as_str(), *k));
+    let b = agent_sidecar_named("agent-b", &agent_b.url(), to_a, b_cascade, "").await;
+    to_b_sidecar.set(url_of(&b, "inbound")).unwrap();
+    to_a_sidecar.set(url_of(&a, "inbound")).unwrap();
     a_calls.set(url_of(&a, "peers")).unwrap();
     b_calls.set(url_of(&b, "peers")).unwrap();
+    Loop {
+        a,
+        b,
+        _servers: vec![hop_ab, hop_ba, agent_a, agent_b],
+    }
+}
+
+#[tokio::test]
+async fn a_loop_between_two_agents_is_refused_on_its_first_repeat() {
+    let Loop { a, b, .. } =
+        &two_agents_calling_each_other("on_cycle: block", "on_cycle: block").await;
 
     let counting = async || admin_json(&a, "/slo").await["dependencies"][0]["counting"] == true;
     wait_until("the SLO view's baseline", 10, counting).await;
-    let (status, _) = call(&url_of(&a, "inbound"), &[(TASK, "loop-1")]).await;
+    let (status, _) = call(&url_of(a, "inbound"), &[(TASK, "loop-1")]).await;
     assert_eq!(
         status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -422,41 +425,12 @@ async fn a_loop_between_two_agents_is_refused_on_its_first_repeat() {
 
 #[tokio::test]
 async fn a_loop_whose_names_do_not_get_through_is_refused_past_the_depth() {
-    let (to_a_hop, to_b_hop) = (Late::default(), Late::default());
-    let (hop_ab, hop_ba) = (
-        late_hop(to_b_hop.clone()).await,
-        late_hop(to_a_hop.clone()).await,
-    );
-    let (a_calls, b_calls) = (Late::default(), Late::default());
-    let (agent_a, agent_b) = (
-        relay_agent(a_calls.clone()).await,
-        relay_agent(b_calls.clone()).await,
-    );
     // Each reads a path header the other does not write: neither sees its name come back.
     let a_keys = "on_cycle: block, max_depth: 4, path_header: x-path-of-a";
     let b_keys = "on_cycle: block, max_depth: 4, path_header: x-path-of-b";
-    let a = agent_sidecar_named(
-        "agent-a",
-        &agent_a.url(),
-        Some((&hop_ab.url(), "")),
-        a_keys,
-        "",
-    )
-    .await;
-    let b = agent_sidecar_named(
-        "agent-b",
-        &agent_b.url(),
-        Some((&hop_ba.url(), "")),
-        b_keys,
-        "",
-    )
-    .await;
-    to_b_hop.set(url_of(&b, "inbound")).unwrap();
-    to_a_hop.set(url_of(&a, "inbound")).unwrap();
-    a_calls.set(url_of(&a, "peers")).unwrap();
-    b_calls.set(url_of(&b, "peers")).unwrap();
+    let Loop { a, b, .. } = &two_agents_calling_each_other(a_keys, b_keys).await;
 
-    let (status, _) = call(&url_of(&a, "inbound"), &[(TASK, "loop-2")]).await;
+    let (status, _) = call(&url_of(a, "inbound"), &[(TASK, "loop-2")]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // Depths 0, 2, 4 arrive at A and 1, 3, 5 at B: B refuses depth 5.
     let mb = metrics_when(&b, |m| {

@@ -169,6 +169,12 @@ pub trait Admin {
     fn admin(&self) -> SocketAddr;
 }
 
+impl<T: Admin> Admin for &T {
+    fn admin(&self) -> SocketAddr {
+        (**self).admin()
+    }
+}
+
 impl Admin for Sidecar {
     fn admin(&self) -> SocketAddr {
         self.admin_addr
