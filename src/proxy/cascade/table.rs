@@ -120,12 +120,17 @@ impl Shard {
         }
         let (_, cutoff, _) = arrivals.select_nth_unstable(n - 1);
         let cutoff = *cutoff;
+        // Everything older than the cutoff goes, and as many arriving at it as make up `n`.
+        let mut ties = n - arrivals.iter().filter(|a| **a < cutoff).count();
         let mut evicted = 0;
         self.by_key.retain(|_, list| {
             list.retain(|i| {
-                let keep = i.arrived > cutoff || evicted >= n;
-                evicted += usize::from(!keep);
-                keep
+                let go = i.arrived < cutoff || (i.arrived == cutoff && ties > 0);
+                if go && i.arrived == cutoff {
+                    ties -= 1;
+                }
+                evicted += usize::from(go);
+                !go
             });
             !list.is_empty()
         });
@@ -365,6 +370,43 @@ mod tests {
         t.leave(&older);
         assert!(t.is_empty());
         assert!(t.find(keys(&t, &h)).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_takes_every_older_entry_before_any_of_the_newest_age() {
+        let mut shard = Shard::default();
+        let entry = |arrived| {
+            Arc::new(Inbound {
+                task: None,
+                trace: None,
+                arrived,
+                deadline: None,
+                depth: 0,
+                path: None,
+                dependency_failed: AtomicBool::new(false),
+            })
+        };
+        // Many of one age first in the map, then a few older ones: the older go, whatever order
+        // the map keeps them in.
+        let start = Instant::now();
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        let young = Instant::now();
+        for key in 0..SHARD_CAP as u64 {
+            shard.insert(key, entry(young));
+        }
+        let old: Vec<_> = (0..3).map(|_| entry(start)).collect();
+        for (i, o) in old.iter().enumerate() {
+            shard.insert(10_000 + i as u64, o.clone());
+        }
+        let evicted = shard.evict_oldest();
+        assert_eq!(evicted, SHARD_CAP / 8);
+        assert_eq!(shard.entries, SHARD_CAP + 3 - SHARD_CAP / 8);
+        for (i, o) in old.iter().enumerate() {
+            assert!(
+                !shard.remove(10_000 + i as u64, o),
+                "an older entry was kept"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
