@@ -330,6 +330,7 @@ fn slo_bench(c: &mut Criterion) {
         threshold: threshold.map(|t| ConfigDuration(std::time::Duration::from_secs_f64(t))),
         exclude_dependency_failures: true,
         listeners: None,
+        sources: None,
         severity: None,
     };
     let slos = [

@@ -49,6 +49,7 @@ pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "sloguard_circuit_transitions_total"
 pub const FALLBACKS_TOTAL: &str = "sloguard_fallbacks_total";
 pub const BULKHEAD_REJECTIONS_TOTAL: &str = "sloguard_bulkhead_rejections_total";
 pub const DEADLINE_EXCEEDED_TOTAL: &str = "agent_deadline_exceeded_total";
+pub const CORRECTNESS_VERDICTS_TOTAL: &str = "agent_correctness_verdicts_total";
 pub const CALL_CYCLES_TOTAL: &str = "agent_call_cycles_total";
 pub const CALL_DEPTH_EXCEEDED_TOTAL: &str = "agent_call_depth_exceeded_total";
 pub const CASCADE_BAD_HEADERS_TOTAL: &str = "sloguard_cascade_bad_headers_total";
@@ -283,6 +284,14 @@ pub const METRICS: &[MetricDef] = &[
         unit: None,
         otel_unit: "",
         help: "Requests answered bulkhead_full: their route already had max_in_flight requests in flight.",
+    },
+    MetricDef {
+        name: CORRECTNESS_VERDICTS_TOTAL,
+        otel: "agent.correctness.verdicts",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Verdicts on the agent's answers, by source (check, agent, feedback), verdict and reason.",
     },
     MetricDef {
         name: DEADLINE_EXCEEDED_TOTAL,

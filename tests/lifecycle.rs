@@ -231,6 +231,7 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
         "latency",
         "ttft",
         "safety",
+        "correctness",
     ] {
         assert!(slo.contains(&format!("{name} ")), "{slo}");
     }
@@ -368,6 +369,17 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     for word in ["cut at the deadline", "bulkhead_full", "to the dependency"] {
         assert!(number_after(cascade, word) >= 1.0, "{word}: {cascade}");
     }
+    // Correctness: the checks found truncated answers, and the agent judged some of its own
+    // wrong; the SLI is what they make.
+    let correct = stdout
+        .lines()
+        .rfind(|l| l.contains("] correct "))
+        .expect("a correctness line");
+    assert!(number_after(correct, "truncated") >= 1.0, "{correct}");
+    assert!(number_after(correct, "checks: ok") >= 1.0, "{correct}");
+    assert!(number_after(correct, "incorrect") >= 1.0, "{correct}");
+    let sli = number_after(correct, "SLI");
+    assert!(sli > 0.0 && sli < 100.0, "{correct}");
     let left = number_after(cascade, "availability budget");
     let had_they = number_after(cascade, "left,");
     assert!(left > had_they, "{cascade}");

@@ -11,6 +11,8 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod feedback;
+
 use crate::proxy::connections::Connections;
 use crate::proxy::error_response;
 use crate::telemetry::Telemetry;
@@ -103,6 +105,8 @@ pub(crate) async fn serve(
                     async move {
                         let answer = if is_reload(&req) {
                             reload(&state, &req).await
+                        } else if feedback::is_feedback(&req) {
+                            feedback::feedback(&state, req).await
                         } else {
                             route(&state, req)
                         };

@@ -6,6 +6,7 @@
 
 mod cascade;
 mod checks;
+mod correctness;
 mod limits;
 mod locate;
 mod otlp;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use cascade::{CascadeConfig, CycleAction, MAX_CALL_PATH, MAX_DEADLINE};
+pub use correctness::{CorrectnessCheck, CorrectnessConfig};
 pub use limits::{Limits, MemoryConfig};
 pub use locate::LineIndex;
 pub use otlp::{OtlpConfig, OtlpProtocol, OtlpTemporality, TracesConfig, MAX_TRACE_QUEUE};
@@ -31,7 +33,7 @@ pub use safety::{
     DetectorConfig, IncidentsConfig, KillSwitchConfig, SafetyAction, SafetyConfig, Severities,
     SeverityName,
 };
-pub use slo::{SliKind, SloConfig, MAX_WINDOW, MIN_WINDOW};
+pub use slo::{SliKind, SloConfig, VerdictSource, MAX_WINDOW, MIN_WINDOW};
 pub use tasks::{LoopAction, TasksConfig};
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
 pub use upstream::{
@@ -106,6 +108,10 @@ pub struct Config {
     /// the section; an empty `cascade:` means the defaults).
     #[serde(default, deserialize_with = "present_or_defaults")]
     pub cascade: Option<CascadeConfig>,
+    /// Verdicts on the agent's answers for the `correctness` SLI (none gathered without the
+    /// section; an empty `correctness:` means the defaults).
+    #[serde(default, deserialize_with = "present_or_defaults")]
+    pub correctness: Option<CorrectnessConfig>,
     /// The service level objectives (none without the section).
     #[serde(default, deserialize_with = "null_is_default")]
     pub slos: Vec<SloConfig>,
@@ -355,6 +361,18 @@ impl Config {
         Ok(config)
     }
 
+    /// A `correctness` SLO needs the `correctness` section: without it no verdict is gathered.
+    fn validate_correctness_slos(&self) -> Result<(), (String, String)> {
+        let needs = self.slos.iter().position(|s| s.sli == SliKind::Correctness);
+        match (needs, &self.correctness) {
+            (Some(i), None) => Err((
+                format!("slos[{i}].sli"),
+                "a correctness SLO needs the `correctness:` section (`correctness: {}` for its defaults): without it no verdict is gathered".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The upstreams behind egress listeners (providers, other agents), by name: each one's own
     /// success is its dependency SLO. The agent's own app, behind an `agent` listener, has the
     /// config's SLOs.
@@ -391,6 +409,10 @@ impl Config {
         if let Some(cascade) = &self.cascade {
             cascade.validate(&self.agent)?;
         }
+        if let Some(correctness) = &self.correctness {
+            correctness.validate()?;
+        }
+        self.validate_correctness_slos()?;
         if let Some(safety) = &self.safety {
             safety.validate()?;
             if safety.kill_switch.is_some() && self.admin.token_file.is_none() {

@@ -130,6 +130,8 @@ pub struct Severities {
     pub latency: SeverityName,
     #[serde(default = "sev3")]
     pub time_to_first_token: SeverityName,
+    #[serde(default = "sev2")]
+    pub correctness: SeverityName,
 }
 
 fn sev1() -> SeverityName {
@@ -150,6 +152,7 @@ impl Default for Severities {
             task_completion: sev2(),
             latency: sev3(),
             time_to_first_token: sev3(),
+            correctness: sev2(),
         }
     }
 }

@@ -26,6 +26,30 @@ pub enum SliKind {
     TimeToFirstToken,
     /// Inspected responses without a safety violation.
     Safety,
+    /// Verdicts `correct`, of all verdicts on the agent's answers (`correctness:`).
+    Correctness,
+}
+
+/// Where a verdict on an answer came from (the `source` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictSource {
+    /// The deterministic checks on an LLM response.
+    Check,
+    /// The agent's own verdict header.
+    Agent,
+    /// `POST /admin/feedback`.
+    Feedback,
+}
+
+impl VerdictSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictSource::Check => "check",
+            VerdictSource::Agent => "agent",
+            VerdictSource::Feedback => "feedback",
+        }
+    }
 }
 
 impl SliKind {
@@ -36,6 +60,7 @@ impl SliKind {
             SliKind::Latency => "latency",
             SliKind::TimeToFirstToken => "time_to_first_token",
             SliKind::Safety => "safety",
+            SliKind::Correctness => "correctness",
         }
     }
 
@@ -56,6 +81,7 @@ impl SliKind {
             SliKind::Latency => s.latency,
             SliKind::TimeToFirstToken => s.time_to_first_token,
             SliKind::Safety => s.safety,
+            SliKind::Correctness => s.correctness,
         }
     }
 }
@@ -84,6 +110,9 @@ pub struct SloConfig {
     /// without one; for safety, every listener it inspects.
     #[serde(default)]
     pub listeners: Option<Vec<String>>,
+    /// `correctness`: the verdicts' sources that count (default: every one).
+    #[serde(default)]
+    pub sources: Option<Vec<VerdictSource>>,
     /// Overrides `incidents.severities` for this SLO.
     #[serde(default)]
     pub severity: Option<SeverityName>,
@@ -135,7 +164,7 @@ fn validate_listeners(
     let key = format!("slos[{i}].listeners");
     if !matches!(
         slo.sli,
-        SliKind::Availability | SliKind::Latency | SliKind::Safety
+        SliKind::Availability | SliKind::Latency | SliKind::Safety | SliKind::Correctness
     ) {
         return Err((
             key,
@@ -211,6 +240,18 @@ pub(super) fn validate(
             return Err((key("window"), "must be whole minutes".into()));
         }
         validate_threshold(i, slo)?;
+        match (&slo.sources, slo.sli) {
+            (Some(_), sli) if sli != SliKind::Correctness => {
+                return Err((key("sources"), "applies to correctness SLOs only".into()))
+            }
+            (Some(s), _) if s.is_empty() => {
+                return Err((
+                    key("sources"),
+                    "must name at least one source (leave it out for every one)".into(),
+                ))
+            }
+            _ => {}
+        }
         if slo.exclude_dependency_failures && slo.sli != SliKind::Availability {
             return Err((
                 key("exclude_dependency_failures"),

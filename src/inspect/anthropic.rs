@@ -152,6 +152,7 @@ impl MessagesStream {
                     usage.record(facts);
                 }
                 if let Some(reason) = e.delta.as_ref().and_then(|d| d.stop_reason.as_deref()) {
+                    facts.refused |= reason == "refusal";
                     facts.finish_once(FinishReason::anthropic(reason));
                 }
                 false
@@ -183,6 +184,7 @@ pub(super) fn messages_json(body: &[u8], facts: &mut ResponseFacts) -> Result<()
         ));
     }
     if let Some(reason) = m.stop_reason.as_deref() {
+        facts.refused |= reason == "refusal";
         facts.finish_reasons.push(FinishReason::anthropic(reason));
     }
     Ok(())
@@ -198,5 +200,20 @@ mod tests {
         let body = br#"{"type":"message","usage":{"input_tokens":18446744073709551615,"cache_creation_input_tokens":1,"output_tokens":2}}"#;
         messages_json(body, &mut facts).unwrap();
         assert_eq!(facts.input_tokens, Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_refusal_is_its_stop_reason() {
+        let mut facts = ResponseFacts::default();
+        let body = br#"{"type":"message","content":[],"stop_reason":"refusal"}"#;
+        messages_json(body, &mut facts).unwrap();
+        assert!(facts.refused);
+        let mut facts = ResponseFacts::default();
+        messages_json(
+            br#"{"type":"message","stop_reason":"end_turn"}"#,
+            &mut facts,
+        )
+        .unwrap();
+        assert!(!facts.refused);
     }
 }

@@ -23,6 +23,8 @@ pub struct ResponseFacts {
     /// (Anthropic's `overloaded_error`, OpenAI's `error`), an error object or a failed response
     /// in a 2xx body. The call failed, whatever its status said.
     pub provider_error: bool,
+    /// The model refused (OpenAI's `refusal`, Anthropic's `stop_reason: "refusal"`).
+    pub refused: bool,
 }
 
 /// Tool calls kept per response (and in progress per stream): far past what a model makes, so

@@ -129,6 +129,7 @@ impl ChatStream {
         for choice in &chunk.choices {
             if let Some(delta) = &choice.delta {
                 let text = |t: &Option<Cow<'_, str>>| t.as_deref().is_some_and(|t| !t.is_empty());
+                facts.refused |= text(&delta.refusal);
                 output |= text(&delta.content) || text(&delta.refusal);
                 for call in delta.tool_calls.iter().flatten() {
                     output = true;
@@ -225,6 +226,8 @@ struct ToolCallFull<'a> {
 #[derive(Deserialize)]
 struct Message<'a> {
     #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallFull<'a>>>,
     #[serde(default, borrow)]
     function_call: Option<Function<'a>>,
@@ -267,6 +270,7 @@ pub(super) fn chat_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Un
     c.choices.sort_by_key(|c| c.index);
     for choice in &c.choices {
         if let Some(m) = &choice.message {
+            facts.refused |= m.refusal.as_deref().is_some_and(|r| !r.is_empty());
             for call in m.tool_calls.iter().flatten() {
                 if let Some(f) = &call.function {
                     facts.push_call(tool_call(f));
@@ -313,6 +317,15 @@ struct OutputItem<'a> {
     /// A custom tool call's free-text input.
     #[serde(default, borrow)]
     input: Option<Cow<'a, str>>,
+    /// A message's parts (`output_text`, `refusal`).
+    #[serde(default, borrow)]
+    content: Vec<ContentPart<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ContentPart<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
 }
 
 impl OutputItem<'_> {
@@ -418,8 +431,11 @@ impl ResponsesStream {
         let kind = e.kind.as_deref().unwrap_or(sse_event);
         let non_empty = e.delta.as_deref().is_some_and(|d| !d.is_empty());
         Ok(match kind {
+            "response.refusal.delta" => {
+                facts.refused |= non_empty;
+                non_empty
+            }
             "response.output_text.delta"
-            | "response.refusal.delta"
             | "response.function_call_arguments.delta"
             | "response.custom_tool_call_input.delta" => non_empty,
             "response.output_item.added" => e.item.as_ref().is_some_and(|i| i.is_function_call()),
@@ -450,6 +466,8 @@ pub(super) fn responses_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(
     for item in r.output.iter().filter(|i| i.is_function_call()) {
         facts.push_call(item.tool_call());
     }
+    let refusal = |p: &ContentPart<'_>| p.kind.as_deref() == Some("refusal");
+    facts.refused |= r.output.iter().any(|i| i.content.iter().any(refusal));
     r.finish(facts);
     Ok(())
 }
@@ -481,6 +499,30 @@ mod tests {
     }
 
     const HALF_CALL: &str = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\": "}}]}}]}"#;
+
+    #[test]
+    fn a_refusal_is_read_from_json_streams_and_responses() {
+        let refused = |json: &[u8], read: fn(&[u8], &mut ResponseFacts) -> Result<(), _>| {
+            let mut facts = ResponseFacts::default();
+            read(json, &mut facts).unwrap();
+            facts.refused
+        };
+        let chat = br#"{"choices":[{"index":0,"message":{"content":null,"refusal":"No."},"finish_reason":"stop"}]}"#;
+        assert!(refused(chat, super::chat_json));
+        let plain = br#"{"choices":[{"index":0,"message":{"content":"Yes.","refusal":null},"finish_reason":"stop"}]}"#;
+        assert!(!refused(plain, super::chat_json));
+        let responses = br#"{"status":"completed","output":[{"type":"message","content":[{"type":"refusal","refusal":"No."}]}]}"#;
+        assert!(refused(responses, super::responses_json));
+        let facts = stream(
+            &[
+                r#"{"choices":[{"index":0,"delta":{"refusal":"No."}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+                "[DONE]",
+            ],
+            true,
+        );
+        assert!(facts.refused);
+    }
 
     #[test]
     fn a_call_in_a_stream_that_stopped_is_not_judged() {

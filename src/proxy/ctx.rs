@@ -25,6 +25,7 @@ use super::bulkhead::Place;
 use super::cache::{CacheKey, CacheState};
 use super::cascade::CascadeState;
 use super::connections::InFlight;
+use super::correctness::CorrectnessState;
 use super::error::{DeadlineWhen, ProxyError};
 use super::llm::LlmState;
 use super::safety::{Held, Inspect, SafetyState, Source};
@@ -66,6 +67,7 @@ pub(crate) struct RequestCtx {
     /// The request's place in its route's bulkhead, held until it is counted.
     bulkhead: Option<Place>,
     cascade: CascadeState,
+    correctness: CorrectnessState,
     breaker: BreakerTicket,
     llm: LlmState,
     loops: LoopWatch,
@@ -98,6 +100,7 @@ impl RequestCtx {
             in_flight: Some(in_flight),
             bulkhead: None,
             cascade: CascadeState::default(),
+            correctness: CorrectnessState::default(),
             breaker: BreakerTicket::default(),
             llm: LlmState::default(),
             loops: LoopWatch::default(),
@@ -271,7 +274,7 @@ impl RequestCtx {
     /// slow head, a 429's Retry-After; a probe is judged now), and the cache fill.
     pub(super) fn head(
         &mut self,
-        parts: &http::response::Parts,
+        parts: &mut http::response::Parts,
         from: Instant,
         head_at: Instant,
         cache_key: Option<CacheKey>,
@@ -284,9 +287,11 @@ impl RequestCtx {
             task,
             cache,
             trace,
+            correctness,
             ..
         } = self;
         let status = parts.status;
+        correctness.head(listener.correctness.as_ref(), &mut parts.headers);
         self.status = StatusClass::of(status);
         self.cause = Cause::of_response(listener.role, status);
         self.outcome = Some(UpstreamOutcome::of_status(status));
@@ -474,6 +479,7 @@ impl RequestCtx {
             in_flight,
             bulkhead,
             cascade,
+            correctness,
             breaker,
             llm,
             loops,
@@ -497,6 +503,7 @@ impl RequestCtx {
             cache.end(l.route.cache.as_ref(), complete, now);
         }
         loops.end(l.loop_guard.as_deref(), end.as_ref(), now);
+        correctness.end(l.correctness.as_ref(), end.as_ref());
         let filtered = end.is_some_and(|e| e.filtered);
         safety.end(l.safety.as_ref(), complete, filtered, now);
         task.end(l.tasks.as_deref(), *status, now);

@@ -433,7 +433,7 @@ impl<'a> Attempts<'a> {
             .upload
             .as_deref()
             .map_or(sent.at, |u| u.last_chunk_at().max(sent.at));
-        ctx.head(&parts, from, head_at, self.payload.cache_key());
+        ctx.head(&mut parts, from, head_at, self.payload.cache_key());
         if let Some(reason) = self.first_reason {
             parts
                 .headers

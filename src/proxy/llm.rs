@@ -32,6 +32,27 @@ pub struct CallEnd {
     /// The tool calls of a call that succeeded and was read whole (none: an empty list); `None`
     /// for a call that failed, was cut, or could not be read — it says nothing about them.
     pub tool_calls: Option<Vec<crate::inspect::ToolCall>>,
+    /// A generation ended on its token limit (`length`, `max_tokens`).
+    pub truncated: bool,
+    /// The model refused.
+    pub refused: bool,
+}
+
+impl CallEnd {
+    /// A call whose response was read (`read`: whole, with a success status) into `facts`.
+    fn of(facts: crate::inspect::ResponseFacts, read: bool, answered: bool) -> CallEnd {
+        use crate::inspect::FinishReason;
+        let reasons = &facts.finish_reasons;
+        let read = read && facts.unparsed.is_none() && !reasons.contains(&FinishReason::Error);
+        CallEnd {
+            filtered: reasons.contains(&FinishReason::ContentFilter),
+            answered,
+            provider_error: facts.provider_error,
+            truncated: reasons.contains(&FinishReason::Length),
+            refused: facts.refused,
+            tool_calls: read.then_some(facts.tool_calls),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -173,6 +194,8 @@ impl LlmCall {
                 answered: false,
                 provider_error: false,
                 tool_calls: None,
+                truncated: false,
+                refused: false,
             };
         };
         model.tokens(facts.input_tokens, facts.output_tokens);
@@ -186,20 +209,8 @@ impl LlmCall {
         if let Some(why) = facts.unparsed {
             self.metrics.unparsed(why);
         }
-        let read = complete
-            && status == StatusClass::Success
-            && facts.unparsed.is_none()
-            && !facts
-                .finish_reasons
-                .contains(&crate::inspect::FinishReason::Error);
-        CallEnd {
-            filtered: facts
-                .finish_reasons
-                .contains(&crate::inspect::FinishReason::ContentFilter),
-            answered: self.succeeded && !provider_error,
-            provider_error,
-            tool_calls: read.then_some(facts.tool_calls),
-        }
+        let read = complete && status == StatusClass::Success;
+        CallEnd::of(facts, read, self.succeeded && !provider_error)
     }
 }
 

@@ -85,7 +85,8 @@
 //! 13. **Read the response head**: on an `agent` listener the request waits no more and the
 //!     agent's verdict on its task (`tasks.status_header`) is noted; the breaker notes a slow
 //!     head and a 429's `Retry-After`;
-//!     a 401 to an injected key moves the upstream to its next key; an LLM call gets its
+//!     a 401 to an injected key moves the upstream to its next key; on an `agent` listener
+//!     the agent's verdict header (`correctness`) is read and removed; an LLM call gets its
 //!     response reader (by content type); a success not streamed, on a route with a cache, is
 //!     kept as it passes. Then hop-by-hop headers go and `x-sloguard-upstream` (and
 //!     `x-sloguard-fallback` after a fallback) is added ([`headers::prepare_response`]).
@@ -109,8 +110,9 @@
 //!     the client leaves) the request is counted once, under the upstream that answered:
 //!     `agent_requests_total`, `agent_response_seconds`, `agent_time_to_first_byte_seconds`,
 //!     `sloguard_upstream_requests_total`, and for an LLM call the GenAI duration, tokens,
-//!     finish reasons, tool-call checks and unparsed bodies (and the loop guard is told the
-//!     tool calls a successful call returned); `agent_responses_total` and the
+//!     finish reasons, tool-call checks and unparsed bodies, its correctness verdict (and the
+//!     loop guard is told the tool calls a successful call returned); `agent_responses_total`
+//!     and the
 //!     safety violations (a provider's `content_filter` among them); the task's end, if the
 //!     verdict (or the status) ends it; the circuit breaker is fed the
 //!     attempt's outcome (a client that left gives a probe's slot back); a cached response that
@@ -124,6 +126,7 @@ pub(crate) mod bulkhead;
 pub(crate) mod cache;
 pub(crate) mod cascade;
 pub(crate) mod connections;
+pub(crate) mod correctness;
 mod ctx;
 pub(crate) mod error;
 pub(crate) mod fallback;

@@ -11,6 +11,7 @@ use metrics::{Counter, Histogram};
 use super::bulkhead::Bulkhead;
 use super::cache::ResponseCache;
 use super::cascade::{CascadeRules, Correlations, ListenerCascade};
+use super::correctness::{Feedback, ListenerCorrectness};
 use super::fallback::{FallbackCounters, FallbackOn, FallbackReason};
 use super::safety::{severity, KillSwitch, ListenerSafety};
 use crate::budget::BodyBudget;
@@ -89,6 +90,8 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<ListenerState>>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub routes: BTreeMap<String, Arc<RouteState>>,
+    /// `POST /admin/feedback`, with `correctness`.
+    pub feedback: Option<Feedback>,
 }
 
 /// A route: its chain of upstreams, what moves a request along it, and its cache.
@@ -212,6 +215,8 @@ pub struct ListenerState {
     pub tracer: Option<ListenerTracer>,
     /// Correlation, deadlines, depth and path (`cascade`), when either applies.
     pub cascade: Option<ListenerCascade>,
+    /// Verdicts on answers (`correctness`): the checks (`llm`), the agent's header (`agent`).
+    pub correctness: Option<ListenerCorrectness>,
 }
 
 /// The tracer of a listener whose route is `route`.
@@ -361,6 +366,11 @@ impl Build<'_> {
             budget: shared.budget.clone(),
             tracer: listener_tracer(shared, &l.name, &route),
             cascade: self.listener_cascade(l),
+            correctness: self
+                .config
+                .correctness
+                .as_ref()
+                .and_then(|c| ListenerCorrectness::new(c, l.role, t, agent, &l.name)),
             route,
         })
     }
@@ -411,6 +421,8 @@ impl Build<'_> {
             budget: shared.budget.clone(),
             tracer: listener_tracer(shared, &l.name, queue),
             cascade: None,
+            // A human's answers are no verdict on the agent's.
+            correctness: None,
             route: queue.clone(),
         })
     }
@@ -492,11 +504,16 @@ impl Snapshot {
                 })?;
             listeners.push(b.listener(l, route, detectors.as_ref(), human_queue.as_ref()));
         }
+        let feedback = config
+            .correctness
+            .as_ref()
+            .map(|_| Feedback::new(telemetry, &config.agent));
         Ok(Snapshot {
             config: Arc::new(config),
             listeners,
             upstreams,
             routes,
+            feedback,
         })
     }
 

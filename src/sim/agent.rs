@@ -46,6 +46,9 @@ pub struct AgentSim {
     pub stuck: Option<(Duration, Duration)>,
     /// The most LLM calls a looping step makes.
     pub loop_calls: usize,
+    /// Share of answers the agent's own validator finds wrong: it says so in
+    /// `x-agent-verdict: incorrect` (else `correct`), when set.
+    pub incorrect_rate: Option<f64>,
     pub seed: u64,
 }
 
@@ -60,6 +63,7 @@ impl Default for AgentSim {
             leak_burst: None,
             stuck: None,
             loop_calls: 100,
+            incorrect_rate: None,
             seed: 0xa9e7,
         }
     }
@@ -128,6 +132,14 @@ async fn respond(
         StatusCode::OK,
         serde_json::json!({"status": "completed", "answer": answer, "llm_status": llm_status}),
     );
+    if let Some(rate) = sim.incorrect_rate {
+        let verdict = match rng.next_f64() < rate {
+            true => "incorrect",
+            false => "correct",
+        };
+        r.headers_mut()
+            .insert("x-agent-verdict", HeaderValue::from_static(verdict));
+    }
     if let (Some(step), Some(steps)) = (step.step, step.steps) {
         let verdict = if step >= steps {
             "completed"

@@ -51,6 +51,8 @@ pub struct ProviderSim {
     /// Share of those tool calls that are hallucinated (half an undeclared tool, half arguments
     /// that are not JSON).
     pub hallucination_rate: f64,
+    /// Share of text completions cut at the token limit (`length`, `max_tokens`).
+    pub truncate_rate: f64,
     /// Keys the provider accepts; empty: any request is accepted.
     pub accepted_keys: Vec<String>,
     /// Every request received, when set.
@@ -70,6 +72,7 @@ impl Default for ProviderSim {
             rate_limit_rate: 0.0,
             tool_call_rate: 0.0,
             hallucination_rate: 0.0,
+            truncate_rate: 0.0,
             accepted_keys: Vec::new(),
             seen: None,
             outage: None,
@@ -201,6 +204,7 @@ async fn complete(
         return failure;
     }
     let completion = choose(sim, rng, &parts.headers, &request, api);
+    let truncated = matches!(completion, Completion::Text) && rng.next_f64() < sim.truncate_rate;
     let usage = (((body.len() / 4).max(1)) as u64, sim.chunks as u64);
     let c = Call {
         api,
@@ -208,6 +212,7 @@ async fn complete(
         completion,
         usage,
         include_usage,
+        truncated,
     };
     if stream {
         c.stream(sim)
@@ -342,6 +347,8 @@ struct Call {
     /// `(input, output)` tokens reported.
     usage: (u64, u64),
     include_usage: bool,
+    /// A text completion cut at the token limit.
+    truncated: bool,
 }
 
 /// Tool-call arguments, in the fragments a stream sends them in.
@@ -355,6 +362,16 @@ fn argument_fragments(valid: bool, ticket: u32) -> [String; 3] {
 }
 
 impl Call {
+    /// Why a text completion ended, in the API's words.
+    fn text_end(&self) -> &'static str {
+        match (self.api, self.truncated) {
+            (Api::OpenAi, false) => "stop",
+            (Api::OpenAi, true) => "length",
+            (Api::Anthropic, false) => "end_turn",
+            (Api::Anthropic, true) => "max_tokens",
+        }
+    }
+
     fn text(&self, sim: &ProviderSim) -> String {
         (0..sim.chunks).map(|i| WORDS[i % WORDS.len()]).collect()
     }
@@ -366,7 +383,7 @@ impl Call {
                 let (message, finish) = match c {
                     Completion::Text => (
                         json!({"role": "assistant", "content": self.text(sim)}),
-                        "stop",
+                        self.text_end(),
                     ),
                     Completion::ToolCall {
                         name,
@@ -390,7 +407,7 @@ impl Call {
                 let (content, stop) = match c {
                     Completion::Text => (
                         json!([{"type": "text", "text": self.text(sim)}]),
-                        "end_turn",
+                        self.text_end(),
                     ),
                     Completion::ToolCall { name, ticket, .. } => (
                         json!([{"type": "tool_use", "id": "toolu_sim1", "name": name, "input": {"ticket": format!("T-{ticket}")}}]),
@@ -437,7 +454,7 @@ impl Call {
                     (0..sim.chunks)
                         .map(|i| chunk(json!({"content": WORDS[i % WORDS.len()]}), None)),
                 );
-                "stop"
+                self.text_end()
             }
             Completion::ToolCall {
                 name,
@@ -493,7 +510,7 @@ impl Call {
                         json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": WORDS[i % WORDS.len()]}}),
                     )
                 }));
-                "end_turn"
+                self.text_end()
             }
             Completion::ToolCall {
                 name,

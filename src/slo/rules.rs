@@ -25,7 +25,7 @@ use crate::config::{Config, SeverityName, SliKind, SloConfig};
 use crate::incident::Severity;
 use crate::metric_table::{
     AGENT_REQUESTS_TOTAL, AGENT_RESPONSE_SECONDS, AGENT_TASKS_COMPLETED, AGENT_TASKS_STARTED,
-    GEN_AI_TIME_TO_FIRST_CHUNK,
+    CORRECTNESS_VERDICTS_TOTAL, GEN_AI_TIME_TO_FIRST_CHUNK,
 };
 
 /// Events a window pair must hold before it may alert.
@@ -190,6 +190,7 @@ fn sli_of(slo: &SloConfig, agent: &str, scope: Option<&[&str]>) -> Sli {
                 events: format!("sum(increase({metric}_count{{{a}}}[{{W}}]))"),
             }
         }
+        SliKind::Correctness => correctness_sli(slo, &a),
         SliKind::Safety => Sli {
             // A response can break more than one detector: at most every response is bad.
             error_ratio: format!(
@@ -197,6 +198,25 @@ fn sli_of(slo: &SloConfig, agent: &str, scope: Option<&[&str]>) -> Sli {
             ),
             events: format!("sum(increase(agent_responses_total{{{a}}}[{{W}}]))"),
         },
+    }
+}
+
+/// The correctness SLI: correct verdicts of all, of the SLO's sources; `a` selects the agent
+/// (and its listeners).
+fn correctness_sli(slo: &SloConfig, a: &str) -> Sli {
+    let sources = match &slo.sources {
+        Some(s) => {
+            let names: Vec<&str> = s.iter().map(|s| s.as_str()).collect();
+            format!(",source=~{}", quote(&names.join("|")))
+        }
+        None => String::new(),
+    };
+    let m = CORRECTNESS_VERDICTS_TOTAL;
+    Sli {
+        error_ratio: format!(
+            "1 - (\n  (sum(rate({m}{{{a}{sources},verdict=\"correct\"}}[{{W}}])) or vector(0))\n  /\n  sum(rate({m}{{{a}{sources}}}[{{W}}]))\n)"
+        ),
+        events: format!("sum(increase({m}{{{a}{sources}}}[{{W}}]))"),
     }
 }
 

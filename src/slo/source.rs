@@ -6,8 +6,8 @@ use super::engine::Tally;
 use crate::config::{SliKind, SloConfig};
 use crate::metric_table::{
     AGENT_REQUESTS_TOTAL, AGENT_RESPONSES_TOTAL, AGENT_RESPONSE_SECONDS, AGENT_TASKS_COMPLETED,
-    AGENT_TASKS_STARTED, GEN_AI_TIME_TO_FIRST_CHUNK, SAFETY_VIOLATIONS_TOTAL,
-    UPSTREAM_REQUESTS_TOTAL,
+    AGENT_TASKS_STARTED, CORRECTNESS_VERDICTS_TOTAL, GEN_AI_TIME_TO_FIRST_CHUNK,
+    SAFETY_VIOLATIONS_TOTAL, UPSTREAM_REQUESTS_TOTAL,
 };
 use crate::telemetry::{has_label, Tallies};
 
@@ -75,6 +75,19 @@ pub fn counts(
             tallies.sum(SAFETY_VIOLATIONS_TOTAL, scoped),
             tallies.sum(AGENT_RESPONSES_TOTAL, scoped),
         ),
+        SliKind::Correctness => {
+            let counted = |k: &metrics::Key| {
+                scoped(k)
+                    && slo.sources.as_ref().is_none_or(|sources| {
+                        sources.iter().any(|s| has_label(k, "source", s.as_str()))
+                    })
+            };
+            let correct = |k: &metrics::Key| counted(k) && has_label(k, "verdict", "correct");
+            (
+                tallies.sum(CORRECTNESS_VERDICTS_TOTAL, correct),
+                tallies.sum(CORRECTNESS_VERDICTS_TOTAL, counted),
+            )
+        }
     }
 }
 
@@ -93,6 +106,7 @@ mod tests {
             threshold: threshold.map(|t| ConfigDuration(std::time::Duration::from_secs_f64(t))),
             exclude_dependency_failures: exclude,
             listeners: None,
+            sources: None,
             severity: None,
         }
     }

@@ -257,11 +257,24 @@ pub fn token_file(dir: &str) -> std::path::PathBuf {
 }
 
 pub async fn admin_post(s: &Sidecar, path: &str, token: Option<&str>) -> (StatusCode, Bytes) {
+    admin_post_body(s, path, token, "").await
+}
+
+/// `admin_post` with a body.
+pub async fn admin_post_body(
+    s: &Sidecar,
+    path: &str,
+    token: Option<&str>,
+    body: &'static str,
+) -> (StatusCode, Bytes) {
     let mut req = Request::post(format!("http://{}{path}", s.admin_addr));
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let resp = client().request(req.body(empty()).unwrap()).await.unwrap();
+    let resp = client()
+        .request(req.body(full(body)).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     (status, body_bytes(resp).await)
 }

@@ -22,7 +22,8 @@ mod summary;
 mod traffic;
 mod world;
 use summary::{
-    cascade_line, safety_line, slo_line, summary_line, tasks_line, ChainSummary, LlmSummary,
+    cascade_line, correctness_line, safety_line, slo_line, summary_line, tasks_line, ChainSummary,
+    LlmSummary,
 };
 use traffic::{agent_healthz, fire, start_task, Samples, Task, ANTHROPIC_REQUEST, OPENAI_REQUEST};
 use world::{clock_seed, demo_config, World};
@@ -278,6 +279,7 @@ async fn drive(args: &DemoArgs, sidecar: &Sidecar, addrs: &Addrs) {
                 // The agent is the peers listener's only client: no client-side samples.
                 println!("[{t:>4}s] {}", summary_line("peers", metrics, &mut Vec::new()));
                 println!("[{t:>4}s] {}", cascade_line(metrics, AVAILABILITY_TARGET));
+                println!("[{t:>4}s] {}", correctness_line(metrics));
                 println!("[{t:>4}s] {}", safety_line(metrics));
                 let probe = agent_healthz(&client, &healthz).await;
                 println!("[{t:>4}s] {}", tasks_line(metrics, &probe));

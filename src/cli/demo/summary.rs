@@ -5,10 +5,10 @@
 use crate::metric_table::{
     AGENT_DISABLED, AGENT_LOOPS_DETECTED, AGENT_REQUESTS_TOTAL, AGENT_RESPONSES_TOTAL,
     AGENT_TASKS_ABANDONED, AGENT_TASKS_COMPLETED, AGENT_TASKS_FAILED, AGENT_TASKS_STARTED,
-    BULKHEAD_REJECTIONS_TOTAL, CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, DEADLINE_EXCEEDED_TOTAL,
-    FALLBACKS_TOTAL, FINISH_REASONS_TOTAL, GEN_AI_TIME_TO_FIRST_CHUNK, GEN_AI_TOKEN_USAGE,
-    HALLUCINATED_TOOL_CALLS_TOTAL, SAFETY_VIOLATIONS_TOTAL, SLO_BUDGET_REMAINING, SLO_BURN_RATE,
-    UPSTREAM_REQUESTS_TOTAL,
+    BULKHEAD_REJECTIONS_TOTAL, CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL,
+    CORRECTNESS_VERDICTS_TOTAL, DEADLINE_EXCEEDED_TOTAL, FALLBACKS_TOTAL, FINISH_REASONS_TOTAL,
+    GEN_AI_TIME_TO_FIRST_CHUNK, GEN_AI_TOKEN_USAGE, HALLUCINATED_TOOL_CALLS_TOTAL,
+    SAFETY_VIOLATIONS_TOTAL, SLO_BUDGET_REMAINING, SLO_BURN_RATE, UPSTREAM_REQUESTS_TOTAL,
 };
 use crate::telemetry::{has_label, Tallies};
 
@@ -276,6 +276,29 @@ pub(super) fn cascade_line(t: &Tallies, target: f64) -> String {
     )
 }
 
+/// The correctness line: the verdicts by source and reason, and the SLI they make.
+pub(super) fn correctness_line(t: &Tallies) -> String {
+    let n = |source: &str, verdict: &str, reason: &str| {
+        let labels = [("source", source), ("verdict", verdict), ("reason", reason)];
+        total(t, CORRECTNESS_VERDICTS_TOTAL, &labels)
+    };
+    let all = total(t, CORRECTNESS_VERDICTS_TOTAL, &[]);
+    let correct = total(t, CORRECTNESS_VERDICTS_TOTAL, &[("verdict", "correct")]);
+    let sli = match all {
+        0 => "      -".to_string(),
+        _ => format!("{:>6.2}%", 100.0 * correct as f64 / all as f64),
+    };
+    format!(
+        "correct  checks: ok {:>5} truncated {:>4} refusal {:>3} | the agent's verdicts: correct {:>5} incorrect {:>4} | feedback {:>3} | SLI {sli} (correct of {all} verdicts)",
+        n("check", "correct", "checks"),
+        n("check", "incorrect", "truncated"),
+        n("check", "incorrect", "refusal"),
+        n("agent", "correct", "agent"),
+        n("agent", "incorrect", "agent"),
+        total(t, CORRECTNESS_VERDICTS_TOTAL, &[("source", "feedback")]),
+    )
+}
+
 /// The SLO line: each SLO's error budget left (of its 30-day window) and its burn rate over the
 /// last 5 minutes and hour, from the sidecar's own `sloguard_slo_*` gauges.
 pub(super) fn slo_line(t: &Tallies) -> String {
@@ -286,6 +309,7 @@ pub(super) fn slo_line(t: &Tallies) -> String {
         "latency",
         "ttft",
         "safety",
+        "correctness",
     ] {
         let s = ("slo", slo);
         let remaining = t.gauge_sum(SLO_BUDGET_REMAINING, |k| labelled(k, &[s]));

@@ -73,6 +73,8 @@ slos:
   - {{name: latency, sli: latency, threshold: 1s, target: 0.95, window: 30d}}
   - {{name: ttft, sli: time_to_first_token, threshold: 0.5s, target: 0.95, window: 30d}}
   - {{name: safety, sli: safety, target: 0.999, window: 30d}}
+  - {{name: correctness, sli: correctness, target: 0.9, window: 30d}}
+correctness: {{}}
 tasks:
   stuck_after: 3s
   max_llm_calls: 20
@@ -113,6 +115,8 @@ impl World {
             // Past the loop guard's max_llm_calls: the guard, not the agent, ends the loop.
             loop_calls: 40,
             work: Duration::from_millis(20),
+            // Its validator finds a few of its own answers wrong, and says so.
+            incorrect_rate: Some(0.04),
             seed: clock_seed() ^ 0xa9e7,
             ..AgentSim::default()
         };
@@ -150,6 +154,7 @@ async fn providers(
             rate_limit_rate: 0.005,
             tool_call_rate: 0.3,
             hallucination_rate: 0.2,
+            truncate_rate: 0.03,
             outage: Some((args.outage_at, args.outage_for)),
             seed: clock_seed(),
             ..ProviderSim::default()
