@@ -84,36 +84,81 @@ pub struct Correlations {
 /// One shard: per key, the requests in flight that carry it, oldest first.
 #[derive(Debug, Default)]
 struct Shard {
-    by_key: HashMap<u64, Vec<Arc<Inbound>>, BuildHasherDefault<Prehashed>>,
+    by_key: HashMap<u64, Requests, BuildHasherDefault<Prehashed>>,
     /// Entries in all the lists.
     entries: usize,
 }
 
+/// The requests in flight under one key: almost always one, which needs no list of its own.
+#[derive(Debug)]
+enum Requests {
+    One(Arc<Inbound>),
+    Many(Vec<Arc<Inbound>>),
+}
+
+impl Requests {
+    fn all(&self) -> &[Arc<Inbound>] {
+        match self {
+            Requests::One(i) => std::slice::from_ref(i),
+            Requests::Many(list) => list,
+        }
+    }
+
+    /// Keeps the requests `keep` says; `false` when none is left.
+    fn retain(&mut self, mut keep: impl FnMut(&Arc<Inbound>) -> bool) -> bool {
+        match self {
+            Requests::One(i) => keep(i),
+            Requests::Many(list) => {
+                list.retain(|i| keep(i));
+                !list.is_empty()
+            }
+        }
+    }
+}
+
 impl Shard {
     fn insert(&mut self, hash: u64, inbound: Arc<Inbound>) {
-        self.by_key.entry(hash).or_default().push(inbound);
+        use std::collections::hash_map::Entry;
+        match self.by_key.entry(hash) {
+            Entry::Vacant(v) => {
+                v.insert(Requests::One(inbound));
+            }
+            Entry::Occupied(mut o) => match o.get_mut() {
+                Requests::Many(list) => list.push(inbound),
+                one @ Requests::One(_) => {
+                    let first = one.all()[0].clone();
+                    *one = Requests::Many(vec![first, inbound]);
+                }
+            },
+        }
         self.entries += 1;
     }
 
     fn remove(&mut self, hash: u64, inbound: &Arc<Inbound>) -> bool {
-        let Some(list) = self.by_key.get_mut(&hash) else {
+        let Some(requests) = self.by_key.get_mut(&hash) else {
             return false;
         };
-        let Some(at) = list.iter().position(|i| Arc::ptr_eq(i, inbound)) else {
-            return false;
-        };
-        list.remove(at);
-        if list.is_empty() {
+        let mut found = false;
+        let left = requests.retain(|i| {
+            let this = !found && Arc::ptr_eq(i, inbound);
+            found |= this;
+            !this
+        });
+        if !left {
             self.by_key.remove(&hash);
         }
-        self.entries -= 1;
-        true
+        self.entries -= usize::from(found);
+        found
     }
 
     /// Makes room: the oldest eighth of the entries go (one scan for many inserts).
     fn evict_oldest(&mut self) -> usize {
-        let mut arrivals: Vec<Instant> =
-            self.by_key.values().flatten().map(|i| i.arrived).collect();
+        let mut arrivals: Vec<Instant> = self
+            .by_key
+            .values()
+            .flat_map(Requests::all)
+            .map(|i| i.arrived)
+            .collect();
         let n = (SHARD_CAP / 8).max(1).min(arrivals.len());
         if n == 0 {
             return 0;
@@ -123,19 +168,24 @@ impl Shard {
         // Everything older than the cutoff goes, and as many arriving at it as make up `n`.
         let mut ties = n - arrivals.iter().filter(|a| **a < cutoff).count();
         let mut evicted = 0;
-        self.by_key.retain(|_, list| {
-            list.retain(|i| {
+        self.by_key.retain(|_, requests| {
+            requests.retain(|i| {
                 let go = i.arrived < cutoff || (i.arrived == cutoff && ties > 0);
                 if go && i.arrived == cutoff {
                     ties -= 1;
                 }
                 evicted += usize::from(go);
                 !go
-            });
-            !list.is_empty()
+            })
         });
         self.entries -= evicted;
         evicted
+    }
+
+    /// The newest request under `hash` that `same` accepts.
+    fn newest(&self, hash: u64, same: impl Fn(&Inbound) -> bool) -> Option<Arc<Inbound>> {
+        let requests = self.by_key.get(&hash)?;
+        requests.all().iter().rev().find(|i| same(i)).cloned()
     }
 }
 
@@ -224,24 +274,14 @@ impl Correlations {
     pub(crate) fn find(&self, keys: Keys<'_>) -> Option<Arc<Inbound>> {
         if let Some((hash, id)) = keys.task {
             let id = task_id(id);
-            let same = |i: &&Arc<Inbound>| i.task.as_ref().is_some_and(|(_, v)| task_id(v) == id);
-            let shard = self.shard(hash);
-            let found = shard
-                .by_key
-                .get(&hash)
-                .and_then(|l| l.iter().rev().find(same));
-            if let Some(inbound) = found {
-                return Some(inbound.clone());
+            let same = |i: &Inbound| i.task.as_ref().is_some_and(|(_, v)| task_id(v) == id);
+            if let Some(inbound) = self.shard(hash).newest(hash, same) {
+                return Some(inbound);
             }
         }
         let (hash, id) = keys.trace?;
-        let same = |i: &&Arc<Inbound>| i.trace.is_some_and(|(_, t)| t == id);
-        let shard = self.shard(hash);
-        let found = shard
-            .by_key
-            .get(&hash)
-            .and_then(|l| l.iter().rev().find(same));
-        found.cloned()
+        let same = |i: &Inbound| i.trace.is_some_and(|(_, t)| t == id);
+        self.shard(hash).newest(hash, same)
     }
 
     /// Entries now (an inbound request has one per key).
