@@ -31,6 +31,7 @@ async fn provider() -> SimServer {
             ),
             "anthropic-refusal" => ("application/json", MESSAGE.replace("end_turn", "refusal")),
             "anthropic" => ("application/json", MESSAGE.to_owned()),
+            "empty" => ("application/json", "{}".to_owned()),
             "fail" => {
                 let mut r = Response::new(sim_full("{}"));
                 *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
@@ -106,10 +107,12 @@ async fn every_llm_response_gets_the_checks_verdict() {
             "{answer}"
         );
     }
-    // A failed call says nothing about correctness (availability counts it).
+    // A failed call says nothing about correctness (availability counts it), nor does an
+    // answer that says nothing of how it ended.
     let failed = ask(&s, "openai", "fail").await;
     assert_eq!(failed, StatusCode::INTERNAL_SERVER_ERROR);
-    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 7.0).await;
+    assert_eq!(ask(&s, "openai", "empty").await, StatusCode::OK);
+    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 8.0).await;
     assert_eq!(verdicts(&m, "check", "correct", "checks"), 2.0, "{m}");
     assert_eq!(verdicts(&m, "check", "incorrect", "truncated"), 2.0);
     assert_eq!(verdicts(&m, "check", "incorrect", "refusal"), 2.0);
@@ -249,6 +252,10 @@ fn correctness_settings_are_checked_naming_the_key() {
         ("correctness: {verdict_header: 'a b'}\n", "correctness.verdict_header"),
         ("correctness: {checks: [refusal, refusal]}\n", "correctness.checks[1]"),
         ("correctness: {checks: [spelling]}\n", "correctness.checks"),
+        (
+            "slos: [{name: a, sli: availability, target: 0.9, listeners: [admin]}]\n",
+            "slos[0].listeners[0]",
+        ),
     ];
     for (tail, key) in cases {
         let err = sloguard::Config::parse("test", &base(tail))
@@ -258,4 +265,14 @@ fn correctness_settings_are_checked_naming_the_key() {
     }
     let ok = "correctness:\nslos: [{name: c, sli: correctness, target: 0.9, sources: [check, feedback]}]\n";
     sloguard::Config::parse("test", &base(ok)).unwrap();
+    // The feedback endpoint's verdicts are on listener `admin`: a correctness SLO may pick it,
+    // and no listener may take the name.
+    let feedback =
+        "correctness:\nslos: [{name: c, sli: correctness, target: 0.9, listeners: [admin]}]\n";
+    sloguard::Config::parse("test", &base(feedback)).unwrap();
+    let taken = base("").replace("name: proxy", "name: admin");
+    let err = sloguard::Config::parse("test", &taken)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("listeners[0].name"), "{err}");
 }

@@ -14,6 +14,8 @@ use crate::proxy::error_response;
 
 /// The largest feedback body read.
 const MAX_FEEDBACK_BODY: usize = 64 * 1024;
+/// The longest a feedback body may take to arrive.
+const FEEDBACK_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(super) fn is_feedback(req: &Request<Incoming>) -> bool {
     req.method() == Method::POST && req.uri().path() == "/admin/feedback"
@@ -47,12 +49,18 @@ pub(super) async fn feedback(state: &AdminState, req: Request<Incoming>) -> Resp
             "no verdict is gathered: the config has no `correctness:` section",
         ));
     };
-    let body = match Limited::new(req.into_body(), MAX_FEEDBACK_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return bad_request("the body could not be read, or is over 64 KiB"),
+    // Bounded in time too: a request in flight holds an admin connection the probes need.
+    let read = Limited::new(req.into_body(), MAX_FEEDBACK_BODY).collect();
+    let body = match tokio::time::timeout(FEEDBACK_BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return bad_request("the body could not be read, or is over 64 KiB"),
+        Err(_) => {
+            return to_full(error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the body did not arrive within 5 s",
+            ))
+        }
     };
     let given: Given = match serde_json::from_slice(&body) {
         Ok(g) => g,

@@ -24,6 +24,12 @@ impl Config {
             if l.name.is_empty() {
                 return Err((format!("listeners[{i}].name"), "must not be empty".into()));
             }
+            if l.name == "admin" {
+                return Err((
+                    format!("listeners[{i}].name"),
+                    "\"admin\" is the admin port's listener label (its connections, the feedback verdicts): pick another name".into(),
+                ));
+            }
             if !names.insert(l.name.as_str()) {
                 return Err((
                     format!("listeners[{i}].name"),

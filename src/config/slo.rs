@@ -181,7 +181,9 @@ fn validate_listeners(
         ));
     }
     for (j, name) in named.iter().enumerate() {
-        if !listeners.iter().any(|l| l.name == *name) {
+        // Feedback verdicts are counted on the admin port's label.
+        let feedback = slo.sli == SliKind::Correctness && name == "admin";
+        if !feedback && !listeners.iter().any(|l| l.name == *name) {
             return Err((
                 format!("{key}[{j}]"),
                 format!("no listener named {name:?} under `listeners`"),

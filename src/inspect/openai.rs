@@ -318,8 +318,9 @@ struct OutputItem<'a> {
     #[serde(default, borrow)]
     input: Option<Cow<'a, str>>,
     /// A message's parts (`output_text`, `refusal`).
+    /// (`null` in some servers' reasoning items.)
     #[serde(default, borrow)]
-    content: Vec<ContentPart<'a>>,
+    content: Option<Vec<ContentPart<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -467,7 +468,10 @@ pub(super) fn responses_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(
         facts.push_call(item.tool_call());
     }
     let refusal = |p: &ContentPart<'_>| p.kind.as_deref() == Some("refusal");
-    facts.refused |= r.output.iter().any(|i| i.content.iter().any(refusal));
+    facts.refused |= r
+        .output
+        .iter()
+        .any(|i| i.content.iter().flatten().any(refusal));
     r.finish(facts);
     Ok(())
 }
@@ -513,6 +517,9 @@ mod tests {
         assert!(!refused(plain, super::chat_json));
         let responses = br#"{"status":"completed","output":[{"type":"message","content":[{"type":"refusal","refusal":"No."}]}]}"#;
         assert!(refused(responses, super::responses_json));
+        // A reasoning item's `content: null` (some servers write it out) still reads.
+        let reasoning = br#"{"status":"completed","output":[{"type":"reasoning","content":null},{"type":"message","content":[{"type":"output_text","text":"Yes."}]}]}"#;
+        assert!(!refused(reasoning, super::responses_json));
         let facts = stream(
             &[
                 r#"{"choices":[{"index":0,"delta":{"refusal":"No."}}]}"#,

@@ -131,14 +131,26 @@ impl CorrectnessState {
         };
     }
 
-    /// The request is counted: its verdict too. An LLM call that succeeded and was read whole
-    /// gets the checks' verdict: refused, truncated, or correct when neither.
-    pub(super) fn end(&mut self, lc: Option<&ListenerCorrectness>, call: Option<&CallEnd>) {
+    /// The sidecar answers itself (a safety block, an error): the agent's verdict was on an
+    /// answer the client does not get.
+    pub(super) fn local_answer(&mut self) {
+        self.0 = None;
+    }
+
+    /// The request is counted (`complete`: its answer's last byte went out): its verdict too.
+    /// An LLM call that succeeded, was read whole and said how it ended gets the checks'
+    /// verdict: refused, truncated, or correct when neither. The agent's verdict counts for an
+    /// answer the client got whole.
+    pub(super) fn end(
+        &mut self,
+        lc: Option<&ListenerCorrectness>,
+        call: Option<&CallEnd>,
+        complete: bool,
+    ) {
         let Some(lc) = lc else {
             return;
         };
-        // Read whole (its tool calls known) and answered: the checks apply.
-        let checked = call.filter(|c| c.answered && c.tool_calls.is_some());
+        let checked = call.filter(|c| c.answered && c.checkable);
         if let Some(c) = checked.filter(|_| lc.truncated || lc.refusal) {
             let verdict = if lc.refusal && c.refused {
                 Verdict::Refused
@@ -149,7 +161,7 @@ impl CorrectnessState {
             };
             lc.verdicts.count(verdict);
         }
-        if let Some(v) = self.0.take() {
+        if let Some(v) = self.0.take().filter(|_| complete) {
             lc.verdicts.count(v);
         }
     }

@@ -389,6 +389,7 @@ impl RequestCtx {
         self.cause = err.cause(self.listener.role);
         let lc = self.listener.cascade.as_ref();
         self.cascade.local_answer(lc, err);
+        self.correctness.local_answer();
         self.cascade.answered(lc, self.cause);
         if err.refused_before_agent() {
             // No task starts or fails on a request the agent never saw.
@@ -503,7 +504,7 @@ impl RequestCtx {
             cache.end(l.route.cache.as_ref(), complete, now);
         }
         loops.end(l.loop_guard.as_deref(), end.as_ref(), now);
-        correctness.end(l.correctness.as_ref(), end.as_ref());
+        correctness.end(l.correctness.as_ref(), end.as_ref(), complete);
         let filtered = end.is_some_and(|e| e.filtered);
         safety.end(l.safety.as_ref(), complete, filtered, now);
         task.end(l.tasks.as_deref(), *status, now);

@@ -36,6 +36,8 @@ pub struct CallEnd {
     pub truncated: bool,
     /// The model refused.
     pub refused: bool,
+    /// The answer was read whole and said how the generation ended: the checks apply to it.
+    pub checkable: bool,
 }
 
 impl CallEnd {
@@ -50,6 +52,7 @@ impl CallEnd {
             provider_error: facts.provider_error,
             truncated: reasons.contains(&FinishReason::Length),
             refused: facts.refused,
+            checkable: read && !reasons.is_empty(),
             tool_calls: read.then_some(facts.tool_calls),
         }
     }
@@ -196,6 +199,7 @@ impl LlmCall {
                 tool_calls: None,
                 truncated: false,
                 refused: false,
+                checkable: false,
             };
         };
         model.tokens(facts.input_tokens, facts.output_tokens);
