@@ -210,7 +210,8 @@ pub(crate) struct CascadeState {
     egress: Option<Box<Egress>>,
 }
 
-/// What a peer call carries on when its inbound request is unknown: the agent's own headers.
+/// An egress call's deadline, depth and path: its inbound request's, or, for a peer call made
+/// for no inbound request known here, what the agent's own headers say.
 #[derive(Debug)]
 struct Egress {
     deadline: Option<Instant>,
@@ -224,6 +225,7 @@ impl CascadeState {
     /// The request arrived at `now`: an inbound one is checked (depth, cycle, deadline) and
     /// entered in the table; an egress one finds its inbound request, and is refused when that
     /// request's time is spent.
+    ///
     /// `traced`: the request's trace id, when the sidecar traces it; else it is read from the
     /// request's `traceparent`.
     pub(super) fn begin(
