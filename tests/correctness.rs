@@ -53,20 +53,20 @@ const STREAM: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"
 const MESSAGE: &str = r#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hello"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}"#;
 
 fn llm_yaml(openai: &str, anthropic: &str, correctness: &str) -> String {
-    format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: openai, bind: 127.0.0.1:0, role: llm, route: openai}}
-  - {{name: anthropic, bind: 127.0.0.1:0, role: llm, route: anthropic}}
-routes:
-  openai: {{upstreams: [openai]}}
-  anthropic: {{upstreams: [anthropic]}}
-upstreams:
-  openai: {{url: {openai}, protocol: openai}}
-  anthropic: {{url: {anthropic}, protocol: anthropic}}
-{correctness}"
+    llm_pair_yaml(
+        &format!("{{url: {openai}, protocol: openai}}"),
+        &format!("{{url: {anthropic}, protocol: anthropic}}"),
+        correctness,
     )
+}
+
+/// A sidecar in front of `agent_url` (listener `proxy`), its admin API behind the token
+/// `s3cret`, with the sections of `tail`.
+async fn agent_with_token(agent_url: &str, test: &str, tail: &str) -> Sidecar {
+    let token = token_file(test);
+    let admin = format!(", token_file: {}", token.display());
+    let head = config_head(&admin, "proxy", "agent", "agent: {upstreams: [agent]}");
+    start_yaml(&(head + &format!("  agent: {{url: {agent_url}}}\n{tail}"))).await
 }
 
 async fn ask(s: &Sidecar, listener: &str, answer: &str) -> StatusCode {
@@ -157,21 +157,11 @@ async fn judging_agent() -> SimServer {
 #[tokio::test]
 async fn the_agents_verdict_is_counted_and_never_reaches_the_client() {
     let agent = judging_agent().await;
-    let token = token_file("correctness");
-    let yaml = config_head(
-        &format!(", token_file: {}", token.display()),
-        "proxy",
-        "agent",
-        "agent: {upstreams: [agent]}",
-    ) + &format!(
-        "  agent: {{url: {}}}
-correctness: {{}}
+    let slo = "correctness: {}
 slos:
-  - {{name: correct, sli: correctness, target: 0.5, window: 30d}}
-",
-        agent.url()
-    );
-    let s = start_yaml(&yaml).await;
+  - {name: correct, sli: correctness, target: 0.5, window: 30d}
+";
+    let s = agent_with_token(&agent.url(), "correctness", slo).await;
     let baseline = async || admin_json(&s, "/slo").await["slos"][0]["counting"] == true;
     wait_until("the SLO's baseline", 10, baseline).await;
     for verdict in ["correct", "incorrect", "INCORRECT", "maybe"] {
@@ -219,14 +209,7 @@ slos:
 #[tokio::test]
 async fn feedback_without_the_section_is_refused() {
     let agent = judging_agent().await;
-    let token = token_file("correctness-off");
-    let yaml = config_head(
-        &format!(", token_file: {}", token.display()),
-        "proxy",
-        "agent",
-        "agent: {upstreams: [agent]}",
-    ) + &format!("  agent: {{url: {}}}\n", agent.url());
-    let s = start_yaml(&yaml).await;
+    let s = agent_with_token(&agent.url(), "correctness-off", "").await;
     let given = r#"{"task_id": "t", "verdict": "correct"}"#;
     let (status, body) = admin_post_body(&s, "/admin/feedback", Some("s3cret"), given).await;
     assert_eq!(status, StatusCode::CONFLICT);

@@ -67,20 +67,12 @@ async fn x_sloguard_headers_from_an_upstream_or_a_client_do_not_pass() {
 /// provider whose breaker opens after two failures.
 async fn providers() -> (Sidecar, Script, sloguard::sim::SimServer) {
     let (llm, script) = scripted().await;
-    let yaml = format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: openai, bind: 127.0.0.1:0, role: llm, route: openai}}
-  - {{name: anthropic, bind: 127.0.0.1:0, role: llm, route: anthropic}}
-routes:
-  openai: {{upstreams: [openai]}}
-  anthropic: {{upstreams: [anthropic]}}
-upstreams:
-  openai: {{url: {u}, protocol: openai, circuit_breaker: {{consecutive_failures: 2}}}}
-  anthropic: {{url: {u}, protocol: anthropic, circuit_breaker: {{consecutive_failures: 2}}}}
-",
-        u = llm.url()
+    let breaker = "circuit_breaker: {consecutive_failures: 2}";
+    let u = llm.url();
+    let yaml = llm_pair_yaml(
+        &format!("{{url: {u}, protocol: openai, {breaker}}}"),
+        &format!("{{url: {u}, protocol: anthropic, {breaker}}}"),
+        "",
     );
     let s = Sidecar::start(Config::parse("test", &yaml).unwrap())
         .await

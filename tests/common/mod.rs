@@ -50,6 +50,26 @@ upstreams:
     )
 }
 
+/// A config with two egress listeners, `openai` and `anthropic`, each in front of the upstream of
+/// its name, whose settings (`{url: …, protocol: …}`) are `openai` and `anthropic`; `tail` adds
+/// sections.
+pub fn llm_pair_yaml(openai: &str, anthropic: &str, tail: &str) -> String {
+    format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: openai, bind: 127.0.0.1:0, role: llm, route: openai}}
+  - {{name: anthropic, bind: 127.0.0.1:0, role: llm, route: anthropic}}
+routes:
+  openai: {{upstreams: [openai]}}
+  anthropic: {{upstreams: [anthropic]}}
+upstreams:
+  openai: {openai}
+  anthropic: {anthropic}
+{tail}"
+    )
+}
+
 /// A config with one listener called `proxy` of `role`, in front of `upstream_url`.
 pub fn config_yaml(role: &str, upstream_url: &str, timeouts: &str) -> String {
     config_head("", "proxy", role, "main: {upstreams: [backend]}")
