@@ -30,10 +30,12 @@ pub enum Held {
     SafetyHold,
     /// A response on its way into the cache.
     Cache,
+    /// A sampled request and answer on their way to the judge (`correctness.judge`).
+    JudgeSample,
 }
 
 impl Held {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     pub const ALL: [Held; Held::COUNT] = [
         Held::Replay,
         Held::RequestTap,
@@ -41,6 +43,7 @@ impl Held {
         Held::SseEvent,
         Held::SafetyHold,
         Held::Cache,
+        Held::JudgeSample,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Held {
             Held::SseEvent => "sse_event",
             Held::SafetyHold => "safety_hold",
             Held::Cache => "cache",
+            Held::JudgeSample => "judge_sample",
         }
     }
 }

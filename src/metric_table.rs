@@ -50,6 +50,7 @@ pub const FALLBACKS_TOTAL: &str = "sloguard_fallbacks_total";
 pub const BULKHEAD_REJECTIONS_TOTAL: &str = "sloguard_bulkhead_rejections_total";
 pub const DEADLINE_EXCEEDED_TOTAL: &str = "agent_deadline_exceeded_total";
 pub const CORRECTNESS_VERDICTS_TOTAL: &str = "agent_correctness_verdicts_total";
+pub const JUDGE_SAMPLES_TOTAL: &str = "sloguard_judge_samples_total";
 pub const CALL_CYCLES_TOTAL: &str = "agent_call_cycles_total";
 pub const CALL_DEPTH_EXCEEDED_TOTAL: &str = "agent_call_depth_exceeded_total";
 pub const CASCADE_BAD_HEADERS_TOTAL: &str = "sloguard_cascade_bad_headers_total";
@@ -291,7 +292,15 @@ pub const METRICS: &[MetricDef] = &[
         kind: Kind::Counter,
         unit: None,
         otel_unit: "",
-        help: "Verdicts on the agent's answers, by source (check, agent, feedback), verdict and reason.",
+        help: "Verdicts on the agent's answers, by source (check, agent, feedback, judge), verdict and reason.",
+    },
+    MetricDef {
+        name: JUDGE_SAMPLES_TOTAL,
+        otel: "sloguard.judge.samples",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Answers sampled for the judge, by result (judged, dropped, failed, unreadable).",
     },
     MetricDef {
         name: DEADLINE_EXCEEDED_TOTAL,

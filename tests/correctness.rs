@@ -31,6 +31,14 @@ async fn provider() -> SimServer {
             ),
             "anthropic-refusal" => ("application/json", MESSAGE.replace("end_turn", "refusal")),
             "anthropic" => ("application/json", MESSAGE.to_owned()),
+            "schema-ok" => ("application/json", CHAT.replace("\"hello\"", CITY)),
+            "schema-bad" => ("application/json", CHAT.replace("\"hello\"", TOWN)),
+            "stream-schema-ok" => (
+                "text/event-stream",
+                city_stream("{\\\"city\\\":", "\\\"Oslo\\\"}"),
+            ),
+            "stream-schema-bad" => ("text/event-stream", city_stream("{\\\"city\\\":", "12}")),
+            "anthropic-schema-bad" => ("application/json", MESSAGE.replace("\"hello\"", TOWN)),
             "empty" => ("application/json", "{}".to_owned()),
             "fail" => {
                 let mut r = Response::new(sim_full("{}"));
@@ -52,6 +60,20 @@ const CHAT: &str = r#"{"id":"c1","object":"chat.completion","model":"m","choices
 const STREAM: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hel\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
 const MESSAGE: &str = r#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hello"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}"#;
 
+/// Answers to a request for `{"city": string}`: one that follows the schema, one that does not.
+const CITY: &str = r#""{\"city\":\"Oslo\"}""#;
+const TOWN: &str = r#""{\"town\":\"Oslo\"}""#;
+
+/// A Chat Completions stream whose text is `a` then `b` (JSON-escaped already).
+fn city_stream(a: &str, b: &str) -> String {
+    format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{a}\"}}}}]}}\n\n\
+         data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{b}\"}}}}]}}\n\n\
+         data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n\
+         data: [DONE]\n\n"
+    )
+}
+
 fn llm_yaml(openai: &str, anthropic: &str, correctness: &str) -> String {
     llm_pair_yaml(
         &format!("{{url: {openai}, protocol: openai}}"),
@@ -70,6 +92,12 @@ async fn agent_with_token(agent_url: &str, test: &str, tail: &str) -> Sidecar {
 }
 
 async fn ask(s: &Sidecar, listener: &str, answer: &str) -> StatusCode {
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    ask_with(s, listener, answer, body).await
+}
+
+/// Asks with this request body.
+async fn ask_with(s: &Sidecar, listener: &str, answer: &str, body: &str) -> StatusCode {
     let path = match listener {
         "anthropic" => "/v1/messages",
         _ => "/v1/chat/completions",
@@ -78,9 +106,7 @@ async fn ask(s: &Sidecar, listener: &str, answer: &str) -> StatusCode {
     let req = Request::post(url)
         .header("content-type", "application/json")
         .header("x-answer", answer)
-        .body(full(
-            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
-        ))
+        .body(full(body.to_owned()))
         .unwrap();
     let resp = client().request(req).await.unwrap();
     let status = resp.status();
@@ -129,6 +155,53 @@ async fn every_llm_response_gets_the_checks_verdict() {
     let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 1.0).await;
     assert_eq!(verdicts(&m, "check", "correct", "checks"), 1.0, "{m}");
     assert_eq!(verdicts(&m, "check", "incorrect", "truncated"), 0.0);
+}
+
+#[tokio::test]
+async fn a_structured_output_that_breaks_its_schema_is_incorrect() {
+    let p = provider().await;
+    let s = start_yaml(&llm_yaml(&p.url(), &p.url(), "correctness: {}\n")).await;
+    let schema = r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#;
+    let chat = format!(
+        r#"{{"model":"m","messages":[],"response_format":{{"type":"json_schema","json_schema":{{"name":"c","strict":true,"schema":{schema}}}}}}}"#
+    );
+    let anthropic = format!(
+        r#"{{"model":"m","max_tokens":9,"messages":[],"output_config":{{"format":{{"type":"json_schema","schema":{schema}}}}}}}"#
+    );
+    let asks = [
+        ("openai", "schema-ok", &chat),
+        ("openai", "schema-bad", &chat),
+        ("openai", "stream-schema-ok", &chat),
+        ("openai", "stream-schema-bad", &chat),
+        // Not JSON at all breaks it too.
+        ("openai", "ok", &chat),
+        ("anthropic", "anthropic-schema-bad", &anthropic),
+    ];
+    for (listener, answer, body) in asks {
+        let status = ask_with(&s, listener, answer, body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    // Without a schema asked for, the same answer passes.
+    assert_eq!(ask(&s, "openai", "schema-bad").await, StatusCode::OK);
+    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 7.0).await;
+    assert_eq!(
+        verdicts(&m, "check", "incorrect", "schema_invalid"),
+        4.0,
+        "{m}"
+    );
+    assert_eq!(verdicts(&m, "check", "correct", "checks"), 3.0, "{m}");
+
+    // With only the schema check, an answer without a schema gets no verdict.
+    let only = "correctness: {checks: [structured_output]}\n";
+    let s = start_yaml(&llm_yaml(&p.url(), &p.url(), only)).await;
+    assert_eq!(ask(&s, "openai", "length").await, StatusCode::OK);
+    assert_eq!(
+        ask_with(&s, "openai", "schema-ok", &chat).await,
+        StatusCode::OK
+    );
+    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 2.0).await;
+    assert_eq!(verdicts(&m, "check", "correct", "checks"), 1.0, "{m}");
+    assert_eq!(metric(&m, "agent_correctness_verdicts_total", &[]), 1.0);
 }
 
 #[tokio::test]

@@ -378,6 +378,10 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     assert!(number_after(correct, "truncated") >= 1.0, "{correct}");
     assert!(number_after(correct, "checks: ok") >= 1.0, "{correct}");
     assert!(number_after(correct, "incorrect") >= 1.0, "{correct}");
+    // The provider breaks the schema the egress traffic asks for now and then; the judge grades
+    // a sample of the agent's answers.
+    assert!(number_after(correct, "schema") >= 1.0, "{correct}");
+    assert!(number_after(correct, "judge: correct") >= 1.0, "{correct}");
     let sli = number_after(correct, "SLI");
     assert!(sli > 0.0 && sli < 100.0, "{correct}");
     let left = number_after(cascade, "availability budget");

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use cascade::{CascadeConfig, CycleAction, MAX_CALL_PATH, MAX_DEADLINE};
-pub use correctness::{CorrectnessCheck, CorrectnessConfig};
+pub use correctness::{CorrectnessCheck, CorrectnessConfig, JudgeConfig, DEFAULT_RUBRIC};
 pub use limits::{Limits, MemoryConfig};
 pub use locate::LineIndex;
 pub use otlp::{OtlpConfig, OtlpProtocol, OtlpTemporality, TracesConfig, MAX_TRACE_QUEUE};
@@ -361,6 +361,19 @@ impl Config {
         Ok(config)
     }
 
+    /// The judge's upstream exists and speaks an LLM API the judge can ask.
+    fn validate_judge_upstream(&self, name: &str) -> Result<(), (String, String)> {
+        let key = "correctness.judge.upstream".to_owned();
+        match self.upstreams.get(name) {
+            None => Err((key, format!("{name:?} is not an entry of upstreams"))),
+            Some(u) if u.protocol == Protocol::None => Err((
+                key,
+                format!("upstream {name:?} must have protocol openai or anthropic: the judge asks it for a verdict"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// A `correctness` SLO needs the `correctness` section: without it no verdict is gathered.
     fn validate_correctness_slos(&self) -> Result<(), (String, String)> {
         let needs = self.slos.iter().position(|s| s.sli == SliKind::Correctness);
@@ -411,6 +424,9 @@ impl Config {
         }
         if let Some(correctness) = &self.correctness {
             correctness.validate()?;
+            if let Some(judge) = &correctness.judge {
+                self.validate_judge_upstream(&judge.upstream)?;
+            }
         }
         self.validate_correctness_slos()?;
         if let Some(safety) = &self.safety {

@@ -40,6 +40,8 @@ pub enum VerdictSource {
     Agent,
     /// `POST /admin/feedback`.
     Feedback,
+    /// The judge model's grade of a sampled answer (`correctness.judge`).
+    Judge,
 }
 
 impl VerdictSource {
@@ -48,6 +50,7 @@ impl VerdictSource {
             VerdictSource::Check => "check",
             VerdictSource::Agent => "agent",
             VerdictSource::Feedback => "feedback",
+            VerdictSource::Judge => "judge",
         }
     }
 }

@@ -46,6 +46,9 @@ struct Block<'a> {
     /// A complete `tool_use` block's input (an object; `{}` in a stream's start event).
     #[serde(default, borrow)]
     input: Option<&'a serde_json::value::RawValue>,
+    /// A `text` block's text, kept raw: decoded only when the output is kept.
+    #[serde(default, borrow)]
+    text: Option<&'a serde_json::value::RawValue>,
 }
 
 impl Block<'_> {
@@ -131,7 +134,10 @@ impl MessagesStream {
             "content_block_delta" => {
                 let Some(d) = &e.delta else { return Ok(false) };
                 match d.kind.as_deref() {
-                    Some("text_delta") => d.text.as_deref().is_some_and(|t| !t.is_empty()),
+                    Some("text_delta") => {
+                        facts.output(d.text.as_deref());
+                        d.text.as_deref().is_some_and(|t| !t.is_empty())
+                    }
                     Some("input_json_delta") => {
                         let part = d.partial_json.as_deref().unwrap_or("");
                         if self.calls.open.iter().any(|c| c.key == (0, e.index)) {
@@ -174,6 +180,13 @@ pub(super) fn messages_json(body: &[u8], facts: &mut ResponseFacts) -> Result<()
     }
     if let Some(usage) = &m.usage {
         usage.record(facts);
+    }
+    for b in m
+        .content
+        .iter()
+        .filter(|b| b.kind.as_deref() == Some("text"))
+    {
+        facts.output_json(b.text);
     }
     // `input` of a complete `tool_use` block is an object already (absent: none, `{}`).
     for b in m.content.iter().filter(|b| b.is_tool_use()) {

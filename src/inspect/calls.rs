@@ -25,6 +25,79 @@ pub struct ResponseFacts {
     pub provider_error: bool,
     /// The model refused (OpenAI's `refusal`, Anthropic's `stop_reason: "refusal"`).
     pub refused: bool,
+    /// The output text, when the reader was asked to keep it ([`super::ResponseReader::keep_output`]).
+    pub output: Option<OutputText>,
+}
+
+/// The text a model generated (the first choice's, for Chat Completions), kept whole up to a
+/// limit, against the body budget.
+#[derive(Debug)]
+pub struct OutputText {
+    text: String,
+    limit: usize,
+    reservation: crate::budget::Reservation,
+    /// Past the limit (or the budget): the text is not whole and cannot be judged.
+    overflow: bool,
+}
+
+impl PartialEq for OutputText {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.text, self.overflow) == (&other.text, other.overflow)
+    }
+}
+
+impl Eq for OutputText {}
+
+impl Clone for OutputText {
+    /// A copy for tests and tools: not counted against any budget.
+    fn clone(&self) -> Self {
+        OutputText {
+            text: self.text.clone(),
+            limit: self.limit,
+            reservation: crate::budget::Reservation::unbounded(crate::budget::Held::ResponseRead),
+            overflow: self.overflow,
+        }
+    }
+}
+
+impl OutputText {
+    pub fn new(limit: usize, reservation: crate::budget::Reservation) -> OutputText {
+        OutputText {
+            text: String::new(),
+            limit,
+            reservation,
+            overflow: false,
+        }
+    }
+
+    /// The whole text; `None` when it outgrew what is kept.
+    pub fn whole(&self) -> Option<&str> {
+        (!self.overflow).then_some(self.text.as_str())
+    }
+
+    pub(super) fn push(&mut self, part: &str) {
+        if self.overflow || part.is_empty() {
+            return;
+        }
+        let len = self.text.len() + part.len();
+        if len > self.limit || !self.reservation.resize(len) {
+            self.overflow = true;
+            self.text = String::new();
+            self.reservation.resize(0);
+            return;
+        }
+        self.text.push_str(part);
+    }
+
+    /// A JSON string value, its escapes decoded (anything else adds nothing).
+    pub(super) fn push_json(&mut self, value: &serde_json::value::RawValue) {
+        if self.overflow {
+            return;
+        }
+        if let Ok(s) = serde_json::from_str::<std::borrow::Cow<'_, str>>(value.get()) {
+            self.push(&s);
+        }
+    }
 }
 
 /// Tool calls kept per response (and in progress per stream): far past what a model makes, so
@@ -34,6 +107,20 @@ pub(super) const MAX_TOOL_CALLS: usize = 256;
 pub(super) const MAX_TOOL_NAME: usize = 256;
 
 impl ResponseFacts {
+    /// Output text, kept when the reader keeps it.
+    pub(super) fn output(&mut self, part: Option<&str>) {
+        if let (Some(o), Some(part)) = (self.output.as_mut(), part) {
+            o.push(part);
+        }
+    }
+
+    /// Output text as a JSON string value, kept when the reader keeps it.
+    pub(super) fn output_json(&mut self, value: Option<&serde_json::value::RawValue>) {
+        if let (Some(o), Some(v)) = (self.output.as_mut(), value) {
+            o.push_json(v);
+        }
+    }
+
     pub(super) fn unparsed(&mut self, why: Unparsed) {
         self.unparsed.get_or_insert(why);
     }

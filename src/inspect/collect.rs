@@ -164,6 +164,54 @@ impl Collected {
     }
 }
 
+/// The first bytes of a body, up to a limit, copied as they pass (a sample to be read later,
+/// such as the judge's): the rest goes by unkept. Counted against the body budget; a chunk the
+/// budget has no room for ends the prefix there.
+pub struct Prefix {
+    kept: BytesMut,
+    limit: usize,
+    reservation: Reservation,
+}
+
+/// Sizes only: what is kept is a body.
+impl std::fmt::Debug for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefix")
+            .field("len", &self.kept.len())
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl Prefix {
+    pub fn new(limit: usize, reservation: Reservation) -> Prefix {
+        Prefix {
+            kept: BytesMut::new(),
+            limit,
+            reservation,
+        }
+    }
+
+    /// Keeps what of `chunk` fits; `true` once the prefix is full (nothing more will be kept).
+    pub fn push(&mut self, chunk: &[u8]) -> bool {
+        let room = self.limit - self.kept.len();
+        let n = chunk.len().min(room);
+        if n > 0 {
+            if !self.reservation.grow(n) {
+                self.limit = self.kept.len();
+                return true;
+            }
+            self.kept.extend_from_slice(&chunk[..n]);
+        }
+        self.kept.len() >= self.limit
+    }
+
+    /// What was kept, with the reservation that counts it.
+    pub fn finish(self) -> (Bytes, Reservation) {
+        (self.kept.freeze(), self.reservation)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

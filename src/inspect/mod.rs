@@ -42,7 +42,7 @@ impl Protocol {
     }
 }
 
-pub use calls::ResponseFacts;
+pub use calls::{OutputText, ResponseFacts};
 pub use collect::Collected;
 pub use request::{parse_request, RequestFacts};
 pub use response::ResponseReader;
@@ -253,6 +253,7 @@ mod tests {
             model: Some("m".into()),
             stream: false,
             tools: vec!["get_weather".into()],
+            schema: None,
         };
         let calls = [
             ToolCall::new("get_weather", canon::Arguments::Json(b"{}")),

@@ -131,6 +131,9 @@ impl ChatStream {
                 let text = |t: &Option<Cow<'_, str>>| t.as_deref().is_some_and(|t| !t.is_empty());
                 facts.refused |= text(&delta.refusal);
                 output |= text(&delta.content) || text(&delta.refusal);
+                if choice.index == 0 {
+                    facts.output(delta.content.as_deref());
+                }
                 for call in delta.tool_calls.iter().flatten() {
                     output = true;
                     let key = (choice.index, self.key(choice.index, call));
@@ -225,6 +228,9 @@ struct ToolCallFull<'a> {
 
 #[derive(Deserialize)]
 struct Message<'a> {
+    /// Kept raw: decoded only when the output is kept.
+    #[serde(default, borrow)]
+    content: Option<&'a serde_json::value::RawValue>,
     #[serde(default, borrow)]
     refusal: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -271,6 +277,9 @@ pub(super) fn chat_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Un
     for choice in &c.choices {
         if let Some(m) = &choice.message {
             facts.refused |= m.refusal.as_deref().is_some_and(|r| !r.is_empty());
+            if choice.index == 0 {
+                facts.output_json(m.content);
+            }
             for call in m.tool_calls.iter().flatten() {
                 if let Some(f) = &call.function {
                     facts.push_call(tool_call(f));
@@ -327,6 +336,9 @@ struct OutputItem<'a> {
 struct ContentPart<'a> {
     #[serde(default, rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
+    /// An `output_text` part's text, kept raw: decoded only when the output is kept.
+    #[serde(default, borrow)]
+    text: Option<&'a serde_json::value::RawValue>,
 }
 
 impl OutputItem<'_> {
@@ -436,9 +448,13 @@ impl ResponsesStream {
                 facts.refused |= non_empty;
                 non_empty
             }
-            "response.output_text.delta"
-            | "response.function_call_arguments.delta"
-            | "response.custom_tool_call_input.delta" => non_empty,
+            "response.output_text.delta" => {
+                facts.output(e.delta.as_deref());
+                non_empty
+            }
+            "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" => {
+                non_empty
+            }
             "response.output_item.added" => e.item.as_ref().is_some_and(|i| i.is_function_call()),
             "response.output_item.done" => {
                 if let Some(item) = e.item.as_ref().filter(|i| i.is_function_call()) {
@@ -472,6 +488,10 @@ pub(super) fn responses_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(
         .output
         .iter()
         .any(|i| i.content.iter().flatten().any(refusal));
+    let parts = r.output.iter().flat_map(|i| i.content.iter().flatten());
+    for p in parts.filter(|p| p.kind.as_deref() == Some("output_text")) {
+        facts.output_json(p.text);
+    }
     r.finish(facts);
     Ok(())
 }

@@ -1,8 +1,11 @@
-//! The request side of an LLM call: its model, whether it streams, and the tools it declares.
+//! The request side of an LLM call: its model, whether it streams, the tools it declares, and
+//! the JSON schema its output must follow, if it asks for one.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::{Format, Unparsed};
 
@@ -13,6 +16,11 @@ pub struct RequestFacts {
     pub stream: bool,
     /// Names of the functions the model may call, in the request's order.
     pub tools: Vec<String>,
+    /// The JSON schema the output must follow (the schema object's text, as sent), when the
+    /// request asks for structured output: Chat Completions' `response_format` of type
+    /// `json_schema`, Responses' `text.format`, Anthropic's `output_config.format` (or the beta's
+    /// `output_format`).
+    pub schema: Option<Arc<str>>,
 }
 
 #[derive(Deserialize)]
@@ -26,6 +34,52 @@ struct RawRequest<'a> {
     /// Chat Completions' deprecated function list.
     #[serde(default, borrow)]
     functions: Option<Vec<RawFunction<'a>>>,
+    /// Chat Completions: `{"type": "json_schema", "json_schema": {"schema": {..}}}`.
+    #[serde(default, borrow)]
+    response_format: Option<OutputFormat<'a>>,
+    /// Responses: `{"format": {"type": "json_schema", "schema": {..}}}`.
+    #[serde(default, borrow)]
+    text: Option<OutputConfig<'a>>,
+    /// Anthropic: `{"format": {"type": "json_schema", "schema": {..}}}`.
+    #[serde(default, borrow)]
+    output_config: Option<OutputConfig<'a>>,
+    /// Anthropic's structured-outputs beta: `{"type": "json_schema", "schema": {..}}`.
+    #[serde(default, borrow)]
+    output_format: Option<OutputFormat<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OutputConfig<'a> {
+    #[serde(default, borrow)]
+    format: Option<OutputFormat<'a>>,
+}
+
+/// An output format; only `json_schema` carries a schema (`json_object` and `text` do not).
+#[derive(Deserialize)]
+struct OutputFormat<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    schema: Option<&'a RawValue>,
+    /// Chat Completions nests it one level down.
+    #[serde(default, borrow)]
+    json_schema: Option<NamedSchema<'a>>,
+}
+
+#[derive(Deserialize)]
+struct NamedSchema<'a> {
+    #[serde(default, borrow)]
+    schema: Option<&'a RawValue>,
+}
+
+impl OutputFormat<'_> {
+    fn schema(&self) -> Option<&RawValue> {
+        if self.kind.as_deref() != Some("json_schema") {
+            return None;
+        }
+        self.schema
+            .or_else(|| self.json_schema.as_ref().and_then(|j| j.schema))
+    }
 }
 
 #[derive(Deserialize)]
@@ -81,10 +135,22 @@ pub fn parse_request(format: Format, body: &[u8]) -> Result<RequestFacts, Unpars
             tools.push(name.to_owned());
         }
     }
+    let format = match format {
+        Format::ChatCompletions => raw.response_format.as_ref(),
+        Format::Responses => raw.text.as_ref().and_then(|t| t.format.as_ref()),
+        Format::Messages => raw
+            .output_config
+            .as_ref()
+            .and_then(|c| c.format.as_ref())
+            .or(raw.output_format.as_ref()),
+    };
     Ok(RequestFacts {
         model: raw.model.map(Cow::into_owned),
         stream: raw.stream.unwrap_or(false),
         tools,
+        schema: format
+            .and_then(OutputFormat::schema)
+            .map(|s| Arc::from(s.get())),
     })
 }
 
@@ -111,6 +177,37 @@ mod tests {
         let messages = br#"{"model":"claude-sonnet-4-5","max_tokens":10,"tools":[{"name":"get_weather","input_schema":{}},{"type":"bash_20250124","name":"bash"}]}"#;
         let f = parse_request(Format::Messages, messages).unwrap();
         assert_eq!(f.tools, ["get_weather", "bash"]);
+    }
+
+    #[test]
+    fn reads_the_schema_asked_for_per_format() {
+        let schema = |format, body: &str| parse_request(format, body.as_bytes()).unwrap().schema;
+        let chat = r#"{"model":"m","response_format":{"type":"json_schema","json_schema":{"name":"x","strict":true,"schema":{"type":"object"}}}}"#;
+        assert_eq!(
+            schema(Format::ChatCompletions, chat).as_deref(),
+            Some(r#"{"type":"object"}"#)
+        );
+        let json_mode = r#"{"model":"m","response_format":{"type":"json_object"}}"#;
+        assert_eq!(schema(Format::ChatCompletions, json_mode), None);
+        let responses = r#"{"model":"m","text":{"format":{"type":"json_schema","name":"x","schema":{"type":"array"}}}}"#;
+        assert_eq!(
+            schema(Format::Responses, responses).as_deref(),
+            Some(r#"{"type":"array"}"#)
+        );
+        let ga = r#"{"model":"m","output_config":{"format":{"type":"json_schema","schema":{"type":"string"}}}}"#;
+        assert_eq!(
+            schema(Format::Messages, ga).as_deref(),
+            Some(r#"{"type":"string"}"#)
+        );
+        let beta =
+            r#"{"model":"m","output_format":{"type":"json_schema","schema":{"type":"number"}}}"#;
+        assert_eq!(
+            schema(Format::Messages, beta).as_deref(),
+            Some(r#"{"type":"number"}"#)
+        );
+        // Another API's field is not this one's.
+        assert_eq!(schema(Format::Messages, chat), None);
+        assert_eq!(schema(Format::ChatCompletions, "{}"), None);
     }
 
     #[test]

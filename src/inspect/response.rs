@@ -110,6 +110,13 @@ impl ResponseReader {
         }
     }
 
+    /// Keeps the output text too, up to `limit` bytes counted against `budget` (for the
+    /// `structured_output` check). Call before the first chunk.
+    pub fn keep_output(&mut self, limit: usize, budget: &crate::budget::BodyBudget) {
+        let reservation = budget.reserve(crate::budget::Held::ResponseRead);
+        self.facts.output = Some(super::calls::OutputText::new(limit, reservation));
+    }
+
     /// Reads the next chunk of the body; returns how many events in it carried output.
     pub fn feed(&mut self, chunk: &Bytes) -> u32 {
         match &mut self.body {
@@ -269,6 +276,55 @@ mod tests {
         r.feed(&Bytes::copy_from_slice(a));
         r.feed(&Bytes::copy_from_slice(b));
         r.finish(true)
+    }
+
+    /// The output text kept from `body` (sent as `content_type`) for `format`.
+    fn output(format: Format, content_type: &[u8], body: &str) -> Option<String> {
+        let mut r = ResponseReader::new(format, StatusCode::OK, Some(content_type), None);
+        r.keep_output(64, &crate::budget::BodyBudget::unlimited());
+        for part in body.as_bytes().chunks(7) {
+            r.feed(&Bytes::copy_from_slice(part));
+        }
+        let facts = r.finish(true);
+        facts.output.and_then(|o| o.whole().map(str::to_owned))
+    }
+
+    #[test]
+    fn the_output_text_is_kept_when_asked_for() {
+        let json = b"application/json";
+        let sse = b"text/event-stream";
+        let chat = r#"{"choices":[{"index":1,"message":{"content":"no"}},{"index":0,"message":{"content":"{\"a\":\u00e91}"}}]}"#;
+        assert_eq!(
+            output(Format::ChatCompletions, json, chat).as_deref(),
+            Some("{\"a\":é1}"),
+            "the first choice's, escapes decoded"
+        );
+        let responses = r#"{"status":"completed","output":[{"type":"reasoning","content":null},{"type":"message","content":[{"type":"output_text","text":"[1,"},{"type":"output_text","text":"2]"}]}]}"#;
+        assert_eq!(
+            output(Format::Responses, json, responses).as_deref(),
+            Some("[1,2]")
+        );
+        let responses_stream = "data: {\"type\":\"response.output_text.delta\",\"delta\":\"[1,\"}\n\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"2]\"}\n\n";
+        assert_eq!(
+            output(Format::Responses, sse, responses_stream).as_deref(),
+            Some("[1,2]")
+        );
+        let messages = r#"{"type":"message","content":[{"type":"thinking","thinking":"x"},{"type":"text","text":"{}"}],"stop_reason":"end_turn"}"#;
+        assert_eq!(
+            output(Format::Messages, json, messages).as_deref(),
+            Some("{}")
+        );
+        let messages_stream = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"{\\\"b\\\"\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\":2}\"}}\n\n";
+        assert_eq!(
+            output(Format::Messages, sse, messages_stream).as_deref(),
+            Some("{\"b\":2}")
+        );
+        // Past the limit the text is not whole: it cannot be judged.
+        let long = format!(
+            r#"{{"choices":[{{"index":0,"message":{{"content":"{}"}}}}]}}"#,
+            "x".repeat(65)
+        );
+        assert_eq!(output(Format::ChatCompletions, json, &long), None);
     }
 
     #[test]

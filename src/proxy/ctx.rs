@@ -36,7 +36,7 @@ use crate::config::Role;
 use crate::inspect::Format;
 use crate::sli::loops::LoopKind;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
-use crate::upstream::{Lease, Upload, Upstream};
+use crate::upstream::{Lease, RequestBody, Upload, Upstream};
 
 /// Where the request stands, for counting it if it is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +135,7 @@ impl RequestCtx {
         ctx.task.begin(l.tasks.as_deref(), &parts.headers, received);
         ctx.safety
             .begin(l.safety.as_ref(), &parts.headers, client_ip);
+        ctx.correctness.begin(l.correctness.as_ref());
         ctx
     }
 
@@ -215,12 +216,14 @@ impl RequestCtx {
     /// the agent's turn.
     pub(super) fn sending(
         &mut self,
+        body: &mut RequestBody,
         upload: &Option<Arc<Upload>>,
         headers: &mut HeaderMap,
         now: Instant,
     ) -> Result<(), ProxyError> {
         let l = &*self.listener;
         self.cascade.sending(l.cascade.as_ref(), headers, now)?;
+        self.correctness.sending(l.correctness.as_ref(), body);
         self.trace.sending(self.hop, headers, now);
         self.llm.sending(upload);
         self.safety.sending(l.safety.as_ref(), upload);
@@ -291,14 +294,15 @@ impl RequestCtx {
             ..
         } = self;
         let status = parts.status;
-        correctness.head(listener.correctness.as_ref(), &mut parts.headers);
+        correctness.head(listener.correctness.as_ref(), parts);
         self.status = StatusClass::of(status);
         self.cause = Cause::of_response(listener.role, status);
         self.outcome = Some(UpstreamOutcome::of_status(status));
         self.cascade.answered(listener.cascade.as_ref(), self.cause);
         task.head(listener.tasks.as_deref(), &parts.headers);
         trace.head(status);
-        llm.head(status, &parts.headers, &listener.budget);
+        let structured = correctness.keeps_output(listener.correctness.as_ref());
+        llm.head(status, &parts.headers, &listener.budget, structured);
         if let Some(upstream) = listener.route.chain.get(*hop) {
             breaker.head(upstream, parts, from, head_at);
         }
@@ -330,6 +334,7 @@ impl RequestCtx {
     pub(super) fn data(&mut self, data: &Bytes, now: Instant) -> bool {
         self.llm.data(data, now);
         self.cache.data(data);
+        self.correctness.data(data);
         let ls = self.listener.safety.as_ref();
         self.safety.data(ls, data, now)
     }
@@ -504,9 +509,14 @@ impl RequestCtx {
             cache.end(l.route.cache.as_ref(), complete, now);
         }
         loops.end(l.loop_guard.as_deref(), end.as_ref(), now);
-        correctness.end(l.correctness.as_ref(), end.as_ref(), complete);
-        let filtered = end.is_some_and(|e| e.filtered);
+        let filtered = end.as_ref().is_some_and(|e| e.filtered);
         safety.end(l.safety.as_ref(), complete, filtered, now);
+        correctness.end(
+            l.correctness.as_ref(),
+            end.as_ref(),
+            complete,
+            safety.found(),
+        );
         task.end(l.tasks.as_deref(), *status, now);
         let upstream = l.route.chain.get(*hop);
         breaker.end(upstream.map(|u| &**u), *outcome, now);

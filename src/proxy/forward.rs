@@ -366,7 +366,7 @@ impl<'a> Attempts<'a> {
         if let Some(ls) = listener.safety.as_ref().filter(|ls| ls.kills()) {
             body.tap_echoes(EchoTap::new(&ls.detectors, &headers));
         }
-        ctx.sending(&upload, &mut headers, self.start)?;
+        ctx.sending(&mut body, &upload, &mut headers, self.start)?;
         let c = &self.client;
         let request = outgoing(body, &c.method, target, c.version, headers);
         let at = Instant::now();

@@ -38,15 +38,37 @@ pub struct CallEnd {
     pub refused: bool,
     /// The answer was read whole and said how the generation ended: the checks apply to it.
     pub checkable: bool,
+    /// The schema the request asked the output to follow, and the output, when it was kept.
+    pub structured: Option<Structured>,
 }
+
+/// A structured output to check: the request's schema (its JSON text) and what the model wrote.
+#[derive(Debug)]
+pub struct Structured {
+    pub schema: Arc<str>,
+    pub output: crate::inspect::OutputText,
+}
+
+/// The most output text kept for the `structured_output` check; a longer answer is not checked.
+const MAX_STRUCTURED_OUTPUT: usize = 1 << 20;
 
 impl CallEnd {
     /// A call whose response was read (`read`: whole, with a success status) into `facts`.
-    fn of(facts: crate::inspect::ResponseFacts, read: bool, answered: bool) -> CallEnd {
+    fn of(
+        mut facts: crate::inspect::ResponseFacts,
+        read: bool,
+        answered: bool,
+        schema: Option<Arc<str>>,
+    ) -> CallEnd {
         use crate::inspect::FinishReason;
         let reasons = &facts.finish_reasons;
         let read = read && facts.unparsed.is_none() && !reasons.contains(&FinishReason::Error);
+        let structured = match (schema, facts.output.take()) {
+            (Some(schema), Some(output)) if read => Some(Structured { schema, output }),
+            _ => None,
+        };
         CallEnd {
+            structured,
             filtered: reasons.contains(&FinishReason::ContentFilter),
             answered,
             provider_error: facts.provider_error,
@@ -105,12 +127,20 @@ impl LlmCall {
             .clone()
     }
 
-    /// The response head arrived; what the reader keeps counts against `budget`.
+    /// The schema the request asked its output to follow, once its body was read.
+    fn schema(&self) -> Option<&Arc<str>> {
+        let request = self.upload.as_ref()?.request.get()?.as_ref().ok()?;
+        request.schema.as_ref()
+    }
+
+    /// The response head arrived; what the reader keeps counts against `budget`. `structured`:
+    /// the output is kept for the `structured_output` check when the request asked for a schema.
     pub(crate) fn response(
         &mut self,
         status: StatusCode,
         headers: &HeaderMap,
         budget: &BodyBudget,
+        structured: bool,
     ) {
         self.succeeded = status.is_success();
         let value = |name| headers.get(name).map(HeaderValue::as_bytes);
@@ -121,6 +151,9 @@ impl LlmCall {
             value(CONTENT_ENCODING),
         );
         reader.reserve_from(budget);
+        if structured && self.schema().is_some() {
+            reader.keep_output(MAX_STRUCTURED_OUTPUT, budget);
+        }
         self.reader = Some(reader);
     }
 
@@ -200,6 +233,7 @@ impl LlmCall {
                 truncated: false,
                 refused: false,
                 checkable: false,
+                structured: None,
             };
         };
         model.tokens(facts.input_tokens, facts.output_tokens);
@@ -214,7 +248,8 @@ impl LlmCall {
             self.metrics.unparsed(why);
         }
         let read = complete && status == StatusClass::Success;
-        CallEnd::of(facts, read, self.succeeded && !provider_error)
+        let schema = self.schema().cloned();
+        CallEnd::of(facts, read, self.succeeded && !provider_error, schema)
     }
 }
 
@@ -274,9 +309,16 @@ impl LlmState {
         }
     }
 
-    pub(super) fn head(&mut self, status: StatusCode, headers: &HeaderMap, budget: &BodyBudget) {
+    /// The response head arrived (`structured`: the output is kept for the schema check).
+    pub(super) fn head(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        budget: &BodyBudget,
+        structured: bool,
+    ) {
         if let Some(call) = self.call.as_mut() {
-            call.response(status, headers, budget);
+            call.response(status, headers, budget, structured);
         }
     }
 

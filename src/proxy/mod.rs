@@ -133,6 +133,7 @@ pub(crate) mod fallback;
 mod forward;
 mod head;
 pub mod headers;
+pub(crate) mod judge;
 mod linger;
 pub(crate) mod listener;
 pub(crate) mod llm;

@@ -11,8 +11,9 @@ use metrics::{Counter, Histogram};
 use super::bulkhead::Bulkhead;
 use super::cache::ResponseCache;
 use super::cascade::{CascadeRules, Correlations, ListenerCascade};
-use super::correctness::{Feedback, ListenerCorrectness};
+use super::correctness::{Feedback, ListenerCorrectness, Schemas};
 use super::fallback::{FallbackCounters, FallbackOn, FallbackReason};
+use super::judge::{JudgeQueue, Target};
 use super::safety::{severity, KillSwitch, ListenerSafety};
 use crate::budget::BodyBudget;
 use crate::config::{Config, ListenerConfig, Protocol, Role, RouteConfig, UpstreamConfig};
@@ -43,6 +44,10 @@ pub struct Shared {
     /// The inbound requests in flight, for the egress calls made for them: across reloads, as
     /// requests are.
     pub correlations: Arc<Correlations>,
+    /// The JSON schemas compiled for the `structured_output` check.
+    pub(crate) schemas: Arc<Schemas>,
+    /// The queue to the judge thread (`correctness.judge`), once it is started.
+    pub(crate) judge: Option<Arc<JudgeQueue>>,
 }
 
 impl Shared {
@@ -76,6 +81,8 @@ impl Shared {
                 crate::telemetry::CORRELATION_EVICTIONS_TOTAL,
                 vec![label("agent", &config.agent)],
             ))),
+            schemas: Arc::default(),
+            judge: None,
         }
     }
 }
@@ -92,6 +99,18 @@ pub struct Snapshot {
     pub routes: BTreeMap<String, Arc<RouteState>>,
     /// `POST /admin/feedback`, with `correctness`.
     pub feedback: Option<Feedback>,
+}
+
+impl Snapshot {
+    /// What the judge asks now: `None` while the config has no judge.
+    pub(crate) fn judge_target(&self) -> Option<Target> {
+        let config = self.config.correctness.as_ref()?.judge.clone()?;
+        Some(Target {
+            upstream: self.upstreams.get(&config.upstream)?.clone(),
+            upstream_config: self.config.upstreams.get(&config.upstream)?.clone(),
+            config,
+        })
+    }
 }
 
 /// A route: its chain of upstreams, what moves a request along it, and its cache.
@@ -366,11 +385,10 @@ impl Build<'_> {
             budget: shared.budget.clone(),
             tracer: listener_tracer(shared, &l.name, &route),
             cascade: self.listener_cascade(l),
-            correctness: self
-                .config
-                .correctness
-                .as_ref()
-                .and_then(|c| ListenerCorrectness::new(c, l.role, t, agent, &l.name)),
+            correctness: self.config.correctness.as_ref().and_then(|c| {
+                let judge = shared.judge.as_ref();
+                ListenerCorrectness::new(c, l.role, t, agent, &l.name, &shared.schemas, judge)
+            }),
             route,
         })
     }

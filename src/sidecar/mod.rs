@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::proxy::connections::Connections;
+use crate::proxy::judge::JudgeQueue;
 use crate::proxy::{Shared, Snapshot};
 use crate::telemetry::otlp::Otlp;
 use crate::telemetry::{label, record_build_info, Tallies, Telemetry, BACKGROUND_RESTARTS_TOTAL};
@@ -209,6 +210,12 @@ async fn prepare(config: Config, tallies: Tallies) -> Result<Prepared, StartErro
         crate::admin::read_token(path).map_err(StartError::AdminToken)?;
     }
     let mut shared = Shared::new(&config, &telemetry, true);
+    let judge = config
+        .correctness
+        .as_ref()
+        .and_then(|c| c.judge.as_ref())
+        .map(|_| JudgeQueue::new(&telemetry, &config.agent, &shared.budget));
+    shared.judge = judge.as_ref().map(|(queue, _)| queue.clone());
     let restarts = |task: &str| restarts_counter(&telemetry, &config.agent, task);
     let exports = match otlp {
         Some(o) => {
@@ -225,6 +232,11 @@ async fn prepare(config: Config, tallies: Tallies) -> Result<Prepared, StartErro
     ));
     let snapshot = Snapshot::build(config, &telemetry, &shared)?;
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
+    if let Some((_, inbox)) = judge {
+        let state = state.clone();
+        let target = Box::new(move || state.load().judge_target());
+        crate::proxy::judge::spawn(inbox, target).map_err(StartError::Judge)?;
+    }
     Ok(Prepared {
         telemetry,
         shared,

@@ -40,7 +40,15 @@ const RESTART_ONLY: &[&str] = &[
     "tasks",
     "incidents.webhook",
     "otlp",
+    "correctness.judge (adding or removing it)",
 ];
+
+fn has_judge(config: &Config) -> bool {
+    config
+        .correctness
+        .as_ref()
+        .is_some_and(|c| c.judge.is_some())
+}
 
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let same = [
@@ -52,6 +60,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         old.tasks == new.tasks,
         old.incidents.webhook == new.incidents.webhook,
         old.otlp == new.otlp,
+        has_judge(old) == has_judge(new),
     ];
     RESTART_ONLY
         .iter()

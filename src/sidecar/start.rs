@@ -14,6 +14,8 @@ pub enum StartError {
     AdminToken(String),
     #[error(transparent)]
     Otlp(#[from] crate::telemetry::otlp::OtlpError),
+    #[error("correctness.judge: cannot start the judge's thread: {0}")]
+    Judge(std::io::Error),
     #[error("{key}: cannot bind {addr}: {source}")]
     Bind {
         key: String,

@@ -3,7 +3,9 @@
 //! real HTTP servers on loopback.
 
 mod agent;
+mod judge;
 mod provider;
+mod text;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use agent::{spawn_agent, AgentSim};
+pub use judge::{spawn_judge, JudgeSim};
 pub use provider::{spawn_provider, ProviderSim, SeenRequest};
 
 pub type SimBody = BoxBody<Bytes, Infallible>;

@@ -53,6 +53,8 @@ pub struct ProviderSim {
     pub hallucination_rate: f64,
     /// Share of text completions cut at the token limit (`length`, `max_tokens`).
     pub truncate_rate: f64,
+    /// Share of answers to a request for a JSON schema that break it.
+    pub schema_break_rate: f64,
     /// Keys the provider accepts; empty: any request is accepted.
     pub accepted_keys: Vec<String>,
     /// Every request received, when set.
@@ -73,6 +75,7 @@ impl Default for ProviderSim {
             tool_call_rate: 0.0,
             hallucination_rate: 0.0,
             truncate_rate: 0.0,
+            schema_break_rate: 0.0,
             accepted_keys: Vec::new(),
             seen: None,
             outage: None,
@@ -80,10 +83,6 @@ impl Default for ProviderSim {
         }
     }
 }
-
-const WORDS: &[&str] = &[
-    "The ", "agent ", "kept ", "its ", "error ", "budget ", "intact ", "today. ",
-];
 
 fn payload() -> &'static Bytes {
     static PAYLOAD: OnceLock<Bytes> = OnceLock::new();
@@ -204,7 +203,10 @@ async fn complete(
         return failure;
     }
     let completion = choose(sim, rng, &parts.headers, &request, api);
-    let truncated = matches!(completion, Completion::Text) && rng.next_f64() < sim.truncate_rate;
+    let text = matches!(completion, Completion::Text);
+    let truncated = text && rng.next_f64() < sim.truncate_rate;
+    let structured = (text && super::text::asks_for_schema(&request))
+        .then(|| rng.next_f64() >= sim.schema_break_rate);
     let usage = (((body.len() / 4).max(1)) as u64, sim.chunks as u64);
     let c = Call {
         api,
@@ -213,6 +215,7 @@ async fn complete(
         usage,
         include_usage,
         truncated,
+        structured,
     };
     if stream {
         c.stream(sim)
@@ -349,6 +352,8 @@ struct Call {
     include_usage: bool,
     /// A text completion cut at the token limit.
     truncated: bool,
+    /// Asked for a JSON schema: `Some(whether the answer follows it)`.
+    structured: Option<bool>,
 }
 
 /// Tool-call arguments, in the fragments a stream sends them in.
@@ -373,7 +378,11 @@ impl Call {
     }
 
     fn text(&self, sim: &ProviderSim) -> String {
-        (0..sim.chunks).map(|i| WORDS[i % WORDS.len()]).collect()
+        super::text::text(sim.chunks, self.structured)
+    }
+
+    fn word(&self, sim: &ProviderSim, i: usize) -> String {
+        super::text::word(i, sim.chunks, self.structured)
     }
 
     fn json(&self, sim: &ProviderSim) -> Response<SimBody> {
@@ -451,8 +460,7 @@ impl Call {
         let finish = match &self.completion {
             Completion::Text => {
                 events.extend(
-                    (0..sim.chunks)
-                        .map(|i| chunk(json!({"content": WORDS[i % WORDS.len()]}), None)),
+                    (0..sim.chunks).map(|i| chunk(json!({"content": self.word(sim, i)}), None)),
                 );
                 self.text_end()
             }
@@ -507,7 +515,7 @@ impl Call {
                 events.extend((0..sim.chunks).map(|i| {
                     event(
                         "content_block_delta",
-                        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": WORDS[i % WORDS.len()]}}),
+                        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": self.word(sim, i)}}),
                     )
                 }));
                 self.text_end()

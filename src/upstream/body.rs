@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::budget::{BodyBudget, Held};
+use crate::budget::{BodyBudget, Held, Reservation};
+use crate::inspect::collect::Prefix;
 use crate::inspect::echo::{EchoTap, Echoes};
 use crate::inspect::{parse_request, Collected, Format, RequestFacts, Unparsed};
 
@@ -33,6 +34,24 @@ pub struct Upload {
     /// What the safety detectors found in the request, once its body has been read (where a
     /// kill switch needs to tell echoes apart).
     pub echoes: OnceLock<Echoes>,
+}
+
+/// A request body's first bytes, kept for a sample (the judge's): handed over when the upload
+/// ends or the prefix is full, with the reservation that counts them.
+#[derive(Debug, Default)]
+pub struct BodySample(Mutex<Option<(Bytes, Reservation)>>);
+
+impl BodySample {
+    /// What was kept, once: `None` before the prefix is done (an upload that never ended).
+    pub fn take(&self) -> Option<(Bytes, Reservation)> {
+        self.0.lock().ok()?.take()
+    }
+
+    fn put(&self, prefix: Prefix) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(prefix.finish());
+        }
+    }
 }
 
 /// Who an exchange is waiting on when its response head is late.
@@ -148,6 +167,8 @@ pub struct RequestBody {
     /// The request's text through the safety detectors (boxed: only where a kill switch
     /// counts, and its scanner is large).
     echo: Option<Box<EchoTap>>,
+    /// The first bytes kept for a sampled request (boxed: only a sampled one has it).
+    sample: Option<Box<(Prefix, Arc<BodySample>)>>,
 }
 
 fn new_upload(started: Instant) -> Arc<Upload> {
@@ -184,6 +205,7 @@ impl RequestBody {
                 upload: upload.clone(),
                 tap,
                 echo: None,
+                sample: None,
             },
             upload,
         )
@@ -233,6 +255,7 @@ impl RequestBody {
                 upload: None,
                 tap: None,
                 echo: None,
+                sample: None,
             };
             return (body, None);
         }
@@ -253,6 +276,7 @@ impl RequestBody {
                 upload: Some(upload.clone()),
                 tap,
                 echo: None,
+                sample: None,
             },
             Some(upload),
         )
@@ -272,6 +296,24 @@ impl RequestBody {
     pub fn tap_echoes(&mut self, tap: Option<EchoTap>) {
         if self.upload.is_some() {
             self.echo = tap.map(Box::new);
+        }
+    }
+
+    /// Keeps the body's first bytes in `prefix`, handed to `slot` when the upload ends or the
+    /// prefix is full.
+    pub fn keep_sample(&mut self, prefix: Prefix, slot: Arc<BodySample>) {
+        if self.is_end_stream() {
+            slot.put(prefix);
+        } else {
+            self.sample = Some(Box::new((prefix, slot)));
+        }
+    }
+
+    /// Hands the sample over (its prefix full, or the body ended).
+    fn give_sample(&mut self) {
+        if let Some(sample) = self.sample.take() {
+            let (prefix, slot) = *sample;
+            slot.put(prefix);
         }
     }
 
@@ -361,6 +403,19 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(None) => this.read_echoes(),
                 Poll::Ready(Some(Err(_))) => this.echo = None,
+                Poll::Pending => {}
+            }
+        }
+        if let Some(sample) = &mut this.sample {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let full = frame.data_ref().is_some_and(|d| sample.0.push(d));
+                    if full || this.is_end_stream() {
+                        this.give_sample();
+                    }
+                }
+                Poll::Ready(None) => this.give_sample(),
+                Poll::Ready(Some(Err(_))) => this.sample = None,
                 Poll::Pending => {}
             }
         }

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 pub use breaker::{BreakerConfig, CircuitBreaker, Force, Outcome, Ticket, Transition};
 mod body;
 pub use crate::connect::{build_connector, load_ca_file};
-pub use body::{RequestBody, Upload, UploadState};
+pub use body::{BodySample, RequestBody, Upload, UploadState};
 pub use keys::{KeyFileError, KeyRing};
 pub use pool::{ConnectionPool, Lease, SendError, SendResult};
 
@@ -273,6 +273,20 @@ impl Upstream {
             log_limit: LogLimiter::new(),
         })
     }
+}
+
+/// A connection pool of its own for upstream `name` (the judge's, on a thread of its own: its
+/// connections are driven there, never on the workers).
+pub fn private_pool(
+    name: &str,
+    config: &UpstreamConfig,
+) -> Result<ConnectionPool, UpstreamBuildError> {
+    let url = parse_upstream_url(&config.url).map_err(|message| UpstreamBuildError::Url {
+        name: name.to_owned(),
+        message,
+    })?;
+    let (_, target) = host_and_target(name, &url)?;
+    Ok(connection_pool(config, connector(name, config)?, target))
 }
 
 /// The `Host` an upstream gets (the URL's authority), and the URI its connections go to.

@@ -97,17 +97,20 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &demo_config(
             admin,
             &token_file,
-            &world.agent.url(),
-            &world.provider.url(),
-            &world.spare.url(),
-            &world.queue.url(),
-            &format!(
-                "http://{}",
-                world
-                    .planner_sidecar
-                    .listener_addr("inbound")
-                    .context("the planner's listener")?
-            ),
+            &world::Urls {
+                agent: world.agent.url(),
+                provider: world.provider.url(),
+                spare: world.spare.url(),
+                queue: world.queue.url(),
+                planner: format!(
+                    "http://{}",
+                    world
+                        .planner_sidecar
+                        .listener_addr("inbound")
+                        .context("the planner's listener")?
+                ),
+                judge: world.judge.url(),
+            },
         ),
     )?;
     let sidecar = Sidecar::start_tallying_every_metric(config).await?;

@@ -8,7 +8,8 @@ use crate::metric_table::{
     BULKHEAD_REJECTIONS_TOTAL, CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL,
     CORRECTNESS_VERDICTS_TOTAL, DEADLINE_EXCEEDED_TOTAL, FALLBACKS_TOTAL, FINISH_REASONS_TOTAL,
     GEN_AI_TIME_TO_FIRST_CHUNK, GEN_AI_TOKEN_USAGE, HALLUCINATED_TOOL_CALLS_TOTAL,
-    SAFETY_VIOLATIONS_TOTAL, SLO_BUDGET_REMAINING, SLO_BURN_RATE, UPSTREAM_REQUESTS_TOTAL,
+    JUDGE_SAMPLES_TOTAL, SAFETY_VIOLATIONS_TOTAL, SLO_BUDGET_REMAINING, SLO_BURN_RATE,
+    UPSTREAM_REQUESTS_TOTAL,
 };
 use crate::telemetry::{has_label, Tallies};
 
@@ -276,7 +277,8 @@ pub(super) fn cascade_line(t: &Tallies, target: f64) -> String {
     )
 }
 
-/// The correctness line: the verdicts by source and reason, and the SLI they make.
+/// The correctness line: the verdicts by source and reason (the judge's samples too), and the SLI
+/// they make.
 pub(super) fn correctness_line(t: &Tallies) -> String {
     let n = |source: &str, verdict: &str, reason: &str| {
         let labels = [("source", source), ("verdict", verdict), ("reason", reason)];
@@ -288,13 +290,19 @@ pub(super) fn correctness_line(t: &Tallies) -> String {
         0 => "      -".to_string(),
         _ => format!("{:>6.2}%", 100.0 * correct as f64 / all as f64),
     };
+    let samples = |result: &str| total(t, JUDGE_SAMPLES_TOTAL, &[("result", result)]);
     format!(
-        "correct  checks: ok {:>5} truncated {:>4} refusal {:>3} | the agent's verdicts: correct {:>5} incorrect {:>4} | feedback {:>3} | SLI {sli} (correct of {all} verdicts)",
+        "correct  checks: ok {:>5} truncated {:>4} schema {:>3} refusal {:>3} | the agent's verdicts: correct {:>5} incorrect {:>4} | judge: correct {:>4} incorrect {:>3} unreadable {:>2} dropped {:>2} | feedback {:>3} | SLI {sli} (correct of {all} verdicts)",
         n("check", "correct", "checks"),
         n("check", "incorrect", "truncated"),
+        n("check", "incorrect", "schema_invalid"),
         n("check", "incorrect", "refusal"),
         n("agent", "correct", "agent"),
         n("agent", "incorrect", "agent"),
+        n("judge", "correct", "judge"),
+        n("judge", "incorrect", "judge"),
+        samples("unreadable"),
+        samples("dropped"),
         total(t, CORRECTNESS_VERDICTS_TOTAL, &[("source", "feedback")]),
     )
 }

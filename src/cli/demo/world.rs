@@ -12,17 +12,29 @@ use http_body_util::BodyExt;
 use super::DemoArgs;
 use crate::config::Config;
 use crate::sidecar::Sidecar;
-use crate::sim::{spawn_agent, spawn_provider, AgentSim, ProviderSim, SimServer};
+use crate::sim::{
+    spawn_agent, spawn_judge, spawn_provider, AgentSim, JudgeSim, ProviderSim, SimServer,
+};
 
-pub(super) fn demo_config(
-    admin: SocketAddr,
-    token_file: &std::path::Path,
-    agent_url: &str,
-    provider_url: &str,
-    spare_url: &str,
-    queue_url: &str,
-    planner_url: &str,
-) -> String {
+/// Where the demo's simulated parts listen.
+pub(super) struct Urls {
+    pub(super) agent: String,
+    pub(super) provider: String,
+    pub(super) spare: String,
+    pub(super) queue: String,
+    pub(super) planner: String,
+    pub(super) judge: String,
+}
+
+pub(super) fn demo_config(admin: SocketAddr, token_file: &std::path::Path, urls: &Urls) -> String {
+    let Urls {
+        agent: agent_url,
+        provider: provider_url,
+        spare: spare_url,
+        queue: queue_url,
+        planner: planner_url,
+        judge: judge_url,
+    } = urls;
     format!(
         "agent: demo-agent
 admin:
@@ -66,6 +78,9 @@ upstreams:
   planner:
     url: {planner_url}
     timeouts: {{first_byte: 10s}}
+  judge:
+    url: {judge_url}
+    protocol: openai
 cascade: {{default_deadline: 2s}}
 slos:
   - {{name: availability, sli: availability, target: {availability}, window: 30d, exclude_dependency_failures: true}}
@@ -74,7 +89,8 @@ slos:
   - {{name: ttft, sli: time_to_first_token, threshold: 0.5s, target: 0.95, window: 30d}}
   - {{name: safety, sli: safety, target: 0.999, window: 30d}}
   - {{name: correctness, sli: correctness, target: 0.9, window: 30d}}
-correctness: {{}}
+correctness:
+  judge: {{upstream: judge, model: judge-mini, sample_ratio: 0.25, max_per_minute: 600}}
 tasks:
   stuck_after: 3s
   max_llm_calls: 20
@@ -97,6 +113,8 @@ pub(super) struct World {
     /// The planner agent and its own sidecar.
     pub(super) planner: SimServer,
     pub(super) planner_sidecar: Sidecar,
+    /// The judge model grading a sample of the agent's answers.
+    pub(super) judge: SimServer,
     /// Where the agent calls its LLM: the sidecar's egress, once it listens.
     pub(super) llm_url: Arc<std::sync::OnceLock<String>>,
     /// Where the agent calls the planner: the sidecar's peers listener, once it listens.
@@ -131,6 +149,15 @@ impl World {
             queue: human_queue(loopback).await?,
             planner,
             planner_sidecar,
+            judge: spawn_judge(
+                loopback,
+                JudgeSim {
+                    seed: clock_seed() ^ 0x1d9e,
+                    ..JudgeSim::default()
+                },
+            )
+            .await
+            .context("starting the simulated judge")?,
             llm_url,
             peer_url,
         })
@@ -155,6 +182,7 @@ async fn providers(
             tool_call_rate: 0.3,
             hallucination_rate: 0.2,
             truncate_rate: 0.03,
+            schema_break_rate: 0.04,
             outage: Some((args.outage_at, args.outage_for)),
             seed: clock_seed(),
             ..ProviderSim::default()

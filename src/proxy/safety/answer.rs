@@ -31,6 +31,8 @@ pub(crate) struct SafetyState {
     origin: u64,
     request: Option<Arc<Upload>>,
     check: Option<Box<SafetyCheck>>,
+    /// A violation was counted from the head alone (no text check).
+    flagged: bool,
 }
 
 impl SafetyState {
@@ -93,6 +95,7 @@ impl SafetyState {
                         echo: false,
                     };
                     ls.violation(&v, now);
+                    self.flagged = true;
                     return match ls.block {
                         true => Inspect::Block(source),
                         false => Inspect::Pass,
@@ -138,6 +141,11 @@ impl SafetyState {
     /// What the inspection found that blocks the response.
     pub(crate) fn blocked(&self) -> Option<Source> {
         self.check.as_ref().and_then(|c| c.blocked())
+    }
+
+    /// Whether safety counted any violation in the response (blocked or only recorded).
+    pub(crate) fn found(&self) -> bool {
+        self.flagged || self.check.as_ref().is_some_and(|c| c.found())
     }
 
     /// From a stream held back: a chunk now known clean, else — blocked, once the clean ones
@@ -212,6 +220,7 @@ impl SafetyState {
                 echo: false,
             };
             ls.violation(&v, now);
+            self.flagged = true;
         }
     }
 }

@@ -122,6 +122,11 @@ impl SafetyCheck {
         self.blocking = true;
     }
 
+    /// Whether any violation was counted in this response.
+    pub fn found(&self) -> bool {
+        self.counted != 0 || self.blocked.is_some()
+    }
+
     /// Whether this response is held back chunk by chunk.
     pub fn holds(&self) -> bool {
         self.hold.is_some()

@@ -291,7 +291,7 @@ impl ExportThread {
     /// On the export thread: builds the exporters and runs both loops until they end. `ready`
     /// gets the outcome of the start; `done` fires when the loops have ended.
     fn run(self, ready: oneshot::Sender<Result<(), OtlpError>>, done: oneshot::Sender<()>) {
-        lower_priority();
+        lower_priority("otlp");
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -351,14 +351,14 @@ impl ExportThread {
     }
 }
 
-/// Makes the calling thread (the export thread) an idle-class thread (Linux `SCHED_IDLE`): it
+/// Makes the calling thread (the export thread, the judge's) an idle-class thread (Linux `SCHED_IDLE`): it
 /// runs whenever the sidecar's workers leave the CPU free, and yields it to a worker the moment
 /// one wakes with a request to serve. The workers never wait on it (the span queue is lock-free;
 /// the mirror's locks are taken by a worker only to register a new series). Under a sidecar that
 /// keeps its CPU busy, export slows down: spans past the queue are dropped and counted, metric
 /// pushes come late; requests do not. A failure (a platform without the call) is logged; export
 /// then runs at the workers' priority.
-fn lower_priority() {
+pub(crate) fn lower_priority(thread: &str) {
     use thread_priority::{
         set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
         ThreadPriority, ThreadSchedulePolicy,
@@ -369,7 +369,7 @@ fn lower_priority() {
         ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
     );
     if let Err(e) = set {
-        tracing::warn!(error = ?e, "otlp: could not lower the export thread's priority; it runs at the workers' priority");
+        tracing::warn!(error = ?e, thread, "could not lower a background thread's priority; it runs at the workers' priority");
     }
 }
 

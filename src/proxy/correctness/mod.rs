@@ -1,0 +1,341 @@
+//! Correctness verdicts on the agent's answers (`correctness:`), for the `correctness` SLI:
+//! the deterministic checks on every LLM response (`llm` role: a structured output that breaks
+//! its schema, a truncated answer, a refusal), the agent's own verdict header on its answers
+//! (`agent` role; removed before the client sees it), later feedback (`POST /admin/feedback`,
+//! see [`Feedback`]), and the judge's grade of a sample of the agent's answers
+//! ([`super::judge`]). Each is counted in
+//! `agent_correctness_verdicts_total{listener, source, verdict, reason}` when its request is (the
+//! judge's when it has graded).
+
+mod schemas;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderName;
+use metrics::{Counter, Label};
+use tokio::time::Instant;
+
+use super::judge::{JudgeQueue, JudgeVerdicts, Kept};
+use super::llm::CallEnd;
+use crate::config::{CorrectnessCheck, CorrectnessConfig, Role};
+use crate::telemetry::{label, Telemetry, CORRECTNESS_VERDICTS_TOTAL};
+use crate::upstream::{BodySample, RequestBody};
+
+pub(crate) use schemas::Schemas;
+
+/// What a verdict says, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Passed every check that applied.
+    Checked,
+    Truncated,
+    Refused,
+    /// The output does not follow the schema its request asked for.
+    SchemaInvalid,
+    /// The agent's (or a user's) own verdict.
+    Correct,
+    Incorrect,
+}
+
+impl Verdict {
+    /// The `verdict` and `reason` labels, for a verdict of `source`.
+    fn labels(self, source: &'static str) -> (&'static str, &'static str) {
+        match self {
+            Verdict::Checked => ("correct", "checks"),
+            Verdict::Truncated => ("incorrect", "truncated"),
+            Verdict::Refused => ("incorrect", "refusal"),
+            Verdict::SchemaInvalid => ("incorrect", "schema_invalid"),
+            Verdict::Correct => ("correct", source),
+            Verdict::Incorrect => ("incorrect", source),
+        }
+    }
+}
+
+/// The counters of one listener (or of the feedback endpoint): one per verdict its source gives.
+#[derive(Debug)]
+struct Verdicts(Vec<(Verdict, Counter)>);
+
+impl Verdicts {
+    fn new(t: &Telemetry, agent: &str, listener: &str, source: &'static str) -> Verdicts {
+        let kinds: &[Verdict] = match source {
+            "check" => &[
+                Verdict::Checked,
+                Verdict::Truncated,
+                Verdict::Refused,
+                Verdict::SchemaInvalid,
+            ],
+            _ => &[Verdict::Correct, Verdict::Incorrect],
+        };
+        Verdicts(
+            kinds
+                .iter()
+                .map(|v| {
+                    let (verdict, reason) = v.labels(source);
+                    let labels = vec![
+                        label("agent", agent),
+                        label("listener", listener),
+                        Label::from_static_parts("source", source),
+                        Label::from_static_parts("verdict", verdict),
+                        Label::from_static_parts("reason", reason),
+                    ];
+                    (*v, t.counter(CORRECTNESS_VERDICTS_TOTAL, labels))
+                })
+                .collect(),
+        )
+    }
+
+    fn count(&self, v: Verdict) {
+        if let Some(c) = self.counter(v) {
+            c.increment(1);
+        }
+    }
+
+    fn counter(&self, v: Verdict) -> Option<&Counter> {
+        self.0.iter().find(|(k, _)| *k == v).map(|(_, c)| c)
+    }
+}
+
+/// An `agent` listener's part in the judge: its samples and where their verdicts count.
+#[derive(Debug)]
+struct Judging {
+    queue: Arc<JudgeQueue>,
+    /// `sample_ratio` as a fraction of `u64::MAX`.
+    threshold: u64,
+    max_per_minute: u32,
+    /// `max_chars` as bytes: the most of each text kept (UTF-8 is at most 4 bytes a char).
+    keep: usize,
+    verdicts: Arc<JudgeVerdicts>,
+}
+
+/// What one listener does about correctness.
+#[derive(Debug)]
+pub struct ListenerCorrectness {
+    /// `llm` role: the checks run, and the compiled schemas (`structured_output`).
+    truncated: bool,
+    refusal: bool,
+    schemas: Option<Arc<Schemas>>,
+    /// `agent` role: the agent's verdict header.
+    verdict_header: Option<HeaderName>,
+    verdicts: Verdicts,
+    /// `agent` role, with `correctness.judge`.
+    judge: Option<Judging>,
+}
+
+impl ListenerCorrectness {
+    /// `schemas`: the process's compiled schemas; `judge`: the queue to the judge, when the
+    /// sidecar has one.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: &CorrectnessConfig,
+        role: Role,
+        t: &Telemetry,
+        agent: &str,
+        listener: &str,
+        schemas: &Arc<Schemas>,
+        judge: Option<&Arc<JudgeQueue>>,
+    ) -> Option<ListenerCorrectness> {
+        let (source, header) = match role {
+            Role::Llm => ("check", None),
+            Role::Agent => (
+                "agent",
+                HeaderName::from_bytes(config.verdict_header.as_bytes()).ok(),
+            ),
+            _ => return None,
+        };
+        let llm = role == Role::Llm;
+        let judge = match (&config.judge, judge) {
+            (Some(c), Some(queue)) if role == Role::Agent => {
+                let v = Verdicts::new(t, agent, listener, "judge");
+                let counter = |k| v.counter(k).cloned().unwrap_or_else(Counter::noop);
+                Some(Judging {
+                    queue: queue.clone(),
+                    threshold: (c.sample_ratio * u64::MAX as f64) as u64,
+                    max_per_minute: c.max_per_minute,
+                    keep: c.max_chars.saturating_mul(4),
+                    verdicts: Arc::new(JudgeVerdicts {
+                        correct: counter(Verdict::Correct),
+                        incorrect: counter(Verdict::Incorrect),
+                    }),
+                })
+            }
+            _ => None,
+        };
+        Some(ListenerCorrectness {
+            truncated: llm && config.runs(CorrectnessCheck::Truncated),
+            refusal: llm && config.runs(CorrectnessCheck::Refusal),
+            schemas: (llm && config.runs(CorrectnessCheck::StructuredOutput))
+                .then(|| schemas.clone()),
+            verdict_header: header,
+            verdicts: Verdicts::new(t, agent, listener, source),
+            judge,
+        })
+    }
+}
+
+/// A request's verdict, counted with the request, and its sample for the judge.
+#[derive(Debug, Default)]
+pub(crate) struct CorrectnessState {
+    verdict: Option<Verdict>,
+    /// A sampled request's texts, kept as they pass (boxed: most requests have none).
+    sample: Option<Box<Kept>>,
+}
+
+impl CorrectnessState {
+    /// A request arrived: on an `agent` listener with a judge, it may be sampled.
+    pub(super) fn begin(&mut self, lc: Option<&ListenerCorrectness>) {
+        if let Some(j) = lc.and_then(|lc| lc.judge.as_ref()) {
+            if j.queue.sampled(j.threshold) {
+                self.sample = Some(Box::new(Kept {
+                    request: Arc::new(BodySample::default()),
+                    response: None,
+                }));
+            }
+        }
+    }
+
+    /// The attempt's request goes out with `body`: a sampled request keeps its first bytes.
+    pub(super) fn sending(&mut self, lc: Option<&ListenerCorrectness>, body: &mut RequestBody) {
+        let (Some(sample), Some(j)) = (&mut self.sample, lc.and_then(|lc| lc.judge.as_ref()))
+        else {
+            return;
+        };
+        // Each attempt's body is the whole request again: the last one sent is kept.
+        sample.request = Arc::new(BodySample::default());
+        body.keep_sample(j.queue.prefix(j.keep), sample.request.clone());
+    }
+
+    /// Whether an LLM call's output is kept, for the `structured_output` check.
+    pub(super) fn keeps_output(&self, lc: Option<&ListenerCorrectness>) -> bool {
+        lc.is_some_and(|lc| lc.schemas.is_some())
+    }
+
+    /// The response head: on an `agent` listener, the agent's verdict header is read and removed
+    /// (a value other than `correct` or `incorrect` says nothing); a sampled request keeps its
+    /// answer's first bytes when it is a 2xx the judge can read (not compressed).
+    pub(super) fn head(
+        &mut self,
+        lc: Option<&ListenerCorrectness>,
+        parts: &mut http::response::Parts,
+    ) {
+        if let (Some(sample), Some(j)) = (&mut self.sample, lc.and_then(|lc| lc.judge.as_ref())) {
+            let plain = parts
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
+            match parts.status.is_success() && plain {
+                true => sample.response = Some(j.queue.prefix(j.keep)),
+                false => self.sample = None,
+            }
+        }
+        let Some(name) = lc.and_then(|lc| lc.verdict_header.as_ref()) else {
+            return;
+        };
+        let Some(value) = parts.headers.remove(name) else {
+            return;
+        };
+        let v = value.as_bytes().trim_ascii();
+        self.verdict = if v.eq_ignore_ascii_case(b"correct") {
+            Some(Verdict::Correct)
+        } else if v.eq_ignore_ascii_case(b"incorrect") {
+            Some(Verdict::Incorrect)
+        } else {
+            None
+        };
+    }
+
+    /// A chunk of the answer went by: a sampled one keeps it, up to its limit.
+    pub(super) fn data(&mut self, data: &Bytes) {
+        if let Some(prefix) = self.sample.as_mut().and_then(|s| s.response.as_mut()) {
+            prefix.push(data);
+        }
+    }
+
+    /// The sidecar answers itself (a safety block, an error): the agent's verdict was on an
+    /// answer the client does not get, and there is nothing to judge.
+    pub(super) fn local_answer(&mut self) {
+        self.verdict = None;
+        self.sample = None;
+    }
+
+    /// The request is counted (`complete`: its answer's last byte went out; `flagged`: safety
+    /// found something in it): its verdict too. An LLM call that succeeded, was read whole and
+    /// said how it ended gets the checks' verdict: refused, truncated, breaking its schema, or
+    /// correct when none. The agent's verdict counts for an answer the client got whole, and so
+    /// goes a sampled answer to the judge — unless safety found anything in it: what safety
+    /// blocked or flagged is never sent.
+    pub(super) fn end(
+        &mut self,
+        lc: Option<&ListenerCorrectness>,
+        call: Option<&CallEnd>,
+        complete: bool,
+        flagged: bool,
+    ) {
+        let Some(lc) = lc else {
+            return;
+        };
+        let checked = call.filter(|c| c.answered && c.checkable);
+        if let Some(c) = checked {
+            if let Some(verdict) = lc.check(c) {
+                lc.verdicts.count(verdict);
+            }
+        }
+        if let Some(v) = self.verdict.take().filter(|_| complete) {
+            lc.verdicts.count(v);
+        }
+        let sample = self.sample.take().filter(|_| complete && !flagged);
+        if let (Some(sample), Some(j)) = (sample, &lc.judge) {
+            j.queue
+                .offer(*sample, &j.verdicts, j.max_per_minute, Instant::now());
+        }
+    }
+}
+
+impl ListenerCorrectness {
+    /// The checks' verdict on a call read whole; `None` when no check applies. A refusal comes
+    /// first, then a cut answer (its JSON is cut too), then the schema.
+    fn check(&self, c: &CallEnd) -> Option<Verdict> {
+        if self.refusal && c.refused {
+            return Some(Verdict::Refused);
+        }
+        if self.truncated && c.truncated {
+            return Some(Verdict::Truncated);
+        }
+        // A structured output, whole, of an answer that is not a tool call.
+        let structured = c
+            .structured
+            .as_ref()
+            .filter(|_| c.tool_calls.as_ref().is_some_and(Vec::is_empty));
+        let follows = match (&self.schemas, structured) {
+            (Some(schemas), Some(s)) => s
+                .output
+                .whole()
+                .and_then(|text| schemas.follows(&s.schema, text)),
+            _ => None,
+        };
+        match follows {
+            Some(false) => Some(Verdict::SchemaInvalid),
+            Some(true) => Some(Verdict::Checked),
+            None if self.truncated || self.refusal => Some(Verdict::Checked),
+            None => None,
+        }
+    }
+}
+
+/// `POST /admin/feedback`: verdicts that come later (a user's thumbs-down), counted on listener
+/// `admin`.
+#[derive(Debug)]
+pub struct Feedback(Verdicts);
+
+impl Feedback {
+    pub fn new(t: &Telemetry, agent: &str) -> Feedback {
+        Feedback(Verdicts::new(t, agent, "admin", "feedback"))
+    }
+
+    pub fn count(&self, correct: bool) {
+        self.0.count(match correct {
+            true => Verdict::Correct,
+            false => Verdict::Incorrect,
+        });
+    }
+}

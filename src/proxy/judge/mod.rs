@@ -1,0 +1,297 @@
+//! The judge (`correctness.judge`): a sample of the agent's answers graded by a model, off the
+//! request path.
+//!
+//! A request on an `agent` listener is sampled when it arrives (`sample_ratio`); a sampled one
+//! keeps the first bytes of its request and of its answer (each `max_chars` characters at most,
+//! counted against `memory.max_held`). When the answer has reached the client whole, with a 2xx,
+//! and safety found nothing in it, the sample is offered to the [`JudgeQueue`]: past
+//! `max_per_minute`, or with the queue full, it is dropped and counted. Nothing waits: the offer
+//! is a `try_send`.
+//!
+//! The judge runs on a thread of its own with a single-threaded runtime at the idle scheduling
+//! class, like the OTLP export, with a connection pool of its own to the judge upstream: its
+//! connections are driven there, never on the workers. Each sample becomes one call to the
+//! upstream (Chat Completions or Messages, as its protocol says) with the rubric, recorded like
+//! any LLM call of that upstream (duration, tokens, finish reason) and counted in
+//! `upstream_requests_total`. The verdict ([`verdict`]) counts in
+//! `agent_correctness_verdicts_total{source="judge"}`; a failed call (an error status, a broken
+//! connection, `timeout`) or an answer with no verdict in it counts as `failed` or `unreadable`
+//! in `sloguard_judge_samples_total`, never as incorrect.
+
+mod call;
+mod verdict;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use metrics::{Counter, Label};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::{Duration, Instant};
+
+use crate::budget::{BodyBudget, Held, Reservation};
+use crate::config::{JudgeConfig, UpstreamConfig};
+use crate::inspect::collect::Prefix;
+use crate::telemetry::{label, Telemetry, JUDGE_SAMPLES_TOTAL};
+use crate::upstream::Upstream;
+
+/// Samples waiting for the judge at most; past it, an offer is dropped.
+const QUEUE: usize = 32;
+/// Judge calls in flight at once.
+const IN_FLIGHT: usize = 4;
+
+/// What became of a sample (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Judged = 0,
+    Dropped = 1,
+    Failed = 2,
+    Unreadable = 3,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::Judged,
+        Outcome::Dropped,
+        Outcome::Failed,
+        Outcome::Unreadable,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Judged => "judged",
+            Outcome::Dropped => "dropped",
+            Outcome::Failed => "failed",
+            Outcome::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// The verdict counters of the listener a sample came from.
+#[derive(Debug)]
+pub(crate) struct JudgeVerdicts {
+    pub(crate) correct: Counter,
+    pub(crate) incorrect: Counter,
+}
+
+/// One sampled exchange on its way to the judge.
+pub(crate) struct Sample {
+    request: Bytes,
+    response: Bytes,
+    verdicts: Arc<JudgeVerdicts>,
+    /// What the two texts hold of the body budget, given back when the sample is done.
+    _held: [Reservation; 2],
+}
+
+/// Sizes only: a sample holds what a client and the agent said.
+impl std::fmt::Debug for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sample")
+            .field("request", &self.request.len())
+            .field("response", &self.response.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where sampled answers go: the process's one queue to the judge thread, with the sampling
+/// sequence, the rate limit and the results' counters.
+#[derive(Debug)]
+pub(crate) struct JudgeQueue {
+    tx: mpsc::Sender<Sample>,
+    /// Requests seen, hashed for the sampling decision.
+    seq: AtomicU64,
+    seed: u64,
+    /// The current minute's start and the samples sent in it.
+    minute: Mutex<(Instant, u32)>,
+    results: [Counter; 4],
+    budget: BodyBudget,
+}
+
+/// The judge thread's end of the queue.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    rx: mpsc::Receiver<Sample>,
+    results: [Counter; 4],
+    budget: BodyBudget,
+}
+
+/// A sample's request and answer, kept as they pass.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    pub(crate) request: Arc<crate::upstream::BodySample>,
+    pub(crate) response: Option<Prefix>,
+}
+
+impl JudgeQueue {
+    /// The queue and its inbox, for `agent`.
+    pub(crate) fn new(t: &Telemetry, agent: &str, budget: &BodyBudget) -> (Arc<JudgeQueue>, Inbox) {
+        let results = Outcome::ALL.map(|o| {
+            t.counter(
+                JUDGE_SAMPLES_TOTAL,
+                vec![
+                    label("agent", agent),
+                    Label::from_static_parts("result", o.as_str()),
+                ],
+            )
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            0x1d9e_u64,
+        );
+        let queue = JudgeQueue {
+            tx,
+            seq: AtomicU64::new(0),
+            seed,
+            minute: Mutex::new((Instant::now(), 0)),
+            results: results.clone(),
+            budget: budget.clone(),
+        };
+        let inbox = Inbox {
+            rx,
+            results,
+            budget: budget.clone(),
+        };
+        (Arc::new(queue), inbox)
+    }
+
+    /// Whether the next request is sampled, at `threshold` (`sample_ratio` of `u64::MAX`): the
+    /// request's number in the sequence, hashed, under the threshold.
+    pub(crate) fn sampled(&self, threshold: u64) -> bool {
+        if threshold == 0 {
+            return false;
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed) <= threshold
+    }
+
+    /// Where a sampled text is kept: `bytes` at most, counted against the body budget.
+    pub(crate) fn prefix(&self, bytes: usize) -> Prefix {
+        Prefix::new(bytes, self.budget.reserve(Held::JudgeSample))
+    }
+
+    /// Offers a finished sample to the judge: dropped (and counted) past `max_per_minute` or
+    /// with the queue full. Never waits.
+    pub(crate) fn offer(
+        &self,
+        kept: Kept,
+        verdicts: &Arc<JudgeVerdicts>,
+        max_per_minute: u32,
+        now: Instant,
+    ) {
+        let (Some((request, r1)), Some(response)) = (kept.request.take(), kept.response) else {
+            // The upload never ended: there is no whole exchange to judge.
+            return;
+        };
+        let (response, r2) = response.finish();
+        if !self.within_rate(max_per_minute, now) {
+            self.results[Outcome::Dropped as usize].increment(1);
+            return;
+        }
+        let sample = Sample {
+            request,
+            response,
+            verdicts: verdicts.clone(),
+            _held: [r1, r2],
+        };
+        if self.tx.try_send(sample).is_err() {
+            self.results[Outcome::Dropped as usize].increment(1);
+        }
+    }
+
+    /// Counts a sample against the minute's `max`: `false` when the minute has none left.
+    fn within_rate(&self, max: u32, now: Instant) -> bool {
+        let Ok(mut minute) = self.minute.lock() else {
+            return false;
+        };
+        if now.duration_since(minute.0) >= Duration::from_secs(60) {
+            *minute = (now, 0);
+        }
+        if minute.1 >= max {
+            return false;
+        }
+        minute.1 += 1;
+        true
+    }
+}
+
+/// What the judge asks, read from the current config for each sample (a reload changes the
+/// model, the rubric or the upstream for the next one).
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) config: JudgeConfig,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) upstream_config: UpstreamConfig,
+}
+
+/// Reads the current target: `None` while the config has no judge.
+pub(crate) type TargetFn = Box<dyn Fn() -> Option<Target> + Send>;
+
+/// Starts the judge thread; it ends when every sender of the queue is gone.
+pub(crate) fn spawn(inbox: Inbox, target: TargetFn) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("sloguard-judge".into())
+        .spawn(move || {
+            crate::telemetry::otlp::lower_priority("judge");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(rt) => rt.block_on(run(inbox, target)),
+                Err(e) => tracing::error!(error = %e, "judge: cannot start its runtime"),
+            }
+        })
+        .map(|_| ())
+}
+
+/// Takes samples off the queue, `IN_FLIGHT` judged at a time.
+async fn run(mut inbox: Inbox, target: TargetFn) {
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut pool: Option<(Arc<Upstream>, Arc<crate::upstream::ConnectionPool>)> = None;
+    while let Some(sample) = inbox.rx.recv().await {
+        let Some(target) = target() else {
+            inbox.results[Outcome::Dropped as usize].increment(1);
+            continue;
+        };
+        let current = match &pool {
+            Some((u, p)) if Arc::ptr_eq(u, &target.upstream) => p.clone(),
+            _ => {
+                let name = &target.config.upstream;
+                match crate::upstream::private_pool(name, &target.upstream_config) {
+                    Ok(p) => {
+                        let p = Arc::new(p);
+                        pool = Some((target.upstream.clone(), p.clone()));
+                        p
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "judge: cannot reach its upstream");
+                        inbox.results[Outcome::Failed as usize].increment(1);
+                        continue;
+                    }
+                }
+            }
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let results = inbox.results.clone();
+        let budget = inbox.budget.clone();
+        tokio::spawn(async move {
+            let outcome = call::judge(&target, &current, &sample, &budget).await;
+            let result = match outcome {
+                Ok(Some(correct)) => {
+                    let v = &sample.verdicts;
+                    match correct {
+                        true => v.correct.increment(1),
+                        false => v.incorrect.increment(1),
+                    }
+                    Outcome::Judged
+                }
+                Ok(None) => Outcome::Unreadable,
+                Err(()) => Outcome::Failed,
+            };
+            results[result as usize].increment(1);
+            drop(permit);
+        });
+    }
+}
