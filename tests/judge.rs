@@ -260,9 +260,17 @@ fn requests(m: &str) -> f64 {
     metric(m, "agent_requests_total", &[("listener", LISTENER)])
 }
 
+/// `/metrics` once `ready` holds for it (or after 5 s), read once more: one read is no instant (a
+/// counter written out early can miss an increment made before one written out later), the next
+/// read shows all that came before what `ready` saw.
+async fn settled(s: &Sidecar, ready: impl Fn(&str) -> bool) -> String {
+    metrics_when(s, ready).await;
+    metrics(s).await
+}
+
 /// `/metrics` once `n` requests are counted on the agent listener; fails if they are not.
 async fn counted(s: &Sidecar, n: f64) -> String {
-    let m = metrics_when(s, |m| requests(m) >= n).await;
+    let m = settled(s, |m| requests(m) >= n).await;
     assert_eq!(requests(&m), n, "{m}");
     m
 }
@@ -291,7 +299,7 @@ async fn sampled_answers_are_graded_by_an_openai_judge() {
     for (n, answer) in answers.iter().enumerate() {
         ask_ok(&s, n, answer).await;
     }
-    let m = metrics_when(&s, |m| done(m) >= 4.0).await;
+    let m = settled(&s, |m| done(m) >= 4.0).await;
     assert_eq!(samples(&m, "judged"), 3.0, "{m}");
     assert_eq!(samples(&m, "unreadable"), 1.0, "{m}");
     assert_eq!(samples(&m, "failed"), 0.0, "{m}");
@@ -301,11 +309,19 @@ async fn sampled_answers_are_graded_by_an_openai_judge() {
     assert_eq!(judge_verdicts(&m, "incorrect"), 1.0, "{m}");
     let by_source = [("source", "judge")];
     assert_eq!(metric(&m, VERDICTS, &by_source), 3.0, "{m}");
-    // The judge calls are LLM calls of the upstream `judge`.
+    // The judge calls are LLM calls of the upstream `judge`, counted as its attempts,
     let judge_upstream = [("upstream", "judge")];
     assert_eq!(metric(&m, CALLS, &judge_upstream), 4.0, "{m}");
     let ok = [("upstream", "judge"), ("outcome", "ok")];
     assert_eq!(metric(&m, ATTEMPTS, &ok), 4.0, "{m}");
+    // with the judge's model and the tokens it reported (40 in each reply).
+    let input = [
+        ("upstream", "judge"),
+        ("gen_ai_request_model", "judge-model"),
+        ("gen_ai_token_type", "input"),
+    ];
+    let tokens = "gen_ai_client_token_usage_sum";
+    assert_eq!(metric(&m, tokens, &input), 160.0, "{m}");
 
     let got = seen(&log);
     assert_eq!(got.len(), 4, "{got:?}");
@@ -354,7 +370,7 @@ async fn an_anthropic_judge_is_asked_in_its_own_protocol() {
     let s = sidecar(&agent.url(), &upstream, &judge_keys(""), "").await;
     ask_ok(&s, 0, "Lyon, surely. MARK-PROSE").await;
     ask_ok(&s, 1, "Paris. MARK-OK").await;
-    let m = metrics_when(&s, |m| done(m) >= 2.0).await;
+    let m = settled(&s, |m| done(m) >= 2.0).await;
     assert_eq!(samples(&m, "judged"), 2.0, "{m}");
     assert_eq!(judge_verdicts(&m, "incorrect"), 1.0, "{m}");
     assert_eq!(judge_verdicts(&m, "correct"), 1.0, "{m}");
@@ -402,7 +418,7 @@ async fn judge_failures_and_stalls_count_as_failed_never_incorrect() {
     assert!(answered < Duration::from_millis(900), "{answered:?}");
 
     // The 500, the broken body and the stall past `timeout`: failed, no verdict.
-    let m = metrics_when(&s, |m| samples(m, "failed") >= 3.0).await;
+    let m = settled(&s, |m| samples(m, "failed") >= 3.0).await;
     assert_eq!(samples(&m, "failed"), 3.0, "{m}");
     assert_eq!(samples(&m, "judged"), 0.0, "{m}");
     assert_eq!(samples(&m, "unreadable"), 0.0, "{m}");
@@ -447,7 +463,7 @@ async fn blocked_or_flagged_answers_are_never_sent() {
             }
         }
         let v = [("listener", LISTENER), ("action", action)];
-        let m = metrics_when(&s, |m| {
+        let m = settled(&s, |m| {
             requests(m) >= 1.0 && metric(m, "agent_safety_violations_total", &v) >= 1.0
         })
         .await;
@@ -456,7 +472,7 @@ async fn blocked_or_flagged_answers_are_never_sent() {
         // A clean answer after it is sent: once the judge has graded it, the flagged one (offered
         // first, if at all) would have been sent before.
         ask_ok(&s, 1, "Paris. MARK-OK clean").await;
-        let m = metrics_when(&s, |m| samples(m, "judged") >= 1.0).await;
+        let m = settled(&s, |m| samples(m, "judged") >= 1.0).await;
         assert_eq!(samples(&m, "judged"), 1.0, "{action}: {m}");
         assert_eq!(done(&m) + samples(&m, "dropped"), 1.0, "{action}: {m}");
         let got = seen(&log);
@@ -484,7 +500,7 @@ async fn past_max_per_minute_samples_are_dropped() {
     for n in 0..5 {
         ask_ok(&s, n, &format!("Paris. MARK-OK {n}")).await;
     }
-    let m = metrics_when(&s, |m| samples(m, "judged") + samples(m, "dropped") >= 5.0).await;
+    let m = settled(&s, |m| samples(m, "judged") + samples(m, "dropped") >= 5.0).await;
     assert_eq!(samples(&m, "judged"), 2.0, "{m}");
     assert_eq!(samples(&m, "dropped"), 3.0, "{m}");
     assert_eq!(judge_verdicts(&m, "correct"), 2.0, "{m}");
@@ -504,29 +520,37 @@ async fn non_2xx_and_unsampled_answers_are_not_sent() {
     let (judge, log) = judge().await;
     let upstream = format!("{{url: {}, protocol: openai}}", judge.url());
 
-    // `sample_ratio: 0`: none sampled. Every offer is made before its request is counted.
-    let none = judge_keys("").replace("sample_ratio: 1.0", "sample_ratio: 0");
-    let s = sidecar(&agent.url(), &upstream, &none, "").await;
+    // `sample_ratio: 0`: none sampled. An offer is made before its request is counted, and past
+    // `max_per_minute: 1` an offer is counted `dropped` then and there: a sampled answer would
+    // show by the time the six are counted.
+    let none = judge_keys("max_per_minute: 1").replace("sample_ratio: 1.0", "sample_ratio: 0");
+    let unsampled = sidecar(&agent.url(), &upstream, &none, "").await;
     for n in 0..6 {
-        ask_ok(&s, n, &format!("Paris. MARK-OK {n}")).await;
+        ask_ok(&unsampled, n, &format!("Paris. MARK-OK UNSAMPLED {n}")).await;
     }
-    let m = counted(&s, 6.0).await;
+    let m = counted(&unsampled, 6.0).await;
     assert_eq!(metric(&m, SAMPLES, &[]), 0.0, "{m}");
-    assert!(seen(&log).is_empty());
 
     // All sampled: a 500 of the agent's is not sent, the 2xx after it is.
     let s = sidecar(&agent.url(), &upstream, &judge_keys(""), "").await;
-    let (status, _, body) = ask(&s, 0, "Oops. MARK-OK failed", 500).await;
+    let (status, _, body) = ask(&s, 0, "Oops. MARK-OK FAILED", 500).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(body, agent_answer("Oops. MARK-OK failed").as_bytes());
+    assert_eq!(body, agent_answer("Oops. MARK-OK FAILED").as_bytes());
     counted(&s, 1.0).await;
-    ask_ok(&s, 1, "Paris. MARK-OK fine").await;
-    let m = metrics_when(&s, |m| samples(m, "judged") >= 1.0).await;
+    ask_ok(&s, 1, "Paris. MARK-OK FINE").await;
+    let m = settled(&s, |m| samples(m, "judged") >= 1.0).await;
     assert_eq!(samples(&m, "judged"), 1.0, "{m}");
     assert_eq!(metric(&m, SAMPLES, &[]), 1.0, "{m}");
+    // By the time the 2xx is judged, neither the 500 (offered before it, if at all) nor any of
+    // the unsampled answers (offered long before) has reached the judge.
+    let m = metrics(&unsampled).await;
+    assert_eq!(metric(&m, SAMPLES, &[]), 0.0, "{m}");
     let got = seen(&log);
+    let sent = |mark: &str| got.iter().filter(|c| c.prompt().contains(mark)).count();
+    assert_eq!(sent("UNSAMPLED"), 0, "{got:?}");
+    assert_eq!(sent("FAILED"), 0, "{got:?}");
+    assert_eq!(sent("FINE"), 1, "{got:?}");
     assert_eq!(got.len(), 1, "{got:?}");
-    assert!(got[0].prompt().contains("MARK-OK fine"));
 }
 
 #[test]

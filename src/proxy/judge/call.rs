@@ -97,6 +97,7 @@ pub(super) async fn judge(
     }
     let mut body = response.into_body();
     let mut answer = BytesMut::new();
+    let mut too_large = false;
     let complete = loop {
         match timeout_at(deadline, body.frame()).await {
             Ok(Some(Ok(frame))) => {
@@ -105,6 +106,7 @@ pub(super) async fn judge(
                         call.chunk(data, Instant::now());
                     }
                     if answer.len() + data.len() > MAX_ANSWER {
+                        too_large = true;
                         break false;
                     }
                     answer.extend_from_slice(data);
@@ -115,7 +117,8 @@ pub(super) async fn judge(
         }
     };
     let end = Instant::now();
-    let outcome = match complete {
+    let outcome = match complete || too_large {
+        // An answer too long to be a verdict: the upstream itself was fine.
         true => UpstreamOutcome::of_status(status),
         false if end >= deadline => UpstreamOutcome::Timeout,
         false => UpstreamOutcome::Reset,

@@ -195,11 +195,16 @@ impl JudgeQueue {
             _held: [r1, r2],
         };
         if self.tx.try_send(sample).is_err() {
+            // Not sent: the minute's slot is not spent.
+            if let Ok(mut minute) = self.minute.lock() {
+                minute.1 = minute.1.saturating_sub(1);
+            }
             self.results[Outcome::Dropped as usize].increment(1);
         }
     }
 
-    /// Counts a sample against the minute's `max`: `false` when the minute has none left.
+    /// Counts a sample against the minute's `max` (a fixed minute from its first sample):
+    /// `false` when the minute has none left.
     fn within_rate(&self, max: u32, now: Instant) -> bool {
         let Ok(mut minute) = self.minute.lock() else {
             return false;
