@@ -191,15 +191,16 @@ async fn a_structured_output_that_breaks_its_schema_is_incorrect() {
     );
     assert_eq!(verdicts(&m, "check", "correct", "checks"), 3.0, "{m}");
 
-    // With only the schema check, an answer without a schema gets no verdict.
+    // With only the schema check, an answer without a schema gets no verdict, nor does a
+    // refusal or a cut answer (their JSON is not the model's own: the other checks name them).
     let only = "correctness: {checks: [structured_output]}\n";
     let s = start_yaml(&llm_yaml(&p.url(), &p.url(), only)).await;
     assert_eq!(ask(&s, "openai", "length").await, StatusCode::OK);
-    assert_eq!(
-        ask_with(&s, "openai", "schema-ok", &chat).await,
-        StatusCode::OK
-    );
-    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 2.0).await;
+    for answer in ["schema-ok", "refusal", "length"] {
+        let status = ask_with(&s, "openai", answer, &chat).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 4.0).await;
     assert_eq!(verdicts(&m, "check", "correct", "checks"), 1.0, "{m}");
     assert_eq!(metric(&m, "agent_correctness_verdicts_total", &[]), 1.0);
 }

@@ -35,7 +35,8 @@ fn agent_answer(text: &str) -> String {
     serde_json::json!({ "answer": text }).to_string()
 }
 
-/// An agent answering `{"answer": <x-answer>}` (JSON) with the status `x-status` names (200).
+/// An agent answering `{"answer": <x-answer>}` with the status `x-status` names (200), as the
+/// type `x-type` names (JSON).
 async fn agent() -> SimServer {
     sim::serve(LOOPBACK, |req: Request<hyper::body::Incoming>| async move {
         let header = |name: &str| {
@@ -45,11 +46,12 @@ async fn agent() -> SimServer {
         };
         let text = header("x-answer").unwrap_or_default();
         let status = header("x-status").map_or(200, |s| s.parse().unwrap());
+        let kind = header("x-type").unwrap_or_else(|| "application/json".into());
         let _ = req.into_body().collect().await;
         let mut r = Response::new(sim::full(agent_answer(&text)));
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         r.headers_mut()
-            .insert("content-type", "application/json".parse().unwrap());
+            .insert("content-type", kind.parse().unwrap());
         r
     })
     .await
@@ -336,14 +338,17 @@ async fn sampled_answers_are_graded_by_an_openai_judge() {
         assert_eq!(call.headers["content-type"], "application/json");
         assert!(call.headers.get("anthropic-version").is_none());
         assert_eq!(call.body["model"], "judge-model", "{}", call.body);
-        assert_eq!(call.body["temperature"], 0, "{}", call.body);
+        // OpenAI's reasoning models refuse both.
+        assert!(call.body.get("temperature").is_none(), "{}", call.body);
         assert!(call.body.get("max_tokens").is_none(), "{}", call.body);
         let prompt = call.prompt();
-        // The rubric, filled in with the client's request and the agent's answer as sent, then
-        // the instruction to answer with a verdict.
+        // The rubric, filled in with the client's request (its method and target, then its
+        // body's text: the JSON's strings, one a line) and the agent's answer's text, then the
+        // instruction to answer with a verdict.
+        let request = format!("POST /ask\nquestion\nWhat is the capital of France? (ask {n})");
         let filled = RUBRIC
-            .replace("{request}", &question(n))
-            .replace("{response}", &agent_answer(answer));
+            .replace("{request}", &request)
+            .replace("{response}", &format!("answer\n{answer}"));
         assert!(prompt.starts_with(&filled), "{prompt}");
         assert!(prompt[filled.len()..].contains("\"correct\""), "{prompt}");
     }
@@ -551,6 +556,43 @@ async fn non_2xx_and_unsampled_answers_are_not_sent() {
     assert_eq!(sent("FAILED"), 0, "{got:?}");
     assert_eq!(sent("FINE"), 1, "{got:?}");
     assert_eq!(got.len(), 1, "{got:?}");
+}
+
+#[tokio::test]
+async fn answers_without_text_are_not_sent_and_long_texts_are_cut() {
+    let agent = agent().await;
+    let (judge, log) = judge().await;
+    let upstream = format!("{{url: {}, protocol: openai}}", judge.url());
+    let s = sidecar(&agent.url(), &upstream, &judge_keys("max_chars: 40"), "").await;
+    // An image, and an answer with no body: nothing to grade.
+    let url = format!("http://{}/ask", s.listener_addr(LISTENER).unwrap());
+    for (kind, status) in [("image/png", "200"), ("application/json", "204")] {
+        let req = Request::post(&url)
+            .header("x-answer", "MARK-OK BINARY")
+            .header("x-type", kind)
+            .header("x-status", status)
+            .body(full(question(0)))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        assert!(resp.status().is_success(), "{kind}");
+        let _ = resp.into_body().collect().await;
+    }
+    counted(&s, 2.0).await;
+    // A long answer: the judge sees its first 40 characters, and is told the rest is not shown.
+    let long = format!("MARK-OK LONG {}THE-END", "Paris. ".repeat(40));
+    ask_ok(&s, 1, &long).await;
+    let m = settled(&s, |m| done(m) >= 1.0).await;
+    assert_eq!(samples(&m, "judged"), 1.0, "{m}");
+    assert_eq!(metric(&m, SAMPLES, &[]), 1.0, "{m}");
+    let got = seen(&log);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let prompt = got[0].prompt();
+    assert!(prompt.contains("answer\nMARK-OK LONG Paris."), "{prompt}");
+    assert!(!prompt.contains("THE-END"), "{prompt}");
+    assert!(!prompt.contains("BINARY"), "{prompt}");
+    // Both the request (its line and question past 40 characters) and the answer were cut.
+    let note = "[... the rest of this text is not shown]";
+    assert_eq!(prompt.matches(note).count(), 2, "{prompt}");
 }
 
 #[test]

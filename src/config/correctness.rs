@@ -95,7 +95,7 @@ fn default_judge_timeout() -> ConfigDuration {
 }
 
 /// The default rubric.
-pub const DEFAULT_RUBRIC: &str = "You grade an AI agent's answer. Is the response a correct and complete answer to the request? Judge facts, not style.\n\nRequest:\n{request}\n\nResponse:\n{response}";
+const DEFAULT_RUBRIC: &str = "You grade an AI agent's answer. Is the response a correct and complete answer to the request? Judge facts, not style.\n\nRequest:\n{request}\n\nResponse:\n{response}";
 
 fn default_rubric() -> String {
     DEFAULT_RUBRIC.into()

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use cascade::{CascadeConfig, CycleAction, MAX_CALL_PATH, MAX_DEADLINE};
-pub use correctness::{CorrectnessCheck, CorrectnessConfig, JudgeConfig, DEFAULT_RUBRIC};
+pub use correctness::{CorrectnessCheck, CorrectnessConfig, JudgeConfig};
 pub use limits::{Limits, MemoryConfig};
 pub use locate::LineIndex;
 pub use otlp::{OtlpConfig, OtlpProtocol, OtlpTemporality, TracesConfig, MAX_TRACE_QUEUE};

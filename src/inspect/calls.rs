@@ -31,13 +31,22 @@ pub struct ResponseFacts {
 
 /// The text a model generated (the first choice's, for Chat Completions), kept whole up to a
 /// limit, against the body budget.
-#[derive(Debug)]
 pub struct OutputText {
     text: String,
     limit: usize,
     reservation: crate::budget::Reservation,
     /// Past the limit (or the budget): the text is not whole and cannot be judged.
     overflow: bool,
+}
+
+/// Sizes only: what is kept is what a model wrote.
+impl std::fmt::Debug for OutputText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputText")
+            .field("len", &self.text.len())
+            .field("overflow", &self.overflow)
+            .finish()
+    }
 }
 
 impl PartialEq for OutputText {
@@ -61,7 +70,7 @@ impl Clone for OutputText {
 }
 
 impl OutputText {
-    pub fn new(limit: usize, reservation: crate::budget::Reservation) -> OutputText {
+    pub(crate) fn new(limit: usize, reservation: crate::budget::Reservation) -> OutputText {
         OutputText {
             text: String::new(),
             limit,
@@ -81,22 +90,29 @@ impl OutputText {
         }
         let len = self.text.len() + part.len();
         if len > self.limit || !self.reservation.resize(len) {
-            self.overflow = true;
-            self.text = String::new();
-            self.reservation.resize(0);
+            self.unknown();
             return;
         }
         self.text.push_str(part);
     }
 
-    /// A JSON string value, its escapes decoded (anything else adds nothing).
+    /// A JSON string value, its escapes decoded; `null` adds nothing, and any other value (a
+    /// list of parts some servers send) makes the text unknown: it cannot be judged.
     pub(super) fn push_json(&mut self, value: &serde_json::value::RawValue) {
-        if self.overflow {
+        if self.overflow || value.get() == "null" {
             return;
         }
-        if let Ok(s) = serde_json::from_str::<std::borrow::Cow<'_, str>>(value.get()) {
-            self.push(&s);
+        match serde_json::from_str::<std::borrow::Cow<'_, str>>(value.get()) {
+            Ok(s) => self.push(&s),
+            Err(_) => self.unknown(),
         }
+    }
+
+    /// Some of the text could not be read: it is not whole.
+    fn unknown(&mut self) {
+        self.overflow = true;
+        self.text = String::new();
+        self.reservation.resize(0);
     }
 }
 

@@ -167,10 +167,12 @@ impl Collected {
 /// The first bytes of a body, up to a limit, copied as they pass (a sample to be read later,
 /// such as the judge's): the rest goes by unkept. Counted against the body budget; a chunk the
 /// budget has no room for ends the prefix there.
-pub struct Prefix {
+pub(crate) struct Prefix {
     kept: BytesMut,
     limit: usize,
     reservation: Reservation,
+    /// Bytes went by that were not kept (past the limit, or the budget's room).
+    cut: bool,
 }
 
 /// Sizes only: what is kept is a body.
@@ -179,36 +181,38 @@ impl std::fmt::Debug for Prefix {
         f.debug_struct("Prefix")
             .field("len", &self.kept.len())
             .field("limit", &self.limit)
+            .field("cut", &self.cut)
             .finish()
     }
 }
 
 impl Prefix {
-    pub fn new(limit: usize, reservation: Reservation) -> Prefix {
+    pub(crate) fn new(limit: usize, reservation: Reservation) -> Prefix {
         Prefix {
             kept: BytesMut::new(),
             limit,
             reservation,
+            cut: false,
         }
     }
 
-    /// Keeps what of `chunk` fits; `true` once the prefix is full (nothing more will be kept).
-    pub fn push(&mut self, chunk: &[u8]) -> bool {
+    /// Keeps what of `chunk` fits.
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
         let room = self.limit - self.kept.len();
         let n = chunk.len().min(room);
-        if n > 0 {
-            if !self.reservation.grow(n) {
-                self.limit = self.kept.len();
-                return true;
-            }
-            self.kept.extend_from_slice(&chunk[..n]);
+        if n > 0 && !self.reservation.grow(n) {
+            // No room in the budget: the prefix ends here.
+            self.limit = self.kept.len();
+            self.cut = true;
+            return;
         }
-        self.kept.len() >= self.limit
+        self.kept.extend_from_slice(&chunk[..n]);
+        self.cut |= n < chunk.len();
     }
 
-    /// What was kept, with the reservation that counts it.
-    pub fn finish(self) -> (Bytes, Reservation) {
-        (self.kept.freeze(), self.reservation)
+    /// What was kept, with the reservation that counts it, and whether more went by.
+    pub(crate) fn finish(self) -> (Bytes, Reservation, bool) {
+        (self.kept.freeze(), self.reservation, self.cut)
     }
 }
 

@@ -44,7 +44,7 @@ impl Protocol {
 
 pub use calls::{OutputText, ResponseFacts};
 pub use collect::Collected;
-pub use request::{parse_request, RequestFacts};
+pub use request::{parse_request, RequestFacts, Schema};
 pub use response::ResponseReader;
 pub use sse::{SseEvent, SseItem, SseParser};
 

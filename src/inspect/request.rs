@@ -20,7 +20,31 @@ pub struct RequestFacts {
     /// request asks for structured output: Chat Completions' `response_format` of type
     /// `json_schema`, Responses' `text.format`, Anthropic's `output_config.format` (or the beta's
     /// `output_format`).
-    pub schema: Option<Arc<str>>,
+    pub schema: Option<Schema>,
+}
+
+/// The longest schema kept (and checked against); a request that asks for a longer one asked
+/// for a schema all the same.
+pub(crate) const MAX_SCHEMA: usize = 64 << 10;
+
+/// The JSON schema a request asks its output to follow: its text as sent, or `None` when it is
+/// longer than [`MAX_SCHEMA`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Schema(Option<Arc<str>>);
+
+impl Schema {
+    pub fn text(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+/// Sizes only: the schema is what a client wrote.
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Schema")
+            .field(&self.0.as_ref().map(|s| s.len()))
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -34,18 +58,20 @@ struct RawRequest<'a> {
     /// Chat Completions' deprecated function list.
     #[serde(default, borrow)]
     functions: Option<Vec<RawFunction<'a>>>,
-    /// Chat Completions: `{"type": "json_schema", "json_schema": {"schema": {..}}}`.
+    /// Kept raw, read leniently (a value of another shape asks for no schema, and costs the
+    /// request nothing else): Chat Completions' `{"type": "json_schema", "json_schema":
+    /// {"schema": {..}}}`.
     #[serde(default, borrow)]
-    response_format: Option<OutputFormat<'a>>,
+    response_format: Option<&'a RawValue>,
     /// Responses: `{"format": {"type": "json_schema", "schema": {..}}}`.
     #[serde(default, borrow)]
-    text: Option<OutputConfig<'a>>,
+    text: Option<&'a RawValue>,
     /// Anthropic: `{"format": {"type": "json_schema", "schema": {..}}}`.
     #[serde(default, borrow)]
-    output_config: Option<OutputConfig<'a>>,
+    output_config: Option<&'a RawValue>,
     /// Anthropic's structured-outputs beta: `{"type": "json_schema", "schema": {..}}`.
     #[serde(default, borrow)]
-    output_format: Option<OutputFormat<'a>>,
+    output_format: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -135,23 +161,27 @@ pub fn parse_request(format: Format, body: &[u8]) -> Result<RequestFacts, Unpars
             tools.push(name.to_owned());
         }
     }
-    let format = match format {
-        Format::ChatCompletions => raw.response_format.as_ref(),
-        Format::Responses => raw.text.as_ref().and_then(|t| t.format.as_ref()),
-        Format::Messages => raw
-            .output_config
-            .as_ref()
-            .and_then(|c| c.format.as_ref())
-            .or(raw.output_format.as_ref()),
-    };
     Ok(RequestFacts {
+        schema: schema(format, &raw),
         model: raw.model.map(Cow::into_owned),
         stream: raw.stream.unwrap_or(false),
         tools,
-        schema: format
-            .and_then(OutputFormat::schema)
-            .map(|s| Arc::from(s.get())),
     })
+}
+
+/// The schema the request asks for, where `format` puts it.
+fn schema(format: Format, raw: &RawRequest<'_>) -> Option<Schema> {
+    fn read<'a, T: Deserialize<'a>>(v: Option<&'a RawValue>) -> Option<T> {
+        serde_json::from_str(v?.get()).ok()
+    }
+    let nested = |v| read::<OutputConfig<'_>>(v).and_then(|c| c.format);
+    let format = match format {
+        Format::ChatCompletions => read::<OutputFormat<'_>>(raw.response_format),
+        Format::Responses => nested(raw.text),
+        Format::Messages => nested(raw.output_config).or_else(|| read(raw.output_format)),
+    }?;
+    let text = format.schema()?.get();
+    Some(Schema((text.len() <= MAX_SCHEMA).then(|| Arc::from(text))))
 }
 
 #[cfg(test)]
@@ -181,7 +211,12 @@ mod tests {
 
     #[test]
     fn reads_the_schema_asked_for_per_format() {
-        let schema = |format, body: &str| parse_request(format, body.as_bytes()).unwrap().schema;
+        let schema = |format, body: &str| {
+            let facts = parse_request(format, body.as_bytes()).unwrap();
+            facts
+                .schema
+                .map(|s| s.text().unwrap_or("too long").to_owned())
+        };
         let chat = r#"{"model":"m","response_format":{"type":"json_schema","json_schema":{"name":"x","strict":true,"schema":{"type":"object"}}}}"#;
         assert_eq!(
             schema(Format::ChatCompletions, chat).as_deref(),
@@ -208,6 +243,20 @@ mod tests {
         // Another API's field is not this one's.
         assert_eq!(schema(Format::Messages, chat), None);
         assert_eq!(schema(Format::ChatCompletions, "{}"), None);
+        // A field of another shape asks for nothing, and the rest of the request still reads.
+        let odd = r#"{"model":"m","response_format":"json","text":"plain"}"#;
+        assert_eq!(schema(Format::ChatCompletions, odd), None);
+        assert_eq!(schema(Format::Responses, odd), None);
+        let facts = parse_request(Format::ChatCompletions, odd.as_bytes()).unwrap();
+        assert_eq!(facts.model.as_deref(), Some("m"));
+        let long = format!(
+            r#"{{"response_format":{{"type":"json_schema","json_schema":{{"schema":{{"description":"{}"}}}}}}}}"#,
+            "x".repeat(MAX_SCHEMA)
+        );
+        assert_eq!(
+            schema(Format::ChatCompletions, &long).as_deref(),
+            Some("too long")
+        );
     }
 
     #[test]

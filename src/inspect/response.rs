@@ -112,7 +112,7 @@ impl ResponseReader {
 
     /// Keeps the output text too, up to `limit` bytes counted against `budget` (for the
     /// `structured_output` check). Call before the first chunk.
-    pub fn keep_output(&mut self, limit: usize, budget: &crate::budget::BodyBudget) {
+    pub(crate) fn keep_output(&mut self, limit: usize, budget: &crate::budget::BodyBudget) {
         let reservation = budget.reserve(crate::budget::Held::ResponseRead);
         self.facts.output = Some(super::calls::OutputText::new(limit, reservation));
     }
@@ -319,6 +319,10 @@ mod tests {
             output(Format::Messages, sse, messages_stream).as_deref(),
             Some("{\"b\":2}")
         );
+        // Content of another shape (a list of parts) is text not read: not whole either.
+        let parts =
+            r#"{"choices":[{"index":0,"message":{"content":[{"type":"text","text":"{}"}]}}]}"#;
+        assert_eq!(output(Format::ChatCompletions, json, parts), None);
         // Past the limit the text is not whole: it cannot be judged.
         let long = format!(
             r#"{{"choices":[{{"index":0,"message":{{"content":"{}"}}}}]}}"#,

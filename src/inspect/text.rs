@@ -211,6 +211,59 @@ impl BodyText {
     }
 }
 
+/// The first bytes of a body's text (its JSON strings, its events' data, or plain text, as
+/// [`BodyText`] reads them with [`Keys::All`]): a sample for the judge. `None` for a body with no
+/// text to read, or a compressed one.
+pub(crate) struct TextPrefix {
+    text: BodyText,
+    kept: super::collect::Prefix,
+}
+
+/// Sizes only: what is kept is a body's text.
+impl std::fmt::Debug for TextPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextPrefix")
+            .field("kept", &self.kept)
+            .finish()
+    }
+}
+
+impl TextPrefix {
+    /// Keeps `limit` bytes of text at most, counted against `budget` (what is kept, and an SSE
+    /// event being assembled).
+    pub(crate) fn new(
+        content_type: Option<&[u8]>,
+        content_encoding: Option<&[u8]>,
+        limit: usize,
+        budget: &crate::budget::BodyBudget,
+    ) -> Option<TextPrefix> {
+        let identity =
+            content_encoding.is_none_or(|e| e.trim_ascii().eq_ignore_ascii_case(b"identity"));
+        if !identity {
+            return None;
+        }
+        let mut text = BodyText::for_body(Keys::All, content_type, None).ok()?;
+        text.reserve_from(budget);
+        let reservation = budget.reserve(crate::budget::Held::JudgeSample);
+        Some(TextPrefix {
+            text,
+            kept: super::collect::Prefix::new(limit, reservation),
+        })
+    }
+
+    pub(crate) fn push(&mut self, chunk: &bytes::Bytes) {
+        let kept = &mut self.kept;
+        self.text.feed(chunk, &mut |t| kept.push(t));
+    }
+
+    /// The text kept, its reservation, and whether some went by unkept.
+    pub(crate) fn finish(self) -> (bytes::Bytes, crate::budget::Reservation, bool) {
+        let lost = self.text.lost();
+        let (text, held, cut) = self.kept.finish();
+        (text, held, cut || lost)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

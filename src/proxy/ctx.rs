@@ -135,7 +135,8 @@ impl RequestCtx {
         ctx.task.begin(l.tasks.as_deref(), &parts.headers, received);
         ctx.safety
             .begin(l.safety.as_ref(), &parts.headers, client_ip);
-        ctx.correctness.begin(l.correctness.as_ref());
+        ctx.correctness
+            .begin(l.correctness.as_ref(), parts, received);
         ctx
     }
 
@@ -223,7 +224,8 @@ impl RequestCtx {
     ) -> Result<(), ProxyError> {
         let l = &*self.listener;
         self.cascade.sending(l.cascade.as_ref(), headers, now)?;
-        self.correctness.sending(l.correctness.as_ref(), body);
+        self.correctness
+            .sending(l.correctness.as_ref(), body, headers);
         self.trace.sending(self.hop, headers, now);
         self.llm.sending(upload);
         self.safety.sending(l.safety.as_ref(), upload);

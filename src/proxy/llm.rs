@@ -38,15 +38,17 @@ pub struct CallEnd {
     pub refused: bool,
     /// The answer was read whole and said how the generation ended: the checks apply to it.
     pub checkable: bool,
-    /// The schema the request asked the output to follow, and the output, when it was kept.
+    /// An answer read whole to a request that asked for a JSON schema: the schema, and the
+    /// output when it was kept.
     pub structured: Option<Structured>,
 }
 
-/// A structured output to check: the request's schema (its JSON text) and what the model wrote.
+/// A structured output to check: the request's schema and what the model wrote (`None`: not
+/// kept, as when the request was not read before its answer came).
 #[derive(Debug)]
 pub struct Structured {
-    pub schema: Arc<str>,
-    pub output: crate::inspect::OutputText,
+    pub schema: crate::inspect::Schema,
+    pub output: Option<crate::inspect::OutputText>,
 }
 
 /// The most output text kept for the `structured_output` check; a longer answer is not checked.
@@ -58,15 +60,15 @@ impl CallEnd {
         mut facts: crate::inspect::ResponseFacts,
         read: bool,
         answered: bool,
-        schema: Option<Arc<str>>,
+        schema: Option<crate::inspect::Schema>,
     ) -> CallEnd {
         use crate::inspect::FinishReason;
         let reasons = &facts.finish_reasons;
         let read = read && facts.unparsed.is_none() && !reasons.contains(&FinishReason::Error);
-        let structured = match (schema, facts.output.take()) {
-            (Some(schema), Some(output)) if read => Some(Structured { schema, output }),
-            _ => None,
-        };
+        let output = facts.output.take();
+        let structured = schema
+            .filter(|_| read)
+            .map(|schema| Structured { schema, output });
         CallEnd {
             structured,
             filtered: reasons.contains(&FinishReason::ContentFilter),
@@ -128,7 +130,7 @@ impl LlmCall {
     }
 
     /// The schema the request asked its output to follow, once its body was read.
-    fn schema(&self) -> Option<&Arc<str>> {
+    fn schema(&self) -> Option<&crate::inspect::Schema> {
         let request = self.upload.as_ref()?.request.get()?.as_ref().ok()?;
         request.schema.as_ref()
     }
@@ -151,7 +153,7 @@ impl LlmCall {
             value(CONTENT_ENCODING),
         );
         reader.reserve_from(budget);
-        if structured && self.schema().is_some() {
+        if structured && self.schema().is_some_and(|s| s.text().is_some()) {
             reader.keep_output(MAX_STRUCTURED_OUTPUT, budget);
         }
         self.reader = Some(reader);

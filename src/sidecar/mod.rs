@@ -233,8 +233,9 @@ async fn prepare(config: Config, tallies: Tallies) -> Result<Prepared, StartErro
     let snapshot = Snapshot::build(config, &telemetry, &shared)?;
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
     if let Some((_, inbox)) = judge {
-        let state = state.clone();
-        let target = Box::new(move || state.load().judge_target());
+        // Weakly: the state holds the queue's senders, and the thread ends when they go.
+        let state = Arc::downgrade(&state);
+        let target = Box::new(move || state.upgrade()?.load().judge_target());
         crate::proxy::judge::spawn(inbox, target).map_err(StartError::Judge)?;
     }
     Ok(Prepared {

@@ -14,14 +14,14 @@ use super::{full, serve, SimBody, SimRng, SimServer};
 
 /// How the simulated judge grades.
 #[derive(Debug, Clone)]
-pub struct JudgeSim {
+pub(crate) struct JudgeSim {
     /// Share of answers it finds incorrect.
-    pub incorrect_rate: f64,
+    pub(crate) incorrect_rate: f64,
     /// Share of its replies that hold no verdict.
-    pub unreadable_rate: f64,
+    pub(crate) unreadable_rate: f64,
     /// How long it thinks.
-    pub delay: Duration,
-    pub seed: u64,
+    pub(crate) delay: Duration,
+    pub(crate) seed: u64,
 }
 
 impl Default for JudgeSim {
@@ -35,7 +35,7 @@ impl Default for JudgeSim {
     }
 }
 
-pub async fn spawn_judge(bind: SocketAddr, sim: JudgeSim) -> std::io::Result<SimServer> {
+pub(crate) async fn spawn_judge(bind: SocketAddr, sim: JudgeSim) -> std::io::Result<SimServer> {
     let rng = Arc::new(SimRng::new(sim.seed));
     let sim = Arc::new(sim);
     serve(bind, move |req| {

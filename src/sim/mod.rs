@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use agent::{spawn_agent, AgentSim};
-pub use judge::{spawn_judge, JudgeSim};
+pub(crate) use judge::{spawn_judge, JudgeSim};
 pub use provider::{spawn_provider, ProviderSim, SeenRequest};
 
 pub type SimBody = BoxBody<Bytes, Infallible>;

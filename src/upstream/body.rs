@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::budget::{BodyBudget, Held, Reservation};
-use crate::inspect::collect::Prefix;
 use crate::inspect::echo::{EchoTap, Echoes};
+use crate::inspect::text::TextPrefix;
 use crate::inspect::{parse_request, Collected, Format, RequestFacts, Unparsed};
 
 /// How the upload stands, shared between the body (polled by the upstream connection) and the
@@ -36,18 +36,30 @@ pub struct Upload {
     pub echoes: OnceLock<Echoes>,
 }
 
-/// A request body's first bytes, kept for a sample (the judge's): handed over when the upload
-/// ends or the prefix is full, with the reservation that counts them.
-#[derive(Debug, Default)]
-pub struct BodySample(Mutex<Option<(Bytes, Reservation)>>);
+/// The first bytes of a request body's text, kept for a sample (the judge's): handed over when
+/// the upload ends, with the reservation that counts them and whether some went by unkept.
+#[derive(Default)]
+pub(crate) struct BodySample(Mutex<Option<(Bytes, Reservation, bool)>>);
+
+/// Sizes only: what is kept is what a client said.
+impl std::fmt::Debug for BodySample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|k| k.0.len()));
+        f.debug_struct("BodySample").field("kept", &len).finish()
+    }
+}
 
 impl BodySample {
-    /// What was kept, once: `None` before the prefix is done (an upload that never ended).
-    pub fn take(&self) -> Option<(Bytes, Reservation)> {
+    /// What was kept, once: `None` before the upload ended (one that never did).
+    pub(crate) fn take(&self) -> Option<(Bytes, Reservation, bool)> {
         self.0.lock().ok()?.take()
     }
 
-    fn put(&self, prefix: Prefix) {
+    fn put(&self, prefix: TextPrefix) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(prefix.finish());
         }
@@ -168,7 +180,7 @@ pub struct RequestBody {
     /// counts, and its scanner is large).
     echo: Option<Box<EchoTap>>,
     /// The first bytes kept for a sampled request (boxed: only a sampled one has it).
-    sample: Option<Box<(Prefix, Arc<BodySample>)>>,
+    sample: Option<Box<(TextPrefix, Arc<BodySample>)>>,
 }
 
 fn new_upload(started: Instant) -> Arc<Upload> {
@@ -299,9 +311,9 @@ impl RequestBody {
         }
     }
 
-    /// Keeps the body's first bytes in `prefix`, handed to `slot` when the upload ends or the
-    /// prefix is full.
-    pub fn keep_sample(&mut self, prefix: Prefix, slot: Arc<BodySample>) {
+    /// Keeps the first bytes of the body's text in `prefix`, handed to `slot` when the upload
+    /// ends.
+    pub(crate) fn keep_sample(&mut self, prefix: TextPrefix, slot: Arc<BodySample>) {
         if self.is_end_stream() {
             slot.put(prefix);
         } else {
@@ -309,7 +321,7 @@ impl RequestBody {
         }
     }
 
-    /// Hands the sample over (its prefix full, or the body ended).
+    /// Hands the sample over (the body ended).
     fn give_sample(&mut self) {
         if let Some(sample) = self.sample.take() {
             let (prefix, slot) = *sample;
@@ -409,8 +421,10 @@ impl Body for RequestBody {
         if let Some(sample) = &mut this.sample {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let full = frame.data_ref().is_some_and(|d| sample.0.push(d));
-                    if full || this.is_end_stream() {
+                    if let Some(data) = frame.data_ref() {
+                        sample.0.push(data);
+                    }
+                    if this.is_end_stream() {
                         this.give_sample();
                     }
                 }

@@ -15,7 +15,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 pub use breaker::{BreakerConfig, CircuitBreaker, Force, Outcome, Ticket, Transition};
 mod body;
 pub use crate::connect::{build_connector, load_ca_file};
-pub use body::{BodySample, RequestBody, Upload, UploadState};
+pub(crate) use body::BodySample;
+pub use body::{RequestBody, Upload, UploadState};
 pub use keys::{KeyFileError, KeyRing};
 pub use pool::{ConnectionPool, Lease, SendError, SendResult};
 
@@ -277,7 +278,7 @@ impl Upstream {
 
 /// A connection pool of its own for upstream `name` (the judge's, on a thread of its own: its
 /// connections are driven there, never on the workers).
-pub fn private_pool(
+pub(crate) fn private_pool(
     name: &str,
     config: &UpstreamConfig,
 ) -> Result<ConnectionPool, UpstreamBuildError> {

@@ -182,27 +182,44 @@ pub(crate) struct CorrectnessState {
 }
 
 impl CorrectnessState {
-    /// A request arrived: on an `agent` listener with a judge, it may be sampled.
-    pub(super) fn begin(&mut self, lc: Option<&ListenerCorrectness>) {
-        if let Some(j) = lc.and_then(|lc| lc.judge.as_ref()) {
-            if j.queue.sampled(j.threshold) {
-                self.sample = Some(Box::new(Kept {
-                    request: Arc::new(BodySample::default()),
-                    response: None,
-                }));
-            }
+    /// A request arrived at `now`: on an `agent` listener with a judge, it may be sampled.
+    pub(super) fn begin(
+        &mut self,
+        lc: Option<&ListenerCorrectness>,
+        parts: &http::request::Parts,
+        now: Instant,
+    ) {
+        let Some(j) = lc.and_then(|lc| lc.judge.as_ref()) else {
+            return;
+        };
+        if j.queue.sampled(j.threshold, j.max_per_minute, now) {
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            self.sample = Some(Box::new(Kept {
+                request_line: format!("{} {target}", parts.method),
+                request: Arc::new(BodySample::default()),
+                response: None,
+            }));
         }
     }
 
-    /// The attempt's request goes out with `body`: a sampled request keeps its first bytes.
-    pub(super) fn sending(&mut self, lc: Option<&ListenerCorrectness>, body: &mut RequestBody) {
+    /// The attempt's request goes out with `body` and `headers`: a sampled request keeps the
+    /// first bytes of its text (one without text to read is no sample).
+    pub(super) fn sending(
+        &mut self,
+        lc: Option<&ListenerCorrectness>,
+        body: &mut RequestBody,
+        headers: &http::HeaderMap,
+    ) {
         let (Some(sample), Some(j)) = (&mut self.sample, lc.and_then(|lc| lc.judge.as_ref()))
         else {
             return;
         };
         // Each attempt's body is the whole request again: the last one sent is kept.
         sample.request = Arc::new(BodySample::default());
-        body.keep_sample(j.queue.prefix(j.keep), sample.request.clone());
+        match j.queue.text(headers, j.keep) {
+            Some(text) => body.keep_sample(text, sample.request.clone()),
+            None => self.sample = None,
+        }
     }
 
     /// Whether an LLM call's output is kept, for the `structured_output` check.
@@ -211,21 +228,19 @@ impl CorrectnessState {
     }
 
     /// The response head: on an `agent` listener, the agent's verdict header is read and removed
-    /// (a value other than `correct` or `incorrect` says nothing); a sampled request keeps its
-    /// answer's first bytes when it is a 2xx the judge can read (not compressed).
+    /// (a value other than `correct` or `incorrect` says nothing); a sampled request keeps the
+    /// first bytes of its answer's text when it is a 2xx with text to read (not binary, not
+    /// compressed).
     pub(super) fn head(
         &mut self,
         lc: Option<&ListenerCorrectness>,
         parts: &mut http::response::Parts,
     ) {
         if let (Some(sample), Some(j)) = (&mut self.sample, lc.and_then(|lc| lc.judge.as_ref())) {
-            let plain = parts
-                .headers
-                .get(http::header::CONTENT_ENCODING)
-                .is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
-            match parts.status.is_success() && plain {
-                true => sample.response = Some(j.queue.prefix(j.keep)),
-                false => self.sample = None,
+            let text = j.queue.text(&parts.headers, j.keep);
+            match text.filter(|_| parts.status.is_success()) {
+                Some(text) => sample.response = Some(text),
+                None => self.sample = None,
             }
         }
         let Some(name) = lc.and_then(|lc| lc.verdict_header.as_ref()) else {
@@ -244,7 +259,7 @@ impl CorrectnessState {
         };
     }
 
-    /// A chunk of the answer went by: a sampled one keeps it, up to its limit.
+    /// A chunk of the answer went by: a sampled one keeps its text, up to its limit.
     pub(super) fn data(&mut self, data: &Bytes) {
         if let Some(prefix) = self.sample.as_mut().and_then(|s| s.response.as_mut()) {
             prefix.push(data);
@@ -292,8 +307,9 @@ impl CorrectnessState {
 }
 
 impl ListenerCorrectness {
-    /// The checks' verdict on a call read whole; `None` when no check applies. A refusal comes
-    /// first, then a cut answer (its JSON is cut too), then the schema.
+    /// The checks' verdict on a call read whole; `None` when no check applies, or when the
+    /// schema check applies but cannot be run. A refusal comes first, then a cut answer, then
+    /// the schema.
     fn check(&self, c: &CallEnd) -> Option<Verdict> {
         if self.refusal && c.refused {
             return Some(Verdict::Refused);
@@ -301,25 +317,48 @@ impl ListenerCorrectness {
         if self.truncated && c.truncated {
             return Some(Verdict::Truncated);
         }
-        // A structured output, whole, of an answer that is not a tool call.
-        let structured = c
-            .structured
-            .as_ref()
-            .filter(|_| c.tool_calls.as_ref().is_some_and(Vec::is_empty));
-        let follows = match (&self.schemas, structured) {
-            (Some(schemas), Some(s)) => s
-                .output
-                .whole()
-                .and_then(|text| schemas.follows(&s.schema, text)),
-            _ => None,
-        };
-        match follows {
-            Some(false) => Some(Verdict::SchemaInvalid),
-            Some(true) => Some(Verdict::Checked),
-            None if self.truncated || self.refusal => Some(Verdict::Checked),
-            None => None,
+        match self.schema_check(c) {
+            SchemaCheck::Breaks => Some(Verdict::SchemaInvalid),
+            SchemaCheck::Follows => Some(Verdict::Checked),
+            SchemaCheck::Unknown => None,
+            SchemaCheck::NotApplicable => {
+                (self.truncated || self.refusal).then_some(Verdict::Checked)
+            }
         }
     }
+
+    /// The `structured_output` check. It applies to an answer whose request asked for a schema
+    /// and whose output is the model's own text: not a refusal, a filtered or cut answer (their
+    /// JSON is cut short for a reason the other checks name), nor a tool call.
+    fn schema_check(&self, c: &CallEnd) -> SchemaCheck {
+        let (Some(schemas), Some(s)) = (&self.schemas, &c.structured) else {
+            return SchemaCheck::NotApplicable;
+        };
+        let text_of_its_own = c.tool_calls.as_ref().is_some_and(Vec::is_empty);
+        if c.refused || c.filtered || c.truncated || !text_of_its_own {
+            return SchemaCheck::NotApplicable;
+        }
+        let output = s.output.as_ref().and_then(|o| o.whole());
+        match output.zip(s.schema.text()) {
+            Some((text, schema)) => match schemas.follows(schema, text) {
+                Some(true) => SchemaCheck::Follows,
+                Some(false) => SchemaCheck::Breaks,
+                None => SchemaCheck::Unknown,
+            },
+            None => SchemaCheck::Unknown,
+        }
+    }
+}
+
+/// What the `structured_output` check makes of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaCheck {
+    NotApplicable,
+    Follows,
+    Breaks,
+    /// It applies, but cannot be run: the output was not kept whole (past 1 MiB, not text), or
+    /// the schema is too long or does not compile.
+    Unknown,
 }
 
 /// `POST /admin/feedback`: verdicts that come later (a user's thumbs-down), counted on listener

@@ -8,8 +8,6 @@ use hashlink::LruCache;
 
 /// Distinct schemas kept compiled; past it the least recently used goes.
 const MAX_SCHEMAS: usize = 128;
-/// A longer schema is not compiled, and its outputs are not checked.
-const MAX_SCHEMA_LEN: usize = 64 << 10;
 
 /// The process's compiled schemas (`None`: a schema that does not compile, remembered so).
 pub(crate) struct Schemas(Mutex<LruCache<u128, Option<Arc<jsonschema::Validator>>>>);
@@ -39,7 +37,7 @@ impl Schemas {
     }
 
     fn compiled(&self, schema: &str) -> Option<Arc<jsonschema::Validator>> {
-        if schema.len() > MAX_SCHEMA_LEN {
+        if schema.len() > crate::inspect::request::MAX_SCHEMA {
             return None;
         }
         let key = xxhash_rust::xxh3::xxh3_128(schema.as_bytes());
@@ -78,6 +76,25 @@ mod tests {
         assert_eq!(s.follows(r#"{"type": 12}"#, "{}"), None);
         assert_eq!(s.follows("not json", "{}"), None);
         assert_eq!(s.0.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn hostile_schemas_and_outputs_end_in_a_verdict_or_none() {
+        let s = Schemas::default();
+        // Schemas that refer to themselves, directly or in a loop.
+        for schema in [
+            r##"{"$ref":"#"}"##,
+            r##"{"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"$ref":"#/$defs/a"}},"$ref":"#/$defs/a"}"##,
+            r##"{"type":"array","items":{"$ref":"#"}}"##,
+        ] {
+            let _ = s.follows(schema, "[[[[[[[[[[]]]]]]]]]]");
+        }
+        // A schema elsewhere is not fetched.
+        let remote = r#"{"$ref":"https://example.com/schema.json"}"#;
+        assert_eq!(s.follows(remote, "{}"), None);
+        // Output nested past the JSON parser's depth limit does not parse.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(s.follows(r#"{"type":"array"}"#, &deep), Some(false));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use http_body_util::BodyExt;
 use tokio::time::{timeout_at, Instant};
 
 use super::verdict::{self, Judged};
-use super::{Sample, Target};
-use crate::budget::BodyBudget;
+use super::{Graded, Sample, Target};
+use crate::budget::{BodyBudget, Held};
 use crate::inspect::{Format, Protocol, RequestFacts};
 use crate::proxy::llm::LlmCall;
 use crate::sli::{StatusClass, UpstreamOutcome};
@@ -21,25 +21,44 @@ use crate::upstream::{ConnectionPool, RequestBody};
 /// The most of a judge's answer read: a verdict is a sentence.
 const MAX_ANSWER: usize = 256 << 10;
 
-/// Asks the judge about `sample`: `Ok(Some(correct))`, `Ok(None)` when its answer holds no
-/// verdict, `Err` when the call failed.
+/// Said after a text the judge sees only the start of.
+const CUT: &str = "\n[... the rest of this text is not shown]";
+
+/// A sampled text, cut to `max_chars` characters, with a note when it is not whole.
+fn shown(text: &str, cut: bool, max_chars: usize) -> std::borrow::Cow<'_, str> {
+    let kept = verdict::cut(text, max_chars);
+    match cut || kept.len() < text.len() {
+        true => format!("{kept}{CUT}").into(),
+        false => kept.into(),
+    }
+}
+
+/// Asks the judge about `sample`. What the call holds (the prompt, the body sent, the answer
+/// read) counts against the body budget, as the sample did: with no room, it is dropped.
 pub(super) async fn judge(
     target: &Target,
     pool: &Arc<ConnectionPool>,
-    sample: &Sample,
+    sample: Sample,
     budget: &BodyBudget,
-) -> Result<Option<bool>, ()> {
+) -> Graded {
     let c = &target.config;
     let upstream = &target.upstream;
     let protocol = upstream.protocol;
-    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
-    let (request, response) = (text(&sample.request), text(&sample.response));
-    let prompt = verdict::prompt(
-        &c.rubric,
-        verdict::cut(&request, c.max_chars),
-        verdict::cut(&response, c.max_chars),
-    );
-    let body = Bytes::from(verdict::request_body(protocol, &c.model, &prompt));
+    let body = {
+        let response = String::from_utf8_lossy(&sample.response);
+        let prompt = verdict::prompt(
+            &c.rubric,
+            &shown(&sample.request, sample.request_cut, c.max_chars),
+            &shown(&response, sample.response_cut, c.max_chars),
+        );
+        Bytes::from(verdict::request_body(protocol, &c.model, &prompt))
+    };
+    // The texts are in the body now: the sample's own bytes go.
+    drop(sample);
+    let mut held = budget.reserve(Held::JudgeSample);
+    if !held.grow(body.len()) {
+        return Graded::Dropped;
+    }
     let (format, path) = match protocol {
         Protocol::Anthropic => (Format::Messages, "/v1/messages"),
         _ => (Format::ChatCompletions, "/v1/chat/completions"),
@@ -51,13 +70,15 @@ pub(super) async fn judge(
         ..RequestFacts::default()
     };
     let (body, upload) = RequestBody::replay(Arc::from([body]), now, Some(Ok(facts)), None);
-    let mut request = Request::builder()
+    let request = Request::builder()
         .method(Method::POST)
         .uri(format!("{}{path}", upstream.url.path_prefix))
         .header(HOST, upstream.host_header.clone())
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-        .body(body)
-        .map_err(|_| ())?;
+        .body(body);
+    let Ok(mut request) = request else {
+        return Graded::Failed;
+    };
     if protocol == Protocol::Anthropic {
         let version = HeaderValue::from_static("2023-06-01");
         request.headers_mut().insert("anthropic-version", version);
@@ -105,7 +126,7 @@ pub(super) async fn judge(
                     if let Some(call) = call.as_mut() {
                         call.chunk(data, Instant::now());
                     }
-                    if answer.len() + data.len() > MAX_ANSWER {
+                    if answer.len() + data.len() > MAX_ANSWER || !held.grow(data.len()) {
                         too_large = true;
                         break false;
                     }
@@ -131,25 +152,26 @@ pub(super) async fn judge(
         call.finish(complete, class, Some(outcome), end, None);
     }
     upstream.metrics.count(outcome);
-    if !complete || !status.is_success() {
-        return Err(());
+    if !status.is_success() || !(complete || too_large) {
+        return Graded::Failed;
     }
-    Ok(match verdict::read(protocol, &answer) {
-        Judged::Verdict { correct } => Some(correct),
-        Judged::Unreadable => None,
-    })
+    // An answer too long to be a verdict holds none.
+    let judged = match complete {
+        true => verdict::read(protocol, &answer),
+        false => Judged::Unreadable,
+    };
+    match judged {
+        Judged::Verdict { correct } => Graded::Verdict(correct),
+        Judged::Unreadable => Graded::Unreadable,
+    }
 }
 
 /// A call that got no response: recorded as the failure it was.
-fn failed(
-    target: &Target,
-    call: Option<LlmCall>,
-    outcome: UpstreamOutcome,
-) -> Result<Option<bool>, ()> {
+fn failed(target: &Target, call: Option<LlmCall>, outcome: UpstreamOutcome) -> Graded {
     if let Some(call) = call {
         let class = StatusClass::ServerError;
         call.finish(false, class, Some(outcome), Instant::now(), None);
     }
     target.upstream.metrics.count(outcome);
-    Err(())
+    Graded::Failed
 }

@@ -29,10 +29,11 @@ use metrics::{Counter, Label};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{Duration, Instant};
 
-use crate::budget::{BodyBudget, Held, Reservation};
+use crate::budget::{BodyBudget, Reservation};
 use crate::config::{JudgeConfig, UpstreamConfig};
-use crate::inspect::collect::Prefix;
+use crate::inspect::text::TextPrefix;
 use crate::telemetry::{label, Telemetry, JUDGE_SAMPLES_TOTAL};
+use crate::upstream::BodySample;
 use crate::upstream::Upstream;
 
 /// Samples waiting for the judge at most; past it, an offer is dropped.
@@ -74,12 +75,15 @@ pub(crate) struct JudgeVerdicts {
     pub(crate) incorrect: Counter,
 }
 
-/// One sampled exchange on its way to the judge.
+/// One sampled exchange on its way to the judge: the request (its method and target, then its
+/// body's text) and the answer's text, each with whether some of it was not kept.
 pub(crate) struct Sample {
-    request: Bytes,
+    request: String,
+    request_cut: bool,
     response: Bytes,
+    response_cut: bool,
     verdicts: Arc<JudgeVerdicts>,
-    /// What the two texts hold of the body budget, given back when the sample is done.
+    /// What the texts hold of the body budget, given back when the sample is done.
     _held: [Reservation; 2],
 }
 
@@ -115,11 +119,13 @@ pub(crate) struct Inbox {
     budget: BodyBudget,
 }
 
-/// A sample's request and answer, kept as they pass.
+/// A sampled request's texts, kept as they pass.
 #[derive(Debug)]
 pub(crate) struct Kept {
-    pub(crate) request: Arc<crate::upstream::BodySample>,
-    pub(crate) response: Option<Prefix>,
+    /// `METHOD /path?query`: part of what the client asked.
+    pub(crate) request_line: String,
+    pub(crate) request: Arc<BodySample>,
+    pub(crate) response: Option<TextPrefix>,
 }
 
 impl JudgeQueue {
@@ -155,23 +161,40 @@ impl JudgeQueue {
         (Arc::new(queue), inbox)
     }
 
-    /// Whether the next request is sampled, at `threshold` (`sample_ratio` of `u64::MAX`): the
-    /// request's number in the sequence, hashed, under the threshold.
-    pub(crate) fn sampled(&self, threshold: u64) -> bool {
+    /// Whether the request arriving at `now` is sampled, at `threshold` (`sample_ratio` of
+    /// `u64::MAX`): the request's number in the sequence, hashed, under the threshold. With the
+    /// minute's `max_per_minute` spent, a sample is dropped (and counted) at once: none is kept
+    /// only to be dropped at the end.
+    pub(crate) fn sampled(&self, threshold: u64, max_per_minute: u32, now: Instant) -> bool {
         if threshold == 0 {
             return false;
         }
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed) <= threshold
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed);
+        if hash > threshold {
+            return false;
+        }
+        let room = self.minute(|m| m.1 < max_per_minute, now);
+        if !room {
+            self.results[Outcome::Dropped as usize].increment(1);
+        }
+        room
     }
 
-    /// Where a sampled text is kept: `bytes` at most, counted against the body budget.
-    pub(crate) fn prefix(&self, bytes: usize) -> Prefix {
-        Prefix::new(bytes, self.budget.reserve(Held::JudgeSample))
+    /// Where a sampled body's text is kept: `bytes` at most, counted against the body budget;
+    /// `None` for a body with no text to read (binary, compressed).
+    pub(crate) fn text(&self, headers: &http::HeaderMap, bytes: usize) -> Option<TextPrefix> {
+        let value = |name| headers.get(name).map(http::HeaderValue::as_bytes);
+        let (ct, ce) = (
+            value(http::header::CONTENT_TYPE),
+            value(http::header::CONTENT_ENCODING),
+        );
+        TextPrefix::new(ct, ce, bytes, &self.budget)
     }
 
-    /// Offers a finished sample to the judge: dropped (and counted) past `max_per_minute` or
-    /// with the queue full. Never waits.
+    /// Offers a finished sample to the judge: dropped (and counted) past `max_per_minute`, with
+    /// the queue full, or when the request's text never came whole (an upload that did not
+    /// end). An answer with no text is no sample. Never waits.
     pub(crate) fn offer(
         &self,
         kept: Kept,
@@ -179,45 +202,76 @@ impl JudgeQueue {
         max_per_minute: u32,
         now: Instant,
     ) {
-        let (Some((request, r1)), Some(response)) = (kept.request.take(), kept.response) else {
-            // The upload never ended: there is no whole exchange to judge.
+        let Some(response) = kept.response else {
             return;
         };
-        let (response, r2) = response.finish();
-        if !self.within_rate(max_per_minute, now) {
+        let (response, r2, response_cut) = response.finish();
+        if response.is_empty() {
+            return;
+        }
+        let Some((body, r1, request_cut)) = kept.request.take() else {
+            self.results[Outcome::Dropped as usize].increment(1);
+            return;
+        };
+        let mut request = kept.request_line;
+        if !body.is_empty() {
+            request.push('\n');
+            request.push_str(&String::from_utf8_lossy(&body));
+        }
+        let spent = |m: &mut (Instant, u32)| {
+            let room = m.1 < max_per_minute;
+            m.1 += u32::from(room);
+            room
+        };
+        if !self.minute(spent, now) {
             self.results[Outcome::Dropped as usize].increment(1);
             return;
         }
         let sample = Sample {
             request,
+            request_cut,
             response,
+            response_cut,
             verdicts: verdicts.clone(),
             _held: [r1, r2],
         };
         if self.tx.try_send(sample).is_err() {
             // Not sent: the minute's slot is not spent.
-            if let Ok(mut minute) = self.minute.lock() {
-                minute.1 = minute.1.saturating_sub(1);
-            }
+            self.minute(
+                |m| {
+                    m.1 = m.1.saturating_sub(1);
+                    true
+                },
+                now,
+            );
             self.results[Outcome::Dropped as usize].increment(1);
         }
     }
 
-    /// Counts a sample against the minute's `max` (a fixed minute from its first sample):
-    /// `false` when the minute has none left.
-    fn within_rate(&self, max: u32, now: Instant) -> bool {
+    /// Runs `f` on the current minute (a fixed minute from its first sample) and the samples
+    /// sent in it; `false` when the lock is poisoned.
+    fn minute(&self, f: impl FnOnce(&mut (Instant, u32)) -> bool, now: Instant) -> bool {
         let Ok(mut minute) = self.minute.lock() else {
             return false;
         };
         if now.duration_since(minute.0) >= Duration::from_secs(60) {
             *minute = (now, 0);
         }
-        if minute.1 >= max {
-            return false;
-        }
-        minute.1 += 1;
-        true
+        f(&mut minute)
     }
+}
+
+/// What became of one judge call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Graded {
+    /// The judge's verdict: correct or not.
+    Verdict(bool),
+    /// The judge answered, with no verdict to read.
+    Unreadable,
+    /// The call failed: an error status, a broken connection, past `timeout`.
+    Failed,
+    /// The body budget had no room for the call.
+    Dropped,
 }
 
 /// What the judge asks, read from the current config for each sample (a reload changes the
@@ -232,7 +286,8 @@ pub(crate) struct Target {
 /// Reads the current target: `None` while the config has no judge.
 pub(crate) type TargetFn = Box<dyn Fn() -> Option<Target> + Send>;
 
-/// Starts the judge thread; it ends when every sender of the queue is gone.
+/// Starts the judge thread; it ends when every sender of the queue is gone (the sidecar's state
+/// holds them; `target` must reach that state weakly, or it would keep the thread alive).
 pub(crate) fn spawn(inbox: Inbox, target: TargetFn) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("sloguard-judge".into())
@@ -282,18 +337,18 @@ async fn run(mut inbox: Inbox, target: TargetFn) {
         let results = inbox.results.clone();
         let budget = inbox.budget.clone();
         tokio::spawn(async move {
-            let outcome = call::judge(&target, &current, &sample, &budget).await;
-            let result = match outcome {
-                Ok(Some(correct)) => {
-                    let v = &sample.verdicts;
+            let verdicts = sample.verdicts.clone();
+            let result = match call::judge(&target, &current, sample, &budget).await {
+                Graded::Verdict(correct) => {
                     match correct {
-                        true => v.correct.increment(1),
-                        false => v.incorrect.increment(1),
+                        true => verdicts.correct.increment(1),
+                        false => verdicts.incorrect.increment(1),
                     }
                     Outcome::Judged
                 }
-                Ok(None) => Outcome::Unreadable,
-                Err(()) => Outcome::Failed,
+                Graded::Unreadable => Outcome::Unreadable,
+                Graded::Failed => Outcome::Failed,
+                Graded::Dropped => Outcome::Dropped,
             };
             results[result as usize].increment(1);
             drop(permit);

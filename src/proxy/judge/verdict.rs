@@ -75,25 +75,28 @@ struct Message<'a> {
     content: &'a str,
 }
 
-/// A judge request: OpenAI Chat Completions without `max_tokens`, Anthropic Messages with it.
+/// A judge request: OpenAI Chat Completions with neither `max_tokens` nor `temperature` (its
+/// reasoning models refuse both), Anthropic Messages with `max_tokens` (required) and
+/// `temperature: 0`.
 #[derive(Serialize)]
 struct JudgeRequest<'a> {
     model: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
-    temperature: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<u8>,
     messages: [Message<'a>; 1],
 }
 
 /// The JSON body asking `model` to judge `prompt`, in the shape `protocol` speaks: one user
-/// message, temperature 0. [`Protocol::None`] gets the OpenAI shape, the one most
-/// OpenAI-compatible servers accept.
+/// message. [`Protocol::None`] gets the OpenAI shape, the one most OpenAI-compatible servers
+/// accept.
 pub(crate) fn request_body(protocol: Protocol, model: &str, prompt: &str) -> Vec<u8> {
-    let max_tokens = matches!(protocol, Protocol::Anthropic).then_some(ANTHROPIC_MAX_TOKENS);
+    let anthropic = matches!(protocol, Protocol::Anthropic);
     let request = JudgeRequest {
         model,
-        max_tokens,
-        temperature: 0,
+        max_tokens: anthropic.then_some(ANTHROPIC_MAX_TOKENS),
+        temperature: anthropic.then_some(0),
         messages: [Message {
             role: "user",
             content: prompt,
@@ -388,7 +391,7 @@ mod tests {
             serde_json::from_slice(&request_body(protocol, model, text)).unwrap()
         };
         let messages = json!([{"role": "user", "content": text}]);
-        let openai = json!({"model": "gpt", "temperature": 0, "messages": messages});
+        let openai = json!({"model": "gpt", "messages": messages});
         assert_eq!(parse(Protocol::Openai, "gpt"), openai);
         assert_eq!(parse(Protocol::None, "gpt"), openai);
         let anthropic =
