@@ -9,7 +9,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use common::*;
@@ -402,14 +402,16 @@ async fn judge_failures_and_stalls_count_as_failed_never_incorrect() {
     let agent = agent().await;
     let (judge, log) = judge().await;
     let upstream = format!("{{url: {}, protocol: openai}}", judge.url());
-    let s = sidecar(&agent.url(), &upstream, &judge_keys("timeout: 1s"), "").await;
+    // Long enough that a loaded machine does not reach it before the client has its answers.
+    let s = sidecar(&agent.url(), &upstream, &judge_keys("timeout: 3s"), "").await;
 
     // The judge stalls on the first sample: the client has its answer all the same.
     ask_ok(&s, 0, "Paris. MARK-STALL").await;
     let stall = async || seen(&log).iter().any(|c| c.prompt().contains("MARK-STALL"));
     wait_until("the judge is asked about the first answer", 5, stall).await;
     let stalled_at = seen(&log)[0].at;
-    // While the judge holds that call, the next requests are answered at once.
+    // While the judge holds that call, the next requests are answered: the stalled call is still
+    // pending when the client has its answers.
     ask_ok(&s, 1, "Paris. MARK-FAIL").await;
     ask_ok(&s, 2, "Paris. MARK-CUT").await;
     let answered = stalled_at.elapsed();
@@ -418,9 +420,8 @@ async fn judge_failures_and_stalls_count_as_failed_never_incorrect() {
     assert_eq!(
         metric(&m, ATTEMPTS, &timeouts),
         0.0,
-        "the stalled judge call is still pending when the client has its answers ({answered:?})"
+        "the stalled judge call ended before the client had its answers ({answered:?})"
     );
-    assert!(answered < Duration::from_millis(900), "{answered:?}");
 
     // The 500, the broken body and the stall past `timeout`: failed, no verdict.
     let m = settled(&s, |m| samples(m, "failed") >= 3.0).await;
