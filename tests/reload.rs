@@ -332,6 +332,14 @@ async fn an_invalid_config_is_refused_and_the_old_one_keeps_serving() {
         // What only a restart can change.
         (good.replace("agent: reload-agent", "agent: other-agent"), "agent: cannot change without a restart"),
         (good.replace("grace_period: 5s", "grace_period: 7s"), "shutdown"),
+        // A judge, valid, added: its thread lives as long as the process.
+        (
+            good.replace(
+                "shutdown:",
+                "  j: {url: 'http://127.0.0.1:9', protocol: openai}\nshutdown:",
+            ) + "correctness:\n  judge: {upstream: j, model: m}\n",
+            "correctness.judge (adding or removing it)",
+        ),
         // A listener on a port taken (the admin port).
         (
             good.replace(
