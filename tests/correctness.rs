@@ -33,6 +33,10 @@ async fn provider() -> SimServer {
             "anthropic" => ("application/json", MESSAGE.to_owned()),
             "schema-ok" => ("application/json", CHAT.replace("\"hello\"", CITY)),
             "schema-bad" => ("application/json", CHAT.replace("\"hello\"", TOWN)),
+            "filtered" => (
+                "application/json",
+                CHAT.replace("\"stop\"", "\"content_filter\""),
+            ),
             "stream-schema-ok" => (
                 "text/event-stream",
                 city_stream("{\\\"city\\\":", "\\\"Oslo\\\"}"),
@@ -175,6 +179,9 @@ async fn a_structured_output_that_breaks_its_schema_is_incorrect() {
         ("openai", "stream-schema-bad", &chat),
         // Not JSON at all breaks it too.
         ("openai", "ok", &chat),
+        // A filtered answer's JSON is cut for a reason of its own, which no check here names: no
+        // verdict.
+        ("openai", "filtered", &chat),
         ("anthropic", "anthropic-schema-bad", &anthropic),
     ];
     for (listener, answer, body) in asks {
@@ -183,13 +190,18 @@ async fn a_structured_output_that_breaks_its_schema_is_incorrect() {
     }
     // Without a schema asked for, the same answer passes.
     assert_eq!(ask(&s, "openai", "schema-bad").await, StatusCode::OK);
-    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 7.0).await;
+    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 8.0).await;
     assert_eq!(
         verdicts(&m, "check", "incorrect", "schema_invalid"),
         4.0,
         "{m}"
     );
     assert_eq!(verdicts(&m, "check", "correct", "checks"), 3.0, "{m}");
+    assert_eq!(
+        metric(&m, "agent_correctness_verdicts_total", &[]),
+        7.0,
+        "{m}"
+    );
 
     // With only the schema check, an answer without a schema gets no verdict, nor does a
     // refusal or a cut answer (their JSON is not the model's own: the other checks name them).

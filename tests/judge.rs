@@ -518,6 +518,27 @@ async fn past_max_per_minute_samples_are_dropped() {
         assert!(got.iter().any(|c| c.prompt().contains(&mark)), "{mark}");
     }
     counted(&s, 5.0).await;
+
+    // A sample takes its place when its request arrives, and gives it back when it goes nowhere:
+    // with one a minute, the agent's 500 does not cost the answer after it its sample.
+    let one = sidecar(
+        &agent.url(),
+        &upstream,
+        &judge_keys("max_per_minute: 1"),
+        "",
+    )
+    .await;
+    let (status, _, _) = ask(&one, 0, "Oops. MARK-OK GONE", 500).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    ask_ok(&one, 1, "Paris. MARK-OK AFTER").await;
+    let m = settled(&one, |m| samples(m, "judged") >= 1.0).await;
+    assert_eq!(samples(&m, "judged"), 1.0, "{m}");
+    assert_eq!(samples(&m, "dropped"), 0.0, "{m}");
+    // With the minute's one place spent, the next request's sample is dropped on arrival.
+    ask_ok(&one, 2, "Paris. MARK-OK LATE").await;
+    let m = settled(&one, |m| samples(m, "dropped") >= 1.0).await;
+    assert_eq!(samples(&m, "dropped"), 1.0, "{m}");
+    assert!(seen(&log).iter().all(|c| !c.prompt().contains("LATE")));
 }
 
 #[tokio::test]

@@ -10,6 +10,10 @@ pub enum Keys {
     All,
     /// The values LLM APIs put output text in.
     Output,
+    /// A stream's answer, for the judge: in JSON events the values of [`Keys::Output`], and
+    /// events that are not JSON as they are (not ids, models or roles, which would crowd out the
+    /// text).
+    Answer,
 }
 
 const OUTPUT_KEYS: [&[u8]; 4] = [b"content", b"text", b"refusal", b"delta"];
@@ -92,14 +96,17 @@ impl JsonText {
     fn value_is_output(&self) -> bool {
         match self.keys {
             Keys::All => true,
-            Keys::Output if self.in_object() => self.key_is_output,
-            Keys::Output if self.in_array() => self.output_arrays & (1 << (self.depth - 1)) != 0,
-            Keys::Output => false,
+            Keys::Output | Keys::Answer if self.in_object() => self.key_is_output,
+            Keys::Output | Keys::Answer if self.in_array() => {
+                self.output_arrays & (1 << (self.depth - 1)) != 0
+            }
+            Keys::Output | Keys::Answer => false,
         }
     }
 
     fn push(&mut self, array: bool) {
-        let output = array && self.keys == Keys::Output && self.value_is_output();
+        let output =
+            array && matches!(self.keys, Keys::Output | Keys::Answer) && self.value_is_output();
         self.depth = self.depth.saturating_add(1);
         if self.depth <= MAX_DEPTH {
             let bit = 1u64 << (self.depth - 1);

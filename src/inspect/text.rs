@@ -202,7 +202,7 @@ impl BodyText {
                     {
                         json.reset();
                         json.feed(data, sink);
-                    } else if json.keys == Keys::All && e.data != b"[DONE]" {
+                    } else if json.keys != Keys::Output && e.data != b"[DONE]" {
                         sink(e.data);
                     }
                 }
@@ -211,9 +211,9 @@ impl BodyText {
     }
 }
 
-/// The first bytes of a body's text (its JSON strings, its events' data, or plain text, as
-/// [`BodyText`] reads them with [`Keys::All`]): a sample for the judge. `None` for a body with no
-/// text to read, or a compressed one.
+/// The first bytes of a body's text, as [`BodyText`] reads it: a JSON body's strings ([`Keys::All`]),
+/// an SSE stream's output text ([`Keys::Answer`]), or plain text: a sample for the judge. `None`
+/// for a body with no text to read, or a compressed one.
 pub(crate) struct TextPrefix {
     text: BodyText,
     kept: super::collect::Prefix,
@@ -242,7 +242,14 @@ impl TextPrefix {
         if !identity {
             return None;
         }
-        let mut text = BodyText::for_body(Keys::All, content_type, None).ok()?;
+        let stream = content_type.is_some_and(|ct| {
+            let media = ct.split(|&b| b == b';').next().unwrap_or_default();
+            media
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"text/event-stream")
+        });
+        let keys = if stream { Keys::Answer } else { Keys::All };
+        let mut text = BodyText::for_body(keys, content_type, None).ok()?;
         text.reserve_from(budget);
         let reservation = budget.reserve(crate::budget::Held::JudgeSample);
         Some(TextPrefix {
@@ -267,6 +274,46 @@ impl TextPrefix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a [`TextPrefix`] of `limit` bytes keeps of `body` (sent as `ct`), and whether it
+    /// says some went by.
+    fn sample(ct: &str, body: &str, limit: usize) -> (String, bool) {
+        let budget = crate::budget::BodyBudget::unlimited();
+        let mut p = TextPrefix::new(Some(ct.as_bytes()), None, limit, &budget).unwrap();
+        for part in body.as_bytes().chunks(5) {
+            p.push(&bytes::Bytes::copy_from_slice(part));
+        }
+        let (text, _, cut) = p.finish();
+        (String::from_utf8(text.to_vec()).unwrap(), cut)
+    }
+
+    #[test]
+    fn a_judge_sample_keeps_the_text_of_a_body() {
+        let json = r#"{"answer":"Paris","sources":["atlas"]}"#;
+        let chat_stream = "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"}}]}\n\ndata: {\"id\":\"c1\",\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\ndata: [DONE]\n\n";
+        let plain_stream = "data: step one\n\ndata: step two\n\n";
+        assert_eq!(
+            sample("application/json", json, 100),
+            ("answer\nParis\nsources\natlas".into(), false)
+        );
+        // A stream's output text, not its ids, models and roles.
+        assert_eq!(
+            sample("text/event-stream", chat_stream, 100),
+            ("Hello world".into(), false)
+        );
+        assert_eq!(
+            sample("text/event-stream; charset=utf-8", plain_stream, 100),
+            ("step onestep two".into(), false)
+        );
+        assert_eq!(
+            sample("text/plain", "a long text", 6),
+            ("a long".into(), true)
+        );
+        let budget = crate::budget::BodyBudget::unlimited();
+        assert!(TextPrefix::new(Some(b"image/png"), None, 9, &budget).is_none());
+        let gzip = Some(&b"gzip"[..]);
+        assert!(TextPrefix::new(Some(b"application/json"), gzip, 9, &budget).is_none());
+    }
 
     fn text(keys: Keys, pieces: &[&[u8]]) -> String {
         let mut out = Vec::new();

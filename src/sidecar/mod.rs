@@ -233,7 +233,8 @@ async fn prepare(config: Config, tallies: Tallies) -> Result<Prepared, StartErro
     let snapshot = Snapshot::build(config, &telemetry, &shared)?;
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
     if let Some((_, inbox)) = judge {
-        // Weakly: the state holds the queue's senders, and the thread ends when they go.
+        // Weakly: the state's listeners hold the queue's senders (as `shared` does), and the
+        // thread ends when they go.
         let state = Arc::downgrade(&state);
         let target = Box::new(move || state.upgrade()?.load().judge_target());
         crate::proxy::judge::spawn(inbox, target).map_err(StartError::Judge)?;

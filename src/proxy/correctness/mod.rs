@@ -192,14 +192,14 @@ impl CorrectnessState {
         let Some(j) = lc.and_then(|lc| lc.judge.as_ref()) else {
             return;
         };
-        if j.queue.sampled(j.threshold, j.max_per_minute, now) {
+        let line = || {
             let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            self.sample = Some(Box::new(Kept {
-                request_line: format!("{} {target}", parts.method),
-                request: Arc::new(BodySample::default()),
-                response: None,
-            }));
-        }
+            format!("{} {target}", parts.method)
+        };
+        self.sample = j
+            .queue
+            .sample(j.threshold, j.max_per_minute, now, line)
+            .map(Box::new);
     }
 
     /// The attempt's request goes out with `body` and `headers`: a sampled request keeps the
@@ -300,8 +300,7 @@ impl CorrectnessState {
         }
         let sample = self.sample.take().filter(|_| complete && !flagged);
         if let (Some(sample), Some(j)) = (sample, &lc.judge) {
-            j.queue
-                .offer(*sample, &j.verdicts, j.max_per_minute, Instant::now());
+            j.queue.offer(*sample, &j.verdicts);
         }
     }
 }
@@ -327,16 +326,19 @@ impl ListenerCorrectness {
         }
     }
 
-    /// The `structured_output` check. It applies to an answer whose request asked for a schema
-    /// and whose output is the model's own text: not a refusal, a filtered or cut answer (their
-    /// JSON is cut short for a reason the other checks name), nor a tool call.
+    /// The `structured_output` check. It applies to an answer whose request asked for a schema,
+    /// unless the model called a tool instead. A refusal, a filtered or a cut answer ends its
+    /// JSON short for a reason of its own: where no configured check names it (a refusal or a cut
+    /// answer with their check on returned before this), it gets no verdict.
     fn schema_check(&self, c: &CallEnd) -> SchemaCheck {
         let (Some(schemas), Some(s)) = (&self.schemas, &c.structured) else {
             return SchemaCheck::NotApplicable;
         };
-        let text_of_its_own = c.tool_calls.as_ref().is_some_and(Vec::is_empty);
-        if c.refused || c.filtered || c.truncated || !text_of_its_own {
+        if !c.tool_calls.as_ref().is_some_and(Vec::is_empty) {
             return SchemaCheck::NotApplicable;
+        }
+        if c.refused || c.filtered || c.truncated {
+            return SchemaCheck::Unknown;
         }
         let output = s.output.as_ref().and_then(|o| o.whole());
         match output.zip(s.schema.text()) {
@@ -356,8 +358,9 @@ enum SchemaCheck {
     NotApplicable,
     Follows,
     Breaks,
-    /// It applies, but cannot be run: the output was not kept whole (past 1 MiB, not text), or
-    /// the schema is too long or does not compile.
+    /// It applies, but cannot be run: the output was not kept whole (past 1 MiB, not text), the
+    /// schema is too long or does not compile, or the answer was refused, filtered or cut
+    /// without a configured check to name it.
     Unknown,
 }
 

@@ -118,7 +118,7 @@ pub(super) async fn judge(
     }
     let mut body = response.into_body();
     let mut answer = BytesMut::new();
-    let mut too_large = false;
+    let (mut too_large, mut no_room) = (false, false);
     let complete = loop {
         match timeout_at(deadline, body.frame()).await {
             Ok(Some(Ok(frame))) => {
@@ -126,8 +126,12 @@ pub(super) async fn judge(
                     if let Some(call) = call.as_mut() {
                         call.chunk(data, Instant::now());
                     }
-                    if answer.len() + data.len() > MAX_ANSWER || !held.grow(data.len()) {
+                    if answer.len() + data.len() > MAX_ANSWER {
                         too_large = true;
+                        break false;
+                    }
+                    if !held.grow(data.len()) {
+                        no_room = true;
                         break false;
                     }
                     answer.extend_from_slice(data);
@@ -138,7 +142,7 @@ pub(super) async fn judge(
         }
     };
     let end = Instant::now();
-    let outcome = match complete || too_large {
+    let outcome = match complete || too_large || no_room {
         // An answer too long to be a verdict: the upstream itself was fine.
         true => UpstreamOutcome::of_status(status),
         false if end >= deadline => UpstreamOutcome::Timeout,
@@ -152,6 +156,9 @@ pub(super) async fn judge(
         call.finish(complete, class, Some(outcome), end, None);
     }
     upstream.metrics.count(outcome);
+    if no_room {
+        return Graded::Dropped;
+    }
     if !status.is_success() || !(complete || too_large) {
         return Graded::Failed;
     }

@@ -1,12 +1,13 @@
 //! The judge (`correctness.judge`): a sample of the agent's answers graded by a model, off the
 //! request path.
 //!
-//! A request on an `agent` listener is sampled when it arrives (`sample_ratio`); a sampled one
-//! keeps the first bytes of its request and of its answer (each `max_chars` characters at most,
-//! counted against `memory.max_held`). When the answer has reached the client whole, with a 2xx,
-//! and safety found nothing in it, the sample is offered to the [`JudgeQueue`]: past
-//! `max_per_minute`, or with the queue full, it is dropped and counted. Nothing waits: the offer
-//! is a `try_send`.
+//! A request on an `agent` listener is sampled when it arrives (`sample_ratio`), taking one of the
+//! minute's `max_per_minute` places (none left: dropped and counted then; a sample that goes
+//! nowhere gives its place back). A sampled one keeps the text of its request and of its answer
+//! as they pass (each `max_chars` characters at most, counted against `memory.max_held`). When the
+//! answer has reached the client whole, with a 2xx, and safety found nothing in it, the sample is
+//! offered to the [`JudgeQueue`]: with the queue full it is dropped and counted. Nothing waits:
+//! the offer is a `try_send`.
 //!
 //! The judge runs on a thread of its own with a single-threaded runtime at the idle scheduling
 //! class, like the OTLP export, with a connection pool of its own to the judge upstream: its
@@ -119,13 +120,48 @@ pub(crate) struct Inbox {
     budget: BodyBudget,
 }
 
-/// A sampled request's texts, kept as they pass.
-#[derive(Debug)]
+/// A sampled request's texts, kept as they pass, and its place among the minute's samples.
 pub(crate) struct Kept {
     /// `METHOD /path?query`: part of what the client asked.
     pub(crate) request_line: String,
     pub(crate) request: Arc<BodySample>,
     pub(crate) response: Option<TextPrefix>,
+    slot: Slot,
+}
+
+/// Sizes only: what is kept is what a client and the agent said.
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept")
+            .field("request_line", &self.request_line.len())
+            .field("request", &self.request)
+            .field("response", &self.response)
+            .finish()
+    }
+}
+
+/// A sample's place among its minute's `max_per_minute`, taken when the request arrives: given
+/// back when the sample goes nowhere (the answer failed, had no text, found the queue full), so
+/// that the samples in flight are never more than the minute allows.
+#[derive(Debug)]
+struct Slot {
+    queue: Arc<JudgeQueue>,
+    /// The start of the minute it was taken in.
+    minute: Instant,
+    sent: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.sent {
+            return;
+        }
+        if let Ok(mut minute) = self.queue.minute.lock() {
+            if minute.0 == self.minute {
+                minute.1 = minute.1.saturating_sub(1);
+            }
+        }
+    }
 }
 
 impl JudgeQueue {
@@ -161,24 +197,39 @@ impl JudgeQueue {
         (Arc::new(queue), inbox)
     }
 
-    /// Whether the request arriving at `now` is sampled, at `threshold` (`sample_ratio` of
-    /// `u64::MAX`): the request's number in the sequence, hashed, under the threshold. With the
-    /// minute's `max_per_minute` spent, a sample is dropped (and counted) at once: none is kept
-    /// only to be dropped at the end.
-    pub(crate) fn sampled(&self, threshold: u64, max_per_minute: u32, now: Instant) -> bool {
+    /// A sample of the request arriving at `now` (its `request_line`), at `threshold`
+    /// (`sample_ratio` of `u64::MAX`): the request's number in the sequence, hashed, under the
+    /// threshold. It takes a place among the minute's `max_per_minute`; with none left it is
+    /// dropped (and counted) at once, and nothing is kept.
+    pub(crate) fn sample(
+        self: &Arc<Self>,
+        threshold: u64,
+        max_per_minute: u32,
+        now: Instant,
+        request_line: impl FnOnce() -> String,
+    ) -> Option<Kept> {
         if threshold == 0 {
-            return false;
+            return None;
         }
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed);
         if hash > threshold {
-            return false;
+            return None;
         }
-        let room = self.minute(|m| m.1 < max_per_minute, now);
-        if !room {
+        let Some(minute) = self.take_slot(max_per_minute, now) else {
             self.results[Outcome::Dropped as usize].increment(1);
-        }
-        room
+            return None;
+        };
+        Some(Kept {
+            request_line: request_line(),
+            request: Arc::default(),
+            response: None,
+            slot: Slot {
+                queue: self.clone(),
+                minute,
+                sent: false,
+            },
+        })
     }
 
     /// Where a sampled body's text is kept: `bytes` at most, counted against the body budget;
@@ -192,40 +243,36 @@ impl JudgeQueue {
         TextPrefix::new(ct, ce, bytes, &self.budget)
     }
 
-    /// Offers a finished sample to the judge: dropped (and counted) past `max_per_minute`, with
-    /// the queue full, or when the request's text never came whole (an upload that did not
-    /// end). An answer with no text is no sample. Never waits.
-    pub(crate) fn offer(
-        &self,
-        kept: Kept,
-        verdicts: &Arc<JudgeVerdicts>,
-        max_per_minute: u32,
-        now: Instant,
-    ) {
-        let Some(response) = kept.response else {
+    /// Offers a finished sample to the judge: dropped (and counted) with the queue full, or
+    /// when some text was lost whole (the request's upload never ended, or the budget had no
+    /// room for a text at all). An answer with no text is no sample. Never waits.
+    pub(crate) fn offer(&self, kept: Kept, verdicts: &Arc<JudgeVerdicts>) {
+        let Kept {
+            request_line: mut request,
+            request: body,
+            response,
+            mut slot,
+        } = kept;
+        let Some(response) = response else {
             return;
         };
         let (response, r2, response_cut) = response.finish();
+        let dropped = || self.results[Outcome::Dropped as usize].increment(1);
         if response.is_empty() {
+            if response_cut {
+                dropped();
+            }
             return;
         }
-        let Some((body, r1, request_cut)) = kept.request.take() else {
-            self.results[Outcome::Dropped as usize].increment(1);
-            return;
+        let Some((body, r1, request_cut)) = body.take() else {
+            return dropped();
         };
-        let mut request = kept.request_line;
+        if body.is_empty() && request_cut {
+            return dropped();
+        }
         if !body.is_empty() {
             request.push('\n');
             request.push_str(&String::from_utf8_lossy(&body));
-        }
-        let spent = |m: &mut (Instant, u32)| {
-            let room = m.1 < max_per_minute;
-            m.1 += u32::from(room);
-            room
-        };
-        if !self.minute(spent, now) {
-            self.results[Outcome::Dropped as usize].increment(1);
-            return;
         }
         let sample = Sample {
             request,
@@ -235,29 +282,25 @@ impl JudgeQueue {
             verdicts: verdicts.clone(),
             _held: [r1, r2],
         };
-        if self.tx.try_send(sample).is_err() {
-            // Not sent: the minute's slot is not spent.
-            self.minute(
-                |m| {
-                    m.1 = m.1.saturating_sub(1);
-                    true
-                },
-                now,
-            );
-            self.results[Outcome::Dropped as usize].increment(1);
+        // Not sent: the slot goes back with it.
+        match self.tx.try_send(sample) {
+            Ok(()) => slot.sent = true,
+            Err(_) => dropped(),
         }
     }
 
-    /// Runs `f` on the current minute (a fixed minute from its first sample) and the samples
-    /// sent in it; `false` when the lock is poisoned.
-    fn minute(&self, f: impl FnOnce(&mut (Instant, u32)) -> bool, now: Instant) -> bool {
-        let Ok(mut minute) = self.minute.lock() else {
-            return false;
-        };
+    /// Takes a place in the current minute (a fixed minute from its first sample): the minute's
+    /// start, or `None` when its `max` are taken.
+    fn take_slot(&self, max: u32, now: Instant) -> Option<Instant> {
+        let mut minute = self.minute.lock().ok()?;
         if now.duration_since(minute.0) >= Duration::from_secs(60) {
             *minute = (now, 0);
         }
-        f(&mut minute)
+        if minute.1 >= max {
+            return None;
+        }
+        minute.1 += 1;
+        Some(minute.0)
     }
 }
 
@@ -286,8 +329,9 @@ pub(crate) struct Target {
 /// Reads the current target: `None` while the config has no judge.
 pub(crate) type TargetFn = Box<dyn Fn() -> Option<Target> + Send>;
 
-/// Starts the judge thread; it ends when every sender of the queue is gone (the sidecar's state
-/// holds them; `target` must reach that state weakly, or it would keep the thread alive).
+/// Starts the judge thread; it ends when every sender of the queue is gone (the sidecar's
+/// `Shared` and its listeners hold them, and go with the sidecar; `target` must reach the state
+/// weakly, or it would keep the thread alive).
 pub(crate) fn spawn(inbox: Inbox, target: TargetFn) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("sloguard-judge".into())
