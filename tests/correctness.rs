@@ -172,6 +172,7 @@ async fn a_structured_output_that_breaks_its_schema_is_incorrect() {
     let anthropic = format!(
         r#"{{"model":"m","max_tokens":9,"messages":[],"output_config":{{"format":{{"type":"json_schema","schema":{schema}}}}}}}"#
     );
+    let unreadable = "model=m".to_owned();
     let asks = [
         ("openai", "schema-ok", &chat),
         ("openai", "schema-bad", &chat),
@@ -183,6 +184,8 @@ async fn a_structured_output_that_breaks_its_schema_is_incorrect() {
         // verdict.
         ("openai", "filtered", &chat),
         ("anthropic", "anthropic-schema-bad", &anthropic),
+        // A request that cannot be read may have asked for a schema: no verdict either.
+        ("openai", "ok", &unreadable),
     ];
     for (listener, answer, body) in asks {
         let status = ask_with(&s, listener, answer, body).await;
@@ -190,7 +193,7 @@ async fn a_structured_output_that_breaks_its_schema_is_incorrect() {
     }
     // Without a schema asked for, the same answer passes.
     assert_eq!(ask(&s, "openai", "schema-bad").await, StatusCode::OK);
-    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 8.0).await;
+    let m = metrics_when(&s, |m| metric(m, "agent_requests_total", &[]) == 9.0).await;
     assert_eq!(
         verdicts(&m, "check", "incorrect", "schema_invalid"),
         4.0,

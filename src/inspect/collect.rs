@@ -210,6 +210,16 @@ impl Prefix {
         self.cut |= n < chunk.len();
     }
 
+    /// Nothing more will be kept.
+    pub(crate) fn is_full(&self) -> bool {
+        self.kept.len() >= self.limit
+    }
+
+    /// Notes that more went by, unkept.
+    pub(crate) fn lose(&mut self) {
+        self.cut = true;
+    }
+
     /// What was kept, with the reservation that counts it, and whether more went by.
     pub(crate) fn finish(self) -> (Bytes, Reservation, bool) {
         (self.kept.freeze(), self.reservation, self.cut)

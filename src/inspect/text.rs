@@ -258,7 +258,15 @@ impl TextPrefix {
         })
     }
 
+    /// Reads the next chunk; once the prefix is full, the rest is not read (it is only noted
+    /// that more came).
     pub(crate) fn push(&mut self, chunk: &bytes::Bytes) {
+        if self.kept.is_full() {
+            if !chunk.is_empty() {
+                self.kept.lose();
+            }
+            return;
+        }
         let kept = &mut self.kept;
         self.text.feed(chunk, &mut |t| kept.push(t));
     }

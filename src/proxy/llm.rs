@@ -41,6 +41,8 @@ pub struct CallEnd {
     /// An answer read whole to a request that asked for a JSON schema: the schema, and the
     /// output when it was kept.
     pub structured: Option<Structured>,
+    /// The request's body was read: whether it asked for a schema is known.
+    pub request_read: bool,
 }
 
 /// A structured output to check: the request's schema and what the model wrote (`None`: not
@@ -71,6 +73,7 @@ impl CallEnd {
             .map(|schema| Structured { schema, output });
         CallEnd {
             structured,
+            request_read: false,
             filtered: reasons.contains(&FinishReason::ContentFilter),
             answered,
             provider_error: facts.provider_error,
@@ -236,6 +239,7 @@ impl LlmCall {
                 refused: false,
                 checkable: false,
                 structured: None,
+                request_read: false,
             };
         };
         model.tokens(facts.input_tokens, facts.output_tokens);
@@ -251,7 +255,9 @@ impl LlmCall {
         }
         let read = complete && status == StatusClass::Success;
         let schema = self.schema().cloned();
-        CallEnd::of(facts, read, self.succeeded && !provider_error, schema)
+        let mut end = CallEnd::of(facts, read, self.succeeded && !provider_error, schema);
+        end.request_read = request.is_some();
+        end
     }
 }
 

@@ -331,8 +331,15 @@ impl ListenerCorrectness {
     /// JSON short for a reason of its own: where no configured check names it (a refusal or a cut
     /// answer with their check on returned before this), it gets no verdict.
     fn schema_check(&self, c: &CallEnd) -> SchemaCheck {
-        let (Some(schemas), Some(s)) = (&self.schemas, &c.structured) else {
+        let Some(schemas) = &self.schemas else {
             return SchemaCheck::NotApplicable;
+        };
+        let Some(s) = &c.structured else {
+            // A request that could not be read may have asked for one.
+            return match c.request_read {
+                true => SchemaCheck::NotApplicable,
+                false => SchemaCheck::Unknown,
+            };
         };
         if !c.tool_calls.as_ref().is_some_and(Vec::is_empty) {
             return SchemaCheck::NotApplicable;
@@ -358,9 +365,9 @@ enum SchemaCheck {
     NotApplicable,
     Follows,
     Breaks,
-    /// It applies, but cannot be run: the output was not kept whole (past 1 MiB, not text), the
-    /// schema is too long or does not compile, or the answer was refused, filtered or cut
-    /// without a configured check to name it.
+    /// It applies (or may: the request could not be read), but cannot be run: the output was not
+    /// kept whole (past 1 MiB, not text), the schema is too long or does not compile, or the
+    /// answer was refused, filtered or cut without a configured check to name it.
     Unknown,
 }
 

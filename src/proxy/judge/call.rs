@@ -53,12 +53,13 @@ pub(super) async fn judge(
         );
         Bytes::from(verdict::request_body(protocol, &c.model, &prompt))
     };
-    // The texts are in the body now: the sample's own bytes go.
-    drop(sample);
     let mut held = budget.reserve(Held::JudgeSample);
     if !held.grow(body.len()) {
         return Graded::Dropped;
     }
+    // The texts are in the body now (reserved before the sample's room was given back): the
+    // sample's own bytes go.
+    drop(sample);
     let (format, path) = match protocol {
         Protocol::Anthropic => (Format::Messages, "/v1/messages"),
         _ => (Format::ChatCompletions, "/v1/chat/completions"),
