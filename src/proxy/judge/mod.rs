@@ -14,7 +14,7 @@
 //! connections are driven there, never on the workers. Each sample becomes one call to the
 //! upstream (Chat Completions or Messages, as its protocol says) with the rubric, recorded like
 //! any LLM call of that upstream (duration, tokens, finish reason) and counted in
-//! `upstream_requests_total`. The verdict ([`verdict`]) counts in
+//! `sloguard_upstream_requests_total`. The verdict ([`verdict`]) counts in
 //! `agent_correctness_verdicts_total{source="judge"}`; a failed call (an error status, a broken
 //! connection, `timeout`) or an answer with no verdict in it counts as `failed` or `unreadable`
 //! in `sloguard_judge_samples_total`, never as incorrect.
