@@ -12,6 +12,7 @@ pub(crate) mod collect;
 pub(crate) mod echo;
 pub(crate) mod inflate;
 mod json_text;
+pub mod mcp;
 mod openai;
 pub(crate) mod request;
 pub(crate) mod response;
