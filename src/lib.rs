@@ -30,12 +30,16 @@ pub use config::Config;
 /// Cuts `s` to at most `max` bytes, at a character boundary: for strings from outside (a model
 /// name, a path, a tool name) kept in bounded memory.
 pub(crate) fn truncate_at_char(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+    let end = prefix_at_char(s, max).len();
+    s.truncate(end);
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn prefix_at_char(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
+    &s[..end]
 }
 pub use sidecar::Sidecar;

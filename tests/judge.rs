@@ -167,17 +167,6 @@ async fn judge() -> (SimServer, Log) {
     (server, log)
 }
 
-/// A file of its own (one per call) holding the API key `key`.
-fn keys_file(key: &str) -> std::path::PathBuf {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("sloguard-judge-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("keys");
-    std::fs::write(&path, format!("{key}\n")).unwrap();
-    path
-}
-
 fn seen(log: &Log) -> Vec<Seen> {
     log.lock().unwrap().clone()
 }
@@ -285,7 +274,7 @@ async fn counted(s: &Sidecar, n: f64) -> String {
 async fn sampled_answers_are_graded_by_an_openai_judge() {
     let agent = agent().await;
     let (judge, log) = judge().await;
-    let keys = keys_file("sk-judge-key");
+    let keys = common::scripted::own_file("judge", "keys", "sk-judge-key\n");
     let upstream = format!(
         "{{url: {}, protocol: openai, api_keys_file: '{}'}}",
         judge.url(),
@@ -366,7 +355,7 @@ async fn sampled_answers_are_graded_by_an_openai_judge() {
 async fn an_anthropic_judge_is_asked_in_its_own_protocol() {
     let agent = agent().await;
     let (judge, log) = judge().await;
-    let keys = keys_file("ant-judge-key");
+    let keys = common::scripted::own_file("judge", "keys", "ant-judge-key\n");
     let upstream = format!(
         "{{url: {}, protocol: anthropic, api_keys_file: '{}'}}",
         judge.url(),

@@ -271,14 +271,9 @@ async fn both_kinds_of_hallucinated_tool_calls_are_counted_in_both_formats() {
     }
 }
 
-/// A key file in a fresh temp directory.
+/// A key file in a directory of its own.
 fn key_file(name: &str, content: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sloguard-llm-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("keys");
-    std::fs::write(&path, content).unwrap();
-    path
+    common::scripted::own_file(&format!("llm-{name}"), "keys", content)
 }
 
 #[tokio::test]

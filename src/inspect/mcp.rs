@@ -118,11 +118,7 @@ fn messages(body: &[u8]) -> Option<Vec<RawMessage<'_>>> {
 }
 
 fn bounded(s: &str) -> Box<str> {
-    let mut end = s.len().min(MAX_NAME);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].into()
+    crate::prefix_at_char(s, MAX_NAME).into()
 }
 
 /// The requests (and notifications) of a POSTed body; `None` when it is not JSON-RPC.

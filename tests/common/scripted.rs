@@ -243,16 +243,20 @@ pub async fn expect_violations(
     m
 }
 
-/// A file of its own holding the admin token `s3cret` (one per call: tests starting sidecars at
-/// once must not read a file another is writing).
+/// A file of its own holding the admin token `s3cret`.
 pub fn token_file(dir: &str) -> std::path::PathBuf {
+    own_file(dir, "token", "s3cret\n")
+}
+
+/// A file named `file` holding `content`, in a directory of its own (one per call: tests starting
+/// sidecars at once must not read a file another is writing).
+pub fn own_file(dir: &str, file: &str, content: &str) -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir =
-        std::env::temp_dir().join(format!("sloguard-safety-{dir}-{}-{n}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sloguard-{dir}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("token");
-    std::fs::write(&path, "s3cret\n").unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, content).unwrap();
     path
 }
 

@@ -125,7 +125,6 @@ pub struct ListenerCorrectness {
 impl ListenerCorrectness {
     /// `schemas`: the process's compiled schemas; `judge`: the queue to the judge, when the
     /// sidecar has one.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: &CorrectnessConfig,
         role: Role,

@@ -212,11 +212,7 @@ struct Verdict {
 ///
 /// Bounded: only the first 64 KiB of text and at most 64 spans are looked at.
 pub(crate) fn verdict_in(text: &str) -> Option<bool> {
-    let mut end = text.len().min(MAX_TEXT);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let text = &text[..end];
+    let text = crate::prefix_at_char(text, MAX_TEXT);
     verdict_of(text.trim())
         .or_else(|| fenced(text).and_then(verdict_of))
         .or_else(|| {
