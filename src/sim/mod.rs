@@ -129,9 +129,31 @@ impl SimRng {
     }
 }
 
+/// Events at a rate spread evenly over their chances rather than rolled: with rate `r`, the
+/// n-th chance hits when `floor(n * r)` steps up, so 25 chances at 0.04 hold exactly one hit.
+/// For what a demo must show within seconds whatever the interleaving of its requests.
+#[derive(Debug, Default)]
+pub struct Spread(AtomicU64);
+
+impl Spread {
+    pub fn hit(&self, rate: f64) -> bool {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * rate).floor() > (n * rate).floor()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::SimRng;
+    use super::{SimRng, Spread};
+
+    #[test]
+    fn spread_hits_exactly_its_share() {
+        for (rate, chances, hits) in [(0.04, 100, 4), (0.04, 24, 0), (0.0, 50, 0), (1.0, 7, 7)] {
+            let s = Spread::default();
+            let got = (0..chances).filter(|_| s.hit(rate)).count();
+            assert_eq!(got, hits, "rate {rate} over {chances}");
+        }
+    }
 
     #[test]
     fn rng_covers_the_unit_interval_evenly() {

@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{full, serve, ChannelBody, SimBody, SimRng, SimServer};
+use super::{full, serve, ChannelBody, SimBody, SimRng, SimServer, Spread};
 
 /// A request the provider received, for tests to look at.
 #[derive(Debug, Clone)]
@@ -53,7 +53,8 @@ pub struct ProviderSim {
     pub hallucination_rate: f64,
     /// Share of text completions cut at the token limit (`length`, `max_tokens`).
     pub truncate_rate: f64,
-    /// Share of answers to a request for a JSON schema that break it.
+    /// Share of answers to a request for a JSON schema that break it (whole answers only,
+    /// spread evenly: one in every `1 / rate`).
     pub schema_break_rate: f64,
     /// Keys the provider accepts; empty: any request is accepted.
     pub accepted_keys: Vec<String>,
@@ -90,12 +91,15 @@ fn payload() -> &'static Bytes {
 }
 
 pub async fn spawn_provider(bind: SocketAddr, sim: ProviderSim) -> std::io::Result<SimServer> {
-    let rng = Arc::new(SimRng::new(sim.seed));
+    let dice = Arc::new(Dice {
+        rng: SimRng::new(sim.seed),
+        breaks: Spread::default(),
+    });
     let sim = Arc::new(sim);
     let started = tokio::time::Instant::now();
     serve(bind, move |req| {
-        let (sim, rng) = (sim.clone(), rng.clone());
-        async move { respond(&sim, &rng, started, req).await }
+        let (sim, dice) = (sim.clone(), dice.clone());
+        async move { respond(&sim, &dice, started, req).await }
     })
     .await
 }
@@ -130,9 +134,15 @@ fn key_of(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
+/// The provider's chances: rolled, and spread evenly where a demo must see them.
+struct Dice {
+    rng: SimRng,
+    breaks: Spread,
+}
+
 async fn respond(
     sim: &ProviderSim,
-    rng: &SimRng,
+    dice: &Dice,
     started: tokio::time::Instant,
     req: Request<Incoming>,
 ) -> Response<SimBody> {
@@ -144,7 +154,7 @@ async fn respond(
         _ => None,
     };
     if let Some(api) = api {
-        return complete(sim, rng, started, api, path, req).await;
+        return complete(sim, dice, started, api, path, req).await;
     }
     match (req.method(), path.as_str()) {
         (&Method::GET | &Method::POST, p) if p.starts_with("/bytes/") => {
@@ -168,7 +178,7 @@ async fn respond(
 /// configured, else answered as JSON or as a stream.
 async fn complete(
     sim: &ProviderSim,
-    rng: &SimRng,
+    dice: &Dice,
     started: tokio::time::Instant,
     api: Api,
     path: String,
@@ -199,6 +209,7 @@ async fn complete(
     let include_usage = api == Api::Anthropic
         || request["stream_options"]["include_usage"].as_bool() == Some(true)
         || !stream;
+    let rng = &dice.rng;
     if let Some(failure) = simulated_failure(sim, rng, started).await {
         return failure;
     }
@@ -206,7 +217,7 @@ async fn complete(
     let text = matches!(completion, Completion::Text);
     let truncated = text && rng.next_f64() < sim.truncate_rate;
     let structured = (text && super::text::asks_for_schema(&request))
-        .then(|| rng.next_f64() >= sim.schema_break_rate);
+        .then(|| truncated || !dice.breaks.hit(sim.schema_break_rate));
     let usage = (((body.len() / 4).max(1)) as u64, sim.chunks as u64);
     let c = Call {
         api,
