@@ -72,6 +72,15 @@ pub const LOOP_TASKS_EVICTED: &str = "sloguard_loop_tasks_evicted_total";
 pub const SLO_BUDGET_REMAINING: &str = "sloguard_slo_error_budget_remaining";
 pub const SLO_BURN_RATE: &str = "sloguard_slo_burn_rate";
 pub const OTLP_DROPPED_TOTAL: &str = "sloguard_otlp_dropped_total";
+pub const MCP_OPERATION_DURATION: &str = "mcp_client_operation_duration_seconds";
+pub const AGENT_TOOL_CALLS_TOTAL: &str = "agent_tool_calls_total";
+pub const MCP_TOOL_CHANGES_TOTAL: &str = "sloguard_mcp_tool_changes_total";
+
+/// MCP operations: the OpenTelemetry MCP semantic conventions' advice, from 10 ms (a ping, a
+/// cached lookup) to 5 minutes (a long-running tool).
+pub const MCP_SECONDS_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 /// Request latency of an agent or an LLM call: from a few milliseconds (a cached or failed call)
 /// to minutes (a long generation). Denser around 0.1–10 s, where agent latency SLOs sit; every
@@ -293,6 +302,30 @@ pub const METRICS: &[MetricDef] = &[
         unit: None,
         otel_unit: "",
         help: "Verdicts on the agent's answers, by source (check, agent, feedback, judge), verdict and reason.",
+    },
+    MetricDef {
+        name: MCP_OPERATION_DURATION,
+        otel: "mcp.client.operation.duration",
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        otel_unit: "s",
+        help: "MCP operations (JSON-RPC requests to an MCP server), from the request to its response passed on, by mcp_method_name, gen_ai_tool_name (tools/call) and error_type (the JSON-RPC code, tool_error, timeout, transport_error; empty on success).",
+    },
+    MetricDef {
+        name: AGENT_TOOL_CALLS_TOTAL,
+        otel: "agent.tool_calls",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "MCP tools/call operations ended, by gen_ai_tool_name and outcome (ok, tool_error, protocol_error, unknown_tool, invalid_arguments, timeout, transport_error).",
+    },
+    MetricDef {
+        name: MCP_TOOL_CHANGES_TOTAL,
+        otel: "sloguard.mcp.tool_changes",
+        kind: Kind::Counter,
+        unit: None,
+        otel_unit: "",
+        help: "Pinned MCP tool definitions that moved in a later tools/list, by change (changed, added, removed).",
     },
     MetricDef {
         name: JUDGE_SAMPLES_TOTAL,
@@ -530,4 +563,5 @@ pub const BUCKETS: &[(&str, &[f64])] = &[
     (GEN_AI_TIME_TO_FIRST_CHUNK, GEN_AI_SECONDS_BUCKETS),
     (GEN_AI_TIME_PER_OUTPUT_CHUNK, GEN_AI_SECONDS_BUCKETS),
     (GEN_AI_TOKEN_USAGE, GEN_AI_TOKEN_BUCKETS),
+    (MCP_OPERATION_DURATION, MCP_SECONDS_BUCKETS),
 ];

@@ -351,7 +351,7 @@ fn llm_keys_are_checked_against_the_protocol() {
         )
     };
     let e = error_of(&with("    api_keys_file: /k\n"));
-    assert_eq!(e, "bad.yaml:13: upstreams.agent.api_keys_file: needs `protocol: openai` or `protocol: anthropic` (the protocol decides the key header)");
+    assert_eq!(e, "bad.yaml:13: upstreams.agent.api_keys_file: needs `protocol: openai`, `anthropic` or `mcp` (the protocol decides the key header)");
     let e = error_of(&with("    model: gpt-4o\n"));
     assert!(
         e.starts_with("bad.yaml:13: upstreams.agent.model: needs `protocol: openai`"),
@@ -634,6 +634,41 @@ fn defaults_follow_the_values_they_depend_on() {
         .to_string();
     assert!(
         e.contains("upstreams.agent.circuit_breaker.max_open_for: must be at least open_for"),
+        "{e}"
+    );
+}
+
+#[test]
+fn mcp_settings_are_checked_naming_their_key() {
+    let mcp_listener = BASE.replace("role: agent", "role: mcp");
+    let e = error_of(&mcp_listener);
+    assert!(
+        e.contains(
+            "upstreams.agent.protocol: must be `mcp`: the upstream is behind the mcp listener"
+        ),
+        "{e}"
+    );
+    let e = error_of(&mcp_listener.replace(
+        "    url: http://127.0.0.1:8000\n",
+        "    url: http://127.0.0.1:8000\n    protocol: mcp\n    model: x\n",
+    ));
+    assert!(
+        e.contains("upstreams.agent.model: needs `protocol: openai`"),
+        "{e}"
+    );
+    let ok = mcp_listener.replace(
+        "    url: http://127.0.0.1:8000\n",
+        "    url: http://127.0.0.1:8000\n    protocol: mcp\n",
+    );
+    Config::parse("ok.yaml", &ok).unwrap();
+    let e = error_of(&format!("{ok}mcp: {{max_tools: 0}}\n"));
+    assert!(
+        e.contains("mcp.max_tools: must be between 1 and 2000"),
+        "{e}"
+    );
+    let e = error_of(&format!("{ok}mcp: {{tool_changes: warn}}\n"));
+    assert!(
+        e.contains("mcp.tool_changes: unknown variant `warn`"),
         "{e}"
     );
 }

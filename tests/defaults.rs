@@ -134,6 +134,7 @@ fn the_values_the_reference_calls_defaults_are_the_schemas() {
         ("upstreams.openai.circuit_breaker", Empty, Box::new(breaker)),
         ("tasks", Absent, Box::new(|c| format!("{:?}", c.tasks))),
         ("cascade", Empty, Box::new(|c| format!("{:?}", c.cascade))),
+        ("mcp", Absent, Box::new(|c| format!("{:?}", c.mcp))),
         (
             "correctness",
             Empty,

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod feedback;
+mod mcp;
 
 use crate::proxy::connections::Connections;
 use crate::proxy::error_response;
@@ -36,6 +37,8 @@ pub(crate) struct AdminState {
     pub slos: Arc<crate::slo::Slos>,
     /// `POST /admin/reload`.
     pub reloader: Arc<dyn Reload>,
+    /// `GET /mcp`, `POST /admin/mcp/{upstream}/accept`.
+    pub tools: Arc<crate::proxy::mcp::ToolBooks>,
 }
 
 /// Why a reload was refused.
@@ -150,6 +153,7 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/agent/healthz" => agent_health(state),
         "/circuits" => circuits(state),
+        "/mcp" => mcp::view(state),
         "/slo" => slo(state, req.headers()),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {
@@ -254,6 +258,7 @@ fn mutation(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>
     let (name, action) = match parts.as_slice() {
         ["admin", "agent", action] => return agent_switch(state, action),
         ["admin", "circuits", name, action] => (*name, *action),
+        ["admin", "mcp", name, "accept"] => return mcp::accept(state, name),
         _ => {
             return to_full(error_response(
                 StatusCode::NOT_FOUND,

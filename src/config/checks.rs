@@ -54,11 +54,27 @@ impl Config {
             binds.push((l.bind, i));
             l.limits
                 .validate(&format!("listeners[{i}].limits"), false)?;
-            if !self.routes.contains_key(&l.route) {
+            let Some(route) = self.routes.get(&l.route) else {
                 return Err((
                     format!("listeners[{i}].route"),
                     format!("no route named {:?} under `routes`", l.route),
                 ));
+            };
+            if l.role == Role::Mcp {
+                let other = route.upstreams.iter().find(|u| {
+                    self.upstreams
+                        .get(*u)
+                        .is_some_and(|c| c.protocol != Protocol::Mcp)
+                });
+                if let Some(u) = other {
+                    return Err((
+                        format!("upstreams.{u}.protocol"),
+                        format!(
+                            "must be `mcp`: the upstream is behind the mcp listener {:?}",
+                            l.name
+                        ),
+                    ));
+                }
             }
         }
         Ok(())

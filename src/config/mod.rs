@@ -9,6 +9,7 @@ mod checks;
 mod correctness;
 mod limits;
 mod locate;
+mod mcp;
 mod otlp;
 mod safety;
 mod slo;
@@ -28,6 +29,7 @@ pub use cascade::{CascadeConfig, CycleAction, MAX_CALL_PATH, MAX_DEADLINE};
 pub use correctness::{CorrectnessCheck, CorrectnessConfig, JudgeConfig};
 pub use limits::{Limits, MemoryConfig};
 pub use locate::LineIndex;
+pub use mcp::{McpAction, McpConfig, MAX_TOOL_LABELS};
 pub use otlp::{OtlpConfig, OtlpProtocol, OtlpTemporality, TracesConfig, MAX_TRACE_QUEUE};
 pub use safety::{
     DetectorConfig, IncidentsConfig, KillSwitchConfig, SafetyAction, SafetyConfig, Severities,
@@ -112,6 +114,9 @@ pub struct Config {
     /// section; an empty `correctness:` means the defaults).
     #[serde(default, deserialize_with = "present_or_defaults")]
     pub correctness: Option<CorrectnessConfig>,
+    /// MCP tool calls on `mcp` listeners (the defaults without the section).
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub mcp: McpConfig,
     /// The service level objectives (none without the section).
     #[serde(default, deserialize_with = "null_is_default")]
     pub slos: Vec<SloConfig>,
@@ -201,6 +206,8 @@ pub enum Role {
     Llm,
     /// In front of the other agents this agent calls (usually their own sidecars).
     Peer,
+    /// In front of the MCP servers (Streamable HTTP) whose tools the agent calls.
+    Mcp,
 }
 
 impl Role {
@@ -209,6 +216,7 @@ impl Role {
             Role::Agent => "agent",
             Role::Llm => "llm",
             Role::Peer => "peer",
+            Role::Mcp => "mcp",
         }
     }
 
@@ -366,7 +374,7 @@ impl Config {
         let key = "correctness.judge.upstream".to_owned();
         match self.upstreams.get(name) {
             None => Err((key, format!("{name:?} is not an entry of upstreams"))),
-            Some(u) if u.protocol == Protocol::None => Err((
+            Some(u) if !u.protocol.is_llm() => Err((
                 key,
                 format!("upstream {name:?} must have protocol openai or anthropic: the judge asks it for a verdict"),
             )),
@@ -429,6 +437,7 @@ impl Config {
             }
         }
         self.validate_correctness_slos()?;
+        self.mcp.validate()?;
         if let Some(safety) = &self.safety {
             safety.validate()?;
             if safety.kill_switch.is_some() && self.admin.token_file.is_none() {

@@ -132,6 +132,9 @@ pub struct Severities {
     pub time_to_first_token: SeverityName,
     #[serde(default = "sev2")]
     pub correctness: SeverityName,
+    /// An MCP server changed a pinned tool definition (`mcp.tool_changes`).
+    #[serde(default = "sev2")]
+    pub tool_change: SeverityName,
 }
 
 fn sev1() -> SeverityName {
@@ -153,6 +156,7 @@ impl Default for Severities {
             latency: sev3(),
             time_to_first_token: sev3(),
             correctness: sev2(),
+            tool_change: sev2(),
         }
     }
 }

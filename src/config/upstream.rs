@@ -338,19 +338,17 @@ impl UpstreamConfig {
                 "keys are sent in clear over http:// to a host other than this one (loopback); use https://".into(),
             ));
         }
-        if up.protocol == Protocol::None {
-            if up.api_keys_file.is_some() {
-                return Err((
-                    format!("{base}.api_keys_file"),
-                    "needs `protocol: openai` or `protocol: anthropic` (the protocol decides the key header)".into(),
-                ));
-            }
-            if up.model.is_some() {
-                return Err((
-                    format!("{base}.model"),
-                    "needs `protocol: openai` or `protocol: anthropic` (only LLM request bodies have a model)".into(),
-                ));
-            }
+        if up.protocol == Protocol::None && up.api_keys_file.is_some() {
+            return Err((
+                format!("{base}.api_keys_file"),
+                "needs `protocol: openai`, `anthropic` or `mcp` (the protocol decides the key header)".into(),
+            ));
+        }
+        if !up.protocol.is_llm() && up.model.is_some() {
+            return Err((
+                format!("{base}.model"),
+                "needs `protocol: openai` or `protocol: anthropic` (only LLM request bodies have a model)".into(),
+            ));
         }
         if up.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
             return Err((format!("{base}.model"), "must not be empty".into()));

@@ -180,16 +180,20 @@ pub enum Kind {
     KillSwitch = 0,
     /// An upstream's circuit breaker; the subject is the upstream.
     CircuitBreaker = 1,
+    /// An MCP upstream's tool definitions moved from the pinned ones; the subject is the
+    /// upstream.
+    ToolChange = 2,
 }
 
 impl Kind {
-    pub const COUNT: usize = 2;
-    pub const ALL: [Kind; Kind::COUNT] = [Kind::KillSwitch, Kind::CircuitBreaker];
+    pub const COUNT: usize = 3;
+    pub const ALL: [Kind; Kind::COUNT] = [Kind::KillSwitch, Kind::CircuitBreaker, Kind::ToolChange];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::KillSwitch => "kill_switch",
             Kind::CircuitBreaker => "circuit_breaker",
+            Kind::ToolChange => "tool_change",
         }
     }
 
@@ -198,6 +202,7 @@ impl Kind {
         match self {
             Kind::KillSwitch => "SloguardKillSwitch",
             Kind::CircuitBreaker => "SloguardCircuitOpen",
+            Kind::ToolChange => "SloguardToolChanged",
         }
     }
 
@@ -205,7 +210,7 @@ impl Kind {
     fn subject_label(self) -> Option<&'static str> {
         match self {
             Kind::KillSwitch => None,
-            Kind::CircuitBreaker => Some("upstream"),
+            Kind::CircuitBreaker | Kind::ToolChange => Some("upstream"),
         }
     }
 }
@@ -247,6 +252,25 @@ impl Incident {
             severity,
             kind: Kind::CircuitBreaker,
             firing: open,
+            subject: upstream.to_owned(),
+            summary: summary.into(),
+        }
+    }
+}
+
+impl Incident {
+    /// The tools of MCP upstream `upstream` moved from their pinned definitions (`changed`), or
+    /// its current list was accepted.
+    pub fn tool_change(
+        severity: Severity,
+        upstream: &str,
+        changed: bool,
+        summary: impl Into<String>,
+    ) -> Incident {
+        Incident {
+            severity,
+            kind: Kind::ToolChange,
+            firing: changed,
             subject: upstream.to_owned(),
             summary: summary.into(),
         }

@@ -31,6 +31,11 @@ pub const MAX_TOOLS: usize = 1024;
 pub struct RpcId(Box<str>);
 
 impl RpcId {
+    /// The id as it was written (JSON text), for a response to carry it back.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
     fn of(raw: Option<&RawValue>) -> Option<RpcId> {
         let text = raw?.get().trim();
         (text != "null" && text.len() <= MAX_NAME).then(|| RpcId(text.into()))
@@ -46,6 +51,8 @@ pub struct McpRequest {
     pub tool: Option<Box<str>>,
     /// `tools/call`: the arguments' JSON text, as sent (`None` when absent).
     pub arguments: Option<Box<str>>,
+    /// The request names a `cursor`: a later page of a list.
+    pub cursor: bool,
 }
 
 /// The arguments by their size only: they are what the model sent a tool.
@@ -56,6 +63,7 @@ impl std::fmt::Debug for McpRequest {
             .field("method", &self.method)
             .field("tool", &self.tool)
             .field("arguments", &self.arguments.as_ref().map(|a| a.len()))
+            .field("cursor", &self.cursor)
             .finish()
     }
 }
@@ -90,6 +98,12 @@ struct CallParams<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     arguments: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PageParams<'a> {
+    #[serde(default, borrow)]
+    cursor: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -129,11 +143,17 @@ pub fn parse_requests(body: &[u8]) -> Option<Vec<McpRequest>> {
         let call = (method == "tools/call")
             .then(|| serde_json::from_str::<CallParams<'_>>(m.params?.get()).ok())
             .flatten();
+        let cursor = m
+            .params
+            .and_then(|p| serde_json::from_str::<PageParams<'_>>(p.get()).ok())
+            .and_then(|p| p.cursor)
+            .is_some_and(|c| c.get().trim() != "null");
         Some(McpRequest {
             id: RpcId::of(m.id),
             method: bounded(method),
             tool: call.as_ref().and_then(|c| c.name.as_deref()).map(bounded),
             arguments: call.and_then(|c| c.arguments).map(|a| a.get().into()),
+            cursor,
         })
     });
     Some(requests.collect())
@@ -207,6 +227,8 @@ pub struct ToolDef {
     /// The definition (description, inputSchema, annotations) in canonical form, hashed: the
     /// same definition however it is spelled.
     pub fingerprint: u64,
+    /// The `inputSchema`'s JSON text, for checking a call's arguments.
+    pub input_schema: Option<Box<str>>,
 }
 
 /// A `tools/list` result page.
@@ -260,6 +282,7 @@ pub fn parse_tool_list(result: &[u8]) -> Option<ToolList> {
         Some(ToolDef {
             name: bounded(&tool.name),
             fingerprint: xxhash_rust::xxh3::xxh3_64(&bytes),
+            input_schema: tool.input_schema.map(|s| s.get().into()),
         })
     });
     let more = raw.next_cursor.is_some_and(|c| c.get().trim() != "null");
@@ -386,7 +409,7 @@ mod tests {
         );
         assert!(a.more && !b.more);
         assert_eq!(a.tools.len(), 2);
-        assert_eq!(a.tools[0], b.tools[0]);
+        assert_eq!(a.tools[0].fingerprint, b.tools[0].fingerprint);
         assert_eq!(&*changed.tools[0].name, "search");
         assert_ne!(changed.tools[0].fingerprint, a.tools[0].fingerprint);
         assert_eq!(parse_tool_list(b"[]"), None);

@@ -22,12 +22,14 @@ pub(crate) mod sse;
 pub(crate) mod text;
 
 /// The API an upstream speaks, as `upstreams.*.protocol` names it: which LLM bodies there are to
-/// read.
+/// read, or MCP's JSON-RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Openai,
     Anthropic,
+    /// An MCP server (Streamable HTTP): JSON-RPC, no LLM bodies.
+    Mcp,
     #[default]
     None,
 }
@@ -38,8 +40,14 @@ impl Protocol {
         match self {
             Protocol::Openai => "openai",
             Protocol::Anthropic => "anthropic",
+            Protocol::Mcp => "mcp",
             Protocol::None => "none",
         }
+    }
+
+    /// Whether the upstream is an LLM provider (its bodies are read as LLM calls).
+    pub fn is_llm(self) -> bool {
+        matches!(self, Protocol::Openai | Protocol::Anthropic)
     }
 }
 

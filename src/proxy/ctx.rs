@@ -28,12 +28,13 @@ use super::connections::InFlight;
 use super::correctness::CorrectnessState;
 use super::error::{DeadlineWhen, ProxyError};
 use super::llm::LlmState;
+use super::mcp::{McpState, Refusal};
 use super::safety::{Held, Inspect, SafetyState, Source};
 use super::state::ListenerState;
 use super::tasks::{LoopWatch, TaskState};
 use super::trace::TraceState;
 use crate::config::Role;
-use crate::inspect::Format;
+use crate::inspect::{Format, Unparsed};
 use crate::sli::loops::LoopKind;
 use crate::sli::{Cause, StatusClass, UpstreamOutcome};
 use crate::upstream::{Lease, RequestBody, Upload, Upstream};
@@ -71,6 +72,7 @@ pub(crate) struct RequestCtx {
     breaker: BreakerTicket,
     llm: LlmState,
     loops: LoopWatch,
+    mcp: McpState,
     safety: SafetyState,
     task: TaskState,
     cache: CacheState,
@@ -104,6 +106,7 @@ impl RequestCtx {
             breaker: BreakerTicket::default(),
             llm: LlmState::default(),
             loops: LoopWatch::default(),
+            mcp: McpState::default(),
             safety: SafetyState::default(),
             task: TaskState::default(),
             cache: CacheState::default(),
@@ -164,6 +167,13 @@ impl RequestCtx {
             llm.cancel();
         }
         refused
+    }
+
+    /// An `mcp` listener's request, read ahead (`Err`: why it could not be read): its JSON-RPC
+    /// operations begin. Under `block`, a call the sidecar answers itself.
+    pub(super) fn mcp_request(&mut self, body: Result<&[u8], Unparsed>) -> Option<Refusal> {
+        let lm = self.listener.mcp.as_ref();
+        self.mcp.request(lm, body, self.received)
     }
 
     /// Calls between agents: an inbound request's depth, path and deadline are checked and it is
@@ -310,6 +320,9 @@ impl RequestCtx {
         }
         let key = cache_key.filter(|_| listener.route.cache.is_some());
         cache.head(key, status, &parts.headers, &listener.budget);
+        let lm = listener.mcp.as_ref();
+        self.mcp
+            .head(lm, *hop, status, &parts.headers, &listener.budget);
     }
 
     /// Safety's look at the response head (`empty`: it has no body).
@@ -335,6 +348,8 @@ impl RequestCtx {
     /// safety check. `true` when safety holds it back.
     pub(super) fn data(&mut self, data: &Bytes, now: Instant) -> bool {
         self.llm.data(data, now);
+        self.mcp
+            .data(self.listener.mcp.as_ref(), self.hop, data, now);
         self.cache.data(data);
         self.correctness.data(data);
         let ls = self.listener.safety.as_ref();
@@ -419,6 +434,15 @@ impl RequestCtx {
         route.chain.get(self.hop).unwrap_or(&route.chain[0])
     }
 
+    /// The sidecar answers an MCP call itself (`block`), with a JSON-RPC result: no server was
+    /// asked.
+    pub(super) fn answered_by_mcp_guard(&mut self, status: http::StatusCode, error: &'static str) {
+        self.status = StatusClass::of(status);
+        self.trace.local_answer(status, Some(error));
+        self.cause = Cause::None;
+        self.outcome = None;
+    }
+
     /// The route's cache answers `status`: no provider was called.
     pub(super) fn answered_by_cache(&mut self, status: http::StatusCode) {
         self.hop = self.listener.route.chain.len();
@@ -491,6 +515,7 @@ impl RequestCtx {
             breaker,
             llm,
             loops,
+            mcp,
             safety,
             task,
             cache,
@@ -498,6 +523,7 @@ impl RequestCtx {
             ..
         } = self;
         *stage = Stage::Counted;
+        mcp.end(l.mcp.as_ref(), *hop, complete, *outcome, now);
         let end = llm.end(complete, *status, *outcome, now, trace.span());
         if end.as_ref().is_some_and(|e| e.provider_error) {
             // A 200 whose stream (or body) says the provider failed: a failed request, for the

@@ -42,12 +42,15 @@ pub(super) async fn forward(
     }
     let plan = Plan::new(&listener.route, &client, &body);
     let admitted = plan.admit_before_read(ctx, &listener.route)?;
-    let (payload, client_wait) = match plan.reads_ahead() {
+    let (mut payload, client_wait) = match plan.reads_ahead() {
         false => (Payload::streamed(body), Duration::ZERO),
         true if http_body::Body::is_end_stream(&body) => (Payload::empty(), Duration::ZERO),
         // Boxed: its state would otherwise make every request's future larger, on every route.
         true => Box::pin(read_ahead(ctx, &listener, &plan, body)).await?,
     };
+    if plan.mcp {
+        mcp_request(ctx, &client, &mut payload)?;
+    }
     let mut attempts = Attempts::new(ctx, &listener, client, &plan, payload, client_wait);
     attempts.first_hop(ctx, admitted, &plan)?;
     let route = &*listener.route;
@@ -76,6 +79,11 @@ struct Client {
     headers: HeaderMap,
     ip: HeaderValue,
     llm_role: bool,
+    /// An MCP request of a session (`Mcp-Session-Id`): the session lives on one server, so the
+    /// request never falls back.
+    session_bound: bool,
+    /// A `POST` on an `mcp` listener: JSON-RPC to read.
+    mcp_post: bool,
 }
 
 impl Client {
@@ -110,6 +118,9 @@ fn request_filter(
     }
     ctx.cascade(&headers)?;
     let llm_role = listener.role == Role::Llm;
+    let mcp = listener.role == Role::Mcp;
+    let session_bound = mcp && headers.contains_key(MCP_SESSION_ID);
+    let mcp_post = mcp && method == Method::POST;
     let client = Client {
         method,
         uri,
@@ -117,11 +128,34 @@ fn request_filter(
         headers,
         ip,
         llm_role,
+        session_bound,
+        mcp_post,
     };
     let format = client.format_for(&listener.route.chain[0]);
     match ctx.llm_request(format, &client.headers) {
         Some(kind) => Err(Stop::Loop(kind)),
         None => Ok(client),
+    }
+}
+
+/// The header naming an MCP session.
+const MCP_SESSION_ID: &str = "mcp-session-id";
+
+/// An `mcp` listener's POST, read ahead: its operations begin, and under `block` a call may be
+/// answered by the sidecar.
+fn mcp_request(ctx: &mut RequestCtx, client: &Client, payload: &mut Payload) -> Result<(), Stop> {
+    let encoded = client
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let body = match payload.whole_bytes() {
+        _ if encoded => Err(crate::inspect::Unparsed::RequestContentEncoding),
+        Some(bytes) => Ok(bytes),
+        None => Err(crate::inspect::Unparsed::RequestTooLarge),
+    };
+    match ctx.mcp_request(body.as_deref().map_err(|e| *e)) {
+        Some(refusal) => Err(Stop::Mcp(refusal)),
+        None => Ok(()),
     }
 }
 
@@ -134,6 +168,8 @@ struct Plan {
     /// A circuit may give out probe slots: the body is read first (within the route's replay
     /// limit), so that a slow upload does not hold a slot that others could probe with.
     probing: bool,
+    /// An MCP request (a `POST` on an `mcp` listener): its JSON-RPC is read before it goes.
+    mcp: bool,
 }
 
 impl Plan {
@@ -147,11 +183,12 @@ impl Plan {
             replays: route.replays(),
             rewrite,
             probing: route.probing() && !http_body::Body::is_end_stream(body),
+            mcp: client.mcp_post,
         }
     }
 
     fn reads_ahead(&self) -> bool {
-        self.replays || self.rewrite || self.probing
+        self.replays || self.rewrite || self.probing || self.mcp
     }
 
     /// An upstream whose circuit is open is skipped before any work is spent on the request. A
@@ -180,7 +217,7 @@ impl Plan {
 
     /// How much of the body is read ahead at most.
     fn limit(&self, route: &RouteState) -> usize {
-        match (self.replays || self.probing, self.rewrite) {
+        match (self.replays || self.probing, self.rewrite || self.mcp) {
             (true, true) => route.max_replay_body.max(MAX_INSPECTED_BODY),
             (true, false) => route.max_replay_body,
             _ => MAX_INSPECTED_BODY,
@@ -404,6 +441,7 @@ impl<'a> Attempts<'a> {
             Err(err) => FallbackReason::of_error(err),
         }
         .filter(|r| self.replayable && route.fallback_on.contains(*r))
+        .filter(|_| !self.client.session_bound)
         // With the request's time spent, no fallback would be answered in time.
         .filter(|_| ctx.deadline().is_none_or(|d| head_at < d));
         if let Some(reason) = reason {

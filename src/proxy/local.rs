@@ -6,6 +6,7 @@ use http::{HeaderValue, Response};
 use super::cache::Cached;
 use super::ctx::RequestCtx;
 use super::fallback::{FallbackReason, X_SLOGUARD_CACHE, X_SLOGUARD_FALLBACK};
+use super::mcp::Refusal;
 use super::{headers, ProxyBody, ProxyError};
 use crate::sli::loops::LoopKind;
 
@@ -22,6 +23,8 @@ pub(super) enum Stop {
     Loop(LoopKind),
     /// The route's cache answers: every upstream is open or has failed (for this reason).
     Cached(Box<Cached>, FallbackReason),
+    /// An MCP guard under `block` answers the call itself.
+    Mcp(Refusal),
 }
 
 impl From<ProxyError> for Stop {
@@ -41,6 +44,7 @@ impl Stop {
             }
             Stop::Loop(kind) => loop_refused(kind, ctx),
             Stop::Cached(hit, reason) => serve_cached(*hit, ctx, reason),
+            Stop::Mcp(refusal) => mcp_refused(refusal, ctx),
         }
     }
 }
@@ -64,6 +68,26 @@ fn loop_refused(kind: LoopKind, ctx: RequestCtx) -> Response<ProxyBody> {
         .headers_mut()
         .insert("x-should-retry", HeaderValue::from_static("false"));
     refused
+}
+
+/// 200 with a JSON-RPC tool result (`isError: true`) saying why the call was not made, and
+/// `x-sloguard-error` naming the guard: the model reads the reason and can correct its call.
+fn mcp_refused(refusal: Refusal, mut ctx: RequestCtx) -> Response<ProxyBody> {
+    let status = http::StatusCode::OK;
+    ctx.answered_by_mcp_guard(status, refusal.error);
+    let upstream = ctx.listener.route.chain[0].header_value.clone();
+    let mut response = Response::new(ProxyBody::local(refusal.body, ctx));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        headers::X_SLOGUARD_ERROR.clone(),
+        HeaderValue::from_static(refusal.error),
+    );
+    headers.insert(headers::X_SLOGUARD_UPSTREAM.clone(), upstream);
+    response
 }
 
 /// Answers from the route's cache: every upstream is open or has failed.

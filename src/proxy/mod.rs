@@ -138,6 +138,7 @@ mod linger;
 pub(crate) mod listener;
 pub(crate) mod llm;
 mod local;
+pub mod mcp;
 pub(crate) mod replay;
 pub mod safety;
 pub(crate) mod state;

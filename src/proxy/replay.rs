@@ -148,6 +148,17 @@ impl Payload {
     }
 }
 
+impl Payload {
+    /// The body read whole, in one piece (`None`: it is streamed, too large to keep).
+    pub(crate) fn whole_bytes(&mut self) -> Option<Bytes> {
+        match self {
+            Payload::Whole(w) if w.chunks.len() == 1 => Some(w.chunks[0].clone()),
+            Payload::Whole(w) => Some(w.contiguous()),
+            Payload::Stream(_) => None,
+        }
+    }
+}
+
 impl Whole {
     fn contiguous(&mut self) -> Bytes {
         if self.contiguous.is_none() {

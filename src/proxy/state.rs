@@ -48,6 +48,8 @@ pub struct Shared {
     pub(crate) schemas: Arc<Schemas>,
     /// The queue to the judge thread (`correctness.judge`), once it is started.
     pub(crate) judge: Option<Arc<JudgeQueue>>,
+    /// What is known of each MCP upstream's tools (pinned definitions among it).
+    pub tools: Arc<super::mcp::ToolBooks>,
 }
 
 impl Shared {
@@ -63,6 +65,7 @@ impl Shared {
         let incidents = Incidents::new(telemetry, &config.agent, hook);
         let kill = KillSwitch::new(telemetry, &config.agent, incidents.clone());
         Shared {
+            tools: Arc::new(super::mcp::ToolBooks::new(incidents.clone())),
             tasks: Arc::new(super::tasks::Tasks::new(
                 &config.tasks,
                 telemetry,
@@ -182,7 +185,7 @@ impl RouteState {
             name: name.to_owned(),
             rewrites_model: chain
                 .iter()
-                .any(|u| u.model.is_some() && u.protocol != Protocol::None),
+                .any(|u| u.model.is_some() && u.protocol.is_llm()),
             chain,
             fallback_on: FallbackOn::new(&config.fallback_on),
             max_replay_body: usize::try_from(config.max_replay_body.0).unwrap_or(usize::MAX),
@@ -236,6 +239,8 @@ pub struct ListenerState {
     pub cascade: Option<ListenerCascade>,
     /// Verdicts on answers (`correctness`): the checks (`llm`), the agent's header (`agent`).
     pub correctness: Option<ListenerCorrectness>,
+    /// MCP operations and tools, on an `mcp` listener.
+    pub(crate) mcp: Option<super::mcp::ListenerMcp>,
 }
 
 /// The tracer of a listener whose route is `route`.
@@ -389,6 +394,7 @@ impl Build<'_> {
                 let judge = shared.judge.as_ref();
                 ListenerCorrectness::new(c, l.role, t, agent, &l.name, &shared.schemas, judge)
             }),
+            mcp: super::mcp::ListenerMcp::new(self.config, l, &route.chain, &shared.tools, t),
             route,
         })
     }
@@ -441,6 +447,7 @@ impl Build<'_> {
             cascade: None,
             // A human's answers are no verdict on the agent's.
             correctness: None,
+            mcp: None,
             route: queue.clone(),
         })
     }

@@ -266,6 +266,7 @@ impl Prepared {
             tasks: self.shared.tasks.clone(),
             slos: self.slos.clone(),
             reloader: reloader.clone(),
+            tools: self.shared.tools.clone(),
         }
     }
 }

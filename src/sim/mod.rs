@@ -142,6 +142,22 @@ impl Spread {
     }
 }
 
+/// A simulator's chances: rolled, and spread evenly where a demo must see them.
+#[derive(Debug)]
+pub(crate) struct Dice {
+    pub(crate) rng: SimRng,
+    pub(crate) breaks: Spread,
+}
+
+impl Dice {
+    pub(crate) fn new(seed: u64) -> Dice {
+        Dice {
+            rng: SimRng::new(seed),
+            breaks: Spread::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{SimRng, Spread};

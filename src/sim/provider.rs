@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{full, serve, ChannelBody, SimBody, SimRng, SimServer, Spread};
+use super::{full, serve, ChannelBody, Dice, SimBody, SimRng, SimServer};
 
 /// A request the provider received, for tests to look at.
 #[derive(Debug, Clone)]
@@ -91,10 +91,7 @@ fn payload() -> &'static Bytes {
 }
 
 pub async fn spawn_provider(bind: SocketAddr, sim: ProviderSim) -> std::io::Result<SimServer> {
-    let dice = Arc::new(Dice {
-        rng: SimRng::new(sim.seed),
-        breaks: Spread::default(),
-    });
+    let dice = Arc::new(Dice::new(sim.seed));
     let sim = Arc::new(sim);
     let started = tokio::time::Instant::now();
     serve(bind, move |req| {
@@ -132,12 +129,6 @@ fn key_of(headers: &HeaderMap) -> Option<&str> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-}
-
-/// The provider's chances: rolled, and spread evenly where a demo must see them.
-struct Dice {
-    rng: SimRng,
-    breaks: Spread,
 }
 
 async fn respond(

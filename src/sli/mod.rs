@@ -93,7 +93,7 @@ impl Cause {
     pub fn upstream_failure(role: Role) -> Cause {
         match role {
             Role::Agent => Cause::Agent,
-            Role::Llm | Role::Peer => Cause::Upstream,
+            Role::Llm | Role::Peer | Role::Mcp => Cause::Upstream,
         }
     }
 

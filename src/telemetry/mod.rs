@@ -8,6 +8,7 @@
 pub(crate) mod genai;
 mod log_limit;
 mod logging;
+pub mod mcp;
 pub mod otlp;
 mod tally;
 pub mod trace;

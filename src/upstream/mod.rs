@@ -241,7 +241,7 @@ impl Upstream {
         let (host_header, target) = host_and_target(name, &url)?;
         let connector = connector(name, config)?;
         let keys = key_ring(name, config, agent, telemetry)?;
-        let llm = (config.protocol != Protocol::None).then(|| {
+        let llm = config.protocol.is_llm().then(|| {
             Arc::new(LlmMetrics::new(
                 telemetry,
                 agent,

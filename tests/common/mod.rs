@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use sloguard::{Config, Sidecar};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod mcp;
 pub mod otlp;
 pub mod process;
 pub mod scripted;

@@ -172,7 +172,7 @@ pub(crate) fn read(protocol: Protocol, body: &[u8]) -> Judged {
 /// `text` blocks joined. `None` when the body is not such a response or has no text.
 fn reply_text(protocol: Protocol, body: &[u8]) -> Option<Cow<'_, str>> {
     match protocol {
-        Protocol::Openai | Protocol::None => {
+        Protocol::Openai | Protocol::Mcp | Protocol::None => {
             let response: OpenaiResponse<'_> = serde_json::from_slice(body).ok()?;
             let choice = response.choices.into_iter().next()?;
             Some(choice.message?.content?.0)

@@ -69,7 +69,7 @@ impl SafetyState {
         // On the `llm` role, what a model generated: a successful LLM call's output.
         let applies = match role {
             Role::Llm => llm_call && parts.status.is_success(),
-            Role::Agent | Role::Peer => true,
+            Role::Agent | Role::Peer | Role::Mcp => true,
         };
         if !applies {
             return Inspect::Pass;

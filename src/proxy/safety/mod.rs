@@ -246,6 +246,8 @@ impl ListenerSafety {
             keys: match role {
                 // An agent's answer, this one's or another's, is read whole.
                 Role::Agent | Role::Peer => Keys::All,
+                // A tool's result: every string of its JSON-RPC message.
+                Role::Mcp => Keys::All,
                 Role::Llm => Keys::Output,
             },
             responses: t.counter(AGENT_RESPONSES_TOTAL, base()),
@@ -297,7 +299,7 @@ impl ListenerSafety {
                 h.write_u8(1);
                 h.write(client_ip.as_bytes());
             }
-            (None, Role::Llm | Role::Peer) => {
+            (None, Role::Llm | Role::Peer | Role::Mcp) => {
                 h.write_u8(2);
                 h.write_u64(o.next.fetch_add(1, Ordering::Relaxed));
             }

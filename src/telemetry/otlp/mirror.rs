@@ -29,6 +29,8 @@ pub fn attribute_key(label: &str) -> &str {
         "gen_ai_request_model" => "gen_ai.request.model",
         "gen_ai_token_type" => "gen_ai.token.type",
         "error_type" => "error.type",
+        "mcp_method_name" => "mcp.method.name",
+        "gen_ai_tool_name" => "gen_ai.tool.name",
         other => other,
     }
 }

@@ -1,0 +1,209 @@
+//! The handles of one MCP upstream's metrics: the operation histogram per (method, tool, error
+//! type) and the tool-call counter per (tool, outcome), registered on first use from bounded
+//! label values (the methods MCP defines, the tool labels the upstream's list allows, the
+//! outcomes and error types below), the definition changes, the hallucinated calls and the
+//! bodies not read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use metrics::{Counter, Histogram, Label};
+
+use super::{label, Telemetry};
+use crate::inspect::Unparsed;
+use crate::metric_table::{
+    AGENT_TOOL_CALLS_TOTAL, HALLUCINATED_TOOL_CALLS_TOTAL, MCP_OPERATION_DURATION,
+    MCP_TOOL_CHANGES_TOTAL, UNPARSED_BODIES_TOTAL,
+};
+
+/// How a `tools/call` ended (`agent_tool_calls_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ToolOutcome {
+    Ok,
+    /// The tool answered `isError: true`.
+    ToolError,
+    /// A JSON-RPC error.
+    ProtocolError,
+    /// A name the upstream's list does not have, or an error saying so.
+    UnknownTool,
+    /// Arguments that break the tool's `inputSchema`.
+    InvalidArguments,
+    Timeout,
+    /// Connect error, reset, 5xx, a stream cut before the response.
+    TransportError,
+}
+
+impl ToolOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolOutcome::Ok => "ok",
+            ToolOutcome::ToolError => "tool_error",
+            ToolOutcome::ProtocolError => "protocol_error",
+            ToolOutcome::UnknownTool => "unknown_tool",
+            ToolOutcome::InvalidArguments => "invalid_arguments",
+            ToolOutcome::Timeout => "timeout",
+            ToolOutcome::TransportError => "transport_error",
+        }
+    }
+}
+
+/// A definition that moved (`sloguard_mcp_tool_changes_total{change}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolChange {
+    Changed = 0,
+    Added = 1,
+    Removed = 2,
+}
+
+impl ToolChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolChange::Changed => "changed",
+            ToolChange::Added => "added",
+            ToolChange::Removed => "removed",
+        }
+    }
+}
+
+/// The methods of MCP's client requests, as `mcp_method_name` values; any other is `other`.
+const METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+    "server/discover",
+];
+
+/// A method as a label value.
+pub fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// A JSON-RPC error code as an `error_type` value: the codes of the range JSON-RPC reserves
+/// (-32768 to -32000, where MCP's own live) by number, any other as `other`.
+pub fn code_label(code: i64) -> Arc<str> {
+    if (-32768..=-32000).contains(&code) {
+        code.to_string().into()
+    } else {
+        "other".into()
+    }
+}
+
+type OpKey = (&'static str, Arc<str>, Arc<str>);
+
+/// One MCP upstream's handles.
+#[derive(Debug)]
+pub struct McpMetrics {
+    telemetry: Telemetry,
+    agent: String,
+    upstream: String,
+    operations: RwLock<HashMap<OpKey, Histogram>>,
+    calls: RwLock<HashMap<(Arc<str>, ToolOutcome), Counter>>,
+    changes: [Counter; 3],
+    /// `[unknown_tool, invalid_arguments]`.
+    hallucinated: [Counter; 2],
+    unparsed: [Counter; Unparsed::COUNT],
+}
+
+impl McpMetrics {
+    pub fn new(t: &Telemetry, agent: &str, upstream: &str) -> McpMetrics {
+        let base = || vec![label("agent", agent), label("upstream", upstream)];
+        let with = |name: &'static str, key: &'static str, value: &'static str| {
+            let mut labels = base();
+            labels.push(Label::from_static_parts(key, value));
+            t.counter(name, labels)
+        };
+        McpMetrics {
+            telemetry: t.clone(),
+            agent: agent.to_owned(),
+            upstream: upstream.to_owned(),
+            operations: RwLock::default(),
+            calls: RwLock::default(),
+            changes: [ToolChange::Changed, ToolChange::Added, ToolChange::Removed]
+                .map(|c| with(MCP_TOOL_CHANGES_TOTAL, "change", c.as_str())),
+            hallucinated: ["unknown_tool", "invalid_arguments"]
+                .map(|k| with(HALLUCINATED_TOOL_CALLS_TOTAL, "kind", k)),
+            unparsed: Unparsed::ALL.map(|u| with(UNPARSED_BODIES_TOTAL, "reason", u.as_str())),
+        }
+    }
+
+    fn labels(&self) -> Vec<Label> {
+        vec![
+            label("agent", &self.agent),
+            label("upstream", &self.upstream),
+        ]
+    }
+
+    /// One operation of `method` (a label value), for tool `tool` (empty: not a call), that took
+    /// `seconds` and ended with `error_type` (empty: none).
+    pub fn operation(&self, method: &'static str, tool: &Arc<str>, error: &Arc<str>, seconds: f64) {
+        let key = (method, tool.clone(), error.clone());
+        if let Some(h) = self
+            .operations
+            .read()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            h.record(seconds);
+            return;
+        }
+        let mut labels = self.labels();
+        labels.push(Label::from_static_parts("mcp_method_name", method));
+        labels.push(Label::new("gen_ai_tool_name", tool.to_string()));
+        labels.push(Label::new("error_type", error.to_string()));
+        let h = self.telemetry.histogram(MCP_OPERATION_DURATION, labels);
+        h.record(seconds);
+        if let Ok(mut m) = self.operations.write() {
+            m.insert(key, h);
+        }
+    }
+
+    /// A `tools/call` of `tool` (a label value) ended as `outcome`.
+    pub fn tool_call(&self, tool: &Arc<str>, outcome: ToolOutcome) {
+        let key = (tool.clone(), outcome);
+        let found = self.calls.read().ok().and_then(|m| m.get(&key).cloned());
+        let counter = found.unwrap_or_else(|| {
+            let mut labels = self.labels();
+            labels.push(Label::new("gen_ai_tool_name", tool.to_string()));
+            labels.push(Label::from_static_parts("outcome", outcome.as_str()));
+            let c = self.telemetry.counter(AGENT_TOOL_CALLS_TOTAL, labels);
+            if let Ok(mut m) = self.calls.write() {
+                m.insert(key, c.clone());
+            }
+            c
+        });
+        counter.increment(1);
+        if matches!(
+            outcome,
+            ToolOutcome::UnknownTool | ToolOutcome::InvalidArguments
+        ) {
+            let i = usize::from(outcome == ToolOutcome::InvalidArguments);
+            self.hallucinated[i].increment(1);
+        }
+    }
+
+    pub fn tool_changed(&self, change: ToolChange, n: u64) {
+        self.changes[change as usize].increment(n);
+    }
+
+    pub fn unparsed(&self, why: Unparsed) {
+        self.unparsed[why as usize].increment(1);
+    }
+}
