@@ -249,6 +249,8 @@ async fn tool_calls_are_measured_per_tool_with_their_outcomes() {
             &[("gen_ai_tool_name", "slow"), ("le", "0.02")],
         );
         assert_eq!(fast, 0.0, "{what}");
+        let slow_ops = [("gen_ai_tool_name", "slow")];
+        assert_eq!(metric(&m, OPERATIONS, &slow_ops), 1.0, "{what}");
         let _ = client.cancel().await;
     }
 }
@@ -353,6 +355,15 @@ async fn a_changed_tool_definition_is_caught_and_under_block_held_until_accepted
         http::StatusCode::OK,
         "accepting takes the admin token"
     );
+    // The incident ended with the first accept; one with nothing pending ends none.
+    let (status, _) = admin_post(&s, "/admin/mcp/search/accept", Some("s3cret")).await;
+    assert_eq!(status, http::StatusCode::OK);
+    let m = metrics(&s).await;
+    assert_eq!(
+        metric(&m, "sloguard_incidents_total", &incident),
+        2.0,
+        "{m}"
+    );
     let found = bounded("search", call(&client, "search", json!({"query": "x"}))).await;
     assert_ne!(found.unwrap().is_error, Some(true));
     assert_eq!(server.state.calls("search"), 1);
@@ -423,6 +434,18 @@ upstreams:
         server.exchanges().len(),
         asked,
         "the other server was not asked"
+    );
+    let _ = common::body_bytes(bound).await;
+    let failed = [
+        ("upstream", "dead"),
+        ("mcp_method_name", "ping"),
+        ("error_type", "transport_error"),
+    ];
+    let m = metrics_when(&s, |m| metric(m, OPERATIONS, &failed) >= 1.0).await;
+    assert_eq!(
+        metric(&m, OPERATIONS, &failed),
+        1.0,
+        "the sidecar's 502\n{m}"
     );
 }
 

@@ -44,17 +44,21 @@ pub(super) fn accept(state: &AdminState, name: &str) -> Response<Full<Bytes>> {
         ));
     }
     let book = state.tools.get(name);
-    if !book.accept(std::time::SystemTime::now()) {
+    let Some(pending) = book.accept(std::time::SystemTime::now()) else {
         return to_full(error_response(
             StatusCode::CONFLICT,
             "no_tool_list",
             "no complete tools/list of this upstream has been seen yet: nothing to pin",
         ));
-    }
+    };
     tracing::warn!(
         upstream = name,
         "MCP tool definitions accepted by the admin API"
     );
+    if !pending {
+        // Nothing had moved: no incident to end.
+        return json(StatusCode::OK, book.view(name));
+    }
     let severity = crate::proxy::safety::severity(snap.config.incidents.severities.tool_change);
     let summary = format!("the tool definitions of MCP server {name} were accepted and pinned");
     state

@@ -412,6 +412,8 @@ impl RequestCtx {
         let lc = self.listener.cascade.as_ref();
         self.cascade.local_answer(lc, err);
         self.correctness.local_answer();
+        let blocked = matches!(err, ProxyError::SafetyBlocked { .. });
+        self.mcp.local_answer(err.outcome(), blocked);
         self.cascade.answered(lc, self.cause);
         if err.refused_before_agent() {
             // No task starts or fails on a request the agent never saw.

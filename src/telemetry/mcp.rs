@@ -96,10 +96,16 @@ pub fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-/// A JSON-RPC error code as an `error_type` value: the codes of the range JSON-RPC reserves
-/// (-32768 to -32000, where MCP's own live) by number, any other as `other`.
+/// The JSON-RPC error codes kept as `error_type` values: JSON-RPC's own, and those MCP defines
+/// (resource not found, URL elicitation required, connection closed, request timeout).
+const CODES: &[i64] = &[
+    -32700, -32600, -32601, -32602, -32603, -32000, -32001, -32002, -32042,
+];
+
+/// A JSON-RPC error code as an `error_type` value: a known code by number, any other `other`
+/// (a server choosing codes freely must not multiply the series).
 pub fn code_label(code: i64) -> Arc<str> {
-    if (-32768..=-32000).contains(&code) {
+    if CODES.contains(&code) {
         code.to_string().into()
     } else {
         "other".into()

@@ -158,6 +158,9 @@ pub(crate) struct McpState {
     /// The response's status, once a head came.
     status: Option<StatusCode>,
     received: Option<Instant>,
+    /// What an operation without a response ends as, when the sidecar knows better than the
+    /// status: its own error answered, or a response it could not read (no outcome then).
+    unanswered: Option<Unanswered>,
 }
 
 impl McpState {
@@ -183,7 +186,10 @@ impl McpState {
             }
         };
         self.received = Some(received);
-        let single = requests.len() == 1;
+        // A batch (even of one) is counted, never answered by the sidecar: its answer would have
+        // to be a batch too.
+        let batch = body.is_ok_and(|b| b.trim_ascii_start().first() == Some(&b'['));
+        let single = requests.len() == 1 && !batch;
         for r in requests {
             let Some(id) = r.id else { continue };
             let mut op = Op {
@@ -224,9 +230,25 @@ impl McpState {
         };
         self.status = Some(status);
         match Reader::new(headers, budget) {
-            Ok(reader) => self.reader = reader,
-            Err(why) => lm.upstream(hop).metrics.unparsed(why),
+            Ok(Some(reader)) => self.reader = Some(reader),
+            // A success of another type says nothing the sidecar can read.
+            Ok(None) if status.is_success() => self.unanswered = Some(Unanswered::Unknown),
+            Ok(None) => {}
+            Err(why) => {
+                lm.upstream(hop).metrics.unparsed(why);
+                self.unanswered = Some(Unanswered::Unknown);
+            }
         }
+    }
+
+    /// The sidecar answered the request itself with `err`'s `outcome` (`blocked`: safety held
+    /// back the server's answer): what its operations end as.
+    pub(crate) fn local_answer(&mut self, outcome: Option<UpstreamOutcome>, blocked: bool) {
+        self.unanswered = Some(match outcome {
+            _ if blocked => Unanswered::Unknown,
+            Some(UpstreamOutcome::Timeout) => Unanswered::Timeout,
+            _ => Unanswered::Transport,
+        });
     }
 
     /// A chunk of the response from the upstream at `hop` passed at `now`.
@@ -242,9 +264,15 @@ impl McpState {
         };
         let up = lm.upstream(hop);
         let ops = &mut self.ops;
-        let unread = reader.feed(chunk, &mut |message| read(lm, up, ops, message, now));
+        let mut read_all = true;
+        let unread = reader.feed(chunk, &mut |message| {
+            read_all &= read(lm, up, ops, message, now);
+        });
         if let Some(why) = unread {
             up.metrics.unparsed(why);
+        }
+        if unread.is_some() || !read_all {
+            self.unanswered = Some(Unanswered::Unknown);
         }
     }
 
@@ -263,10 +291,25 @@ impl McpState {
         };
         let up = lm.upstream(hop);
         if let Some(reader) = self.reader.take() {
+            // A stream whose events carry ids may be resumed on a GET (2025-11-25): a response not
+            // in it may come there, unmeasured.
+            if complete && reader.resumable() {
+                self.unanswered.get_or_insert(Unanswered::Unknown);
+            }
+            // What a cut body holds is no message.
             let ops = &mut self.ops;
-            reader.finish(&mut |message| read(lm, up, ops, message, now));
+            let mut read_all = true;
+            if complete {
+                reader.finish(&mut |message| read_all &= read(lm, up, ops, message, now));
+            }
+            if !read_all {
+                self.unanswered = Some(Unanswered::Unknown);
+            }
         }
-        let unanswered = Unanswered::of(complete, self.status, outcome);
+        let unanswered = match self.unanswered {
+            Some(u) => u,
+            None => Unanswered::of(complete, self.status, outcome),
+        };
         for op in self.ops.drain(..) {
             op.record(lm, up, unanswered, received, now);
         }
@@ -274,10 +317,11 @@ impl McpState {
 }
 
 /// Reads one JSON-RPC message (or batch) of the response: the operations it answers end at `now`.
-fn read(lm: &ListenerMcp, up: &McpUpstream, ops: &mut [Op], message: &[u8], now: Instant) {
+/// `false` when it is not JSON-RPC.
+fn read(lm: &ListenerMcp, up: &McpUpstream, ops: &mut [Op], message: &[u8], now: Instant) -> bool {
     let Some(messages) = rpc::parse_server_messages(message) else {
         up.metrics.unparsed(Unparsed::ResponseInvalidJson);
-        return;
+        return false;
     };
     for m in messages {
         let ServerMessage::Response {
@@ -304,6 +348,7 @@ fn read(lm: &ListenerMcp, up: &McpUpstream, ops: &mut [Op], message: &[u8], now:
             listed(lm, up, first, message, &op.id);
         }
     }
+    true
 }
 
 /// A `tools/list` result: the upstream's book takes the page; changes against the pin are counted
@@ -354,6 +399,8 @@ enum Unanswered {
     Transport,
     /// An HTTP error status without a JSON-RPC error, or a body without the response.
     Protocol(Option<StatusCode>),
+    /// The response could not be read (or safety withheld it): no outcome.
+    Unknown,
 }
 
 impl Unanswered {
@@ -427,7 +474,7 @@ impl Op {
         received: Instant,
         now: Instant,
     ) {
-        if self.suspended {
+        if self.suspended || (self.ended.is_none() && unanswered == Unanswered::Unknown) {
             return;
         }
         let (error, outcome, at): (Arc<str>, ToolOutcome, Instant) = match self.ended {
@@ -450,6 +497,7 @@ impl Op {
                 Unanswered::Transport => {
                     ("transport_error".into(), ToolOutcome::TransportError, now)
                 }
+                Unanswered::Unknown => return,
                 Unanswered::Protocol(status) => {
                     let e = status.map_or("no_response".into(), |s| s.as_str().into());
                     (e, ToolOutcome::ProtocolError, now)

@@ -14,8 +14,8 @@ use crate::inspect::{Collected, SseItem, SseParser, Unparsed, MAX_INSPECTED_BODY
 pub(super) enum Reader {
     /// `application/json`: kept whole (`None` once it outgrew its limit or the budget).
     Json(Option<Collected>),
-    /// `text/event-stream`.
-    Sse(SseParser),
+    /// `text/event-stream`, and whether its events carried ids (a stream that may be resumed).
+    Sse(SseParser, bool),
 }
 
 /// What the reader could not read, for `sloguard_unparsed_bodies_total`.
@@ -49,7 +49,7 @@ impl Reader {
             Some("text/event-stream") => {
                 let mut p = SseParser::new(MAX_INSPECTED_BODY);
                 p.reserve_from(budget.reserve(Held::SseEvent));
-                Reader::Sse(p)
+                Reader::Sse(p, false)
             }
             _ => return Ok(None),
         };
@@ -71,11 +71,15 @@ impl Reader {
                 *kept = None;
                 Some(Unparsed::ResponseTooLarge)
             }
-            Reader::Sse(parser) => {
+            Reader::Sse(parser, ids) => {
                 let mut oversized = false;
                 parser.feed(chunk, &mut |item| match item {
-                    SseItem::Event(e) if !e.data.is_empty() => message(e.data),
-                    SseItem::Event(_) => {}
+                    SseItem::Event(e) => {
+                        *ids |= !e.id.is_empty();
+                        if !e.data.is_empty() {
+                            message(e.data);
+                        }
+                    }
                     SseItem::Oversized => oversized = true,
                 });
                 oversized.then_some(Unparsed::ResponseTooLarge)
@@ -83,12 +87,17 @@ impl Reader {
         }
     }
 
+    /// Whether the stream's events carried ids: the server may resume it on a GET.
+    pub(super) fn resumable(&self) -> bool {
+        matches!(self, Reader::Sse(_, true))
+    }
+
     /// The body ended: a JSON body goes to `message` whole.
     pub(super) fn finish(self, message: &mut dyn FnMut(&[u8])) {
         match self {
             Reader::Json(Some(c)) => message(&c.into_bytes()),
             Reader::Json(None) => {}
-            Reader::Sse(mut parser) => parser.finish(),
+            Reader::Sse(mut parser, _) => parser.finish(),
         }
     }
 }

@@ -11,6 +11,8 @@ use crate::telemetry::mcp::ToolChange;
 
 /// Pages of one list read at most (a server paging without end is not followed further).
 const MAX_PAGES: usize = 64;
+/// The `inputSchema` text one upstream's list may hold; a larger list is not kept.
+const MAX_SCHEMA_BYTES: usize = 4 << 20;
 
 /// A tool of the last complete list.
 struct Listed {
@@ -26,8 +28,8 @@ struct Listed {
 struct Book {
     /// The last complete list, and when it was seen.
     listed: Option<(HashMap<Arc<str>, Listed>, SystemTime)>,
-    /// A list being read page by page.
-    pages: Option<Vec<ToolDef>>,
+    /// A list being read page by page, and its pages so far.
+    pages: Option<(Vec<ToolDef>, usize)>,
     /// The pinned definitions, and when they were pinned.
     pinned: Option<(HashMap<Arc<str>, u64>, SystemTime)>,
     /// Changes counted since the pin, by tool: each counted once (until its definition moves
@@ -90,13 +92,16 @@ pub(crate) const UNLISTED: &str = "unlisted";
 pub(crate) const OTHER: &str = "other";
 
 impl ToolBook {
+    /// The book, whatever panicked while it was held: a guard must not turn itself off.
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The label value of tool `name`: its name when the last list has it among its first `max`
     /// (else `other`), `unlisted` when the list does not have it; before any list, names as
     /// first seen, up to `max`.
     pub(crate) fn label(&self, name: &str, max: usize) -> Arc<str> {
-        let Ok(mut book) = self.0.lock() else {
-            return OTHER.into();
-        };
+        let mut book = self.book();
         if let Some((tools, _)) = &book.listed {
             return match tools.get_key_value(name) {
                 Some((n, t)) if t.labelled => n.clone(),
@@ -117,7 +122,7 @@ impl ToolBook {
 
     /// Whether the last complete list has tool `name` (`None`: no list seen yet).
     pub(crate) fn lists(&self, name: &str) -> Option<bool> {
-        let book = self.0.lock().ok()?;
+        let book = self.book();
         book.listed
             .as_ref()
             .map(|(tools, _)| tools.contains_key(name))
@@ -125,7 +130,7 @@ impl ToolBook {
 
     /// Where tool `name` stands against the pinned list (`None`: nothing pinned or listed).
     pub(crate) fn standing(&self, name: &str) -> Option<Standing> {
-        let book = self.0.lock().ok()?;
+        let book = self.book();
         let (pins, _) = book.pinned.as_ref()?;
         let (tools, _) = book.listed.as_ref()?;
         Some(standing(
@@ -137,9 +142,7 @@ impl ToolBook {
     /// Checks a call's `arguments` (JSON text) against tool `name`'s `inputSchema`.
     pub(crate) fn check(&self, name: &str, arguments: Option<&str>) -> Arguments {
         let validator = {
-            let Ok(book) = self.0.lock() else {
-                return Arguments::Unchecked;
-            };
+            let book = self.book();
             let Some(tool) = book.listed.as_ref().and_then(|(t, _)| t.get(name)) else {
                 return Arguments::Unchecked;
             };
@@ -183,49 +186,47 @@ impl ToolBook {
         max: usize,
         now: SystemTime,
     ) -> Vec<(Arc<str>, ToolChange)> {
-        let Ok(mut book) = self.0.lock() else {
-            return Vec::new();
-        };
-        let mut pages = match (first, book.pages.take()) {
-            (true, _) => Vec::new(),
+        let mut book = self.book();
+        let (mut pages, n) = match (first, book.pages.take()) {
+            (true, _) => (Vec::new(), 0),
             (false, Some(pages)) => pages,
             // A later page of a list whose start was not seen: not a complete list.
             (false, None) => return Vec::new(),
         };
         pages.extend(page.tools);
-        if page.truncated || pages.len() > MAX_PAGES * crate::inspect::mcp::MAX_TOOLS {
+        // Past the bounds the list is not followed: it never completes, nothing is kept of it.
+        let held: usize = pages
+            .iter()
+            .map(|t| t.input_schema.as_ref().map_or(0, |s| s.len()))
+            .sum();
+        if page.truncated || n + 1 >= MAX_PAGES || held > MAX_SCHEMA_BYTES {
             return Vec::new();
         }
         if page.more {
-            book.pages = Some(pages);
+            book.pages = Some((pages, n + 1));
             return Vec::new();
         }
         book.complete(pages, max, now)
     }
 
-    /// Pins the last complete list (`POST /admin/mcp/{upstream}/accept`): `false` when none was
-    /// seen.
-    pub(crate) fn accept(&self, now: SystemTime) -> bool {
-        let Ok(mut book) = self.0.lock() else {
-            return false;
-        };
-        let Some((tools, _)) = &book.listed else {
-            return false;
-        };
+    /// Pins the last complete list (`POST /admin/mcp/{upstream}/accept`): `None` when none was
+    /// seen, else whether changes were pending (an incident to end).
+    pub(crate) fn accept(&self, now: SystemTime) -> Option<bool> {
+        let mut book = self.book();
+        let (tools, _) = book.listed.as_ref()?;
         let pins = tools
             .iter()
             .map(|(n, t)| (n.clone(), t.fingerprint))
             .collect();
         book.pinned = Some((pins, now));
+        let pending = !book.counted.is_empty();
         book.counted.clear();
-        true
+        Some(pending)
     }
 
     /// `GET /mcp`'s entry for this upstream (named `name`).
     pub(crate) fn view(&self, name: &str) -> serde_json::Value {
-        let Ok(book) = self.0.lock() else {
-            return serde_json::json!({"name": name, "tools": []});
-        };
+        let book = self.book();
         let none = HashMap::new();
         let pins = book.pinned.as_ref().map_or(&none, |(p, _)| p);
         let pinned_at = book.pinned.as_ref().map(|(_, at)| rfc3339(*at));
@@ -304,13 +305,17 @@ impl Book {
         for name in pins.keys().filter(|n| !tools.contains_key(*n)) {
             moved.push((name.clone(), ToolChange::Removed, 0));
         }
+        // Only what differs now stays counted: a tool that went back to its pinned definition and
+        // changes again is counted again.
+        let mut counted = HashMap::with_capacity(moved.len());
         let mut new = Vec::new();
         for (name, change, fingerprint) in moved {
             if self.counted.get(&name) != Some(&(change, fingerprint)) {
-                self.counted.insert(name.clone(), (change, fingerprint));
-                new.push((name, change));
+                new.push((name.clone(), change));
             }
+            counted.insert(name, (change, fingerprint));
         }
+        self.counted = counted;
         self.listed = Some((tools, now));
         new.sort_by(|a, b| a.0.cmp(&b.0));
         new
@@ -377,7 +382,7 @@ mod tests {
         assert!(book.page(true, list(&[&a2, c], false), 10, now).is_empty());
         assert_eq!(book.standing("a"), Some(Standing::Changed));
         assert_eq!(book.standing("c"), Some(Standing::Added));
-        assert!(book.accept(now));
+        assert_eq!(book.accept(now), Some(true));
         assert_eq!(book.standing("a"), Some(Standing::Pinned));
         let view = book.view("up");
         assert_eq!(view["tools"].as_array().unwrap().len(), 2, "{view}");
