@@ -18,7 +18,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -83,6 +82,10 @@ pub struct ToolState {
     search_description: Mutex<String>,
     search_listed: AtomicBool,
     calls: Mutex<HashMap<String, usize>>,
+    /// `slow` answers once this is open ([`ToolState::open_gate`]).
+    gate: tokio::sync::watch::Sender<bool>,
+    /// When the last `slow` call reached the server.
+    slow_started: Mutex<Option<std::time::Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,6 +98,8 @@ impl Default for ToolState {
             search_description: Mutex::new(SEARCH_DESCRIPTION.to_owned()),
             search_listed: AtomicBool::new(true),
             calls: Mutex::new(HashMap::new()),
+            gate: tokio::sync::watch::Sender::new(false),
+            slow_started: Mutex::new(None),
         }
     }
 }
@@ -114,6 +119,16 @@ impl ToolState {
     /// How many `tools/call` requests named `tool` reached the server, known tool or not.
     pub fn calls(&self, tool: &str) -> usize {
         lock(&self.calls).get(tool).copied().unwrap_or(0)
+    }
+
+    /// Lets `slow` calls answer (those waiting and those to come).
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// When the last `slow` call reached the server.
+    pub fn slow_started(&self) -> Option<std::time::Instant> {
+        *lock(&self.slow_started)
     }
 
     /// All `tools/call` requests that reached the server.
@@ -136,8 +151,8 @@ impl ToolState {
             ),
             Tool::new(
                 "slow",
-                "Reports progress twice, waits ms milliseconds, answers done.",
-                schema(json!({"ms": {"type": "integer", "minimum": 0}}), &["ms"]),
+                "Reports progress twice, waits until the test opens its gate, answers done.",
+                schema(json!({}), &[]),
             ),
             Tool::new(
                 "boom",
@@ -184,16 +199,13 @@ fn string_arg<'a>(args: &'a JsonObject, name: &str) -> Result<&'a str, ErrorData
 }
 
 impl TestMcpServer {
-    /// `slow`: two progress notifications when the request asked for progress, then a wait.
+    /// `slow`: two progress notifications when the request asked for progress, then a wait
+    /// until the test opens the gate.
     async fn slow(
         &self,
-        args: &JsonObject,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let ms = args
-            .get("ms")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| ErrorData::invalid_params("missing integer argument: ms", None))?;
+        *lock(&self.state.slow_started) = Some(std::time::Instant::now());
         if let Some(token) = context.meta.get_progress_token() {
             for step in [1.0, 2.0] {
                 let progress = ProgressNotificationParam::new(token.clone(), step)
@@ -206,7 +218,10 @@ impl TestMcpServer {
                     .map_err(|e| ErrorData::internal_error(format!("progress: {e}"), None))?;
             }
         }
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let mut gate = self.state.gate.subscribe();
+        gate.wait_for(|open| *open)
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("gate: {e}"), None))?;
         Ok(text_result("done"))
     }
 }
@@ -240,7 +255,7 @@ impl ServerHandler for TestMcpServer {
         let result = match name {
             "echo" => text_result(string_arg(&args, "text")?),
             "fail" => CallToolResult::error(vec![ContentBlock::text(FAIL_TEXT)]),
-            "slow" => self.slow(&args, &context).await?,
+            "slow" => self.slow(&context).await?,
             "boom" => return Err(ErrorData::internal_error("boom", None)),
             "search" if listed => {
                 text_result(format!("results for {}", string_arg(&args, "query")?))
