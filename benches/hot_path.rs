@@ -331,6 +331,7 @@ fn slo_bench(c: &mut Criterion) {
         exclude_dependency_failures: true,
         listeners: None,
         sources: None,
+        tool: None,
         severity: None,
     };
     let slos = [

@@ -671,4 +671,35 @@ fn mcp_settings_are_checked_naming_their_key() {
         e.contains("mcp.tool_changes: unknown variant `warn`"),
         "{e}"
     );
+    // The tool SLIs: thresholds from the MCP histogram, a tool filter only on them, and an
+    // mcp listener whose calls they count.
+    let slo = |s: &str| format!("slos:\n  - {s}\n");
+    let tool_latency = "{name: t, sli: tool_latency, tool: search, threshold: 2s, target: 0.95}";
+    Config::parse("ok.yaml", &format!("{ok}{}", slo(tool_latency))).unwrap();
+    let e = error_of(&format!("{ok}{}", slo(&tool_latency.replace("2s", "3s"))));
+    assert!(
+        e.contains("slos[0].threshold: 3s is not a bucket boundary"),
+        "{e}"
+    );
+    let e = error_of(&format!(
+        "{ok}{}",
+        slo("{name: a, sli: availability, tool: search, target: 0.99}")
+    ));
+    assert!(
+        e.contains("slos[0].tool: applies to tool_success and tool_latency SLOs only"),
+        "{e}"
+    );
+    let e = error_of(&format!(
+        "{ok}{}",
+        slo("{name: s, sli: tool_success, tool: '', target: 0.99}")
+    ));
+    assert!(e.contains("slos[0].tool: must be a tool's name"), "{e}");
+    let e = error_of(&format!(
+        "{BASE}{}",
+        slo("{name: s, sli: tool_success, target: 0.99}")
+    ));
+    assert!(
+        e.contains("slos[0].sli: a tool_success SLO counts the tool calls of an `mcp` listener, and there is none"),
+        "{e}"
+    );
 }

@@ -482,3 +482,63 @@ async fn a_body_that_is_not_json_rpc_passes_untouched_and_is_counted() {
     );
     assert_eq!(metric(&m, OPERATIONS, &[]), 0.0, "no operation");
 }
+
+/// The tool SLIs in the local view: `tool_success` counts every ended `tools/call` and the `ok`
+/// ones (of one tool, with `tool:`), `tool_latency` the calls within its threshold; other
+/// methods are not tool calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tool_slos_count_tool_calls_in_the_local_view() {
+    let server = spawn_mcp_server(McpServerOpts::SUPPORTED[0]).await;
+    let s = sidecar(
+        &server,
+        "{}
+slos:
+  - {name: tools, sli: tool_success, target: 0.9}
+  - {name: echo, sli: tool_success, tool: echo, target: 0.9}
+  - {name: fast, sli: tool_latency, threshold: 10s, target: 0.9}",
+        "",
+    )
+    .await;
+    let counting = async || {
+        let r = admin_json(&s, "/slo").await;
+        (0..3).all(|i| r["slos"][i]["counting"] == true)
+    };
+    common::wait_until("every SLO's baseline", 5, counting).await;
+    let client = bounded("initialize", mcp_client(&tools_url(&s))).await;
+    let _ = bounded("list", list(&client)).await;
+    for _ in 0..3 {
+        let echo = bounded("echo", call(&client, "echo", json!({"text": "hi"}))).await;
+        assert_eq!(text(&echo.unwrap()), "hi");
+    }
+    let fail = bounded("fail", call(&client, "fail", json!({}))).await;
+    assert_eq!(fail.unwrap().is_error, Some(true));
+    let window = |r: &serde_json::Value, i: usize| r["slos"][i]["windows"]["5m"].clone();
+    let counted = async || {
+        let r = admin_json(&s, "/slo").await;
+        (0..3).all(|i| window(&r, i)["total"].as_u64() >= Some(if i == 1 { 3 } else { 4 }))
+    };
+    // Past the deadline, the assertions below say which count is off.
+    common::holds_within(5, counted).await;
+    let r = admin_json(&s, "/slo").await;
+    let tools = window(&r, 0);
+    assert_eq!(
+        (&tools["good"], &tools["total"]),
+        (&json!(3), &json!(4)),
+        "{r}"
+    );
+    assert_eq!(r["slos"][0]["sli"], "tool_success");
+    assert_eq!(r["slos"][0]["severity"], "sev2", "as availability");
+    let echo = window(&r, 1);
+    assert_eq!(
+        (&echo["good"], &echo["total"]),
+        (&json!(3), &json!(3)),
+        "{r}"
+    );
+    let fast = window(&r, 2);
+    assert_eq!(
+        (&fast["good"], &fast["total"]),
+        (&json!(4), &json!(4)),
+        "{r}"
+    );
+    assert_eq!(r["slos"][2]["severity"], "sev3", "as latency");
+}

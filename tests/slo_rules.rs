@@ -1,7 +1,8 @@
 //! `sloguard rules`: the generated Prometheus rules match their golden file, and the `promtool
 //! test rules` unit tests in `tests/promtool/` (fast burn pages, slow burn tickets, low traffic
 //! does not page, a provider's or another dependency's failures do not burn an SLO that excludes
-//! them, the agent's LLM calls do not count in its availability) pass against the golden rules.
+//! them, the agent's LLM calls do not count in its availability, a tool SLO counts its tool's
+//! calls) pass against the golden rules.
 //! promtool comes from the Debian package `prometheus`, which `.ci/run` and `scripts/test`
 //! install. The rules of every example config pass `promtool check rules` in
 //! tests/config_examples.rs (config/) and tests/deploy.rs (deploy/).
@@ -39,6 +40,22 @@ fn the_example_configs_rules_match_the_golden_file() {
     // agent's own app, whose SLOs are the ones above.
     assert!(generated.contains("name: \"sloguard:support-bot:upstream:openai\""));
     assert!(!generated.contains("upstream:agent\""));
+}
+
+#[test]
+fn the_mcp_configs_tool_slo_rules_match_their_golden_file() {
+    let config = Config::load(&root().join("config/mcp.yaml")).unwrap();
+    let generated = rules(&config);
+    let expected =
+        std::fs::read_to_string(root().join("tests/fixtures/rules/mcp.rules.yaml")).unwrap();
+    assert!(
+        generated == expected,
+        "the rules changed: if that is meant, regenerate with `cargo run -- rules --config config/mcp.yaml > tests/fixtures/rules/mcp.rules.yaml` and review the diff"
+    );
+    // The latency SLO of one tool selects that tool's calls, not its other operations.
+    assert!(generated.contains(
+        "mcp_client_operation_duration_seconds_count{agent=\"research-bot\",gen_ai_tool_name=\"search\",mcp_method_name=\"tools/call\"}"
+    ));
 }
 
 #[test]

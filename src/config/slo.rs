@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigDuration, ListenerConfig, Role, Severities, SeverityName};
-use crate::metric_table::{GEN_AI_SECONDS_BUCKETS, LATENCY_BUCKETS};
+use crate::metric_table::{GEN_AI_SECONDS_BUCKETS, LATENCY_BUCKETS, MCP_SECONDS_BUCKETS};
 
 /// The shortest SLO window: the slow-burn ticket looks back 3 days.
 pub const MIN_WINDOW: Duration = Duration::from_secs(3 * 86_400);
@@ -28,6 +28,10 @@ pub enum SliKind {
     Safety,
     /// Verdicts `correct`, of all verdicts on the agent's answers (`correctness:`).
     Correctness,
+    /// MCP `tools/call`s ended `ok`, of all ended (`agent_tool_calls_total`).
+    ToolSuccess,
+    /// MCP `tools/call`s ended within `threshold` (`mcp_client_operation_duration_seconds`).
+    ToolLatency,
 }
 
 /// Where a verdict on an answer came from (the `source` label).
@@ -64,6 +68,8 @@ impl SliKind {
             SliKind::TimeToFirstToken => "time_to_first_token",
             SliKind::Safety => "safety",
             SliKind::Correctness => "correctness",
+            SliKind::ToolSuccess => "tool_success",
+            SliKind::ToolLatency => "tool_latency",
         }
     }
 
@@ -72,16 +78,23 @@ impl SliKind {
         match self {
             SliKind::Latency => Some(LATENCY_BUCKETS),
             SliKind::TimeToFirstToken => Some(GEN_AI_SECONDS_BUCKETS),
+            SliKind::ToolLatency => Some(MCP_SECONDS_BUCKETS),
             _ => None,
         }
     }
 
-    /// The severity of its incidents unless the SLO says otherwise.
+    /// Whether it counts the tool calls of `mcp` listeners (and takes `tool:`).
+    pub fn is_tool(self) -> bool {
+        matches!(self, SliKind::ToolSuccess | SliKind::ToolLatency)
+    }
+
+    /// The severity of its incidents unless the SLO says otherwise: a tool's success as the
+    /// agent's availability, its latency as the agent's.
     pub fn default_severity(self, s: &Severities) -> SeverityName {
         match self {
-            SliKind::Availability => s.availability,
+            SliKind::Availability | SliKind::ToolSuccess => s.availability,
             SliKind::TaskCompletion => s.task_completion,
-            SliKind::Latency => s.latency,
+            SliKind::Latency | SliKind::ToolLatency => s.latency,
             SliKind::TimeToFirstToken => s.time_to_first_token,
             SliKind::Safety => s.safety,
             SliKind::Correctness => s.correctness,
@@ -116,6 +129,10 @@ pub struct SloConfig {
     /// `correctness`: the verdicts' sources that count (default: every one).
     #[serde(default)]
     pub sources: Option<Vec<VerdictSource>>,
+    /// `tool_success`, `tool_latency`: only the calls of this tool (its `gen_ai_tool_name`);
+    /// unset, every tool's.
+    #[serde(default)]
+    pub tool: Option<String>,
     /// Overrides `incidents.severities` for this SLO.
     #[serde(default)]
     pub severity: Option<SeverityName>,
@@ -257,12 +274,46 @@ pub(super) fn validate(
             }
             _ => {}
         }
+        validate_tool(i, slo, listeners)?;
         if slo.exclude_dependency_failures && slo.sli != SliKind::Availability {
             return Err((
                 key("exclude_dependency_failures"),
                 "applies to availability SLOs only (only requests carry a cause)".into(),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `slos[i].tool` on tool SLIs only; a tool SLI needs an `mcp` listener whose calls it counts.
+fn validate_tool(
+    i: usize,
+    slo: &SloConfig,
+    listeners: &[ListenerConfig],
+) -> Result<(), (String, String)> {
+    match (&slo.tool, slo.sli.is_tool()) {
+        (Some(_), false) => {
+            return Err((
+                format!("slos[{i}].tool"),
+                "applies to tool_success and tool_latency SLOs only".into(),
+            ))
+        }
+        (Some(t), true) if t.is_empty() || t.len() > 128 => {
+            return Err((
+                format!("slos[{i}].tool"),
+                "must be a tool's name, 1 to 128 bytes (leave it out for every tool)".into(),
+            ))
+        }
+        _ => {}
+    }
+    if slo.sli.is_tool() && !listeners.iter().any(|l| l.role == Role::Mcp) {
+        return Err((
+            format!("slos[{i}].sli"),
+            format!(
+                "a {} SLO counts the tool calls of an `mcp` listener, and there is none",
+                slo.sli.as_str()
+            ),
+        ));
     }
     Ok(())
 }

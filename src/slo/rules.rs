@@ -25,7 +25,8 @@ use crate::config::{Config, SeverityName, SliKind, SloConfig};
 use crate::incident::Severity;
 use crate::metric_table::{
     AGENT_REQUESTS_TOTAL, AGENT_RESPONSE_SECONDS, AGENT_TASKS_COMPLETED, AGENT_TASKS_STARTED,
-    CORRECTNESS_VERDICTS_TOTAL, GEN_AI_TIME_TO_FIRST_CHUNK,
+    AGENT_TOOL_CALLS_TOTAL, CORRECTNESS_VERDICTS_TOTAL, GEN_AI_TIME_TO_FIRST_CHUNK,
+    MCP_OPERATION_DURATION,
 };
 
 /// Events a window pair must hold before it may alert.
@@ -191,6 +192,7 @@ fn sli_of(slo: &SloConfig, agent: &str, scope: Option<&[&str]>) -> Sli {
             }
         }
         SliKind::Correctness => correctness_sli(slo, &a),
+        SliKind::ToolSuccess | SliKind::ToolLatency => tool_sli(slo, &ours, ratio),
         SliKind::Safety => Sli {
             // A response can break more than one detector: at most every response is bad.
             error_ratio: format!(
@@ -217,6 +219,35 @@ fn correctness_sli(slo: &SloConfig, a: &str) -> Sli {
             "1 - (\n  (sum(rate({m}{{{a}{sources},verdict=\"correct\"}}[{{W}}])) or vector(0))\n  /\n  sum(rate({m}{{{a}{sources}}}[{{W}}]))\n)"
         ),
         events: format!("sum(increase({m}{{{a}{sources}}}[{{W}}]))"),
+    }
+}
+
+/// The tool SLIs: `tools/call`s ended `ok`, or within the threshold, of all ended; `ours`
+/// selects the agent, `ratio` makes the error ratio of a good and a total selector.
+fn tool_sli(slo: &SloConfig, ours: &str, ratio: impl Fn(&str, &str) -> String) -> Sli {
+    let a = match &slo.tool {
+        Some(t) => format!("{ours},gen_ai_tool_name={}", quote(t)),
+        None => ours.to_owned(),
+    };
+    if slo.sli == SliKind::ToolSuccess {
+        let m = AGENT_TOOL_CALLS_TOTAL;
+        return Sli {
+            error_ratio: ratio(
+                &format!("{m}{{{a},outcome=\"ok\"}}"),
+                &format!("{m}{{{a}}}"),
+            ),
+            events: format!("sum(increase({m}{{{a}}}[{{W}}]))"),
+        };
+    }
+    let m = MCP_OPERATION_DURATION;
+    let a = format!("{a},mcp_method_name=\"tools/call\"");
+    let le = le_matcher(slo.threshold.map_or(0.0, |t| t.0.as_secs_f64()));
+    Sli {
+        error_ratio: ratio(
+            &format!("{m}_bucket{{{a},le=~'{le}'}}"),
+            &format!("{m}_count{{{a}}}"),
+        ),
+        events: format!("sum(increase({m}_count{{{a}}}[{{W}}]))"),
     }
 }
 

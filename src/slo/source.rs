@@ -6,8 +6,9 @@ use super::engine::Tally;
 use crate::config::{SliKind, SloConfig};
 use crate::metric_table::{
     AGENT_REQUESTS_TOTAL, AGENT_RESPONSES_TOTAL, AGENT_RESPONSE_SECONDS, AGENT_TASKS_COMPLETED,
-    AGENT_TASKS_STARTED, CORRECTNESS_VERDICTS_TOTAL, GEN_AI_TIME_TO_FIRST_CHUNK,
-    SAFETY_VIOLATIONS_TOTAL, UPSTREAM_REQUESTS_TOTAL,
+    AGENT_TASKS_STARTED, AGENT_TOOL_CALLS_TOTAL, CORRECTNESS_VERDICTS_TOTAL,
+    GEN_AI_TIME_TO_FIRST_CHUNK, MCP_OPERATION_DURATION, SAFETY_VIOLATIONS_TOTAL,
+    UPSTREAM_REQUESTS_TOTAL,
 };
 use crate::telemetry::{has_label, Tallies};
 
@@ -88,6 +89,32 @@ pub fn counts(
                 tallies.sum(CORRECTNESS_VERDICTS_TOTAL, counted),
             )
         }
+        SliKind::ToolSuccess | SliKind::ToolLatency => tool_counts(tallies, agent, slo),
+    }
+}
+
+/// `(good, total)` tool calls of `agent` (of `slo.tool` only, if set).
+fn tool_counts(tallies: &Tallies, agent: &str, slo: &SloConfig) -> (u64, u64) {
+    let ours = |k: &metrics::Key| {
+        has_label(k, "agent", agent)
+            && slo
+                .tool
+                .as_ref()
+                .is_none_or(|t| has_label(k, "gen_ai_tool_name", t))
+    };
+    match (slo.sli, slo.threshold) {
+        (SliKind::ToolLatency, Some(t)) => {
+            tallies.below(MCP_OPERATION_DURATION, t.0.as_secs_f64(), |k| {
+                ours(k) && has_label(k, "mcp_method_name", "tools/call")
+            })
+        }
+        (SliKind::ToolLatency, None) => (0, 0),
+        _ => (
+            tallies.sum(AGENT_TOOL_CALLS_TOTAL, |k| {
+                ours(k) && has_label(k, "outcome", "ok")
+            }),
+            tallies.sum(AGENT_TOOL_CALLS_TOTAL, ours),
+        ),
     }
 }
 
@@ -107,6 +134,7 @@ mod tests {
             exclude_dependency_failures: exclude,
             listeners: None,
             sources: None,
+            tool: None,
             severity: None,
         }
     }
@@ -166,6 +194,55 @@ mod tests {
         assert_eq!(counts(t.tallies(), "b", &b, None), (0, 1000));
         let nobody = slo(SliKind::Safety, None, false);
         assert_eq!(counts(t.tallies(), "nobody", &nobody, None), (0, 0));
+    }
+
+    #[test]
+    fn the_tool_slis_count_tool_calls_of_the_agent_and_of_their_tool() {
+        let t = recorded();
+        let calls = |agent: &str, tool: &str, outcome: &str, n: u64| {
+            let labels = vec![
+                label("agent", agent),
+                label("upstream", "search-mcp"),
+                label("gen_ai_tool_name", tool),
+                label("outcome", outcome),
+            ];
+            t.counter(AGENT_TOOL_CALLS_TOTAL, labels).increment(n);
+        };
+        calls("a", "search", "ok", 8);
+        calls("a", "search", "tool_error", 2);
+        calls("a", "fetch", "ok", 5);
+        calls("a", "fetch", "timeout", 5);
+        calls("b", "search", "transport_error", 100);
+        let operation = |method: &str, tool: &str, seconds: &[f64]| {
+            let labels = vec![
+                label("agent", "a"),
+                label("upstream", "search-mcp"),
+                label("mcp_method_name", method),
+                label("gen_ai_tool_name", tool),
+                label("error_type", ""),
+            ];
+            let h = t.histogram(MCP_OPERATION_DURATION, labels);
+            seconds.iter().for_each(|s| h.record(*s));
+        };
+        operation("tools/call", "search", &[0.05, 0.5, 1.5, 9.0]);
+        operation("tools/call", "fetch", &[0.01, 30.0]);
+        // Other methods are not tool calls, however slow.
+        operation("tools/list", "", &[100.0, 100.0]);
+        let success = |tool: Option<&str>| {
+            let mut s = slo(SliKind::ToolSuccess, None, false);
+            s.tool = tool.map(str::to_owned);
+            counts(t.tallies(), "a", &s, None)
+        };
+        assert_eq!(success(None), (13, 20));
+        assert_eq!(success(Some("search")), (8, 10));
+        assert_eq!(success(Some("nothing")), (0, 0));
+        let latency = |tool: Option<&str>| {
+            let mut s = slo(SliKind::ToolLatency, Some(2.0), false);
+            s.tool = tool.map(str::to_owned);
+            counts(t.tallies(), "a", &s, None)
+        };
+        assert_eq!(latency(None), (4, 6));
+        assert_eq!(latency(Some("search")), (3, 4));
     }
 
     #[test]

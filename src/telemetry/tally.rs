@@ -15,8 +15,9 @@ use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key};
 
 use crate::metric_table::{
     AGENT_REQUESTS_TOTAL, AGENT_RESPONSES_TOTAL, AGENT_RESPONSE_SECONDS, AGENT_TASKS_COMPLETED,
-    AGENT_TASKS_STARTED, BUCKETS, CORRECTNESS_VERDICTS_TOTAL, GEN_AI_TIME_TO_FIRST_CHUNK, METRICS,
-    SAFETY_VIOLATIONS_TOTAL, UPSTREAM_REQUESTS_TOTAL,
+    AGENT_TASKS_STARTED, AGENT_TOOL_CALLS_TOTAL, BUCKETS, CORRECTNESS_VERDICTS_TOTAL,
+    GEN_AI_TIME_TO_FIRST_CHUNK, MCP_OPERATION_DURATION, METRICS, SAFETY_VIOLATIONS_TOTAL,
+    UPSTREAM_REQUESTS_TOTAL,
 };
 
 /// The metrics an SLO can be computed from (see the `slos:` SLI kinds, and the dependency SLOs).
@@ -30,6 +31,8 @@ pub(super) const TALLIED: &[&str] = &[
     SAFETY_VIOLATIONS_TOTAL,
     AGENT_RESPONSE_SECONDS,
     GEN_AI_TIME_TO_FIRST_CHUNK,
+    AGENT_TOOL_CALLS_TOTAL,
+    MCP_OPERATION_DURATION,
 ];
 
 /// One series' running total: a counter's value, a gauge's, or a histogram's observations by
