@@ -303,6 +303,36 @@ pub fn result_of<'a>(body: &'a [u8], id: &RpcId) -> Option<&'a str> {
         .map(RawValue::get)
 }
 
+/// The response to `id` in `message` (one JSON-RPC object) with the tools `hide` says so taken
+/// out of its `tools/list` result; every other byte as it was. `None` when none is hidden, or
+/// the message is not such a response (a batch is left as it is).
+pub fn without_tools(message: &[u8], id: &RpcId, hide: &dyn Fn(&str) -> bool) -> Option<Vec<u8>> {
+    use super::rewrite::{members, with_member};
+    let top = members(message)?;
+    fn member<'a>(m: &[(String, &'a RawValue)], key: &str) -> Option<&'a str> {
+        m.iter().find(|(k, _)| k == key).map(|(_, v)| v.get())
+    }
+    if member(&top, "id").map(str::trim) != Some(id.as_json()) {
+        return None;
+    }
+    let result = members(member(&top, "result")?.as_bytes())?;
+    let tools: Vec<&RawValue> = serde_json::from_str(member(&result, "tools")?).ok()?;
+    let kept: Vec<&str> = tools
+        .iter()
+        .filter(|t| {
+            let name = serde_json::from_str::<RawTool<'_>>(t.get()).map(|t| t.name);
+            !name.is_ok_and(|n| hide(&n))
+        })
+        .map(|t| t.get())
+        .collect();
+    if kept.len() == tools.len() {
+        return None;
+    }
+    let list = format!("[{}]", kept.join(","));
+    let result = with_member(&result, "tools", list.as_bytes());
+    Some(with_member(&top, "result", &result))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,6 +451,32 @@ mod tests {
             Some(r#"{"tools":[]}"#)
         );
         assert_eq!(result_of(body, &RpcId("1".into())), None);
+    }
+
+    #[test]
+    fn hidden_tools_are_taken_out_of_the_list_and_nothing_else_moves() {
+        let list = br#"{"jsonrpc":"2.0", "id":3, "result":{"tools":[{"name":"a","inputSchema":{"type":"object"}}, {"name":"b"},{"name":"c","description":"x"}],"nextCursor":"p2"}}"#;
+        let id = RpcId("3".into());
+        let out = without_tools(list, &id, &|n| n == "b").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a","inputSchema":{"type":"object"}},{"name":"c","description":"x"}],"nextCursor":"p2"}}"#
+        );
+        let page = parse_tool_list(result_of(&out, &id).unwrap().as_bytes()).unwrap();
+        assert_eq!(page.tools.len(), 2);
+        assert!(page.more);
+        // Nothing hidden, another id, not a list, a batch: no rewrite.
+        assert_eq!(without_tools(list, &id, &|_| false), None);
+        assert_eq!(without_tools(list, &RpcId("4".into()), &|_| true), None);
+        let call = br#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#;
+        assert_eq!(without_tools(call, &id, &|_| true), None);
+        let batch = [b"[".as_slice(), list, b"]"].concat();
+        assert_eq!(without_tools(&batch, &id, &|_| true), None);
+        // Every tool hidden: an empty list.
+        let none = without_tools(list, &id, &|_| true).unwrap();
+        assert!(std::str::from_utf8(&none)
+            .unwrap()
+            .contains(r#""tools":[]"#));
     }
 
     #[test]

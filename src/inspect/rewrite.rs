@@ -31,39 +31,58 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
     }
 }
 
-/// The body with its top-level `model` set to `model` (added when absent).
-pub fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, Unparsed> {
-    let members: Members<'_> =
-        serde_json::from_slice(body).map_err(|_| Unparsed::RequestInvalidJson)?;
-    let mut out = Vec::with_capacity(body.len() + model.len());
+/// A JSON object's members in order, each value as its JSON text; `None` when `body` is not an
+/// object.
+pub(crate) fn members(body: &[u8]) -> Option<Vec<(String, &RawValue)>> {
+    serde_json::from_slice::<Members<'_>>(body)
+        .ok()
+        .map(|m| m.0)
+}
+
+/// The object of `members` with `key`'s value set to `value` (JSON text; added when absent).
+/// Every other member keeps its bytes and its place.
+pub(crate) fn with_member(members: &[(String, &RawValue)], key: &str, value: &[u8]) -> Vec<u8> {
+    let size: usize = members
+        .iter()
+        .map(|(k, v)| k.len() + v.get().len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(size + key.len() + value.len() + 4);
     out.push(b'{');
     let mut seen = false;
     let write_str = |out: &mut Vec<u8>, s: &str| {
         // Serialising a string into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     };
-    for (i, (key, value)) in members.0.iter().enumerate() {
+    for (i, (k, v)) in members.iter().enumerate() {
         if i > 0 {
+            out.push(b',');
+        }
+        write_str(&mut out, k);
+        out.push(b':');
+        if k == key {
+            seen = true;
+            out.extend_from_slice(value);
+        } else {
+            out.extend_from_slice(v.get().as_bytes());
+        }
+    }
+    if !seen {
+        if !members.is_empty() {
             out.push(b',');
         }
         write_str(&mut out, key);
         out.push(b':');
-        if key == "model" {
-            seen = true;
-            write_str(&mut out, model);
-        } else {
-            out.extend_from_slice(value.get().as_bytes());
-        }
-    }
-    if !seen {
-        if !members.0.is_empty() {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"model\":");
-        write_str(&mut out, model);
+        out.extend_from_slice(value);
     }
     out.push(b'}');
-    Ok(out)
+    out
+}
+
+/// The body with its top-level `model` set to `model` (added when absent).
+pub fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, Unparsed> {
+    let members = members(body).ok_or(Unparsed::RequestInvalidJson)?;
+    let value = serde_json::to_vec(model).map_err(|_| Unparsed::RequestInvalidJson)?;
+    Ok(with_member(&members, "model", &value))
 }
 
 #[cfg(test)]

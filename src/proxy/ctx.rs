@@ -338,10 +338,21 @@ impl RequestCtx {
             safety,
             ..
         } = self;
-        match &listener.safety {
+        let inspect = match &listener.safety {
             Some(ls) => safety.head(ls, listener.role, llm.is_call(), parts, empty, now),
             None => Inspect::Pass,
+        };
+        match inspect {
+            Inspect::Pass if self.mcp.reads_whole(listener.mcp.as_ref()) => Inspect::ReadWhole,
+            other => other,
         }
+    }
+
+    /// A body read whole, as the client gets it (an MCP tool list with changed tools taken out
+    /// under `block`).
+    pub(super) fn whole_body(&mut self, body: Bytes) -> Bytes {
+        let lm = self.listener.mcp.as_ref();
+        self.mcp.rewrite(lm, self.hop, body, Instant::now())
     }
 
     /// A chunk of the response body arrived at `now`: shown to the LLM reader, the cache and the

@@ -30,7 +30,7 @@ pub(super) struct Answered {
 }
 
 /// How the response goes to the client: now, or once its body is read whole for a safety
-/// decision (`block`, a body that is not a stream).
+/// decision (`block`, a body that is not a stream) or an MCP tool list checked under `block`.
 #[expect(
     clippy::large_enum_variant,
     reason = "the response goes to hyper by value either way; boxing it would cost every request an allocation"
@@ -127,6 +127,7 @@ impl ReadWhole {
                     lease.release(Instant::now());
                 }
                 parts.headers.remove(http::header::CONTENT_LENGTH);
+                let bytes = ctx.whole_body(bytes);
                 Response::from_parts(parts, ProxyBody::local(bytes, ctx))
             }
             Ok(Whole::Blocked(source)) => local_error(blocked(&ctx, source), ctx, first_reason),

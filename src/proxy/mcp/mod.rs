@@ -8,6 +8,7 @@
 //! definitions whose changes are counted and raised as an incident. Bytes pass unchanged unless
 //! `block` says otherwise.
 
+mod op;
 mod reader;
 pub(crate) mod tools;
 
@@ -25,11 +26,12 @@ use crate::incident::{Incident, Incidents, Severity};
 use crate::inspect::mcp::{self as rpc, Answer, RpcId, ServerMessage};
 use crate::inspect::Unparsed;
 use crate::sli::UpstreamOutcome;
-use crate::telemetry::mcp::{code_label, method_label, McpMetrics, ToolChange, ToolOutcome};
+use crate::telemetry::mcp::{method_label, McpMetrics, ToolChange};
 use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
+use op::{AnswerKind, Ended, Op, Unanswered};
 use reader::Reader;
-use tools::{Arguments, Standing, ToolBook};
+use tools::ToolBook;
 
 /// The tool books of every MCP upstream, by name: kept across reloads (a reload must not re-pin
 /// what a server changed); and where their changes are raised.
@@ -108,39 +110,6 @@ impl ListenerMcp {
     }
 }
 
-/// How an operation's response ended it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    Answered(AnswerKind, Instant),
-    /// Answered by the sidecar itself (`block`), as this outcome.
-    Refused(ToolOutcome, Instant),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AnswerKind {
-    Ok,
-    ToolError,
-    Error { code: i64, unknown_tool: bool },
-}
-
-/// One operation: a JSON-RPC request with an id.
-#[derive(Debug)]
-struct Op {
-    id: RpcId,
-    method: &'static str,
-    /// `tools/call`: the tool's name as sent.
-    tool: Option<Box<str>>,
-    /// `tools/list`: whether it asked for the first page.
-    list_first: Option<bool>,
-    /// The called tool is not in the upstream's last list.
-    unknown: bool,
-    /// The call's arguments break the tool's `inputSchema`.
-    invalid: bool,
-    ended: Option<Ended>,
-    /// A 2026-07-28 `input_required` result: no end; the agent's retry is a new operation.
-    suspended: bool,
-}
-
 /// What the sidecar answers itself instead of the server (`block`).
 #[derive(Debug)]
 pub(crate) struct Refusal {
@@ -161,7 +130,16 @@ pub(crate) struct McpState {
     /// What an operation without a response ends as, when the sidecar knows better than the
     /// status: its own error answered, or a response it could not read (no outcome then).
     unanswered: Option<Unanswered>,
+    /// The response is read whole before it goes (a `tools/list` under `tool_changes: block`),
+    /// so that a changed tool can be taken out of it.
+    whole: bool,
+    /// Messages of the response to replace once it was read whole: (as sent, as the agent gets
+    /// it).
+    rewrites: Vec<Rewrite>,
 }
+
+/// A message of the response as sent, and as the agent gets it.
+type Rewrite = (Box<[u8]>, Vec<u8>);
 
 impl McpState {
     /// The request arrived with `body` (`Err`: why it could not be read); `hop` is the upstream
@@ -241,6 +219,45 @@ impl McpState {
         }
     }
 
+    /// Whether the response must be read whole before it goes: a readable `tools/list` answer
+    /// under `tool_changes: block`, whose changed tools are taken out ([`McpState::rewrite`]).
+    pub(crate) fn reads_whole(&mut self, lm: Option<&ListenerMcp>) -> bool {
+        let lists = self.ops.iter().any(|o| o.list_first.is_some());
+        self.whole = lm.is_some_and(|lm| lm.tool_changes == McpAction::Block)
+            && lists
+            && self.reader.is_some();
+        self.whole
+    }
+
+    /// The response from the upstream at `hop`, read whole to its end at `now`, as the agent
+    /// gets it: the tools whose definitions are not the pinned ones taken out of its list; every
+    /// other byte as sent.
+    pub(crate) fn rewrite(
+        &mut self,
+        lm: Option<&ListenerMcp>,
+        hop: usize,
+        mut body: Bytes,
+        now: Instant,
+    ) -> Bytes {
+        let Some(lm) = lm.filter(|_| self.whole) else {
+            return body;
+        };
+        self.finish_reading(lm, lm.upstream(hop), true, now);
+        for (sent, new) in self.rewrites.drain(..) {
+            if body[..] == sent[..] {
+                body = Bytes::from(new);
+            } else if let Some(at) = memchr::memmem::find(&body, &sent) {
+                let mut out =
+                    Vec::with_capacity(body.len() + new.len() - sent.len().min(new.len()));
+                out.extend_from_slice(&body[..at]);
+                out.extend_from_slice(&new);
+                out.extend_from_slice(&body[at + sent.len()..]);
+                body = Bytes::from(out);
+            }
+        }
+        body
+    }
+
     /// The sidecar answered the request itself with `err`'s `outcome` (`blocked`: safety held
     /// back the server's answer): what its operations end as.
     pub(crate) fn local_answer(&mut self, outcome: Option<UpstreamOutcome>, blocked: bool) {
@@ -263,10 +280,11 @@ impl McpState {
             return;
         };
         let up = lm.upstream(hop);
-        let ops = &mut self.ops;
+        let (ops, rewrites) = (&mut self.ops, self.whole.then_some(&mut self.rewrites));
+        let mut rewrites = rewrites;
         let mut read_all = true;
         let unread = reader.feed(chunk, &mut |message| {
-            read_all &= read(lm, up, ops, message, now);
+            read_all &= read(lm, up, ops, message, now, rewrites.as_deref_mut());
         });
         if let Some(why) = unread {
             up.metrics.unparsed(why);
@@ -290,22 +308,7 @@ impl McpState {
             return;
         };
         let up = lm.upstream(hop);
-        if let Some(reader) = self.reader.take() {
-            // A stream whose events carry ids may be resumed on a GET (2025-11-25): a response not
-            // in it may come there, unmeasured.
-            if complete && reader.resumable() {
-                self.unanswered.get_or_insert(Unanswered::Unknown);
-            }
-            // What a cut body holds is no message.
-            let ops = &mut self.ops;
-            let mut read_all = true;
-            if complete {
-                reader.finish(&mut |message| read_all &= read(lm, up, ops, message, now));
-            }
-            if !read_all {
-                self.unanswered = Some(Unanswered::Unknown);
-            }
-        }
+        self.finish_reading(lm, up, complete, now);
         let unanswered = match self.unanswered {
             Some(u) => u,
             None => Unanswered::of(complete, self.status, outcome),
@@ -316,9 +319,43 @@ impl McpState {
     }
 }
 
+impl McpState {
+    /// The response's body ended (`complete`: cleanly): what the reader still holds is read.
+    fn finish_reading(&mut self, lm: &ListenerMcp, up: &McpUpstream, complete: bool, now: Instant) {
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        // A stream whose events carry ids may be resumed on a GET (2025-11-25): a response not
+        // in it may come there, unmeasured.
+        if complete && reader.resumable() {
+            self.unanswered.get_or_insert(Unanswered::Unknown);
+        }
+        // What a cut body holds is no message.
+        let ops = &mut self.ops;
+        let mut rewrites = self.whole.then_some(&mut self.rewrites);
+        let mut read_all = true;
+        if complete {
+            reader.finish(&mut |message| {
+                read_all &= read(lm, up, ops, message, now, rewrites.as_deref_mut());
+            });
+        }
+        if !read_all {
+            self.unanswered = Some(Unanswered::Unknown);
+        }
+    }
+}
+
 /// Reads one JSON-RPC message (or batch) of the response: the operations it answers end at `now`.
-/// `false` when it is not JSON-RPC.
-fn read(lm: &ListenerMcp, up: &McpUpstream, ops: &mut [Op], message: &[u8], now: Instant) -> bool {
+/// `false` when it is not JSON-RPC. `rewrites`: the response is read whole, and a list with
+/// changed tools gets its rewrite there.
+fn read(
+    lm: &ListenerMcp,
+    up: &McpUpstream,
+    ops: &mut [Op],
+    message: &[u8],
+    now: Instant,
+    mut rewrites: Option<&mut Vec<Rewrite>>,
+) -> bool {
     let Some(messages) = rpc::parse_server_messages(message) else {
         up.metrics.unparsed(Unparsed::ResponseInvalidJson);
         return false;
@@ -345,27 +382,45 @@ fn read(lm: &ListenerMcp, up: &McpUpstream, ops: &mut [Op], message: &[u8], now:
         };
         op.ended = Some(Ended::Answered(kind, now));
         if let (Some(first), AnswerKind::Ok) = (op.list_first, kind) {
-            listed(lm, up, first, message, &op.id);
+            let hold = rewrites.is_some();
+            if let Some(new) = listed(lm, up, first, message, &op.id, hold) {
+                if let Some(r) = rewrites.as_deref_mut() {
+                    r.push((message.into(), new));
+                }
+            }
         }
     }
     true
 }
 
 /// A `tools/list` result: the upstream's book takes the page; changes against the pin are counted
-/// and raised.
-fn listed(lm: &ListenerMcp, up: &McpUpstream, first: bool, message: &[u8], id: &RpcId) {
-    let Some(page) = rpc::result_of(message, id).and_then(|r| rpc::parse_tool_list(r.as_bytes()))
-    else {
-        return;
-    };
+/// and raised. `hold` (`block`, the response read whole): the message with the tools whose
+/// definitions are not the pinned ones taken out, if any.
+fn listed(
+    lm: &ListenerMcp,
+    up: &McpUpstream,
+    first: bool,
+    message: &[u8],
+    id: &RpcId,
+    hold: bool,
+) -> Option<Vec<u8>> {
+    let page = rpc::result_of(message, id).and_then(|r| rpc::parse_tool_list(r.as_bytes()))?;
     if lm.tool_changes == McpAction::Off {
         // Labels and schemas still come from the list; nothing is compared.
         up.book.page(first, page, lm.max_tools, SystemTime::now());
-        return;
+        return None;
     }
+    let hidden = if hold {
+        up.book.unpinned(&page.tools)
+    } else {
+        Vec::new()
+    };
     let changes = up.book.page(first, page, lm.max_tools, SystemTime::now());
+    let rewrite = (!hidden.is_empty())
+        .then(|| rpc::without_tools(message, id, &|n| hidden.iter().any(|h| &**h == n)))
+        .flatten();
     if changes.is_empty() {
-        return;
+        return rewrite;
     }
     for change in [ToolChange::Changed, ToolChange::Added, ToolChange::Removed] {
         let n = changes.iter().filter(|(_, c)| *c == change).count() as u64;
@@ -388,157 +443,5 @@ fn listed(lm: &ListenerMcp, up: &McpUpstream, first: bool, message: &[u8], id: &
     tracing::warn!(upstream = %up.name, changes = changes.len(), "{summary}");
     lm.incidents
         .raise(Incident::tool_change(lm.severity, &up.name, true, summary));
-}
-
-/// What became of a request whose operation got no response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unanswered {
-    /// The client left before the response: no outcome.
-    Cancelled,
-    Timeout,
-    Transport,
-    /// An HTTP error status without a JSON-RPC error, or a body without the response.
-    Protocol(Option<StatusCode>),
-    /// The response could not be read (or safety withheld it): no outcome.
-    Unknown,
-}
-
-impl Unanswered {
-    fn of(
-        complete: bool,
-        status: Option<StatusCode>,
-        outcome: Option<UpstreamOutcome>,
-    ) -> Unanswered {
-        match outcome {
-            Some(UpstreamOutcome::Timeout) => Unanswered::Timeout,
-            Some(
-                UpstreamOutcome::ConnectError
-                | UpstreamOutcome::Reset
-                | UpstreamOutcome::ServerError,
-            ) => Unanswered::Transport,
-            _ if !complete && status.is_some_and(|s| s.is_success()) => Unanswered::Cancelled,
-            _ if !complete && status.is_none() => Unanswered::Cancelled,
-            _ => Unanswered::Protocol(status.filter(|s| !s.is_success())),
-        }
-    }
-}
-
-impl Op {
-    /// A `tools/call`'s checks against the upstream's book: an unlisted name, arguments that
-    /// break the schema, a tool whose definition moved. Under `block` (for a request of one
-    /// message), what the sidecar answers instead.
-    fn check(
-        &mut self,
-        lm: &ListenerMcp,
-        up: &McpUpstream,
-        arguments: Option<&str>,
-        single: bool,
-        now: Instant,
-    ) -> Option<Refusal> {
-        let name = self.tool.as_deref()?;
-        self.unknown = up.book.lists(name) == Some(false);
-        if lm.tool_changes == McpAction::Block && single {
-            if let Some(s @ (Standing::Changed | Standing::Added)) = up.book.standing(name) {
-                let why = format!(
-                    "The definition of tool {name:?} changed on the server since it was pinned ({}); calls to it are held until an operator accepts the new definition.",
-                    if s == Standing::Added { "added" } else { "changed" }
-                );
-                self.ended = Some(Ended::Refused(ToolOutcome::ToolError, now));
-                return Some(refusal(&self.id, &why, "tool_changed"));
-            }
-        }
-        if lm.validate == McpAction::Off || self.unknown {
-            return None;
-        }
-        let Arguments::Invalid { path, message } = up.book.check(name, arguments) else {
-            return None;
-        };
-        self.invalid = true;
-        if lm.validate != McpAction::Block || !single {
-            return None;
-        }
-        let at = if path.is_empty() { "/" } else { &path };
-        let why = format!(
-            "Invalid arguments for tool {name:?} at {at}: {message}. Call it again with arguments that follow its inputSchema."
-        );
-        self.ended = Some(Ended::Refused(ToolOutcome::InvalidArguments, now));
-        Some(refusal(&self.id, &why, "invalid_arguments"))
-    }
-
-    /// Records the operation, ended at its response or as `unanswered` says at `now`.
-    fn record(
-        self,
-        lm: &ListenerMcp,
-        up: &McpUpstream,
-        unanswered: Unanswered,
-        received: Instant,
-        now: Instant,
-    ) {
-        if self.suspended || (self.ended.is_none() && unanswered == Unanswered::Unknown) {
-            return;
-        }
-        let (error, outcome, at): (Arc<str>, ToolOutcome, Instant) = match self.ended {
-            Some(Ended::Answered(kind, at)) => match kind {
-                AnswerKind::Ok => ("".into(), ToolOutcome::Ok, at),
-                AnswerKind::ToolError => ("tool_error".into(), ToolOutcome::ToolError, at),
-                AnswerKind::Error { code, unknown_tool } => {
-                    let o = if unknown_tool {
-                        ToolOutcome::UnknownTool
-                    } else {
-                        ToolOutcome::ProtocolError
-                    };
-                    (code_label(code), o, at)
-                }
-            },
-            Some(Ended::Refused(o, at)) => (o.as_str().into(), o, at),
-            None => match unanswered {
-                Unanswered::Cancelled => ("cancelled".into(), ToolOutcome::Ok, now),
-                Unanswered::Timeout => ("timeout".into(), ToolOutcome::Timeout, now),
-                Unanswered::Transport => {
-                    ("transport_error".into(), ToolOutcome::TransportError, now)
-                }
-                Unanswered::Unknown => return,
-                Unanswered::Protocol(status) => {
-                    let e = status.map_or("no_response".into(), |s| s.as_str().into());
-                    (e, ToolOutcome::ProtocolError, now)
-                }
-            },
-        };
-        let tool: Arc<str> = match &self.tool {
-            Some(name) => up.book.label(name, lm.max_tools),
-            None => "".into(),
-        };
-        let seconds = at.saturating_duration_since(received).as_secs_f64();
-        up.metrics.operation(self.method, &tool, &error, seconds);
-        let cancelled = self.ended.is_none() && unanswered == Unanswered::Cancelled;
-        if self.tool.is_none() || cancelled {
-            return;
-        }
-        let outcome = if self.unknown && !matches!(self.ended, Some(Ended::Refused(..))) {
-            ToolOutcome::UnknownTool
-        } else if self.invalid {
-            ToolOutcome::InvalidArguments
-        } else {
-            outcome
-        };
-        up.metrics.tool_call(&tool, outcome);
-    }
-}
-
-/// The JSON-RPC response the sidecar answers a call with: a tool result with `isError: true`
-/// whose text says why, so that the model can correct itself.
-fn refusal(id: &RpcId, why: &str, error: &'static str) -> Refusal {
-    let result = serde_json::json!({
-        "content": [{"type": "text", "text": why}],
-        "isError": true,
-    });
-    let body = format!(
-        r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
-        id.as_json(),
-        result
-    );
-    Refusal {
-        body: Bytes::from(body),
-        error,
-    }
+    rewrite
 }

@@ -209,6 +209,20 @@ impl ToolBook {
         book.complete(pages, max, now)
     }
 
+    /// The tools of a list page whose definitions are not the pinned ones (changed, or added
+    /// since the pin): what `block` takes out of the list the agent gets. None before a pin.
+    pub(crate) fn unpinned(&self, tools: &[ToolDef]) -> Vec<Box<str>> {
+        let book = self.book();
+        let Some((pins, _)) = &book.pinned else {
+            return Vec::new();
+        };
+        tools
+            .iter()
+            .filter(|t| pins.get(&*t.name) != Some(&t.fingerprint))
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
     /// Pins the last complete list (`POST /admin/mcp/{upstream}/accept`): `None` when none was
     /// seen, else whether changes were pending (an incident to end).
     pub(crate) fn accept(&self, now: SystemTime) -> Option<bool> {
