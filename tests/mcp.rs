@@ -417,17 +417,68 @@ async fn post(
     body: &'static str,
     session: Option<&str>,
 ) -> http::Response<hyper::body::Incoming> {
+    let session: Vec<(&str, &str)> = session
+        .map(|id| ("mcp-session-id", id))
+        .into_iter()
+        .collect();
+    post_with(s, body, &session).await
+}
+
+/// A POST of `body` to the sidecar's `tools` listener with these headers too.
+async fn post_with(
+    s: &sloguard::Sidecar,
+    body: &'static str,
+    headers: &[(&str, &str)],
+) -> http::Response<hyper::body::Incoming> {
     let mut req = http::Request::post(tools_url(s))
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2025-11-25");
-    if let Some(id) = session {
-        req = req.header("mcp-session-id", id);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let req = req.body(common::full(body)).unwrap();
     bounded("POST", common::client().request(req))
         .await
         .unwrap()
+}
+
+/// The loop guard counts a task's `tools/call`s: the same tool with the same arguments (however
+/// their JSON is spelled) `max_repeated_tool_calls` times in a row is a loop, counted once;
+/// another task's calls, other arguments and other methods are not part of the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_tool_call_again_and_again_in_a_task_is_a_loop() {
+    let server = spawn_mcp_server(McpServerOpts::SUPPORTED[2]).await;
+    let s = sidecar(&server, "{}\ntasks: {max_repeated_tool_calls: 3}", "").await;
+    let task = |id| [("x-agent-task-id", id)];
+    let echo = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"again"}}}"#;
+    let spelled = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"arguments":{ "text" : "again" },"name":"echo"}}"#;
+    let other = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"else"}}}"#;
+    let ping = r#"{"jsonrpc":"2.0","id":4,"method":"ping"}"#;
+    let send = async |body, id| {
+        let r = post_with(&s, body, &task(id)).await;
+        assert_eq!(r.status(), http::StatusCode::OK);
+        let _ = common::body_bytes(r).await;
+    };
+    // Two in a row, broken by other arguments; a ping between calls breaks nothing.
+    for (body, id) in [(echo, "t1"), (spelled, "t1"), (other, "t1"), (echo, "t1")] {
+        send(body, id).await;
+    }
+    send(ping, "t1").await;
+    send(echo, "t2").await;
+    send(spelled, "t1").await;
+    let loops = [("kind", "repeated_tool_call")];
+    let m = metrics(&s).await;
+    assert_eq!(metric(&m, "agent_loops_detected_total", &loops), 0.0, "{m}");
+    send(echo, "t1").await;
+    send(echo, "t1").await;
+    let m = metrics_when(&s, |m| metric(m, CALLS, &[]) >= 8.0).await;
+    assert_eq!(metric(&m, CALLS, &[]), 8.0, "every call measured\n{m}");
+    assert_eq!(
+        metric(&m, "agent_loops_detected_total", &loops),
+        1.0,
+        "three in a row, counted once\n{m}"
+    );
 }
 
 /// Breaker and fallback act on transport failures as on any route, but a request of a session

@@ -170,10 +170,19 @@ impl RequestCtx {
     }
 
     /// An `mcp` listener's request, read ahead (`Err`: why it could not be read): its JSON-RPC
-    /// operations begin. Under `block`, a call the sidecar answers itself.
-    pub(super) fn mcp_request(&mut self, body: Result<&[u8], Unparsed>) -> Option<Refusal> {
-        let lm = self.listener.mcp.as_ref();
-        self.mcp.request(lm, body, self.received)
+    /// operations begin, its tool calls go to the loop guard. Under `block`, a call the sidecar
+    /// answers itself.
+    pub(super) fn mcp_request(
+        &mut self,
+        headers: &http::HeaderMap,
+        body: Result<&[u8], Unparsed>,
+    ) -> Option<Refusal> {
+        let (l, at) = (&self.listener, self.received);
+        let refusal = self.mcp.request(l.mcp.as_ref(), body, at);
+        if let (Some(guard), Some(calls)) = (&l.loop_guard, self.mcp.tool_calls()) {
+            guard.tool_calls(headers, calls, at);
+        }
+        refusal
     }
 
     /// Calls between agents: an inbound request's depth, path and deadline are checked and it is
@@ -332,18 +341,13 @@ impl RequestCtx {
         empty: bool,
         now: Instant,
     ) -> Inspect {
-        let RequestCtx {
-            listener,
-            llm,
-            safety,
-            ..
-        } = self;
-        let inspect = match &listener.safety {
-            Some(ls) => safety.head(ls, listener.role, llm.is_call(), parts, empty, now),
+        let (l, call) = (&self.listener, self.llm.is_call());
+        let inspect = match &l.safety {
+            Some(ls) => self.safety.head(ls, l.role, call, parts, empty, now),
             None => Inspect::Pass,
         };
         match inspect {
-            Inspect::Pass if self.mcp.reads_whole(listener.mcp.as_ref()) => Inspect::ReadWhole,
+            Inspect::Pass if self.mcp.reads_whole(l.mcp.as_ref()) => Inspect::ReadWhole,
             other => other,
         }
     }
@@ -447,11 +451,11 @@ impl RequestCtx {
         route.chain.get(self.hop).unwrap_or(&route.chain[0])
     }
 
-    /// The sidecar answers an MCP call itself (`block`), with a JSON-RPC result: no server was
-    /// asked.
-    pub(super) fn answered_by_mcp_guard(&mut self, status: http::StatusCode, error: &'static str) {
+    /// The sidecar answers `status` itself, no upstream asked: an MCP guard's JSON-RPC answer
+    /// (`block`, with `error`), or the route's cache.
+    pub(super) fn answered_here(&mut self, status: http::StatusCode, error: Option<&'static str>) {
         self.status = StatusClass::of(status);
-        self.trace.local_answer(status, Some(error));
+        self.trace.local_answer(status, error);
         self.cause = Cause::None;
         self.outcome = None;
     }
@@ -460,10 +464,7 @@ impl RequestCtx {
     pub(super) fn answered_by_cache(&mut self, status: http::StatusCode) {
         self.hop = self.listener.route.chain.len();
         self.llm.cancel();
-        self.status = StatusClass::of(status);
-        self.trace.local_answer(status, None);
-        self.cause = Cause::None;
-        self.outcome = None;
+        self.answered_here(status, None);
     }
 
     /// The stream failed after the head went out: the request is charged to whoever is behind

@@ -153,7 +153,7 @@ fn mcp_request(ctx: &mut RequestCtx, client: &Client, payload: &mut Payload) -> 
         Some(bytes) => Ok(bytes),
         None => Err(crate::inspect::Unparsed::RequestTooLarge),
     };
-    match ctx.mcp_request(body.as_deref().map_err(|e| *e)) {
+    match ctx.mcp_request(&client.headers, body.as_deref().map_err(|e| *e)) {
         Some(refusal) => Err(Stop::Mcp(refusal)),
         None => Ok(()),
     }

@@ -74,7 +74,7 @@ fn loop_refused(kind: LoopKind, ctx: RequestCtx) -> Response<ProxyBody> {
 /// `x-sloguard-error` naming the guard: the model reads the reason and can correct its call.
 fn mcp_refused(refusal: Refusal, mut ctx: RequestCtx) -> Response<ProxyBody> {
     let status = http::StatusCode::OK;
-    ctx.answered_by_mcp_guard(status, refusal.error);
+    ctx.answered_here(status, Some(refusal.error));
     let upstream = ctx.listener.route.chain[0].header_value.clone();
     let mut response = Response::new(ProxyBody::local(refusal.body, ctx));
     let headers = response.headers_mut();

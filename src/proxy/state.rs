@@ -385,7 +385,7 @@ impl Build<'_> {
             kill: Some(shared.kill.clone()),
             when_disabled,
             tasks: (l.role == Role::Agent).then(|| shared.tasks.clone()),
-            loop_guard: (l.role == Role::Llm).then(|| shared.tasks.clone()),
+            loop_guard: matches!(l.role, Role::Llm | Role::Mcp).then(|| shared.tasks.clone()),
             body_timeout: l.limits.body_timeout(),
             budget: shared.budget.clone(),
             tracer: listener_tracer(shared, &l.name, &route),

@@ -317,6 +317,26 @@ impl Tasks {
         }
     }
 
+    /// An MCP request with these headers made tool calls (their fingerprint as a set, `None`:
+    /// one cannot be known): the loop guard counts the same calls in a row
+    /// (`max_repeated_tool_calls`). A task found looping so has its next LLM calls refused under
+    /// `loop_action: block`.
+    pub fn tool_calls(&self, headers: &HeaderMap, calls: Option<u64>, now: Instant) {
+        if self.loops.limits().max_repeated_tool_calls == 0 {
+            return;
+        }
+        let Some(key) = self.key(headers) else {
+            return;
+        };
+        let (detected, evicted) = self.loops.tool_called(key, calls, now);
+        if evicted {
+            self.loops_evicted.increment(1);
+        }
+        if detected {
+            self.loops_detected[LoopKind::RepeatedToolCall as usize].increment(1);
+        }
+    }
+
     /// An LLM call of task `key` that the guard counted ended (`None`: no provider call was
     /// made, the cache answered): a call without a successful answer is taken back; a response
     /// read whole tells the guard its tool calls.

@@ -60,11 +60,53 @@ struct TaskLoop {
     /// Responses in a row that returned the same tool calls, `previous` (0: no run).
     run: u32,
     previous: u64,
+    /// MCP `tools/call` requests in a row that made the same calls (by the low half of their
+    /// fingerprint, `tool_previous`; saturating): a run of its own, so that an LLM response and
+    /// the MCP call that carries it out are not two in a row.
+    tool_run: u16,
+    tool_previous: u32,
     /// `max_llm_calls` was crossed (counted once, whatever the count does after).
     over: bool,
     /// A loop was detected (the first kind found): under `loop_action: block` its calls are
     /// refused from now on.
     looping: Option<LoopKind>,
+}
+
+impl TaskLoop {
+    fn new(now: Instant) -> TaskLoop {
+        TaskLoop {
+            last: now,
+            calls: 0,
+            run: 0,
+            previous: 0,
+            tool_run: 0,
+            tool_previous: 0,
+            over: false,
+            looping: None,
+        }
+    }
+}
+
+/// Extends a run of the same calls with `calls` (`None` breaks it); returns its length.
+fn extend<R, P>(run: &mut R, previous: &mut P, calls: Option<P>) -> u32
+where
+    R: Copy + Into<u32> + TryFrom<u32>,
+    P: PartialEq,
+{
+    let n: u32 = (*run).into();
+    let next = match calls {
+        Some(f) if n > 0 && f == *previous => n.saturating_add(1),
+        Some(f) => {
+            *previous = f;
+            1
+        }
+        None => 0,
+    };
+    // Past the counter's width the run stays at its top.
+    if let Ok(r) = R::try_from(next) {
+        *run = r;
+    }
+    (*run).into()
 }
 
 impl Entry for TaskLoop {
@@ -110,33 +152,29 @@ impl LoopTable {
     /// is to be refused (and then not counted).
     pub fn call(&self, key: u64, refuse_looping: bool, now: Instant) -> CallCheck {
         let max = self.limits.max_llm_calls;
-        let new = || TaskLoop {
-            last: now,
-            calls: 0,
-            run: 0,
-            previous: 0,
-            over: false,
-            looping: None,
-        };
-        let (check, evicted) = self.table.upsert(key, new, |t, _| {
-            t.last = now;
-            let calls = t.calls.saturating_add(1);
-            let crossed = max > 0 && calls > max && !t.over;
-            if crossed {
-                t.over = true;
-                t.looping.get_or_insert(LoopKind::MaxLlmCalls);
-            }
-            let refused = refuse_looping && t.looping.is_some();
-            if !refused {
-                t.calls = calls;
-            }
-            CallCheck {
-                crossed,
-                looping: t.looping,
-                refused,
-                evicted: false,
-            }
-        });
+        let (check, evicted) = self.table.upsert(
+            key,
+            || TaskLoop::new(now),
+            |t, _| {
+                t.last = now;
+                let calls = t.calls.saturating_add(1);
+                let crossed = max > 0 && calls > max && !t.over;
+                if crossed {
+                    t.over = true;
+                    t.looping.get_or_insert(LoopKind::MaxLlmCalls);
+                }
+                let refused = refuse_looping && t.looping.is_some();
+                if !refused {
+                    t.calls = calls;
+                }
+                CallCheck {
+                    crossed,
+                    looping: t.looping,
+                    refused,
+                    evicted: false,
+                }
+            },
+        );
         CallCheck {
             evicted: evicted.is_some(),
             ..check
@@ -162,21 +200,37 @@ impl LoopTable {
         self.table
             .update(key, |t| {
                 t.last = now;
-                match calls {
-                    Some(f) if t.run > 0 && f == t.previous => t.run = t.run.saturating_add(1),
-                    Some(f) => {
-                        t.previous = f;
-                        t.run = 1;
-                    }
-                    None => t.run = 0,
-                }
-                let detected = max > 0 && t.run == max;
+                let run = extend(&mut t.run, &mut t.previous, calls);
+                let detected = max > 0 && run == max;
                 if detected {
                     t.looping.get_or_insert(LoopKind::RepeatedToolCall);
                 }
                 (detected, false)
             })
             .unwrap_or(false)
+    }
+
+    /// Task `key` made MCP tool calls in one request: their fingerprint as a set (`None`: one
+    /// cannot be known, which breaks the run). Returns whether the run of the same calls reached
+    /// `max_repeated_tool_calls` now (once per run), and whether a full table forgot another task.
+    pub fn tool_called(&self, key: u64, calls: Option<u64>, now: Instant) -> (bool, bool) {
+        let max = self.limits.max_repeated_tool_calls;
+        let (detected, evicted) = self.table.upsert(
+            key,
+            || TaskLoop::new(now),
+            |t, _| {
+                t.last = now;
+                // The low half of the fingerprint: a false "same call" is a 2^-32 chance.
+                let calls = calls.map(|c| c as u32);
+                let run = extend(&mut t.tool_run, &mut t.tool_previous, calls);
+                let detected = max > 0 && run == max;
+                if detected {
+                    t.looping.get_or_insert(LoopKind::RepeatedToolCall);
+                }
+                detected
+            },
+        );
+        (detected, evicted.is_some())
     }
 
     /// The task ended (the agent's verdict): its calls are not counted on.
@@ -205,6 +259,30 @@ impl LoopTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_mcp_tool_calls_in_a_row_are_a_loop_on_a_run_of_their_own() {
+        let t = table(0, 3);
+        let now = Instant::now();
+        assert_eq!(t.tool_called(1, Some(7), now), (false, false));
+        // The LLM response that asked for the call is its own run: it does not make two.
+        assert!(!t.returned(1, Some(7), now));
+        assert_eq!(t.tool_called(1, Some(7), now), (false, false));
+        // Another task's calls are not this one's.
+        assert_eq!(t.tool_called(2, Some(7), now), (false, false));
+        assert_eq!(t.tool_called(1, Some(7), now), (true, false));
+        // Counted once per run; a different call starts a new one.
+        assert_eq!(t.tool_called(1, Some(7), now), (false, false));
+        assert_eq!(t.tool_called(1, Some(8), now), (false, false));
+        assert_eq!(t.tool_called(1, None, now), (false, false));
+        assert_eq!(t.tool_called(1, Some(8), now), (false, false));
+        // Found looping: under block the task's next LLM call is refused.
+        assert_eq!(
+            t.call(1, true, now).looping,
+            Some(LoopKind::RepeatedToolCall)
+        );
+        assert!(t.call(1, true, now).refused);
+    }
 
     const FORGET: Duration = Duration::from_secs(300);
 

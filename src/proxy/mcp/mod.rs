@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::budget::BodyBudget;
 use crate::config::{Config, ListenerConfig, McpAction, Role};
 use crate::incident::{Incident, Incidents, Severity};
+use crate::inspect::canon::{fingerprint, Arguments};
 use crate::inspect::mcp::{self as rpc, Answer, RpcId, ServerMessage};
 use crate::inspect::Unparsed;
 use crate::sli::UpstreamOutcome;
@@ -170,8 +171,16 @@ impl McpState {
         let single = requests.len() == 1 && !batch;
         for r in requests {
             let Some(id) = r.id else { continue };
+            let print = r.tool.as_deref().map(|name| {
+                let args = r
+                    .arguments
+                    .as_deref()
+                    .map_or(Arguments::Absent, |a| Arguments::Json(a.as_bytes()));
+                fingerprint(name, args).hash
+            });
             let mut op = Op {
                 id,
+                print,
                 method: method_label(&r.method),
                 tool: r.tool,
                 list_first: (&*r.method == "tools/list").then_some(!r.cursor),
@@ -187,6 +196,14 @@ impl McpState {
             }
         }
         None
+    }
+
+    /// The request's `tools/call`s as one set of calls for the loop guard (name and canonical
+    /// arguments; `Some(None)`: one cannot be known); `None` when it made none.
+    pub(crate) fn tool_calls(&self) -> Option<Option<u64>> {
+        let calls = self.ops.iter().filter(|o| o.tool.is_some());
+        calls.clone().next()?;
+        Some(crate::inspect::canon::set_of(calls.map(|o| o.print)))
     }
 
     /// Whether the request is an MCP operation the sidecar reads the response of.

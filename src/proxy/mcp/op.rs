@@ -33,6 +33,8 @@ pub(super) enum AnswerKind {
 #[derive(Debug)]
 pub(super) struct Op {
     pub(super) id: RpcId,
+    /// `tools/call`: the call's fingerprint for the loop guard (name and canonical arguments).
+    pub(super) print: Option<u64>,
     pub(super) method: &'static str,
     /// `tools/call`: the tool's name as sent.
     pub(super) tool: Option<Box<str>>,
