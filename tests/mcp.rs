@@ -613,3 +613,72 @@ slos:
     );
     assert_eq!(r["slos"][2]["severity"], "sev3", "as latency");
 }
+
+/// Over OTLP, each MCP operation is a client span `{mcp.method.name} {tool}`, a child of the
+/// attempt that carried it, with the conventions' attributes: the tool, the JSON-RPC id, the
+/// error type (`tool_error`, or the JSON-RPC code, also as `rpc.response.status_code`) and the
+/// protocol version the request named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_operation_is_a_span_with_the_mcp_conventions_attributes() {
+    use common::otlp::{attr_str, grpc_receiver};
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let receiver = grpc_receiver().await;
+    let server = spawn_mcp_server(McpServerOpts::SUPPORTED[2]).await;
+    let otlp = format!(
+        "{{}}\notlp:\n  endpoint: {}\n  protocol: grpc\n  interval: 1s\n  timeout: 1s\n  traces: {{sample_ratio: 1.0}}",
+        receiver.url()
+    );
+    let s = sidecar(&server, &otlp, "").await;
+    for body in [
+        r#"{"jsonrpc":"2.0","id":"e-1","method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fail","arguments":{}}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"boom","arguments":{}}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"ping"}"#,
+    ] {
+        let r = post(&s, body, None).await;
+        assert_eq!(r.status(), http::StatusCode::OK);
+        let _ = common::body_bytes(r).await;
+    }
+    // Four requests: each a request span, an attempt and an operation.
+    assert!(
+        receiver
+            .until(Duration::from_secs(10), |r| r.spans().len() >= 12)
+            .await,
+        "{:#?}",
+        receiver.spans()
+    );
+    let spans = receiver.spans();
+    let named = |name: &str| {
+        let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 1, "{name}: {spans:#?}");
+        found[0]
+    };
+    let echo = named("tools/call echo");
+    assert_eq!(echo.kind, SpanKind::Client as i32);
+    let attempt = spans
+        .iter()
+        .find(|s| s.span_id == echo.parent_span_id)
+        .expect("the operation's parent is exported");
+    assert_eq!(attempt.name, "sloguard.attempt");
+    assert_eq!(attempt.trace_id, echo.trace_id);
+    let a = &echo.attributes;
+    assert_eq!(attr_str(a, "mcp.method.name"), Some("tools/call"));
+    assert_eq!(attr_str(a, "gen_ai.tool.name"), Some("echo"));
+    assert_eq!(attr_str(a, "gen_ai.operation.name"), Some("execute_tool"));
+    assert_eq!(attr_str(a, "jsonrpc.request.id"), Some("e-1"));
+    assert_eq!(attr_str(a, "mcp.protocol.version"), Some("2025-11-25"));
+    assert_eq!(attr_str(a, "error.type"), None);
+    let fail = &named("tools/call fail").attributes;
+    assert_eq!(attr_str(fail, "error.type"), Some("tool_error"));
+    assert_eq!(attr_str(fail, "rpc.response.status_code"), None);
+    let boom = named("tools/call boom");
+    assert_eq!(attr_str(&boom.attributes, "error.type"), Some("-32603"));
+    assert_eq!(
+        attr_str(&boom.attributes, "rpc.response.status_code"),
+        Some("-32603")
+    );
+    assert!(boom.status.as_ref().is_some_and(|st| st.code == 2), "error");
+    let ping = &named("ping").attributes;
+    assert_eq!(attr_str(ping, "gen_ai.tool.name"), None);
+    assert_eq!(attr_str(ping, "jsonrpc.request.id"), Some("4"));
+}

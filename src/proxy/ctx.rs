@@ -178,7 +178,7 @@ impl RequestCtx {
         body: Result<&[u8], Unparsed>,
     ) -> Option<Refusal> {
         let (l, at) = (&self.listener, self.received);
-        let refusal = self.mcp.request(l.mcp.as_ref(), body, at);
+        let refusal = self.mcp.request(l.mcp.as_ref(), headers, body, at);
         if let (Some(guard), Some(calls)) = (&l.loop_guard, self.mcp.tool_calls()) {
             guard.tool_calls(headers, calls, at);
         }
@@ -537,7 +537,7 @@ impl RequestCtx {
             ..
         } = self;
         *stage = Stage::Counted;
-        mcp.end(l.mcp.as_ref(), *hop, complete, *outcome, now);
+        mcp.end(l.mcp.as_ref(), *hop, complete, *outcome, now, trace.span());
         let end = llm.end(complete, *status, *outcome, now, trace.span());
         if end.as_ref().is_some_and(|e| e.provider_error) {
             // A 200 whose stream (or body) says the provider failed: a failed request, for the

@@ -28,6 +28,7 @@ use crate::inspect::mcp::{self as rpc, Answer, RpcId, ServerMessage};
 use crate::inspect::Unparsed;
 use crate::sli::UpstreamOutcome;
 use crate::telemetry::mcp::{method_label, McpMetrics, ToolChange};
+use crate::telemetry::trace::{McpFacts, RequestTrace};
 use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
 use op::{AnswerKind, Ended, Op, Unanswered};
@@ -137,6 +138,8 @@ pub(crate) struct McpState {
     /// Messages of the response to replace once it was read whole: (as sent, as the agent gets
     /// it).
     rewrites: Vec<Rewrite>,
+    /// The request's `MCP-Protocol-Version`, for its spans.
+    version: Option<http::HeaderValue>,
 }
 
 /// A message of the response as sent, and as the agent gets it.
@@ -148,10 +151,12 @@ impl McpState {
     pub(crate) fn request(
         &mut self,
         lm: Option<&ListenerMcp>,
+        headers: &HeaderMap,
         body: Result<&[u8], Unparsed>,
         received: Instant,
     ) -> Option<Refusal> {
         let lm = lm?;
+        self.version = headers.get("mcp-protocol-version").cloned();
         let up = lm.upstream(0);
         let requests = match body.map(rpc::parse_requests) {
             Ok(Some(r)) => r,
@@ -313,6 +318,10 @@ impl McpState {
 
     /// The request is counted: each operation ends with what it was answered, or with what became
     /// of the request (`complete`: the body ended cleanly; `outcome`: the upstream attempt's).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request's end, as the context has it"
+    )]
     pub(crate) fn end(
         &mut self,
         lm: Option<&ListenerMcp>,
@@ -320,6 +329,7 @@ impl McpState {
         complete: bool,
         outcome: Option<UpstreamOutcome>,
         now: Instant,
+        mut trace: Option<&mut RequestTrace>,
     ) {
         let (Some(lm), Some(received)) = (lm, self.received) else {
             return;
@@ -330,8 +340,30 @@ impl McpState {
             Some(u) => u,
             None => Unanswered::of(complete, self.status, outcome),
         };
+        if let (Some(t), Some(v)) = (trace.as_deref_mut(), &self.version) {
+            t.mcp_version(v.to_str().unwrap_or(""));
+        }
         for op in self.ops.drain(..) {
-            op.record(lm, up, unanswered, received, now);
+            // The span's facts only for a traced request: they cost allocations.
+            let traced = trace
+                .is_some()
+                .then(|| (op.method, op.id.as_json().into(), op.code()));
+            let recorded = op.record(lm, up, unanswered, received, now);
+            if let (Some(t), Some((method, request_id, code)), Some((tool, error, end))) =
+                (trace.as_deref_mut(), traced, recorded)
+            {
+                let (start, hop) = (received, hop);
+                t.mcp_operation(McpFacts {
+                    method,
+                    tool,
+                    request_id,
+                    error,
+                    code,
+                    hop,
+                    start,
+                    end,
+                });
+            }
         }
     }
 }

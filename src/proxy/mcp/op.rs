@@ -124,7 +124,16 @@ impl Op {
         Some(refusal(&self.id, &why, "invalid_arguments"))
     }
 
-    /// Records the operation, ended at its response or as `unanswered` says at `now`.
+    /// The JSON-RPC error code the server answered, if it did.
+    pub(super) fn code(&self) -> Option<i64> {
+        match self.ended {
+            Some(Ended::Answered(AnswerKind::Error { code, .. }, _)) => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Records the operation, ended at its response or as `unanswered` says at `now`: its tool
+    /// label, error type and end, when it was recorded.
     pub(super) fn record(
         self,
         lm: &ListenerMcp,
@@ -132,9 +141,9 @@ impl Op {
         unanswered: Unanswered,
         received: Instant,
         now: Instant,
-    ) {
+    ) -> Option<(Arc<str>, Arc<str>, Instant)> {
         if self.suspended || (self.ended.is_none() && unanswered == Unanswered::Unknown) {
-            return;
+            return None;
         }
         let (error, outcome, at): (Arc<str>, ToolOutcome, Instant) = match self.ended {
             Some(Ended::Answered(kind, at)) => match kind {
@@ -156,7 +165,7 @@ impl Op {
                 Unanswered::Transport => {
                     ("transport_error".into(), ToolOutcome::TransportError, now)
                 }
-                Unanswered::Unknown => return,
+                Unanswered::Unknown => return None,
                 Unanswered::Protocol(status) => {
                     let e = status.map_or("no_response".into(), |s| s.as_str().into());
                     (e, ToolOutcome::ProtocolError, now)
@@ -171,7 +180,7 @@ impl Op {
         up.metrics.operation(self.method, &tool, &error, seconds);
         let cancelled = self.ended.is_none() && unanswered == Unanswered::Cancelled;
         if self.tool.is_none() || cancelled {
-            return;
+            return Some((tool, error, at));
         }
         let outcome = if self.unknown && !matches!(self.ended, Some(Ended::Refused(..))) {
             ToolOutcome::UnknownTool
@@ -181,6 +190,7 @@ impl Op {
             outcome
         };
         up.metrics.tool_call(&tool, outcome);
+        Some((tool, error, at))
     }
 }
 
