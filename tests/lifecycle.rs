@@ -203,6 +203,8 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
             "1s",
             "--planner-slow-for",
             "3s",
+            "--tool-change-at",
+            "3s",
         ])
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -232,6 +234,8 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
         "ttft",
         "safety",
         "correctness",
+        "tool-success",
+        "search-latency",
     ] {
         assert!(slo.contains(&format!("{name} ")), "{slo}");
     }
@@ -387,4 +391,20 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     let left = number_after(cascade, "availability budget");
     let had_they = number_after(cascade, "left,");
     assert!(left > had_they, "{cascade}");
+    // MCP: the agent's tool calls, per tool. The slow tool answers (its p99 above its 150 ms),
+    // the flaky one fails as the tool's own error now and then, and the definition the server
+    // changed at 3 s was caught on the next list and its calls held from then on.
+    let tools = stdout
+        .lines()
+        .rfind(|l| l.contains("] tools "))
+        .expect("a tools line");
+    assert!(number_after(tools, "search ok") >= 99.0, "{tools}");
+    let p99 = word_after(tools.split("search ok").nth(1).unwrap(), "p99");
+    let ms: f64 = p99.trim_end_matches("ms").parse().unwrap();
+    assert!(ms >= 150.0, "{tools}");
+    let fetch = number_after(tools, "fetch ok");
+    assert!(fetch > 80.0 && fetch < 100.0, "{tools}");
+    assert!(number_after(tools, "summarize ok") < 100.0, "{tools}");
+    assert!(number_after(tools, "of") >= 30.0, "{tools}");
+    assert_eq!(number_after(tools, "definitions changed"), 1.0, "{tools}");
 }

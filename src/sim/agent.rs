@@ -7,9 +7,11 @@
 //! answers `x-agent-task-status: in_progress` until the last step, then `completed`. With
 //! `"loop": true` the agent is stuck in a reasoning loop: it asks its model again and again (the
 //! same tool call comes back each time) until a call fails or `loop_calls` were made. During the
-//! `stuck` window the agent hangs: it answers nothing until the window ends.
+//! `stuck` window the agent hangs: it answers nothing until the window ends. With an MCP server
+//! (through the sidecar's `mcp` listener), each step also calls one of its tools.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -31,6 +33,9 @@ pub struct AgentSim {
     /// Base URL of another agent this one asks on each step (the sidecar's peers listener),
     /// settable after the agent started; unset: no call.
     pub peer_url: Arc<OnceLock<String>>,
+    /// Base URL of the MCP server the agent calls a tool on after each step's LLM call (the
+    /// sidecar's `mcp` listener), settable after the agent started; unset: no call.
+    pub mcp_url: Arc<OnceLock<String>>,
     /// Time the agent spends on a task besides its LLM call.
     pub work: Duration,
     /// Share of tasks answered 500.
@@ -57,6 +62,7 @@ impl Default for AgentSim {
         AgentSim {
             llm_url: Arc::new(OnceLock::new()),
             peer_url: Arc::new(OnceLock::new()),
+            mcp_url: Arc::new(OnceLock::new()),
             work: Duration::from_millis(5),
             error_rate: 0.0,
             leak_rate: 0.0,
@@ -75,9 +81,11 @@ pub async fn spawn_agent(bind: SocketAddr, sim: AgentSim) -> std::io::Result<Sim
     let rng = Arc::new(SimRng::new(sim.seed));
     let sim = Arc::new(sim);
     let started = tokio::time::Instant::now();
+    let steps = Arc::new(AtomicU64::new(0));
     serve(bind, move |req| {
         let (sim, rng, client) = (sim.clone(), rng.clone(), client.clone());
-        async move { respond(&sim, &rng, &client, req, started).await }
+        let n = steps.fetch_add(1, Ordering::Relaxed);
+        async move { respond(&sim, &rng, &client, req, (started, n)).await }
     })
     .await
 }
@@ -87,7 +95,7 @@ async fn respond(
     rng: &SimRng,
     client: &Client<HttpConnector, Full<Bytes>>,
     req: Request<Incoming>,
-    started: tokio::time::Instant,
+    (started, n): (tokio::time::Instant, u64),
 ) -> Response<SimBody> {
     if req.method() != Method::POST || req.uri().path() != "/v1/tasks" {
         return json(
@@ -127,6 +135,10 @@ async fn respond(
         Ok(status) => status,
         Err(failed) => return failed,
     };
+    if let (Some(url), false) = (sim.mcp_url.get(), step.r#loop) {
+        let url = format!("{url}/mcp");
+        super::mcp::agent_tool_call(client, &url, task_id.as_ref(), n).await;
+    }
     let answer = answer(sim, rng, started);
     let mut r = json(
         StatusCode::OK,

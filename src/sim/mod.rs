@@ -1,9 +1,10 @@
 //! Simulated upstreams: an OpenAI-style LLM provider that streams SSE (with latency and injected
-//! failures) and a simple agent API. The demo runs them; the tests and the load bench use them as
+//! failures), a simple agent API and an MCP tool server. The demo runs them; the tests and the load bench use them as
 //! real HTTP servers on loopback.
 
 mod agent;
 mod judge;
+mod mcp;
 mod provider;
 mod text;
 
@@ -30,6 +31,7 @@ use tokio::task::JoinHandle;
 
 pub use agent::{spawn_agent, AgentSim};
 pub(crate) use judge::{spawn_judge, JudgeSim};
+pub use mcp::{spawn_mcp, McpSim, SIM_TOOLS};
 pub use provider::{spawn_provider, ProviderSim, SeenRequest};
 
 pub type SimBody = BoxBody<Bytes, Infallible>;

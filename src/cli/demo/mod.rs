@@ -22,8 +22,8 @@ mod summary;
 mod traffic;
 mod world;
 use summary::{
-    cascade_line, correctness_line, safety_line, slo_line, summary_line, tasks_line, ChainSummary,
-    LlmSummary,
+    cascade_line, correctness_line, safety_line, slo_line, summary_line, tasks_line, tools_line,
+    ChainSummary, LlmSummary,
 };
 use traffic::{agent_healthz, fire, start_task, Samples, Task, ANTHROPIC_REQUEST, OPENAI_REQUEST};
 use world::{clock_seed, demo_config, World};
@@ -67,6 +67,11 @@ pub struct DemoArgs {
     /// How long the planner stays slow (`0s`: never).
     #[arg(long, value_parser = parse_duration, default_value = "8s")]
     pub planner_slow_for: Duration,
+    /// When the MCP server quietly changes its `summarize` tool's description (a rug pull): the
+    /// next tools/list shows the change, the guard counts it, raises an incident and holds the
+    /// tool (`tool_changes: block`).
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub tool_change_at: Duration,
 }
 
 type DemoClient = Client<HttpConnector, Full<Bytes>>;
@@ -110,6 +115,7 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                         .context("the planner's listener")?
                 ),
                 judge: world.judge.url(),
+                mcp: world.mcp.url(),
             },
         ),
     )?;
@@ -122,13 +128,16 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .listener_addr("egress-anthropic")
         .context("egress-anthropic listener")?;
     let peers = sidecar.listener_addr("peers").context("peers listener")?;
+    let tools = sidecar.listener_addr("tools").context("tools listener")?;
     let _ = world.llm_url.set(format!("http://{egress}"));
     let _ = world.peer_url.set(format!("http://{peers}"));
+    let _ = world.mcp_url.set(format!("http://{tools}"));
     let addrs = Addrs {
         inbound,
         egress,
         anthropic,
         peers,
+        tools,
     };
     print_intro(&args, &world, &sidecar, &addrs);
     drive(&args, &sidecar, &addrs).await;
@@ -144,6 +153,7 @@ struct Addrs {
     egress: SocketAddr,
     anthropic: SocketAddr,
     peers: SocketAddr,
+    tools: SocketAddr,
 }
 
 /// What the demo runs, and where to look.
@@ -160,6 +170,7 @@ fn print_intro(args: &DemoArgs, world: &World, sidecar: &Sidecar, addrs: &Addrs)
         egress,
         anthropic,
         peers,
+        tools,
     } = addrs;
     println!("sloguard demo: simulated agent {} and LLM provider {} speaking OpenAI and Anthropic (3% 500s, 0.5% 429s, SSE streams, 30% tool calls of which 20% hallucinated)", agent.url(), provider.url());
     println!("  inbound           http://{inbound}  (role agent: clients -> agent; the agent calls its LLM through egress)");
@@ -180,6 +191,11 @@ fn print_intro(args: &DemoArgs, world: &World, sidecar: &Sidecar, addrs: &Addrs)
             args.planner_slow_at + args.planner_slow_for
         );
     }
+    println!("  tools             http://{tools}  (role mcp: after each step's LLM call the agent calls a tool on MCP server {}: search (slow, SSE with progress), fetch (one call in 10 fails as the tool's own isError), summarize)", world.mcp.url());
+    println!(
+        "  rug pull the MCP server changes summarize's description at {:?} (it asks for ~/.ssh/id_rsa): the next tools/list shows it, the change is counted and raised (sev2), summarize leaves the list the agent gets and its calls are held (tool_changes: block) until POST /admin/mcp/sim-tools/accept",
+        args.tool_change_at
+    );
     println!(
         "  safety   every answer of the agent and the LLM inspected (emails, card numbers, SSNs, keys); the agent leaks one answer in 400, then a third of them from {:?}: each leak is blocked (403 safety_blocked), and leaks in 5 tasks within 10s trip the kill switch and inbound traffic goes to a human queue {}",
         args.leak_at,
@@ -283,6 +299,7 @@ async fn drive(args: &DemoArgs, sidecar: &Sidecar, addrs: &Addrs) {
                 println!("[{t:>4}s] {}", summary_line("peers", metrics, &mut Vec::new()));
                 println!("[{t:>4}s] {}", cascade_line(metrics, AVAILABILITY_TARGET));
                 println!("[{t:>4}s] {}", correctness_line(metrics));
+                println!("[{t:>4}s] {}", tools_line(metrics));
                 println!("[{t:>4}s] {}", safety_line(metrics));
                 let probe = agent_healthz(&client, &healthz).await;
                 println!("[{t:>4}s] {}", tasks_line(metrics, &probe));

@@ -5,12 +5,13 @@
 use crate::metric_table::{
     AGENT_DISABLED, AGENT_LOOPS_DETECTED, AGENT_REQUESTS_TOTAL, AGENT_RESPONSES_TOTAL,
     AGENT_TASKS_ABANDONED, AGENT_TASKS_COMPLETED, AGENT_TASKS_FAILED, AGENT_TASKS_STARTED,
-    BULKHEAD_REJECTIONS_TOTAL, CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL,
+    AGENT_TOOL_CALLS_TOTAL, BULKHEAD_REJECTIONS_TOTAL, CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL,
     CORRECTNESS_VERDICTS_TOTAL, DEADLINE_EXCEEDED_TOTAL, FALLBACKS_TOTAL, FINISH_REASONS_TOTAL,
     GEN_AI_TIME_TO_FIRST_CHUNK, GEN_AI_TOKEN_USAGE, HALLUCINATED_TOOL_CALLS_TOTAL,
-    JUDGE_SAMPLES_TOTAL, SAFETY_VIOLATIONS_TOTAL, SLO_BUDGET_REMAINING, SLO_BURN_RATE,
-    UPSTREAM_REQUESTS_TOTAL,
+    JUDGE_SAMPLES_TOTAL, MCP_OPERATION_DURATION, MCP_TOOL_CHANGES_TOTAL, SAFETY_VIOLATIONS_TOTAL,
+    SLO_BUDGET_REMAINING, SLO_BURN_RATE, UPSTREAM_REQUESTS_TOTAL,
 };
+use crate::sim::SIM_TOOLS;
 use crate::telemetry::{has_label, Tallies};
 
 /// The LLM line of the summary, from the sidecar's own GenAI metrics: time to first token over
@@ -307,6 +308,39 @@ pub(super) fn correctness_line(t: &Tallies) -> String {
     )
 }
 
+/// The tools line: per tool of the demo's MCP server, the share of its calls that ended `ok`
+/// and its p99 (from the histogram's buckets, over the whole run), and the definition changes
+/// the guard caught.
+pub(super) fn tools_line(t: &Tallies) -> String {
+    let mut parts = Vec::new();
+    for tool in SIM_TOOLS {
+        let named = ("gen_ai_tool_name", tool);
+        let all = total(t, AGENT_TOOL_CALLS_TOTAL, &[named]);
+        let ok = total(t, AGENT_TOOL_CALLS_TOTAL, &[named, ("outcome", "ok")]);
+        let calls = [named, ("mcp_method_name", "tools/call")];
+        let buckets: Vec<(f64, f64)> = t
+            .cumulative(MCP_OPERATION_DURATION, |k| labelled(k, &calls))
+            .into_iter()
+            .map(|(le, n)| (le, n as f64))
+            .collect();
+        let p99 = quantile(0.99, &buckets)
+            .map_or("    -".to_string(), |v| format!("{:>4.0}ms", v * 1000.0));
+        let success = match all {
+            0 => "     -".to_string(),
+            _ => format!("{:>5.1}%", 100.0 * ok as f64 / all as f64),
+        };
+        parts.push(format!("{tool} ok {success} of {all:>4} p99 {p99}"));
+    }
+    let change = |c: &str| total(t, MCP_TOOL_CHANGES_TOTAL, &[("change", c)]);
+    format!(
+        "tools    {} | tool definitions changed {} added {} removed {} (caught on tools/list; held under block)",
+        parts.join(" | "),
+        change("changed"),
+        change("added"),
+        change("removed"),
+    )
+}
+
 /// The SLO line: each SLO's error budget left (of its 30-day window) and its burn rate over the
 /// last 5 minutes and hour, from the sidecar's own `sloguard_slo_*` gauges.
 pub(super) fn slo_line(t: &Tallies) -> String {
@@ -318,6 +352,8 @@ pub(super) fn slo_line(t: &Tallies) -> String {
         "ttft",
         "safety",
         "correctness",
+        "tool-success",
+        "search-latency",
     ] {
         let s = ("slo", slo);
         let remaining = t.gauge_sum(SLO_BUDGET_REMAINING, |k| labelled(k, &[s]));

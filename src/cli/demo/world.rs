@@ -1,5 +1,6 @@
 //! The demo's world: the simulated providers, the support agent, the planner agent behind a
-//! sidecar of its own, the human queue, and the support agent's sidecar config.
+//! sidecar of its own, the human queue, the MCP tool server, and the support agent's sidecar
+//! config.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use super::DemoArgs;
 use crate::config::Config;
 use crate::sidecar::Sidecar;
 use crate::sim::{
-    spawn_agent, spawn_judge, spawn_provider, AgentSim, JudgeSim, ProviderSim, SimServer,
+    spawn_agent, spawn_judge, spawn_mcp, spawn_provider, AgentSim, JudgeSim, McpSim, ProviderSim,
+    SimServer,
 };
 
 /// Where the demo's simulated parts listen.
@@ -24,6 +26,7 @@ pub(super) struct Urls {
     pub(super) queue: String,
     pub(super) planner: String,
     pub(super) judge: String,
+    pub(super) mcp: String,
 }
 
 pub(super) fn demo_config(admin: SocketAddr, token_file: &std::path::Path, urls: &Urls) -> String {
@@ -34,6 +37,7 @@ pub(super) fn demo_config(admin: SocketAddr, token_file: &std::path::Path, urls:
         queue: queue_url,
         planner: planner_url,
         judge: judge_url,
+        mcp: mcp_url,
     } = urls;
     format!(
         "agent: demo-agent
@@ -49,6 +53,7 @@ listeners:
   - {{name: egress, bind: 127.0.0.1:0, role: llm, route: llm}}
   - {{name: egress-anthropic, bind: 127.0.0.1:0, role: llm, route: anthropic}}
   - {{name: peers, bind: 127.0.0.1:0, role: peer, route: planner}}
+  - {{name: tools, bind: 127.0.0.1:0, role: mcp, route: tools}}
 routes:
   agent: {{upstreams: [agent]}}
   llm:
@@ -57,6 +62,7 @@ routes:
     max_replay_body: 1MiB
   anthropic: {{upstreams: [anthropic]}}
   planner: {{upstreams: [planner], max_in_flight: 8}}
+  tools: {{upstreams: [sim-tools]}}
 upstreams:
   agent:
     url: {agent_url}
@@ -81,6 +87,11 @@ upstreams:
   judge:
     url: {judge_url}
     protocol: openai
+  sim-tools:
+    url: {mcp_url}
+    protocol: mcp
+    timeouts: {{first_byte: 5s}}
+mcp: {{tool_changes: block, validate_arguments: record}}
 cascade: {{default_deadline: 2s}}
 slos:
   - {{name: availability, sli: availability, target: {availability}, window: 30d, exclude_dependency_failures: true}}
@@ -89,6 +100,8 @@ slos:
   - {{name: ttft, sli: time_to_first_token, threshold: 0.5s, target: 0.95, window: 30d}}
   - {{name: safety, sli: safety, target: 0.999, window: 30d}}
   - {{name: correctness, sli: correctness, target: 0.9, window: 30d}}
+  - {{name: tool-success, sli: tool_success, target: 0.95, window: 30d}}
+  - {{name: search-latency, sli: tool_latency, tool: search, threshold: 0.5s, target: 0.95, window: 30d}}
 correctness:
   judge: {{upstream: judge, model: judge-mini, sample_ratio: 0.25, max_per_minute: 600}}
 tasks:
@@ -115,10 +128,14 @@ pub(super) struct World {
     pub(super) planner_sidecar: Sidecar,
     /// The judge model grading a sample of the agent's answers.
     pub(super) judge: SimServer,
+    /// The MCP server the agent calls its tools on (through the sidecar's `tools` listener).
+    pub(super) mcp: SimServer,
     /// Where the agent calls its LLM: the sidecar's egress, once it listens.
     pub(super) llm_url: Arc<std::sync::OnceLock<String>>,
     /// Where the agent calls the planner: the sidecar's peers listener, once it listens.
     pub(super) peer_url: Arc<std::sync::OnceLock<String>>,
+    /// Where the agent calls its tools: the sidecar's tools listener, once it listens.
+    pub(super) mcp_url: Arc<std::sync::OnceLock<String>>,
 }
 
 impl World {
@@ -139,6 +156,16 @@ impl World {
             ..AgentSim::default()
         };
         let (llm_url, peer_url) = (agent_sim.llm_url.clone(), agent_sim.peer_url.clone());
+        let mcp_url = agent_sim.mcp_url.clone();
+        let mcp = spawn_mcp(
+            loopback,
+            McpSim {
+                change_at: Some(args.tool_change_at),
+                ..McpSim::default()
+            },
+        )
+        .await
+        .context("starting the simulated MCP server")?;
         let agent = spawn_agent(loopback, agent_sim)
             .await
             .context("starting the simulated agent")?;
@@ -158,8 +185,10 @@ impl World {
             )
             .await
             .context("starting the simulated judge")?,
+            mcp,
             llm_url,
             peer_url,
+            mcp_url,
         })
     }
 }
