@@ -21,6 +21,10 @@
 # are looked up in the correlation table) and "cascade" (solo with `cascade: {}`) add a table of
 # their own, egress GET and POST and an inbound GET, every request carrying a task id and a
 # traceparent: what correlation and cascade cost.
+# MCP tool calls: a `tools/call` through an `mcp` listener against a chat completion through an
+# `llm` listener, each answered as JSON and as SSE by simulated servers that answer at once (the
+# LLM stream: two content chunks; the MCP stream: a progress event, then the result), in
+# instructions per call. `ONLY=calls bash benches/chain_cost.sh` runs this part alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,6 +96,81 @@ run() { # name target method
   after=$(ticks "${PID[$t]}")
   echo "$(( after - before ))" >"$OUT/$name.ticks"
 }
+
+# --- MCP tool calls against LLM calls (callgrind) -----------------------------------------------
+calls_section() {
+  local MCP_UP=18280 LLM_UP=18281 CALLS_PORT=18188 TOOLS_PORT=18189 n=${CG_N:-2000}
+  command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+  cargo build --release --example sim_mcp
+  SIM_FIRST_CHUNK_MS=0 SIM_CHUNK_MS=0 SIM_CHUNKS=2 TOKIO_WORKER_THREADS=1 target/release/examples/sim_upstream 127.0.0.1:$LLM_UP >/dev/null &
+  PIDS+=($!)
+  TOKIO_WORKER_THREADS=1 target/release/examples/sim_mcp 127.0.0.1:$MCP_UP >/dev/null &
+  PIDS+=($!)
+  cat >"$OUT/calls.yaml" <<YAML
+agent: bench
+admin: {bind: 127.0.0.1:18195}
+listeners:
+  - {name: egress, bind: 127.0.0.1:$CALLS_PORT, role: llm, route: llm}
+  - {name: tools, bind: 127.0.0.1:$TOOLS_PORT, role: mcp, route: tools}
+routes:
+  llm: {upstreams: [sim]}
+  tools: {upstreams: [sim-tools]}
+upstreams:
+  sim: {url: http://127.0.0.1:$LLM_UP, protocol: openai}
+  sim-tools: {url: http://127.0.0.1:$MCP_UP, protocol: mcp}
+YAML
+  local chat='{"model":"sim-gpt","messages":[{"role":"user","content":"Summarize the ticket."}]'
+  echo "$chat,\"stream\":false}" >"$OUT/llm-json.json"
+  echo "$chat,\"stream\":true,\"stream_options\":{\"include_usage\":true}}" >"$OUT/llm-sse.json"
+  echo '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"summarize","arguments":{"text":"Summarize the ticket."}}}' >"$OUT/mcp.json"
+  rm -f "$OUT"/cg-calls.out*
+  RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg-calls.out" \
+    target/release/sloguard run --config "$OUT/calls.yaml" 2>"$OUT/cg-calls.log" &
+  local pid=$!
+  PIDS+=($pid)
+  wait_port $LLM_UP; wait_port $MCP_UP
+  for port in $CALLS_PORT $TOOLS_PORT; do for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.2; done; done
+  phase() { # name url body accept
+    local args=(--no-tui -c 4 -m POST -D "$3" -T application/json -H "accept: $4")
+    oha "${args[@]}" -n 300 "$2" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    oha "${args[@]}" -n "$n" "$2" >"$OUT/calls-$1.txt"
+    callgrind_control -d "$1" "$pid" >/dev/null
+  }
+  local llm="http://127.0.0.1:$CALLS_PORT/v1/chat/completions" mcp="http://127.0.0.1:$TOOLS_PORT/mcp"
+  phase LLM_JSON "$llm" "$OUT/llm-json.json" "application/json"
+  phase LLM_SSE "$llm" "$OUT/llm-sse.json" "text/event-stream"
+  phase MCP_JSON "$mcp" "$OUT/mcp.json" "application/json"
+  phase MCP_SSE "$mcp" "$OUT/mcp.json" "text/event-stream"
+  python3 - "$OUT" "$n" <<'PY' | tee -a "$OUT/summary.md"
+import glob, sys
+out, n = sys.argv[1], int(sys.argv[2])
+def per_call(kind):
+    for f in sorted(glob.glob(f"{out}/cg-calls.out.*")):
+        text = open(f).read()
+        if f"Trigger: dump {kind}\n" in text:
+            return int(next(l for l in text.splitlines() if l.startswith("summary:")).split()[1]) / n
+    raise SystemExit(f"no callgrind dump {kind}")
+def ok(kind):
+    text = open(f"{out}/calls-{kind}.txt").read()
+    return "[200]" in text and not any(f"[{c}]" in text for c in ("400", "404", "500", "502", "503"))
+print(f"\nMCP tool calls against LLM calls (callgrind, {n} calls each after a warm-up; one sidecar, one tokio worker):\n")
+print("| answered as | LLM chat completion (`llm`) | MCP `tools/call` (`mcp`) | MCP / LLM |")
+print("|---|---|---|---|")
+for fmt in ["JSON", "SSE"]:
+    l, m = per_call(f"LLM_{fmt}"), per_call(f"MCP_{fmt}")
+    print(f"| {fmt} | {l:.0f} | {m:.0f} | {m / l:.3f} |")
+bad = [k for k in ("LLM_JSON", "LLM_SSE", "MCP_JSON", "MCP_SSE") if not ok(k)]
+if bad:
+    raise SystemExit(f"calls that were not all 200: {bad} (see {out}/calls-*.txt)")
+PY
+}
+if [ "${ONLY:-}" = calls ]; then
+  cleanup
+  PIDS=()
+  calls_section
+  exit 0
+fi
 
 echo "warm-up"
 for t in plain chain; do run warmup-$t $t GET; done
@@ -220,3 +299,8 @@ if baseline:
         b, p, c = (total(t, kind) / n for t in ("baseline", "plain", "chain"))
         print(f"| {kind} | {b:.0f} | {p:.0f} | {p / b:.3f} | {c / b:.3f} |")
 PY
+
+# MCP tool calls against LLM calls.
+cleanup
+PIDS=()
+calls_section

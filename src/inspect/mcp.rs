@@ -25,49 +25,151 @@ pub const MAX_NAME: usize = 256;
 /// Tools read from one `tools/list` page.
 pub const MAX_TOOLS: usize = 1024;
 
-/// A JSON-RPC id, by its JSON text (`1`, `"a-1"`): a response matches the request whose id is
-/// the same text. `null` is no id.
+/// A JSON-RPC id's value: a response matches the request whose id has the same value, however
+/// the server wrote it back (`1.0` for `1`, other escapes in a string).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RpcId(Box<str>);
+enum Key<S> {
+    /// An integral number (`1`, `1.0`, `1e0`).
+    Int(i64),
+    /// Another number, by its bits.
+    Float(u64),
+    Str(S),
+    /// Not an id JSON-RPC allows (an object, `true`): by its text.
+    Other(S),
+}
 
-impl RpcId {
-    /// The id as it was written (JSON text), for a response to carry it back.
-    pub fn as_json(&self) -> &str {
-        &self.0
-    }
+/// A JSON-RPC id as a request wrote it (`1`, `"a-1"`; `null` is no id).
+#[derive(Debug, Clone)]
+pub struct RpcId {
+    /// As written; `None` for an integer written as such (the common case: no allocation).
+    json: Option<Box<str>>,
+    key: Key<Box<str>>,
+}
 
-    fn of(raw: Option<&RawValue>) -> Option<RpcId> {
-        let text = raw?.get().trim();
-        (text != "null" && text.len() <= MAX_NAME).then(|| RpcId(text.into()))
+impl PartialEq for RpcId {
+    fn eq(&self, other: &RpcId) -> bool {
+        self.key == other.key
     }
 }
 
-/// A request the agent sent (a notification has no id: it is no operation).
-#[derive(Clone, PartialEq, Eq)]
-pub struct McpRequest {
-    pub id: Option<RpcId>,
-    pub method: Box<str>,
+impl Eq for RpcId {}
+
+/// An id read from a response, borrowing its body: compared without an allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdRef<'a>(Key<Cow<'a, str>>);
+
+/// The value of an id's JSON text; `None` for `null`, or past [`MAX_NAME`] bytes.
+fn key_of(text: &str) -> Option<Key<Cow<'_, str>>> {
+    let text = text.trim();
+    if text == "null" || text.is_empty() || text.len() > MAX_NAME {
+        return None;
+    }
+    let bytes = text.as_bytes();
+    Some(match bytes[0] {
+        // The common cases without a parser: a plain integer, a string without escapes.
+        b'0'..=b'9' if bytes.len() < 19 && bytes.iter().all(u8::is_ascii_digit) => {
+            Key::Int(text.parse().ok()?)
+        }
+        b'"' if bytes.len() > 1 && bytes[bytes.len() - 1] == b'"' && !text.contains('\\') => {
+            let inner = &text[1..text.len() - 1];
+            if inner.contains('"') || inner.bytes().any(|b| b < 0x20) {
+                return None;
+            }
+            Key::Str(Cow::Borrowed(inner))
+        }
+        b'"' => Key::Str(serde_json::from_str::<Cow<'_, str>>(text).ok()?),
+        b'-' | b'0'..=b'9' => {
+            let n: serde_json::Number = serde_json::from_str(text).ok()?;
+            match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => Key::Int(i),
+                (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Key::Int(f as i64),
+                (None, Some(f)) => Key::Float(f.to_bits()),
+                (None, None) => return None,
+            }
+        }
+        _ => Key::Other(Cow::Borrowed(text)),
+    })
+}
+
+impl RpcId {
+    /// The id as it was written (JSON text), for a response to carry it back.
+    pub fn as_json(&self) -> Cow<'_, str> {
+        match (&self.json, &self.key) {
+            (Some(json), _) => Cow::Borrowed(json),
+            (None, Key::Int(i)) => Cow::Owned(i.to_string()),
+            (None, _) => Cow::Borrowed("null"),
+        }
+    }
+
+    /// The id of this JSON text; `None` for `null`, or past [`MAX_NAME`] bytes.
+    pub fn parse(text: &str) -> Option<RpcId> {
+        let key = match key_of(text)? {
+            Key::Int(i) => Key::Int(i),
+            Key::Float(f) => Key::Float(f),
+            Key::Str(s) => Key::Str(s.into()),
+            Key::Other(s) => Key::Other(s.into()),
+        };
+        let text = text.trim();
+        let plain =
+            matches!(key, Key::Int(_)) && text.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+        Some(RpcId {
+            json: (!plain).then(|| text.into()),
+            key,
+        })
+    }
+
+    /// Whether a response's id is this one.
+    pub fn matches(&self, id: &IdRef<'_>) -> bool {
+        match (&self.key, &id.0) {
+            (Key::Int(a), Key::Int(b)) => a == b,
+            (Key::Float(a), Key::Float(b)) => a == b,
+            (Key::Str(a), Key::Str(b)) | (Key::Other(a), Key::Other(b)) => **a == **b,
+            _ => false,
+        }
+    }
+}
+
+impl<'a> IdRef<'a> {
+    fn of(raw: Option<&'a RawValue>) -> Option<IdRef<'a>> {
+        key_of(raw?.get()).map(IdRef)
+    }
+}
+
+/// A request the agent sent (a notification has no id: it is no operation), borrowing its body.
+#[derive(Clone)]
+pub struct McpRequest<'a> {
+    pub id: Option<&'a RawValue>,
+    pub method: Cow<'a, str>,
     /// `tools/call`: the tool's name.
-    pub tool: Option<Box<str>>,
+    pub tool: Option<Cow<'a, str>>,
     /// `tools/call`: the arguments' JSON text, as sent (`None` when absent).
-    pub arguments: Option<Box<str>>,
+    pub arguments: Option<&'a str>,
     /// The request names a `cursor`: a later page of a list.
     pub cursor: bool,
 }
 
 /// The arguments by their size only: they are what the model sent a tool.
-impl std::fmt::Debug for McpRequest {
+impl std::fmt::Debug for McpRequest<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("McpRequest")
-            .field("id", &self.id)
+            .field("id", &self.id.map(RawValue::get))
             .field("method", &self.method)
             .field("tool", &self.tool)
-            .field("arguments", &self.arguments.as_ref().map(|a| a.len()))
+            .field("arguments", &self.arguments.map(str::len))
             .field("cursor", &self.cursor)
             .finish()
     }
 }
 
+impl McpRequest<'_> {
+    /// Its id, for the operation it begins (`None`: a notification).
+    pub fn rpc_id(&self) -> Option<RpcId> {
+        RpcId::parse(self.id?.get())
+    }
+}
+
+/// A JSON-RPC message, read in one pass: what a request's `params` and a response's `result`
+/// say is read as they pass (MCP's are objects), the rest skipped.
 #[derive(Deserialize)]
 struct RawMessage<'a> {
     #[serde(default, borrow)]
@@ -77,11 +179,24 @@ struct RawMessage<'a> {
     #[serde(default, borrow)]
     method: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    params: Option<&'a RawValue>,
+    params: Option<Params<'a>>,
     #[serde(default, borrow)]
-    result: Option<&'a RawValue>,
+    result: Option<CallResult<'a>>,
     #[serde(default, borrow)]
     error: Option<RawError<'a>>,
+}
+
+/// A message's `result` kept as its text: a `tools/list` result is read from it.
+#[derive(Deserialize)]
+struct ResultText<'a> {
+    #[serde(default, borrow)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    result: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -92,16 +207,13 @@ struct RawError<'a> {
     message: Option<Cow<'a, str>>,
 }
 
+/// A request's `params`, read once: a call's tool and arguments, a list's cursor.
 #[derive(Deserialize)]
-struct CallParams<'a> {
+struct Params<'a> {
     #[serde(default, borrow)]
     name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     arguments: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct PageParams<'a> {
     #[serde(default, borrow)]
     cursor: Option<&'a RawValue>,
 }
@@ -114,49 +226,78 @@ struct CallResult<'a> {
     result_type: Option<Cow<'a, str>>,
 }
 
-/// The JSON-RPC messages of a body: one object, or a batch (its first [`MAX_BATCH`]). `None`
-/// when the body is not JSON-RPC.
-fn messages(body: &[u8]) -> Option<Vec<RawMessage<'_>>> {
+/// A message's `jsonrpc` member.
+trait Versioned {
+    fn is_rpc(&self) -> bool;
+}
+
+impl Versioned for RawMessage<'_> {
+    fn is_rpc(&self) -> bool {
+        self.jsonrpc.as_deref() == Some("2.0")
+    }
+}
+
+impl Versioned for ResultText<'_> {
+    fn is_rpc(&self) -> bool {
+        self.jsonrpc.as_deref() == Some("2.0")
+    }
+}
+
+/// Each JSON-RPC message of a body — one object, or a batch (its first [`MAX_BATCH`]) — to `f`.
+/// `None` when the body is not JSON-RPC.
+fn each_message<'a, M>(body: &'a [u8], mut f: impl FnMut(M)) -> Option<()>
+where
+    M: Deserialize<'a> + Versioned,
+{
     let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
-    let all: Vec<RawMessage<'_>> = match first {
-        b'[' => {
-            let batch: Vec<&RawValue> = serde_json::from_slice(body).ok()?;
-            let read = batch.iter().take(MAX_BATCH);
-            read.filter_map(|m| serde_json::from_str(m.get()).ok())
-                .collect()
+    if *first == b'[' {
+        let batch: Vec<&'a RawValue> = serde_json::from_slice(body).ok()?;
+        for m in batch.iter().take(MAX_BATCH) {
+            match serde_json::from_str::<M>(m.get()) {
+                Ok(m) if m.is_rpc() => f(m),
+                _ => {}
+            }
         }
-        _ => vec![serde_json::from_slice(body).ok()?],
-    };
-    let rpc = |m: &RawMessage<'_>| m.jsonrpc.as_deref() == Some("2.0");
-    Some(all.into_iter().filter(rpc).collect())
+        return Some(());
+    }
+    let m: M = serde_json::from_slice(body).ok()?;
+    if m.is_rpc() {
+        f(m);
+    }
+    Some(())
 }
 
 fn bounded(s: &str) -> Box<str> {
     crate::prefix_at_char(s, MAX_NAME).into()
 }
 
-/// The requests (and notifications) of a POSTed body; `None` when it is not JSON-RPC.
-pub fn parse_requests(body: &[u8]) -> Option<Vec<McpRequest>> {
-    let all = messages(body)?;
-    let requests = all.into_iter().filter_map(|m| {
-        let method = m.method.as_deref()?;
-        let call = (method == "tools/call")
-            .then(|| serde_json::from_str::<CallParams<'_>>(m.params?.get()).ok())
-            .flatten();
-        let cursor = m
-            .params
-            .and_then(|p| serde_json::from_str::<PageParams<'_>>(p.get()).ok())
-            .and_then(|p| p.cursor)
-            .is_some_and(|c| c.get().trim() != "null");
-        Some(McpRequest {
-            id: RpcId::of(m.id),
-            method: bounded(method),
-            tool: call.as_ref().and_then(|c| c.name.as_deref()).map(bounded),
-            arguments: call.and_then(|c| c.arguments).map(|a| a.get().into()),
+/// Each request (and notification) of a POSTed body, to `f`; `false` when it is not JSON-RPC.
+pub fn each_request<'a>(body: &'a [u8], mut f: impl FnMut(McpRequest<'a>)) -> bool {
+    each_message(body, |m: RawMessage<'a>| {
+        let Some(method) = m.method else {
+            return;
+        };
+        let (tool, arguments, cursor) = match m.params {
+            Some(p) if &*method == "tools/call" => (p.name, p.arguments.map(RawValue::get), false),
+            Some(p) => (
+                None,
+                None,
+                p.cursor.is_some_and(|c| c.get().trim() != "null"),
+            ),
+            None => (None, None, false),
+        };
+        f(McpRequest {
+            id: m.id,
+            tool: tool.map(|t| match t {
+                Cow::Borrowed(t) => Cow::Borrowed(crate::prefix_at_char(t, MAX_NAME)),
+                Cow::Owned(t) => Cow::Owned(crate::prefix_at_char(&t, MAX_NAME).to_owned()),
+            }),
+            method,
+            arguments,
             cursor,
         })
-    });
-    Some(requests.collect())
+    })
+    .is_some()
 }
 
 /// What a response says.
@@ -173,42 +314,44 @@ pub enum Answer {
     InputRequired,
 }
 
-/// One message from the server, in a JSON body or an SSE event.
+/// One message from the server, in a JSON body or an SSE event, borrowing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerMessage {
+pub enum ServerMessage<'a> {
     /// The response to the request with this id: it ends that operation (unless it asks for
     /// input).
-    Response { id: Option<RpcId>, answer: Answer },
+    Response {
+        id: Option<IdRef<'a>>,
+        answer: Answer,
+    },
     /// A notification (progress, log) or a request of the server's: it ends nothing.
     Other,
 }
 
-/// The messages of a server's JSON body or of one SSE event's data; `None` when it is not
-/// JSON-RPC.
-pub fn parse_server_messages(body: &[u8]) -> Option<Vec<ServerMessage>> {
-    let all = messages(body)?;
-    Some(all.iter().map(server_message).collect())
+/// Each message of a server's JSON body or of one SSE event's data, to `f`; `false` when it is
+/// not JSON-RPC.
+pub fn each_server_message<'a>(body: &'a [u8], mut f: impl FnMut(ServerMessage<'a>)) -> bool {
+    each_message(body, |m: RawMessage<'a>| f(server_message(&m))).is_some()
 }
 
-fn server_message(m: &RawMessage<'_>) -> ServerMessage {
+fn server_message<'a>(m: &RawMessage<'a>) -> ServerMessage<'a> {
     if m.method.is_some() {
         return ServerMessage::Other;
     }
-    let answer = match (&m.error, m.result) {
+    let answer = match (&m.error, &m.result) {
         (Some(e), _) => Answer::Error {
             code: e.code.unwrap_or(0),
             unknown_tool: e.code == Some(-32602)
                 && e.message.as_deref().is_some_and(names_unknown_tool),
         },
-        (None, Some(result)) => match serde_json::from_str::<CallResult<'_>>(result.get()) {
-            Ok(r) if r.result_type.as_deref() == Some("input_required") => Answer::InputRequired,
-            Ok(r) if r.is_error == Some(true) => Answer::ToolError,
-            _ => Answer::Ok,
-        },
+        (None, Some(r)) if r.result_type.as_deref() == Some("input_required") => {
+            Answer::InputRequired
+        }
+        (None, Some(r)) if r.is_error == Some(true) => Answer::ToolError,
+        (None, Some(_)) => Answer::Ok,
         (None, None) => return ServerMessage::Other,
     };
     ServerMessage::Response {
-        id: RpcId::of(m.id),
+        id: IdRef::of(m.id),
         answer,
     }
 }
@@ -296,11 +439,14 @@ pub fn parse_tool_list(result: &[u8]) -> Option<ToolList> {
 /// The `result` of the response in a server's message body, by the request's id: the JSON text
 /// a `tools/list` result is read from.
 pub fn result_of<'a>(body: &'a [u8], id: &RpcId) -> Option<&'a str> {
-    let all = messages(body)?;
-    all.into_iter()
-        .find(|m| m.method.is_none() && RpcId::of(m.id).as_ref() == Some(id))
-        .and_then(|m| m.result)
-        .map(RawValue::get)
+    let mut found = None;
+    each_message(body, |m: ResultText<'a>| {
+        let ours = m.method.is_none() && IdRef::of(m.id).is_some_and(|i| id.matches(&i));
+        if ours && found.is_none() {
+            found = m.result.map(RawValue::get);
+        }
+    })?;
+    found
 }
 
 /// The response to `id` in `message` (one JSON-RPC object) with the tools `hide` says so taken
@@ -312,7 +458,10 @@ pub fn without_tools(message: &[u8], id: &RpcId, hide: &dyn Fn(&str) -> bool) ->
     fn member<'a>(m: &[(String, &'a RawValue)], key: &str) -> Option<&'a str> {
         m.iter().find(|(k, _)| k == key).map(|(_, v)| v.get())
     }
-    if member(&top, "id").map(str::trim) != Some(id.as_json()) {
+    let same = member(&top, "id")
+        .and_then(key_of)
+        .is_some_and(|k| id.matches(&IdRef(k)));
+    if !same {
         return None;
     }
     let result = members(member(&top, "result")?.as_bytes())?;
@@ -337,12 +486,41 @@ pub fn without_tools(message: &[u8], id: &RpcId, hide: &dyn Fn(&str) -> bool) ->
 mod tests {
     use super::*;
 
+    /// A request as the tests look at it.
+    #[derive(Debug, PartialEq)]
+    struct Req {
+        id: Option<RpcId>,
+        method: String,
+        tool: Option<String>,
+        arguments: Option<String>,
+        cursor: bool,
+    }
+
+    fn parse_requests(body: &[u8]) -> Option<Vec<Req>> {
+        let mut all = Vec::new();
+        let parsed = each_request(body, |r| {
+            all.push(Req {
+                id: r.rpc_id(),
+                method: r.method.to_string(),
+                tool: r.tool.map(|t| t.to_string()),
+                arguments: r.arguments.map(str::to_owned),
+                cursor: r.cursor,
+            })
+        });
+        parsed.then_some(all)
+    }
+
+    fn parse_server_messages(body: &[u8]) -> Option<Vec<ServerMessage<'_>>> {
+        let mut all = Vec::new();
+        each_server_message(body, |m| all.push(m)).then_some(all)
+    }
+
     #[test]
     fn requests_calls_and_notifications() {
         let call = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search","arguments":{"q":"sre","n":3}}}"#;
         let r = parse_requests(call).unwrap();
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].id, Some(RpcId("7".into())));
+        assert_eq!(r[0].id, Some(RpcId::parse("7").unwrap()));
         assert_eq!(&*r[0].method, "tools/call");
         assert_eq!(r[0].tool.as_deref(), Some("search"));
         assert_eq!(r[0].arguments.as_deref(), Some(r#"{"q":"sre","n":3}"#));
@@ -352,8 +530,8 @@ mod tests {
         // A batch: its requests, not what is not JSON-RPC 2.0 in it.
         let batch = br#"[{"jsonrpc":"2.0","id":"a","method":"tools/list"},{"id":2,"method":"x"},{"jsonrpc":"2.0","id":"b","method":"ping"}]"#;
         let r = parse_requests(batch).unwrap();
-        let ids: Vec<_> = r.iter().map(|m| m.id.clone().unwrap().0).collect();
-        assert_eq!(ids, [r#""a""#.into(), r#""b""#.into()] as [Box<str>; 2]);
+        let ids: Vec<_> = r.iter().map(|m| m.id.clone().unwrap()).collect();
+        assert_eq!(ids, [r#""a""#, r#""b""#].map(|i| RpcId::parse(i).unwrap()));
         // Not JSON-RPC at all.
         assert_eq!(parse_requests(b"hello"), None);
         assert_eq!(parse_requests(br#"{"id":1,"method":"x"}"#), Some(vec![]));
@@ -361,8 +539,10 @@ mod tests {
 
     #[test]
     fn what_responses_say() {
-        let one = |body: &str| parse_server_messages(body.as_bytes()).unwrap().remove(0);
-        let id = Some(RpcId("1".into()));
+        fn one(body: &str) -> ServerMessage<'_> {
+            parse_server_messages(body.as_bytes()).unwrap().remove(0)
+        }
+        let id = Some(IdRef(Key::Int(1)));
         let ok =
             one(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"x"}]}}"#);
         assert_eq!(
@@ -447,16 +627,36 @@ mod tests {
         // The result is found by the request's id in the body it came in.
         let body = br#"{"jsonrpc":"2.0","id":"l1","result":{"tools":[]}}"#;
         assert_eq!(
-            result_of(body, &RpcId(r#""l1""#.into())),
+            result_of(body, &RpcId::parse(r#""l1""#).unwrap()),
             Some(r#"{"tools":[]}"#)
         );
-        assert_eq!(result_of(body, &RpcId("1".into())), None);
+        assert_eq!(result_of(body, &RpcId::parse("1").unwrap()), None);
+    }
+
+    #[test]
+    fn ids_match_by_value_however_written_back() {
+        let id = |t: &str| RpcId::parse(t).unwrap();
+        assert_eq!(id("1"), id("1.0"));
+        assert_eq!(id("1"), id("1e0"));
+        assert_eq!(id(" 7 "), id("7"));
+        assert_ne!(id("1"), id(r#""1""#));
+        assert_eq!(id(r#""a/b""#), id(r#""a\/b""#));
+        assert_eq!(id(r#""é""#), id(r#""\u00e9""#));
+        assert_ne!(id("1"), id("2"));
+        assert_eq!(id("1.5"), id("1.50"));
+        // As written, for the answer to carry back.
+        assert_eq!(id("1.0").as_json(), "1.0");
+        assert_eq!(RpcId::parse("null"), None);
+        assert_eq!(RpcId::parse(&"9".repeat(MAX_NAME + 1)), None);
+        // A response that wrote the id otherwise still finds its result.
+        let body = br#"{"jsonrpc":"2.0","id":3.0,"result":{"tools":[]}}"#;
+        assert_eq!(result_of(body, &id("3")), Some(r#"{"tools":[]}"#));
     }
 
     #[test]
     fn hidden_tools_are_taken_out_of_the_list_and_nothing_else_moves() {
         let list = br#"{"jsonrpc":"2.0", "id":3, "result":{"tools":[{"name":"a","inputSchema":{"type":"object"}}, {"name":"b"},{"name":"c","description":"x"}],"nextCursor":"p2"}}"#;
-        let id = RpcId("3".into());
+        let id = RpcId::parse("3").unwrap();
         let out = without_tools(list, &id, &|n| n == "b").unwrap();
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
@@ -467,7 +667,10 @@ mod tests {
         assert!(page.more);
         // Nothing hidden, another id, not a list, a batch: no rewrite.
         assert_eq!(without_tools(list, &id, &|_| false), None);
-        assert_eq!(without_tools(list, &RpcId("4".into()), &|_| true), None);
+        assert_eq!(
+            without_tools(list, &RpcId::parse("4").unwrap(), &|_| true),
+            None
+        );
         let call = br#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#;
         assert_eq!(without_tools(call, &id, &|_| true), None);
         let batch = [b"[".as_slice(), list, b"]"].concat();

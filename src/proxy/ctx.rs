@@ -178,8 +178,11 @@ impl RequestCtx {
         body: Result<&[u8], Unparsed>,
     ) -> Option<Refusal> {
         let (l, at) = (&self.listener, self.received);
-        let refusal = self.mcp.request(l.mcp.as_ref(), headers, body, at);
-        if let (Some(guard), Some(calls)) = (&l.loop_guard, self.mcp.tool_calls()) {
+        let guard = l.loop_guard.as_deref().filter(|g| g.counts_tool_calls());
+        let refusal = self
+            .mcp
+            .request(l.mcp.as_ref(), headers, body, at, guard.is_some());
+        if let (Some(guard), Some(calls)) = (guard, self.mcp.tool_calls()) {
             guard.tool_calls(headers, calls, at);
         }
         refusal

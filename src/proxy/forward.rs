@@ -119,7 +119,7 @@ fn request_filter(
     ctx.cascade(&headers)?;
     let llm_role = listener.role == Role::Llm;
     let mcp = listener.role == Role::Mcp;
-    let session_bound = mcp && headers.contains_key(MCP_SESSION_ID);
+    let session_bound = mcp && headers.contains_key(&MCP_SESSION_ID);
     let mcp_post = mcp && method == Method::POST;
     let client = Client {
         method,
@@ -139,7 +139,7 @@ fn request_filter(
 }
 
 /// The header naming an MCP session.
-const MCP_SESSION_ID: &str = "mcp-session-id";
+static MCP_SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
 
 /// An `mcp` listener's POST, read ahead: its operations begin, and under `block` a call may be
 /// answered by the sidecar.

@@ -317,12 +317,17 @@ impl Tasks {
         }
     }
 
+    /// Whether the loop guard counts repeated tool calls (`max_repeated_tool_calls`).
+    pub fn counts_tool_calls(&self) -> bool {
+        self.loops.limits().max_repeated_tool_calls > 0
+    }
+
     /// An MCP request with these headers made tool calls (their fingerprint as a set, `None`:
     /// one cannot be known): the loop guard counts the same calls in a row
     /// (`max_repeated_tool_calls`). A task found looping so has its next LLM calls refused under
     /// `loop_action: block`.
     pub fn tool_calls(&self, headers: &HeaderMap, calls: Option<u64>, now: Instant) {
-        if self.loops.limits().max_repeated_tool_calls == 0 {
+        if !self.counts_tool_calls() {
             return;
         }
         let Some(key) = self.key(headers) else {

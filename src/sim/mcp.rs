@@ -1,5 +1,6 @@
 //! A simulated MCP server (Streamable HTTP, stateless requests answered as JSON, or as an SSE
-//! stream with a progress notification before the result): three tools for the demo's agent —
+//! stream with a progress notification before the result — `search` whenever the client takes
+//! SSE, every call when it takes only SSE): three tools for the demo's agent —
 //! `search`, slow; `fetch`, flaky (a share of its calls answer `isError: true`); `summarize`,
 //! whose definition the server quietly changes after `change_at` (a rug pull). And the agent's
 //! side: one step's tool call, carrying its task id.
@@ -65,11 +66,17 @@ async fn respond(
         // No GET stream, no sessions to end: a stateless server.
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
-    let sse = req
+    let accept = req
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/event-stream"));
+        .unwrap_or("");
+    // A client that takes both gets SSE for `search` (its progress); one that takes only SSE
+    // gets every call so.
+    let (sse, only_sse) = (
+        accept.contains("text/event-stream"),
+        !accept.contains("application/json"),
+    );
     let Ok(body) = req.into_body().collect().await else {
         return status(StatusCode::BAD_REQUEST);
     };
@@ -97,8 +104,9 @@ async fn respond(
             let name = params["name"].as_str().unwrap_or("");
             let text = |t: &str| json!({"content": [{"type": "text", "text": t}]});
             match name {
-                "search" if sse => {
-                    return search_stream(sim.search_delay, answer(text("3 results")))
+                "search" if sse => return stream(sim.search_delay, answer(text("3 results"))),
+                "summarize" if sse && only_sse => {
+                    return stream(Duration::ZERO, answer(text("a summary")))
                 }
                 "search" => {
                     tokio::time::sleep(sim.search_delay).await;
@@ -137,8 +145,8 @@ fn tools(changed: bool) -> Value {
     ])
 }
 
-/// `search` over SSE: a progress notification at once, the result after `delay`.
-fn search_stream(delay: Duration, result: Value) -> Response<SimBody> {
+/// A call answered over SSE: a progress notification at once, the result after `delay`.
+fn stream(delay: Duration, result: Value) -> Response<SimBody> {
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
         let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1, "total": 2}});

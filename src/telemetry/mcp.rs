@@ -102,17 +102,49 @@ const CODES: &[i64] = &[
     -32700, -32600, -32601, -32602, -32603, -32000, -32001, -32002, -32042,
 ];
 
-/// A JSON-RPC error code as an `error_type` value: a known code by number, any other `other`
-/// (a server choosing codes freely must not multiply the series).
-pub fn code_label(code: i64) -> Arc<str> {
-    if CODES.contains(&code) {
-        code.to_string().into()
-    } else {
-        "other".into()
+/// An operation's `error_type`: none, a fixed name, a JSON-RPC code (one of [`CODES`]; any
+/// other is `other`: a server choosing codes freely must not multiply the series), or an HTTP
+/// status. Hashed and compared without an allocation; its text is made when a series is
+/// registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    None,
+    Named(&'static str),
+    Code(i64),
+    Status(u16),
+}
+
+impl ErrorType {
+    /// A JSON-RPC error code.
+    pub fn code(code: i64) -> ErrorType {
+        if CODES.contains(&code) {
+            ErrorType::Code(code)
+        } else {
+            ErrorType::Named("other")
+        }
+    }
+
+    pub fn text(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            ErrorType::None => "".into(),
+            ErrorType::Named(n) => n.into(),
+            ErrorType::Code(c) => c.to_string().into(),
+            ErrorType::Status(s) => s.to_string().into(),
+        }
+    }
+
+    pub fn is_none(self) -> bool {
+        self == ErrorType::None
     }
 }
 
-type OpKey = (&'static str, Arc<str>, Arc<str>);
+/// The tool label of an operation that calls no tool.
+pub fn no_tool() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "".into());
+    EMPTY.clone()
+}
+
+type OpKey = (&'static str, Arc<str>, ErrorType, Option<ToolOutcome>);
 
 /// One MCP upstream's handles.
 #[derive(Debug)]
@@ -120,8 +152,8 @@ pub struct McpMetrics {
     telemetry: Telemetry,
     agent: String,
     upstream: String,
-    operations: RwLock<HashMap<OpKey, Histogram>>,
-    calls: RwLock<HashMap<(Arc<str>, ToolOutcome), Counter>>,
+    /// Per series: the operation's histogram and, for a `tools/call`, its outcome's counter.
+    operations: RwLock<HashMap<OpKey, (Histogram, Option<Counter>)>>,
     changes: [Counter; 3],
     /// `[unknown_tool, invalid_arguments]`.
     hallucinated: [Counter; 2],
@@ -141,7 +173,6 @@ impl McpMetrics {
             agent: agent.to_owned(),
             upstream: upstream.to_owned(),
             operations: RwLock::default(),
-            calls: RwLock::default(),
             changes: [ToolChange::Changed, ToolChange::Added, ToolChange::Removed]
                 .map(|c| with(MCP_TOOL_CHANGES_TOTAL, "change", c.as_str())),
             hallucinated: ["unknown_tool", "invalid_arguments"]
@@ -158,49 +189,47 @@ impl McpMetrics {
     }
 
     /// One operation of `method` (a label value), for tool `tool` (empty: not a call), that took
-    /// `seconds` and ended with `error_type` (empty: none).
-    pub fn operation(&self, method: &'static str, tool: &Arc<str>, error: &Arc<str>, seconds: f64) {
-        let key = (method, tool.clone(), error.clone());
-        if let Some(h) = self
+    /// `seconds` and ended with `error`; a `tools/call` that ended as `call` is counted too. One
+    /// lookup finds both handles of a series seen before.
+    pub fn operation(
+        &self,
+        method: &'static str,
+        tool: &Arc<str>,
+        error: ErrorType,
+        seconds: f64,
+        call: Option<ToolOutcome>,
+    ) {
+        let key = (method, tool.clone(), error, call);
+        let found = self
             .operations
             .read()
             .ok()
-            .and_then(|m| m.get(&key).cloned())
-        {
-            h.record(seconds);
-            return;
-        }
-        let mut labels = self.labels();
-        labels.push(Label::from_static_parts("mcp_method_name", method));
-        labels.push(Label::new("gen_ai_tool_name", tool.to_string()));
-        labels.push(Label::new("error_type", error.to_string()));
-        let h = self.telemetry.histogram(MCP_OPERATION_DURATION, labels);
-        h.record(seconds);
-        if let Ok(mut m) = self.operations.write() {
-            m.insert(key, h);
-        }
-    }
-
-    /// A `tools/call` of `tool` (a label value) ended as `outcome`.
-    pub fn tool_call(&self, tool: &Arc<str>, outcome: ToolOutcome) {
-        let key = (tool.clone(), outcome);
-        let found = self.calls.read().ok().and_then(|m| m.get(&key).cloned());
-        let counter = found.unwrap_or_else(|| {
+            .and_then(|m| m.get(&key).cloned());
+        let (histogram, counter) = found.unwrap_or_else(|| {
             let mut labels = self.labels();
             labels.push(Label::new("gen_ai_tool_name", tool.to_string()));
-            labels.push(Label::from_static_parts("outcome", outcome.as_str()));
-            let c = self.telemetry.counter(AGENT_TOOL_CALLS_TOTAL, labels);
-            if let Ok(mut m) = self.calls.write() {
-                m.insert(key, c.clone());
+            let counter = call.map(|outcome| {
+                let mut labels = labels.clone();
+                labels.push(Label::from_static_parts("outcome", outcome.as_str()));
+                self.telemetry.counter(AGENT_TOOL_CALLS_TOTAL, labels)
+            });
+            labels.push(Label::from_static_parts("mcp_method_name", method));
+            labels.push(Label::new("error_type", error.text()));
+            let handles = (
+                self.telemetry.histogram(MCP_OPERATION_DURATION, labels),
+                counter,
+            );
+            if let Ok(mut m) = self.operations.write() {
+                m.insert(key, handles.clone());
             }
-            c
+            handles
         });
-        counter.increment(1);
-        if matches!(
-            outcome,
-            ToolOutcome::UnknownTool | ToolOutcome::InvalidArguments
-        ) {
-            let i = usize::from(outcome == ToolOutcome::InvalidArguments);
+        histogram.record(seconds);
+        if let Some(c) = counter {
+            c.increment(1);
+        }
+        if let Some(o @ (ToolOutcome::UnknownTool | ToolOutcome::InvalidArguments)) = call {
+            let i = usize::from(o == ToolOutcome::InvalidArguments);
             self.hallucinated[i].increment(1);
         }
     }

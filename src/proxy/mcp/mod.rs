@@ -146,24 +146,22 @@ pub(crate) struct McpState {
 type Rewrite = (Box<[u8]>, Vec<u8>);
 
 impl McpState {
-    /// The request arrived with `body` (`Err`: why it could not be read); `hop` is the upstream
-    /// it will go to first. Under `block`, a call the sidecar answers itself is returned.
+    /// The request arrived with `body` (`Err`: why it could not be read); `loops`: the loop guard
+    /// counts its tool calls. Under `block`, a call the sidecar answers itself is returned.
     pub(crate) fn request(
         &mut self,
         lm: Option<&ListenerMcp>,
         headers: &HeaderMap,
         body: Result<&[u8], Unparsed>,
         received: Instant,
+        loops: bool,
     ) -> Option<Refusal> {
         let lm = lm?;
-        self.version = headers.get("mcp-protocol-version").cloned();
+        static VERSION: http::HeaderName = http::HeaderName::from_static("mcp-protocol-version");
+        self.version = headers.get(&VERSION).cloned();
         let up = lm.upstream(0);
-        let requests = match body.map(rpc::parse_requests) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                up.metrics.unparsed(Unparsed::RequestInvalidJson);
-                return None;
-            }
+        let body = match body {
+            Ok(body) => body,
             Err(why) => {
                 up.metrics.unparsed(why);
                 return None;
@@ -172,14 +170,16 @@ impl McpState {
         self.received = Some(received);
         // A batch (even of one) is counted, never answered by the sidecar: its answer would have
         // to be a batch too.
-        let batch = body.is_ok_and(|b| b.trim_ascii_start().first() == Some(&b'['));
-        let single = requests.len() == 1 && !batch;
-        for r in requests {
-            let Some(id) = r.id else { continue };
-            let print = r.tool.as_deref().map(|name| {
+        let single = body.trim_ascii_start().first() != Some(&b'[');
+        let (ops, mut refusal) = (&mut self.ops, None);
+        let parsed = rpc::each_request(body, |r| {
+            let Some(id) = r.rpc_id().filter(|_| refusal.is_none()) else {
+                return;
+            };
+            // The loop guard's fingerprint, only when it counts tool calls.
+            let print = r.tool.as_deref().filter(|_| loops).map(|name| {
                 let args = r
                     .arguments
-                    .as_deref()
                     .map_or(Arguments::Absent, |a| Arguments::Json(a.as_bytes()));
                 fingerprint(name, args).hash
             });
@@ -187,20 +187,20 @@ impl McpState {
                 id,
                 print,
                 method: method_label(&r.method),
-                tool: r.tool,
+                tool: r.tool.as_deref().map(Box::from),
                 list_first: (&*r.method == "tools/list").then_some(!r.cursor),
                 unknown: false,
                 invalid: false,
                 ended: None,
                 suspended: false,
             };
-            let refusal = op.check(lm, up, r.arguments.as_deref(), single, received);
-            self.ops.push(op);
-            if refusal.is_some() {
-                return refusal;
-            }
+            refusal = op.check(lm, up, r.arguments, single, received);
+            ops.push(op);
+        });
+        if !parsed {
+            up.metrics.unparsed(Unparsed::RequestInvalidJson);
         }
-        None
+        refusal
     }
 
     /// The request's `tools/call`s as one set of calls for the loop guard (name and canonical
@@ -405,25 +405,24 @@ fn read(
     now: Instant,
     mut rewrites: Option<&mut Vec<Rewrite>>,
 ) -> bool {
-    let Some(messages) = rpc::parse_server_messages(message) else {
-        up.metrics.unparsed(Unparsed::ResponseInvalidJson);
-        return false;
-    };
-    for m in messages {
+    let parsed = rpc::each_server_message(message, |m| {
         let ServerMessage::Response {
             id: Some(id),
             answer,
         } = m
         else {
-            continue;
+            return;
         };
-        let Some(op) = ops.iter_mut().find(|o| o.id == id && o.ended.is_none()) else {
-            continue;
+        let Some(op) = ops
+            .iter_mut()
+            .find(|o| o.ended.is_none() && o.id.matches(&id))
+        else {
+            return;
         };
         let kind = match answer {
             Answer::InputRequired => {
                 op.suspended = true;
-                continue;
+                return;
             }
             Answer::Ok => AnswerKind::Ok,
             Answer::ToolError => AnswerKind::ToolError,
@@ -438,8 +437,11 @@ fn read(
                 }
             }
         }
+    });
+    if !parsed {
+        up.metrics.unparsed(Unparsed::ResponseInvalidJson);
     }
-    true
+    parsed
 }
 
 /// A `tools/list` result: the upstream's book takes the page; changes against the pin are counted

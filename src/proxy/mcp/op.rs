@@ -12,7 +12,7 @@ use super::{ListenerMcp, McpUpstream, Refusal};
 use crate::config::McpAction;
 use crate::inspect::mcp::RpcId;
 use crate::sli::UpstreamOutcome;
-use crate::telemetry::mcp::{code_label, ToolOutcome};
+use crate::telemetry::mcp::{no_tool, ErrorType, ToolOutcome};
 
 /// How an operation's response ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,55 +141,60 @@ impl Op {
         unanswered: Unanswered,
         received: Instant,
         now: Instant,
-    ) -> Option<(Arc<str>, Arc<str>, Instant)> {
+    ) -> Option<(Arc<str>, ErrorType, Instant)> {
         if self.suspended || (self.ended.is_none() && unanswered == Unanswered::Unknown) {
             return None;
         }
-        let (error, outcome, at): (Arc<str>, ToolOutcome, Instant) = match self.ended {
+        let named = ErrorType::Named;
+        let (error, outcome, at) = match self.ended {
             Some(Ended::Answered(kind, at)) => match kind {
-                AnswerKind::Ok => ("".into(), ToolOutcome::Ok, at),
-                AnswerKind::ToolError => ("tool_error".into(), ToolOutcome::ToolError, at),
+                AnswerKind::Ok => (ErrorType::None, ToolOutcome::Ok, at),
+                AnswerKind::ToolError => (named("tool_error"), ToolOutcome::ToolError, at),
                 AnswerKind::Error { code, unknown_tool } => {
                     let o = if unknown_tool {
                         ToolOutcome::UnknownTool
                     } else {
                         ToolOutcome::ProtocolError
                     };
-                    (code_label(code), o, at)
+                    (ErrorType::code(code), o, at)
                 }
             },
-            Some(Ended::Refused(o, at)) => (o.as_str().into(), o, at),
+            Some(Ended::Refused(o, at)) => (named(o.as_str()), o, at),
             None => match unanswered {
-                Unanswered::Cancelled => ("cancelled".into(), ToolOutcome::Ok, now),
-                Unanswered::Timeout => ("timeout".into(), ToolOutcome::Timeout, now),
+                Unanswered::Cancelled => (named("cancelled"), ToolOutcome::Ok, now),
+                Unanswered::Timeout => (named("timeout"), ToolOutcome::Timeout, now),
                 Unanswered::Transport => {
-                    ("transport_error".into(), ToolOutcome::TransportError, now)
+                    (named("transport_error"), ToolOutcome::TransportError, now)
                 }
                 Unanswered::Unknown => return None,
                 Unanswered::Protocol(status) => {
-                    let e = status.map_or("no_response".into(), |s| s.as_str().into());
+                    let e = status.map_or(named("no_response"), |s| ErrorType::Status(s.as_u16()));
                     (e, ToolOutcome::ProtocolError, now)
                 }
             },
         };
-        let tool: Arc<str> = match &self.tool {
-            Some(name) => up.book.label(name, lm.max_tools),
-            None => "".into(),
+        // Unknown to the upstream that answered (a request may have fallen back to another):
+        // as its label says.
+        let (tool, unknown) = match &self.tool {
+            Some(name) => {
+                let label = up.book.label(name, lm.max_tools);
+                let unknown = super::tools::is_unlisted(&label);
+                (label, unknown)
+            }
+            None => (no_tool(), false),
         };
         let seconds = at.saturating_duration_since(received).as_secs_f64();
-        up.metrics.operation(self.method, &tool, &error, seconds);
         let cancelled = self.ended.is_none() && unanswered == Unanswered::Cancelled;
-        if self.tool.is_none() || cancelled {
-            return Some((tool, error, at));
-        }
-        let outcome = if self.unknown && !matches!(self.ended, Some(Ended::Refused(..))) {
+        let outcome = if unknown && !matches!(self.ended, Some(Ended::Refused(..))) {
             ToolOutcome::UnknownTool
         } else if self.invalid {
             ToolOutcome::InvalidArguments
         } else {
             outcome
         };
-        up.metrics.tool_call(&tool, outcome);
+        let call = (self.tool.is_some() && !cancelled).then_some(outcome);
+        up.metrics
+            .operation(self.method, &tool, error, seconds, call);
         Some((tool, error, at))
     }
 }

@@ -31,22 +31,19 @@ impl Reader {
         let encoded = headers
             .get(CONTENT_ENCODING)
             .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
-        let kind = headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            });
-        let reader = match kind.as_deref() {
-            Some("application/json") => Reader::Json(Some(
+        // The media type, before any parameter; compared without an allocation.
+        let kind = headers.get(CONTENT_TYPE).map(|v| {
+            let v = v.as_bytes();
+            let end = memchr::memchr(b';', v).unwrap_or(v.len());
+            v[..end].trim_ascii()
+        });
+        let is = |k: &[u8], name: &str| k.eq_ignore_ascii_case(name.as_bytes());
+        let reader = match kind {
+            Some(k) if is(k, "application/json") => Reader::Json(Some(
                 Collected::with_limit(MAX_INSPECTED_BODY)
                     .reserve_from(budget.reserve(Held::ResponseRead)),
             )),
-            Some("text/event-stream") => {
+            Some(k) if is(k, "text/event-stream") => {
                 let mut p = SseParser::new(MAX_INSPECTED_BODY);
                 p.reserve_from(budget.reserve(Held::SseEvent));
                 Reader::Sse(p, false)

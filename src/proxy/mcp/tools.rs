@@ -91,6 +91,19 @@ pub(crate) enum Arguments {
 pub(crate) const UNLISTED: &str = "unlisted";
 pub(crate) const OTHER: &str = "other";
 
+/// Whether a label says the tool is not in the upstream's last list.
+pub(crate) fn is_unlisted(label: &Arc<str>) -> bool {
+    Arc::ptr_eq(label, &shared(UNLISTED))
+}
+
+/// A label value every upstream shares, made once.
+fn shared(name: &'static str) -> Arc<str> {
+    static LABELS: std::sync::LazyLock<[Arc<str>; 2]> =
+        std::sync::LazyLock::new(|| [UNLISTED.into(), OTHER.into()]);
+    let i = usize::from(name == OTHER);
+    LABELS[i].clone()
+}
+
 impl ToolBook {
     /// The book, whatever panicked while it was held: a guard must not turn itself off.
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -105,8 +118,8 @@ impl ToolBook {
         if let Some((tools, _)) = &book.listed {
             return match tools.get_key_value(name) {
                 Some((n, t)) if t.labelled => n.clone(),
-                Some(_) => OTHER.into(),
-                None => UNLISTED.into(),
+                Some(_) => shared(OTHER),
+                None => shared(UNLISTED),
             };
         }
         if let Some(n) = book.first_seen.iter().find(|n| &***n == name) {
@@ -117,7 +130,7 @@ impl ToolBook {
             book.first_seen.push(n.clone());
             return n;
         }
-        OTHER.into()
+        shared(OTHER)
     }
 
     /// Whether the last complete list has tool `name` (`None`: no list seen yet).

@@ -11,6 +11,7 @@ use opentelemetry_sdk::trace::{IdGenerator, SpanData, SpanEvents, SpanLinks};
 use tokio::time::Instant;
 
 use super::RequestTrace;
+use crate::telemetry::mcp::ErrorType;
 
 /// Longest `mcp.protocol.version` kept (a date, `2025-11-25`).
 const MAX_VERSION: usize = 32;
@@ -24,8 +25,8 @@ pub struct McpFacts {
     pub tool: Arc<str>,
     /// The request's JSON-RPC id, as it was written.
     pub request_id: Box<str>,
-    /// `error.type` (empty: none).
-    pub error: Arc<str>,
+    /// `error.type`.
+    pub error: ErrorType,
     /// The JSON-RPC error code, when the server answered one.
     pub code: Option<i64>,
     /// The attempt's place in the route's chain.
@@ -65,8 +66,8 @@ impl RequestTrace {
             attrs.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
             Cow::Owned(format!("{} {}", m.method, m.tool))
         };
-        if !m.error.is_empty() {
-            attrs.push(KeyValue::new("error.type", m.error.to_string()));
+        if !m.error.is_none() {
+            attrs.push(KeyValue::new("error.type", m.error.text()));
         }
         if let Some(code) = m.code {
             attrs.push(KeyValue::new("rpc.response.status_code", code.to_string()));
@@ -79,7 +80,7 @@ impl RequestTrace {
             self.upstream_name(m.hop),
         ));
         // A client that left is no failure of the operation.
-        let failed = !m.error.is_empty() && &*m.error != "cancelled";
+        let failed = !m.error.is_none() && m.error != ErrorType::Named("cancelled");
         SpanData {
             // Made on the export thread, like the spans.
             span_context: self.span_context(self.tracer.ids.new_span_id()),
@@ -94,7 +95,7 @@ impl RequestTrace {
             events: SpanEvents::default(),
             links: SpanLinks::default(),
             status: if failed {
-                Status::error(m.error.to_string())
+                Status::error(m.error.text())
             } else {
                 Status::Unset
             },
