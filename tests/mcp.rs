@@ -529,6 +529,72 @@ upstreams:
     );
 }
 
+/// Session affinity: a session made by the upstream an `initialize` fell back to lives there,
+/// and its later requests go straight to it (no fallback, the first upstream not tried); a
+/// session the sidecar did not see made goes to the first upstream only, so while that one's
+/// circuit is open it is refused rather than sent to a server that does not know it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stays_on_the_upstream_that_made_it() {
+    let server = spawn_mcp_server(McpServerOpts::SUPPORTED[0]).await;
+    let dead = common::closed_port();
+    let s = start_yaml(&format!(
+        "agent: test-agent
+admin: {{bind: 127.0.0.1:0}}
+listeners:
+  - {{name: tools, bind: 127.0.0.1:0, role: mcp, route: tools}}
+routes:
+  tools: {{upstreams: [dead, search]}}
+upstreams:
+  dead: {{url: 'http://{dead}', protocol: mcp, circuit_breaker: {{consecutive_failures: 1, open_for: 60s}}}}
+  search: {{url: 'http://{}', protocol: mcp}}
+",
+        server.addr
+    ))
+    .await;
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let r = post(&s, init, None).await;
+    assert_eq!(r.status(), http::StatusCode::OK);
+    assert!(
+        r.headers().contains_key("x-sloguard-fallback"),
+        "dead first"
+    );
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = common::body_bytes(r).await;
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let r = post(&s, initialized, Some(&session)).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let _ = common::body_bytes(r).await;
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    for _ in 0..2 {
+        let r = post(&s, list, Some(&session)).await;
+        assert_eq!(r.status(), http::StatusCode::OK);
+        assert!(
+            !r.headers().contains_key("x-sloguard-fallback"),
+            "straight to the session's server"
+        );
+        let body = common::body_bytes(r).await;
+        assert!(String::from_utf8_lossy(&body).contains("\"echo\""));
+    }
+    // A session the sidecar never saw made: the first upstream only, whose circuit is open.
+    let asked = server.exchanges().len();
+    let r = post(&s, list, Some("made-elsewhere")).await;
+    assert_eq!(r.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["x-sloguard-error"], "circuit_open");
+    let _ = common::body_bytes(r).await;
+    assert_eq!(
+        server.exchanges().len(),
+        asked,
+        "not sent to the other server"
+    );
+    let m = metrics(&s).await;
+    let moved = [("from", "dead"), ("to", "search")];
+    assert_eq!(
+        metric(&m, "sloguard_fallbacks_total", &moved),
+        1.0,
+        "only the initialize moved on\n{m}"
+    );
+}
+
 /// A body that is not JSON-RPC passes to the server untouched and is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_is_not_json_rpc_passes_untouched_and_is_counted() {

@@ -22,17 +22,28 @@ pub(super) struct Admitted {
 impl RouteState {
     /// The first upstream from `from` on whose circuit lets the request through.
     pub(super) fn admit_from(&self, from: usize, now: Instant) -> Option<Admitted> {
-        self.chain
-            .iter()
-            .enumerate()
-            .skip(from)
-            .find_map(|(hop, up)| match &up.breaker {
-                None => Some(Admitted { hop, ticket: None }),
-                Some(b) => b.admit(now).map(|t| Admitted {
-                    hop,
-                    ticket: Some(t),
-                }),
-            })
+        (from..self.chain.len()).find_map(|hop| self.admit_at(hop, now))
+    }
+
+    /// The upstream at `hop`, if its circuit lets the request through (an MCP session's
+    /// request: its server or none).
+    pub(super) fn admit_at(&self, hop: usize, now: Instant) -> Option<Admitted> {
+        match &self.chain.get(hop)?.breaker {
+            None => Some(Admitted { hop, ticket: None }),
+            Some(b) => b.admit(now).map(|t| Admitted {
+                hop,
+                ticket: Some(t),
+            }),
+        }
+    }
+
+    /// Where a request may go first: the upstream its MCP session lives on (`session`), else
+    /// the first of the chain that admits it.
+    pub(super) fn admit(&self, session: Option<usize>, now: Instant) -> Option<Admitted> {
+        match session {
+            Some(hop) => self.admit_at(hop, now),
+            None => self.admit_from(0, now),
+        }
     }
 
     /// Whether some upstream of the chain is not plainly closed: it may give out probe slots,
@@ -49,6 +60,12 @@ impl RouteState {
         self.chain
             .iter()
             .all(|u| u.breaker.as_ref().is_some_and(|b| b.breaker.refuses(now)))
+    }
+
+    /// Whether the upstream at `hop` would surely refuse a call now. Takes no ticket.
+    pub(super) fn refuses_at(&self, hop: usize, now: Instant) -> bool {
+        let breaker = self.chain.get(hop).and_then(|u| u.breaker.as_ref());
+        breaker.is_some_and(|b| b.breaker.refuses(now))
     }
 }
 

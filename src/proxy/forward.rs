@@ -79,9 +79,10 @@ struct Client {
     headers: HeaderMap,
     ip: HeaderValue,
     llm_role: bool,
-    /// An MCP request of a session (`Mcp-Session-Id`): the session lives on one server, so the
-    /// request never falls back.
-    session_bound: bool,
+    /// An MCP request of a session (`Mcp-Session-Id`): the upstream the session lives on (the
+    /// first one, for a session the sidecar did not see made). The request goes there only: it
+    /// never falls back.
+    session: Option<usize>,
     /// A `POST` on an `mcp` listener: JSON-RPC to read.
     mcp_post: bool,
 }
@@ -119,7 +120,11 @@ fn request_filter(
     ctx.cascade(&headers)?;
     let llm_role = listener.role == Role::Llm;
     let mcp = listener.role == Role::Mcp;
-    let session_bound = mcp && headers.contains_key(&MCP_SESSION_ID);
+    // A session's request goes to the upstream the session lives on, and nowhere else.
+    let session = listener
+        .mcp
+        .as_ref()
+        .and_then(|lm| lm.session_hop(&headers));
     let mcp_post = mcp && method == Method::POST;
     let client = Client {
         method,
@@ -128,7 +133,7 @@ fn request_filter(
         headers,
         ip,
         llm_role,
-        session_bound,
+        session,
         mcp_post,
     };
     let format = client.format_for(&listener.route.chain[0]);
@@ -139,8 +144,6 @@ fn request_filter(
 }
 
 /// The header naming an MCP session.
-static MCP_SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
-
 /// An `mcp` listener's POST, read ahead: its operations begin, and under `block` a call may be
 /// answered by the sidecar.
 fn mcp_request(ctx: &mut RequestCtx, client: &Client, payload: &mut Payload) -> Result<(), Stop> {
@@ -170,6 +173,8 @@ struct Plan {
     probing: bool,
     /// An MCP request (a `POST` on an `mcp` listener): its JSON-RPC is read before it goes.
     mcp: bool,
+    /// An MCP session's request: the upstream the session lives on, its only one.
+    session: Option<usize>,
 }
 
 impl Plan {
@@ -184,6 +189,7 @@ impl Plan {
             rewrite,
             probing: route.probing() && !http_body::Body::is_end_stream(body),
             mcp: client.mcp_post,
+            session: client.session,
         }
     }
 
@@ -202,15 +208,21 @@ impl Plan {
         ctx: &mut RequestCtx,
         route: &RouteState,
     ) -> Result<Option<usize>, Stop> {
+        let now = ctx.received;
         if self.reads_ahead() {
-            if route.cache.is_none() && route.all_refuse(ctx.received) {
-                return Err(Stop::CircuitOpen);
-            }
-            return Ok(None);
+            let refused = match self.session {
+                Some(hop) => route.refuses_at(hop, now),
+                None => route.cache.is_none() && route.all_refuse(now),
+            };
+            return if refused {
+                Err(Stop::CircuitOpen)
+            } else {
+                Ok(None)
+            };
         }
-        match route.admit_from(0, ctx.received) {
+        match route.admit(self.session, now) {
             Some(admission) => Ok(Some(ctx.admitted(admission))),
-            None if route.cache.is_none() => Err(Stop::CircuitOpen),
+            None if route.cache.is_none() || self.session.is_some() => Err(Stop::CircuitOpen),
             None => Ok(None),
         }
     }
@@ -336,10 +348,15 @@ impl<'a> Attempts<'a> {
     ) -> Result<(), Stop> {
         let route = &*self.listener.route;
         let admitted = match plan.reads_ahead() {
-            true => route.admit_from(0, self.start).map(|a| ctx.admitted(a)),
+            true => route
+                .admit(plan.session, self.start)
+                .map(|a| ctx.admitted(a)),
             false => admitted,
         };
         let Some(hop) = admitted else {
+            if plan.session.is_some() {
+                return Err(Stop::CircuitOpen);
+            }
             let hit = self.cached(self.start);
             let to = route.chain.len();
             return Err(match hit {
@@ -352,7 +369,7 @@ impl<'a> Attempts<'a> {
                 None => Stop::CircuitOpen,
             });
         };
-        if hop > 0 {
+        if hop > 0 && plan.session.is_none() {
             route
                 .fallbacks
                 .count_moves(0, FallbackReason::CircuitOpen, hop);
@@ -441,7 +458,7 @@ impl<'a> Attempts<'a> {
             Err(err) => FallbackReason::of_error(err),
         }
         .filter(|r| self.replayable && route.fallback_on.contains(*r))
-        .filter(|_| !self.client.session_bound)
+        .filter(|_| self.client.session.is_none())
         // With the request's time spent, no fallback would be answered in time.
         .filter(|_| ctx.deadline().is_none_or(|d| head_at < d));
         if let Some(reason) = reason {

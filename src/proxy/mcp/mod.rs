@@ -10,6 +10,7 @@
 
 mod op;
 mod reader;
+pub(crate) mod sessions;
 pub(crate) mod tools;
 
 use std::collections::HashMap;
@@ -41,6 +42,8 @@ use tools::ToolBook;
 pub struct ToolBooks {
     books: Mutex<HashMap<String, Arc<ToolBook>>>,
     pub(crate) incidents: Incidents,
+    /// Which upstream each MCP session lives on.
+    pub(crate) sessions: sessions::Sessions,
 }
 
 impl ToolBooks {
@@ -48,6 +51,7 @@ impl ToolBooks {
         ToolBooks {
             books: Mutex::default(),
             incidents,
+            sessions: sessions::Sessions::default(),
         }
     }
 
@@ -69,6 +73,7 @@ struct McpUpstream {
 #[derive(Debug)]
 pub(crate) struct ListenerMcp {
     upstreams: Vec<McpUpstream>,
+    books: Arc<ToolBooks>,
     tool_changes: McpAction,
     validate: McpAction,
     max_tools: usize,
@@ -82,7 +87,7 @@ impl ListenerMcp {
         config: &Config,
         l: &ListenerConfig,
         chain: &[Arc<Upstream>],
-        books: &ToolBooks,
+        books: &Arc<ToolBooks>,
         t: &Telemetry,
     ) -> Option<ListenerMcp> {
         if l.role != Role::Mcp {
@@ -99,6 +104,7 @@ impl ListenerMcp {
         let severity = crate::proxy::safety::severity(config.incidents.severities.tool_change);
         Some(ListenerMcp {
             upstreams,
+            books: books.clone(),
             tool_changes: config.mcp.tool_changes,
             validate: config.mcp.validate_arguments,
             max_tools: config.mcp.max_tools,
@@ -109,6 +115,15 @@ impl ListenerMcp {
 
     fn upstream(&self, hop: usize) -> &McpUpstream {
         &self.upstreams[hop.min(self.upstreams.len() - 1)]
+    }
+
+    /// A request of an MCP session (these headers carry `Mcp-Session-Id`): the place in the chain
+    /// of the upstream the session lives on, the first for a session not seen made. `None` for
+    /// a request of no session.
+    pub(crate) fn session_hop(&self, headers: &HeaderMap) -> Option<usize> {
+        let session = sessions::session_of(headers)?;
+        let at = |name: &str| self.upstreams.iter().position(|u| u.name == name);
+        Some(self.books.sessions.upstream(session, at).unwrap_or(0))
     }
 }
 
@@ -159,7 +174,8 @@ impl McpState {
         let lm = lm?;
         static VERSION: http::HeaderName = http::HeaderName::from_static("mcp-protocol-version");
         self.version = headers.get(&VERSION).cloned();
-        let up = lm.upstream(0);
+        // The guards judge by the list of the upstream the request goes to first.
+        let up = lm.upstream(lm.session_hop(headers).unwrap_or(0));
         let body = match body {
             Ok(body) => body,
             Err(why) => {
@@ -225,9 +241,16 @@ impl McpState {
         headers: &HeaderMap,
         budget: &BodyBudget,
     ) {
-        let Some(lm) = lm.filter(|_| self.is_operation()) else {
+        let Some(lm) = lm else {
             return;
         };
+        // The upstream that answers with a session id holds that session.
+        if let Some(session) = sessions::session_of(headers).filter(|_| status.is_success()) {
+            lm.books.sessions.made(session, &lm.upstream(hop).name);
+        }
+        if !self.is_operation() {
+            return;
+        }
         self.status = Some(status);
         match Reader::new(headers, budget) {
             Ok(Some(reader)) => self.reader = Some(reader),
