@@ -595,6 +595,39 @@ upstreams:
     );
 }
 
+/// Under a `safety` section that holds the listener's streams back, an operation ends when its
+/// response is let through to the agent: a clean answer is counted as it goes, and one safety
+/// blocks gets no outcome (the agent never had it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_safety_an_operation_ends_when_its_answer_is_let_through() {
+    let server = spawn_mcp_server(McpServerOpts::SUPPORTED[1]).await;
+    let s = sidecar(&server, "{}\nsafety: {apply_to: [mcp], action: block}", "").await;
+    let clean = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}"#;
+    let leak = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"mail dana.whitfield@northwind-mail.com"}}}"#;
+    let r = post(&s, clean, None).await;
+    assert_eq!(r.status(), http::StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let body = String::from_utf8(common::body_bytes(r).await.to_vec()).unwrap();
+    assert!(body.contains("hello"), "{body}");
+    let r = post(&s, leak, None).await;
+    let body = String::from_utf8(common::body_bytes(r).await.to_vec()).unwrap();
+    assert!(!body.contains("dana.whitfield"), "blocked: {body}");
+    let violations = [("detector", "pii_email")];
+    let m = metrics_when(&s, |m| {
+        metric(m, "agent_safety_violations_total", &violations) >= 1.0
+            && metric(m, CALLS, &[]) >= 1.0
+    })
+    .await;
+    assert_eq!(calls(&m, "echo", "ok"), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, CALLS, &[]),
+        1.0,
+        "the blocked answer has no outcome\n{m}"
+    );
+    let echo = [("gen_ai_tool_name", "echo")];
+    assert_eq!(metric(&m, OPERATIONS, &echo), 1.0, "{m}");
+}
+
 /// A body that is not JSON-RPC passes to the server untouched and is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_is_not_json_rpc_passes_untouched_and_is_counted() {

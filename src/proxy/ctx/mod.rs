@@ -8,8 +8,9 @@
 //! what it will be counted as) and one sub-state per feature, each a type of the feature's own
 //! module that only that module changes: the bulkhead's place ([`super::bulkhead`]), calls
 //! between agents ([`super::cascade`]), the circuit breaker's ticket ([`super::breaker`]), the
-//! LLM call ([`super::llm`]), the loop guard and the task ([`super::tasks`]), the safety check
-//! ([`super::safety`]), the cache fill ([`super::cache`]) and the trace ([`super::trace`]). Each
+//! LLM call ([`super::llm`]), the loop guard and the task ([`super::tasks`]), the MCP operations
+//! ([`super::mcp`]), the safety check ([`super::safety`]), the correctness checks
+//! ([`super::correctness`]), the cache fill ([`super::cache`]) and the trace ([`super::trace`]). Each
 //! phase of the pipeline is one method here that hands each feature its hook; a new feature is a
 //! new sub-state and one line in the phases it takes part in.
 
@@ -366,8 +367,11 @@ impl RequestCtx {
     /// safety check. `true` when safety holds it back.
     pub(super) fn data(&mut self, data: &Bytes, now: Instant) -> bool {
         self.llm.data(data, now);
-        self.mcp
-            .data(self.listener.mcp.as_ref(), self.hop, data, now);
+        // What safety holds back reaches the MCP reader as it is let through (`next_held`).
+        if !self.safety.holds() {
+            self.mcp
+                .data(self.listener.mcp.as_ref(), self.hop, data, now);
+        }
         self.cache.data(data);
         self.correctness.data(data);
         let ls = self.listener.safety.as_ref();
@@ -388,9 +392,17 @@ impl RequestCtx {
     /// sent it: what was held back is in no one's cache.
     pub(super) fn next_held(&mut self) -> Option<Held> {
         let held = self.safety.next_held(self.listener.safety.as_ref())?;
-        match held {
-            Held::Clean(_) => self.first_byte(Instant::now()),
-            Held::Blocked(_) => self.cache.discard(),
+        let now = Instant::now();
+        match &held {
+            Held::Clean(bytes) => {
+                self.mcp
+                    .data(self.listener.mcp.as_ref(), self.hop, bytes, now);
+                self.first_byte(now);
+            }
+            Held::Blocked(_) => {
+                self.cache.discard();
+                self.mcp.local_answer(None, true);
+            }
         }
         Some(held)
     }
@@ -514,91 +526,6 @@ impl RequestCtx {
             self.count(now, false);
         }
     }
-
-    /// Counts the request, once: one call per feature.
-    fn count(&mut self, now: Instant, complete: bool) {
-        let RequestCtx {
-            listener: l,
-            received,
-            hop,
-            status,
-            cause,
-            outcome,
-            stage,
-            in_flight,
-            bulkhead,
-            cascade,
-            correctness,
-            breaker,
-            llm,
-            loops,
-            mcp,
-            safety,
-            task,
-            cache,
-            trace,
-            ..
-        } = self;
-        *stage = Stage::Counted;
-        mcp.end(l.mcp.as_ref(), *hop, complete, *outcome, now, trace.span());
-        let end = llm.end(complete, *status, *outcome, now, trace.span());
-        if end.as_ref().is_some_and(|e| e.provider_error) {
-            // A 200 whose stream (or body) says the provider failed: a failed request, for the
-            // SLIs and the breaker alike, as a 5xx would have been. (The client got the status
-            // and the provider's error event as they were.)
-            *status = StatusClass::ServerError;
-            *cause = Cause::upstream_failure(l.role);
-            *outcome = Some(UpstreamOutcome::ServerError);
-        } else {
-            // What ended cleanly, and said no error, is worth keeping.
-            cache.end(l.route.cache.as_ref(), complete, now);
-        }
-        loops.end(l.loop_guard.as_deref(), end.as_ref(), now);
-        let filtered = end.as_ref().is_some_and(|e| e.filtered);
-        safety.end(l.safety.as_ref(), complete, filtered, now);
-        correctness.end(
-            l.correctness.as_ref(),
-            end.as_ref(),
-            complete,
-            safety.found(),
-        );
-        task.end(l.tasks.as_deref(), *status, now);
-        let upstream = l.route.chain.get(*hop);
-        breaker.end(upstream.map(|u| &**u), *outcome, now);
-        *cause = cascade.end(l.cascade.as_ref(), *status, *cause);
-        let metrics = l.metrics(*hop);
-        metrics.count_request(*status, *cause);
-        metrics
-            .response_seconds
-            .record(now.duration_since(*received).as_secs_f64());
-        if let (Some(o), Some(u)) = (*outcome, upstream) {
-            u.metrics.count(o);
-        }
-        let failed = *status == StatusClass::ServerError || *cause != Cause::None;
-        trace.end(*hop, outcome.map(UpstreamOutcome::as_str), failed, now);
-        if let Some(f) = in_flight.take() {
-            f.end(now);
-        }
-        *bulkhead = None;
-    }
 }
 
-impl Drop for RequestCtx {
-    fn drop(&mut self) {
-        if self.stage == Stage::Counted {
-            return;
-        }
-        let now = Instant::now();
-        match self.stage {
-            // The client went away before any response: nothing was sent, so no time to first
-            // byte.
-            Stage::Unanswered => {
-                let tasks = self.listener.tasks.clone();
-                self.task.no_response(tasks.as_deref(), now);
-                self.count(now, false);
-            }
-            Stage::Answered => self.count(now, false),
-            Stage::Counted => {}
-        }
-    }
-}
+mod count;
