@@ -146,6 +146,55 @@ pub fn no_tool() -> Arc<str> {
 
 type OpKey = (&'static str, Arc<str>, ErrorType, Option<ToolOutcome>);
 
+/// A small multiply-rotate hash for the operation series' keys: label values the sidecar bounds
+/// (methods, the upstream's listed tools, fixed error types), so no flooding defence is needed,
+/// and it costs a fraction of SipHash on every operation.
+#[derive(Debug, Default)]
+pub struct LabelHasher(u64);
+
+impl std::hash::Hasher for LabelHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl LabelHasher {
+    fn add(&mut self, word: u64) {
+        const K: u64 = 0xf135_7aea_2e62_a9c5;
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+    }
+}
+
+type OpMap = HashMap<OpKey, (Histogram, Option<Counter>), std::hash::BuildHasherDefault<LabelHasher>>;
+
 /// One MCP upstream's handles.
 #[derive(Debug)]
 pub struct McpMetrics {
@@ -153,7 +202,7 @@ pub struct McpMetrics {
     agent: String,
     upstream: String,
     /// Per series: the operation's histogram and, for a `tools/call`, its outcome's counter.
-    operations: RwLock<HashMap<OpKey, (Histogram, Option<Counter>)>>,
+    operations: RwLock<OpMap>,
     changes: [Counter; 3],
     /// `[unknown_tool, invalid_arguments]`.
     hallucinated: [Counter; 2],
