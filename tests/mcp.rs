@@ -373,6 +373,14 @@ async fn rug_pull_held_until_accepted(opts: McpServerOpts) {
     assert_eq!(held.is_error, Some(true));
     assert!(text(&held).contains("changed"), "{}", text(&held));
     assert_eq!(server.state.calls("search"), 0, "the server was not asked");
+    // A name the server never had is no changed tool: the server answers it, and it is a
+    // hallucinated call.
+    let nope = bounded("nope", call(&client, "nope", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&nope), Some(ErrorCode::INVALID_PARAMS));
+    let m = metrics_when(&s, |m| calls(m, "unlisted", "unknown_tool") >= 1.0).await;
+    assert_eq!(calls(&m, "unlisted", "unknown_tool"), 1.0, "{m}");
 
     let (status, _) = admin_post(&s, "/admin/mcp/search/accept", Some("s3cret")).await;
     assert_eq!(status, http::StatusCode::OK);

@@ -52,9 +52,10 @@ fn the_mcp_configs_tool_slo_rules_match_their_golden_file() {
         generated == expected,
         "the rules changed: if that is meant, regenerate with `cargo run -- rules --config config/mcp.yaml > tests/fixtures/rules/mcp.rules.yaml` and review the diff"
     );
-    // The latency SLO of one tool selects that tool's calls, not its other operations.
+    // The latency SLO of one tool selects that tool's calls, not its other operations nor the
+    // calls whose client left.
     assert!(generated.contains(
-        "mcp_client_operation_duration_seconds_count{agent=\"research-bot\",gen_ai_tool_name=\"search\",mcp_method_name=\"tools/call\"}"
+        "mcp_client_operation_duration_seconds_count{agent=\"research-bot\",gen_ai_tool_name=\"search\",mcp_method_name=\"tools/call\",error_type!=\"cancelled\"}"
     ));
 }
 

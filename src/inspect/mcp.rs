@@ -31,6 +31,8 @@ pub const MAX_TOOLS: usize = 1024;
 enum Key<S> {
     /// An integral number (`1`, `1.0`, `1e0`).
     Int(i64),
+    /// An integer past `i64::MAX`.
+    UInt(u64),
     /// Another number, by its bits.
     Float(u64),
     Str(S),
@@ -80,11 +82,13 @@ fn key_of(text: &str) -> Option<Key<Cow<'_, str>>> {
         b'"' => Key::Str(serde_json::from_str::<Cow<'_, str>>(text).ok()?),
         b'-' | b'0'..=b'9' => {
             let n: serde_json::Number = serde_json::from_str(text).ok()?;
-            match (n.as_i64(), n.as_f64()) {
-                (Some(i), _) => Key::Int(i),
-                (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Key::Int(f as i64),
-                (None, Some(f)) => Key::Float(f.to_bits()),
-                (None, None) => return None,
+            // An integral value by its integer, however written; an integer past i64 by its u64.
+            match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Key::Int(i),
+                (None, Some(u), _) => Key::UInt(u),
+                (None, None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => Key::Int(f as i64),
+                (None, None, Some(f)) => Key::Float(f.to_bits()),
+                (None, None, None) => return None,
             }
         }
         _ => Key::Other(Cow::Borrowed(text)),
@@ -105,6 +109,7 @@ impl RpcId {
     pub fn parse(text: &str) -> Option<RpcId> {
         let key = match key_of(text)? {
             Key::Int(i) => Key::Int(i),
+            Key::UInt(u) => Key::UInt(u),
             Key::Float(f) => Key::Float(f),
             Key::Str(s) => Key::Str(s.into()),
             Key::Other(s) => Key::Other(s.into()),
@@ -122,6 +127,7 @@ impl RpcId {
     pub fn matches(&self, id: &IdRef<'_>) -> bool {
         match (&self.key, &id.0) {
             (Key::Int(a), Key::Int(b)) => a == b,
+            (Key::UInt(a), Key::UInt(b)) => a == b,
             (Key::Float(a), Key::Float(b)) => a == b,
             (Key::Str(a), Key::Str(b)) | (Key::Other(a), Key::Other(b)) => **a == **b,
             _ => false,
@@ -644,6 +650,9 @@ mod tests {
         assert_eq!(id(r#""é""#), id(r#""\u00e9""#));
         assert_ne!(id("1"), id("2"));
         assert_eq!(id("1.5"), id("1.50"));
+        assert_eq!(id("1e16"), id("10000000000000000"));
+        assert_ne!(id("18446744073709551614"), id("18446744073709551615"));
+        assert_eq!(id("-3"), id("-3.0"));
         // As written, for the answer to carry back.
         assert_eq!(id("1.0").as_json(), "1.0");
         assert_eq!(RpcId::parse("null"), None);

@@ -48,6 +48,9 @@ pub(super) async fn forward(
         // Boxed: its state would otherwise make every request's future larger, on every route.
         true => Box::pin(read_ahead(ctx, &listener, &plan, body)).await?,
     };
+    // A session's request is with its upstream from the start: what the sidecar answers itself
+    // is counted there.
+    ctx.hop = client.session.unwrap_or(0);
     if plan.mcp {
         mcp_request(ctx, &client, &mut payload)?;
     }
@@ -143,7 +146,6 @@ fn request_filter(
     }
 }
 
-/// The header naming an MCP session.
 /// An `mcp` listener's POST, read ahead: its operations begin, and under `block` a call may be
 /// answered by the sidecar.
 fn mcp_request(ctx: &mut RequestCtx, client: &Client, payload: &mut Payload) -> Result<(), Stop> {

@@ -222,8 +222,11 @@ impl LoopTable {
                 t.last = now;
                 // The low half of the fingerprint: a false "same call" is a 2^-32 chance.
                 let calls = calls.map(|c| c as u32);
+                let before = u32::from(t.tool_run);
                 let run = extend(&mut t.tool_run, &mut t.tool_previous, calls);
-                let detected = max > 0 && run == max;
+                // Crossing the limit, once per run (past the counter's width, at its top).
+                let limit = max.min(u32::from(u16::MAX));
+                let detected = max > 0 && run >= limit && before < limit;
                 if detected {
                     t.looping.get_or_insert(LoopKind::RepeatedToolCall);
                 }

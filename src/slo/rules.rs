@@ -240,7 +240,8 @@ fn tool_sli(slo: &SloConfig, ours: &str, ratio: impl Fn(&str, &str) -> String) -
         };
     }
     let m = MCP_OPERATION_DURATION;
-    let a = format!("{a},mcp_method_name=\"tools/call\"");
+    // A call whose client left ended no way: it is no latency event.
+    let a = format!("{a},mcp_method_name=\"tools/call\",error_type!=\"cancelled\"");
     let le = le_matcher(slo.threshold.map_or(0.0, |t| t.0.as_secs_f64()));
     Sli {
         error_ratio: ratio(

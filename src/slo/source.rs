@@ -105,7 +105,9 @@ fn tool_counts(tallies: &Tallies, agent: &str, slo: &SloConfig) -> (u64, u64) {
     match (slo.sli, slo.threshold) {
         (SliKind::ToolLatency, Some(t)) => {
             tallies.below(MCP_OPERATION_DURATION, t.0.as_secs_f64(), |k| {
-                ours(k) && has_label(k, "mcp_method_name", "tools/call")
+                ours(k)
+                    && has_label(k, "mcp_method_name", "tools/call")
+                    && !has_label(k, "error_type", "cancelled")
             })
         }
         (SliKind::ToolLatency, None) => (0, 0),
@@ -213,18 +215,22 @@ mod tests {
         calls("a", "fetch", "ok", 5);
         calls("a", "fetch", "timeout", 5);
         calls("b", "search", "transport_error", 100);
-        let operation = |method: &str, tool: &str, seconds: &[f64]| {
+        let operation_as = |method: &str, tool: &str, error: &str, seconds: &[f64]| {
             let labels = vec![
                 label("agent", "a"),
                 label("upstream", "search-mcp"),
                 label("mcp_method_name", method),
                 label("gen_ai_tool_name", tool),
-                label("error_type", ""),
+                label("error_type", error),
             ];
             let h = t.histogram(MCP_OPERATION_DURATION, labels);
             seconds.iter().for_each(|s| h.record(*s));
         };
+        let operation =
+            |method: &str, tool: &str, seconds: &[f64]| operation_as(method, tool, "", seconds);
         operation("tools/call", "search", &[0.05, 0.5, 1.5, 9.0]);
+        // A call whose client left is no latency event, fast or slow.
+        operation_as("tools/call", "search", "cancelled", &[0.01, 60.0]);
         operation("tools/call", "fetch", &[0.01, 30.0]);
         // Other methods are not tool calls, however slow.
         operation("tools/list", "", &[100.0, 100.0]);

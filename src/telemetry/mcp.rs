@@ -193,7 +193,8 @@ impl LabelHasher {
     }
 }
 
-type OpMap = HashMap<OpKey, (Histogram, Option<Counter>), std::hash::BuildHasherDefault<LabelHasher>>;
+type OpMap =
+    HashMap<OpKey, (Histogram, Option<Counter>), std::hash::BuildHasherDefault<LabelHasher>>;
 
 /// One MCP upstream's handles.
 #[derive(Debug)]

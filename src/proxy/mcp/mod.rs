@@ -306,6 +306,9 @@ impl McpState {
     /// The sidecar answered the request itself with `err`'s `outcome` (`blocked`: safety held
     /// back the server's answer): what its operations end as.
     pub(crate) fn local_answer(&mut self, outcome: Option<UpstreamOutcome>, blocked: bool) {
+        // What the upstream's body held is not what the agent got.
+        self.reader = None;
+        self.rewrites.clear();
         self.unanswered = Some(match outcome {
             _ if blocked => Unanswered::Unknown,
             Some(UpstreamOutcome::Timeout) => Unanswered::Timeout,

@@ -141,15 +141,14 @@ impl ToolBook {
             .map(|(tools, _)| tools.contains_key(name))
     }
 
-    /// Where tool `name` stands against the pinned list (`None`: nothing pinned or listed).
+    /// Where tool `name` stands against the pinned list (`None`: nothing pinned or listed, or
+    /// a name neither pinned nor listed — no tool at all, which is `unknown_tool`).
     pub(crate) fn standing(&self, name: &str) -> Option<Standing> {
         let book = self.book();
         let (pins, _) = book.pinned.as_ref()?;
         let (tools, _) = book.listed.as_ref()?;
-        Some(standing(
-            pins.get(name),
-            tools.get(name).map(|t| t.fingerprint),
-        ))
+        let (pinned, now) = (pins.get(name), tools.get(name).map(|t| t.fingerprint));
+        (pinned.is_some() || now.is_some()).then(|| standing(pinned, now))
     }
 
     /// Checks a call's `arguments` (JSON text) against tool `name`'s `inputSchema`.
