@@ -122,8 +122,9 @@ impl ReadWhole {
             first_reason,
         } = *self;
         match read_whole(body, &mut ctx, idle, total_deadline).await {
-            Ok(Whole::Clean(bytes)) => {
-                if let Some(lease) = lease {
+            Ok(Whole::Clean(bytes, read_to_end)) => {
+                // A body not read to its end leaves its connection unusable: it goes.
+                if let Some(lease) = lease.filter(|_| read_to_end) {
                     lease.release(Instant::now());
                 }
                 parts.headers.remove(http::header::CONTENT_LENGTH);
@@ -139,9 +140,11 @@ impl ReadWhole {
     }
 }
 
-/// A response read whole for a safety decision.
+/// A response read whole for a safety decision (or an MCP list check).
 enum Whole {
-    Clean(bytes::Bytes),
+    /// Let through; whether it was read to its end (an MCP stream with every answer need not
+    /// be, and a list too large to check is not).
+    Clean(bytes::Bytes, bool),
     Blocked(Source),
 }
 
@@ -158,9 +161,10 @@ async fn read_whole(
 ) -> Result<Whole, (ProxyError, Option<UpstreamOutcome>)> {
     use http_body_util::BodyExt;
     let upstream = ctx.upstream().map_or_else(String::new, |u| u.name.clone());
-    let too_large = |ctx: &mut RequestCtx| {
-        ctx.read_too_large(Instant::now());
-        Ok(Whole::Blocked(Source::Uninspectable))
+    let too_large = |ctx: &mut RequestCtx| match ctx.read_too_large(Instant::now()) {
+        true => Ok(Whole::Blocked(Source::Uninspectable)),
+        // Only an MCP list check wanted it: the list is refused, not the answer.
+        false => Ok(Whole::Clean(bytes::Bytes::new(), false)),
     };
     if http_body::Body::size_hint(&body).lower() > MAX_INSPECTED_BODY as u64 {
         return too_large(ctx);
@@ -176,6 +180,7 @@ async fn read_whole(
             return Err((ProxyError::Overloaded, None));
         }
     }
+    let mut to_end = false;
     loop {
         let now = Instant::now();
         let frame = match tokio::time::timeout_at((now + idle).min(deadline), body.frame()).await {
@@ -187,7 +192,10 @@ async fn read_whole(
                 };
                 return Err((err, Some(UpstreamOutcome::Timeout)));
             }
-            Ok(None) => break,
+            Ok(None) => {
+                to_end = true;
+                break;
+            }
             Ok(Some(Err(source))) => {
                 let err = ProxyError::Broken { upstream, source };
                 return Err((err, Some(UpstreamOutcome::Reset)));
@@ -208,9 +216,12 @@ async fn read_whole(
             }
             return too_large(ctx);
         }
+        if ctx.read_enough() {
+            break;
+        }
     }
     match ctx.read_ended(Instant::now()) {
         Some(source) => Ok(Whole::Blocked(source)),
-        None => Ok(Whole::Clean(kept.into_bytes())),
+        None => Ok(Whole::Clean(kept.into_bytes(), to_end)),
     }
 }

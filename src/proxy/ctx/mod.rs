@@ -351,7 +351,9 @@ impl RequestCtx {
             None => Inspect::Pass,
         };
         match inspect {
-            Inspect::Pass if self.mcp.reads_whole(l.mcp.as_ref()) => Inspect::ReadWhole,
+            Inspect::Pass | Inspect::ReadWhole if self.mcp.reads_whole(l.mcp.as_ref()) => {
+                Inspect::ReadWhole
+            }
             other => other,
         }
     }
@@ -367,8 +369,9 @@ impl RequestCtx {
     /// safety check. `true` when safety holds it back.
     pub(super) fn data(&mut self, data: &Bytes, now: Instant) -> bool {
         self.llm.data(data, now);
-        // What safety holds back reaches the MCP reader as it is let through (`next_held`).
-        if !self.safety.holds() {
+        // What safety holds back reaches the MCP reader as it is let through (`next_held`); a
+        // list held whole is read as it comes (nothing goes out before the decision).
+        if !self.safety.holds() || self.mcp.held_whole() {
             self.mcp
                 .data(self.listener.mcp.as_ref(), self.hop, data, now);
         }
@@ -418,9 +421,17 @@ impl RequestCtx {
         self.safety.read_ended(self.listener.safety.as_ref(), now)
     }
 
-    /// A body read whole is too large to be decided on in bounded memory.
-    pub(super) fn read_too_large(&mut self, now: Instant) {
-        self.safety.too_large(self.listener.safety.as_ref(), now);
+    /// A body read whole is too large to be decided on in bounded memory: whether safety blocks
+    /// it (else an MCP tool list held for a check, which is refused).
+    pub(super) fn read_too_large(&mut self, now: Instant) -> bool {
+        let lm = self.listener.mcp.as_ref();
+        self.mcp.too_large(lm, self.hop);
+        self.safety.too_large(self.listener.safety.as_ref(), now)
+    }
+
+    /// A held MCP stream has every answer: the rest of it need not be read.
+    pub(super) fn read_enough(&self) -> bool {
+        self.mcp.read_enough()
     }
 
     /// Reading the body whole failed as `outcome` says: nothing of it was said.

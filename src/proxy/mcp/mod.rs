@@ -8,6 +8,7 @@
 //! definitions whose changes are counted and raised as an incident. Bytes pass unchanged unless
 //! `block` says otherwise.
 
+mod hold;
 mod op;
 mod reader;
 pub(crate) mod sessions;
@@ -148,17 +149,15 @@ pub(crate) struct McpState {
     /// status: its own error answered, or a response it could not read (no outcome then).
     unanswered: Option<Unanswered>,
     /// The response is read whole before it goes (a `tools/list` under `tool_changes: block`),
-    /// so that a changed tool can be taken out of it.
-    whole: bool,
-    /// Messages of the response to replace once it was read whole: (as sent, as the agent gets
-    /// it).
+    /// so that a changed tool can be taken out of it ([`hold`]).
+    whole: Option<hold::WholeKind>,
+    /// What becomes of the response's lists once it was read whole.
     rewrites: Vec<Rewrite>,
     /// The request's `MCP-Protocol-Version`, for its spans.
     version: Option<http::HeaderValue>,
 }
 
-/// A message of the response as sent, and as the agent gets it.
-type Rewrite = (Box<[u8]>, Vec<u8>);
+use hold::Rewrite;
 
 impl McpState {
     /// The request arrived with `body` (`Err`: why it could not be read); `loops`: the loop guard
@@ -264,45 +263,6 @@ impl McpState {
         }
     }
 
-    /// Whether the response must be read whole before it goes: a readable `tools/list` answer
-    /// under `tool_changes: block`, whose changed tools are taken out ([`McpState::rewrite`]).
-    pub(crate) fn reads_whole(&mut self, lm: Option<&ListenerMcp>) -> bool {
-        let lists = self.ops.iter().any(|o| o.list_first.is_some());
-        self.whole = lm.is_some_and(|lm| lm.tool_changes == McpAction::Block)
-            && lists
-            && self.reader.is_some();
-        self.whole
-    }
-
-    /// The response from the upstream at `hop`, read whole to its end at `now`, as the agent
-    /// gets it: the tools whose definitions are not the pinned ones taken out of its list; every
-    /// other byte as sent.
-    pub(crate) fn rewrite(
-        &mut self,
-        lm: Option<&ListenerMcp>,
-        hop: usize,
-        mut body: Bytes,
-        now: Instant,
-    ) -> Bytes {
-        let Some(lm) = lm.filter(|_| self.whole) else {
-            return body;
-        };
-        self.finish_reading(lm, lm.upstream(hop), true, now);
-        for (sent, new) in self.rewrites.drain(..) {
-            if body[..] == sent[..] {
-                body = Bytes::from(new);
-            } else if let Some(at) = memchr::memmem::find(&body, &sent) {
-                let mut out =
-                    Vec::with_capacity(body.len() + new.len() - sent.len().min(new.len()));
-                out.extend_from_slice(&body[..at]);
-                out.extend_from_slice(&new);
-                out.extend_from_slice(&body[at + sent.len()..]);
-                body = Bytes::from(out);
-            }
-        }
-        body
-    }
-
     /// The sidecar answered the request itself with `err`'s `outcome` (`blocked`: safety held
     /// back the server's answer): what its operations end as.
     pub(crate) fn local_answer(&mut self, outcome: Option<UpstreamOutcome>, blocked: bool) {
@@ -328,7 +288,7 @@ impl McpState {
             return;
         };
         let up = lm.upstream(hop);
-        let (ops, rewrites) = (&mut self.ops, self.whole.then_some(&mut self.rewrites));
+        let (ops, rewrites) = (&mut self.ops, self.whole.map(|_| &mut self.rewrites));
         let mut rewrites = rewrites;
         let mut read_all = true;
         let unread = reader.feed(chunk, &mut |message| {
@@ -407,7 +367,7 @@ impl McpState {
         }
         // What a cut body holds is no message.
         let ops = &mut self.ops;
-        let mut rewrites = self.whole.then_some(&mut self.rewrites);
+        let mut rewrites = self.whole.map(|_| &mut self.rewrites);
         let mut read_all = true;
         if complete {
             reader.finish(&mut |message| {
@@ -456,11 +416,9 @@ fn read(
         };
         op.ended = Some(Ended::Answered(kind, now));
         if let (Some(first), AnswerKind::Ok) = (op.list_first, kind) {
-            let hold = rewrites.is_some();
-            if let Some(new) = listed(lm, up, first, message, &op.id, hold) {
-                if let Some(r) = rewrites.as_deref_mut() {
-                    r.push((message.into(), new));
-                }
+            let checked = listed(lm, up, first, message, &op.id, rewrites.is_some());
+            if let (Some(r), Some(rewrite)) = (rewrites.as_deref_mut(), checked) {
+                r.push(rewrite);
             }
         }
     });
@@ -471,8 +429,8 @@ fn read(
 }
 
 /// A `tools/list` result: the upstream's book takes the page; changes against the pin are counted
-/// and raised. `hold` (`block`, the response read whole): the message with the tools whose
-/// definitions are not the pinned ones taken out, if any.
+/// and raised. `hold` (`block`, the response read whole): what becomes of the message — only its
+/// tools whose definitions are the pinned ones, or refused when its list cannot be read.
 fn listed(
     lm: &ListenerMcp,
     up: &McpUpstream,
@@ -480,22 +438,19 @@ fn listed(
     message: &[u8],
     id: &RpcId,
     hold: bool,
-) -> Option<Vec<u8>> {
-    let page = rpc::result_of(message, id).and_then(|r| rpc::parse_tool_list(r.as_bytes()))?;
+) -> Option<Rewrite> {
+    let page = rpc::result_of(message, id).and_then(|r| rpc::parse_tool_list(r.as_bytes()));
+    let Some(page) = page else {
+        return hold.then(|| Rewrite::Refuse(id.clone()));
+    };
     if lm.tool_changes == McpAction::Off {
         // Labels and schemas still come from the list; nothing is compared.
         up.book.page(first, page, lm.max_tools, SystemTime::now());
         return None;
     }
-    let hidden = if hold {
-        up.book.unpinned(&page.tools)
-    } else {
-        Vec::new()
-    };
     let changes = up.book.page(first, page, lm.max_tools, SystemTime::now());
-    let rewrite = (!hidden.is_empty())
-        .then(|| rpc::without_tools(message, id, &|n| hidden.iter().any(|h| &**h == n)))
-        .flatten();
+    // What the agent may see: only definitions that are the pinned ones (none before a pin).
+    let rewrite = hold.then(|| hold::checked(message, id, &up.book)).flatten();
     if changes.is_empty() {
         return rewrite;
     }

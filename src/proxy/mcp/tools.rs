@@ -221,18 +221,14 @@ impl ToolBook {
         book.complete(pages, max, now)
     }
 
-    /// The tools of a list page whose definitions are not the pinned ones (changed, or added
-    /// since the pin): what `block` takes out of the list the agent gets. None before a pin.
-    pub(crate) fn unpinned(&self, tools: &[ToolDef]) -> Vec<Box<str>> {
+    /// Whether a tool of a list is as pinned: its name pinned with this definition (any tool,
+    /// before a pin). What `block` lets through to the agent.
+    pub(crate) fn is_pinned(&self, t: &ToolDef) -> bool {
         let book = self.book();
         let Some((pins, _)) = &book.pinned else {
-            return Vec::new();
+            return true;
         };
-        tools
-            .iter()
-            .filter(|t| pins.get(&*t.name) != Some(&t.fingerprint))
-            .map(|t| t.name.clone())
-            .collect()
+        pins.get(&*t.name) == Some(&t.fingerprint)
     }
 
     /// Pins the last complete list (`POST /admin/mcp/{upstream}/accept`): `None` when none was

@@ -180,11 +180,14 @@ impl SafetyState {
         check.blocked()
     }
 
-    /// The body read whole is too large to be decided on in bounded memory.
-    pub(crate) fn too_large(&mut self, ls: Option<&ListenerSafety>, now: Instant) {
+    /// The body read whole is too large to be decided on in bounded memory; whether safety
+    /// inspects it (and so blocks it).
+    pub(crate) fn too_large(&mut self, ls: Option<&ListenerSafety>, now: Instant) -> bool {
         if let (Some(check), Some(ls)) = (self.check.as_mut(), ls) {
             check.count(ls, Source::Uninspectable, None, now);
+            return true;
         }
+        false
     }
 
     /// The response being inspected is not the one the client gets (an attempt that failed, a
