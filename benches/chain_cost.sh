@@ -11,9 +11,11 @@
 # divided by the requests, and oha's latency percentiles. Proxies and upstream share core 1,
 # one tokio worker each. The summary gives medians over rounds and the chain/plain ratios.
 #
-# Then the same two configs under callgrind (valgrind, installed if missing): instructions per
-# request over CG_N requests of each kind after a warm-up, counters zeroed and dumped around the
-# load with callgrind_control. Instruction counts do not move with a noisy neighbour.
+# Then the same two configs under callgrind (valgrind, installed if missing), beside the floor (a
+# bare hyper proxy of ~50 lines, examples/floor_proxy.rs: what hyper and tokio alone cost):
+# instructions per request over CG_N requests of each kind after a warm-up, counters zeroed and
+# dumped around the load with callgrind_control. Instruction counts do not move with a noisy
+# neighbour.
 # BASELINE=/path/to/sloguard (a build of an earlier commit, e.g. the foundation's, built alone:
 # `cargo build --release --bin sloguard`) adds that
 # binary, with the plain config, to the instruction table: what the plain path itself gained.
@@ -233,18 +235,26 @@ echo "cascade: {}" >>"$OUT/cascade.yaml"
 PORT[solo]=18184 PORT[cascade]=18185
 declare -A INBOUND=([solo]=18186 [cascade]=18187)
 CALL_HEADERS=(-H "x-agent-task-id: bench-task-1" -H "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-CG_TARGETS=(plain chain solo cascade)
+# The floor: a bare hyper proxy (examples/floor_proxy.rs), nothing of sloguard's.
+cargo build --release --example floor_proxy
+CG_TARGETS=(floor plain chain solo cascade)
+PORT[floor]=18196
 declare -A BIN=([plain]=target/release/sloguard [chain]=target/release/sloguard [solo]=target/release/sloguard [cascade]=target/release/sloguard)
 rm -f "$OUT"/cg-*.out*
 if [ -n "${BASELINE:-}" ]; then
-  CG_TARGETS=(baseline plain chain solo cascade)
+  CG_TARGETS=(floor baseline plain chain solo cascade)
   BIN[baseline]=$BASELINE
   PORT[baseline]=18183
   sed "s/18190/18192/; s/$PLAIN_PORT/18183/" "$OUT/plain.yaml" >"$OUT/baseline.yaml"
 fi
 for t in "${CG_TARGETS[@]}"; do
+  if [ "$t" = floor ]; then
+    cmd=(target/release/examples/floor_proxy "127.0.0.1:${PORT[floor]}" "http://127.0.0.1:$UP_PORT")
+  else
+    cmd=("${BIN[$t]}" run --config "$OUT/$t.yaml")
+  fi
   RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg-$t.out" \
-    "${BIN[$t]}" run --config "$OUT/$t.yaml" 2>"$OUT/cg-$t.log" &
+    "${cmd[@]}" 2>"$OUT/cg-$t.log" &
   PID[$t]=$!
   PIDS+=($!)
 done
@@ -277,12 +287,12 @@ def total(t, kind):
         if f"Trigger: Program termination" in text or f"Trigger: dump {kind}" not in text:
             continue
         return int(next(l for l in text.splitlines() if l.startswith("summary:")).split()[1])
-print(f"\nInstructions per request (callgrind, {n} requests after a warm-up):\n")
-print("| method | plain | chain | chain − plain | chain / plain |")
-print("|---|---|---|---|---|")
+print(f"\nInstructions per request (callgrind, {n} requests after a warm-up); floor: a bare hyper proxy:\n")
+print("| method | floor | plain | plain − floor | plain / floor | chain | chain − plain | chain / plain |")
+print("|---|---|---|---|---|---|---|---|")
 for kind in ["GET", "POST"]:
-    p, c = total("plain", kind) / n, total("chain", kind) / n
-    print(f"| {kind} | {p:.0f} | {c:.0f} | {c - p:+.0f} | {c / p:.3f} |")
+    f, p, c = total("floor", kind) / n, total("plain", kind) / n, total("chain", kind) / n
+    print(f"| {kind} | {f:.0f} | {p:.0f} | {p - f:+.0f} | {p / f:.3f} | {c:.0f} | {c - p:+.0f} | {c / p:.3f} |")
 print("\nCalls between agents: solo (an agent listener beside egress: calls correlated) and cascade\n(solo with `cascade: {}`), every request with a task id and a traceparent:\n")
 print("| request | plain | solo | cascade | cascade / solo | cascade / plain |")
 print("|---|---|---|---|---|---|")
