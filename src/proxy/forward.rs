@@ -49,8 +49,10 @@ pub(super) async fn forward(
         true => Box::pin(read_ahead(ctx, &listener, &plan, body)).await?,
     };
     // A session's request is with its upstream from the start: what the sidecar answers itself
-    // is counted there.
-    ctx.hop = client.session.unwrap_or(0);
+    // is counted there. (Any other keeps what its admission before the read said.)
+    if let Some(hop) = client.session {
+        ctx.hop = hop;
+    }
     if plan.mcp {
         mcp_request(ctx, &client, &mut payload)?;
     }
