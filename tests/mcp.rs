@@ -147,23 +147,33 @@ fn check_wire(server: &common::mcp::McpServer) {
 const CALLS: &str = "agent_tool_calls_total";
 const OPERATIONS: &str = "mcp_client_operation_duration_seconds_count";
 
-/// A sidecar with an `mcp` listener `tools` in front of `server` (upstream `search`), with the
-/// `mcp:` settings `mcp` and admin keys `admin`.
-async fn sidecar(server: &McpServer, mcp: &str, admin: &str) -> sloguard::Sidecar {
-    start_yaml(&format!(
+/// A sidecar config with an `mcp` listener `tools` whose route is `upstreams` in order (each a
+/// name and its settings besides `protocol: mcp`), then `tail`; admin keys `admin`.
+fn tools_yaml(admin: &str, upstreams: &[(&str, String)], tail: &str) -> String {
+    let names: Vec<&str> = upstreams.iter().map(|(n, _)| *n).collect();
+    let entries: String = upstreams
+        .iter()
+        .map(|(n, settings)| format!("  {n}: {{{settings}, protocol: mcp}}\n"))
+        .collect();
+    format!(
         "agent: test-agent
 admin: {{bind: 127.0.0.1:0{admin}}}
 listeners:
   - {{name: tools, bind: 127.0.0.1:0, role: mcp, route: tools}}
 routes:
-  tools: {{upstreams: [search]}}
+  tools: {{upstreams: [{}]}}
 upstreams:
-  search: {{url: 'http://{}', protocol: mcp}}
-mcp: {mcp}
+{entries}{tail}
 ",
-        server.addr
-    ))
-    .await
+        names.join(", ")
+    )
+}
+
+/// A sidecar with an `mcp` listener `tools` in front of `server` (upstream `search`), with the
+/// `mcp:` settings `mcp` and admin keys `admin`.
+async fn sidecar(server: &McpServer, mcp: &str, admin: &str) -> sloguard::Sidecar {
+    let search = ("search", format!("url: 'http://{}'", server.addr));
+    start_yaml(&tools_yaml(admin, &[search], &format!("mcp: {mcp}"))).await
 }
 
 fn tools_url(s: &sloguard::Sidecar) -> String {
@@ -459,20 +469,14 @@ async fn a_held_list_goes_out_at_its_response_though_the_stream_stays_open() {
     })
     .await
     .unwrap();
-    let s = start_yaml(&format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: tools, bind: 127.0.0.1:0, role: mcp, route: tools}}
-routes:
-  tools: {{upstreams: [search]}}
-upstreams:
-  search: {{url: '{}', protocol: mcp, timeouts: {{idle: 60s, total: 120s}}}}
-mcp: {{tool_changes: block}}
-",
-        server.url()
-    ))
-    .await;
+    let search = (
+        "search",
+        format!(
+            "url: '{}', timeouts: {{idle: 60s, total: 120s}}",
+            server.url()
+        ),
+    );
+    let s = start_yaml(&tools_yaml("", &[search], "mcp: {tool_changes: block}")).await;
     let s = &s;
     let list = |id: &'static str| async move {
         let r = post(s, id, None).await;
@@ -515,20 +519,8 @@ async fn under_block_a_list_that_cannot_be_checked_is_refused() {
     })
     .await
     .unwrap();
-    let s = start_yaml(&format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: tools, bind: 127.0.0.1:0, role: mcp, route: tools}}
-routes:
-  tools: {{upstreams: [search]}}
-upstreams:
-  search: {{url: '{}', protocol: mcp}}
-mcp: {{tool_changes: block}}
-",
-        server.url()
-    ))
-    .await;
+    let search = ("search", format!("url: '{}'", server.url()));
+    let s = start_yaml(&tools_yaml("", &[search], "mcp: {tool_changes: block}")).await;
     let r = post(
         &s,
         r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#,
@@ -618,20 +610,11 @@ async fn the_same_tool_call_again_and_again_in_a_task_is_a_loop() {
 async fn a_session_bound_request_never_falls_back() {
     let server = spawn_mcp_server(McpServerOpts::SUPPORTED[2]).await;
     let dead = common::closed_port();
-    let s = start_yaml(&format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: tools, bind: 127.0.0.1:0, role: mcp, route: tools}}
-routes:
-  tools: {{upstreams: [dead, search]}}
-upstreams:
-  dead: {{url: 'http://{dead}', protocol: mcp}}
-  search: {{url: 'http://{}', protocol: mcp}}
-",
-        server.addr
-    ))
-    .await;
+    let upstreams = [
+        ("dead", format!("url: 'http://{dead}'")),
+        ("search", format!("url: 'http://{}'", server.addr)),
+    ];
+    let s = start_yaml(&tools_yaml("", &upstreams, "")).await;
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
     let free = post(&s, ping, None).await;
     assert_eq!(free.status(), http::StatusCode::OK);
@@ -668,20 +651,12 @@ upstreams:
 async fn a_session_stays_on_the_upstream_that_made_it() {
     let server = spawn_mcp_server(McpServerOpts::SUPPORTED[0]).await;
     let dead = common::closed_port();
-    let s = start_yaml(&format!(
-        "agent: test-agent
-admin: {{bind: 127.0.0.1:0}}
-listeners:
-  - {{name: tools, bind: 127.0.0.1:0, role: mcp, route: tools}}
-routes:
-  tools: {{upstreams: [dead, search]}}
-upstreams:
-  dead: {{url: 'http://{dead}', protocol: mcp, circuit_breaker: {{consecutive_failures: 1, open_for: 60s}}}}
-  search: {{url: 'http://{}', protocol: mcp}}
-",
-        server.addr
-    ))
-    .await;
+    let breaker = "circuit_breaker: {consecutive_failures: 1, open_for: 60s}";
+    let upstreams = [
+        ("dead", format!("url: 'http://{dead}', {breaker}")),
+        ("search", format!("url: 'http://{}'", server.addr)),
+    ];
+    let s = start_yaml(&tools_yaml("", &upstreams, "")).await;
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
     let r = post(&s, init, None).await;
     assert_eq!(r.status(), http::StatusCode::OK);

@@ -180,9 +180,9 @@ impl RequestCtx {
     ) -> Option<Refusal> {
         let (l, at) = (&self.listener, self.received);
         let guard = l.loop_guard.as_deref().filter(|g| g.counts_tool_calls());
-        let refusal = self
-            .mcp
-            .request(l.mcp.as_ref(), headers, body, at, guard.is_some());
+        // The upstream it goes to first: its session's, set before the read.
+        let first = (self.hop, guard.is_some());
+        let refusal = self.mcp.request(l.mcp.as_ref(), headers, body, at, first);
         if let (Some(guard), Some(calls)) = (guard, self.mcp.tool_calls()) {
             guard.tool_calls(headers, calls, at);
         }

@@ -160,21 +160,22 @@ pub(crate) struct McpState {
 use hold::Rewrite;
 
 impl McpState {
-    /// The request arrived with `body` (`Err`: why it could not be read); `loops`: the loop guard
-    /// counts its tool calls. Under `block`, a call the sidecar answers itself is returned.
+    /// The request arrived with `body` (`Err`: why it could not be read), going first to the
+    /// upstream at `first`; `loops`: the loop guard counts its tool calls. Under `block`, a call
+    /// the sidecar answers itself is returned.
     pub(crate) fn request(
         &mut self,
         lm: Option<&ListenerMcp>,
         headers: &HeaderMap,
         body: Result<&[u8], Unparsed>,
         received: Instant,
-        loops: bool,
+        (first, loops): (usize, bool),
     ) -> Option<Refusal> {
         let lm = lm?;
         static VERSION: http::HeaderName = http::HeaderName::from_static("mcp-protocol-version");
         self.version = headers.get(&VERSION).cloned();
         // The guards judge by the list of the upstream the request goes to first.
-        let up = lm.upstream(lm.session_hop(headers).unwrap_or(0));
+        let up = lm.upstream(first);
         let body = match body {
             Ok(body) => body,
             Err(why) => {
