@@ -16,8 +16,20 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // FLOOR_RUNTIME=current: tokio's current-thread runtime instead of the work-stealing one.
+    let runtime = match std::env::var("FLOOR_RUNTIME").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let bind: SocketAddr = args.next().unwrap_or("127.0.0.1:18183".into()).parse()?;
     let upstream: Uri = args

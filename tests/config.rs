@@ -221,6 +221,29 @@ fn a_bad_url_and_a_missing_section_are_named() {
     assert!(e.contains("missing field `upstreams`"), "{e}");
 }
 
+/// An unknown `SLOGUARD_RUNTIME` stops `run` before anything starts, naming the variable and
+/// the choices.
+#[test]
+fn an_unknown_runtime_is_refused_by_name() {
+    let dir = std::env::temp_dir().join(format!("sloguard-runtime-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, BASE).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sloguard"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("SLOGUARD_RUNTIME", "fibers")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SLOGUARD_RUNTIME: `fibers` is not one of one-thread, work-stealing, auto"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn sloguard_check_exits_non_zero_with_the_message() {
     let dir = std::env::temp_dir().join(format!("sloguard-check-{}", std::process::id()));

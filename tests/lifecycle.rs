@@ -75,9 +75,28 @@ async fn readyz_is_200_when_serving_and_503_while_draining() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    sigterm_drains_on("work-stealing").await;
+}
+
+/// The runtime a sidecar given one core runs on (`SLOGUARD_RUNTIME`'s default there): the same
+/// drain, every task on one thread.
+#[tokio::test]
+async fn sigterm_drains_on_the_one_thread_runtime_too() {
+    sigterm_drains_on("one-thread").await;
+}
+
+async fn sigterm_drains_on(runtime: &str) {
     let arrived = Arc::new(Notify::new());
     let upstream = slow_upstream(Duration::from_millis(1500), arrived.clone()).await;
-    let mut p = Process::start(&config_yaml("agent", &upstream.url(), ""), "sigterm").await;
+    let config = config_yaml("agent", &upstream.url(), "");
+    let env = [("SLOGUARD_RUNTIME", runtime)];
+    let mut p = Process::start_with_env(&config, &format!("sigterm-{runtime}"), &env).await;
+    assert!(
+        p.log()
+            .iter()
+            .any(|l| l["message"] == "runtime" && l["runtime"] == runtime),
+        "the runtime asked for was not the one started"
+    );
     let url = format!("http://{}/slow", p.listener);
     let in_flight = tokio::spawn(async move {
         let resp = get(&client(), &url).await;

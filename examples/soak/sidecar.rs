@@ -119,6 +119,8 @@ impl Sidecar {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "warn")
+            // As deployed: the Deployment's CPU limit of 1 gives the one-thread runtime.
+            .env("SLOGUARD_RUNTIME", "one-thread")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?)
             .spawn()?;

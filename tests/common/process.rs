@@ -50,9 +50,12 @@ impl Process {
         let mut child = spawn(&path, &[("RUST_LOG", "info")], env);
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let (mut admin, mut listeners) = (None, Vec::new());
+        // Its last thousand log lines, from its start.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let read = async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                log.lock().unwrap().push_back(line);
                 match v["message"].as_str() {
                     Some("listening") => {
                         let bind = v["bind"].as_str().and_then(|s| s.parse().ok());
@@ -71,7 +74,6 @@ impl Process {
             .await
             .expect("sloguard became ready");
         // Keep draining its log so that it never blocks on a full pipe; the last lines are kept.
-        let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let kept = log.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -104,7 +106,7 @@ impl Process {
         &self.config
     }
 
-    /// Its log lines after it became ready (the last thousand), parsed.
+    /// Its log lines (the last thousand), parsed.
     pub fn log(&self) -> Vec<serde_json::Value> {
         self.log
             .lock()

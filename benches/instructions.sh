@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The hot path's regression guard: instructions per proxied request, counted by callgrind, against
+# the checked-in baseline (benches/instructions.baseline). Instruction counts do not move with a
+# noisy neighbour the way timings do, so CI can hold them to a tolerance.
+#
+#   bash benches/instructions.sh             # measure and compare; exit 1 on a regression
+#   UPDATE=1 bash benches/instructions.sh    # measure and write the baseline
+#
+# One process each, one core's runtime (TOKIO_WORKER_THREADS=1), in front of a simulated upstream
+# that answers at once: the floor (examples/floor_proxy.rs, a bare hyper proxy: for reference,
+# not guarded), sloguard with one plain route ("plain": 1 KiB GET, POST with a 1 KiB body), and
+# sloguard with a chat completion answered as JSON through the `llm` role with a latency SLO and
+# safety on ("llm"). CG_N requests of each kind after a warm-up of 300, 4 connections; counters
+# zeroed and dumped around the load with callgrind_control. A measured count more than TOLERANCE
+# (default 0.03) above its baseline fails; more than TOLERANCE below says to lower the baseline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CG_N=${CG_N:-2000}
+TOLERANCE=${TOLERANCE:-0.03}
+OUT=${OUT:-bench-results/instructions}
+BASELINE_FILE=benches/instructions.baseline
+UP_PORT=18480 FLOOR_PORT=18481 PLAIN_PORT=18482 LLM_PORT=18483
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+command -v valgrind >/dev/null || {
+  as_root=(env DEBIAN_FRONTEND=noninteractive)
+  if [ "$(id -u)" -ne 0 ]; then as_root=(sudo env DEBIAN_FRONTEND=noninteractive); fi
+  "${as_root[@]}" apt-get update -qq && "${as_root[@]}" apt-get install -y -qq valgrind >/dev/null
+}
+command -v oha >/dev/null || cargo install oha --locked --version 1.16.0
+export PATH="$HOME/.cargo/bin:$PATH"
+# The sidecar alone, as it ships: built in one go with the examples it would get the
+# dev-dependencies' features (tokio's test-util clock on every Instant::now) and count more.
+cargo build --release --locked --bin sloguard
+cargo build --release --locked --example sim_upstream --example floor_proxy
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.2; done; echo "port $1 never opened" >&2; exit 1; }
+
+SIM_FIRST_CHUNK_MS=0 SIM_CHUNK_MS=0 TOKIO_WORKER_THREADS=1 target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
+PIDS+=($!)
+cat >"$OUT/plain.yaml" <<YAML
+agent: bench
+admin: {bind: 127.0.0.1:18490}
+listeners:
+  - {name: egress, bind: 127.0.0.1:$PLAIN_PORT, role: llm, route: llm}
+routes:
+  llm: {upstreams: [sim]}
+upstreams:
+  sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
+YAML
+cat >"$OUT/llm.yaml" <<YAML
+agent: bench
+admin: {bind: 127.0.0.1:18491}
+listeners:
+  - {name: egress, bind: 127.0.0.1:$LLM_PORT, role: llm, route: llm}
+routes:
+  llm: {upstreams: [sim]}
+upstreams:
+  sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
+safety: {apply_to: [llm]}
+slos:
+  - {name: ttft, sli: time_to_first_token, threshold: 1s, target: 0.95, window: 30d}
+YAML
+head -c 1024 /dev/urandom | base64 -w0 | head -c 1024 >"$OUT/body.txt"
+echo '{"model":"sim-gpt","messages":[{"role":"user","content":"Summarize the ticket."}],"stream":false}' >"$OUT/chat.json"
+
+declare -A PID
+start() { # name port command...
+  local name=$1 port=$2; shift 2
+  rm -f "$OUT/cg-$name.out"*
+  RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg-$name.out" "$@" 2>"$OUT/cg-$name.log" &
+  PID[$name]=$!
+  PIDS+=($!)
+  wait_port "$port"
+}
+# measure name kind url oha-args...: warm-up, zero, CG_N requests, dump named KIND.
+measure() {
+  local name=$1 kind=$2 url=$3; shift 3
+  oha --no-tui -c 4 -n 300 "$@" "$url" >/dev/null
+  callgrind_control -z "${PID[$name]}" >/dev/null 2>&1
+  oha --no-tui -c 4 -n "$CG_N" "$@" "$url" >"$OUT/oha-$name-$kind.txt"
+  callgrind_control -d "$kind" "${PID[$name]}" >/dev/null 2>&1
+  grep -q "\[200\] $CG_N responses" "$OUT/oha-$name-$kind.txt" || { echo "$name $kind: not every request answered 200" >&2; cat "$OUT/oha-$name-$kind.txt" >&2; exit 1; }
+}
+
+wait_port $UP_PORT
+start floor $FLOOR_PORT target/release/examples/floor_proxy 127.0.0.1:$FLOOR_PORT http://127.0.0.1:$UP_PORT
+start plain $PLAIN_PORT target/release/sloguard run --config "$OUT/plain.yaml"
+start llm $LLM_PORT target/release/sloguard run --config "$OUT/llm.yaml"
+for name in floor plain; do
+  port=$FLOOR_PORT; [ $name = plain ] && port=$PLAIN_PORT
+  measure $name GET "http://127.0.0.1:$port/bytes/1024"
+  measure $name POST "http://127.0.0.1:$port/bytes/1024" -m POST -D "$OUT/body.txt" -T application/json
+done
+measure llm JSON "http://127.0.0.1:$LLM_PORT/v1/chat/completions" -m POST -D "$OUT/chat.json" -T application/json
+
+python3 - "$OUT" "$CG_N" "$BASELINE_FILE" "$TOLERANCE" "${UPDATE:-}" <<'PY' | tee "$OUT/summary.md"
+import glob, sys
+out, n, baseline_file, tolerance, update = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]
+def per_request(name, kind):
+    for f in sorted(glob.glob(f"{out}/cg-{name}.out.*")):
+        text = open(f).read()
+        if f"Trigger: dump {kind}\n" in text:
+            return round(int(next(l for l in text.splitlines() if l.startswith("summary:")).split()[1]) / n)
+    sys.exit(f"no callgrind dump {kind} for {name}")
+measured = {(name, kind): per_request(name, kind)
+            for name, kind in [("floor", "GET"), ("floor", "POST"), ("plain", "GET"), ("plain", "POST"), ("llm", "JSON")]}
+guarded = [k for k in measured if k[0] != "floor"]
+if update:
+    with open(baseline_file, "w") as f:
+        f.write("# Instructions per request (benches/instructions.sh); UPDATE=1 rewrites this file.\n")
+        for name, kind in guarded:
+            f.write(f"{name} {kind} {measured[(name, kind)]}\n")
+baseline = {}
+for line in open(baseline_file):
+    if line.strip() and not line.startswith("#"):
+        name, kind, count = line.split()
+        baseline[(name, kind)] = int(count)
+print(f"Instructions per request (callgrind, {n} requests after a warm-up; tolerance {tolerance:.0%}):\n")
+print("| request | floor | sloguard | baseline | sloguard / baseline | sloguard / floor |")
+print("|---|---|---|---|---|---|")
+failed = False
+for name, kind in guarded:
+    m, b = measured[(name, kind)], baseline[(name, kind)]
+    floor = measured.get(("floor", kind))
+    verdict = ""
+    if m > b * (1 + tolerance):
+        verdict, failed = " REGRESSION", True
+    elif m < b * (1 - tolerance):
+        verdict = " (below the baseline: lower it with UPDATE=1)"
+    ratio = f"{m / floor:.3f}" if floor else "–"
+    print(f"| {name} {kind} | {floor if floor else '–'} | {m} | {b} | {m / b:.3f}{verdict} | {ratio} |")
+sys.exit(1 if failed else 0)
+PY
