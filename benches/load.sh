@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # End-to-end load bench: the simulated upstream direct, through sloguard, through sloguard with a
-# circuit breaker and a 3-upstream fallback chain configured (`sloguard-chain`), and through nginx,
-# side by side in one invocation on loopback.
+# circuit breaker and a 3-upstream fallback chain configured (`sloguard-chain`), through nginx, and
+# through the floor (`floor`: examples/floor_proxy.rs, a bare hyper proxy of ~50 lines, what hyper
+# and tokio alone cost), side by side in one invocation on loopback.
 #
 #   bash benches/load.sh            # ROUNDS=3 rounds of DURATION=5s runs; results in bench-results/
 #
 # Layout (2-core machine): the upstream and the proxy under test share core 1, each with one
-# worker (sloguard: one tokio worker; nginx: one worker process); the load generator (oha) runs
-# on core 0. Open-loop runs at 2,000 and 5,000 req/s with latency correction, 1 KiB responses;
-# a closed-loop max-throughput run; and a streaming run (SSE, 50 chunks) for time to first byte.
+# worker (sloguard and the floor: one tokio worker; nginx: one worker process); the load
+# generator (oha) runs on core 0. Scenarios, each against every target:
+# - open loop at 2,000 and 5,000 req/s with latency correction, GETs of 1 KiB (p50/p99/p99.9);
+# - closed-loop max throughput (CONNS connections), GETs of 1 KiB;
+# - closed-loop max throughput of LLM calls: POST /v1/chat/completions, a small non-streamed
+#   OpenAI request, answered at once (the simulated upstream runs with SIM_FIRST_CHUNK_MS=0 and
+#   SIM_CHUNK_MS=0) and read by sloguard on its `llm` listener (the script checks on its admin
+#   port that the GenAI metrics counted the calls);
+# - a streaming run (SSE, 50 chunks) for time to first byte.
 # Each scenario runs ROUNDS times, the targets back to back within a round, so a noisy
-# neighbour hits all three alike; the summary takes the median over rounds. Added latency =
-# proxy percentile minus direct percentile.
+# neighbour hits them all alike; the summary takes the median over rounds. Added latency =
+# proxy percentile minus direct percentile. The summary ends with the comparison issue 26 asks
+# for: max req/s of sloguard / nginx and floor / nginx (GET and LLM call), and the added p99 and
+# p99.9 of sloguard (and the floor) against nginx's at 2,000 and 5,000 req/s.
+# FLOOR_RUNTIME, when set, is passed on to the floor (whose runtime it selects, if it reads it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +29,9 @@ DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-bench-results}
 CONNS=${CONNS:-64}
-UP_PORT=18080 SG_PORT=18081 NGX_PORT=18082 CHAIN_PORT=18083 ADMIN_PORT=18090 CHAIN_ADMIN_PORT=18091
+UP_PORT=18080 SG_PORT=18081 NGX_PORT=18082 CHAIN_PORT=18083 FLOOR_PORT=18084 ADMIN_PORT=18090 CHAIN_ADMIN_PORT=18091
+# The LLM call of the max-throughput run: a small non-streamed Chat Completions request.
+CHAT_BODY='{"model":"m","messages":[{"role":"user","content":"hi"}]}'
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -33,7 +45,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # The sidecar alone, as it ships: built in one go with the examples it would get the
 # dev-dependencies' features (tokio's test-util clock on every Instant::now) and measure slower.
 cargo build --release --bin sloguard
-cargo build --release --example sim_upstream --example ttfb
+cargo build --release --example sim_upstream --example ttfb --example floor_proxy
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -41,8 +53,10 @@ trap cleanup EXIT
 
 wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
-# --- the three servers -----------------------------------------------------------------------
-TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
+# --- the servers -----------------------------------------------------------------------------
+# Chat completions answered at once (no thinking, no gap between chunks): the LLM run measures the
+# proxies, not a model. /bytes and /sse do not read these.
+SIM_FIRST_CHUNK_MS=0 SIM_CHUNK_MS=0 TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
 PIDS+=($!)
 
 cat >"$OUT/sloguard.yaml" <<YAML
@@ -103,21 +117,36 @@ NGX
 taskset -c 1 "$NGINX" -c "$OUT/nginx.conf" -p "$OUT" &
 PIDS+=($!)
 
-wait_port $UP_PORT; wait_port $SG_PORT; wait_port $NGX_PORT; wait_port $CHAIN_PORT
+# The floor: a bare hyper proxy, nothing of sloguard's.
+TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/examples/floor_proxy 127.0.0.1:$FLOOR_PORT http://127.0.0.1:$UP_PORT 2>"$OUT/floor.log" &
+PIDS+=($!)
+
+wait_port $UP_PORT; wait_port $SG_PORT; wait_port $NGX_PORT; wait_port $CHAIN_PORT; wait_port $FLOOR_PORT
 sleep 0.5
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$SG_PID/status"; }
 IDLE_RSS=$(rss_kib)
 
-declare -A URL=([direct]=http://127.0.0.1:$UP_PORT [sloguard]=http://127.0.0.1:$SG_PORT [sloguard-chain]=http://127.0.0.1:$CHAIN_PORT [nginx]=http://127.0.0.1:$NGX_PORT)
-TARGETS=(direct sloguard sloguard-chain nginx)
+declare -A URL=([direct]=http://127.0.0.1:$UP_PORT [sloguard]=http://127.0.0.1:$SG_PORT [sloguard-chain]=http://127.0.0.1:$CHAIN_PORT [nginx]=http://127.0.0.1:$NGX_PORT [floor]=http://127.0.0.1:$FLOOR_PORT)
+TARGETS=(direct sloguard sloguard-chain nginx floor)
 
 load() { # name target extra-args...
   local name=$1 target=$2; shift 2
   taskset -c 0 oha --no-tui --output-format json -c "$CONNS" "$@" "${URL[$target]}/bytes/1024" >"$OUT/$name-$target.json"
 }
+llm() { # name target extra-args...: closed-loop non-streamed chat completions
+  local name=$1 target=$2; shift 2
+  taskset -c 0 oha --no-tui --output-format json -c "$CONNS" -m POST -T application/json -d "$CHAT_BODY" "$@" \
+    "${URL[$target]}/v1/chat/completions" >"$OUT/$name-$target.json"
+}
+# LLM calls whose answer a sidecar read: its output-token observations (the usage it parsed).
+genai_calls() {
+  curl -s "http://127.0.0.1:$1/metrics" |
+    awk '/^gen_ai_client_token_usage_count/ && /gen_ai_token_type="output"/ {s += $NF} END {printf "%d\n", s}'
+}
 
 echo "warm-up"
-for t in "${TARGETS[@]}"; do load warmup "$t" -z 2s; done
+for t in "${TARGETS[@]}"; do load warmup "$t" -z 2s; llm llm-warmup "$t" -z 1s; done
+GENAI_BEFORE=$(genai_calls $ADMIN_PORT) CHAIN_GENAI_BEFORE=$(genai_calls $CHAIN_ADMIN_PORT)
 for round in $(seq "$ROUNDS"); do
   for rate in 2000 5000; do
     for t in "${TARGETS[@]}"; do
@@ -125,17 +154,21 @@ for round in $(seq "$ROUNDS"); do
     done
   done
   for t in "${TARGETS[@]}"; do echo "round $round, max: $t"; load "max-r$round" "$t" -z "$DURATION"; done
+  for t in "${TARGETS[@]}"; do echo "round $round, llm max: $t"; llm "llm-r$round" "$t" -z "$DURATION"; done
   for t in "${TARGETS[@]}"; do
     echo "round $round, sse: $t"
     taskset -c 0 target/release/examples/ttfb "${URL[$t]}/sse/50?gap_ms=1" 1000 20 >"$OUT/sse-r$round-$t.json"
   done
 done
 LOADED_RSS=$(rss_kib)
+# Did sloguard read the LLM runs' calls? Its GenAI metrics against the 2xx oha got.
+GENAI=$(($(genai_calls $ADMIN_PORT) - GENAI_BEFORE)) CHAIN_GENAI=$(($(genai_calls $CHAIN_ADMIN_PORT) - CHAIN_GENAI_BEFORE))
 
-python3 - "$OUT" "$IDLE_RSS" "$LOADED_RSS" "$ROUNDS" <<'PY' | tee "$OUT/summary.md"
+python3 - "$OUT" "$IDLE_RSS" "$LOADED_RSS" "$ROUNDS" "$GENAI" "$CHAIN_GENAI" <<'PY' | tee "$OUT/summary.md"
 import json, statistics, sys
 out, idle_rss, loaded_rss, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-targets = ["direct", "sloguard", "sloguard-chain", "nginx"]
+genai = {"sloguard": int(sys.argv[5]), "sloguard-chain": int(sys.argv[6])}
+targets = ["direct", "sloguard", "sloguard-chain", "nginx", "floor"]
 def oha(name, r, t): return json.load(open(f"{out}/{name}-r{r}-{t}.json"))
 def ms(d, p): return d["latencyPercentiles"][p] * 1000
 def failed(d):
@@ -143,11 +176,12 @@ def failed(d):
     errors = {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
     return sum(v for k, v in d.get("statusCodeDistribution", {}).items() if not k.startswith("2")) + sum(errors.values())
 med = statistics.median
-print(f"Medians over {rounds} rounds; each round runs direct, sloguard, sloguard-chain and nginx back to back.\n")
+print(f"Medians over {rounds} rounds; each round runs direct, sloguard, sloguard-chain, nginx and floor back to back.")
+print("max: closed loop, GET 1 KiB; llm: closed loop, POST /v1/chat/completions (non-streamed, answered at once).\n")
 print("| run | target | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | req/s | failed |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 summary = {}
-for name in ["rate2000", "rate5000", "max"]:
+for name in ["rate2000", "rate5000", "max", "llm"]:
     for t in targets:
         runs = [oha(name, r, t) for r in range(1, rounds + 1)]
         direct = [oha(name, r, "direct") for r in range(1, rounds + 1)]
@@ -186,4 +220,31 @@ ratios = [s / n for s, n in zip(summary[("max", "sloguard")][2], summary[("max",
 r = med(ratios)
 print(f"- max throughput sloguard/nginx, per round: {', '.join(f'{x:.2f}' for x in ratios)}; median {r:.2f} (target >= 1.0: {'met' if r >= 1.0 else 'NOT met'})")
 print(f"- sloguard RSS: idle {idle_rss/1024:.1f} MiB (target <= 15 MiB: {'met' if idle_rss <= 15*1024 else 'NOT met'}), after the runs {loaded_rss/1024:.1f} MiB")
+for t in ["sloguard", "sloguard-chain"]:
+    got = sum(v for r in range(1, rounds + 1) for k, v in oha("llm", r, t).get("statusCodeDistribution", {}).items() if k.startswith("2"))
+    read = genai[t] > 0 and genai[t] >= 0.95 * got
+    print(f"- {t} read the LLM calls: its gen_ai_client_token_usage (output) counted {genai[t]} calls "
+          f"over the llm runs, oha got {got} 2xx ({'read' if read else 'NOT read'})")
+
+print("\n### Against nginx (issue 26)\n")
+print("Throughput: median over rounds of the per-round ratio. Added latency: median over rounds of proxy minus direct (ms).\n")
+print("| measure | sloguard | floor | nginx | sloguard / nginx | floor / nginx | target |")
+print("|---|---|---|---|---|---|---|")
+for name, label in [("max", "max req/s, GET 1 KiB"), ("llm", "max req/s, LLM call")]:
+    rps = {t: summary[(name, t)][2] for t in ("sloguard", "floor", "nginx")}
+    sg = med(s / n for s, n in zip(rps["sloguard"], rps["nginx"]))
+    fl = med(f / n for f, n in zip(rps["floor"], rps["nginx"]))
+    print(f"| {label} | {med(rps['sloguard']):.0f} | {med(rps['floor']):.0f} | {med(rps['nginx']):.0f} | "
+          f"{sg:.2f} ({'met' if sg >= 1.0 else 'NOT met'}) | {fl:.2f} | sloguard / nginx >= 1.0 |")
+for name, rate in [("rate2000", "2,000"), ("rate5000", "5,000")]:
+    for p in ("p99", "p99.9"):
+        sg, fl, ng = (summary[(name, t)][0][p] for t in ("sloguard", "floor", "nginx"))
+        ratio = lambda x: f"{x / ng:.2f}" if ng > 0 else "n/a"
+        print(f"| added {p} at {rate} req/s | {sg:+.3f} | {fl:+.3f} | {ng:+.3f} | {ratio(sg)} ({'met' if sg <= ng else 'NOT met'}) | "
+              f"{ratio(fl)} | sloguard <= nginx |")
+print("\nn/a: nginx added nothing over direct at that percentile (noise), so no ratio; the verdict compares the added ms.")
 PY
+if [ "$GENAI" -le 0 ]; then
+  echo "sloguard's GenAI metrics did not count the LLM runs' calls: it did not read them" >&2
+  exit 1
+fi

@@ -6,6 +6,7 @@
 //! [`Telemetry`] owns its own recorder (no global), so tests running side by side do not mix.
 
 pub(crate) mod genai;
+mod histograms;
 mod log_limit;
 mod logging;
 pub mod mcp;
@@ -37,6 +38,8 @@ const UPKEEP_DRAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(5
 pub struct Telemetry {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// The histograms (every one has its buckets in [`BUCKETS`]): bucketed when recorded.
+    histograms: Arc<histograms::Histograms>,
     /// Every handle is registered here too when OTLP exports metrics.
     mirror: Option<Arc<otlp::Mirror>>,
     /// The series the local SLO view reads, as numbers.
@@ -67,6 +70,7 @@ impl Telemetry {
         let t = Telemetry {
             recorder: Arc::new(recorder),
             handle,
+            histograms: Arc::default(),
             mirror,
             tallies,
         };
@@ -88,7 +92,9 @@ impl Telemetry {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        self.histograms.render(&mut text);
+        text
     }
 
     /// Folds recorded histogram samples into their buckets; run it periodically so memory stays
@@ -120,7 +126,16 @@ impl Telemetry {
 
     pub fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
         let key = Key::from_parts(name, labels);
-        let prom = self.recorder.register_histogram(&key, &METADATA);
+        let bounds = BUCKETS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
+        let help = METRICS
+            .iter()
+            .find(|m| m.name == name)
+            .map_or("", |m| m.help);
+        let prom = match bounds {
+            Some(bounds) => self.histograms.register(&key, bounds, help),
+            // Every histogram has its buckets; one without would be the exporter's summary.
+            None => self.recorder.register_histogram(&key, &METADATA),
+        };
         let prom = self.tallies.histogram(&key, prom);
         match &self.mirror {
             Some(m) => m.histogram(&key, prom),
