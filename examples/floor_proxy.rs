@@ -14,22 +14,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 
 fn main() -> anyhow::Result<()> {
-    // FLOOR_RUNTIME=current: tokio's current-thread runtime instead of the work-stealing one.
-    let runtime = match std::env::var("FLOOR_RUNTIME").as_deref() {
-        Ok("current") => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-    };
-    runtime.block_on(serve())
-}
-
-async fn serve() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let bind: SocketAddr = args.next().unwrap_or("127.0.0.1:18183".into()).parse()?;
     let upstream: Uri = args
@@ -40,9 +26,48 @@ async fn serve() -> anyhow::Result<()> {
         .authority()
         .cloned()
         .ok_or(anyhow::anyhow!("no host"))?;
+    // FLOOR_RUNTIME: `current` (default: one thread, as sloguard runs on one core), `multi`
+    // (tokio's work-stealing scheduler), `per-core` (a one-thread runtime on each of
+    // TOKIO_WORKER_THREADS threads, each accepting on its own SO_REUSEPORT socket).
+    let current = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    match std::env::var("FLOOR_RUNTIME").as_deref() {
+        Ok("multi") => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve(bind, authority, false)),
+        Ok("per-core") => {
+            let threads = std::env::var("TOKIO_WORKER_THREADS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2);
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let authority = authority.clone();
+                    std::thread::spawn(move || current()?.block_on(serve(bind, authority, true)))
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a thread panicked"))??;
+            }
+            Ok(())
+        }
+        _ => current()?.block_on(serve(bind, authority, false)),
+    }
+}
+
+async fn serve(bind: SocketAddr, authority: Authority, reuse_port: bool) -> anyhow::Result<()> {
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build_http();
-    let listener = TcpListener::bind(bind).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(reuse_port)?;
+    socket.bind(bind)?;
+    let listener = socket.listen(1024)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);

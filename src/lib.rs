@@ -18,6 +18,7 @@ pub mod incident;
 pub mod inspect;
 pub mod metric_table;
 pub mod proxy;
+pub(crate) mod runtime;
 pub mod sidecar;
 pub mod sim;
 pub mod sli;

@@ -238,7 +238,9 @@ fn an_unknown_runtime_is_refused_by_name() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("SLOGUARD_RUNTIME: `fibers` is not one of one-thread, work-stealing, auto"),
+        stderr.contains(
+            "SLOGUARD_RUNTIME: `fibers` is not one of one-thread, work-stealing, per-core, auto"
+        ),
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

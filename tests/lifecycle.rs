@@ -78,6 +78,14 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     sigterm_drains_on("work-stealing").await;
 }
 
+/// The runtime of a sidecar given several cores: the listener accepts on the first runtime and
+/// hands the connection to the second (its first connection goes there), which serves it to the
+/// end of the drain.
+#[tokio::test]
+async fn sigterm_drains_on_per_core_runtimes_too() {
+    sigterm_drains_on("per-core").await;
+}
+
 /// The runtime a sidecar given one core runs on (`SLOGUARD_RUNTIME`'s default there): the same
 /// drain, every task on one thread.
 #[tokio::test]
@@ -89,7 +97,7 @@ async fn sigterm_drains_on(runtime: &str) {
     let arrived = Arc::new(Notify::new());
     let upstream = slow_upstream(Duration::from_millis(1500), arrived.clone()).await;
     let config = config_yaml("agent", &upstream.url(), "");
-    let env = [("SLOGUARD_RUNTIME", runtime)];
+    let env = [("SLOGUARD_RUNTIME", runtime), ("TOKIO_WORKER_THREADS", "2")];
     let mut p = Process::start_with_env(&config, &format!("sigterm-{runtime}"), &env).await;
     assert!(
         p.log()

@@ -1,6 +1,7 @@
 //! The command line: `run`, `check`, `rules`, `demo`.
 
 mod demo;
+mod runtime;
 mod signal;
 pub use signal::wait_for_stop_signal;
 
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::sidecar::{ConfigFile, Reloader, Sidecar, Trigger};
 use crate::telemetry::init_logging;
+use runtime::Runtime;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,64 +114,6 @@ fn check(path: &std::path::Path) -> Result<Config, String> {
             .map_err(|e| format!("{}: admin.token_file: {e}", path.display()))?;
     }
     Ok(config)
-}
-
-/// Which tokio scheduler runs the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Runtime {
-    /// Every task on the one thread that also runs `main`: no work stealing, no cross-thread
-    /// wake-ups. Measured here on one core: about 12% more requests a second than the
-    /// work-stealing scheduler with one worker (README, Benchmarks).
-    OneThread,
-    /// tokio's work-stealing scheduler, `TOKIO_WORKER_THREADS` workers (default one a core).
-    WorkStealing,
-}
-
-impl Runtime {
-    /// `SLOGUARD_RUNTIME` (`one-thread`, `work-stealing`), or by the cores the sidecar may use:
-    /// one thread when `TOKIO_WORKER_THREADS` is 1, or when the process may use one core (a
-    /// container CPU limit of 1 or less, an affinity mask of one core).
-    fn for_sidecar() -> Result<Runtime, String> {
-        match std::env::var("SLOGUARD_RUNTIME").as_deref() {
-            Ok("one-thread") => return Ok(Runtime::OneThread),
-            Ok("work-stealing") => return Ok(Runtime::WorkStealing),
-            Ok("" | "auto") | Err(std::env::VarError::NotPresent) => {}
-            Ok(other) => {
-                return Err(format!(
-                    "SLOGUARD_RUNTIME: `{other}` is not one of one-thread, work-stealing, auto"
-                ))
-            }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err("SLOGUARD_RUNTIME: not UTF-8".to_string())
-            }
-        }
-        let workers = std::env::var("TOKIO_WORKER_THREADS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-            .unwrap_or(1);
-        Ok(if workers <= 1 {
-            Runtime::OneThread
-        } else {
-            Runtime::WorkStealing
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Runtime::OneThread => "one-thread",
-            Runtime::WorkStealing => "work-stealing",
-        }
-    }
-
-    fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
-        match self {
-            Runtime::OneThread => tokio::runtime::Builder::new_current_thread(),
-            Runtime::WorkStealing => tokio::runtime::Builder::new_multi_thread(),
-        }
-        .enable_all()
-        .build()
-    }
 }
 
 fn runtime_then<F, Fut>(runtime: Runtime, f: F) -> ExitCode

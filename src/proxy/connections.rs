@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge, Label};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -378,25 +378,59 @@ impl Connections {
             // inside a wrapper and moved in costs a copy of its whole state (kilobytes) per
             // request.
             let svc = service_for(peer, conn.clone());
-            // The socket comes back when hyper is done with it: see `linger`.
-            let (io, handback) = Handback::new(stream);
-            let http = self
-                .settings
-                .load()
-                .builder
-                .serve_connection(TokioIo::new(io), svc)
-                .into_owned();
             let set = self.clone();
-            tokio::spawn(async move {
-                let graceful = |c: Pin<&mut _>| auto::Connection::graceful_shutdown(c);
-                if set.watch_over(http, graceful, &conn, peer).await {
-                    if let Ok(stream) = handback.await {
-                        linger(stream, conn.close.notified()).await;
-                    }
+            match crate::runtime::next_for_connection() {
+                None => {
+                    tokio::spawn(set.serve(stream, svc, conn, peer));
                 }
-                set.remove(conn.id);
-            });
+                // Served on another per-core runtime: its socket moves there, to be registered
+                // with that runtime's I/O driver.
+                Some(runtime) => match stream.into_std() {
+                    Ok(stream) => {
+                        runtime.spawn(async move {
+                            match TcpStream::from_std(stream) {
+                                Ok(stream) => set.serve(stream, svc, conn, peer).await,
+                                Err(_) => set.remove(conn.id),
+                            }
+                        });
+                    }
+                    Err(_) => set.remove(conn.id),
+                },
+            }
         }
+    }
+
+    /// Serves one admitted connection to its end, then lets its socket linger.
+    async fn serve<S, B>(
+        self: Arc<Self>,
+        stream: TcpStream,
+        svc: S,
+        conn: Arc<Conn>,
+        peer: SocketAddr,
+    ) where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // The socket comes back when hyper is done with it: see `linger`.
+        let (io, handback) = Handback::new(stream);
+        let http = self
+            .settings
+            .load()
+            .builder
+            .serve_connection(TokioIo::new(io), svc)
+            .into_owned();
+        let graceful = |c: Pin<&mut _>| auto::Connection::graceful_shutdown(c);
+        if self.watch_over(http, graceful, &conn, peer).await {
+            if let Ok(stream) = handback.await {
+                linger(stream, conn.close.notified()).await;
+            }
+        }
+        self.remove(conn.id);
     }
 
     /// Drives one connection until it ends, closing it when a deadline passes, when it is

@@ -77,7 +77,9 @@ pub struct ConnectionPool {
     connector: HttpsConnector<HttpConnector>,
     /// `scheme://authority/`: what the connector dials.
     target: Uri,
-    idle: Mutex<Vec<IdleConnection>>,
+    /// One list per runtime that serves connections (see `crate::runtime`): a request takes
+    /// and gives back connections whose tasks run on its own thread.
+    idle: Box<[Mutex<Vec<IdleConnection>>]>,
     /// The shared h2 connections, each with a number of its own.
     h2: Mutex<Vec<(u64, http2::SendRequest<RequestBody>)>>,
     h2_next_id: std::sync::atomic::AtomicU64,
@@ -166,7 +168,9 @@ impl ConnectionPool {
         ConnectionPool {
             connector,
             target,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..crate::runtime::count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             h2: Mutex::new(Vec::new()),
             h2_next_id: std::sync::atomic::AtomicU64::new(0),
             h2_settings,
@@ -275,8 +279,14 @@ impl ConnectionPool {
         self.h2.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    /// The idle connections of the calling thread's runtime.
+    fn idle_here(&self) -> std::sync::MutexGuard<'_, Vec<IdleConnection>> {
+        let list = &self.idle[crate::runtime::current() % self.idle.len()];
+        list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn take_idle(&self, now: Instant) -> Option<http1::SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle_here();
         while let Some(c) = idle.pop() {
             if !c.sender.is_closed() && now < c.expires {
                 return Some(c.sender);
@@ -290,7 +300,7 @@ impl ConnectionPool {
         if sender.is_closed() || idle_limit.is_zero() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle_here();
         // Those past their limit at the front go (their drop closes them): most share the pool's
         // limit, so the oldest expire first. One shortened by `Keep-Alive` behind a later one is
         // skipped by `take_idle` and closed by `close_expired`: no scan of the list per request.
@@ -310,8 +320,10 @@ impl ConnectionPool {
     /// request touches lets its connections go too).
     pub fn close_expired(&self) {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|c| now < c.expires);
+        for list in &self.idle {
+            let mut idle = list.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|c| now < c.expires);
+        }
     }
 
     /// Connects, or, while the upstream may speak h2, waits for the connection in progress and
