@@ -121,7 +121,7 @@ fn metrics_bench(c: &mut Criterion) {
         });
         t.run_upkeep();
     }
-    // Histogram samples accumulate until upkeep folds them; keep the bench's memory flat.
+    // Keeps the OTLP mirror's samples, if any, from piling up across benches.
     t.run_upkeep();
     let mut group = c.benchmark_group("metrics/contended");
     group.bench_function("one_request_2_threads", |b| {

@@ -20,7 +20,7 @@ CG_N=${CG_N:-2000}
 TOLERANCE=${TOLERANCE:-0.03}
 OUT=${OUT:-bench-results/instructions}
 BASELINE_FILE=benches/instructions.baseline
-UP_PORT=18480 FLOOR_PORT=18481 PLAIN_PORT=18482 LLM_PORT=18483
+UP_PORT=18460 FLOOR_PORT=18461 PLAIN_PORT=18462 LLM_PORT=18463
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -40,12 +40,16 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 wait_port() { for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.2; done; echo "port $1 never opened" >&2; exit 1; }
+# A port already taken would have another process measured.
+for port in $UP_PORT $FLOOR_PORT $PLAIN_PORT $LLM_PORT 18470 18471; do
+  if (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is in use: stop what holds it" >&2; exit 1; fi
+done
 
 SIM_FIRST_CHUNK_MS=0 SIM_CHUNK_MS=0 TOKIO_WORKER_THREADS=1 target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
 PIDS+=($!)
 cat >"$OUT/plain.yaml" <<YAML
 agent: bench
-admin: {bind: 127.0.0.1:18490}
+admin: {bind: 127.0.0.1:18470}
 listeners:
   - {name: egress, bind: 127.0.0.1:$PLAIN_PORT, role: llm, route: llm}
 routes:
@@ -55,7 +59,7 @@ upstreams:
 YAML
 cat >"$OUT/llm.yaml" <<YAML
 agent: bench
-admin: {bind: 127.0.0.1:18491}
+admin: {bind: 127.0.0.1:18471}
 listeners:
   - {name: egress, bind: 127.0.0.1:$LLM_PORT, role: llm, route: llm}
 routes:
@@ -82,9 +86,9 @@ start() { # name port command...
 measure() {
   local name=$1 kind=$2 url=$3; shift 3
   oha --no-tui -c 4 -n 300 "$@" "$url" >/dev/null
-  callgrind_control -z "${PID[$name]}" >/dev/null 2>&1
+  callgrind_control -z "${PID[$name]}" >/dev/null 2>&1 || { echo "$name: callgrind_control -z failed" >&2; exit 1; }
   oha --no-tui -c 4 -n "$CG_N" "$@" "$url" >"$OUT/oha-$name-$kind.txt"
-  callgrind_control -d "$kind" "${PID[$name]}" >/dev/null 2>&1
+  callgrind_control -d "$kind" "${PID[$name]}" >/dev/null 2>&1 || { echo "$name: callgrind_control -d failed" >&2; exit 1; }
   grep -q "\[200\] $CG_N responses" "$OUT/oha-$name-$kind.txt" || { echo "$name $kind: not every request answered 200" >&2; cat "$OUT/oha-$name-$kind.txt" >&2; exit 1; }
 }
 
@@ -99,9 +103,12 @@ for name in floor plain; do
 done
 measure llm JSON "http://127.0.0.1:$LLM_PORT/v1/chat/completions" -m POST -D "$OUT/chat.json" -T application/json
 
-python3 - "$OUT" "$CG_N" "$BASELINE_FILE" "$TOLERANCE" "${UPDATE:-}" <<'PY' | tee "$OUT/summary.md"
+# Counts move with the compiler and the CPU's instruction set (SIMD paths in memchr, httparse,
+# glibc): the baseline names both, and is only held against a build of the same.
+TOOLCHAIN="$(rustc -V | cut -d' ' -f1-2) on $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+python3 - "$OUT" "$CG_N" "$BASELINE_FILE" "$TOLERANCE" "${UPDATE:-}" "$TOOLCHAIN" <<'PY' | tee "$OUT/summary.md"
 import glob, sys
-out, n, baseline_file, tolerance, update = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]
+out, n, baseline_file, tolerance, update, toolchain = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5], sys.argv[6]
 def per_request(name, kind):
     for f in sorted(glob.glob(f"{out}/cg-{name}.out.*")):
         text = open(f).read()
@@ -114,11 +121,14 @@ guarded = [k for k in measured if k[0] != "floor"]
 if update:
     with open(baseline_file, "w") as f:
         f.write("# Instructions per request (benches/instructions.sh); UPDATE=1 rewrites this file.\n")
+        f.write(f"# toolchain: {toolchain}\n")
         for name, kind in guarded:
             f.write(f"{name} {kind} {measured[(name, kind)]}\n")
-baseline = {}
+baseline, measured_with = {}, None
 for line in open(baseline_file):
-    if line.strip() and not line.startswith("#"):
+    if line.startswith("# toolchain: "):
+        measured_with = line[len("# toolchain: "):].strip()
+    elif line.strip() and not line.startswith("#"):
         name, kind, count = line.split()
         baseline[(name, kind)] = int(count)
 print(f"Instructions per request (callgrind, {n} requests after a warm-up; tolerance {tolerance:.0%}):\n")
@@ -135,5 +145,9 @@ for name, kind in guarded:
         verdict = " (below the baseline: lower it with UPDATE=1)"
     ratio = f"{m / floor:.3f}" if floor else "–"
     print(f"| {name} {kind} | {floor if floor else '–'} | {m} | {b} | {m / b:.3f}{verdict} | {ratio} |")
+if measured_with != toolchain:
+    print(f"\nThe baseline was measured with {measured_with}, this build is {toolchain}: the counts are")
+    print("shown, not held to it (measure a baseline here with UPDATE=1 from a commit known good).")
+    sys.exit(0)
 sys.exit(1 if failed else 0)
 PY

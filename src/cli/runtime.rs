@@ -5,8 +5,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Runtime {
     /// Every task on the one thread that also runs `main`: no work stealing, no cross-thread
-    /// wake-ups. Measured here on one core: about 12% more requests a second than the
-    /// work-stealing scheduler with one worker (README, Benchmarks).
+    /// wake-ups (on one core, about the same requests a second as one work-stealing worker:
+    /// `benches/runtimes.sh`).
     OneThread,
     /// tokio's work-stealing scheduler, `TOKIO_WORKER_THREADS` workers (default one a core).
     WorkStealing,

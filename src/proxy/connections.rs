@@ -202,11 +202,22 @@ pub(crate) struct Connections {
     open: Gauge,
     closed: [Counter; CloseReason::COUNT],
     errors: Counter,
+    /// Connections go to the per-core runtimes in turn.
+    handoff: bool,
 }
 
 impl Connections {
     /// The connections of the port `name` (a listener's name, or `admin`), with `limits`.
-    pub(crate) fn new(name: &str, limits: &Limits, agent: &str, t: &Telemetry) -> Arc<Connections> {
+    /// `handoff`: served on the per-core runtimes in turn, when there are (see `crate::runtime`);
+    /// else where accepted (the admin port: its probes and reloads stay on the first runtime,
+    /// whatever a request on another core is doing).
+    pub(crate) fn new(
+        name: &str,
+        limits: &Limits,
+        agent: &str,
+        t: &Telemetry,
+        handoff: bool,
+    ) -> Arc<Connections> {
         let labels = || vec![label("agent", agent), label("listener", name)];
         // Counted up and down, not set: a reload that moves the listener has two sets of its
         // connections for a while (the old one draining), under one series.
@@ -226,6 +237,7 @@ impl Connections {
                 t.counter(CLIENT_CONNECTIONS_CLOSED_TOTAL, l)
             }),
             errors: connection_errors(t, agent, name),
+            handoff,
         })
     }
 
@@ -379,7 +391,11 @@ impl Connections {
             // request.
             let svc = service_for(peer, conn.clone());
             let set = self.clone();
-            match crate::runtime::next_for_connection() {
+            let runtime = self
+                .handoff
+                .then(crate::runtime::next_for_connection)
+                .flatten();
+            match runtime {
                 None => {
                     tokio::spawn(set.serve(stream, svc, conn, peer));
                 }
@@ -573,7 +589,7 @@ mod tests {
             max_connections: max,
             ..Limits::default()
         };
-        Connections::new("p", &limits, "a", &Telemetry::new())
+        Connections::new("p", &limits, "a", &Telemetry::new(), true)
     }
 
     fn closes(set: &Connections, c: &Conn) -> Option<CloseReason> {

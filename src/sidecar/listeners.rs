@@ -224,8 +224,13 @@ impl Listeners {
         let state = &snapshot.listeners[i];
         let config = snapshot.config.listeners[i].clone();
         let addr = tcp.local_addr().unwrap_or(config.bind);
-        let connections =
-            Connections::new(&config.name, &config.limits, &self.agent, &self.telemetry);
+        let connections = Connections::new(
+            &config.name,
+            &config.limits,
+            &self.agent,
+            &self.telemetry,
+            true,
+        );
         let restarts = self.telemetry.counter(
             BACKGROUND_RESTARTS_TOTAL,
             vec![

@@ -99,7 +99,8 @@ impl Sidecar {
         let ready = Arc::new(AtomicBool::new(false));
         let (admin_stop, _) = watch::channel(false);
         let admin_addr = local_addr(&admin_tcp, admin.bind);
-        let admin_connections = Connections::new("admin", &admin.limits, &agent, &p.telemetry);
+        let admin_connections =
+            Connections::new("admin", &admin.limits, &agent, &p.telemetry, false);
         let mut background = vec![tokio::spawn(admin::serve(
             admin_tcp,
             admin_connections,

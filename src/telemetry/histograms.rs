@@ -61,10 +61,10 @@ impl HistogramFn for Series {
     }
 }
 
-/// A registered series with its name and label pairs formatted once.
-#[derive(Debug)]
+/// A registered series with its label pairs formatted once.
+#[derive(Debug, Clone)]
 struct Registered {
-    labels: Vec<String>,
+    labels: Arc<[String]>,
     series: Arc<Series>,
 }
 
@@ -101,61 +101,65 @@ impl Histograms {
         let series = Arc::new(Series::new(bounds));
         family.index.insert(key.clone(), family.series.len());
         family.series.push(Registered {
-            labels,
+            labels: labels.into(),
             series: series.clone(),
         });
         Histogram::from_arc(series)
     }
 
-    /// Appends every histogram's exposition to `out`.
+    /// Appends every histogram's exposition to `out`. The registry is locked only to copy its
+    /// handles: a request registering a new series (a model seen the first time) does not wait
+    /// for the text to be written.
     pub(super) fn render(&self, out: &mut String) {
-        let by_name = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
-        for (name, family) in by_name.iter() {
-            if !family.help.is_empty() {
-                write_help_line(out, name, family.help);
+        let families: Vec<(String, &'static str, Vec<Registered>)> = {
+            let by_name = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+            by_name
+                .iter()
+                .map(|(name, f)| (name.clone(), f.help, f.series.clone()))
+                .collect()
+        };
+        for (name, help, series) in &families {
+            if !help.is_empty() {
+                write_help_line(out, name, help);
             }
             write_type_line(out, name, "histogram");
-            for r in &family.series {
-                let s = &r.series;
-                let mut cumulative = 0u64;
-                for (bound, count) in s.bounds.iter().zip(s.counts.iter()) {
-                    cumulative += count.load(Ordering::Relaxed);
-                    write_metric_line(
-                        out,
-                        name,
-                        Some("bucket"),
-                        &r.labels,
-                        Some(("le", *bound)),
-                        cumulative,
-                        None,
-                    );
-                }
-                let over = s.counts.last().map_or(0, |c| c.load(Ordering::Relaxed));
-                let total = cumulative + over;
-                write_metric_line(
-                    out,
-                    name,
-                    Some("bucket"),
-                    &r.labels,
-                    Some(("le", "+Inf")),
-                    total,
-                    None,
-                );
-                let sum = f64::from_bits(s.sum.load(Ordering::Relaxed));
-                write_metric_line::<&str, f64>(out, name, Some("sum"), &r.labels, None, sum, None);
-                write_metric_line::<&str, u64>(
-                    out,
-                    name,
-                    Some("count"),
-                    &r.labels,
-                    None,
-                    total,
-                    None,
-                );
+            for r in series {
+                write_series(out, name, &r.labels, &r.series);
             }
             out.push('\n');
         }
     }
+}
+
+/// One series' `_bucket` lines (cumulative, then `+Inf`), `_sum` and `_count`.
+fn write_series(out: &mut String, name: &str, labels: &[String], s: &Series) {
+    let mut cumulative = 0u64;
+    for (bound, count) in s.bounds.iter().zip(s.counts.iter()) {
+        cumulative += count.load(Ordering::Relaxed);
+        write_metric_line(
+            out,
+            name,
+            Some("bucket"),
+            labels,
+            Some(("le", *bound)),
+            cumulative,
+            None,
+        );
+    }
+    let over = s.counts.last().map_or(0, |c| c.load(Ordering::Relaxed));
+    let total = cumulative + over;
+    write_metric_line(
+        out,
+        name,
+        Some("bucket"),
+        labels,
+        Some(("le", "+Inf")),
+        total,
+        None,
+    );
+    let sum = f64::from_bits(s.sum.load(Ordering::Relaxed));
+    write_metric_line::<&str, f64>(out, name, Some("sum"), labels, None, sum, None);
+    write_metric_line::<&str, u64>(out, name, Some("count"), labels, None, total, None);
 }
 
 #[cfg(test)]

@@ -97,8 +97,9 @@ impl Telemetry {
         text
     }
 
-    /// Folds recorded histogram samples into their buckets; run it periodically so memory stays
-    /// bounded between scrapes.
+    /// The exporter's upkeep (its own histograms are none: ours are bucketed when recorded),
+    /// and the OTLP mirror's samples drained should its thread have fallen behind; run it
+    /// periodically.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
         // The OTLP export thread drains its samples every second; should it be kept from the CPU,

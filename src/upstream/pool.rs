@@ -86,6 +86,7 @@ pub struct ConnectionPool {
     h2_settings: H2Settings,
     /// Which shared h2 connection the next request takes.
     h2_turn: std::sync::atomic::AtomicUsize,
+    /// Of each idle list.
     max_idle: usize,
     idle_timeout: Duration,
     /// Bounds TCP and TLS set-up together (the TCP connector's own timeout covers TCP only).
@@ -165,17 +166,17 @@ impl ConnectionPool {
         h2_settings: H2Settings,
     ) -> ConnectionPool {
         let plain = target.scheme() == Some(&http::uri::Scheme::HTTP);
+        // One idle list per runtime, sharing the pool's bound.
+        let lists = crate::runtime::count();
         ConnectionPool {
             connector,
             target,
-            idle: (0..crate::runtime::count())
-                .map(|_| Mutex::new(Vec::new()))
-                .collect(),
+            idle: (0..lists).map(|_| Mutex::new(Vec::new())).collect(),
             h2: Mutex::new(Vec::new()),
             h2_next_id: std::sync::atomic::AtomicU64::new(0),
             h2_settings,
             h2_turn: std::sync::atomic::AtomicUsize::new(0),
-            max_idle,
+            max_idle: max_idle.div_ceil(lists),
             idle_timeout,
             connect_timeout,
             speaks_h1: AtomicBool::new(plain),
