@@ -1,10 +1,11 @@
 //! The runtimes connections are served on.
 //!
-//! By default (and in every in-process test) a connection is served where it was accepted. A
-//! sidecar on several cores may instead run a one-thread runtime per core
-//! (`SLOGUARD_RUNTIME=per-core`, see `cli`): the listeners accept on the first, and each
-//! accepted connection is handed, in turn, to one of them for its whole life — its requests,
-//! its upstream exchanges and their timers never cross threads, and no scheduler steals work.
+//! Without per-core runtimes (one core, tokio's work-stealing scheduler, the demo, every
+//! in-process test) a connection is served where it was accepted. `sloguard run` on several cores
+//! runs a one-thread runtime per core instead (`cli::runtime`): the listeners accept on the
+//! first, and each accepted connection is handed, in turn, to one of them for its whole life —
+//! its requests, its HTTP/1.1 upstream exchanges and their timers never cross threads, and no
+//! scheduler steals work. The admin port's connections stay on the first.
 //! Measured on two cores (`benches/runtimes.sh`): sloguard served 1.22× the requests a second of
 //! tokio's work-stealing scheduler with two workers.
 
