@@ -55,7 +55,13 @@ impl Process {
         let read = async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                log.lock().unwrap().push_back(line);
+                {
+                    let mut log = log.lock().unwrap();
+                    if log.len() >= 1000 {
+                        log.pop_front();
+                    }
+                    log.push_back(line);
+                }
                 match v["message"].as_str() {
                     Some("listening") => {
                         let bind = v["bind"].as_str().and_then(|s| s.parse().ok());
@@ -78,7 +84,7 @@ impl Process {
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 let mut kept = kept.lock().unwrap();
-                if kept.len() == 1000 {
+                while kept.len() >= 1000 {
                     kept.pop_front();
                 }
                 kept.push_back(line);
