@@ -5,8 +5,9 @@
 #   bash benches/stream_memory.sh   # ROUNDS=3 rounds of N=1000 streams; results in bench-results/
 #
 # Per round a fresh sidecar as it ships (role `llm`, one route to the simulated provider,
-# `protocol: openai`, everything else default; one tokio worker, WORKERS, as the deployment's
-# one-CPU limit gives it), on core 1 beside the provider; the load on core 0.
+# `protocol: openai`, everything else default; TOKIO_WORKER_THREADS=WORKERS, by default 1: the
+# one-thread runtime, as the deployment's one-CPU limit gives it), on core 1 beside the provider;
+# the load on core 0.
 # - Idle: once its admin port answers and SETTLE seconds more, its VmRSS from /proc/PID/status.
 # - Streams: N concurrent streamed Chat Completions (`"stream": true`, examples/llm_load.rs in
 #   closed loop, one call per connection), which the provider keeps open for about 12 s
