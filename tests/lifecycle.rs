@@ -420,12 +420,15 @@ async fn the_demo_runs_its_traffic_and_prints_a_summary() {
     assert!(left > had_they, "{cascade}");
     // MCP: the agent's tool calls, per tool. The slow tool answers (its p99 above its 150 ms),
     // the flaky one fails as the tool's own error now and then, and the definition the server
-    // changed at 3 s was caught on the next list and its calls held from then on.
+    // changed at 3 s was caught on the next list and its calls held from then on. A search still
+    // streaming when its task's deadline (`cascade.default_deadline: 2s`, tasks slowed by the
+    // planner from 1 s) passes is cut there and ends `timeout`: now and then one of the forty
+    // or so in a debug build. The demo's own tool-success objective is 95%.
     let tools = stdout
         .lines()
         .rfind(|l| l.contains("] tools "))
         .expect("a tools line");
-    assert!(number_after(tools, "search ok") >= 99.0, "{tools}");
+    assert!(number_after(tools, "search ok") >= 95.0, "{tools}");
     let p99 = word_after(tools.split("search ok").nth(1).unwrap(), "p99");
     let ms: f64 = p99.trim_end_matches("ms").parse().unwrap();
     assert!(ms >= 150.0, "{tools}");
