@@ -57,19 +57,15 @@ routes:
 upstreams:
   sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
 YAML
-cat >"$OUT/llm.yaml" <<YAML
-agent: bench
-admin: {bind: 127.0.0.1:18471}
-listeners:
-  - {name: egress, bind: 127.0.0.1:$LLM_PORT, role: llm, route: llm}
-routes:
-  llm: {upstreams: [sim]}
-upstreams:
-  sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
+# The same route with safety on and a time-to-first-token SLO counted.
+{
+  sed "s/18470/18471/; s/$PLAIN_PORT/$LLM_PORT/" "$OUT/plain.yaml"
+  cat <<YAML
 safety: {apply_to: [llm]}
 slos:
   - {name: ttft, sli: time_to_first_token, threshold: 1s, target: 0.95, window: 30d}
 YAML
+} >"$OUT/llm.yaml"
 head -c 1024 /dev/urandom | base64 -w0 | head -c 1024 >"$OUT/body.txt"
 echo '{"model":"sim-gpt","messages":[{"role":"user","content":"Summarize the ticket."}],"stream":false}' >"$OUT/chat.json"
 
