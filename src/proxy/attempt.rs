@@ -4,15 +4,14 @@ use std::future::Future;
 use std::pin::Pin;
 
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::error::DeadlineWhen;
 use super::ProxyError;
-use crate::upstream::{Lease, RequestBody, SendError, Upload, UploadState, Upstream};
+use crate::upstream::{Lease, RequestBody, SendError, Upload, UploadState, Upstream, UpstreamBody};
 
 /// An attempt's response head, and the HTTP/1.1 connection it came on.
-pub(super) type Exchange = (Response<Incoming>, Option<Lease>);
+pub(super) type Exchange = (Response<UpstreamBody>, Option<Lease>);
 
 /// When an attempt must have its answer: its response head by `head` (`first_byte`, restarted
 /// while the client is still uploading, and `total`, which is at the latest `cascade`), the
@@ -36,7 +35,7 @@ pub(super) async fn exchange<F>(
     deadlines: Deadlines,
 ) -> Result<Exchange, ProxyError>
 where
-    F: Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>>,
+    F: Future<Output = Result<(Response<UpstreamBody>, Option<Lease>), SendError>>,
 {
     let timeouts = upstream.timeouts;
     let total_deadline = deadlines.total;

@@ -9,18 +9,17 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::ctx::RequestCtx;
 use super::safety::Held;
 use crate::sli::UpstreamOutcome;
-use crate::upstream::Lease;
+use crate::upstream::{ExchangeError, Lease, UpstreamBody};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("upstream body failed: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] ExchangeError),
     #[error("upstream body stalled longer than the idle timeout")]
     Idle,
     #[error("upstream exchange ran past the total timeout")]
@@ -30,7 +29,7 @@ pub enum BodyError {
 /// Deadlines of a streaming upstream body.
 #[derive(Debug)]
 struct Stream {
-    body: Incoming,
+    body: UpstreamBody,
     /// The HTTP/1.1 connection the body arrives on: back to the pool once the body ended cleanly.
     lease: Option<Lease>,
     idle: std::time::Duration,
@@ -73,7 +72,7 @@ pub struct ProxyBody {
 impl ProxyBody {
     /// The upstream's body.
     pub(super) fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         lease: Option<Lease>,
         mut ctx: RequestCtx,
         idle: std::time::Duration,
@@ -144,7 +143,7 @@ impl ProxyBody {
             // The last frame (a body of known length): hyper polls no more, so the request ends
             // now, with the time already read.
             if let Some(lease) = stream.lease.take() {
-                lease.release(now);
+                lease.release(&mut stream.body, now);
             }
             stream.ended = true;
             self.ctx.finish(now);
@@ -239,7 +238,7 @@ impl Body for ProxyBody {
                     Poll::Ready(None) => {
                         let now = Instant::now();
                         if let Some(lease) = stream.lease.take() {
-                            lease.release(now);
+                            lease.release(&mut stream.body, now);
                         }
                         stream.ended = true;
                         if this.ctx.holds() {
@@ -288,7 +287,7 @@ impl Drop for ProxyBody {
         if let Inner::Upstream(stream) = &mut self.inner {
             if stream.body.is_end_stream() {
                 if let Some(lease) = stream.lease.take() {
-                    lease.release(*now.insert(Instant::now()));
+                    lease.release(&mut stream.body, *now.insert(Instant::now()));
                 }
             }
         }

@@ -25,14 +25,14 @@ pub enum ProxyError {
     Broken {
         upstream: String,
         #[source]
-        source: hyper::Error,
+        source: crate::upstream::ExchangeError,
     },
     /// The client's request body broke off (the client went away, or sent a malformed body):
     /// the client's doing, not the upstream's.
     #[error("the request body could not be read from the client")]
     ClientBody {
         #[source]
-        source: hyper::Error,
+        source: crate::upstream::pool::BoxError,
     },
     /// The client paused its request body for `idle` (or was still sending it when `total` or
     /// its body deadline, `limits.body_timeout`, ran out) while the upstream waited for it.
@@ -116,12 +116,17 @@ fn loop_reason(kind: crate::sli::loops::LoopKind) -> &'static str {
 
 impl ProxyError {
     /// Classifies a failed exchange: the client's upload broke off (noted by the request body,
-    /// and reported by hyper's HTTP/1.1 client as a "user" error carrying the body's error), or
-    /// the upstream failed.
-    pub fn from_exchange(upstream: &str, source: hyper::Error, client_failed: bool) -> ProxyError {
-        if client_failed || (source.is_user() && std::error::Error::source(&source).is_some()) {
-            ProxyError::ClientBody { source }
-        } else if source.is_user() {
+    /// and reported by the client as the body's error), or the upstream failed.
+    pub fn from_exchange(
+        upstream: &str,
+        source: crate::upstream::ExchangeError,
+        client_failed: bool,
+    ) -> ProxyError {
+        if client_failed || source.is_client_body() {
+            ProxyError::ClientBody {
+                source: Box::new(source),
+            }
+        } else if source.is_request_unsendable() {
             ProxyError::Internal {
                 upstream: upstream.to_owned(),
                 reason: source.to_string(),

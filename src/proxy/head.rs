@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use http::Response;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::ctx::RequestCtx;
@@ -14,13 +13,13 @@ use super::safety::{Inspect, Source};
 use super::{ProxyBody, ProxyError};
 use crate::inspect::MAX_INSPECTED_BODY;
 use crate::sli::UpstreamOutcome;
-use crate::upstream::Lease;
+use crate::upstream::{Lease, UpstreamBody};
 
 /// A response head, with the body and connection behind it, and what the pipeline knows of the
 /// request so far.
 pub(super) struct Answered {
     pub(super) parts: http::response::Parts,
-    pub(super) body: Incoming,
+    pub(super) body: UpstreamBody,
     pub(super) lease: Option<Lease>,
     pub(super) at: Instant,
     /// The sidecar's own time before the attempt was sent.
@@ -101,7 +100,7 @@ fn blocked(ctx: &RequestCtx, source: Source) -> ProxyError {
 pub(super) struct ReadWhole {
     ctx: RequestCtx,
     parts: http::response::Parts,
-    body: Incoming,
+    body: UpstreamBody,
     lease: Option<Lease>,
     idle: Duration,
     total_deadline: Instant,
@@ -115,17 +114,17 @@ impl ReadWhole {
         let ReadWhole {
             mut ctx,
             mut parts,
-            body,
+            mut body,
             lease,
             idle,
             total_deadline,
             first_reason,
         } = *self;
-        match read_whole(body, &mut ctx, idle, total_deadline).await {
+        match read_whole(&mut body, &mut ctx, idle, total_deadline).await {
             Ok(Whole::Clean(bytes, read_to_end)) => {
                 // A body not read to its end leaves its connection unusable: it goes.
                 if let Some(lease) = lease.filter(|_| read_to_end) {
-                    lease.release(Instant::now());
+                    lease.release(&mut body, Instant::now());
                 }
                 parts.headers.remove(http::header::CONTENT_LENGTH);
                 let bytes = ctx.whole_body(bytes);
@@ -154,7 +153,7 @@ enum Whole {
 /// `Content-Length` before a byte is read, or once it grows past the limit). A failure comes with
 /// the attempt's outcome, when the upstream is the one that failed.
 async fn read_whole(
-    mut body: Incoming,
+    body: &mut UpstreamBody,
     ctx: &mut RequestCtx,
     idle: Duration,
     deadline: Instant,

@@ -201,7 +201,11 @@ pub(crate) async fn read_ahead(
         let frame = match tokio::time::timeout_at(next, body.frame()).await {
             Err(_) => return Err(ProxyError::ClientStalled),
             Ok(None) => break,
-            Ok(Some(Err(source))) => return Err(ProxyError::ClientBody { source }),
+            Ok(Some(Err(source))) => {
+                return Err(ProxyError::ClientBody {
+                    source: Box::new(source),
+                })
+            }
             Ok(Some(Ok(frame))) => frame,
         };
         // Trailers of a request read ahead are dropped: replayed bodies carry data only.

@@ -2,8 +2,10 @@
 //! timeouts that bound an attempt.
 
 pub mod breaker;
+pub mod h1;
 pub(crate) mod keys;
 pub(crate) mod pool;
+mod response;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ pub(crate) use body::BodySample;
 pub use body::{RequestBody, Upload, UploadState};
 pub use keys::{KeyFileError, KeyRing};
 pub use pool::{ConnectionPool, Lease, SendError, SendResult};
+pub use response::{ExchangeError, UpstreamBody};
 
 use crate::incident::{Incident, Incidents, Severity};
 use tokio::time::Instant;

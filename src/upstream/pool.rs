@@ -1,4 +1,5 @@
-//! The connection pool of one upstream, on hyper's connection-level client.
+//! The connection pool of one upstream: sloguard's own HTTP/1.1 connections ([`super::h1`]), and
+//! hyper's connection-level h2 client.
 //!
 //! Why not hyper-util's legacy `Client`: measured here with callgrind it cost about 8,500
 //! instructions per proxied request (a fifth of the sidecar's user-space work): a keyed,
@@ -7,7 +8,8 @@
 //!
 //! - HTTP/1.1: idle connections in a LIFO (the warmest first). A connection leaves the list for
 //!   one exchange and comes back when its response body has ended cleanly ([`Lease::release`]);
-//!   a body cut short closes it.
+//!   a body cut short closes it. An idle connection the upstream closed meanwhile is found
+//!   before a request is written to it (its socket turned readable) and dropped.
 //! - h2 (when TLS ALPN picks it): up to `h2.connections` shared multiplexed connections, taken
 //!   in turn. Each is PINGed (`h2.keepalive_interval`, also while idle) and closed when a PING
 //!   goes unanswered (`h2.keepalive_timeout`): a connection a middlebox silently dropped is found
@@ -17,8 +19,8 @@
 //!   connections are given up for new requests (their streams in flight go on): a connection
 //!   that stopped answering must not take every request with it.
 //!
-//! A request that an idle connection could not take (closed by the upstream meanwhile) is moved
-//! to the next one, or to a new connection: it was never written, so this is no retry.
+//! A request that a shared h2 connection could not take (GOAWAY) is moved to the next one, or to
+//! a new connection: it was never written, so this is no retry.
 //! No lock is held across an `.await`.
 //!
 //! An idle HTTP/1.1 connection is let go before the upstream closes it: a request written just as
@@ -36,11 +38,13 @@ use http::uri::Uri;
 use http::{header, Request, Response, Version};
 use hyper::body::Incoming;
 
+use super::h1::Conn;
+use super::response::{ExchangeError, UpstreamBody};
 use super::RequestBody;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -54,12 +58,12 @@ pub enum SendError {
     Connect(#[source] BoxError),
     /// The connection broke, or the upstream answered something that is not HTTP.
     #[error("exchange: {0}")]
-    Exchange(#[source] hyper::Error),
+    Exchange(#[source] ExchangeError),
 }
 
 #[derive(Debug)]
 struct IdleConnection {
-    sender: http1::SendRequest<RequestBody>,
+    conn: Conn,
     /// Not reused from then on.
     expires: Instant,
 }
@@ -99,19 +103,21 @@ pub struct ConnectionPool {
     h2_gate: tokio::sync::Mutex<()>,
 }
 
-/// An HTTP/1.1 connection out of the pool while its response streams.
+/// Where the HTTP/1.1 connection a response body is read on goes back to once the body ends.
 #[derive(Debug)]
 pub struct Lease {
-    sender: http1::SendRequest<RequestBody>,
     pool: Arc<ConnectionPool>,
     /// How long it may wait idle for the next request.
     idle_limit: Duration,
 }
 
 impl Lease {
-    /// The response body ended cleanly at `now`: the connection can serve the next request.
-    pub fn release(self, now: Instant) {
-        self.pool.put(self.sender, self.idle_limit, now);
+    /// The response body has ended at `now`: its connection, when the exchange ended cleanly,
+    /// can serve the next request. The body is left ended.
+    pub fn release(self, body: &mut UpstreamBody, now: Instant) {
+        if let Some(conn) = body.take_reusable() {
+            self.pool.put(conn, self.idle_limit, now);
+        }
     }
 }
 
@@ -148,13 +154,13 @@ fn idle_limit(pool_limit: Duration, headers: &http::HeaderMap) -> Duration {
 }
 
 enum Fresh {
-    H1(http1::SendRequest<RequestBody>),
+    H1(Conn),
     H2(http2::SendRequest<RequestBody>),
 }
 
 /// What [`ConnectionPool::send`] gives: the response head with the lease of its HTTP/1.1
 /// connection, or why it failed.
-pub type SendResult = Result<(Response<Incoming>, Option<Lease>), SendError>;
+pub type SendResult = Result<(Response<UpstreamBody>, Option<Lease>), SendError>;
 
 impl ConnectionPool {
     pub fn new(
@@ -193,7 +199,7 @@ impl ConnectionPool {
         while let Some((id, sender)) = self.shared_h2() {
             *req.uri_mut() = self.absolute(req.uri());
             match send_h2(sender, req).await {
-                Ok(response) => return Ok((response, None)),
+                Ok(response) => return Ok((response.map(UpstreamBody::H2), None)),
                 Err(H2Failure::NotReady(unsent)) => {
                     self.forget_h2(id);
                     req = *unsent;
@@ -202,38 +208,18 @@ impl ConnectionPool {
             }
         }
         *req.version_mut() = Version::HTTP_11;
-        while let Some(mut sender) = self.take_idle(now) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    let lease = self.lease(sender, &response);
-                    return Ok((response, Some(lease)));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never written: the connection was gone. Take the next one.
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Exchange(e.into_error())),
-                },
-            }
+        if let Some(conn) = self.take_idle(now) {
+            return self.send_h1(conn, req).await;
         }
         // Boxed: connecting is rare and its future is large (TCP, TLS); inline, it would make
         // every request's future large and costly to move (measured: +7k instructions/request).
         match Box::pin(self.connect_once()).await? {
-            Fresh::H1(mut sender) => {
-                let response = sender
-                    .send_request(req)
-                    .await
-                    .map_err(SendError::Exchange)?;
-                let lease = self.lease(sender, &response);
-                Ok((response, Some(lease)))
-            }
+            Fresh::H1(conn) => self.send_h1(conn, req).await,
             Fresh::H2(sender) => {
                 // h2 carries scheme and authority as pseudo-headers: the URI must be absolute.
                 *req.uri_mut() = self.absolute(req.uri());
                 match send_h2(sender, req).await {
-                    Ok(response) => Ok((response, None)),
+                    Ok(response) => Ok((response.map(UpstreamBody::H2), None)),
                     Err(H2Failure::NotReady(_)) => Err(SendError::Connect(
                         "a new h2 connection took no stream".into(),
                     )),
@@ -243,16 +229,16 @@ impl ConnectionPool {
         }
     }
 
-    fn lease(
-        self: &Arc<Self>,
-        sender: http1::SendRequest<RequestBody>,
-        response: &Response<Incoming>,
-    ) -> Lease {
-        Lease {
-            sender,
+    async fn send_h1(self: &Arc<Self>, conn: Conn, req: Request<RequestBody>) -> SendResult {
+        let response = conn
+            .send(req)
+            .await
+            .map_err(|e| SendError::Exchange(e.into()))?;
+        let lease = Lease {
             pool: self.clone(),
             idle_limit: idle_limit(self.idle_timeout, response.headers()),
-        }
+        };
+        Ok((response.map(UpstreamBody::H1), Some(lease)))
     }
 
     /// A shared h2 connection to send on, in turn; `None` while fewer than `h2.connections` are
@@ -286,19 +272,20 @@ impl ConnectionPool {
         list.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take_idle(&self, now: Instant) -> Option<http1::SendRequest<RequestBody>> {
+    /// An idle connection still open; those closed meanwhile or past their limit go.
+    fn take_idle(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.idle_here();
-        while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && now < c.expires {
-                return Some(c.sender);
+        while let Some(mut c) = idle.pop() {
+            if now < c.expires && c.conn.is_open() {
+                return Some(c.conn);
             }
         }
         None
     }
 
     /// Keeps a connection whose exchange ended cleanly, for up to `idle_limit`.
-    fn put(&self, sender: http1::SendRequest<RequestBody>, idle_limit: Duration, now: Instant) {
-        if sender.is_closed() || idle_limit.is_zero() {
+    fn put(&self, conn: Conn, idle_limit: Duration, now: Instant) {
+        if idle_limit.is_zero() {
             return;
         }
         let mut idle = self.idle_here();
@@ -311,7 +298,7 @@ impl ConnectionPool {
         }
         if idle.len() < self.max_idle {
             idle.push(IdleConnection {
-                sender,
+                conn,
                 expires: now + idle_limit,
             });
         }
@@ -381,16 +368,7 @@ impl ConnectionPool {
             }
             Ok(Fresh::H2(sender))
         } else {
-            let (sender, conn) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|e| SendError::Connect(e.into()))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
-            Ok(Fresh::H1(sender))
+            Ok(Fresh::H1(Conn::new(TokioIo::new(io))))
         }
     }
 
@@ -423,7 +401,7 @@ async fn send_h2(
     sender
         .send_request(req)
         .await
-        .map_err(|e| H2Failure::Exchange(SendError::Exchange(e)))
+        .map_err(|e| H2Failure::Exchange(SendError::Exchange(e.into())))
 }
 
 #[cfg(test)]

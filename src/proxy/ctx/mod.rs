@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::breaker::{Admitted, BreakerTicket};
@@ -264,7 +263,7 @@ impl RequestCtx {
     /// span).
     pub(super) fn attempt_failed(
         &mut self,
-        result: &Result<(http::Response<Incoming>, Option<Lease>), ProxyError>,
+        result: &Result<(http::Response<crate::upstream::UpstreamBody>, Option<Lease>), ProxyError>,
         now: Instant,
     ) {
         let listener = self.listener.clone();

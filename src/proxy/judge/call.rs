@@ -150,7 +150,7 @@ pub(super) async fn judge(
         false => UpstreamOutcome::Reset,
     };
     if let (true, Some(lease)) = (complete, lease) {
-        lease.release(end);
+        lease.release(&mut body, end);
     }
     let class = StatusClass::of(status);
     if let Some(call) = call {
