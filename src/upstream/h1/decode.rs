@@ -66,8 +66,10 @@ pub(crate) fn take_head(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<Head>, DecodeError> {
+    // Filled in place: returned by value, it would be copied twice per response.
+    let mut spans = [Span::default(); MAX_HEADERS];
     loop {
-        let Some((len, status, version, count, spans)) = parse(buf)? else {
+        let Some((len, status, version, count)) = parse(buf, &mut spans)? else {
             if buf.len() >= MAX_HEAD {
                 return Err(DecodeError::HeadTooLarge);
             }
@@ -87,9 +89,10 @@ pub(crate) fn take_head(
     }
 }
 
-type Parsed = (usize, u16, Version, usize, [Span; MAX_HEADERS]);
+/// The head's length, status, version and number of header fields (their spans in `spans`).
+type Parsed = (usize, u16, Version, usize);
 
-fn parse(buf: &[u8]) -> Result<Option<Parsed>, DecodeError> {
+fn parse(buf: &[u8], spans: &mut [Span; MAX_HEADERS]) -> Result<Option<Parsed>, DecodeError> {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
@@ -106,14 +109,13 @@ fn parse(buf: &[u8]) -> Result<Option<Parsed>, DecodeError> {
     let status = response.code.unwrap_or_default();
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
-    let mut spans = [Span::default(); MAX_HEADERS];
     for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
         *span = Span {
             name: at(h.name.as_bytes()),
             value: at(h.value),
         };
     }
-    Ok(Some((len, status, version, response.headers.len(), spans)))
+    Ok(Some((len, status, version, response.headers.len())))
 }
 
 fn head_error(e: httparse::Error) -> &'static str {
@@ -135,7 +137,8 @@ fn build(
     spans: &[Span],
     head_request: bool,
 ) -> Result<Head, DecodeError> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for what the proxy adds (`x-sloguard-upstream`, ...) without growing the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = version == Version::HTTP_10;
@@ -390,7 +393,11 @@ fn chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
 
 /// Decodes a whole response fed in pieces of `step` bytes (the connection closing after the
 /// last): the head and the body's bytes, or the first error.
-pub(crate) fn decode_whole(input: &[u8], step: usize, head_request: bool) -> Result<(Head, Vec<u8>), DecodeError> {
+pub(crate) fn decode_whole(
+    input: &[u8],
+    step: usize,
+    head_request: bool,
+) -> Result<(Head, Vec<u8>), DecodeError> {
     let mut buf = BytesMut::new();
     let mut fed = 0;
     let mut feed = |buf: &mut BytesMut| {
@@ -441,14 +448,21 @@ pub fn fuzz_response(data: &[u8]) {
     let split = decode_whole(input, step, head_request);
     match (whole, split) {
         (Ok((a, body_a)), Ok((b, body_b))) => {
-            assert_eq!((a.status, a.framing, a.keep_alive), (b.status, b.framing, b.keep_alive));
+            assert_eq!(
+                (a.status, a.framing, a.keep_alive),
+                (b.status, b.framing, b.keep_alive)
+            );
             assert_eq!(body_a, body_b);
         }
         (Err(a), Err(b)) => {
             // Where the split falls may decide which check fails first, never whether one does.
             let _ = (a, b);
         }
-        (whole, split) => panic!("whole: {:?}, split: {:?}", whole.map(|w| w.1), split.map(|s| s.1)),
+        (whole, split) => panic!(
+            "whole: {:?}, split: {:?}",
+            whole.map(|w| w.1),
+            split.map(|s| s.1)
+        ),
     }
 }
 

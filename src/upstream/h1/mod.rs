@@ -28,9 +28,9 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::RequestBody;
-use decode::{BodyDecoder, DecodeError, Step};
 #[doc(hidden)]
 pub use decode::fuzz_response;
+use decode::{BodyDecoder, DecodeError, Step};
 
 /// The byte stream of a connection, in tokio's I/O traits.
 pub(crate) type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;

@@ -29,7 +29,8 @@ fn chunked_bodies_with_extensions_and_trailers() {
 
 #[test]
 fn no_body_for_head_204_and_304_whatever_they_say() {
-    let (head, body) = decode_whole(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", 100, true).unwrap();
+    let (head, body) =
+        decode_whole(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", 100, true).unwrap();
     assert_eq!(head.framing, Framing::Length(0));
     assert!(body.is_empty());
     for status in ["204 No Content", "304 Not Modified"] {
