@@ -231,8 +231,14 @@ impl Body for ProxyBody {
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        this.log_stream_failure(&e);
-                        this.fail(UpstreamOutcome::Reset);
+                        if e.is_client_body() {
+                            // The client's upload broke off and the upstream waits for the rest:
+                            // the client's doing, not the upstream's.
+                            this.ctx.cut(Instant::now());
+                        } else {
+                            this.log_stream_failure(&e);
+                            this.fail(UpstreamOutcome::Reset);
+                        }
                         return Poll::Ready(Some(Err(BodyError::Upstream(e))));
                     }
                     Poll::Ready(None) => {

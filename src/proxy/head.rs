@@ -195,6 +195,10 @@ async fn read_whole(
                 to_end = true;
                 break;
             }
+            Ok(Some(Err(source))) if source.is_client_body() => {
+                // The client's upload broke off while the upstream waited for it.
+                return Err((ProxyError::from_exchange(&upstream, source, true), None));
+            }
             Ok(Some(Err(source))) => {
                 let err = ProxyError::Broken { upstream, source };
                 return Err((err, Some(UpstreamOutcome::Reset)));

@@ -20,23 +20,22 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// The client's request body broke off (or did not match its length) while it was sent:
-    /// the client's doing, not the upstream's.
+    /// The client's request body broke off while it was sent: the client's doing, not the
+    /// upstream's.
     pub fn is_client_body(&self) -> bool {
         match self {
-            ExchangeError::H1(e) => matches!(
-                e,
-                H1Error::RequestBody(_) | H1Error::RequestBodyLength { .. }
-            ),
+            ExchangeError::H1(e) => matches!(e, H1Error::RequestBody(_)),
             // hyper reports the body's error as a "user" error carrying it.
             ExchangeError::H2(e) => e.is_user() && std::error::Error::source(e).is_some(),
         }
     }
 
-    /// The request could not be sent as given (hyper's "user" errors without a cause).
+    /// The request could not be sent as given (hyper's "user" errors without a cause; a body
+    /// that did not match its `Content-Length`: the client's length is checked as it arrives, so
+    /// that is the sidecar's own bookkeeping).
     pub fn is_request_unsendable(&self) -> bool {
         match self {
-            ExchangeError::H1(_) => false,
+            ExchangeError::H1(e) => matches!(e, H1Error::RequestBodyLength { .. }),
             ExchangeError::H2(e) => e.is_user() && std::error::Error::source(e).is_none(),
         }
     }

@@ -141,7 +141,7 @@ fn build(
     let mut headers = HeaderMap::with_capacity(spans.len() + 4);
     let mut length: Option<u64> = None;
     let mut chunked = None;
-    let mut close = version == Version::HTTP_10;
+    let (mut close, mut keep_alive) = (false, false);
     for span in spans {
         let name = &bytes[span.name.0 as usize..(span.name.0 + span.name.1) as usize];
         let (start, len) = (span.value.0 as usize, span.value.1 as usize);
@@ -165,14 +165,19 @@ fn build(
         } else if name == CONNECTION {
             for token in value.as_bytes().split(|b| *b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
-                }
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
         headers.append(name, value);
+    }
+    // `close` wins over `keep-alive` (RFC 9112 §9.3); HTTP/1.0 keeps only when asked to.
+    let close = close || (version == Version::HTTP_10 && !keep_alive);
+    if chunked.is_some() && version == Version::HTTP_10 {
+        // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
+        return Err(DecodeError::Head(
+            "Transfer-Encoding in an HTTP/1.0 response",
+        ));
     }
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;

@@ -48,6 +48,11 @@ pub(crate) fn head(
 fn framing(method: &Method, headers: &mut HeaderMap, ended: bool, exact: Option<u64>) -> Framing {
     if ended {
         headers.remove(TRANSFER_ENCODING);
+        // A length the body does not have would have the upstream read the next request as
+        // this one's body.
+        if headers.contains_key(CONTENT_LENGTH) {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         return Framing::Length(0);
     }
     if let Some(te) = headers.get(TRANSFER_ENCODING) {
@@ -67,14 +72,22 @@ fn framing(method: &Method, headers: &mut HeaderMap, ended: bool, exact: Option<
         headers.remove(CONTENT_LENGTH);
         return Framing::Chunked;
     }
-    let said = headers.get(CONTENT_LENGTH).and_then(|v| {
+    // Every value must be the same number; anything else is no length at all (and is removed).
+    let mut said = None;
+    let mut valid = true;
+    for v in headers.get_all(CONTENT_LENGTH) {
         let v = v.as_bytes();
-        (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
-            .then(|| v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-    });
-    if let Some(n) = said {
-        return Framing::Length(n);
+        let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
+            .then(|| v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+        valid &= n.is_some() && (said.is_none() || said == n);
+        said = said.or(n);
     }
+    if valid {
+        if let Some(n) = said {
+            return Framing::Length(n);
+        }
+    }
+    headers.remove(CONTENT_LENGTH);
     if let Some(n) = exact {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         return Framing::Length(n);
@@ -82,7 +95,6 @@ fn framing(method: &Method, headers: &mut HeaderMap, ended: bool, exact: Option<
     if matches!(*method, Method::GET | Method::HEAD | Method::CONNECT) {
         return Framing::Length(0);
     }
-    headers.remove(CONTENT_LENGTH);
     headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     Framing::Chunked
 }
@@ -158,6 +170,35 @@ mod tests {
         );
         assert!(!text.contains("content-length"), "{text}");
         assert_eq!(f, Framing::Chunked);
+    }
+
+    #[test]
+    fn a_length_is_sent_only_when_it_is_the_bodys() {
+        // An ended body says 0, whatever the request said.
+        let (text, f) = encode(Method::POST, &[("content-length", "5")], true, Some(0));
+        assert!(text.contains("content-length: 0\r\n"), "{text}");
+        assert_eq!(f, Framing::Length(0));
+        // Values that disagree are no length: the body's own, or chunked.
+        let (text, f) = encode(
+            Method::POST,
+            &[("content-length", "5"), ("content-length", "6")],
+            false,
+            Some(6),
+        );
+        assert_eq!(text.matches("content-length").count(), 1, "{text}");
+        assert!(text.contains("content-length: 6\r\n"), "{text}");
+        assert_eq!(f, Framing::Length(6));
+        let (text, f) = encode(Method::POST, &[("content-length", "x")], false, None);
+        assert!(!text.contains("content-length"), "{text}");
+        assert_eq!(f, Framing::Chunked);
+        // The same value twice is that value.
+        let (_, f) = encode(
+            Method::POST,
+            &[("content-length", "4"), ("content-length", "4")],
+            false,
+            None,
+        );
+        assert_eq!(f, Framing::Length(4));
     }
 
     #[test]

@@ -82,6 +82,9 @@ struct Inner {
     reusable: bool,
     /// A write failed: the upstream may still have answered (and closed); reading goes on.
     write_error: Option<io::Error>,
+    /// The client's body broke off: what the upstream sent already is still read; the error is
+    /// returned when the response needs more than that (the upstream may wait for the rest).
+    upload_error: Option<H1Error>,
 }
 
 /// Sizes only: nothing the request or the response carries.
@@ -122,6 +125,7 @@ impl Conn {
             unflushed: false,
             reusable: true,
             write_error: None,
+            upload_error: None,
         }))
     }
 
@@ -190,10 +194,13 @@ impl Inner {
         cx: &mut Context<'_>,
         head_request: bool,
     ) -> Poll<Result<decode::Head, H1Error>> {
-        self.poll_upload(cx)?;
+        self.poll_upload(cx);
         loop {
             if let Some(head) = decode::take_head(&mut self.rbuf, head_request)? {
                 return Poll::Ready(Ok(head));
+            }
+            if let Some(e) = self.upload_error.take() {
+                return Poll::Ready(Err(e));
             }
             if self.eof {
                 return Poll::Ready(Err(match self.write_error.take() {
@@ -222,11 +229,13 @@ impl Inner {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes what there is to write of the request: `Ok` whether or not all of it has gone (the
-    /// response is read meanwhile); `Err` when the client's body broke off.
-    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Result<(), H1Error> {
+    /// Writes what there is to write of the request, whether or not all of it can go now (the
+    /// response is read meanwhile). A broken client body is kept in `upload_error`.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) {
         loop {
-            self.gather(cx)?;
+            if let Err(e) = self.gather(cx) {
+                self.upload_error = Some(e);
+            }
             if self.wbuf.is_empty() && self.big.is_empty() {
                 if self.unflushed {
                     match Pin::new(&mut self.io).poll_flush(cx) {
@@ -235,7 +244,7 @@ impl Inner {
                         Poll::Pending => {}
                     }
                 }
-                return Ok(());
+                return;
             }
             let io = Pin::new(&mut self.io);
             let written = if self.wbuf.is_empty() {
@@ -247,7 +256,7 @@ impl Inner {
                 io.poll_write_vectored(cx, &bufs)
             };
             match written {
-                Poll::Pending => return Ok(()),
+                Poll::Pending => return,
                 Poll::Ready(Ok(0)) => self.write_failed(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
                     self.unflushed = true;
@@ -348,14 +357,17 @@ impl Inner {
     }
 
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        if let Err(e) = self.poll_upload(cx) {
-            return Poll::Ready(Some(Err(e)));
-        }
+        self.poll_upload(cx);
         loop {
             match self.decoder.decode(&mut self.rbuf, self.eof) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Step::End) => return Poll::Ready(None),
-                Ok(Step::More) => {}
+                Ok(Step::More) => {
+                    if let Some(e) = self.upload_error.take() {
+                        self.decoder = BodyDecoder::Done;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
                 Err(e) => {
                     self.reusable = false;
                     self.decoder = BodyDecoder::Done;

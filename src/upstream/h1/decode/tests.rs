@@ -65,6 +65,14 @@ fn a_body_to_the_close_ends_the_connection() {
             .0
             .keep_alive
     );
+    // `close` wins over `keep-alive`, in one field or two.
+    assert!(
+        !whole("HTTP/1.0 200 OK\r\nConnection: close, keep-alive\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .0
+            .keep_alive
+    );
+    assert!(!whole("HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").unwrap().0.keep_alive);
     let both = whole("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n").unwrap();
     assert_eq!(both.0.framing, Framing::Chunked);
     assert!(!both.0.keep_alive);
@@ -131,6 +139,10 @@ fn broken_responses_are_errors() {
         ("HTTP/1.1 2000 OK\r\n\r\n", DecodeError::Head("status")),
         ("SSH-2.0-OpenSSH\r\n\r\n", DecodeError::Head("version")),
         ("HTTP/1.1 200 OK\r\n", DecodeError::Incomplete),
+        (
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            DecodeError::Head("Transfer-Encoding in an HTTP/1.0 response"),
+        ),
     ];
     for (text, want) in cases {
         assert_eq!(whole(text).err(), Some(want), "{text:?}");
