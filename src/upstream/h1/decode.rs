@@ -274,19 +274,11 @@ impl BodyDecoder {
             match self {
                 BodyDecoder::Done => return Ok(Step::End),
                 BodyDecoder::Length(n) => {
-                    if buf.is_empty() {
-                        return if eof {
-                            Err(DecodeError::Incomplete)
-                        } else {
-                            Ok(Step::More)
-                        };
-                    }
-                    let take = (*n).min(buf.len() as u64);
-                    *n -= take;
+                    let data = take_counted(n, buf, eof)?;
                     if *n == 0 {
                         *self = BodyDecoder::Done;
                     }
-                    return Ok(Step::Data(buf.split_to(take as usize).freeze()));
+                    return Ok(data);
                 }
                 BodyDecoder::Close => {
                     if !buf.is_empty() {
@@ -299,19 +291,11 @@ impl BodyDecoder {
                     return Ok(Step::More);
                 }
                 BodyDecoder::ChunkData(n) => {
-                    if buf.is_empty() {
-                        return if eof {
-                            Err(DecodeError::Incomplete)
-                        } else {
-                            Ok(Step::More)
-                        };
-                    }
-                    let take = (*n).min(buf.len() as u64);
-                    *n -= take;
+                    let data = take_counted(n, buf, eof)?;
                     if *n == 0 {
                         *self = BodyDecoder::ChunkEnd;
                     }
-                    return Ok(Step::Data(buf.split_to(take as usize).freeze()));
+                    return Ok(data);
                 }
                 BodyDecoder::ChunkEnd => {
                     if buf.len() < 2 {
@@ -348,6 +332,16 @@ impl BodyDecoder {
             }
         }
     }
+}
+
+/// Up to `n` bytes (`n` > 0) of a body or chunk from the front of `buf`, `n` counted down.
+fn take_counted(n: &mut u64, buf: &mut BytesMut, eof: bool) -> Result<Step, DecodeError> {
+    if buf.is_empty() {
+        return more(eof);
+    }
+    let take = (*n).min(buf.len() as u64);
+    *n -= take;
+    Ok(Step::Data(buf.split_to(take as usize).freeze()))
 }
 
 fn more(eof: bool) -> Result<Step, DecodeError> {
