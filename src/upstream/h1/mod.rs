@@ -71,7 +71,7 @@ struct Inner {
     big: Bytes,
     /// `big` is a chunk of a chunked body: its closing CRLF goes once it has.
     crlf_after_big: bool,
-    upload: Upload,
+    upload: Outgoing,
     /// The body of the response being read.
     decoder: BodyDecoder,
     /// The upstream closed its end.
@@ -99,7 +99,9 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-enum Upload {
+/// What is left of the request body to send (not `upstream::Upload`, which tracks the client's
+/// side of it for the SLIs).
+enum Outgoing {
     /// Everything is written (or the write side broke).
     Done,
     Sending {
@@ -119,7 +121,7 @@ impl Conn {
             wbuf: BytesMut::new(),
             big: Bytes::new(),
             crlf_after_big: false,
-            upload: Upload::Done,
+            upload: Outgoing::Done,
             decoder: BodyDecoder::Done,
             eof: false,
             unflushed: false,
@@ -162,14 +164,14 @@ impl Conn {
             body.size_hint().exact(),
         );
         inner.upload = match framing {
-            encode::Framing::Length(0) => Upload::Done,
-            encode::Framing::Length(n) => Upload::Sending {
+            encode::Framing::Length(0) => Outgoing::Done,
+            encode::Framing::Length(n) => Outgoing::Sending {
                 body,
                 chunked: false,
                 left: n,
                 said: n,
             },
-            encode::Framing::Chunked => Upload::Sending {
+            encode::Framing::Chunked => Outgoing::Sending {
                 body,
                 chunked: true,
                 left: 0,
@@ -277,7 +279,7 @@ impl Inner {
     /// Takes what the request body has ready into the write buffers, up to a bound.
     fn gather(&mut self, cx: &mut Context<'_>) -> Result<(), H1Error> {
         while self.big.is_empty() && self.wbuf.len() < COPY_UP_TO {
-            let Upload::Sending {
+            let Outgoing::Sending {
                 body,
                 chunked,
                 left,
@@ -297,7 +299,7 @@ impl Inner {
                     Err(_) => continue,
                 },
                 Some(Err(e)) => {
-                    self.upload = Upload::Done;
+                    self.upload = Outgoing::Done;
                     self.reusable = false;
                     return Err(H1Error::RequestBody(Box::new(e)));
                 }
@@ -306,11 +308,11 @@ impl Inner {
                         self.wbuf.extend_from_slice(encode::LAST_CHUNK);
                     } else if *left > 0 {
                         let (said, sent) = (*said, *said - *left);
-                        self.upload = Upload::Done;
+                        self.upload = Outgoing::Done;
                         self.reusable = false;
                         return Err(H1Error::RequestBodyLength { said, sent });
                     }
-                    self.upload = Upload::Done;
+                    self.upload = Outgoing::Done;
                     return Ok(());
                 }
             };
@@ -323,7 +325,7 @@ impl Inner {
                 let len = data.len() as u64;
                 if len > *left {
                     let (said, sent) = (*said, *said - *left + len);
-                    self.upload = Upload::Done;
+                    self.upload = Outgoing::Done;
                     self.reusable = false;
                     return Err(H1Error::RequestBodyLength { said, sent });
                 }
@@ -347,7 +349,7 @@ impl Inner {
     }
 
     fn write_failed(&mut self, e: io::Error) {
-        self.upload = Upload::Done;
+        self.upload = Outgoing::Done;
         self.wbuf.clear();
         self.big = Bytes::new();
         self.crlf_after_big = false;
@@ -395,7 +397,7 @@ impl Body {
         let inner = &*self.conn.0;
         let clean = inner.reusable
             && inner.decoder.is_done()
-            && matches!(inner.upload, Upload::Done)
+            && matches!(inner.upload, Outgoing::Done)
             && inner.wbuf.is_empty()
             && inner.big.is_empty()
             && !inner.unflushed
