@@ -7,37 +7,36 @@
 //! channel and no wake-up between.
 //!
 //! The framing is in [`decode`] (the response) and [`encode`] (the request); this module moves
-//! bytes. While the response is read, what is left of the request body is still written (an
-//! upstream may start answering before the upload ends). A connection goes back to the pool
-//! only after an exchange that ended cleanly, both ways, with nothing unread. h2 stays on
-//! hyper's client.
+//! bytes, and [`write`] the request's. An upstream may start answering before the upload ends:
+//! the rest of the upload then goes on in a task of its own, whether or not the answer is read
+//! meanwhile. A connection goes back to the pool only after an exchange that ended cleanly, both
+//! ways, with nothing unread. h2 stays on hyper's client.
 
 pub(crate) mod decode;
 pub(crate) mod encode;
+mod write;
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWrite;
+use tokio::io::ReadHalf;
 use tokio::net::TcpStream;
 
 use super::RequestBody;
 #[doc(hidden)]
 pub use decode::fuzz_response;
 use decode::{BodyDecoder, DecodeError, Step};
+use write::{Outgoing, Pump, Writer};
 
 /// The byte stream of a connection, in tokio's I/O traits.
 pub(crate) type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
 
-/// Body chunks up to this size are copied behind the head (one write for both); larger ones are
-/// written from their own buffer.
-const COPY_UP_TO: usize = 8 * 1024;
 /// What is read at a time.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -62,29 +61,45 @@ pub enum H1Error {
 pub struct Conn(Box<Inner>);
 
 struct Inner {
-    io: Io,
+    io: Stream,
     /// Read but not yet taken.
     rbuf: BytesMut,
-    /// To write: a head, chunk framing, small chunks.
-    wbuf: BytesMut,
-    /// A large chunk, written after `wbuf`.
-    big: Bytes,
-    /// `big` is a chunk of a chunked body: its closing CRLF goes once it has.
-    crlf_after_big: bool,
-    upload: Outgoing,
+    /// The request, as far as it is not written yet.
+    writer: Writer,
     /// The body of the response being read.
     decoder: BodyDecoder,
     /// The upstream closed its end.
     eof: bool,
-    /// Written since the last flush (TLS keeps records until flushed).
-    unflushed: bool,
-    /// Fit for another exchange once this one ends cleanly.
+    /// Fit for another exchange once this one ends cleanly (as the upstream's answer says).
     reusable: bool,
-    /// A write failed: the upstream may still have answered (and closed); reading goes on.
-    write_error: Option<io::Error>,
-    /// The client's body broke off: what the upstream sent already is still read; the error is
-    /// returned when the response needs more than that (the upstream may wait for the rest).
-    upload_error: Option<H1Error>,
+    /// Writes the rest of an upload the response head came before.
+    pump: Option<Pump>,
+}
+
+/// The connection's byte stream: whole, or its read half while a [`Pump`] writes.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "it lives in the boxed `Inner`; boxing the stream would add a pointer to every read"
+)]
+enum Stream {
+    Whole(Io),
+    Read(ReadHalf<Io>),
+    /// Only while it is being split.
+    Gone,
+}
+
+impl Stream {
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Whole(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, buf),
+            Stream::Read(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
 }
 
 /// Sizes only: nothing the request or the response carries.
@@ -92,42 +107,23 @@ impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
             .field("unread", &self.rbuf.len())
-            .field("unwritten", &(self.wbuf.len() + self.big.len()))
+            .field("unwritten", &self.writer.unwritten())
             .field("decoder", &self.decoder)
             .field("reusable", &self.reusable)
             .finish_non_exhaustive()
     }
 }
 
-/// What is left of the request body to send (not `upstream::Upload`, which tracks the client's
-/// side of it for the SLIs).
-enum Outgoing {
-    /// Everything is written (or the write side broke).
-    Done,
-    Sending {
-        body: RequestBody,
-        chunked: bool,
-        /// Of a body with a `Content-Length`: bytes still to send.
-        left: u64,
-        said: u64,
-    },
-}
-
 impl Conn {
     pub(crate) fn new(io: Io) -> Conn {
         Conn(Box::new(Inner {
-            io,
+            io: Stream::Whole(io),
             rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            big: Bytes::new(),
-            crlf_after_big: false,
-            upload: Outgoing::Done,
+            writer: Writer::new(),
             decoder: BodyDecoder::Done,
             eof: false,
-            unflushed: false,
             reusable: true,
-            write_error: None,
-            upload_error: None,
+            pump: None,
         }))
     }
 
@@ -141,8 +137,7 @@ impl Conn {
         }
         inner.rbuf.reserve(64);
         let mut cx = Context::from_waker(Waker::noop());
-        let polled =
-            tokio_util::io::poll_read_buf(Pin::new(&mut inner.io), &mut cx, &mut inner.rbuf);
+        let polled = inner.io.poll_read_buf(&mut cx, &mut inner.rbuf);
         matches!(polled, Poll::Pending)
     }
 
@@ -156,14 +151,14 @@ impl Conn {
         let (mut parts, body) = req.into_parts();
         let inner = &mut *self.0;
         let framing = encode::head(
-            &mut inner.wbuf,
+            &mut inner.writer.wbuf,
             &parts.method,
             &parts.uri,
             &mut parts.headers,
             body.is_end_stream(),
             body.size_hint().exact(),
         );
-        inner.upload = match framing {
+        inner.writer.upload = match framing {
             encode::Framing::Length(0) => Outgoing::Done,
             encode::Framing::Length(n) => Outgoing::Sending {
                 body,
@@ -182,6 +177,9 @@ impl Conn {
         let head = std::future::poll_fn(|cx| inner.poll_head(cx, head_request)).await?;
         inner.decoder = BodyDecoder::new(head.framing);
         inner.reusable &= head.keep_alive;
+        if !inner.writer.is_idle() {
+            inner.pump_the_rest();
+        }
         let mut response = Response::new(Body { conn: self });
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
@@ -201,11 +199,11 @@ impl Inner {
             if let Some(head) = decode::take_head(&mut self.rbuf, head_request)? {
                 return Poll::Ready(Ok(head));
             }
-            if let Some(e) = self.upload_error.take() {
+            if let Some(e) = self.writer.upload_error.take() {
                 return Poll::Ready(Err(e));
             }
             if self.eof {
-                return Poll::Ready(Err(match self.write_error.take() {
+                return Poll::Ready(Err(match self.writer.write_error.take() {
                     Some(e) => H1Error::Io(e),
                     None => DecodeError::Incomplete.into(),
                 }));
@@ -219,11 +217,7 @@ impl Inner {
         if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
             self.rbuf.reserve(READ_SIZE);
         }
-        let n = std::task::ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.rbuf
-        ))?;
+        let n = std::task::ready!(self.io.poll_read_buf(cx, &mut self.rbuf))?;
         if n == 0 {
             self.eof = true;
             self.reusable = false;
@@ -231,131 +225,34 @@ impl Inner {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes what there is to write of the request, whether or not all of it can go now (the
-    /// response is read meanwhile). A broken client body is kept in `upload_error`.
+    /// Writes what it can of the request, unless a [`Pump`] does.
     fn poll_upload(&mut self, cx: &mut Context<'_>) {
-        loop {
-            if let Err(e) = self.gather(cx) {
-                self.upload_error = Some(e);
-            }
-            if self.wbuf.is_empty() && self.big.is_empty() {
-                if self.unflushed {
-                    match Pin::new(&mut self.io).poll_flush(cx) {
-                        Poll::Ready(Ok(())) => self.unflushed = false,
-                        Poll::Ready(Err(e)) => self.write_failed(e),
-                        Poll::Pending => {}
-                    }
-                }
-                return;
-            }
-            let io = Pin::new(&mut self.io);
-            let written = if self.wbuf.is_empty() {
-                io.poll_write(cx, &self.big)
-            } else if self.big.is_empty() {
-                io.poll_write(cx, &self.wbuf)
-            } else {
-                let bufs = [io::IoSlice::new(&self.wbuf), io::IoSlice::new(&self.big)];
-                io.poll_write_vectored(cx, &bufs)
-            };
-            match written {
-                Poll::Pending => return,
-                Poll::Ready(Ok(0)) => self.write_failed(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => {
-                    self.unflushed = true;
-                    let from_wbuf = n.min(self.wbuf.len());
-                    self.wbuf.advance(from_wbuf);
-                    self.big.advance(n - from_wbuf);
-                    if self.big.is_empty() && self.crlf_after_big {
-                        // The chunk in `big` has gone: its closing CRLF follows.
-                        self.crlf_after_big = false;
-                        self.wbuf.extend_from_slice(b"\r\n");
-                    }
-                }
-                Poll::Ready(Err(e)) => self.write_failed(e),
-            }
+        if let Stream::Whole(io) = &mut self.io {
+            self.writer.poll_upload(io, cx);
         }
     }
 
-    /// Takes what the request body has ready into the write buffers, up to a bound.
-    fn gather(&mut self, cx: &mut Context<'_>) -> Result<(), H1Error> {
-        while self.big.is_empty() && self.wbuf.len() < COPY_UP_TO {
-            let Outgoing::Sending {
-                body,
-                chunked,
-                left,
-                said,
-            } = &mut self.upload
-            else {
-                return Ok(());
-            };
-            let frame = match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Pending => return Ok(()),
-                Poll::Ready(frame) => frame,
-            };
-            let data = match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => data,
-                    // Trailers are not sent (hyper sends only those the `Trailer` header names).
-                    Err(_) => continue,
-                },
-                Some(Err(e)) => {
-                    self.upload = Outgoing::Done;
-                    self.reusable = false;
-                    return Err(H1Error::RequestBody(Box::new(e)));
-                }
-                None => {
-                    if *chunked {
-                        self.wbuf.extend_from_slice(encode::LAST_CHUNK);
-                    } else if *left > 0 {
-                        let (said, sent) = (*said, *said - *left);
-                        self.upload = Outgoing::Done;
-                        self.reusable = false;
-                        return Err(H1Error::RequestBodyLength { said, sent });
-                    }
-                    self.upload = Outgoing::Done;
-                    return Ok(());
-                }
-            };
-            if data.is_empty() {
-                continue;
-            }
-            if *chunked {
-                encode::chunk_start(&mut self.wbuf, data.len());
-            } else {
-                let len = data.len() as u64;
-                if len > *left {
-                    let (said, sent) = (*said, *said - *left + len);
-                    self.upload = Outgoing::Done;
-                    self.reusable = false;
-                    return Err(H1Error::RequestBodyLength { said, sent });
-                }
-                *left -= len;
-            }
-            if data.len() <= COPY_UP_TO {
-                self.wbuf.extend_from_slice(&data);
-            } else {
-                // Behind what `wbuf` holds; a chunk's closing CRLF follows with the next write.
-                self.big = data;
-            }
-            if *chunked {
-                if self.big.is_empty() {
-                    self.wbuf.extend_from_slice(b"\r\n");
-                } else {
-                    self.crlf_after_big = true;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn write_failed(&mut self, e: io::Error) {
-        self.upload = Outgoing::Done;
-        self.wbuf.clear();
-        self.big = Bytes::new();
-        self.crlf_after_big = false;
-        self.unflushed = false;
+    /// Hands the rest of the request to a [`Pump`]: the response head has come before it all
+    /// went. The connection is not reused after it.
+    fn pump_the_rest(&mut self) {
+        let Stream::Whole(io) = std::mem::replace(&mut self.io, Stream::Gone) else {
+            return;
+        };
+        let (read, write) = tokio::io::split(io);
+        self.io = Stream::Read(read);
+        let mut writer = std::mem::replace(&mut self.writer, Writer::new());
+        // An error the client's body already gave stays here, for the response to return.
+        self.writer.upload_error = writer.upload_error.take();
         self.reusable = false;
-        self.write_error.get_or_insert(e);
+        self.pump = Some(Pump::spawn(writer, write));
+    }
+
+    /// The request body's error, once there is one to return.
+    fn take_upload_error(&mut self, cx: &mut Context<'_>) -> Option<H1Error> {
+        if let Some(e) = self.writer.upload_error.take() {
+            return Some(e);
+        }
+        self.pump.as_mut()?.poll_upload_error(cx)
     }
 
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
@@ -365,7 +262,7 @@ impl Inner {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Step::End) => return Poll::Ready(None),
                 Ok(Step::More) => {
-                    if let Some(e) = self.upload_error.take() {
+                    if let Some(e) = self.take_upload_error(cx) {
                         self.decoder = BodyDecoder::Done;
                         return Poll::Ready(Some(Err(e)));
                     }
@@ -396,11 +293,10 @@ impl Body {
     pub(crate) fn into_reusable(self) -> Option<Conn> {
         let inner = &*self.conn.0;
         let clean = inner.reusable
+            && !inner.writer.broken
+            && inner.writer.is_idle()
+            && matches!(inner.io, Stream::Whole(_))
             && inner.decoder.is_done()
-            && matches!(inner.upload, Outgoing::Done)
-            && inner.wbuf.is_empty()
-            && inner.big.is_empty()
-            && !inner.unflushed
             && inner.rbuf.is_empty();
         clean.then_some(self.conn)
     }

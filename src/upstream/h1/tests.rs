@@ -114,7 +114,7 @@ async fn a_chunked_upload_with_a_large_chunk() {
             .unwrap();
         got
     });
-    let large = Bytes::from(vec![b'x'; 3 * COPY_UP_TO]);
+    let large = Bytes::from(vec![b'x'; 3 * super::write::COPY_UP_TO]);
     let chunks = vec![
         Bytes::from_static(b"abc"),
         large.clone(),
@@ -221,4 +221,66 @@ async fn a_broken_response_is_an_error_not_a_panic() {
             }
         }
     }
+}
+
+/// A client's body as the sidecar gets it: `hyper`'s, from a request `head` a loopback client
+/// wrote. The client's socket comes back with it, to send more of the body or break it off.
+async fn client_body(head: &'static [u8]) -> (hyper::body::Incoming, TcpStream) {
+    let (listener, addr) = listener().await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(req.into_body());
+            }
+            // Never answers: the test reads the body it was handed.
+            std::future::pending::<Result<Response<String>, std::convert::Infallible>>()
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(socket), service)
+            .await;
+    });
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(head).await.unwrap();
+    (rx.await.unwrap(), client)
+}
+
+#[tokio::test]
+async fn an_upload_that_breaks_off_after_the_answer_began_is_the_bodys_error() {
+    let (listener, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        read_until(&mut socket, b"\r\n\r\n").await;
+        // Half the answer: the rest would come once the upload is read.
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = socket.read_to_end(&mut sink).await;
+    });
+    let (incoming, mut client) =
+        client_body(b"POST / HTTP/1.1\r\nhost: up\r\ncontent-length: 1000000\r\n\r\nabc").await;
+    let (body, _) = RequestBody::new(incoming, tokio::time::Instant::now(), None);
+    let mut req = Request::new(body);
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = "/".parse().unwrap();
+    req.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, "1000000".parse().unwrap());
+    let response = conn(addr).await.send(req).await.unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "01234");
+    // The client goes away in the middle of its upload; nobody reads the answer meanwhile.
+    client.shutdown().await.unwrap();
+    drop(client);
+    let next = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the broken upload ends the answer's wait");
+    let err = next.unwrap().unwrap_err();
+    assert!(matches!(err, H1Error::RequestBody(_)), "{err:?}");
+    assert!(body.into_reusable().is_none());
+    server.abort();
 }
