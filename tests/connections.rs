@@ -154,6 +154,25 @@ async fn idle_connections_are_closed_after_idle_timeout() {
     s.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_next_request_head_that_never_finishes_is_closed_after_idle_timeout() {
+    // A slow-loris on a kept-alive connection: one whole request, then half of the next head,
+    // and nothing more. The time to the next head is the idle timeout's, whatever came of it.
+    let a = verdict_agent().await;
+    let s = sidecar(&a.url(), "idle_timeout: 700ms", "").await;
+    let mut h1 = TcpStream::connect(proxy(&s)).await.unwrap();
+    assert_eq!(ask(&mut h1, "/200").await, Some(200));
+    h1.write_all(b"GET /200 HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let got = closed_within(&mut h1, Duration::from_secs(5)).await;
+    assert_eq!(got.expect("closed"), b"", "no answer to half a head");
+    // The socket is let go once its linger is over.
+    let m = metrics_when(&s, |m| open(m, "proxy") == 0.0).await;
+    assert_eq!(closed(&m, "proxy", "idle"), 1.0);
+    s.shutdown().await;
+}
+
 /// Sends one HTTP/1.1 request for `path` on a kept-alive connection and reads its answer (head
 /// and `Content-Length` body): the status code, or `None` if the connection closed first.
 async fn ask(stream: &mut TcpStream, path: &str) -> Option<u16> {

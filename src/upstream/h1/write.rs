@@ -75,6 +75,7 @@ impl Writer {
     }
 
     /// Everything of the request is written and flushed (or the write side broke).
+    #[inline]
     pub(super) fn is_idle(&self) -> bool {
         matches!(self.upload, Outgoing::Done)
             && self.wbuf.is_empty()
@@ -84,6 +85,7 @@ impl Writer {
 
     /// Writes what there is to write of the request, whether or not all of it can go now (the
     /// response is read meanwhile). A broken client body is kept in `upload_error`.
+    #[inline]
     pub(super) fn poll_upload<W: AsyncWrite + Unpin>(&mut self, io: &mut W, cx: &mut Context<'_>) {
         loop {
             if let Err(e) = self.gather(cx) {
@@ -128,6 +130,7 @@ impl Writer {
     }
 
     /// Takes what the request body has ready into the write buffers, up to a bound.
+    #[inline]
     fn gather(&mut self, cx: &mut Context<'_>) -> Result<(), H1Error> {
         while self.big.is_empty() && self.wbuf.len() < COPY_UP_TO {
             let Outgoing::Sending {
