@@ -44,6 +44,7 @@ use crate::config::Limits;
 use crate::telemetry::{
     connection_errors, label, Telemetry, CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_CLOSED_TOTAL,
 };
+use wake::{Event, Wake};
 
 /// Largest request head accepted; past it HTTP/1.1 clients get 431.
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -465,11 +466,10 @@ impl Connections {
         let mut http = std::pin::pin!(http);
         let mut closing = false;
         let mut check_at = Instant::now();
+        let mut wake = Wake::new(conn, check_at);
         loop {
-            tokio::select! {
-                // The connection first, and no random order: this runs at every wake of it.
-                biased;
-                ended = http.as_mut() => {
+            match wake.next(http.as_mut()).await {
+                Event::Ended(ended) => {
                     if let Err(e) = ended {
                         if is_protocol_error(e.as_ref()) {
                             self.errors.increment(1);
@@ -478,7 +478,7 @@ impl Connections {
                     }
                     return true;
                 }
-                _ = conn.close.notified() => match conn.told.load(Ordering::Acquire) {
+                Event::Told(told) => match told {
                     TOLD_CUT => return false,
                     TOLD_DRAIN if !closing => {
                         closing = true;
@@ -494,7 +494,7 @@ impl Connections {
                     }
                     _ => {}
                 },
-                _ = tokio::time::sleep_until(check_at) => {
+                Event::Deadline => {
                     if closing {
                         // It did not finish closing in time.
                         return false;
@@ -515,6 +515,7 @@ impl Connections {
                     }
                 }
             }
+            wake.set_deadline(check_at);
         }
     }
 
@@ -583,3 +584,4 @@ fn is_protocol_error(e: &(dyn std::error::Error + 'static)) -> bool {
 
 #[cfg(test)]
 mod tests;
+mod wake;

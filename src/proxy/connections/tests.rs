@@ -64,3 +64,79 @@ async fn the_idlest_makes_room() {
     let live = set.live();
     assert!(live.contains_key(&first.id) && !live.contains_key(&second.id));
 }
+
+/// A connection future that never ends, and counts its polls.
+fn pending_conn(polls: &std::cell::Cell<u32>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |_| {
+        polls.set(polls.get() + 1);
+        std::task::Poll::Pending
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_watch_wakes_at_its_deadline_and_when_told() {
+    let set = set(10);
+    let c = set.admit(Instant::now()).unwrap();
+    let polls = std::cell::Cell::new(0);
+    let mut conn_future = std::pin::pin!(pending_conn(&polls));
+    let start = Instant::now();
+    let mut wake = Wake::new(&c, start + Duration::from_secs(5));
+    assert!(matches!(
+        wake.next(conn_future.as_mut()).await,
+        Event::Deadline
+    ));
+    assert_eq!(Instant::now(), start + Duration::from_secs(5));
+    // The same deadline again, once it fired, is waited for again: it has passed, so at once.
+    wake.set_deadline(start + Duration::from_secs(5));
+    assert!(matches!(
+        wake.next(conn_future.as_mut()).await,
+        Event::Deadline
+    ));
+    wake.set_deadline(start + Duration::from_secs(60));
+    c.tell(TOLD_DISPLACED);
+    assert!(matches!(
+        wake.next(conn_future.as_mut()).await,
+        Event::Told(TOLD_DISPLACED)
+    ));
+    // Told again: the next value comes through, and the deadline still stands.
+    c.tell(TOLD_CUT);
+    assert!(matches!(
+        wake.next(conn_future.as_mut()).await,
+        Event::Told(TOLD_CUT)
+    ));
+    assert!(matches!(
+        wake.next(conn_future.as_mut()).await,
+        Event::Deadline
+    ));
+    assert_eq!(Instant::now(), start + Duration::from_secs(60));
+    assert!(polls.get() >= 5, "the connection is polled at every wake");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_first_looked_at_with_the_budget_spent_still_fires() {
+    let set = set(10);
+    let c = set.admit(Instant::now()).unwrap();
+    let polls = std::cell::Cell::new(0);
+    let mut conn_future = std::pin::pin!(pending_conn(&polls));
+    let start = Instant::now();
+    let mut wake = Wake::new(&c, start + Duration::from_secs(5));
+    let mut next = std::pin::pin!(wake.next(conn_future.as_mut()));
+    let first = std::future::poll_fn(|cx| {
+        // The task's budget runs out before the watch's first look (as after a busy poll).
+        loop {
+            let spend = std::pin::pin!(tokio::task::consume_budget());
+            if spend.poll(cx).is_pending() {
+                break;
+            }
+        }
+        assert!(!tokio::task::coop::has_budget_remaining());
+        std::task::Poll::Ready(next.as_mut().poll(cx).is_ready())
+    })
+    .await;
+    assert!(!first);
+    let event = tokio::time::timeout(Duration::from_secs(3600), next)
+        .await
+        .expect("the deadline fired");
+    assert!(matches!(event, Event::Deadline));
+    assert_eq!(Instant::now(), start + Duration::from_secs(5));
+}
