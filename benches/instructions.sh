@@ -101,7 +101,9 @@ measure llm JSON "http://127.0.0.1:$LLM_PORT/v1/chat/completions" -m POST -D "$O
 
 # Counts move with the compiler and the CPU's instruction set (SIMD paths in memchr, httparse,
 # glibc): the baseline names both, and is only held against a build of the same.
-TOOLCHAIN="$(rustc -V | cut -d' ' -f1-2) on $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+# (Not every CPU names a model in /proc/cpuinfo: the architecture stands in for it.)
+CPU="$( (grep -m1 '^model name' /proc/cpuinfo || true) | cut -d: -f2 | xargs)"
+TOOLCHAIN="$(rustc -V | cut -d' ' -f1-2) on ${CPU:-$(uname -m)}"
 python3 - "$OUT" "$CG_N" "$BASELINE_FILE" "$TOLERANCE" "${UPDATE:-}" "$TOOLCHAIN" <<'PY' | tee "$OUT/summary.md"
 import glob, sys
 out, n, baseline_file, tolerance, update, toolchain = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5], sys.argv[6]
@@ -116,26 +118,34 @@ measured = {(name, kind): per_request(name, kind)
 guarded = [k for k in measured if k[0] != "floor"]
 # The baseline holds one section per compiler and CPU (counts move with both); UPDATE=1 rewrites
 # this build's section and keeps the others.
+import os
 sections, current = {}, None
-for line in open(baseline_file):
-    line = line.strip()
+for number, raw in enumerate(open(baseline_file), 1):
+    line = raw.strip()
+    if not line or line.startswith("#"):
+        continue
+    where = f"{baseline_file}:{number}"
     if line.startswith("[") and line.endswith("]"):
         current = line[1:-1]
+        if current in sections:
+            sys.exit(f"{where}: the section [{current}] comes twice")
         sections[current] = {}
-    elif line and not line.startswith("#") and current is not None:
-        name, kind, count = line.split()
-        sections[current][(name, kind)] = int(count)
+        continue
+    fields = line.split()
+    if current is None or len(fields) != 3 or not fields[2].isdigit():
+        sys.exit(f"{where}: expected NAME KIND COUNT under a [compiler on CPU] section, got {line!r}")
+    sections[current][(fields[0], fields[1])] = int(fields[2])
 if update:
     sections[toolchain] = {k: measured[k] for k in guarded}
-    with open(baseline_file, "w") as f:
-        f.write("# Instructions per request (benches/instructions.sh), per compiler and CPU; UPDATE=1\n")
-        f.write("# rewrites the section of the build it measures.\n")
-        for machine, counts in sections.items():
-            f.write(f"\n[{machine}]\n")
-            for name, kind in guarded:
-                f.write(f"{name} {kind} {counts[(name, kind)]}\n")
+    text = "# Instructions per request (benches/instructions.sh), per compiler and CPU; UPDATE=1\n"
+    text += "# rewrites the section of the build it measures.\n"
+    for machine, counts in sections.items():
+        text += f"\n[{machine}]\n" + "".join(f"{name} {kind} {count}\n" for (name, kind), count in counts.items())
+    # Written whole, then moved over the old file: an interrupted update loses no section.
+    with open(baseline_file + ".new", "w") as f:
+        f.write(text)
+    os.replace(baseline_file + ".new", baseline_file)
 baseline = sections.get(toolchain)
-print(f"Instructions per request (callgrind, {n} requests after a warm-up; tolerance {tolerance:.0%}):\n")
 if baseline is None:
     print("| request | floor | sloguard | sloguard / floor |")
     print("|---|---|---|---|")
@@ -149,8 +159,11 @@ print("| request | floor | sloguard | baseline | sloguard / baseline | sloguard 
 print("|---|---|---|---|---|---|")
 failed = False
 for name, kind in guarded:
-    m, b = measured[(name, kind)], baseline[(name, kind)]
+    m, b = measured[(name, kind)], baseline.get((name, kind))
     floor = measured.get(("floor", kind))
+    if b is None:
+        print(f"| {name} {kind} | {floor if floor else '–'} | {m} | – | not held: no count in the baseline's section | – |")
+        continue
     verdict = ""
     if m > b * (1 + tolerance):
         verdict, failed = " REGRESSION", True

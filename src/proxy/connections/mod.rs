@@ -104,8 +104,11 @@ pub(crate) struct Conn {
 
 impl Conn {
     fn tell(&self, what: u8) {
-        self.told.fetch_max(what, Ordering::AcqRel);
-        self.close.notify_one();
+        // Only news is signalled: the watch looks at the signal again only once `told` moved, so
+        // a repeated tell must not spend the signal the next one needs.
+        if self.told.fetch_max(what, Ordering::AcqRel) < what {
+            self.close.notify_one();
+        }
     }
 
     fn now_ms(&self, now: Instant) -> u64 {

@@ -140,3 +140,33 @@ async fn a_deadline_first_looked_at_with_the_budget_spent_still_fires() {
     assert!(matches!(event, Event::Deadline));
     assert_eq!(Instant::now(), start + Duration::from_secs(5));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_tell_does_not_hide_the_next() {
+    let set = set(10);
+    let c = set.admit(Instant::now()).unwrap();
+    let polls = std::cell::Cell::new(0);
+    let mut conn_future = std::pin::pin!(pending_conn(&polls));
+    let mut wake = Wake::new(&c, Instant::now() + Duration::from_secs(3600));
+    c.tell(TOLD_DRAIN);
+    assert!(matches!(
+        wake.next(conn_future.as_mut()).await,
+        Event::Told(TOLD_DRAIN)
+    ));
+    // The watch waits (armed); the drain is told again, then the cut comes from elsewhere.
+    let waited = tokio::time::timeout(Duration::from_secs(1), wake.next(conn_future.as_mut()));
+    assert!(waited.await.is_err());
+    c.tell(TOLD_DRAIN);
+    let teller = c.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        teller.tell(TOLD_CUT);
+    });
+    let before = Instant::now();
+    let event = tokio::time::timeout(Duration::from_secs(10), wake.next(conn_future.as_mut()))
+        .await
+        .expect("the cut wakes the watch");
+    assert!(matches!(event, Event::Told(TOLD_CUT)));
+    // Woken by the cut itself (a timeout, when it fires, looks at the watch once more first).
+    assert_eq!(Instant::now() - before, Duration::from_millis(100));
+}

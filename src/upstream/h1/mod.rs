@@ -8,8 +8,8 @@
 //!
 //! The framing is in [`decode`] (the response) and [`encode`] (the request); this module moves
 //! bytes, and [`write`] the request's. An upstream may start answering before the upload ends:
-//! the rest of the upload then goes on in a task of its own, whether or not the answer is read
-//! meanwhile. A connection goes back to the pool only after an exchange that ended cleanly, both
+//! the rest of the upload then goes on in a task of its own until the answer ends, whether or
+//! not the answer is read meanwhile. A connection goes back to the pool only after an exchange that ended cleanly, both
 //! ways, with nothing unread. h2 stays on hyper's client.
 
 pub(crate) mod decode;
@@ -177,7 +177,7 @@ impl Conn {
         let head = std::future::poll_fn(|cx| inner.poll_head(cx, head_request)).await?;
         inner.decoder = BodyDecoder::new(head.framing);
         inner.reusable &= head.keep_alive;
-        if !inner.writer.is_idle() {
+        if inner.writer.has_bytes_left() {
             inner.pump_the_rest();
         }
         let mut response = Response::new(Body { conn: self });

@@ -74,6 +74,12 @@ impl Writer {
         self.wbuf.len() + self.big.len()
     }
 
+    /// Bytes of the request are still to be taken from the body or written (a flush alone is
+    /// not: it goes on as the response is read).
+    pub(super) fn has_bytes_left(&self) -> bool {
+        !matches!(self.upload, Outgoing::Done) || self.unwritten() > 0
+    }
+
     /// Everything of the request is written and flushed (or the write side broke).
     #[inline]
     pub(super) fn is_idle(&self) -> bool {
@@ -249,6 +255,9 @@ impl Pump {
         match outcome {
             Ok(Err(e @ H1Error::RequestBody(_))) => Some(e),
             Ok(Err(e @ H1Error::RequestBodyLength { .. })) => Some(e),
+            // A panic in the body's code goes on where the body was read before the pump took
+            // it, not lost with the pump.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             _ => None,
         }
     }
