@@ -9,8 +9,8 @@
 //! The framing is in [`decode`] (the response) and [`encode`] (the request); this module moves
 //! bytes, and [`write`] the request's. An upstream may start answering before the upload ends:
 //! the rest of the upload then goes on in a task of its own until the answer ends, whether or
-//! not the answer is read meanwhile. A connection goes back to the pool only after an exchange that ended cleanly, both
-//! ways, with nothing unread. h2 stays on hyper's client.
+//! not the answer is read meanwhile. A connection goes back to the pool only after an exchange
+//! that ended cleanly, both ways, with nothing unread. h2 stays on hyper's client.
 
 pub(crate) mod decode;
 pub(crate) mod encode;
