@@ -173,6 +173,42 @@ async fn a_next_request_head_that_never_finishes_is_closed_after_idle_timeout() 
     s.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_drain_cuts_a_stream_still_open_when_its_grace_is_over() {
+    // An answer that never ends: the drain tells the connection to finish, then, once the
+    // grace (1 s) is over, to close whatever it is doing.
+    let upstream = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+        if s.write_all(head).await.is_ok() {
+            std::future::pending::<()>().await;
+        }
+    })
+    .await;
+    let s = sidecar(&format!("'http://{upstream}'"), "", "").await;
+    let mut h1 = TcpStream::connect(proxy(&s)).await.unwrap();
+    h1.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(5).any(|w| w == b"hello") {
+        let n = h1.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the first chunk");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), s.shutdown())
+        .await
+        .expect("the drain ends once its grace is over");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the stream had its grace"
+    );
+    let rest = closed_within(&mut h1, Duration::from_secs(5)).await;
+    assert!(rest.is_some(), "the stream's connection is closed");
+}
+
 /// Sends one HTTP/1.1 request for `path` on a kept-alive connection and reads its answer (head
 /// and `Content-Length` body): the status code, or `None` if the connection closed first.
 async fn ask(stream: &mut TcpStream, path: &str) -> Option<u16> {
