@@ -30,6 +30,7 @@
 //! within what the upstream's `Keep-Alive: timeout=N` says it keeps one, less a margin for the
 //! time the response took to come back.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +47,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tower_service::Service;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -193,16 +195,44 @@ impl ConnectionPool {
     /// Sends `req` (its URI in origin form, `Host` set) at `now` (a time its caller has read; an
     /// idle connection is reused only within its limit at that time) and returns the response
     /// head, with the lease of its HTTP/1.1 connection.
-    pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>, now: Instant) -> SendResult {
+    ///
+    /// The connection is chosen when this is called. The common case, an idle HTTP/1.1
+    /// connection, is the exchange's own future and nothing more; every other (a shared h2
+    /// connection, a new connection) is boxed, so that it does not make every request's future
+    /// larger and costlier to move.
+    pub fn send(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+        now: Instant,
+    ) -> impl Future<Output = SendResult> + Send + '_ {
+        let shared = self.shared_h2();
+        if shared.is_none() {
+            if let Some(conn) = self.take_idle(now) {
+                *req.version_mut() = Version::HTTP_11;
+                return Either::Left(self.send_h1(conn, req));
+            }
+        }
+        Either::Right(Box::pin(self.send_other(shared, req, now)))
+    }
+
+    /// Sends `req` on `shared` (or the next shared h2 connection), else on an idle HTTP/1.1
+    /// connection, else on a new one.
+    async fn send_other(
+        self: &Arc<Self>,
+        mut shared: Option<(u64, http2::SendRequest<RequestBody>)>,
+        mut req: Request<RequestBody>,
+        now: Instant,
+    ) -> SendResult {
         // A shared connection that turns out to take no new stream (GOAWAY, closing) is left
         // for the next, or a new one: the request was never sent on it.
-        while let Some((id, sender)) = self.shared_h2() {
+        while let Some((id, sender)) = shared.take() {
             *req.uri_mut() = self.absolute(req.uri());
             match send_h2(sender, req).await {
                 Ok(response) => return Ok((response.map(UpstreamBody::H2), None)),
                 Err(H2Failure::NotReady(unsent)) => {
                     self.forget_h2(id);
                     req = *unsent;
+                    shared = self.shared_h2();
                 }
                 Err(H2Failure::Exchange(e)) => return Err(e),
             }
@@ -211,8 +241,7 @@ impl ConnectionPool {
         if let Some(conn) = self.take_idle(now) {
             return self.send_h1(conn, req).await;
         }
-        // Boxed: connecting is rare and its future is large (TCP, TLS); inline, it would make
-        // every request's future large and costly to move (measured: +7k instructions/request).
+        // Boxed: connecting is rare and its future is large (TCP, TLS).
         match Box::pin(self.connect_once()).await? {
             Fresh::H1(conn) => self.send_h1(conn, req).await,
             Fresh::H2(sender) => {
