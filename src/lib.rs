@@ -12,6 +12,7 @@ pub(crate) mod admin;
 pub(crate) mod background;
 pub(crate) mod budget;
 pub mod cli;
+pub mod client_body;
 pub mod config;
 pub(crate) mod connect;
 pub mod incident;

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 mod feedback;
 mod mcp;
 
-use crate::proxy::connections::Connections;
+use crate::proxy::connections::{Connections, Hyper};
 use crate::proxy::error_response;
 use crate::telemetry::Telemetry;
 use crate::upstream::Force;
@@ -102,7 +102,7 @@ pub(crate) async fn serve(
                 // client slow to read an answer holds an idle connection, which a newcomer (a
                 // probe) can displace. A reload takes a while: in flight until answered, its
                 // connection is neither displaced nor closed for idling meanwhile.
-                hyper::service::service_fn(move |req| {
+                Hyper(hyper::service::service_fn(move |req| {
                     let state = state.clone();
                     let in_flight = conn.request();
                     async move {
@@ -116,7 +116,7 @@ pub(crate) async fn serve(
                         drop(in_flight);
                         Ok::<_, std::convert::Infallible>(answer)
                     }
-                })
+                }))
             };
             connections
                 .clone()

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client_body::ClientBody;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::attempt::{exchange, internal, outgoing, Deadlines, Exchange};
@@ -32,7 +32,7 @@ use crate::upstream::{RequestBody, Upload, Upstream};
 pub(super) async fn forward(
     ctx: &mut RequestCtx,
     parts: http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     client_ip: HeaderValue,
 ) -> Result<Answered, Stop> {
     let listener = ctx.listener.clone();
@@ -182,7 +182,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(route: &RouteState, client: &Client, body: &Incoming) -> Plan {
+    fn new(route: &RouteState, client: &Client, body: &ClientBody) -> Plan {
         let rewrite = route.rewrites_model
             && route
                 .chain
@@ -264,7 +264,7 @@ async fn read_ahead(
     ctx: &RequestCtx,
     listener: &ListenerState,
     plan: &Plan,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<(Payload, Duration), Stop> {
     let route = &*listener.route;
     let timeouts = route.chain[0].timeouts;

@@ -29,7 +29,7 @@ pub(super) const LINGER_BYTES: u64 = 64 * 1024 * 1024;
 /// What one read of a drain takes at most.
 const LINGER_CHUNK: usize = 16 * 1024;
 
-/// A client socket lent to hyper: handed back, through the receiver [`Handback::new`] returns,
+/// A client socket lent to hyper: handed back, through the sender it was made with,
 /// when hyper drops it.
 pub(super) struct Handback {
     stream: Option<TcpStream>,
@@ -37,13 +37,12 @@ pub(super) struct Handback {
 }
 
 impl Handback {
-    pub(super) fn new(stream: TcpStream) -> (Handback, oneshot::Receiver<TcpStream>) {
-        let (tx, rx) = oneshot::channel();
-        let io = Handback {
+    /// `stream`, to go to `back` when dropped.
+    pub(super) fn with(stream: TcpStream, back: oneshot::Sender<TcpStream>) -> Handback {
+        Handback {
             stream: Some(stream),
-            back: Some(tx),
-        };
-        (io, rx)
+            back: Some(back),
+        }
     }
 
     fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {

@@ -14,9 +14,7 @@ use tokio::sync::watch;
 
 use std::convert::Infallible;
 
-use hyper::service::service_fn;
-
-use super::connections::{Conn, Connections};
+use super::connections::{Conn, Connections, Plain};
 use super::state::ListenerState;
 use crate::background::supervise;
 
@@ -42,7 +40,7 @@ pub(crate) async fn serve(
                 let client_ip = HeaderValue::from_str(&peer.ip().to_string())
                     .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
                 let slot = slot.clone();
-                service_fn(move |req| {
+                Plain(move |req| {
                     let listener = slot.load_full();
                     let (ip, in_flight) = (client_ip.clone(), conn.request());
                     // The request's future is made in place, when this one is first polled.

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::budget::BodyBudget;
@@ -366,7 +366,7 @@ fn error_type(status: StatusClass, outcome: Option<UpstreamOutcome>) -> ErrorTyp
 /// The client's body, streamed to the upstream; for an LLM call, tapped on its way for the
 /// request facts (unless it is compressed: then counted as unparsed).
 pub(crate) fn streamed_body(
-    body: Incoming,
+    body: ClientBody,
     headers: &HeaderMap,
     format: Option<Format>,
     received: Instant,

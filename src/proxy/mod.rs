@@ -147,11 +147,12 @@ mod trace;
 
 use std::sync::Arc;
 
+use crate::client_body::ClientBody;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 pub use body::{BodyError, ProxyBody};
+pub use connections::fuzz_request;
 pub use error::{error_response, ProxyError};
 pub use forward::upstream_uri;
 pub use state::{ListenerState, RouteState, Shared, Snapshot};
@@ -166,7 +167,7 @@ use local::Stop;
 /// `in_flight` keeps the client's connection busy until the request is counted (its answer's last
 /// byte out, or the client gone): it rides in the request's context.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     client_ip: HeaderValue,
     listener: Arc<ListenerState>,
     in_flight: connections::InFlight,

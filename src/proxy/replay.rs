@@ -6,11 +6,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderValue};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::cache::{CacheKey, KeyHasher};
@@ -23,7 +23,7 @@ use crate::upstream::{RequestBody, Upload};
 pub(crate) enum Payload {
     /// Goes to one upstream as it arrives: `prefix` (read ahead, when the body turned out too
     /// large to keep), then the rest from the client. `None` once an attempt took it.
-    Stream(Option<(VecDeque<Bytes>, Option<Incoming>)>),
+    Stream(Option<(VecDeque<Bytes>, Option<ClientBody>)>),
     /// Read whole: every attempt sends these bytes.
     Whole(Whole),
 }
@@ -44,7 +44,7 @@ pub(crate) struct Whole {
 static NO_CHUNKS: std::sync::LazyLock<Arc<[Bytes]>> = std::sync::LazyLock::new(|| Arc::from([]));
 
 impl Payload {
-    pub(crate) fn streamed(body: Incoming) -> Payload {
+    pub(crate) fn streamed(body: ClientBody) -> Payload {
         Payload::Stream(Some((VecDeque::new(), Some(body))))
     }
 
@@ -178,7 +178,7 @@ impl Whole {
 /// left refuses the request (503 `overloaded`). Also returns when the last chunk read ahead
 /// arrived (the sidecar's overhead does not count the wait for it).
 pub(crate) async fn read_ahead(
-    mut body: Incoming,
+    mut body: ClientBody,
     limit: usize,
     idle: std::time::Duration,
     deadline: Instant,

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::client_body::{ClientBody, ClientBodyError};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::budget::{BodyBudget, Held, Reservation};
@@ -119,12 +119,12 @@ impl Upload {
 /// Where the body's bytes come from.
 enum Source {
     /// Straight from the client, as the upstream reads them.
-    Client(Incoming),
+    Client(ClientBody),
     /// Read ahead, found too large to keep whole: these chunks first, then whatever the client
     /// still sends.
     Buffered {
         chunks: VecDeque<Bytes>,
-        rest: Option<Incoming>,
+        rest: Option<ClientBody>,
     },
     /// Read whole, shared by every attempt: each sends the same chunks (reference counts), from
     /// `next` on.
@@ -205,7 +205,7 @@ impl Upload {
 impl RequestBody {
     /// The client's body, streamed; with `tap`, its LLM request facts are read on the way.
     pub fn new(
-        inner: Incoming,
+        inner: ClientBody,
         started: Instant,
         tap: Option<Format>,
     ) -> (RequestBody, Option<Arc<Upload>>) {
@@ -228,13 +228,13 @@ impl RequestBody {
     /// facts on the way, as [`RequestBody::new`] does.
     pub fn buffered(
         chunks: VecDeque<Bytes>,
-        rest: Option<Incoming>,
+        rest: Option<ClientBody>,
         started: Instant,
         request: Option<Result<RequestFacts, Unparsed>>,
         tap: Option<Format>,
     ) -> (RequestBody, Option<Arc<Upload>>) {
         let complete = rest.is_none();
-        let empty = chunks.is_empty() && rest.as_ref().is_none_or(Incoming::is_end_stream);
+        let empty = chunks.is_empty() && rest.as_ref().is_none_or(ClientBody::is_end_stream);
         let source = Source::Buffered { chunks, rest };
         RequestBody::ahead(source, empty, complete, started, request, tap)
     }
@@ -353,10 +353,10 @@ impl RequestBody {
 
 /// Polls the client's body and notes how the upload goes.
 fn poll_client(
-    inner: &mut Incoming,
+    inner: &mut ClientBody,
     upload: Option<&Upload>,
     cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
     let polled = Pin::new(inner).poll_frame(cx);
     if let Some(u) = upload {
         match &polled {
@@ -381,12 +381,12 @@ fn poll_client(
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.source {
             Source::Client(inner) => poll_client(inner, this.upload.as_deref(), cx),
@@ -459,7 +459,7 @@ impl Body for RequestBody {
         match &self.source {
             Source::Client(inner) => inner.is_end_stream(),
             Source::Buffered { chunks, rest } => {
-                chunks.is_empty() && rest.as_ref().is_none_or(Incoming::is_end_stream)
+                chunks.is_empty() && rest.as_ref().is_none_or(ClientBody::is_end_stream)
             }
             Source::Replay { chunks, next } => *next >= chunks.len(),
         }
@@ -472,7 +472,7 @@ impl Body for RequestBody {
                 let buffered: u64 = chunks.iter().map(|c| c.len() as u64).sum();
                 let rest = rest
                     .as_ref()
-                    .map_or(SizeHint::with_exact(0), Incoming::size_hint);
+                    .map_or(SizeHint::with_exact(0), ClientBody::size_hint);
                 let mut hint = SizeHint::new();
                 hint.set_lower(buffered + rest.lower());
                 if let Some(upper) = rest.upper() {

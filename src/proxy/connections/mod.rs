@@ -21,25 +21,20 @@
 //! passes or the connection changes state; a request costs two atomic updates.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body::Body;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge, Label};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
-use super::linger::{linger, Handback};
+use super::linger::linger;
 use crate::config::Limits;
 use crate::telemetry::{
     connection_errors, label, Telemetry, CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_CLOSED_TOTAL,
@@ -175,7 +170,7 @@ const TOLD_CUT: u8 = 3;
 
 /// What a port's limits make of its connections.
 #[derive(Debug)]
-struct Settings {
+pub(crate) struct Settings {
     builder: auto::Builder<TokioExecutor>,
     max: usize,
     header_timeout: Duration,
@@ -356,20 +351,14 @@ impl Connections {
     /// Accepts connections on `tcp` until `stop` turns true: each is admitted (or closed at once),
     /// served by the service `service_for` makes for its peer and its [`Conn`] (whose
     /// [`Conn::request`] guard each request keeps until it is done), and watched until it ends.
-    pub(crate) async fn accept<H, S, B>(
+    pub(crate) async fn accept<H, P>(
         self: Arc<Self>,
         tcp: Arc<TcpListener>,
         mut stop: watch::Receiver<bool>,
         service_for: H,
     ) where
-        H: Fn(SocketAddr, Arc<Conn>) -> S,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        H: Fn(SocketAddr, Arc<Conn>) -> P,
+        P: Protocol,
     {
         loop {
             let accepted = tokio::select! {
@@ -421,30 +410,18 @@ impl Connections {
     }
 
     /// Serves one admitted connection to its end, then lets its socket linger.
-    async fn serve<S, B>(
+    async fn serve<P: Protocol>(
         self: Arc<Self>,
         stream: TcpStream,
-        svc: S,
+        protocol: P,
         conn: Arc<Conn>,
         peer: SocketAddr,
-    ) where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        // The socket comes back when hyper is done with it: see `linger`.
-        let (io, handback) = Handback::new(stream);
-        let http = self
-            .settings
-            .load()
-            .builder
-            .serve_connection(TokioIo::new(io), svc)
-            .into_owned();
-        let graceful = |c: Pin<&mut _>| auto::Connection::graceful_shutdown(c);
+    ) {
+        // The socket comes back when the connection is done with it: see `linger`.
+        let (back, handback) = oneshot::channel();
+        let closing = AtomicBool::new(false);
+        let http = protocol.serve(stream, back, self.settings.load_full(), &closing);
+        let graceful = || closing.store(true, Ordering::Relaxed);
         if self.watch_over(http, graceful, &conn, peer).await {
             if let Ok(stream) = handback.await {
                 linger(stream, conn.close.notified()).await;
@@ -459,7 +436,7 @@ impl Connections {
     async fn watch_over<C>(
         &self,
         http: C,
-        graceful: impl Fn(Pin<&mut C>),
+        graceful: impl Fn(),
         conn: &Conn,
         peer: SocketAddr,
     ) -> bool
@@ -485,14 +462,14 @@ impl Connections {
                     TOLD_CUT => return false,
                     TOLD_DRAIN if !closing => {
                         closing = true;
-                        graceful(http.as_mut());
+                        graceful();
                         // The drain's grace decides when it is cut, not the linger.
                         check_at = Instant::now() + Duration::from_secs(86_400 * 365);
                     }
                     TOLD_DISPLACED if !closing => {
                         self.count(CloseReason::Displaced);
                         closing = true;
-                        graceful(http.as_mut());
+                        graceful();
                         check_at = Instant::now() + LINGER;
                     }
                     _ => {}
@@ -512,7 +489,7 @@ impl Connections {
                                 return false;
                             }
                             closing = true;
-                            graceful(http.as_mut());
+                            graceful();
                             check_at = Instant::now() + LINGER;
                         }
                     }
@@ -585,6 +562,12 @@ fn is_protocol_error(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+mod plain;
+mod serve;
 #[cfg(test)]
 mod tests;
 mod wake;
+
+pub use plain::fuzz_request;
+pub(crate) use plain::Plain;
+pub(crate) use serve::{Hyper, Protocol};

@@ -263,7 +263,7 @@ async fn an_upload_that_breaks_off_after_the_answer_began_is_the_bodys_error() {
     });
     let (incoming, mut client) =
         client_body(b"POST / HTTP/1.1\r\nhost: up\r\ncontent-length: 1000000\r\n\r\nabc").await;
-    let (body, _) = RequestBody::new(incoming, tokio::time::Instant::now(), None);
+    let (body, _) = RequestBody::new(incoming.into(), tokio::time::Instant::now(), None);
     let mut req = Request::new(body);
     *req.method_mut() = Method::POST;
     *req.uri_mut() = "/".parse().unwrap();

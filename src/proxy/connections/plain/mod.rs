@@ -1,0 +1,381 @@
+//! The sidecar's own HTTP/1.1 server framing, for plain requests: a `GET`, `POST`, `PUT`,
+//! `DELETE`, `PATCH` or `OPTIONS` of HTTP/1.1 with no body or a `Content-Length` one, and no
+//! `Expect` or upgrade. It reads the head with `httparse` into the request the pipeline takes,
+//! gives the body as it comes (one chunk when it came with the head), and writes the answer's
+//! head and body with one vectored write where it can. hyper's HTTP/1.1 server does the same for
+//! every request, at a cost (its dispatcher, body channel and buffers) a proxied `GET` paid
+//! about a fifth of its instructions for.
+//!
+//! Anything else — a malformed or oversized head, HTTP/1.0, HTTP/2's preface (h2c), `HEAD`,
+//! `CONNECT`, `Expect: 100-continue`, `Transfer-Encoding`, an upgrade — comes at a request's start:
+//! the bytes read so far and the rest of the connection go to hyper, which serves (or rejects)
+//! it as it always did.
+//!
+//! A request whose body is not read to its end leaves the connection closed after its answer
+//! (the socket lingers, as with hyper); so does `Connection: close`, and a graceful close
+//! (displaced, idle, drained) asked for meanwhile.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use http_body::Body;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::serve::{by_hyper, BoxError, Protocol, ViaHyper};
+use super::{Settings, MAX_HEADER_BYTES};
+use crate::client_body::{self, poll_read_buf, ClientBody, Streamed};
+use crate::proxy::linger::Handback;
+pub use frame::fuzz_request;
+use frame::{Framing, Parsed};
+
+mod frame;
+
+/// What a read of a request head asks the socket for at least.
+const READ_RESERVE: usize = 8 * 1024;
+
+/// The listener's request handler, served on the sidecar's own HTTP/1.1 framing.
+#[derive(Debug)]
+pub(crate) struct Plain<F>(pub(crate) F);
+
+impl<F, Fut, B> Protocol for Plain<F>
+where
+    F: Fn(Request<ClientBody>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    fn serve(
+        self,
+        stream: TcpStream,
+        back: oneshot::Sender<TcpStream>,
+        settings: Arc<Settings>,
+        closing: &AtomicBool,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + '_ {
+        serve(self.0, stream, back, settings, closing)
+    }
+}
+
+/// One connection's state between its exchanges.
+struct Connection {
+    io: Arc<TcpStream>,
+    /// What was read and not yet taken: the start of the next request, perhaps more.
+    read: BytesMut,
+    /// Where a streamed body hands `read` back (made for the first one).
+    lent: Option<client_body::Handback>,
+    /// The response head being written, and chunk size lines.
+    out: BytesMut,
+}
+
+/// How an exchange left the connection.
+enum Next {
+    /// Ready for the next request.
+    Again,
+    /// To be closed: the socket goes back for its lingering close.
+    Close,
+    /// A request out of the ordinary: hyper takes the connection.
+    Hyper,
+}
+
+async fn serve<F, Fut, B>(
+    handler: F,
+    stream: TcpStream,
+    back: oneshot::Sender<TcpStream>,
+    settings: Arc<Settings>,
+    closing: &AtomicBool,
+) -> Result<(), BoxError>
+where
+    F: Fn(Request<ClientBody>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    let mut c = Connection {
+        io: Arc::new(stream),
+        read: BytesMut::with_capacity(READ_RESERVE),
+        lent: None,
+        out: BytesMut::with_capacity(512),
+    };
+    let next = loop {
+        let head = match c.next_head(closing).await {
+            Ok(Some(Parsed::Plain(head))) => head,
+            Ok(Some(_)) => break Next::Hyper,
+            Ok(None) => break Next::Close,
+            Err(e) => {
+                c.give_back(back);
+                return Err(e.into());
+            }
+        };
+        let close = head.close;
+        let req = c.request(head);
+        let Some(Ok(response)) = c.answer_of(std::pin::pin!(handler(req))).await else {
+            // The client left: its request's future is gone, and counted so.
+            c.give_back(back);
+            return Ok(());
+        };
+        let close = close || closing.load(Ordering::Relaxed);
+        let written = {
+            // Taken apart and written here: the answer (hundreds of bytes) is not moved again.
+            let (mut parts, body) = response.into_parts();
+            c.answer(&mut parts, std::pin::pin!(body), close).await
+            // The body goes here, and with it what it held (an upload still going on).
+        };
+        if let Err(e) = written {
+            c.give_back(back);
+            return Err(e);
+        }
+        match c.after(close) {
+            Next::Again => {}
+            next => break next,
+        }
+    };
+    match next {
+        Next::Hyper => match Arc::try_unwrap(c.io) {
+            Ok(stream) => {
+                let read = c.read.freeze();
+                let io = Handback::with(stream, back);
+                by_hyper(io, read, ViaHyper(handler), settings, closing).await
+            }
+            Err(_) => Ok(()),
+        },
+        _ => {
+            c.give_back(back);
+            Ok(())
+        }
+    }
+}
+
+impl Connection {
+    /// Reads until the buffer holds a whole head (or one hyper is to read). `None` when the
+    /// client closed the connection, or the connection is closing, before a request began.
+    async fn next_head(&mut self, closing: &AtomicBool) -> io::Result<Option<Parsed>> {
+        loop {
+            if !self.read.is_empty() {
+                match frame::parse(&mut self.read) {
+                    Parsed::Partial if self.read.len() < MAX_HEADER_BYTES => {}
+                    // Too large: hyper answers it 431.
+                    Parsed::Partial => return Ok(Some(Parsed::Unusual)),
+                    parsed => return Ok(Some(parsed)),
+                }
+            }
+            self.read.reserve(READ_RESERVE);
+            let (io, read) = (&self.io, &mut self.read);
+            let n = poll_fn(|cx| {
+                if read.is_empty() && closing.load(Ordering::Relaxed) {
+                    return Poll::Ready(Ok(0));
+                }
+                poll_read_buf(io, read, cx)
+            })
+            .await?;
+            if n == 0 {
+                // A head cut short is no request: the client is gone.
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The request the handler takes, its body as much as came with the head (all of it,
+    /// usually), then the rest as it comes.
+    fn request(&mut self, head: frame::Head) -> Request<ClientBody> {
+        let body = match head.length {
+            0 => ClientBody::Whole(None),
+            n if n <= self.read.len() as u64 => {
+                ClientBody::Whole(Some(self.read.split_to(n as usize).freeze()))
+            }
+            n => {
+                let back = self.lent.get_or_insert_with(Default::default).clone();
+                let read = std::mem::take(&mut self.read);
+                ClientBody::Stream(Streamed::new(self.io.clone(), read, n, back))
+            }
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.headers_mut() = head.headers;
+        req
+    }
+
+    /// Awaits the answer to a request, watching meanwhile for the client to leave, as hyper does:
+    /// then `None`, and the request's future is dropped (counted as a client that left).
+    /// Bytes the client sends meanwhile (its next request) are kept. Not while a streamed body
+    /// reads the socket: its own reads see the end.
+    async fn answer_of<Fut: Future>(
+        &mut self,
+        mut fut: std::pin::Pin<&mut Fut>,
+    ) -> Option<Fut::Output> {
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            let own = self.reclaim();
+            while own && self.read.len() < MAX_HEADER_BYTES {
+                self.read.reserve(READ_RESERVE);
+                match poll_read_buf(&self.io, &mut self.read, cx) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Writes an answer (closing the connection after it if `close`): what is to come next.
+    async fn answer<B>(
+        &mut self,
+        parts: &mut http::response::Parts,
+        mut body: std::pin::Pin<&mut B>,
+        close: bool,
+    ) -> Result<(), BoxError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let exact = body.size_hint().exact();
+        let framing = frame::encode_head(&mut self.out, parts, exact, close);
+        let mut left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        // The head goes out with the first chunk of the body, or alone once there is none. A
+        // body is read to its end even where none may be sent (204, 304): its end is what
+        // counts the request.
+        let mut ended = body.is_end_stream();
+        while !ended {
+            let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    // Nothing to send yet: what is written so far (the head) goes now.
+                    if !self.out.is_empty() {
+                        self.write(&[], &[]).await?;
+                    }
+                    poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                }
+            };
+            let data = match frame {
+                None => {
+                    ended = true;
+                    Bytes::new()
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    // Trailers are not passed on over HTTP/1.1.
+                    Err(_) => continue,
+                },
+            };
+            ended = ended || body.is_end_stream();
+            match framing {
+                Framing::None => {}
+                Framing::Length(_) => {
+                    if data.len() as u64 > left || (ended && data.len() as u64 != left) {
+                        return Err("the answer's body differs from its Content-Length".into());
+                    }
+                    left -= data.len() as u64;
+                    self.write(&data, &[]).await?;
+                }
+                Framing::Chunked => {
+                    let mut tail: &[u8] = if ended { b"\r\n0\r\n\r\n" } else { b"\r\n" };
+                    if data.is_empty() {
+                        tail = if ended { b"0\r\n\r\n" } else { b"" };
+                    } else {
+                        frame::put_chunk_size(&mut self.out, data.len());
+                    }
+                    self.write(&data, tail).await?;
+                }
+            }
+        }
+        if !self.out.is_empty() {
+            // A head alone; a chunked body that ended with no data has its last chunk to send.
+            let tail: &[u8] = if framing == Framing::Chunked {
+                b"0\r\n\r\n"
+            } else {
+                b""
+            };
+            self.write(&[], tail).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the connection can take another request once an answer is out.
+    fn after(&mut self, close: bool) -> Next {
+        match close || !self.reclaim() {
+            true => Next::Close,
+            false => Next::Again,
+        }
+    }
+
+    /// Whether the connection's reads are its own: no streamed body holds the socket, and none
+    /// was left unread (its rest cannot be told from a next request). The read buffer a body
+    /// gave back is taken back first: what it read past the body comes before anything read
+    /// after.
+    fn reclaim(&mut self) -> bool {
+        if Arc::strong_count(&self.io) > 1 {
+            return false;
+        }
+        let Some(lent) = &self.lent else {
+            return true;
+        };
+        let Ok(mut slot) = lent.lock() else {
+            return false;
+        };
+        match slot.take() {
+            None => true,
+            Some((read, 0)) => {
+                // Nothing is read into `self.read` while a body holds the socket.
+                self.read = read;
+                true
+            }
+            Some(unread) => {
+                *slot = Some(unread);
+                false
+            }
+        }
+    }
+
+    /// Writes what `out` holds, then `data`, then `tail`, all of it.
+    async fn write(&mut self, data: &[u8], tail: &[u8]) -> io::Result<()> {
+        let mut slices = [
+            IoSlice::new(&self.out),
+            IoSlice::new(data),
+            IoSlice::new(tail),
+        ];
+        let mut slices = &mut slices[..];
+        IoSlice::advance_slices(&mut slices, 0);
+        let io = &*self.io;
+        while !slices.is_empty() {
+            let n = poll_fn(|cx| loop {
+                ready!(io.poll_write_ready(cx))?;
+                match io.try_write_vectored(slices) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    done => return Poll::Ready(done),
+                }
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    /// The socket goes back for its lingering close, unless a body still holds it (it closes
+    /// when that goes).
+    fn give_back(self, back: oneshot::Sender<TcpStream>) {
+        if let Ok(stream) = Arc::try_unwrap(self.io) {
+            let _ = back.send(stream);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
