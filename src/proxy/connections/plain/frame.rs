@@ -92,35 +92,9 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
     let path = range(span_of(base, path.as_bytes()));
     let mut spans = [Span::default(); MAX_HEADERS];
     let count = req.headers.len();
-    let mut length = None;
-    let mut close = false;
-    for (line, span) in req.headers.iter().zip(spans.iter_mut()) {
-        let name = line.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            match (length, parse_length(line.value)) {
-                (None, Some(n)) => length = Some(n),
-                _ => return Parsed::Unusual,
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in line.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Parsed::Unusual;
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
-        {
-            return Parsed::Unusual;
-        }
-        *span = Span {
-            name: span_of(base, name),
-            value: span_of(base, line.value),
-        };
-    }
+    let Some((length, close)) = scan(req.headers, base, &mut spans) else {
+        return Parsed::Unusual;
+    };
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path)) else {
         return Parsed::Unusual;
@@ -143,6 +117,45 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
         length: length.unwrap_or(0),
         close,
     })
+}
+
+/// Notes where each header line lies, and what frames the request: its `Content-Length` (if
+/// any) and whether it asks to close; `None` for a line that makes it out of the ordinary.
+fn scan(
+    lines: &[httparse::Header<'_>],
+    base: *const u8,
+    spans: &mut [Span],
+) -> Option<(Option<u64>, bool)> {
+    let mut length = None;
+    let mut close = false;
+    for (line, span) in lines.iter().zip(spans.iter_mut()) {
+        let name = line.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match (length, parse_length(line.value)) {
+                (None, Some(n)) => length = Some(n),
+                _ => return None,
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in line.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return None;
+        }
+        *span = Span {
+            name: span_of(base, name),
+            value: span_of(base, line.value),
+        };
+    }
+    Some((length, close))
 }
 
 /// A `Content-Length` value: digits only (no sign, no list), at most 18 of them.
