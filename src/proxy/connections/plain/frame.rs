@@ -96,27 +96,36 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::Unusual;
     };
     let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(path)) else {
-        return Parsed::Unusual;
-    };
-    let mut headers = HeaderMap::with_capacity(count);
-    for span in &spans[..count] {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head[range(span.name)]),
-            HeaderValue::from_maybe_shared(head.slice(range(span.value))),
-        ) else {
-            // httparse checks the same characters: not reached, but hyper would answer it.
-            return Parsed::Unusual;
-        };
+    match build(&head, path, &spans[..count]) {
+        Some((uri, headers)) => Parsed::Plain(Head {
+            method,
+            uri,
+            headers,
+            length: length.unwrap_or(0),
+            close,
+        }),
+        None => {
+            // A request target or header httparse let through and `http` does not: hyper gets
+            // the whole head back, to answer it (the rare case pays a copy).
+            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            Parsed::Unusual
+        }
+    }
+}
+
+/// The request target and the headers, as slices of `head` (no copy).
+fn build(head: &Bytes, path: std::ops::Range<usize>, spans: &[Span]) -> Option<(Uri, HeaderMap)> {
+    let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for span in spans {
+        let name = HeaderName::from_bytes(&head[range(span.name)]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(range(span.value))).ok()?;
         headers.append(name, value);
     }
-    Parsed::Plain(Head {
-        method,
-        uri,
-        headers,
-        length: length.unwrap_or(0),
-        close,
-    })
+    Some((uri, headers))
 }
 
 /// Notes where each header line lies, and what frames the request: its `Content-Length` (if

@@ -194,3 +194,14 @@ fn the_fuzz_check_holds_for_plain_unusual_and_partial_heads() {
         fuzz_request(&[&[first], text.as_bytes()].concat());
     }
 }
+
+#[test]
+fn a_target_httparse_takes_and_http_does_not_is_left_to_hyper_whole() {
+    // Found by the fuzz target: the head was taken out of the buffer before the target was
+    // found unreadable, and hyper would have read what followed it as the request.
+    let text = "GET 1/ws HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\n\r\n";
+    let (p, rest) = parsed(text);
+    assert!(matches!(p, Parsed::Unusual), "{p:?}");
+    assert_eq!(&rest[..], text.as_bytes());
+    fuzz_request(&[&[2u8], text.as_bytes()].concat());
+}
