@@ -11,7 +11,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
 /// The most one read of a streamed body asks the socket for.
 const READ_CHUNK: usize = 16 * 1024;
@@ -80,16 +80,17 @@ impl Body for ClientBody {
     }
 }
 
-/// Where a streamed body's connection gets its read buffer back: what the body did not give
-/// out (the next request's bytes, if the client sent it already) and how much of the body was
-/// left unread.
-pub type Handback = Arc<Mutex<Option<(BytesMut, u64)>>>;
+/// Where a streamed body's connection gets its socket's read half back, with the read buffer
+/// (what the body did not give out: the next request's bytes, if the client sent it already)
+/// and how much of the body was left unread.
+pub type Handback = Arc<Mutex<Option<(OwnedReadHalf, BytesMut, u64)>>>;
 
-/// A body of a known length still coming on the client's connection: it reads the socket it
-/// shares with the connection (which only writes while the body is out) and hands the read
-/// buffer back when it ends or is dropped.
+/// A body of a known length still coming on the client's connection: it takes the socket's read
+/// half (the connection only writes while the body is out) and hands it back, with the read
+/// buffer, when it is dropped.
 pub struct Streamed {
-    io: Arc<TcpStream>,
+    /// `None` only once dropped.
+    io: Option<OwnedReadHalf>,
     buf: BytesMut,
     remaining: u64,
     back: Handback,
@@ -108,9 +109,9 @@ impl std::fmt::Debug for Streamed {
 impl Streamed {
     /// A body of `length` bytes, the first of them (and perhaps more: the next request's) in
     /// `buf`, the rest to come on `io`.
-    pub(crate) fn new(io: Arc<TcpStream>, buf: BytesMut, length: u64, back: Handback) -> Streamed {
+    pub(crate) fn new(io: OwnedReadHalf, buf: BytesMut, length: u64, back: Handback) -> Streamed {
         Streamed {
-            io,
+            io: Some(io),
             buf,
             remaining: length,
             back,
@@ -122,9 +123,12 @@ impl Streamed {
             return Poll::Ready(None);
         }
         if self.buf.is_empty() {
+            let Some(io) = self.io.as_mut() else {
+                return Poll::Ready(Some(Err(ClientBodyError::Incomplete)));
+            };
             let want = (self.remaining as usize).clamp(1, READ_CHUNK);
             self.buf.reserve(want);
-            match ready!(poll_read_buf(&self.io, &mut self.buf, cx)) {
+            match ready!(poll_read_buf(io, &mut self.buf, cx)) {
                 Ok(0) => return Poll::Ready(Some(Err(ClientBodyError::Incomplete))),
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Some(Err(e.into()))),
@@ -139,24 +143,20 @@ impl Streamed {
 impl Drop for Streamed {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        if let Ok(mut back) = self.back.lock() {
-            *back = Some((buf, self.remaining));
+        if let (Some(io), Ok(mut back)) = (self.io.take(), self.back.lock()) {
+            *back = Some((io, buf, self.remaining));
         }
     }
 }
 
 /// Reads what `io` has into `buf`'s spare room (at least one byte of it): the count, 0 at the end
-/// of the stream.
+/// of the stream. Through `AsyncRead`, which takes a read that did not fill the room as the end
+/// of what the socket had: the next read waits for readiness instead of trying (a system call
+/// that would fail).
 pub(crate) fn poll_read_buf(
-    io: &TcpStream,
+    io: &mut OwnedReadHalf,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(io.poll_read_ready(cx))?;
-        match io.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            done => return Poll::Ready(done),
-        }
-    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }

@@ -18,13 +18,16 @@
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Poll};
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::Body;
+use tokio::io::AsyncWrite;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -64,7 +67,9 @@ where
 
 /// One connection's state between its exchanges.
 struct Connection {
-    io: Arc<TcpStream>,
+    /// The socket's read half: `None` while a streamed body has it.
+    reader: Option<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
     /// What was read and not yet taken: the start of the next request, perhaps more.
     read: BytesMut,
     /// Where a streamed body hands `read` back (made for the first one).
@@ -96,8 +101,10 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError> + Send,
 {
+    let (reader, writer) = stream.into_split();
     let mut c = Connection {
-        io: Arc::new(stream),
+        reader: Some(reader),
+        writer,
         read: BytesMut::with_capacity(READ_RESERVE),
         lent: None,
         out: BytesMut::with_capacity(512),
@@ -136,13 +143,13 @@ where
         }
     };
     match next {
-        Next::Hyper => match Arc::try_unwrap(c.io) {
-            Ok(stream) => {
+        Next::Hyper => match c.reader.take().map(|r| r.reunite(c.writer)) {
+            Some(Ok(stream)) => {
                 let read = c.read.freeze();
                 let io = Handback::with(stream, back);
                 by_hyper(io, read, ViaHyper(handler), settings, closing).await
             }
-            Err(_) => Ok(()),
+            _ => Ok(()),
         },
         _ => {
             c.give_back(back);
@@ -165,7 +172,10 @@ impl Connection {
                 }
             }
             self.read.reserve(READ_RESERVE);
-            let (io, read) = (&self.io, &mut self.read);
+            let (Some(io), read) = (self.reader.as_mut(), &mut self.read) else {
+                // Not reached: the read half is back before a next head is read.
+                return Ok(None);
+            };
             let n = poll_fn(|cx| {
                 if read.is_empty() && closing.load(Ordering::Relaxed) {
                     return Poll::Ready(Ok(0));
@@ -188,11 +198,15 @@ impl Connection {
             n if n <= self.read.len() as u64 => {
                 ClientBody::Whole(Some(self.read.split_to(n as usize).freeze()))
             }
-            n => {
-                let back = self.lent.get_or_insert_with(Default::default).clone();
-                let read = std::mem::take(&mut self.read);
-                ClientBody::Stream(Streamed::new(self.io.clone(), read, n, back))
-            }
+            n => match self.reader.take() {
+                Some(io) => {
+                    let back = self.lent.get_or_insert_with(Default::default).clone();
+                    let read = std::mem::take(&mut self.read);
+                    ClientBody::Stream(Streamed::new(io, read, n, back))
+                }
+                // Not reached: the read half is back before a next head is read.
+                None => ClientBody::Whole(None),
+            },
         };
         let mut req = Request::new(body);
         *req.method_mut() = head.method;
@@ -204,7 +218,7 @@ impl Connection {
     /// Awaits the answer to a request, watching meanwhile for the client to leave, as hyper does:
     /// then `None`, and the request's future is dropped (counted as a client that left).
     /// Bytes the client sends meanwhile (its next request) are kept. Not while a streamed body
-    /// reads the socket: its own reads see the end.
+    /// has the read half: its own reads see the end.
     async fn answer_of<Fut: Future>(
         &mut self,
         mut fut: std::pin::Pin<&mut Fut>,
@@ -213,10 +227,15 @@ impl Connection {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
-            let own = self.reclaim();
-            while own && self.read.len() < MAX_HEADER_BYTES {
+            if !self.reclaim() {
+                return Poll::Pending;
+            }
+            let Some(io) = self.reader.as_mut() else {
+                return Poll::Pending;
+            };
+            while self.read.len() < MAX_HEADER_BYTES {
                 self.read.reserve(READ_RESERVE);
-                match poll_read_buf(&self.io, &mut self.read, cx) {
+                match poll_read_buf(io, &mut self.read, cx) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                     Poll::Ready(Ok(_)) => {}
                     Poll::Pending => break,
@@ -317,19 +336,18 @@ impl Connection {
     /// gave back is taken back first: what it read past the body comes before anything read
     /// after.
     fn reclaim(&mut self) -> bool {
-        if Arc::strong_count(&self.io) > 1 {
-            return false;
-        }
-        let Some(lent) = &self.lent else {
+        if self.reader.is_some() {
             return true;
-        };
-        let Ok(mut slot) = lent.lock() else {
+        }
+        let Some(Ok(mut slot)) = self.lent.as_ref().map(|l| l.lock()) else {
             return false;
         };
         match slot.take() {
-            None => true,
-            Some((read, 0)) => {
-                // Nothing is read into `self.read` while a body holds the socket.
+            // The body is still held (an upload still going to the upstream).
+            None => false,
+            Some((reader, read, 0)) => {
+                // Nothing is read into `self.read` while a body has the read half.
+                self.reader = Some(reader);
                 self.read = read;
                 true
             }
@@ -349,16 +367,9 @@ impl Connection {
         ];
         let mut slices = &mut slices[..];
         IoSlice::advance_slices(&mut slices, 0);
-        let io = &*self.io;
         while !slices.is_empty() {
-            let n = poll_fn(|cx| loop {
-                ready!(io.poll_write_ready(cx))?;
-                match io.try_write_vectored(slices) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    done => return Poll::Ready(done),
-                }
-            })
-            .await?;
+            let writer = &mut self.writer;
+            let n = poll_fn(|cx| Pin::new(&mut *writer).poll_write_vectored(cx, slices)).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -371,7 +382,14 @@ impl Connection {
     /// The socket goes back for its lingering close, unless a body still holds it (it closes
     /// when that goes).
     fn give_back(self, back: oneshot::Sender<TcpStream>) {
-        if let Ok(stream) = Arc::try_unwrap(self.io) {
+        // A body dropped with part of it unread has handed the read half back: the lingering
+        // close reads that part away.
+        let handed_back = || {
+            let mut slot = self.lent.as_ref()?.lock().ok()?;
+            slot.take().map(|(reader, _, _)| reader)
+        };
+        let reader = self.reader.or_else(handed_back);
+        if let Some(Ok(stream)) = reader.map(|r| r.reunite(self.writer)) {
             let _ = back.send(stream);
         }
     }
