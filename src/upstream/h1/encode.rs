@@ -35,14 +35,19 @@ pub(crate) fn head(
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers.iter() {
+    put_headers(out, headers);
+    out.put_slice(b"\r\n");
+    framing
+}
+
+/// Header lines, `name: value` each (names as `http` keeps them: lower case).
+pub(crate) fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+    for (name, value) in headers {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    out.put_slice(b"\r\n");
-    framing
 }
 
 fn framing(method: &Method, headers: &mut HeaderMap, ended: bool, exact: Option<u64>) -> Framing {

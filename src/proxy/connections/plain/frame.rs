@@ -10,6 +10,8 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
+use crate::upstream::h1::encode::put_headers;
+
 /// Most header lines a plain request may have (hyper's default; past it, hyper answers 431).
 const MAX_HEADERS: usize = 100;
 
@@ -232,12 +234,7 @@ pub(crate) fn encode_head(
     out.put_u8(b' ');
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
+    put_headers(out, &parts.headers);
     if !parts.headers.contains_key(DATE) {
         out.put_slice(b"date: ");
         put_date(out);
@@ -245,23 +242,6 @@ pub(crate) fn encode_head(
     }
     out.put_slice(b"\r\n");
     framing
-}
-
-/// The size line of a chunk of `len` bytes.
-pub(crate) fn put_chunk_size(out: &mut BytesMut, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut at = digits.len();
-    let mut n = len;
-    loop {
-        at -= 1;
-        digits[at] = b"0123456789ABCDEF"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[at..]);
-    out.put_slice(b"\r\n");
 }
 
 thread_local! {
@@ -311,7 +291,7 @@ pub fn fuzz_request(data: &[u8]) {
                 whole_rest.starts_with(&buf),
                 "the bytes after the head differ"
             );
-            let again = match parse(&mut BytesMut::from(&written(a)[..])) {
+            let again = match parse(&mut written(a)) {
                 Parsed::Plain(again) => again,
                 other => panic!("a plain head written back reads as {other:?}"),
             };
@@ -337,15 +317,10 @@ fn assert_same(a: &Head, b: &Head) {
 }
 
 /// A head as a client would send it.
-fn written(head: &Head) -> Vec<u8> {
-    let mut out = format!("{} {} HTTP/1.1\r\n", head.method, head.uri).into_bytes();
-    for (name, value) in &head.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+fn written(head: &Head) -> BytesMut {
+    let mut out = BytesMut::from(format!("{} {} HTTP/1.1\r\n", head.method, head.uri).as_bytes());
+    put_headers(&mut out, &head.headers);
+    out.put_slice(b"\r\n");
     out
 }
 

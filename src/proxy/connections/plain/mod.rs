@@ -35,6 +35,7 @@ use super::serve::{by_hyper, BoxError, Protocol, ViaHyper};
 use super::{Settings, MAX_HEADER_BYTES};
 use crate::client_body::{self, poll_read_buf, ClientBody, Streamed};
 use crate::proxy::linger::Handback;
+use crate::upstream::h1::encode::{chunk_start, LAST_CHUNK};
 pub use frame::fuzz_request;
 use frame::{Framing, Parsed};
 
@@ -303,9 +304,9 @@ impl Connection {
                 Framing::Chunked => {
                     let mut tail: &[u8] = if ended { b"\r\n0\r\n\r\n" } else { b"\r\n" };
                     if data.is_empty() {
-                        tail = if ended { b"0\r\n\r\n" } else { b"" };
+                        tail = if ended { LAST_CHUNK } else { b"" };
                     } else {
-                        frame::put_chunk_size(&mut self.out, data.len());
+                        chunk_start(&mut self.out, data.len());
                     }
                     self.write(&data, tail).await?;
                 }
@@ -314,7 +315,7 @@ impl Connection {
         if !self.out.is_empty() {
             // A head alone; a chunked body that ended with no data has its last chunk to send.
             let tail: &[u8] = if framing == Framing::Chunked {
-                b"0\r\n\r\n"
+                LAST_CHUNK
             } else {
                 b""
             };

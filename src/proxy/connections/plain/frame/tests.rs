@@ -162,20 +162,6 @@ fn a_date_the_answer_has_is_kept() {
 }
 
 #[test]
-fn chunk_sizes_are_hex() {
-    for (len, line) in [
-        (1, "1\r\n"),
-        (15, "F\r\n"),
-        (16, "10\r\n"),
-        (1024, "400\r\n"),
-    ] {
-        let mut out = BytesMut::new();
-        put_chunk_size(&mut out, len);
-        assert_eq!(&out[..], line.as_bytes());
-    }
-}
-
-#[test]
 fn the_fuzz_check_holds_for_plain_unusual_and_partial_heads() {
     for (first, text) in [
         (
