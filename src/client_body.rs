@@ -1,7 +1,7 @@
 //! The body of a client's request, whichever server framed it: hyper's (`Incoming`: HTTP/2, and
 //! HTTP/1.1 requests out of the ordinary) or the sidecar's own HTTP/1.1 connection
 //! (`proxy::connections::plain`), which gives a body already read with its head as one chunk and
-//! streams any other from the socket it shares with the connection.
+//! streams any other from the socket's read half, which it hands back to the connection after.
 
 use std::io;
 use std::pin::Pin;

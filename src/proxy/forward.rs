@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client_body::ClientBody;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use tokio::time::Instant;
@@ -22,6 +21,7 @@ use super::local::Stop;
 use super::replay::{self, Payload};
 use super::state::{ListenerState, RouteState};
 use super::ProxyError;
+use crate::client_body::ClientBody;
 use crate::config::{Role, UpstreamUrl};
 use crate::inspect::echo::EchoTap;
 use crate::inspect::{Format, MAX_INSPECTED_BODY};

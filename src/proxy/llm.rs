@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
 use crate::budget::BodyBudget;
+use crate::client_body::ClientBody;
 use crate::inspect::{hallucinations, Format, ResponseReader, Unparsed};
 use crate::sli::{StatusClass, UpstreamOutcome};
 use crate::telemetry::trace::{GenAiFacts, RequestTrace};

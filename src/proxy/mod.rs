@@ -147,7 +147,6 @@ mod trace;
 
 use std::sync::Arc;
 
-use crate::client_body::ClientBody;
 use http::{HeaderValue, Request, Response};
 use tokio::time::Instant;
 
@@ -157,6 +156,7 @@ pub use error::{error_response, ProxyError};
 pub use forward::upstream_uri;
 pub use state::{ListenerState, RouteState, Shared, Snapshot};
 
+use crate::client_body::ClientBody;
 pub use crate::upstream::{RequestBody, Upload, UploadState};
 use ctx::RequestCtx;
 use head::Answer;

@@ -6,7 +6,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderValue};
@@ -16,6 +15,7 @@ use tokio::time::Instant;
 use super::cache::{CacheKey, KeyHasher};
 use super::error::ProxyError;
 use crate::budget::{Held, Reservation};
+use crate::client_body::ClientBody;
 use crate::inspect::{parse_request, rewrite::rewrite_model, Collected, Format, Unparsed};
 use crate::upstream::{RequestBody, Upload};
 

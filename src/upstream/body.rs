@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::client_body::{ClientBody, ClientBodyError};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::budget::{BodyBudget, Held, Reservation};
+use crate::client_body::{ClientBody, ClientBodyError};
 use crate::inspect::echo::{EchoTap, Echoes};
 use crate::inspect::text::TextPrefix;
 use crate::inspect::{parse_request, Collected, Format, RequestFacts, Unparsed};
