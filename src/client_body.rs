@@ -11,7 +11,9 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 /// The most one read of a streamed body asks the socket for.
 const READ_CHUNK: usize = 16 * 1024;
@@ -80,10 +82,21 @@ impl Body for ClientBody {
     }
 }
 
-/// Where a streamed body's connection gets its socket's read half back, with the read buffer
-/// (what the body did not give out: the next request's bytes, if the client sent it already)
-/// and how much of the body was left unread.
-pub type Handback = Arc<Mutex<Option<(OwnedReadHalf, BytesMut, u64)>>>;
+/// What a streamed body and its connection share: where the body hands the socket's read half
+/// back, and where a connection that ended first leaves the rest of the socket for it.
+pub type Handback = Arc<Mutex<Lent>>;
+
+/// See [`Handback`].
+#[derive(Debug, Default)]
+pub struct Lent {
+    /// The read half, the read buffer (what the body did not give out: the next request's
+    /// bytes, if the client sent them already) and how much of the body was left unread.
+    pub(crate) back: Option<(OwnedReadHalf, BytesMut, u64)>,
+    /// The write half and where the whole socket goes (its lingering close), left by a
+    /// connection that ended while the body was still held (an upload an upstream's early
+    /// answer left to a task of its own): the body sends the socket on when it goes.
+    pub(crate) ended: Option<(OwnedWriteHalf, oneshot::Sender<TcpStream>)>,
+}
 
 /// A body of a known length still coming on the client's connection: it takes the socket's read
 /// half (the connection only writes while the body is out) and hands it back, with the read
@@ -143,8 +156,16 @@ impl Streamed {
 impl Drop for Streamed {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        if let (Some(io), Ok(mut back)) = (self.io.take(), self.back.lock()) {
-            *back = Some((io, buf, self.remaining));
+        let (Some(io), Ok(mut lent)) = (self.io.take(), self.back.lock()) else {
+            return;
+        };
+        match lent.ended.take() {
+            Some((writer, socket)) => {
+                if let Ok(stream) = io.reunite(writer) {
+                    let _ = socket.send(stream);
+                }
+            }
+            None => lent.back = Some((io, buf, self.remaining)),
         }
     }
 }

@@ -75,7 +75,8 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Unusual,
     };
-    if req.version != Some(1) {
+    // A head past the limit is hyper's to answer (431), however it came to be read whole.
+    if req.version != Some(1) || len > super::super::MAX_HEADER_BYTES {
         return Parsed::Unusual;
     }
     let method = match req.method {

@@ -77,6 +77,9 @@ struct Connection {
     lent: Option<client_body::Handback>,
     /// The response head being written, and chunk size lines.
     out: BytesMut,
+    /// The client closed its side after sending what `read` holds (pipelined requests): those
+    /// are still answered.
+    read_closed: bool,
 }
 
 /// How an exchange left the connection.
@@ -109,6 +112,7 @@ where
         read: BytesMut::with_capacity(READ_RESERVE),
         lent: None,
         out: BytesMut::with_capacity(512),
+        read_closed: false,
     };
     let next = loop {
         let head = match c.next_head(closing).await {
@@ -172,13 +176,18 @@ impl Connection {
                     parsed => return Ok(Some(parsed)),
                 }
             }
+            if self.read_closed {
+                return Ok(None);
+            }
             self.read.reserve(READ_RESERVE);
             let (Some(io), read) = (self.reader.as_mut(), &mut self.read) else {
                 // Not reached: the read half is back before a next head is read.
                 return Ok(None);
             };
+            // No whole head in the buffer: a graceful close ends the connection here, whatever
+            // part of one (or stray line ends) came.
             let n = poll_fn(|cx| {
-                if read.is_empty() && closing.load(Ordering::Relaxed) {
+                if closing.load(Ordering::Relaxed) {
                     return Poll::Ready(Ok(0));
                 }
                 poll_read_buf(io, read, cx)
@@ -228,23 +237,35 @@ impl Connection {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
-            if !self.reclaim() {
-                return Poll::Pending;
-            }
-            let Some(io) = self.reader.as_mut() else {
-                return Poll::Pending;
-            };
-            while self.read.len() < MAX_HEADER_BYTES {
-                self.read.reserve(READ_RESERVE);
-                match poll_read_buf(io, &mut self.read, cx) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Pending => break,
-                }
-            }
-            Poll::Pending
+            self.poll_gone(cx).map(|()| None)
         })
         .await
+    }
+
+    /// Ready when the client is gone: its connection ended (or broke) with no request of its
+    /// own left in the buffer. What it sends meanwhile (pipelined requests) is kept; a client
+    /// that closes its side after them still gets their answers, as with hyper. Never ready
+    /// while a streamed body has the read half: its own reads see the end.
+    fn poll_gone(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.read_closed || !self.reclaim() {
+            return Poll::Pending;
+        }
+        let Some(io) = self.reader.as_mut() else {
+            return Poll::Pending;
+        };
+        while self.read.len() < MAX_HEADER_BYTES {
+            self.read.reserve(READ_RESERVE);
+            match poll_read_buf(io, &mut self.read, cx) {
+                Poll::Ready(Ok(0)) if !self.read.is_empty() => {
+                    self.read_closed = true;
+                    break;
+                }
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
     }
 
     /// Writes an answer (closing the connection after it if `close`): what is to come next.
@@ -259,6 +280,8 @@ impl Connection {
         B::Error: Into<BoxError>,
     {
         let exact = body.size_hint().exact();
+        // A body dropped with part of it unread closes the connection: the answer says so.
+        let close = close || self.left_unread();
         let framing = frame::encode_head(&mut self.out, parts, exact, close);
         let mut left = match framing {
             Framing::Length(n) => n,
@@ -269,16 +292,7 @@ impl Connection {
         // counts the request.
         let mut ended = body.is_end_stream();
         while !ended {
-            let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
-                Poll::Ready(frame) => frame,
-                Poll::Pending => {
-                    // Nothing to send yet: what is written so far (the head) goes now.
-                    if !self.out.is_empty() {
-                        self.write(&[], &[]).await?;
-                    }
-                    poll_fn(|cx| body.as_mut().poll_frame(cx)).await
-                }
-            };
+            let frame = self.next_frame(body.as_mut()).await?;
             let data = match frame {
                 None => {
                     ended = true;
@@ -321,7 +335,32 @@ impl Connection {
             };
             self.write(&[], tail).await?;
         }
+        if left > 0 {
+            return Err("the answer's body ended short of its Content-Length".into());
+        }
         Ok(())
+    }
+
+    /// The answer body's next frame. While it has none yet, what is written so far (the head)
+    /// goes out, and the client is watched (a stream may pause for minutes): an error once it
+    /// has left.
+    async fn next_frame<B: Body>(
+        &mut self,
+        mut body: std::pin::Pin<&mut B>,
+    ) -> Result<Option<Result<http_body::Frame<B::Data>, B::Error>>, BoxError> {
+        if let Poll::Ready(frame) = poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+            return Ok(frame);
+        }
+        if !self.out.is_empty() {
+            self.write(&[], &[]).await?;
+        }
+        let polled = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            Poll::Pending => self.poll_gone(cx).map(|()| None),
+        });
+        polled
+            .await
+            .ok_or_else(|| "the client left during the answer".into())
     }
 
     /// Whether the connection can take another request once an answer is out.
@@ -340,10 +379,10 @@ impl Connection {
         if self.reader.is_some() {
             return true;
         }
-        let Some(Ok(mut slot)) = self.lent.as_ref().map(|l| l.lock()) else {
+        let Some(Ok(mut lent)) = self.lent.as_ref().map(|l| l.lock()) else {
             return false;
         };
-        match slot.take() {
+        match lent.back.take() {
             // The body is still held (an upload still going to the upstream).
             None => false,
             Some((reader, read, 0)) => {
@@ -353,10 +392,18 @@ impl Connection {
                 true
             }
             Some(unread) => {
-                *slot = Some(unread);
+                lent.back = Some(unread);
                 false
             }
         }
+    }
+
+    /// A streamed body was dropped with part of it unread.
+    fn left_unread(&self) -> bool {
+        let Some(Ok(lent)) = self.lent.as_ref().map(|l| l.lock()) else {
+            return false;
+        };
+        lent.back.as_ref().is_some_and(|(_, _, unread)| *unread > 0)
     }
 
     /// Writes what `out` holds, then `data`, then `tail`, all of it.
@@ -380,18 +427,27 @@ impl Connection {
         Ok(())
     }
 
-    /// The socket goes back for its lingering close, unless a body still holds it (it closes
-    /// when that goes).
+    /// The socket goes back for its lingering close; if a body still holds its read half, the
+    /// body sends it back when it goes.
     fn give_back(self, back: oneshot::Sender<TcpStream>) {
+        if let Some(reader) = self.reader {
+            if let Ok(stream) = reader.reunite(self.writer) {
+                let _ = back.send(stream);
+            }
+            return;
+        }
+        let Some(Ok(mut lent)) = self.lent.as_ref().map(|l| l.lock()) else {
+            return;
+        };
         // A body dropped with part of it unread has handed the read half back: the lingering
         // close reads that part away.
-        let handed_back = || {
-            let mut slot = self.lent.as_ref()?.lock().ok()?;
-            slot.take().map(|(reader, _, _)| reader)
-        };
-        let reader = self.reader.or_else(handed_back);
-        if let Some(Ok(stream)) = reader.map(|r| r.reunite(self.writer)) {
-            let _ = back.send(stream);
+        match lent.back.take() {
+            Some((reader, _, _)) => {
+                if let Ok(stream) = reader.reunite(self.writer) {
+                    let _ = back.send(stream);
+                }
+            }
+            None => lent.ended = Some((self.writer, back)),
         }
     }
 }

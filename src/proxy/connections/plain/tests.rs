@@ -141,8 +141,9 @@ async fn a_body_left_unread_closes_the_connection_after_its_answer() {
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let (_, body) = read_answer(&mut s, &mut buf).await;
+    let (head, body) = read_answer(&mut s, &mut buf).await;
     assert_eq!(body, b"early");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
     // The rest of that body cannot be told from a next request: no other answer, the end.
     s.write_all(b"GET /next HTTP/1.1\r\n\r\n").await.unwrap();
     let rest = read_to_close(&mut s).await;
@@ -364,4 +365,94 @@ async fn bytes_read_past_a_streamed_body_and_while_its_answer_waits_stay_in_orde
     let mut buf = Vec::new();
     assert_eq!(read_answer(&mut s, &mut buf).await.1, b"/up 100000");
     assert_eq!(read_answer(&mut s, &mut buf).await.1, b"/next 0");
+}
+
+#[tokio::test]
+async fn pipelined_requests_sent_before_the_client_closes_its_side_are_answered() {
+    // Each answer waits a little (the connection watches the client meanwhile, and sees its
+    // end): the requests it sent before that end are still answered.
+    let addr = serve(|req: Request<ClientBody>| async move {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        echo(req).await
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\n\r\nGET /two HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_answer(&mut s, &mut buf).await.1, b"GET /one ");
+    assert_eq!(read_answer(&mut s, &mut buf).await.1, b"GET /two ");
+    assert!(read_to_close(&mut s).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_during_a_paused_answer_has_its_body_dropped() {
+    let (feed, fed) = mpsc::channel::<Bytes>(4);
+    let fed = Arc::new(std::sync::Mutex::new(Some(fed)));
+    let addr = serve(move |_req: Request<ClientBody>| {
+        let fed = fed.lock().unwrap().take().unwrap();
+        async move { Ok::<_, Infallible>(Response::new(Fed(fed))) }
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\n\r\n").await.unwrap();
+    feed.send(Bytes::from_static(b"first")).await.unwrap();
+    let mut chunk = [0u8; 1024];
+    let n = s.read(&mut chunk).await.unwrap();
+    assert!(n > 0);
+    drop(s);
+    // The answer's body goes with the connection, though it never ends on its own.
+    tokio::time::timeout(Duration::from_secs(10), feed.closed())
+        .await
+        .expect("the answer's body dropped once its client left");
+}
+
+#[tokio::test]
+async fn a_body_still_held_after_its_answer_hands_the_socket_to_the_lingering_close() {
+    // The handler gives the body to a task that keeps it (as the upstream client's upload task
+    // does after an early answer) and answers at once.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
+    let pair = Arc::new(std::sync::Mutex::new(Some((released, dropped_tx))));
+    let addr = serve(move |req: Request<ClientBody>| {
+        let pair = pair.lock().unwrap().take();
+        async move {
+            let body = req.into_body();
+            tokio::spawn(async move {
+                if let Some((released, dropped)) = pair {
+                    let _ = released.await;
+                    drop(body);
+                    let _ = dropped.send(());
+                }
+            });
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"early"))))
+        }
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\ncontent-length: 1000000\r\n\r\nstart")
+        .await
+        .unwrap();
+    // More of the upload, that nobody reads; then the body goes, with the answer still unread
+    // here. Dropped with unread bytes, the socket would send a reset, and a reset destroys the
+    // answer on its way: it must linger (read the rest away, then close cleanly).
+    s.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    release.send(()).unwrap();
+    dropped.await.unwrap();
+    // A client still uploading (as many do before they read) is not cut off: what it sends is
+    // read away.
+    for _ in 0..4 {
+        s.write_all(&[b'y'; 64 * 1024])
+            .await
+            .expect("the upload goes on until the client is done");
+    }
+    let mut buf = Vec::new();
+    assert_eq!(read_answer(&mut s, &mut buf).await.1, b"early");
+    s.shutdown().await.unwrap();
+    let rest = read_to_close(&mut s).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
 }

@@ -191,3 +191,12 @@ fn a_target_httparse_takes_and_http_does_not_is_left_to_hyper_whole() {
     assert_eq!(&rest[..], text.as_bytes());
     fuzz_request(&[&[2u8], text.as_bytes()].concat());
 }
+
+#[test]
+fn a_whole_head_past_the_limit_is_left_to_hyper() {
+    let big = "v".repeat(crate::proxy::connections::MAX_HEADER_BYTES);
+    let text = format!("GET / HTTP/1.1\r\nx-big: {big}\r\n\r\n");
+    let (p, rest) = parsed(&text);
+    assert!(matches!(p, Parsed::Unusual), "{p:?}");
+    assert_eq!(rest.len(), text.len());
+}
