@@ -27,7 +27,14 @@ where
 {
     let tcp = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
     let addr = tcp.local_addr().unwrap();
-    let set = Connections::new("p", &Limits::default(), "a", &Telemetry::new(), true);
+    // The handlers here take no in-flight guard, so the connection's watch would close a
+    // connection `header_timeout` after it came: far past every wait of these tests, so that
+    // only the framing can end one.
+    let limits = Limits {
+        header_timeout: crate::config::ConfigDuration(Duration::from_secs(600)),
+        ..Limits::default()
+    };
+    let set = Connections::new("p", &limits, "a", &Telemetry::new(), true);
     let (stop, stopped) = watch::channel(false);
     // Never told to stop: the port lives as long as the test's runtime.
     std::mem::forget(stop);
@@ -178,8 +185,8 @@ impl Body for Fed {
     }
 }
 
-#[tokio::test]
-async fn a_body_of_unknown_length_is_chunked_and_its_head_goes_before_its_first_chunk() {
+/// Serves one request, answered with a [`Fed`] body: the port, and what feeds that body.
+async fn serve_fed() -> (SocketAddr, mpsc::Sender<Bytes>) {
     let (feed, fed) = mpsc::channel::<Bytes>(4);
     let fed = Arc::new(std::sync::Mutex::new(Some(fed)));
     let addr = serve(move |_req: Request<ClientBody>| {
@@ -187,6 +194,12 @@ async fn a_body_of_unknown_length_is_chunked_and_its_head_goes_before_its_first_
         async move { Ok::<_, Infallible>(Response::new(Fed(fed))) }
     })
     .await;
+    (addr, feed)
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_is_chunked_and_its_head_goes_before_its_first_chunk() {
+    let (addr, feed) = serve_fed().await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /stream HTTP/1.1\r\n\r\n").await.unwrap();
     // The head comes while the body has nothing yet.
@@ -391,13 +404,7 @@ async fn pipelined_requests_sent_before_the_client_closes_its_side_are_answered(
 
 #[tokio::test]
 async fn a_client_that_leaves_during_a_paused_answer_has_its_body_dropped() {
-    let (feed, fed) = mpsc::channel::<Bytes>(4);
-    let fed = Arc::new(std::sync::Mutex::new(Some(fed)));
-    let addr = serve(move |_req: Request<ClientBody>| {
-        let fed = fed.lock().unwrap().take().unwrap();
-        async move { Ok::<_, Infallible>(Response::new(Fed(fed))) }
-    })
-    .await;
+    let (addr, feed) = serve_fed().await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /stream HTTP/1.1\r\n\r\n").await.unwrap();
     feed.send(Bytes::from_static(b"first")).await.unwrap();
