@@ -53,7 +53,7 @@ pub(crate) struct Head {
 }
 
 /// Where a header's name and value lie in the head.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Span {
     name: (u32, u32),
     value: (u32, u32),
@@ -61,15 +61,21 @@ struct Span {
 
 /// Takes a final response head from the front of `buf`: `Ok(None)` while it is incomplete.
 /// Informational heads (1xx) before it are taken and dropped (hyper's client does the same).
-/// `head_request`: the request was `HEAD`, so the response has no body whatever it says.
+/// `head_request`: the request was `HEAD`, so the response has no body whatever it says. The
+/// headers go into `spare` (an empty map: the request's, written out), taken from there.
 pub(crate) fn take_head(
     buf: &mut BytesMut,
     head_request: bool,
+    spare: &mut HeaderMap,
 ) -> Result<Option<Head>, DecodeError> {
-    // Filled in place: returned by value, it would be copied twice per response.
-    let mut spans = [Span::default(); MAX_HEADERS];
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Filled in place: returned by value, it would be copied twice per response. Not cleared
+    // first (a `SmallVec`): zeroing the table cost a `memset` of 1.6 KB a look.
+    let mut spans = Spans::new();
     loop {
-        let Some((len, status, version, count)) = parse(buf, &mut spans)? else {
+        let Some((len, status, version)) = parse(buf, &mut spans)? else {
             if buf.len() >= MAX_HEAD {
                 return Err(DecodeError::HeadTooLarge);
             }
@@ -85,14 +91,20 @@ pub(crate) fn take_head(
             continue;
         }
         let status = StatusCode::from_u16(status).map_err(|_| DecodeError::Head("status code"))?;
-        return build(&bytes, status, version, &spans[..count], head_request).map(Some);
+        let mut headers = std::mem::take(spare);
+        // Room for what the proxy adds (`x-sloguard-upstream`, ...) without growing the map.
+        headers.reserve(spans.len() + 4);
+        return build(&bytes, status, version, &spans, head_request, headers).map(Some);
     }
 }
 
-/// The head's length, status, version and number of header fields (their spans in `spans`).
-type Parsed = (usize, u16, Version, usize);
+/// The head's length, status and version (its header fields' spans in `spans`).
+type Parsed = (usize, u16, Version);
 
-fn parse(buf: &[u8], spans: &mut [Span; MAX_HEADERS]) -> Result<Option<Parsed>, DecodeError> {
+/// Where a head's header fields lie.
+type Spans = smallvec::SmallVec<[Span; MAX_HEADERS]>;
+
+fn parse(buf: &[u8], spans: &mut Spans) -> Result<Option<Parsed>, DecodeError> {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
@@ -109,13 +121,12 @@ fn parse(buf: &[u8], spans: &mut [Span; MAX_HEADERS]) -> Result<Option<Parsed>, 
     let status = response.code.unwrap_or_default();
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
-    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-        *span = Span {
-            name: at(h.name.as_bytes()),
-            value: at(h.value),
-        };
-    }
-    Ok(Some((len, status, version, response.headers.len())))
+    spans.clear();
+    spans.extend(response.headers.iter().map(|h| Span {
+        name: at(h.name.as_bytes()),
+        value: at(h.value),
+    }));
+    Ok(Some((len, status, version)))
 }
 
 fn head_error(e: httparse::Error) -> &'static str {
@@ -136,9 +147,8 @@ fn build(
     version: Version,
     spans: &[Span],
     head_request: bool,
+    mut headers: HeaderMap,
 ) -> Result<Head, DecodeError> {
-    // Room for what the proxy adds (`x-sloguard-upstream`, ...) without growing the map.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let (mut close, mut keep_alive) = (false, false);
@@ -407,7 +417,7 @@ pub(crate) fn decode_whole(
     };
     let mut eof = false;
     let head = loop {
-        if let Some(head) = take_head(&mut buf, head_request)? {
+        if let Some(head) = take_head(&mut buf, head_request, &mut HeaderMap::new())? {
             break head;
         }
         if eof {

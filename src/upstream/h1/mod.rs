@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
@@ -174,7 +174,10 @@ impl Conn {
             },
         };
         let head_request = parts.method == Method::HEAD;
-        let head = std::future::poll_fn(|cx| inner.poll_head(cx, head_request)).await?;
+        // The request's header map, written out, takes the response's headers.
+        let mut spare = std::mem::take(&mut parts.headers);
+        spare.clear();
+        let head = std::future::poll_fn(|cx| inner.poll_head(cx, head_request, &mut spare)).await?;
         inner.decoder = BodyDecoder::new(head.framing);
         inner.reusable &= head.keep_alive;
         if inner.writer.has_bytes_left() {
@@ -193,10 +196,11 @@ impl Inner {
         &mut self,
         cx: &mut Context<'_>,
         head_request: bool,
+        spare: &mut HeaderMap,
     ) -> Poll<Result<decode::Head, H1Error>> {
         self.poll_upload(cx);
         loop {
-            if let Some(head) = decode::take_head(&mut self.rbuf, head_request)? {
+            if let Some(head) = decode::take_head(&mut self.rbuf, head_request, spare)? {
                 return Poll::Ready(Ok(head));
             }
             if let Some(e) = self.writer.upload_error.take() {

@@ -284,3 +284,20 @@ async fn an_upload_that_breaks_off_after_the_answer_began_is_the_bodys_error() {
     assert!(body.into_reusable().is_none());
     server.abort();
 }
+
+#[tokio::test]
+async fn a_response_has_its_own_headers_only_not_the_requests() {
+    let (listener, addr) = listener().await;
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        read_until(&mut socket, b"\r\n\r\n").await;
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\nx-answer: 1\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+    });
+    let asked = request("GET", &[("host", "up"), ("x-asked", "1")], vec![]);
+    let response = conn(addr).await.send(asked).await.unwrap();
+    let names: Vec<&str> = response.headers().keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-answer", "content-length"]);
+}

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -41,8 +41,15 @@ use frame::{Framing, Parsed};
 
 mod frame;
 
-/// What a read of a request head asks the socket for at least.
+/// The read buffer's size.
 const READ_RESERVE: usize = 8 * 1024;
+/// Below this much free room the read buffer is made room in (`READ_RESERVE` again) before a read.
+/// Until then reads go into the room left: the front of the buffer may still be lent out as the
+/// request's head and body, and making room then would allocate a new buffer every request.
+const READ_MIN: usize = 2 * 1024;
+/// The most headers a map kept for the next request may have room for: an idle connection holds
+/// it.
+const SPARE_MAX: usize = 24;
 
 /// The listener's request handler, served on the sidecar's own HTTP/1.1 framing.
 #[derive(Debug)]
@@ -77,6 +84,8 @@ struct Connection {
     lent: Option<client_body::Handback>,
     /// The response head being written, and chunk size lines.
     out: BytesMut,
+    /// The last answer's header map, emptied: the next request's headers go in it.
+    spare: HeaderMap,
     /// The client closed its side after sending what `read` holds (pipelined requests): those
     /// are still answered.
     read_closed: bool,
@@ -112,6 +121,7 @@ where
         read: BytesMut::with_capacity(READ_RESERVE),
         lent: None,
         out: BytesMut::with_capacity(512),
+        spare: HeaderMap::new(),
         read_closed: false,
     };
     let next = loop {
@@ -135,7 +145,9 @@ where
         let written = {
             // Taken apart and written here: the answer (hundreds of bytes) is not moved again.
             let (mut parts, body) = response.into_parts();
-            c.answer(&mut parts, std::pin::pin!(body), close).await
+            let written = c.answer(&mut parts, std::pin::pin!(body), close).await;
+            c.keep_spare(parts.headers);
+            written
             // The body goes here, and with it what it held (an upload still going on).
         };
         if let Err(e) = written {
@@ -163,13 +175,30 @@ where
     }
 }
 
+/// Room to read into: what the buffer has left while that is `READ_MIN` or more (no allocation
+/// while the last request still holds its front), else `READ_RESERVE`.
+fn make_room(read: &mut BytesMut) {
+    if read.capacity() - read.len() < READ_MIN {
+        read.reserve(READ_RESERVE);
+    }
+}
+
 impl Connection {
+    /// Keeps an answer's header map, emptied, for the next request's headers (two allocations
+    /// spared a request); not one grown past [`SPARE_MAX`] headers.
+    fn keep_spare(&mut self, mut headers: HeaderMap) {
+        if headers.capacity() <= SPARE_MAX {
+            headers.clear();
+            self.spare = headers;
+        }
+    }
+
     /// Reads until the buffer holds a whole head (or one hyper is to read). `None` when the
     /// client closed the connection, or the connection is closing, before a request began.
     async fn next_head(&mut self, closing: &AtomicBool) -> io::Result<Option<Parsed>> {
         loop {
             if !self.read.is_empty() {
-                match frame::parse(&mut self.read) {
+                match frame::parse(&mut self.read, &mut self.spare) {
                     Parsed::Partial if self.read.len() < MAX_HEADER_BYTES => {}
                     // Too large: hyper answers it 431.
                     Parsed::Partial => return Ok(Some(Parsed::Unusual)),
@@ -179,7 +208,7 @@ impl Connection {
             if self.read_closed {
                 return Ok(None);
             }
-            self.read.reserve(READ_RESERVE);
+            make_room(&mut self.read);
             let (Some(io), read) = (self.reader.as_mut(), &mut self.read) else {
                 // Not reached: the read half is back before a next head is read.
                 return Ok(None);
@@ -254,7 +283,7 @@ impl Connection {
             return Poll::Pending;
         };
         while self.read.len() < MAX_HEADER_BYTES {
-            self.read.reserve(READ_RESERVE);
+            make_room(&mut self.read);
             match poll_read_buf(io, &mut self.read, cx) {
                 Poll::Ready(Ok(0)) if !self.read.is_empty() => {
                     self.read_closed = true;

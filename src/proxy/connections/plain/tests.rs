@@ -463,3 +463,39 @@ async fn a_body_still_held_after_its_answer_hands_the_socket_to_the_lingering_cl
     let rest = read_to_close(&mut s).await;
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
 }
+
+/// Answers with the request's header lines, and with headers of its own.
+async fn headers_seen(req: Request<ClientBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut lines: Vec<String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.to_str().unwrap()))
+        .collect();
+    lines.sort();
+    let mut response = Response::new(Full::new(Bytes::from(lines.join(";"))));
+    for (name, value) in [("x-answer", "only-the-answer"), ("host", "answer-host")] {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    Ok(response)
+}
+
+#[tokio::test]
+async fn a_request_sees_its_own_headers_only_not_the_last_answers() {
+    let addr = serve(headers_seen).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let asked = [
+        (
+            "GET /one HTTP/1.1\r\nhost: a\r\nx-one: 1\r\n\r\n",
+            "host=a;x-one=1",
+        ),
+        ("GET /two HTTP/1.1\r\nx-two: 2\r\n\r\n", "x-two=2"),
+        ("GET /three HTTP/1.1\r\nhost: c\r\n\r\n", "host=c"),
+    ];
+    for (request, seen) in asked {
+        s.write_all(request.as_bytes()).await.unwrap();
+        let (head, body) = read_answer(&mut s, &mut buf).await;
+        assert!(head.contains("\r\nx-answer: only-the-answer\r\n"), "{head}");
+        assert_eq!(String::from_utf8(body).unwrap(), seen, "{request:?}");
+    }
+}

@@ -4,7 +4,7 @@ use super::*;
 
 fn parsed(text: &str) -> (Parsed, BytesMut) {
     let mut buf = BytesMut::from(text.as_bytes());
-    let parsed = parse(&mut buf);
+    let parsed = parse(&mut buf, &mut HeaderMap::new());
     (parsed, buf)
 }
 
