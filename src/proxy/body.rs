@@ -66,7 +66,7 @@ impl std::fmt::Debug for Inner {
 #[derive(Debug)]
 pub struct ProxyBody {
     inner: Inner,
-    ctx: RequestCtx,
+    ctx: Box<RequestCtx>,
 }
 
 impl ProxyBody {
@@ -74,7 +74,7 @@ impl ProxyBody {
     pub(super) fn upstream(
         body: UpstreamBody,
         lease: Option<Lease>,
-        mut ctx: RequestCtx,
+        mut ctx: Box<RequestCtx>,
         idle: std::time::Duration,
         total_deadline: Instant,
     ) -> ProxyBody {
@@ -94,7 +94,7 @@ impl ProxyBody {
     }
 
     /// A body the proxy made.
-    pub(super) fn local(bytes: Bytes, mut ctx: RequestCtx) -> ProxyBody {
+    pub(super) fn local(bytes: Bytes, mut ctx: Box<RequestCtx>) -> ProxyBody {
         ctx.answered();
         ProxyBody {
             inner: Inner::Local(Some(bytes).filter(|b| !b.is_empty())),

@@ -42,7 +42,7 @@ pub(super) enum Answer {
 /// The response goes to the client (the pipeline's safety step, then the overhead, then the
 /// stream): as it streams, replaced by the proxy's 403, or — the one case that waits — read whole
 /// for a safety decision first. Not `async`: the common case costs no future of its own.
-pub(super) fn answer(mut ctx: RequestCtx, head: Answered) -> Answer {
+pub(super) fn answer(mut ctx: Box<RequestCtx>, head: Answered) -> Answer {
     let Answered {
         mut parts,
         body,
@@ -98,7 +98,7 @@ fn blocked(ctx: &RequestCtx, source: Source) -> ProxyError {
 
 /// A response to read whole before it is answered.
 pub(super) struct ReadWhole {
-    ctx: RequestCtx,
+    ctx: Box<RequestCtx>,
     parts: http::response::Parts,
     body: UpstreamBody,
     lease: Option<Lease>,

@@ -34,7 +34,7 @@ impl From<ProxyError> for Stop {
 }
 
 impl Stop {
-    pub(super) fn answer(self, ctx: RequestCtx) -> Response<ProxyBody> {
+    pub(super) fn answer(self, ctx: Box<RequestCtx>) -> Response<ProxyBody> {
         match self {
             Stop::Error(err, reason) => local_error(err, ctx, reason),
             Stop::CircuitOpen => circuit_open(ctx),
@@ -50,7 +50,7 @@ impl Stop {
 }
 
 /// 503 `circuit_open`: every upstream of the route is open, and the cache had nothing.
-fn circuit_open(ctx: RequestCtx) -> Response<ProxyBody> {
+fn circuit_open(ctx: Box<RequestCtx>) -> Response<ProxyBody> {
     let route = &ctx.listener.route;
     let err = ProxyError::CircuitOpen {
         route: route.name.clone(),
@@ -60,7 +60,7 @@ fn circuit_open(ctx: RequestCtx) -> Response<ProxyBody> {
 }
 
 /// 429 `loop_detected`: the loop guard stopped the call's task.
-fn loop_refused(kind: LoopKind, ctx: RequestCtx) -> Response<ProxyBody> {
+fn loop_refused(kind: LoopKind, ctx: Box<RequestCtx>) -> Response<ProxyBody> {
     let mut refused = local_error(ProxyError::LoopDetected { kind }, ctx, None);
     // The OpenAI and Anthropic SDKs retry a 429 unless told not to: retrying a cut task only
     // repeats the refusal.
@@ -72,7 +72,7 @@ fn loop_refused(kind: LoopKind, ctx: RequestCtx) -> Response<ProxyBody> {
 
 /// 200 with a JSON-RPC tool result (`isError: true`) saying why the call was not made, and
 /// `x-sloguard-error` naming the guard: the model reads the reason and can correct its call.
-fn mcp_refused(refusal: Refusal, mut ctx: RequestCtx) -> Response<ProxyBody> {
+fn mcp_refused(refusal: Refusal, mut ctx: Box<RequestCtx>) -> Response<ProxyBody> {
     let status = http::StatusCode::OK;
     ctx.answered_here(status, Some(refusal.error));
     let upstream = ctx.listener.route.chain[0].header_value.clone();
@@ -91,7 +91,11 @@ fn mcp_refused(refusal: Refusal, mut ctx: RequestCtx) -> Response<ProxyBody> {
 }
 
 /// Answers from the route's cache: every upstream is open or has failed.
-fn serve_cached(hit: Cached, mut ctx: RequestCtx, reason: FallbackReason) -> Response<ProxyBody> {
+fn serve_cached(
+    hit: Cached,
+    mut ctx: Box<RequestCtx>,
+    reason: FallbackReason,
+) -> Response<ProxyBody> {
     ctx.answered_by_cache(hit.status);
     let mut response = Response::new(ProxyBody::local(hit.body, ctx));
     *response.status_mut() = hit.status;
@@ -110,7 +114,7 @@ fn serve_cached(hit: Cached, mut ctx: RequestCtx, reason: FallbackReason) -> Res
 /// request was with.
 pub(super) fn local_error(
     err: ProxyError,
-    mut ctx: RequestCtx,
+    mut ctx: Box<RequestCtx>,
     fallback: Option<FallbackReason>,
 ) -> Response<ProxyBody> {
     let (mut parts, bytes) = err.to_response().into_parts();

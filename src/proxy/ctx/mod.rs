@@ -120,8 +120,8 @@ impl RequestCtx {
         parts: &http::request::Parts,
         received: Instant,
         in_flight: InFlight,
-    ) -> RequestCtx {
-        RequestCtx::new(listener, parts, received, in_flight)
+    ) -> Box<RequestCtx> {
+        Box::new(RequestCtx::new(listener, parts, received, in_flight))
     }
 
     /// A request just received from `client_ip`: its task looked up (`agent` role) and its
@@ -132,8 +132,9 @@ impl RequestCtx {
         client_ip: &HeaderValue,
         received: Instant,
         in_flight: InFlight,
-    ) -> RequestCtx {
-        let mut ctx = RequestCtx::new(listener, parts, received, in_flight);
+    ) -> Box<RequestCtx> {
+        // Boxed: the context goes with the answer's body, which moves a few times on its way.
+        let mut ctx = Box::new(RequestCtx::new(listener, parts, received, in_flight));
         let l = &*ctx.listener;
         ctx.task.begin(l.tasks.as_deref(), &parts.headers, received);
         ctx.safety

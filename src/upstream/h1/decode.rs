@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, StatusCode, Version};
 
 /// Header fields in one head, as hyper allows.
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -155,7 +155,7 @@ fn build(
     for span in spans {
         let name = &bytes[span.name.0 as usize..(span.name.0 + span.name.1) as usize];
         let (start, len) = (span.value.0 as usize, span.value.1 as usize);
-        let name = HeaderName::from_bytes(name).map_err(|_| DecodeError::Head("header name"))?;
+        let name = super::names::header_name(name).map_err(|_| DecodeError::Head("header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(start..start + len))
             .map_err(|_| DecodeError::Head("header value"))?;
         if name == CONTENT_LENGTH {

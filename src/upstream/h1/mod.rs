@@ -14,6 +14,7 @@
 
 pub(crate) mod decode;
 pub(crate) mod encode;
+pub(crate) mod names;
 mod write;
 
 use std::io;

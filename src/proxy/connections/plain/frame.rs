@@ -8,9 +8,10 @@ use std::time::SystemTime;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::response::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use crate::upstream::h1::encode::put_headers;
+use crate::upstream::h1::names::header_name;
 
 /// Most header lines a plain request may have (hyper's default; past it, hyper answers 431).
 const MAX_HEADERS: usize = 100;
@@ -132,7 +133,7 @@ fn build(
     // Room for what the proxy adds (`host`, `x-forwarded-*`) without growing the map.
     headers.reserve(spans.len() + 4);
     for span in spans {
-        let name = HeaderName::from_bytes(&head[range(span.name)]).ok()?;
+        let name = header_name(&head[range(span.name)]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(range(span.value))).ok()?;
         headers.append(name, value);
     }
