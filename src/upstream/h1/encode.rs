@@ -7,7 +7,7 @@ use std::io::Write as _;
 
 use bytes::{BufMut, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 /// How the request body goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,24 +43,43 @@ pub(crate) fn head(
 /// Header lines, `name: value` each (names as `http` keeps them: lower case).
 pub(crate) fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
     for (name, value) in headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        put_header(out, name, value);
     }
 }
 
+/// One header line.
+#[inline]
+pub(crate) fn put_header(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    out.put_slice(name.as_str().as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
 fn framing(method: &Method, headers: &mut HeaderMap, ended: bool, exact: Option<u64>) -> Framing {
+    // One pass over the names (cheap compares) spares hashed lookups for what most requests
+    // lack.
+    let (mut coded, mut length) = (false, false);
+    for name in headers.keys() {
+        coded |= name == TRANSFER_ENCODING;
+        length |= name == CONTENT_LENGTH;
+    }
     if ended {
-        headers.remove(TRANSFER_ENCODING);
+        if coded {
+            headers.remove(TRANSFER_ENCODING);
+        }
         // A length the body does not have would have the upstream read the next request as
         // this one's body.
-        if headers.contains_key(CONTENT_LENGTH) {
+        if length {
             headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
         return Framing::Length(0);
     }
-    if let Some(te) = headers.get(TRANSFER_ENCODING) {
+    let te = match coded {
+        true => headers.get(TRANSFER_ENCODING),
+        false => None,
+    };
+    if let Some(te) = te {
         let chunked = te
             .as_bytes()
             .rsplit(|b| *b == b',')
@@ -92,7 +111,9 @@ fn framing(method: &Method, headers: &mut HeaderMap, ended: bool, exact: Option<
             return Framing::Length(n);
         }
     }
-    headers.remove(CONTENT_LENGTH);
+    if length {
+        headers.remove(CONTENT_LENGTH);
+    }
     if let Some(n) = exact {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         return Framing::Length(n);

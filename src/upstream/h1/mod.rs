@@ -136,8 +136,17 @@ impl Conn {
         if !inner.rbuf.is_empty() || inner.eof {
             return false;
         }
-        inner.rbuf.reserve(64);
         let mut cx = Context::from_waker(Waker::noop());
+        // A plain socket the runtime does not know readable: open, nothing to read (what a read
+        // would find out too, through four layers of wrappers).
+        if let Stream::Whole(io) = &inner.io {
+            if let MaybeHttpsStream::Http(tcp) = io.inner() {
+                if tcp.inner().poll_read_ready(&mut cx).is_pending() {
+                    return true;
+                }
+            }
+        }
+        inner.rbuf.reserve(64);
         let polled = inner.io.poll_read_buf(&mut cx, &mut inner.rbuf);
         matches!(polled, Poll::Pending)
     }

@@ -10,7 +10,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
-use crate::upstream::h1::encode::put_headers;
+use crate::upstream::h1::encode::{put_header, put_headers};
 use crate::upstream::h1::names::header_name;
 
 /// Most header lines a plain request may have (hyper's default; past it, hyper answers 431).
@@ -218,7 +218,7 @@ pub(crate) fn encode_head(
         parts.headers.remove(TRANSFER_ENCODING);
         Framing::None
     } else if let Some(n) = exact {
-        parts.headers.remove(CONTENT_LENGTH);
+        // Any `content-length` in the map is left out as the headers are written.
         length = Some(n);
         match n {
             0 => Framing::None,
@@ -247,13 +247,22 @@ pub(crate) fn encode_head(
     out.put_u8(b' ');
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
-    put_headers(out, &parts.headers);
+    // One pass, no hashed lookups: the map's own length left out when ours is written, and
+    // whether it has a `date`.
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH && length.is_some() {
+            continue;
+        }
+        dated |= name == DATE;
+        put_header(out, name, value);
+    }
     if let Some(n) = length {
         out.put_slice(b"content-length: ");
         out.put_slice(itoa::Buffer::new().format(n).as_bytes());
         out.put_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(DATE) {
+    if !dated {
         out.put_slice(b"date: ");
         put_date(out);
         out.put_slice(b"\r\n");
