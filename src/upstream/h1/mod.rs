@@ -96,7 +96,13 @@ impl Stream {
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
         match self {
-            Stream::Whole(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, buf),
+            // A plain socket read straight: the wrappers cost 100 or so instructions a read.
+            Stream::Whole(io) => match io.inner_mut() {
+                MaybeHttpsStream::Http(tcp) => {
+                    tokio_util::io::poll_read_buf(Pin::new(tcp.inner_mut()), cx, buf)
+                }
+                MaybeHttpsStream::Https(_) => tokio_util::io::poll_read_buf(Pin::new(io), cx, buf),
+            },
             Stream::Read(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, buf),
             Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
@@ -241,8 +247,13 @@ impl Inner {
 
     /// Writes what it can of the request, unless a [`Pump`] does.
     fn poll_upload(&mut self, cx: &mut Context<'_>) {
-        if let Stream::Whole(io) = &mut self.io {
-            self.writer.poll_upload(io, cx);
+        match &mut self.io {
+            // A plain socket written straight: the wrappers cost 100 or so instructions a write.
+            Stream::Whole(io) => match io.inner_mut() {
+                MaybeHttpsStream::Http(tcp) => self.writer.poll_upload(tcp.inner_mut(), cx),
+                MaybeHttpsStream::Https(_) => self.writer.poll_upload(io, cx),
+            },
+            Stream::Read(_) | Stream::Gone => {}
         }
     }
 
