@@ -65,8 +65,8 @@ pub(super) async fn forward(
             Ok(prepared) => prepared,
             Err(err) => return Err(Stop::Error(err, attempts.first_reason)),
         };
-        let send = upstream.pool.send(request, sent.at);
-        tokio::pin!(send);
+        // Made where it is pinned: the send's state (a kilobyte and more) is not moved there.
+        let send = std::pin::pin!(upstream.pool.send(request, sent.at));
         let upload = sent.upload.as_deref();
         let result = exchange(upstream, send, upload, sent.at, sent.deadlines).await;
         if let Some(head) = attempts.settle(ctx, result, sent)? {
