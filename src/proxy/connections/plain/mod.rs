@@ -175,10 +175,12 @@ where
     }
 }
 
-/// Room to read into: what the buffer has left while that is `READ_MIN` or more (no allocation
-/// while the last request still holds its front), else `READ_RESERVE`.
+/// Room to read into: `READ_RESERVE`, taken back from the front of the buffer when nothing holds
+/// it any more; while the last request still holds it, what is left if that is `READ_MIN` or
+/// more (no allocation then), else a new buffer.
 fn make_room(read: &mut BytesMut) {
-    if read.capacity() - read.len() < READ_MIN {
+    let room = read.capacity() - read.len();
+    if room < READ_RESERVE && !read.try_reclaim(READ_RESERVE) && room < READ_MIN {
         read.reserve(READ_RESERVE);
     }
 }
@@ -187,7 +189,8 @@ impl Connection {
     /// Keeps an answer's header map, emptied, for the next request's headers (two allocations
     /// spared a request); not one grown past [`SPARE_MAX`] headers.
     fn keep_spare(&mut self, mut headers: HeaderMap) {
-        if headers.capacity() <= SPARE_MAX {
+        // `len` too: the room of a name's repeated values is not in `capacity`.
+        if headers.len() <= SPARE_MAX && headers.capacity() <= SPARE_MAX {
             headers.clear();
             self.spare = headers;
         }

@@ -499,3 +499,35 @@ async fn a_request_sees_its_own_headers_only_not_the_last_answers() {
         assert_eq!(String::from_utf8(body).unwrap(), seen, "{request:?}");
     }
 }
+
+/// Answers with how its body came: whole with the head, or streamed after it.
+async fn body_kind(req: Request<ClientBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let kind = match req.body() {
+        ClientBody::Whole(_) => "whole",
+        ClientBody::Stream(_) => "streamed",
+        ClientBody::Hyper(_) => "hyper",
+    };
+    let _ = req.into_body().collect().await.unwrap();
+    Ok(Response::new(Full::new(Bytes::from(kind))))
+}
+
+#[tokio::test]
+async fn bodies_that_come_with_their_heads_are_given_whole_request_after_request() {
+    let addr = serve(body_kind).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    // Each request in one write, after the last answer: the read buffer's room is taken back
+    // for it, not only what the last request left.
+    let body = vec![b'x'; 5000];
+    for i in 0..6 {
+        let head = format!(
+            "POST /{i} HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(&[head.as_bytes(), &body].concat())
+            .await
+            .unwrap();
+        let (_, kind) = read_answer(&mut s, &mut buf).await;
+        assert_eq!(String::from_utf8(kind).unwrap(), "whole", "request {i}");
+    }
+}
