@@ -43,12 +43,12 @@ mod frame;
 
 /// The read buffer's size.
 const READ_RESERVE: usize = 8 * 1024;
-/// Below this much free room the read buffer is made room in (`READ_RESERVE` again) before a read.
-/// Until then reads go into the room left: the front of the buffer may still be lent out as the
-/// request's head and body, and making room then would allocate a new buffer every request.
+/// While the front of the read buffer is still lent out (the request's head and body), reads go
+/// into the room left behind it down to this much; below it, a new buffer. Making room at once
+/// would allocate a new buffer every request.
 const READ_MIN: usize = 2 * 1024;
-/// The most headers a map kept for the next request may have room for: an idle connection holds
-/// it.
+/// The most values (and room for them) a header map kept for the next request may have: an idle
+/// connection holds it.
 const SPARE_MAX: usize = 24;
 
 /// The listener's request handler, served on the sidecar's own HTTP/1.1 framing.
@@ -187,7 +187,7 @@ fn make_room(read: &mut BytesMut) {
 
 impl Connection {
     /// Keeps an answer's header map, emptied, for the next request's headers (two allocations
-    /// spared a request); not one grown past [`SPARE_MAX`] headers.
+    /// spared a request); not one past [`SPARE_MAX`] values.
     fn keep_spare(&mut self, mut headers: HeaderMap) {
         // `len` too: the room of a name's repeated values is not in `capacity`.
         if headers.len() <= SPARE_MAX && headers.capacity() <= SPARE_MAX {
