@@ -119,3 +119,67 @@ async fn the_upstreams_keep_alive_timeout_and_the_loopback_default_are_honoured(
         s.shutdown().await;
     }
 }
+
+/// An HTTP/1.1 upstream that answers `GET /burst` only once `burst` of them are in, each on its
+/// own connection, and anything else at once. Counts the connections it accepted.
+async fn burst_upstream(burst: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let together = Arc::new(tokio::sync::Barrier::new(burst));
+    let addr = raw_upstream(move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let together = together.clone();
+        async move {
+            loop {
+                let head = read_head(&mut s).await;
+                if head.is_empty() {
+                    return;
+                }
+                if head.starts_with(b"GET /burst ") {
+                    together.wait().await;
+                }
+                let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn the_connections_a_burst_needed_stay_open_while_requests_keep_coming() {
+    // A burst needs 4 connections; then one request at a time for longer than the idle limit,
+    // then the burst again. Taken longest-idle first, every connection is used every few
+    // requests and none passes its limit: the second burst finds all 4 open. (Taken
+    // most-recent first, 3 of them sat idle past the limit and were made anew.)
+    const BURST: usize = 4;
+    let (addr, accepted) = burst_upstream(BURST).await;
+    let s = sidecar(addr, ", pool: {idle_timeout: 1s}").await;
+    let url = proxy_url(&s, "/burst");
+    let client = client();
+    let one = || async {
+        let resp = get(&client, &url).await;
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        let _ = body_bytes(resp).await;
+    };
+    let burst = || async { tokio::join!(one(), one(), one(), one()) };
+    burst().await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        BURST,
+        "one per request of the burst"
+    );
+    let started = Instant::now();
+    let failed = after_pauses(&s, &[50; 30]).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "past the idle limit"
+    );
+    burst().await;
+    assert_eq!(accepted.load(Ordering::SeqCst), BURST, "no new connection");
+    s.shutdown().await;
+}

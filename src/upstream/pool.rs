@@ -6,8 +6,12 @@
 //! SipHash-ed pool map, boxed futures moved around a dozen times, and retry machinery sloguard
 //! does not want (the fallback chain decides what is retried). One upstream needs one list:
 //!
-//! - HTTP/1.1: idle connections in a LIFO (the warmest first). A connection leaves the list for
-//!   one exchange and comes back when its response body has ended cleanly ([`Lease::release`]);
+//! - HTTP/1.1: idle connections in a FIFO (the longest idle first). Under load every connection
+//!   the last burst needed is kept in use, so the next burst finds them open, not connecting
+//!   anew (a LIFO let the deepest pass their idle limit between bursts, and each burst paid for
+//!   new connections); under light load they pass their limit and go all the same. A connection
+//!   leaves the list for one exchange and comes back when its response body has ended cleanly
+//!   ([`Lease::release`]);
 //!   a body cut short closes it. An idle connection the upstream closed meanwhile is found
 //!   before a request is written to it (its socket turned readable) and dropped.
 //! - h2 (when TLS ALPN picks it): up to `h2.connections` shared multiplexed connections, taken
@@ -30,6 +34,7 @@
 //! within what the upstream's `Keep-Alive: timeout=N` says it keeps one, less a margin for the
 //! time the response took to come back.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,7 +90,7 @@ pub struct ConnectionPool {
     target: Uri,
     /// One list per runtime that serves connections (see `crate::runtime`): a request takes
     /// and gives back connections whose tasks run on its own thread.
-    idle: Box<[Mutex<Vec<IdleConnection>>]>,
+    idle: Box<[Mutex<VecDeque<IdleConnection>>]>,
     /// The shared h2 connections, each with a number of its own.
     h2: Mutex<Vec<(u64, http2::SendRequest<RequestBody>)>>,
     h2_next_id: std::sync::atomic::AtomicU64,
@@ -179,7 +184,7 @@ impl ConnectionPool {
         ConnectionPool {
             connector,
             target,
-            idle: (0..lists).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..lists).map(|_| Mutex::new(VecDeque::new())).collect(),
             h2: Mutex::new(Vec::new()),
             h2_next_id: std::sync::atomic::AtomicU64::new(0),
             h2_settings,
@@ -296,7 +301,7 @@ impl ConnectionPool {
     }
 
     /// The idle connections of the calling thread's runtime.
-    fn idle_here(&self) -> std::sync::MutexGuard<'_, Vec<IdleConnection>> {
+    fn idle_here(&self) -> std::sync::MutexGuard<'_, VecDeque<IdleConnection>> {
         let list = &self.idle[crate::runtime::current() % self.idle.len()];
         list.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -304,7 +309,7 @@ impl ConnectionPool {
     /// An idle connection still open; those closed meanwhile or past their limit go.
     fn take_idle(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.idle_here();
-        while let Some(mut c) = idle.pop() {
+        while let Some(mut c) = idle.pop_front() {
             if now < c.expires && c.conn.is_open() {
                 return Some(c.conn);
             }
@@ -326,7 +331,7 @@ impl ConnectionPool {
             idle.drain(..expired);
         }
         if idle.len() < self.max_idle {
-            idle.push(IdleConnection {
+            idle.push_back(IdleConnection {
                 conn,
                 expires: now + idle_limit,
             });
