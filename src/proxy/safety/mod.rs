@@ -189,6 +189,8 @@ pub struct ListenerSafety {
     origins: Origins,
     /// What a response's check holds (an SSE event, a held stream, a body read whole).
     pub budget: BodyBudget,
+    /// The codings the upstream is asked for.
+    readable: coding::Readable,
 }
 
 /// Tells the kill switch's origins apart: tasks by their id, else clients by their address
@@ -267,6 +269,7 @@ impl ListenerSafety {
                 next: Default::default(),
             },
             budget: budget.clone(),
+            readable: coding::Readable::default(),
         })
     }
 
@@ -373,48 +376,7 @@ impl ListenerSafety {
         if self.keys == Keys::Output && !llm_call {
             return;
         }
-        let accept = http::header::ACCEPT_ENCODING;
-        let readable = |coding: &[u8]| {
-            let name = coding
-                .split(|b| *b == b';')
-                .next()
-                .unwrap_or(b"")
-                .trim_ascii();
-            // `q=0` (or `0.0`, `0.000`) refuses a coding.
-            let q0 = coding.split(|b| *b == b';').skip(1).any(|p| {
-                let p = p.trim_ascii();
-                p.len() > 2
-                    && p[..2].eq_ignore_ascii_case(b"q=")
-                    && std::str::from_utf8(&p[2..])
-                        .ok()
-                        .and_then(|q| q.parse::<f32>().ok())
-                        == Some(0.0)
-            });
-            !q0 && [&b"gzip"[..], b"x-gzip", b"deflate", b"identity"]
-                .iter()
-                .any(|c| name.eq_ignore_ascii_case(c))
-        };
-        let codings = || {
-            headers
-                .get_all(&accept)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-                .filter(|c| !c.trim_ascii().is_empty())
-        };
-        if headers.contains_key(&accept) && codings().all(readable) {
-            // The usual `gzip, deflate`: nothing to change.
-            return;
-        }
-        let kept: Vec<&[u8]> = codings()
-            .filter(|c| readable(c))
-            .map(<[u8]>::trim_ascii)
-            .collect();
-        let value = match kept.is_empty() {
-            true => http::HeaderValue::from_static("identity"),
-            false => http::HeaderValue::from_bytes(&kept.join(&b", "[..]))
-                .unwrap_or_else(|_| http::HeaderValue::from_static("identity")),
-        };
-        headers.insert(accept, value);
+        self.readable.ask(headers);
     }
 
     /// Whether a response head carries the agent's own safety flag.
@@ -467,6 +429,7 @@ pub fn blocked_event(detector: &str) -> Bytes {
 
 mod answer;
 mod check;
+mod coding;
 #[cfg(test)]
 mod tests;
 
