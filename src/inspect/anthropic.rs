@@ -111,7 +111,7 @@ impl MessagesStream {
         facts: &mut ResponseFacts,
     ) -> Result<bool, Unparsed> {
         let e: Event<'_> =
-            serde_json::from_slice(data).map_err(|_| Unparsed::ResponseInvalidJson)?;
+            crate::inspect::from_json(data).map_err(|_| Unparsed::ResponseInvalidJson)?;
         let kind = e.kind.as_deref().unwrap_or(sse_event);
         Ok(match kind {
             "message_start" => {
@@ -173,7 +173,8 @@ impl MessagesStream {
 }
 
 pub(super) fn messages_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Unparsed> {
-    let m: Message<'_> = serde_json::from_slice(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
+    let m: Message<'_> =
+        crate::inspect::from_json(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
     if m.kind.as_deref() == Some("error") {
         facts.provider_failed();
         return Ok(());

@@ -147,42 +147,48 @@ impl JsonText {
         }
     }
 
-    /// Between tokens: one byte of structure, or the first of a key, a string or a number.
-    /// `bytes` is not empty; returns what follows the byte.
+    /// Between tokens: bytes of structure, up to the first of a key, a string or a number (read
+    /// here in one loop, not a dispatch per byte). `bytes` is not empty; returns what follows
+    /// that first byte.
     #[inline]
     fn outside<'a>(&mut self, bytes: &'a [u8], sink: &mut dyn FnMut(&[u8])) -> &'a [u8] {
-        let b = bytes[0];
-        match b {
-            b'{' => self.push(false),
-            b'[' => self.push(true),
-            b'}' | b']' => self.pop(),
-            b',' => self.expect_key = self.in_object(),
-            b':' => self.expect_key = false,
-            // Every key is text too when every value is: `{"jane@acme.io": 1}`.
-            b'"' if self.expect_key && self.in_object() && self.keys == Keys::All => {
-                self.expect_key = false;
-                self.begin_text(sink);
-                self.state = State::Str { emit: true };
-            }
-            b'"' if self.expect_key && self.in_object() => {
-                self.key_len = 0;
-                self.state = State::Key;
-            }
-            b'-' | b'0'..=b'9' if self.keys == Keys::All => {
-                self.begin_text(sink);
-                sink(std::slice::from_ref(&b));
-                self.state = State::Number;
-            }
-            b'"' => {
-                let emit = self.value_is_output();
-                if emit {
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'{' => self.push(false),
+                b'[' => self.push(true),
+                b'}' | b']' => self.pop(),
+                b',' => self.expect_key = self.in_object(),
+                b':' => self.expect_key = false,
+                // Every key is text too when every value is: `{"jane@acme.io": 1}`.
+                b'"' if self.expect_key && self.in_object() && self.keys == Keys::All => {
+                    self.expect_key = false;
                     self.begin_text(sink);
+                    self.state = State::Str { emit: true };
+                    return &bytes[i + 1..];
                 }
-                self.state = State::Str { emit };
+                b'"' if self.expect_key && self.in_object() => {
+                    self.key_len = 0;
+                    self.state = State::Key;
+                    return &bytes[i + 1..];
+                }
+                b'-' | b'0'..=b'9' if self.keys == Keys::All => {
+                    self.begin_text(sink);
+                    sink(std::slice::from_ref(&bytes[i]));
+                    self.state = State::Number;
+                    return &bytes[i + 1..];
+                }
+                b'"' => {
+                    let emit = self.value_is_output();
+                    if emit {
+                        self.begin_text(sink);
+                    }
+                    self.state = State::Str { emit };
+                    return &bytes[i + 1..];
+                }
+                _ => {}
             }
-            _ => {}
         }
-        &bytes[1..]
+        &[]
     }
 
     /// A value to emit starts: separated from the document's last one by a newline.

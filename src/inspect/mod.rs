@@ -213,6 +213,16 @@ impl ToolCall {
     }
 }
 
+/// `serde_json::from_slice`, with the body's UTF-8 checked once, up front: serde_json then does
+/// not check each string of it again (a call per string, most of an LLM body). A body that is
+/// not UTF-8 throughout is read as `from_slice` reads it.
+pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    }
+}
+
 /// Tool calls that do not fit the request: `(unknown_tool, invalid_arguments)`. With no request
 /// facts (the request could not be read) no call is taken for unknown.
 pub fn hallucinations(request: Option<&RequestFacts>, calls: &[ToolCall]) -> (u64, u64) {

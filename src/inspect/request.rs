@@ -129,7 +129,7 @@ struct RawFunction<'a> {
 /// Reads a whole request body.
 pub fn parse_request(format: Format, body: &[u8]) -> Result<RequestFacts, Unparsed> {
     let raw: RawRequest<'_> =
-        serde_json::from_slice(body).map_err(|_| Unparsed::RequestInvalidJson)?;
+        crate::inspect::from_json(body).map_err(|_| Unparsed::RequestInvalidJson)?;
     let mut tools = Vec::new();
     for tool in raw.tools.iter().flatten() {
         let kind = tool.kind.as_deref();

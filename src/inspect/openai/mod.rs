@@ -118,7 +118,7 @@ impl ChatStream {
             return Ok(false);
         }
         let chunk: ChatChunk<'_> =
-            serde_json::from_slice(data).map_err(|_| Unparsed::ResponseInvalidJson)?;
+            crate::inspect::from_json(data).map_err(|_| Unparsed::ResponseInvalidJson)?;
         if chunk.error.is_some() {
             self.errored = true;
         }
@@ -269,7 +269,7 @@ fn tool_call(f: &Function<'_>) -> ToolCall {
 
 pub(super) fn chat_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Unparsed> {
     let mut c: ChatCompletion<'_> =
-        serde_json::from_slice(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
+        crate::inspect::from_json(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
     if let Some(usage) = &c.usage {
         usage.record(facts);
     }
@@ -440,7 +440,7 @@ impl ResponsesStream {
             return Ok(false);
         }
         let e: ResponsesEvent<'_> =
-            serde_json::from_slice(data).map_err(|_| Unparsed::ResponseInvalidJson)?;
+            crate::inspect::from_json(data).map_err(|_| Unparsed::ResponseInvalidJson)?;
         let kind = e.kind.as_deref().unwrap_or(sse_event);
         let non_empty = e.delta.as_deref().is_some_and(|d| !d.is_empty());
         Ok(match kind {
@@ -479,7 +479,7 @@ impl ResponsesStream {
 
 pub(super) fn responses_json(body: &[u8], facts: &mut ResponseFacts) -> Result<(), Unparsed> {
     let r: ResponseObject<'_> =
-        serde_json::from_slice(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
+        crate::inspect::from_json(body).map_err(|_| Unparsed::ResponseInvalidJson)?;
     for item in r.output.iter().filter(|i| i.is_function_call()) {
         facts.push_call(item.tool_call());
     }
