@@ -39,9 +39,14 @@ impl Usage {
 
 #[derive(Deserialize)]
 struct Block<'a> {
-    #[serde(default, rename = "type", borrow)]
+    #[serde(
+        default,
+        rename = "type",
+        borrow,
+        deserialize_with = "crate::inspect::borrowed"
+    )]
     kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     name: Option<Cow<'a, str>>,
     /// A complete `tool_use` block's input (an object; `{}` in a stream's start event).
     #[serde(default, borrow)]
@@ -60,11 +65,16 @@ impl Block<'_> {
 
 #[derive(Deserialize)]
 struct Message<'a> {
-    #[serde(default, rename = "type", borrow)]
+    #[serde(
+        default,
+        rename = "type",
+        borrow,
+        deserialize_with = "crate::inspect::borrowed"
+    )]
     kind: Option<Cow<'a, str>>,
     #[serde(default)]
     usage: Option<Usage>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     stop_reason: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     content: Vec<Block<'a>>,
@@ -72,19 +82,29 @@ struct Message<'a> {
 
 #[derive(Deserialize)]
 struct Delta<'a> {
-    #[serde(default, rename = "type", borrow)]
+    #[serde(
+        default,
+        rename = "type",
+        borrow,
+        deserialize_with = "crate::inspect::borrowed"
+    )]
     kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     text: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     partial_json: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     stop_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct Event<'a> {
-    #[serde(default, rename = "type", borrow)]
+    #[serde(
+        default,
+        rename = "type",
+        borrow,
+        deserialize_with = "crate::inspect::borrowed"
+    )]
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     message: Option<Message<'a>>,

@@ -223,6 +223,37 @@ pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> serde_
     }
 }
 
+/// For `#[serde(deserialize_with)]`: an optional string as it is in the body (`Cow::Borrowed`),
+/// decoded (owned) only when it has escapes. serde's own `Option<Cow<str>>` always copies it:
+/// `#[serde(borrow)]` reaches only a bare `Cow`.
+pub(crate) fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::borrow::Cow<'a, str>>, D::Error> {
+    struct Text<'a>(std::borrow::Cow<'a, str>);
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = std::borrow::Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(std::borrow::Cow::Borrowed(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(std::borrow::Cow::Owned(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(std::borrow::Cow::Owned(v))
+        }
+    }
+    impl<'de: 'a, 'a> serde::Deserialize<'de> for Text<'a> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_str(Visit).map(Text)
+        }
+    }
+    Ok(<Option<Text<'a>> as serde::Deserialize>::deserialize(d)?.map(|t| t.0))
+}
+
 /// Tool calls that do not fit the request: `(unknown_tool, invalid_arguments)`. With no request
 /// facts (the request could not be read) no call is taken for unknown.
 pub fn hallucinations(request: Option<&RequestFacts>, calls: &[ToolCall]) -> (u64, u64) {
@@ -237,6 +268,30 @@ pub fn hallucinations(request: Option<&RequestFacts>, calls: &[ToolCall]) -> (u6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
+
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(default, borrow, deserialize_with = "borrowed")]
+        name: Option<Cow<'a, str>>,
+    }
+
+    #[test]
+    fn an_optional_string_is_borrowed_from_the_body_unless_it_has_escapes() {
+        let name = |body: &'static str| from_json::<Named<'_>>(body.as_bytes()).map(|n| n.name);
+        assert!(matches!(name(r#"{"name": "plain"}"#), Ok(Some(Cow::Borrowed("plain")))));
+        match name(r#"{"name": "a\"q\u00e9"}"#) {
+            Ok(Some(Cow::Owned(s))) => assert_eq!(s, "a\"q\u{e9}"),
+            other => panic!("decoded, owned: {other:?}"),
+        }
+        assert!(matches!(name(r#"{"name": null}"#), Ok(None)));
+        assert!(matches!(name("{}"), Ok(None)));
+        assert!(name(r#"{"name": 3}"#).is_err(), "not a string");
+        // Not UTF-8 (in a value nothing reads): read all the same.
+        let bytes = b"{\"name\": \"x\", \"other\": \"\xff\"}";
+        let n: Named<'_> = from_json(bytes).unwrap();
+        assert_eq!(n.name.as_deref(), Some("x"));
+    }
 
     #[test]
     fn formats_by_path() {

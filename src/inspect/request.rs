@@ -49,7 +49,7 @@ impl std::fmt::Debug for Schema {
 
 #[derive(Deserialize)]
 struct RawRequest<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
@@ -83,7 +83,12 @@ struct OutputConfig<'a> {
 /// An output format; only `json_schema` carries a schema (`json_object` and `text` do not).
 #[derive(Deserialize)]
 struct OutputFormat<'a> {
-    #[serde(default, rename = "type", borrow)]
+    #[serde(
+        default,
+        rename = "type",
+        borrow,
+        deserialize_with = "crate::inspect::borrowed"
+    )]
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     schema: Option<&'a RawValue>,
@@ -110,9 +115,14 @@ impl OutputFormat<'_> {
 
 #[derive(Deserialize)]
 struct RawTool<'a> {
-    #[serde(default, rename = "type", borrow)]
+    #[serde(
+        default,
+        rename = "type",
+        borrow,
+        deserialize_with = "crate::inspect::borrowed"
+    )]
     kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     function: Option<RawFunction<'a>>,
@@ -122,7 +132,7 @@ struct RawTool<'a> {
 
 #[derive(Deserialize)]
 struct RawFunction<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     name: Option<Cow<'a, str>>,
 }
 

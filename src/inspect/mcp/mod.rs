@@ -68,11 +68,11 @@ impl McpRequest<'_> {
 /// say is read as they pass (MCP's are objects), the rest skipped.
 #[derive(Deserialize)]
 struct RawMessage<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     jsonrpc: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     id: Option<&'a RawValue>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     method: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     params: Lenient<Params<'a>>,
@@ -135,11 +135,11 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
 /// A message's `result` kept as its text: a `tools/list` result is read from it.
 #[derive(Deserialize)]
 struct ResultText<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     jsonrpc: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     id: Option<&'a RawValue>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     method: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     result: Option<&'a RawValue>,
@@ -149,14 +149,14 @@ struct ResultText<'a> {
 struct RawError<'a> {
     #[serde(default)]
     code: Option<i64>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     message: Option<Cow<'a, str>>,
 }
 
 /// A request's `params`, read once: a call's tool and arguments, a list's cursor.
 #[derive(Deserialize)]
 struct Params<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     arguments: Option<&'a RawValue>,
@@ -168,7 +168,12 @@ struct Params<'a> {
 struct CallResult<'a> {
     #[serde(default, rename = "isError")]
     is_error: Option<bool>,
-    #[serde(default, rename = "resultType", borrow)]
+    #[serde(
+        default,
+        rename = "resultType",
+        borrow,
+        deserialize_with = "crate::inspect::borrowed"
+    )]
     result_type: Option<Cow<'a, str>>,
 }
 

@@ -27,9 +27,9 @@ impl ChatUsage {
 
 #[derive(Deserialize)]
 struct Function<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     arguments: Option<Cow<'a, str>>,
 }
 
@@ -38,7 +38,7 @@ struct ToolCallDelta<'a> {
     /// Absent from some OpenAI-compatible providers (Gemini's), which send each call whole.
     #[serde(default)]
     index: Option<u32>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     function: Option<Function<'a>>,
@@ -49,17 +49,17 @@ struct ToolCallDelta<'a> {
 
 #[derive(Deserialize)]
 struct Custom<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     input: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct Delta<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     content: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     refusal: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallDelta<'a>>>,
@@ -73,7 +73,7 @@ struct ChunkChoice<'a> {
     index: u32,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
@@ -231,7 +231,7 @@ struct Message<'a> {
     /// Kept raw: decoded only when the output is kept.
     #[serde(default, borrow)]
     content: Option<&'a serde_json::value::RawValue>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     refusal: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallFull<'a>>>,
@@ -245,7 +245,7 @@ struct Choice<'a> {
     index: u32,
     #[serde(default, borrow)]
     message: Option<Message<'a>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
@@ -317,14 +317,19 @@ struct ResponsesUsage {
 
 #[derive(Deserialize)]
 struct OutputItem<'a> {
-    #[serde(default, rename = "type", borrow)]
+    #[serde(
+        default,
+        rename = "type",
+        borrow,
+        deserialize_with = "crate::inspect::borrowed"
+    )]
     kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     arguments: Option<Cow<'a, str>>,
     /// A custom tool call's free-text input.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     input: Option<Cow<'a, str>>,
     /// A message's parts (`output_text`, `refusal`).
     /// (`null` in some servers' reasoning items.)
@@ -334,7 +339,12 @@ struct OutputItem<'a> {
 
 #[derive(Deserialize)]
 struct ContentPart<'a> {
-    #[serde(default, rename = "type", borrow)]
+    #[serde(
+        default,
+        rename = "type",
+        borrow,
+        deserialize_with = "crate::inspect::borrowed"
+    )]
     kind: Option<Cow<'a, str>>,
     /// An `output_text` part's text, kept raw: decoded only when the output is kept.
     #[serde(default, borrow)]
@@ -364,13 +374,13 @@ impl OutputItem<'_> {
 
 #[derive(Deserialize)]
 struct Incomplete<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct ResponseObject<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     status: Option<Cow<'a, str>>,
     #[serde(default)]
     usage: Option<ResponsesUsage>,
@@ -416,13 +426,18 @@ impl ResponseObject<'_> {
 
 #[derive(Deserialize)]
 struct ResponsesEvent<'a> {
-    #[serde(default, rename = "type", borrow)]
+    #[serde(
+        default,
+        rename = "type",
+        borrow,
+        deserialize_with = "crate::inspect::borrowed"
+    )]
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     item: Option<OutputItem<'a>>,
     #[serde(default, borrow)]
     response: Option<ResponseObject<'a>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "crate::inspect::borrowed")]
     delta: Option<Cow<'a, str>>,
 }
 
