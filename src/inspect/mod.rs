@@ -279,7 +279,10 @@ mod tests {
     #[test]
     fn an_optional_string_is_borrowed_from_the_body_unless_it_has_escapes() {
         let name = |body: &'static str| from_json::<Named<'_>>(body.as_bytes()).map(|n| n.name);
-        assert!(matches!(name(r#"{"name": "plain"}"#), Ok(Some(Cow::Borrowed("plain")))));
+        assert!(matches!(
+            name(r#"{"name": "plain"}"#),
+            Ok(Some(Cow::Borrowed("plain")))
+        ));
         match name(r#"{"name": "a\"q\u00e9"}"#) {
             Ok(Some(Cow::Owned(s))) => assert_eq!(s, "a\"q\u{e9}"),
             other => panic!("decoded, owned: {other:?}"),
