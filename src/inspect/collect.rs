@@ -19,6 +19,9 @@ pub const MAX_INSPECTED_BODY: usize = 4 << 20;
 const SHARE_AT: usize = 4096;
 
 pub struct Collected {
+    /// The first chunk, by reference: a body in one chunk (the usual one) needs no list.
+    first: Option<Bytes>,
+    /// The chunks after it.
     chunks: VecDeque<Bytes>,
     tail: BytesMut,
     len: usize,
@@ -52,6 +55,7 @@ impl Default for Collected {
 impl Collected {
     pub fn with_limit(limit: usize) -> Collected {
         Collected {
+            first: None,
             chunks: VecDeque::new(),
             tail: BytesMut::new(),
             len: 0,
@@ -109,7 +113,9 @@ impl Collected {
         self.len += chunk.len();
         // The first chunk is kept by reference whatever its size: a body in one chunk (the
         // usual request) is then kept without a copy, and one handle is no burden.
-        if chunk.len() >= SHARE_AT || (self.chunks.is_empty() && self.tail.is_empty()) {
+        if self.first.is_none() {
+            self.first = Some(chunk.clone());
+        } else if chunk.len() >= SHARE_AT {
             self.flush();
             self.chunks.push_back(chunk.clone());
         } else {
@@ -127,11 +133,12 @@ impl Collected {
     /// The body in one piece (copied only when it is in more than one).
     pub fn into_bytes(mut self) -> Bytes {
         self.flush();
-        match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.pop_front().unwrap_or_default(),
-            _ => {
+        match (self.first.take(), self.chunks.is_empty()) {
+            (None, _) => Bytes::new(),
+            (Some(first), true) => first,
+            (Some(first), false) => {
                 let mut all = BytesMut::with_capacity(self.len);
+                all.extend_from_slice(&first);
                 self.chunks.iter().for_each(|c| all.extend_from_slice(c));
                 all.freeze()
             }
@@ -143,7 +150,10 @@ impl Collected {
     pub fn into_copied(mut self) -> Bytes {
         self.flush();
         let mut all = BytesMut::with_capacity(self.len);
-        self.chunks.iter().for_each(|c| all.extend_from_slice(c));
+        self.first
+            .iter()
+            .chain(&self.chunks)
+            .for_each(|c| all.extend_from_slice(c));
         all.freeze()
     }
 
@@ -155,7 +165,10 @@ impl Collected {
     /// The body as chunks, with the reservation that counts them (kept as long as they are).
     pub fn into_reserved_chunks(mut self) -> (VecDeque<Bytes>, Reservation) {
         self.flush();
-        let chunks = std::mem::take(&mut self.chunks);
+        let mut chunks = std::mem::take(&mut self.chunks);
+        if let Some(first) = self.first.take() {
+            chunks.push_front(first);
+        }
         let reservation = std::mem::replace(
             &mut self.reservation,
             Reservation::unbounded(Held::ResponseRead),
