@@ -9,10 +9,11 @@
 # One process each, one core's runtime (TOKIO_WORKER_THREADS=1), in front of a simulated upstream
 # that answers at once: the floor (examples/floor_proxy.rs, a bare hyper proxy: for reference,
 # not guarded), sloguard with one plain route ("plain": 1 KiB GET, POST with a 1 KiB body), and
-# sloguard with a chat completion answered as JSON through the `llm` role with a latency SLO and
-# safety on ("llm"). CG_N requests of each kind after a warm-up of 300, 4 connections; counters
-# zeroed and dumped around the load with callgrind_control. A measured count more than TOLERANCE
-# (default 0.03) above its baseline fails; more than TOLERANCE below says to lower the baseline.
+# sloguard with a chat completion answered as JSON through the `llm` role with safety on and an
+# SLO on each of its SLIs ("llm"). CG_N requests of each kind after a warm-up of 300, 4
+# connections; counters zeroed and dumped around the load with callgrind_control. A measured
+# count more than TOLERANCE (default 0.03) above its baseline fails; more than TOLERANCE below
+# says to lower the baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,13 +58,17 @@ routes:
 upstreams:
   sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
 YAML
-# The same route with safety on and a time-to-first-token SLO counted.
+# The same route with safety on (every built-in detector) and an SLO on each SLI of an `llm`
+# listener, as in benches/load.sh.
 {
   sed "s/18470/18471/; s/$PLAIN_PORT/$LLM_PORT/" "$OUT/plain.yaml"
   cat <<YAML
-safety: {apply_to: [llm]}
+safety: {}
 slos:
+  - {name: availability, sli: availability, target: 0.995, window: 30d}
+  - {name: latency, sli: latency, threshold: 1s, target: 0.99, window: 30d}
   - {name: ttft, sli: time_to_first_token, threshold: 1s, target: 0.95, window: 30d}
+  - {name: safety, sli: safety, target: 0.9999, window: 30d}
 YAML
 } >"$OUT/llm.yaml"
 head -c 1024 /dev/urandom | base64 -w0 | head -c 1024 >"$OUT/body.txt"

@@ -14,7 +14,7 @@
 # - closed-loop max throughput of LLM calls: POST /v1/chat/completions, a small non-streamed
 #   OpenAI request, answered at once (the simulated upstream runs with SIM_FIRST_CHUNK_MS=0 and
 #   SIM_CHUNK_MS=0) and read by sloguard on its `llm` listener (the script checks on its admin
-#   port that the GenAI metrics counted the calls);
+#   port that the GenAI metrics counted the calls, and that safety read their answers);
 # - a streaming run (SSE, 50 chunks) for time to first byte.
 # Each scenario runs ROUNDS times, the targets back to back within a round, so a noisy
 # neighbour hits them all alike; the summary takes the median over rounds. Added latency =
@@ -59,6 +59,14 @@ wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/nul
 SIM_FIRST_CHUNK_MS=0 SIM_CHUNK_MS=0 TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
 PIDS+=($!)
 
+# What every sloguard here runs with: safety (every built-in detector, recording) reading each
+# answer, and an SLO on each SLI an `llm` listener has, so the SLO views count every request.
+GUARDS='safety: {}
+slos:
+  - {name: availability, sli: availability, target: 0.995, window: 30d}
+  - {name: latency, sli: latency, threshold: 1s, target: 0.99, window: 30d}
+  - {name: ttft, sli: time_to_first_token, threshold: 1s, target: 0.95, window: 30d}
+  - {name: safety, sli: safety, target: 0.9999, window: 30d}'
 cat >"$OUT/sloguard.yaml" <<YAML
 agent: bench
 admin: {bind: 127.0.0.1:$ADMIN_PORT}
@@ -68,6 +76,7 @@ routes:
   llm: {upstreams: [sim]}
 upstreams:
   sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
+$GUARDS
 YAML
 RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/sloguard run --config "$OUT/sloguard.yaml" 2>"$OUT/sloguard.log" &
 SG_PID=$!
@@ -89,6 +98,7 @@ upstreams:
   sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai, circuit_breaker: {}}
   spare1: {url: http://127.0.0.1:$UP_PORT, protocol: openai, circuit_breaker: {}}
   spare2: {url: http://127.0.0.1:$UP_PORT, protocol: openai, circuit_breaker: {}}
+$GUARDS
 YAML
 RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/sloguard run --config "$OUT/sloguard-chain.yaml" 2>"$OUT/sloguard-chain.log" &
 PIDS+=($!)
@@ -143,10 +153,15 @@ genai_calls() {
   curl -s "http://127.0.0.1:$1/metrics" |
     awk '/^gen_ai_client_token_usage_count/ && /gen_ai_token_type="output"/ {s += $NF} END {printf "%d\n", s}'
 }
+# Answers a sidecar's safety detectors read (every 2xx LLM answer, with safety on).
+safety_scans() {
+  curl -s "http://127.0.0.1:$1/metrics" | awk '/^agent_responses_total/ {s += $NF} END {printf "%d\n", s}'
+}
 
 echo "warm-up"
 for t in "${TARGETS[@]}"; do load warmup "$t" -z 2s; llm llm-warmup "$t" -z 1s; done
 GENAI_BEFORE=$(genai_calls $ADMIN_PORT) CHAIN_GENAI_BEFORE=$(genai_calls $CHAIN_ADMIN_PORT)
+SCANS_BEFORE=$(safety_scans $ADMIN_PORT) CHAIN_SCANS_BEFORE=$(safety_scans $CHAIN_ADMIN_PORT)
 for round in $(seq "$ROUNDS"); do
   for rate in 2000 5000; do
     for t in "${TARGETS[@]}"; do
@@ -163,11 +178,14 @@ done
 LOADED_RSS=$(rss_kib)
 # Did sloguard read the LLM runs' calls? Its GenAI metrics against the 2xx oha got.
 GENAI=$(($(genai_calls $ADMIN_PORT) - GENAI_BEFORE)) CHAIN_GENAI=$(($(genai_calls $CHAIN_ADMIN_PORT) - CHAIN_GENAI_BEFORE))
+# And did its safety detectors read the answers?
+SCANS=$(($(safety_scans $ADMIN_PORT) - SCANS_BEFORE)) CHAIN_SCANS=$(($(safety_scans $CHAIN_ADMIN_PORT) - CHAIN_SCANS_BEFORE))
 
-python3 - "$OUT" "$IDLE_RSS" "$LOADED_RSS" "$ROUNDS" "$GENAI" "$CHAIN_GENAI" <<'PY' | tee "$OUT/summary.md"
+python3 - "$OUT" "$IDLE_RSS" "$LOADED_RSS" "$ROUNDS" "$GENAI" "$CHAIN_GENAI" "$SCANS" "$CHAIN_SCANS" <<'PY' | tee "$OUT/summary.md"
 import json, statistics, sys
 out, idle_rss, loaded_rss, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 genai = {"sloguard": int(sys.argv[5]), "sloguard-chain": int(sys.argv[6])}
+scans = {"sloguard": int(sys.argv[7]), "sloguard-chain": int(sys.argv[8])}
 targets = ["direct", "sloguard", "sloguard-chain", "nginx", "floor"]
 def oha(name, r, t): return json.load(open(f"{out}/{name}-r{r}-{t}.json"))
 def ms(d, p): return d["latencyPercentiles"][p] * 1000
@@ -225,6 +243,9 @@ for t in ["sloguard", "sloguard-chain"]:
     read = genai[t] > 0 and genai[t] >= 0.95 * got
     print(f"- {t} read the LLM calls: its gen_ai_client_token_usage (output) counted {genai[t]} calls "
           f"over the llm runs, oha got {got} 2xx ({'read' if read else 'NOT read'})")
+    scanned = scans[t] >= 0.95 * got > 0
+    print(f"- {t} scanned them for safety: its agent_responses_total counted {scans[t]} answers "
+          f"over the llm runs ({'scanned' if scanned else 'NOT scanned'})")
 
 print("\n### Against nginx (issue 26)\n")
 print("Throughput: median over rounds of the per-round ratio. Added latency: median over rounds of proxy minus direct (ms).\n")
@@ -244,6 +265,10 @@ for name, rate in [("rate2000", "2,000"), ("rate5000", "5,000")]:
               f"{ratio(fl)} | sloguard <= nginx |")
 print("\nn/a: nginx added nothing over direct at that percentile (noise), so no ratio; the verdict compares the added ms.")
 PY
+if [ "$SCANS" -le 0 ] || [ "$CHAIN_SCANS" -le 0 ]; then
+  echo "sloguard's safety detectors did not count the runs' answers: safety was not on" >&2
+  exit 1
+fi
 if [ "$GENAI" -le 0 ]; then
   echo "sloguard's GenAI metrics did not count the LLM runs' calls: it did not read them" >&2
   exit 1

@@ -16,7 +16,13 @@ pub enum Keys {
     Answer,
 }
 
-const OUTPUT_KEYS: [&[u8]; 4] = [b"content", b"text", b"refusal", b"delta"];
+/// The keys LLM APIs put output text under (a `match` on constants: compared in registers, with
+/// no call).
+#[inline]
+fn is_output_key(key: &[u8]) -> bool {
+    matches!(key, b"content" | b"text" | b"refusal" | b"delta")
+}
+
 /// Keys longer than this are never output keys: kept only this far.
 const KEY_MAX: usize = 16;
 /// Containers tracked for their kind; deeper ones count as unkeyed (their text still counts
@@ -49,7 +55,7 @@ pub(crate) struct JsonText {
     arrays: u64,
     /// Bit `d`: the array at depth `d` holds output (its key was an output key).
     output_arrays: u64,
-    /// In the current object: the next string is a key.
+    /// In the current object (a tracked one, within [`MAX_DEPTH`]): the next string is a key.
     expect_key: bool,
     key: [u8; KEY_MAX],
     key_len: usize,
@@ -121,7 +127,8 @@ impl JsonText {
                 self.output_arrays & !bit
             };
         }
-        self.expect_key = !array;
+        // Past MAX_DEPTH an object's kind is not tracked: its strings are read as values.
+        self.expect_key = !array && self.depth <= MAX_DEPTH;
     }
 
     fn pop(&mut self) {
@@ -160,13 +167,13 @@ impl JsonText {
                 b',' => self.expect_key = self.in_object(),
                 b':' => self.expect_key = false,
                 // Every key is text too when every value is: `{"jane@acme.io": 1}`.
-                b'"' if self.expect_key && self.in_object() && self.keys == Keys::All => {
+                b'"' if self.expect_key && self.keys == Keys::All => {
                     self.expect_key = false;
                     self.begin_text(sink);
                     self.state = State::Str { emit: true };
                     return &bytes[i + 1..];
                 }
-                b'"' if self.expect_key && self.in_object() => {
+                b'"' if self.expect_key => {
                     self.key_len = 0;
                     self.state = State::Key;
                     return &bytes[i + 1..];
@@ -223,6 +230,13 @@ impl JsonText {
     #[inline]
     fn key<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
         let end = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
+        if self.key_len == 0 && bytes.get(end) == Some(&b'"') {
+            // The whole key in this chunk, with no escape: read where it is, not copied.
+            self.key_is_output = is_output_key(&bytes[..end]);
+            self.expect_key = false;
+            self.state = State::Outside;
+            return &bytes[end + 1..];
+        }
         // `key_len` past KEY_MAX: too long to be an output key.
         let kept = self.key_len.min(KEY_MAX);
         let take = end.min(KEY_MAX - kept);
@@ -231,7 +245,7 @@ impl JsonText {
         match bytes.get(end) {
             Some(b'"') => {
                 let key = &self.key[..self.key_len.min(KEY_MAX)];
-                self.key_is_output = self.key_len <= KEY_MAX && OUTPUT_KEYS.contains(&key);
+                self.key_is_output = self.key_len <= KEY_MAX && is_output_key(key);
                 self.expect_key = false;
                 self.state = State::Outside;
             }

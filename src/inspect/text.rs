@@ -375,6 +375,21 @@ mod tests {
         assert_eq!(text(Keys::Output, &[odd]), "a\u{FFFD}b");
     }
 
+    #[test]
+    fn output_keys_cut_anywhere_give_the_same_text() {
+        // Keys read where they are when whole in a chunk, kept across chunks when cut.
+        let doc = br#"{"choices":[{"delta":{"content":"Hi","refusal":"no"},"text":"t"}],"x":{"contents":"n","delta":["d"]}}"#;
+        let whole = text(Keys::Output, &[doc]);
+        assert_eq!(whole, "Hi\nno\nt\nd");
+        for cut in 1..doc.len() {
+            assert_eq!(
+                text(Keys::Output, &[&doc[..cut], &doc[cut..]]),
+                whole,
+                "{cut}"
+            );
+        }
+    }
+
     fn read_all(t: &mut BodyText, pieces: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for p in pieces {

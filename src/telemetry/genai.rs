@@ -3,7 +3,7 @@
 //!
 //! Model names come from outside, so the model label is bounded ([`ModelLabels`]); handles per
 //! (upstream, model) are registered the first time a model is seen and cached, so a call costs
-//! two uncontended map lookups, not a registration.
+//! one uncontended map lookup, not a registration.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -173,6 +173,13 @@ impl LlmMetrics {
 
     /// The handles for a model (`None`: the request named none, or could not be read).
     pub fn model(&self, model: Option<&str>) -> Arc<ModelMetrics> {
+        // A model named before is its own label: one lookup by its name. (Not the two reserved
+        // labels: a model named `unknown` or `other` may be labelled `other`.)
+        if let Some(name) = model.filter(|n| *n != "unknown" && *n != "other") {
+            if let Some(m) = self.by_model.read().ok().and_then(|m| m.get(name).cloned()) {
+                return m;
+            }
+        }
         let model = self.models.label(model);
         if let Some(m) = self
             .by_model
@@ -282,6 +289,27 @@ impl KeyMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_models_handles_carry_its_bounded_label() {
+        let t = Telemetry::new();
+        let m = LlmMetrics::new(&t, "a", "up", "openai", Arc::new(ModelLabels::new(1)));
+        let of = |model| {
+            let h = m.model(model);
+            let l = h.labels.iter().find(|l| l.key() == "gen_ai_request_model");
+            l.map(|l| l.value().to_owned()).unwrap_or_default()
+        };
+        assert_eq!(of(Some("a")), "a");
+        // Looked up by name the second time: the same handles.
+        assert!(Arc::ptr_eq(&m.model(Some("a")), &m.model(Some("a"))));
+        assert_eq!(of(Some("b")), "other");
+        assert_eq!(of(Some("b")), "other");
+        assert_eq!(of(Some("a")), "a");
+        // The reserved names are labels of their own only as the labels say.
+        assert_eq!(of(None), "unknown");
+        assert_eq!(of(Some("unknown")), "other");
+        assert_eq!(of(Some("other")), "other");
+    }
 
     #[test]
     fn model_labels_are_bounded() {
