@@ -5,7 +5,8 @@
 #   bash benches/stream_memory.sh   # ROUNDS=3 rounds of N=1000 streams; results in bench-results/
 #
 # Per round a fresh sidecar as it ships (role `llm`, one route to the simulated provider,
-# `protocol: openai`, everything else default; TOKIO_WORKER_THREADS=WORKERS, by default 1: the
+# `protocol: openai`, safety on with every built-in detector, an SLO on each SLI of the `llm`
+# role, everything else default; TOKIO_WORKER_THREADS=WORKERS, by default 1: the
 # one-thread runtime, as the deployment's one-CPU limit gives it), on core 1 beside the provider;
 # the load on core 0.
 # - Idle: once its admin port answers and SETTLE seconds more, its VmRSS from /proc/PID/status.
@@ -68,6 +69,12 @@ routes:
   llm: {upstreams: [sim]}
 upstreams:
   sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
+safety: {}
+slos:
+  - {name: availability, sli: availability, target: 0.995, window: 30d}
+  - {name: latency, sli: latency, threshold: 1s, target: 0.99, window: 30d}
+  - {name: ttft, sli: time_to_first_token, threshold: 1s, target: 0.95, window: 30d}
+  - {name: safety, sli: safety, target: 0.9999, window: 30d}
 YAML
 
 rows=()
@@ -104,6 +111,9 @@ for round in $(seq "$ROUNDS"); do
   if [ "$taken" -eq 0 ]; then echo "round $round: the streams ended before a sample" >&2; exit 1; fi
   wait $load || { echo "round $round: the load failed" >&2; exit 1; }
   hwm=$(kib $pid VmHWM) after=$(kib $pid VmRSS)
+  # Safety read the streams: its responses counter against the streams opened.
+  scanned=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^agent_responses_total/ {s += $NF} END {printf "%d\n", s}')
+  if [ "$scanned" -lt $((N * 95 / 100)) ]; then echo "round $round: safety read only $scanned of $N streams" >&2; exit 1; fi
   kill $pid; wait $pid 2>/dev/null || true
   result=$(cat "$OUT/stream-memory-load-r$round.json")
   echo "round $round: idle $idle KiB, $N streams open $loaded KiB ($taken samples; ss: $client client, $upstream upstream; gauge $gauge_open), VmHWM $hwm KiB, after $after KiB; load: $result"
@@ -122,7 +132,7 @@ for line in open(sys.argv[1]).read().splitlines():
 mib = lambda k: k / 1024
 med = statistics.median
 print(f"# sloguard's memory, idle and with {n} SSE streams open\n")
-print(f"Role `llm`, default config, {workers} tokio worker(s). Streams: streamed Chat Completions the simulated")
+print(f"Role `llm`, safety and an SLO on each SLI on, {workers} tokio worker(s). Streams: streamed Chat Completions the simulated")
 print(f"provider holds open ~12 s (1 s to the first content chunk, then 0.5 s between events). Median of {rounds} rounds, MiB.\n")
 print("| measure | median | per round | target | |")
 print("|---|---|---|---|---|")
