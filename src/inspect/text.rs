@@ -67,15 +67,27 @@ impl BodyText {
         let encoding = Encoding::of(content_encoding).ok_or(NotText::Unreadable)?;
         let ct = content_type.unwrap_or(b"text/plain");
         let media = ct[..ct.iter().position(|&b| b == b';').unwrap_or(ct.len())].trim_ascii();
-        let lower = media.to_ascii_lowercase();
-        let json = lower == b"application/json" || lower.ends_with(b"+json");
-        let plain = lower.starts_with(b"text/")
-            || lower.is_empty()
-            // JSON lines, XML, forms: text, read as it is.
-            || [&b"json"[..], b"xml", b"x-www-form-urlencoded", b"javascript"]
-                .iter()
-                .any(|t| lower.windows(t.len()).any(|w| w == *t));
-        let reader = if lower == b"text/event-stream" {
+        // Compared in any case, in place (no lowered copy: this runs for every response read).
+        let starts = |t: &[u8]| {
+            media
+                .get(..t.len())
+                .is_some_and(|m| m.eq_ignore_ascii_case(t))
+        };
+        let ends = |t: &[u8]| {
+            let from = media.len().checked_sub(t.len());
+            from.is_some_and(|from| media[from..].eq_ignore_ascii_case(t))
+        };
+        let has = |t: &[u8]| media.windows(t.len()).any(|w| w.eq_ignore_ascii_case(t));
+        let json = media.eq_ignore_ascii_case(b"application/json") || ends(b"+json");
+        let plain = || {
+            starts(b"text/")
+                || media.is_empty()
+                // JSON lines, XML, forms: text, read as it is.
+                || [&b"json"[..], b"xml", b"x-www-form-urlencoded", b"javascript"]
+                    .iter()
+                    .any(|t| has(t))
+        };
+        let reader = if media.eq_ignore_ascii_case(b"text/event-stream") {
             BodyText::Sse {
                 parser: SseParser::new(super::MAX_INSPECTED_BODY),
                 json: JsonText::new(keys),
@@ -83,7 +95,7 @@ impl BodyText {
             }
         } else if json {
             BodyText::Json(JsonText::new(keys))
-        } else if plain {
+        } else if plain() {
             BodyText::Plain
         } else {
             return Err(NotText::Binary);
@@ -466,6 +478,25 @@ mod tests {
             ));
         }
         assert!(of(Some(b"application/json"), Some(b"br")).is_none());
+    }
+
+    #[test]
+    fn media_types_are_read_in_any_case() {
+        let of = |ct: &'static [u8]| BodyText::for_body(Keys::Output, Some(ct), None);
+        assert!(matches!(
+            of(b"Application/JSON; charset=utf-8"),
+            Ok(BodyText::Json(_))
+        ));
+        assert!(matches!(
+            of(b"application/vnd.api+JSON"),
+            Ok(BodyText::Json(_))
+        ));
+        assert!(matches!(of(b"TEXT/Event-Stream"), Ok(BodyText::Sse { .. })));
+        assert!(matches!(of(b"Application/X-NDJSON"), Ok(BodyText::Plain)));
+        assert!(matches!(of(b" Text/HTML "), Ok(BodyText::Plain)));
+        assert!(matches!(of(b"IMAGE/PNG"), Err(NotText::Binary)));
+        assert!(matches!(of(b"json"), Ok(BodyText::Plain)));
+        assert!(matches!(of(b"+json"), Ok(BodyText::Json(_))));
     }
 
     proptest::proptest! {
