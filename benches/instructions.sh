@@ -10,7 +10,8 @@
 # that answers at once: the floor (examples/floor_proxy.rs, a bare hyper proxy: for reference,
 # not guarded), sloguard with one plain route ("plain": 1 KiB GET, POST with a 1 KiB body), and
 # sloguard with a chat completion answered as JSON through the `llm` role with safety on and an
-# SLO on each of its SLIs ("llm"). CG_N requests of each kind after a warm-up of 300, 4
+# SLO on each of its SLIs ("llm"); and nginx, where it is installed, proxying the same three
+# requests (for reference, not guarded). CG_N requests of each kind after a warm-up of 300, 4
 # connections; counters zeroed and dumped around the load with callgrind_control. A measured
 # count more than TOLERANCE (default 0.03) above its baseline fails; more than TOLERANCE below
 # says to lower the baseline.
@@ -21,7 +22,7 @@ CG_N=${CG_N:-2000}
 TOLERANCE=${TOLERANCE:-0.03}
 OUT=${OUT:-bench-results/instructions}
 BASELINE_FILE=benches/instructions.baseline
-UP_PORT=18460 FLOOR_PORT=18461 PLAIN_PORT=18462 LLM_PORT=18463
+UP_PORT=18460 FLOOR_PORT=18461 PLAIN_PORT=18462 LLM_PORT=18463 NGINX_PORT=18464
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -42,7 +43,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 wait_port() { for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.2; done; echo "port $1 never opened" >&2; exit 1; }
 # A port already taken would have another process measured.
-for port in $UP_PORT $FLOOR_PORT $PLAIN_PORT $LLM_PORT 18470 18471; do
+for port in $UP_PORT $FLOOR_PORT $PLAIN_PORT $LLM_PORT $NGINX_PORT 18470 18471; do
   if (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is in use: stop what holds it" >&2; exit 1; fi
 done
 
@@ -97,12 +98,39 @@ wait_port $UP_PORT
 start floor $FLOOR_PORT target/release/examples/floor_proxy 127.0.0.1:$FLOOR_PORT http://127.0.0.1:$UP_PORT
 start plain $PLAIN_PORT target/release/sloguard run --config "$OUT/plain.yaml"
 start llm $LLM_PORT target/release/sloguard run --config "$OUT/llm.yaml"
-for name in floor plain; do
-  port=$FLOOR_PORT; [ $name = plain ] && port=$PLAIN_PORT
-  measure $name GET "http://127.0.0.1:$port/bytes/1024"
-  measure $name POST "http://127.0.0.1:$port/bytes/1024" -m POST -D "$OUT/body.txt" -T application/json
+# nginx, where it is installed (benches/load.sh installs it): for reference, not guarded. One
+# process (no master), the same proxying as load.sh's.
+NAMES=(floor plain)
+NGINX=$(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || true)
+if [ -n "$NGINX" ]; then
+  cat >"$OUT/nginx.conf" <<NGX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $OUT/nginx.pid;
+error_log $OUT/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream sim { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://sim; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGX
+  start nginx $NGINX_PORT "$NGINX" -c "$OUT/nginx.conf" -p "$OUT"
+  NAMES+=(nginx)
+fi
+declare -A PORT=([floor]=$FLOOR_PORT [plain]=$PLAIN_PORT [nginx]=$NGINX_PORT)
+for name in "${NAMES[@]}"; do
+  measure $name GET "http://127.0.0.1:${PORT[$name]}/bytes/1024"
+  measure $name POST "http://127.0.0.1:${PORT[$name]}/bytes/1024" -m POST -D "$OUT/body.txt" -T application/json
 done
 measure llm JSON "http://127.0.0.1:$LLM_PORT/v1/chat/completions" -m POST -D "$OUT/chat.json" -T application/json
+if [ -n "$NGINX" ]; then
+  measure nginx JSON "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" -m POST -D "$OUT/chat.json" -T application/json
+fi
 
 # Counts move with the compiler and the CPU's instruction set (SIMD paths in memchr, httparse,
 # glibc): the baseline names both, and is only held against a build of the same.
@@ -112,15 +140,19 @@ TOOLCHAIN="$(rustc -V | cut -d' ' -f1-2) on ${CPU:-$(uname -m)}"
 python3 - "$OUT" "$CG_N" "$BASELINE_FILE" "$TOLERANCE" "${UPDATE:-}" "$TOOLCHAIN" <<'PY' | tee "$OUT/summary.md"
 import glob, sys
 out, n, baseline_file, tolerance, update, toolchain = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5], sys.argv[6]
-def per_request(name, kind):
+def per_request(name, kind, required=True):
     for f in sorted(glob.glob(f"{out}/cg-{name}.out.*")):
         text = open(f).read()
         if f"Trigger: dump {kind}\n" in text:
             return round(int(next(l for l in text.splitlines() if l.startswith("summary:")).split()[1]) / n)
-    sys.exit(f"no callgrind dump {kind} for {name}")
+    if required:
+        sys.exit(f"no callgrind dump {kind} for {name}")
 measured = {(name, kind): per_request(name, kind)
             for name, kind in [("floor", "GET"), ("floor", "POST"), ("plain", "GET"), ("plain", "POST"), ("llm", "JSON")]}
 guarded = [k for k in measured if k[0] != "floor"]
+# nginx's counts, where it ran (references, like the floor's).
+nginx = {kind: per_request("nginx", kind, required=False) for kind in ("GET", "POST", "JSON")}
+cell = lambda v: v if v else "–"
 # The baseline holds one section per compiler and CPU (counts move with both); UPDATE=1 rewrites
 # this build's section and keeps the others.
 import os
@@ -152,22 +184,22 @@ if update:
     os.replace(baseline_file + ".new", baseline_file)
 baseline = sections.get(toolchain)
 if baseline is None:
-    print("| request | floor | sloguard | sloguard / floor |")
-    print("|---|---|---|---|")
+    print("| request | nginx | floor | sloguard | sloguard / floor |")
+    print("|---|---|---|---|---|")
     for name, kind in guarded:
         m, floor = measured[(name, kind)], measured.get(("floor", kind))
-        print(f"| {name} {kind} | {floor if floor else '–'} | {m} | {f'{m / floor:.3f}' if floor else '–'} |")
+        print(f"| {name} {kind} | {cell(nginx[kind])} | {cell(floor)} | {m} | {f'{m / floor:.3f}' if floor else '–'} |")
     print(f"\nNo baseline for {toolchain} (it has: {', '.join(sections) or 'none'}): the counts are")
     print("shown, not held (measure one here with UPDATE=1 from a commit known good).")
     sys.exit(0)
-print("| request | floor | sloguard | baseline | sloguard / baseline | sloguard / floor |")
-print("|---|---|---|---|---|---|")
+print("| request | nginx | floor | sloguard | baseline | sloguard / baseline | sloguard / floor |")
+print("|---|---|---|---|---|---|---|")
 failed = False
 for name, kind in guarded:
     m, b = measured[(name, kind)], baseline.get((name, kind))
     floor = measured.get(("floor", kind))
     if b is None:
-        print(f"| {name} {kind} | {floor if floor else '–'} | {m} | – | not held: no count in the baseline's section | – |")
+        print(f"| {name} {kind} | {cell(nginx[kind])} | {cell(floor)} | {m} | – | not held: no count in the baseline's section | – |")
         continue
     verdict = ""
     if m > b * (1 + tolerance):
@@ -175,7 +207,7 @@ for name, kind in guarded:
     elif m < b * (1 - tolerance):
         verdict = " (below the baseline: lower it with UPDATE=1)"
     ratio = f"{m / floor:.3f}" if floor else "–"
-    print(f"| {name} {kind} | {floor if floor else '–'} | {m} | {b} | {m / b:.3f}{verdict} | {ratio} |")
+    print(f"| {name} {kind} | {cell(nginx[kind])} | {cell(floor)} | {m} | {b} | {m / b:.3f}{verdict} | {ratio} |")
 print(f"\nBaseline: {toolchain}.")
 sys.exit(1 if failed else 0)
 PY
