@@ -101,6 +101,7 @@ start llm $LLM_PORT target/release/sloguard run --config "$OUT/llm.yaml"
 # nginx, where it is installed (benches/load.sh installs it): for reference, not guarded. One
 # process (no master), the same proxying as load.sh's.
 NAMES=(floor plain)
+rm -f "$OUT/cg-nginx.out"*
 NGINX=$(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || true)
 if [ -n "$NGINX" ]; then
   cat >"$OUT/nginx.conf" <<NGX
@@ -119,8 +120,19 @@ http {
   }
 }
 NGX
-  start nginx $NGINX_PORT "$NGINX" -c "$OUT/nginx.conf" -p "$OUT"
-  NAMES+=(nginx)
+  # Best effort: an nginx that does not start (say, its temp directories not writable) leaves
+  # the guard as it is, with no nginx column.
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/cg-nginx.out" "$NGINX" -c "$OUT/nginx.conf" \
+    -p "$OUT" 2>"$OUT/cg-nginx.log" &
+  PID[nginx]=$!
+  PIDS+=($!)
+  for _ in $(seq 150); do (echo >/dev/tcp/127.0.0.1/$NGINX_PORT) 2>/dev/null && break; sleep 0.2; done
+  if (echo >/dev/tcp/127.0.0.1/$NGINX_PORT) 2>/dev/null; then
+    NAMES+=(nginx)
+  else
+    echo "nginx did not start (see $OUT/cg-nginx.log, $OUT/nginx-error.log): no nginx column" >&2
+    NGINX=
+  fi
 fi
 declare -A PORT=([floor]=$FLOOR_PORT [plain]=$PLAIN_PORT [nginx]=$NGINX_PORT)
 for name in "${NAMES[@]}"; do

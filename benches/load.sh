@@ -238,6 +238,7 @@ ratios = [s / n for s, n in zip(summary[("max", "sloguard")][2], summary[("max",
 r = med(ratios)
 print(f"- max throughput sloguard/nginx, per round: {', '.join(f'{x:.2f}' for x in ratios)}; median {r:.2f} (target >= 1.0: {'met' if r >= 1.0 else 'NOT met'})")
 print(f"- sloguard RSS: idle {idle_rss/1024:.1f} MiB (target <= 15 MiB: {'met' if idle_rss <= 15*1024 else 'NOT met'}), after the runs {loaded_rss/1024:.1f} MiB")
+unread = []
 for t in ["sloguard", "sloguard-chain"]:
     got = sum(v for r in range(1, rounds + 1) for k, v in oha("llm", r, t).get("statusCodeDistribution", {}).items() if k.startswith("2"))
     read = genai[t] > 0 and genai[t] >= 0.95 * got
@@ -246,6 +247,7 @@ for t in ["sloguard", "sloguard-chain"]:
     scanned = scans[t] >= 0.95 * got > 0
     print(f"- {t} scanned them for safety: its agent_responses_total counted {scans[t]} answers "
           f"over the llm runs ({'scanned' if scanned else 'NOT scanned'})")
+    unread += [t] * (not read or not scanned)
 
 print("\n### Against nginx (issue 26)\n")
 print("Throughput: median over rounds of the per-round ratio. Added latency: median over rounds of proxy minus direct (ms).\n")
@@ -264,6 +266,9 @@ for name, rate in [("rate2000", "2,000"), ("rate5000", "5,000")]:
         print(f"| added {p} at {rate} req/s | {sg:+.3f} | {fl:+.3f} | {ng:+.3f} | {ratio(sg)} ({'met' if sg <= ng else 'NOT met'}) | "
               f"{ratio(fl)} | sloguard <= nginx |")
 print("\nn/a: nginx added nothing over direct at that percentile (noise), so no ratio; the verdict compares the added ms.")
+# A sidecar that did not read (or scan) the calls measured less than the script says.
+if unread:
+    sys.exit(f"{', '.join(unread)}: the LLM calls were not all read and scanned (above)")
 PY
 if [ "$SCANS" -le 0 ] || [ "$CHAIN_SCANS" -le 0 ]; then
   echo "sloguard's safety detectors did not count the runs' answers: safety was not on" >&2

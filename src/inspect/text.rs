@@ -389,17 +389,40 @@ mod tests {
 
     #[test]
     fn output_keys_cut_anywhere_give_the_same_text() {
-        // Keys read where they are when whole in a chunk, kept across chunks when cut.
-        let doc = br#"{"choices":[{"delta":{"content":"Hi","refusal":"no"},"text":"t"}],"x":{"contents":"n","delta":["d"]}}"#;
+        // Keys read where they are when whole in a chunk, kept across chunks when cut; a key
+        // with an escape or longer than any output key is none.
+        let doc = br#"{"choices":[{"delta":{"content":"Hi","refusal":"no"},"text":"t"}],"x":{"contents":"n","delta":["d"],"con\u0074ent":"e","text_of_a_long_key":"l"}}"#;
         let whole = text(Keys::Output, &[doc]);
         assert_eq!(whole, "Hi\nno\nt\nd");
-        for cut in 1..doc.len() {
-            assert_eq!(
-                text(Keys::Output, &[&doc[..cut], &doc[cut..]]),
-                whole,
-                "{cut}"
-            );
+        for a in 1..doc.len() {
+            for b in a..doc.len() {
+                let pieces = [&doc[..a], &doc[a..b], &doc[b..]];
+                assert_eq!(text(Keys::Output, &pieces), whole, "{a} {b}");
+            }
         }
+    }
+
+    #[test]
+    fn objects_deeper_than_tracked_read_their_strings_as_values() {
+        // 70 objects deep, past the 64 tracked: the inner keys are no output keys, and under
+        // `Keys::All` every string is text, keys or not.
+        let mut doc = Vec::new();
+        for _ in 0..70 {
+            doc.extend_from_slice(br#"{"content":"#);
+        }
+        doc.extend_from_slice(br#""deep""#);
+        doc.extend(std::iter::repeat_n(b'}', 70));
+        assert_eq!(text(Keys::Output, &[&doc]), "");
+        let all = format!("{}deep", "content\n".repeat(70));
+        assert_eq!(text(Keys::All, &[&doc]), all);
+        // 63 deep, within the tracked: the innermost value is output.
+        let mut doc = Vec::new();
+        for _ in 0..63 {
+            doc.extend_from_slice(br#"{"content":"#);
+        }
+        doc.extend_from_slice(br#""in""#);
+        doc.extend(std::iter::repeat_n(b'}', 63));
+        assert_eq!(text(Keys::Output, &[&doc]), "in");
     }
 
     fn read_all(t: &mut BodyText, pieces: &[&[u8]]) -> Vec<u8> {
