@@ -72,6 +72,18 @@ struct RawRequest<'a> {
     /// Anthropic's structured-outputs beta: `{"type": "json_schema", "schema": {..}}`.
     #[serde(default, borrow)]
     output_format: Option<&'a RawValue>,
+    /// The conversation (Chat Completions' and Anthropic's `messages`, Responses' `input`),
+    /// skipped one element at a time (see [`skip_elements`]).
+    #[serde(default, rename = "messages", deserialize_with = "skip_elements")]
+    _messages: (),
+    #[serde(default, rename = "input", deserialize_with = "skip_elements")]
+    _input: (),
+}
+
+/// Skips a value, an array one element at a time: serde_json skips a whole array of objects with
+/// a stack of its brackets (an allocation a request), and each flat element without one.
+fn skip_elements<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+    d.deserialize_any(serde::de::IgnoredAny).map(|_| ())
 }
 
 #[derive(Deserialize)]
@@ -217,6 +229,35 @@ mod tests {
         let messages = br#"{"model":"claude-sonnet-4-5","max_tokens":10,"tools":[{"name":"get_weather","input_schema":{}},{"type":"bash_20250124","name":"bash"}]}"#;
         let f = parse_request(Format::Messages, messages).unwrap();
         assert_eq!(f.tools, ["get_weather", "bash"]);
+    }
+
+    #[test]
+    fn the_conversation_is_skipped_whatever_its_shape_and_checked_as_json() {
+        for messages in [
+            r#"[{"role":"user","content":"a \"quoted\" word"}]"#,
+            r#"[{"role":"user","content":[{"type":"text","text":"x"},{"type":"image_url","image_url":{"url":"u"}}]}]"#,
+            r#""just text""#,
+            r#"{"odd":[1,[2,[3]]]}"#,
+            "null",
+            "[]",
+        ] {
+            for key in ["messages", "input"] {
+                let body = format!(r#"{{"{key}":{messages},"model":"m","stream":true}}"#);
+                let f = parse_request(Format::ChatCompletions, body.as_bytes()).unwrap();
+                assert_eq!((f.model.as_deref(), f.stream), (Some("m"), true), "{body}");
+            }
+        }
+        for broken in [
+            r#"{"messages":[{"role":}],"model":"m"}"#,
+            r#"{"messages":[{"role":"user"}"#,
+            r#"{"input":[1 2],"model":"m"}"#,
+        ] {
+            assert_eq!(
+                parse_request(Format::ChatCompletions, broken.as_bytes()),
+                Err(Unparsed::RequestInvalidJson),
+                "{broken}"
+            );
+        }
     }
 
     #[test]
