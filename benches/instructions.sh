@@ -60,17 +60,10 @@ upstreams:
   sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
 YAML
 # The same route with safety on (every built-in detector) and an SLO on each SLI of an `llm`
-# listener, as in benches/load.sh.
+# listener (benches/guards.yaml), as in benches/load.sh.
 {
   sed "s/18470/18471/; s/$PLAIN_PORT/$LLM_PORT/" "$OUT/plain.yaml"
-  cat <<YAML
-safety: {}
-slos:
-  - {name: availability, sli: availability, target: 0.995, window: 30d}
-  - {name: latency, sli: latency, threshold: 1s, target: 0.99, window: 30d}
-  - {name: ttft, sli: time_to_first_token, threshold: 1s, target: 0.95, window: 30d}
-  - {name: safety, sli: safety, target: 0.9999, window: 30d}
-YAML
+  cat benches/guards.yaml
 } >"$OUT/llm.yaml"
 head -c 1024 /dev/urandom | base64 -w0 | head -c 1024 >"$OUT/body.txt"
 echo '{"model":"sim-gpt","messages":[{"role":"user","content":"Summarize the ticket."}],"stream":false}' >"$OUT/chat.json"

@@ -59,14 +59,9 @@ wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/nul
 SIM_FIRST_CHUNK_MS=0 SIM_CHUNK_MS=0 TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/examples/sim_upstream 127.0.0.1:$UP_PORT >/dev/null &
 PIDS+=($!)
 
-# What every sloguard here runs with: safety (every built-in detector, recording) reading each
-# answer, and an SLO on each SLI an `llm` listener has, so the SLO views count every request.
-GUARDS='safety: {}
-slos:
-  - {name: availability, sli: availability, target: 0.995, window: 30d}
-  - {name: latency, sli: latency, threshold: 1s, target: 0.99, window: 30d}
-  - {name: ttft, sli: time_to_first_token, threshold: 1s, target: 0.95, window: 30d}
-  - {name: safety, sli: safety, target: 0.9999, window: 30d}'
+# What every sloguard here runs with: safety reading each answer and an SLO on each SLI of the
+# `llm` role (benches/guards.yaml).
+GUARDS=$(cat benches/guards.yaml)
 cat >"$OUT/sloguard.yaml" <<YAML
 agent: bench
 admin: {bind: 127.0.0.1:$ADMIN_PORT}

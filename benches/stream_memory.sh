@@ -69,12 +69,7 @@ routes:
   llm: {upstreams: [sim]}
 upstreams:
   sim: {url: http://127.0.0.1:$UP_PORT, protocol: openai}
-safety: {}
-slos:
-  - {name: availability, sli: availability, target: 0.995, window: 30d}
-  - {name: latency, sli: latency, threshold: 1s, target: 0.99, window: 30d}
-  - {name: ttft, sli: time_to_first_token, threshold: 1s, target: 0.95, window: 30d}
-  - {name: safety, sli: safety, target: 0.9999, window: 30d}
+$(cat benches/guards.yaml)
 YAML
 
 rows=()
